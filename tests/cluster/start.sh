@@ -166,6 +166,9 @@ launch kube-apiserver "$K8S_BIN/kube-apiserver" \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
   --client-ca-file "$PKI/ca.crt" \
   --token-auth-file "$PKI/tokens.csv" \
+  --requestheader-client-ca-file "$PKI/ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
   --authorization-mode Node,RBAC \
   --service-account-issuer "$SA_ISSUER" \
   --service-account-key-file "$PKI/sa.pub" \

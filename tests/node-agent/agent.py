@@ -633,7 +633,7 @@ class PodWorker(threading.Thread):
             return [binary] + cmd[1:] + args
         return cmd + args
 
-    def start(self, c):
+    def start_container(self, c):
         if not c.runnable:
             c.state = {"running": {"startedAt": now_rfc3339()}}
             c.container_id = "snapcrypt-node-agent://scenery-%s-%s" % (self.uid[:8], c.name)
@@ -763,7 +763,7 @@ class PodWorker(threading.Thread):
     # ---------------------------------------------------------------- main loop
     def try_start(self, c):
         try:
-            self.start(c)
+            self.start_container(c)
             return True
         except NotReady as e:
             # e.g. a missing Secret key: CreateContainerConfigError, retried every second
