@@ -1,0 +1,458 @@
+//! BackupJob: what to back up, where to, under which key, how often and how long to keep it.
+// kube-derive repeats `printcolumn(name, type_, ...)` per column; clippy reads that as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{LocalRef, Progress, SecretKeyRef};
+
+/// Encrypted snapshots of one MongoDB replica set's data volume, on a schedule or once.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "snapcrypt.dev",
+    version = "v1alpha1",
+    kind = "BackupJob",
+    namespaced,
+    status = "BackupJobStatus",
+    shortname = "bj",
+    category = "snapcrypt",
+    doc = "Encrypted snapshots of one MongoDB replica set's data volume, on a schedule or once.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.progressSummary"
+    ),
+    printcolumn(
+        name = "Last Snapshot",
+        type_ = "string",
+        json_path = ".status.lastSnapshot"
+    ),
+    printcolumn(
+        name = "Last Success",
+        type_ = "date",
+        json_path = ".status.lastSuccessfulTime"
+    ),
+    printcolumn(
+        name = "Next Run",
+        type_ = "date",
+        json_path = ".status.nextScheduleTime"
+    ),
+    printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupJobSpec {
+    /// The MongoDB replica set whose data volume is copied.
+    pub source: MongoSource,
+    /// Where the encrypted repository lives: exactly one of `pvc` and `s3`.
+    pub destination: Destination,
+    /// Which key protects the data: exactly one of `kmipServerRef` and `localKeySecret`.
+    pub encryption: Encryption,
+    /// When to run; absent means a single run as soon as the job is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// Stop creating scheduled snapshots; a running one finishes.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Which snapshots to keep; absent keeps all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    /// Refuse a dbPath holding more files than this, before anything is written (MongoDB Cloud
+    /// Manager refuses 100,000 or more by default).
+    #[serde(default = "default_max_files")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub max_files: u64,
+    /// Per-chunk compression: auto skips chunks that do not shrink.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Times a failed snapshot is retried before the run is given up (new Snapshot objects are
+    /// not created for retries; the snapshot pod is restarted).
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: u32,
+    /// CPU and memory for the snapshot pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_max_files() -> u64 {
+    100_000
+}
+
+fn default_backoff_limit() -> u32 {
+    2
+}
+
+/// The MongoDB replica set to back up.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.statefulSetName) != has(self.selector)").message("source: set exactly one of statefulSetName or selector to find the replica set's pods"))]
+#[x_kube(validation = Rule::new("!has(self.consistency) || self.consistency.mode != 'fsyncLock' || has(self.connection)").message("source.consistency.mode fsyncLock needs source.connection to reach MongoDB"))]
+#[x_kube(validation = Rule::new("has(self.connection) || (has(self.syncSource) && self.syncSource.mode == 'member')").message("source: without source.connection only syncSource.mode member can be used (anySecondary and primary need a connection to ask MongoDB which member is which)"))]
+pub struct MongoSource {
+    /// Name of the StatefulSet that runs the replica set members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub stateful_set_name: Option<String>,
+    /// Label selector for the replica set member pods, instead of statefulSetName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Name of the pod volume (or StatefulSet volumeClaimTemplate) that holds the dbPath.
+    #[schemars(length(min = 1, max = 253))]
+    pub data_volume_name: String,
+    /// The MongoDB dbPath inside that volume's mount, as mongod sees it.
+    #[serde(default = "default_db_path")]
+    #[schemars(pattern(r"^/.*"))]
+    pub db_path: String,
+    /// Path where the data volume is mounted in the mongod container; dbPath is taken relative
+    /// to it. Defaults to dbPath itself (the volume is mounted at dbPath).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^/.*"))]
+    pub mount_path: Option<String>,
+    /// Which member to copy from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_source: Option<SyncSource>,
+    /// How to reach MongoDB to ask which members are secondaries (and to fsyncLock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<MongoConnection>,
+    /// How a consistent copy is obtained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+}
+
+fn default_db_path() -> String {
+    "/data/db".to_string()
+}
+
+/// Which replica-set member a snapshot copies from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.mode == 'member') == has(self.member)").message("syncSource: member names a pod if and only if mode is member"))]
+pub struct SyncSource {
+    /// anySecondary (default: a healthy secondary with the least lag, sparing the primary),
+    /// primary, or member (the pod named in `member`).
+    #[serde(default)]
+    pub mode: SyncSourceMode,
+    /// Pod name of the member to copy from, with mode member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub member: Option<String>,
+}
+
+/// How the member to copy from is chosen.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SyncSourceMode {
+    /// A healthy, visible, non-delayed secondary with the least replication lag.
+    #[default]
+    AnySecondary,
+    /// The current primary.
+    Primary,
+    /// The member named in `member`.
+    Member,
+}
+
+/// A connection to the replica set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.authMechanism == 'MONGODB-X509' ? (has(self.tls) && self.tls.enabled) : true").message("connection: authMechanism MONGODB-X509 needs tls.enabled"))]
+pub struct MongoConnection {
+    /// Port mongod listens on in each member pod.
+    #[serde(default = "default_mongo_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Replica set name; read from the members when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_set: Option<String>,
+    /// Authentication mechanism.
+    #[serde(default)]
+    pub auth_mechanism: AuthMechanism,
+    /// Authentication database (`$external` is used for MONGODB-X509 and PLAIN).
+    #[serde(default = "default_auth_source")]
+    pub auth_source: String,
+    /// Secret with `username` and `password` (SCRAM, PLAIN), or `tls.crt` and `tls.key` (X.509).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+    /// TLS to MongoDB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MongoTls>,
+}
+
+fn default_mongo_port() -> u16 {
+    27017
+}
+
+fn default_auth_source() -> String {
+    "admin".to_string()
+}
+
+/// MongoDB authentication mechanisms.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthMechanism {
+    /// SCRAM-SHA-256, the default.
+    #[default]
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM-SHA-1.
+    #[serde(rename = "SCRAM-SHA-1")]
+    ScramSha1,
+    /// X.509 client certificate.
+    #[serde(rename = "MONGODB-X509")]
+    X509,
+    /// LDAP through SASL PLAIN.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// No authentication.
+    #[serde(rename = "NONE")]
+    None,
+}
+
+/// TLS settings for MongoDB connections.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MongoTls {
+    /// Use TLS.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Secret whose `ca.crt` verifies the members' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How a consistent copy of the dbPath is obtained.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.mode == 'volumeSnapshot') == has(self.volumeSnapshotClassName)").message("consistency: volumeSnapshotClassName is set if and only if mode is volumeSnapshot"))]
+pub struct Consistency {
+    /// volumeSnapshot (copy from a CSI snapshot of the volume), fsyncLock (lock the member for
+    /// the copy), or none (copy the live files: only safe with journaling on and a stopped or
+    /// quiesced member).
+    #[serde(default)]
+    pub mode: ConsistencyMode,
+    /// CSI VolumeSnapshotClass for mode volumeSnapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot_class_name: Option<String>,
+}
+
+/// Consistency modes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ConsistencyMode {
+    /// Snapshot the volume with CSI and copy the snapshot.
+    VolumeSnapshot,
+    /// db.fsyncLock() on the member for the duration of the copy.
+    FsyncLock,
+    /// Copy the files as they are.
+    #[default]
+    None,
+}
+
+/// Where the repository lives: exactly one of `pvc` and `s3`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.pvc) != has(self.s3)").message("destination: set exactly one of pvc or s3"))]
+pub struct Destination {
+    /// A PersistentVolumeClaim in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcDestination>,
+    /// An S3 or S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+}
+
+/// A repository on a PersistentVolumeClaim.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcDestination {
+    /// Name of the PersistentVolumeClaim.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// Directory inside the claim that holds the repository, relative, without `.` segments.
+    #[serde(default = "default_repo_path")]
+    #[schemars(pattern(r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]*(/[A-Za-z0-9_\-][A-Za-z0-9._\-]*)*$"))]
+    pub path: String,
+}
+
+fn default_repo_path() -> String {
+    "snapcrypt".to_string()
+}
+
+/// A repository in an S3 bucket.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    /// Bucket name.
+    #[schemars(length(min = 3, max = 63), pattern(r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$"))]
+    pub bucket: String,
+    /// Key prefix of the repository inside the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Endpoint URL for S3-compatible stores (for example https://minio.example:9000); absent
+    /// means AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^https?://"))]
+    pub endpoint: Option<String>,
+    /// Region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
+    /// `AWS_SESSION_TOKEN`).
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: String,
+    /// Use path-style URLs (endpoint/bucket/key), as most S3-compatible stores need.
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+
+/// Which key protects the data: exactly one of `kmipServerRef` and `localKeySecret`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.kmipServerRef) != has(self.localKeySecret)").message("encryption: set exactly one of kmipServerRef or localKeySecret"))]
+pub struct Encryption {
+    /// A KmipServer in this namespace holding the master key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kmip_server_ref: Option<LocalRef>,
+    /// A Secret key holding a local master key file (as `snapcrypt backup --key-file` uses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_key_secret: Option<SecretKeyRef>,
+}
+
+/// A cron schedule.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    /// Standard 5-field cron expression (minute hour day-of-month month day-of-week).
+    #[schemars(length(min = 9, max = 128))]
+    pub cron: String,
+    /// IANA time zone the cron expression is read in.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+}
+
+fn default_time_zone() -> String {
+    "UTC".to_string()
+}
+
+/// Which snapshots to keep. A snapshot kept by any rule is kept.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Keep the newest N snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N weeks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub keep_monthly: Option<u32>,
+    /// Forget snapshots older than this, as a duration such as 90d, regardless of other rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]+(h|d)$"))]
+    pub max_age: Option<String>,
+}
+
+/// Per-chunk compression.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Compression {
+    /// zstd, kept only for chunks it shrinks.
+    #[default]
+    Auto,
+    /// zstd for every chunk.
+    Zstd,
+    /// No compression.
+    None,
+}
+
+/// Lifecycle phase of a BackupJob.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackupJobPhase {
+    /// Not yet checked.
+    #[default]
+    Pending,
+    /// Valid and waiting for the next run.
+    Ready,
+    /// A snapshot is running.
+    Running,
+    /// Suspended by spec.suspend.
+    Suspended,
+    /// The spec or something it references is wrong; see conditions.
+    Failed,
+    /// A one-off job whose snapshot finished.
+    Completed,
+}
+
+/// What the operator last saw of a BackupJob.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupJobStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: BackupJobPhase,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing, Degraded and Suspended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Name of the newest Snapshot object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<String>,
+    /// When the newest Snapshot started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_time: Option<Time>,
+    /// Name of the newest Snapshot that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_snapshot: Option<String>,
+    /// When the newest successful Snapshot completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<Time>,
+    /// When the schedule next creates a Snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+    /// Name of the Snapshot running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_snapshot: Option<String>,
+    /// Progress of the running Snapshot, mirrored from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Progress as one short line (for example `42% 1.2 GiB/2.9 GiB ETA 3m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_summary: Option<String>,
+    /// Snapshots kept in the repository.
+    #[serde(default)]
+    pub snapshot_count: u64,
+    /// Bytes the repository stores after deduplication, compression and encryption.
+    #[serde(default)]
+    pub stored_bytes: u64,
+    /// Master key id new data keys are wrapped under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}

@@ -1,0 +1,150 @@
+//! Snapshot: one run of a BackupJob.
+// kube-derive repeats `printcolumn(name, type_, ...)` per column; clippy reads that as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::common::{LocalRef, Progress};
+
+/// One encrypted snapshot of a BackupJob's source: created by the schedule, or by hand for an
+/// on-demand run.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "snapcrypt.dev",
+    version = "v1alpha1",
+    kind = "Snapshot",
+    namespaced,
+    status = "SnapshotStatus",
+    shortname = "snap",
+    category = "snapcrypt",
+    doc = "One encrypted snapshot of a BackupJob's MongoDB data volume.",
+    printcolumn(name = "Job", type_ = "string", json_path = ".spec.backupJobRef.name"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.progressSummary"
+    ),
+    printcolumn(name = "Member", type_ = "string", json_path = ".status.member.pod"),
+    printcolumn(
+        name = "Size",
+        type_ = "string",
+        json_path = ".status.stats.logicalSize"
+    ),
+    printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("Snapshot spec is immutable: create a new Snapshot instead"))]
+pub struct SnapshotSpec {
+    /// The BackupJob this snapshot runs. Immutable.
+    pub backup_job_ref: LocalRef,
+    /// Tags recorded in the repository's manifest of this snapshot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Lifecycle phase of a Snapshot or Restore.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RunPhase {
+    /// Waiting to start (a member is being chosen, or another run of the job is in progress).
+    #[default]
+    Pending,
+    /// The pod is copying data.
+    Running,
+    /// Finished; the data is in the repository (or restored) and verified.
+    Succeeded,
+    /// Gave up; see message and conditions.
+    Failed,
+}
+
+/// The replica-set member a snapshot copied from, and why it was chosen.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberChoice {
+    /// The member pod.
+    pub pod: String,
+    /// The node the member and the snapshot pod ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The member's role when chosen (PRIMARY, SECONDARY, or UNKNOWN without a connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Why this member was chosen.
+    pub reason: String,
+}
+
+/// What a finished snapshot holds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStats {
+    /// Files in the snapshot.
+    pub files: u64,
+    /// Bytes of the source files.
+    pub logical_bytes: u64,
+    /// Logical size in human units, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_size: Option<String>,
+    /// Bytes this snapshot added to the repository (new chunks, compressed and encrypted).
+    pub stored_bytes: u64,
+    /// Logical bytes divided by bytes added.
+    pub dedup_ratio: f64,
+}
+
+/// What the operator last saw of a Snapshot.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: RunPhase,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready (the snapshot exists and is restorable), Progressing, Failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Human-readable detail of the phase; on failure, the snapshot pod's own message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The member copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<MemberChoice>,
+    /// Name of the snapshot pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// Attempts made so far (the first run is attempt 1).
+    #[serde(default)]
+    pub attempts: u32,
+    /// When copying started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the snapshot succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Progress while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Progress as one short line, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_summary: Option<String>,
+    /// Totals once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<SnapshotStats>,
+    /// The snapshot's id inside the repository (what `snapcrypt restore --snapshot` takes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_snapshot_id: Option<String>,
+    /// The master key this snapshot's data key is wrapped under: it must stay in the key server
+    /// while the snapshot is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}

@@ -1,0 +1,396 @@
+//! Schema-level tests of the CRDs: `crds/` is what the code generates; every example in
+//! `deploy/examples/` is accepted by the schema (OpenAPI and CEL) and by the Rust types; bad
+//! manifests are rejected with a message naming the field. CEL rules are evaluated here with
+//! kube's client-side CEL validator because the test apiserver (1.20) ignores them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use snapcrypt::api::{BackupJob, KmipServer, Restore, Snapshot};
+
+fn crd_schemas() -> BTreeMap<String, Value> {
+    snapcrypt::api::all_crds()
+        .into_iter()
+        .map(|crd| {
+            let schema = crd.spec.versions[0]
+                .schema
+                .clone()
+                .unwrap()
+                .open_api_v3_schema
+                .unwrap();
+            (
+                crd.spec.names.kind.clone(),
+                serde_json::to_value(schema).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every complaint the apiserver (OpenAPI schema, then CEL rules) would have about `obj`.
+fn schema_errors(obj: &Value, old: Option<&Value>) -> Vec<String> {
+    let kind = obj["kind"].as_str().expect("manifest has a kind");
+    let schema = crd_schemas()
+        .remove(kind)
+        .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .build(&schema)
+        .expect("CRD schema compiles as JSON schema");
+    let mut errors: Vec<String> = validator
+        .iter_errors(obj)
+        .map(|e| format!("{}: {}", e.instance_path(), e))
+        .collect();
+    if errors.is_empty()
+        && let Err(cel) = kube::core::cel::Validator::new().validate(&schema, obj, old)
+    {
+        errors.push(cel.to_string());
+    }
+    errors
+}
+
+/// Fails if `original` has a field the typed value dropped (an unknown or misspelled field).
+fn assert_no_unknown_fields(path: &str, original: &Value, typed: &Value) {
+    match (original, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let other = b
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{path}.{k}: unknown field"));
+                assert_no_unknown_fields(&format!("{path}.{k}"), v, other);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_no_unknown_fields(&format!("{path}[{i}]"), x, y);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn examples() -> Vec<(String, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(doc).unwrap();
+            if value.is_null() {
+                continue;
+            }
+            out.push((
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                value,
+            ));
+        }
+    }
+    out
+}
+
+fn typed_round_trip(obj: &Value) -> Value {
+    let kind = obj["kind"].as_str().unwrap();
+    match kind {
+        "KmipServer" => {
+            serde_json::to_value(serde_json::from_value::<KmipServer>(obj.clone()).unwrap())
+        }
+        "BackupJob" => {
+            serde_json::to_value(serde_json::from_value::<BackupJob>(obj.clone()).unwrap())
+        }
+        "Snapshot" => {
+            serde_json::to_value(serde_json::from_value::<Snapshot>(obj.clone()).unwrap())
+        }
+        "Restore" => serde_json::to_value(serde_json::from_value::<Restore>(obj.clone()).unwrap()),
+        other => panic!("example of unknown kind {other}"),
+    }
+    .unwrap()
+}
+
+#[test]
+fn crds_directory_matches_generated_crds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let files = snapcrypt::api::crd_files().unwrap();
+    for (name, yaml) in &files {
+        let stored = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        assert!(
+            stored == *yaml,
+            "crds/{name} differs from the CRD the code generates: run `cargo run -- crd --out-dir crds` and commit"
+        );
+    }
+    let stored: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in stored {
+        assert!(
+            files.iter().any(|(n, _)| *n == name),
+            "crds/{name} is not generated by the code: delete it"
+        );
+    }
+}
+
+#[test]
+fn every_kind_has_an_example_that_the_schema_and_types_accept() {
+    let examples = examples();
+    for kind in ["KmipServer", "BackupJob", "Snapshot", "Restore"] {
+        assert!(
+            examples.iter().any(|(_, v)| v["kind"] == kind),
+            "deploy/examples has no {kind}"
+        );
+    }
+    for (file, obj) in &examples {
+        let errors = schema_errors(obj, None);
+        assert!(errors.is_empty(), "{file}: {errors:?}");
+        assert_no_unknown_fields(file, obj, &typed_round_trip(obj));
+    }
+}
+
+fn example(kind: &str) -> Value {
+    examples()
+        .into_iter()
+        .map(|(_, v)| v)
+        .find(|v| v["kind"] == kind)
+        .unwrap()
+}
+
+/// Set `pointer` (a JSON pointer) in `obj` to `value`, or remove it when `value` is null.
+fn with(mut obj: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let target = obj.pointer_mut(parent).unwrap().as_object_mut().unwrap();
+    if value.is_null() {
+        target.remove(key);
+    } else {
+        target.insert(key.to_string(), value);
+    }
+    obj
+}
+
+#[test]
+fn schema_rejects_bad_manifests_naming_the_field() {
+    let bj = example("BackupJob");
+    let kmip = example("KmipServer");
+    let restore = example("Restore");
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "two destinations",
+            with(
+                bj.clone(),
+                "/spec/destination/s3",
+                json!({"bucket": "abc", "credentialsSecret": "c"}),
+            ),
+            "exactly one of pvc or s3",
+        ),
+        (
+            "no destination",
+            with(bj.clone(), "/spec/destination/pvc", Value::Null),
+            "exactly one of pvc or s3",
+        ),
+        (
+            "two key sources",
+            with(
+                bj.clone(),
+                "/spec/encryption/localKeySecret",
+                json!({"name": "k"}),
+            ),
+            "exactly one of kmipServerRef or localKeySecret",
+        ),
+        (
+            "unknown sync mode",
+            with(
+                bj.clone(),
+                "/spec/source/syncSource/mode",
+                json!("tertiary"),
+            ),
+            "/spec/source/syncSource/mode",
+        ),
+        (
+            "member without name",
+            with(bj.clone(), "/spec/source/syncSource/mode", json!("member")),
+            "member names a pod",
+        ),
+        (
+            "no connection, anySecondary",
+            with(bj.clone(), "/spec/source/connection", Value::Null),
+            "without source.connection",
+        ),
+        (
+            "statefulSet and selector",
+            with(
+                bj.clone(),
+                "/spec/source/selector",
+                json!({"matchLabels": {"a": "b"}}),
+            ),
+            "exactly one of statefulSetName or selector",
+        ),
+        (
+            "maxFiles zero",
+            with(bj.clone(), "/spec/maxFiles", json!(0)),
+            "/spec/maxFiles",
+        ),
+        (
+            "bad compression",
+            with(bj.clone(), "/spec/compression", json!("lz4")),
+            "/spec/compression",
+        ),
+        (
+            "bad auth mechanism",
+            with(
+                bj.clone(),
+                "/spec/source/connection/authMechanism",
+                json!("KERBEROS"),
+            ),
+            "/spec/source/connection/authMechanism",
+        ),
+        (
+            "relative escape in pvc path",
+            with(bj.clone(), "/spec/destination/pvc/path", json!("../etc")),
+            "/spec/destination/pvc/path",
+        ),
+        (
+            "volumeSnapshot without class",
+            with(
+                bj.clone(),
+                "/spec/source/consistency/mode",
+                json!("volumeSnapshot"),
+            ),
+            "volumeSnapshotClassName",
+        ),
+        (
+            "missing dataVolumeName",
+            with(bj.clone(), "/spec/source/dataVolumeName", Value::Null),
+            "dataVolumeName",
+        ),
+        (
+            "no endpoints",
+            with(kmip.clone(), "/spec/endpoints", json!([])),
+            "/spec/endpoints",
+        ),
+        (
+            "endpoint without port",
+            with(kmip.clone(), "/spec/endpoints", json!(["kmip.example"])),
+            "/spec/endpoints/0",
+        ),
+        (
+            "both key id and create",
+            with(kmip.clone(), "/spec/masterKey/keyId", json!("1")),
+            "exactly one of keyId",
+        ),
+        (
+            "bad protocol version",
+            with(kmip.clone(), "/spec/protocolVersion", json!("3.0")),
+            "/spec/protocolVersion",
+        ),
+        (
+            "bad rotation period",
+            with(kmip.clone(), "/spec/rotation/period", json!("soon")),
+            "/spec/rotation/period",
+        ),
+        (
+            "restore path escape",
+            with(restore.clone(), "/spec/target/path", json!("a/../../b")),
+            "/spec/target/path",
+        ),
+    ];
+    for (name, obj, expected) in cases {
+        let errors = schema_errors(&obj, None);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{name}: expected an error mentioning {expected:?}, got {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn snapshot_and_restore_specs_are_immutable() {
+    let snap = example("Snapshot");
+    let changed = with(snap.clone(), "/spec/backupJobRef/name", json!("other-job"));
+    let errors = schema_errors(&changed, Some(&snap));
+    assert!(errors.iter().any(|e| e.contains("immutable")), "{errors:?}");
+    assert!(schema_errors(&snap, Some(&snap)).is_empty());
+    let restore = example("Restore");
+    let changed = with(
+        restore.clone(),
+        "/spec/target/claimName",
+        json!("elsewhere"),
+    );
+    assert!(
+        schema_errors(&changed, Some(&restore))
+            .iter()
+            .any(|e| e.contains("immutable"))
+    );
+}
+
+/// Every property of every schema has a description, so `kubectl explain` documents it.
+#[test]
+fn every_field_is_described() {
+    fn walk(path: &str, schema: &Value, missing: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (name, sub) in props {
+                let p = format!("{path}.{name}");
+                if !["apiVersion", "kind", "metadata"].contains(&name.as_str())
+                    && sub.get("description").is_none()
+                {
+                    missing.push(p.clone());
+                }
+                walk(&p, sub, missing);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk(&format!("{path}[]"), items, missing);
+        }
+    }
+    for (kind, schema) in crd_schemas() {
+        let mut missing = Vec::new();
+        walk(&kind, &schema, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "fields without description: {missing:?}"
+        );
+    }
+}
+
+#[test]
+fn crds_have_status_short_names_categories_and_columns() {
+    for crd in snapcrypt::api::all_crds() {
+        let v = &crd.spec.versions[0];
+        assert_eq!(crd.spec.group, "snapcrypt.dev");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        assert!(
+            !crd.spec
+                .names
+                .short_names
+                .clone()
+                .unwrap_or_default()
+                .is_empty()
+        );
+        assert_eq!(
+            crd.spec.names.categories.clone().unwrap_or_default(),
+            vec!["snapcrypt"]
+        );
+        assert!(
+            v.additional_printer_columns
+                .as_ref()
+                .is_some_and(|c| c.len() >= 3)
+        );
+        let schema = serde_json::to_string(&v.schema).unwrap();
+        assert!(
+            schema.contains("x-kubernetes-validations"),
+            "{} has no CEL rule",
+            crd.spec.names.kind
+        );
+    }
+}
