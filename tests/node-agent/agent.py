@@ -115,6 +115,8 @@ SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 MAX_TERMINATION_MESSAGE = 4096        # kubelet: 4096 bytes per container
 FALLBACK_LOG_BYTES, FALLBACK_LOG_LINES = 2048, 80  # kubelet: the smaller of the two
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CCE = "CreateContainerConfigError"
+SETPRIV = shutil.which("setpriv")  # util-linux; for --pdeathsig
 
 
 def now_rfc3339():
@@ -393,16 +395,16 @@ class PodWorker(threading.Thread):
                 return None
             raise NotReady("ContainerCreating", "%s: %s %s" % (what, e.status, e.reason))
 
-    def _secret(self, name, optional=False):
+    def _secret(self, name, optional=False, reason="ContainerCreating"):
         s = self._get("/api/v1/namespaces/%s/secrets/%s" % (q(self.ns), q(name)), "secret " + name)
         if s is None and not optional:
-            raise NotReady("ContainerCreating", 'secret "%s" not found' % name)
+            raise NotReady(reason, 'secret "%s" not found' % name)
         return {k: base64.b64decode(v) for k, v in ((s or {}).get("data") or {}).items()}
 
-    def _configmap(self, name, optional=False):
+    def _configmap(self, name, optional=False, reason="ContainerCreating"):
         c = self._get("/api/v1/namespaces/%s/configmaps/%s" % (q(self.ns), q(name)), "configmap " + name)
         if c is None and not optional:
-            raise NotReady("ContainerCreating", 'configmap "%s" not found' % name)
+            raise NotReady(reason, 'configmap "%s" not found' % name)
         out = {k: v.encode() for k, v in ((c or {}).get("data") or {}).items()}
         out.update({k: base64.b64decode(v) for k, v in ((c or {}).get("binaryData") or {}).items()})
         return out
@@ -583,9 +585,9 @@ class PodWorker(threading.Thread):
         for ef in c.spec.get("envFrom") or []:
             prefix = ef.get("prefix", "")
             if "secretRef" in ef:
-                data = self._secret(ef["secretRef"]["name"], ef["secretRef"].get("optional", False))
+                data = self._secret(ef["secretRef"]["name"], ef["secretRef"].get("optional", False), CCE)
             elif "configMapRef" in ef:
-                data = self._configmap(ef["configMapRef"]["name"], ef["configMapRef"].get("optional", False))
+                data = self._configmap(ef["configMapRef"]["name"], ef["configMapRef"].get("optional", False), CCE)
             else:
                 continue
             for k, v in data.items():
@@ -598,7 +600,7 @@ class PodWorker(threading.Thread):
             vf = e["valueFrom"]
             if "secretKeyRef" in vf:
                 r = vf["secretKeyRef"]
-                data = self._secret(r["name"], r.get("optional", False))
+                data = self._secret(r["name"], r.get("optional", False), CCE)
                 if r["key"] not in data:
                     if r.get("optional"):
                         continue
@@ -607,7 +609,7 @@ class PodWorker(threading.Thread):
                 env[name] = subst(data[r["key"]].decode(errors="replace"))
             elif "configMapKeyRef" in vf:
                 r = vf["configMapKeyRef"]
-                data = self._configmap(r["name"], r.get("optional", False))
+                data = self._configmap(r["name"], r.get("optional", False), CCE)
                 if r["key"] not in data:
                     if r.get("optional"):
                         continue
@@ -672,6 +674,12 @@ class PodWorker(threading.Thread):
             try:
                 argv = self._argv(c, full_env, subst)
                 log.info("pod %s/%s container %s: exec %s", self.ns, self.name, c.name, argv)
+                exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=full_env["PATH"])
+                if not exe or not os.access(exe, os.X_OK):
+                    raise FileNotFoundError(2, "executable file not found", argv[0])
+                if SETPRIV:
+                    # the process gets SIGKILL if the agent dies without cleaning up (SIGKILL)
+                    argv = [SETPRIV, "--pdeathsig", "KILL", "--"] + argv
                 c.proc = subprocess.Popen(argv, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL,
                                           stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
             except OSError as e:
