@@ -30,7 +30,7 @@ check() { # DESCRIPTION COMMAND...
 # eventually DESCRIPTION DEADLINE COMMAND...: poll until true or deadline
 eventually() {
   local what=$1 secs=$2; shift 2
-  if wait_for "$what" "$secs" "$@"; then pass "$what"; else fail "$what"; fi
+  if wait_for "$what" "$secs" "$@" >/dev/null; then pass "$what"; else fail "$what"; fi
 }
 
 WORK=$(mktemp -d /tmp/snapcrypt-smoke.XXXXXX)
@@ -151,7 +151,7 @@ eventually "controller-manager garbage-collects the child of a deleted owner" 60
 # ---------------------------------------------------------------- test node agent
 mkdir -p "$WORK/agent"
 python3 "$REPO/tests/node-agent/agent.py" --kubeconfig "$KUBECONFIG" --state-dir "$WORK/agent" \
-  --snapcrypt-binary /bin/sh --node node-a --node node-b --pid-file "$AGENT_PIDFILE" \
+  --snapcrypt-binary /bin/sh --run-image busybox --node node-a --node node-b --pid-file "$AGENT_PIDFILE" \
   >"$WORK/agent.stdout" 2>"$WORK/agent.stderr" &
 AGENT_PID=$!
 agent_ready() { grep -q '^node-agent ready$' "$WORK/agent.stdout"; }
@@ -189,6 +189,20 @@ spec:
       echo "done \$(POD_NAME)" > /dev/termination-log
     volumeMounts:
     - {name: data, mountPath: /data}
+  volumes:
+  - {name: data, persistentVolumeClaim: {claimName: smoke-data}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: smoke-seeder, namespace: $NS}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: seed
+    image: busybox:1.36
+    command: ["sh", "-c", "mkdir -p /seed/db && echo seeded > /seed/db/doc.json"]
+    volumeMounts:
+    - {name: data, mountPath: /seed}
   volumes:
   - {name: data, persistentVolumeClaim: {claimName: smoke-data}}
 ---
@@ -237,6 +251,9 @@ check "smoke-pod read a ConfigMap with its ServiceAccount kubeconfig into its PV
   test "$(cat "$WORK/agent/pvcs/$NS/smoke-data/greeting" 2>/dev/null)" = hello
 check "smoke-pod podIP 127.0.0.1" test "$(jp smoke-pod '{.status.podIP}')" = 127.0.0.1
 check "container log file written" test -f "$WORK/agent/logs/${NS}_smoke-pod_snapcrypt.log"
+eventually "unpinned --run-image pod smoke-seeder Succeeded" 60 phase_is smoke-seeder Succeeded
+check "smoke-seeder wrote into the PVC dir" \
+  test "$(cat "$WORK/agent/pvcs/$NS/smoke-data/db/doc.json" 2>/dev/null)" = seeded
 eventually "smoke-fail Failed" 60 phase_is smoke-fail Failed
 check "smoke-fail exit code 7" test "$(jp smoke-fail '{.status.containerStatuses[0].state.terminated.exitCode}')" = 7
 check "smoke-fail message falls back to the log" \

@@ -19,6 +19,9 @@ What it does, as a kubelet would, against the API server:
         LOCAL PROCESSES: command[0] with basename "snapcrypt" (or no command: the image's
         entrypoint) is replaced by --snapcrypt-binary, other commands run as they are, with a
         `snapcrypt` symlink to the binary first on PATH;
+      - containers whose image contains a --run-image substring (e.g. busybox) run their
+        command as it is, as local processes with the same path mapping (to seed volumes the
+        same way a test would on a real cluster);
       - every other container (a MongoDB pod is scenery) is only marked Running (init
         containers: Completed), nothing is executed;
   * writes pod status as a kubelet would: Pending (ContainerCreating) -> Running (podIP
@@ -313,9 +316,8 @@ class PodWorker(threading.Thread):
         self.lock = threading.Lock()
         self.dir = os.path.join(agent.state_dir, "pods", "%s_%s_%s" % (self.ns, self.name, self.uid[:8]))
         self.restart_policy = self.spec.get("restartPolicy", "Always")
-        img = agent.args.snapcrypt_image_substring
-        self.inits = [Container(c, True, img in c.get("image", "")) for c in self.spec.get("initContainers") or []]
-        self.mains = [Container(c, False, img in c.get("image", "")) for c in self.spec.get("containers") or []]
+        self.inits = [Container(c, True, agent.runnable(c)) for c in self.spec.get("initContainers") or []]
+        self.mains = [Container(c, False, agent.runnable(c)) for c in self.spec.get("containers") or []]
         self.phase = "Pending"
         self.reason = None
         self.message = None
@@ -627,6 +629,11 @@ class PodWorker(threading.Thread):
         cmd, args = list(spec.get("command") or []), list(spec.get("args") or [])
         cmd = [expand_vars(subst(a), env) for a in cmd]
         args = [expand_vars(subst(a), env) for a in args]
+        if not self.agent.is_snapcrypt(spec):
+            # --run-image: the command runs as it is (e.g. busybox sh -c ... seeding a volume)
+            if not cmd and not args:
+                raise FileNotFoundError(2, "no command: the image's entrypoint is unknown here", spec.get("image"))
+            return cmd + args
         binary = self.agent.args.snapcrypt_binary
         entry_names = {"snapcrypt"} | ({os.path.basename(binary)} if binary else set())
         if not cmd or os.path.basename(cmd[0]) in entry_names:
@@ -873,6 +880,14 @@ class Agent:
         self.stopping = threading.Event()
         for d in ("logs", "pods", "pvcs"):
             os.makedirs(os.path.join(self.state_dir, d), exist_ok=True)
+
+    def runnable(self, container):
+        image = container.get("image", "")
+        return self.args.snapcrypt_image_substring in image or \
+            any(s in image for s in self.args.run_image)
+
+    def is_snapcrypt(self, container):
+        return self.args.snapcrypt_image_substring in container.get("image", "")
 
     def log_path(self, ns, pod, container):
         return os.path.join(self.state_dir, "logs", "%s_%s_%s.log" % (ns, pod, container))
@@ -1159,6 +1174,10 @@ def main(argv=None):
     ap.add_argument("--node-label", action="append", default=[], metavar="K=V", help="extra label on every node")
     ap.add_argument("--snapcrypt-image-substring", default="snapcrypt",
                     help="containers whose image contains this run as local processes (default: snapcrypt)")
+    ap.add_argument("--run-image", action="append", default=[], metavar="SUBSTRING",
+                    help="containers whose image contains SUBSTRING also run as local processes, their "
+                         "command as it is (repeatable; e.g. busybox, to seed volumes the same way as on "
+                         "a real cluster)")
     ap.add_argument("--no-schedule-unpinned", action="store_true",
                     help="only bind pods that name one of our nodes (kubernetes.io/hostname); "
                          "default: bind every unscheduled pod that fits one of our nodes")
