@@ -1,3 +1,4 @@
 pub mod api;
 pub mod cli;
+pub mod engine;
 pub mod kms;

@@ -1,7 +1,15 @@
 //! The `snapcrypt` command line: one binary for the operator, the snapshot agent and the
 //! standalone CLI that works with no cluster.
 
+mod backup;
 mod crd;
+pub mod keys;
+mod progress;
+mod prune;
+pub mod repo_args;
+mod restore;
+mod snapshots;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -18,13 +26,41 @@ pub enum Command {
     /// Print every snapcrypt CustomResourceDefinition as multi-document YAML
     /// (apply with `snapcrypt crd | kubectl apply -f -`).
     Crd(crd::CrdArgs),
+    /// Back up a directory into a repository (created on first use) as a new encrypted snapshot.
+    Backup(backup::BackupArgs),
+    /// Restore a snapshot into a directory, bit-exact (contents, modes, mtimes), verifying as it goes.
+    Restore(restore::RestoreArgs),
+    /// Check a repository: every object present, whole and authentic; exits non-zero naming
+    /// each damaged or missing object.
+    Verify(verify::VerifyArgs),
+    /// List the snapshots in a repository.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Forget snapshots by a retention policy and remove the data no kept snapshot needs.
+    Prune(prune::PruneArgs),
 }
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    let result = match cli.command {
-        Command::Crd(args) => crd::run(args),
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("snapcrypt: error: cannot start the async runtime: {e}");
+            return 1;
+        }
     };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Crd(args) => crd::run(args),
+            Command::Backup(args) => backup::run(args).await,
+            Command::Restore(args) => restore::run(args).await,
+            Command::Verify(args) => verify::run(args).await,
+            Command::Snapshots(args) => snapshots::run(args).await,
+            Command::Prune(args) => prune::run(args).await,
+        }
+    });
     match result {
         Ok(()) => 0,
         Err(e) => {

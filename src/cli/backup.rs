@@ -1,0 +1,123 @@
+//! `snapcrypt backup`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::CliError;
+use super::keys::KeyArgs;
+use super::progress::ProgressReporter;
+use super::repo_args::RepoArgs;
+use crate::engine::backup::{BackupOptions, Compression, backup, scan};
+use crate::engine::progress::{Progress, human_bytes};
+use crate::engine::repo::{DEFAULT_CHUNK_SIZE, Repository};
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Directory to back up (a MongoDB dbPath, or any directory).
+    #[arg(long, value_name = "DIR")]
+    pub source: PathBuf,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Refuse a source holding this many files or more, before writing anything (MongoDB Cloud
+    /// Manager refuses 100,000 or more).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub max_files: u64,
+    /// Per-chunk compression: auto keeps zstd only where it saves space.
+    #[arg(long, value_enum, default_value_t = Compression::Auto)]
+    pub compression: Compression,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Print one JSON object as the result, and progress as JSON lines on stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// Read every file even if it looks unchanged since the last snapshot of this source.
+    #[arg(long)]
+    pub force_read: bool,
+    /// Chunk size in bytes for a new repository (a power of two, 4 KiB to 1 MiB).
+    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_name = "BYTES", value_parser = parse_chunk_size, hide = true)]
+    pub chunk_size: u32,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("--tag {s:?}: expected KEY=VALUE")),
+    }
+}
+
+fn parse_chunk_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("--chunk-size {s:?}: not a number"))?;
+    if !n.is_power_of_two() || !(4096..=1 << 20).contains(&n) {
+        return Err(format!(
+            "--chunk-size {n}: must be a power of two from 4096 to 1048576"
+        ));
+    }
+    Ok(n)
+}
+
+pub async fn run(args: BackupArgs) -> Result<(), CliError> {
+    // Everything about the source is checked before the repository is touched.
+    let scan = tokio::task::spawn_blocking({
+        let src = args.source.clone();
+        let max = args.max_files;
+        move || scan(&src, max)
+    })
+    .await??;
+    for s in &scan.skipped {
+        eprintln!("snapcrypt: skipping {s}: not a regular file, directory or symlink");
+    }
+    let km = args.keys.key_manager(&args.repo, true).await?;
+    let backend = args.repo.backend(true)?;
+    let (mut repo, created) =
+        Repository::open_or_init(backend, km.as_ref(), args.chunk_size).await?;
+    if created && !args.json {
+        eprintln!("snapcrypt: created repository {}", repo.backend.display());
+    }
+    let progress = Arc::new(Progress::default());
+    let reporter = ProgressReporter::start(progress.clone(), args.json, "backup");
+    let opts = BackupOptions {
+        compression: args.compression,
+        tags: args.tags.into_iter().collect::<BTreeMap<_, _>>(),
+        use_parent: !args.force_read,
+        ..Default::default()
+    };
+    let result = backup(&mut repo, km.as_ref(), scan, opts, progress.clone()).await;
+    reporter.finish().await;
+    let m = result?;
+    if args.json {
+        let r = progress.report();
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": m.id,
+                "files": m.files,
+                "dirs": m.dirs,
+                "logical_bytes": m.logical_bytes,
+                "stored_bytes": m.stored_bytes,
+                "key_id": m.master_key_id,
+                "time": m.time,
+                "elapsed_seconds": r.elapsed_seconds,
+            })
+        );
+    } else {
+        eprintln!(
+            "snapcrypt: snapshot {} of {}: {} files, {} read, {} added to the repository (key {})",
+            m.id,
+            m.source,
+            m.files,
+            human_bytes(m.logical_bytes),
+            human_bytes(m.stored_bytes),
+            m.master_key_id
+        );
+        println!("{}", m.id);
+    }
+    Ok(())
+}

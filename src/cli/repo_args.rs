@@ -1,0 +1,43 @@
+//! Flags every repository command shares: where the repository is and which key opens it.
+
+use clap::Args;
+
+use super::CliError;
+use crate::engine::backend::{Backend, Location, S3Options};
+
+#[derive(Args, Debug, Clone)]
+pub struct RepoArgs {
+    /// The repository: a directory path, file://PATH, or s3://BUCKET/PREFIX.
+    #[arg(long, env = "SNAPCRYPT_REPO", value_name = "REPO")]
+    pub repo: String,
+
+    /// S3 endpoint URL for S3-compatible stores (default: $AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region (default: $AWS_REGION).
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Use path-style S3 URLs (endpoint/bucket/key), as most S3-compatible stores need.
+    #[arg(long)]
+    pub s3_path_style: bool,
+}
+
+impl RepoArgs {
+    pub fn location(&self) -> Result<Location, CliError> {
+        Ok(Location::parse(&self.repo)?)
+    }
+
+    /// Open the store (creating a local directory only if `create`).
+    pub fn backend(&self, create: bool) -> Result<Backend, CliError> {
+        let s3 = S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            access_key_id: None,
+            secret_access_key: None,
+        };
+        Ok(Backend::open(&self.location()?, &s3, create)?)
+    }
+}

@@ -1,0 +1,61 @@
+//! `snapcrypt restore`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::CliError;
+use super::keys::KeyArgs;
+use super::progress::ProgressReporter;
+use super::repo_args::RepoArgs;
+use crate::engine::progress::{Progress, human_bytes};
+use crate::engine::repo::Repository;
+use crate::engine::restore::{RestoreOptions, restore};
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Snapshot id (or a unique prefix of it), or `latest`.
+    #[arg(long, value_name = "ID|latest")]
+    pub snapshot: String,
+    /// Directory to restore into; must be empty or absent unless --force.
+    #[arg(long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Restore into a non-empty directory, overwriting files of the same names.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON, and progress as JSON lines on stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: RestoreArgs) -> Result<(), CliError> {
+    let km = args.keys.key_manager(&args.repo, false).await?;
+    let repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
+    let snap = repo.find_snapshot(&args.snapshot).await?;
+    let progress = Arc::new(Progress::default());
+    let reporter = ProgressReporter::start(progress.clone(), args.json, "restore");
+    let opts = RestoreOptions {
+        force: args.force,
+        ..Default::default()
+    };
+    let result = restore(&repo, &snap, &args.target, opts, progress).await;
+    reporter.finish().await;
+    let stats = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        eprintln!(
+            "snapcrypt: restored snapshot {} ({} files, {}) into {}, every chunk verified",
+            stats.snapshot,
+            stats.files,
+            human_bytes(stats.bytes),
+            args.target.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! Where a repository's objects live: a local directory (what a PVC is) or an S3 bucket, both
+//! through `object_store`. Packs are staged in a local file while they are written; committing
+//! one renames it into place (local) or streams it up as a multipart upload (S3).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    WriteMultipart,
+};
+use tokio::io::AsyncReadExt;
+
+/// Size of each part of a multipart pack upload.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("repository {repo}: {reason}")]
+    BadLocation { repo: String, reason: String },
+    #[error("object {name} does not exist")]
+    NotFound { name: String },
+    #[error("object {name}: {source}")]
+    Store {
+        name: String,
+        source: object_store::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Where to find a repository, parsed from a REPO argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A directory: a plain path or `file://PATH`.
+    Local(PathBuf),
+    /// A bucket and a key prefix: `s3://BUCKET/PREFIX`.
+    S3 { bucket: String, prefix: String },
+}
+
+impl Location {
+    /// Parse `PATH`, `file://PATH` or `s3://BUCKET[/PREFIX]`.
+    pub fn parse(repo: &str) -> Result<Self, BackendError> {
+        let bad = |reason: &str| BackendError::BadLocation {
+            repo: repo.into(),
+            reason: reason.into(),
+        };
+        if let Some(rest) = repo.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("s3:// needs a bucket name: s3://BUCKET/PREFIX"));
+            }
+            return Ok(Location::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.trim_matches('/').into(),
+            });
+        }
+        if let Some((scheme, _)) = repo.split_once("://")
+            && scheme != "file"
+        {
+            return Err(bad(
+                "unknown scheme: use a path, file://PATH or s3://BUCKET/PREFIX",
+            ));
+        }
+        let path = repo.strip_prefix("file://").unwrap_or(repo);
+        if path.is_empty() {
+            return Err(bad("empty path"));
+        }
+        Ok(Location::Local(PathBuf::from(path)))
+    }
+}
+
+/// S3 settings beyond the URL. Unset fields fall back to the usual AWS environment variables
+/// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL).
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+/// A repository's object store.
+#[derive(Clone)]
+pub struct Backend {
+    store: Arc<dyn ObjectStore>,
+    /// The repository directory, for local repositories (packs are renamed into it).
+    local_root: Option<PathBuf>,
+    /// Where pack files are staged while written.
+    staging: PathBuf,
+    display: String,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+impl Backend {
+    /// Open the store at `location`. A local directory is created if `create` is set.
+    pub fn open(location: &Location, s3: &S3Options, create: bool) -> Result<Self, BackendError> {
+        match location {
+            Location::Local(root) => {
+                let io = |source| BackendError::Io {
+                    path: root.display().to_string(),
+                    source,
+                };
+                if create {
+                    std::fs::create_dir_all(root).map_err(io)?;
+                } else if !root.is_dir() {
+                    return Err(BackendError::BadLocation {
+                        repo: root.display().to_string(),
+                        reason: "no such directory".into(),
+                    });
+                }
+                let root = root.canonicalize().map_err(io)?;
+                let staging = root.join("tmp");
+                let store =
+                    LocalFileSystem::new_with_prefix(&root).map_err(|e| BackendError::Store {
+                        name: root.display().to_string(),
+                        source: e,
+                    })?;
+                Ok(Backend {
+                    store: Arc::new(store),
+                    display: root.display().to_string(),
+                    local_root: Some(root),
+                    staging,
+                })
+            }
+            Location::S3 { bucket, prefix } => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig {
+                            init_backoff: Duration::from_millis(100),
+                            max_backoff: Duration::from_secs(15),
+                            base: 2.0,
+                        },
+                        max_retries: 10,
+                        retry_timeout: Duration::from_secs(300),
+                    });
+                if let Some(e) = s3
+                    .endpoint
+                    .clone()
+                    .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+                {
+                    b = b.with_allow_http(e.starts_with("http://")).with_endpoint(e);
+                }
+                if let Some(r) = &s3.region {
+                    b = b.with_region(r);
+                }
+                if s3.path_style {
+                    b = b.with_virtual_hosted_style_request(false);
+                }
+                if let Some(k) = &s3.access_key_id {
+                    b = b.with_access_key_id(k);
+                }
+                if let Some(k) = &s3.secret_access_key {
+                    b = b.with_secret_access_key(k);
+                }
+                let store = b.build().map_err(|e| BackendError::BadLocation {
+                    repo: format!("s3://{bucket}/{prefix}"),
+                    reason: e.to_string(),
+                })?;
+                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                    Arc::new(store)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(
+                        store,
+                        prefix.as_str(),
+                    ))
+                };
+                let staging = std::env::var_os("SNAPCRYPT_TMPDIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("snapcrypt-staging");
+                Ok(Backend {
+                    store,
+                    local_root: None,
+                    staging,
+                    display: format!("s3://{bucket}/{prefix}"),
+                })
+            }
+        }
+    }
+
+    /// The directory packs are staged in (created on demand).
+    pub fn staging_dir(&self) -> Result<&Path, BackendError> {
+        std::fs::create_dir_all(&self.staging).map_err(|source| BackendError::Io {
+            path: self.staging.display().to_string(),
+            source,
+        })?;
+        Ok(&self.staging)
+    }
+
+    fn err(name: &str) -> impl Fn(object_store::Error) -> BackendError + '_ {
+        move |e| match e {
+            object_store::Error::NotFound { .. } => BackendError::NotFound { name: name.into() },
+            source => BackendError::Store {
+                name: name.into(),
+                source,
+            },
+        }
+    }
+
+    /// Write (or replace) a small object.
+    pub async fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
+        self.store
+            .put(&ObjPath::from(name), PutPayload::from(data))
+            .await
+            .map_err(Self::err(name))?;
+        Ok(())
+    }
+
+    /// Write an object only if none exists under that name; returns false if one existed.
+    pub async fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BackendError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&ObjPath::from(name), PutPayload::from(data), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                // Stores without conditional writes: check, then write (a narrow race remains).
+                if self.exists(name).await? {
+                    return Ok(false);
+                }
+                self.put(name, Vec::new()).await.map(|_| true)
+            }
+            Err(e) => Err(Self::err(name)(e)),
+        }
+    }
+
+    /// Read a whole object.
+    pub async fn get(&self, name: &str) -> Result<Bytes, BackendError> {
+        let r = self
+            .store
+            .get(&ObjPath::from(name))
+            .await
+            .map_err(Self::err(name))?;
+        r.bytes().await.map_err(Self::err(name))
+    }
+
+    /// Read `len` bytes at `offset` of an object.
+    pub async fn get_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, BackendError> {
+        self.store
+            .get_range(&ObjPath::from(name), offset..offset + len)
+            .await
+            .map_err(Self::err(name))
+    }
+
+    /// Does the object exist?
+    pub async fn exists(&self, name: &str) -> Result<bool, BackendError> {
+        match self.store.head(&ObjPath::from(name)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Self::err(name)(e)),
+        }
+    }
+
+    /// Names (relative to the repository) and sizes of the objects under `dir`, sorted.
+    pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, BackendError> {
+        let prefix = ObjPath::from(dir);
+        let mut out: Vec<(String, u64)> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| (m.location.to_string(), m.size))
+            .try_collect()
+            .await
+            .map_err(Self::err(dir))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Delete an object; deleting a missing object is not an error.
+    pub async fn delete(&self, name: &str) -> Result<(), BackendError> {
+        match self.store.delete(&ObjPath::from(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::err(name)(e)),
+        }
+    }
+
+    /// Move a staged pack file into the repository as `name`: a rename for a local
+    /// repository, a multipart upload (then removal of the staged file) for S3.
+    pub async fn commit_staged(&self, staged: &Path, name: &str) -> Result<(), BackendError> {
+        let io = |source| BackendError::Io {
+            path: staged.display().to_string(),
+            source,
+        };
+        if let Some(root) = &self.local_root {
+            let dest = root.join(name);
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(io)?;
+            }
+            return tokio::fs::rename(staged, &dest).await.map_err(io);
+        }
+        let upload = self
+            .store
+            .put_multipart(&ObjPath::from(name))
+            .await
+            .map_err(Self::err(name))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut file = tokio::fs::File::open(staged).await.map_err(io)?;
+        let mut buf = vec![0u8; PART_SIZE];
+        loop {
+            let n = file.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(2).await.map_err(Self::err(name))?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(Self::err(name))?;
+        tokio::fs::remove_file(staged).await.map_err(io)
+    }
+
+    /// Human-readable location.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations() {
+        assert_eq!(
+            Location::parse("/x/y").unwrap(),
+            Location::Local("/x/y".into())
+        );
+        assert_eq!(
+            Location::parse("file:///x").unwrap(),
+            Location::Local("/x".into())
+        );
+        assert_eq!(
+            Location::parse("s3://b/p/q/").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
+        );
+        assert!(Location::parse("s3://").is_err());
+        assert!(
+            Location::parse("gs://b")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown scheme")
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The repository's objects as bytes: see docs/REPOSITORY.md for the whole picture.
+
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{ChunkId, ID_LEN};
+use crate::kms::WrappedKey;
+
+/// Repository format version, stored in `config`.
+pub const FORMAT_VERSION: u32 = 1;
+/// Magic of pack files.
+pub const PACK_MAGIC: &[u8; 4] = b"SCPK";
+/// Magic of sealed objects (indexes, snapshots).
+pub const OBJECT_MAGIC: &[u8; 4] = b"SCOB";
+/// Pack header: magic, version, 11 reserved bytes, data key id, salt.
+pub const PACK_HEADER_LEN: usize = 4 + 1 + 11 + 16 + ID_LEN;
+/// Sealed object header: magic, version, kind, data key id, salt.
+pub const OBJECT_HEADER_LEN: usize = 4 + 1 + 1 + 16 + ID_LEN;
+/// Nonce counter of a pack's trailer (a blob's counter is its offset in the pack).
+pub const TRAILER_COUNTER: u64 = u64::MAX;
+/// Bytes of one binary index entry.
+pub const INDEX_ENTRY_LEN: usize = ID_LEN + 4 + 4 + 4 + 1 + 1;
+
+/// `config`: plaintext, written once when the repository is created.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Config {
+    /// Always `snapcrypt-repository`.
+    pub format: String,
+    /// Format version; this build reads version 1.
+    pub version: u32,
+    /// Random repository id.
+    pub id: String,
+    /// When the repository was created (RFC 3339).
+    pub created: String,
+    /// How files are cut into chunks.
+    pub chunker: ChunkerParams,
+    /// Packs are closed once they reach this many bytes.
+    pub pack_size: u64,
+    /// Keyed BLAKE3 (under a key derived from the secret chunk-id key) of this JSON with `mac`
+    /// empty: the config is readable without keys but cannot be altered unnoticed.
+    #[serde(default)]
+    pub mac: String,
+}
+
+impl Config {
+    /// The MAC of this config under the repository's chunk-id key.
+    pub fn compute_mac(&self, id_key: &[u8; 32]) -> String {
+        let mut unsigned = self.clone();
+        unsigned.mac = String::new();
+        let key = blake3::derive_key("snapcrypt config mac v1", id_key);
+        let json = serde_json::to_vec(&unsigned).unwrap_or_default();
+        blake3::keyed_hash(&key, &json).to_hex().to_string()
+    }
+}
+
+/// Chunking parameters (fixed among all snapshots of a repository, so chunks deduplicate).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ChunkerParams {
+    /// `fixed`: aligned blocks of `size` bytes (the last one shorter).
+    pub kind: String,
+    /// Block size in bytes.
+    pub size: u32,
+}
+
+/// `keys/<data key id>`: one data key, wrapped by a key manager. Replaced in place by a rewrap.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct KeyRecord {
+    /// Hex id of the data key (named in every object it encrypts).
+    pub data_key_id: String,
+    /// When the data key was created (RFC 3339).
+    pub created: String,
+    /// When it was last wrapped (RFC 3339).
+    pub wrapped_at: String,
+    /// The 64 secret bytes (content key, chunk-id key), wrapped.
+    pub wrapped: WrappedKey,
+}
+
+/// Kinds of sealed objects (bound into their authentication).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ObjectKind {
+    Index = 1,
+    Snapshot = 2,
+}
+
+/// Kinds of blobs inside packs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BlobKind {
+    Data = 0,
+    Tree = 1,
+}
+
+/// One blob in a pack, as stored in its trailer and index object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub id: ChunkId,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u32,
+    /// Sealed length (ciphertext and tag).
+    pub stored_len: u32,
+    /// Plaintext length after decompression.
+    pub raw_len: u32,
+    pub kind: BlobKind,
+    /// Bit 0: zstd-compressed.
+    pub flags: u8,
+}
+
+impl BlobEntry {
+    pub fn compressed(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// Append the binary form (the layout of docs/REPOSITORY.md).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.push(self.kind as u8);
+        out.push(self.flags);
+    }
+
+    /// Decode entries; None if the bytes are not a whole number of valid entries.
+    pub fn decode_all(bytes: &[u8]) -> Option<Vec<BlobEntry>> {
+        if !bytes.len().is_multiple_of(INDEX_ENTRY_LEN) {
+            return None;
+        }
+        bytes
+            .chunks_exact(INDEX_ENTRY_LEN)
+            .map(|e| {
+                let u32_at = |i: usize| u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+                let kind = match e[44] {
+                    0 => BlobKind::Data,
+                    1 => BlobKind::Tree,
+                    _ => return None,
+                };
+                let mut id = [0u8; ID_LEN];
+                id.copy_from_slice(&e[..ID_LEN]);
+                Some(BlobEntry {
+                    id,
+                    offset: u32_at(32),
+                    stored_len: u32_at(36),
+                    raw_len: u32_at(40),
+                    kind,
+                    flags: e[45],
+                })
+            })
+            .collect()
+    }
+}
+
+/// `snapshots/<id>`: what one snapshot is. Sealed; written last, so a snapshot exists only once
+/// this object does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SnapshotManifest {
+    /// Hex id (also the object's name).
+    pub id: String,
+    /// When the backup started (RFC 3339).
+    pub time: String,
+    /// When it finished (RFC 3339).
+    pub finished: String,
+    /// Host that took it.
+    pub hostname: String,
+    /// Source directory as given.
+    pub source: String,
+    /// User tags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Snapshot this one was compared against for unchanged files, if any.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Bytes of the regular files.
+    pub logical_bytes: u64,
+    /// Bytes this snapshot added to the repository.
+    pub stored_bytes: u64,
+    /// Tree blobs holding the file list, in order.
+    pub tree: Vec<String>,
+    /// Data keys of every pack this snapshot reads.
+    pub data_keys: Vec<String>,
+    /// The master key that wrapped the data key used for new data, when the snapshot was taken.
+    pub master_key_id: String,
+}
+
+/// One entry of a snapshot's file list.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TreeEntry {
+    /// Path relative to the source root, `/`-separated; "" is the root directory itself.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits (and setuid/setgid/sticky).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+    /// Size in bytes (files).
+    #[serde(default)]
+    pub size: u64,
+    /// Symlink target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Inode and device at backup time, to recognise unchanged files next time.
+    #[serde(default)]
+    pub inode: u64,
+    /// Chunk ids, concatenated, base64.
+    #[serde(default, with = "chunk_list", skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkId>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+mod chunk_list {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{ChunkId, ID_LEN};
+
+    pub fn serialize<S: Serializer>(v: &[ChunkId], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v.concat()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ChunkId>, D::Error> {
+        let raw = STANDARD
+            .decode(String::deserialize(d)?)
+            .map_err(serde::de::Error::custom)?;
+        if !raw.len().is_multiple_of(ID_LEN) {
+            return Err(serde::de::Error::custom(
+                "chunk list length is not a multiple of 32",
+            ));
+        }
+        Ok(raw
+            .chunks_exact(ID_LEN)
+            .map(|c| {
+                let mut id = [0u8; ID_LEN];
+                id.copy_from_slice(c);
+                id
+            })
+            .collect())
+    }
+}
+
+/// The name of a pack object from its hex id.
+pub fn pack_object_name(pack_id: &str) -> String {
+    format!("data/{}/{}", &pack_id[..2], pack_id)
+}

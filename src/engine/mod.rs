@@ -1,0 +1,57 @@
+//! The data path: a source directory is scanned, cut into chunks, deduplicated, compressed,
+//! encrypted and packed into a repository; and restored, verified, listed and pruned.
+//! The repository format is described in docs/REPOSITORY.md.
+
+pub mod backend;
+pub mod backup;
+pub mod crypto;
+pub mod format;
+pub mod lock;
+pub mod pack;
+pub mod progress;
+pub mod prune;
+pub mod repo;
+pub mod restore;
+pub mod verify;
+
+use crate::kms::KmsError;
+
+/// Errors of the data path, each written for the person who runs the command.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no repository at {repo} (a backup creates one on first use)")]
+    NoRepository { repo: String },
+    #[error("repository object {object} is damaged: {reason}")]
+    Corrupt { object: String, reason: String },
+    #[error("no snapshot matches {which:?} (list them with `snapcrypt snapshots`)")]
+    NoSuchSnapshot { which: String },
+    #[error("{count} snapshots match {which:?}: give more of the id")]
+    AmbiguousSnapshot { which: String, count: usize },
+    #[error("source {path}: {reason}")]
+    Source { path: String, reason: String },
+    #[error(
+        "source {path} holds {count} files, at or over the limit of --max-files {max} (MongoDB Cloud Manager refuses 100,000 or more by default): nothing was written; raise --max-files to back it up anyway"
+    )]
+    TooManyFiles { path: String, count: u64, max: u64 },
+    #[error("restore target {path}: {reason}")]
+    Target { path: String, reason: String },
+    #[error(
+        "repository is locked by {holder} (an exclusive lock expires {stale_after_secs} s after its holder stops refreshing it)"
+    )]
+    Locked {
+        holder: String,
+        stale_after_secs: u64,
+    },
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    #[error(transparent)]
+    Pack(#[from] pack::PackError),
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("a worker thread failed: {0}")]
+    Worker(String),
+}

@@ -1,0 +1,185 @@
+//! Pack files: many sealed blobs in one object, so object stores are not flooded with tiny
+//! objects. A pack is staged in a local file, named by the BLAKE3 hash of its bytes.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::crypto::{ChunkId, CryptoError, DataKey, ObjectCipher, random_id};
+use super::format::{BlobEntry, BlobKind, PACK_HEADER_LEN, PACK_MAGIC, TRAILER_COUNTER};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("staging pack {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("pack is over 4 GiB")]
+    TooLarge,
+}
+
+/// Associated data of a blob: its type and chunk id, so a blob cannot be passed off as another.
+pub fn blob_aad(kind: BlobKind, id: &ChunkId) -> [u8; 37] {
+    let mut aad = [0u8; 37];
+    aad[..4].copy_from_slice(b"blob");
+    aad[4] = kind as u8;
+    aad[5..].copy_from_slice(id);
+    aad
+}
+
+/// Associated data of a pack's trailer.
+pub const TRAILER_AAD: &[u8] = b"snapcrypt pack trailer v1";
+
+/// The 64-byte pack header: magic, version, reserved, data key id, salt.
+pub fn pack_header(data_key_id: &[u8; 16], salt: &[u8; 32]) -> [u8; PACK_HEADER_LEN] {
+    let mut h = [0u8; PACK_HEADER_LEN];
+    h[..4].copy_from_slice(PACK_MAGIC);
+    h[4] = 1;
+    h[16..32].copy_from_slice(data_key_id);
+    h[32..].copy_from_slice(salt);
+    h
+}
+
+/// Split a pack header into (data key id, salt); None if it is not one.
+pub fn parse_pack_header(h: &[u8]) -> Option<([u8; 16], [u8; 32])> {
+    if h.len() < PACK_HEADER_LEN || &h[..4] != PACK_MAGIC || h[4] != 1 {
+        return None;
+    }
+    let mut dk = [0u8; 16];
+    dk.copy_from_slice(&h[16..32]);
+    let mut salt = [0u8; 32];
+    salt.copy_from_slice(&h[32..64]);
+    Some((dk, salt))
+}
+
+/// A pack being written.
+pub struct PackWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    header: [u8; PACK_HEADER_LEN],
+    cipher: ObjectCipher,
+    entries: Vec<BlobEntry>,
+    offset: u64,
+    hasher: blake3::Hasher,
+}
+
+/// A finished, staged pack: move it into the repository with `Backend::commit_staged`.
+pub struct StagedPack {
+    pub path: PathBuf,
+    /// Hex BLAKE3 of the pack's bytes: its name.
+    pub id: String,
+    pub header: [u8; PACK_HEADER_LEN],
+    pub entries: Vec<BlobEntry>,
+    pub size: u64,
+}
+
+impl PackWriter {
+    /// Start a pack in `staging`, encrypted under `key`.
+    pub fn new(staging: &Path, key: &DataKey) -> Result<Self, PackError> {
+        let salt = random_id()?;
+        let path = staging.join(format!("pack-{}.tmp", hex::encode(&salt[..12])));
+        let io = |source| PackError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = File::create(&path).map_err(io)?;
+        let header = pack_header(&key.id, &salt);
+        let mut w = PackWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            cipher: key.object_cipher(&salt)?,
+            header,
+            path,
+            entries: Vec::new(),
+            offset: 0,
+            hasher: blake3::Hasher::new(),
+        };
+        w.write(&header)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), PackError> {
+        self.hasher.update(bytes);
+        self.out.write_all(bytes).map_err(|source| PackError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Seal `data` (already compressed if `compressed`) and append it as blob `id`.
+    pub fn add(
+        &mut self,
+        id: ChunkId,
+        kind: BlobKind,
+        raw_len: u32,
+        compressed: bool,
+        mut data: Vec<u8>,
+    ) -> Result<(), PackError> {
+        let offset = u32::try_from(self.offset).map_err(|_| PackError::TooLarge)?;
+        self.cipher
+            .seal(u64::from(offset), &blob_aad(kind, &id), &mut data)?;
+        let stored_len = u32::try_from(data.len()).map_err(|_| PackError::TooLarge)?;
+        self.write(&data)?;
+        self.entries.push(BlobEntry {
+            id,
+            offset,
+            stored_len,
+            raw_len,
+            kind,
+            flags: u8::from(compressed),
+        });
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.offset
+    }
+
+    /// The blobs added so far.
+    pub fn entries(&self) -> &[super::format::BlobEntry] {
+        &self.entries
+    }
+
+    /// No blob added yet.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Write the trailer (the sealed entry list and its length) and close the file.
+    pub fn finish(mut self) -> Result<StagedPack, PackError> {
+        let mut trailer =
+            Vec::with_capacity(self.entries.len() * super::format::INDEX_ENTRY_LEN + 16);
+        for e in &self.entries {
+            e.encode(&mut trailer);
+        }
+        self.cipher
+            .seal(TRAILER_COUNTER, TRAILER_AAD, &mut trailer)?;
+        let len = u32::try_from(trailer.len()).map_err(|_| PackError::TooLarge)?;
+        self.write(&trailer)?;
+        self.write(&len.to_le_bytes())?;
+        let io = |source| PackError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        self.out.flush().map_err(io)?;
+        let file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
+        drop(file);
+        Ok(StagedPack {
+            path: self.path,
+            id: self.hasher.finalize().to_hex().to_string(),
+            header: self.header,
+            entries: self.entries,
+            size: self.offset,
+        })
+    }
+
+    /// Abandon the pack and remove its staged file.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,337 @@
+//! Forget snapshots by a retention policy, then remove data no kept snapshot needs: packs with
+//! no used blob are deleted, mostly-unused packs are repacked. Runs under an exclusive lock.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use super::EngineError;
+use super::crypto::ChunkId;
+use super::format::{SnapshotManifest, pack_object_name};
+use super::lock::RepoLock;
+use super::pack::PackWriter;
+use super::repo::Repository;
+use crate::kms::KeyManager;
+
+/// Which snapshots to keep; a snapshot kept by any rule is kept. All None keeps everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    /// Forget snapshots older than this many seconds, whatever the other rules say.
+    pub max_age_secs: Option<u64>,
+}
+
+impl RetentionPolicy {
+    pub fn is_empty(&self) -> bool {
+        self.keep_last.is_none()
+            && self.keep_daily.is_none()
+            && self.keep_weekly.is_none()
+            && self.keep_monthly.is_none()
+            && self.max_age_secs.is_none()
+    }
+}
+
+/// The ids of the snapshots the policy keeps, from `snaps` (any order) at time `now`.
+/// Pure: unit-tested with tables.
+pub fn keep(
+    snaps: &[SnapshotManifest],
+    policy: &RetentionPolicy,
+    now: jiff::Timestamp,
+) -> BTreeSet<String> {
+    let mut sorted: Vec<(&SnapshotManifest, jiff::Timestamp)> = snaps
+        .iter()
+        .map(|s| {
+            (
+                s,
+                s.time
+                    .parse::<jiff::Timestamp>()
+                    .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+            )
+        })
+        .collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.id.cmp(&a.0.id))); // newest first
+    if policy.is_empty() {
+        return sorted.iter().map(|(s, _)| s.id.clone()).collect();
+    }
+    let mut kept = BTreeSet::new();
+    if let Some(n) = policy.keep_last {
+        kept.extend(sorted.iter().take(n as usize).map(|(s, _)| s.id.clone()));
+    }
+    let bucketed = |n: Option<u32>,
+                    bucket: &dyn Fn(jiff::Timestamp) -> String,
+                    kept: &mut BTreeSet<String>| {
+        let Some(n) = n else { return };
+        let mut seen = HashSet::new();
+        for (s, t) in &sorted {
+            if seen.len() >= n as usize {
+                break;
+            }
+            if seen.insert(bucket(*t)) {
+                kept.insert(s.id.clone());
+            }
+        }
+    };
+    let utc = |t: jiff::Timestamp| t.to_zoned(jiff::tz::TimeZone::UTC);
+    bucketed(
+        policy.keep_daily,
+        &|t| utc(t).strftime("%Y-%m-%d").to_string(),
+        &mut kept,
+    );
+    bucketed(
+        policy.keep_weekly,
+        &|t| utc(t).strftime("%G-W%V").to_string(),
+        &mut kept,
+    );
+    bucketed(
+        policy.keep_monthly,
+        &|t| utc(t).strftime("%Y-%m").to_string(),
+        &mut kept,
+    );
+    if let Some(max) = policy.max_age_secs {
+        let all_rules_empty = RetentionPolicy {
+            max_age_secs: None,
+            ..policy.clone()
+        }
+        .is_empty();
+        if all_rules_empty {
+            kept.extend(sorted.iter().map(|(s, _)| s.id.clone()));
+        }
+        for (s, t) in &sorted {
+            if now.duration_since(*t).as_secs() > max as i64 {
+                kept.remove(&s.id);
+            }
+        }
+    }
+    kept
+}
+
+/// What prune did (or, with dry_run, would do).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PruneReport {
+    pub kept: Vec<String>,
+    pub forgotten: Vec<String>,
+    pub packs_deleted: usize,
+    pub packs_repacked: usize,
+    pub bytes_freed: u64,
+}
+
+/// Forget by `policy` and remove unreferenced data. Repacks packs less than half used.
+pub async fn prune(
+    repo: &mut Repository,
+    km: &dyn KeyManager,
+    policy: &RetentionPolicy,
+    dry_run: bool,
+) -> Result<PruneReport, EngineError> {
+    let lock = RepoLock::acquire(&repo.backend, true, Duration::from_secs(30)).await?;
+    let r = run_prune(repo, km, policy, dry_run).await;
+    lock.release().await?;
+    r
+}
+
+async fn run_prune(
+    repo: &mut Repository,
+    km: &dyn KeyManager,
+    policy: &RetentionPolicy,
+    dry_run: bool,
+) -> Result<PruneReport, EngineError> {
+    let snaps = repo.snapshots().await?;
+    let kept = keep(&snaps, policy, jiff::Timestamp::now());
+    let mut report = PruneReport::default();
+    for s in &snaps {
+        if kept.contains(&s.id) {
+            report.kept.push(s.id.clone())
+        } else {
+            report.forgotten.push(s.id.clone())
+        }
+    }
+    let index = repo.load_index().await?;
+    let mut used: HashSet<ChunkId> = HashSet::new();
+    for s in snaps.iter().filter(|s| kept.contains(&s.id)) {
+        for e in repo.load_tree(&index, s).await? {
+            used.extend(e.chunks);
+        }
+        for t in &s.tree {
+            if let Some(id) = hex::decode(t)
+                .ok()
+                .and_then(|v| <ChunkId>::try_from(v).ok())
+            {
+                used.insert(id);
+            }
+        }
+    }
+    // Per pack: used and unused bytes.
+    let mut per_pack: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut entries_of: HashMap<u32, Vec<super::repo::BlobLoc>> = HashMap::new();
+    for (id, loc) in &index.blobs {
+        let e = per_pack.entry(loc.pack).or_default();
+        if used.contains(id) {
+            e.0 += u64::from(loc.entry.stored_len)
+        } else {
+            e.1 += u64::from(loc.entry.stored_len)
+        }
+        entries_of.entry(loc.pack).or_default().push(*loc);
+    }
+    let mut delete = Vec::new();
+    let mut repack = Vec::new();
+    for (p, (u, n)) in &per_pack {
+        if *u == 0 {
+            delete.push(*p);
+            report.bytes_freed += n;
+        } else if *n > *u {
+            repack.push(*p);
+            report.bytes_freed += n;
+        }
+    }
+    report.packs_deleted = delete.len();
+    report.packs_repacked = repack.len();
+    if dry_run {
+        return Ok(report);
+    }
+    for id in &report.forgotten {
+        repo.backend.delete(&format!("snapshots/{id}")).await?;
+    }
+    // Repack: copy used blobs into new packs; their indexes are written before old packs go.
+    if !repack.is_empty() {
+        let (key, _) = repo.active_data_key(km).await?;
+        let staging = repo.backend.staging_dir()?.to_path_buf();
+        let mut w = PackWriter::new(&staging, &key)?;
+        let mut moved = HashSet::new();
+        for p in &repack {
+            let mut locs = entries_of.remove(p).unwrap_or_default();
+            locs.sort_by_key(|l| l.entry.offset);
+            for loc in locs.iter().filter(|l| used.contains(&l.entry.id)) {
+                if !moved.insert(loc.entry.id) {
+                    continue;
+                }
+                let plain = repo.read_blob(&index, &loc.entry.id).await?;
+                let (data, compressed) = if loc.entry.compressed() {
+                    (
+                        zstd::bulk::compress(&plain, 1)
+                            .map_err(|e| EngineError::Worker(e.to_string()))?,
+                        true,
+                    )
+                } else {
+                    (plain, false)
+                };
+                w.add(
+                    loc.entry.id,
+                    loc.entry.kind,
+                    loc.entry.raw_len,
+                    compressed,
+                    data,
+                )?;
+                if w.size() >= repo.config.pack_size {
+                    let staged =
+                        std::mem::replace(&mut w, PackWriter::new(&staging, &key)?).finish()?;
+                    repo.backend
+                        .commit_staged(&staged.path, &pack_object_name(&staged.id))
+                        .await?;
+                    repo.put_index(&key, &staged).await?;
+                }
+            }
+        }
+        if w.is_empty() {
+            w.discard();
+        } else {
+            let staged = w.finish()?;
+            repo.backend
+                .commit_staged(&staged.path, &pack_object_name(&staged.id))
+                .await?;
+            repo.put_index(&key, &staged).await?;
+        }
+    }
+    for p in delete.iter().chain(&repack) {
+        let id = &index.packs[*p as usize].id;
+        repo.backend.delete(&format!("index/{id}")).await?;
+        repo.backend.delete(&pack_object_name(id)).await?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(id: &str, time: &str) -> SnapshotManifest {
+        SnapshotManifest {
+            id: id.into(),
+            time: time.into(),
+            finished: time.into(),
+            hostname: "h".into(),
+            source: "/s".into(),
+            tags: Default::default(),
+            parent: None,
+            files: 0,
+            dirs: 0,
+            logical_bytes: 0,
+            stored_bytes: 0,
+            tree: vec![],
+            data_keys: vec![],
+            master_key_id: "k".into(),
+        }
+    }
+
+    #[test]
+    fn retention_rules() {
+        let snaps = vec![
+            snap("a", "2026-11-01T01:00:00Z"),
+            snap("b", "2026-11-01T02:00:00Z"),
+            snap("c", "2026-11-02T01:00:00Z"),
+            snap("d", "2026-11-20T01:00:00Z"),
+            snap("e", "2026-10-15T01:00:00Z"),
+        ];
+        let now: jiff::Timestamp = "2026-11-21T00:00:00Z".parse().unwrap();
+        let ids = |p: RetentionPolicy| {
+            keep(&snaps, &p, now)
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(ids(RetentionPolicy::default()), "a,b,c,d,e");
+        assert_eq!(
+            ids(RetentionPolicy {
+                keep_last: Some(2),
+                ..Default::default()
+            }),
+            "c,d"
+        );
+        assert_eq!(
+            ids(RetentionPolicy {
+                keep_daily: Some(3),
+                ..Default::default()
+            }),
+            "b,c,d"
+        );
+        assert_eq!(
+            ids(RetentionPolicy {
+                keep_monthly: Some(2),
+                ..Default::default()
+            }),
+            "d,e"
+        );
+        assert_eq!(
+            ids(RetentionPolicy {
+                keep_last: Some(1),
+                keep_monthly: Some(2),
+                ..Default::default()
+            }),
+            "d,e"
+        );
+        assert_eq!(
+            ids(RetentionPolicy {
+                max_age_secs: Some(30 * 86400),
+                ..Default::default()
+            }),
+            "a,b,c,d"
+        );
+        assert_eq!(
+            ids(RetentionPolicy {
+                keep_last: Some(0),
+                ..Default::default()
+            }),
+            ""
+        );
+    }
+}

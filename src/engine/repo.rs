@@ -1,0 +1,530 @@
+//! An open repository: its config, its unwrapped data keys, and reading and writing sealed
+//! objects (indexes, snapshots) and blobs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::EngineError;
+use super::backend::{Backend, BackendError};
+use super::crypto::{ChunkId, DataKey, ID_LEN, random_id};
+use super::format::{
+    BlobEntry, ChunkerParams, Config, FORMAT_VERSION, KeyRecord, OBJECT_HEADER_LEN, OBJECT_MAGIC,
+    ObjectKind, SnapshotManifest, TreeEntry, pack_object_name,
+};
+use super::pack::{StagedPack, blob_aad, parse_pack_header};
+use crate::kms::KeyManager;
+
+/// Default chunk size: see docs/REPOSITORY.md for the measurements behind it.
+pub const DEFAULT_CHUNK_SIZE: u32 = 16 * 1024;
+/// Default pack size.
+pub const DEFAULT_PACK_SIZE: u64 = 32 * 1024 * 1024;
+
+/// Where a blob is.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobLoc {
+    pub pack: u32,
+    pub entry: BlobEntry,
+}
+
+/// A pack as the index knows it.
+#[derive(Clone, Debug)]
+pub struct PackInfo {
+    pub id: String,
+    pub data_key_id: [u8; 16],
+    pub salt: [u8; 32],
+}
+
+/// Every blob of the repository, from the index objects.
+#[derive(Default, Debug)]
+pub struct Index {
+    pub packs: Vec<PackInfo>,
+    pub blobs: HashMap<ChunkId, BlobLoc>,
+}
+
+impl Index {
+    fn add(&mut self, pack: PackInfo, entries: Vec<BlobEntry>) {
+        let n = self.packs.len() as u32;
+        self.packs.push(pack);
+        for entry in entries {
+            self.blobs
+                .entry(entry.id)
+                .or_insert(BlobLoc { pack: n, entry });
+        }
+    }
+}
+
+/// An open repository with its data keys unwrapped.
+pub struct Repository {
+    pub backend: Backend,
+    pub config: Config,
+    keys: HashMap<[u8; 16], Arc<DataKey>>,
+    records: Vec<KeyRecord>,
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+fn parse_key_id(hex_id: &str) -> Option<[u8; 16]> {
+    let v = hex::decode(hex_id).ok()?;
+    v.try_into().ok()
+}
+
+impl Repository {
+    /// Open an existing repository, unwrapping its data keys with `km`.
+    pub async fn open(backend: Backend, km: &dyn KeyManager) -> Result<Self, EngineError> {
+        let config = match backend.get("config").await {
+            Ok(bytes) => {
+                serde_json::from_slice::<Config>(&bytes).map_err(|e| EngineError::Corrupt {
+                    object: "config".into(),
+                    reason: e.to_string(),
+                })?
+            }
+            Err(BackendError::NotFound { .. }) => {
+                return Err(EngineError::NoRepository {
+                    repo: backend.display().to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if config.format != "snapcrypt-repository" || config.version != FORMAT_VERSION {
+            return Err(EngineError::Corrupt {
+                object: "config".into(),
+                reason: format!(
+                    "format {} version {}, this build reads version {FORMAT_VERSION}",
+                    config.format, config.version
+                ),
+            });
+        }
+        let mut repo = Repository {
+            backend,
+            config,
+            keys: HashMap::new(),
+            records: Vec::new(),
+        };
+        repo.load_keys(km).await?;
+        let id_key = *repo
+            .keys
+            .values()
+            .next()
+            .map(|k| k.id_key())
+            .unwrap_or(&[0; 32]);
+        if repo.config.mac != repo.config.compute_mac(&id_key) {
+            return Err(EngineError::Corrupt {
+                object: "config".into(),
+                reason: "authentication failed: altered".into(),
+            });
+        }
+        Ok(repo)
+    }
+
+    /// Open the repository, creating it (config and a first data key) if it does not exist.
+    /// Returns whether it was created.
+    pub async fn open_or_init(
+        backend: Backend,
+        km: &dyn KeyManager,
+        chunk_size: u32,
+    ) -> Result<(Self, bool), EngineError> {
+        if backend.exists("config").await? {
+            return Ok((Self::open(backend, km).await?, false));
+        }
+        // The key record goes first: a config is never visible without a key to read it.
+        let key = DataKey::generate(None)?;
+        let record = Self::wrap_record(km, &key, None).await?;
+        let name = format!("keys/{}", record.data_key_id);
+        backend
+            .put(&name, serde_json::to_vec_pretty(&record)?)
+            .await?;
+        let mut config = Config {
+            format: "snapcrypt-repository".into(),
+            version: FORMAT_VERSION,
+            id: hex::encode(&random_id()?[..16]),
+            created: now_rfc3339(),
+            chunker: ChunkerParams {
+                kind: "fixed".into(),
+                size: chunk_size,
+            },
+            pack_size: DEFAULT_PACK_SIZE,
+            mac: String::new(),
+        };
+        config.mac = config.compute_mac(key.id_key());
+        if !backend
+            .put_new("config", serde_json::to_vec_pretty(&config)?)
+            .await?
+        {
+            // Another writer created the repository at the same moment: use theirs.
+            backend.delete(&name).await?;
+            return Ok((Self::open(backend, km).await?, false));
+        }
+        Ok((Self::open(backend, km).await?, true))
+    }
+
+    async fn wrap_record(
+        km: &dyn KeyManager,
+        key: &DataKey,
+        created: Option<String>,
+    ) -> Result<KeyRecord, EngineError> {
+        let wrapped = km.wrap(&key.material()).await?;
+        Ok(KeyRecord {
+            data_key_id: hex::encode(key.id),
+            created: created.unwrap_or_else(now_rfc3339),
+            wrapped_at: now_rfc3339(),
+            wrapped,
+        })
+    }
+
+    async fn load_keys(&mut self, km: &dyn KeyManager) -> Result<(), EngineError> {
+        self.keys.clear();
+        self.records.clear();
+        for (name, _) in self.backend.list("keys").await? {
+            let bytes = self.backend.get(&name).await?;
+            let record: KeyRecord =
+                serde_json::from_slice(&bytes).map_err(|e| EngineError::Corrupt {
+                    object: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            let id = parse_key_id(&record.data_key_id).ok_or_else(|| EngineError::Corrupt {
+                object: name.clone(),
+                reason: "bad data key id".into(),
+            })?;
+            let material = km.unwrap(&record.wrapped).await?;
+            let key = DataKey::from_material(id, &material)?;
+            self.keys.insert(id, Arc::new(key));
+            self.records.push(record);
+        }
+        if self.keys.is_empty() {
+            return Err(EngineError::Corrupt {
+                object: "keys/".into(),
+                reason: "no data key records".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The data key records (wrapped), for `key status`.
+    pub fn key_records(&self) -> &[KeyRecord] {
+        &self.records
+    }
+
+    /// The data key new data is encrypted with: one wrapped under the key manager's active
+    /// master key. If none is (the master key was rotated without rewrapping), a new data key
+    /// sharing the chunk-id key is created and wrapped under it. Fails, writing nothing, if
+    /// the master key cannot be used (for KMIP: it is not Active).
+    pub async fn active_data_key(
+        &mut self,
+        km: &dyn KeyManager,
+    ) -> Result<(Arc<DataKey>, String), EngineError> {
+        let master = km.active_key_id().await?;
+        if let Some(r) = self
+            .records
+            .iter()
+            .find(|r| r.wrapped.master_key_id == master && r.wrapped.kms == km.kind())
+        {
+            let id = parse_key_id(&r.data_key_id).unwrap_or_default();
+            if let Some(k) = self.keys.get(&id) {
+                return Ok((k.clone(), master));
+            }
+        }
+        let any = self
+            .keys
+            .values()
+            .next()
+            .cloned()
+            .ok_or_else(|| EngineError::Corrupt {
+                object: "keys/".into(),
+                reason: "no data key".into(),
+            })?;
+        let key = DataKey::generate(Some(any.id_key()))?;
+        let record = Self::wrap_record(km, &key, None).await?;
+        self.backend
+            .put(
+                &format!("keys/{}", record.data_key_id),
+                serde_json::to_vec_pretty(&record)?,
+            )
+            .await?;
+        let key = Arc::new(key);
+        self.keys.insert(key.id, key.clone());
+        self.records.push(record);
+        Ok((key, master))
+    }
+
+    /// Rewrap every data key record: unwrap with `from`, wrap with `to`'s active master key,
+    /// replace the record. Metadata only: no data object is rewritten. Returns how many.
+    pub async fn rewrap_all(
+        &mut self,
+        from: &dyn KeyManager,
+        to: &dyn KeyManager,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<usize, EngineError> {
+        to.active_key_id().await?;
+        let total = self.records.len();
+        for (i, record) in self.records.clone().into_iter().enumerate() {
+            let material = from.unwrap(&record.wrapped).await?;
+            let id = parse_key_id(&record.data_key_id).unwrap_or_default();
+            let key = DataKey::from_material(id, &material)?;
+            let new = Self::wrap_record(to, &key, Some(record.created.clone())).await?;
+            // Check the new wrap before it replaces the old one.
+            let check = to.unwrap(&new.wrapped).await?;
+            if check[..] != material[..] {
+                return Err(EngineError::Corrupt {
+                    object: format!("keys/{}", record.data_key_id),
+                    reason: "rewrap check failed".into(),
+                });
+            }
+            self.backend
+                .put(
+                    &format!("keys/{}", new.data_key_id),
+                    serde_json::to_vec_pretty(&new)?,
+                )
+                .await?;
+            self.records[i] = new;
+            progress(i + 1, total);
+        }
+        Ok(total)
+    }
+
+    /// The data key with this id.
+    pub fn key(&self, id: &[u8; 16]) -> Result<Arc<DataKey>, EngineError> {
+        self.keys
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::Corrupt {
+                object: format!("keys/{}", hex::encode(id)),
+                reason: "data key named by an object is missing".into(),
+            })
+    }
+
+    fn object_aad(header: &[u8], name: &str) -> Vec<u8> {
+        [header, name.as_bytes()].concat()
+    }
+
+    /// Seal `plaintext` under `key` as object `name` of `kind`, and store it.
+    pub async fn put_sealed(
+        &self,
+        key: &DataKey,
+        kind: ObjectKind,
+        name: &str,
+        plaintext: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        let salt = random_id()?;
+        let mut header = Vec::with_capacity(OBJECT_HEADER_LEN);
+        header.extend_from_slice(OBJECT_MAGIC);
+        header.push(1);
+        header.push(kind as u8);
+        header.extend_from_slice(&key.id);
+        header.extend_from_slice(&salt);
+        let mut body = plaintext;
+        key.object_cipher(&salt)?
+            .seal(0, &Self::object_aad(&header, name), &mut body)?;
+        header.extend_from_slice(&body);
+        self.backend.put(name, header).await?;
+        Ok(())
+    }
+
+    /// Read and open sealed object `name` of `kind`.
+    pub async fn get_sealed(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, EngineError> {
+        let bytes = self.backend.get(name).await?;
+        self.open_sealed(kind, name, &bytes)
+    }
+
+    /// Open the bytes of sealed object `name`.
+    pub fn open_sealed(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, EngineError> {
+        let corrupt = |reason: &str| EngineError::Corrupt {
+            object: name.into(),
+            reason: reason.into(),
+        };
+        if bytes.len() < OBJECT_HEADER_LEN + 16 || &bytes[..4] != OBJECT_MAGIC || bytes[4] != 1 {
+            return Err(corrupt("not a snapcrypt object (bad header or truncated)"));
+        }
+        if bytes[5] != kind as u8 {
+            return Err(corrupt("object of the wrong kind"));
+        }
+        let (header, body) = bytes.split_at(OBJECT_HEADER_LEN);
+        let mut dk = [0u8; 16];
+        dk.copy_from_slice(&header[6..22]);
+        let mut salt = [0u8; ID_LEN];
+        salt.copy_from_slice(&header[22..54]);
+        let key = self.key(&dk)?;
+        let mut body = body.to_vec();
+        let n = key
+            .object_cipher(&salt)?
+            .open(0, &Self::object_aad(header, name), &mut body)
+            .map_err(|_| corrupt("authentication failed: tampered, truncated or renamed"))?;
+        body.truncate(n);
+        Ok(body)
+    }
+
+    /// Store the index object of a committed pack.
+    pub async fn put_index(&self, key: &DataKey, pack: &StagedPack) -> Result<(), EngineError> {
+        let mut plain = Vec::with_capacity(pack.header.len() + pack.entries.len() * 46);
+        plain.extend_from_slice(&pack.header);
+        for e in &pack.entries {
+            e.encode(&mut plain);
+        }
+        self.put_sealed(key, ObjectKind::Index, &format!("index/{}", pack.id), plain)
+            .await
+    }
+
+    /// Load every index object.
+    pub async fn load_index(&self) -> Result<Index, EngineError> {
+        let names = self.backend.list("index").await?;
+        let mut index = Index::default();
+        let fetched = futures::future::try_join_all(names.iter().map(|(name, _)| async move {
+            let plain = self.get_sealed(ObjectKind::Index, name).await?;
+            Ok::<_, EngineError>((name.clone(), plain))
+        }))
+        .await?;
+        for (name, plain) in fetched {
+            let corrupt = |reason: &str| EngineError::Corrupt {
+                object: name.clone(),
+                reason: reason.into(),
+            };
+            let (data_key_id, salt) =
+                parse_pack_header(&plain).ok_or_else(|| corrupt("bad pack header in index"))?;
+            let entries = BlobEntry::decode_all(&plain[super::format::PACK_HEADER_LEN..])
+                .ok_or_else(|| corrupt("bad entries"))?;
+            let id = name.trim_start_matches("index/").to_string();
+            index.add(
+                PackInfo {
+                    id,
+                    data_key_id,
+                    salt,
+                },
+                entries,
+            );
+        }
+        Ok(index)
+    }
+
+    /// Open one sealed blob read from its pack and check it is what its id says.
+    pub fn open_blob(
+        &self,
+        index: &Index,
+        loc: &BlobLoc,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, EngineError> {
+        let pack = &index.packs[loc.pack as usize];
+        let object = pack_object_name(&pack.id);
+        let corrupt = |reason: String| EngineError::Corrupt {
+            object: object.clone(),
+            reason,
+        };
+        let key = self.key(&pack.data_key_id)?;
+        let mut buf = sealed.to_vec();
+        let n = key
+            .object_cipher(&pack.salt)?
+            .open(
+                u64::from(loc.entry.offset),
+                &blob_aad(loc.entry.kind, &loc.entry.id),
+                &mut buf,
+            )
+            .map_err(|_| {
+                corrupt(format!(
+                    "blob {} at offset {}: authentication failed",
+                    hex::encode(loc.entry.id),
+                    loc.entry.offset
+                ))
+            })?;
+        buf.truncate(n);
+        let plain = if loc.entry.compressed() {
+            zstd::bulk::decompress(&buf, loc.entry.raw_len as usize)
+                .map_err(|e| corrupt(format!("blob {}: {e}", hex::encode(loc.entry.id))))?
+        } else {
+            buf
+        };
+        if plain.len() != loc.entry.raw_len as usize || key.chunk_id(&plain) != loc.entry.id {
+            return Err(corrupt(format!(
+                "blob {}: content does not match its id",
+                hex::encode(loc.entry.id)
+            )));
+        }
+        Ok(plain)
+    }
+
+    /// Read one blob from the store.
+    pub async fn read_blob(&self, index: &Index, id: &ChunkId) -> Result<Vec<u8>, EngineError> {
+        let loc = index.blobs.get(id).ok_or_else(|| EngineError::Corrupt {
+            object: format!("blob {}", hex::encode(id)),
+            reason: "not in any index".into(),
+        })?;
+        let pack = &index.packs[loc.pack as usize];
+        let sealed = self
+            .backend
+            .get_range(
+                &pack_object_name(&pack.id),
+                u64::from(loc.entry.offset),
+                u64::from(loc.entry.stored_len),
+            )
+            .await?;
+        self.open_blob(index, loc, &sealed)
+    }
+
+    /// Every snapshot manifest, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotManifest>, EngineError> {
+        let names = self.backend.list("snapshots").await?;
+        let mut out = futures::future::try_join_all(names.iter().map(|(name, _)| async move {
+            let plain = self.get_sealed(ObjectKind::Snapshot, name).await?;
+            serde_json::from_slice::<SnapshotManifest>(&plain).map_err(|e| EngineError::Corrupt {
+                object: name.clone(),
+                reason: e.to_string(),
+            })
+        }))
+        .await?;
+        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Find a snapshot by id, unique id prefix, or `latest`.
+    pub async fn find_snapshot(&self, which: &str) -> Result<SnapshotManifest, EngineError> {
+        let all = self.snapshots().await?;
+        let found: Vec<_> = if which == "latest" {
+            all.last().cloned().into_iter().collect()
+        } else {
+            all.into_iter()
+                .filter(|s| s.id.starts_with(which))
+                .collect()
+        };
+        match found.len() {
+            1 => Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
+            0 => Err(EngineError::NoSuchSnapshot {
+                which: which.into(),
+            }),
+            n => Err(EngineError::AmbiguousSnapshot {
+                which: which.into(),
+                count: n,
+            }),
+        }
+    }
+
+    /// The file list of a snapshot.
+    pub async fn load_tree(
+        &self,
+        index: &Index,
+        snap: &SnapshotManifest,
+    ) -> Result<Vec<TreeEntry>, EngineError> {
+        let mut compressed = Vec::new();
+        for id_hex in &snap.tree {
+            let id: ChunkId = hex::decode(id_hex)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| EngineError::Corrupt {
+                    object: format!("snapshots/{}", snap.id),
+                    reason: "bad tree id".into(),
+                })?;
+            compressed.extend_from_slice(&self.read_blob(index, &id).await?);
+        }
+        let json = zstd::stream::decode_all(&compressed[..]).map_err(|e| EngineError::Corrupt {
+            object: format!("tree of snapshot {}", snap.id),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_slice(&json).map_err(|e| EngineError::Corrupt {
+            object: format!("tree of snapshot {}", snap.id),
+            reason: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,239 @@
+//! Verify: every object the repository needs is there, whole and authentic. Without
+//! `read_data` the metadata is checked (config, keys, indexes, snapshots, file lists, pack
+//! presence and exact sizes); with it every pack is read, hashed against its name, and every
+//! blob opened and checked against its id.
+
+use std::collections::{HashMap, HashSet};
+
+use super::EngineError;
+use super::format::{
+    BlobEntry, INDEX_ENTRY_LEN, PACK_HEADER_LEN, TRAILER_COUNTER, pack_object_name,
+};
+use super::pack::{TRAILER_AAD, parse_pack_header};
+use super::repo::{Index, Repository};
+
+/// What verify found; `problems` is empty when the repository is sound.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub snapshots: usize,
+    pub packs: usize,
+    pub blobs: usize,
+    pub bytes_read: u64,
+    pub problems: Vec<String>,
+}
+
+/// The exact size of a pack holding `entries`.
+fn expected_pack_size(entries: &[&BlobEntry]) -> u64 {
+    let blobs: u64 = entries.iter().map(|e| u64::from(e.stored_len)).sum();
+    PACK_HEADER_LEN as u64 + blobs + (entries.len() * INDEX_ENTRY_LEN) as u64 + 16 + 4
+}
+
+/// Check the repository (or one snapshot of it).
+pub async fn verify(
+    repo: &Repository,
+    snapshot: Option<&str>,
+    read_data: bool,
+) -> Result<VerifyReport, EngineError> {
+    let mut report = VerifyReport::default();
+    let problem = |report: &mut VerifyReport, e: EngineError| report.problems.push(e.to_string());
+
+    // Indexes, one by one so one bad object does not hide the others.
+    let mut index = Index::default();
+    let index_names = repo.backend.list("index").await?;
+    let mut good_index = Vec::new();
+    for (name, _) in &index_names {
+        match repo
+            .get_sealed(super::format::ObjectKind::Index, name)
+            .await
+        {
+            Ok(plain) => good_index.push((name.clone(), plain)),
+            Err(e) => problem(&mut report, e),
+        }
+    }
+    let mut pack_entries: HashMap<String, Vec<BlobEntry>> = HashMap::new();
+    for (name, plain) in good_index {
+        let id = name.trim_start_matches("index/").to_string();
+        match (
+            parse_pack_header(&plain),
+            BlobEntry::decode_all(plain.get(PACK_HEADER_LEN..).unwrap_or_default()),
+        ) {
+            (Some((data_key_id, salt)), Some(entries)) => {
+                pack_entries.insert(id.clone(), entries.clone());
+                let n = index.packs.len() as u32;
+                index.packs.push(super::repo::PackInfo {
+                    id,
+                    data_key_id,
+                    salt,
+                });
+                for e in entries {
+                    index
+                        .blobs
+                        .entry(e.id)
+                        .or_insert(super::repo::BlobLoc { pack: n, entry: e });
+                }
+            }
+            _ => report
+                .problems
+                .push(format!("repository object {name} is damaged: bad contents")),
+        }
+    }
+
+    // Packs: present, exact size, every pack has an index.
+    let packs: HashMap<String, u64> = repo
+        .backend
+        .list("data")
+        .await?
+        .into_iter()
+        .map(|(n, size)| (n.rsplit('/').next().unwrap_or_default().to_string(), size))
+        .collect();
+    for (id, entries) in &pack_entries {
+        let name = pack_object_name(id);
+        match packs.get(id) {
+            None => report.problems.push(format!(
+                "repository object {name} is missing (named by index/{id})"
+            )),
+            Some(size) => {
+                let want = expected_pack_size(&entries.iter().collect::<Vec<_>>());
+                if *size != want {
+                    report.problems.push(format!("repository object {name} is damaged: {size} bytes, expected {want} (truncated or padded)"));
+                }
+            }
+        }
+    }
+    for id in packs.keys() {
+        if !pack_entries.contains_key(id) {
+            report.problems.push(format!(
+                "repository object {} has no index object index/{id}",
+                pack_object_name(id)
+            ));
+        }
+    }
+    report.packs = pack_entries.len();
+    report.blobs = index.blobs.len();
+
+    // Snapshots and their file lists.
+    let snaps = match snapshot {
+        Some(which) => vec![repo.find_snapshot(which).await?],
+        None => {
+            let mut out = Vec::new();
+            for (name, _) in repo.backend.list("snapshots").await? {
+                match repo
+                    .get_sealed(super::format::ObjectKind::Snapshot, &name)
+                    .await
+                {
+                    Ok(p) => match serde_json::from_slice(&p) {
+                        Ok(s) => out.push(s),
+                        Err(e) => report
+                            .problems
+                            .push(format!("repository object {name} is damaged: {e}")),
+                    },
+                    Err(e) => problem(&mut report, e),
+                }
+            }
+            out
+        }
+    };
+    report.snapshots = snaps.len();
+    let mut needed_packs: HashSet<u32> = HashSet::new();
+    for snap in &snaps {
+        match repo.load_tree(&index, snap).await {
+            Err(e) => report.problems.push(format!("snapshot {}: {e}", snap.id)),
+            Ok(tree) => {
+                for e in &tree {
+                    for c in &e.chunks {
+                        match index.blobs.get(c) {
+                            Some(loc) => {
+                                needed_packs.insert(loc.pack);
+                            }
+                            None => report.problems.push(format!(
+                                "snapshot {}: {} needs blob {}, which no index has",
+                                snap.id,
+                                e.path,
+                                hex::encode(c)
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if read_data {
+        let which: Vec<u32> = if snapshot.is_some() {
+            let mut v: Vec<u32> = needed_packs.into_iter().collect();
+            v.sort();
+            v
+        } else {
+            (0..index.packs.len() as u32).collect()
+        };
+        for p in which {
+            let info = &index.packs[p as usize];
+            let name = pack_object_name(&info.id);
+            let bytes = match repo.backend.get(&name).await {
+                Ok(b) => b,
+                Err(e) => {
+                    report
+                        .problems
+                        .push(format!("repository object {name}: {e}"));
+                    continue;
+                }
+            };
+            report.bytes_read += bytes.len() as u64;
+            if blake3::hash(&bytes).to_hex().as_str() != info.id {
+                report.problems.push(format!(
+                    "repository object {name} is damaged: content does not match its name (hash)"
+                ));
+                continue;
+            }
+            if let Err(reason) = check_trailer(repo, info, &bytes, &pack_entries[&info.id]) {
+                report
+                    .problems
+                    .push(format!("repository object {name} is damaged: {reason}"));
+            }
+            for e in &pack_entries[&info.id] {
+                let loc = super::repo::BlobLoc { pack: p, entry: *e };
+                let range = e.offset as usize..(e.offset as usize + e.stored_len as usize);
+                match bytes.get(range) {
+                    Some(sealed) => {
+                        if let Err(err) = repo.open_blob(&index, &loc, sealed) {
+                            problem(&mut report, err);
+                        }
+                    }
+                    None => report.problems.push(format!(
+                        "repository object {name} is damaged: blob past the end"
+                    )),
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The pack's own trailer opens and lists the same blobs as its index object.
+fn check_trailer(
+    repo: &Repository,
+    info: &super::repo::PackInfo,
+    bytes: &[u8],
+    entries: &[BlobEntry],
+) -> Result<(), String> {
+    let n = bytes.len();
+    if n < PACK_HEADER_LEN + 4 {
+        return Err("too short".into());
+    }
+    let len = u32::from_le_bytes([bytes[n - 4], bytes[n - 3], bytes[n - 2], bytes[n - 1]]) as usize;
+    let start = n
+        .checked_sub(4 + len)
+        .ok_or("trailer length past the start")?;
+    let key = repo.key(&info.data_key_id).map_err(|e| e.to_string())?;
+    let mut trailer = bytes[start..n - 4].to_vec();
+    let plain_len = key
+        .object_cipher(&info.salt)
+        .map_err(|e| e.to_string())?
+        .open(TRAILER_COUNTER, TRAILER_AAD, &mut trailer)
+        .map_err(|_| "trailer authentication failed".to_string())?;
+    let listed = BlobEntry::decode_all(&trailer[..plain_len]).ok_or("bad trailer entries")?;
+    if listed != entries {
+        return Err("trailer and index object disagree".into());
+    }
+    Ok(())
+}
