@@ -41,18 +41,23 @@ def main():
 
     os.register_at_fork(after_in_child=_die_with_parent)
 
+    from kmip.services.server import monitor as monitor_mod
     from kmip.services.server import server as server_mod
 
     def _exit_now(signum, frame):
         os._exit(0)
 
-    # PyKMIP installs its own SIGINT/SIGTERM handlers in start() and serve();
-    # hand it a stand-in `signal` module whose signal() does nothing.
-    server_mod.signal = types.SimpleNamespace(
+    # PyKMIP installs its own SIGINT/SIGTERM handlers (KmipServer.start(),
+    # KmipServer.serve() and PolicyDirectoryMonitor.__init__, which runs in this
+    # process) that only stop the policy monitor. Hand both modules a stand-in
+    # `signal` module whose signal() does nothing.
+    shim = types.SimpleNamespace(
         signal=lambda *a, **k: None,
         SIGINT=signal.SIGINT,
         SIGTERM=signal.SIGTERM,
     )
+    server_mod.signal = shim
+    monitor_mod.signal = shim
     signal.signal(signal.SIGTERM, _exit_now)
     signal.signal(signal.SIGINT, _exit_now)
 
@@ -62,6 +67,8 @@ def main():
         live_policies=True,
     )
     s.start()
+    signal.signal(signal.SIGTERM, _exit_now)  # again, in case anything re-set them
+    signal.signal(signal.SIGINT, _exit_now)
     print(
         "PYKMIP READY {}:{}".format(
             s.config.settings.get("hostname"), s.config.settings.get("port")
