@@ -106,7 +106,7 @@ def fail_reason(e):
     """(status, reason, message) of a failed KMIP operation, as names."""
     status = getattr(e, "status", None)
     reason = getattr(e, "reason", None)
-    message = getattr(e, "message", None)
+    message = getattr(e, "message", None) or (str(e.args[0]) if e.args else None)
     return "%s / %s / %r" % (
         getattr(status, "name", status), getattr(reason, "name", reason), message)
 
@@ -243,6 +243,7 @@ def main():
                      "Response carries Data (ciphertext, same length as plaintext) and\n"
                      "AuthenticatedEncryptionTag; no IVCounterNonce because the client supplied it."):
             ct, iv_back, tag = encrypt_gcm(c, uid, plaintext, iv=iv12, aad=aad)
+        ctx["enc_req"] = next(d for k, d in TRAFFIC if k == "request")
         assert len(ct) == len(plaintext) and ct != plaintext
         assert iv_back is None, iv_back
         assert tag is not None and len(tag) == 16, tag
@@ -342,6 +343,57 @@ def main():
         return "by name: %r; all: %r" % (found, all_ids)
     check("Locate", locate2)
 
+    def raw_send(req):
+        tctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tctx.load_verify_locations(os.path.join(state, "ca.pem"))
+        tctx.load_cert_chain(os.path.join(state, "client.pem"), os.path.join(state, "client.key"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s_, \
+                tctx.wrap_socket(s_, server_hostname="localhost") as t:
+            t.sendall(req)
+            buf = b""
+            while len(buf) < 8 or len(buf) < 8 + int.from_bytes(buf[4:8], "big"):
+                chunk = t.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return buf
+
+    def result_of(resp):
+        """(minor version, ResultStatus name, ResultReason name or None) from raw response bytes."""
+        text = ttlv_dump.render(resp)
+        minor = next(l for l in text.splitlines() if "PROTOCOL_VERSION_MINOR" in l).split("= ")[-1]
+        status = next(l for l in text.splitlines() if "RESULT_STATUS" in l).split("(")[-1].rstrip(")")
+        reason = [l.split("(")[-1].rstrip(")") for l in text.splitlines() if "RESULT_REASON" in l]
+        major = next(l for l in text.splitlines() if "PROTOCOL_VERSION_MAJOR" in l).split("= ")[-1]
+        return "response v%s.%s %s%s" % (major, minor, status, (" / " + reason[0]) if reason else "")
+
+    # Offsets in the Encrypt request PyKMIP builds (see captures/*encrypt-aes-gcm.txt):
+    # 0x20..0x24 major, 0x30..0x34 minor, 0x80 BlockCipherMode item, 0x90 CryptographicAlgorithm item.
+    def raw_out_of_order():
+        req = bytearray(ctx["enc_req"])
+        req[0x80:0x90], req[0x90:0xa0] = ctx["enc_req"][0x90:0xa0], ctx["enc_req"][0x80:0x90]
+        r = result_of(raw_send(bytes(req)))
+        assert "INVALID_MESSAGE" in r, r
+        return "CryptographicAlgorithm before BlockCipherMode -> " + r
+    check("Field order is enforced (raw TTLV)", raw_out_of_order)
+
+    def raw_aad_at_13():
+        req = bytearray(ctx["enc_req"])
+        req[0x33] = 3
+        r = result_of(raw_send(bytes(req)))
+        assert "INVALID_MESSAGE" in r, r
+        return "Encrypt with AAD in a KMIP 1.3 request -> " + r
+    check("AAD/tag fields only parse at KMIP >= 1.4 (raw TTLV)", raw_aad_at_13)
+
+    def raw_at_20():
+        req = bytearray(ctx["enc_req"])
+        req[0x23], req[0x33] = 2, 0
+        resp = raw_send(bytes(req))
+        r = result_of(resp)
+        assert "SUCCESS" in r and "AUTHENTICATED_ENCRYPTION_TAG" in ttlv_dump.render(resp), r
+        return "same Encrypt as KMIP 2.0 -> " + r + " with tag"
+    check("Encrypt AES-GCM at KMIP 2.0 (raw TTLV)", raw_at_20)
+
     def gcm_at_12():
         c12 = make_client(state, port, version=enums.KMIPVersion.KMIP_1_2)
         try:
@@ -388,7 +440,11 @@ def main():
     def no_eku():
         c3 = make_client(state, port, who="client-noeku")
         try:
-            return expect_failure(lambda: c3.get(uid))
+            with Capture(cap, "get-noeku-error",
+                         "Get from a client whose cert lacks the clientAuth EKU: TLS succeeds, the KMIP\n"
+                         "response is AuthenticationNotSuccessful and its header says ProtocolVersion 1.0\n"
+                         "whatever the request's version"):
+                return expect_failure(lambda: c3.get(uid))
         finally:
             c3.close()
     check("Client cert without clientAuth EKU: TLS ok, KMIP refused", no_eku)
