@@ -860,7 +860,9 @@ class PodWorker(threading.Thread):
                 self.publish()
                 return
             self.publish()
-            self.stop_evt.wait(0.1)
+            # poll processes at 10 Hz; a pod of scenery only just waits for its deletion
+            busy = any(c.runnable and not c.done for c in self.mains)
+            self.stop_evt.wait(0.1 if busy else 5.0)
 
 
 # --------------------------------------------------------------------------- the agent
