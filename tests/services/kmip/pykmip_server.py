@@ -10,7 +10,8 @@ Differences from the stock `pykmip-server` entry point:
     PR_SET_PDEATHSIG=SIGKILL, so even a SIGKILL of this process leaves no
     orphan behind.
   * Prints "PYKMIP READY 127.0.0.1:PORT" on stdout (flushed) once the TLS
-    socket is listening; a harness may wait for that line or just poll the port.
+    socket is listening; a harness may wait for that line or just poll the port
+    with TCP connects (the port refuses connections until then).
 """
 import ctypes
 import os
@@ -67,6 +68,9 @@ def main():
         live_policies=True,
     )
     s.start()
+    # start() binds; serve() listens. Listen now so that READY means connectable
+    # (serve() calling listen() again is harmless).
+    s._socket.listen(5)
     signal.signal(signal.SIGTERM, _exit_now)  # again, in case anything re-set them
     signal.signal(signal.SIGINT, _exit_now)
     print(
