@@ -37,8 +37,9 @@ def main():
         return 2
     config_path, log_path = sys.argv[1], sys.argv[2]
 
-    # ssl.PROTOCOL_TLSv1_2 is deprecated; PyKMIP still uses it. Keep stderr quiet.
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # ssl.PROTOCOL_TLSv1_2 is deprecated and cryptography warns about TripleDES,
+    # ARC4, Camellia, OFB, CFB at PyKMIP import. Keep stderr quiet.
+    warnings.filterwarnings("ignore")
 
     os.register_at_fork(after_in_child=_die_with_parent)
 
