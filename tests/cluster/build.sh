@@ -13,7 +13,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-CACHE=${SNAPCRYPT_CACHE:-$HOME/.cache/snapcrypt}
+CACHE=${SNAPCRYPT_CACHE:-${HOME:-/root}/.cache/snapcrypt}
 K8S=$CACHE/k8s
 BIN=$K8S/bin
 K8S_VERSION=v1.20.2

@@ -2,7 +2,7 @@
 # Shared settings of the snapcrypt e2e test cluster scripts. Sourced, not run.
 # Every address is loopback; every port can be overridden from the environment.
 
-SNAPCRYPT_CACHE=${SNAPCRYPT_CACHE:-$HOME/.cache/snapcrypt}
+SNAPCRYPT_CACHE=${SNAPCRYPT_CACHE:-${HOME:-/root}/.cache/snapcrypt}
 K8S_BIN=${SNAPCRYPT_K8S_BIN:-$SNAPCRYPT_CACHE/k8s/bin}
 CLUSTER_DIR=${SNAPCRYPT_CLUSTER_DIR:-/tmp/snapcrypt-cluster}
 

@@ -119,6 +119,7 @@ MAX_TERMINATION_MESSAGE = 4096        # kubelet: 4096 bytes per container
 FALLBACK_LOG_BYTES, FALLBACK_LOG_LINES = 2048, 80  # kubelet: the smaller of the two
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CCE = "CreateContainerConfigError"
+HOLDER_ANNOTATION = "snapcrypt.test/node-agent-holder"
 SETPRIV = shutil.which("setpriv")  # util-linux; for --pdeathsig
 
 
@@ -944,7 +945,8 @@ class Agent:
         return {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": labels,
-                         "annotations": {"snapcrypt.test/node-agent": "test double of a kubelet"}},
+                         "annotations": {"snapcrypt.test/node-agent": "test double of a kubelet",
+                                 HOLDER_ANNOTATION: self.holder()}},
             "spec": {},
             "status": {
                 "conditions": self.node_conditions(),
@@ -974,8 +976,35 @@ class Agent:
                       "lastHeartbeatTime": t, "lastTransitionTime": self._node_t0})
         return c
 
-    def register_nodes(self):
+    def holder(self):
+        return "%s/%d" % (platform.node(), os.getpid())
+
+    def check_not_held(self, name):
+        """Refuse a node that another live agent on this machine is serving: two agents owning
+        one node would both run its pods."""
+        try:
+            node = self.kube.get("/api/v1/nodes/" + q(name))
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        holder = ((node.get("metadata") or {}).get("annotations") or {}).get(HOLDER_ANNOTATION, "")
+        host, _, pid = holder.rpartition("/")
+        if not pid.isdigit() or host != platform.node() or int(pid) == os.getpid():
+            return
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                alive = b"agent.py" in f.read()
+        except OSError:
+            alive = False
+        if alive:
+            raise SystemExit("node-agent: node %s is served by another running node agent (pid %s); "
+                             "use other node names or stop it first" % (name, pid))
+
+    def register_nodes(self, check=True):
         for name in self.nodes:
+            if check:
+                self.check_not_held(name)
             body = self.node_body(name)
             try:
                 self.kube.post("/api/v1/nodes", body)
@@ -983,7 +1012,8 @@ class Agent:
             except ApiException as e:
                 if e.status != 409:
                     raise
-                self.kube.merge_patch("/api/v1/nodes/" + q(name), {"metadata": {"labels": body["metadata"]["labels"]}})
+                self.kube.merge_patch("/api/v1/nodes/" + q(name), {"metadata": {
+                    "labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]}})
                 log.info("node %s already existed: labels updated", name)
             self.kube.merge_patch("/api/v1/nodes/%s/status" % q(name), {"status": body["status"]})
 
@@ -997,7 +1027,7 @@ class Agent:
                     if e.status == 404:
                         log.warning("node %s was deleted: registering it again", name)
                         try:
-                            self.register_nodes()
+                            self.register_nodes(check=False)
                         except Exception as e2:  # noqa: BLE001
                             log.warning("re-register failed: %s", e2)
                     else:
@@ -1231,12 +1261,15 @@ def main(argv=None):
         except (BrokenPipeError, OSError):
             pass
 
+    rc = 0
     try:
         agent.register_nodes()
         threading.Thread(target=agent.heartbeat, name="heartbeat", daemon=True).start()
         agent.watch_pods(ready)
-    except SystemExit:
-        pass
+    except SystemExit as e:
+        if e.code not in (0, None):
+            log.error("%s", e.code)
+            rc = 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1247,7 +1280,7 @@ def main(argv=None):
             except OSError:
                 pass
         log.info("stopped")
-    return 0
+    return rc
 
 
 if __name__ == "__main__":
