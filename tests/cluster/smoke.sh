@@ -197,6 +197,7 @@ kind: Pod
 metadata: {name: smoke-seeder, namespace: $NS}
 spec:
   restartPolicy: Never
+  nodeSelector: {kubernetes.io/hostname: node-a}
   containers:
   - name: seed
     image: busybox:1.36
@@ -251,7 +252,14 @@ check "smoke-pod read a ConfigMap with its ServiceAccount kubeconfig into its PV
   test "$(cat "$WORK/agent/pvcs/$NS/smoke-data/greeting" 2>/dev/null)" = hello
 check "smoke-pod podIP 127.0.0.1" test "$(jp smoke-pod '{.status.podIP}')" = 127.0.0.1
 check "container log file written" test -f "$WORK/agent/logs/${NS}_smoke-pod_snapcrypt.log"
-eventually "unpinned --run-image pod smoke-seeder Succeeded" 60 phase_is smoke-seeder Succeeded
+pvc_bound_on_node_a() {
+  local pv
+  pv=$("${KC[@]}" -n "$NS" get pvc smoke-data -o jsonpath='{.status.phase}/{.spec.volumeName}' 2>/dev/null)
+  [ "${pv%%/*}" = Bound ] || return 1
+  [ "$("${KC[@]}" get pv "${pv#*/}" -o jsonpath='{.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}')" = node-a ]
+}
+eventually "PVC smoke-data Bound to a PV on node-a (first consumer's node)" 30 pvc_bound_on_node_a
+eventually "--run-image pod smoke-seeder Succeeded" 60 phase_is smoke-seeder Succeeded
 check "smoke-seeder wrote into the PVC dir" \
   test "$(cat "$WORK/agent/pvcs/$NS/smoke-data/db/doc.json" 2>/dev/null)" = seeded
 eventually "smoke-fail Failed" 60 phase_is smoke-fail Failed

@@ -29,6 +29,9 @@ What it does, as a kubelet would, against the API server:
     termination message (file at terminationMessagePath; with FallbackToLogsOnError the log tail
     when the file is empty and the container failed); restartPolicy OnFailure/Always restart
     processes (back-off 1 s doubling up to 10 s, not the kubelet's 5 min);
+  * plays a WaitForFirstConsumer local-path provisioner: the first pod that uses an unbound PVC
+    gets a PV pre-bound to the claim with nodeAffinity on the pod's node (the controller-manager
+    binds it); binding respects PV node affinity; Released PVs are deleted (--no-provision: off);
   * kills the processes (SIGTERM to the process group, SIGKILL after the grace period, capped
     by --max-grace-seconds) when a pod is deleted, and completes graceful deletion like a kubelet
     (final DELETE with gracePeriodSeconds=0); kills all children on SIGTERM/SIGINT.
@@ -42,9 +45,8 @@ volume maps to a local directory and the agent tells the process about it twice:
     path first, in one pass (so replaced text is never replaced again). A mount path only matches
     at a path boundary: "/data" matches "/data", "/data/db", "--dir=/data" but not "/database"
     or "s3://b/data".
-  Volume kinds: persistentVolumeClaim -> <state>/pvcs/<namespace>/<claimName>/ (the PVC object
-  must exist; it need not be Bound -- nothing provisions here; tests put "volume" content
-  there), secret/configMap/downwardAPI/projected -> files materialised in a per-pod temp dir
+  Volume kinds: persistentVolumeClaim -> <state>/pvcs/<namespace>/<claimName>/ (the PVC must
+  exist; tests may put "volume" content there), secret/configMap/downwardAPI/projected -> files materialised in a per-pod temp dir
   (items, keys, modes), emptyDir -> per-pod dir, hostPath -> <state>/nodes/<node>/hostpath/<path>
   (never the machine's real path); subPath is honoured.
 
@@ -120,6 +122,7 @@ FALLBACK_LOG_BYTES, FALLBACK_LOG_LINES = 2048, 80  # kubelet: the smaller of the
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CCE = "CreateContainerConfigError"
 HOLDER_ANNOTATION = "snapcrypt.test/node-agent-holder"
+PV_LABEL = "snapcrypt.test/node-agent-pv"
 SETPRIV = shutil.which("setpriv")  # util-linux; for --pdeathsig
 
 
@@ -224,6 +227,21 @@ def match_expression(expr, labels):
     return False
 
 
+def terms_match(terms, node_name, labels):
+    """NodeSelectorTerms: ORed terms of ANDed expressions; no terms matches every node."""
+    if not terms:
+        return True
+    fields = {"metadata.name": node_name}
+    for t in terms:
+        exprs, fexprs = t.get("matchExpressions") or [], t.get("matchFields") or []
+        if not exprs and not fexprs:
+            continue
+        if all(match_expression(e, labels) for e in exprs) and \
+                all(match_expression(e, fields) for e in fexprs):
+            return True
+    return False
+
+
 def node_fits(pod, node_name, labels):
     spec = pod.get("spec") or {}
     for k, v in (spec.get("nodeSelector") or {}).items():
@@ -231,21 +249,7 @@ def node_fits(pod, node_name, labels):
             return False
     req = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
            .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
-    terms = req.get("nodeSelectorTerms")
-    if terms:
-        fields = {"metadata.name": node_name}
-        ok = False
-        for t in terms:
-            exprs, fexprs = t.get("matchExpressions") or [], t.get("matchFields") or []
-            if not exprs and not fexprs:
-                continue
-            if all(match_expression(e, labels) for e in exprs) and \
-                    all(match_expression(e, fields) for e in fexprs):
-                ok = True
-                break
-        if not ok:
-            return False
-    return True
+    return terms_match(req.get("nodeSelectorTerms"), node_name, labels)
 
 
 def names_node(pod, node_name):
@@ -479,11 +483,14 @@ class PodWorker(threading.Thread):
             mode = 0o644
             if "persistentVolumeClaim" in v:
                 claim = v["persistentVolumeClaim"]["claimName"]
-                if self._get("/api/v1/namespaces/%s/persistentvolumeclaims/%s" % (q(self.ns), q(claim)),
-                             "pvc " + claim) is None:
+                pvc = self._get("/api/v1/namespaces/%s/persistentvolumeclaims/%s" % (q(self.ns), q(claim)),
+                                "pvc " + claim)
+                if pvc is None:
                     raise NotReady("ContainerCreating", 'persistentvolumeclaim "%s" not found' % claim)
-                d = os.path.join(self.agent.state_dir, "pvcs", self.ns, claim)
+                d = self.agent.pvc_dir(self.ns, claim)
                 os.makedirs(d, exist_ok=True)
+                if not self.agent.args.no_provision:
+                    self.agent.ensure_bound(pvc, self.node)
             elif "hostPath" in v:
                 d = os.path.join(self.agent.state_dir, "nodes", self.node, "hostpath",
                                  v["hostPath"]["path"].lstrip("/"))
@@ -892,6 +899,86 @@ class Agent:
     def is_snapcrypt(self, container):
         return self.args.snapcrypt_image_substring in container.get("image", "")
 
+    def pvc_dir(self, ns, claim):
+        return os.path.join(self.state_dir, "pvcs", ns, claim)
+
+    # ---------------------------------------------------------------- volumes (provisioner double)
+    def ensure_bound(self, pvc, node):
+        """Like a local-path provisioner with WaitForFirstConsumer (kind, k3d): the first pod
+        that uses an unbound PVC gets a PV pre-bound to it, on that pod's node (nodeAffinity),
+        backed by <state>/pvcs/<ns>/<claim>; kube-controller-manager's PV binder completes the
+        binding. Raises NotReady until the PVC is Bound."""
+        meta, spec = pvc["metadata"], pvc.get("spec") or {}
+        if (pvc.get("status") or {}).get("phase") == "Bound":
+            return
+        ns, name = meta["namespace"], meta["name"]
+        if not spec.get("volumeName"):
+            pv = {
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": "pvc-" + meta["uid"],
+                             "labels": {PV_LABEL: "true"},
+                             "annotations": {"pv.kubernetes.io/provisioned-by": "snapcrypt.test/node-agent"}},
+                "spec": {
+                    "capacity": {"storage": ((spec.get("resources") or {}).get("requests") or {}).get("storage", "1Gi")},
+                    "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": spec.get("storageClassName") or "",
+                    "volumeMode": spec.get("volumeMode") or "Filesystem",
+                    "hostPath": {"path": self.pvc_dir(ns, name), "type": "DirectoryOrCreate"},
+                    "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns,
+                                 "name": name, "uid": meta["uid"]},
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
+                },
+            }
+            try:
+                self.kube.post("/api/v1/persistentvolumes", pv)
+                log.info("provisioned %s for pvc %s/%s on %s", pv["metadata"]["name"], ns, name, node)
+            except ApiException as e:
+                if e.status != 409:
+                    raise NotReady("ContainerCreating", "provisioning a PV for %s: %s %s" % (name, e.status, e.reason))
+        raise NotReady("ContainerCreating", 'waiting for persistentvolumeclaim "%s" to be bound' % name)
+
+    def release_volumes(self):
+        """Delete the PVs we provisioned once their claim is gone (Released); the data stays."""
+        try:
+            lst = self.kube.get("/api/v1/persistentvolumes", query={"labelSelector": PV_LABEL + "=true"})
+        except Exception as e:  # noqa: BLE001
+            log.warning("listing PVs: %s", e)
+            return
+        for pv in lst.get("items") or []:
+            path = ((pv.get("spec") or {}).get("hostPath") or {}).get("path", "")
+            if (pv.get("status") or {}).get("phase") == "Released" and path.startswith(self.state_dir + "/"):
+                try:
+                    self.kube.delete("/api/v1/persistentvolumes/" + q(pv["metadata"]["name"]))
+                    log.info("deleted released %s", pv["metadata"]["name"])
+                except ApiException as e:
+                    if e.status != 404:
+                        log.warning("deleting %s: %s", pv["metadata"]["name"], e.status)
+
+    def volume_terms(self, pod):
+        """Node affinity of the PVs bound to the pod's PVCs; None if a PVC is missing."""
+        ns = pod["metadata"]["namespace"]
+        out = []
+        for v in (pod.get("spec") or {}).get("volumes") or []:
+            if "persistentVolumeClaim" not in v:
+                continue
+            try:
+                pvc = self.kube.get("/api/v1/namespaces/%s/persistentvolumeclaims/%s" % (
+                    q(ns), q(v["persistentVolumeClaim"]["claimName"])))
+                vn = (pvc.get("spec") or {}).get("volumeName")
+                if vn:
+                    pv = self.kube.get("/api/v1/persistentvolumes/" + q(vn))
+                    terms = (((pv.get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}) \
+                        .get("nodeSelectorTerms")
+                    if terms:
+                        out.append(terms)
+            except ApiException as e:
+                if e.status == 404:
+                    return None  # unschedulable until the PVC (or its PV) exists
+                raise
+        return out
+
     def log_path(self, ns, pod, container):
         return os.path.join(self.state_dir, "logs", "%s_%s_%s.log" % (ns, pod, container))
 
@@ -1019,6 +1106,8 @@ class Agent:
 
     def heartbeat(self):
         while not self.stopping.wait(self.args.heartbeat_seconds):
+            if not self.args.no_provision:
+                self.release_volumes()
             for name in self.nodes:
                 try:
                     self.kube.merge_patch("/api/v1/nodes/%s/status" % q(name),
@@ -1045,6 +1134,12 @@ class Agent:
         else:
             cands = list(self.nodes)
         cands = [n for n in cands if node_fits(pod, n, self.node_labels.get(n, {}))]
+        if not cands:
+            return
+        vterms = self.volume_terms(pod)
+        if vterms is None:
+            return
+        cands = [n for n in cands if all(terms_match(t, n, self.node_labels.get(n, {})) for t in vterms)]
         if not cands:
             return
         load = {n: 0 for n in cands}
@@ -1135,6 +1230,16 @@ class Agent:
             self.workers[uid] = w
         w.start()
 
+    def retry_unscheduled(self):
+        """A scheduler retries pods it could not place (e.g. their PVC did not exist yet)."""
+        for pod in list(self.pods.values()):
+            if not (pod.get("spec") or {}).get("nodeName") and not pod["metadata"].get("deletionTimestamp") \
+                    and (pod.get("status") or {}).get("phase", "Pending") == "Pending":
+                try:
+                    self.schedule(pod)
+                except Exception as e:  # noqa: BLE001
+                    log.warning("scheduling %s/%s: %s", pod["metadata"]["namespace"], pod["metadata"]["name"], e)
+
     def relist(self):
         lst = self.kube.get("/api/v1/pods")
         seen = set()
@@ -1162,7 +1267,7 @@ class Agent:
                     announced = True
                 while not self.stopping.is_set():
                     resp = self.kube.call("GET", "/api/v1/pods", query={
-                        "watch": "true", "resourceVersion": rv, "timeoutSeconds": "50",
+                        "watch": "true", "resourceVersion": rv, "timeoutSeconds": "10",
                         "allowWatchBookmarks": "true"}, timeout=(10, 70), stream=True)
                     try:
                         for line in iter_resp_lines(resp):
@@ -1178,6 +1283,7 @@ class Agent:
                     finally:
                         resp.close()
                         resp.release_conn()
+                    self.retry_unscheduled()
             except ApiException as e:
                 if e.status != 410:
                     log.warning("pod watch: %s %s: relisting", e.status, e.reason)
@@ -1213,6 +1319,8 @@ def main(argv=None):
     ap.add_argument("--no-schedule-unpinned", action="store_true",
                     help="only bind pods that name one of our nodes (kubernetes.io/hostname); "
                          "default: bind every unscheduled pod that fits one of our nodes")
+    ap.add_argument("--no-provision", action="store_true",
+                    help="do not create PVs for unbound PVCs (pods then use the claim dir unbound)")
     ap.add_argument("--pass-env", action="append",
                     default=["RUST_BACKTRACE", "RUST_LOG", "LLVM_PROFILE_FILE", "CARGO_LLVM_COV_TARGET_DIR"],
                     help="agent env vars passed on to processes unless the pod sets them (repeatable)")
