@@ -318,7 +318,7 @@ class PodWorker(threading.Thread):
         self.node = self.spec["nodeName"]
         self.recovered = recovered
         self.stop_evt = threading.Event()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # guards the Container.proc fields (worker vs. deletion)
         self.dir = os.path.join(agent.state_dir, "pods", "%s_%s_%s" % (self.ns, self.name, self.uid[:8]))
         self.restart_policy = self.spec.get("restartPolicy", "Always")
         self.inits = [Container(c, True, agent.runnable(c)) for c in self.spec.get("initContainers") or []]
@@ -743,6 +743,10 @@ class PodWorker(threading.Thread):
 
     def reap(self, c):
         """Process exited? Record it and decide about a restart. Returns True on a change."""
+        with self.lock:
+            return self._reap(c)
+
+    def _reap(self, c):
         if c.proc is None:
             return False
         rc = c.proc.poll()
@@ -772,11 +776,11 @@ class PodWorker(threading.Thread):
             c.done = True
 
     def kill_all(self, grace):
-        procs = [c.proc for c in self.inits + self.mains if c.proc is not None]
+        with self.lock:
+            procs = [c.proc for c in self.inits + self.mains if c.proc is not None]
         self.agent.kill_procs(procs, grace)
         for c in self.inits + self.mains:
-            if c.proc is not None:
-                self.reap(c)
+            self.reap(c)
 
     def stop(self, grace):
         """Pod deleted: kill the processes within the grace period (capped)."""
@@ -786,7 +790,10 @@ class PodWorker(threading.Thread):
     # ---------------------------------------------------------------- main loop
     def try_start(self, c):
         try:
-            self.start_container(c)
+            with self.lock:
+                if self.stop_evt.is_set():
+                    return False
+                self.start_container(c)
             return True
         except NotReady as e:
             # e.g. a missing Secret key: CreateContainerConfigError, retried every second
