@@ -888,6 +888,7 @@ class Agent:
         self.kube = Kube(args.kubeconfig)
         self.nodes = list(dict.fromkeys(args.node))
         self.node_labels = {}
+        self.registered = []
         self.workers = {}
         self.finalizing = set()
         self.pods = {}        # uid -> latest pod dict (for scheduling spread)
@@ -1110,6 +1111,8 @@ class Agent:
                     "labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]}})
                 log.info("node %s already existed: labels updated", name)
             self.kube.merge_patch("/api/v1/nodes/%s/status" % q(name), {"status": body["status"]})
+            if name not in self.registered:
+                self.registered.append(name)
 
     def heartbeat(self):
         while not self.stopping.wait(self.args.heartbeat_seconds):
@@ -1308,6 +1311,17 @@ class Agent:
         if procs:
             log.info("shutting down: killing %d process(es)", len(procs))
         self.kill_procs(procs, 3.0)
+        # what the node-lifecycle controller would say after the grace period (it is off here)
+        for name in self.registered:
+            conds = self.node_conditions()
+            for c in conds:
+                c.update({"status": "Unknown", "reason": "NodeStatusUnknown",
+                          "message": "Kubelet stopped posting node status.", "lastTransitionTime": now_rfc3339()})
+            try:
+                self.kube.merge_patch("/api/v1/nodes/%s/status" % q(name), {"status": {"conditions": conds}},
+                                      timeout=(3, 5))
+            except Exception as e:  # noqa: BLE001
+                log.warning("marking node %s Unknown: %s", name, e)
 
 
 def main(argv=None):
