@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # sourced: the variables are used by the scripts that source it
 # Shared settings of the snapcrypt e2e test cluster scripts. Sourced, not run.
 # Every address is loopback; every port can be overridden from the environment.
 

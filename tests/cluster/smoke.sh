@@ -154,7 +154,7 @@ python3 "$REPO/tests/node-agent/agent.py" --kubeconfig "$KUBECONFIG" --state-dir
   --snapcrypt-binary /bin/sh --run-image busybox --node node-a --node node-b --pid-file "$AGENT_PIDFILE" \
   >"$WORK/agent.stdout" 2>"$WORK/agent.stderr" &
 AGENT_PID=$!
-agent_ready() { grep -q '^node-agent ready$' "$WORK/agent.stdout"; }
+agent_ready() { grep -qs '^node-agent ready$' "$WORK/agent.stdout"; }
 eventually "node agent prints 'node-agent ready'" 60 agent_ready
 nodes_ready() {
   [ "$("${KC[@]}" get nodes node-a node-b -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{end}' 2>/dev/null)" = TrueTrue ]
