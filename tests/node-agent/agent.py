@@ -100,6 +100,7 @@ import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.parse  # noqa: E402
@@ -885,6 +886,10 @@ class Agent:
     def __init__(self, args):
         self.args = args
         self.state_dir = os.path.abspath(args.state_dir)
+        # the client writes the kubeconfig's cert data to temp files: keep them in the state dir
+        # (they would be left in /tmp if the agent were SIGKILLed)
+        tempfile.tempdir = os.path.join(self.state_dir, "tmp")
+        os.makedirs(tempfile.tempdir, mode=0o700, exist_ok=True)
         self.kube = Kube(args.kubeconfig)
         self.nodes = list(dict.fromkeys(args.node))
         self.node_labels = {}
