@@ -59,10 +59,10 @@ pub struct RestoreTarget {
     /// Name of the PersistentVolumeClaim to write to.
     #[schemars(length(min = 1, max = 253))]
     pub claim_name: String,
-    /// Directory inside the claim, relative, without `.` segments; empty means the claim's root.
-    #[serde(default)]
-    #[schemars(pattern(r"^$|^[A-Za-z0-9_\-][A-Za-z0-9._\-]*(/[A-Za-z0-9_\-][A-Za-z0-9._\-]*)*$"))]
-    pub path: String,
+    /// Directory inside the claim, relative, without `.` segments; absent means the claim's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]*(/[A-Za-z0-9_\-][A-Za-z0-9._\-]*)*$"))]
+    pub path: Option<String>,
     /// Overwrite a non-empty target directory. Without it a non-empty target fails the restore
     /// and nothing is written.
     #[serde(default)]

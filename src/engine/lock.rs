@@ -32,6 +32,15 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long to wait for a conflicting lock: `$SNAPCRYPT_LOCK_WAIT_SECS`, else `default`.
+pub fn lock_wait(default: Duration) -> Duration {
+    std::env::var("SNAPCRYPT_LOCK_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(default)
+}
+
 /// A held lock; released on `release` (or, if the process dies, it goes stale).
 pub struct RepoLock {
     backend: Backend,

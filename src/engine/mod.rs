@@ -46,6 +46,8 @@ pub enum EngineError {
     Backend(#[from] backend::BackendError),
     #[error(transparent)]
     Kms(#[from] KmsError),
+    #[error("data key record {object}: {source}")]
+    KeyRecord { object: String, source: KmsError },
     #[error(transparent)]
     Crypto(#[from] crypto::CryptoError),
     #[error(transparent)]

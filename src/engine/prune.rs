@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::EngineError;
 use super::crypto::ChunkId;
 use super::format::{SnapshotManifest, pack_object_name};
-use super::lock::RepoLock;
+use super::lock::{RepoLock, lock_wait};
 use super::pack::PackWriter;
 use super::repo::Repository;
 use crate::kms::KeyManager;
@@ -124,7 +124,7 @@ pub async fn prune(
     policy: &RetentionPolicy,
     dry_run: bool,
 ) -> Result<PruneReport, EngineError> {
-    let lock = RepoLock::acquire(&repo.backend, true, Duration::from_secs(30)).await?;
+    let lock = RepoLock::acquire(&repo.backend, true, lock_wait(Duration::from_secs(30))).await?;
     let r = run_prune(repo, km, policy, dry_run).await;
     lock.release().await?;
     r

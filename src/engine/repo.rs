@@ -14,6 +14,25 @@ use super::format::{
 use super::pack::{StagedPack, blob_aad, parse_pack_header};
 use crate::kms::KeyManager;
 
+thread_local! {
+    /// One zstd decompression context per thread: creating one per blob costs more than the
+    /// decompression itself.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(data, capacity),
+            None => zstd::bulk::decompress(data, capacity),
+        }
+    })
+}
+
 /// Default chunk size: see docs/REPOSITORY.md for the measurements behind it.
 pub const DEFAULT_CHUNK_SIZE: u32 = 16 * 1024;
 /// Default pack size.
@@ -187,12 +206,30 @@ impl Repository {
                 object: name.clone(),
                 reason: "bad data key id".into(),
             })?;
-            let material = km.unwrap(&record.wrapped).await?;
+            let material =
+                km.unwrap(&record.wrapped)
+                    .await
+                    .map_err(|source| EngineError::KeyRecord {
+                        object: name.clone(),
+                        source,
+                    })?;
             let key = DataKey::from_material(id, &material)?;
             self.keys.insert(id, Arc::new(key));
             self.records.push(record);
         }
         if self.keys.is_empty() {
+            // Name the missing record from the (plaintext) header of an object that needs it.
+            for dir in ["snapshots", "index"] {
+                if let Some((name, _)) = self.backend.list(dir).await?.into_iter().next() {
+                    let bytes = self.backend.get(&name).await?;
+                    if bytes.len() >= OBJECT_HEADER_LEN {
+                        return Err(EngineError::Corrupt {
+                            object: format!("keys/{}", hex::encode(&bytes[6..22])),
+                            reason: format!("missing, and {name} needs it"),
+                        });
+                    }
+                }
+            }
             return Err(EngineError::Corrupt {
                 object: "keys/".into(),
                 reason: "no data key records".into(),
@@ -432,7 +469,7 @@ impl Repository {
             })?;
         buf.truncate(n);
         let plain = if loc.entry.compressed() {
-            zstd::bulk::decompress(&buf, loc.entry.raw_len as usize)
+            decompress(&buf, loc.entry.raw_len as usize)
                 .map_err(|e| corrupt(format!("blob {}: {e}", hex::encode(loc.entry.id))))?
         } else {
             buf

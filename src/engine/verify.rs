@@ -134,6 +134,22 @@ pub async fn verify(
         }
     };
     report.snapshots = snaps.len();
+    if snapshot.is_none() {
+        // File lists are written only just before their snapshot object; one that no snapshot
+        // names means a snapshot object was deleted (or a backup died between the two).
+        let named: HashSet<String> = snaps.iter().flat_map(|s| s.tree.iter().cloned()).collect();
+        for loc in index.blobs.values() {
+            if loc.entry.kind == super::format::BlobKind::Tree
+                && !named.contains(&hex::encode(loc.entry.id))
+            {
+                report.problems.push(format!(
+                    "repository object {} holds the file list {} of no snapshot: a snapshot object was deleted, or a backup was interrupted before writing it (prune removes it)",
+                    pack_object_name(&index.packs[loc.pack as usize].id),
+                    hex::encode(loc.entry.id)
+                ));
+            }
+        }
+    }
     let mut needed_packs: HashSet<u32> = HashSet::new();
     for snap in &snaps {
         match repo.load_tree(&index, snap).await {
