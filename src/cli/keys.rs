@@ -29,6 +29,21 @@ impl KeyArgs {
         self.local_key(create)
     }
 
+    /// The state of master key `id` as its key manager reports it (for KMIP: the server's
+    /// State attribute); `active` is the key new data keys are wrapped under.
+    pub async fn key_state(&self, km: &dyn KeyManager, kms: &str, id: &str, active: Option<&str>) -> String {
+        if kms != km.kind() {
+            return format!("unknown (not a {} key)", km.kind());
+        }
+        if active == Some(id) {
+            return "Active (in use)".into();
+        }
+        if kms == "local" {
+            return "unknown (not this key file)".into();
+        }
+        "Superseded".into()
+    }
+
     /// The local key manager.
     pub fn local_key(&self, create: bool) -> Result<Arc<dyn KeyManager>, CliError> {
         let path = self

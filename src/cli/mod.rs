@@ -3,6 +3,7 @@
 
 mod backup;
 mod crd;
+mod key;
 pub mod keys;
 mod progress;
 mod prune;
@@ -35,6 +36,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// List the snapshots in a repository.
     Snapshots(snapshots::SnapshotsArgs),
+    /// Master keys: which ones the repository depends on.
+    Key(key::KeyCommandArgs),
     /// Forget snapshots by a retention policy and remove the data no kept snapshot needs.
     Prune(prune::PruneArgs),
 }
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Verify(args) => verify::run(args).await,
             Command::Snapshots(args) => snapshots::run(args).await,
             Command::Prune(args) => prune::run(args).await,
+            Command::Key(args) => key::run(args).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod backup;
 pub mod crypto;
 pub mod format;
+pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod progress;
