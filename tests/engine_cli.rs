@@ -251,6 +251,58 @@ fn damage(p: &Path, how: &str) {
     }
 }
 
+/// For every kind of object and every kind of damage, on a fresh copy of the repository whose
+/// objects live in `pristine` (a local repository, or the directory behind an S3 server):
+/// verify --read-data fails with one error line naming the object.
+fn assert_verify_names_damage(
+    pristine: &Path,
+    scratch: &Path,
+    repo_url: &dyn Fn(&Path) -> String,
+    key: &str,
+    env: &[(&str, &str)],
+) {
+    for (kind, object) in objects_of_each_kind(pristine) {
+        for how in ["flip", "truncate", "delete"] {
+            let copy = scratch.join(format!("r-{}-{how}", kind.trim_end_matches('/')));
+            copy_dir(pristine, &copy);
+            let rel = object.strip_prefix(pristine).unwrap();
+            damage(&copy.join(rel), how);
+            let out = run(
+                &[
+                    "verify",
+                    "--repo",
+                    &repo_url(&copy),
+                    "--key-file",
+                    key,
+                    "--read-data",
+                ],
+                env,
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{how} of {} went unnoticed: {stderr}",
+                rel.display()
+            );
+            // The message names the object (a deleted config by the missing repository).
+            let name = rel.display().to_string();
+            let short = name.rsplit('/').next().unwrap();
+            let named = stderr.contains(short)
+                || (how == "delete" && kind == "snapshots/" && stderr.contains("file list"))
+                || (how == "delete" && kind == "config" && stderr.contains("no repository"));
+            assert!(named, "{how} of {name}: message does not name it: {stderr}");
+            assert_eq!(
+                stderr
+                    .lines()
+                    .filter(|l| l.starts_with("snapcrypt: error"))
+                    .count(),
+                1,
+                "{stderr}"
+            );
+        }
+    }
+}
+
 #[test]
 fn verify_names_every_damaged_or_missing_object() {
     let e = Env::new();
@@ -267,51 +319,13 @@ fn verify_names_every_damaged_or_missing_object() {
         ],
         &[],
     );
-    let kinds = objects_of_each_kind(&pristine);
-    for (kind, object) in kinds {
-        for how in ["flip", "truncate", "delete"] {
-            let repo = e
-                .dir
-                .path()
-                .join(format!("r-{}-{how}", kind.trim_end_matches('/')));
-            copy_dir(&pristine, &repo);
-            let rel = object.strip_prefix(&pristine).unwrap();
-            damage(&repo.join(rel), how);
-            let out = run(
-                &[
-                    "verify",
-                    "--repo",
-                    &repo.display().to_string(),
-                    "--key-file",
-                    &key,
-                    "--read-data",
-                ],
-                &[],
-            );
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                !out.status.success(),
-                "{how} of {} went unnoticed: {stderr}",
-                rel.display()
-            );
-            // The message names the object (deleted snapshots and key records are named by
-            // what they leave behind: nothing to verify, or the key the data needs).
-            let name = rel.display().to_string();
-            let short = name.rsplit('/').next().unwrap();
-            let named = stderr.contains(short)
-                || (how == "delete" && kind == "snapshots/")
-                || (how == "delete" && kind == "config" && stderr.contains("no repository"));
-            assert!(named, "{how} of {name}: message does not name it: {stderr}");
-            assert_eq!(
-                stderr
-                    .lines()
-                    .filter(|l| l.starts_with("snapcrypt: error"))
-                    .count(),
-                1,
-                "{stderr}"
-            );
-        }
-    }
+    assert_verify_names_damage(
+        &pristine,
+        e.dir.path(),
+        &|p: &Path| p.display().to_string(),
+        &key,
+        &[],
+    );
 }
 
 #[test]
@@ -803,19 +817,19 @@ fn s3_round_trip_and_verify_against_a_real_s3_server() {
         .collect();
     let err = fails(&["snapshots", "--repo", repo, "--key-file", &key], &bad);
     assert_eq!(err.lines().count(), 1, "{err}");
-    // Damage through the server's backing directory: verify names the objects.
-    let objects = server.root.join("backups/mongo/rs0");
-    for (kind, object) in objects_of_each_kind(&objects) {
-        if kind == "data/" {
-            damage(&object, "flip");
-            let err = fails(
-                &["verify", "--repo", repo, "--key-file", &key, "--read-data"],
-                &env,
-            );
-            assert!(
-                err.contains(object.file_name().unwrap().to_str().unwrap()),
-                "{err}"
-            );
-        }
-    }
+    // Damage through the server's backing directory: verify names the objects, of every kind.
+    let bucket = server.root.join("backups");
+    let pristine = bucket.join("mongo/rs0");
+    assert_verify_names_damage(
+        &pristine,
+        &bucket,
+        &|p: &Path| {
+            format!(
+                "s3://backups/{}",
+                p.strip_prefix(&bucket).unwrap().display()
+            )
+        },
+        &key,
+        &env,
+    );
 }
