@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
     cel
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.wrapping == 'localKeyWrap' || self.protocolVersion == '1.4'").message("protocolVersion: server-side wrapping (wrapping: serverEncrypt) needs KMIP 1.4, the first version with AES-GCM tags; use protocolVersion 1.4 or wrapping localKeyWrap"))]
 pub struct KmipServerSpec {
     /// KMIP endpoints as host:port, tried in this order (the first that answers is used).
     #[schemars(
@@ -55,7 +56,9 @@ pub struct KmipServerSpec {
     pub endpoints: Vec<String>,
     /// Mutual TLS settings for talking to the server.
     pub tls: KmipTls,
-    /// KMIP protocol version to speak. Encrypt/Decrypt need 1.2 or later.
+    /// KMIP protocol version to speak. 1.4 by default: server-side wrapping uses AES-GCM, whose
+    /// authentication tag KMIP carries only from 1.4 on. With 1.0-1.3 set `wrapping:
+    /// localKeyWrap`.
     #[serde(default)]
     pub protocol_version: KmipProtocolVersion,
     /// The master key: an existing key id, or a key snapcrypt creates under a name.
@@ -100,20 +103,20 @@ pub struct KmipTls {
 /// KMIP protocol versions snapcrypt speaks.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KmipProtocolVersion {
-    /// KMIP 1.0 (no Encrypt/Decrypt: needs `wrapping: localKeyWrap`).
+    /// KMIP 1.0 (needs `wrapping: localKeyWrap`).
     #[serde(rename = "1.0")]
     V1_0,
-    /// KMIP 1.1 (no Encrypt/Decrypt: needs `wrapping: localKeyWrap`).
+    /// KMIP 1.1 (needs `wrapping: localKeyWrap`).
     #[serde(rename = "1.1")]
     V1_1,
-    /// KMIP 1.2, the default.
-    #[default]
+    /// KMIP 1.2 (no AES-GCM tags: needs `wrapping: localKeyWrap`).
     #[serde(rename = "1.2")]
     V1_2,
-    /// KMIP 1.3.
+    /// KMIP 1.3 (no AES-GCM tags: needs `wrapping: localKeyWrap`).
     #[serde(rename = "1.3")]
     V1_3,
-    /// KMIP 1.4.
+    /// KMIP 1.4, the default.
+    #[default]
     #[serde(rename = "1.4")]
     V1_4,
 }

@@ -45,7 +45,10 @@ async fn status(args: StatusArgs) -> Result<(), CliError> {
     let active = km.active_key_id().await.ok();
     let mut rows = Vec::new();
     for u in master_key_uses(repo.key_records(), &snaps) {
-        let state = args.keys.key_state(km.as_ref(), &u.kms, &u.master_key_id, active.as_deref()).await;
+        let state = args
+            .keys
+            .key_state(km.as_ref(), &u.kms, &u.master_key_id, active.as_deref())
+            .await;
         rows.push((u, state));
     }
     if args.json {
@@ -60,7 +63,10 @@ async fn status(args: StatusArgs) -> Result<(), CliError> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{:<6}  {:<24}  {:<12}  {:>9}  {:>9}  SNAPSHOTS", "KMS", "MASTER KEY", "STATE", "DATA KEYS", "DEPENDANTS");
+    println!(
+        "{:<6}  {:<24}  {:<12}  {:>9}  {:>9}  SNAPSHOTS",
+        "KMS", "MASTER KEY", "STATE", "DATA KEYS", "DEPENDANTS"
+    );
     for (u, state) in rows {
         println!(
             "{:<6}  {:<24}  {:<12}  {:>9}  {:>9}  {}",

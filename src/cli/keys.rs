@@ -31,7 +31,13 @@ impl KeyArgs {
 
     /// The state of master key `id` as its key manager reports it (for KMIP: the server's
     /// State attribute); `active` is the key new data keys are wrapped under.
-    pub async fn key_state(&self, km: &dyn KeyManager, kms: &str, id: &str, active: Option<&str>) -> String {
+    pub async fn key_state(
+        &self,
+        km: &dyn KeyManager,
+        kms: &str,
+        id: &str,
+        active: Option<&str>,
+    ) -> String {
         if kms != km.kind() {
             return format!("unknown (not a {} key)", km.kind());
         }

@@ -78,7 +78,11 @@ mod tests {
     fn groups_by_master_and_counts_dependants() {
         let uses = master_key_uses(
             &[record("d1", "1"), record("d2", "2"), record("d3", "2")],
-            &[snap("a", &["d1"]), snap("b", &["d1", "d2"]), snap("c", &["d3"])],
+            &[
+                snap("a", &["d1"]),
+                snap("b", &["d1", "d2"]),
+                snap("c", &["d3"]),
+            ],
         );
         assert_eq!(uses.len(), 2);
         assert_eq!(uses[0].master_key_id, "1");
