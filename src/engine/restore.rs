@@ -121,6 +121,8 @@ pub async fn restore(
                     std::fs::remove_file(p).map_err(err)?;
                 }
                 std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), p).map_err(err)?;
+                let t = filetime_of(e.mtime_ns);
+                filetime::set_symlink_file_times(p, t, t).map_err(err)?;
             }
         }
     }
@@ -284,6 +286,13 @@ pub async fn restore(
         files,
         bytes: total,
     })
+}
+
+fn filetime_of(ns: i128) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(
+        ns.div_euclid(1_000_000_000) as i64,
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
 }
 
 fn set_meta(e: &TreeEntry, p: &Path) -> Result<(), EngineError> {

@@ -132,7 +132,7 @@ pub fn describe(root: &Path) -> BTreeMap<String, String> {
             let m = fs::symlink_metadata(&p).unwrap();
             let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
             let desc = if m.file_type().is_symlink() {
-                format!("link -> {}", fs::read_link(&p).unwrap().display())
+                format!("link -> {} {mtime}", fs::read_link(&p).unwrap().display())
             } else if m.is_dir() {
                 stack.push(p.clone());
                 format!("dir {:o} {mtime}", m.mode() & 0o7777)
