@@ -35,6 +35,8 @@ pub struct Config {
     pub chunker: ChunkerParams,
     /// Packs are closed once they reach this many bytes.
     pub pack_size: u64,
+    /// The data key the repository was created with (its chunk-id key is the repository's).
+    pub key: String,
     /// Keyed BLAKE3 (under a key derived from the secret chunk-id key) of this JSON with `mac`
     /// empty: the config is readable without keys but cannot be altered unnoticed.
     #[serde(default)]

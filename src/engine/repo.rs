@@ -122,18 +122,23 @@ impl Repository {
             records: Vec::new(),
         };
         repo.load_keys(km).await?;
-        let id_key = *repo
-            .keys
-            .values()
-            .next()
-            .map(|k| k.id_key())
-            .unwrap_or(&[0; 32]);
+        // The config names the data key it was created with; its chunk-id key is the
+        // repository's. A record with another chunk-id key is a stray left by a writer that
+        // lost the race to create the repository: it is ignored.
+        let first = parse_key_id(&repo.config.key).ok_or_else(|| EngineError::Corrupt {
+            object: "config".into(),
+            reason: "no valid data key id".into(),
+        })?;
+        let id_key = *repo.key(&first)?.id_key();
         if repo.config.mac != repo.config.compute_mac(&id_key) {
             return Err(EngineError::Corrupt {
                 object: "config".into(),
                 reason: "authentication failed: altered".into(),
             });
         }
+        repo.keys.retain(|_, k| k.id_key() == &id_key);
+        let kept: Vec<String> = repo.keys.keys().map(hex::encode).collect();
+        repo.records.retain(|r| kept.contains(&r.data_key_id));
         Ok(repo)
     }
 
@@ -164,6 +169,7 @@ impl Repository {
                 size: chunk_size,
             },
             pack_size: DEFAULT_PACK_SIZE,
+            key: hex::encode(key.id),
             mac: String::new(),
         };
         config.mac = config.compute_mac(key.id_key());
