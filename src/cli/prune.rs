@@ -27,6 +27,9 @@ pub struct PruneArgs {
     /// Keep the newest snapshot of each of the last N months.
     #[arg(long, value_name = "N")]
     pub keep_monthly: Option<u32>,
+    /// Forget snapshots older than this (for example 90d or 36h), whatever the other rules say.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub max_age: Option<u64>,
     /// Say what would be forgotten and freed, change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -35,13 +38,28 @@ pub struct PruneArgs {
     pub json: bool,
 }
 
+/// `90d` or `36h` as seconds.
+pub fn parse_age(s: &str) -> Result<u64, String> {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number followed by h or d, like 90d"))?;
+    match unit {
+        "h" => Ok(n * 3600),
+        "d" => Ok(n * 86400),
+        _ => Err(format!(
+            "{s:?}: expected a number followed by h or d, like 90d"
+        )),
+    }
+}
+
 pub async fn run(args: PruneArgs) -> Result<(), CliError> {
     let policy = RetentionPolicy {
         keep_last: args.keep_last,
         keep_daily: args.keep_daily,
         keep_weekly: args.keep_weekly,
         keep_monthly: args.keep_monthly,
-        max_age_secs: None,
+        max_age_secs: args.max_age,
     };
     let km = args.keys.key_manager(&args.repo, false).await?;
     let mut repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
