@@ -1,6 +1,7 @@
 //! Key managers: they wrap and unwrap the repository's data keys under a master key that never
 //! appears in the repository. `local` keeps the master key in a file; `kmip` in a KMIP server.
 
+pub mod kmip;
 pub mod local;
 
 use async_trait::async_trait;
