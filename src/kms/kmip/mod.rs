@@ -26,3 +26,24 @@ pub use tls::TlsMaterial;
 pub use types::{
     KeyState, Operation, ProtocolVersion, ResultReason, ResultStatus, RevocationReason,
 };
+
+/// Decode `data` as a KMIP response and run every response parser over it. The fuzz target
+/// (`fuzz/fuzz_targets/ttlv_decode.rs`) and the seeded mutation test call this; it must
+/// return (with whatever result) and never panic.
+#[doc(hidden)]
+pub fn fuzz_response(data: &[u8]) {
+    let Ok(msg) = ttlv::decode(data) else { return };
+    let _ = msg.encode();
+    if let Ok(item) = messages::parse_response(msg)
+        && let Some(p) = item.payload
+    {
+        let _ = messages::response_unique_id(&p);
+        let _ = messages::parse_attributes(&p);
+        let _ = messages::parse_locate(&p);
+        let _ = messages::parse_encrypt(&p);
+        let _ = messages::parse_decrypt(&p);
+        let _ = messages::parse_get_symmetric_key(&p);
+        let _ = messages::parse_discover_versions(&p);
+        let _ = messages::parse_query(&p);
+    }
+}

@@ -369,4 +369,4 @@ fn decode_item(buf: &[u8], pos: &mut usize, depth: usize) -> Result<Ttlv, Decode
 
 #[cfg(test)]
 #[path = "ttlv_tests.rs"]
-mod tests;
+pub(crate) mod tests;
