@@ -470,6 +470,8 @@ impl KmipClient {
     }
 
     /// Encrypt with AES-GCM under key `id`, with the caller's IV and additional data.
+    /// Additional data needs KMIP 1.4 (refused here before that: servers cannot parse it),
+    /// and so does getting the tag back.
     pub async fn encrypt_gcm(
         &self,
         id: &str,
@@ -478,6 +480,7 @@ impl KmipClient {
         aad: &[u8],
         tag_len: usize,
     ) -> Result<EncryptOutput, KmipError> {
+        self.require_1_4_for("AES-GCM additional data", !aad.is_empty())?;
         let tag_len = i32::try_from(tag_len).unwrap_or(i32::MAX);
         let p = self
             .call(
@@ -498,6 +501,8 @@ impl KmipClient {
         aad: &[u8],
         tag: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KmipError> {
+        self.require_1_4_for("AES-GCM additional data", !aad.is_empty())?;
+        self.require_1_4_for("the AES-GCM tag", true)?;
         let p = self
             .call(
                 Operation::Decrypt,
@@ -538,6 +543,16 @@ impl KmipClient {
         self.call(Operation::Destroy, Some(id), messages::unique_id(id))
             .await
             .map(drop)
+    }
+
+    fn require_1_4_for(&self, what: &str, needed: bool) -> Result<(), KmipError> {
+        if needed && self.version < ProtocolVersion::V1_4 {
+            return Err(KmipError::Config(format!(
+                "{what} needs KMIP 1.4, but KMIP {} is configured (--kmip-version)",
+                self.version
+            )));
+        }
+        Ok(())
     }
 
     fn unique_id_of(&self, op: Operation, payload: &Ttlv) -> Result<String, KmipError> {

@@ -213,28 +213,35 @@ fn gcm_parameters(tag_len: i32) -> Ttlv {
     )
 }
 
-/// Encrypt with AES-GCM under key `id`: client-chosen IV, additional data, tag length.
+/// Encrypt with AES-GCM under key `id`: client-chosen IV, additional data (omitted when
+/// empty: the field exists from KMIP 1.4 only), tag length.
 pub fn encrypt_gcm(id: &str, plaintext: &[u8], iv: &[u8], aad: &[u8], tag_len: i32) -> Vec<Ttlv> {
-    vec![
+    let mut p = vec![
         Ttlv::text(UNIQUE_IDENTIFIER, id),
         gcm_parameters(tag_len),
         Ttlv::bytes(DATA, plaintext),
         Ttlv::bytes(IV_COUNTER_NONCE, iv),
-        Ttlv::bytes(AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad),
-    ]
+    ];
+    if !aad.is_empty() {
+        p.push(Ttlv::bytes(AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad));
+    }
+    p
 }
 
-/// Decrypt with AES-GCM under key `id`.
+/// Decrypt with AES-GCM under key `id` (additional data omitted when empty).
 pub fn decrypt_gcm(id: &str, ciphertext: &[u8], iv: &[u8], aad: &[u8], tag: &[u8]) -> Vec<Ttlv> {
     let tag_len = i32::try_from(tag.len()).unwrap_or(i32::MAX);
-    vec![
+    let mut p = vec![
         Ttlv::text(UNIQUE_IDENTIFIER, id),
         gcm_parameters(tag_len),
         Ttlv::bytes(DATA, ciphertext),
         Ttlv::bytes(IV_COUNTER_NONCE, iv),
-        Ttlv::bytes(AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad),
-        Ttlv::bytes(AUTHENTICATED_ENCRYPTION_TAG, tag),
-    ]
+    ];
+    if !aad.is_empty() {
+        p.push(Ttlv::bytes(AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad));
+    }
+    p.push(Ttlv::bytes(AUTHENTICATED_ENCRYPTION_TAG, tag));
+    p
 }
 
 /// The Unique Identifier of a response payload (Create, Register, Activate, ReKey, …).
