@@ -117,11 +117,14 @@ fn nested(depth: usize) -> Vec<u8> {
     inner
 }
 
+/// A malformed message's name, bytes, and a check of the error it must give.
+type Case = (&'static str, Vec<u8>, fn(&DecodeError) -> bool);
+
 /// Malformed messages: each is refused with the right error, none panics.
 #[test]
 fn malformed_corpus_is_refused() {
     let cat = |parts: &[&[u8]]| parts.concat();
-    let corpus: Vec<(&str, Vec<u8>, fn(&DecodeError) -> bool)> = vec![
+    let corpus: Vec<Case> = vec![
         ("empty", vec![], |e| {
             matches!(e, DecodeError::Truncated { .. })
         }),
