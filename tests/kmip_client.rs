@@ -358,3 +358,178 @@ fn bad_configuration_is_refused_before_connecting() {
         KmipClient::new(KmipConfig::new(vec!["::1".into()], TlsMaterial::default())).unwrap_err();
     assert!(e.to_string().contains("brackets"), "{e}");
 }
+
+/// A scripted KMIP server over TLS (the test PKI's server certificate): each accepted
+/// connection reads one request per scripted answer and writes the answer's bytes; `None`
+/// closes the connection without answering; an empty answer never answers.
+mod fake {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use snapcrypt::kms::kmip::tags::*;
+    use snapcrypt::kms::kmip::ttlv::Ttlv;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    pub async fn serve(state: &Path, connections: Vec<Vec<Option<Vec<u8>>>>) -> String {
+        let chain = CertificateDer::pem_file_iter(state.join("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(state.join("server.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            for answers in connections {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                for answer in answers {
+                    let mut header = [0u8; 8];
+                    tls.read_exact(&mut header).await.unwrap();
+                    let len = u32::from_be_bytes(header[4..8].try_into().unwrap()) as usize;
+                    let mut body = vec![0u8; len];
+                    tls.read_exact(&mut body).await.unwrap();
+                    match answer {
+                        // Silent: keep the connection open and never answer.
+                        Some(bytes) if bytes.is_empty() => std::future::pending::<()>().await,
+                        Some(bytes) => tls.write_all(&bytes).await.unwrap(),
+                        None => break,
+                    }
+                    tls.flush().await.unwrap();
+                }
+                let _ = tls.shutdown().await;
+            }
+        });
+        endpoint
+    }
+
+    /// A successful GetAttributes response whose State is `state`.
+    pub fn state_response(op: u32, state: u32) -> Vec<u8> {
+        Ttlv::structure(
+            RESPONSE_MESSAGE,
+            vec![
+                Ttlv::structure(
+                    RESPONSE_HEADER,
+                    vec![
+                        Ttlv::structure(
+                            PROTOCOL_VERSION,
+                            vec![
+                                Ttlv::integer(PROTOCOL_VERSION_MAJOR, 1),
+                                Ttlv::integer(PROTOCOL_VERSION_MINOR, 4),
+                            ],
+                        ),
+                        Ttlv::date_time(TIME_STAMP, 0),
+                        Ttlv::integer(BATCH_COUNT, 1),
+                    ],
+                ),
+                Ttlv::structure(
+                    BATCH_ITEM,
+                    vec![
+                        Ttlv::enumeration(OPERATION, op),
+                        Ttlv::enumeration(RESULT_STATUS, 0),
+                        Ttlv::structure(
+                            RESPONSE_PAYLOAD,
+                            vec![
+                                Ttlv::text(UNIQUE_IDENTIFIER, "7"),
+                                Ttlv::structure(
+                                    ATTRIBUTE,
+                                    vec![
+                                        Ttlv::text(ATTRIBUTE_NAME, "State"),
+                                        Ttlv::enumeration(ATTRIBUTE_VALUE, state),
+                                    ],
+                                ),
+                            ],
+                        ),
+                    ],
+                ),
+            ],
+        )
+        .encode()
+        .to_vec()
+    }
+}
+
+#[tokio::test]
+async fn hostile_or_broken_answers_give_errors_not_panics() {
+    let pki = tempfile::tempdir().unwrap();
+    let gen_certs =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/kmip/gen-certs.sh");
+    assert!(
+        std::process::Command::new("bash")
+            .arg(gen_certs)
+            .arg(pki.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let get_attributes = Operation::GetAttributes.code();
+    let good = fake::state_response(get_attributes, 2);
+    let mut bad_boolean = good.clone();
+    // Make the Result Status an invalid Boolean (type 0x06, value 2).
+    let at = bad_boolean
+        .windows(4)
+        .position(|w| w == [0x42, 0x00, 0x7f, 0x05])
+        .unwrap();
+    bad_boolean[at + 3] = 0x06;
+    bad_boolean[at + 7] = 8;
+    bad_boolean[at + 8..at + 16].copy_from_slice(&2u64.to_be_bytes());
+    let mut huge = good.clone();
+    huge[4..8].copy_from_slice(&0xFFFF_FFF0u32.to_be_bytes());
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(),
+            "is this a KMIP server?",
+        ),
+        (huge, "exceeds the 4194304-byte limit"),
+        (bad_boolean, "malformed response: TTLV Boolean"),
+        (
+            fake::state_response(Operation::Get.code(), 2),
+            "the answer is for Get",
+        ),
+        (
+            good[..good.len() - 8].to_vec(),
+            "closed the connection in the middle of its answer",
+        ),
+        // Nothing written, connection left open: the request times out.
+        (vec![], "no complete answer within 1 s"),
+    ];
+    for (answer, expected) in cases {
+        let ep = fake::serve(pki.path(), vec![vec![Some(answer)]]).await;
+        let mut config = KmipConfig::new(
+            vec![ep],
+            TlsMaterial::from_files(&pki.path().join("ca.pem"), None, None).unwrap(),
+        );
+        config.timeout = Duration::from_secs(1);
+        let e = client(config).key_state("7").await.unwrap_err();
+        assert!(
+            e.to_string().contains(expected),
+            "want {expected:?}, got: {e}"
+        );
+    }
+
+    // A kept connection that the server closed is replaced, and an idempotent request is
+    // resent: the first connection answers once then closes without answering the second.
+    let ep = fake::serve(
+        pki.path(),
+        vec![vec![Some(good.clone()), None], vec![Some(good)]],
+    )
+    .await;
+    let config = KmipConfig::new(
+        vec![ep],
+        TlsMaterial::from_files(&pki.path().join("ca.pem"), None, None).unwrap(),
+    );
+    let c = client(config);
+    assert_eq!(c.key_state("7").await.unwrap(), KeyState::Active);
+    assert_eq!(c.key_state("7").await.unwrap(), KeyState::Active);
+}

@@ -583,7 +583,11 @@ async fn round_trip(
         let name = name.clone();
         move |e: std::io::Error| RoundTripError {
             answered,
-            detail: describe_io_error(&e, &name),
+            detail: if answered && e.kind() == std::io::ErrorKind::UnexpectedEof {
+                "the server closed the connection in the middle of its answer".into()
+            } else {
+                describe_io_error(&e, &name)
+            },
         }
     };
     conn.stream.write_all(request).await.map_err(io(false))?;
@@ -600,18 +604,20 @@ async fn round_trip(
         .read_exact(&mut header[first..])
         .await
         .map_err(io(true))?;
-    let (tag, item_type, len) = ttlv::message_len(&header).map_err(|e| RoundTripError {
-        answered: true,
-        detail: e.to_string(),
-    })?;
-    if tag != tags::RESPONSE_MESSAGE || item_type != 0x01 {
+    let tag = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+    if tag != tags::RESPONSE_MESSAGE || header[3] != 0x01 {
         return Err(RoundTripError {
             answered: true,
             detail: format!(
-                "the answer does not start with a KMIP Response Message (tag {tag:06X}, type {item_type:#04x}): is this a KMIP server?"
+                "the answer does not start with a KMIP Response Message (tag {tag:06X}, type {:#04x}): is this a KMIP server?",
+                header[3]
             ),
         });
     }
+    let (_, _, len) = ttlv::message_len(&header).map_err(|e| RoundTripError {
+        answered: true,
+        detail: e.to_string(),
+    })?;
     let mut buf = Zeroizing::new(vec![0u8; HEADER_LEN + len]);
     buf[..HEADER_LEN].copy_from_slice(&header);
     conn.stream
