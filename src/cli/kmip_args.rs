@@ -136,6 +136,11 @@ impl KmipArgs {
     /// it, it finds the newest Active key named --kmip-key-name or creates one.
     pub async fn key_manager(&self) -> Result<KmipKeyManager, KmipError> {
         let client = Arc::new(KmipClient::new(self.config()?)?);
+        if self.local_wrap {
+            tracing::warn!(
+                "--kmip-local-wrap: the master key is fetched from the KMIP server and used in this process (weaker than server-side wrapping)"
+            );
+        }
         match &self.key_id {
             Some(id) => KmipKeyManager::new(client, id.clone(), self.wrap_mode()),
             None => KmipKeyManager::find_or_create(client, &self.key_name, self.wrap_mode())
