@@ -11,6 +11,7 @@ mod client;
 mod error;
 mod manager;
 mod messages;
+mod operations;
 pub mod tags;
 mod tls;
 pub mod ttlv;
