@@ -2,6 +2,7 @@
 //! making source trees, comparing trees byte for byte, and real servers on loopback.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod s3;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,800 @@
+//! End-to-end test support: the cluster that `KUBECONFIG` points at (the local test ground that
+//! `./tests/run` starts, see tests/README.md, or any conformant cluster), the CRDs of `crds/`,
+//! a namespace per test, ServiceAccount clients, waits with deadlines, and the test node agent
+//! (tests/node-agent/agent.py, a test double of a kubelet) with the logs of the pods it ran.
+//!
+//! ```ignore
+//! let Some(cluster) = cluster_or_skip().await else { return };
+//! cluster.apply_crds().await;
+//! let ns = cluster.namespace("status").await;           // deleted when `ns` is dropped
+//! let jobs: Api<BackupJob> = ns.api();
+//! ```
+//!
+//! Every wait has a deadline and polls or watches the API: nothing sleeps to synchronise.
+
+use std::fmt::{Debug, Display};
+use std::future::Future;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::version::Info;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{AuthInfo, KubeConfigOptions};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::watch_object;
+use kube::{Client, Config, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// The one field manager the tests write with (server-side apply, status included).
+pub const FIELD_MANAGER: &str = "snapcrypt-e2e";
+/// Default deadline of a wait: generous for a loaded 2-core CI machine, short enough to fail
+/// a hung test well inside CI's limit.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+/// Label on everything the e2e tests create at cluster scope (namespaces).
+pub const E2E_LABEL: &str = "snapcrypt.dev/e2e";
+
+// ------------------------------------------------------------------------------------------
+// The cluster
+
+/// An admin connection to the cluster under test.
+pub struct Cluster {
+    /// Admin client (the test ground's admin is system:masters).
+    pub client: Client,
+    config: Config,
+    kubeconfig: PathBuf,
+    version: Info,
+}
+
+/// The cluster `KUBECONFIG` names, or `None` after printing "skipped: no cluster (run
+/// ./tests/run)" when it is unset. Under CI (`CI` set) a missing `KUBECONFIG` is a failure:
+/// CI must run the e2e tests.
+///
+/// `let Some(cluster) = cluster_or_skip().await else { return };`
+pub async fn cluster_or_skip() -> Option<Cluster> {
+    let Some(kubeconfig) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) else {
+        if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+            panic!(
+                "CI is set but KUBECONFIG is not: CI must run the end-to-end tests against a \
+                 cluster. Run the tests through ./tests/run, which builds and starts the test \
+                 cluster (tests/cluster/) and exports KUBECONFIG."
+            );
+        }
+        println!("skipped: no cluster (run ./tests/run)");
+        return None;
+    };
+    // KUBECONFIG may be a list; the node agent takes one file: the first.
+    let first = std::env::split_paths(&kubeconfig).next().unwrap_or_default();
+    Some(Cluster::connect(first).await)
+}
+
+impl Cluster {
+    async fn connect(kubeconfig: PathBuf) -> Cluster {
+        let shown = kubeconfig.display();
+        let config = Config::from_kubeconfig(&KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("cannot load the kubeconfig {shown} (KUBECONFIG): {e}"));
+        let client = Client::try_from(config.clone())
+            .unwrap_or_else(|e| panic!("cannot build a client from {shown}: {e}"));
+        let version = match tokio::time::timeout(Duration::from_secs(20), client.apiserver_version())
+            .await
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => panic!(
+                "the API server of {shown} ({}) does not answer: {e}. Is the cluster running? \
+                 (./tests/run starts it; tests/cluster/status.sh says how it is)",
+                config.cluster_url
+            ),
+            Err(_) => panic!(
+                "the API server of {shown} ({}) gave no answer within 20 s",
+                config.cluster_url
+            ),
+        };
+        Cluster {
+            client,
+            config,
+            kubeconfig,
+            version,
+        }
+    }
+
+    /// The API server's version (`/version`).
+    pub fn version(&self) -> &Info {
+        &self.version
+    }
+
+    /// `(major, minor)` of the API server, e.g. `(1, 20)`; minors like `20+` are read as 20.
+    pub fn version_number(&self) -> (u32, u32) {
+        let num = |s: &str| {
+            s.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .unwrap_or(0)
+        };
+        (num(&self.version.major), num(&self.version.minor))
+    }
+
+    /// Whether the CRD schema type of this API server has `x-kubernetes-validations` (CEL
+    /// rules): added in 1.23 (enforced from 1.25). Older servers, like the 1.20 test ground,
+    /// drop the field on create and update, and refuse it in server-side apply.
+    pub fn knows_crd_validation_rules(&self) -> bool {
+        self.version_number() >= (1, 23)
+    }
+
+    /// The kubeconfig file the cluster was reached through.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Whether tests start the test node agent to run pods: `SNAPCRYPT_E2E_NODE_AGENT=1`
+    /// (exported by tests/cluster/env.sh). A real cluster's kubelets run pods themselves.
+    pub fn node_agent_enabled(&self) -> bool {
+        std::env::var("SNAPCRYPT_E2E_NODE_AGENT").is_ok_and(|v| v == "1")
+    }
+
+    /// A client that authenticates with `token` (and trusts the admin config's CA).
+    pub fn client_with_token(&self, token: &str, default_namespace: &str) -> Client {
+        let mut config = Config::new(self.config.cluster_url.clone());
+        config.root_cert = self.config.root_cert.clone();
+        config.root_cert_file = self.config.root_cert_file.clone();
+        config.tls_server_name = self.config.tls_server_name.clone();
+        config.accept_invalid_certs = self.config.accept_invalid_certs;
+        config.default_namespace = default_namespace.to_string();
+        config.auth_info = AuthInfo {
+            token: Some(secrecy::SecretString::from(token.to_string())),
+            ..AuthInfo::default()
+        };
+        Client::try_from(config).expect("client with a bearer token")
+    }
+
+    /// Creates ServiceAccount `namespace/name` (if needed), gets a one-hour token for it through
+    /// the TokenRequest API, and returns a client that acts as that ServiceAccount: RBAC
+    /// applies to it exactly as to a pod running under it.
+    pub async fn service_account_client(&self, namespace: &str, name: &str) -> Client {
+        let token = self.service_account_token(namespace, name).await;
+        self.client_with_token(&token, namespace)
+    }
+
+    /// Creates ServiceAccount `namespace/name` if needed and returns a fresh token of it.
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+        accounts
+            .patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&sa))
+            .await
+            .unwrap_or_else(|e| panic!("create ServiceAccount {namespace}/{name}: {e}"));
+        let request = TokenRequest {
+            metadata: ObjectMeta::default(),
+            // No audiences: the API server's own.
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(3600),
+                bound_object_ref: None,
+            },
+            status: None,
+        };
+        let answer = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest for ServiceAccount {namespace}/{name}: {e}"));
+        answer
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| panic!("TokenRequest for {namespace}/{name} returned no token"))
+    }
+
+    /// Applies every CRD in `crds/` (server-side apply, field manager `snapcrypt-e2e`) and waits
+    /// until each is Established. Once per test process; later calls return at once.
+    ///
+    /// Through the API, not kubectl: kubectl's client-side validation refuses
+    /// `x-kubernetes-validations` against a 1.20 server. On servers older than 1.23 the rules
+    /// are stripped before applying (see [`Cluster::crd_for_this_server`]).
+    pub async fn apply_crds(&self) {
+        static APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        APPLIED.get_or_init(|| self.apply_crds_now()).await;
+    }
+
+    async fn apply_crds_now(&self) {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let mut names = Vec::new();
+        for (file, crd) in crd_manifests() {
+            let crd = self.crd_for_this_server(crd);
+            let name = crd["metadata"]["name"].as_str().unwrap().to_string();
+            crds.patch(&name, &params, &Patch::Apply(&crd))
+                .await
+                .unwrap_or_else(|e| panic!("the API server refused crds/{file}: {e}"));
+            names.push(name);
+        }
+        for name in names {
+            wait_for(&crds, &name, "the CRD to be Established", DEADLINE, |crd| {
+                crd_condition(crd, "Established") == Some("True")
+            })
+            .await;
+        }
+    }
+
+    /// `crd` as server-side apply on this server takes it. Before 1.23 the CRD schema type has
+    /// no `x-kubernetes-validations`: server-side apply refuses the field ("field not declared
+    /// in schema") while create and update drop it silently. Stripping it stores exactly what a
+    /// create stores there. The rules are tested in tests/api_schema.rs.
+    pub fn crd_for_this_server(&self, mut crd: Value) -> Value {
+        if !self.knows_crd_validation_rules() {
+            remove_key_everywhere(&mut crd, "x-kubernetes-validations");
+        }
+        crd
+    }
+
+    /// A new namespace for one test, named `e2e-<purpose>-<unique>`, with its `default`
+    /// ServiceAccount present (so pods can be created at once). Deleted when dropped (kept if
+    /// the test failed and `SNAPCRYPT_E2E_KEEP_NAMESPACES=1`).
+    pub async fn namespace(&self, purpose: &str) -> TestNamespace {
+        let name = unique_name("e2e", purpose);
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let ns = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {E2E_LABEL: "true"}},
+        });
+        namespaces
+            .create(&PostParams::default(), &serde_json::from_value(ns).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        let guard = TestNamespace {
+            name: name.clone(),
+            client: self.client.clone(),
+            config: self.config.clone(),
+        };
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
+        wait_for(
+            &accounts,
+            "default",
+            "the namespace's default ServiceAccount",
+            DEADLINE,
+            |_| true,
+        )
+        .await;
+        guard
+    }
+
+    /// Starts the test node agent with `options`, or returns `None` when the cluster runs its
+    /// own kubelets (see [`Cluster::node_agent_enabled`]).
+    pub async fn start_node_agent(&self, options: NodeAgentOptions) -> Option<NodeAgent> {
+        if !self.node_agent_enabled() {
+            return None;
+        }
+        Some(NodeAgent::start(&self.kubeconfig, options).await)
+    }
+}
+
+/// The CRDs of `crds/` as JSON, with their file names, in file-name order.
+pub fn crd_manifests() -> Vec<(String, Value)> {
+    manifests_in(&super::repo_root().join("crds"))
+        .into_iter()
+        .map(|(file, _, v)| (file, v))
+        .collect()
+}
+
+/// Every YAML document in the `*.yaml` files of `dir`: `(file name, index in file, document)`,
+/// in file-name order, empty documents skipped.
+pub fn manifests_in(dir: &Path) -> Vec<(String, usize, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value: Value = serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{file}: document {i} is not valid YAML: {e}"));
+            if !value.is_null() {
+                out.push((file.clone(), i, value));
+            }
+        }
+    }
+    out
+}
+
+/// The `status` of condition `type_` of a CRD, if it has one.
+pub fn crd_condition<'a>(crd: &'a CustomResourceDefinition, type_: &str) -> Option<&'a str> {
+    crd.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+fn remove_key_everywhere(v: &mut Value, key: &str) {
+    match v {
+        Value::Object(map) => {
+            map.remove(key);
+            map.values_mut()
+                .for_each(|child| remove_key_everywhere(child, key));
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|child| remove_key_everywhere(child, key)),
+        _ => {}
+    }
+}
+
+/// `<prefix>-<purpose>-<unique>`: a DNS label (at most 63 characters) unique on this machine
+/// over time (process id, a counter, the clock).
+pub fn unique_name(prefix: &str, purpose: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let clock = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 0x100_0000;
+    let suffix = format!("{:x}{n:x}{clock:x}", std::process::id());
+    let purpose: String = purpose
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let room = 63 - prefix.len() - suffix.len() - 2;
+    let purpose = purpose[..purpose.len().min(room)].trim_matches('-');
+    format!("{prefix}-{purpose}-{suffix}")
+}
+
+// ------------------------------------------------------------------------------------------
+// A namespace per test
+
+/// A namespace that lives as long as this value: dropped, it is deleted (the API server
+/// finishes the deletion in the background).
+pub struct TestNamespace {
+    name: String,
+    client: Client,
+    config: Config,
+}
+
+impl TestNamespace {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// An admin `Api` of `K` in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && std::env::var("SNAPCRYPT_E2E_KEEP_NAMESPACES").is_ok_and(|v| v == "1")
+        {
+            eprintln!("keeping namespace {} of the failed test", self.name);
+            return;
+        }
+        // Drop cannot await, and the test's runtime may be the current-thread one that is
+        // running this drop: delete from a thread with its own runtime and client.
+        let (name, config) = (self.name.clone(), self.config.clone());
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let client = Client::try_from(config).map_err(|e| e.to_string())?;
+                let namespaces: Api<Namespace> = Api::all(client);
+                let params = DeleteParams::background();
+                let delete = namespaces.delete(&name, &params);
+                match tokio::time::timeout(Duration::from_secs(20), delete).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer within 20 s".to_string()),
+                }
+            })
+        })
+        .join();
+        if let Ok(Err(e)) | Err(e) = deleted.map_err(|_| "panicked".to_string()) {
+            eprintln!("warning: could not delete test namespace {}: {e}", self.name);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Waiting with deadlines
+
+/// Watches `name` through `api` until `cond` holds for it, and returns it. Panics after
+/// `deadline`, saying what was awaited and showing the object as last seen.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    deadline: Duration,
+    cond: impl Fn(&K) -> bool,
+) -> K
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
+{
+    let mut last: Option<K> = None;
+    let mut last_error: Option<String> = None;
+    let watch = async {
+        let mut stream = std::pin::pin!(watch_object(api.clone(), name).default_backoff());
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Some(obj)) => {
+                    if cond(&obj) {
+                        return obj;
+                    }
+                    last = Some(obj);
+                }
+                Ok(None) => last = None,
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        unreachable!("a watcher stream does not end")
+    };
+    match tokio::time::timeout(deadline, watch).await {
+        Ok(obj) => obj,
+        Err(_) => panic!(
+            "timed out after {deadline:?} waiting for {what}: {}/{name}\nlast seen: {}{}",
+            api.resource_url(),
+            last.map(|o| serde_yaml::to_string(&o).unwrap())
+                .unwrap_or_else(|| "(does not exist)".to_string()),
+            last_error
+                .map(|e| format!("\nlast watch error: {e}"))
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+/// Watches `name` through `api` until it no longer exists. Panics after `deadline`.
+pub async fn wait_for_deletion<K>(api: &Api<K>, name: &str, deadline: Duration)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let gone = async {
+        let mut stream = std::pin::pin!(watch_object(api.clone(), name).default_backoff());
+        while let Some(event) = stream.next().await {
+            if let Ok(None) = event {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(deadline, gone).await.is_err() {
+        panic!(
+            "timed out after {deadline:?} waiting for {}/{name} to be deleted",
+            api.resource_url()
+        );
+    }
+}
+
+/// Polls `attempt` until it returns `Ok`, and returns that value. Panics after `deadline` with
+/// `what` and the last error. For things no watch can show (an RBAC decision, a file); the
+/// pause between attempts only paces the polling.
+pub async fn eventually<T, E, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut attempt: impl FnMut() -> Fut,
+) -> T
+where
+    E: Display,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    loop {
+        let remaining = deadline.saturating_sub(start.elapsed());
+        let last = match tokio::time::timeout(remaining, attempt()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "(the last attempt was still running)".to_string(),
+        };
+        if start.elapsed() >= deadline {
+            panic!("timed out after {deadline:?} waiting for {what}; last error: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The HTTP status code of an API error, if `result` is one.
+pub fn api_error_code<T>(result: &kube::Result<T>) -> Option<u16> {
+    match result {
+        Err(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The test node agent (a test double of a kubelet: tests/README.md)
+
+/// How to start the node agent.
+#[derive(Clone, Debug)]
+pub struct NodeAgentOptions {
+    /// Node names it registers and serves. One node name belongs to one agent at a time.
+    pub nodes: Vec<String>,
+    /// Image substrings whose containers run their command as it is (e.g. `busybox`).
+    pub run_images: Vec<String>,
+    /// Bind pods that do not name a node. Tests that run agents side by side leave this off,
+    /// so each agent only takes pods pinned (kubernetes.io/hostname) to its own nodes.
+    pub schedule_unpinned: bool,
+    /// More arguments for agent.py.
+    pub extra_args: Vec<String>,
+}
+
+impl NodeAgentOptions {
+    /// Serve `nodes`, binding only pods pinned to them.
+    pub fn nodes(nodes: &[&str]) -> Self {
+        NodeAgentOptions {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            run_images: Vec::new(),
+            schedule_unpinned: false,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// How long the agent gets to register its nodes and start watching pods.
+const AGENT_READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How long it gets to stop after SIGTERM (it kills its pods with at most 10 s grace).
+const AGENT_STOP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running test node agent; stopped with SIGTERM when dropped (a clean stop: it kills its
+/// pods' processes and marks its nodes NotReady). If the test process dies, the agent still
+/// gets SIGTERM (parent-death signal), and tests/cluster/stop.sh stops it through its pid file.
+pub struct NodeAgent {
+    pid: u32,
+    nodes: Vec<String>,
+    state_dir: PathBuf,
+    stop: Option<mpsc::Sender<()>>,
+    keeper: Option<JoinHandle<Option<ExitStatus>>>,
+}
+
+impl NodeAgent {
+    /// Starts `python3 tests/node-agent/agent.py` for `kubeconfig` with the snapcrypt binary
+    /// under test and waits (deadline 60 s) for its `node-agent ready` line.
+    pub async fn start(kubeconfig: &Path, options: NodeAgentOptions) -> NodeAgent {
+        assert!(!options.nodes.is_empty(), "a node agent needs a node name");
+        let state_dir = tempfile::Builder::new()
+            .prefix("node-agent-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("node agent state dir")
+            .keep();
+        let stderr = std::fs::File::create(state_dir.join("node-agent.stderr")).unwrap();
+        let repo = super::repo_root();
+        let mut cmd = Command::new("python3");
+        cmd.current_dir(&repo)
+            .arg(repo.join("tests/node-agent/agent.py"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--snapcrypt-binary")
+            .arg(env!("CARGO_BIN_EXE_snapcrypt"));
+        for node in &options.nodes {
+            cmd.args(["--node", node]);
+        }
+        for image in &options.run_images {
+            cmd.args(["--run-image", image]);
+        }
+        if !options.schedule_unpinned {
+            cmd.arg("--no-schedule-unpinned");
+        }
+        // A pid file where tests/cluster/stop.sh looks, in case this process is killed.
+        if let Some(pids) = std::env::var_os("SNAPCRYPT_CLUSTER_DIR")
+            .map(|d| PathBuf::from(d).join("pids"))
+            .filter(|p| p.is_dir())
+        {
+            let file = format!("{}.pid", unique_name("node-agent", "e2e"));
+            cmd.arg("--pid-file").arg(pids.join(file));
+        }
+        cmd.args(&options.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+
+        let (pid, stdout, stop, keeper) = spawn_kept(cmd)
+            .unwrap_or_else(|e| panic!("cannot start python3 tests/node-agent/agent.py: {e}"));
+        let mut agent = NodeAgent {
+            pid,
+            nodes: options.nodes,
+            state_dir,
+            stop: Some(stop),
+            keeper: Some(keeper),
+        };
+
+        // It prints one line when ready; a reader thread hands it over.
+        let (line_tx, line_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line);
+            let _ = line_tx.send(read.map(|_| line));
+        });
+        let problem = match tokio::time::timeout(AGENT_READY_DEADLINE, line_rx).await {
+            Ok(Ok(Ok(line))) if line.trim() == "node-agent ready" => return agent,
+            Ok(Ok(Ok(line))) if line.is_empty() => "exited before it was ready".to_string(),
+            Ok(Ok(Ok(line))) => format!("printed {line:?} instead of \"node-agent ready\""),
+            Ok(Ok(Err(e))) => format!("stdout could not be read: {e}"),
+            Ok(Err(_)) => "stdout reader vanished".to_string(),
+            Err(_) => format!("not ready within {AGENT_READY_DEADLINE:?}"),
+        };
+        let status = agent.stop_now();
+        panic!(
+            "test node agent (nodes {:?}) {problem}; exit: {status:?}\n--- stderr:\n{}\n--- {}:\n{}",
+            agent.nodes,
+            tail(&read_lossy(&agent.state_dir.join("node-agent.stderr")), 40),
+            agent.state_dir.join("node-agent.log").display(),
+            agent.log_tail(40),
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The agent's state directory (`logs/`, `pvcs/`, `pods/`, `node-agent.log`); kept after
+    /// the test for a look.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The local directory that plays PVC `namespace/claim` (tests may seed it directly).
+    pub fn pvc_dir(&self, namespace: &str, claim: &str) -> PathBuf {
+        self.state_dir.join("pvcs").join(namespace).join(claim)
+    }
+
+    /// Everything container `container` of pod `namespace/pod` wrote (stdout and stderr,
+    /// across restarts); empty if it never ran.
+    pub fn pod_log(&self, namespace: &str, pod: &str, container: &str) -> String {
+        read_lossy(
+            &self
+                .state_dir
+                .join("logs")
+                .join(format!("{namespace}_{pod}_{container}.log")),
+        )
+    }
+
+    /// The last `lines` lines of the agent's own log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&read_lossy(&self.state_dir.join("node-agent.log")), lines)
+    }
+
+    /// For failure messages: the tail of every container log of `namespace`, then the tail of
+    /// the agent's own log.
+    pub fn diagnostics(&self, namespace: &str) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.state_dir.join("logs"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{namespace}_")))
+        });
+        logs.sort();
+        let mut out = String::new();
+        for path in logs {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            out += &format!("--- log of {name}:\n{}\n", tail(&read_lossy(&path), 30));
+        }
+        out += &format!("--- node agent log (tail):\n{}", self.log_tail(30));
+        out
+    }
+
+    /// SIGTERM, wait (deadline), SIGKILL if it is still there; the exit status.
+    fn stop_now(&mut self) -> Option<ExitStatus> {
+        drop(self.stop.take());
+        self.keeper.take().and_then(|k| k.join().ok().flatten())
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        let status = self.stop_now();
+        if std::thread::panicking() {
+            eprintln!(
+                "node agent (nodes {:?}) stopped: {status:?}; its state is kept in {}",
+                self.nodes,
+                self.state_dir.display()
+            );
+        } else if status.is_some() {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
+
+/// Spawns `cmd` from a thread of its own that outlives the caller's test thread and keeps the
+/// child: the parent-death signal (SIGTERM) is tied to the thread that forked, so the child
+/// gets it if this process dies, and not when some short-lived thread ends. Dropping the
+/// returned sender stops the child (SIGTERM, then SIGKILL after the deadline); joining the
+/// handle gives its exit status.
+#[allow(clippy::type_complexity)]
+fn spawn_kept(
+    mut cmd: Command,
+) -> io::Result<(
+    u32,
+    ChildStdout,
+    mpsc::Sender<()>,
+    JoinHandle<Option<ExitStatus>>,
+)> {
+    let (started_tx, started_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let keeper = std::thread::Builder::new()
+        .name("node-agent-keeper".to_string())
+        .spawn(move || {
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let mut child = match cmd.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return None;
+                }
+            };
+            let stdout = child.stdout.take().expect("piped stdout");
+            let _ = started_tx.send(Ok((child.id(), stdout)));
+            // Until a stop is asked for, or the owner is gone.
+            let _ = stop_rx.recv();
+            Some(terminate(&mut child, AGENT_STOP_DEADLINE))
+        })?;
+    let (pid, stdout) = started_rx
+        .recv()
+        .map_err(|_| io::Error::other("the keeper thread died"))??;
+    Ok((pid, stdout, stop_tx, keeper))
+}
+
+/// SIGTERM to `child`, wait up to `deadline`, then SIGKILL.
+fn terminate(child: &mut Child, deadline: Duration) -> ExitStatus {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status;
+    }
+    // SAFETY: plain kill(2) on our own child's pid, which is not reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "node agent (pid {}) ignored SIGTERM for {deadline:?}: SIGKILL",
+        child.id()
+    );
+    let _ = child.kill();
+    child.wait().expect("wait for the node agent")
+}
+
+fn read_lossy(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
