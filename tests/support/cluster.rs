@@ -75,7 +75,9 @@ pub async fn cluster_or_skip() -> Option<Cluster> {
         return None;
     };
     // KUBECONFIG may be a list; the node agent takes one file: the first.
-    let first = std::env::split_paths(&kubeconfig).next().unwrap_or_default();
+    let first = std::env::split_paths(&kubeconfig)
+        .next()
+        .unwrap_or_default();
     Some(Cluster::connect(first).await)
 }
 
@@ -87,20 +89,19 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("cannot load the kubeconfig {shown} (KUBECONFIG): {e}"));
         let client = Client::try_from(config.clone())
             .unwrap_or_else(|e| panic!("cannot build a client from {shown}: {e}"));
-        let version = match tokio::time::timeout(Duration::from_secs(20), client.apiserver_version())
-            .await
-        {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => panic!(
-                "the API server of {shown} ({}) does not answer: {e}. Is the cluster running? \
+        let version =
+            match tokio::time::timeout(Duration::from_secs(20), client.apiserver_version()).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => panic!(
+                    "the API server of {shown} ({}) does not answer: {e}. Is the cluster running? \
                  (./tests/run starts it; tests/cluster/status.sh says how it is)",
-                config.cluster_url
-            ),
-            Err(_) => panic!(
-                "the API server of {shown} ({}) gave no answer within 20 s",
-                config.cluster_url
-            ),
-        };
+                    config.cluster_url
+                ),
+                Err(_) => panic!(
+                    "the API server of {shown} ({}) gave no answer within 20 s",
+                    config.cluster_url
+                ),
+            };
         Cluster {
             client,
             config,
@@ -339,7 +340,11 @@ fn remove_key_everywhere(v: &mut Value, key: &str) {
 pub fn unique_name(prefix: &str, purpose: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let clock = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 0x100_0000;
+    let clock = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 0x100_0000;
     let suffix = format!("{:x}{n:x}{clock:x}", std::process::id());
     let purpose: String = purpose
         .to_ascii_lowercase()
@@ -407,7 +412,10 @@ impl Drop for TestNamespace {
         })
         .join();
         if let Ok(Err(e)) | Err(e) = deleted.map_err(|_| "panicked".to_string()) {
-            eprintln!("warning: could not delete test namespace {}: {e}", self.name);
+            eprintln!(
+                "warning: could not delete test namespace {}: {e}",
+                self.name
+            );
         }
     }
 }
@@ -424,6 +432,23 @@ pub async fn wait_for<K>(
     deadline: Duration,
     cond: impl Fn(&K) -> bool,
 ) -> K
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
+{
+    try_wait_for(api, name, what, deadline, cond)
+        .await
+        .unwrap_or_else(|timed_out| panic!("{timed_out}"))
+}
+
+/// [`wait_for`] that returns the timeout message instead of panicking, so that the caller
+/// can add what it knows (pod logs, for example).
+pub async fn try_wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    deadline: Duration,
+    cond: impl Fn(&K) -> bool,
+) -> Result<K, String>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
 {
@@ -446,8 +471,8 @@ where
         unreachable!("a watcher stream does not end")
     };
     match tokio::time::timeout(deadline, watch).await {
-        Ok(obj) => obj,
-        Err(_) => panic!(
+        Ok(obj) => Ok(obj),
+        Err(_) => Err(format!(
             "timed out after {deadline:?} waiting for {what}: {}/{name}\nlast seen: {}{}",
             api.resource_url(),
             last.map(|o| serde_yaml::to_string(&o).unwrap())
@@ -455,7 +480,7 @@ where
             last_error
                 .map(|e| format!("\nlast watch error: {e}"))
                 .unwrap_or_default(),
-        ),
+        )),
     }
 }
 
@@ -702,6 +727,9 @@ impl NodeAgent {
 
 impl Drop for NodeAgent {
     fn drop(&mut self) {
+        if self.keeper.is_none() {
+            return; // stopped already (start failed)
+        }
         let status = self.stop_now();
         if std::thread::panicking() {
             eprintln!(
