@@ -174,6 +174,8 @@ impl Cluster {
             .patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&sa))
             .await
             .unwrap_or_else(|e| panic!("create ServiceAccount {namespace}/{name}: {e}"));
+        // Ready for pods too, so that tests can run pods under it.
+        self.wait_for_service_account(namespace, name).await;
         let request = TokenRequest {
             metadata: ObjectMeta::default(),
             // No audiences: the API server's own.
@@ -238,7 +240,7 @@ impl Cluster {
     }
 
     /// A new namespace for one test, named `e2e-<purpose>-<unique>`, with its `default`
-    /// ServiceAccount present (so pods can be created at once). Deleted when dropped (kept if
+    /// ServiceAccount ready for pods (see [`Cluster::wait_for_service_account`]). Deleted when dropped (kept if
     /// the test failed and `SNAPCRYPT_E2E_KEEP_NAMESPACES=1`).
     pub async fn namespace(&self, purpose: &str) -> TestNamespace {
         let name = unique_name("e2e", purpose);
@@ -256,16 +258,24 @@ impl Cluster {
             client: self.client.clone(),
             config: self.config.clone(),
         };
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
+        self.wait_for_service_account(&name, "default").await;
+        guard
+    }
+
+    /// Waits until pods can run under ServiceAccount `namespace/name`: it exists and, before
+    /// 1.24, has its token Secret (the ServiceAccount admission plugin of those versions
+    /// refuses pods until the token controller has made it: "No API token found").
+    pub async fn wait_for_service_account(&self, namespace: &str, name: &str) -> ServiceAccount {
+        let needs_secret = self.version_number() < (1, 24);
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
         wait_for(
             &accounts,
-            "default",
-            "the namespace's default ServiceAccount",
+            name,
+            "the ServiceAccount (and its token Secret before 1.24)",
             DEADLINE,
-            |_| true,
+            |sa| !needs_secret || sa.secrets.as_ref().is_some_and(|s| !s.is_empty()),
         )
-        .await;
-        guard
+        .await
     }
 
     /// Starts the test node agent with `options`, or returns `None` when the cluster runs its
