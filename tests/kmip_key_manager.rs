@@ -5,12 +5,7 @@
 #[path = "support/kmip.rs"]
 mod pykmip;
 
-/// kmip_args.rs names `crate::kms`: in this test crate that is snapcrypt's.
-mod kms {
-    pub use snapcrypt::kms::*;
-}
-#[path = "../src/cli/kmip_args.rs"]
-mod kmip_args;
+use snapcrypt::cli::kmip_args;
 
 use std::sync::Arc;
 

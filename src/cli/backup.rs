@@ -74,7 +74,7 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
     for s in &scan.skipped {
         eprintln!("snapcrypt: skipping {s}: not a regular file, directory or symlink");
     }
-    let km = args.keys.key_manager(&args.repo, true).await?;
+    let km = args.keys.key_manager(true).await?;
     let backend = args.repo.backend(true)?;
     let (mut repo, created) =
         Repository::open_or_init(backend, km.as_ref(), args.chunk_size).await?;

@@ -1,4 +1,5 @@
-//! Which key manager opens the repository: the local key file (the default) or a KMIP server.
+//! Which key manager opens the repository: the local key file (the default) or a KMIP server
+//! (`--kmip-*`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,48 +7,33 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::CliError;
-use super::repo_args::RepoArgs;
+use super::kmip_args::KmipArgs;
 use crate::kms::KeyManager;
 use crate::kms::local::LocalKeyManager;
 
 #[derive(Args, Debug, Clone)]
 pub struct KeyArgs {
     /// Local master key file (default: $SNAPCRYPT_KEY_FILE, else ~/.config/snapcrypt/key.json;
-    /// `backup` creates it, mode 0600, on first use). Never stored in the repository.
+    /// `backup` creates it, mode 0600, on first use). Never stored in the repository. Not used
+    /// when --kmip-endpoint is given.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub kmip: KmipArgs,
 }
 
 impl KeyArgs {
-    /// The key manager these flags name. With `create`, a missing local key file is created
-    /// (and reported once on stderr).
-    pub async fn key_manager(
-        &self,
-        _repo: &RepoArgs,
-        create: bool,
-    ) -> Result<Arc<dyn KeyManager>, CliError> {
+    /// The key manager these flags name: KMIP if --kmip-endpoint is given, else the local key
+    /// file. With `create`, a missing local key file is created (and reported once on stderr).
+    pub async fn key_manager(&self, create: bool) -> Result<Arc<dyn KeyManager>, CliError> {
+        if self.kmip.configured() {
+            if self.key_file.is_some() {
+                return Err("give either --key-file or --kmip-endpoint, not both".into());
+            }
+            return Ok(Arc::new(self.kmip.key_manager().await?));
+        }
         self.local_key(create)
-    }
-
-    /// The state of master key `id` as its key manager reports it (for KMIP: the server's
-    /// State attribute); `active` is the key new data keys are wrapped under.
-    pub async fn key_state(
-        &self,
-        km: &dyn KeyManager,
-        kms: &str,
-        id: &str,
-        active: Option<&str>,
-    ) -> String {
-        if kms != km.kind() {
-            return format!("unknown (not a {} key)", km.kind());
-        }
-        if active == Some(id) {
-            return "Active (in use)".into();
-        }
-        if kms == "local" {
-            return "unknown (not this key file)".into();
-        }
-        "Superseded".into()
     }
 
     /// The local key manager.

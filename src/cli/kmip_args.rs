@@ -65,7 +65,12 @@ pub struct KmipArgs {
 
     /// KMIP protocol version to speak: 1.0, 1.1, 1.2, 1.3 or 1.4. Wrapping on the server
     /// (the default) needs 1.4, the first version that returns the AES-GCM tag.
-    #[arg(long = "kmip-version", value_name = "VERSION", default_value = "1.4")]
+    #[arg(
+        long = "kmip-version",
+        id = "kmip_version",
+        value_name = "VERSION",
+        default_value = "1.4"
+    )]
     pub version: ProtocolVersion,
 
     /// WEAKER MODE: fetch the master key from the server (Get) and wrap data keys in this

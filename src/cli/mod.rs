@@ -5,6 +5,7 @@ mod backup;
 mod crd;
 mod key;
 pub mod keys;
+pub mod kmip_args;
 mod progress;
 mod prune;
 pub mod repo_args;
@@ -76,3 +77,14 @@ pub fn run(cli: Cli) -> i32 {
 
 /// A CLI failure, printed as one line.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's flags are consistent (clap checks names, ids and conflicts).
+    #[test]
+    fn command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

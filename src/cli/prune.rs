@@ -61,7 +61,7 @@ pub async fn run(args: PruneArgs) -> Result<(), CliError> {
         keep_monthly: args.keep_monthly,
         max_age_secs: args.max_age,
     };
-    let km = args.keys.key_manager(&args.repo, false).await?;
+    let km = args.keys.key_manager(false).await?;
     let mut repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
     let report = prune(&mut repo, km.as_ref(), &policy, args.dry_run).await?;
     if args.json {

@@ -34,7 +34,7 @@ pub struct RestoreArgs {
 }
 
 pub async fn run(args: RestoreArgs) -> Result<(), CliError> {
-    let km = args.keys.key_manager(&args.repo, false).await?;
+    let km = args.keys.key_manager(false).await?;
     let repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
     let snap = repo.find_snapshot(&args.snapshot).await?;
     let progress = Arc::new(Progress::default());

@@ -20,7 +20,7 @@ pub struct SnapshotsArgs {
 }
 
 pub async fn run(args: SnapshotsArgs) -> Result<(), CliError> {
-    let km = args.keys.key_manager(&args.repo, false).await?;
+    let km = args.keys.key_manager(false).await?;
     let repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
     let snaps = repo.snapshots().await?;
     if args.json {

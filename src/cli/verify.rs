@@ -26,7 +26,7 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(args: VerifyArgs) -> Result<(), CliError> {
-    let km = args.keys.key_manager(&args.repo, false).await?;
+    let km = args.keys.key_manager(false).await?;
     let repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
     let report =
         crate::engine::verify::verify(&repo, args.snapshot.as_deref(), args.read_data).await?;

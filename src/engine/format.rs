@@ -74,6 +74,19 @@ pub struct KeyRecord {
     pub wrapped_at: String,
     /// The 64 secret bytes (content key, chunk-id key), wrapped.
     pub wrapped: WrappedKey,
+    /// Master keys this data key was wrapped under before, oldest first (kept so status can
+    /// show every key the repository has used).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<PastWrap>,
+}
+
+/// A master key a data key was once wrapped under.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PastWrap {
+    pub kms: String,
+    pub master_key_id: String,
+    /// When the data key was rewrapped away from it (RFC 3339).
+    pub until: String,
 }
 
 /// Kinds of sealed objects (bound into their authentication).

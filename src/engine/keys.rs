@@ -24,6 +24,19 @@ pub struct MasterKeyUse {
 /// Group data key records by master key, with the snapshots that depend on each.
 pub fn master_key_uses(records: &[KeyRecord], snapshots: &[SnapshotManifest]) -> Vec<MasterKeyUse> {
     let mut by_master: BTreeMap<(String, String), MasterKeyUse> = BTreeMap::new();
+    // Keys used before a rewrap: listed, with nothing depending on them any more.
+    for r in records {
+        for past in &r.history {
+            by_master
+                .entry((past.kms.clone(), past.master_key_id.clone()))
+                .or_insert_with(|| MasterKeyUse {
+                    kms: past.kms.clone(),
+                    master_key_id: past.master_key_id.clone(),
+                    data_keys: Vec::new(),
+                    snapshots: Vec::new(),
+                });
+        }
+    }
     for r in records {
         let entry = by_master
             .entry((r.wrapped.kms.clone(), r.wrapped.master_key_id.clone()))
@@ -61,6 +74,7 @@ mod tests {
                 iv: None,
                 tag: None,
             },
+            history: vec![],
         }
     }
 

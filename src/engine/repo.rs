@@ -195,6 +195,7 @@ impl Repository {
             created: created.unwrap_or_else(now_rfc3339),
             wrapped_at: now_rfc3339(),
             wrapped,
+            history: Vec::new(),
         })
     }
 
@@ -305,7 +306,13 @@ impl Repository {
             let material = from.unwrap(&record.wrapped).await?;
             let id = parse_key_id(&record.data_key_id).unwrap_or_default();
             let key = DataKey::from_material(id, &material)?;
-            let new = Self::wrap_record(to, &key, Some(record.created.clone())).await?;
+            let mut new = Self::wrap_record(to, &key, Some(record.created.clone())).await?;
+            new.history = record.history.clone();
+            new.history.push(super::format::PastWrap {
+                kms: record.wrapped.kms.clone(),
+                master_key_id: record.wrapped.master_key_id.clone(),
+                until: now_rfc3339(),
+            });
             // Check the new wrap before it replaces the old one.
             let check = to.unwrap(&new.wrapped).await?;
             if check[..] != material[..] {

@@ -197,6 +197,14 @@ impl KeyManager for LocalKeyManager {
         })
     }
 
+    async fn master_key_state(&self, id: &str) -> String {
+        if id == self.key_id {
+            "Active".into()
+        } else {
+            "unknown (not this key file)".into()
+        }
+    }
+
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<SecretBytes, KmsError> {
         if wrapped.kms != "local" || wrapped.master_key_id != self.key_id {
             return Err(KmsError::UnknownKey {

@@ -67,6 +67,13 @@ pub trait KeyManager: Send + Sync {
     async fn wrap(&self, plaintext: &[u8]) -> Result<WrappedKey, KmsError>;
     /// Unwrap a data key wrapped under `wrapped.master_key_id`.
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<SecretBytes, KmsError>;
+
+    /// The state of master key `id` as this key manager sees it, for status reports
+    /// (for KMIP: the server's State attribute).
+    async fn master_key_state(&self, id: &str) -> String {
+        let _ = id;
+        "unknown".into()
+    }
 }
 
 mod b64 {

@@ -358,6 +358,13 @@ impl KeyManager for KmipKeyManager {
         }
     }
 
+    async fn master_key_state(&self, id: &str) -> String {
+        match KmipKeyManager::key_state(self, id).await {
+            Ok(state) => format!("{state:?}"),
+            Err(e) => format!("unknown ({e})"),
+        }
+    }
+
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<SecretBytes, KmsError> {
         if wrapped.kms != KIND {
             return Err(KmsError::UnknownKey {
