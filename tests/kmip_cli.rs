@@ -271,3 +271,75 @@ fn a_revoked_master_key_refuses_new_backups_and_writes_nothing() {
     assert!(err.contains(&id) && err.contains("not Active"), "{err}");
     assert_eq!(before, (count("data"), count("index"), count("snapshots")));
 }
+
+/// What a KmipServer rotation asks of each repository: the next backup under the new key,
+/// with --rewrap, moves the older data keys under it; without --rewrap, old snapshots keep
+/// depending on the old key and new data gets a data key of its own.
+#[test]
+fn the_next_backup_rewraps_after_a_server_side_rotation() {
+    let server = pykmip::PyKmip::start();
+    let kmip = kmip_flags(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    let s = src.display().to_string();
+    for (repo, rewrap) in [("plain", false), ("rewrapped", true)] {
+        let repo = dir.path().join(repo).display().to_string();
+        let first = ok(
+            &with(&["backup", "--source", &s, "--repo", &repo], &kmip),
+            &[],
+        )
+        .trim()
+        .to_string();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let new_key = rt.block_on(async {
+            let client = snapcrypt::kms::kmip::KmipClient::new(server.config()).unwrap();
+            client
+                .create_master_key(&format!("rotated-{rewrap}"))
+                .await
+                .unwrap()
+        });
+        let mut flags = kmip.clone();
+        flags.extend(["--kmip-key-id".to_string(), new_key.clone()]);
+        let mut args = vec!["backup", "--source", &s, "--repo", &repo];
+        if rewrap {
+            args.push("--rewrap");
+        }
+        ok(&with(&args, &flags), &[]);
+        let keys = status(&repo, &flags);
+        let on = |id: &str| {
+            keys.iter()
+                .find(|k| k["master_key_id"] == id)
+                .map(|k| {
+                    k["snapshots"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x == first.as_str())
+                })
+                .unwrap_or(false)
+        };
+        assert!(on(&new_key) == rewrap, "rewrap={rewrap}: {keys:?}");
+        let out = dir
+            .path()
+            .join(format!("out-{rewrap}"))
+            .display()
+            .to_string();
+        ok(
+            &with(
+                &[
+                    "restore",
+                    "--repo",
+                    &repo,
+                    "--snapshot",
+                    &first,
+                    "--target",
+                    &out,
+                ],
+                &flags,
+            ),
+            &[],
+        );
+        assert_same_tree(&src, Path::new(&out));
+    }
+}

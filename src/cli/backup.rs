@@ -39,6 +39,10 @@ pub struct BackupArgs {
     /// Read every file even if it looks unchanged since the last snapshot of this source.
     #[arg(long)]
     pub force_read: bool,
+    /// First rewrap data keys still wrapped under an older master key of this key manager
+    /// (after a KMIP rotation) under the active one. Metadata only.
+    #[arg(long)]
+    pub rewrap: bool,
     /// Chunk size in bytes for a new repository (a power of two, 4 KiB to 1 MiB).
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_name = "BYTES", value_parser = parse_chunk_size, hide = true)]
     pub chunk_size: u32,
@@ -80,6 +84,12 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
         Repository::open_or_init(backend, km.as_ref(), args.chunk_size).await?;
     if created && !args.json {
         eprintln!("snapcrypt: created repository {}", repo.backend.display());
+    }
+    if args.rewrap {
+        let n = repo.rewrap_stale(km.as_ref()).await?;
+        if n > 0 && !args.json {
+            eprintln!("snapcrypt: rewrapped {n} data key(s) under the active master key");
+        }
     }
     let progress = Arc::new(Progress::default());
     let reporter = ProgressReporter::start(progress.clone(), args.json, "backup");

@@ -333,6 +333,21 @@ impl Repository {
         Ok(total)
     }
 
+    /// Rewrap the data keys wrapped under an older master key of `km` (a rotated-out KMIP
+    /// key) under its active one: what a rotation with `rewrapExisting` asks of each repository.
+    /// Returns how many were rewrapped.
+    pub async fn rewrap_stale(&mut self, km: &dyn KeyManager) -> Result<usize, EngineError> {
+        let active = km.active_key_id().await?;
+        if self
+            .records
+            .iter()
+            .all(|r| r.wrapped.kms != km.kind() || r.wrapped.master_key_id == active)
+        {
+            return Ok(0);
+        }
+        self.rewrap_all(km, km, |_, _| {}).await
+    }
+
     /// The data key with this id.
     pub fn key(&self, id: &[u8; 16]) -> Result<Arc<DataKey>, EngineError> {
         self.keys
