@@ -11,6 +11,7 @@ use super::keys::KeyArgs;
 use super::progress::ProgressReporter;
 use super::repo_args::RepoArgs;
 use crate::engine::backup::{BackupOptions, Compression, backup, scan};
+use crate::engine::format::SnapshotManifest;
 use crate::engine::progress::{Progress, human_bytes};
 use crate::engine::repo::{DEFAULT_CHUNK_SIZE, Repository};
 
@@ -68,38 +69,9 @@ fn parse_chunk_size(s: &str) -> Result<u32, String> {
 }
 
 pub async fn run(args: BackupArgs) -> Result<(), CliError> {
-    // Everything about the source is checked before the repository is touched.
-    let scan = tokio::task::spawn_blocking({
-        let src = args.source.clone();
-        let max = args.max_files;
-        move || scan(&src, max)
-    })
-    .await??;
-    for s in &scan.skipped {
-        eprintln!("snapcrypt: skipping {s}: not a regular file, directory or symlink");
-    }
-    let km = args.keys.key_manager(true).await?;
-    let backend = args.repo.backend(true)?;
-    let (mut repo, created) =
-        Repository::open_or_init(backend, km.as_ref(), args.chunk_size).await?;
-    if created && !args.json {
-        eprintln!("snapcrypt: created repository {}", repo.backend.display());
-    }
-    if args.rewrap {
-        let n = repo.rewrap_stale(km.as_ref()).await?;
-        if n > 0 && !args.json {
-            eprintln!("snapcrypt: rewrapped {n} data key(s) under the active master key");
-        }
-    }
     let progress = Arc::new(Progress::default());
     let reporter = ProgressReporter::start(progress.clone(), args.json, "backup");
-    let opts = BackupOptions {
-        compression: args.compression,
-        tags: args.tags.into_iter().collect::<BTreeMap<_, _>>(),
-        use_parent: !args.force_read,
-        ..Default::default()
-    };
-    let result = backup(&mut repo, km.as_ref(), scan, opts, progress.clone()).await;
+    let result = perform(&args, KeyFile::CreateIfMissing, progress.clone(), !args.json).await;
     reporter.finish().await;
     let m = result?;
     if args.json {
@@ -130,4 +102,56 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
         println!("{}", m.id);
     }
     Ok(())
+}
+
+/// Whether a backup may create a missing local key file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFile {
+    /// `snapcrypt backup`: the first backup creates the key.
+    CreateIfMissing,
+    /// The snapshot agent: the key comes from a Secret and must exist.
+    MustExist,
+}
+
+/// Scan the source, open (or create) the repository and back up, counting into `progress`.
+/// `snapcrypt backup` and the snapshot agent (`snapcrypt agent snapshot`) share this.
+pub async fn perform(
+    args: &BackupArgs,
+    key_file: KeyFile,
+    progress: Arc<Progress>,
+    chatty: bool,
+) -> Result<SnapshotManifest, CliError> {
+    // Everything about the source is checked before the repository is touched.
+    let scan = tokio::task::spawn_blocking({
+        let src = args.source.clone();
+        let max = args.max_files;
+        move || scan(&src, max)
+    })
+    .await??;
+    for s in &scan.skipped {
+        eprintln!("snapcrypt: skipping {s}: not a regular file, directory or symlink");
+    }
+    let km = args
+        .keys
+        .key_manager(key_file == KeyFile::CreateIfMissing)
+        .await?;
+    let backend = args.repo.backend(true)?;
+    let (mut repo, created) =
+        Repository::open_or_init(backend, km.as_ref(), args.chunk_size).await?;
+    if created && chatty {
+        eprintln!("snapcrypt: created repository {}", repo.backend.display());
+    }
+    if args.rewrap {
+        let n = repo.rewrap_stale(km.as_ref()).await?;
+        if n > 0 && chatty {
+            eprintln!("snapcrypt: rewrapped {n} data key(s) under the active master key");
+        }
+    }
+    let opts = BackupOptions {
+        compression: args.compression,
+        tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
+        use_parent: !args.force_read,
+        ..Default::default()
+    };
+    Ok(backup(&mut repo, km.as_ref(), scan, opts, progress).await?)
 }

@@ -1,11 +1,13 @@
 //! The `snapcrypt` command line: one binary for the operator, the snapshot agent and the
 //! standalone CLI that works with no cluster.
 
+mod agent;
 mod backup;
 mod crd;
 mod key;
 pub mod keys;
 pub mod kmip_args;
+mod operator;
 mod progress;
 mod prune;
 pub mod repo_args;
@@ -41,6 +43,11 @@ pub enum Command {
     Key(key::KeyCommandArgs),
     /// Forget snapshots by a retention policy and remove the data no kept snapshot needs.
     Prune(prune::PruneArgs),
+    /// Run the Kubernetes operator: the BackupJob and Snapshot controllers, with /healthz and
+    /// /metrics.
+    Operator(operator::OperatorArgs),
+    /// What the operator's pods run (`agent snapshot`).
+    Agent(agent::AgentArgs),
 }
 
 /// Run a parsed command line; returns the process exit code.
@@ -64,6 +71,8 @@ pub fn run(cli: Cli) -> i32 {
             Command::Snapshots(args) => snapshots::run(args).await,
             Command::Prune(args) => prune::run(args).await,
             Command::Key(args) => key::run(args).await,
+            Command::Operator(args) => operator::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,227 @@
+//! `snapcrypt agent snapshot`: what a snapshot pod runs. The same backup as `snapcrypt backup`
+//! (shared code path), plus progress reported into the Snapshot's status about every 2 s, and
+//! a one-line result (or the error) in the termination message for the operator.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+
+use super::CliError;
+use super::backup::{BackupArgs, KeyFile, perform};
+use crate::api::Snapshot;
+use crate::api::common::Progress as ProgressStatus;
+use crate::controller::AGENT_FIELD_MANAGER;
+use crate::controller::snapshot::result::AgentResult;
+use crate::engine::progress::{Progress, ProgressReport};
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: AgentCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Take one snapshot for the operator: back up --source into --repo, report progress into
+    /// the Snapshot's status, and leave the result in the termination message.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// Namespace of the Snapshot to report progress to.
+    #[arg(long, env = "SNAPCRYPT_NAMESPACE", value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Name of the Snapshot to report progress to (no reporting without it).
+    #[arg(long = "snapshot", env = "SNAPCRYPT_SNAPSHOT", value_name = "NAME")]
+    pub snapshot_name: Option<String>,
+    /// Where the result line (or the error) is written for Kubernetes.
+    #[arg(
+        long,
+        env = "SNAPCRYPT_TERMINATION_LOG",
+        default_value = "/dev/termination-log",
+        value_name = "FILE"
+    )]
+    pub termination_log: PathBuf,
+    /// Seconds between progress reports.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS", hide = true)]
+    pub progress_interval: f64,
+    #[command(flatten)]
+    pub backup: BackupArgs,
+}
+
+pub async fn run(args: AgentArgs) -> Result<(), CliError> {
+    match args.command {
+        AgentCommand::Snapshot(a) => snapshot(a).await,
+    }
+}
+
+async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
+    let progress = Arc::new(Progress::default());
+    let reporter = match (&args.namespace, &args.snapshot_name) {
+        (Some(ns), Some(name)) => Some(StatusReporter::start(
+            ns.clone(),
+            name.clone(),
+            progress.clone(),
+            Duration::from_secs_f64(args.progress_interval.max(0.1)),
+        )),
+        _ => None,
+    };
+    let result = perform(&args.backup, KeyFile::MustExist, progress.clone(), true).await;
+    if let Some(r) = reporter {
+        r.finish().await;
+    }
+    match result {
+        Ok(m) => {
+            let line = serde_json::to_string(&AgentResult {
+                id: m.id.clone(),
+                files: m.files,
+                logical_bytes: m.logical_bytes,
+                stored_bytes: m.stored_bytes,
+                key_id: m.master_key_id.clone(),
+            })?;
+            write_termination_log(&args.termination_log, &line);
+            println!("{line}");
+            Ok(())
+        }
+        Err(e) => {
+            write_termination_log(&args.termination_log, &e.to_string());
+            Err(e)
+        }
+    }
+}
+
+/// Kubernetes keeps at most 4096 bytes of a termination message.
+const TERMINATION_MAX: usize = 4096;
+
+fn write_termination_log(path: &Path, text: &str) {
+    let text = crate::controller::truncate(text, TERMINATION_MAX - 8);
+    if let Err(e) = std::fs::write(path, format!("{text}\n")) {
+        eprintln!(
+            "snapcrypt: cannot write the termination message to {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// The progress fields of a Snapshot's status, from a reading of the counters.
+pub fn progress_status(r: &ProgressReport, now: jiff::Timestamp) -> ProgressStatus {
+    ProgressStatus {
+        bytes_done: r.bytes_done,
+        bytes_total: r.bytes_total,
+        files_done: r.files_done,
+        files_total: r.files_total,
+        percent: (r.percent * 10.0).round() / 10.0,
+        bytes_per_second: r.bytes_per_second,
+        eta_seconds: r.eta_seconds,
+        updated_at: Some(Time(now)),
+    }
+}
+
+/// Reports progress into the Snapshot's status until finished.
+struct StatusReporter {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StatusReporter {
+    fn start(ns: String, name: String, progress: Arc<Progress>, every: Duration) -> Self {
+        let (stop, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            // Progress is best effort: a backup never fails because the API is unreachable.
+            let client = match Client::try_default().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!(
+                        "snapcrypt: progress will not be reported (no Kubernetes client: {e})"
+                    );
+                    None
+                }
+            };
+            let api: Option<Api<Snapshot>> = client.map(|c| Api::namespaced(c, &ns));
+            let mut last_error = String::new();
+            loop {
+                let done = tokio::select! {
+                    _ = &mut rx => true,
+                    _ = tokio::time::sleep(every) => false,
+                };
+                if let Some(api) = &api
+                    && let Err(e) = report(api, &name, &progress.report()).await
+                {
+                    let e = e.to_string();
+                    if e != last_error {
+                        eprintln!("snapcrypt: reporting progress to Snapshot {ns}/{name}: {e}");
+                        last_error = e;
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+        });
+        StatusReporter { stop, task }
+    }
+
+    /// Send one last report and stop.
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn report(api: &Api<Snapshot>, name: &str, r: &ProgressReport) -> kube::Result<Snapshot> {
+    let body = serde_json::json!({
+        "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+        "kind": "Snapshot",
+        "metadata": {"name": name},
+        "status": {
+            "progress": progress_status(r, jiff::Timestamp::now()),
+            "progressSummary": r.summary(),
+        },
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_status_rounds_the_percentage() {
+        let r = ProgressReport {
+            bytes_done: 1,
+            bytes_total: 3,
+            files_done: 0,
+            files_total: 2,
+            percent: 33.3333,
+            bytes_per_second: 1,
+            eta_seconds: Some(2),
+            elapsed_seconds: 1.0,
+        };
+        let now: jiff::Timestamp = "2026-11-27T03:00:00Z".parse().expect("t");
+        let p = progress_status(&r, now);
+        assert_eq!(p.percent, 33.3);
+        assert_eq!(p.eta_seconds, Some(2));
+        assert_eq!(p.updated_at, Some(Time(now)));
+    }
+
+    #[test]
+    fn termination_log_is_one_bounded_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("termination-log");
+        write_termination_log(&p, &"x".repeat(10_000));
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert!(text.len() <= TERMINATION_MAX, "{}", text.len());
+        assert!(text.ends_with('\n'));
+    }
+}

@@ -1,0 +1,123 @@
+//! `snapcrypt operator`: the BackupJob and Snapshot controllers in one process, with /healthz
+//! and /metrics, until SIGTERM or SIGINT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use kube::Client;
+use kube::api::{Api, ListParams};
+
+use super::CliError;
+use crate::api::Snapshot;
+use crate::controller::{self, Metrics, OperatorConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct OperatorArgs {
+    /// Image of the snapshot pods; its entrypoint must be the snapcrypt binary.
+    #[arg(long, env = "SNAPCRYPT_AGENT_IMAGE", default_value = "snapcrypt:latest")]
+    pub agent_image: String,
+    /// Port of the HTTP endpoints /healthz and /metrics.
+    #[arg(long, env = "SNAPCRYPT_HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// Address the HTTP endpoints listen on.
+    #[arg(long, env = "SNAPCRYPT_HTTP_BIND", default_value = "0.0.0.0")]
+    pub http_bind: IpAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "SNAPCRYPT_WATCH_NAMESPACE", value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Cluster DNS domain, for the replica set members' stable host names.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Seconds each member gets to answer `hello`.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub mongo_timeout: u64,
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+pub async fn run(args: OperatorArgs) -> Result<(), CliError> {
+    init_tracing(args.log_format);
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster): {e}"))?;
+    // Fail at start-up, with the fix, when the CRDs are missing.
+    let probe: Api<Snapshot> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    probe.list(&ListParams::default().limit(1)).await.map_err(|e| {
+        format!(
+            "cannot list Snapshots ({e}): are the CRDs installed (snapcrypt crd | kubectl apply -f -) and may this ServiceAccount read them (deploy/rbac/)?"
+        )
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let addr = SocketAddr::new(args.http_bind, args.http_port);
+    let listener = controller::http::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for /healthz and /metrics: {e}"))?;
+    tracing::info!(%addr, agent_image = %args.agent_image, namespace = ?args.namespace, "snapcrypt operator starting");
+    let config = OperatorConfig {
+        agent_image: args.agent_image,
+        cluster_domain: args.cluster_domain,
+        mongo_timeout: Duration::from_secs(args.mongo_timeout.max(1)),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http = tokio::spawn(controller::http::serve(
+        listener,
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let signals = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(
+        controller::run(client, metrics, config, args.namespace, stopped(stop_rx)),
+        signals
+    );
+    match http.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("HTTP server: {e}").into()),
+        Err(e) => Err(format!("HTTP server task: {e}").into()),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

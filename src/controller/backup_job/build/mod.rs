@@ -1,0 +1,4 @@
+//! Pure builders of what the BackupJob controller writes.
+
+pub mod snapshot;
+pub mod status;

@@ -1,0 +1,77 @@
+//! The Snapshot object a BackupJob creates for one scheduled run. Pure.
+
+use std::collections::BTreeMap;
+
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::api::common::LocalRef;
+use crate::api::{BackupJob, Snapshot, SnapshotSpec};
+use crate::controller::names::{SCHEDULED_TIME, job_labels, scheduled_snapshot_name};
+
+/// The Snapshot for the run scheduled at `scheduled`: named `<job>-<yyyymmddhhmm>`, owned by the
+/// job, carrying the scheduled time. None if the job has no uid yet (never from the API).
+pub fn scheduled_snapshot(job: &BackupJob, scheduled: jiff::Timestamp) -> Option<Snapshot> {
+    let owner = job.controller_owner_ref(&())?;
+    let name = scheduled_snapshot_name(&job.name_any(), scheduled);
+    let mut tags = BTreeMap::new();
+    tags.insert("backup-job".to_string(), job.name_any());
+    tags.insert("scheduled".to_string(), scheduled.to_string());
+    Some(Snapshot {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: job.namespace(),
+            labels: Some(job_labels(&job.name_any())),
+            annotations: Some(BTreeMap::from([(
+                SCHEDULED_TIME.to_string(),
+                scheduled.to_string(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: SnapshotSpec {
+            backup_job_ref: LocalRef {
+                name: job.name_any(),
+            },
+            tags,
+        },
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_after_the_scheduled_minute_and_owned_by_the_job() {
+        let job: BackupJob = serde_yaml::from_str(
+            r#"
+apiVersion: snapcrypt.dev/v1alpha1
+kind: BackupJob
+metadata: {name: rs0-nightly, namespace: mongodb, uid: 0b7c1f0e-0000-4000-8000-000000000001}
+spec:
+  source: {statefulSetName: rs0, dataVolumeName: data, syncSource: {mode: member, member: rs0-1}}
+  destination: {pvc: {claimName: backups}}
+  encryption: {localKeySecret: {name: k}}
+"#,
+        )
+        .expect("yaml");
+        let t: jiff::Timestamp = "2026-11-27T03:00:00Z".parse().expect("time");
+        let s = scheduled_snapshot(&job, t).expect("snapshot");
+        assert_eq!(s.name_any(), "rs0-nightly-202611270300");
+        assert_eq!(s.namespace().as_deref(), Some("mongodb"));
+        assert_eq!(s.spec.backup_job_ref.name, "rs0-nightly");
+        assert_eq!(s.annotations()[SCHEDULED_TIME], "2026-11-27T03:00:00Z");
+        assert_eq!(s.labels()["snapcrypt.dev/backup-job"], "rs0-nightly");
+        let owner = &s.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("BackupJob", "rs0-nightly", Some(true))
+        );
+        // Without a uid (not from the API server) there is no owner to name.
+        let mut unsaved = job.clone();
+        unsaved.metadata.uid = None;
+        assert!(scheduled_snapshot(&unsaved, t).is_none());
+    }
+}

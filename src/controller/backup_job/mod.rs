@@ -1,0 +1,483 @@
+//! The BackupJob controller: checks the job, creates a Snapshot when the schedule says so (or
+//! once, without a schedule), and mirrors its Snapshots into status.
+//!
+//! dereference (the job's Snapshots and the objects it names) -> validate (pure) -> decide
+//! (pure: is a run due?) -> build (pure: the Snapshot) -> apply -> update status, with an Event
+//! for every condition transition.
+
+pub mod build;
+pub mod schedule;
+pub mod validate;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::ListParams;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+use self::build::status::{Observed, job_status, scheduled_time, started};
+use self::schedule::due;
+use self::validate::{Found, Problem, RefKind, Reference, check_references, check_spec, references};
+use super::{Context, apply, apply_status, conditions, scoped_api};
+use crate::api::snapshot::RunPhase;
+use crate::api::{BackupJob, KmipServer, Snapshot};
+
+/// Name of this controller in metrics and logs.
+pub const CONTROLLER: &str = "backupjob";
+
+/// How often a job whose references are missing looks again (Secrets are not watched).
+const RECHECK_MISSING: Duration = Duration::from_secs(30);
+/// Longest wait between reconciles of a healthy job.
+const MAX_IDLE: Duration = Duration::from_secs(3600);
+
+/// A reconcile failure, by stage. Problems with the spec are not errors: they become
+/// conditions and the job waits for a change.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("BackupJob {job}: reading {what}: {source}")]
+    Dereference {
+        job: String,
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("BackupJob {job}: building the Snapshot for {scheduled}: the job has no uid")]
+    BuildSnapshot { job: String, scheduled: String },
+    #[error("BackupJob {job}: creating Snapshot {snapshot}: {source}")]
+    ApplySnapshot {
+        job: String,
+        snapshot: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("BackupJob {job}: updating status: {source}")]
+    UpdateStatus {
+        job: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// The stage, as a metrics label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Dereference { .. } => "dereference",
+            Error::BuildSnapshot { .. } => "build_snapshot",
+            Error::ApplySnapshot { .. } => "apply_snapshot",
+            Error::UpdateStatus { .. } => "update_status",
+        }
+    }
+}
+
+/// The BackupJob controller's stream; it also wakes for every Snapshot naming a job.
+pub fn controller(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    use futures::StreamExt;
+    let jobs: Api<BackupJob> = scoped_api(&ctx.client, namespace.as_deref());
+    let snaps: Api<Snapshot> = scoped_api(&ctx.client, namespace.as_deref());
+    Controller::new(jobs, watcher::Config::default().any_semantic())
+        .watches(snaps, watcher::Config::default().any_semantic(), |s| {
+            let ns = s.namespace()?;
+            Some(ObjectRef::<BackupJob>::new(&s.spec.backup_job_ref.name).within(&ns))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .map(|r| {
+            if let Err(e) = r {
+                tracing::debug!(controller = CONTROLLER, error = %e, "reconcile stream");
+            }
+        })
+}
+
+fn error_policy(job: Arc<BackupJob>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(CONTROLLER, err.category());
+    let n = ctx.failed(&format!("bj/{}/{}", job.namespace().unwrap_or_default(), job.name_any()));
+    tracing::warn!(controller = CONTROLLER, stage = err.category(), error = %err, attempt = n, "reconcile failed");
+    Action::requeue(super::backoff(n))
+}
+
+/// What the job refers to and its Snapshots, as read from the API.
+struct World {
+    snapshots: Vec<Snapshot>,
+    found: Found,
+}
+
+async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let key = format!("bj/{ns}/{name}");
+    if job.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let now = jiff::Timestamp::now();
+
+    // 1. Dereference: the job's Snapshots and every object the spec names.
+    let world = dereference(&job, &ctx.client).await?;
+
+    // 2. Validate (pure): the spec and its references.
+    let (schedule, mut problems) = check_spec(&job.spec);
+    problems.extend(check_references(&references(&job.spec), &world.found, &ns));
+
+    // 3. Decide (pure): is a run due?
+    let decision = decide(&job, schedule.as_ref(), &world.snapshots, &problems, now);
+
+    // 4. Build (pure) and 5. apply the Snapshot of a due run.
+    let mut snapshots = world.snapshots;
+    if let Some(run) = &decision.create {
+        let snap = build::snapshot::scheduled_snapshot(&job, run.scheduled).ok_or_else(|| {
+            Error::BuildSnapshot {
+                job: name.clone(),
+                scheduled: run.scheduled.to_string(),
+            }
+        })?;
+        let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
+        let created = apply(&api, &snap).await.map_err(|source| Error::ApplySnapshot {
+            job: name.clone(),
+            snapshot: snap.name_any(),
+            source,
+        })?;
+        let skipped = if run.skipped > 0 {
+            format!(
+                "; {} earlier scheduled run(s) were missed and skipped (at most one run catches up)",
+                run.skipped
+            )
+        } else {
+            String::new()
+        };
+        ctx.event(
+            job.as_ref(),
+            false,
+            "SnapshotCreated",
+            format!(
+                "created Snapshot {} for the run scheduled at {}{skipped}",
+                created.name_any(),
+                run.scheduled
+            ),
+        )
+        .await;
+        snapshots.retain(|s| s.name_any() != created.name_any());
+        snapshots.push(created);
+    }
+
+    // 6. Update status, and announce every condition transition.
+    let status = job_status(&Observed {
+        job: &job,
+        snapshots: &snapshots,
+        problems: &problems,
+        next_schedule: decision.next,
+        now,
+    });
+    let old = job.status.clone().unwrap_or_default();
+    if old != status {
+        let api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
+        apply_status(&api, &name, &status)
+            .await
+            .map_err(|source| Error::UpdateStatus {
+                job: name.clone(),
+                source,
+            })?;
+    }
+    for c in conditions::transitions(&old.conditions, &status.conditions) {
+        let warning = (c.type_ == "Degraded" && c.status == "True")
+            || (c.type_ == "Ready" && c.status == "False");
+        let quiet = c.type_ == "Degraded" && c.status == "False" && old.conditions.is_empty();
+        if !quiet {
+            ctx.event(job.as_ref(), warning, &c.reason, c.message.clone()).await;
+        }
+    }
+    ctx.succeeded(&key);
+
+    // When to look again.
+    let missing = problems.iter().any(|p| p.reason.ends_with("NotFound"));
+    Ok(requeue_after(decision.next, missing, now))
+}
+
+/// What the job should do now. Pure.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub create: Option<Run>,
+    pub next: Option<jiff::Timestamp>,
+}
+
+/// A run to create.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Run {
+    pub scheduled: jiff::Timestamp,
+    /// Scheduled times missed and skipped before this one.
+    pub skipped: u32,
+}
+
+/// Decide whether a Snapshot is due: never with problems or when suspended; with a schedule at
+/// its latest due time (one catch-up after downtime); without one, exactly once. A run is not
+/// created while another Snapshot of the job waits to start (it would only queue behind it).
+pub fn decide(
+    job: &BackupJob,
+    schedule: Option<&schedule::CronSchedule>,
+    snapshots: &[Snapshot],
+    problems: &[Problem],
+    now: jiff::Timestamp,
+) -> Decision {
+    if !problems.is_empty() || job.spec.suspend {
+        return Decision {
+            create: None,
+            next: None,
+        };
+    }
+    let created = job
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(now);
+    let waiting = snapshots
+        .iter()
+        .any(|s| s.status.as_ref().is_none_or(|st| st.phase == RunPhase::Pending) && !started(s));
+    match schedule {
+        Some(sched) => {
+            // The newest run already created: from the Snapshots, or from status (which
+            // survives their deletion).
+            let last = snapshots
+                .iter()
+                .filter_map(scheduled_time)
+                .chain(
+                    job.status
+                        .as_ref()
+                        .and_then(|s| s.last_snapshot_time.as_ref())
+                        .map(|t| t.0),
+                )
+                .max();
+            let d = due(sched, created, last, now);
+            Decision {
+                create: d.run.filter(|_| !waiting).map(|t| Run {
+                    scheduled: t,
+                    skipped: d.skipped,
+                }),
+                next: d.next,
+            }
+        }
+        None => {
+            let done = !snapshots.is_empty()
+                || job
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.last_snapshot.is_some());
+            Decision {
+                create: (!done).then_some(Run {
+                    scheduled: created,
+                    skipped: 0,
+                }),
+                next: None,
+            }
+        }
+    }
+}
+
+fn requeue_after(next: Option<jiff::Timestamp>, missing: bool, now: jiff::Timestamp) -> Action {
+    let mut wait = MAX_IDLE;
+    if let Some(next) = next {
+        let secs = next.duration_since(now).as_secs().max(0) as u64 + 1;
+        wait = wait.min(Duration::from_secs(secs));
+    }
+    if missing {
+        wait = wait.min(RECHECK_MISSING);
+    }
+    Action::requeue(wait)
+}
+
+async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let err = |what: &str| {
+        let job = name.clone();
+        let what = what.to_string();
+        move |source| Error::Dereference { job, what, source }
+    };
+    let snaps: Api<Snapshot> = Api::namespaced(client.clone(), &ns);
+    let snapshots = snaps
+        .list(&ListParams::default())
+        .await
+        .map_err(err("Snapshots"))?
+        .items
+        .into_iter()
+        .filter(|s| s.spec.backup_job_ref.name == name)
+        .collect();
+    let found = find_references(client, &ns, &references(&job.spec))
+        .await
+        .map_err(err("referenced objects"))?;
+    Ok(World { snapshots, found })
+}
+
+/// Look up every referenced object: absent, or present (with its keys, for Secrets).
+pub async fn find_references(
+    client: &Client,
+    ns: &str,
+    refs: &[Reference],
+) -> Result<Found, kube::Error> {
+    let mut found = Found::new();
+    for r in refs {
+        let present = match r.kind {
+            RefKind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt(&r.name)
+                .await?
+                .map(|s| secret_keys(&s)),
+            RefKind::PersistentVolumeClaim => {
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+                    .get_metadata_opt(&r.name)
+                    .await?
+                    .map(|_| BTreeSet::new())
+            }
+            RefKind::KmipServer => Api::<KmipServer>::namespaced(client.clone(), ns)
+                .get_metadata_opt(&r.name)
+                .await?
+                .map(|_| BTreeSet::new()),
+            RefKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_metadata_opt(&r.name)
+                .await?
+                .map(|_| BTreeSet::new()),
+        };
+        found.insert((r.kind, r.name.clone()), present);
+    }
+    Ok(found)
+}
+
+fn secret_keys(s: &Secret) -> BTreeSet<String> {
+    let mut keys: BTreeSet<String> = s
+        .data
+        .as_ref()
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
+    if let Some(sd) = &s.string_data {
+        keys.extend(sd.keys().cloned());
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::snapshot::SnapshotStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn ts(s: &str) -> jiff::Timestamp {
+        s.parse().expect("time")
+    }
+
+    fn job(extra: &str) -> BackupJob {
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: snapcrypt.dev/v1alpha1
+kind: BackupJob
+metadata: {{name: rs0, namespace: db, uid: u1, creationTimestamp: "2026-11-27T09:30:00Z"}}
+spec:
+  source: {{statefulSetName: rs0, dataVolumeName: data, syncSource: {{mode: member, member: rs0-1}}}}
+  destination: {{pvc: {{claimName: backups}}}}
+  encryption: {{localKeySecret: {{name: k}}}}
+  {extra}
+"#
+        ))
+        .expect("yaml")
+    }
+
+    fn snap(name: &str, scheduled: &str, phase: Option<RunPhase>, pod: Option<&str>) -> Snapshot {
+        let mut s: Snapshot = serde_yaml::from_str(&format!(
+            "apiVersion: snapcrypt.dev/v1alpha1\nkind: Snapshot\nmetadata: {{name: {name}, annotations: {{snapcrypt.dev/scheduled-time: \"{scheduled}\"}}}}\nspec: {{backupJobRef: {{name: rs0}}}}\n"
+        ))
+        .expect("yaml");
+        s.status = phase.map(|phase| SnapshotStatus {
+            phase,
+            pod_name: pod.map(String::from),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn decide_at(job: &BackupJob, snaps: &[Snapshot], now: &str) -> Decision {
+        let (sched, problems) = check_spec(&job.spec);
+        decide(job, sched.as_ref(), snaps, &problems, ts(now))
+    }
+
+    #[test]
+    fn decision_table() {
+        let hourly = job("schedule: {cron: \"0 * * * *\"}");
+        let done = snap("rs0-202611271000", "2026-11-27T10:00:00Z", Some(RunPhase::Succeeded), Some("p"));
+        let waiting = snap("rs0-202611271000", "2026-11-27T10:00:00Z", Some(RunPhase::Pending), None);
+        let running = snap("rs0-202611271000", "2026-11-27T10:00:00Z", Some(RunPhase::Running), Some("p"));
+        let run = |t: &str, skipped| Some(Run { scheduled: ts(t), skipped });
+        let cases: Vec<(&str, &BackupJob, Vec<Snapshot>, &str, Option<Run>)> = vec![
+            ("first tick", &hourly, vec![], "2026-11-27T10:00:30Z", run("2026-11-27T10:00:00Z", 0)),
+            ("before the first tick", &hourly, vec![], "2026-11-27T09:59:00Z", None),
+            ("tick done", &hourly, vec![done.clone()], "2026-11-27T10:30:00Z", None),
+            ("next tick", &hourly, vec![done.clone()], "2026-11-27T11:00:01Z", run("2026-11-27T11:00:00Z", 0)),
+            ("catch up once", &hourly, vec![done.clone()], "2026-11-27T14:20:00Z", run("2026-11-27T14:00:00Z", 2)),
+            ("a running snapshot does not stop the next run (it waits)", &hourly, vec![running], "2026-11-27T11:00:01Z", run("2026-11-27T11:00:00Z", 0)),
+            ("one already waiting: no pile-up", &hourly, vec![waiting], "2026-11-27T11:00:01Z", None),
+        ];
+        for (what, j, snaps, now, want) in cases {
+            assert_eq!(decide_at(j, &snaps, now).create, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn no_schedule_runs_exactly_once() {
+        let once = job("");
+        let d = decide_at(&once, &[], "2026-11-27T09:30:05Z");
+        assert_eq!(d.create, Some(Run { scheduled: ts("2026-11-27T09:30:00Z"), skipped: 0 }));
+        assert_eq!(d.next, None);
+        let s = snap("rs0-202611270930", "2026-11-27T09:30:00Z", Some(RunPhase::Failed), Some("p"));
+        assert_eq!(decide_at(&once, &[s], "2026-11-27T09:40:00Z").create, None);
+        // Deleting the Snapshot does not bring the run back: status remembers it.
+        let mut remembered = once.clone();
+        remembered.status = Some(crate::api::BackupJobStatus {
+            last_snapshot: Some("rs0-202611270930".into()),
+            ..Default::default()
+        });
+        assert_eq!(decide_at(&remembered, &[], "2026-11-27T09:40:00Z").create, None);
+    }
+
+    #[test]
+    fn status_remembers_the_last_run_when_snapshots_are_deleted() {
+        let mut hourly = job("schedule: {cron: \"0 * * * *\"}");
+        hourly.status = Some(crate::api::BackupJobStatus {
+            last_snapshot_time: Some(Time(ts("2026-11-27T10:00:00Z"))),
+            ..Default::default()
+        });
+        assert_eq!(decide_at(&hourly, &[], "2026-11-27T10:30:00Z").create, None);
+    }
+
+    #[test]
+    fn suspended_or_invalid_jobs_create_nothing() {
+        let suspended = job("schedule: {cron: \"0 * * * *\"}\n  suspend: true");
+        assert_eq!(
+            decide_at(&suspended, &[], "2026-11-27T11:00:01Z"),
+            Decision { create: None, next: None }
+        );
+        let bad = job("schedule: {cron: \"61 * * * *\"}");
+        assert_eq!(decide_at(&bad, &[], "2026-11-27T11:00:01Z").create, None);
+    }
+
+    #[test]
+    fn requeue_until_the_next_run_or_sooner_when_references_are_missing() {
+        let now = ts("2026-11-27T10:00:00Z");
+        assert_eq!(
+            requeue_after(Some(ts("2026-11-27T10:10:00Z")), false, now),
+            Action::requeue(Duration::from_secs(601))
+        );
+        assert_eq!(
+            requeue_after(Some(ts("2026-11-27T10:10:00Z")), true, now),
+            Action::requeue(RECHECK_MISSING)
+        );
+        assert_eq!(requeue_after(None, false, now), Action::requeue(MAX_IDLE));
+    }
+}

@@ -1,0 +1,464 @@
+//! A BackupJob checked before anything is scheduled or started: the rules the schema states as
+//! CEL (which a v1.20 API server silently drops), the cron schedule, and the objects the spec
+//! refers to. Pure: the references are looked up by the controller and passed in. Each problem
+//! names the field, so the condition tells the user what to fix.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::backup_job::{
+    AuthMechanism, BackupJobSpec, ConsistencyMode, MongoSource, SyncSourceMode,
+};
+
+use super::schedule::CronSchedule;
+
+/// One thing wrong with a BackupJob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Condition reason, CamelCase.
+    pub reason: &'static str,
+    /// What is wrong, starting with the field.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Kinds of objects a BackupJob refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RefKind {
+    Secret,
+    PersistentVolumeClaim,
+    KmipServer,
+    StatefulSet,
+}
+
+impl RefKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefKind::Secret => "Secret",
+            RefKind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            RefKind::KmipServer => "KmipServer",
+            RefKind::StatefulSet => "StatefulSet",
+        }
+    }
+}
+
+/// An object the spec names, with the field naming it and, for Secrets, the keys it must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    pub field: String,
+    pub kind: RefKind,
+    pub name: String,
+    /// Secret keys that must be present (any one of each inner list).
+    pub keys: Vec<Vec<String>>,
+}
+
+/// The objects the spec refers to, in a stable order.
+pub fn references(spec: &BackupJobSpec) -> Vec<Reference> {
+    let mut out = Vec::new();
+    let r = |field: &str, kind, name: &str, keys: Vec<Vec<&str>>| Reference {
+        field: field.into(),
+        kind,
+        name: name.into(),
+        keys: keys
+            .into_iter()
+            .map(|alts| alts.into_iter().map(String::from).collect())
+            .collect(),
+    };
+    if let Some(sts) = &spec.source.stateful_set_name {
+        out.push(r(
+            "spec.source.statefulSetName",
+            RefKind::StatefulSet,
+            sts,
+            vec![],
+        ));
+    }
+    if let Some(c) = &spec.source.connection {
+        if let Some(s) = &c.credentials_secret {
+            let keys = match c.auth_mechanism {
+                AuthMechanism::X509 => vec![vec!["tls.crt"], vec!["tls.key"]],
+                AuthMechanism::None => vec![],
+                _ => vec![vec!["username"], vec!["password"]],
+            };
+            out.push(r(
+                "spec.source.connection.credentialsSecret",
+                RefKind::Secret,
+                s,
+                keys,
+            ));
+        }
+        if let Some(ca) = c.tls.as_ref().and_then(|t| t.ca_secret.as_ref()) {
+            out.push(r(
+                "spec.source.connection.tls.caSecret",
+                RefKind::Secret,
+                ca,
+                vec![vec!["ca.crt"]],
+            ));
+        }
+    }
+    if let Some(pvc) = &spec.destination.pvc {
+        out.push(r(
+            "spec.destination.pvc.claimName",
+            RefKind::PersistentVolumeClaim,
+            &pvc.claim_name,
+            vec![],
+        ));
+    }
+    if let Some(s3) = &spec.destination.s3 {
+        out.push(r(
+            "spec.destination.s3.credentialsSecret",
+            RefKind::Secret,
+            &s3.credentials_secret,
+            vec![vec!["AWS_ACCESS_KEY_ID"], vec!["AWS_SECRET_ACCESS_KEY"]],
+        ));
+    }
+    if let Some(k) = &spec.encryption.local_key_secret {
+        out.push(Reference {
+            field: "spec.encryption.localKeySecret.name".into(),
+            kind: RefKind::Secret,
+            name: k.name.clone(),
+            keys: vec![vec![k.key.clone()]],
+        });
+    }
+    if let Some(k) = &spec.encryption.kmip_server_ref {
+        out.push(r(
+            "spec.encryption.kmipServerRef.name",
+            RefKind::KmipServer,
+            &k.name,
+            vec![],
+        ));
+    }
+    out
+}
+
+/// What the controller found for each reference: absent, or present with these keys
+/// (Secrets) / no keys (other kinds).
+pub type Found = BTreeMap<(RefKind, String), Option<BTreeSet<String>>>;
+
+/// Problems with the references, given what was found.
+pub fn check_references(refs: &[Reference], found: &Found, namespace: &str) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for r in refs {
+        match found.get(&(r.kind, r.name.clone())) {
+            None | Some(None) => out.push(Problem::new(
+                match r.kind {
+                    RefKind::Secret => "SecretNotFound",
+                    RefKind::PersistentVolumeClaim => "PersistentVolumeClaimNotFound",
+                    RefKind::KmipServer => "KmipServerNotFound",
+                    RefKind::StatefulSet => "StatefulSetNotFound",
+                },
+                format!(
+                    "{} {:?}: {} not found in namespace {namespace}",
+                    r.field,
+                    r.name,
+                    r.kind.as_str()
+                ),
+            )),
+            Some(Some(keys)) => {
+                for alts in &r.keys {
+                    if !alts.iter().any(|k| keys.contains(k)) {
+                        out.push(Problem::new(
+                            "SecretKeyNotFound",
+                            format!(
+                                "{} {:?}: Secret has no key {} (it has: {})",
+                                r.field,
+                                r.name,
+                                alts.join(" or "),
+                                if keys.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    keys.iter().cloned().collect::<Vec<_>>().join(", ")
+                                }
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Problems with the spec itself (the schedule, and the rules the schema states as CEL).
+pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let schedule = match &spec.schedule {
+        Some(s) => match CronSchedule::parse(&s.cron, &s.time_zone) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.push(Problem::new("InvalidSchedule", e.to_string()));
+                None
+            }
+        },
+        None => None,
+    };
+    check_source(&spec.source, &mut problems);
+    let d = &spec.destination;
+    if d.pvc.is_some() == d.s3.is_some() {
+        problems.push(Problem::new(
+            "InvalidSpec",
+            "spec.destination: set exactly one of pvc or s3",
+        ));
+    }
+    if let Some(pvc) = &d.pvc
+        && pvc
+            .path
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        problems.push(Problem::new(
+            "InvalidSpec",
+            format!(
+                "spec.destination.pvc.path {:?}: must be a relative path without empty, . or .. segments",
+                pvc.path
+            ),
+        ));
+    }
+    let e = &spec.encryption;
+    if e.kmip_server_ref.is_some() == e.local_key_secret.is_some() {
+        problems.push(Problem::new(
+            "InvalidSpec",
+            "spec.encryption: set exactly one of kmipServerRef or localKeySecret",
+        ));
+    }
+    (schedule, problems)
+}
+
+fn check_source(s: &MongoSource, problems: &mut Vec<Problem>) {
+    let mut bad = |m: String| problems.push(Problem::new("InvalidSpec", m));
+    if s.stateful_set_name.is_some() == s.selector.is_some() {
+        bad("spec.source: set exactly one of statefulSetName or selector to find the replica set's pods".into());
+    }
+    if let Some(sel) = &s.selector
+        && let Err(e) = kube::core::Selector::try_from(sel.clone())
+    {
+        bad(format!("spec.source.selector: {}", e.0));
+    }
+    let mode = s.sync_source.as_ref().map(|x| x.mode).unwrap_or_default();
+    let member = s.sync_source.as_ref().and_then(|x| x.member.as_ref());
+    if (mode == SyncSourceMode::Member) != member.is_some() {
+        bad("spec.source.syncSource: member names a pod if and only if mode is member".into());
+    }
+    if s.connection.is_none() && mode != SyncSourceMode::Member {
+        bad(format!(
+            "spec.source.syncSource.mode {}: without spec.source.connection only mode member can be used (anySecondary and primary need a connection to ask MongoDB which member is which)",
+            match mode {
+                SyncSourceMode::AnySecondary => "anySecondary",
+                SyncSourceMode::Primary => "primary",
+                SyncSourceMode::Member => "member",
+            }
+        ));
+    }
+    if let Some(c) = &s.connection {
+        if c.auth_mechanism == AuthMechanism::X509 && !c.tls.as_ref().is_some_and(|t| t.enabled) {
+            bad("spec.source.connection.authMechanism MONGODB-X509 needs tls.enabled".into());
+        }
+        if !matches!(c.auth_mechanism, AuthMechanism::None) && c.credentials_secret.is_none() {
+            bad(format!(
+                "spec.source.connection.credentialsSecret: required with authMechanism {:?} (or set authMechanism NONE)",
+                c.auth_mechanism
+            ));
+        }
+    }
+    if let Some(mp) = &s.mount_path
+        && !path_within(&s.db_path, mp)
+    {
+        bad(format!(
+            "spec.source.dbPath {:?} is not inside spec.source.mountPath {mp:?}",
+            s.db_path
+        ));
+    }
+    if let Some(c) = &s.consistency {
+        match c.mode {
+            ConsistencyMode::None => {}
+            ConsistencyMode::FsyncLock | ConsistencyMode::VolumeSnapshot => bad(format!(
+                "spec.source.consistency.mode {}: not supported by this operator version yet; use none (copy the files as they are: take snapshots of a quiesced or journaled member)",
+                if c.mode == ConsistencyMode::FsyncLock {
+                    "fsyncLock"
+                } else {
+                    "volumeSnapshot"
+                }
+            )),
+        }
+    }
+}
+
+fn path_within(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    path == dir || dir.is_empty() || path.starts_with(&format!("{dir}/"))
+}
+
+/// Where dbPath is relative to the data volume's root: "" or "sub/dir".
+pub fn db_path_in_volume(source: &MongoSource) -> String {
+    let mount = source
+        .mount_path
+        .as_deref()
+        .unwrap_or(&source.db_path)
+        .trim_end_matches('/');
+    source
+        .db_path
+        .strip_prefix(mount)
+        .unwrap_or("")
+        .trim_matches('/')
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BackupJob;
+
+    pub(crate) fn job(yaml_spec: &str) -> BackupJobSpec {
+        let yaml = format!(
+            "apiVersion: snapcrypt.dev/v1alpha1\nkind: BackupJob\nmetadata: {{name: rs0, namespace: db}}\nspec:\n{}",
+            yaml_spec
+                .lines()
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        serde_yaml::from_str::<BackupJob>(&yaml)
+            .expect("BackupJob yaml")
+            .spec
+    }
+
+    const GOOD: &str = r#"
+source:
+  statefulSetName: rs0
+  dataVolumeName: data
+  syncSource: {mode: member, member: rs0-1}
+destination:
+  pvc: {claimName: backups}
+encryption:
+  localKeySecret: {name: rs0-key}
+schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
+"#;
+
+    fn messages(spec: &BackupJobSpec) -> Vec<String> {
+        check_spec(spec).1.into_iter().map(|p| p.message).collect()
+    }
+
+    #[test]
+    fn a_good_spec_has_no_problems() {
+        let spec = job(GOOD);
+        let (sched, problems) = check_spec(&spec);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(sched.is_some());
+    }
+
+    #[test]
+    fn bad_cron_is_named_with_the_field() {
+        let spec = job(&GOOD.replace("0 3 * * *", "61 * * * *"));
+        assert_eq!(
+            messages(&spec),
+            vec!["spec.schedule.cron \"61 * * * *\": minute 61 is out of range 0-59"]
+        );
+        assert_eq!(check_spec(&spec).1[0].reason, "InvalidSchedule");
+    }
+
+    #[test]
+    fn cel_rules_are_checked_here_too() {
+        let both = GOOD.replace(
+            "  statefulSetName: rs0\n",
+            "  statefulSetName: rs0\n  selector: {matchLabels: {app: rs0}}\n",
+        );
+        assert_eq!(
+            messages(&job(&both)),
+            vec![
+                "spec.source: set exactly one of statefulSetName or selector to find the replica set's pods"
+            ]
+        );
+        let no_conn = GOOD.replace("{mode: member, member: rs0-1}", "{mode: anySecondary}");
+        assert!(messages(&job(&no_conn))[0].starts_with(
+            "spec.source.syncSource.mode anySecondary: without spec.source.connection"
+        ));
+        let two_keys = GOOD.replace(
+            "  localKeySecret: {name: rs0-key}",
+            "  localKeySecret: {name: rs0-key}\n  kmipServerRef: {name: kmip}",
+        );
+        assert_eq!(
+            messages(&job(&two_keys)),
+            vec!["spec.encryption: set exactly one of kmipServerRef or localKeySecret"]
+        );
+        let x509 = GOOD.replace(
+            "  syncSource: {mode: member, member: rs0-1}",
+            "  connection: {authMechanism: MONGODB-X509, credentialsSecret: c}",
+        );
+        assert_eq!(
+            messages(&job(&x509)),
+            vec!["spec.source.connection.authMechanism MONGODB-X509 needs tls.enabled"]
+        );
+    }
+
+    #[test]
+    fn references_are_listed_and_checked() {
+        let spec = job(&GOOD.replace(
+            "  syncSource: {mode: member, member: rs0-1}",
+            "  connection: {credentialsSecret: mongo-creds, tls: {caSecret: mongo-ca}}",
+        ));
+        let refs = references(&spec);
+        let names: Vec<String> = refs
+            .iter()
+            .map(|r| format!("{} {}", r.kind.as_str(), r.name))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "StatefulSet rs0",
+                "Secret mongo-creds",
+                "Secret mongo-ca",
+                "PersistentVolumeClaim backups",
+                "Secret rs0-key"
+            ]
+        );
+        let mut found = Found::new();
+        found.insert((RefKind::StatefulSet, "rs0".into()), Some(BTreeSet::new()));
+        found.insert(
+            (RefKind::Secret, "mongo-creds".into()),
+            Some(BTreeSet::from(["username".to_string()])),
+        );
+        found.insert((RefKind::Secret, "mongo-ca".into()), None);
+        found.insert(
+            (RefKind::PersistentVolumeClaim, "backups".into()),
+            Some(BTreeSet::new()),
+        );
+        found.insert(
+            (RefKind::Secret, "rs0-key".into()),
+            Some(BTreeSet::from(["key".to_string()])),
+        );
+        let problems = check_references(&refs, &found, "db");
+        let got: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.reason, p.message))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "SecretKeyNotFound: spec.source.connection.credentialsSecret \"mongo-creds\": Secret has no key password (it has: username)",
+                "SecretNotFound: spec.source.connection.tls.caSecret \"mongo-ca\": Secret not found in namespace db",
+            ]
+        );
+    }
+
+    #[test]
+    fn db_path_relative_to_the_volume() {
+        let mut s = job(GOOD).source;
+        assert_eq!(db_path_in_volume(&s), "");
+        s.mount_path = Some("/data".into());
+        assert_eq!(db_path_in_volume(&s), "db");
+        s.db_path = "/srv/db".into();
+        assert!(
+            messages(&BackupJobSpec {
+                source: s,
+                ..job(GOOD)
+            })[0]
+                .contains("is not inside spec.source.mountPath")
+        );
+    }
+}

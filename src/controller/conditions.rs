@@ -1,0 +1,109 @@
+//! Status conditions: setting one keeps its lastTransitionTime unless its status changes, and
+//! comparing two lists gives the transitions to announce as Events. Pure.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::common::condition_status::{FALSE, TRUE};
+
+/// One condition as a reconciler decides it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cond {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Cond {
+    pub fn new(type_: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+        Cond {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The new condition list: `wanted` in order, each keeping the previous lastTransitionTime
+/// when its status did not change.
+pub fn merge(
+    previous: &[Condition],
+    wanted: &[Cond],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    wanted
+        .iter()
+        .map(|w| {
+            let status = if w.status { TRUE } else { FALSE };
+            let since = previous
+                .iter()
+                .find(|p| p.type_ == w.type_ && p.status == status)
+                .map(|p| p.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: w.type_.into(),
+                status: status.into(),
+                reason: w.reason.clone(),
+                message: crate::controller::truncate(&w.message, 32 * 1024),
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+/// Conditions whose status or reason differ between `old` and `new` (new ones included).
+pub fn transitions<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
+    new.iter()
+        .filter(|n| {
+            !old.iter()
+                .any(|o| o.type_ == n.type_ && o.status == n.status && o.reason == n.reason)
+        })
+        .collect()
+}
+
+/// Find a condition by type.
+pub fn get<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().expect("time"))
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let first = merge(
+            &[],
+            &[Cond::new("Ready", false, "Pending", "waiting")],
+            Some(1),
+            &t("2026-01-01T00:00:00Z"),
+        );
+        let same = merge(
+            &first,
+            &[Cond::new("Ready", false, "StillPending", "still")],
+            Some(2),
+            &t("2026-01-01T00:01:00Z"),
+        );
+        assert_eq!(same[0].last_transition_time, t("2026-01-01T00:00:00Z"));
+        assert_eq!(same[0].observed_generation, Some(2));
+        let flipped = merge(
+            &same,
+            &[Cond::new("Ready", true, "Succeeded", "done")],
+            Some(2),
+            &t("2026-01-01T00:02:00Z"),
+        );
+        assert_eq!(flipped[0].last_transition_time, t("2026-01-01T00:02:00Z"));
+        assert_eq!(flipped[0].status, "True");
+        // Reason changes are transitions too (they get an Event), message changes are not.
+        assert_eq!(transitions(&first, &same).len(), 1);
+        assert_eq!(transitions(&same, &same).len(), 0);
+        assert_eq!(transitions(&same, &flipped)[0].reason, "Succeeded");
+    }
+}

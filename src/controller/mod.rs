@@ -1,0 +1,224 @@
+//! The operator: one process running a kube-runtime Controller per kind (BackupJob, Snapshot),
+//! sharing one [`Context`]. Each reconciler is a straight pipeline
+//! (dereference -> validate -> build -> apply -> update status); see `backup_job/` and
+//! `snapshot/`.
+
+pub mod backup_job;
+pub mod conditions;
+pub mod http;
+pub mod metrics;
+pub mod names;
+pub mod snapshot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use metrics::Metrics;
+
+/// The one field manager the operator applies with.
+pub const FIELD_MANAGER: &str = "snapcrypt-operator";
+/// The field manager the snapshot agent reports progress with.
+pub const AGENT_FIELD_MANAGER: &str = "snapcrypt-agent";
+
+/// Settings of the operator process that reconcilers need.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Image of the snapshot pods (it must contain the `snapcrypt` binary as its entrypoint).
+    pub agent_image: String,
+    /// Cluster DNS domain, for the members' stable host names.
+    pub cluster_domain: String,
+    /// Time each member gets to answer `hello`.
+    pub mongo_timeout: Duration,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            agent_image: "snapcrypt:latest".into(),
+            cluster_domain: "cluster.local".into(),
+            mongo_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub config: OperatorConfig,
+    /// Consecutive reconcile failures per object, for the error back-off.
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Count a failure of `key`; returns how many in a row (0 for the first).
+    pub fn failed(&self, key: &str) -> u32 {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.to_string()).or_insert(0);
+        let before = *n;
+        *n = n.saturating_add(1);
+        before
+    }
+
+    /// Forget the failures of `key` after a reconcile that went through.
+    pub fn succeeded(&self, key: &str) {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.remove(key);
+    }
+
+    pub fn new(client: Client, metrics: Arc<Metrics>, config: OperatorConfig) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            config,
+            failures: Default::default(),
+        }
+    }
+
+    /// Publish an Event about `obj`; failures are logged, never fatal (events are best effort).
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(truncate(&note, 1000)),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+}
+
+/// Cut `s` to at most `max` bytes on a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end.saturating_sub(3)])
+}
+
+/// Server-side apply `obj` (create or update) with the operator's field manager.
+pub async fn apply<K>(api: &Api<K>, obj: &K) -> kube::Result<K>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+}
+
+/// Server-side apply the status subresource of `name`.
+pub async fn apply_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> kube::Result<K>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": name},
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+}
+
+/// Run both controllers until `shutdown` resolves. Watches every namespace, or only
+/// `namespace`.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    config: OperatorConfig,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ctx = Arc::new(Context::new(client, metrics, config));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let jobs = backup_job::controller(ctx.clone(), namespace.clone(), wait(rx.clone()));
+    let snaps = snapshot::controller(ctx.clone(), namespace, wait(rx));
+    let stop = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    tokio::join!(
+        jobs.for_each(|_| async {}),
+        snaps.for_each(|_| async {}),
+        stop
+    );
+}
+
+/// `Api` for a namespaced kind: one namespace, or all.
+pub fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Requeue delay after an error: exponential in the number of consecutive failures of one
+/// object, 5 s to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.min(6));
+    Duration::from_secs(secs.min(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_secs(5));
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(5), Duration::from_secs(160));
+        assert_eq!(backoff(6), Duration::from_secs(300));
+        assert_eq!(backoff(60), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn truncate_keeps_char_boundaries() {
+        assert_eq!(truncate("abc", 10), "abc");
+        let t = truncate(&"é".repeat(100), 11);
+        assert!(t.len() <= 12, "{t}");
+    }
+}

@@ -1,0 +1,79 @@
+//! Names, labels and annotations of the objects the operator creates. Pure.
+
+use std::collections::BTreeMap;
+
+/// Label on everything the operator creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "snapcrypt-operator");
+/// Label naming the BackupJob a Snapshot or pod belongs to (when the name fits a label value).
+pub const JOB_LABEL: &str = "snapcrypt.dev/backup-job";
+/// Label carrying the uid of the Snapshot a pod runs (uids always fit a label value).
+pub const SNAPSHOT_UID_LABEL: &str = "snapcrypt.dev/snapshot-uid";
+/// Label with the attempt number of a snapshot pod.
+pub const ATTEMPT_LABEL: &str = "snapcrypt.dev/attempt";
+/// Annotation with the scheduled time (RFC 3339) a Snapshot was created for.
+pub const SCHEDULED_TIME: &str = "snapcrypt.dev/scheduled-time";
+
+/// Longest Kubernetes object name (DNS subdomain).
+const MAX_NAME: usize = 253;
+/// Longest label value.
+const MAX_LABEL: usize = 63;
+
+/// `<job>-<yyyymmddhhmm>` (the scheduled time in UTC), the name of a scheduled Snapshot.
+pub fn scheduled_snapshot_name(job: &str, scheduled: jiff::Timestamp) -> String {
+    let stamp = scheduled
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y%m%d%H%M")
+        .to_string();
+    format!("{}-{stamp}", fit(job, MAX_NAME - stamp.len() - 1))
+}
+
+/// `<snapshot>-<attempt>`, the name of a snapshot pod.
+pub fn pod_name(snapshot: &str, attempt: u32) -> String {
+    let suffix = format!("-{attempt}");
+    format!("{}{suffix}", fit(snapshot, MAX_NAME - suffix.len()))
+}
+
+/// The ServiceAccount (and Role, RoleBinding) snapshot pods of `job` run as.
+pub fn agent_service_account(job: &str) -> String {
+    let prefix = "snapcrypt-agent-";
+    format!("{prefix}{}", fit(job, MAX_NAME - prefix.len()))
+}
+
+/// Labels of objects created for `job`.
+pub fn job_labels(job: &str) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())]);
+    if job.len() <= MAX_LABEL {
+        l.insert(JOB_LABEL.into(), job.into());
+    }
+    l
+}
+
+/// Cut a name to `max` characters without leaving a trailing `-` or `.`.
+fn fit(name: &str, max: usize) -> &str {
+    if name.len() <= max {
+        return name;
+    }
+    name[..max].trim_end_matches(['-', '.'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_use_utc_minutes() {
+        let t: jiff::Timestamp = "2026-11-27T08:05:59Z".parse().expect("time");
+        assert_eq!(scheduled_snapshot_name("rs0", t), "rs0-202611270805");
+        let long = "a".repeat(300);
+        assert_eq!(scheduled_snapshot_name(&long, t).len(), 253);
+        assert_eq!(pod_name("rs0-202611270805", 2), "rs0-202611270805-2");
+        assert_eq!(pod_name(&"b".repeat(253), 10).len(), 253);
+        assert_eq!(agent_service_account("rs0"), "snapcrypt-agent-rs0");
+    }
+
+    #[test]
+    fn long_job_names_are_not_used_as_label_values() {
+        assert_eq!(job_labels("rs0")[JOB_LABEL], "rs0");
+        assert!(!job_labels(&"x".repeat(64)).contains_key(JOB_LABEL));
+    }
+}

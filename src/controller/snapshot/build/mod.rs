@@ -1,0 +1,5 @@
+//! Pure builders of what the Snapshot controller writes.
+
+pub mod pod;
+pub mod rbac;
+pub mod status;

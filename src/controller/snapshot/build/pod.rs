@@ -1,0 +1,565 @@
+//! The snapshot pod: `snapcrypt agent snapshot` on the chosen member's node, with the member's
+//! data volume mounted read-only, the repository (PVC or S3) and the key. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::api::backup_job::Compression;
+use crate::api::{BackupJob, Snapshot};
+use crate::controller::backup_job::validate::db_path_in_volume;
+use crate::controller::names::{
+    ATTEMPT_LABEL, SNAPSHOT_UID_LABEL, agent_service_account, job_labels, pod_name,
+};
+
+/// Where the member's data volume is mounted in the snapshot pod.
+pub const SOURCE_MOUNT: &str = "/data/source";
+/// Where a PVC destination is mounted.
+pub const REPO_MOUNT: &str = "/repo";
+/// Where the local key Secret is mounted, and the file name of the key in it.
+pub const KEY_MOUNT: &str = "/etc/snapcrypt/key";
+pub const KEY_FILE: &str = "key.json";
+/// Scratch space (packs are staged here for S3); the root filesystem is read-only.
+pub const TMP_MOUNT: &str = "/tmp";
+/// Kubernetes' default termination message path, passed to the agent explicitly.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Name of the agent container.
+pub const CONTAINER: &str = "agent";
+
+/// Everything the pod depends on, decided before building.
+#[derive(Clone, Debug)]
+pub struct PodPlan<'a> {
+    pub snapshot: &'a Snapshot,
+    pub job: &'a BackupJob,
+    /// 1 for the first run, 2 for the first retry, ...
+    pub attempt: u32,
+    /// The member pod copied from, and its node.
+    pub member: &'a str,
+    pub node: &'a str,
+    /// The PersistentVolumeClaim behind the member's data volume.
+    pub data_claim: &'a str,
+    /// User and group the agent runs as: the member's, so it can read mongod's files.
+    pub run_as: RunAs,
+    /// Image with the snapcrypt binary.
+    pub image: &'a str,
+}
+
+/// A non-root user and group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: i64,
+    pub gid: i64,
+}
+
+/// The uid of the official mongo image's `mongodb` user, used when the member pod names none.
+pub const MONGODB_UID: i64 = 999;
+
+/// The user the member's mongod runs as (the container mounting the data volume, else the
+/// pod), so the agent can read files mongod created with mode 0600. Root becomes 999.
+pub fn member_run_as(member: &Pod, data_volume: &str) -> RunAs {
+    let spec = member.spec.as_ref();
+    let container = spec.and_then(|s| {
+        s.containers.iter().find(|c| {
+            c.volume_mounts
+                .as_ref()
+                .is_some_and(|ms| ms.iter().any(|m| m.name == data_volume))
+        })
+    });
+    let csc = container.and_then(|c| c.security_context.as_ref());
+    let psc = spec.and_then(|s| s.security_context.as_ref());
+    let uid = csc
+        .and_then(|c| c.run_as_user)
+        .or(psc.and_then(|p| p.run_as_user))
+        .filter(|u| *u != 0)
+        .unwrap_or(MONGODB_UID);
+    let gid = csc
+        .and_then(|c| c.run_as_group)
+        .or(psc.and_then(|p| p.run_as_group))
+        .or(psc.and_then(|p| p.fs_group))
+        .filter(|g| *g != 0)
+        .unwrap_or(uid);
+    RunAs { uid, gid }
+}
+
+/// Why a pod cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PodError {
+    #[error(
+        "spec.encryption.kmipServerRef: KMIP not yet supported by this agent (use spec.encryption.localKeySecret for now)"
+    )]
+    KmipUnsupported,
+    #[error("spec.encryption: no key source set")]
+    NoKey,
+    #[error("spec.destination: no destination set")]
+    NoDestination,
+    #[error("the Snapshot has no uid (not read from the API server)")]
+    NoOwner,
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: optional.then_some(true),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+/// Build the snapshot pod for one attempt.
+pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
+    let snap = p.snapshot;
+    let spec = &p.job.spec;
+    let owner = snap.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
+    let uid = snap.uid().ok_or(PodError::NoOwner)?;
+    let ns = snap.namespace();
+    let snap_name = snap.name_any();
+
+    let mut volumes = vec![
+        Volume {
+            name: "source".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: p.data_claim.into(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![
+        mount("source", SOURCE_MOUNT, true),
+        mount("tmp", TMP_MOUNT, false),
+    ];
+    let rel = db_path_in_volume(&spec.source);
+    let source_dir = if rel.is_empty() {
+        SOURCE_MOUNT.to_string()
+    } else {
+        format!("{SOURCE_MOUNT}/{rel}")
+    };
+    let mut args: Vec<String> = vec!["agent".into(), "snapshot".into()];
+    let mut envs = vec![
+        env("SNAPCRYPT_NAMESPACE", ns.clone().unwrap_or_default()),
+        env("SNAPCRYPT_SNAPSHOT", snap_name.clone()),
+        env("SNAPCRYPT_TERMINATION_LOG", TERMINATION_LOG),
+        env("SNAPCRYPT_TMPDIR", TMP_MOUNT),
+        env("TMPDIR", TMP_MOUNT),
+        env("HOME", TMP_MOUNT),
+    ];
+    args.extend(["--source".into(), source_dir]);
+
+    // Repository.
+    match (&spec.destination.pvc, &spec.destination.s3) {
+        (Some(pvc), _) => {
+            volumes.push(Volume {
+                name: "repo".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: pvc.claim_name.clone(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            });
+            mounts.push(mount("repo", REPO_MOUNT, false));
+            args.extend(["--repo".into(), format!("{REPO_MOUNT}/{}", pvc.path)]);
+        }
+        (None, Some(s3)) => {
+            let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
+            let repo = if prefix.is_empty() {
+                format!("s3://{}", s3.bucket)
+            } else {
+                format!("s3://{}/{prefix}", s3.bucket)
+            };
+            args.extend(["--repo".into(), repo]);
+            if let Some(ep) = &s3.endpoint {
+                args.extend(["--s3-endpoint".into(), ep.clone()]);
+            }
+            args.extend(["--s3-region".into(), s3.region.clone()]);
+            if s3.path_style {
+                args.push("--s3-path-style".into());
+            }
+            let secret = &s3.credentials_secret;
+            envs.push(secret_env("AWS_ACCESS_KEY_ID", secret, "AWS_ACCESS_KEY_ID", false));
+            envs.push(secret_env(
+                "AWS_SECRET_ACCESS_KEY",
+                secret,
+                "AWS_SECRET_ACCESS_KEY",
+                false,
+            ));
+            envs.push(secret_env("AWS_SESSION_TOKEN", secret, "AWS_SESSION_TOKEN", true));
+        }
+        (None, None) => return Err(PodError::NoDestination),
+    }
+
+    // Key.
+    match (&spec.encryption.local_key_secret, &spec.encryption.kmip_server_ref) {
+        (Some(k), _) => {
+            volumes.push(Volume {
+                name: "key".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(k.name.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: k.key.clone(),
+                        path: KEY_FILE.into(),
+                        mode: None,
+                    }]),
+                    // Secret files are owned by root: readable by the agent's (non-root) user
+                    // only through the mode. No fsGroup is set, because it would also change
+                    // the group of mongod's data files.
+                    default_mode: Some(0o444),
+                    optional: None,
+                }),
+                ..Default::default()
+            });
+            mounts.push(mount("key", KEY_MOUNT, true));
+            args.extend(["--key-file".into(), format!("{KEY_MOUNT}/{KEY_FILE}")]);
+        }
+        // The agent gets KMIP once `--kmip-*` flags exist on the CLI: then this arm mounts the
+        // KmipServer's client TLS Secret and passes its endpoints and key id. Until then a
+        // Snapshot of a KMIP job fails with a condition rather than start a pod that cannot work.
+        (None, Some(_)) => return Err(PodError::KmipUnsupported),
+        (None, None) => return Err(PodError::NoKey),
+    }
+
+    args.extend(["--max-files".into(), spec.max_files.to_string()]);
+    args.extend([
+        "--compression".into(),
+        match spec.compression {
+            Compression::Auto => "auto",
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
+        }
+        .into(),
+    ]);
+    let mut tags: BTreeMap<String, String> = snap.spec.tags.clone();
+    tags.insert("snapshot".into(), format!("{}/{snap_name}", ns.clone().unwrap_or_default()));
+    tags.insert("member".into(), p.member.into());
+    for (k, v) in tags {
+        args.extend(["--tag".into(), format!("{k}={v}")]);
+    }
+
+    let mut labels = job_labels(&p.job.name_any());
+    labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
+    labels.insert("app.kubernetes.io/component".into(), "snapshot".into());
+    labels.insert(SNAPSHOT_UID_LABEL.into(), uid);
+    labels.insert(ATTEMPT_LABEL.into(), p.attempt.to_string());
+
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&snap_name, p.attempt)),
+            namespace: ns,
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            service_account_name: Some(agent_service_account(&p.job.name_any())),
+            // Pinned to the member's node by node name, which every scheduler honours (the
+            // hostname label may differ from the node name on some clouds).
+            affinity: Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_fields: Some(vec![NodeSelectorRequirement {
+                                key: "metadata.name".into(),
+                                operator: "In".into(),
+                                values: Some(vec![p.node.into()]),
+                            }]),
+                            match_expressions: None,
+                        }],
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(p.run_as.uid),
+                run_as_group: Some(p.run_as.gid),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            containers: vec![Container {
+                name: CONTAINER.into(),
+                image: Some(p.image.into()),
+                command: Some(vec!["snapcrypt".into()]),
+                args: Some(args),
+                env: Some(envs),
+                volume_mounts: Some(mounts),
+                resources: spec.resources.clone(),
+                termination_message_path: Some(TERMINATION_LOG.into()),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(SecurityContext {
+                    run_as_non_root: Some(true),
+                    read_only_root_filesystem: Some(true),
+                    allow_privilege_escalation: Some(false),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        add: None,
+                    }),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".into(),
+                        localhost_profile: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(spec: &str) -> BackupJob {
+        serde_yaml::from_str(&format!(
+            "apiVersion: snapcrypt.dev/v1alpha1\nkind: BackupJob\nmetadata: {{name: rs0, namespace: db, uid: job-uid}}\nspec:\n{spec}"
+        ))
+        .expect("job yaml")
+    }
+
+    fn snapshot() -> Snapshot {
+        serde_yaml::from_str(
+            r#"
+apiVersion: snapcrypt.dev/v1alpha1
+kind: Snapshot
+metadata: {name: rs0-202611270300, namespace: db, uid: 5d0c4b8e-1f7a-4c44-9d53-0123456789ab}
+spec:
+  backupJobRef: {name: rs0}
+  tags: {reason: nightly}
+"#,
+        )
+        .expect("snapshot yaml")
+    }
+
+    const PVC_LOCAL: &str = r#"
+  source: {statefulSetName: rs0, dataVolumeName: mongo-data, dbPath: /data/db, mountPath: /data, syncSource: {mode: member, member: rs0-2}}
+  destination: {pvc: {claimName: backups, path: clusters/rs0}}
+  encryption: {localKeySecret: {name: rs0-key, key: key.json}}
+  maxFiles: 5000
+  compression: zstd
+  resources: {limits: {memory: 512Mi}}
+"#;
+
+    fn build(job: &BackupJob) -> Result<Pod, PodError> {
+        let snap = snapshot();
+        snapshot_pod(&PodPlan {
+            snapshot: &snap,
+            job,
+            attempt: 2,
+            member: "rs0-2",
+            node: "node-b",
+            data_claim: "mongo-data-rs0-2",
+            run_as: RunAs { uid: 999, gid: 999 },
+            image: "snapcrypt:test",
+        })
+    }
+
+    fn container(pod: &Pod) -> &Container {
+        &pod.spec.as_ref().expect("spec").containers[0]
+    }
+
+    fn arg_after<'a>(c: &'a Container, flag: &str) -> Option<&'a str> {
+        let args = c.args.as_ref().expect("args");
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    }
+
+    #[test]
+    fn pvc_destination_with_a_local_key() {
+        let pod = build(&job(PVC_LOCAL)).expect("pod");
+        assert_eq!(pod.name_any(), "rs0-202611270300-2");
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.service_account_name.as_deref(), Some("snapcrypt-agent-rs0"));
+        let term = &spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+            .expect("node affinity")
+            .node_selector_terms[0];
+        let field = &term.match_fields.as_ref().expect("fields")[0];
+        assert_eq!(
+            (field.key.as_str(), field.values.as_deref()),
+            ("metadata.name", Some(&["node-b".to_string()][..]))
+        );
+        let c = container(&pod);
+        assert_eq!(c.image.as_deref(), Some("snapcrypt:test"));
+        assert_eq!(c.command.as_deref(), Some(&["snapcrypt".to_string()][..]));
+        assert_eq!(&c.args.as_ref().expect("args")[..2], ["agent", "snapshot"]);
+        assert_eq!(arg_after(c, "--source"), Some("/data/source/db"));
+        assert_eq!(arg_after(c, "--repo"), Some("/repo/clusters/rs0"));
+        assert_eq!(arg_after(c, "--key-file"), Some("/etc/snapcrypt/key/key.json"));
+        assert_eq!(arg_after(c, "--max-files"), Some("5000"));
+        assert_eq!(arg_after(c, "--compression"), Some("zstd"));
+        let tags: Vec<&str> = c
+            .args
+            .as_ref()
+            .expect("args")
+            .windows(2)
+            .filter(|w| w[0] == "--tag")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(
+            tags,
+            ["member=rs0-2", "reason=nightly", "snapshot=db/rs0-202611270300"]
+        );
+        // The data volume is the member's claim, read-only; the key Secret is read-only.
+        let vols = spec.volumes.as_ref().expect("volumes");
+        let source = vols.iter().find(|v| v.name == "source").expect("source");
+        let claim = source.persistent_volume_claim.as_ref().expect("claim");
+        assert_eq!((claim.claim_name.as_str(), claim.read_only), ("mongo-data-rs0-2", Some(true)));
+        let mounts = c.volume_mounts.as_ref().expect("mounts");
+        for (name, path, ro) in [
+            ("source", "/data/source", Some(true)),
+            ("tmp", "/tmp", None),
+            ("repo", "/repo", None),
+            ("key", "/etc/snapcrypt/key", Some(true)),
+        ] {
+            let m = mounts.iter().find(|m| m.name == name).expect(name);
+            assert_eq!((m.mount_path.as_str(), m.read_only), (path, ro), "{name}");
+        }
+        let key = vols.iter().find(|v| v.name == "key").and_then(|v| v.secret.as_ref()).expect("key");
+        assert_eq!(key.secret_name.as_deref(), Some("rs0-key"));
+        assert_eq!(key.items.as_ref().expect("items")[0].key, "key.json");
+        // Restricted security context.
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        let psc = spec.security_context.as_ref().expect("pod security context");
+        assert_eq!((psc.run_as_user, psc.run_as_group), (Some(999), Some(999)));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        assert_eq!(c.termination_message_path.as_deref(), Some("/dev/termination-log"));
+        let env: BTreeMap<&str, Option<&str>> = c
+            .env
+            .as_ref()
+            .expect("env")
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect();
+        assert_eq!(env["SNAPCRYPT_NAMESPACE"], Some("db"));
+        assert_eq!(env["SNAPCRYPT_SNAPSHOT"], Some("rs0-202611270300"));
+        assert_eq!(env["SNAPCRYPT_TMPDIR"], Some("/tmp"));
+        assert_eq!(env["SNAPCRYPT_TERMINATION_LOG"], Some("/dev/termination-log"));
+        assert!(c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some());
+        // Owned by the Snapshot; labelled with its uid and the attempt.
+        let owner = &pod.owner_references()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("Snapshot", Some(true)));
+        assert_eq!(pod.labels()[SNAPSHOT_UID_LABEL], "5d0c4b8e-1f7a-4c44-9d53-0123456789ab");
+        assert_eq!(pod.labels()[ATTEMPT_LABEL], "2");
+    }
+
+    #[test]
+    fn s3_destination_takes_credentials_from_the_secret() {
+        let spec = PVC_LOCAL.replace(
+            "destination: {pvc: {claimName: backups, path: clusters/rs0}}",
+            "destination: {s3: {bucket: backups, prefix: /rs0/, endpoint: \"http://127.0.0.1:9000\", credentialsSecret: s3-creds, pathStyle: true}}",
+        );
+        let pod = build(&job(&spec)).expect("pod");
+        let c = container(&pod);
+        assert_eq!(arg_after(c, "--repo"), Some("s3://backups/rs0"));
+        assert_eq!(arg_after(c, "--s3-endpoint"), Some("http://127.0.0.1:9000"));
+        assert_eq!(arg_after(c, "--s3-region"), Some("us-east-1"));
+        assert!(c.args.as_ref().expect("args").contains(&"--s3-path-style".to_string()));
+        let env = c.env.as_ref().expect("env");
+        let id = env.iter().find(|e| e.name == "AWS_ACCESS_KEY_ID").expect("key id");
+        let r = id
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secret ref");
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("s3-creds", "AWS_ACCESS_KEY_ID"));
+        let token = env.iter().find(|e| e.name == "AWS_SESSION_TOKEN").expect("token");
+        assert_eq!(
+            token.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).and_then(|r| r.optional),
+            Some(true)
+        );
+        assert!(!pod.spec.as_ref().expect("spec").volumes.as_ref().expect("v").iter().any(|v| v.name == "repo"));
+    }
+
+    #[test]
+    fn kmip_is_refused_until_the_agent_supports_it() {
+        let spec = PVC_LOCAL.replace(
+            "encryption: {localKeySecret: {name: rs0-key, key: key.json}}",
+            "encryption: {kmipServerRef: {name: kmip}}",
+        );
+        assert_eq!(build(&job(&spec)).err(), Some(PodError::KmipUnsupported));
+        assert!(PodError::KmipUnsupported.to_string().contains("KMIP not yet supported by this agent"));
+    }
+
+    #[test]
+    fn runs_as_the_members_user() {
+        let member: Pod = serde_yaml::from_str(
+            r#"
+metadata: {name: rs0-0}
+spec:
+  securityContext: {runAsUser: 1001, fsGroup: 1001}
+  containers:
+  - name: sidecar
+    image: x
+    securityContext: {runAsUser: 5}
+  - name: mongod
+    image: mongo
+    volumeMounts: [{name: mongo-data, mountPath: /data/db}]
+"#,
+        )
+        .expect("pod");
+        assert_eq!(member_run_as(&member, "mongo-data"), RunAs { uid: 1001, gid: 1001 });
+        let root: Pod = serde_yaml::from_str(
+            "metadata: {name: m}\nspec:\n  containers: [{name: mongod, image: mongo}]\n",
+        )
+        .expect("pod");
+        assert_eq!(member_run_as(&root, "mongo-data"), RunAs { uid: 999, gid: 999 });
+    }
+}

@@ -1,0 +1,102 @@
+//! The identity snapshot pods run as: one ServiceAccount per BackupJob, with a Role that can
+//! only read Snapshots and patch their status (for progress). Owned by the BackupJob. Pure.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::api::BackupJob;
+use crate::controller::names::{agent_service_account, job_labels};
+
+/// The rules the agent needs, and nothing more.
+pub fn agent_rules() -> Vec<PolicyRule> {
+    vec![
+        PolicyRule {
+            api_groups: Some(vec![crate::api::GROUP.into()]),
+            resources: Some(vec!["snapshots".into()]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        },
+        PolicyRule {
+            api_groups: Some(vec![crate::api::GROUP.into()]),
+            resources: Some(vec!["snapshots/status".into()]),
+            verbs: vec!["get".into(), "patch".into()],
+            ..Default::default()
+        },
+    ]
+}
+
+/// ServiceAccount, Role and RoleBinding for `job`'s snapshot pods; None if the job has no uid.
+pub fn agent_rbac(job: &BackupJob) -> Option<(ServiceAccount, Role, RoleBinding)> {
+    let owner = job.controller_owner_ref(&())?;
+    let name = agent_service_account(&job.name_any());
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: job.namespace(),
+        labels: Some(job_labels(&job.name_any())),
+        owner_references: Some(vec![owner]),
+        ..Default::default()
+    };
+    let sa = ServiceAccount {
+        metadata: meta.clone(),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(agent_rules()),
+    };
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: job.namespace(),
+            api_group: None,
+        }]),
+    };
+    Some((sa, role, binding))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_privilege_and_owned_by_the_job() {
+        let job: BackupJob = serde_yaml::from_str(
+            r#"
+apiVersion: snapcrypt.dev/v1alpha1
+kind: BackupJob
+metadata: {name: rs0, namespace: db, uid: u1}
+spec:
+  source: {statefulSetName: rs0, dataVolumeName: data, syncSource: {mode: member, member: rs0-1}}
+  destination: {pvc: {claimName: backups}}
+  encryption: {localKeySecret: {name: k}}
+"#,
+        )
+        .expect("yaml");
+        let (sa, role, rb) = agent_rbac(&job).expect("rbac");
+        assert_eq!(sa.name_any(), "snapcrypt-agent-rs0");
+        assert_eq!(sa.owner_references()[0].name, "rs0");
+        let rules = role.rules.expect("rules");
+        let verbs: Vec<String> = rules
+            .iter()
+            .map(|r| format!("{:?} {:?}", r.resources, r.verbs))
+            .collect();
+        assert_eq!(
+            verbs,
+            [
+                "Some([\"snapshots\"]) [\"get\"]",
+                "Some([\"snapshots/status\"]) [\"get\", \"patch\"]"
+            ]
+        );
+        assert_eq!(rb.role_ref.name, "snapcrypt-agent-rs0");
+        assert_eq!(rb.subjects.expect("subjects")[0].namespace.as_deref(), Some("db"));
+    }
+}

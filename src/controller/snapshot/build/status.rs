@@ -1,0 +1,426 @@
+//! A Snapshot's status: what its pod's phase means, and the next status from the previous one
+//! and what the reconcile found. Pure. Progress fields are never set here: the agent owns them
+//! (its own field manager), so the operator's status apply leaves them alone.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::snapshot::{MemberChoice, RunPhase, SnapshotStats, SnapshotStatus};
+use crate::controller::conditions::{Cond, merge};
+use crate::controller::snapshot::result::AgentResult;
+use crate::engine::progress::human_bytes;
+
+use super::pod::CONTAINER;
+
+/// A snapshot pod as the controller reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PodView {
+    /// Not started yet; the kubelet's reason, if any (ContainerCreating, ...).
+    Pending { message: Option<String> },
+    Running { started: Option<Time> },
+    Succeeded {
+        termination: Option<String>,
+        finished: Option<Time>,
+    },
+    Failed {
+        termination: Option<String>,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+        finished: Option<Time>,
+    },
+}
+
+/// Read a snapshot pod's phase and its agent container's state.
+pub fn view(pod: &Pod) -> PodView {
+    let status = pod.status.as_ref();
+    let container = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER));
+    let terminated = container
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    let termination = terminated
+        .and_then(|t| t.message.clone())
+        .filter(|m| !m.trim().is_empty());
+    let finished = terminated.and_then(|t| t.finished_at.clone());
+    match status.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => PodView::Running {
+            started: container
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.clone())
+                .or_else(|| status.and_then(|s| s.start_time.clone())),
+        },
+        Some("Succeeded") => PodView::Succeeded {
+            termination,
+            finished,
+        },
+        Some("Failed") => PodView::Failed {
+            termination,
+            exit_code: terminated.map(|t| t.exit_code),
+            reason: terminated
+                .and_then(|t| t.reason.clone())
+                .or_else(|| status.and_then(|s| s.reason.clone())),
+            finished,
+        },
+        _ => {
+            let waiting = container
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.waiting.as_ref());
+            PodView::Pending {
+                message: waiting.map(|w| {
+                    format!(
+                        "{}{}",
+                        w.reason.clone().unwrap_or_default(),
+                        w.message
+                            .as_ref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    )
+                }),
+            }
+        }
+    }
+}
+
+/// The agent's own words for a failed pod, else what Kubernetes says.
+pub fn failure_message(v: &PodView) -> String {
+    match v {
+        PodView::Failed {
+            termination: Some(t),
+            ..
+        } => t.trim().trim_start_matches("snapcrypt: error: ").to_string(),
+        PodView::Failed {
+            exit_code, reason, ..
+        } => format!(
+            "the snapshot pod failed{}{} without a message",
+            exit_code.map(|c| format!(" with exit code {c}")).unwrap_or_default(),
+            reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        ),
+        _ => String::new(),
+    }
+}
+
+/// What happened in this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// No pod can start yet (job missing, a problem in the spec, another run first, no member).
+    Wait { reason: &'static str, message: String },
+    /// A pod was created for attempt `attempt`; `retry_after` is the previous attempt's failure.
+    Started {
+        attempt: u32,
+        pod: String,
+        member: MemberChoice,
+        retry_after: Option<String>,
+    },
+    /// The current pod has not started yet.
+    PodPending { message: Option<String> },
+    /// The current pod is copying.
+    PodRunning { started: Option<Time> },
+    /// The pod succeeded with this result.
+    Succeeded {
+        result: AgentResult,
+        finished: Option<Time>,
+    },
+    /// Given up.
+    Failed {
+        reason: &'static str,
+        message: String,
+        finished: Option<Time>,
+    },
+}
+
+/// The next status.
+pub fn next_status(
+    prev: &SnapshotStatus,
+    step: &Step,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> SnapshotStatus {
+    let now_t = Time(now);
+    let mut s = SnapshotStatus {
+        progress: None,
+        progress_summary: None,
+        observed_generation: generation,
+        ..prev.clone()
+    };
+    let conds: Vec<Cond> = match step {
+        Step::Wait { reason, message } => {
+            s.phase = RunPhase::Pending;
+            s.message = Some(message.clone());
+            vec![
+                Cond::new("Ready", false, reason, message.clone()),
+                Cond::new("Progressing", false, reason, message.clone()),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::Started {
+            attempt,
+            pod,
+            member,
+            retry_after,
+        } => {
+            s.phase = RunPhase::Pending;
+            s.attempts = *attempt;
+            s.pod_name = Some(pod.clone());
+            s.member = Some(member.clone());
+            let msg = match retry_after {
+                Some(why) => format!(
+                    "attempt {} failed: {why}; retrying: pod {pod} on node {}",
+                    attempt - 1,
+                    member.node.as_deref().unwrap_or("?")
+                ),
+                None => format!(
+                    "pod {pod} created on node {} to copy member {} ({})",
+                    member.node.as_deref().unwrap_or("?"),
+                    member.pod,
+                    member.reason
+                ),
+            };
+            s.message = Some(msg.clone());
+            vec![
+                Cond::new("Ready", false, "Starting", msg.clone()),
+                Cond::new("Progressing", true, "PodCreated", msg),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::PodPending { message } => {
+            s.phase = RunPhase::Pending;
+            let msg = format!(
+                "pod {} is starting{}",
+                s.pod_name.clone().unwrap_or_default(),
+                message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+            );
+            s.message = Some(msg.clone());
+            vec![
+                Cond::new("Ready", false, "Starting", msg.clone()),
+                Cond::new("Progressing", true, "PodCreated", msg),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::PodRunning { started } => {
+            s.phase = RunPhase::Running;
+            if s.start_time.is_none() {
+                s.start_time = Some(started.clone().unwrap_or_else(|| now_t.clone()));
+            }
+            let msg = format!(
+                "copying member {} in pod {} (attempt {})",
+                s.member.as_ref().map(|m| m.pod.as_str()).unwrap_or("?"),
+                s.pod_name.clone().unwrap_or_default(),
+                s.attempts
+            );
+            s.message = Some(msg.clone());
+            vec![
+                Cond::new("Ready", false, "Running", msg.clone()),
+                Cond::new("Progressing", true, "Running", msg),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::Succeeded { result, finished } => {
+            s.phase = RunPhase::Succeeded;
+            s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
+            if s.start_time.is_none() {
+                s.start_time = s.completion_time.clone();
+            }
+            s.repository_snapshot_id = Some(result.id.clone());
+            s.key_id = Some(result.key_id.clone());
+            s.stats = Some(stats(result));
+            let msg = format!(
+                "snapshot {} in the repository: {} files, {}, {} added",
+                result.id,
+                result.files,
+                human_bytes(result.logical_bytes),
+                human_bytes(result.stored_bytes)
+            );
+            s.message = Some(msg.clone());
+            vec![
+                Cond::new("Ready", true, "Succeeded", msg),
+                Cond::new("Progressing", false, "Finished", ""),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::Failed {
+            reason,
+            message,
+            finished,
+        } => {
+            s.phase = RunPhase::Failed;
+            s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
+            s.message = Some(message.clone());
+            vec![
+                Cond::new("Ready", false, reason, message.clone()),
+                Cond::new("Progressing", false, "Finished", ""),
+                Cond::new("Failed", true, reason, message.clone()),
+            ]
+        }
+    };
+    s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
+    s
+}
+
+/// Totals for status from the agent's result.
+pub fn stats(r: &AgentResult) -> SnapshotStats {
+    let ratio = r.logical_bytes as f64 / r.stored_bytes.max(1) as f64;
+    SnapshotStats {
+        files: r.files,
+        logical_bytes: r.logical_bytes,
+        logical_size: Some(human_bytes(r.logical_bytes)),
+        stored_bytes: r.stored_bytes,
+        dedup_ratio: (ratio * 100.0).round() / 100.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: &str) -> Pod {
+        serde_yaml::from_str(&format!("metadata: {{name: p}}\nstatus:\n{status}")).expect("pod")
+    }
+
+    #[test]
+    fn pod_views() {
+        assert_eq!(
+            view(&pod("  phase: Pending\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: CreateContainerConfigError, message: secret \"k\" not found}}}")),
+            PodView::Pending {
+                message: Some("CreateContainerConfigError: secret \"k\" not found".into())
+            }
+        );
+        assert_eq!(
+            view(&pod("  phase: Running\n  startTime: \"2026-11-27T03:00:01Z\"")),
+            PodView::Running {
+                started: Some(Time("2026-11-27T03:00:01Z".parse().expect("t")))
+            }
+        );
+        let failed = view(&pod(
+            "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 1, reason: Error, message: \"snapcrypt: error: source /data/source holds 7 files, at or over the limit of --max-files 5\\n\"}}}",
+        ));
+        assert_eq!(
+            failure_message(&failed),
+            "source /data/source holds 7 files, at or over the limit of --max-files 5"
+        );
+        let silent = view(&pod(
+            "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 137, reason: OOMKilled}}}",
+        ));
+        assert_eq!(
+            failure_message(&silent),
+            "the snapshot pod failed with exit code 137 (OOMKilled) without a message"
+        );
+    }
+
+    fn now() -> jiff::Timestamp {
+        "2026-11-27T03:10:00Z".parse().expect("t")
+    }
+
+    fn member() -> MemberChoice {
+        MemberChoice {
+            pod: "rs0-1".into(),
+            node: Some("node-b".into()),
+            role: Some("SECONDARY".into()),
+            reason: "least lag".into(),
+        }
+    }
+
+    fn cond(s: &SnapshotStatus, t: &str) -> String {
+        let c = s.conditions.iter().find(|c| c.type_ == t).expect("cond");
+        format!("{} {}", c.status, c.reason)
+    }
+
+    #[test]
+    fn life_of_a_snapshot() {
+        let started = next_status(
+            &SnapshotStatus::default(),
+            &Step::Started {
+                attempt: 1,
+                pod: "s-1".into(),
+                member: member(),
+                retry_after: None,
+            },
+            Some(1),
+            now(),
+        );
+        assert_eq!((started.phase, started.attempts), (RunPhase::Pending, 1));
+        assert_eq!(started.pod_name.as_deref(), Some("s-1"));
+        assert_eq!(cond(&started, "Progressing"), "True PodCreated");
+        let running = next_status(&started, &Step::PodRunning { started: None }, Some(1), now());
+        assert_eq!(running.phase, RunPhase::Running);
+        assert_eq!(running.start_time, Some(Time(now())));
+        assert_eq!(running.member, Some(member()));
+        let done = next_status(
+            &running,
+            &Step::Succeeded {
+                result: AgentResult {
+                    id: "abc".into(),
+                    files: 8,
+                    logical_bytes: 4 * 1024 * 1024,
+                    stored_bytes: 1024 * 1024,
+                    key_id: "local:k".into(),
+                },
+                finished: None,
+            },
+            Some(1),
+            now(),
+        );
+        assert_eq!(done.phase, RunPhase::Succeeded);
+        assert_eq!(done.repository_snapshot_id.as_deref(), Some("abc"));
+        assert_eq!(done.key_id.as_deref(), Some("local:k"));
+        let st = done.stats.clone().expect("stats");
+        assert_eq!((st.files, st.dedup_ratio), (8, 4.0));
+        assert_eq!(st.logical_size.as_deref(), Some("4.0 MiB"));
+        assert_eq!(cond(&done, "Ready"), "True Succeeded");
+        assert_eq!(cond(&done, "Progressing"), "False Finished");
+        assert_eq!(done.progress, None, "progress belongs to the agent");
+    }
+
+    #[test]
+    fn retry_and_give_up() {
+        let retry = next_status(
+            &SnapshotStatus {
+                attempts: 1,
+                ..Default::default()
+            },
+            &Step::Started {
+                attempt: 2,
+                pod: "s-2".into(),
+                member: member(),
+                retry_after: Some("disk full".into()),
+            },
+            None,
+            now(),
+        );
+        assert_eq!(retry.attempts, 2);
+        assert!(
+            retry
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("attempt 1 failed: disk full; retrying")),
+            "{:?}",
+            retry.message
+        );
+        let failed = next_status(
+            &retry,
+            &Step::Failed {
+                reason: "SnapshotFailed",
+                message: "disk full".into(),
+                finished: None,
+            },
+            None,
+            now(),
+        );
+        assert_eq!(failed.phase, RunPhase::Failed);
+        assert_eq!(cond(&failed, "Failed"), "True SnapshotFailed");
+        assert_eq!(failed.completion_time, Some(Time(now())));
+    }
+
+    #[test]
+    fn full_dedup_has_a_finite_ratio() {
+        let s = stats(&AgentResult {
+            id: "x".into(),
+            files: 1,
+            logical_bytes: 1000,
+            stored_bytes: 0,
+            key_id: "k".into(),
+        });
+        assert_eq!(s.dedup_ratio, 1000.0);
+    }
+}

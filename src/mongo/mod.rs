@@ -1,0 +1,12 @@
+//! The MongoDB side: the replica set's member pods, what each member says about itself
+//! (`hello`), and which member a snapshot copies from.
+
+pub mod client;
+pub mod hello;
+pub mod sync_source;
+pub mod topology;
+
+pub use client::{ConnectionSettings, MemberAddress, ask_members};
+pub use hello::HelloReply;
+pub use sync_source::{Answer, Choice, MemberReport, NoSyncSource, choose};
+pub use topology::{MemberPod, member_pods};
