@@ -71,7 +71,13 @@ fn parse_chunk_size(s: &str) -> Result<u32, String> {
 pub async fn run(args: BackupArgs) -> Result<(), CliError> {
     let progress = Arc::new(Progress::default());
     let reporter = ProgressReporter::start(progress.clone(), args.json, "backup");
-    let result = perform(&args, KeyFile::CreateIfMissing, progress.clone(), !args.json).await;
+    let result = perform(
+        &args,
+        KeyFile::CreateIfMissing,
+        progress.clone(),
+        !args.json,
+    )
+    .await;
     reporter.finish().await;
     let m = result?;
     if args.json {

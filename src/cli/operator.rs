@@ -22,7 +22,11 @@ pub enum LogFormat {
 #[derive(Args, Debug)]
 pub struct OperatorArgs {
     /// Image of the snapshot pods; its entrypoint must be the snapcrypt binary.
-    #[arg(long, env = "SNAPCRYPT_AGENT_IMAGE", default_value = "snapcrypt:latest")]
+    #[arg(
+        long,
+        env = "SNAPCRYPT_AGENT_IMAGE",
+        default_value = "snapcrypt:latest"
+    )]
     pub agent_image: String,
     /// Port of the HTTP endpoints /healthz and /metrics.
     #[arg(long, env = "SNAPCRYPT_HTTP_PORT", default_value_t = 8080)]
@@ -97,7 +101,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), CliError> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

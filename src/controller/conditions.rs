@@ -15,7 +15,12 @@ pub struct Cond {
 }
 
 impl Cond {
-    pub fn new(type_: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Cond {
             type_,
             status,

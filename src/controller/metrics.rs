@@ -145,6 +145,8 @@ mod tests {
         assert!(text.contains(
             "snapcrypt_operator_reconcile_failures_total{controller=\"snapshot\",stage=\"apply_pod\"} 1"
         ));
-        assert!(text.contains("snapcrypt_operator_snapshots_finished_total{phase=\"Succeeded\"} 1"));
+        assert!(
+            text.contains("snapcrypt_operator_snapshots_finished_total{phase=\"Succeeded\"} 1")
+        );
     }
 }

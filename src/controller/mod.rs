@@ -118,11 +118,12 @@ pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max;
+    // Room for the ellipsis (3 bytes), cut on a character boundary.
+    let mut end = max.saturating_sub(3);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &s[..end.saturating_sub(3)])
+    format!("{}…", &s[..end])
 }
 
 /// Server-side apply `obj` (create or update) with the operator's field manager.
@@ -219,6 +220,7 @@ mod tests {
     fn truncate_keeps_char_boundaries() {
         assert_eq!(truncate("abc", 10), "abc");
         let t = truncate(&"é".repeat(100), 11);
-        assert!(t.len() <= 12, "{t}");
+        assert!(t.len() <= 11, "{t}");
+        assert!(t.ends_with('…'));
     }
 }

@@ -127,10 +127,7 @@ pub fn client_options(
         AuthMechanism::None => None,
     };
     let credential = mechanism.map(|m| {
-        let external = matches!(
-            m,
-            DriverMechanism::MongoDbX509 | DriverMechanism::Plain
-        );
+        let external = matches!(m, DriverMechanism::MongoDbX509 | DriverMechanism::Plain);
         let mut c = Credential::default();
         c.source = Some(if external {
             "$external".to_string()
@@ -203,9 +200,8 @@ pub async fn ask_members(
         .map(|(_, c)| c.clone());
     let delays: Option<BTreeMap<String, i64>> = match asker {
         Some(c) => {
-            let cmd = c
-                .database("admin")
-                .run_command(doc! {"replSetGetConfig": 1});
+            let admin = c.database("admin");
+            let cmd = admin.run_command(doc! {"replSetGetConfig": 1});
             match tokio::time::timeout(settings.timeout, cmd).await {
                 Ok(Ok(reply)) => Some(delays_from_config(&reply)),
                 Ok(Err(e)) => {
@@ -248,7 +244,8 @@ async fn ask_one(
 ) -> Result<(HelloReply, mongodb::Client), String> {
     let opts = client_options(host, port, settings, files);
     let client = mongodb::Client::with_options(opts).map_err(|e| e.to_string())?;
-    let cmd = client.database("admin").run_command(doc! {"hello": 1});
+    let admin = client.database("admin");
+    let cmd = admin.run_command(doc! {"hello": 1});
     match tokio::time::timeout(settings.timeout + Duration::from_secs(1), cmd).await {
         Ok(Ok(reply)) => Ok((HelloReply::from_document(&reply), client)),
         Ok(Err(e)) => Err(one_line(&e.to_string())),
@@ -282,7 +279,12 @@ mod tests {
     #[test]
     fn scram_uses_the_auth_source_and_the_secret() {
         let s = settings(AuthMechanism::ScramSha1, false);
-        let o = client_options("rs0-1.rs0.ns.svc.cluster.local", 27017, &s, &TlsFiles::write(&s).expect("files"));
+        let o = client_options(
+            "rs0-1.rs0.ns.svc.cluster.local",
+            27017,
+            &s,
+            &TlsFiles::write(&s).expect("files"),
+        );
         let c = o.credential.expect("credential");
         assert_eq!(c.mechanism, Some(DriverMechanism::ScramSha1));
         assert_eq!(c.source.as_deref(), Some("admin"));

@@ -106,9 +106,13 @@ pub(crate) mod fixtures {
         let text = match name {
             "primary" => include_str!("../../tests/fixtures/hello/primary.json"),
             "secondary" => include_str!("../../tests/fixtures/hello/secondary.json"),
-            "secondary-lagging" => include_str!("../../tests/fixtures/hello/secondary-lagging.json"),
+            "secondary-lagging" => {
+                include_str!("../../tests/fixtures/hello/secondary-lagging.json")
+            }
             "secondary-hidden" => include_str!("../../tests/fixtures/hello/secondary-hidden.json"),
-            "secondary-delayed" => include_str!("../../tests/fixtures/hello/secondary-delayed.json"),
+            "secondary-delayed" => {
+                include_str!("../../tests/fixtures/hello/secondary-delayed.json")
+            }
             "arbiter" => include_str!("../../tests/fixtures/hello/arbiter.json"),
             "recovering" => include_str!("../../tests/fixtures/hello/recovering.json"),
             "replset-config" => include_str!("../../tests/fixtures/hello/replset-config.json"),

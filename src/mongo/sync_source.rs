@@ -43,9 +43,7 @@ pub struct Choice {
 pub enum NoSyncSource {
     #[error("no member pods found for spec.source")]
     NoMembers,
-    #[error(
-        "spec.source.syncSource.member {member:?}: no such member pod (members: {members})"
-    )]
+    #[error("spec.source.syncSource.member {member:?}: no such member pod (members: {members})")]
     NoSuchMember { member: String, members: String },
     #[error("spec.source.syncSource.member {member:?} is an arbiter, which holds no data")]
     MemberIsArbiter { member: String },
@@ -156,7 +154,11 @@ fn choose_primary(reports: &[MemberReport]) -> Result<Choice, NoSyncSource> {
             Answer::Replied(h) if h.primary => Some((m, h)),
             _ => None,
         })
-        .max_by(|a, b| a.1.last_write.cmp(&b.1.last_write).then(b.0.pod.cmp(&a.0.pod)));
+        .max_by(|a, b| {
+            a.1.last_write
+                .cmp(&b.1.last_write)
+                .then(b.0.pod.cmp(&a.0.pod))
+        });
     match primary {
         Some((m, _)) => Ok(Choice {
             pod: m.pod.clone(),
@@ -193,9 +195,7 @@ fn choose_secondary(reports: &[MemberReport]) -> Result<Choice, NoSyncSource> {
         })
         .collect();
     // Least lag first; a member whose lag is unknown comes last; ties by pod name.
-    eligible.sort_by(|a, b| {
-        (a.1.is_none(), a.1, &a.0.pod).cmp(&(b.1.is_none(), b.1, &b.0.pod))
-    });
+    eligible.sort_by(|a, b| (a.1.is_none(), a.1, &a.0.pod).cmp(&(b.1.is_none(), b.1, &b.0.pod)));
     let count = eligible.len();
     match eligible.first() {
         Some((m, lag)) => {
@@ -293,8 +293,21 @@ mod tests {
                 .filter(|m| names.contains(&m.pod.as_str()))
                 .collect()
         };
-        let cases: Vec<(&str, SyncSourceMode, Option<&str>, Vec<MemberReport>, &str)> = vec![
-            ("least lag wins", AnySecondary, None, all.clone(), "rs0-1 SECONDARY"),
+        type Case<'a> = (
+            &'a str,
+            SyncSourceMode,
+            Option<&'a str>,
+            Vec<MemberReport>,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "least lag wins",
+                AnySecondary,
+                None,
+                all.clone(),
+                "rs0-1 SECONDARY",
+            ),
             (
                 "a lagging secondary beats none",
                 AnySecondary,
@@ -317,7 +330,13 @@ mod tests {
                 only(&["rs0-1", "rs0-7"]),
                 "error: no member is eligible for spec.source.syncSource.mode primary: no member says it is primary (rs0-1: SECONDARY; rs0-7: no answer (connection refused))",
             ),
-            ("named member", Member, Some("rs0-3"), all.clone(), "rs0-3 SECONDARY"),
+            (
+                "named member",
+                Member,
+                Some("rs0-3"),
+                all.clone(),
+                "rs0-3 SECONDARY",
+            ),
             (
                 "named member that does not answer is still used",
                 Member,
@@ -371,7 +390,8 @@ mod tests {
         let c = choose(SyncSourceMode::AnySecondary, None, &zoo()).expect("a choice");
         assert_eq!(c.node.as_deref(), Some("node-rs0-1"));
         assert!(
-            c.reason.contains("1 s behind the newest write; 2 of 8 members eligible"),
+            c.reason
+                .contains("1 s behind the newest write; 2 of 8 members eligible"),
             "{}",
             c.reason
         );
@@ -383,6 +403,9 @@ mod tests {
             member("a", Some("secondary"), 600),
             member("b", Some("secondary-lagging"), 0),
         ];
-        assert_eq!(pick(SyncSourceMode::AnySecondary, None, &set), "b SECONDARY");
+        assert_eq!(
+            pick(SyncSourceMode::AnySecondary, None, &set),
+            "b SECONDARY"
+        );
     }
 }

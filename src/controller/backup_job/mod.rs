@@ -24,7 +24,9 @@ use kube::{Api, Client, ResourceExt};
 
 use self::build::status::{Observed, job_status, scheduled_time, started};
 use self::schedule::due;
-use self::validate::{Found, Problem, RefKind, Reference, check_references, check_spec, references};
+use self::validate::{
+    Found, Problem, RefKind, Reference, check_references, check_spec, references,
+};
 use super::{Context, apply, apply_status, conditions, scoped_api};
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Snapshot};
@@ -102,7 +104,11 @@ pub fn controller(
 
 fn error_policy(job: Arc<BackupJob>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failure(CONTROLLER, err.category());
-    let n = ctx.failed(&format!("bj/{}/{}", job.namespace().unwrap_or_default(), job.name_any()));
+    let n = ctx.failed(&format!(
+        "bj/{}/{}",
+        job.namespace().unwrap_or_default(),
+        job.name_any()
+    ));
     tracing::warn!(controller = CONTROLLER, stage = err.category(), error = %err, attempt = n, "reconcile failed");
     Action::requeue(super::backoff(n))
 }
@@ -143,11 +149,13 @@ async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Err
             }
         })?;
         let api: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
-        let created = apply(&api, &snap).await.map_err(|source| Error::ApplySnapshot {
-            job: name.clone(),
-            snapshot: snap.name_any(),
-            source,
-        })?;
+        let created = apply(&api, &snap)
+            .await
+            .map_err(|source| Error::ApplySnapshot {
+                job: name.clone(),
+                snapshot: snap.name_any(),
+                source,
+            })?;
         let skipped = if run.skipped > 0 {
             format!(
                 "; {} earlier scheduled run(s) were missed and skipped (at most one run catches up)",
@@ -194,7 +202,8 @@ async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Err
             || (c.type_ == "Ready" && c.status == "False");
         let quiet = c.type_ == "Degraded" && c.status == "False" && old.conditions.is_empty();
         if !quiet {
-            ctx.event(job.as_ref(), warning, &c.reason, c.message.clone()).await;
+            ctx.event(job.as_ref(), warning, &c.reason, c.message.clone())
+                .await;
         }
     }
     ctx.succeeded(&key);
@@ -241,9 +250,12 @@ pub fn decide(
         .as_ref()
         .map(|t| t.0)
         .unwrap_or(now);
-    let waiting = snapshots
-        .iter()
-        .any(|s| s.status.as_ref().is_none_or(|st| st.phase == RunPhase::Pending) && !started(s));
+    let waiting = snapshots.iter().any(|s| {
+        s.status
+            .as_ref()
+            .is_none_or(|st| st.phase == RunPhase::Pending)
+            && !started(s)
+    });
     match schedule {
         Some(sched) => {
             // The newest run already created: from the Snapshots, or from status (which
@@ -411,18 +423,81 @@ spec:
     #[test]
     fn decision_table() {
         let hourly = job("schedule: {cron: \"0 * * * *\"}");
-        let done = snap("rs0-202611271000", "2026-11-27T10:00:00Z", Some(RunPhase::Succeeded), Some("p"));
-        let waiting = snap("rs0-202611271000", "2026-11-27T10:00:00Z", Some(RunPhase::Pending), None);
-        let running = snap("rs0-202611271000", "2026-11-27T10:00:00Z", Some(RunPhase::Running), Some("p"));
-        let run = |t: &str, skipped| Some(Run { scheduled: ts(t), skipped });
-        let cases: Vec<(&str, &BackupJob, Vec<Snapshot>, &str, Option<Run>)> = vec![
-            ("first tick", &hourly, vec![], "2026-11-27T10:00:30Z", run("2026-11-27T10:00:00Z", 0)),
-            ("before the first tick", &hourly, vec![], "2026-11-27T09:59:00Z", None),
-            ("tick done", &hourly, vec![done.clone()], "2026-11-27T10:30:00Z", None),
-            ("next tick", &hourly, vec![done.clone()], "2026-11-27T11:00:01Z", run("2026-11-27T11:00:00Z", 0)),
-            ("catch up once", &hourly, vec![done.clone()], "2026-11-27T14:20:00Z", run("2026-11-27T14:00:00Z", 2)),
-            ("a running snapshot does not stop the next run (it waits)", &hourly, vec![running], "2026-11-27T11:00:01Z", run("2026-11-27T11:00:00Z", 0)),
-            ("one already waiting: no pile-up", &hourly, vec![waiting], "2026-11-27T11:00:01Z", None),
+        let done = snap(
+            "rs0-202611271000",
+            "2026-11-27T10:00:00Z",
+            Some(RunPhase::Succeeded),
+            Some("p"),
+        );
+        let waiting = snap(
+            "rs0-202611271000",
+            "2026-11-27T10:00:00Z",
+            Some(RunPhase::Pending),
+            None,
+        );
+        let running = snap(
+            "rs0-202611271000",
+            "2026-11-27T10:00:00Z",
+            Some(RunPhase::Running),
+            Some("p"),
+        );
+        let run = |t: &str, skipped| {
+            Some(Run {
+                scheduled: ts(t),
+                skipped,
+            })
+        };
+        type Case<'a> = (&'a str, &'a BackupJob, Vec<Snapshot>, &'a str, Option<Run>);
+        let cases: Vec<Case> = vec![
+            (
+                "first tick",
+                &hourly,
+                vec![],
+                "2026-11-27T10:00:30Z",
+                run("2026-11-27T10:00:00Z", 0),
+            ),
+            (
+                "before the first tick",
+                &hourly,
+                vec![],
+                "2026-11-27T09:59:00Z",
+                None,
+            ),
+            (
+                "tick done",
+                &hourly,
+                vec![done.clone()],
+                "2026-11-27T10:30:00Z",
+                None,
+            ),
+            (
+                "next tick",
+                &hourly,
+                vec![done.clone()],
+                "2026-11-27T11:00:01Z",
+                run("2026-11-27T11:00:00Z", 0),
+            ),
+            (
+                "catch up once",
+                &hourly,
+                vec![done.clone()],
+                "2026-11-27T14:20:00Z",
+                run("2026-11-27T14:00:00Z", 3),
+            ),
+            (
+                "a running snapshot does not stop the next run (it waits)",
+                &hourly,
+                vec![running],
+                "2026-11-27T11:00:01Z",
+                run("2026-11-27T11:00:00Z", 0),
+            ),
+            (
+                "one already waiting: no pile-up",
+                &hourly,
+                vec![waiting],
+                "2026-11-27T11:00:01Z",
+                None,
+            ),
         ];
         for (what, j, snaps, now, want) in cases {
             assert_eq!(decide_at(j, &snaps, now).create, want, "{what}");
@@ -433,9 +508,20 @@ spec:
     fn no_schedule_runs_exactly_once() {
         let once = job("");
         let d = decide_at(&once, &[], "2026-11-27T09:30:05Z");
-        assert_eq!(d.create, Some(Run { scheduled: ts("2026-11-27T09:30:00Z"), skipped: 0 }));
+        assert_eq!(
+            d.create,
+            Some(Run {
+                scheduled: ts("2026-11-27T09:30:00Z"),
+                skipped: 0
+            })
+        );
         assert_eq!(d.next, None);
-        let s = snap("rs0-202611270930", "2026-11-27T09:30:00Z", Some(RunPhase::Failed), Some("p"));
+        let s = snap(
+            "rs0-202611270930",
+            "2026-11-27T09:30:00Z",
+            Some(RunPhase::Failed),
+            Some("p"),
+        );
         assert_eq!(decide_at(&once, &[s], "2026-11-27T09:40:00Z").create, None);
         // Deleting the Snapshot does not bring the run back: status remembers it.
         let mut remembered = once.clone();
@@ -443,7 +529,10 @@ spec:
             last_snapshot: Some("rs0-202611270930".into()),
             ..Default::default()
         });
-        assert_eq!(decide_at(&remembered, &[], "2026-11-27T09:40:00Z").create, None);
+        assert_eq!(
+            decide_at(&remembered, &[], "2026-11-27T09:40:00Z").create,
+            None
+        );
     }
 
     #[test]
@@ -461,7 +550,10 @@ spec:
         let suspended = job("schedule: {cron: \"0 * * * *\"}\n  suspend: true");
         assert_eq!(
             decide_at(&suspended, &[], "2026-11-27T11:00:01Z"),
-            Decision { create: None, next: None }
+            Decision {
+                create: None,
+                next: None
+            }
         );
         let bad = job("schedule: {cron: \"61 * * * *\"}");
         assert_eq!(decide_at(&bad, &[], "2026-11-27T11:00:01Z").create, None);

@@ -248,7 +248,9 @@ mod tests {
             ),
         ];
         for (cron, tz, want) in cases {
-            let got = CronSchedule::parse(cron, tz).map(|_| ()).map_err(|e| e.to_string());
+            let got = CronSchedule::parse(cron, tz)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
             assert_eq!(got, Err(want.to_string()), "{cron} in {tz}");
         }
         assert!(CronSchedule::parse("x y z a b", "UTC").is_err());
@@ -313,7 +315,16 @@ mod tests {
         let hourly = sched("0 * * * *", "UTC");
         let created = ts("2026-11-27T09:30:00Z");
         // (what, last scheduled, now, run, skipped, next)
-        let cases: &[(&str, Option<&str>, &str, Option<&str>, u32, &str)] = &[
+        // (what, last scheduled, now, run, skipped, next)
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            &'a str,
+            Option<&'a str>,
+            u32,
+            &'a str,
+        );
+        let cases: &[Case] = &[
             (
                 "just created: nothing due until the first tick",
                 None,

@@ -119,7 +119,11 @@ fn error_policy(snap: Arc<Snapshot>, err: &Error, ctx: Arc<Context>) -> Action {
 }
 
 fn key(s: &Snapshot) -> String {
-    format!("snap/{}/{}", s.namespace().unwrap_or_default(), s.name_any())
+    format!(
+        "snap/{}/{}",
+        s.namespace().unwrap_or_default(),
+        s.name_any()
+    )
 }
 
 /// The Snapshot's surroundings, as read from the API.
@@ -203,7 +207,10 @@ async fn announce(
             snap,
             true,
             "Retrying",
-            format!("attempt {} failed: {why}; started pod {pod} (attempt {attempt})", attempt - 1),
+            format!(
+                "attempt {} failed: {why}; started pod {pod} (attempt {attempt})",
+                attempt - 1
+            ),
         )
         .await;
     }
@@ -256,10 +263,11 @@ fn plan(snap: &Snapshot, world: &World) -> Plan {
             Some(RECHECK),
         );
     };
-    let current = world
-        .pods
-        .iter()
-        .max_by_key(|p| p.labels().get(ATTEMPT_LABEL).and_then(|a| a.parse::<u32>().ok()));
+    let current = world.pods.iter().max_by_key(|p| {
+        p.labels()
+            .get(ATTEMPT_LABEL)
+            .and_then(|a| a.parse::<u32>().ok())
+    });
     let failed = |message: String, finished| {
         if prev.attempts <= job.spec.backoff_limit {
             Plan::Start {
@@ -272,7 +280,10 @@ fn plan(snap: &Snapshot, world: &World) -> Plan {
                 Step::Failed {
                     reason: "SnapshotFailed",
                     message: if tries > 1 {
-                        format!("{message} (gave up after {tries} attempts, spec.backoffLimit {})", job.spec.backoff_limit)
+                        format!(
+                            "{message} (gave up after {tries} attempts, spec.backoffLimit {})",
+                            job.spec.backoff_limit
+                        )
                     } else {
                         message
                     },
@@ -334,7 +345,10 @@ fn plan(snap: &Snapshot, world: &World) -> Plan {
         );
     }
     // Not started: wait for any other unfinished Snapshot of the job that is running or older.
-    let me = (snap.metadata.creation_timestamp.as_ref().map(|t| t.0), snap.name_any());
+    let me = (
+        snap.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        snap.name_any(),
+    );
     let blocker = world
         .siblings
         .iter()
@@ -346,9 +360,17 @@ fn plan(snap: &Snapshot, world: &World) -> Plan {
         })
         .filter(|s| {
             backup_job::build::status::started(s)
-                || (s.metadata.creation_timestamp.as_ref().map(|t| t.0), s.name_any()) < me
+                || (
+                    s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    s.name_any(),
+                ) < me
         })
-        .min_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), s.name_any()));
+        .min_by_key(|s| {
+            (
+                s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                s.name_any(),
+            )
+        });
     if let Some(b) = blocker {
         return Plan::Step(
             Step::Wait {
@@ -430,9 +452,8 @@ async fn start_attempt(
             source,
         }
     };
-    let wait = |reason: &'static str, message: String| {
-        Ok((Step::Wait { reason, message }, Some(RECHECK)))
-    };
+    let wait =
+        |reason: &'static str, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
 
     // 3a. Validate the job (pure) against what it references (read here).
     let (_, mut problems) = check_spec(&job.spec);
@@ -447,7 +468,10 @@ async fn start_attempt(
             .map(|p: &Problem| p.message.as_str())
             .collect::<Vec<_>>()
             .join("; ");
-        return wait(first.reason, format!("BackupJob {}: {message}", job.name_any()));
+        return wait(
+            first.reason,
+            format!("BackupJob {}: {message}", job.name_any()),
+        );
     }
 
     // 3b. Dereference the members and ask them (when a connection is configured).
@@ -465,7 +489,11 @@ async fn start_attempt(
         }
         Err(e) => return Err(deref("member pods")(e)),
     };
-    let members = mongo::member_pods(&member_pods, &source.data_volume_name, &ctx.config.cluster_domain);
+    let members = mongo::member_pods(
+        &member_pods,
+        &source.data_volume_name,
+        &ctx.config.cluster_domain,
+    );
     let reports: Vec<MemberReport> = match &source.connection {
         Some(_) => {
             let settings = match connection_settings(client, &ns, source, ctx).await {
@@ -501,7 +529,10 @@ async fn start_attempt(
         Err(e) => return wait("NoSyncSource", e.to_string()),
     };
     let Some(member_pod) = member_pods.iter().find(|p| p.name_any() == choice.pod) else {
-        return wait("NoSyncSource", format!("member pod {} vanished", choice.pod));
+        return wait(
+            "NoSyncSource",
+            format!("member pod {} vanished", choice.pod),
+        );
     };
     let member = members.iter().find(|m| m.name == choice.pod);
     let Some(node) = choice.node.clone() else {
@@ -750,11 +781,16 @@ spec:
     #[test]
     fn missing_job_waits_with_a_condition() {
         let s = snap("s", "2026-11-27T03:00:00Z", None);
-        let Plan::Step(Step::Wait { reason, message }, Some(_)) = plan(&s, &world(None, vec![], vec![])) else {
+        let Plan::Step(Step::Wait { reason, message }, Some(_)) =
+            plan(&s, &world(None, vec![], vec![]))
+        else {
             panic!("should wait")
         };
         assert_eq!(reason, "BackupJobNotFound");
-        assert_eq!(message, "spec.backupJobRef.name \"rs0\": BackupJob not found in namespace db");
+        assert_eq!(
+            message,
+            "spec.backupJobRef.name \"rs0\": BackupJob not found in namespace db"
+        );
     }
 
     #[test]
@@ -772,10 +808,18 @@ spec:
         let older_pending = snap("a", "2026-11-27T03:00:00Z", None);
         let newer_pending = snap("c", "2026-11-27T05:00:00Z", None);
         let newer_running = snap("c", "2026-11-27T05:00:00Z", running(1));
-        let waits = |sib: Snapshot| matches!(
-            plan(&me, &world(Some(job(2)), vec![sib], vec![])),
-            Plan::Step(Step::Wait { reason: "WaitingForOtherSnapshot", .. }, _)
-        );
+        let waits = |sib: Snapshot| {
+            matches!(
+                plan(&me, &world(Some(job(2)), vec![sib], vec![])),
+                Plan::Step(
+                    Step::Wait {
+                        reason: "WaitingForOtherSnapshot",
+                        ..
+                    },
+                    _
+                )
+            )
+        };
         assert!(waits(older_running));
         assert!(waits(older_pending), "the older one goes first");
         assert!(waits(newer_running), "never two running");
@@ -794,13 +838,23 @@ spec:
             }
         );
         let s = snap("s", "2026-11-27T03:00:00Z", running(2));
-        let Plan::Step(Step::Failed { reason, message, .. }, None) =
-            plan(&s, &world(Some(job(1)), vec![], vec![pod(1, FAILED), pod(2, FAILED)]))
+        let Plan::Step(
+            Step::Failed {
+                reason, message, ..
+            },
+            None,
+        ) = plan(
+            &s,
+            &world(Some(job(1)), vec![], vec![pod(1, FAILED), pod(2, FAILED)]),
+        )
         else {
             panic!("should fail")
         };
         assert_eq!(reason, "SnapshotFailed");
-        assert_eq!(message, "disk full (gave up after 2 attempts, spec.backoffLimit 1)");
+        assert_eq!(
+            message,
+            "disk full (gave up after 2 attempts, spec.backoffLimit 1)"
+        );
         let s = snap("s", "2026-11-27T03:00:00Z", running(1));
         assert!(matches!(
             plan(&s, &world(Some(job(0)), vec![], vec![pod(1, FAILED)])),
@@ -819,16 +873,28 @@ spec:
         let garbled = "  phase: Succeeded\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0, message: 'hello'}}}";
         assert!(matches!(
             plan(&s, &world(Some(job(2)), vec![], vec![pod(1, garbled)])),
-            Plan::Step(Step::Failed { reason: "ResultUnreadable", .. }, None)
+            Plan::Step(
+                Step::Failed {
+                    reason: "ResultUnreadable",
+                    ..
+                },
+                None
+            )
         ));
         assert!(matches!(
-            plan(&s, &world(Some(job(2)), vec![], vec![pod(1, "  phase: Running")])),
+            plan(
+                &s,
+                &world(Some(job(2)), vec![], vec![pod(1, "  phase: Running")])
+            ),
             Plan::Step(Step::PodRunning { .. }, None)
         ));
         // The pod vanished: a failed attempt.
         assert!(matches!(
             plan(&s, &world(Some(job(2)), vec![], vec![])),
-            Plan::Start { attempt: 2, retry_after: Some(_) }
+            Plan::Start {
+                attempt: 2,
+                retry_after: Some(_)
+            }
         ));
     }
 }

@@ -38,8 +38,14 @@ mod tests {
         };
         let line = serde_json::to_string(&r).expect("json");
         assert_eq!(AgentResult::parse(&format!("{line}\n")), Some(r.clone()));
-        assert_eq!(AgentResult::parse(&format!("log line\n{line}\n\n")), Some(r));
-        assert_eq!(AgentResult::parse("snapcrypt: error: source /data: no such file"), None);
+        assert_eq!(
+            AgentResult::parse(&format!("log line\n{line}\n\n")),
+            Some(r)
+        );
+        assert_eq!(
+            AgentResult::parse("snapcrypt: error: source /data: no such file"),
+            None
+        );
         assert_eq!(AgentResult::parse(""), None);
     }
 }

@@ -37,8 +37,14 @@ pub fn scheduled_time(s: &Snapshot) -> Option<jiff::Timestamp> {
 fn newest_first(snaps: &[Snapshot]) -> Vec<&Snapshot> {
     let mut v: Vec<&Snapshot> = snaps.iter().collect();
     v.sort_by(|a, b| {
-        (b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any())
-            .cmp(&(a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any()))
+        (
+            b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            b.name_any(),
+        )
+            .cmp(&(
+                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                a.name_any(),
+            ))
     });
     v
 }
@@ -46,7 +52,10 @@ fn newest_first(snaps: &[Snapshot]) -> Vec<&Snapshot> {
 /// Whether a snapshot has started copying (or is about to: its pod exists).
 pub fn started(s: &Snapshot) -> bool {
     match s.status.as_ref() {
-        Some(st) => st.phase == RunPhase::Running || (st.phase == RunPhase::Pending && st.pod_name.is_some()),
+        Some(st) => {
+            st.phase == RunPhase::Running
+                || (st.phase == RunPhase::Pending && st.pod_name.is_some())
+        }
         None => false,
     }
 }
@@ -86,10 +95,8 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
                 s.name_any(),
             )
         });
-    let one_off_done = job.spec.schedule.is_none()
-        && running.is_none()
-        && waiting == 0
-        && last_finished.is_some();
+    let one_off_done =
+        job.spec.schedule.is_none() && running.is_none() && waiting == 0 && last_finished.is_some();
 
     let mut conds = Vec::new();
     let phase;
@@ -105,7 +112,9 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         phase = BackupJobPhase::Failed;
     } else {
         let ready_msg = match (&job.spec.schedule, o.next_schedule) {
-            _ if job.spec.suspend => "suspended by spec.suspend: no new snapshots are created".to_string(),
+            _ if job.spec.suspend => {
+                "suspended by spec.suspend: no new snapshots are created".to_string()
+            }
             (Some(s), Some(next)) => format!("next run at {next} ({} in {})", s.cron, s.time_zone),
             (Some(_), None) => "the schedule has no further runs".to_string(),
             (None, _) => "no schedule: one snapshot is taken".to_string(),
@@ -181,7 +190,9 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
             .and_then(scheduled_time)
             .map(Time)
             .or(prev.last_snapshot_time),
-        last_successful_snapshot: last_ok.map(|s| s.name_any()).or(prev.last_successful_snapshot),
+        last_successful_snapshot: last_ok
+            .map(|s| s.name_any())
+            .or(prev.last_successful_snapshot),
         last_successful_time: last_ok
             .and_then(|s| s.status.as_ref().and_then(|st| st.completion_time.clone()))
             .or(prev.last_successful_time),
@@ -257,7 +268,11 @@ spec:
     #[test]
     fn running_snapshot_is_mirrored() {
         let j = job("schedule: {cron: \"0 3 * * *\"}");
-        let mut running = snap("rs0-202611270300", "2026-11-27T03:00:00Z", RunPhase::Running);
+        let mut running = snap(
+            "rs0-202611270300",
+            "2026-11-27T03:00:00Z",
+            RunPhase::Running,
+        );
         if let Some(st) = running.status.as_mut() {
             st.progress = Some(Progress {
                 bytes_done: 50,
@@ -267,7 +282,11 @@ spec:
             });
             st.progress_summary = Some("50% 50 B/100 B".into());
         }
-        let mut ok = snap("rs0-202611260300", "2026-11-26T03:00:00Z", RunPhase::Succeeded);
+        let mut ok = snap(
+            "rs0-202611260300",
+            "2026-11-26T03:00:00Z",
+            RunPhase::Succeeded,
+        );
         if let Some(st) = ok.status.as_mut() {
             st.completion_time = Some(Time("2026-11-26T03:05:00Z".parse().expect("t")));
             st.key_id = Some("local:abc".into());
@@ -280,7 +299,10 @@ spec:
         assert_eq!(st.phase, BackupJobPhase::Running);
         assert_eq!(st.running_snapshot.as_deref(), Some("rs0-202611270300"));
         assert_eq!(st.last_snapshot.as_deref(), Some("rs0-202611270300"));
-        assert_eq!(st.last_successful_snapshot.as_deref(), Some("rs0-202611260300"));
+        assert_eq!(
+            st.last_successful_snapshot.as_deref(),
+            Some("rs0-202611260300")
+        );
         assert_eq!(st.progress.as_ref().map(|p| p.percent), Some(50.0));
         assert_eq!(st.progress_summary.as_deref(), Some("50% 50 B/100 B"));
         assert_eq!((st.snapshot_count, st.stored_bytes), (1, 1234));
@@ -309,12 +331,24 @@ spec:
     #[test]
     fn one_off_completes_or_fails_with_its_snapshot() {
         let j = job("");
-        let st = status(&j, &[snap("rs0-1", "2026-11-27T03:00:00Z", RunPhase::Succeeded)], &[]);
+        let st = status(
+            &j,
+            &[snap("rs0-1", "2026-11-27T03:00:00Z", RunPhase::Succeeded)],
+            &[],
+        );
         assert_eq!(st.phase, BackupJobPhase::Completed);
-        let st = status(&j, &[snap("rs0-1", "2026-11-27T03:00:00Z", RunPhase::Failed)], &[]);
+        let st = status(
+            &j,
+            &[snap("rs0-1", "2026-11-27T03:00:00Z", RunPhase::Failed)],
+            &[],
+        );
         assert_eq!(st.phase, BackupJobPhase::Failed);
         assert_eq!(cond(&st, "Degraded"), "True LastSnapshotFailed");
-        let st = status(&j, &[snap("rs0-1", "2026-11-27T03:00:00Z", RunPhase::Pending)], &[]);
+        let st = status(
+            &j,
+            &[snap("rs0-1", "2026-11-27T03:00:00Z", RunPhase::Pending)],
+            &[],
+        );
         assert_eq!(st.phase, BackupJobPhase::Ready);
         assert_eq!(cond(&st, "Progressing"), "True SnapshotPending");
     }

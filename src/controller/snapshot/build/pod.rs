@@ -210,20 +210,33 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
                 args.push("--s3-path-style".into());
             }
             let secret = &s3.credentials_secret;
-            envs.push(secret_env("AWS_ACCESS_KEY_ID", secret, "AWS_ACCESS_KEY_ID", false));
+            envs.push(secret_env(
+                "AWS_ACCESS_KEY_ID",
+                secret,
+                "AWS_ACCESS_KEY_ID",
+                false,
+            ));
             envs.push(secret_env(
                 "AWS_SECRET_ACCESS_KEY",
                 secret,
                 "AWS_SECRET_ACCESS_KEY",
                 false,
             ));
-            envs.push(secret_env("AWS_SESSION_TOKEN", secret, "AWS_SESSION_TOKEN", true));
+            envs.push(secret_env(
+                "AWS_SESSION_TOKEN",
+                secret,
+                "AWS_SESSION_TOKEN",
+                true,
+            ));
         }
         (None, None) => return Err(PodError::NoDestination),
     }
 
     // Key.
-    match (&spec.encryption.local_key_secret, &spec.encryption.kmip_server_ref) {
+    match (
+        &spec.encryption.local_key_secret,
+        &spec.encryption.kmip_server_ref,
+    ) {
         (Some(k), _) => {
             volumes.push(Volume {
                 name: "key".into(),
@@ -263,7 +276,10 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
         .into(),
     ]);
     let mut tags: BTreeMap<String, String> = snap.spec.tags.clone();
-    tags.insert("snapshot".into(), format!("{}/{snap_name}", ns.clone().unwrap_or_default()));
+    tags.insert(
+        "snapshot".into(),
+        format!("{}/{snap_name}", ns.clone().unwrap_or_default()),
+    );
     tags.insert("member".into(), p.member.into());
     for (k, v) in tags {
         args.extend(["--tag".into(), format!("{k}={v}")]);
@@ -413,12 +429,18 @@ spec:
         assert_eq!(pod.name_any(), "rs0-202611270300-2");
         let spec = pod.spec.as_ref().expect("spec");
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
-        assert_eq!(spec.service_account_name.as_deref(), Some("snapcrypt-agent-rs0"));
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("snapcrypt-agent-rs0")
+        );
         let term = &spec
             .affinity
             .as_ref()
             .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .expect("node affinity")
             .node_selector_terms[0];
         let field = &term.match_fields.as_ref().expect("fields")[0];
@@ -432,7 +454,10 @@ spec:
         assert_eq!(&c.args.as_ref().expect("args")[..2], ["agent", "snapshot"]);
         assert_eq!(arg_after(c, "--source"), Some("/data/source/db"));
         assert_eq!(arg_after(c, "--repo"), Some("/repo/clusters/rs0"));
-        assert_eq!(arg_after(c, "--key-file"), Some("/etc/snapcrypt/key/key.json"));
+        assert_eq!(
+            arg_after(c, "--key-file"),
+            Some("/etc/snapcrypt/key/key.json")
+        );
         assert_eq!(arg_after(c, "--max-files"), Some("5000"));
         assert_eq!(arg_after(c, "--compression"), Some("zstd"));
         let tags: Vec<&str> = c
@@ -445,13 +470,20 @@ spec:
             .collect();
         assert_eq!(
             tags,
-            ["member=rs0-2", "reason=nightly", "snapshot=db/rs0-202611270300"]
+            [
+                "member=rs0-2",
+                "reason=nightly",
+                "snapshot=db/rs0-202611270300"
+            ]
         );
         // The data volume is the member's claim, read-only; the key Secret is read-only.
         let vols = spec.volumes.as_ref().expect("volumes");
         let source = vols.iter().find(|v| v.name == "source").expect("source");
         let claim = source.persistent_volume_claim.as_ref().expect("claim");
-        assert_eq!((claim.claim_name.as_str(), claim.read_only), ("mongo-data-rs0-2", Some(true)));
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("mongo-data-rs0-2", Some(true))
+        );
         let mounts = c.volume_mounts.as_ref().expect("mounts");
         for (name, path, ro) in [
             ("source", "/data/source", Some(true)),
@@ -462,7 +494,11 @@ spec:
             let m = mounts.iter().find(|m| m.name == name).expect(name);
             assert_eq!((m.mount_path.as_str(), m.read_only), (path, ro), "{name}");
         }
-        let key = vols.iter().find(|v| v.name == "key").and_then(|v| v.secret.as_ref()).expect("key");
+        let key = vols
+            .iter()
+            .find(|v| v.name == "key")
+            .and_then(|v| v.secret.as_ref())
+            .expect("key");
         assert_eq!(key.secret_name.as_deref(), Some("rs0-key"));
         assert_eq!(key.items.as_ref().expect("items")[0].key, "key.json");
         // Restricted security context.
@@ -474,13 +510,19 @@ spec:
             sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
             Some(vec!["ALL".to_string()])
         );
-        let psc = spec.security_context.as_ref().expect("pod security context");
+        let psc = spec
+            .security_context
+            .as_ref()
+            .expect("pod security context");
         assert_eq!((psc.run_as_user, psc.run_as_group), (Some(999), Some(999)));
         assert_eq!(
             psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
             Some("RuntimeDefault")
         );
-        assert_eq!(c.termination_message_path.as_deref(), Some("/dev/termination-log"));
+        assert_eq!(
+            c.termination_message_path.as_deref(),
+            Some("/dev/termination-log")
+        );
         let env: BTreeMap<&str, Option<&str>> = c
             .env
             .as_ref()
@@ -491,12 +533,26 @@ spec:
         assert_eq!(env["SNAPCRYPT_NAMESPACE"], Some("db"));
         assert_eq!(env["SNAPCRYPT_SNAPSHOT"], Some("rs0-202611270300"));
         assert_eq!(env["SNAPCRYPT_TMPDIR"], Some("/tmp"));
-        assert_eq!(env["SNAPCRYPT_TERMINATION_LOG"], Some("/dev/termination-log"));
-        assert!(c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some());
+        assert_eq!(
+            env["SNAPCRYPT_TERMINATION_LOG"],
+            Some("/dev/termination-log")
+        );
+        assert!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some()
+        );
         // Owned by the Snapshot; labelled with its uid and the attempt.
         let owner = &pod.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("Snapshot", Some(true)));
-        assert_eq!(pod.labels()[SNAPSHOT_UID_LABEL], "5d0c4b8e-1f7a-4c44-9d53-0123456789ab");
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("Snapshot", Some(true))
+        );
+        assert_eq!(
+            pod.labels()[SNAPSHOT_UID_LABEL],
+            "5d0c4b8e-1f7a-4c44-9d53-0123456789ab"
+        );
         assert_eq!(pod.labels()[ATTEMPT_LABEL], "2");
     }
 
@@ -511,21 +567,48 @@ spec:
         assert_eq!(arg_after(c, "--repo"), Some("s3://backups/rs0"));
         assert_eq!(arg_after(c, "--s3-endpoint"), Some("http://127.0.0.1:9000"));
         assert_eq!(arg_after(c, "--s3-region"), Some("us-east-1"));
-        assert!(c.args.as_ref().expect("args").contains(&"--s3-path-style".to_string()));
+        assert!(
+            c.args
+                .as_ref()
+                .expect("args")
+                .contains(&"--s3-path-style".to_string())
+        );
         let env = c.env.as_ref().expect("env");
-        let id = env.iter().find(|e| e.name == "AWS_ACCESS_KEY_ID").expect("key id");
+        let id = env
+            .iter()
+            .find(|e| e.name == "AWS_ACCESS_KEY_ID")
+            .expect("key id");
         let r = id
             .value_from
             .as_ref()
             .and_then(|v| v.secret_key_ref.as_ref())
             .expect("secret ref");
-        assert_eq!((r.name.as_str(), r.key.as_str()), ("s3-creds", "AWS_ACCESS_KEY_ID"));
-        let token = env.iter().find(|e| e.name == "AWS_SESSION_TOKEN").expect("token");
         assert_eq!(
-            token.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).and_then(|r| r.optional),
+            (r.name.as_str(), r.key.as_str()),
+            ("s3-creds", "AWS_ACCESS_KEY_ID")
+        );
+        let token = env
+            .iter()
+            .find(|e| e.name == "AWS_SESSION_TOKEN")
+            .expect("token");
+        assert_eq!(
+            token
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .and_then(|r| r.optional),
             Some(true)
         );
-        assert!(!pod.spec.as_ref().expect("spec").volumes.as_ref().expect("v").iter().any(|v| v.name == "repo"));
+        assert!(
+            !pod.spec
+                .as_ref()
+                .expect("spec")
+                .volumes
+                .as_ref()
+                .expect("v")
+                .iter()
+                .any(|v| v.name == "repo")
+        );
     }
 
     #[test]
@@ -535,7 +618,11 @@ spec:
             "encryption: {kmipServerRef: {name: kmip}}",
         );
         assert_eq!(build(&job(&spec)).err(), Some(PodError::KmipUnsupported));
-        assert!(PodError::KmipUnsupported.to_string().contains("KMIP not yet supported by this agent"));
+        assert!(
+            PodError::KmipUnsupported
+                .to_string()
+                .contains("KMIP not yet supported by this agent")
+        );
     }
 
     #[test]
@@ -555,11 +642,20 @@ spec:
 "#,
         )
         .expect("pod");
-        assert_eq!(member_run_as(&member, "mongo-data"), RunAs { uid: 1001, gid: 1001 });
+        assert_eq!(
+            member_run_as(&member, "mongo-data"),
+            RunAs {
+                uid: 1001,
+                gid: 1001
+            }
+        );
         let root: Pod = serde_yaml::from_str(
             "metadata: {name: m}\nspec:\n  containers: [{name: mongod, image: mongo}]\n",
         )
         .expect("pod");
-        assert_eq!(member_run_as(&root, "mongo-data"), RunAs { uid: 999, gid: 999 });
+        assert_eq!(
+            member_run_as(&root, "mongo-data"),
+            RunAs { uid: 999, gid: 999 }
+        );
     }
 }

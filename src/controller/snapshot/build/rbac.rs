@@ -97,6 +97,9 @@ spec:
             ]
         );
         assert_eq!(rb.role_ref.name, "snapcrypt-agent-rs0");
-        assert_eq!(rb.subjects.expect("subjects")[0].namespace.as_deref(), Some("db"));
+        assert_eq!(
+            rb.subjects.expect("subjects")[0].namespace.as_deref(),
+            Some("db")
+        );
     }
 }

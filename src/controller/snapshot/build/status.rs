@@ -16,8 +16,12 @@ use super::pod::CONTAINER;
 #[derive(Clone, Debug, PartialEq)]
 pub enum PodView {
     /// Not started yet; the kubelet's reason, if any (ContainerCreating, ...).
-    Pending { message: Option<String> },
-    Running { started: Option<Time> },
+    Pending {
+        message: Option<String>,
+    },
+    Running {
+        started: Option<Time>,
+    },
     Succeeded {
         termination: Option<String>,
         finished: Option<Time>,
@@ -89,13 +93,21 @@ pub fn failure_message(v: &PodView) -> String {
         PodView::Failed {
             termination: Some(t),
             ..
-        } => t.trim().trim_start_matches("snapcrypt: error: ").to_string(),
+        } => t
+            .trim()
+            .trim_start_matches("snapcrypt: error: ")
+            .to_string(),
         PodView::Failed {
             exit_code, reason, ..
         } => format!(
             "the snapshot pod failed{}{} without a message",
-            exit_code.map(|c| format!(" with exit code {c}")).unwrap_or_default(),
-            reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+            exit_code
+                .map(|c| format!(" with exit code {c}"))
+                .unwrap_or_default(),
+            reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         ),
         _ => String::new(),
     }
@@ -105,7 +117,10 @@ pub fn failure_message(v: &PodView) -> String {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// No pod can start yet (job missing, a problem in the spec, another run first, no member).
-    Wait { reason: &'static str, message: String },
+    Wait {
+        reason: &'static str,
+        message: String,
+    },
     /// A pod was created for attempt `attempt`; `retry_after` is the previous attempt's failure.
     Started {
         attempt: u32,
@@ -189,7 +204,10 @@ pub fn next_status(
             let msg = format!(
                 "pod {} is starting{}",
                 s.pod_name.clone().unwrap_or_default(),
-                message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+                message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
             );
             s.message = Some(msg.clone());
             vec![
@@ -281,13 +299,17 @@ mod tests {
     #[test]
     fn pod_views() {
         assert_eq!(
-            view(&pod("  phase: Pending\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: CreateContainerConfigError, message: secret \"k\" not found}}}")),
+            view(&pod(
+                "  phase: Pending\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: CreateContainerConfigError, message: secret \"k\" not found}}}"
+            )),
             PodView::Pending {
                 message: Some("CreateContainerConfigError: secret \"k\" not found".into())
             }
         );
         assert_eq!(
-            view(&pod("  phase: Running\n  startTime: \"2026-11-27T03:00:01Z\"")),
+            view(&pod(
+                "  phase: Running\n  startTime: \"2026-11-27T03:00:01Z\""
+            )),
             PodView::Running {
                 started: Some(Time("2026-11-27T03:00:01Z".parse().expect("t")))
             }
@@ -342,7 +364,12 @@ mod tests {
         assert_eq!((started.phase, started.attempts), (RunPhase::Pending, 1));
         assert_eq!(started.pod_name.as_deref(), Some("s-1"));
         assert_eq!(cond(&started, "Progressing"), "True PodCreated");
-        let running = next_status(&started, &Step::PodRunning { started: None }, Some(1), now());
+        let running = next_status(
+            &started,
+            &Step::PodRunning { started: None },
+            Some(1),
+            now(),
+        );
         assert_eq!(running.phase, RunPhase::Running);
         assert_eq!(running.start_time, Some(Time(now())));
         assert_eq!(running.member, Some(member()));
