@@ -47,11 +47,17 @@ pub fn merge(
                 .find(|p| p.type_ == w.type_ && p.status == status)
                 .map(|p| p.last_transition_time.clone())
                 .unwrap_or_else(|| now.clone());
+            // An empty message is serialized as null, which the API server rejects.
+            let message = if w.message.is_empty() {
+                w.reason.clone()
+            } else {
+                crate::controller::truncate(&w.message, 32 * 1024)
+            };
             Condition {
                 type_: w.type_.into(),
                 status: status.into(),
                 reason: w.reason.clone(),
-                message: crate::controller::truncate(&w.message, 32 * 1024),
+                message,
                 observed_generation: generation,
                 last_transition_time: since,
             }
@@ -110,5 +116,12 @@ mod tests {
         assert_eq!(transitions(&first, &same).len(), 1);
         assert_eq!(transitions(&same, &same).len(), 0);
         assert_eq!(transitions(&same, &flipped)[0].reason, "Succeeded");
+        let blank = merge(
+            &[],
+            &[Cond::new("Degraded", false, "AsExpected", "")],
+            None,
+            &t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(blank[0].message, "AsExpected");
     }
 }

@@ -10,6 +10,11 @@ pub const JOB_LABEL: &str = "snapcrypt.dev/backup-job";
 pub const SNAPSHOT_UID_LABEL: &str = "snapcrypt.dev/snapshot-uid";
 /// Label with the attempt number of a snapshot pod.
 pub const ATTEMPT_LABEL: &str = "snapcrypt.dev/attempt";
+/// Annotations on a snapshot pod recording the member it copies, so status can be rebuilt from
+/// the pod if the status write that followed its creation was lost.
+pub const MEMBER_ANNOTATION: &str = "snapcrypt.dev/member";
+pub const MEMBER_ROLE_ANNOTATION: &str = "snapcrypt.dev/member-role";
+pub const MEMBER_REASON_ANNOTATION: &str = "snapcrypt.dev/member-reason";
 /// Annotation with the scheduled time (RFC 3339) a Snapshot was created for.
 pub const SCHEDULED_TIME: &str = "snapcrypt.dev/scheduled-time";
 

@@ -200,7 +200,10 @@ async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Err
     for c in conditions::transitions(&old.conditions, &status.conditions) {
         let warning = (c.type_ == "Degraded" && c.status == "True")
             || (c.type_ == "Ready" && c.status == "False");
-        let quiet = c.type_ == "Degraded" && c.status == "False" && old.conditions.is_empty();
+        // A new job's healthy defaults (not degraded, suspended or progressing) are no news.
+        let quiet = old.conditions.is_empty()
+            && c.status == "False"
+            && matches!(c.type_.as_str(), "Degraded" | "Suspended" | "Progressing");
         if !quiet {
             ctx.event(job.as_ref(), warning, &c.reason, c.message.clone())
                 .await;

@@ -138,6 +138,7 @@ struct World {
 async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let prev = snap.status.clone().unwrap_or_default();
+    let original = prev.clone();
     if snap.metadata.deletion_timestamp.is_some()
         || matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed)
     {
@@ -147,9 +148,10 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
 
     // 1. Dereference: the job, its other Snapshots, this Snapshot's pods.
     let world = dereference(&snap, &ctx.client).await?;
+    let prev = recover_from_pods(prev, &world.pods);
 
     // 2. Plan (pure): what the current pod's state means, or whether a pod may start.
-    let (step, requeue) = match (plan(&snap, &world), world.job.as_ref()) {
+    let (step, requeue) = match (plan(&snap, &prev, &world), world.job.as_ref()) {
         (Plan::Step(step, requeue), _) => (step, requeue),
         // 3-5. Validate, choose a member, build and apply the pod.
         (
@@ -165,7 +167,7 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
 
     // 6. Update status, and announce transitions.
     let status = next_status(&prev, &step, snap.metadata.generation, now);
-    if status != prev {
+    if status != original {
         let api: Api<Snapshot> =
             Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
         apply_status(&api, &snap.name_any(), &status)
@@ -185,6 +187,38 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+/// Fill what a lost status write would have recorded (attempt, pod, member) from the newest
+/// snapshot pod, which carries it in its labels and annotations. Pure.
+fn recover_from_pods(
+    mut prev: crate::api::SnapshotStatus,
+    pods: &[Pod],
+) -> crate::api::SnapshotStatus {
+    use super::names::{MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION, MEMBER_ROLE_ANNOTATION};
+    let newest = pods
+        .iter()
+        .filter_map(|p| {
+            let n = p.labels().get(ATTEMPT_LABEL)?.parse::<u32>().ok()?;
+            Some((n, p))
+        })
+        .max_by_key(|(n, _)| *n);
+    if let Some((n, pod)) = newest
+        && n > prev.attempts
+    {
+        let a = pod.annotations();
+        prev.attempts = n;
+        prev.pod_name = Some(pod.name_any());
+        if let Some(member) = a.get(MEMBER_ANNOTATION) {
+            prev.member = Some(MemberChoice {
+                pod: member.clone(),
+                node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                role: a.get(MEMBER_ROLE_ANNOTATION).cloned(),
+                reason: a.get(MEMBER_REASON_ANNOTATION).cloned().unwrap_or_default(),
+            });
+        }
+    }
+    prev
 }
 
 /// Events: one per condition reason that changed, plus retries.
@@ -248,8 +282,7 @@ enum Plan {
 }
 
 /// Decide from the current pod (or its absence) and the other Snapshots of the job. Pure.
-fn plan(snap: &Snapshot, world: &World) -> Plan {
-    let prev = snap.status.clone().unwrap_or_default();
+fn plan(snap: &Snapshot, prev: &crate::api::SnapshotStatus, world: &World) -> Plan {
     let ns = snap.namespace().unwrap_or_default();
     let Some(job) = &world.job else {
         return Plan::Step(
@@ -557,6 +590,8 @@ async fn start_attempt(
         job,
         attempt,
         member: &choice.pod,
+        member_role: &choice.role,
+        member_reason: &choice.reason,
         node: &node,
         data_claim: &claim,
         run_as: member_run_as(member_pod, &source.data_volume_name),
@@ -770,7 +805,11 @@ spec:
     fn first_attempt_starts_when_nothing_is_ahead() {
         let s = snap("s", "2026-11-27T03:00:00Z", None);
         assert_eq!(
-            plan(&s, &world(Some(job(2)), vec![], vec![])),
+            plan(
+                &s,
+                &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
+                &world(Some(job(2)), vec![], vec![])
+            ),
             Plan::Start {
                 attempt: 1,
                 retry_after: None
@@ -781,9 +820,11 @@ spec:
     #[test]
     fn missing_job_waits_with_a_condition() {
         let s = snap("s", "2026-11-27T03:00:00Z", None);
-        let Plan::Step(Step::Wait { reason, message }, Some(_)) =
-            plan(&s, &world(None, vec![], vec![]))
-        else {
+        let Plan::Step(Step::Wait { reason, message }, Some(_)) = plan(
+            &s,
+            &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
+            &world(None, vec![], vec![]),
+        ) else {
             panic!("should wait")
         };
         assert_eq!(reason, "BackupJobNotFound");
@@ -810,7 +851,11 @@ spec:
         let newer_running = snap("c", "2026-11-27T05:00:00Z", running(1));
         let waits = |sib: Snapshot| {
             matches!(
-                plan(&me, &world(Some(job(2)), vec![sib], vec![])),
+                plan(
+                    &me,
+                    &Default::default(),
+                    &world(Some(job(2)), vec![sib], vec![])
+                ),
                 Plan::Step(
                     Step::Wait {
                         reason: "WaitingForOtherSnapshot",
@@ -831,7 +876,11 @@ spec:
     fn failed_pod_is_retried_up_to_the_backoff_limit() {
         let s = snap("s", "2026-11-27T03:00:00Z", running(1));
         assert_eq!(
-            plan(&s, &world(Some(job(1)), vec![], vec![pod(1, FAILED)])),
+            plan(
+                &s,
+                &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
+                &world(Some(job(1)), vec![], vec![pod(1, FAILED)])
+            ),
             Plan::Start {
                 attempt: 2,
                 retry_after: Some("disk full".into())
@@ -845,6 +894,7 @@ spec:
             None,
         ) = plan(
             &s,
+            &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
             &world(Some(job(1)), vec![], vec![pod(1, FAILED), pod(2, FAILED)]),
         )
         else {
@@ -857,7 +907,11 @@ spec:
         );
         let s = snap("s", "2026-11-27T03:00:00Z", running(1));
         assert!(matches!(
-            plan(&s, &world(Some(job(0)), vec![], vec![pod(1, FAILED)])),
+            plan(
+                &s,
+                &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
+                &world(Some(job(0)), vec![], vec![pod(1, FAILED)])
+            ),
             Plan::Step(Step::Failed { .. }, None)
         ));
     }
@@ -867,12 +921,20 @@ spec:
         let s = snap("s", "2026-11-27T03:00:00Z", running(1));
         let ok = "  phase: Succeeded\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0, message: '{\"id\":\"abc\",\"files\":3,\"logical_bytes\":30,\"stored_bytes\":10,\"key_id\":\"local:k\"}'}}}";
         assert!(matches!(
-            plan(&s, &world(Some(job(2)), vec![], vec![pod(1, ok)])),
+            plan(
+                &s,
+                &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
+                &world(Some(job(2)), vec![], vec![pod(1, ok)])
+            ),
             Plan::Step(Step::Succeeded { .. }, None)
         ));
         let garbled = "  phase: Succeeded\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0, message: 'hello'}}}";
         assert!(matches!(
-            plan(&s, &world(Some(job(2)), vec![], vec![pod(1, garbled)])),
+            plan(
+                &s,
+                &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
+                &world(Some(job(2)), vec![], vec![pod(1, garbled)])
+            ),
             Plan::Step(
                 Step::Failed {
                     reason: "ResultUnreadable",
@@ -884,13 +946,18 @@ spec:
         assert!(matches!(
             plan(
                 &s,
+                &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
                 &world(Some(job(2)), vec![], vec![pod(1, "  phase: Running")])
             ),
             Plan::Step(Step::PodRunning { .. }, None)
         ));
         // The pod vanished: a failed attempt.
         assert!(matches!(
-            plan(&s, &world(Some(job(2)), vec![], vec![])),
+            plan(
+                &s,
+                &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
+                &world(Some(job(2)), vec![], vec![])
+            ),
             Plan::Start {
                 attempt: 2,
                 retry_after: Some(_)

@@ -16,7 +16,8 @@ use crate::api::backup_job::Compression;
 use crate::api::{BackupJob, Snapshot};
 use crate::controller::backup_job::validate::db_path_in_volume;
 use crate::controller::names::{
-    ATTEMPT_LABEL, SNAPSHOT_UID_LABEL, agent_service_account, job_labels, pod_name,
+    ATTEMPT_LABEL, MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION, MEMBER_ROLE_ANNOTATION,
+    SNAPSHOT_UID_LABEL, agent_service_account, job_labels, pod_name,
 };
 
 /// Where the member's data volume is mounted in the snapshot pod.
@@ -40,8 +41,10 @@ pub struct PodPlan<'a> {
     pub job: &'a BackupJob,
     /// 1 for the first run, 2 for the first retry, ...
     pub attempt: u32,
-    /// The member pod copied from, and its node.
+    /// The member pod copied from, its role and why it was chosen, and its node.
     pub member: &'a str,
+    pub member_role: &'a str,
+    pub member_reason: &'a str,
     pub node: &'a str,
     /// The PersistentVolumeClaim behind the member's data volume.
     pub data_claim: &'a str,
@@ -296,6 +299,17 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
             name: Some(pod_name(&snap_name, p.attempt)),
             namespace: ns,
             labels: Some(labels),
+            annotations: Some(BTreeMap::from([
+                (MEMBER_ANNOTATION.to_string(), p.member.to_string()),
+                (
+                    MEMBER_ROLE_ANNOTATION.to_string(),
+                    p.member_role.to_string(),
+                ),
+                (
+                    MEMBER_REASON_ANNOTATION.to_string(),
+                    p.member_reason.to_string(),
+                ),
+            ])),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -404,6 +418,8 @@ spec:
             job,
             attempt: 2,
             member: "rs0-2",
+            member_role: "SECONDARY",
+            member_reason: "named",
             node: "node-b",
             data_claim: "mongo-data-rs0-2",
             run_as: RunAs { uid: 999, gid: 999 },
@@ -554,6 +570,7 @@ spec:
             "5d0c4b8e-1f7a-4c44-9d53-0123456789ab"
         );
         assert_eq!(pod.labels()[ATTEMPT_LABEL], "2");
+        assert_eq!(pod.annotations()[MEMBER_ANNOTATION], "rs0-2");
     }
 
     #[test]
