@@ -261,9 +261,11 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
             mounts.push(mount("key", KEY_MOUNT, true));
             args.extend(["--key-file".into(), format!("{KEY_MOUNT}/{KEY_FILE}")]);
         }
-        // The agent gets KMIP once `--kmip-*` flags exist on the CLI: then this arm mounts the
-        // KmipServer's client TLS Secret and passes its endpoints and key id. Until then a
-        // Snapshot of a KMIP job fails with a condition rather than start a pod that cannot work.
+        // The CLI has `--kmip-endpoint/-ca/-cert/-key/-key-id` now; this arm is where the pod
+        // will mount the KmipServer's client TLS Secret and pass its endpoints and active key id
+        // (from the KmipServer's spec and status, dereferenced by the controller). Until that is
+        // wired, a Snapshot of a KMIP job fails with a condition rather than start a pod that
+        // cannot work.
         (None, Some(_)) => return Err(PodError::KmipUnsupported),
         (None, None) => return Err(PodError::NoKey),
     }
