@@ -1,0 +1,354 @@
+//! The operator end to end on the test cluster (tests/README.md): a fake replica set (member
+//! pods, each with a data PVC holding a generated dbPath), the operator binary as a process,
+//! and BackupJobs as a user writes them. A snapshot pod runs on the chosen member's node, the
+//! Snapshot succeeds with progress, stats and key id in status, and `snapcrypt restore` from
+//! the repository gives back identical bytes. Bad specs become conditions and Events, not
+//! crashes.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use snapcrypt::api::snapshot::RunPhase;
+use snapcrypt::api::{BackupJob, Snapshot};
+use support::cluster::{
+    NodeAgentOptions, TestNamespace, cluster_or_skip, try_wait_for, unique_name, wait_for,
+};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// The operator binary, watching one namespace; killed when dropped.
+struct Operator(Child);
+
+impl Operator {
+    fn start(kubeconfig: &Path, namespace: &str) -> Operator {
+        let child = Command::new(support::bin())
+            .args([
+                "operator",
+                "--namespace",
+                namespace,
+                "--http-port",
+                &support::free_port().to_string(),
+                "--http-bind",
+                "127.0.0.1",
+                "--agent-image",
+                "snapcrypt:e2e",
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the operator");
+        Operator(child)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value).expect("object");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create")
+}
+
+/// A member pod (scenery: its mongo container never runs) with a data PVC, pinned to `node`.
+async fn member(ns: &TestNamespace, name: &str, node: &str) {
+    let claim = format!("mongo-data-{name}");
+    create::<PersistentVolumeClaim>(
+        &ns.api(),
+        json!({"metadata": {"name": claim}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    create::<Pod>(
+        &ns.api(),
+        json!({
+            "metadata": {"name": name, "labels": {"app": "rs-e2e"}},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "containers": [{"name": "mongod", "image": "mongo:7.0",
+                    "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
+                "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": claim}}],
+            },
+        }),
+    )
+    .await;
+    let pods: Api<Pod> = ns.api();
+    wait_for(&pods, name, "the member pod to run", LONG, |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+}
+
+fn job(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({
+        "source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
+                   "syncSource": {"mode": "member", "member": "rs0-1"}},
+        "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
+        "encryption": {"localKeySecret": {"name": "rs0-key"}},
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": name}, "spec": spec})
+}
+
+fn condition(job: &BackupJob, type_: &str) -> Option<(String, String, String)> {
+    job.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn events_for(ns: &TestNamespace, name: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = ns.api();
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_job_snapshots_the_chosen_member_and_restores_identically() {
+    let Some(cluster) = cluster_or_skip().await else {
+        return;
+    };
+    let (node_a, node_b) = (unique_name("op", "a"), unique_name("op", "b"));
+    let Some(agent) = cluster
+        .start_node_agent(NodeAgentOptions::nodes(&[&node_a, &node_b]))
+        .await
+    else {
+        println!("skipped: the cluster's kubelets run pods (SNAPCRYPT_E2E_NODE_AGENT is not 1)");
+        return;
+    };
+    cluster.apply_crds().await;
+    let ns = cluster.namespace("operator").await;
+    let work = tempfile::tempdir().expect("tempdir");
+
+    // A replica set of two members on two nodes, each with its own dbPath.
+    member(&ns, "rs0-0", &node_a).await;
+    member(&ns, "rs0-1", &node_b).await;
+    for (i, m) in ["rs0-0", "rs0-1"].iter().enumerate() {
+        let dir = agent.pvc_dir(ns.name(), &format!("mongo-data-{m}"));
+        support::make_source(&dir);
+        std::fs::write(dir.join("member.txt"), format!("member {i}")).expect("write");
+    }
+    create::<PersistentVolumeClaim>(
+        &ns.api(),
+        json!({"metadata": {"name": "backups"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    // The master key, made the way a user makes one, in a Secret.
+    let key = work.path().join("key.json");
+    std::fs::create_dir_all(work.path().join("empty")).expect("dir");
+    support::ok(
+        &[
+            "backup",
+            "--source",
+            &work.path().join("empty").display().to_string(),
+            "--repo",
+            &work.path().join("scratch").display().to_string(),
+            "--key-file",
+            &key.display().to_string(),
+        ],
+        &[],
+    );
+    let key_text = std::fs::read_to_string(&key).expect("key");
+    create::<Secret>(
+        &ns.api(),
+        json!({"metadata": {"name": "rs0-key"}, "stringData": {"key": key_text}}),
+    )
+    .await;
+
+    let _operator = Operator::start(cluster.kubeconfig(), ns.name());
+    let jobs: Api<BackupJob> = ns.api();
+    let snaps: Api<Snapshot> = ns.api();
+
+    // 1. A one-off job: one Snapshot, on rs0-1's node, succeeds.
+    create::<BackupJob>(&jobs, job("once", json!({}))).await;
+    let j = wait_for(&jobs, "once", "the job to create its Snapshot", LONG, |j| {
+        j.status.as_ref().is_some_and(|s| s.last_snapshot.is_some())
+    })
+    .await;
+    let snap_name = j
+        .status
+        .and_then(|s| s.last_snapshot)
+        .expect("snapshot name");
+    let snap = try_wait_for(&snaps, &snap_name, "the Snapshot to finish", LONG, |s| {
+        matches!(
+            s.status.as_ref().map(|st| st.phase),
+            Some(RunPhase::Succeeded | RunPhase::Failed)
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+    let st = snap.status.clone().expect("status");
+    assert_eq!(
+        st.phase,
+        RunPhase::Succeeded,
+        "{st:?}\n{}",
+        agent.diagnostics(ns.name())
+    );
+    let m = st.member.clone().expect("member");
+    assert_eq!(
+        (m.pod.as_str(), m.node.as_deref()),
+        ("rs0-1", Some(node_b.as_str()))
+    );
+    let pods: Api<Pod> = ns.api();
+    let pod = pods
+        .get(st.pod_name.as_deref().expect("pod name"))
+        .await
+        .expect("snapshot pod");
+    assert_eq!(
+        pod.spec.and_then(|s| s.node_name).as_deref(),
+        Some(node_b.as_str()),
+        "pinned to the member's node"
+    );
+    let progress = st.progress.clone().expect("progress reported by the agent");
+    assert_eq!(progress.percent, 100.0);
+    assert_eq!(progress.files_done, progress.files_total);
+    let stats = st.stats.clone().expect("stats");
+    assert_eq!(stats.files, 9);
+    assert!(st.key_id.as_deref().is_some_and(|k| !k.is_empty()));
+    let id = st
+        .repository_snapshot_id
+        .clone()
+        .expect("repository snapshot id");
+    let j = wait_for(&jobs, "once", "the job to complete", LONG, |j| {
+        j.status
+            .as_ref()
+            .is_some_and(|s| s.last_successful_snapshot.is_some())
+    })
+    .await;
+    assert_eq!(j.status.as_ref().and_then(|s| s.key_id.clone()), st.key_id);
+    assert!(
+        events_for(&ns, &snap_name)
+            .await
+            .iter()
+            .any(|(r, _)| r == "Succeeded")
+    );
+
+    // The repository restores to exactly what the member held.
+    let repo = agent.pvc_dir(ns.name(), "backups").join("repo");
+    let out = work.path().join("restored");
+    support::ok(
+        &[
+            "restore",
+            "--repo",
+            &repo.display().to_string(),
+            "--key-file",
+            &key.display().to_string(),
+            "--snapshot",
+            &id,
+            "--target",
+            &out.display().to_string(),
+        ],
+        &[],
+    );
+    support::assert_same_tree(&agent.pvc_dir(ns.name(), "mongo-data-rs0-1"), &out);
+
+    // 2. A bad cron: a condition naming the field, an Event, nothing created.
+    create::<BackupJob>(
+        &jobs,
+        job("badcron", json!({"schedule": {"cron": "61 * * * *"}})),
+    )
+    .await;
+    let j = wait_for(&jobs, "badcron", "the bad cron to be reported", LONG, |j| {
+        condition(j, "Ready").is_some_and(|c| c.1 == "InvalidSchedule")
+    })
+    .await;
+    let (_, _, msg) = condition(&j, "Ready").expect("Ready");
+    assert_eq!(
+        msg,
+        "spec.schedule.cron \"61 * * * *\": minute 61 is out of range 0-59"
+    );
+    assert!(
+        events_for(&ns, "badcron")
+            .await
+            .iter()
+            .any(|(r, _)| r == "InvalidSchedule")
+    );
+
+    // 3. A missing Secret: a condition naming it.
+    create::<BackupJob>(
+        &jobs,
+        job(
+            "nokey",
+            json!({"encryption": {"localKeySecret": {"name": "no-such-key"}}}),
+        ),
+    )
+    .await;
+    let j = wait_for(
+        &jobs,
+        "nokey",
+        "the missing Secret to be reported",
+        LONG,
+        |j| condition(j, "Ready").is_some_and(|c| c.1 == "SecretNotFound"),
+    )
+    .await;
+    assert!(condition(&j, "Ready").is_some_and(|c| {
+        c.2.contains("spec.encryption.localKeySecret.name \"no-such-key\"")
+    }));
+
+    // 4. Too many files: the agent refuses, the Snapshot fails with its message (no retry).
+    create::<BackupJob>(
+        &jobs,
+        job("toomany", json!({"maxFiles": 3, "backoffLimit": 0})),
+    )
+    .await;
+    let j = wait_for(
+        &jobs,
+        "toomany",
+        "the job to create its Snapshot",
+        LONG,
+        |j| j.status.as_ref().is_some_and(|s| s.last_snapshot.is_some()),
+    )
+    .await;
+    let name = j.status.and_then(|s| s.last_snapshot).expect("name");
+    let s = try_wait_for(&snaps, &name, "the Snapshot to fail", LONG, |s| {
+        matches!(
+            s.status.as_ref().map(|st| st.phase),
+            Some(RunPhase::Succeeded | RunPhase::Failed)
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+    let st = s.status.expect("status");
+    assert_eq!(st.phase, RunPhase::Failed);
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("--max-files 3")),
+        "{:?}",
+        st.message
+    );
+    assert_eq!(st.attempts, 1);
+    let j = wait_for(&jobs, "toomany", "the job to show the failure", LONG, |j| {
+        condition(j, "Degraded").is_some_and(|c| c.1 == "LastSnapshotFailed")
+    })
+    .await;
+    assert!(condition(&j, "Degraded").is_some_and(|c| c.2.contains("--max-files 3")));
+}
