@@ -1,4 +1,5 @@
-//! The operator: one process running a kube-runtime Controller per kind (BackupJob, Snapshot),
+//! The operator: one process running a kube-runtime Controller per kind (BackupJob, Snapshot,
+//! KmipServer),
 //! sharing one [`Context`]. Each reconciler is a straight pipeline
 //! (dereference -> validate -> build -> apply -> update status); see `backup_job/` and
 //! `snapshot/`.
@@ -6,6 +7,7 @@
 pub mod backup_job;
 pub mod conditions;
 pub mod http;
+pub mod kmip_server;
 pub mod metrics;
 pub mod names;
 pub mod snapshot;
@@ -173,7 +175,8 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let jobs = backup_job::controller(ctx.clone(), namespace.clone(), wait(rx.clone()));
-    let snaps = snapshot::controller(ctx.clone(), namespace, wait(rx));
+    let snaps = snapshot::controller(ctx.clone(), namespace.clone(), wait(rx.clone()));
+    let kmips = kmip_server::controller(ctx.clone(), namespace, wait(rx));
     let stop = async move {
         shutdown.await;
         let _ = tx.send(true);
@@ -181,6 +184,7 @@ pub async fn run(
     tokio::join!(
         jobs.for_each(|_| async {}),
         snaps.for_each(|_| async {}),
+        kmips.for_each(|_| async {}),
         stop
     );
 }

@@ -21,7 +21,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use self::build::pod::{PodError, PodPlan, member_run_as, snapshot_pod};
+use self::build::pod::{PodPlan, member_run_as, snapshot_pod};
 use self::build::status::{PodView, Step, failure_message, next_status, view};
 use self::result::AgentResult;
 use super::backup_job::validate::{Problem, check_references, check_spec, references};
@@ -584,6 +584,47 @@ async fn start_attempt(
         );
     };
 
+    // 3d. A KMIP job needs its KmipServer, with an active master key.
+    let kmip_server = match &job.spec.encryption.kmip_server_ref {
+        Some(r) => {
+            let found = Api::<crate::api::KmipServer>::namespaced(client.clone(), &ns)
+                .get_opt(&r.name)
+                .await
+                .map_err(|source| Error::Dereference {
+                    snapshot: name.clone(),
+                    what: "KmipServer".into(),
+                    source,
+                })?;
+            match found {
+                Some(ks) => Some(ks),
+                None => {
+                    return wait(
+                        "KmipServerNotFound",
+                        format!(
+                            "spec.encryption.kmipServerRef.name: KmipServer {} does not exist",
+                            r.name
+                        ),
+                    );
+                }
+            }
+        }
+        None => None,
+    };
+    let active_key = kmip_server
+        .as_ref()
+        .and_then(|k| k.status.as_ref()?.active_key_id.clone());
+    if let Some(ks) = &kmip_server
+        && active_key.is_none()
+    {
+        return wait(
+            "KmipServerNotReady",
+            format!(
+                "KmipServer {} has no active master key yet (see its status conditions)",
+                ks.name_any()
+            ),
+        );
+    }
+
     // 4. Build (pure): the pod and the agent's identity.
     let pod = match snapshot_pod(&PodPlan {
         snapshot: snap,
@@ -596,18 +637,9 @@ async fn start_attempt(
         data_claim: &claim,
         run_as: member_run_as(member_pod, &source.data_volume_name),
         image: &ctx.config.agent_image,
+        kmip: kmip_server.as_ref().zip(active_key.as_deref()),
     }) {
         Ok(p) => p,
-        Err(e @ PodError::KmipUnsupported) => {
-            return Ok((
-                Step::Failed {
-                    reason: "KmipNotSupported",
-                    message: e.to_string(),
-                    finished: None,
-                },
-                None,
-            ));
-        }
         Err(e) => {
             return Ok((
                 Step::Failed {

@@ -13,7 +13,8 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::backup_job::Compression;
-use crate::api::{BackupJob, Snapshot};
+use crate::api::kmip_server::{KmipProtocolVersion, WrappingMode};
+use crate::api::{BackupJob, KmipServer, Snapshot};
 use crate::controller::backup_job::validate::db_path_in_volume;
 use crate::controller::names::{
     ATTEMPT_LABEL, MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION, MEMBER_ROLE_ANNOTATION,
@@ -27,6 +28,19 @@ pub const REPO_MOUNT: &str = "/repo";
 /// Where the local key Secret is mounted, and the file name of the key in it.
 pub const KEY_MOUNT: &str = "/etc/snapcrypt/key";
 pub const KEY_FILE: &str = "key.json";
+/// Where the KmipServer's client TLS Secret is mounted.
+pub const KMIP_MOUNT: &str = "/etc/snapcrypt/kmip";
+
+fn kmip_version(v: KmipProtocolVersion) -> &'static str {
+    match v {
+        KmipProtocolVersion::V1_0 => "1.0",
+        KmipProtocolVersion::V1_1 => "1.1",
+        KmipProtocolVersion::V1_2 => "1.2",
+        KmipProtocolVersion::V1_3 => "1.3",
+        KmipProtocolVersion::V1_4 => "1.4",
+    }
+}
+
 /// Scratch space (packs are staged here for S3); the root filesystem is read-only.
 pub const TMP_MOUNT: &str = "/tmp";
 /// Kubernetes' default termination message path, passed to the agent explicitly.
@@ -52,6 +66,8 @@ pub struct PodPlan<'a> {
     pub run_as: RunAs,
     /// Image with the snapcrypt binary.
     pub image: &'a str,
+    /// The KmipServer of a KMIP job, with its active master key id (from its status).
+    pub kmip: Option<(&'a KmipServer, &'a str)>,
 }
 
 /// A non-root user and group.
@@ -95,9 +111,9 @@ pub fn member_run_as(member: &Pod, data_volume: &str) -> RunAs {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PodError {
     #[error(
-        "spec.encryption.kmipServerRef: KMIP not yet supported by this agent (use spec.encryption.localKeySecret for now)"
+        "spec.encryption.kmipServerRef: the KmipServer has no active master key yet (see its status)"
     )]
-    KmipUnsupported,
+    KmipNotReady,
     #[error("spec.encryption: no key source set")]
     NoKey,
     #[error("spec.destination: no destination set")]
@@ -261,12 +277,58 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
             mounts.push(mount("key", KEY_MOUNT, true));
             args.extend(["--key-file".into(), format!("{KEY_MOUNT}/{KEY_FILE}")]);
         }
-        // The CLI has `--kmip-endpoint/-ca/-cert/-key/-key-id` now; this arm is where the pod
-        // will mount the KmipServer's client TLS Secret and pass its endpoints and active key id
-        // (from the KmipServer's spec and status, dereferenced by the controller). Until that is
-        // wired, a Snapshot of a KMIP job fails with a condition rather than start a pod that
-        // cannot work.
-        (None, Some(_)) => return Err(PodError::KmipUnsupported),
+        (None, Some(_)) => {
+            let (ks, key_id) = p.kmip.ok_or(PodError::KmipNotReady)?;
+            volumes.push(Volume {
+                name: "kmip-tls".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(ks.spec.tls.secret_name.clone()),
+                    items: Some(
+                        ["ca.crt", "tls.crt", "tls.key"]
+                            .into_iter()
+                            .map(|k| KeyToPath {
+                                key: k.into(),
+                                path: k.into(),
+                                mode: None,
+                            })
+                            .collect(),
+                    ),
+                    // Readable by the agent's non-root user through the mode, as the key file.
+                    default_mode: Some(0o444),
+                    optional: None,
+                }),
+                ..Default::default()
+            });
+            mounts.push(mount("kmip-tls", KMIP_MOUNT, true));
+            for e in &ks.spec.endpoints {
+                args.extend(["--kmip-endpoint".into(), e.clone()]);
+            }
+            args.extend([
+                "--kmip-ca".into(),
+                format!("{KMIP_MOUNT}/ca.crt"),
+                "--kmip-cert".into(),
+                format!("{KMIP_MOUNT}/tls.crt"),
+                "--kmip-key".into(),
+                format!("{KMIP_MOUNT}/tls.key"),
+                "--kmip-key-id".into(),
+                key_id.to_string(),
+                "--kmip-version".into(),
+                kmip_version(ks.spec.protocol_version).into(),
+                "--kmip-timeout-secs".into(),
+                ks.spec.connect_timeout_seconds.to_string(),
+            ]);
+            if let Some(name) = &ks.spec.tls.server_name {
+                args.extend(["--kmip-server-name".into(), name.clone()]);
+            }
+            if ks.spec.wrapping == WrappingMode::LocalKeyWrap {
+                args.push("--kmip-local-wrap".into());
+            }
+            // After a rotation, the next snapshot moves older data keys under the new key,
+            // unless the policy keeps old snapshots on their old key.
+            if ks.spec.rotation.as_ref().is_none_or(|r| r.rewrap_existing) {
+                args.push("--rewrap".into());
+            }
+        }
         (None, None) => return Err(PodError::NoKey),
     }
 
@@ -426,6 +488,7 @@ spec:
             data_claim: "mongo-data-rs0-2",
             run_as: RunAs { uid: 999, gid: 999 },
             image: "snapcrypt:test",
+            kmip: None,
         })
     }
 
@@ -631,16 +694,53 @@ spec:
     }
 
     #[test]
-    fn kmip_is_refused_until_the_agent_supports_it() {
+    fn kmip_jobs_mount_the_tls_secret_and_name_the_active_key() {
         let spec = PVC_LOCAL.replace(
             "encryption: {localKeySecret: {name: rs0-key, key: key.json}}",
             "encryption: {kmipServerRef: {name: kmip}}",
         );
-        assert_eq!(build(&job(&spec)).err(), Some(PodError::KmipUnsupported));
+        let j = job(&spec);
+        let snap = snapshot();
+        let ks: KmipServer = serde_yaml::from_str(
+            "apiVersion: snapcrypt.dev/v1alpha1\nkind: KmipServer\nmetadata: {name: kmip, namespace: db}\nspec: {endpoints: ['k1:5696', 'k2:5696'], tls: {secretName: kmip-tls, serverName: kmip.example}, masterKey: {create: {name: mk}}}",
+        )
+        .expect("kmip server");
+        let mut plan = PodPlan {
+            snapshot: &snap,
+            job: &j,
+            attempt: 1,
+            member: "rs0-2",
+            member_role: "SECONDARY",
+            member_reason: "named",
+            node: "node-b",
+            data_claim: "mongo-data-rs0-2",
+            run_as: RunAs { uid: 999, gid: 999 },
+            image: "snapcrypt:test",
+            kmip: None,
+        };
+        assert_eq!(snapshot_pod(&plan).err(), Some(PodError::KmipNotReady));
+        plan.kmip = Some((&ks, "7"));
+        let pod = snapshot_pod(&plan).expect("pod");
+        let c = container(&pod);
+        assert_eq!(arg_after(c, "--kmip-key-id"), Some("7"));
+        assert_eq!(arg_after(c, "--kmip-server-name"), Some("kmip.example"));
+        assert_eq!(
+            arg_after(c, "--kmip-ca"),
+            Some("/etc/snapcrypt/kmip/ca.crt")
+        );
+        let args = c.args.as_ref().expect("args");
+        assert_eq!(args.iter().filter(|a| *a == "--kmip-endpoint").count(), 2);
+        assert!(args.iter().any(|a| a == "--rewrap"));
+        assert!(!args.iter().any(|a| a == "--key-file"));
+        let vols = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
         assert!(
-            PodError::KmipUnsupported
-                .to_string()
-                .contains("KMIP not yet supported by this agent")
+            vols.iter()
+                .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
+                    == Some("kmip-tls"))
         );
     }
 

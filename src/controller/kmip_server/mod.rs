@@ -1,0 +1,395 @@
+//! KmipServer reconciler: connect with the referenced TLS Secret, ensure the master key
+//! (an existing id, or found or created by name), poll its state, rotate it on the policy's
+//! period (never revoking the old key), and report server identity, keys, dependants and
+//! rewrap progress in status.
+//!
+//! dereference (Secret, BackupJobs, Snapshots) -> observe (the KMIP server: the only place that
+//! talks to it) -> build status (pure, `build.rs`) -> apply status -> events.
+
+pub mod build;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use zeroize::Zeroizing;
+
+use self::build::{Connection, Observed, build_status, next_rotation, parse_period};
+use super::{Context, apply_status, scoped_api};
+use crate::api::kmip_server::{KmipProtocolVersion, KmipServerIdentity, WrappingMode};
+use crate::api::snapshot::RunPhase;
+use crate::api::{BackupJob, KmipServer, Snapshot};
+use crate::kms::kmip::{
+    FailureStage, KmipClient, KmipConfig, KmipError, KmipKeyManager, ProtocolVersion, ResultReason,
+    TlsMaterial, WrapMode,
+};
+
+pub const CONTROLLER: &str = "kmipserver";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {what}: {source}")]
+    Dereference { what: String, source: kube::Error },
+    #[error("writing status: {0}")]
+    UpdateStatus(kube::Error),
+}
+
+impl Error {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Dereference { .. } => "dereference",
+            Error::UpdateStatus(_) => "update_status",
+        }
+    }
+}
+
+/// The KmipServer controller; BackupJobs that reference a server trigger its reconcile.
+pub fn controller(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    use futures::StreamExt;
+    let servers: Api<KmipServer> = scoped_api(&ctx.client, namespace.as_deref());
+    let jobs: Api<BackupJob> = scoped_api(&ctx.client, namespace.as_deref());
+    Controller::new(servers, watcher::Config::default().any_semantic())
+        .watches(jobs, watcher::Config::default().any_semantic(), |j| {
+            let r = j.spec.encryption.kmip_server_ref.as_ref()?;
+            Some(ObjectRef::<KmipServer>::new(&r.name).within(&j.namespace()?))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .map(|r| {
+            if let Err(e) = r {
+                tracing::debug!(controller = CONTROLLER, error = %e, "reconcile stream");
+            }
+        })
+}
+
+fn error_policy(ks: Arc<KmipServer>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(CONTROLLER, err.category());
+    let n = ctx.failed(&format!(
+        "kmip/{}/{}",
+        ks.namespace().unwrap_or_default(),
+        ks.name_any()
+    ));
+    tracing::warn!(controller = CONTROLLER, stage = err.category(), error = %err, attempt = n, "reconcile failed");
+    Action::requeue(super::backoff(n))
+}
+
+/// The client TLS material from the Secret (`tls.crt`, `tls.key`, `ca.crt`).
+fn tls_from_secret(secret: Option<Secret>, name: &str) -> Result<TlsMaterial, String> {
+    let secret =
+        secret.ok_or_else(|| format!("spec.tls.secretName: Secret {name} does not exist"))?;
+    let data = secret.data.unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k).map(|b| b.0.clone()).ok_or_else(|| {
+            format!(
+                "spec.tls.secretName: Secret {name} has no key {k} (needs tls.crt, tls.key, ca.crt)"
+            )
+        })
+    };
+    Ok(TlsMaterial {
+        ca_pem: get("ca.crt")?,
+        client_cert_pem: Some(get("tls.crt")?),
+        client_key_pem: Some(Zeroizing::new(get("tls.key")?)),
+    })
+}
+
+fn version(v: KmipProtocolVersion) -> ProtocolVersion {
+    match v {
+        KmipProtocolVersion::V1_0 => ProtocolVersion::V1_0,
+        KmipProtocolVersion::V1_1 => ProtocolVersion::V1_1,
+        KmipProtocolVersion::V1_2 => ProtocolVersion::V1_2,
+        KmipProtocolVersion::V1_3 => ProtocolVersion::V1_3,
+        KmipProtocolVersion::V1_4 => ProtocolVersion::V1_4,
+    }
+}
+
+fn classify(e: &KmipError) -> Connection {
+    match e {
+        KmipError::Unreachable { attempts }
+            if attempts.iter().any(|a| a.stage == FailureStage::Tls) =>
+        {
+            Connection::NotAuthenticated(e.to_string())
+        }
+        KmipError::Operation(_)
+            if e.result_reason() == Some(ResultReason::AuthenticationNotSuccessful) =>
+        {
+            Connection::NotAuthenticated(e.to_string())
+        }
+        KmipError::Config(m) => Connection::NoCredentials(m.clone()),
+        _ => Connection::Unreachable(e.to_string()),
+    }
+}
+
+/// What the BackupJobs and Snapshots that use this server say.
+struct Users {
+    jobs: Vec<BackupJob>,
+    snapshots: Vec<Snapshot>,
+}
+
+/// Talk to the KMIP server: identity, the master key (ensured, rotated when due), key states.
+async fn observe(
+    ks: &KmipServer,
+    tls: Result<TlsMaterial, String>,
+    users: &Users,
+    now: Timestamp,
+) -> Observed {
+    let prev = ks.status.clone().unwrap_or_default();
+    let mut obs = Observed {
+        connection: Connection::Unreachable(String::new()),
+        active_key: None,
+        key_states: BTreeMap::new(),
+        dependents: BTreeMap::new(),
+        jobs_total: users.jobs.len() as u32,
+        jobs_on_active_key: 0,
+        rotated: None,
+        key_error: None,
+    };
+    for s in &users.snapshots {
+        if let Some(k) = s
+            .status
+            .as_ref()
+            .filter(|st| st.phase == RunPhase::Succeeded)
+            .and_then(|st| st.key_id.clone())
+        {
+            *obs.dependents.entry(k).or_default() += 1;
+        }
+    }
+    let tls = match tls {
+        Ok(t) => t,
+        Err(m) => {
+            obs.connection = Connection::NoCredentials(m);
+            return obs;
+        }
+    };
+    let config = KmipConfig {
+        endpoints: ks.spec.endpoints.clone(),
+        server_name: ks.spec.tls.server_name.clone(),
+        tls,
+        version: version(ks.spec.protocol_version),
+        timeout: Duration::from_secs(u64::from(ks.spec.connect_timeout_seconds)),
+    };
+    let client = match KmipClient::new(config) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            obs.connection = Connection::NoCredentials(e.to_string());
+            return obs;
+        }
+    };
+    match client.server_info().await {
+        Ok(info) => {
+            obs.connection = Connection::Ok(KmipServerIdentity {
+                endpoint: info.endpoint,
+                vendor: info.vendor,
+                protocol_versions: info
+                    .versions
+                    .iter()
+                    .map(|v| format!("{}.{}", v.major, v.minor))
+                    .collect(),
+                negotiated_version: Some(format!(
+                    "{}.{}",
+                    client.version().major,
+                    client.version().minor
+                )),
+            })
+        }
+        Err(e) => {
+            obs.connection = classify(&e);
+            return obs;
+        }
+    }
+    let mode = match ks.spec.wrapping {
+        WrappingMode::ServerEncrypt => WrapMode::ServerSide,
+        WrappingMode::LocalKeyWrap => WrapMode::LocalKeyWrap,
+    };
+    // The master key: the one in use, else the configured id, else found or created by name.
+    let mut active = prev
+        .active_key_id
+        .clone()
+        .or_else(|| ks.spec.master_key.key_id.clone());
+    if active.is_none()
+        && let Some(create) = &ks.spec.master_key.create
+    {
+        match KmipKeyManager::find_or_create(client.clone(), &create.name, mode).await {
+            Ok((km, _)) => active = Some(km.key_id().to_string()),
+            Err(e) => obs.key_error = Some(format!("spec.masterKey.create {}: {e}", create.name)),
+        }
+    }
+    let Some(mut active) = active else { return obs };
+    let mut state = match client.key_state(&active).await {
+        Ok(s) => format!("{s:?}"),
+        Err(e) => {
+            obs.key_error = Some(format!("master key {active}: {e}"));
+            return obs;
+        }
+    };
+    // Rotation when due: a new key (ReKey where the server has it), the old one left alone.
+    let period = ks
+        .spec
+        .rotation
+        .as_ref()
+        .and_then(|r| parse_period(&r.period).ok());
+    let in_use_since = prev
+        .keys
+        .iter()
+        .find(|k| k.id == active)
+        .and_then(|k| k.created_at.as_ref().map(|t| t.0))
+        .unwrap_or(now);
+    let due = next_rotation(
+        period,
+        prev.last_rotation_time.as_ref().map(|t| t.0),
+        in_use_since,
+    )
+    .is_some_and(|t| t <= now);
+    if due && state == "Active" {
+        let name = ks
+            .spec
+            .master_key
+            .create
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| format!("snapcrypt-{}", ks.name_any()));
+        let new = match client.rekey(&active).await {
+            Ok(id) => client.activate(&id).await.map(|_| id),
+            Err(e) if e.is_not_supported() => client.create_master_key(&name).await,
+            Err(e) => Err(e),
+        };
+        match new {
+            Ok(id) => {
+                obs.rotated = Some((active.clone(), id.clone()));
+                active = id;
+                state = "Active".into();
+            }
+            Err(e) => obs.key_error = Some(format!("rotating master key {active}: {e}")),
+        }
+    }
+    for k in prev
+        .keys
+        .iter()
+        .map(|k| k.id.clone())
+        .chain(std::iter::once(active.clone()))
+    {
+        if let Ok(s) = client.key_state(&k).await {
+            obs.key_states.insert(k, format!("{s:?}"));
+        }
+    }
+    obs.jobs_on_active_key = users
+        .jobs
+        .iter()
+        .filter(|j| j.status.as_ref().and_then(|s| s.key_id.as_deref()) == Some(active.as_str()))
+        .count() as u32;
+    obs.active_key = Some((active, state));
+    obs
+}
+
+async fn reconcile(ks: Arc<KmipServer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = ks.namespace().unwrap_or_default();
+    let name = ks.name_any();
+    let now = Timestamp::now();
+
+    // Dereference: the TLS Secret and the BackupJobs (and their Snapshots) that use this server.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret = secrets
+        .get_opt(&ks.spec.tls.secret_name)
+        .await
+        .map_err(|source| Error::Dereference {
+            what: format!("Secret {}", ks.spec.tls.secret_name),
+            source,
+        })?;
+    let tls = tls_from_secret(secret, &ks.spec.tls.secret_name);
+    let jobs: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs: Vec<BackupJob> = jobs
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Dereference {
+            what: "BackupJobs".into(),
+            source,
+        })?
+        .items
+        .into_iter()
+        .filter(|j| {
+            j.spec
+                .encryption
+                .kmip_server_ref
+                .as_ref()
+                .is_some_and(|r| r.name == name)
+        })
+        .collect();
+    let job_names: Vec<String> = jobs.iter().map(|j| j.name_any()).collect();
+    let snaps: Api<Snapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    let snapshots = snaps
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Dereference {
+            what: "Snapshots".into(),
+            source,
+        })?
+        .items
+        .into_iter()
+        .filter(|s| job_names.contains(&s.spec.backup_job_ref.name))
+        .collect();
+
+    // Observe the KMIP server (connect, ensure, rotate), then build and apply status.
+    let users = Users { jobs, snapshots };
+    let obs = observe(&ks, tls, &users, now).await;
+    let prev = ks.status.clone().unwrap_or_default();
+    let status = build_status(&prev, &ks.spec, &obs, ks.metadata.generation, now);
+    let api: Api<KmipServer> = Api::namespaced(ctx.client.clone(), &ns);
+    apply_status(&api, &name, &status)
+        .await
+        .map_err(Error::UpdateStatus)?;
+
+    // Events: a rotation, and Ready changing.
+    if let Some((old, new)) = &obs.rotated {
+        ctx.event(ks.as_ref(), false, "Rotated", format!("master key rotated from {old} to {new}; {old} is kept (never revoked) for the snapshots that need it")).await;
+    }
+    let was_ready = prev
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status == "True");
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    if let Some(r) = ready
+        && was_ready != Some(r.status == "True")
+    {
+        let reason = if r.status == "True" {
+            "Ready"
+        } else {
+            "NotReady"
+        };
+        ctx.event(ks.as_ref(), r.status != "True", reason, r.message.clone())
+            .await;
+    }
+    ctx.succeeded(&format!("kmip/{ns}/{name}"));
+
+    // Come back at the poll interval, or at the next rotation if sooner.
+    let poll = parse_period(&ks.spec.poll_interval)
+        .map(|d| d.unsigned_abs())
+        .unwrap_or(Duration::from_secs(300));
+    let until_rotation = status
+        .next_rotation_time
+        .as_ref()
+        .map(|t| {
+            let d = t.0.duration_since(now);
+            if d.is_negative() {
+                Duration::ZERO
+            } else {
+                d.unsigned_abs()
+            }
+        })
+        .unwrap_or(poll);
+    Ok(Action::requeue(
+        poll.min(until_rotation).max(Duration::from_secs(1)),
+    ))
+}
