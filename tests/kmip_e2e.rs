@@ -1,0 +1,208 @@
+//! The KmipServer controller end to end: a real PyKMIP server on loopback, the operator binary,
+//! the test cluster (tests/README.md). The KmipServer's status reflects the server (identity,
+//! versions, the master key it created, its state); a BackupJob under it takes a snapshot whose
+//! data key the server wraps; the key rotates on the policy's period (the old key is kept and
+//! superseded, an Event says so); the snapshot restores with the KMIP flags alone. A missing
+//! TLS Secret is a condition naming the field.
+
+#[path = "support/kmip.rs"]
+mod pykmip;
+mod support;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::Api;
+use serde_json::json;
+use snapcrypt::api::snapshot::RunPhase;
+use snapcrypt::api::{BackupJob, KmipServer, Snapshot};
+use support::cluster::{NodeAgentOptions, cluster_or_skip, try_wait_for, unique_name, wait_for};
+use support::operator::{LONG, Operator, create, events_for, member};
+
+fn cond(ks: &KmipServer, t: &str) -> Option<(String, String, String)> {
+    ks.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmip_server_status_snapshot_and_rotation() {
+    let Some(cluster) = cluster_or_skip().await else {
+        return;
+    };
+    let node = unique_name("kmip", "a");
+    let Some(agent) = cluster
+        .start_node_agent(NodeAgentOptions::nodes(&[&node]))
+        .await
+    else {
+        println!("skipped: the cluster's kubelets run pods (SNAPCRYPT_E2E_NODE_AGENT is not 1)");
+        return;
+    };
+    cluster.apply_crds().await;
+    let ns = cluster.namespace("kmip").await;
+    let kmip = pykmip::PyKmip::start();
+    let read = |f: &str| std::fs::read_to_string(kmip.file(f)).expect("pki file");
+    create::<Secret>(
+        &ns.api(),
+        json!({"metadata": {"name": "kmip-client"}, "stringData": {
+            "tls.crt": read("client.pem"), "tls.key": read("client.key"), "ca.crt": read("ca.pem")}}),
+    )
+    .await;
+    let _operator = Operator::start(cluster.kubeconfig(), ns.name());
+    let servers: Api<KmipServer> = ns.api();
+
+    // A server whose Secret is missing: a condition naming the field, not a crash.
+    create::<KmipServer>(
+        &servers,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "nosecret"},
+               "spec": {"endpoints": [kmip.endpoint()], "tls": {"secretName": "absent"}, "masterKey": {"create": {"name": "x"}}}}),
+    )
+    .await;
+    let ks = wait_for(
+        &servers,
+        "nosecret",
+        "the missing Secret to be reported",
+        LONG,
+        |k| cond(k, "Ready").is_some_and(|c| c.0 == "False"),
+    )
+    .await;
+    assert!(
+        cond(&ks, "Ready")
+            .unwrap()
+            .2
+            .contains("spec.tls.secretName: Secret absent does not exist"),
+        "{:?}",
+        ks.status
+    );
+
+    // The real one: status reflects PyKMIP; the master key is created and Active.
+    create::<KmipServer>(
+        &servers,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "pykmip"},
+               "spec": {"endpoints": [kmip.endpoint()], "tls": {"secretName": "kmip-client", "serverName": "localhost"},
+                        "masterKey": {"create": {"name": "e2e-master"}},
+                        "rotation": {"period": "1m", "rewrapExisting": true}, "pollInterval": "5s"}}),
+    )
+    .await;
+    let ks = try_wait_for(
+        &servers,
+        "pykmip",
+        "the KmipServer to be Ready",
+        LONG,
+        |k| cond(k, "Ready").is_some_and(|c| c.0 == "True"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let st = ks.status.clone().expect("status");
+    let server = st.server.clone().expect("server identity");
+    assert!(
+        server.protocol_versions.contains(&"1.4".to_string()),
+        "{server:?}"
+    );
+    assert_eq!(server.negotiated_version.as_deref(), Some("1.4"));
+    let first_key = st.active_key_id.clone().expect("active key");
+    assert_eq!(st.keys.len(), 1);
+    assert_eq!(st.keys[0].state, "Active");
+    assert!(st.next_rotation_time.is_some());
+    for t in ["Reachable", "Authenticated", "KeyActive"] {
+        assert_eq!(cond(&ks, t).unwrap().0, "True", "{t}: {:?}", cond(&ks, t));
+    }
+
+    // A BackupJob under it: the snapshot pod wraps its data key on the KMIP server.
+    member(&ns, "rs0-0", &node).await;
+    support::make_source(&agent.pvc_dir(ns.name(), "mongo-data-rs0-0"));
+    create::<PersistentVolumeClaim>(
+        &ns.api(),
+        json!({"metadata": {"name": "backups"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    let jobs: Api<BackupJob> = ns.api();
+    create::<BackupJob>(
+        &jobs,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "kmipjob"},
+               "spec": {"source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
+                                   "syncSource": {"mode": "member", "member": "rs0-0"}},
+                        "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
+                        "encryption": {"kmipServerRef": {"name": "pykmip"}}}}),
+    )
+    .await;
+    let j = wait_for(
+        &jobs,
+        "kmipjob",
+        "the job to create its Snapshot",
+        LONG,
+        |j| j.status.as_ref().is_some_and(|s| s.last_snapshot.is_some()),
+    )
+    .await;
+    let snap_name = j.status.and_then(|s| s.last_snapshot).expect("snapshot");
+    let snaps: Api<Snapshot> = ns.api();
+    let snap = try_wait_for(&snaps, &snap_name, "the Snapshot to finish", LONG, |s| {
+        matches!(
+            s.status.as_ref().map(|st| st.phase),
+            Some(RunPhase::Succeeded | RunPhase::Failed)
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+    let sst = snap.status.clone().expect("status");
+    assert_eq!(
+        sst.phase,
+        RunPhase::Succeeded,
+        "{sst:?}\n{}",
+        agent.diagnostics(ns.name())
+    );
+    assert_eq!(sst.key_id.as_deref(), Some(first_key.as_str()));
+
+    // Rotation on the period: a new active key, the old one kept and superseded, an Event,
+    // and the old key still counted as needed by the snapshot taken under it.
+    let ks = try_wait_for(&servers, "pykmip", "the master key to rotate", LONG, |k| {
+        k.status.as_ref().is_some_and(|s| {
+            s.active_key_id.as_deref() != Some(first_key.as_str()) && s.last_rotation_time.is_some()
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let st = ks.status.clone().expect("status");
+    let old = st
+        .keys
+        .iter()
+        .find(|k| k.id == first_key)
+        .expect("old key listed");
+    assert_eq!(old.state, "Superseded", "{st:?}");
+    assert!(old.superseded_at.is_some());
+    assert_eq!(old.dependent_snapshots, 1, "{st:?}");
+    assert!(
+        events_for(&ns, "pykmip")
+            .await
+            .iter()
+            .any(|(r, _)| r == "Rotated")
+    );
+    assert_eq!(cond(&ks, "Rotating").map(|c| c.0).as_deref(), Some("True"));
+
+    // The snapshot restores from the repository with the KMIP flags alone.
+    let repo = agent.pvc_dir(ns.name(), "backups").join("repo");
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("restored");
+    support::ok(
+        &[
+            "restore",
+            "--repo",
+            &repo.display().to_string(),
+            "--snapshot",
+            "latest",
+            "--target",
+            &target.display().to_string(),
+            "--kmip-endpoint",
+            &kmip.endpoint(),
+            "--kmip-ca",
+            &kmip.file("ca.pem").display().to_string(),
+            "--kmip-cert",
+            &kmip.file("client.pem").display().to_string(),
+            "--kmip-key",
+            &kmip.file("client.key").display().to_string(),
+        ],
+        &[],
+    );
+    support::assert_same_tree(&agent.pvc_dir(ns.name(), "mongo-data-rs0-0"), &target);
+}

@@ -1,0 +1,101 @@
+//! Operator end-to-end helpers: the operator binary as a process, objects created as a user
+//! would, a fake replica-set member (scenery pod with a data PVC), Events of an object.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+use super::cluster::{TestNamespace, wait_for};
+
+/// Deadline for anything the operator or a snapshot pod does.
+pub const LONG: Duration = Duration::from_secs(120);
+
+/// The operator binary, watching one namespace; killed when dropped.
+pub struct Operator(Child);
+
+impl Operator {
+    pub fn start(kubeconfig: &Path, namespace: &str) -> Operator {
+        let child = Command::new(super::bin())
+            .args([
+                "operator",
+                "--namespace",
+                namespace,
+                "--http-port",
+                &super::free_port().to_string(),
+                "--http-bind",
+                "127.0.0.1",
+                "--agent-image",
+                "snapcrypt:e2e",
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the operator");
+        Operator(child)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value).expect("object");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create")
+}
+
+/// A member pod (scenery: its mongo container never runs) with a data PVC, pinned to `node`.
+pub async fn member(ns: &TestNamespace, name: &str, node: &str) {
+    let claim = format!("mongo-data-{name}");
+    create::<PersistentVolumeClaim>(
+        &ns.api(),
+        json!({"metadata": {"name": claim}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    create::<Pod>(
+        &ns.api(),
+        json!({
+            "metadata": {"name": name, "labels": {"app": "rs-e2e"}},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "containers": [{"name": "mongod", "image": "mongo:7.0",
+                    "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
+                "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": claim}}],
+            },
+        }),
+    )
+    .await;
+    let pods: Api<Pod> = ns.api();
+    wait_for(&pods, name, "the member pod to run", LONG, |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+}
+
+/// (reason, note) of the Events about `name`.
+pub async fn events_for(ns: &TestNamespace, name: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = ns.api();
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
