@@ -183,6 +183,7 @@ pub async fn restore(
                     let (cursor, failed) = (&cursor, &failed);
                     s.spawn(move || {
                         let mut files: HashMap<usize, File> = HashMap::new();
+                        let mut scratch = Vec::new();
                         let r = (|| {
                             loop {
                                 if failed.load(Ordering::Relaxed) {
@@ -207,44 +208,26 @@ pub async fn restore(
                                     first,
                                     last - first,
                                 ))?;
+                                // Owned, so blobs are decrypted in place.
+                                let mut bytes: Vec<u8> = bytes.into();
+                                let mut writer = CoalescingWriter::default();
                                 for (loc, targets) in blobs {
                                     let start = (u64::from(loc.entry.offset) - first) as usize;
                                     let end = start + loc.entry.stored_len as usize;
-                                    let sealed = bytes.get(start..end).ok_or_else(|| {
+                                    let sealed = bytes.get_mut(start..end).ok_or_else(|| {
                                         EngineError::Corrupt {
                                             object: pack_object_name(&info.id),
                                             reason: "shorter than its index says".into(),
                                         }
                                     })?;
-                                    let plain = repo.open_blob(index, loc, sealed)?;
+                                    let plain =
+                                        repo.open_blob_in_place(index, loc, sealed, &mut scratch)?;
                                     for (fi, off) in targets {
-                                        if files.len() > 256 {
-                                            files.clear();
-                                        }
-                                        let f = match files.entry(*fi) {
-                                            std::collections::hash_map::Entry::Occupied(o) => {
-                                                o.into_mut()
-                                            }
-                                            std::collections::hash_map::Entry::Vacant(v) => v
-                                                .insert(
-                                                    OpenOptions::new()
-                                                        .write(true)
-                                                        .open(&paths[*fi])
-                                                        .map_err(|e| EngineError::Target {
-                                                            path: paths[*fi].display().to_string(),
-                                                            reason: e.to_string(),
-                                                        })?,
-                                                ),
-                                        };
-                                        f.write_all_at(&plain, *off).map_err(|e| {
-                                            EngineError::Target {
-                                                path: paths[*fi].display().to_string(),
-                                                reason: e.to_string(),
-                                            }
-                                        })?;
+                                        writer.write(&mut files, paths, *fi, *off, plain)?;
                                         progress.add_bytes(plain.len() as u64);
                                     }
                                 }
+                                writer.flush(&mut files, paths)?;
                             }
                         })();
                         if r.is_err() {
@@ -286,6 +269,66 @@ pub async fn restore(
         files,
         bytes: total,
     })
+}
+
+/// Joins writes that continue each other in one file into one `pwrite` (chunks of a file sit
+/// mostly in order in its packs), so a GiB is not 65,536 system calls.
+#[derive(Default)]
+struct CoalescingWriter {
+    file: usize,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+const COALESCE_MAX: usize = 4 * 1024 * 1024;
+
+impl CoalescingWriter {
+    fn write(
+        &mut self,
+        files: &mut HashMap<usize, File>,
+        paths: &[PathBuf],
+        file: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), EngineError> {
+        let continues = !self.buf.is_empty()
+            && file == self.file
+            && offset == self.offset + self.buf.len() as u64;
+        if !continues || self.buf.len() + data.len() > COALESCE_MAX {
+            self.flush(files, paths)?;
+            self.file = file;
+            self.offset = offset;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(
+        &mut self,
+        files: &mut HashMap<usize, File>,
+        paths: &[PathBuf],
+    ) -> Result<(), EngineError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let path = &paths[self.file];
+        let err = |e: std::io::Error| EngineError::Target {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        if files.len() > 256 {
+            files.clear();
+        }
+        let f = match files.entry(self.file) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(OpenOptions::new().write(true).open(path).map_err(err)?)
+            }
+        };
+        f.write_all_at(&self.buf, self.offset).map_err(err)?;
+        self.buf.clear();
+        Ok(())
+    }
 }
 
 fn filetime_of(ns: i128) -> filetime::FileTime {
