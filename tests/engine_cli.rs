@@ -51,6 +51,24 @@ fn backup_json(
         .unwrap_or_else(|e| panic!("backup --json printed {out:?}: {e}"))
 }
 
+/// `snapcrypt restore --repo REPO --key-file KEY --snapshot SNAP --target TARGET`, required to succeed.
+fn restore(repo: &str, key: &str, snapshot: &str, target: &str, env: &[(&str, &str)]) {
+    ok(
+        &[
+            "restore",
+            "--repo",
+            repo,
+            "--key-file",
+            key,
+            "--snapshot",
+            snapshot,
+            "--target",
+            target,
+        ],
+        env,
+    );
+}
+
 #[test]
 fn local_round_trip_is_bit_exact_and_deduplicates() {
     let e = Env::new();
@@ -65,20 +83,7 @@ fn local_round_trip_is_bit_exact_and_deduplicates() {
         0o600
     );
 
-    ok(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            "latest",
-            "--target",
-            &e.p("out"),
-        ],
-        &[],
-    );
+    restore(&repo, &key, "latest", &e.p("out"), &[]);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
 
     // Nothing changed: the second snapshot adds only its file list.
@@ -102,38 +107,12 @@ fn local_round_trip_is_bit_exact_and_deduplicates() {
 
     // The first snapshot is still restorable as it was, the new one as it is now.
     let first_id = first["id"].as_str().unwrap();
-    ok(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            first_id,
-            "--target",
-            &e.p("old"),
-        ],
-        &[],
-    );
+    restore(&repo, &key, first_id, &e.p("old"), &[]);
     assert_ne!(
         fs::read(e.dir.path().join("old/collection-0-123.wt")).unwrap(),
         data
     );
-    ok(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            "latest",
-            "--target",
-            &e.p("new"),
-        ],
-        &[],
-    );
+    restore(&repo, &key, "latest", &e.p("new"), &[]);
     assert_same_tree(Path::new(&src), Path::new(&e.p("new")));
 
     let list: serde_json::Value = serde_json::from_str(&ok(
@@ -604,20 +583,7 @@ fn two_backups_at_once_into_a_new_repository_both_succeed() {
     assert_ne!(ids[0], ids[1]);
     for id in &ids {
         let target = e.p(&format!("out-{id}"));
-        ok(
-            &[
-                "restore",
-                "--repo",
-                &repo,
-                "--key-file",
-                &key,
-                "--snapshot",
-                id,
-                "--target",
-                &target,
-            ],
-            &[],
-        );
+        restore(&repo, &key, id, &target, &[]);
         assert_same_tree(Path::new(&src), Path::new(&target));
     }
     ok(
@@ -697,20 +663,7 @@ fn prune_forgets_by_policy_and_frees_space() {
         &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
         &[],
     );
-    ok(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            "latest",
-            "--target",
-            &e.p("out"),
-        ],
-        &[],
-    );
+    restore(&repo, &key, "latest", &e.p("out"), &[]);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
 }
 
@@ -785,20 +738,7 @@ fn s3_round_trip_and_verify_against_a_real_s3_server() {
     let repo = "s3://backups/mongo/rs0";
     let first = backup_json(&src, repo, &key, &[], &env);
     assert_eq!(first["files"], 8);
-    ok(
-        &[
-            "restore",
-            "--repo",
-            repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            "latest",
-            "--target",
-            &e.p("out"),
-        ],
-        &env,
-    );
+    restore(&repo, &key, "latest", &e.p("out"), &env);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
     ok(
         &["verify", "--repo", repo, "--key-file", &key, "--read-data"],

@@ -12,10 +12,9 @@ mod support;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::Api;
 use serde_json::json;
-use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, KmipServer, Snapshot};
 use support::cluster::{NodeAgentOptions, cluster_or_skip, try_wait_for, unique_name, wait_for};
-use support::operator::{LONG, Operator, create, events_for, member};
+use support::operator::{LONG, Operator, create, events_for, member, wait_for_success};
 
 fn cond(ks: &KmipServer, t: &str) -> Option<(String, String, String)> {
     ks.status
@@ -137,21 +136,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
     .await;
     let snap_name = j.status.and_then(|s| s.last_snapshot).expect("snapshot");
     let snaps: Api<Snapshot> = ns.api();
-    let snap = try_wait_for(&snaps, &snap_name, "the Snapshot to finish", LONG, |s| {
-        matches!(
-            s.status.as_ref().map(|st| st.phase),
-            Some(RunPhase::Succeeded | RunPhase::Failed)
-        )
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
-    let sst = snap.status.clone().expect("status");
-    assert_eq!(
-        sst.phase,
-        RunPhase::Succeeded,
-        "{sst:?}\n{}",
-        agent.diagnostics(ns.name())
-    );
+    let sst = wait_for_success(&snaps, &snap_name, &agent, &ns).await;
     assert_eq!(sst.key_id.as_deref(), Some(first_key.as_str()));
 
     // Rotation on the period: a new active key, the old one kept and superseded, an Event,

@@ -13,7 +13,7 @@ use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Snapshot};
 use support::cluster::{NodeAgentOptions, cluster_or_skip, try_wait_for, unique_name, wait_for};
-use support::operator::{LONG, Operator, create, events_for, member};
+use support::operator::{LONG, Operator, create, events_for, member, wait_for_success};
 
 fn job(name: &str, extra: serde_json::Value) -> serde_json::Value {
     let mut spec = json!({
@@ -105,21 +105,7 @@ async fn backup_job_snapshots_the_chosen_member_and_restores_identically() {
         .status
         .and_then(|s| s.last_snapshot)
         .expect("snapshot name");
-    let snap = try_wait_for(&snaps, &snap_name, "the Snapshot to finish", LONG, |s| {
-        matches!(
-            s.status.as_ref().map(|st| st.phase),
-            Some(RunPhase::Succeeded | RunPhase::Failed)
-        )
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
-    let st = snap.status.clone().expect("status");
-    assert_eq!(
-        st.phase,
-        RunPhase::Succeeded,
-        "{st:?}\n{}",
-        agent.diagnostics(ns.name())
-    );
+    let st = wait_for_success(&snaps, &snap_name, &agent, &ns).await;
     let m = st.member.clone().expect("member");
     assert_eq!(
         (m.pod.as_str(), m.node.as_deref()),

@@ -99,3 +99,30 @@ pub async fn events_for(ns: &TestNamespace, name: &str) -> Vec<(String, String)>
         .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
         .collect()
 }
+
+/// Wait until Snapshot `name` finishes, and require that it succeeded; failures carry the node
+/// agent's diagnostics.
+pub async fn wait_for_success(
+    snaps: &Api<snapcrypt::api::Snapshot>,
+    name: &str,
+    agent: &super::cluster::NodeAgent,
+    ns: &TestNamespace,
+) -> snapcrypt::api::SnapshotStatus {
+    use snapcrypt::api::snapshot::RunPhase;
+    let snap = super::cluster::try_wait_for(snaps, name, "the Snapshot to finish", LONG, |s| {
+        matches!(
+            s.status.as_ref().map(|st| st.phase),
+            Some(RunPhase::Succeeded | RunPhase::Failed)
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+    let st = snap.status.clone().unwrap_or_default();
+    assert_eq!(
+        st.phase,
+        RunPhase::Succeeded,
+        "{st:?}\n{}",
+        agent.diagnostics(ns.name())
+    );
+    st
+}
