@@ -738,7 +738,7 @@ fn s3_round_trip_and_verify_against_a_real_s3_server() {
     let repo = "s3://backups/mongo/rs0";
     let first = backup_json(&src, repo, &key, &[], &env);
     assert_eq!(first["files"], 8);
-    restore(&repo, &key, "latest", &e.p("out"), &env);
+    restore(repo, &key, "latest", &e.p("out"), &env);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
     ok(
         &["verify", "--repo", repo, "--key-file", &key, "--read-data"],
