@@ -43,7 +43,7 @@ pub enum Command {
     Key(key::KeyCommandArgs),
     /// Forget snapshots by a retention policy and remove the data no kept snapshot needs.
     Prune(prune::PruneArgs),
-    /// Run the Kubernetes operator: the BackupJob and Snapshot controllers, with /healthz and
+    /// Run the Kubernetes operator: the BackupJob, Snapshot and KmipServer controllers, with /healthz and
     /// /metrics.
     Operator(operator::OperatorArgs),
     /// What the operator's pods run (`agent snapshot`).

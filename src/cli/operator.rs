@@ -1,4 +1,4 @@
-//! `snapcrypt operator`: the BackupJob and Snapshot controllers in one process, with /healthz
+//! `snapcrypt operator`: the BackupJob, Snapshot and KmipServer controllers in one process, with /healthz
 //! and /metrics, until SIGTERM or SIGINT.
 
 use std::net::{IpAddr, SocketAddr};
