@@ -22,6 +22,9 @@ pub struct KeyCommandArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
+    /// Create a new local master key file (mode 0600), for example to store in a Kubernetes
+    /// Secret for a BackupJob's `encryption.localKeySecret`. Refuses to overwrite a file.
+    New(NewArgs),
     /// List every master key the repository's data keys are (or were) wrapped under, its state,
     /// and the snapshots that depend on it (a key with dependants must stay in its key store).
     Status(StatusArgs),
@@ -32,6 +35,13 @@ pub enum KeyCommand {
     /// Move a repository from a local key file to a KMIP master key: rewrap every data key
     /// under the KMIP key. Afterwards the local key file is no longer needed.
     Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NewArgs {
+    /// Where to write the key file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +82,16 @@ pub struct MigrateArgs {
 
 pub async fn run(args: KeyCommandArgs) -> Result<(), CliError> {
     match args.command {
+        KeyCommand::New(a) => {
+            let km = LocalKeyManager::create(&a.out)?;
+            eprintln!(
+                "snapcrypt: wrote master key {} to {} (mode 0600); keep a copy somewhere safe",
+                km.key_id(),
+                a.out.display()
+            );
+            println!("{}", km.key_id());
+            Ok(())
+        }
         KeyCommand::Status(a) => status(a).await,
         KeyCommand::Rotate(a) => rotate(a).await,
         KeyCommand::Migrate(a) => migrate(a).await,
