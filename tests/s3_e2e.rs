@@ -1,7 +1,7 @@
 //! A BackupJob whose repository is in S3, end to end on the test cluster: a real S3 server on
 //! loopback (s3s-fs, which checks SigV4 signatures), credentials from a Secret, the operator
-//! binary, a snapshot pod on the member's node; `snapcrypt restore` from the bucket gives back
-//! identical bytes.
+//! binary, a snapshot pod on the member's node; progress shows in the Snapshot's status while it
+//! runs; `snapcrypt restore` from the bucket gives back identical bytes.
 
 mod support;
 
@@ -31,7 +31,14 @@ async fn backup_job_to_s3_restores_identically() {
     let s3 = support::s3::S3Server::start(&work.path().join("s3"), "backups");
 
     member(&ns, "rs0-0", &node).await;
-    support::make_source(&agent.pvc_dir(ns.name(), "mongo-data-rs0-0"));
+    let dbpath = agent.pvc_dir(ns.name(), "mongo-data-rs0-0");
+    support::make_source(&dbpath);
+    // Enough data that the agent reports progress several times (every 0.1 s here) mid-run.
+    std::fs::write(
+        dbpath.join("collection-9-big.wt"),
+        support::pseudo_random(9, 96 << 20),
+    )
+    .expect("big file");
     let key_path = work.path().join("key.json");
     snapcrypt::kms::local::LocalKeyManager::create(&key_path).expect("key file");
     let key_text = std::fs::read_to_string(&key_path).expect("key");
@@ -46,7 +53,31 @@ async fn backup_job_to_s3_restores_identically() {
             "AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY}}),
     )
     .await;
-    let _operator = Operator::start(cluster.kubeconfig(), ns.name());
+    let _operator = Operator::start_with(
+        cluster.kubeconfig(),
+        ns.name(),
+        &["--agent-progress-interval", "0.1"],
+    );
+    // Every progress reading a watch sees while a Snapshot runs.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let watch = {
+        use futures::StreamExt;
+        let seen = seen.clone();
+        let snaps: Api<Snapshot> = ns.api();
+        tokio::spawn(async move {
+            let stream = kube::runtime::watcher(snaps, Default::default());
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(ev)) = stream.next().await {
+                if let kube::runtime::watcher::Event::Apply(s) = ev
+                    && let Some(st) = s.status
+                    && st.phase == snapcrypt::api::snapshot::RunPhase::Running
+                    && let Some(p) = st.progress
+                {
+                    seen.lock().unwrap().push(p.percent);
+                }
+            }
+        })
+    };
     let jobs: Api<BackupJob> = ns.api();
     create::<BackupJob>(
         &jobs,
@@ -66,8 +97,14 @@ async fn backup_job_to_s3_restores_identically() {
     let snap_name = j.status.and_then(|s| s.last_snapshot).expect("snapshot");
     let snaps: Api<Snapshot> = ns.api();
     let st = wait_for_success(&snaps, &snap_name, &agent, &ns).await;
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|p| *p > 0.0 && *p < 100.0),
+        "no progress seen mid-run: {seen:?}"
+    );
     let id = st.repository_snapshot_id.expect("repository snapshot id");
-    assert!(st.stats.is_some_and(|s| s.files == 8 && s.stored_bytes > 0));
+    assert!(st.stats.is_some_and(|s| s.files == 9 && s.stored_bytes > 0));
 
     // The bucket holds the repository; it restores with the key file alone.
     let env_owned = s3.env();

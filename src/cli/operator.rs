@@ -46,6 +46,9 @@ pub struct OperatorArgs {
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Seconds between the snapshot agents' progress reports (tests shorten it).
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS", hide = true)]
+    pub agent_progress_interval: f64,
 }
 
 pub async fn run(args: OperatorArgs) -> Result<(), CliError> {
@@ -73,6 +76,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), CliError> {
         agent_image: args.agent_image,
         cluster_domain: args.cluster_domain,
         mongo_timeout: Duration::from_secs(args.mongo_timeout.max(1)),
+        agent_progress_interval: args.agent_progress_interval,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

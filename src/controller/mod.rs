@@ -38,6 +38,8 @@ pub struct OperatorConfig {
     pub cluster_domain: String,
     /// Time each member gets to answer `hello`.
     pub mongo_timeout: Duration,
+    /// Seconds between the snapshot agents' progress reports.
+    pub agent_progress_interval: f64,
 }
 
 impl Default for OperatorConfig {
@@ -46,6 +48,7 @@ impl Default for OperatorConfig {
             agent_image: "snapcrypt:latest".into(),
             cluster_domain: "cluster.local".into(),
             mongo_timeout: Duration::from_secs(5),
+            agent_progress_interval: 2.0,
         }
     }
 }

@@ -20,6 +20,11 @@ pub struct Operator(Child);
 
 impl Operator {
     pub fn start(kubeconfig: &Path, namespace: &str) -> Operator {
+        Self::start_with(kubeconfig, namespace, &[])
+    }
+
+    /// Start with extra operator flags.
+    pub fn start_with(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Operator {
         let child = Command::new(super::bin())
             .args([
                 "operator",
@@ -32,6 +37,7 @@ impl Operator {
                 "--agent-image",
                 "snapcrypt:e2e",
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())

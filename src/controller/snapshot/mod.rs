@@ -637,6 +637,7 @@ async fn start_attempt(
         data_claim: &claim,
         run_as: member_run_as(member_pod, &source.data_volume_name),
         image: &ctx.config.agent_image,
+        progress_interval: ctx.config.agent_progress_interval,
         kmip: kmip_server.as_ref().zip(active_key.as_deref()),
     }) {
         Ok(p) => p,

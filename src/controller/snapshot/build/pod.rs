@@ -66,6 +66,8 @@ pub struct PodPlan<'a> {
     pub run_as: RunAs,
     /// Image with the snapcrypt binary.
     pub image: &'a str,
+    /// Seconds between progress reports (the agent's default when 2).
+    pub progress_interval: f64,
     /// The KmipServer of a KMIP job, with its active master key id (from its status).
     pub kmip: Option<(&'a KmipServer, &'a str)>,
 }
@@ -333,6 +335,12 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     }
 
     args.extend(["--max-files".into(), spec.max_files.to_string()]);
+    if (p.progress_interval - 2.0).abs() > f64::EPSILON {
+        args.extend([
+            "--progress-interval".into(),
+            p.progress_interval.to_string(),
+        ]);
+    }
     args.extend([
         "--compression".into(),
         match spec.compression {
@@ -488,6 +496,7 @@ spec:
             data_claim: "mongo-data-rs0-2",
             run_as: RunAs { uid: 999, gid: 999 },
             image: "snapcrypt:test",
+            progress_interval: 2.0,
             kmip: None,
         })
     }
@@ -716,6 +725,7 @@ spec:
             data_claim: "mongo-data-rs0-2",
             run_as: RunAs { uid: 999, gid: 999 },
             image: "snapcrypt:test",
+            progress_interval: 2.0,
             kmip: None,
         };
         assert_eq!(snapshot_pod(&plan).err(), Some(PodError::KmipNotReady));
