@@ -165,6 +165,42 @@ async fn kmip_server_status_snapshot_and_rotation() {
     );
     assert_eq!(cond(&ks, "Rotating").map(|c| c.0).as_deref(), Some("True"));
 
+    // A BackupJob naming a KmipServer that does not exist: a condition naming the field.
+    create::<BackupJob>(
+        &jobs,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "nokmip"},
+               "spec": {"source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
+                                   "syncSource": {"mode": "member", "member": "rs0-0"}},
+                        "destination": {"pvc": {"claimName": "backups", "path": "other"}},
+                        "encryption": {"kmipServerRef": {"name": "absent-kmip"}}}}),
+    )
+    .await;
+    let j = wait_for(
+        &jobs,
+        "nokmip",
+        "the missing KmipServer to be reported",
+        LONG,
+        |j| {
+            j.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.reason == "KmipServerNotFound")
+            })
+        },
+    )
+    .await;
+    let c = j
+        .status
+        .unwrap_or_default()
+        .conditions
+        .into_iter()
+        .find(|c| c.reason == "KmipServerNotFound")
+        .expect("condition");
+    assert!(
+        c.message.contains("spec.encryption.kmipServerRef.name"),
+        "{c:?}"
+    );
+
     // The snapshot restores from the repository with the KMIP flags alone.
     let repo = agent.pvc_dir(ns.name(), "backups").join("repo");
     let out = tempfile::tempdir().expect("tempdir");
