@@ -63,7 +63,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), CliError> {
     };
     probe.list(&ListParams::default().limit(1)).await.map_err(|e| {
         format!(
-            "cannot list Snapshots ({e}): are the CRDs installed (snapcrypt crd | kubectl apply -f -) and may this ServiceAccount read them (deploy/rbac/)?"
+            "cannot list Snapshots ({e}): are the CRDs installed (snapcrypt crd | kubectl apply -f -) and may this ServiceAccount read them (the chart's RBAC, or deploy/snapcrypt.yaml)?"
         )
     })?;
     let metrics = Arc::new(Metrics::default());
