@@ -51,6 +51,14 @@ fn backup_json(
         .unwrap_or_else(|e| panic!("backup --json printed {out:?}: {e}"))
 }
 
+/// `snapcrypt backup --source SRC --repo REPO --key-file KEY`, required to succeed.
+fn backup(src: &str, repo: &str, key: &str) {
+    ok(
+        &["backup", "--source", src, "--repo", repo, "--key-file", key],
+        &[],
+    );
+}
+
 /// `snapcrypt restore --repo REPO --key-file KEY --snapshot SNAP --target TARGET`, required to succeed.
 fn restore(repo: &str, key: &str, snapshot: &str, target: &str, env: &[(&str, &str)]) {
     ok(
@@ -384,18 +392,7 @@ fn bad_input_gives_one_clear_line_and_writes_nothing() {
     );
     assert!(err.contains("KEY=VALUE"), "{err}");
 
-    ok(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    backup(&src, &repo, &key);
     let other = e.p("other-key.json");
     ok(
         &[
@@ -671,18 +668,7 @@ fn prune_forgets_by_policy_and_frees_space() {
 fn a_stale_lock_expires_and_a_live_exclusive_lock_blocks() {
     let e = Env::new();
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
-    ok(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    backup(&src, &repo, &key);
     let locks = Path::new(&repo).join("locks");
     fs::create_dir_all(&locks).unwrap();
     // A holder that died long ago: its lock is ignored and removed.
