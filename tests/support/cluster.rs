@@ -157,6 +157,24 @@ impl Cluster {
         Client::try_from(config).expect("client with a bearer token")
     }
 
+    /// A kubeconfig file at `path` like the admin's, but authenticating with `token`: for
+    /// running a process (the operator) as a ServiceAccount.
+    pub fn write_token_kubeconfig(&self, token: &str, path: &Path) {
+        let text = std::fs::read_to_string(self.kubeconfig()).expect("admin kubeconfig");
+        let mut cfg: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+        let user = serde_yaml::from_str::<serde_yaml::Value>(&format!(
+            "[{{name: token-user, user: {{token: {token}}}}}]"
+        ))
+        .expect("user");
+        cfg["users"] = user;
+        if let Some(contexts) = cfg["contexts"].as_sequence_mut() {
+            for c in contexts {
+                c["context"]["user"] = serde_yaml::Value::from("token-user");
+            }
+        }
+        std::fs::write(path, serde_yaml::to_string(&cfg).expect("YAML")).expect("write kubeconfig");
+    }
+
     /// Creates ServiceAccount `namespace/name` (if needed), gets a one-hour token for it through
     /// the TokenRequest API, and returns a client that acts as that ServiceAccount: RBAC
     /// applies to it exactly as to a pod running under it.
