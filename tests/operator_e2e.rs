@@ -328,3 +328,47 @@ async fn scenario(under_chart_rbac: bool) {
     .await;
     assert!(condition(&j, "Degraded").is_some_and(|c| c.2.contains("--max-files 3")));
 }
+
+/// Two operators with --leader-elect: one holds the Lease; when it dies, the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_fails_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let Some(cluster) = cluster_or_skip().await else {
+        return;
+    };
+    cluster.apply_crds().await;
+    let ns = cluster.namespace("leader").await;
+    let lease_name = unique_name("lease", "op");
+    let flags = [
+        "--leader-elect",
+        "--leader-elect-lease",
+        lease_name.as_str(),
+    ];
+    // Without POD_NAMESPACE the Lease lives in "default"; each process is named by its pid.
+    let first = Operator::start_with(cluster.kubeconfig(), ns.name(), &flags);
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "default");
+    let holder = |l: &Lease| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
+            .unwrap_or_default()
+    };
+    let l = wait_for(&leases, &lease_name, "a leader", LONG, |l| {
+        !holder(l).is_empty()
+    })
+    .await;
+    let leader = holder(&l);
+    assert_eq!(leader, format!("snapcrypt-{}", first.pid()));
+    let _second = Operator::start_with(cluster.kubeconfig(), ns.name(), &flags);
+    drop(first);
+    let l = wait_for(
+        &leases,
+        &lease_name,
+        "the second operator to take over",
+        LONG,
+        |l| !holder(l).is_empty() && holder(l) != leader,
+    )
+    .await;
+    assert_eq!(l.spec.and_then(|s| s.lease_transitions), Some(1));
+    let _ = leases.delete(&lease_name, &Default::default()).await;
+}

@@ -46,6 +46,12 @@ pub struct OperatorArgs {
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Run only while holding a Lease, so several replicas can run and one reconciles.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Name of the Lease (in $POD_NAMESPACE) for --leader-elect.
+    #[arg(long, default_value = "snapcrypt-operator", value_name = "NAME")]
+    pub leader_elect_lease: String,
     /// Seconds between the snapshot agents' progress reports (tests shorten it).
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS", hide = true)]
     pub agent_progress_interval: f64,
@@ -92,10 +98,42 @@ pub async fn run(args: OperatorArgs) -> Result<(), CliError> {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     };
-    tokio::join!(
-        controller::run(client, metrics, config, args.namespace, stopped(stop_rx)),
-        signals
-    );
+    let leader = args.leader_elect.then(|| controller::leader::LeaderConfig {
+        lease: args.leader_elect_lease.clone(),
+        namespace: std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into()),
+        identity: std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("snapcrypt-{}", std::process::id())),
+    });
+    let run = async {
+        if let Some(cfg) = &leader {
+            controller::leader::acquire(&client, cfg).await;
+        }
+        let controllers = controller::run(
+            client.clone(),
+            metrics,
+            config,
+            args.namespace,
+            stopped(stop_rx),
+        );
+        match &leader {
+            None => {
+                controllers.await;
+                Ok(())
+            }
+            Some(cfg) => tokio::select! {
+                _ = controllers => Ok(()),
+                _ = controller::leader::hold(&client, cfg) => Err("lost leadership (the Lease); exiting so a restart contends again"),
+            },
+        }
+    };
+    // Stop on a signal (the controllers then wind down), or as soon as `run` ends by itself
+    // (lost leadership).
+    tokio::pin!(run);
+    let result = tokio::select! {
+        r = &mut run => r,
+        _ = signals => run.await,
+    };
+    result?;
     match http.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("HTTP server: {e}").into()),

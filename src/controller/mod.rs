@@ -8,6 +8,7 @@ pub mod backup_job;
 pub mod conditions;
 pub mod http;
 pub mod kmip_server;
+pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod snapshot;

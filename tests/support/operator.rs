@@ -47,6 +47,13 @@ impl Operator {
     }
 }
 
+impl Operator {
+    /// The operator process's pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.0.kill();
