@@ -59,6 +59,51 @@ pub struct Progress {
     pub updated_at: Option<Time>,
 }
 
+/// A duration as the specs and the CLI write it (`30s`, `5m`, `36h`, `90d`), in seconds; `units`
+/// are the suffixes allowed where it is used.
+pub fn parse_duration(s: &str, units: &[char]) -> Result<u64, String> {
+    let names: Vec<String> = units.iter().map(char::to_string).collect();
+    let listed = match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    let bad = || format!("{s:?}: expected a number followed by {listed}, like 90d");
+    let unit = s
+        .chars()
+        .last()
+        .filter(|u| units.contains(u))
+        .ok_or_else(bad)?;
+    let n: u64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
+    let per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(per).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_with_the_allowed_units_only() {
+        assert_eq!(parse_duration("90d", &['h', 'd']), Ok(90 * 86400));
+        assert_eq!(parse_duration("36h", &['h', 'd']), Ok(36 * 3600));
+        assert_eq!(
+            parse_duration("5m", &['h', 'd']).unwrap_err(),
+            "\"5m\": expected a number followed by h or d, like 90d"
+        );
+        assert!(parse_duration("30s", &['s', 'm', 'h', 'd']).is_ok());
+        assert!(parse_duration("", &['d']).is_err());
+        assert!(parse_duration("d", &['d']).is_err());
+        assert!(parse_duration("99999999999999999999d", &['d']).is_err());
+    }
+}
+
 /// Condition list type used by every status, keyed by `type`.
 pub type Conditions = Vec<Condition>;
 

@@ -121,6 +121,19 @@ pub enum KmipProtocolVersion {
     V1_4,
 }
 
+impl KmipProtocolVersion {
+    /// As written in the spec and on the command line (`1.4`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KmipProtocolVersion::V1_0 => "1.0",
+            KmipProtocolVersion::V1_1 => "1.1",
+            KmipProtocolVersion::V1_2 => "1.2",
+            KmipProtocolVersion::V1_3 => "1.3",
+            KmipProtocolVersion::V1_4 => "1.4",
+        }
+    }
+}
+
 /// Where the master key comes from: exactly one of `keyId` and `create`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

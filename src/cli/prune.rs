@@ -40,17 +40,7 @@ pub struct PruneArgs {
 
 /// `90d` or `36h` as seconds.
 pub fn parse_age(s: &str) -> Result<u64, String> {
-    let (n, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number followed by h or d, like 90d"))?;
-    match unit {
-        "h" => Ok(n * 3600),
-        "d" => Ok(n * 86400),
-        _ => Err(format!(
-            "{s:?}: expected a number followed by h or d, like 90d"
-        )),
-    }
+    crate::api::common::parse_duration(s, &['h', 'd'])
 }
 
 pub async fn run(args: PruneArgs) -> Result<(), CliError> {

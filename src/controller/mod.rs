@@ -64,9 +64,38 @@ pub struct Context {
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
+/// The key under which `controller` counts reconcile failures of `obj`.
+fn failure_key<K: ResourceExt>(controller: &str, obj: &K) -> String {
+    format!(
+        "{controller}/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
 impl Context {
+    /// Every controller's `error_policy`: count the failure by stage in metrics, log it, and
+    /// requeue with a back-off that grows with the failures of `obj` in a row.
+    pub fn retry_after_failure<K: ResourceExt>(
+        &self,
+        controller: &'static str,
+        obj: &K,
+        stage: &'static str,
+        err: &dyn std::fmt::Display,
+    ) -> kube::runtime::controller::Action {
+        self.metrics.failure(controller, stage);
+        let n = self.failed(&failure_key(controller, obj));
+        tracing::warn!(controller, stage, error = %err, attempt = n, "reconcile failed");
+        kube::runtime::controller::Action::requeue(backoff(n))
+    }
+
+    /// A reconcile of `obj` went through: its back-off starts again.
+    pub fn reconciled<K: ResourceExt>(&self, controller: &'static str, obj: &K) {
+        self.succeeded(&failure_key(controller, obj));
+    }
+
     /// Count a failure of `key`; returns how many in a row (0 for the first).
-    pub fn failed(&self, key: &str) -> u32 {
+    fn failed(&self, key: &str) -> u32 {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = f.entry(key.to_string()).or_insert(0);
         let before = *n;
@@ -75,7 +104,7 @@ impl Context {
     }
 
     /// Forget the failures of `key` after a reconcile that went through.
-    pub fn succeeded(&self, key: &str) {
+    fn succeeded(&self, key: &str) {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         f.remove(key);
     }

@@ -103,14 +103,7 @@ pub fn controller(
 }
 
 fn error_policy(job: Arc<BackupJob>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failure(CONTROLLER, err.category());
-    let n = ctx.failed(&format!(
-        "bj/{}/{}",
-        job.namespace().unwrap_or_default(),
-        job.name_any()
-    ));
-    tracing::warn!(controller = CONTROLLER, stage = err.category(), error = %err, attempt = n, "reconcile failed");
-    Action::requeue(super::backoff(n))
+    ctx.retry_after_failure(CONTROLLER, job.as_ref(), err.category(), err)
 }
 
 /// What the job refers to and its Snapshots, as read from the API.
@@ -123,7 +116,6 @@ async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Err
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
-    let key = format!("bj/{ns}/{name}");
     if job.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -209,7 +201,7 @@ async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Err
                 .await;
         }
     }
-    ctx.succeeded(&key);
+    ctx.reconciled(CONTROLLER, job.as_ref());
 
     // When to look again.
     let missing = problems.iter().any(|p| p.reason.ends_with("NotFound"));

@@ -11,22 +11,14 @@ use crate::api::kmip_server::{
 };
 use crate::controller::conditions::{Cond, merge};
 
-/// `30m`, `720h` or `90d` as a duration.
+/// `30m`, `720h` or `90d` (or `30s`) as a duration; zero is refused.
 pub fn parse_period(s: &str) -> Result<SignedDuration, String> {
-    let bad = || format!("{s:?}: expected a number followed by m, h or d, like 90d");
-    let (n, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(bad()),
-    };
-    if secs <= 0 {
-        return Err(bad());
+    match crate::api::common::parse_duration(s, &['s', 'm', 'h', 'd'])? {
+        0 => Err(format!("{s:?}: must be longer than zero")),
+        secs => i64::try_from(secs)
+            .map(SignedDuration::from_secs)
+            .map_err(|_| format!("{s:?}: too long")),
     }
-    Ok(SignedDuration::from_secs(secs))
 }
 
 /// When the active key is next due for rotation: `period` after the last rotation, or after

@@ -75,14 +75,7 @@ pub fn controller(
 }
 
 fn error_policy(ks: Arc<KmipServer>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failure(CONTROLLER, err.category());
-    let n = ctx.failed(&format!(
-        "kmip/{}/{}",
-        ks.namespace().unwrap_or_default(),
-        ks.name_any()
-    ));
-    tracing::warn!(controller = CONTROLLER, stage = err.category(), error = %err, attempt = n, "reconcile failed");
-    Action::requeue(super::backoff(n))
+    ctx.retry_after_failure(CONTROLLER, ks.as_ref(), err.category(), err)
 }
 
 /// The client TLS material from the Secret (`tls.crt`, `tls.key`, `ca.crt`).
@@ -105,13 +98,8 @@ fn tls_from_secret(secret: Option<Secret>, name: &str) -> Result<TlsMaterial, St
 }
 
 fn version(v: KmipProtocolVersion) -> ProtocolVersion {
-    match v {
-        KmipProtocolVersion::V1_0 => ProtocolVersion::V1_0,
-        KmipProtocolVersion::V1_1 => ProtocolVersion::V1_1,
-        KmipProtocolVersion::V1_2 => ProtocolVersion::V1_2,
-        KmipProtocolVersion::V1_3 => ProtocolVersion::V1_3,
-        KmipProtocolVersion::V1_4 => ProtocolVersion::V1_4,
-    }
+    // Every spec version is one the client knows; 1.4 (the default) only if that ever changes.
+    v.as_str().parse().unwrap_or(ProtocolVersion::V1_4)
 }
 
 fn classify(e: &KmipError) -> Connection {
@@ -371,7 +359,7 @@ async fn reconcile(ks: Arc<KmipServer>, ctx: Arc<Context>) -> Result<Action, Err
         ctx.event(ks.as_ref(), r.status != "True", reason, r.message.clone())
             .await;
     }
-    ctx.succeeded(&format!("kmip/{ns}/{name}"));
+    ctx.reconciled(CONTROLLER, ks.as_ref());
 
     // Come back at the poll interval, or at the next rotation if sooner.
     let poll = parse_period(&ks.spec.poll_interval)

@@ -112,18 +112,7 @@ pub fn controller(
 }
 
 fn error_policy(snap: Arc<Snapshot>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failure(CONTROLLER, err.category());
-    let n = ctx.failed(&key(&snap));
-    tracing::warn!(controller = CONTROLLER, stage = err.category(), error = %err, attempt = n, "reconcile failed");
-    Action::requeue(super::backoff(n))
-}
-
-fn key(s: &Snapshot) -> String {
-    format!(
-        "snap/{}/{}",
-        s.namespace().unwrap_or_default(),
-        s.name_any()
-    )
+    ctx.retry_after_failure(CONTROLLER, snap.as_ref(), err.category(), err)
 }
 
 /// The Snapshot's surroundings, as read from the API.
@@ -182,7 +171,7 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
     {
         ctx.metrics.finished(&format!("{:?}", status.phase));
     }
-    ctx.succeeded(&key(&snap));
+    ctx.reconciled(CONTROLLER, snap.as_ref());
     Ok(match requeue {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),

@@ -13,7 +13,7 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::backup_job::Compression;
-use crate::api::kmip_server::{KmipProtocolVersion, WrappingMode};
+use crate::api::kmip_server::WrappingMode;
 use crate::api::{BackupJob, KmipServer, Snapshot};
 use crate::controller::backup_job::validate::db_path_in_volume;
 use crate::controller::names::{
@@ -30,16 +30,6 @@ pub const KEY_MOUNT: &str = "/etc/snapcrypt/key";
 pub const KEY_FILE: &str = "key.json";
 /// Where the KmipServer's client TLS Secret is mounted.
 pub const KMIP_MOUNT: &str = "/etc/snapcrypt/kmip";
-
-fn kmip_version(v: KmipProtocolVersion) -> &'static str {
-    match v {
-        KmipProtocolVersion::V1_0 => "1.0",
-        KmipProtocolVersion::V1_1 => "1.1",
-        KmipProtocolVersion::V1_2 => "1.2",
-        KmipProtocolVersion::V1_3 => "1.3",
-        KmipProtocolVersion::V1_4 => "1.4",
-    }
-}
 
 /// Scratch space (packs are staged here for S3); the root filesystem is read-only.
 pub const TMP_MOUNT: &str = "/tmp";
@@ -315,7 +305,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
                 "--kmip-key-id".into(),
                 key_id.to_string(),
                 "--kmip-version".into(),
-                kmip_version(ks.spec.protocol_version).into(),
+                ks.spec.protocol_version.as_str().into(),
                 "--kmip-timeout-secs".into(),
                 ks.spec.connect_timeout_seconds.to_string(),
             ]);
