@@ -204,7 +204,14 @@ impl Repository {
         self.keys.clear();
         self.records.clear();
         for (name, _) in self.backend.list("keys").await? {
-            let bytes = self.backend.get(&name).await?;
+            let bytes = match self.backend.get(&name).await {
+                Ok(b) => b,
+                // Listed, then gone: the record of a writer that lost the race to create the
+                // repository (open_or_init deletes its own). No object was ever sealed under it;
+                // a key that is needed and missing is reported where it is needed.
+                Err(BackendError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
             let record: KeyRecord =
                 serde_json::from_slice(&bytes).map_err(|e| EngineError::Corrupt {
                     object: name.clone(),
@@ -609,5 +616,38 @@ impl Repository {
             object: format!("tree of snapshot {}", snap.id),
             reason: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    use crate::engine::backend::{Location, S3Options};
+    use crate::kms::local::LocalKeyManager;
+
+    /// Creators racing on a new repository all end up with the one that won, including the
+    /// winner, which may list the loser's key record just before the loser deletes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_creators_all_open_the_same_repository() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let km = LocalKeyManager::create(&dir.path().join("key.json")).expect("key");
+        for round in 0..30 {
+            let loc = Location::Local(dir.path().join(format!("repo-{round}")));
+            let opens = (0..4).map(|_| async {
+                let backend = Backend::open(&loc, &S3Options::default(), true)?;
+                Repository::open_or_init(backend, &km, DEFAULT_CHUNK_SIZE).await
+            });
+            let results = futures::future::join_all(opens).await;
+            let mut ids = BTreeSet::new();
+            let mut created = 0;
+            for r in results {
+                let (repo, new) = r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+                ids.insert(repo.config.id.clone());
+                created += usize::from(new);
+            }
+            assert_eq!((ids.len(), created), (1, 1), "round {round}");
+        }
     }
 }
