@@ -256,7 +256,11 @@ const OPERATOR_RULES: &[(&str, &str, &str)] = &[
     ("snapcrypt.dev", "backupjobs", "get list watch"),
     ("snapcrypt.dev", "kmipservers", "get list watch"),
     ("snapcrypt.dev", "restores", "get list watch"),
-    ("snapcrypt.dev", "snapshots", "get list watch create patch"),
+    (
+        "snapcrypt.dev",
+        "snapshots",
+        "get list watch create patch delete",
+    ),
     ("snapcrypt.dev", "snapshots/status", "get patch"),
     ("snapcrypt.dev", "backupjobs/status", "patch"),
     ("snapcrypt.dev", "kmipservers/status", "patch"),
@@ -280,14 +284,14 @@ const AGENT_RULES: &[(&str, &str, &str)] = &[
 ];
 
 /// What the operator must not do: write what users apply (spec of BackupJobs, KmipServers,
-/// Restores), delete anything of theirs, list Secrets, or reach beyond its kinds.
+/// Restores), delete anything of theirs, list Secrets, or reach beyond its kinds. (It deletes
+/// Snapshots, but only those its BackupJob's retention policy has forgotten in the repository.)
 const OPERATOR_DENIED: &[(&str, &str, &str)] = &[
     ("snapcrypt.dev", "backupjobs", "patch"),
     ("snapcrypt.dev", "backupjobs", "update"),
     ("snapcrypt.dev", "backupjobs", "delete"),
     ("snapcrypt.dev", "kmipservers", "patch"),
     ("snapcrypt.dev", "restores", "patch"),
-    ("snapcrypt.dev", "snapshots", "delete"),
     ("", "secrets", "list"),
     ("", "secrets", "watch"),
     ("", "secrets", "create"),

@@ -664,6 +664,128 @@ fn prune_forgets_by_policy_and_frees_space() {
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
 }
 
+/// Retention scoped by tag: `prune --tag` forgets only among the tagged snapshots, and the
+/// snapshot agent's retention pass (what a snapshot pod runs after its backup) does the same,
+/// reports what it forgot in its result line, and never fails a finished backup.
+#[test]
+fn retention_scoped_by_tag_in_prune_and_in_the_agent() {
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    let tagged = |tag: &[&str]| {
+        let mut extra = vec![];
+        for t in tag {
+            extra.extend(["--tag", *t]);
+        }
+        backup_json(&src, &repo, &key, &extra, &[])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a1 = tagged(&["job=a"]);
+    let b1 = tagged(&["job=b"]);
+    let a2 = tagged(&["job=a"]);
+    let free = tagged(&[]);
+    let listed = |repo: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&ok(
+            &["snapshots", "--repo", repo, "--key-file", &key, "--json"],
+            &[],
+        ))
+        .unwrap();
+        let mut ids: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let report: serde_json::Value = serde_json::from_str(&ok(
+        &[
+            "prune",
+            "--repo",
+            &repo,
+            "--key-file",
+            &key,
+            "--keep-last",
+            "1",
+            "--tag",
+            "job=a",
+            "--json",
+        ],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(report["kept"], serde_json::json!([a2]));
+    assert_eq!(report["forgotten"], serde_json::json!([a1]));
+    assert_eq!(
+        listed(&repo),
+        sorted(vec![b1.clone(), a2.clone(), free.clone()])
+    );
+
+    // The agent: back up, then keep job=a's newest only (the one it just took).
+    let agent = |log: &str, env: &[(&str, &str)]| -> serde_json::Value {
+        ok(
+            &[
+                "agent",
+                "snapshot",
+                "--source",
+                &src,
+                "--repo",
+                &repo,
+                "--key-file",
+                &key,
+                "--tag",
+                "job=a",
+                "--keep-last",
+                "1",
+                "--prune-tag",
+                "job=a",
+                "--termination-log",
+                log,
+            ],
+            env,
+        );
+        serde_json::from_str(fs::read_to_string(log).unwrap().trim()).unwrap()
+    };
+    let result = agent(&e.p("termination-1"), &[]);
+    let a3 = result["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        result["retention"],
+        serde_json::json!({"kept": 1, "forgotten": [a2], "forgotten_total": 1, "bytes_freed": 0})
+    );
+    assert_eq!(
+        listed(&repo),
+        sorted(vec![b1.clone(), free.clone(), a3.clone()])
+    );
+    ok(
+        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
+        &[],
+    );
+
+    // A retention pass that cannot run (another backup holds a lock) is reported in the result;
+    // the backup itself succeeded and is kept.
+    let locks = Path::new(&repo).join("locks");
+    fs::create_dir_all(&locks).unwrap();
+    fs::write(
+        locks.join("busy"),
+        format!(
+            r#"{{"exclusive":false,"hostname":"busy-host","pid":4242,"refreshed":{}}}"#,
+            support::now_secs()
+        ),
+    )
+    .unwrap();
+    let result = agent(&e.p("termination-2"), &[("SNAPCRYPT_LOCK_WAIT_SECS", "1")]);
+    let error = result["retention"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("busy-host"), "{result}");
+    let a4 = result["id"].as_str().unwrap().to_string();
+    assert_eq!(listed(&repo), sorted(vec![b1, free, a3, a4]));
+}
+
 #[test]
 fn a_stale_lock_expires_and_a_live_exclusive_lock_blocks() {
     let e = Env::new();

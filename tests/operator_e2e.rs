@@ -14,7 +14,10 @@ use kube::api::Api;
 use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Snapshot};
-use support::cluster::{NodeAgentOptions, cluster_or_skip, try_wait_for, unique_name, wait_for};
+use support::cluster::{
+    NodeAgentOptions, cluster_or_skip, eventually, try_wait_for, unique_name, wait_for,
+    wait_for_deletion,
+};
 use support::operator::{LONG, Operator, create, events_for, member, wait_for_success};
 
 fn job(name: &str, extra: serde_json::Value) -> serde_json::Value {
@@ -327,6 +330,136 @@ async fn scenario(under_chart_rbac: bool) {
     })
     .await;
     assert!(condition(&j, "Degraded").is_some_and(|c| c.2.contains("--max-files 3")));
+
+    // 5. A schedule and retention: a job firing every minute that keeps its newest scheduled
+    //    snapshot, writing into the same repository as "once". Its second scheduled run forgets
+    //    its first: the repository no longer lists it and its Snapshot object is deleted. An
+    //    on-demand run (a Snapshot made by hand) and "once" are never forgotten by it.
+    create::<BackupJob>(
+        &jobs,
+        job(
+            "keep1",
+            json!({"schedule": {"cron": "* * * * *"}, "retention": {"keepLast": 1}}),
+        ),
+    )
+    .await;
+    let j = wait_for(&jobs, "keep1", "the first scheduled run", LONG, |j| {
+        j.status.as_ref().is_some_and(|s| s.last_snapshot.is_some())
+    })
+    .await;
+    let first = j.status.and_then(|s| s.last_snapshot).expect("name");
+    let first_id = wait_for_success(&snaps, &first, &agent, &ns)
+        .await
+        .repository_snapshot_id
+        .expect("id");
+    create::<Snapshot>(
+        &snaps,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot",
+               "metadata": {"name": "keep1-on-demand"}, "spec": {"backupJobRef": {"name": "keep1"}}}),
+    )
+    .await;
+    let on_demand = wait_for_success(&snaps, "keep1-on-demand", &agent, &ns).await;
+    let applied = |st: &snapcrypt::api::SnapshotStatus| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == "RetentionApplied")
+            .map(|c| format!("{} {}: {}", c.status, c.reason, c.message))
+            .unwrap_or_default()
+    };
+    assert!(
+        applied(&on_demand).starts_with("True Pruned: kept 1 snapshot(s) of the job, forgot 0,"),
+        "{}",
+        applied(&on_demand)
+    );
+    // The next scheduled run forgets the first, and its Snapshot object goes.
+    wait_for_deletion(&snaps, &first, LONG).await;
+    jobs.patch(
+        "keep1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .expect("suspend keep1");
+    let (second, second_st) = eventually("keep1's runs to finish", LONG, || async {
+        let all = snaps
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let keep1: Vec<&Snapshot> = all
+            .items
+            .iter()
+            .filter(|s| {
+                s.spec.backup_job_ref.name == "keep1"
+                    && s.metadata.name != Some("keep1-on-demand".into())
+            })
+            .collect();
+        let finished = |s: &&Snapshot| {
+            matches!(
+                s.status.as_ref().map(|st| st.phase),
+                Some(RunPhase::Succeeded | RunPhase::Failed)
+            )
+        };
+        match keep1.as_slice() {
+            [one] if finished(one) => Ok((
+                one.metadata.name.clone().unwrap_or_default(),
+                one.status.clone().unwrap_or_default(),
+            )),
+            _ => Err(format!(
+                "keep1's scheduled Snapshots: {:?}",
+                keep1
+                    .iter()
+                    .map(|s| (
+                        s.metadata.name.clone(),
+                        s.status.as_ref().map(|st| st.phase)
+                    ))
+                    .collect::<Vec<_>>()
+            )),
+        }
+    })
+    .await;
+    assert_eq!(second_st.phase, RunPhase::Succeeded, "{second}");
+    assert!(
+        applied(&second_st).starts_with("True Pruned: kept 1 snapshot(s) of the job, forgot 1,"),
+        "{}",
+        applied(&second_st)
+    );
+    assert!(
+        events_for(&ns, &second)
+            .await
+            .iter()
+            .any(|(r, _)| r == "ForgottenSnapshotsDeleted"),
+        "{:?}",
+        events_for(&ns, &second).await
+    );
+    let listed: serde_json::Value = serde_json::from_str(&support::ok(
+        &[
+            "snapshots",
+            "--repo",
+            &repo.display().to_string(),
+            "--key-file",
+            &key.display().to_string(),
+            "--json",
+        ],
+        &[],
+    ))
+    .expect("snapshots --json");
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    ids.sort();
+    let mut want = vec![
+        id.as_str(),
+        on_demand.repository_snapshot_id.as_deref().expect("id"),
+        second_st.repository_snapshot_id.as_deref().expect("id"),
+    ];
+    want.sort();
+    assert_eq!(
+        ids, want,
+        "the first keep1 snapshot ({first_id}) is forgotten"
+    );
 }
 
 /// Two operators with --leader-elect: one holds the Lease; when it dies, the other takes over.

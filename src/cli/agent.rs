@@ -13,11 +13,17 @@ use kube::{Api, Client};
 
 use super::CliError;
 use super::backup::{BackupArgs, KeyFile, perform};
+use super::prune::RetentionArgs;
 use crate::api::Snapshot;
 use crate::api::common::Progress as ProgressStatus;
 use crate::controller::AGENT_FIELD_MANAGER;
-use crate::controller::snapshot::result::AgentResult;
+use crate::controller::snapshot::result::{
+    AgentResult, MAX_FORGOTTEN_IDS, MAX_RETENTION_ERROR, RetentionResult,
+};
+use crate::engine::progress::human_bytes;
 use crate::engine::progress::{Progress, ProgressReport};
+use crate::engine::prune::{PruneScope, prune};
+use crate::engine::repo::Repository;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -53,6 +59,12 @@ pub struct SnapshotArgs {
     pub progress_interval: f64,
     #[command(flatten)]
     pub backup: BackupArgs,
+    /// After a successful backup, forget this job's snapshots by these rules and prune.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// The tags that scope the retention rules (the operator passes backupjob=NAMESPACE/NAME).
+    #[arg(long = "prune-tag", value_name = "KEY=VALUE", value_parser = super::backup::parse_tag)]
+    pub prune_tags: Vec<(String, String)>,
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), CliError> {
@@ -78,12 +90,14 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     }
     match result {
         Ok(m) => {
+            let retention = apply_retention(&args, &m.id).await;
             let line = serde_json::to_string(&AgentResult {
                 id: m.id.clone(),
                 files: m.files,
                 logical_bytes: m.logical_bytes,
                 stored_bytes: m.stored_bytes,
                 key_id: m.master_key_id.clone(),
+                retention,
             })?;
             write_termination_log(&args.termination_log, &line);
             println!("{line}");
@@ -94,6 +108,54 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
             Err(e)
         }
     }
+}
+
+/// The job's retention pass after a successful backup: forget by the rules among the snapshots
+/// with the prune tags, never the one just taken, and remove what nothing kept needs. A failure
+/// is reported, not raised: the backup is complete either way, and the next run tries again.
+async fn apply_retention(args: &SnapshotArgs, new_id: &str) -> Option<RetentionResult> {
+    let policy = args.retention.policy();
+    if policy.is_empty() {
+        return None;
+    }
+    let scope = PruneScope {
+        tags: args.prune_tags.iter().cloned().collect(),
+        protect: [new_id.to_string()].into(),
+    };
+    let pass = async {
+        let km = args.backup.keys.key_manager(false).await?;
+        let mut repo = Repository::open(args.backup.repo.backend(false)?, km.as_ref()).await?;
+        Ok::<_, CliError>(prune(&mut repo, km.as_ref(), &policy, &scope, false).await?)
+    };
+    Some(match pass.await {
+        Ok(report) => {
+            eprintln!(
+                "snapcrypt: retention: kept {} snapshot(s), forgot {}, freed {}",
+                report.kept.len(),
+                report.forgotten.len(),
+                human_bytes(report.bytes_freed)
+            );
+            RetentionResult {
+                kept: report.kept.len(),
+                forgotten_total: report.forgotten.len(),
+                forgotten: report
+                    .forgotten
+                    .into_iter()
+                    .take(MAX_FORGOTTEN_IDS)
+                    .collect(),
+                bytes_freed: report.bytes_freed,
+                error: None,
+            }
+        }
+        Err(e) => {
+            let e = e.to_string();
+            eprintln!("snapcrypt: retention not applied: {e}");
+            RetentionResult {
+                error: Some(crate::controller::truncate(&e, MAX_RETENTION_ERROR)),
+                ..Default::default()
+            }
+        }
+    })
 }
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.

@@ -49,7 +49,7 @@ pub struct BackupArgs {
     pub chunk_size: u32,
 }
 
-fn parse_tag(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_tag(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("--tag {s:?}: expected KEY=VALUE")),

@@ -6,7 +6,7 @@ use super::CliError;
 use super::keys::KeyArgs;
 use super::repo_args::RepoArgs;
 use crate::engine::progress::human_bytes;
-use crate::engine::prune::{RetentionPolicy, prune};
+use crate::engine::prune::{PruneScope, RetentionPolicy, prune};
 use crate::engine::repo::Repository;
 
 #[derive(Args, Debug)]
@@ -15,6 +15,23 @@ pub struct PruneArgs {
     pub repo: RepoArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Apply the policy only to snapshots with this tag (repeatable: all must match); the others
+    /// are kept. Snapshot pods tag each snapshot backupjob=NAMESPACE/NAME.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = super::backup::parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Say what would be forgotten and freed, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The retention rules, shared by `prune` and the snapshot agent (which prunes after a backup).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RetentionArgs {
     /// Keep the newest N snapshots.
     #[arg(long, value_name = "N")]
     pub keep_last: Option<u32>,
@@ -30,12 +47,18 @@ pub struct PruneArgs {
     /// Forget snapshots older than this (for example 90d or 36h), whatever the other rules say.
     #[arg(long, value_name = "AGE", value_parser = parse_age)]
     pub max_age: Option<u64>,
-    /// Say what would be forgotten and freed, change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            max_age_secs: self.max_age,
+        }
+    }
 }
 
 /// `90d` or `36h` as seconds.
@@ -44,16 +67,20 @@ pub fn parse_age(s: &str) -> Result<u64, String> {
 }
 
 pub async fn run(args: PruneArgs) -> Result<(), CliError> {
-    let policy = RetentionPolicy {
-        keep_last: args.keep_last,
-        keep_daily: args.keep_daily,
-        keep_weekly: args.keep_weekly,
-        keep_monthly: args.keep_monthly,
-        max_age_secs: args.max_age,
+    let scope = PruneScope {
+        tags: args.tags.iter().cloned().collect(),
+        protect: Default::default(),
     };
     let km = args.keys.key_manager(false).await?;
     let mut repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
-    let report = prune(&mut repo, km.as_ref(), &policy, args.dry_run).await?;
+    let report = prune(
+        &mut repo,
+        km.as_ref(),
+        &args.retention.policy(),
+        &scope,
+        args.dry_run,
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -1,7 +1,7 @@
 //! Forget snapshots by a retention policy, then remove data no kept snapshot needs: packs with
 //! no used blob are deleted, mostly-unused packs are repacked. Runs under an exclusive lock.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use super::EngineError;
@@ -107,9 +107,46 @@ pub fn keep(
     kept
 }
 
+/// Which snapshots a policy may forget. Snapshots outside the scope are always kept, so one
+/// BackupJob's retention never touches another's snapshots in a shared repository.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneScope {
+    /// Only snapshots carrying all these tags are subject to the policy (empty: all are).
+    pub tags: BTreeMap<String, String>,
+    /// Snapshots kept whatever the policy says (the one a snapshot pod has just taken).
+    pub protect: BTreeSet<String>,
+}
+
+impl PruneScope {
+    fn covers(&self, s: &SnapshotManifest) -> bool {
+        self.tags.iter().all(|(k, v)| s.tags.get(k) == Some(v))
+    }
+}
+
+/// The ids kept when `policy` applies to the snapshots in `scope` only. Pure.
+pub fn keep_in_scope(
+    snaps: &[SnapshotManifest],
+    policy: &RetentionPolicy,
+    scope: &PruneScope,
+    now: jiff::Timestamp,
+) -> BTreeSet<String> {
+    let (inside, outside): (Vec<SnapshotManifest>, Vec<SnapshotManifest>) =
+        snaps.iter().cloned().partition(|s| scope.covers(s));
+    let mut kept = keep(&inside, policy, now);
+    kept.extend(outside.into_iter().map(|s| s.id));
+    kept.extend(
+        snaps
+            .iter()
+            .filter(|s| scope.protect.contains(&s.id))
+            .map(|s| s.id.clone()),
+    );
+    kept
+}
+
 /// What prune did (or, with dry_run, would do).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct PruneReport {
+    /// Snapshots in the scope that stay.
     pub kept: Vec<String>,
     pub forgotten: Vec<String>,
     pub packs_deleted: usize,
@@ -117,15 +154,17 @@ pub struct PruneReport {
     pub bytes_freed: u64,
 }
 
-/// Forget by `policy` and remove unreferenced data. Repacks packs less than half used.
+/// Forget by `policy` within `scope` and remove unreferenced data. Repacks packs less than
+/// half used.
 pub async fn prune(
     repo: &mut Repository,
     km: &dyn KeyManager,
     policy: &RetentionPolicy,
+    scope: &PruneScope,
     dry_run: bool,
 ) -> Result<PruneReport, EngineError> {
     let lock = RepoLock::acquire(&repo.backend, true, lock_wait(Duration::from_secs(30))).await?;
-    let r = run_prune(repo, km, policy, dry_run).await;
+    let r = run_prune(repo, km, policy, scope, dry_run).await;
     lock.release().await?;
     r
 }
@@ -134,14 +173,18 @@ async fn run_prune(
     repo: &mut Repository,
     km: &dyn KeyManager,
     policy: &RetentionPolicy,
+    scope: &PruneScope,
     dry_run: bool,
 ) -> Result<PruneReport, EngineError> {
     let snaps = repo.snapshots().await?;
-    let kept = keep(&snaps, policy, jiff::Timestamp::now());
+    let kept = keep_in_scope(&snaps, policy, scope, jiff::Timestamp::now());
     let mut report = PruneReport::default();
     for s in &snaps {
         if kept.contains(&s.id) {
-            report.kept.push(s.id.clone())
+            // Snapshots outside the scope are kept untouched and not reported.
+            if scope.covers(s) {
+                report.kept.push(s.id.clone())
+            }
         } else {
             report.forgotten.push(s.id.clone())
         }
@@ -332,6 +375,61 @@ mod tests {
                 ..Default::default()
             }),
             ""
+        );
+    }
+
+    #[test]
+    fn scope_limits_what_a_policy_forgets() {
+        let tagged = |id: &str, t: &str, job: &str| {
+            let mut s = snap(id, t);
+            s.tags.insert("backupjob".into(), job.into());
+            s
+        };
+        let snaps = vec![
+            tagged("a", "2026-11-01T01:00:00Z", "ns/one"),
+            tagged("b", "2026-11-02T01:00:00Z", "ns/two"),
+            tagged("c", "2026-11-03T01:00:00Z", "ns/one"),
+            snap("d", "2026-11-04T01:00:00Z"),
+            tagged("e", "2026-11-05T01:00:00Z", "ns/one"),
+        ];
+        let now: jiff::Timestamp = "2026-11-21T00:00:00Z".parse().unwrap();
+        let ids = |policy: RetentionPolicy, scope: PruneScope| {
+            keep_in_scope(&snaps, &policy, &scope, now)
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let last1 = RetentionPolicy {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        let one = PruneScope {
+            tags: [("backupjob".to_string(), "ns/one".to_string())].into(),
+            protect: BTreeSet::new(),
+        };
+        // Only ns/one's snapshots are subject: its newest (e) stays, a and c go.
+        assert_eq!(ids(last1.clone(), one.clone()), "b,d,e");
+        // No scope: the policy applies to all.
+        assert_eq!(ids(last1.clone(), PruneScope::default()), "e");
+        // A protected snapshot stays even when the policy would forget it.
+        let protect_a = PruneScope {
+            protect: ["a".to_string()].into(),
+            ..one
+        };
+        assert_eq!(ids(last1, protect_a), "a,b,d,e");
+        let none = RetentionPolicy {
+            keep_last: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(
+                none,
+                PruneScope {
+                    protect: ["e".to_string()].into(),
+                    ..Default::default()
+                }
+            ),
+            "e"
         );
     }
 }

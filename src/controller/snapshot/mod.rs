@@ -21,7 +21,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use self::build::pod::{PodPlan, member_run_as, snapshot_pod};
+use self::build::pod::{PodPlan, made_by_job, member_run_as, snapshot_pod};
 use self::build::status::{PodView, Step, failure_message, next_status, view};
 use self::result::AgentResult;
 use super::backup_job::validate::{Problem, check_references, check_spec, references};
@@ -66,6 +66,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("Snapshot {snapshot}: deleting Snapshot {forgotten}, forgotten by retention: {source}")]
+    DeleteForgotten {
+        snapshot: String,
+        forgotten: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("Snapshot {snapshot}: updating status: {source}")]
     UpdateStatus {
         snapshot: String,
@@ -81,6 +88,7 @@ impl Error {
             Error::Dereference { .. } => "dereference",
             Error::ApplyRbac { .. } => "apply_rbac",
             Error::ApplyPod { .. } => "apply_pod",
+            Error::DeleteForgotten { .. } => "delete_forgotten",
             Error::UpdateStatus { .. } => "update_status",
         }
     }
@@ -154,7 +162,13 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         (Plan::Start { .. }, None) => return Ok(Action::requeue(RECHECK)),
     };
 
-    // 6. Update status, and announce transitions.
+    // 6. Retention: Snapshots whose repository snapshot the agent's retention pass forgot go
+    //    too, before the status write (a lost write makes the next reconcile redo this).
+    if let Step::Succeeded { result, .. } = &step {
+        delete_forgotten(&snap, &world, result, &ctx).await?;
+    }
+
+    // 7. Update status, and announce transitions.
     let status = next_status(&prev, &step, snap.metadata.generation, now);
     if status != original {
         let api: Api<Snapshot> =
@@ -176,6 +190,85 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+/// The finished Snapshots the job made whose repository snapshot the agent's retention pass
+/// has forgotten. Snapshots a user created are never deleted (the pass does not forget them
+/// either). Pure.
+fn forgotten_siblings<'a>(
+    siblings: &'a [Snapshot],
+    job: Option<&BackupJob>,
+    result: &AgentResult,
+) -> Vec<&'a Snapshot> {
+    let (Some(r), Some(job)) = (&result.retention, job) else {
+        return Vec::new();
+    };
+    let gone: BTreeSet<&str> = r.forgotten.iter().map(String::as_str).collect();
+    siblings
+        .iter()
+        .filter(|s| made_by_job(s, job))
+        .filter(|s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.phase == RunPhase::Succeeded
+                    && st
+                        .repository_snapshot_id
+                        .as_deref()
+                        .is_some_and(|id| gone.contains(id))
+            })
+        })
+        .collect()
+}
+
+/// Delete the Snapshots [`forgotten_siblings`] names (each by uid, so a re-created one of the
+/// same name stays), with one Event.
+async fn delete_forgotten(
+    snap: &Snapshot,
+    world: &World,
+    result: &AgentResult,
+    ctx: &Context,
+) -> Result<(), Error> {
+    use kube::api::{DeleteParams, Preconditions};
+    let doomed = forgotten_siblings(&world.siblings, world.job.as_ref(), result);
+    if doomed.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Snapshot> =
+        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
+    let mut names = Vec::new();
+    for s in doomed {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: s.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&s.name_any(), &dp).await {
+            Ok(_) => names.push(s.name_any()),
+            // Already gone, or replaced by a new object of the same name.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(source) => {
+                return Err(Error::DeleteForgotten {
+                    snapshot: snap.name_any(),
+                    forgotten: s.name_any(),
+                    source,
+                });
+            }
+        }
+    }
+    if !names.is_empty() {
+        ctx.event(
+            snap,
+            false,
+            "ForgottenSnapshotsDeleted",
+            format!(
+                "deleted Snapshot {}: the BackupJob's retention policy forgot them in the repository",
+                names.join(", ")
+            ),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Fill what a lost status write would have recorded (attempt, pod, member) from the newest
@@ -254,7 +347,11 @@ fn is_problem(reason: &str) -> bool {
         || reason.starts_with("Invalid")
         || matches!(
             reason,
-            "NoSyncSource" | "MemberNotScheduled" | "NoDataClaim" | "KmipNotSupported"
+            "NoSyncSource"
+                | "MemberNotScheduled"
+                | "NoDataClaim"
+                | "KmipNotSupported"
+                | "PruneFailed"
         )
 }
 
@@ -936,6 +1033,71 @@ spec:
             ),
             Plan::Step(Step::Failed { .. }, None)
         ));
+    }
+
+    #[test]
+    fn retention_deletes_only_finished_forgotten_snapshots() {
+        use super::result::RetentionResult;
+        let done = |id: &str, phase: RunPhase| {
+            Some(SnapshotStatus {
+                phase,
+                repository_snapshot_id: Some(id.into()),
+                ..Default::default()
+            })
+        };
+        let job = job(0);
+        let owned = |mut s: Snapshot| {
+            s.metadata.owner_references = Some(vec![
+                kube::Resource::controller_owner_ref(&job, &()).expect("ref"),
+            ]);
+            s
+        };
+        let siblings = vec![
+            owned(snap(
+                "old",
+                "2026-11-01T00:00:00Z",
+                done("aa", RunPhase::Succeeded),
+            )),
+            owned(snap(
+                "kept",
+                "2026-11-02T00:00:00Z",
+                done("bb", RunPhase::Succeeded),
+            )),
+            // A failed run that somehow carries a forgotten id is not the retention's to delete.
+            owned(snap(
+                "odd",
+                "2026-11-03T00:00:00Z",
+                done("cc", RunPhase::Failed),
+            )),
+            owned(snap("queued", "2026-11-04T00:00:00Z", None)),
+            // A Snapshot a user created (no owner) is never deleted.
+            snap(
+                "mine",
+                "2026-11-05T00:00:00Z",
+                done("ee", RunPhase::Succeeded),
+            ),
+        ];
+        let mut result = AgentResult {
+            id: "dd".into(),
+            files: 1,
+            logical_bytes: 1,
+            stored_bytes: 1,
+            key_id: "k".into(),
+            retention: None,
+        };
+        assert!(forgotten_siblings(&siblings, Some(&job), &result).is_empty());
+        result.retention = Some(RetentionResult {
+            kept: 2,
+            forgotten: vec!["aa".into(), "cc".into(), "ee".into(), "zz".into()],
+            forgotten_total: 4,
+            ..Default::default()
+        });
+        assert!(forgotten_siblings(&siblings, None, &result).is_empty());
+        let names: Vec<String> = forgotten_siblings(&siblings, Some(&job), &result)
+            .iter()
+            .map(|s| s.name_any())
+            .collect();
+        assert_eq!(names, ["old"]);
     }
 
     #[test]

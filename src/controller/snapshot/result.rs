@@ -13,7 +13,34 @@ pub struct AgentResult {
     pub stored_bytes: u64,
     /// The master key the snapshot's data key is wrapped under.
     pub key_id: String,
+    /// What the job's retention policy did after the backup (absent: no policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionResult>,
 }
+
+/// The outcome of the retention pass a snapshot pod runs after a successful backup. A failed
+/// pass never fails the snapshot: the backup is complete and restorable either way.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionResult {
+    /// Snapshots of the job kept.
+    pub kept: usize,
+    /// Ids of the snapshots forgotten, at most [`MAX_FORGOTTEN_IDS`] of them.
+    #[serde(default)]
+    pub forgotten: Vec<String>,
+    /// How many were forgotten in all.
+    pub forgotten_total: usize,
+    pub bytes_freed: u64,
+    /// Why the pass failed, if it did (the repository is unchanged or only partly pruned; the
+    /// next run tries again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Kubernetes keeps at most 4096 bytes of a termination message, and the result must stay one
+/// whole JSON line: 64 ids of 32 hex digits take about 2.3 KiB.
+pub const MAX_FORGOTTEN_IDS: usize = 64;
+/// The longest retention error kept in the result line.
+pub const MAX_RETENTION_ERROR: usize = 800;
 
 impl AgentResult {
     /// Read a termination message: the last non-empty line must be the JSON result.
@@ -35,6 +62,7 @@ mod tests {
             logical_bytes: 4_000_000,
             stored_bytes: 1_000_000,
             key_id: "local:ab12".into(),
+            retention: None,
         };
         let line = serde_json::to_string(&r).expect("json");
         assert_eq!(AgentResult::parse(&format!("{line}\n")), Some(r.clone()));
@@ -47,5 +75,28 @@ mod tests {
             None
         );
         assert_eq!(AgentResult::parse(""), None);
+    }
+
+    #[test]
+    fn the_largest_result_fits_a_termination_message() {
+        let r = AgentResult {
+            id: "f".repeat(32),
+            files: u64::MAX,
+            logical_bytes: u64::MAX,
+            stored_bytes: u64::MAX,
+            key_id: "k".repeat(300),
+            retention: Some(RetentionResult {
+                kept: usize::MAX,
+                forgotten: vec!["e".repeat(32); MAX_FORGOTTEN_IDS],
+                forgotten_total: usize::MAX,
+                bytes_freed: u64::MAX,
+                error: Some("x".repeat(MAX_RETENTION_ERROR)),
+            }),
+        };
+        let line = serde_json::to_string(&r).expect("json");
+        assert!(line.len() < 4096 - 8, "{}", line.len());
+        // Results from agents without retention still parse.
+        let old = r#"{"id":"a","files":1,"logical_bytes":2,"stored_bytes":3,"key_id":"k"}"#;
+        assert_eq!(AgentResult::parse(old).map(|r| r.retention), Some(None));
     }
 }

@@ -31,6 +31,19 @@ pub const KEY_FILE: &str = "key.json";
 /// Where the KmipServer's client TLS Secret is mounted.
 pub const KMIP_MOUNT: &str = "/etc/snapcrypt/kmip";
 
+/// The repository tag naming a snapshot's BackupJob (NAMESPACE/NAME); retention is scoped by it.
+pub const JOB_TAG: &str = "backupjob";
+/// The repository tag saying what started a snapshot: the job's schedule, or a user.
+pub const TRIGGER_TAG: &str = "trigger";
+pub const TRIGGER_SCHEDULE: &str = "schedule";
+pub const TRIGGER_ON_DEMAND: &str = "on-demand";
+
+/// Whether `snap` is one the BackupJob made (its controller owner), not one a user created.
+pub fn made_by_job(snap: &Snapshot, job: &BackupJob) -> bool {
+    snap.owner_references().iter().any(|o| {
+        o.controller == Some(true) && o.kind == "BackupJob" && Some(&o.uid) == job.uid().as_ref()
+    })
+}
 /// Scratch space (packs are staged here for S3); the root filesystem is read-only.
 pub const TMP_MOUNT: &str = "/tmp";
 /// Kubernetes' default termination message path, passed to the agent explicitly.
@@ -340,7 +353,42 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
         }
         .into(),
     ]);
+    // The job's retention policy, applied by the agent after a successful backup to the
+    // snapshots this job's schedule made (the backupjob and trigger tags below): jobs can share
+    // a repository, and on-demand runs (Snapshots a user created) are the user's to forget.
+    let job_tag = format!("{}/{}", ns.clone().unwrap_or_default(), p.job.name_any());
+    let trigger = if made_by_job(snap, p.job) {
+        TRIGGER_SCHEDULE
+    } else {
+        TRIGGER_ON_DEMAND
+    };
+    if let Some(r) = spec.retention.as_ref() {
+        let rules = [
+            ("--keep-last", r.keep_last.map(|n| n.to_string())),
+            ("--keep-daily", r.keep_daily.map(|n| n.to_string())),
+            ("--keep-weekly", r.keep_weekly.map(|n| n.to_string())),
+            ("--keep-monthly", r.keep_monthly.map(|n| n.to_string())),
+            ("--max-age", r.max_age.clone()),
+        ];
+        let mut any = false;
+        for (flag, value) in rules {
+            if let Some(v) = value {
+                args.extend([flag.into(), v]);
+                any = true;
+            }
+        }
+        if any {
+            args.extend([
+                "--prune-tag".into(),
+                format!("{JOB_TAG}={job_tag}"),
+                "--prune-tag".into(),
+                format!("{TRIGGER_TAG}={TRIGGER_SCHEDULE}"),
+            ]);
+        }
+    }
     let mut tags: BTreeMap<String, String> = snap.spec.tags.clone();
+    tags.insert(JOB_TAG.into(), job_tag);
+    tags.insert(TRIGGER_TAG.into(), trigger.into());
     tags.insert(
         "snapshot".into(),
         format!("{}/{snap_name}", ns.clone().unwrap_or_default()),
@@ -474,9 +522,12 @@ spec:
 "#;
 
     fn build(job: &BackupJob) -> Result<Pod, PodError> {
-        let snap = snapshot();
+        build_for(job, &snapshot())
+    }
+
+    fn build_for(job: &BackupJob, snap: &Snapshot) -> Result<Pod, PodError> {
         snapshot_pod(&PodPlan {
-            snapshot: &snap,
+            snapshot: snap,
             job,
             attempt: 2,
             member: "rs0-2",
@@ -501,6 +552,47 @@ spec:
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
             .map(String::as_str)
+    }
+
+    #[test]
+    fn retention_is_passed_to_the_agent_scoped_to_the_job() {
+        let pod = build(&job(&format!(
+            "{PVC_LOCAL}  retention: {{keepLast: 7, keepMonthly: 12, maxAge: 400d}}\n"
+        )))
+        .expect("pod");
+        let c = container(&pod);
+        assert_eq!(arg_after(c, "--keep-last"), Some("7"));
+        assert_eq!(arg_after(c, "--keep-daily"), None);
+        assert_eq!(arg_after(c, "--keep-monthly"), Some("12"));
+        assert_eq!(arg_after(c, "--max-age"), Some("400d"));
+        let scope: Vec<&str> = c
+            .args
+            .as_ref()
+            .expect("args")
+            .windows(2)
+            .filter(|w| w[0] == "--prune-tag")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(scope, ["backupjob=db/rs0", "trigger=schedule"]);
+        // A Snapshot the job made (its controller owner) is tagged as the schedule's.
+        let job7 = job(&format!("{PVC_LOCAL}  retention: {{keepLast: 7}}\n"));
+        let mut scheduled = snapshot();
+        scheduled.metadata.owner_references =
+            Some(vec![job7.controller_owner_ref(&()).expect("owner")]);
+        assert!(made_by_job(&scheduled, &job7));
+        assert!(!made_by_job(&snapshot(), &job7));
+        let pod = build_for(&job7, &scheduled).expect("pod");
+        assert!(
+            container(&pod)
+                .args
+                .as_ref()
+                .expect("args")
+                .windows(2)
+                .any(|w| w[0] == "--tag" && w[1] == "trigger=schedule")
+        );
+        // An empty policy keeps everything: no pass at all.
+        let pod = build(&job(&format!("{PVC_LOCAL}  retention: {{}}\n"))).expect("pod");
+        assert_eq!(arg_after(container(&pod), "--prune-tag"), None);
     }
 
     #[test]
@@ -551,11 +643,16 @@ spec:
         assert_eq!(
             tags,
             [
+                "backupjob=db/rs0",
                 "member=rs0-2",
                 "reason=nightly",
-                "snapshot=db/rs0-202611270300"
+                "snapshot=db/rs0-202611270300",
+                "trigger=on-demand"
             ]
         );
+        // No retention policy: the agent prunes nothing.
+        assert_eq!(arg_after(c, "--prune-tag"), None);
+        assert_eq!(arg_after(c, "--keep-last"), None);
         // The data volume is the member's claim, read-only; the key Secret is read-only.
         let vols = spec.volumes.as_ref().expect("volumes");
         let source = vols.iter().find(|v| v.name == "source").expect("source");

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::snapshot::{MemberChoice, RunPhase, SnapshotStats, SnapshotStatus};
 use crate::controller::conditions::{Cond, merge};
-use crate::controller::snapshot::result::AgentResult;
+use crate::controller::snapshot::result::{AgentResult, RetentionResult};
 use crate::engine::progress::human_bytes;
 
 use super::pod::CONTAINER;
@@ -251,11 +251,15 @@ pub fn next_status(
                 human_bytes(result.stored_bytes)
             );
             s.message = Some(msg.clone());
-            vec![
+            let mut conds = vec![
                 Cond::new("Ready", true, "Succeeded", msg),
                 Cond::new("Progressing", false, "Finished", ""),
                 Cond::new("Failed", false, "NotFailed", ""),
-            ]
+            ];
+            if let Some(r) = &result.retention {
+                conds.push(retention_condition(r));
+            }
+            conds
         }
         Step::Failed {
             reason,
@@ -274,6 +278,29 @@ pub fn next_status(
     };
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
     s
+}
+
+/// The RetentionApplied condition from the agent's retention pass.
+pub fn retention_condition(r: &RetentionResult) -> Cond {
+    match &r.error {
+        Some(e) => Cond::new(
+            "RetentionApplied",
+            false,
+            "PruneFailed",
+            format!("the snapshot is complete, but the retention policy was not applied: {e}"),
+        ),
+        None => Cond::new(
+            "RetentionApplied",
+            true,
+            "Pruned",
+            format!(
+                "kept {} snapshot(s) of the job, forgot {}, freed {}",
+                r.kept,
+                r.forgotten_total,
+                human_bytes(r.bytes_freed)
+            ),
+        ),
+    }
 }
 
 /// Totals for status from the agent's result.
@@ -382,6 +409,13 @@ mod tests {
                     logical_bytes: 4 * 1024 * 1024,
                     stored_bytes: 1024 * 1024,
                     key_id: "local:k".into(),
+                    retention: Some(RetentionResult {
+                        kept: 3,
+                        forgotten: vec!["old".into()],
+                        forgotten_total: 1,
+                        bytes_freed: 2048,
+                        error: None,
+                    }),
                 },
                 finished: None,
             },
@@ -396,7 +430,17 @@ mod tests {
         assert_eq!(st.logical_size.as_deref(), Some("4.0 MiB"));
         assert_eq!(cond(&done, "Ready"), "True Succeeded");
         assert_eq!(cond(&done, "Progressing"), "False Finished");
+        assert_eq!(cond(&done, "RetentionApplied"), "True Pruned");
         assert_eq!(done.progress, None, "progress belongs to the agent");
+        let failed = retention_condition(&RetentionResult {
+            error: Some("lock held by another backup".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            (failed.status, failed.reason),
+            (false, "PruneFailed".into())
+        );
+        assert!(failed.message.contains("lock held"), "{}", failed.message);
     }
 
     #[test]
@@ -447,6 +491,7 @@ mod tests {
             logical_bytes: 1000,
             stored_bytes: 0,
             key_id: "k".into(),
+            retention: None,
         });
         assert_eq!(s.dedup_ratio, 1000.0);
     }
