@@ -65,9 +65,10 @@ pub struct BackupJobSpec {
     #[serde(default)]
     pub suspend: bool,
     /// Which snapshots to keep; absent keeps all of them. Applied by each snapshot pod after a
-    /// successful backup, to this job's snapshots only (tag backupjob=NAMESPACE/NAME), never to
-    /// the one just taken; forgotten snapshots' Snapshot objects are deleted. The outcome is the
-    /// Snapshot's RetentionApplied condition.
+    /// successful backup to the snapshots this job's schedule made (repository tags
+    /// backupjob=NAMESPACE/NAME and trigger=schedule), never to the one just taken nor to
+    /// on-demand runs (Snapshots a user created); the forgotten ones' Snapshot objects are
+    /// deleted. The outcome is the Snapshot's RetentionApplied condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
     /// Refuse a dbPath holding more files than this, before anything is written (MongoDB Cloud
