@@ -262,9 +262,9 @@ const OPERATOR_RULES: &[(&str, &str, &str)] = &[
         "get list watch create patch delete",
     ),
     ("snapcrypt.dev", "snapshots/status", "get patch"),
+    ("snapcrypt.dev", "restores/status", "get patch"),
     ("snapcrypt.dev", "backupjobs/status", "patch"),
     ("snapcrypt.dev", "kmipservers/status", "patch"),
-    ("snapcrypt.dev", "restores/status", "patch"),
     ("snapcrypt.dev", "backupjobs/finalizers", "update"),
     ("snapcrypt.dev", "snapshots/finalizers", "update"),
     ("", "pods", "list watch create patch"),
@@ -277,10 +277,12 @@ const OPERATOR_RULES: &[(&str, &str, &str)] = &[
     ("events.k8s.io", "events", "create patch"),
 ];
 
-/// The snapshot agent's rules: read its Snapshot, report progress into its status.
+/// The agent's rules: read its Snapshot or Restore, report progress into its status.
 const AGENT_RULES: &[(&str, &str, &str)] = &[
     ("snapcrypt.dev", "snapshots", "get"),
     ("snapcrypt.dev", "snapshots/status", "get patch"),
+    ("snapcrypt.dev", "restores", "get"),
+    ("snapcrypt.dev", "restores/status", "get patch"),
 ];
 
 /// What the operator must not do: write what users apply (spec of BackupJobs, KmipServers,

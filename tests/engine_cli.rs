@@ -664,6 +664,41 @@ fn prune_forgets_by_policy_and_frees_space() {
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
 }
 
+/// A data volume's root on ext4 holds lost+found: not backed up, and a target holding only it
+/// counts as empty (a fresh PVC).
+#[test]
+fn lost_and_found_is_neither_data_nor_content() {
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    let lf = Path::new(&src).join("lost+found");
+    fs::create_dir_all(&lf).unwrap();
+    fs::write(lf.join("#12345"), b"orphaned inode").unwrap();
+    let out = support::run(
+        &[
+            "backup",
+            "--source",
+            &src,
+            "--repo",
+            &repo,
+            "--key-file",
+            &key,
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipping lost+found: filesystem bookkeeping, not data"),
+        "{stderr}"
+    );
+    let target = e.p("fresh-volume");
+    fs::create_dir_all(Path::new(&target).join("lost+found")).unwrap();
+    restore(&repo, &key, "latest", &target, &[]);
+    fs::remove_dir_all(&lf).unwrap();
+    fs::remove_dir_all(Path::new(&target).join("lost+found")).unwrap();
+    assert_same_tree(Path::new(&src), Path::new(&target));
+}
+
 /// Retention scoped by tag: `prune --tag` forgets only among the tagged snapshots, and the
 /// snapshot agent's retention pass (what a snapshot pod runs after its backup) does the same,
 /// reports what it forgot in its result line, and never fails a finished backup.

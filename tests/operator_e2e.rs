@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::Api;
 use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
-use snapcrypt::api::{BackupJob, Snapshot};
+use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{
     NodeAgentOptions, cluster_or_skip, eventually, try_wait_for, unique_name, wait_for,
     wait_for_deletion,
@@ -124,15 +124,16 @@ async fn scenario(under_chart_rbac: bool) {
         return;
     };
     let (node_a, node_b) = (unique_name("op", "a"), unique_name("op", "b"));
-    let Some(agent) = cluster
-        .start_node_agent(NodeAgentOptions::nodes(&[&node_a, &node_b]))
-        .await
-    else {
+    let ns = cluster.namespace("operator").await;
+    // Snapshot pods are pinned to a member's node; restore pods are left to the scheduler,
+    // whose bind step the node agent plays for this test's namespace only.
+    let mut nodes = NodeAgentOptions::nodes(&[&node_a, &node_b]);
+    nodes.extra_args = vec!["--schedule-unpinned-in".into(), ns.name().into()];
+    let Some(agent) = cluster.start_node_agent(nodes).await else {
         println!("skipped: the cluster's kubelets run pods (SNAPCRYPT_E2E_NODE_AGENT is not 1)");
         return;
     };
     cluster.apply_crds().await;
-    let ns = cluster.namespace("operator").await;
     let work = tempfile::tempdir().expect("tempdir");
 
     // A replica set of two members on two nodes, each with its own dbPath.
@@ -248,6 +249,91 @@ async fn scenario(under_chart_rbac: bool) {
         &[],
     );
     support::assert_same_tree(&agent.pvc_dir(ns.name(), "mongo-data-rs0-1"), &out);
+
+    // 1b. The same through a Restore: a restore pod writes the snapshot into a fresh claim,
+    //     verifying as it goes; the Restore succeeds and the files are identical.
+    create::<PersistentVolumeClaim>(
+        &ns.api(),
+        json!({"metadata": {"name": "restored"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    let restores: Api<Restore> = ns.api();
+    let restore = |name: &str, snapshot: &str| {
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name},
+               "spec": {"snapshotRef": {"name": snapshot}, "target": {"claimName": "restored", "path": "db"}}})
+    };
+    let finished = |r: &Restore| {
+        matches!(
+            r.status.as_ref().map(|s| s.phase),
+            Some(RunPhase::Succeeded | RunPhase::Failed)
+        )
+    };
+    create::<Restore>(&restores, restore("back", &snap_name)).await;
+    let done = try_wait_for(&restores, "back", "the Restore to finish", LONG, finished)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+    let rst = done.status.expect("status");
+    assert_eq!(
+        rst.phase,
+        RunPhase::Succeeded,
+        "{rst:?}\n{}",
+        agent.diagnostics(ns.name())
+    );
+    assert!(
+        rst.message
+            .as_deref()
+            .is_some_and(|m| m.contains(&id) && m.contains("every chunk verified")),
+        "{:?}",
+        rst.message
+    );
+    let progress = rst
+        .progress
+        .expect("progress reported by the restore agent");
+    assert_eq!(progress.percent, 100.0);
+    support::assert_same_tree(
+        &agent.pvc_dir(ns.name(), "mongo-data-rs0-1"),
+        &agent.pvc_dir(ns.name(), "restored").join("db"),
+    );
+    assert!(
+        events_for(&ns, "back")
+            .await
+            .iter()
+            .any(|(r, _)| r == "Restored")
+    );
+    // Again into the same, now non-empty, directory: refused with the agent's own words,
+    // nothing overwritten.
+    create::<Restore>(&restores, restore("again", &snap_name)).await;
+    let again = try_wait_for(&restores, "again", "the Restore to fail", LONG, finished)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+    let st = again.status.expect("status");
+    assert_eq!(st.phase, RunPhase::Failed);
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("is not empty")),
+        "{:?}",
+        st.message
+    );
+    // A Snapshot that does not exist: a condition naming the field, no pod.
+    create::<Restore>(&restores, restore("ghost", "no-such-snapshot")).await;
+    let ghost = wait_for(
+        &restores,
+        "ghost",
+        "the missing Snapshot to be reported",
+        LONG,
+        |r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.reason == "SnapshotNotFound")
+            })
+        },
+    )
+    .await;
+    assert!(ghost.status.and_then(|s| s.message).is_some_and(|m| {
+        m.starts_with("spec.snapshotRef.name: Snapshot no-such-snapshot does not exist")
+    }));
 
     // 2. A bad cron: a condition naming the field, an Event, nothing created.
     create::<BackupJob>(

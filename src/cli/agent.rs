@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 
 use super::CliError;
 use super::backup::{BackupArgs, KeyFile, perform};
 use super::prune::RetentionArgs;
-use crate::api::Snapshot;
 use crate::api::common::Progress as ProgressStatus;
+use crate::api::{Restore, Snapshot};
 use crate::controller::AGENT_FIELD_MANAGER;
 use crate::controller::snapshot::result::{
     AgentResult, MAX_FORGOTTEN_IDS, MAX_RETENTION_ERROR, RetentionResult,
@@ -36,16 +38,17 @@ pub enum AgentCommand {
     /// Take one snapshot for the operator: back up --source into --repo, report progress into
     /// the Snapshot's status, and leave the result in the termination message.
     Snapshot(SnapshotArgs),
+    /// Restore one snapshot for the operator: into --target, report progress into the
+    /// Restore's status, and leave the result in the termination message.
+    Restore(RestoreAgentArgs),
 }
 
+/// Where an agent reports to: the namespace, the termination message, how often.
 #[derive(Args, Debug)]
-pub struct SnapshotArgs {
-    /// Namespace of the Snapshot to report progress to.
+pub struct ReportArgs {
+    /// Namespace of the object to report progress to.
     #[arg(long, env = "SNAPCRYPT_NAMESPACE", value_name = "NS")]
     pub namespace: Option<String>,
-    /// Name of the Snapshot to report progress to (no reporting without it).
-    #[arg(long = "snapshot", env = "SNAPCRYPT_SNAPSHOT", value_name = "NAME")]
-    pub snapshot_name: Option<String>,
     /// Where the result line (or the error) is written for Kubernetes.
     #[arg(
         long,
@@ -57,6 +60,48 @@ pub struct SnapshotArgs {
     /// Seconds between progress reports.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS", hide = true)]
     pub progress_interval: f64,
+}
+
+impl ReportArgs {
+    /// Start reporting into object `name` of kind K, if a namespace and a name are known.
+    fn reporter<K>(&self, name: Option<&String>, progress: &Arc<Progress>) -> Option<StatusReporter>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (ns, name) = (self.namespace.as_ref()?, name?);
+        Some(StatusReporter::start::<K>(
+            ns.clone(),
+            name.clone(),
+            progress.clone(),
+            Duration::from_secs_f64(self.progress_interval.max(0.1)),
+        ))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreAgentArgs {
+    /// Name of the Restore to report progress to (no reporting without it).
+    #[arg(long = "restore", env = "SNAPCRYPT_RESTORE", value_name = "NAME")]
+    pub restore_name: Option<String>,
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub restore: super::restore::RestoreArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// Name of the Snapshot to report progress to (no reporting without it).
+    #[arg(long = "snapshot", env = "SNAPCRYPT_SNAPSHOT", value_name = "NAME")]
+    pub snapshot_name: Option<String>,
+    #[command(flatten)]
+    pub report: ReportArgs,
     #[command(flatten)]
     pub backup: BackupArgs,
     /// After a successful backup, forget this job's snapshots by these rules and prune.
@@ -70,20 +115,38 @@ pub struct SnapshotArgs {
 pub async fn run(args: AgentArgs) -> Result<(), CliError> {
     match args.command {
         AgentCommand::Snapshot(a) => snapshot(a).await,
+        AgentCommand::Restore(a) => restore(a).await,
+    }
+}
+
+async fn restore(args: RestoreAgentArgs) -> Result<(), CliError> {
+    let progress = Arc::new(Progress::default());
+    let reporter = args
+        .report
+        .reporter::<Restore>(args.restore_name.as_ref(), &progress);
+    let result = super::restore::perform(&args.restore, progress.clone()).await;
+    if let Some(r) = reporter {
+        r.finish().await;
+    }
+    match result {
+        Ok(stats) => {
+            let line = serde_json::to_string(&stats)?;
+            write_termination_log(&args.report.termination_log, &line);
+            println!("{line}");
+            Ok(())
+        }
+        Err(e) => {
+            write_termination_log(&args.report.termination_log, &e.to_string());
+            Err(e)
+        }
     }
 }
 
 async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     let progress = Arc::new(Progress::default());
-    let reporter = match (&args.namespace, &args.snapshot_name) {
-        (Some(ns), Some(name)) => Some(StatusReporter::start(
-            ns.clone(),
-            name.clone(),
-            progress.clone(),
-            Duration::from_secs_f64(args.progress_interval.max(0.1)),
-        )),
-        _ => None,
-    };
+    let reporter = args
+        .report
+        .reporter::<Snapshot>(args.snapshot_name.as_ref(), &progress);
     let result = perform(&args.backup, KeyFile::MustExist, progress.clone(), true).await;
     if let Some(r) = reporter {
         r.finish().await;
@@ -99,12 +162,12 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
                 key_id: m.master_key_id.clone(),
                 retention,
             })?;
-            write_termination_log(&args.termination_log, &line);
+            write_termination_log(&args.report.termination_log, &line);
             println!("{line}");
             Ok(())
         }
         Err(e) => {
-            write_termination_log(&args.termination_log, &e.to_string());
+            write_termination_log(&args.report.termination_log, &e.to_string());
             Err(e)
         }
     }
@@ -185,14 +248,23 @@ pub fn progress_status(r: &ProgressReport, now: jiff::Timestamp) -> ProgressStat
     }
 }
 
-/// Reports progress into the Snapshot's status until finished.
+/// Reports progress into the status of a Snapshot or Restore until finished.
 struct StatusReporter {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl StatusReporter {
-    fn start(ns: String, name: String, progress: Arc<Progress>, every: Duration) -> Self {
+    fn start<K>(ns: String, name: String, progress: Arc<Progress>, every: Duration) -> Self
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
         let (stop, mut rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             // Progress is best effort: a backup never fails because the API is unreachable.
@@ -205,7 +277,7 @@ impl StatusReporter {
                     None
                 }
             };
-            let api: Option<Api<Snapshot>> = client.map(|c| Api::namespaced(c, &ns));
+            let api: Option<Api<K>> = client.map(|c| Api::namespaced(c, &ns));
             let mut last_error = String::new();
             loop {
                 let done = tokio::select! {
@@ -217,7 +289,10 @@ impl StatusReporter {
                 {
                     let e = e.to_string();
                     if e != last_error {
-                        eprintln!("snapcrypt: reporting progress to Snapshot {ns}/{name}: {e}");
+                        eprintln!(
+                            "snapcrypt: reporting progress to {} {ns}/{name}: {e}",
+                            K::kind(&())
+                        );
                         last_error = e;
                     }
                 }
@@ -236,10 +311,13 @@ impl StatusReporter {
     }
 }
 
-async fn report(api: &Api<Snapshot>, name: &str, r: &ProgressReport) -> kube::Result<Snapshot> {
+async fn report<K>(api: &Api<K>, name: &str, r: &ProgressReport) -> kube::Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
     let body = serde_json::json!({
-        "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
-        "kind": "Snapshot",
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "metadata": {"name": name},
         "status": {
             "progress": progress_status(r, jiff::Timestamp::now()),

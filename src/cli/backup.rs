@@ -135,7 +135,7 @@ pub async fn perform(
     })
     .await??;
     for s in &scan.skipped {
-        eprintln!("snapcrypt: skipping {s}: not a regular file, directory or symlink");
+        eprintln!("snapcrypt: skipping {s}");
     }
     let km = args
         .keys

@@ -11,7 +11,7 @@ use super::progress::ProgressReporter;
 use super::repo_args::RepoArgs;
 use crate::engine::progress::{Progress, human_bytes};
 use crate::engine::repo::Repository;
-use crate::engine::restore::{RestoreOptions, restore};
+use crate::engine::restore::{RestoreOptions, RestoreStats, restore};
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -33,17 +33,25 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
-pub async fn run(args: RestoreArgs) -> Result<(), CliError> {
+/// The restore `args` ask for, counting into `progress`. Shared with the restore agent.
+pub async fn perform(
+    args: &RestoreArgs,
+    progress: Arc<Progress>,
+) -> Result<RestoreStats, CliError> {
     let km = args.keys.key_manager(false).await?;
     let repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
     let snap = repo.find_snapshot(&args.snapshot).await?;
-    let progress = Arc::new(Progress::default());
-    let reporter = ProgressReporter::start(progress.clone(), args.json, "restore");
     let opts = RestoreOptions {
         force: args.force,
         ..Default::default()
     };
-    let result = restore(&repo, &snap, &args.target, opts, progress).await;
+    Ok(restore(&repo, &snap, &args.target, opts, progress).await?)
+}
+
+pub async fn run(args: RestoreArgs) -> Result<(), CliError> {
+    let progress = Arc::new(Progress::default());
+    let reporter = ProgressReporter::start(progress.clone(), args.json, "restore");
+    let result = perform(&args, progress).await;
     reporter.finish().await;
     let stats = result?;
     if args.json {

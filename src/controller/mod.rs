@@ -4,13 +4,16 @@
 //! (dereference -> validate -> build -> apply -> update status); see `backup_job/` and
 //! `snapshot/`.
 
+pub mod agent_pod;
 pub mod backup_job;
 pub mod conditions;
 pub mod http;
+pub mod job_refs;
 pub mod kmip_server;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod restore;
 pub mod snapshot;
 
 use std::sync::Arc;
@@ -193,7 +196,7 @@ where
     .await
 }
 
-/// Run both controllers until `shutdown` resolves. Watches every namespace, or only
+/// Run the BackupJob, Snapshot, KmipServer and Restore controllers until `shutdown` resolves. Watches every namespace, or only
 /// `namespace`.
 pub async fn run(
     client: Client,
@@ -209,7 +212,8 @@ pub async fn run(
     };
     let jobs = backup_job::controller(ctx.clone(), namespace.clone(), wait(rx.clone()));
     let snaps = snapshot::controller(ctx.clone(), namespace.clone(), wait(rx.clone()));
-    let kmips = kmip_server::controller(ctx.clone(), namespace, wait(rx));
+    let kmips = kmip_server::controller(ctx.clone(), namespace.clone(), wait(rx.clone()));
+    let restores = restore::controller(ctx.clone(), namespace, wait(rx));
     let stop = async move {
         shutdown.await;
         let _ = tx.send(true);
@@ -218,6 +222,7 @@ pub async fn run(
         jobs.for_each(|_| async {}),
         snaps.for_each(|_| async {}),
         kmips.for_each(|_| async {}),
+        restores.for_each(|_| async {}),
         stop
     );
 }

@@ -8,6 +8,8 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "snapcrypt
 pub const JOB_LABEL: &str = "snapcrypt.dev/backup-job";
 /// Label carrying the uid of the Snapshot a pod runs (uids always fit a label value).
 pub const SNAPSHOT_UID_LABEL: &str = "snapcrypt.dev/snapshot-uid";
+/// Label carrying the uid of the Restore a pod runs.
+pub const RESTORE_UID_LABEL: &str = "snapcrypt.dev/restore-uid";
 /// Label with the attempt number of a snapshot pod.
 pub const ATTEMPT_LABEL: &str = "snapcrypt.dev/attempt";
 /// Annotations on a snapshot pod recording the member it copies, so status can be rebuilt from
@@ -36,6 +38,12 @@ pub fn scheduled_snapshot_name(job: &str, scheduled: jiff::Timestamp) -> String 
 pub fn pod_name(snapshot: &str, attempt: u32) -> String {
     let suffix = format!("-{attempt}");
     format!("{}{suffix}", fit(snapshot, MAX_NAME - suffix.len()))
+}
+
+/// `<restore>-restore`, the name of a restore pod.
+pub fn restore_pod_name(restore: &str) -> String {
+    let suffix = "-restore";
+    format!("{}{suffix}", fit(restore, MAX_NAME - suffix.len()))
 }
 
 /// The ServiceAccount (and Role, RoleBinding) snapshot pods of `job` run as.

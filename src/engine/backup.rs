@@ -62,7 +62,7 @@ pub struct Scan {
     pub files: u64,
     pub dirs: u64,
     pub bytes: u64,
-    /// Sockets, FIFOs and devices, which are not backed up.
+    /// What is not backed up, each with why: sockets, FIFOs, devices, a root lost+found.
     pub skipped: Vec<String>,
 }
 
@@ -126,6 +126,13 @@ pub fn scan(root: &Path, max_files: u64) -> Result<Scan, EngineError> {
             };
             let m = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e))?;
             let ft = m.file_type();
+            // A data volume's root on ext4 holds lost+found (root's, mode 0700, unreadable by
+            // mongod's user): filesystem bookkeeping, not data.
+            if ft.is_dir() && child_rel == "lost+found" {
+                scan.skipped
+                    .push(format!("{child_rel}: filesystem bookkeeping, not data"));
+                continue;
+            }
             if ft.is_dir() {
                 subdirs.push((path, child_rel));
                 continue;
@@ -146,7 +153,9 @@ pub fn scan(root: &Path, max_files: u64) -> Result<Scan, EngineError> {
                 let t = std::fs::read_link(&path).map_err(|e| err(&path, e))?;
                 (EntryKind::Symlink, Some(t.to_string_lossy().into_owned()))
             } else {
-                scan.skipped.push(child_rel);
+                scan.skipped.push(format!(
+                    "{child_rel}: not a regular file, directory or symlink"
+                ));
                 continue;
             };
             scan.entries.push(ScanEntry {

@@ -37,7 +37,7 @@ impl Default for RestoreOptions {
 }
 
 /// What a restore did.
-#[derive(Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RestoreStats {
     pub snapshot: String,
     pub files: u64,
@@ -74,10 +74,11 @@ pub async fn restore(
         if !target.is_dir() {
             return Err(terr("exists and is not a directory".into()));
         }
+        // An ext4 volume's root holds lost+found from birth: a fresh PVC counts as empty.
         let non_empty = std::fs::read_dir(target)
             .map_err(|e| terr(e.to_string()))?
-            .next()
-            .is_some();
+            .filter_map(Result::ok)
+            .any(|e| e.file_name() != "lost+found");
         if non_empty && !opts.force {
             return Err(terr(
                 "is not empty: nothing was written (use --force to restore into it anyway)".into(),

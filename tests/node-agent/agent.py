@@ -1144,7 +1144,8 @@ class Agent:
         spec = pod["spec"]
         if spec.get("schedulerName", "default-scheduler") != "default-scheduler":
             return
-        if self.args.no_schedule_unpinned:
+        if self.args.no_schedule_unpinned and \
+                pod["metadata"]["namespace"] not in self.args.schedule_unpinned_in:
             cands = [n for n in self.nodes if names_node(pod, n)]
         else:
             cands = list(self.nodes)
@@ -1345,6 +1346,9 @@ def main(argv=None):
     ap.add_argument("--no-schedule-unpinned", action="store_true",
                     help="only bind pods that name one of our nodes (kubernetes.io/hostname); "
                          "default: bind every unscheduled pod that fits one of our nodes")
+    ap.add_argument("--schedule-unpinned-in", action="append", default=[], metavar="NAMESPACE",
+                    help="with --no-schedule-unpinned: still bind unpinned pods of this namespace "
+                         "(a test's own namespace, when agents run side by side)")
     ap.add_argument("--no-provision", action="store_true",
                     help="do not create PVs for unbound PVCs (pods then use the claim dir unbound)")
     ap.add_argument("--pass-env", action="append",

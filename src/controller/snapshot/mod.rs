@@ -24,8 +24,8 @@ use kube::{Api, Client, ResourceExt};
 use self::build::pod::{PodPlan, made_by_job, member_run_as, snapshot_pod};
 use self::build::status::{PodView, Step, failure_message, next_status, view};
 use self::result::AgentResult;
-use super::backup_job::validate::{Problem, check_references, check_spec, references};
-use super::backup_job::{self, find_references};
+use super::backup_job;
+use super::job_refs::{Needs, apply_agent_identity, check_job, job_kmip};
 use super::names::{ATTEMPT_LABEL, SNAPSHOT_UID_LABEL};
 use super::{Context, apply, apply_status, conditions, scoped_api};
 use crate::api::backup_job::{AuthMechanism, MongoSource};
@@ -575,22 +575,11 @@ async fn start_attempt(
         |reason: &'static str, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
 
     // 3a. Validate the job (pure) against what it references (read here).
-    let (_, mut problems) = check_spec(&job.spec);
-    let refs = references(&job.spec);
-    let found = find_references(client, &ns, &refs)
+    if let Some(b) = check_job(client, &ns, job, Needs::Everything)
         .await
-        .map_err(deref("referenced objects"))?;
-    problems.extend(check_references(&refs, &found, &ns));
-    if let Some(first) = problems.first() {
-        let message = problems
-            .iter()
-            .map(|p: &Problem| p.message.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        return wait(
-            first.reason,
-            format!("BackupJob {}: {message}", job.name_any()),
-        );
+        .map_err(deref("referenced objects"))?
+    {
+        return wait(b.reason, b.message);
     }
 
     // 3b. Dereference the members and ask them (when a connection is configured).
@@ -671,45 +660,13 @@ async fn start_attempt(
     };
 
     // 3d. A KMIP job needs its KmipServer, with an active master key.
-    let kmip_server = match &job.spec.encryption.kmip_server_ref {
-        Some(r) => {
-            let found = Api::<crate::api::KmipServer>::namespaced(client.clone(), &ns)
-                .get_opt(&r.name)
-                .await
-                .map_err(|source| Error::Dereference {
-                    snapshot: name.clone(),
-                    what: "KmipServer".into(),
-                    source,
-                })?;
-            match found {
-                Some(ks) => Some(ks),
-                None => {
-                    return wait(
-                        "KmipServerNotFound",
-                        format!(
-                            "spec.encryption.kmipServerRef.name: KmipServer {} does not exist",
-                            r.name
-                        ),
-                    );
-                }
-            }
-        }
-        None => None,
-    };
-    let active_key = kmip_server
-        .as_ref()
-        .and_then(|k| k.status.as_ref()?.active_key_id.clone());
-    if let Some(ks) = &kmip_server
-        && active_key.is_none()
+    let kmip = match job_kmip(client, &ns, job)
+        .await
+        .map_err(deref("KmipServer"))?
     {
-        return wait(
-            "KmipServerNotReady",
-            format!(
-                "KmipServer {} has no active master key yet (see its status conditions)",
-                ks.name_any()
-            ),
-        );
-    }
+        Ok(k) => k,
+        Err(b) => return wait(b.reason, b.message),
+    };
 
     // 4. Build (pure): the pod and the agent's identity.
     let pod = match snapshot_pod(&PodPlan {
@@ -724,7 +681,7 @@ async fn start_attempt(
         run_as: member_run_as(member_pod, &source.data_volume_name),
         image: &ctx.config.agent_image,
         progress_interval: ctx.config.agent_progress_interval,
-        kmip: kmip_server.as_ref().zip(active_key.as_deref()),
+        kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
     }) {
         Ok(p) => p,
         Err(e) => {
@@ -740,25 +697,13 @@ async fn start_attempt(
     };
 
     // 5. Apply: the agent's ServiceAccount, Role and RoleBinding, then the pod.
-    if let Some((sa, role, binding)) = build::rbac::agent_rbac(job) {
-        let rbac_err = |object: &'static str| {
-            let snapshot = name.clone();
-            move |source| Error::ApplyRbac {
-                snapshot,
-                object,
-                source,
-            }
-        };
-        apply(&Api::namespaced(client.clone(), &ns), &sa)
-            .await
-            .map_err(rbac_err("ServiceAccount"))?;
-        apply(&Api::namespaced(client.clone(), &ns), &role)
-            .await
-            .map_err(rbac_err("Role"))?;
-        apply(&Api::namespaced(client.clone(), &ns), &binding)
-            .await
-            .map_err(rbac_err("RoleBinding"))?;
-    }
+    apply_agent_identity(ctx, &ns, job)
+        .await
+        .map_err(|(object, source)| Error::ApplyRbac {
+            snapshot: name.clone(),
+            object,
+            source,
+        })?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let created = apply(&pods, &pod).await.map_err(|source| Error::ApplyPod {
         snapshot: name.clone(),

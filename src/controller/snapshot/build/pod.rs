@@ -4,17 +4,21 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
-    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Affinity, Container, EmptyDirVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
 };
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::backup_job::Compression;
-use crate::api::kmip_server::WrappingMode;
 use crate::api::{BackupJob, KmipServer, Snapshot};
+use crate::controller::agent_pod::{
+    Access, container_security, env, mount, pod_security, repository_access,
+};
+pub use crate::controller::agent_pod::{
+    CONTAINER, KEY_FILE, KEY_MOUNT, KMIP_MOUNT, PodError, REPO_MOUNT, RunAs, TERMINATION_LOG,
+    TMP_MOUNT,
+};
 use crate::controller::backup_job::validate::db_path_in_volume;
 use crate::controller::names::{
     ATTEMPT_LABEL, MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION, MEMBER_ROLE_ANNOTATION,
@@ -23,14 +27,6 @@ use crate::controller::names::{
 
 /// Where the member's data volume is mounted in the snapshot pod.
 pub const SOURCE_MOUNT: &str = "/data/source";
-/// Where a PVC destination is mounted.
-pub const REPO_MOUNT: &str = "/repo";
-/// Where the local key Secret is mounted, and the file name of the key in it.
-pub const KEY_MOUNT: &str = "/etc/snapcrypt/key";
-pub const KEY_FILE: &str = "key.json";
-/// Where the KmipServer's client TLS Secret is mounted.
-pub const KMIP_MOUNT: &str = "/etc/snapcrypt/kmip";
-
 /// The repository tag naming a snapshot's BackupJob (NAMESPACE/NAME); retention is scoped by it.
 pub const JOB_TAG: &str = "backupjob";
 /// The repository tag saying what started a snapshot: the job's schedule, or a user.
@@ -44,13 +40,6 @@ pub fn made_by_job(snap: &Snapshot, job: &BackupJob) -> bool {
         o.controller == Some(true) && o.kind == "BackupJob" && Some(&o.uid) == job.uid().as_ref()
     })
 }
-/// Scratch space (packs are staged here for S3); the root filesystem is read-only.
-pub const TMP_MOUNT: &str = "/tmp";
-/// Kubernetes' default termination message path, passed to the agent explicitly.
-pub const TERMINATION_LOG: &str = "/dev/termination-log";
-/// Name of the agent container.
-pub const CONTAINER: &str = "agent";
-
 /// Everything the pod depends on, decided before building.
 #[derive(Clone, Debug)]
 pub struct PodPlan<'a> {
@@ -73,13 +62,6 @@ pub struct PodPlan<'a> {
     pub progress_interval: f64,
     /// The KmipServer of a KMIP job, with its active master key id (from its status).
     pub kmip: Option<(&'a KmipServer, &'a str)>,
-}
-
-/// A non-root user and group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunAs {
-    pub uid: i64,
-    pub gid: i64,
 }
 
 /// The uid of the official mongo image's `mongodb` user, used when the member pod names none.
@@ -110,53 +92,6 @@ pub fn member_run_as(member: &Pod, data_volume: &str) -> RunAs {
         .filter(|g| *g != 0)
         .unwrap_or(uid);
     RunAs { uid, gid }
-}
-
-/// Why a pod cannot be built.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PodError {
-    #[error(
-        "spec.encryption.kmipServerRef: the KmipServer has no active master key yet (see its status)"
-    )]
-    KmipNotReady,
-    #[error("spec.encryption: no key source set")]
-    NoKey,
-    #[error("spec.destination: no destination set")]
-    NoDestination,
-    #[error("the Snapshot has no uid (not read from the API server)")]
-    NoOwner,
-}
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
-    }
-}
-
-fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: optional.then_some(true),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: read_only.then_some(true),
-        ..Default::default()
-    }
 }
 
 /// Build the snapshot pod for one attempt.
@@ -204,138 +139,19 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     ];
     args.extend(["--source".into(), source_dir]);
 
-    // Repository.
-    match (&spec.destination.pvc, &spec.destination.s3) {
-        (Some(pvc), _) => {
-            volumes.push(Volume {
-                name: "repo".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: pvc.claim_name.clone(),
-                    read_only: None,
-                }),
-                ..Default::default()
-            });
-            mounts.push(mount("repo", REPO_MOUNT, false));
-            args.extend(["--repo".into(), format!("{REPO_MOUNT}/{}", pvc.path)]);
-        }
-        (None, Some(s3)) => {
-            let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
-            let repo = if prefix.is_empty() {
-                format!("s3://{}", s3.bucket)
-            } else {
-                format!("s3://{}/{prefix}", s3.bucket)
-            };
-            args.extend(["--repo".into(), repo]);
-            if let Some(ep) = &s3.endpoint {
-                args.extend(["--s3-endpoint".into(), ep.clone()]);
-            }
-            args.extend(["--s3-region".into(), s3.region.clone()]);
-            if s3.path_style {
-                args.push("--s3-path-style".into());
-            }
-            let secret = &s3.credentials_secret;
-            envs.push(secret_env(
-                "AWS_ACCESS_KEY_ID",
-                secret,
-                "AWS_ACCESS_KEY_ID",
-                false,
-            ));
-            envs.push(secret_env(
-                "AWS_SECRET_ACCESS_KEY",
-                secret,
-                "AWS_SECRET_ACCESS_KEY",
-                false,
-            ));
-            envs.push(secret_env(
-                "AWS_SESSION_TOKEN",
-                secret,
-                "AWS_SESSION_TOKEN",
-                true,
-            ));
-        }
-        (None, None) => return Err(PodError::NoDestination),
-    }
-
-    // Key.
-    match (
-        &spec.encryption.local_key_secret,
-        &spec.encryption.kmip_server_ref,
-    ) {
-        (Some(k), _) => {
-            volumes.push(Volume {
-                name: "key".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(k.name.clone()),
-                    items: Some(vec![KeyToPath {
-                        key: k.key.clone(),
-                        path: KEY_FILE.into(),
-                        mode: None,
-                    }]),
-                    // Secret files are owned by root: readable by the agent's (non-root) user
-                    // only through the mode. No fsGroup is set, because it would also change
-                    // the group of mongod's data files.
-                    default_mode: Some(0o444),
-                    optional: None,
-                }),
-                ..Default::default()
-            });
-            mounts.push(mount("key", KEY_MOUNT, true));
-            args.extend(["--key-file".into(), format!("{KEY_MOUNT}/{KEY_FILE}")]);
-        }
-        (None, Some(_)) => {
-            let (ks, key_id) = p.kmip.ok_or(PodError::KmipNotReady)?;
-            volumes.push(Volume {
-                name: "kmip-tls".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(ks.spec.tls.secret_name.clone()),
-                    items: Some(
-                        ["ca.crt", "tls.crt", "tls.key"]
-                            .into_iter()
-                            .map(|k| KeyToPath {
-                                key: k.into(),
-                                path: k.into(),
-                                mode: None,
-                            })
-                            .collect(),
-                    ),
-                    // Readable by the agent's non-root user through the mode, as the key file.
-                    default_mode: Some(0o444),
-                    optional: None,
-                }),
-                ..Default::default()
-            });
-            mounts.push(mount("kmip-tls", KMIP_MOUNT, true));
-            for e in &ks.spec.endpoints {
-                args.extend(["--kmip-endpoint".into(), e.clone()]);
-            }
-            args.extend([
-                "--kmip-ca".into(),
-                format!("{KMIP_MOUNT}/ca.crt"),
-                "--kmip-cert".into(),
-                format!("{KMIP_MOUNT}/tls.crt"),
-                "--kmip-key".into(),
-                format!("{KMIP_MOUNT}/tls.key"),
-                "--kmip-key-id".into(),
-                key_id.to_string(),
-                "--kmip-version".into(),
-                ks.spec.protocol_version.as_str().into(),
-                "--kmip-timeout-secs".into(),
-                ks.spec.connect_timeout_seconds.to_string(),
-            ]);
-            if let Some(name) = &ks.spec.tls.server_name {
-                args.extend(["--kmip-server-name".into(), name.clone()]);
-            }
-            if ks.spec.wrapping == WrappingMode::LocalKeyWrap {
-                args.push("--kmip-local-wrap".into());
-            }
-            // After a rotation, the next snapshot moves older data keys under the new key,
-            // unless the policy keeps old snapshots on their old key.
-            if ks.spec.rotation.as_ref().is_none_or(|r| r.rewrap_existing) {
-                args.push("--rewrap".into());
-            }
-        }
-        (None, None) => return Err(PodError::NoKey),
-    }
+    // Repository (read-write: the backup writes into it) and key.
+    let access = repository_access(
+        spec,
+        p.kmip,
+        Access {
+            repo_read_only: false,
+            rewrap: true,
+        },
+    )?;
+    volumes.extend(access.volumes);
+    mounts.extend(access.mounts);
+    args.extend(access.args);
+    envs.extend(access.envs);
 
     args.extend(["--max-files".into(), spec.max_files.to_string()]);
     if (p.progress_interval - 2.0).abs() > f64::EPSILON {
@@ -444,16 +260,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
                 }),
                 ..Default::default()
             }),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(p.run_as.uid),
-                run_as_group: Some(p.run_as.gid),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    localhost_profile: None,
-                }),
-                ..Default::default()
-            }),
+            security_context: Some(pod_security(p.run_as)),
             containers: vec![Container {
                 name: CONTAINER.into(),
                 image: Some(p.image.into()),
@@ -464,20 +271,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
                 resources: spec.resources.clone(),
                 termination_message_path: Some(TERMINATION_LOG.into()),
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
-                security_context: Some(SecurityContext {
-                    run_as_non_root: Some(true),
-                    read_only_root_filesystem: Some(true),
-                    allow_privilege_escalation: Some(false),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        add: None,
-                    }),
-                    seccomp_profile: Some(SeccompProfile {
-                        type_: "RuntimeDefault".into(),
-                        localhost_profile: None,
-                    }),
-                    ..Default::default()
-                }),
+                security_context: Some(container_security()),
                 ..Default::default()
             }],
             volumes: Some(volumes),

@@ -1,5 +1,6 @@
-//! The identity snapshot pods run as: one ServiceAccount per BackupJob, with a Role that can
-//! only read Snapshots and patch their status (for progress). Owned by the BackupJob. Pure.
+//! The identity agent pods (snapshot and restore) run as: one ServiceAccount per BackupJob, with
+//! a Role that can only read Snapshots and Restores and patch their status (for progress).
+//! Owned by the BackupJob. Pure.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -21,6 +22,18 @@ pub fn agent_rules() -> Vec<PolicyRule> {
         PolicyRule {
             api_groups: Some(vec![crate::api::GROUP.into()]),
             resources: Some(vec!["snapshots/status".into()]),
+            verbs: vec!["get".into(), "patch".into()],
+            ..Default::default()
+        },
+        PolicyRule {
+            api_groups: Some(vec![crate::api::GROUP.into()]),
+            resources: Some(vec!["restores".into()]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        },
+        PolicyRule {
+            api_groups: Some(vec![crate::api::GROUP.into()]),
+            resources: Some(vec!["restores/status".into()]),
             verbs: vec!["get".into(), "patch".into()],
             ..Default::default()
         },
@@ -93,7 +106,9 @@ spec:
             verbs,
             [
                 "Some([\"snapshots\"]) [\"get\"]",
-                "Some([\"snapshots/status\"]) [\"get\", \"patch\"]"
+                "Some([\"snapshots/status\"]) [\"get\", \"patch\"]",
+                "Some([\"restores\"]) [\"get\"]",
+                "Some([\"restores/status\"]) [\"get\", \"patch\"]"
             ]
         );
         assert_eq!(rb.role_ref.name, "snapcrypt-agent-rs0");

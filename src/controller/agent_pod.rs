@@ -1,0 +1,284 @@
+//! What every agent pod (snapshot and restore) shares: where things are mounted, the restricted
+//! security context, and the repository and key a BackupJob names, as volumes, mounts,
+//! arguments and environment. Pure.
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, EnvVar, EnvVarSource, KeyToPath, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
+};
+
+use crate::api::KmipServer;
+use crate::api::backup_job::BackupJobSpec;
+use crate::api::kmip_server::WrappingMode;
+
+/// Where a PVC destination is mounted.
+pub const REPO_MOUNT: &str = "/repo";
+/// Where the local key Secret is mounted, and the file name of the key in it.
+pub const KEY_MOUNT: &str = "/etc/snapcrypt/key";
+pub const KEY_FILE: &str = "key.json";
+/// Where the KmipServer's client TLS Secret is mounted.
+pub const KMIP_MOUNT: &str = "/etc/snapcrypt/kmip";
+
+/// Scratch space (packs are staged here for S3); the root filesystem is read-only.
+pub const TMP_MOUNT: &str = "/tmp";
+/// Kubernetes' default termination message path, passed to the agent explicitly.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Name of the agent container.
+pub const CONTAINER: &str = "agent";
+
+/// Why a pod cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PodError {
+    #[error(
+        "spec.encryption.kmipServerRef: the KmipServer has no active master key yet (see its status)"
+    )]
+    KmipNotReady,
+    #[error("spec.encryption: no key source set")]
+    NoKey,
+    #[error("spec.destination: no destination set")]
+    NoDestination,
+    #[error("the owner object has no uid (not read from the API server)")]
+    NoOwner,
+}
+
+pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+pub fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: optional.then_some(true),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+/// How a pod uses the repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Mount a PVC repository read-only (a restore only reads).
+    pub repo_read_only: bool,
+    /// Rewrap older data keys under the active master key (a backup after a rotation).
+    pub rewrap: bool,
+}
+
+/// The repository and key of a BackupJob, as a pod needs them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RepoAccess {
+    pub volumes: Vec<Volume>,
+    pub mounts: Vec<VolumeMount>,
+    pub args: Vec<String>,
+    pub envs: Vec<EnvVar>,
+}
+
+/// The job's destination and encryption as volumes, mounts, agent arguments and environment.
+/// `kmip` is the job's KmipServer with its active master key id (from its status).
+pub fn repository_access(
+    spec: &BackupJobSpec,
+    kmip: Option<(&KmipServer, &str)>,
+    how: Access,
+) -> Result<RepoAccess, PodError> {
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    let mut envs = Vec::new();
+    match (&spec.destination.pvc, &spec.destination.s3) {
+        (Some(pvc), _) => {
+            volumes.push(Volume {
+                name: "repo".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: pvc.claim_name.clone(),
+                    read_only: how.repo_read_only.then_some(true),
+                }),
+                ..Default::default()
+            });
+            mounts.push(mount("repo", REPO_MOUNT, how.repo_read_only));
+            args.extend(["--repo".into(), format!("{REPO_MOUNT}/{}", pvc.path)]);
+        }
+        (None, Some(s3)) => {
+            let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
+            let repo = if prefix.is_empty() {
+                format!("s3://{}", s3.bucket)
+            } else {
+                format!("s3://{}/{prefix}", s3.bucket)
+            };
+            args.extend(["--repo".into(), repo]);
+            if let Some(ep) = &s3.endpoint {
+                args.extend(["--s3-endpoint".into(), ep.clone()]);
+            }
+            args.extend(["--s3-region".into(), s3.region.clone()]);
+            if s3.path_style {
+                args.push("--s3-path-style".into());
+            }
+            let secret = &s3.credentials_secret;
+            envs.push(secret_env(
+                "AWS_ACCESS_KEY_ID",
+                secret,
+                "AWS_ACCESS_KEY_ID",
+                false,
+            ));
+            envs.push(secret_env(
+                "AWS_SECRET_ACCESS_KEY",
+                secret,
+                "AWS_SECRET_ACCESS_KEY",
+                false,
+            ));
+            envs.push(secret_env(
+                "AWS_SESSION_TOKEN",
+                secret,
+                "AWS_SESSION_TOKEN",
+                true,
+            ));
+        }
+        (None, None) => return Err(PodError::NoDestination),
+    }
+
+    // Key.
+    match (
+        &spec.encryption.local_key_secret,
+        &spec.encryption.kmip_server_ref,
+    ) {
+        (Some(k), _) => {
+            volumes.push(Volume {
+                name: "key".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(k.name.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: k.key.clone(),
+                        path: KEY_FILE.into(),
+                        mode: None,
+                    }]),
+                    // Secret files are owned by root: readable by the agent's (non-root) user
+                    // only through the mode. No fsGroup is set, because it would also change
+                    // the group of mongod's data files.
+                    default_mode: Some(0o444),
+                    optional: None,
+                }),
+                ..Default::default()
+            });
+            mounts.push(mount("key", KEY_MOUNT, true));
+            args.extend(["--key-file".into(), format!("{KEY_MOUNT}/{KEY_FILE}")]);
+        }
+        (None, Some(_)) => {
+            let (ks, key_id) = kmip.ok_or(PodError::KmipNotReady)?;
+            volumes.push(Volume {
+                name: "kmip-tls".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(ks.spec.tls.secret_name.clone()),
+                    items: Some(
+                        ["ca.crt", "tls.crt", "tls.key"]
+                            .into_iter()
+                            .map(|k| KeyToPath {
+                                key: k.into(),
+                                path: k.into(),
+                                mode: None,
+                            })
+                            .collect(),
+                    ),
+                    // Readable by the agent's non-root user through the mode, as the key file.
+                    default_mode: Some(0o444),
+                    optional: None,
+                }),
+                ..Default::default()
+            });
+            mounts.push(mount("kmip-tls", KMIP_MOUNT, true));
+            for e in &ks.spec.endpoints {
+                args.extend(["--kmip-endpoint".into(), e.clone()]);
+            }
+            args.extend([
+                "--kmip-ca".into(),
+                format!("{KMIP_MOUNT}/ca.crt"),
+                "--kmip-cert".into(),
+                format!("{KMIP_MOUNT}/tls.crt"),
+                "--kmip-key".into(),
+                format!("{KMIP_MOUNT}/tls.key"),
+                "--kmip-key-id".into(),
+                key_id.to_string(),
+                "--kmip-version".into(),
+                ks.spec.protocol_version.as_str().into(),
+                "--kmip-timeout-secs".into(),
+                ks.spec.connect_timeout_seconds.to_string(),
+            ]);
+            if let Some(name) = &ks.spec.tls.server_name {
+                args.extend(["--kmip-server-name".into(), name.clone()]);
+            }
+            if ks.spec.wrapping == WrappingMode::LocalKeyWrap {
+                args.push("--kmip-local-wrap".into());
+            }
+            // After a rotation, the next snapshot moves older data keys under the new key,
+            // unless the policy keeps old snapshots on their old key.
+            if how.rewrap && ks.spec.rotation.as_ref().is_none_or(|r| r.rewrap_existing) {
+                args.push("--rewrap".into());
+            }
+        }
+        (None, None) => return Err(PodError::NoKey),
+    }
+
+    Ok(RepoAccess {
+        volumes,
+        mounts,
+        args,
+        envs,
+    })
+}
+
+/// The pod-level security context: non-root as `run_as`, seccomp RuntimeDefault.
+pub fn pod_security(run_as: RunAs) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(run_as.uid),
+        run_as_group: Some(run_as.gid),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The restricted container security context: non-root, read-only root filesystem, no
+/// privilege escalation, no capabilities, seccomp RuntimeDefault.
+pub fn container_security() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A non-root user and group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: i64,
+    pub gid: i64,
+}

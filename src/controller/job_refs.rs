@@ -1,0 +1,123 @@
+//! What any agent pod that reads or writes a BackupJob's repository needs from the API, shared
+//! by the Snapshot and Restore controllers: the job's references checked, its KmipServer with an
+//! active master key, and the agent's identity (ServiceAccount, Role, RoleBinding) applied.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::{Api, Client, ResourceExt};
+
+use super::backup_job::find_references;
+use super::backup_job::validate::{Problem, check_references, check_spec, references};
+use super::snapshot::build::rbac::agent_rbac;
+use super::{Context, apply};
+use crate::api::{BackupJob, KmipServer};
+
+/// Why a pod cannot start yet: a condition reason and a message naming the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What of a job a pod needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// A snapshot pod: the whole spec, and everything it references.
+    Everything,
+    /// A restore pod: only the repository and the key (the replica set may be long gone).
+    RepositoryAndKey,
+}
+
+/// Check the job's spec (pure) and that what it references exists and fits.
+pub async fn check_job(
+    client: &Client,
+    ns: &str,
+    job: &BackupJob,
+    needs: Needs,
+) -> kube::Result<Option<Blocked>> {
+    let (mut problems, refs) = match needs {
+        Needs::Everything => (check_spec(&job.spec).1, references(&job.spec)),
+        Needs::RepositoryAndKey => (
+            Vec::new(),
+            references(&job.spec)
+                .into_iter()
+                .filter(|r| {
+                    r.field.starts_with("spec.destination")
+                        || r.field.starts_with("spec.encryption")
+                })
+                .collect(),
+        ),
+    };
+    let found = find_references(client, ns, &refs).await?;
+    problems.extend(check_references(&refs, &found, ns));
+    Ok(problems.first().map(|first| Blocked {
+        reason: first.reason,
+        message: format!(
+            "BackupJob {}: {}",
+            job.name_any(),
+            problems
+                .iter()
+                .map(|p: &Problem| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }))
+}
+
+/// A KMIP job's KmipServer and its active master key id; None for a local-key job.
+pub async fn job_kmip(
+    client: &Client,
+    ns: &str,
+    job: &BackupJob,
+) -> kube::Result<Result<Option<(KmipServer, String)>, Blocked>> {
+    let Some(r) = &job.spec.encryption.kmip_server_ref else {
+        return Ok(Ok(None));
+    };
+    let Some(ks) = Api::<KmipServer>::namespaced(client.clone(), ns)
+        .get_opt(&r.name)
+        .await?
+    else {
+        return Ok(Err(Blocked {
+            reason: "KmipServerNotFound",
+            message: format!(
+                "spec.encryption.kmipServerRef.name: KmipServer {} does not exist",
+                r.name
+            ),
+        }));
+    };
+    match ks.status.as_ref().and_then(|s| s.active_key_id.clone()) {
+        Some(key) => Ok(Ok(Some((ks, key)))),
+        None => Ok(Err(Blocked {
+            reason: "KmipServerNotReady",
+            message: format!(
+                "KmipServer {} has no active master key yet (see its status conditions)",
+                ks.name_any()
+            ),
+        })),
+    }
+}
+
+/// Apply the agent's ServiceAccount, Role and RoleBinding for `job`. On failure, which object.
+pub async fn apply_agent_identity(
+    ctx: &Context,
+    ns: &str,
+    job: &BackupJob,
+) -> Result<(), (&'static str, kube::Error)> {
+    let Some((sa, role, binding)) = agent_rbac(job) else {
+        return Ok(());
+    };
+    let client = &ctx.client;
+    apply(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &sa)
+        .await
+        .map_err(|e| ("ServiceAccount", e))?;
+    apply(&Api::<Role>::namespaced(client.clone(), ns), &role)
+        .await
+        .map_err(|e| ("Role", e))?;
+    apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), ns),
+        &binding,
+    )
+    .await
+    .map_err(|e| ("RoleBinding", e))?;
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! Pure builders of what the Restore controller writes: the restore pod and the next status.
+
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::api::restore::RestoreStatus;
+use crate::api::snapshot::RunPhase;
+use crate::api::{BackupJob, KmipServer, Restore};
+use crate::controller::agent_pod::{
+    Access, CONTAINER, PodError, RunAs, TERMINATION_LOG, TMP_MOUNT, container_security, env, mount,
+    pod_security, repository_access,
+};
+use crate::controller::conditions::{Cond, merge};
+use crate::controller::names::{
+    RESTORE_UID_LABEL, agent_service_account, job_labels, restore_pod_name,
+};
+use crate::controller::snapshot::build::pod::MONGODB_UID;
+use crate::engine::progress::human_bytes;
+use crate::engine::restore::RestoreStats;
+
+/// Where the target claim is mounted in the restore pod.
+pub const TARGET_MOUNT: &str = "/target";
+
+/// Everything the restore pod depends on, decided before building.
+#[derive(Clone, Debug)]
+pub struct RestorePlan<'a> {
+    pub restore: &'a Restore,
+    /// The BackupJob whose repository and key the Snapshot was written with.
+    pub job: &'a BackupJob,
+    /// The snapshot's id in the repository.
+    pub snapshot_id: &'a str,
+    pub image: &'a str,
+    /// Seconds between progress reports (the agent's default when 2).
+    pub progress_interval: f64,
+    /// The KmipServer of a KMIP job, with its active master key id.
+    pub kmip: Option<(&'a KmipServer, &'a str)>,
+}
+
+/// The restore pod: `snapcrypt agent restore` with the repository read-only, the key, and the
+/// target claim read-write. It runs as mongod's usual user (999) with that group as fsGroup,
+/// so the restored files belong to whoever starts mongod on the volume, and the scheduler
+/// places it where the target claim can be attached.
+pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
+    let r = p.restore;
+    let owner = r.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
+    let uid = r.uid().ok_or(PodError::NoOwner)?;
+    let ns = r.namespace();
+    let name = r.name_any();
+    let target = &r.spec.target;
+
+    let mut volumes = vec![
+        Volume {
+            name: "target".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: target.claim_name.clone(),
+                read_only: None,
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![
+        mount("target", TARGET_MOUNT, false),
+        mount("tmp", TMP_MOUNT, false),
+    ];
+    let mut envs = vec![
+        env("SNAPCRYPT_NAMESPACE", ns.clone().unwrap_or_default()),
+        env("SNAPCRYPT_RESTORE", name.clone()),
+        env("SNAPCRYPT_TERMINATION_LOG", TERMINATION_LOG),
+        env("SNAPCRYPT_TMPDIR", TMP_MOUNT),
+        env("TMPDIR", TMP_MOUNT),
+        env("HOME", TMP_MOUNT),
+    ];
+    let target_dir = match &target.path {
+        Some(path) => format!("{TARGET_MOUNT}/{path}"),
+        None => TARGET_MOUNT.to_string(),
+    };
+    let mut args: Vec<String> = vec![
+        "agent".into(),
+        "restore".into(),
+        "--snapshot".into(),
+        p.snapshot_id.into(),
+        "--target".into(),
+        target_dir,
+    ];
+    if target.force {
+        args.push("--force".into());
+    }
+    let access = repository_access(
+        &p.job.spec,
+        p.kmip,
+        Access {
+            repo_read_only: true,
+            rewrap: false,
+        },
+    )?;
+    volumes.extend(access.volumes);
+    mounts.extend(access.mounts);
+    args.extend(access.args);
+    envs.extend(access.envs);
+    if (p.progress_interval - 2.0).abs() > f64::EPSILON {
+        args.extend([
+            "--progress-interval".into(),
+            p.progress_interval.to_string(),
+        ]);
+    }
+
+    let mut labels = job_labels(&p.job.name_any());
+    labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
+    labels.insert("app.kubernetes.io/component".into(), "restore".into());
+    labels.insert(RESTORE_UID_LABEL.into(), uid);
+    let run_as = RunAs {
+        uid: MONGODB_UID,
+        gid: MONGODB_UID,
+    };
+    let mut security = pod_security(run_as);
+    security.fs_group = Some(run_as.gid);
+
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(restore_pod_name(&name)),
+            namespace: ns,
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            service_account_name: Some(agent_service_account(&p.job.name_any())),
+            security_context: Some(security),
+            containers: vec![Container {
+                name: CONTAINER.into(),
+                image: Some(p.image.into()),
+                command: Some(vec!["snapcrypt".into()]),
+                args: Some(args),
+                env: Some(envs),
+                volume_mounts: Some(mounts),
+                resources: p.job.spec.resources.clone(),
+                termination_message_path: Some(TERMINATION_LOG.into()),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(container_security()),
+                ..Default::default()
+            }],
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// What a reconcile found, as it matters to status.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Cannot start yet (or at all): a condition reason and a message naming the field.
+    Wait {
+        reason: &'static str,
+        message: String,
+    },
+    /// The restore pod was created.
+    Started { pod: String },
+    /// The pod waits to run.
+    PodPending { message: Option<String> },
+    /// The pod is restoring.
+    PodRunning { started: Option<Time> },
+    /// Restored and verified.
+    Succeeded {
+        stats: RestoreStats,
+        finished: Option<Time>,
+    },
+    /// Given up: the agent's own message.
+    Failed {
+        reason: &'static str,
+        message: String,
+        finished: Option<Time>,
+    },
+}
+
+/// The next status from the previous one and the step. Pure.
+pub fn next_status(
+    prev: &RestoreStatus,
+    step: &Step,
+    target: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> RestoreStatus {
+    let now_t = Time(now);
+    let mut s = prev.clone();
+    s.observed_generation = generation;
+    let conds = match step {
+        Step::Wait { reason, message } => {
+            s.phase = RunPhase::Pending;
+            s.message = Some(message.clone());
+            vec![
+                Cond::new("Ready", false, reason, message.clone()),
+                Cond::new("Progressing", false, reason, message.clone()),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::Started { pod } => {
+            s.phase = RunPhase::Running;
+            s.pod_name = Some(pod.clone());
+            s.start_time.get_or_insert(now_t.clone());
+            let msg = format!("started restore pod {pod}");
+            s.message = Some(msg.clone());
+            vec![
+                Cond::new("Ready", false, "Restoring", msg.clone()),
+                Cond::new("Progressing", true, "PodStarted", msg),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::PodPending { message } => {
+            s.phase = RunPhase::Running;
+            let msg = format!(
+                "restore pod waiting to run{}",
+                message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+            s.message = Some(msg.clone());
+            vec![
+                Cond::new("Ready", false, "Restoring", msg.clone()),
+                Cond::new("Progressing", true, "PodPending", msg),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::PodRunning { started } => {
+            s.phase = RunPhase::Running;
+            if let Some(t) = started {
+                s.start_time = Some(t.clone());
+            }
+            let msg = "restoring".to_string();
+            s.message = Some(msg.clone());
+            vec![
+                Cond::new("Ready", false, "Restoring", msg.clone()),
+                Cond::new("Progressing", true, "Restoring", msg),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::Succeeded { stats, finished } => {
+            s.phase = RunPhase::Succeeded;
+            s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
+            let msg = format!(
+                "restored snapshot {} into {target}: {} files, {}, every chunk verified",
+                stats.snapshot,
+                stats.files,
+                human_bytes(stats.bytes)
+            );
+            s.message = Some(msg.clone());
+            vec![
+                Cond::new("Ready", true, "Restored", msg),
+                Cond::new("Progressing", false, "Finished", ""),
+                Cond::new("Failed", false, "NotFailed", ""),
+            ]
+        }
+        Step::Failed {
+            reason,
+            message,
+            finished,
+        } => {
+            s.phase = RunPhase::Failed;
+            s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
+            s.message = Some(message.clone());
+            vec![
+                Cond::new("Ready", false, reason, message.clone()),
+                Cond::new("Progressing", false, "Finished", ""),
+                Cond::new("Failed", true, reason, message.clone()),
+            ]
+        }
+    };
+    s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
+    s
+}
+
+/// Labels selecting the pods of the Restore with `uid`.
+pub fn pod_selector(uid: &str) -> String {
+    format!("{RESTORE_UID_LABEL}={uid}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::agent_pod::{KEY_MOUNT, REPO_MOUNT};
+
+    fn job(spec: &str) -> BackupJob {
+        serde_yaml::from_str(&format!(
+            "apiVersion: snapcrypt.dev/v1alpha1\nkind: BackupJob\nmetadata: {{name: rs0, namespace: db, uid: job-uid}}\nspec:\n{spec}"
+        ))
+        .expect("job yaml")
+    }
+
+    fn restore(target: &str) -> Restore {
+        serde_yaml::from_str(&format!(
+            "apiVersion: snapcrypt.dev/v1alpha1\nkind: Restore\nmetadata: {{name: back, namespace: db, uid: r-uid}}\nspec:\n  snapshotRef: {{name: rs0-202611270300}}\n  target: {target}\n"
+        ))
+        .expect("restore yaml")
+    }
+
+    const PVC_LOCAL: &str = "  source: {statefulSetName: rs0, dataVolumeName: mongo-data, syncSource: {mode: member, member: rs0-2}}\n  destination: {pvc: {claimName: backups, path: clusters/rs0}}\n  encryption: {localKeySecret: {name: rs0-key, key: key.json}}\n";
+
+    fn arg_after<'a>(c: &'a Container, flag: &str) -> Option<&'a str> {
+        let args = c.args.as_ref().expect("args");
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    }
+
+    #[test]
+    fn restore_pod_reads_the_repository_and_writes_the_target() {
+        let r = restore("{claimName: fresh-data, path: db, force: true}");
+        let j = job(PVC_LOCAL);
+        let pod = restore_pod(&RestorePlan {
+            restore: &r,
+            job: &j,
+            snapshot_id: "3f2a",
+            image: "snapcrypt:test",
+            progress_interval: 2.0,
+            kmip: None,
+        })
+        .expect("pod");
+        assert_eq!(pod.name_any(), "back-restore");
+        assert_eq!(pod.owner_references()[0].kind, "Restore");
+        assert_eq!(pod.labels()[RESTORE_UID_LABEL], "r-uid");
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("snapcrypt-agent-rs0")
+        );
+        assert!(spec.affinity.is_none(), "placed by the scheduler");
+        let psc = spec.security_context.as_ref().expect("psc");
+        assert_eq!(
+            (psc.run_as_user, psc.fs_group, psc.run_as_non_root),
+            (Some(999), Some(999), Some(true))
+        );
+        let c = &spec.containers[0];
+        assert_eq!(&c.args.as_ref().expect("args")[..2], ["agent", "restore"]);
+        assert_eq!(arg_after(c, "--snapshot"), Some("3f2a"));
+        assert_eq!(arg_after(c, "--target"), Some("/target/db"));
+        assert_eq!(arg_after(c, "--repo"), Some("/repo/clusters/rs0"));
+        assert!(c.args.as_ref().expect("args").contains(&"--force".into()));
+        assert!(!c.args.as_ref().expect("args").contains(&"--rewrap".into()));
+        let csc = c.security_context.as_ref().expect("csc");
+        assert_eq!(csc.read_only_root_filesystem, Some(true));
+        // The repository and key are read-only; the target is written.
+        let mounts = c.volume_mounts.as_ref().expect("mounts");
+        for (name, path, ro) in [
+            ("target", TARGET_MOUNT, None),
+            ("repo", REPO_MOUNT, Some(true)),
+            ("key", KEY_MOUNT, Some(true)),
+        ] {
+            let m = mounts.iter().find(|m| m.name == name).expect(name);
+            assert_eq!((m.mount_path.as_str(), m.read_only), (path, ro), "{name}");
+        }
+        let vols = spec.volumes.as_ref().expect("volumes");
+        let repo = vols.iter().find(|v| v.name == "repo").expect("repo");
+        assert_eq!(
+            repo.persistent_volume_claim
+                .as_ref()
+                .and_then(|c| c.read_only),
+            Some(true)
+        );
+        // Without a path the claim's root is the target; without force, no --force.
+        let r = restore("{claimName: fresh-data}");
+        let pod = restore_pod(&RestorePlan {
+            restore: &r,
+            job: &j,
+            snapshot_id: "3f2a",
+            image: "i",
+            progress_interval: 2.0,
+            kmip: None,
+        })
+        .expect("pod");
+        let c = &pod.spec.as_ref().expect("spec").containers[0];
+        assert_eq!(arg_after(c, "--target"), Some("/target"));
+        assert!(!c.args.as_ref().expect("args").contains(&"--force".into()));
+    }
+
+    #[test]
+    fn a_kmip_job_without_an_active_key_cannot_build() {
+        let r = restore("{claimName: fresh-data}");
+        let j = job(
+            "  source: {statefulSetName: rs0, dataVolumeName: d, syncSource: {mode: member, member: rs0-2}}\n  destination: {pvc: {claimName: backups}}\n  encryption: {kmipServerRef: {name: kms}}\n",
+        );
+        let e = restore_pod(&RestorePlan {
+            restore: &r,
+            job: &j,
+            snapshot_id: "x",
+            image: "i",
+            progress_interval: 2.0,
+            kmip: None,
+        })
+        .expect_err("no key");
+        assert_eq!(e, PodError::KmipNotReady);
+    }
+
+    #[test]
+    fn life_of_a_restore() {
+        let now: jiff::Timestamp = "2026-11-28T01:00:00Z".parse().expect("t");
+        let cond = |s: &RestoreStatus, t: &str| {
+            let c = s.conditions.iter().find(|c| c.type_ == t).expect("cond");
+            format!("{} {}", c.status, c.reason)
+        };
+        let waiting = next_status(
+            &RestoreStatus::default(),
+            &Step::Wait {
+                reason: "SnapshotNotReady",
+                message: "spec.snapshotRef.name: Snapshot s is Running".into(),
+            },
+            "fresh-data",
+            Some(1),
+            now,
+        );
+        assert_eq!(waiting.phase, RunPhase::Pending);
+        assert_eq!(cond(&waiting, "Ready"), "False SnapshotNotReady");
+        let started = next_status(
+            &waiting,
+            &Step::Started {
+                pod: "back-restore".into(),
+            },
+            "fresh-data",
+            Some(1),
+            now,
+        );
+        assert_eq!(started.phase, RunPhase::Running);
+        assert_eq!(started.pod_name.as_deref(), Some("back-restore"));
+        let done = next_status(
+            &started,
+            &Step::Succeeded {
+                stats: RestoreStats {
+                    snapshot: "3f2a".into(),
+                    files: 9,
+                    bytes: 2048,
+                },
+                finished: None,
+            },
+            "fresh-data/db",
+            Some(1),
+            now,
+        );
+        assert_eq!(done.phase, RunPhase::Succeeded);
+        assert_eq!(cond(&done, "Ready"), "True Restored");
+        assert_eq!(
+            done.message.as_deref(),
+            Some(
+                "restored snapshot 3f2a into fresh-data/db: 9 files, 2.0 KiB, every chunk verified"
+            )
+        );
+        let failed = next_status(
+            &started,
+            &Step::Failed {
+                reason: "RestoreFailed",
+                message: "target /target is not empty".into(),
+                finished: None,
+            },
+            "fresh-data",
+            Some(1),
+            now,
+        );
+        assert_eq!(failed.phase, RunPhase::Failed);
+        assert_eq!(cond(&failed, "Failed"), "True RestoreFailed");
+    }
+}

@@ -1,0 +1,431 @@
+//! The Restore controller: brings a Snapshot back into a PersistentVolumeClaim. It waits for the
+//! Snapshot to succeed, checks the repository, key and target it needs, starts one restore pod
+//! (`snapcrypt agent restore`, which verifies every chunk as it writes), and turns the pod's
+//! phases into status. A restore is not retried: a failed one says why, and a new Restore runs
+//! it again (the spec is immutable).
+//!
+//! dereference (the restore pod) -> [no pod yet: dereference Snapshot, BackupJob, target claim,
+//! references; validate; build the pod (pure); apply the agent's identity and the pod] ->
+//! update status (pure next_status), with Events.
+
+pub mod build;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::ListParams;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+
+use self::build::{RestorePlan, Step, next_status, pod_selector, restore_pod};
+use super::job_refs::{Needs, apply_agent_identity, check_job, job_kmip};
+use super::snapshot::build::status::{PodView, failure_message, view};
+use super::{Context, apply, apply_status, conditions, scoped_api};
+use crate::api::snapshot::RunPhase;
+use crate::api::{BackupJob, Restore, Snapshot};
+use crate::engine::restore::RestoreStats;
+
+/// Name of this controller in metrics and logs.
+pub const CONTROLLER: &str = "restore";
+
+/// How often a waiting Restore looks again at what it waits for.
+const RECHECK: Duration = Duration::from_secs(15);
+
+/// A reconcile failure, by stage. A Restore that cannot start (missing Snapshot, job, claim,
+/// Secret or KmipServer) is not an error: that becomes its status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Restore {restore}: reading {what}: {source}")]
+    Dereference {
+        restore: String,
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Restore {restore}: applying the agent's {object}: {source}")]
+    ApplyRbac {
+        restore: String,
+        object: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Restore {restore}: creating pod {pod}: {source}")]
+    ApplyPod {
+        restore: String,
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Restore {restore}: updating status: {source}")]
+    UpdateStatus {
+        restore: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// The stage, as a metrics label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Dereference { .. } => "dereference",
+            Error::ApplyRbac { .. } => "apply_rbac",
+            Error::ApplyPod { .. } => "apply_pod",
+            Error::UpdateStatus { .. } => "update_status",
+        }
+    }
+}
+
+/// The Restore controller's stream; it also wakes for every change of a restore pod.
+pub fn controller(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    use futures::StreamExt;
+    let restores: Api<Restore> = scoped_api(&ctx.client, namespace.as_deref());
+    let pods: Api<Pod> = scoped_api(&ctx.client, namespace.as_deref());
+    Controller::new(restores, watcher::Config::default().any_semantic())
+        .owns(
+            pods,
+            watcher::Config::default()
+                .labels("app.kubernetes.io/component=restore")
+                .any_semantic(),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .map(|r| {
+            if let Err(e) = r {
+                tracing::debug!(controller = CONTROLLER, error = %e, "reconcile stream");
+            }
+        })
+}
+
+fn error_policy(r: Arc<Restore>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.retry_after_failure(CONTROLLER, r.as_ref(), err.category(), err)
+}
+
+async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let prev = r.status.clone().unwrap_or_default();
+    if r.metadata.deletion_timestamp.is_some()
+        || matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed)
+    {
+        return Ok(Action::await_change());
+    }
+    let ns = r.namespace().unwrap_or_default();
+    let name = r.name_any();
+    let deref = |what: &'static str| {
+        let restore = name.clone();
+        move |source| Error::Dereference {
+            restore,
+            what,
+            source,
+        }
+    };
+
+    // 1. Dereference the restore pod, if one was started.
+    let pod = match r.uid() {
+        Some(uid) => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default().labels(&pod_selector(&uid)))
+            .await
+            .map_err(deref("restore pod"))?
+            .items
+            .into_iter()
+            .next(),
+        None => None,
+    };
+
+    // 2. What the pod's state means, or start one.
+    let (step, requeue) = match pod {
+        Some(pod) => (pod_step(&pod), None),
+        None if prev.pod_name.is_some() => (
+            Step::Failed {
+                reason: "PodLost",
+                message: format!(
+                    "restore pod {} disappeared before it finished (deleted, or its node was lost); the target may hold a partial restore (marked by .snapcrypt-restore-incomplete)",
+                    prev.pod_name.clone().unwrap_or_default()
+                ),
+                finished: None,
+            },
+            None,
+        ),
+        None => start(&r, &ctx).await?,
+    };
+
+    // 3. Update status, and announce transitions.
+    let target = match &r.spec.target.path {
+        Some(p) => format!("{}/{p}", r.spec.target.claim_name),
+        None => r.spec.target.claim_name.clone(),
+    };
+    let status = next_status(
+        &prev,
+        &step,
+        &target,
+        r.metadata.generation,
+        jiff::Timestamp::now(),
+    );
+    if status != prev {
+        let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &ns);
+        apply_status(&api, &name, &status)
+            .await
+            .map_err(|source| Error::UpdateStatus {
+                restore: name.clone(),
+                source,
+            })?;
+    }
+    for c in conditions::transitions(&prev.conditions, &status.conditions) {
+        if c.type_ != "Ready" {
+            continue;
+        }
+        let warning = c.reason.ends_with("NotFound")
+            || c.reason.ends_with("NotReady")
+            || status.phase == RunPhase::Failed;
+        ctx.event(r.as_ref(), warning, &c.reason, c.message.clone())
+            .await;
+    }
+    if matches!(status.phase, RunPhase::Succeeded | RunPhase::Failed) {
+        ctx.metrics.finished(&format!("Restore{:?}", status.phase));
+    }
+    ctx.reconciled(CONTROLLER, r.as_ref());
+    Ok(match requeue {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}
+
+/// What a restore pod's state means. Pure.
+fn pod_step(pod: &Pod) -> Step {
+    let v = view(pod);
+    match &v {
+        PodView::Pending { message } => Step::PodPending {
+            message: message.clone(),
+        },
+        PodView::Running { started } => Step::PodRunning {
+            started: started.clone(),
+        },
+        PodView::Succeeded {
+            termination,
+            finished,
+        } => match termination
+            .as_deref()
+            .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()))
+            .and_then(|l| serde_json::from_str::<RestoreStats>(l.trim()).ok())
+        {
+            Some(stats) => Step::Succeeded {
+                stats,
+                finished: finished.clone(),
+            },
+            None => Step::Failed {
+                reason: "ResultUnreadable",
+                message: format!(
+                    "pod {} exited 0 but its termination message holds no result line: {:?}",
+                    pod.name_any(),
+                    termination.clone().unwrap_or_default()
+                ),
+                finished: finished.clone(),
+            },
+        },
+        PodView::Failed { finished, .. } => Step::Failed {
+            reason: "RestoreFailed",
+            message: failure_message(&v),
+            finished: finished.clone(),
+        },
+    }
+}
+
+/// Dereference, validate, build and apply the restore pod. Returns the step for status and
+/// when to look again.
+async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = r.name_any();
+    let client = &ctx.client;
+    let deref = |what: &'static str| {
+        let restore = name.clone();
+        move |source| Error::Dereference {
+            restore,
+            what,
+            source,
+        }
+    };
+    let wait =
+        |reason: &'static str, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
+
+    // The Snapshot, finished and successful.
+    let snap_name = &r.spec.snapshot_ref.name;
+    let Some(snap) = Api::<Snapshot>::namespaced(client.clone(), &ns)
+        .get_opt(snap_name)
+        .await
+        .map_err(deref("Snapshot"))?
+    else {
+        return wait(
+            "SnapshotNotFound",
+            format!("spec.snapshotRef.name: Snapshot {snap_name} does not exist in namespace {ns}"),
+        );
+    };
+    let st = snap.status.clone().unwrap_or_default();
+    let id = match (st.phase, st.repository_snapshot_id.as_deref()) {
+        (RunPhase::Succeeded, Some(id)) => id.to_string(),
+        (RunPhase::Failed, _) => {
+            return Ok((
+                Step::Failed {
+                    reason: "SnapshotFailed",
+                    message: format!(
+                        "spec.snapshotRef.name: Snapshot {snap_name} failed, so there is nothing to restore"
+                    ),
+                    finished: None,
+                },
+                None,
+            ));
+        }
+        (phase, _) => {
+            return wait(
+                "SnapshotNotReady",
+                format!(
+                    "spec.snapshotRef.name: Snapshot {snap_name} is {phase:?}; the restore starts once it has succeeded"
+                ),
+            );
+        }
+    };
+
+    // Its BackupJob: the repository and key.
+    let job_name = &snap.spec.backup_job_ref.name;
+    let Some(job) = Api::<BackupJob>::namespaced(client.clone(), &ns)
+        .get_opt(job_name)
+        .await
+        .map_err(deref("BackupJob"))?
+    else {
+        return wait(
+            "BackupJobNotFound",
+            format!(
+                "Snapshot {snap_name} belongs to BackupJob {job_name}, which does not exist: its repository and key are unknown (restore with `snapcrypt restore` instead)"
+            ),
+        );
+    };
+    if let Some(b) = check_job(client, &ns, &job, Needs::RepositoryAndKey)
+        .await
+        .map_err(deref("the BackupJob's references"))?
+    {
+        return wait(b.reason, b.message);
+    }
+    let kmip = match job_kmip(client, &ns, &job)
+        .await
+        .map_err(deref("KmipServer"))?
+    {
+        Ok(k) => k,
+        Err(b) => return wait(b.reason, b.message),
+    };
+
+    // The target claim.
+    let claim = &r.spec.target.claim_name;
+    if Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .get_opt(claim)
+        .await
+        .map_err(deref("target PersistentVolumeClaim"))?
+        .is_none()
+    {
+        return wait(
+            "TargetClaimNotFound",
+            format!(
+                "spec.target.claimName: PersistentVolumeClaim {claim} does not exist in namespace {ns}"
+            ),
+        );
+    }
+
+    // Build (pure), then apply the agent's identity and the pod.
+    let pod = match restore_pod(&RestorePlan {
+        restore: r,
+        job: &job,
+        snapshot_id: &id,
+        image: &ctx.config.agent_image,
+        progress_interval: ctx.config.agent_progress_interval,
+        kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok((
+                Step::Failed {
+                    reason: "InvalidSpec",
+                    message: format!("BackupJob {job_name}: {e}"),
+                    finished: None,
+                },
+                None,
+            ));
+        }
+    };
+    apply_agent_identity(ctx, &ns, &job)
+        .await
+        .map_err(|(object, source)| Error::ApplyRbac {
+            restore: name.clone(),
+            object,
+            source,
+        })?;
+    let created = apply(&Api::<Pod>::namespaced(client.clone(), &ns), &pod)
+        .await
+        .map_err(|source| Error::ApplyPod {
+            restore: name.clone(),
+            pod: pod.name_any(),
+            source,
+        })?;
+    Ok((
+        Step::Started {
+            pod: created.name_any(),
+        },
+        None,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: &str) -> Pod {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: back-restore}}\nstatus:\n{status}"
+        ))
+        .expect("pod")
+    }
+
+    #[test]
+    fn pod_phases_become_steps() {
+        let ok = pod(
+            "  phase: Succeeded\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0, message: '{\"snapshot\":\"3f2a\",\"files\":9,\"bytes\":2048}'}}}",
+        );
+        assert!(matches!(
+            pod_step(&ok),
+            Step::Succeeded { stats, .. } if stats.files == 9 && stats.snapshot == "3f2a"
+        ));
+        let bad = pod(
+            "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 1, message: 'snapcrypt: error: target /target/db: is not empty: nothing was written (use --force to restore into it anyway)'}}}",
+        );
+        match pod_step(&bad) {
+            Step::Failed {
+                reason, message, ..
+            } => {
+                assert_eq!(reason, "RestoreFailed");
+                assert!(
+                    message.starts_with("target /target/db: is not empty"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let garbled = pod(
+            "  phase: Succeeded\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0, message: 'hello'}}}",
+        );
+        assert!(matches!(
+            pod_step(&garbled),
+            Step::Failed {
+                reason: "ResultUnreadable",
+                ..
+            }
+        ));
+        assert!(matches!(
+            pod_step(&pod("  phase: Running")),
+            Step::PodRunning { .. }
+        ));
+    }
+}
