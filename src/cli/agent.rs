@@ -66,13 +66,7 @@ impl ReportArgs {
     /// Start reporting into object `name` of kind K, if a namespace and a name are known.
     fn reporter<K>(&self, name: Option<&String>, progress: &Arc<Progress>) -> Option<StatusReporter>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Reported,
     {
         let (ns, name) = (self.namespace.as_ref()?, name?);
         Some(StatusReporter::start::<K>(
@@ -248,6 +242,29 @@ pub fn progress_status(r: &ProgressReport, now: jiff::Timestamp) -> ProgressStat
     }
 }
 
+/// A kind an agent reports progress to (Snapshot, Restore).
+pub trait Reported:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Reported for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Reports progress into the status of a Snapshot or Restore until finished.
 struct StatusReporter {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -257,13 +274,7 @@ struct StatusReporter {
 impl StatusReporter {
     fn start<K>(ns: String, name: String, progress: Arc<Progress>, every: Duration) -> Self
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Reported,
     {
         let (stop, mut rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

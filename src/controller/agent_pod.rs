@@ -3,9 +3,9 @@
 //! arguments and environment. Pure.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, EnvVar, EnvVarSource, KeyToPath, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 
 use crate::api::KmipServer;
@@ -70,6 +70,54 @@ pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
         name: name.into(),
         mount_path: path.into(),
         read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+/// The scratch volume (the root filesystem is read-only) and its mount, and the environment
+/// every agent gets: where to report (`object_env` names the object: SNAPCRYPT_SNAPSHOT or
+/// SNAPCRYPT_RESTORE), the termination log, and scratch space as TMPDIR and HOME.
+pub fn agent_basics(
+    namespace: &str,
+    object_env: (&str, &str),
+) -> (Volume, VolumeMount, Vec<EnvVar>) {
+    (
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        mount("tmp", TMP_MOUNT, false),
+        vec![
+            env("SNAPCRYPT_NAMESPACE", namespace),
+            env(object_env.0, object_env.1),
+            env("SNAPCRYPT_TERMINATION_LOG", TERMINATION_LOG),
+            env("SNAPCRYPT_TMPDIR", TMP_MOUNT),
+            env("TMPDIR", TMP_MOUNT),
+            env("HOME", TMP_MOUNT),
+        ],
+    )
+}
+
+/// The agent container: `snapcrypt ARGS`, restricted, its result in the termination message.
+pub fn agent_container(
+    image: &str,
+    args: Vec<String>,
+    envs: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+    resources: Option<ResourceRequirements>,
+) -> Container {
+    Container {
+        name: CONTAINER.into(),
+        image: Some(image.into()),
+        command: Some(vec!["snapcrypt".into()]),
+        args: Some(args),
+        env: Some(envs),
+        volume_mounts: Some(mounts),
+        resources,
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(container_security()),
         ..Default::default()
     }
 }

@@ -65,6 +65,24 @@ pub fn merge(
         .collect()
 }
 
+/// Ready, Progressing and Failed of a run (a Snapshot or a Restore) that has finished: Ready
+/// with `reason` and `message` when it succeeded, Failed with them when it did not.
+pub fn finished(succeeded: bool, reason: &str, message: &str) -> Vec<Cond> {
+    if succeeded {
+        vec![
+            Cond::new("Ready", true, reason, message),
+            Cond::new("Progressing", false, "Finished", ""),
+            Cond::new("Failed", false, "NotFailed", ""),
+        ]
+    } else {
+        vec![
+            Cond::new("Ready", false, reason, message),
+            Cond::new("Progressing", false, "Finished", ""),
+            Cond::new("Failed", true, reason, message),
+        ]
+    }
+}
+
 /// Conditions whose status or reason differ between `old` and `new` (new ones included).
 pub fn transitions<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
     new.iter()

@@ -1,8 +1,6 @@
 //! Pure builders of what the Restore controller writes: the restore pod and the next status.
 
-use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -11,10 +9,9 @@ use crate::api::restore::RestoreStatus;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Restore};
 use crate::controller::agent_pod::{
-    Access, CONTAINER, PodError, RunAs, TERMINATION_LOG, TMP_MOUNT, container_security, env, mount,
-    pod_security, repository_access,
+    Access, PodError, RunAs, agent_basics, agent_container, mount, pod_security, repository_access,
 };
-use crate::controller::conditions::{Cond, merge};
+use crate::controller::conditions::{self, Cond, merge};
 use crate::controller::names::{
     RESTORE_UID_LABEL, agent_service_account, job_labels, restore_pod_name,
 };
@@ -52,6 +49,10 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     let name = r.name_any();
     let target = &r.spec.target;
 
+    let (tmp_volume, tmp_mount, mut envs) = agent_basics(
+        ns.as_deref().unwrap_or_default(),
+        ("SNAPCRYPT_RESTORE", &name),
+    );
     let mut volumes = vec![
         Volume {
             name: "target".into(),
@@ -61,24 +62,9 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
             }),
             ..Default::default()
         },
-        Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        },
+        tmp_volume,
     ];
-    let mut mounts = vec![
-        mount("target", TARGET_MOUNT, false),
-        mount("tmp", TMP_MOUNT, false),
-    ];
-    let mut envs = vec![
-        env("SNAPCRYPT_NAMESPACE", ns.clone().unwrap_or_default()),
-        env("SNAPCRYPT_RESTORE", name.clone()),
-        env("SNAPCRYPT_TERMINATION_LOG", TERMINATION_LOG),
-        env("SNAPCRYPT_TMPDIR", TMP_MOUNT),
-        env("TMPDIR", TMP_MOUNT),
-        env("HOME", TMP_MOUNT),
-    ];
+    let mut mounts = vec![mount("target", TARGET_MOUNT, false), tmp_mount];
     let target_dir = match &target.path {
         Some(path) => format!("{TARGET_MOUNT}/{path}"),
         None => TARGET_MOUNT.to_string(),
@@ -136,19 +122,13 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
             restart_policy: Some("Never".into()),
             service_account_name: Some(agent_service_account(&p.job.name_any())),
             security_context: Some(security),
-            containers: vec![Container {
-                name: CONTAINER.into(),
-                image: Some(p.image.into()),
-                command: Some(vec!["snapcrypt".into()]),
-                args: Some(args),
-                env: Some(envs),
-                volume_mounts: Some(mounts),
-                resources: p.job.spec.resources.clone(),
-                termination_message_path: Some(TERMINATION_LOG.into()),
-                termination_message_policy: Some("FallbackToLogsOnError".into()),
-                security_context: Some(container_security()),
-                ..Default::default()
-            }],
+            containers: vec![agent_container(
+                p.image,
+                args,
+                envs,
+                mounts,
+                p.job.spec.resources.clone(),
+            )],
             volumes: Some(volumes),
             ..Default::default()
         }),
@@ -255,11 +235,7 @@ pub fn next_status(
                 human_bytes(stats.bytes)
             );
             s.message = Some(msg.clone());
-            vec![
-                Cond::new("Ready", true, "Restored", msg),
-                Cond::new("Progressing", false, "Finished", ""),
-                Cond::new("Failed", false, "NotFailed", ""),
-            ]
+            conditions::finished(true, "Restored", &msg)
         }
         Step::Failed {
             reason,
@@ -269,11 +245,7 @@ pub fn next_status(
             s.phase = RunPhase::Failed;
             s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
             s.message = Some(message.clone());
-            vec![
-                Cond::new("Ready", false, reason, message.clone()),
-                Cond::new("Progressing", false, "Finished", ""),
-                Cond::new("Failed", true, reason, message.clone()),
-            ]
+            conditions::finished(false, reason, message)
         }
     };
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
@@ -289,6 +261,7 @@ pub fn pod_selector(uid: &str) -> String {
 mod tests {
     use super::*;
     use crate::controller::agent_pod::{KEY_MOUNT, REPO_MOUNT};
+    use k8s_openapi::api::core::v1::Container;
 
     fn job(spec: &str) -> BackupJob {
         serde_yaml::from_str(&format!(

@@ -67,6 +67,16 @@ pub enum Error {
     },
 }
 
+/// An error for a failed read of `what` while reconciling Restore `restore`.
+fn dereference_error(restore: &str, what: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    let restore = restore.to_string();
+    move |source| Error::Dereference {
+        restore,
+        what,
+        source,
+    }
+}
+
 impl Error {
     /// The stage, as a metrics label.
     pub fn category(&self) -> &'static str {
@@ -118,14 +128,7 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
     }
     let ns = r.namespace().unwrap_or_default();
     let name = r.name_any();
-    let deref = |what: &'static str| {
-        let restore = name.clone();
-        move |source| Error::Dereference {
-            restore,
-            what,
-            source,
-        }
-    };
+    let deref = |what: &'static str| dereference_error(&name, what);
 
     // 1. Dereference the restore pod, if one was started.
     let pod = match r.uid() {
@@ -243,14 +246,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
     let ns = r.namespace().unwrap_or_default();
     let name = r.name_any();
     let client = &ctx.client;
-    let deref = |what: &'static str| {
-        let restore = name.clone();
-        move |source| Error::Dereference {
-            restore,
-            what,
-            source,
-        }
-    };
+    let deref = |what: &'static str| dereference_error(&name, what);
     let wait =
         |reason: &'static str, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
 

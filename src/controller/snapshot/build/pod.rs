@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EmptyDirVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
+    Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
 };
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::backup_job::Compression;
 use crate::api::{BackupJob, KmipServer, Snapshot};
 use crate::controller::agent_pod::{
-    Access, container_security, env, mount, pod_security, repository_access,
+    Access, agent_basics, agent_container, mount, pod_security, repository_access,
 };
 pub use crate::controller::agent_pod::{
     CONTAINER, KEY_FILE, KEY_MOUNT, KMIP_MOUNT, PodError, REPO_MOUNT, RunAs, TERMINATION_LOG,
@@ -103,6 +103,10 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     let ns = snap.namespace();
     let snap_name = snap.name_any();
 
+    let (tmp_volume, tmp_mount, mut envs) = agent_basics(
+        ns.as_deref().unwrap_or_default(),
+        ("SNAPCRYPT_SNAPSHOT", &snap_name),
+    );
     let mut volumes = vec![
         Volume {
             name: "source".into(),
@@ -112,16 +116,9 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
             }),
             ..Default::default()
         },
-        Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        },
+        tmp_volume,
     ];
-    let mut mounts = vec![
-        mount("source", SOURCE_MOUNT, true),
-        mount("tmp", TMP_MOUNT, false),
-    ];
+    let mut mounts = vec![mount("source", SOURCE_MOUNT, true), tmp_mount];
     let rel = db_path_in_volume(&spec.source);
     let source_dir = if rel.is_empty() {
         SOURCE_MOUNT.to_string()
@@ -129,14 +126,6 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
         format!("{SOURCE_MOUNT}/{rel}")
     };
     let mut args: Vec<String> = vec!["agent".into(), "snapshot".into()];
-    let mut envs = vec![
-        env("SNAPCRYPT_NAMESPACE", ns.clone().unwrap_or_default()),
-        env("SNAPCRYPT_SNAPSHOT", snap_name.clone()),
-        env("SNAPCRYPT_TERMINATION_LOG", TERMINATION_LOG),
-        env("SNAPCRYPT_TMPDIR", TMP_MOUNT),
-        env("TMPDIR", TMP_MOUNT),
-        env("HOME", TMP_MOUNT),
-    ];
     args.extend(["--source".into(), source_dir]);
 
     // Repository (read-write: the backup writes into it) and key.
@@ -261,19 +250,13 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
                 ..Default::default()
             }),
             security_context: Some(pod_security(p.run_as)),
-            containers: vec![Container {
-                name: CONTAINER.into(),
-                image: Some(p.image.into()),
-                command: Some(vec!["snapcrypt".into()]),
-                args: Some(args),
-                env: Some(envs),
-                volume_mounts: Some(mounts),
-                resources: spec.resources.clone(),
-                termination_message_path: Some(TERMINATION_LOG.into()),
-                termination_message_policy: Some("FallbackToLogsOnError".into()),
-                security_context: Some(container_security()),
-                ..Default::default()
-            }],
+            containers: vec![agent_container(
+                p.image,
+                args,
+                envs,
+                mounts,
+                spec.resources.clone(),
+            )],
             volumes: Some(volumes),
             ..Default::default()
         }),
@@ -284,6 +267,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Container;
 
     fn job(spec: &str) -> BackupJob {
         serde_yaml::from_str(&format!(

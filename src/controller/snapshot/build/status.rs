@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::snapshot::{MemberChoice, RunPhase, SnapshotStats, SnapshotStatus};
-use crate::controller::conditions::{Cond, merge};
+use crate::controller::conditions::{self, Cond, merge};
 use crate::controller::snapshot::result::{AgentResult, RetentionResult};
 use crate::engine::progress::human_bytes;
 
@@ -251,11 +251,7 @@ pub fn next_status(
                 human_bytes(result.stored_bytes)
             );
             s.message = Some(msg.clone());
-            let mut conds = vec![
-                Cond::new("Ready", true, "Succeeded", msg),
-                Cond::new("Progressing", false, "Finished", ""),
-                Cond::new("Failed", false, "NotFailed", ""),
-            ];
+            let mut conds = conditions::finished(true, "Succeeded", &msg);
             if let Some(r) = &result.retention {
                 conds.push(retention_condition(r));
             }
@@ -269,11 +265,7 @@ pub fn next_status(
             s.phase = RunPhase::Failed;
             s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
             s.message = Some(message.clone());
-            vec![
-                Cond::new("Ready", false, reason, message.clone()),
-                Cond::new("Progressing", false, "Finished", ""),
-                Cond::new("Failed", true, reason, message.clone()),
-            ]
+            conditions::finished(false, reason, message)
         }
     };
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
