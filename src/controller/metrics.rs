@@ -32,6 +32,7 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabels, Histogram>,
     pub snapshots_finished: Family<OutcomeLabels, Counter>,
+    pub restores_finished: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -43,6 +44,7 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 12))
         });
         let snapshots_finished = Family::<OutcomeLabels, Counter>::default();
+        let restores_finished = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "reconciliations",
             "Reconciliations started",
@@ -63,12 +65,18 @@ impl Default for Metrics {
             "Snapshots that reached Succeeded or Failed",
             snapshots_finished.clone(),
         );
+        registry.register(
+            "restores_finished",
+            "Restores that reached Succeeded or Failed",
+            restores_finished.clone(),
+        );
         Metrics {
             registry,
             reconciliations,
             failures,
             duration,
             snapshots_finished,
+            restores_finished,
         }
     }
 }
@@ -96,12 +104,14 @@ impl Metrics {
             .inc();
     }
 
+    /// A Snapshot reached `phase` (Succeeded or Failed).
     pub fn finished(&self, phase: &str) {
-        self.snapshots_finished
-            .get_or_create(&OutcomeLabels {
-                phase: phase.into(),
-            })
-            .inc();
+        count_outcome(&self.snapshots_finished, phase);
+    }
+
+    /// A Restore reached `phase` (Succeeded or Failed).
+    pub fn restore_finished(&self, phase: &str) {
+        count_outcome(&self.restores_finished, phase);
     }
 
     /// The metrics in the OpenMetrics text format.
@@ -116,6 +126,14 @@ pub struct ReconcileTimer<'a> {
     metrics: &'a Metrics,
     labels: ControllerLabels,
     start: Instant,
+}
+
+fn count_outcome(family: &Family<OutcomeLabels, Counter>, phase: &str) {
+    family
+        .get_or_create(&OutcomeLabels {
+            phase: phase.into(),
+        })
+        .inc();
 }
 
 impl Drop for ReconcileTimer<'_> {
@@ -137,7 +155,12 @@ mod tests {
         drop(m.reconcile("backupjob"));
         m.failure("snapshot", "apply_pod");
         m.finished("Succeeded");
+        m.restore_finished("Failed");
         let text = m.encode().expect("encode");
+        assert!(
+            text.contains("snapcrypt_operator_restores_finished_total{phase=\"Failed\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("snapcrypt_operator_reconciliations_total{controller=\"backupjob\"} 1"),
             "{text}"

@@ -191,7 +191,7 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
             .await;
     }
     if matches!(status.phase, RunPhase::Succeeded | RunPhase::Failed) {
-        ctx.metrics.finished(&format!("Restore{:?}", status.phase));
+        ctx.metrics.restore_finished(&format!("{:?}", status.phase));
     }
     ctx.reconciled(CONTROLLER, r.as_ref());
     Ok(match requeue {
