@@ -1,8 +1,7 @@
 //! The operator: one process running a kube-runtime Controller per kind (BackupJob, Snapshot,
-//! KmipServer),
-//! sharing one [`Context`]. Each reconciler is a straight pipeline
-//! (dereference -> validate -> build -> apply -> update status); see `backup_job/` and
-//! `snapshot/`.
+//! KmipServer, Restore), sharing one [`Context`]. Each reconciler is a straight pipeline
+//! (dereference -> validate -> build -> apply -> update status); see `backup_job/`,
+//! `snapshot/` and `restore/`.
 
 pub mod agent_pod;
 pub mod backup_job;
@@ -225,6 +224,48 @@ pub async fn run(
         restores.for_each(|_| async {}),
         stop
     );
+}
+
+/// A controller for kind K that also wakes for every change of the agent pods it owns (labelled
+/// `app.kubernetes.io/component=COMPONENT`): the Snapshot and Restore controllers.
+pub fn owning_agent_pods<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    component: &str,
+) -> kube::runtime::Controller<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::watcher;
+    kube::runtime::Controller::new(
+        scoped_api::<K>(client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        scoped_api::<Pod>(client, namespace),
+        watcher::Config::default()
+            .labels(&format!("app.kubernetes.io/component={component}"))
+            .any_semantic(),
+    )
+}
+
+/// What every controller does with each item of its reconcile stream: failures are already
+/// counted and logged by its error policy, so only a debug line.
+pub fn log_stream_error<T, E: std::fmt::Display>(
+    controller: &'static str,
+) -> impl Fn(Result<T, E>) {
+    move |r| {
+        if let Err(e) = r {
+            tracing::debug!(controller, error = %e, "reconcile stream");
+        }
+    }
 }
 
 /// `Api` for a namespaced kind: one namespace, or all.

@@ -67,11 +67,7 @@ pub fn controller(
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .map(|r| {
-            if let Err(e) = r {
-                tracing::debug!(controller = CONTROLLER, error = %e, "reconcile stream");
-            }
-        })
+        .map(super::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(ks: Arc<KmipServer>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -16,14 +16,14 @@ use std::time::Duration;
 use futures::Stream;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use self::build::{RestorePlan, Step, next_status, pod_selector, restore_pod};
 use super::job_refs::{Needs, apply_agent_identity, check_job, job_kmip};
 use super::snapshot::build::status::{PodView, failure_message, view};
-use super::{Context, apply, apply_status, conditions, scoped_api};
+use super::snapshot::result::parse_result_line;
+use super::{Context, apply, apply_status, conditions, owning_agent_pods};
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Restore, Snapshot};
 use crate::engine::restore::RestoreStats;
@@ -96,22 +96,10 @@ pub fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
     use futures::StreamExt;
-    let restores: Api<Restore> = scoped_api(&ctx.client, namespace.as_deref());
-    let pods: Api<Pod> = scoped_api(&ctx.client, namespace.as_deref());
-    Controller::new(restores, watcher::Config::default().any_semantic())
-        .owns(
-            pods,
-            watcher::Config::default()
-                .labels("app.kubernetes.io/component=restore")
-                .any_semantic(),
-        )
+    owning_agent_pods::<Restore>(&ctx.client, namespace.as_deref(), "restore")
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .map(|r| {
-            if let Err(e) = r {
-                tracing::debug!(controller = CONTROLLER, error = %e, "reconcile stream");
-            }
-        })
+        .map(super::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(r: Arc<Restore>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -215,8 +203,7 @@ fn pod_step(pod: &Pod) -> Step {
             finished,
         } => match termination
             .as_deref()
-            .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()))
-            .and_then(|l| serde_json::from_str::<RestoreStats>(l.trim()).ok())
+            .and_then(parse_result_line::<RestoreStats>)
         {
             Some(stats) => Step::Succeeded {
                 stats,

@@ -17,8 +17,7 @@ use futures::Stream;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
 
 use self::build::pod::{PodPlan, made_by_job, member_run_as, snapshot_pod};
@@ -27,7 +26,7 @@ use self::result::AgentResult;
 use super::backup_job;
 use super::job_refs::{Needs, apply_agent_identity, check_job, job_kmip};
 use super::names::{ATTEMPT_LABEL, SNAPSHOT_UID_LABEL};
-use super::{Context, apply, apply_status, conditions, scoped_api};
+use super::{Context, apply, apply_status, conditions, owning_agent_pods};
 use crate::api::backup_job::{AuthMechanism, MongoSource};
 use crate::api::snapshot::{MemberChoice, RunPhase};
 use crate::api::{BackupJob, Snapshot};
@@ -101,22 +100,10 @@ pub fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
     use futures::StreamExt;
-    let snaps: Api<Snapshot> = scoped_api(&ctx.client, namespace.as_deref());
-    let pods: Api<Pod> = scoped_api(&ctx.client, namespace.as_deref());
-    Controller::new(snaps, watcher::Config::default().any_semantic())
-        .owns(
-            pods,
-            watcher::Config::default()
-                .labels("app.kubernetes.io/component=snapshot")
-                .any_semantic(),
-        )
+    owning_agent_pods::<Snapshot>(&ctx.client, namespace.as_deref(), "snapshot")
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .map(|r| {
-            if let Err(e) = r {
-                tracing::debug!(controller = CONTROLLER, error = %e, "reconcile stream");
-            }
-        })
+        .map(super::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(snap: Arc<Snapshot>, err: &Error, ctx: Arc<Context>) -> Action {

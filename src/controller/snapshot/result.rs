@@ -18,6 +18,13 @@ pub struct AgentResult {
     pub retention: Option<RetentionResult>,
 }
 
+/// An agent's result from its termination message: the last non-empty line, as JSON. Shared
+/// by the snapshot agent's [`AgentResult`] and the restore agent's `RestoreStats`.
+pub fn parse_result_line<T: serde::de::DeserializeOwned>(message: &str) -> Option<T> {
+    let line = message.lines().rev().find(|l| !l.trim().is_empty())?;
+    serde_json::from_str(line.trim()).ok()
+}
+
 /// The outcome of the retention pass a snapshot pod runs after a successful backup. A failed
 /// pass never fails the snapshot: the backup is complete and restorable either way.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -45,8 +52,7 @@ pub const MAX_RETENTION_ERROR: usize = 800;
 impl AgentResult {
     /// Read a termination message: the last non-empty line must be the JSON result.
     pub fn parse(message: &str) -> Option<Self> {
-        let line = message.lines().rev().find(|l| !l.trim().is_empty())?;
-        serde_json::from_str(line.trim()).ok()
+        parse_result_line(message)
     }
 }
 
