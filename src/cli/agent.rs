@@ -182,7 +182,14 @@ async fn apply_retention(args: &SnapshotArgs, new_id: &str) -> Option<RetentionR
     let pass = async {
         let km = args.backup.keys.key_manager(false).await?;
         let mut repo = Repository::open(args.backup.repo.backend(false)?, km.as_ref()).await?;
-        Ok::<_, CliError>(prune(&mut repo, km.as_ref(), &policy, &scope, false).await?)
+        Ok::<_, CliError>(prune(
+            &mut repo,
+            km.as_ref(),
+            &policy,
+            &scope,
+            &args.retention.prune_options(false),
+        )
+        .await?)
     };
     Some(match pass.await {
         Ok(report) => {

@@ -159,7 +159,7 @@ async fn rewrap(
 ) -> Result<(), CliError> {
     let old = from.active_key_id().await.unwrap_or_default();
     let new = to.active_key_id().await?;
-    let n = repo.rewrap_all(from, to, |_, _| {}).await?;
+    let n = repo.rewrap_all(to, |_, _| {}).await?;
     if json {
         println!(
             "{}",
@@ -205,6 +205,7 @@ async fn migrate(args: MigrateArgs) -> Result<(), CliError> {
     }
     let from = LocalKeyManager::load(&args.from_key_file)?;
     let to = args.kmip.key_manager().await?;
-    let mut repo = Repository::open(args.repo.backend(false)?, &from).await?;
+    // Both key managers: a migration that stopped half-way is resumed.
+    let mut repo = Repository::open_any(args.repo.backend(false)?, &[&from, &to]).await?;
     rewrap(&mut repo, &from, &to, args.json, "migrated").await
 }

@@ -6,7 +6,7 @@ use super::CliError;
 use super::keys::KeyArgs;
 use super::repo_args::RepoArgs;
 use crate::engine::progress::human_bytes;
-use crate::engine::prune::{PruneScope, RetentionPolicy, prune};
+use crate::engine::prune::{PruneOptions, PruneScope, RetentionPolicy, prune};
 use crate::engine::repo::Repository;
 
 #[derive(Args, Debug)]
@@ -47,6 +47,11 @@ pub struct RetentionArgs {
     /// Forget snapshots older than this (for example 90d or 36h), whatever the other rules say.
     #[arg(long, value_name = "AGE", value_parser = parse_age)]
     pub max_age: Option<u64>,
+    /// Delete data no snapshot needs only once prune marked it this long ago (two-phase
+    /// deletion: a reader or writer still using it is never cut off): for example 1h, 30m,
+    /// or 0s to delete at once when nothing else can be using the repository.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_grace)]
+    pub delete_after: u64,
 }
 
 impl RetentionArgs {
@@ -59,6 +64,19 @@ impl RetentionArgs {
             max_age_secs: self.max_age,
         }
     }
+
+    /// How prune deletes, for these arguments.
+    pub fn prune_options(&self, dry_run: bool) -> PruneOptions {
+        PruneOptions {
+            dry_run,
+            grace: std::time::Duration::from_secs(self.delete_after),
+        }
+    }
+}
+
+/// `1h`, `30m` or `0s` as seconds.
+fn parse_grace(s: &str) -> Result<u64, String> {
+    crate::api::common::parse_duration(s, &['s', 'm', 'h', 'd'])
 }
 
 /// `90d` or `36h` as seconds.
@@ -78,7 +96,7 @@ pub async fn run(args: PruneArgs) -> Result<(), CliError> {
         km.as_ref(),
         &args.retention.policy(),
         &scope,
-        args.dry_run,
+        &args.retention.prune_options(args.dry_run),
     )
     .await?;
     if args.json {
@@ -94,7 +112,7 @@ pub async fn run(args: PruneArgs) -> Result<(), CliError> {
         println!("{verb} {id}");
     }
     eprintln!(
-        "snapcrypt: kept {} snapshot(s), {verb} {}; {} {} pack(s), repacked {}, freeing {}",
+        "snapcrypt: kept {} snapshot(s), {verb} {}; {} {} pack(s) ({}), repacked {}, marked {} pack(s) ({}) for deletion after {}",
         report.kept.len(),
         report.forgotten.len(),
         if args.dry_run {
@@ -103,8 +121,11 @@ pub async fn run(args: PruneArgs) -> Result<(), CliError> {
             "deleted"
         },
         report.packs_deleted,
+        human_bytes(report.bytes_freed),
         report.packs_repacked,
-        human_bytes(report.bytes_freed)
+        report.packs_marked + report.packs_repacked,
+        human_bytes(report.bytes_pending),
+        format!("{} s", args.retention.delete_after),
     );
     Ok(())
 }

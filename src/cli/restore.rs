@@ -28,6 +28,10 @@ pub struct RestoreArgs {
     /// Restore into a non-empty directory, overwriting files of the same names.
     #[arg(long)]
     pub force: bool,
+    /// With --force, remove what the target holds that the snapshot does not (without it, such
+    /// a target is refused and the extra entries are named).
+    #[arg(long, requires = "force")]
+    pub delete_extra: bool,
     /// Print the result as JSON, and progress as JSON lines on stderr.
     #[arg(long)]
     pub json: bool,
@@ -43,6 +47,7 @@ pub async fn perform(
     let snap = repo.find_snapshot(&args.snapshot).await?;
     let opts = RestoreOptions {
         force: args.force,
+        delete_extra: args.delete_extra,
         ..Default::default()
     };
     Ok(restore(&repo, &snap, &args.target, opts, progress).await?)
@@ -54,6 +59,11 @@ pub async fn run(args: RestoreArgs) -> Result<(), CliError> {
     let result = perform(&args, progress).await;
     reporter.finish().await;
     let stats = result?;
+    if let Some(why) = &stats.read_without_lock {
+        eprintln!(
+            "snapcrypt: warning: read the repository without a lock ({why}); a prune's deletion grace period is all that protected this restore"
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string(&stats)?);
     } else {

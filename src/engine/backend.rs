@@ -90,6 +90,46 @@ pub struct S3Options {
     pub secret_access_key: Option<String>,
 }
 
+/// One listed object: its name, size and the store's time of its last write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+    /// Milliseconds since the epoch, by the store's clock.
+    pub modified_ms: i64,
+}
+
+impl BackendError {
+    /// The store refused a write because it is read-only to us (a read-only mount, no
+    /// permission): what a reader may carry on without a lock.
+    pub fn is_read_only(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            BackendError::Io { source, .. } => matches!(
+                source.kind(),
+                ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
+            ),
+            BackendError::Store { source, .. } => {
+                matches!(source, object_store::Error::PermissionDenied { .. })
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Is some S3 credential source configured besides instance metadata? Without one, the
+/// object_store client would ask the EC2 instance metadata service, and its error names that
+/// service instead of what the user must set.
+fn s3_credentials_configured(s3: &S3Options) -> bool {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    (s3.access_key_id.is_some() && s3.secret_access_key.is_some())
+        || (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
+        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        || set("SNAPCRYPT_S3_INSTANCE_CREDENTIALS")
+}
+
 /// A repository's object store.
 #[derive(Clone)]
 pub struct Backend {
@@ -139,6 +179,12 @@ impl Backend {
                 })
             }
             Location::S3 { bucket, prefix } => {
+                if !s3_credentials_configured(s3) {
+                    return Err(BackendError::BadLocation {
+                        repo: format!("s3://{bucket}/{prefix}"),
+                        reason: "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the job's credentialsSecret (or SNAPCRYPT_S3_INSTANCE_CREDENTIALS=1 to use the instance's role)".into(),
+                    });
+                }
                 let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(RetryConfig {
@@ -214,8 +260,13 @@ impl Backend {
         }
     }
 
-    /// Write (or replace) a small object.
+    /// Write (or replace) a small object. In a local repository the object is written to a
+    /// staging file, synced, renamed into place and its directory synced: once this returns it
+    /// survives a crash of the node.
     pub async fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
+        if self.local_root.is_some() {
+            return self.local_put(name, data, false).await.map(|_| ());
+        }
         self.store
             .put(&ObjPath::from(name), PutPayload::from(data))
             .await
@@ -225,13 +276,16 @@ impl Backend {
 
     /// Write an object only if none exists under that name; returns false if one existed.
     pub async fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, BackendError> {
+        if self.local_root.is_some() {
+            return self.local_put(name, data, true).await;
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
         match self
             .store
-            .put_opts(&ObjPath::from(name), PutPayload::from(data), opts)
+            .put_opts(&ObjPath::from(name), PutPayload::from(data.clone()), opts)
             .await
         {
             Ok(_) => Ok(true),
@@ -241,10 +295,33 @@ impl Backend {
                 if self.exists(name).await? {
                     return Ok(false);
                 }
-                self.put(name, Vec::new()).await.map(|_| true)
+                self.put(name, data).await.map(|_| true)
             }
             Err(e) => Err(Self::err(name)(e)),
         }
+    }
+
+    /// `put` and `put_new` of a local repository, durable (see `put`).
+    async fn local_put(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        create_only: bool,
+    ) -> Result<bool, BackendError> {
+        let Some(root) = self.local_root.clone() else {
+            return Err(BackendError::BadLocation {
+                repo: self.display.clone(),
+                reason: "not a local repository".into(),
+            });
+        };
+        let staging = self.staging_dir()?.to_path_buf();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || durable::put(&root, &staging, &name, &data, create_only))
+            .await
+            .map_err(|e| BackendError::Io {
+                path: "(writer thread)".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?
     }
 
     /// Read a whole object.
@@ -279,6 +356,34 @@ impl Backend {
         }
     }
 
+    /// The objects under `dir` with the store's time of their last write, sorted by name.
+    pub async fn list_meta(&self, dir: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        let prefix = ObjPath::from(dir);
+        let mut out: Vec<ObjectInfo> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| ObjectInfo {
+                name: m.location.to_string(),
+                size: m.size,
+                modified_ms: m.last_modified.timestamp_millis(),
+            })
+            .try_collect()
+            .await
+            .map_err(Self::err(dir))?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The store's time of the last write of `name` (milliseconds since the epoch).
+    pub async fn modified_ms(&self, name: &str) -> Result<i64, BackendError> {
+        let meta = self
+            .store
+            .head(&ObjPath::from(name))
+            .await
+            .map_err(Self::err(name))?;
+        Ok(meta.last_modified.timestamp_millis())
+    }
+
     /// Names (relative to the repository) and sizes of the objects under `dir`, sorted.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, BackendError> {
         let prefix = ObjPath::from(dir);
@@ -309,11 +414,10 @@ impl Backend {
             source,
         };
         if let Some(root) = &self.local_root {
-            let dest = root.join(name);
-            if let Some(parent) = dest.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(io)?;
-            }
-            return tokio::fs::rename(staged, &dest).await.map_err(io);
+            let (root, staged, name) = (root.clone(), staged.to_path_buf(), name.to_string());
+            return tokio::task::spawn_blocking(move || durable::commit(&root, &staged, &name))
+                .await
+                .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         }
         let upload = self
             .store
@@ -338,6 +442,102 @@ impl Backend {
     /// Human-readable location.
     pub fn display(&self) -> &str {
         &self.display
+    }
+}
+
+/// Durable writes into a local repository (what a PVC is): object_store's LocalFileSystem
+/// renames without syncing, so after a node crash a snapshot could name packs whose bytes
+/// never reached the disk. Every object here is synced, renamed into place, and its directory
+/// synced before the write returns.
+mod durable {
+    use std::fs::File;
+    use std::io::Write;
+    use std::path::Path;
+
+    use super::BackendError;
+
+    fn io(path: &Path) -> impl Fn(std::io::Error) -> BackendError + '_ {
+        move |source| BackendError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Sync a directory, so a rename or a new entry in it survives a crash.
+    pub fn sync_dir(dir: &Path) -> Result<(), BackendError> {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))
+    }
+
+    /// Create the directories of `dest` below `root`, syncing each parent of a new one.
+    fn make_parents(root: &Path, dest: &Path) -> Result<(), BackendError> {
+        let Some(parent) = dest.parent() else {
+            return Ok(());
+        };
+        if parent.is_dir() {
+            return Ok(());
+        }
+        if parent != root {
+            make_parents(root, parent)?;
+        }
+        match std::fs::create_dir(parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(io(parent)(e)),
+        }
+        if let Some(grand) = parent.parent() {
+            sync_dir(grand)?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` as object `name`; with `create_only`, only if none exists (false if one
+    /// did), atomically (no replacing rename).
+    pub fn put(
+        root: &Path,
+        staging: &Path,
+        name: &str,
+        data: &[u8],
+        create_only: bool,
+    ) -> Result<bool, BackendError> {
+        let dest = root.join(name);
+        let mut tmp = tempfile::Builder::new()
+            .prefix("put-")
+            .tempfile_in(staging)
+            .map_err(io(staging))?;
+        tmp.write_all(data)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(io(tmp.path()))?;
+        make_parents(root, &dest)?;
+        let created = if create_only {
+            match tmp.persist_noclobber(&dest) {
+                Ok(_) => true,
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(io(&dest)(e.error)),
+            }
+        } else {
+            tmp.persist(&dest).map_err(|e| io(&dest)(e.error))?;
+            true
+        };
+        if let Some(dir) = dest.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(created)
+    }
+
+    /// Move a finished staged pack into place as `name`, durably.
+    pub fn commit(root: &Path, staged: &Path, name: &str) -> Result<(), BackendError> {
+        File::open(staged)
+            .and_then(|f| f.sync_all())
+            .map_err(io(staged))?;
+        let dest = root.join(name);
+        make_parents(root, &dest)?;
+        std::fs::rename(staged, &dest).map_err(io(&dest))?;
+        if let Some(dir) = dest.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
     }
 }
 

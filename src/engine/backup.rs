@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,7 +138,11 @@ pub fn scan(root: &Path, max_files: u64) -> Result<Scan, EngineError> {
                 continue;
             }
             let (kind, target) = if ft.is_file() {
-                File::open(&path).map_err(|e| err(&path, e))?;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&path)
+                    .map_err(|e| err(&path, e))?;
                 scan.files += 1;
                 scan.bytes += m.len();
                 if scan.files >= max_files {
@@ -330,13 +334,25 @@ pub async fn backup(
         lock_wait(std::time::Duration::from_secs(600)),
     )
     .await?;
-    let result = run_backup(repo, key, master_key_id, scan, opts, progress, started).await;
+    let result = run_backup(
+        repo,
+        &lock,
+        key,
+        master_key_id,
+        scan,
+        opts,
+        progress,
+        started,
+    )
+    .await;
     lock.release().await?;
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_backup(
     repo: &Repository,
+    lock: &RepoLock,
     key: Arc<DataKey>,
     master_key_id: String,
     scan: Scan,
@@ -344,7 +360,8 @@ async fn run_backup(
     progress: Arc<Progress>,
     started: jiff::Timestamp,
 ) -> Result<SnapshotManifest, EngineError> {
-    let index = repo.load_index().await?;
+    // Only packs that exist and are not marked for deletion are deduplicated against.
+    let index = repo.load_index_for_writing().await?;
     let source = scan.root.display().to_string();
     let host = hostname();
 
@@ -575,6 +592,9 @@ async fn run_backup(
         data_keys,
         master_key_id,
     };
+    // The commit point: a backup whose lock may have been judged stale (so a prune may have
+    // marked or removed what it reused) writes no snapshot.
+    lock.check()?;
     repo.put_sealed(
         &key,
         ObjectKind::Snapshot,
@@ -583,6 +603,36 @@ async fn run_backup(
     )
     .await?;
     Ok(manifest)
+}
+
+/// Open a scanned file for reading without following a symlink, and check it is the file the
+/// scan saw (same inode, still a regular file): a path swapped for a link after the scan (to a
+/// key file, say) is never read.
+fn open_scanned(entry: &ScanEntry) -> Result<File, EngineError> {
+    let err = |reason: String| EngineError::Source {
+        path: entry.abs.display().to_string(),
+        reason,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&entry.abs)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                err("became a symbolic link after the scan: not followed, no snapshot was written".into())
+            } else {
+                err(e.to_string())
+            }
+        })?;
+    let m = file.metadata().map_err(|e| err(e.to_string()))?;
+    if !m.is_file() || m.ino() != entry.inode {
+        return Err(err(format!(
+            "was replaced after the scan (inode {}, scanned {}): a consistent copy needs a quiesced source; no snapshot was written",
+            m.ino(),
+            entry.inode
+        )));
+    }
+    Ok(file)
 }
 
 fn w_has(w: &PackWriter, id: &ChunkId) -> bool {
@@ -656,7 +706,7 @@ fn worker(
                 reason: e.to_string(),
             };
             if open.as_ref().map(|(i, _)| *i) != Some(unit.file) {
-                open = Some((unit.file, File::open(&entry.abs).map_err(err)?));
+                open = Some((unit.file, open_scanned(entry)?));
             }
             let Some((_, file)) = open.as_ref() else {
                 continue;

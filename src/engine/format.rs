@@ -78,6 +78,11 @@ pub struct KeyRecord {
     /// show every key the repository has used).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<PastWrap>,
+    /// The wrap this record had before a rewrap that has not finished yet: while any record
+    /// has one, the repository opens with the old master key as well as the new. Removed when
+    /// the rewrap of every record is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<WrappedKey>,
 }
 
 /// A master key a data key was once wrapped under.

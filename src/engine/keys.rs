@@ -75,6 +75,7 @@ mod tests {
                 tag: None,
             },
             history: vec![],
+            previous: None,
         }
     }
 

@@ -1,27 +1,53 @@
-//! Repository locks. Backups take shared locks (any number at once); prune takes an exclusive
-//! one. A lock is an object under `locks/` that its holder refreshes; a lock not refreshed for
-//! `STALE_AFTER` is ignored and removed by the next taker, so a dead holder never needs a manual
-//! unlock.
+//! Repository locks. Backups, restores and verifies take shared locks (any number at once);
+//! prune takes an exclusive one. A lock is an object under `locks/` that its holder rewrites
+//! every `stale_after / 4`.
+//!
+//! Staleness is judged on one clock only, the store's: a taker writes its own lock, lists
+//! `locks/`, and a lock whose last write is more than `stale_after` older than the taker's own
+//! write is stale and removed. No two hosts' clocks are compared.
+//!
+//! A holder is sure of its lock only while its last successful refresh started less than
+//! `stale_after - margin` ago (its own monotonic clock): no taker can have judged it stale
+//! before then. Past that point, or when a refresh finds the lock gone, the lock is *lost* for
+//! good: a later successful write never makes it valid again (someone may already have acted on
+//! its absence), and the holder must stop before its next commit point (`check`). See
+//! docs/REPOSITORY.md, "Locks and deletion".
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::EngineError;
-use super::backend::Backend;
+use super::backend::{Backend, BackendError};
 use super::crypto::random_id;
 
-/// A lock not refreshed for this long is stale.
+/// A lock whose last write is this much older than a taker's own write is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(120);
-const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+/// `STALE_AFTER`, or `$SNAPCRYPT_LOCK_STALE_SECS` (for tests: every process that shares a
+/// repository must use the same value).
+pub fn stale_after() -> Duration {
+    env_secs("SNAPCRYPT_LOCK_STALE_SECS").unwrap_or(STALE_AFTER)
+}
+
+fn env_secs(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 struct LockFile {
     exclusive: bool,
     hostname: String,
     pid: u32,
-    /// Unix seconds of the last refresh.
+    /// Unix seconds of the last refresh by the holder's clock (information only: staleness is
+    /// judged by the store's timestamps).
     refreshed: u64,
 }
 
@@ -34,18 +60,7 @@ fn unix_now() -> u64 {
 
 /// How long to wait for a conflicting lock: `$SNAPCRYPT_LOCK_WAIT_SECS`, else `default`.
 pub fn lock_wait(default: Duration) -> Duration {
-    std::env::var("SNAPCRYPT_LOCK_WAIT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(default)
-}
-
-/// A held lock; released on `release` (or, if the process dies, it goes stale).
-pub struct RepoLock {
-    backend: Backend,
-    name: String,
-    refresher: JoinHandle<()>,
+    env_secs("SNAPCRYPT_LOCK_WAIT_SECS").unwrap_or(default)
 }
 
 pub fn hostname() -> String {
@@ -55,6 +70,84 @@ pub fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// What the holder knows of its lock.
+#[derive(Debug)]
+struct Held {
+    /// When the last successful write of the lock started (holder's monotonic clock).
+    last_ok: Instant,
+    /// Why the lock is lost, once it is.
+    lost: Option<String>,
+}
+
+/// The timing of a lock, fixed when it is taken.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    stale_after: Duration,
+    refresh_every: Duration,
+    /// The holder trusts its lock for `stale_after - margin` after a successful write.
+    trusted_for: Duration,
+}
+
+impl Timing {
+    fn now() -> Self {
+        let stale_after = stale_after();
+        Timing {
+            stale_after,
+            refresh_every: stale_after / 4,
+            trusted_for: stale_after - stale_after / 6,
+        }
+    }
+}
+
+impl Held {
+    /// Record the outcome of a write that started at `started`.
+    fn refreshed(&mut self, started: Instant, timing: Timing) {
+        if self.lost.is_some() {
+            return;
+        }
+        if started.duration_since(self.last_ok) >= timing.trusted_for {
+            self.lose(format!(
+                "it was not refreshed for {} s (a lock is stale after {} s)",
+                started.duration_since(self.last_ok).as_secs(),
+                timing.stale_after.as_secs()
+            ));
+        } else {
+            self.last_ok = started;
+        }
+    }
+
+    fn lose(&mut self, why: String) {
+        if self.lost.is_none() {
+            tracing::warn!("repository lock lost: {why}");
+            self.lost = Some(why);
+        }
+    }
+
+    fn check(&mut self, now: Instant, timing: Timing) -> Result<(), String> {
+        let idle = now.duration_since(self.last_ok);
+        if idle >= timing.trusted_for {
+            self.lose(format!(
+                "it was not refreshed for {} s (a lock is stale after {} s)",
+                idle.as_secs(),
+                timing.stale_after.as_secs()
+            ));
+        }
+        match &self.lost {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A held lock; released on `release` (or, if the process dies, it goes stale).
+pub struct RepoLock {
+    backend: Backend,
+    name: String,
+    held: Arc<Mutex<Held>>,
+    timing: Timing,
+    refresher: JoinHandle<()>,
 }
 
 impl RepoLock {
@@ -71,44 +164,61 @@ impl RepoLock {
             pid: std::process::id(),
             refreshed: unix_now(),
         };
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
+        let timing = Timing::now();
+        let deadline = Instant::now() + wait;
+        let last_ok = loop {
+            let started = Instant::now();
             backend.put(&name, serde_json::to_vec(&me)?).await?;
-            match Self::conflict(backend, &name, exclusive).await? {
-                None => break,
+            match Self::conflict(backend, &name, exclusive, timing).await? {
+                None => break started,
                 Some(holder) => {
                     backend.delete(&name).await?;
-                    if tokio::time::Instant::now() >= deadline {
+                    if Instant::now() >= deadline {
                         return Err(EngineError::Locked {
                             holder,
-                            stale_after_secs: STALE_AFTER.as_secs(),
+                            stale_after_secs: timing.stale_after.as_secs(),
                         });
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
-        }
-        let refresher = {
-            let backend = backend.clone();
-            let name = name.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(REFRESH_EVERY).await;
-                    let lock = LockFile {
-                        refreshed: unix_now(),
-                        ..me.clone()
-                    };
-                    if let Ok(bytes) = serde_json::to_vec(&lock) {
-                        let _ = backend.put(&name, bytes).await;
-                    }
-                }
-            })
         };
+        let held = Arc::new(Mutex::new(Held {
+            last_ok,
+            lost: None,
+        }));
+        let refresher = tokio::spawn(refresh_loop(
+            backend.clone(),
+            name.clone(),
+            me,
+            held.clone(),
+            timing,
+        ));
         Ok(RepoLock {
             backend: backend.clone(),
             name,
+            held,
+            timing,
             refresher,
         })
+    }
+
+    /// A shared lock for a reader (restore, verify). A repository the reader cannot write to
+    /// (a read-only mount) is read without one: `None`, with the reason; the deletion grace
+    /// period (docs/REPOSITORY.md) is then what protects the reader.
+    pub async fn acquire_reader(
+        backend: &Backend,
+        wait: Duration,
+    ) -> Result<(Option<Self>, Option<String>), EngineError> {
+        match Self::acquire(backend, false, wait).await {
+            Ok(lock) => Ok((Some(lock), None)),
+            Err(EngineError::Backend(e @ (BackendError::Store { .. } | BackendError::Io { .. })))
+                if e.is_read_only() =>
+            {
+                Ok((None, Some(e.to_string())))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The holder of a lock that conflicts with ours, if any; removes stale locks.
@@ -116,21 +226,36 @@ impl RepoLock {
         backend: &Backend,
         own: &str,
         exclusive: bool,
+        timing: Timing,
     ) -> Result<Option<String>, EngineError> {
-        for (other, _) in backend.list("locks").await? {
-            if other == own {
+        let locks = backend.list_meta("locks").await?;
+        // The store's time of our own write: the clock every other lock is judged by.
+        let store_now = match locks.iter().find(|l| l.name == own) {
+            Some(l) => l.modified_ms,
+            None => backend.modified_ms(own).await?,
+        };
+        for other in locks.iter().filter(|l| l.name != own) {
+            let age_ms = store_now.saturating_sub(other.modified_ms);
+            if age_ms > timing.stale_after.as_millis() as i64 {
+                tracing::info!(
+                    "removing stale lock {} (last written {} s before ours)",
+                    other.name,
+                    age_ms / 1000
+                );
+                backend.delete(&other.name).await?;
                 continue;
             }
-            let Ok(bytes) = backend.get(&other).await else {
-                continue;
+            let bytes = match backend.get(&other.name).await {
+                Ok(b) => b,
+                // Released between the listing and now.
+                Err(BackendError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
             };
             let Ok(lock) = serde_json::from_slice::<LockFile>(&bytes) else {
-                continue;
+                // A lock we cannot read is a lock: it may be a newer writer's. It goes stale
+                // like any other.
+                return Ok(Some(format!("an unreadable lock ({})", other.name)));
             };
-            if unix_now().saturating_sub(lock.refreshed) > STALE_AFTER.as_secs() {
-                backend.delete(&other).await?;
-                continue;
-            }
             if exclusive || lock.exclusive {
                 let kind = if lock.exclusive {
                     "an exclusive"
@@ -138,12 +263,26 @@ impl RepoLock {
                     "a shared"
                 };
                 return Ok(Some(format!(
-                    "{kind} lock of pid {} on {} ({other})",
-                    lock.pid, lock.hostname
+                    "{kind} lock of pid {} on {} ({})",
+                    lock.pid, lock.hostname, other.name
                 )));
             }
         }
         Ok(None)
+    }
+
+    /// Whether the lock is still surely held; call right before a commit point (a snapshot
+    /// object written, data deleted). Once lost, always lost.
+    pub fn check(&self) -> Result<(), EngineError> {
+        let mut held = self
+            .held
+            .lock()
+            .map_err(|_| EngineError::Worker("lock state poisoned".into()))?;
+        held.check(Instant::now(), self.timing)
+            .map_err(|why| EngineError::LockLost {
+                lock: self.name.clone(),
+                why,
+            })
     }
 
     /// Release the lock.
@@ -151,5 +290,94 @@ impl RepoLock {
         self.refresher.abort();
         self.backend.delete(&self.name).await?;
         Ok(())
+    }
+}
+
+/// Rewrite the lock every `refresh_every` until it is lost; never recreate a removed lock.
+async fn refresh_loop(
+    backend: Backend,
+    name: String,
+    me: LockFile,
+    held: Arc<Mutex<Held>>,
+    timing: Timing,
+) {
+    // Fault hook for tests: every refresh stalls this long (as a slow store's retries do).
+    let fault_delay = env_secs("SNAPCRYPT_FAULT_LOCK_REFRESH_DELAY_SECS");
+    loop {
+        tokio::time::sleep(timing.refresh_every).await;
+        if held.lock().map(|h| h.lost.is_some()).unwrap_or(true) {
+            return;
+        }
+        let started = Instant::now();
+        if let Some(d) = fault_delay {
+            tokio::time::sleep(d).await;
+        }
+        let lock = LockFile {
+            refreshed: unix_now(),
+            ..me.clone()
+        };
+        let attempt = async {
+            if !backend.exists(&name).await? {
+                return Ok::<bool, EngineError>(false);
+            }
+            backend.put(&name, serde_json::to_vec(&lock)?).await?;
+            Ok(true)
+        };
+        let outcome = tokio::time::timeout(timing.refresh_every, attempt).await;
+        let Ok(mut h) = held.lock() else { return };
+        match outcome {
+            Ok(Ok(true)) => h.refreshed(started, timing),
+            Ok(Ok(false)) => {
+                h.lose("another process removed it as stale".into());
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!("refreshing repository lock {name}: {e}"),
+            Err(_) => tracing::warn!(
+                "refreshing repository lock {name}: no answer in {} s",
+                timing.refresh_every.as_secs()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        Timing {
+            stale_after: Duration::from_secs(120),
+            refresh_every: Duration::from_secs(30),
+            trusted_for: Duration::from_secs(100),
+        }
+    }
+
+    /// A refresh that succeeds after the lock could have been judged stale does not revive it.
+    #[test]
+    fn a_lock_lost_by_a_late_refresh_stays_lost() {
+        let t0 = Instant::now();
+        let mut h = Held {
+            last_ok: t0,
+            lost: None,
+        };
+        h.refreshed(t0 + Duration::from_secs(30), timing());
+        assert!(h.check(t0 + Duration::from_secs(60), timing()).is_ok());
+        // The next write started 110 s after the last good one: too late.
+        h.refreshed(t0 + Duration::from_secs(140), timing());
+        assert!(h.check(t0 + Duration::from_secs(141), timing()).is_err());
+        h.refreshed(t0 + Duration::from_secs(150), timing());
+        assert!(h.check(t0 + Duration::from_secs(151), timing()).is_err());
+    }
+
+    #[test]
+    fn a_holder_that_stopped_refreshing_knows_it() {
+        let t0 = Instant::now();
+        let mut h = Held {
+            last_ok: t0,
+            lost: None,
+        };
+        assert!(h.check(t0 + Duration::from_secs(99), timing()).is_ok());
+        let why = h.check(t0 + Duration::from_secs(100), timing()).unwrap_err();
+        assert!(why.contains("not refreshed for 100 s"), "{why}");
     }
 }

@@ -43,6 +43,10 @@ pub enum EngineError {
         holder: String,
         stale_after_secs: u64,
     },
+    #[error(
+        "lost the repository lock {lock}: {why}; stopped before committing, so nothing already in the repository is affected: run it again"
+    )]
+    LockLost { lock: String, why: String },
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
     #[error(transparent)]

@@ -9,7 +9,7 @@ use super::crypto::ChunkId;
 use super::format::{SnapshotManifest, pack_object_name};
 use super::lock::{RepoLock, lock_wait};
 use super::pack::PackWriter;
-use super::repo::Repository;
+use super::repo::{GARBAGE_DIR, GarbageMark, Repository};
 use crate::kms::KeyManager;
 
 /// Which snapshots to keep; a snapshot kept by any rule is kept. All None keeps everything.
@@ -149,22 +149,52 @@ pub struct PruneReport {
     /// Snapshots in the scope that stay.
     pub kept: Vec<String>,
     pub forgotten: Vec<String>,
+    /// Packs marked for deletion by this run (deleted by a later run after the grace).
+    pub packs_marked: usize,
+    /// Marked packs deleted by this run, their grace having passed.
     pub packs_deleted: usize,
     pub packs_repacked: usize,
+    /// Marked packs a kept snapshot turned out to need: unmarked, never deleted.
+    pub packs_rescued: usize,
+    /// Bytes deleted by this run.
     pub bytes_freed: u64,
+    /// Bytes marked and waiting for their grace to pass.
+    pub bytes_pending: u64,
 }
 
-/// Forget by `policy` within `scope` and remove unreferenced data. Repacks packs less than
-/// half used.
+/// How prune deletes.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Say what would be done, change nothing.
+    pub dry_run: bool,
+    /// A pack is deleted only once it has been marked this long (two-phase deletion: a reader
+    /// without a lock, or a writer that lost its lock, never loses a pack under it sooner).
+    pub grace: Duration,
+}
+
+/// The default grace between marking a pack and deleting it.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            dry_run: false,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// Forget by `policy` within `scope`; mark packs nothing kept needs (repacking packs less than
+/// half used), and delete packs marked at least `grace` ago.
 pub async fn prune(
     repo: &mut Repository,
     km: &dyn KeyManager,
     policy: &RetentionPolicy,
     scope: &PruneScope,
-    dry_run: bool,
+    opts: &PruneOptions,
 ) -> Result<PruneReport, EngineError> {
     let lock = RepoLock::acquire(&repo.backend, true, lock_wait(Duration::from_secs(30))).await?;
-    let r = run_prune(repo, km, policy, scope, dry_run).await;
+    let r = run_prune(repo, km, policy, scope, opts, &lock).await;
     lock.release().await?;
     r
 }
@@ -174,7 +204,8 @@ async fn run_prune(
     km: &dyn KeyManager,
     policy: &RetentionPolicy,
     scope: &PruneScope,
-    dry_run: bool,
+    opts: &PruneOptions,
+    lock: &RepoLock,
 ) -> Result<PruneReport, EngineError> {
     let snaps = repo.snapshots().await?;
     let kept = keep_in_scope(&snaps, policy, scope, jiff::Timestamp::now());
@@ -189,6 +220,9 @@ async fn run_prune(
             report.forgotten.push(s.id.clone())
         }
     }
+    let marks = repo.garbage_marks().await?;
+    // Blobs resolve to unmarked packs first, so a blob with a live copy never keeps a marked
+    // pack alive.
     let index = repo.load_index().await?;
     let mut used: HashSet<ChunkId> = HashSet::new();
     for s in snaps.iter().filter(|s| kept.contains(&s.id)) {
@@ -204,9 +238,120 @@ async fn run_prune(
             }
         }
     }
-    // Per pack: used and unused bytes.
+    let plan = plan_packs(&index, &used, &marks);
+    report.packs_marked = plan.mark.len();
+    report.packs_repacked = plan.repack.len();
+    report.packs_rescued = plan.rescue.len();
+    let now = jiff::Timestamp::now();
+    let due: Vec<&String> = marks
+        .iter()
+        .filter(|(id, m)| !plan.rescue.contains(*id) && mark_is_due(m, now, opts.grace))
+        .map(|(id, _)| id)
+        .collect();
+    let pack_size = |id: &str| -> u64 {
+        index
+            .packs
+            .iter()
+            .position(|p| p.id == id)
+            .map(|p| plan.stored.get(&(p as u32)).copied().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    if opts.dry_run {
+        report.packs_deleted = due.len();
+        report.bytes_freed = due.iter().map(|id| marks[*id].bytes).sum();
+        report.bytes_pending = plan
+            .mark
+            .iter()
+            .chain(&plan.repack)
+            .map(|p| pack_size(&index.packs[*p as usize].id))
+            .sum();
+        return Ok(report);
+    }
+    lock.check()?;
+    for id in &report.forgotten {
+        repo.backend.delete(&format!("snapshots/{id}")).await?;
+    }
+    for id in &plan.rescue {
+        repo.backend.delete(&format!("{GARBAGE_DIR}/{id}")).await?;
+    }
+    // Repack: copy used blobs into new packs; their indexes are written before old packs are
+    // marked.
+    if !plan.repack.is_empty() {
+        repack(repo, km, &index, &plan, &used).await?;
+    }
+    let stamp = now.to_string();
+    for p in plan.mark.iter().chain(&plan.repack) {
+        let id = &index.packs[*p as usize].id;
+        let bytes = pack_size(id);
+        let mark = GarbageMark {
+            marked: stamp.clone(),
+            bytes,
+        };
+        repo.backend
+            .put(
+                &format!("{GARBAGE_DIR}/{id}"),
+                serde_json::to_vec(&mark)?,
+            )
+            .await?;
+        report.bytes_pending += bytes;
+    }
+    // Phase two: packs whose mark is older than the grace go (with a grace of zero, also the
+    // ones just marked). The pack first, its index and mark after: a pass that stops half-way
+    // leaves a mark that the next pass finishes.
+    let mut due: Vec<(String, u64)> = due
+        .into_iter()
+        .map(|id| (id.clone(), marks[id].bytes))
+        .collect();
+    if opts.grace.is_zero() {
+        for p in plan.mark.iter().chain(&plan.repack) {
+            let id = &index.packs[*p as usize].id;
+            due.push((id.clone(), pack_size(id)));
+        }
+        report.bytes_pending = 0;
+    }
+    for (id, bytes) in due {
+        lock.check()?;
+        repo.backend.delete(&pack_object_name(&id)).await?;
+        repo.backend.delete(&format!("index/{id}")).await?;
+        repo.backend.delete(&format!("{GARBAGE_DIR}/{id}")).await?;
+        report.packs_deleted += 1;
+        report.bytes_freed += bytes;
+    }
+    Ok(report)
+}
+
+/// Is a mark made at `m.marked` at least `grace` old? An unreadable time is never due.
+fn mark_is_due(m: &GarbageMark, now: jiff::Timestamp, grace: Duration) -> bool {
+    m.marked
+        .parse::<jiff::Timestamp>()
+        .map(|t| now.duration_since(t).as_secs_f64() >= grace.as_secs_f64())
+        .unwrap_or(false)
+}
+
+/// What prune does with each pack. Pure.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PackPlan {
+    /// Unmarked packs no kept snapshot needs: to mark.
+    mark: Vec<u32>,
+    /// Unmarked packs more unused than used: used blobs copied out, then marked.
+    repack: Vec<u32>,
+    /// Marked packs a kept snapshot needs: to unmark.
+    rescue: BTreeSet<String>,
+    /// Stored bytes per pack (from the index).
+    stored: HashMap<u32, u64>,
+}
+
+fn plan_packs(
+    index: &super::repo::Index,
+    used: &HashSet<ChunkId>,
+    marks: &HashMap<String, GarbageMark>,
+) -> PackPlan {
+    let mut plan = PackPlan::default();
+    // Per pack: bytes of blobs a kept snapshot reads from it, and of the others.
     let mut per_pack: HashMap<u32, (u64, u64)> = HashMap::new();
-    let mut entries_of: HashMap<u32, Vec<super::repo::BlobLoc>> = HashMap::new();
+    for p in 0..index.packs.len() as u32 {
+        per_pack.insert(p, (0, 0));
+    }
     for (id, loc) in &index.blobs {
         let e = per_pack.entry(loc.pack).or_default();
         if used.contains(id) {
@@ -214,83 +359,85 @@ async fn run_prune(
         } else {
             e.1 += u64::from(loc.entry.stored_len)
         }
-        entries_of.entry(loc.pack).or_default().push(*loc);
     }
-    let mut delete = Vec::new();
-    let mut repack = Vec::new();
-    for (p, (u, n)) in &per_pack {
-        if *u == 0 {
-            delete.push(*p);
-            report.bytes_freed += n;
-        } else if *n > *u {
-            repack.push(*p);
-            report.bytes_freed += n;
+    let mut packs: Vec<_> = per_pack.into_iter().collect();
+    packs.sort();
+    for (p, (u, n)) in packs {
+        plan.stored.insert(p, u + n);
+        let id = &index.packs[p as usize].id;
+        if marks.contains_key(id) {
+            if u > 0 {
+                plan.rescue.insert(id.clone());
+            }
+        } else if u == 0 {
+            plan.mark.push(p);
+        } else if n > u {
+            plan.repack.push(p);
         }
     }
-    report.packs_deleted = delete.len();
-    report.packs_repacked = repack.len();
-    if dry_run {
-        return Ok(report);
-    }
-    for id in &report.forgotten {
-        repo.backend.delete(&format!("snapshots/{id}")).await?;
-    }
-    // Repack: copy used blobs into new packs; their indexes are written before old packs go.
-    if !repack.is_empty() {
-        let (key, _) = repo.active_data_key(km).await?;
-        let staging = repo.backend.staging_dir()?.to_path_buf();
-        let mut w = PackWriter::new(&staging, &key)?;
-        let mut moved = HashSet::new();
-        for p in &repack {
-            let mut locs = entries_of.remove(p).unwrap_or_default();
-            locs.sort_by_key(|l| l.entry.offset);
-            for loc in locs.iter().filter(|l| used.contains(&l.entry.id)) {
-                if !moved.insert(loc.entry.id) {
-                    continue;
-                }
-                let plain = repo.read_blob(&index, &loc.entry.id).await?;
-                let (data, compressed) = if loc.entry.compressed() {
-                    (
-                        zstd::bulk::compress(&plain, 1)
-                            .map_err(|e| EngineError::Worker(e.to_string()))?,
-                        true,
-                    )
-                } else {
-                    (plain, false)
-                };
-                w.add(
-                    loc.entry.id,
-                    loc.entry.kind,
-                    loc.entry.raw_len,
-                    compressed,
-                    data,
-                )?;
-                if w.size() >= repo.config.pack_size {
-                    let staged =
-                        std::mem::replace(&mut w, PackWriter::new(&staging, &key)?).finish()?;
-                    repo.backend
-                        .commit_staged(&staged.path, &pack_object_name(&staged.id))
-                        .await?;
-                    repo.put_index(&key, &staged).await?;
-                }
+    plan
+}
+
+/// Copy the used blobs of the packs to repack into new packs, with their indexes.
+async fn repack(
+    repo: &mut Repository,
+    km: &dyn KeyManager,
+    index: &super::repo::Index,
+    plan: &PackPlan,
+    used: &HashSet<ChunkId>,
+) -> Result<(), EngineError> {
+    let (key, _) = repo.active_data_key(km).await?;
+    let staging = repo.backend.staging_dir()?.to_path_buf();
+    let mut w = PackWriter::new(&staging, &key)?;
+    let mut moved = HashSet::new();
+    for p in &plan.repack {
+        let mut locs: Vec<_> = index
+            .blobs
+            .values()
+            .filter(|l| l.pack == *p && used.contains(&l.entry.id))
+            .copied()
+            .collect();
+        locs.sort_by_key(|l| l.entry.offset);
+        for loc in locs {
+            if !moved.insert(loc.entry.id) {
+                continue;
+            }
+            let plain = repo.read_blob(index, &loc.entry.id).await?;
+            let (data, compressed) = if loc.entry.compressed() {
+                (
+                    zstd::bulk::compress(&plain, 1)
+                        .map_err(|e| EngineError::Worker(e.to_string()))?,
+                    true,
+                )
+            } else {
+                (plain, false)
+            };
+            w.add(
+                loc.entry.id,
+                loc.entry.kind,
+                loc.entry.raw_len,
+                compressed,
+                data,
+            )?;
+            if w.size() >= repo.config.pack_size {
+                let staged = std::mem::replace(&mut w, PackWriter::new(&staging, &key)?).finish()?;
+                repo.backend
+                    .commit_staged(&staged.path, &pack_object_name(&staged.id))
+                    .await?;
+                repo.put_index(&key, &staged).await?;
             }
         }
-        if w.is_empty() {
-            w.discard();
-        } else {
-            let staged = w.finish()?;
-            repo.backend
-                .commit_staged(&staged.path, &pack_object_name(&staged.id))
-                .await?;
-            repo.put_index(&key, &staged).await?;
-        }
     }
-    for p in delete.iter().chain(&repack) {
-        let id = &index.packs[*p as usize].id;
-        repo.backend.delete(&format!("index/{id}")).await?;
-        repo.backend.delete(&pack_object_name(id)).await?;
+    if w.is_empty() {
+        w.discard();
+    } else {
+        let staged = w.finish()?;
+        repo.backend
+            .commit_staged(&staged.path, &pack_object_name(&staged.id))
+            .await?;
+        repo.put_index(&key, &staged).await?;
     }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]

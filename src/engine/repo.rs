@@ -1,7 +1,7 @@
 //! An open repository: its config, its unwrapped data keys, and reading and writing sealed
 //! objects (indexes, snapshots) and blobs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::EngineError;
@@ -12,7 +12,7 @@ use super::format::{
     ObjectKind, SnapshotManifest, TreeEntry, pack_object_name,
 };
 use super::pack::{StagedPack, blob_aad, parse_pack_header};
-use crate::kms::KeyManager;
+use crate::kms::{KeyManager, KmsError};
 
 thread_local! {
     /// One zstd decompression context per thread: creating one per blob costs more than the
@@ -54,6 +54,23 @@ pub struct PackInfo {
     pub salt: [u8; 32],
 }
 
+/// Where prune marks packs for deletion (two-phase deletion: docs/REPOSITORY.md).
+pub const GARBAGE_DIR: &str = "garbage";
+
+/// `garbage/<pack id>`: the pack is unused and goes once the mark is older than the grace.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GarbageMark {
+    /// When prune marked it (RFC 3339, prune's clock).
+    pub marked: String,
+    /// The pack's size.
+    pub bytes: u64,
+}
+
+/// A pack or object id as the repository names them: 64 lowercase hex digits.
+pub fn is_object_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Every blob of the repository, from the index objects.
 #[derive(Default, Debug)]
 pub struct Index {
@@ -93,6 +110,15 @@ fn parse_key_id(hex_id: &str) -> Option<[u8; 16]> {
 impl Repository {
     /// Open an existing repository, unwrapping its data keys with `km`.
     pub async fn open(backend: Backend, km: &dyn KeyManager) -> Result<Self, EngineError> {
+        Self::open_any(backend, &[km]).await
+    }
+
+    /// Open an existing repository, unwrapping each data key with whichever of `kms` can
+    /// (a key migration that stopped half-way is resumed with both the old and the new).
+    pub async fn open_any(
+        backend: Backend,
+        kms: &[&dyn KeyManager],
+    ) -> Result<Self, EngineError> {
         let config = match backend.get("config").await {
             Ok(bytes) => {
                 serde_json::from_slice::<Config>(&bytes).map_err(|e| EngineError::Corrupt {
@@ -122,7 +148,7 @@ impl Repository {
             keys: HashMap::new(),
             records: Vec::new(),
         };
-        repo.load_keys(km).await?;
+        repo.load_keys(kms).await?;
         // The config names the data key it was created with; its chunk-id key is the
         // repository's. A record with another chunk-id key is a stray left by a writer that
         // lost the race to create the repository: it is ignored.
@@ -197,10 +223,39 @@ impl Repository {
             wrapped_at: now_rfc3339(),
             wrapped,
             history: Vec::new(),
+            previous: None,
         })
     }
 
-    async fn load_keys(&mut self, km: &dyn KeyManager) -> Result<(), EngineError> {
+    /// Unwrap a record's data key with the first of `kms` that can: its current wrap, then the
+    /// wrap it had before an unfinished rewrap.
+    async fn unwrap_record(
+        record: &KeyRecord,
+        kms: &[&dyn KeyManager],
+    ) -> Result<crate::kms::SecretBytes, KmsError> {
+        let mut first_err = None;
+        for wrapped in std::iter::once(&record.wrapped).chain(record.previous.as_ref()) {
+            for km in kms.iter().filter(|km| km.kind() == wrapped.kms) {
+                match km.unwrap(wrapped).await {
+                    Ok(m) => return Ok(m),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        Err(first_err.unwrap_or_else(|| KmsError::UnknownKey {
+            key_id: record.wrapped.master_key_id.clone(),
+            kms: kms
+                .iter()
+                .map(|k| k.kind())
+                .collect::<Vec<_>>()
+                .join(", "),
+            wrapped_by: record.wrapped.kms.clone(),
+        }))
+    }
+
+    async fn load_keys(&mut self, kms: &[&dyn KeyManager]) -> Result<(), EngineError> {
         self.keys.clear();
         self.records.clear();
         for (name, _) in self.backend.list("keys").await? {
@@ -221,13 +276,12 @@ impl Repository {
                 object: name.clone(),
                 reason: "bad data key id".into(),
             })?;
-            let material =
-                km.unwrap(&record.wrapped)
-                    .await
-                    .map_err(|source| EngineError::KeyRecord {
-                        object: name.clone(),
-                        source,
-                    })?;
+            let material = Self::unwrap_record(&record, kms).await.map_err(|source| {
+                EngineError::KeyRecord {
+                    object: name.clone(),
+                    source,
+                }
+            })?;
             let key = DataKey::from_material(id, &material)?;
             self.keys.insert(id, Arc::new(key));
             self.records.push(record);
@@ -258,20 +312,23 @@ impl Repository {
         &self.records
     }
 
-    /// The data key new data is encrypted with: one wrapped under the key manager's active
-    /// master key. If none is (the master key was rotated without rewrapping), a new data key
-    /// sharing the chunk-id key is created and wrapped under it. Fails, writing nothing, if
-    /// the master key cannot be used (for KMIP: it is not Active).
+    /// The data key new data is encrypted with: one created under the key manager's active
+    /// master key. A data key that was rewrapped (a rotation, a migration) is never used for
+    /// new data: each master key gets its own data key, so data written after a rotation is
+    /// not under a key that was ever wrapped by a retired master key. If there is none, a new
+    /// data key sharing the chunk-id key is created. Fails, writing nothing, if the master
+    /// key cannot be used (for KMIP: it is not Active).
     pub async fn active_data_key(
         &mut self,
         km: &dyn KeyManager,
     ) -> Result<(Arc<DataKey>, String), EngineError> {
         let master = km.active_key_id().await?;
-        if let Some(r) = self
-            .records
-            .iter()
-            .find(|r| r.wrapped.master_key_id == master && r.wrapped.kms == km.kind())
-        {
+        if let Some(r) = self.records.iter().find(|r| {
+            r.wrapped.master_key_id == master
+                && r.wrapped.kms == km.kind()
+                && r.history.is_empty()
+                && r.previous.is_none()
+        }) {
             let id = parse_key_id(&r.data_key_id).unwrap_or_default();
             if let Some(k) = self.keys.get(&id) {
                 return Ok((k.clone(), master));
@@ -300,60 +357,84 @@ impl Repository {
         Ok((key, master))
     }
 
-    /// Rewrap every data key record: unwrap with `from`, wrap with `to`'s active master key,
-    /// replace the record. Metadata only: no data object is rewritten. Returns how many.
+    /// Rewrap every data key record under `to`'s active master key. Metadata only: no data
+    /// object is rewritten. Returns how many records were rewrapped.
+    ///
+    /// Resumable, and the repository opens with the old or the new master key at every step:
+    /// first each record gets its new wrap while keeping its old one (`previous`), then, once
+    /// every record has its new wrap, the old wraps are removed. A run that stops in between
+    /// (a KMS outage, a killed pod) is finished by running it again.
     pub async fn rewrap_all(
         &mut self,
-        from: &dyn KeyManager,
         to: &dyn KeyManager,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<usize, EngineError> {
-        to.active_key_id().await?;
+        let active = to.active_key_id().await?;
         let total = self.records.len();
-        for (i, record) in self.records.clone().into_iter().enumerate() {
-            let material = from.unwrap(&record.wrapped).await?;
-            let id = parse_key_id(&record.data_key_id).unwrap_or_default();
-            let key = DataKey::from_material(id, &material)?;
-            let mut new = Self::wrap_record(to, &key, Some(record.created.clone())).await?;
-            new.history = record.history.clone();
-            new.history.push(super::format::PastWrap {
-                kms: record.wrapped.kms.clone(),
-                master_key_id: record.wrapped.master_key_id.clone(),
-                until: now_rfc3339(),
-            });
-            // Check the new wrap before it replaces the old one.
-            let check = to.unwrap(&new.wrapped).await?;
-            if check[..] != material[..] {
-                return Err(EngineError::Corrupt {
-                    object: format!("keys/{}", record.data_key_id),
-                    reason: "rewrap check failed".into(),
+        let mut rewrapped = 0;
+        for i in 0..total {
+            let record = self.records[i].clone();
+            let done = record.wrapped.kms == to.kind() && record.wrapped.master_key_id == active;
+            if !done {
+                let id = parse_key_id(&record.data_key_id).unwrap_or_default();
+                let key = self.key(&id)?;
+                let material = key.material();
+                let mut new = Self::wrap_record(to, &key, Some(record.created.clone())).await?;
+                // Check the new wrap before it goes into the record.
+                let check = to.unwrap(&new.wrapped).await?;
+                if check[..] != material[..] {
+                    return Err(EngineError::Corrupt {
+                        object: format!("keys/{}", record.data_key_id),
+                        reason: "rewrap check failed".into(),
+                    });
+                }
+                new.history = record.history.clone();
+                new.history.push(super::format::PastWrap {
+                    kms: record.wrapped.kms.clone(),
+                    master_key_id: record.wrapped.master_key_id.clone(),
+                    until: now_rfc3339(),
                 });
+                // The old wrap stays until every record has its new one.
+                new.previous = Some(record.previous.clone().unwrap_or(record.wrapped.clone()));
+                self.put_key_record(&new).await?;
+                self.records[i] = new;
+                rewrapped += 1;
             }
-            self.backend
-                .put(
-                    &format!("keys/{}", new.data_key_id),
-                    serde_json::to_vec_pretty(&new)?,
-                )
-                .await?;
-            self.records[i] = new;
             progress(i + 1, total);
         }
-        Ok(total)
+        // Every record opens with the new master key: drop the old wraps.
+        for i in 0..total {
+            if self.records[i].previous.is_some() {
+                let mut done = self.records[i].clone();
+                done.previous = None;
+                self.put_key_record(&done).await?;
+                self.records[i] = done;
+            }
+        }
+        Ok(rewrapped)
+    }
+
+    async fn put_key_record(&self, record: &KeyRecord) -> Result<(), EngineError> {
+        self.backend
+            .put(
+                &format!("keys/{}", record.data_key_id),
+                serde_json::to_vec_pretty(record)?,
+            )
+            .await?;
+        Ok(())
     }
 
     /// Rewrap the data keys wrapped under an older master key of `km` (a rotated-out KMIP
-    /// key) under its active one: what a rotation with `rewrapExisting` asks of each repository.
-    /// Returns how many were rewrapped.
+    /// key) under its active one, and finish a rewrap that stopped half-way: what a rotation
+    /// with `rewrapExisting` asks of each repository. Returns how many were rewrapped.
     pub async fn rewrap_stale(&mut self, km: &dyn KeyManager) -> Result<usize, EngineError> {
         let active = km.active_key_id().await?;
-        if self
-            .records
-            .iter()
-            .all(|r| r.wrapped.kms != km.kind() || r.wrapped.master_key_id == active)
-        {
+        if self.records.iter().all(|r| {
+            r.previous.is_none() && (r.wrapped.kms != km.kind() || r.wrapped.master_key_id == active)
+        }) {
             return Ok(0);
         }
-        self.rewrap_all(km, km, |_, _| {}).await
+        self.rewrap_all(km, |_, _| {}).await
     }
 
     /// The data key with this id.
@@ -443,16 +524,81 @@ impl Repository {
             .await
     }
 
-    /// Load every index object.
+    /// Load every index object. Where a blob is in several packs, a pack not marked for
+    /// deletion is preferred, so readers move off packs prune has marked.
     pub async fn load_index(&self) -> Result<Index, EngineError> {
-        let names = self.backend.list("index").await?;
+        let marked = self.garbage_marks().await?;
+        self.load_index_where(|id| !marked.contains_key(id), |_| true)
+            .await
+    }
+
+    /// The index a writer may deduplicate against: only packs that exist now (one listing of
+    /// `data/`) and that prune has not marked for deletion. An index entry whose pack is gone
+    /// or going is never trusted with new data.
+    pub async fn load_index_for_writing(&self) -> Result<Index, EngineError> {
+        let marked = self.garbage_marks().await?;
+        let present: HashSet<String> = self
+            .backend
+            .list("data")
+            .await?
+            .into_iter()
+            .filter_map(|(name, _)| name.rsplit('/').next().map(str::to_string))
+            .collect();
+        self.load_index_where(
+            |_| true,
+            |id| present.contains(id) && !marked.contains_key(id),
+        )
+        .await
+    }
+
+    /// Packs prune has marked for deletion, with their marks.
+    pub async fn garbage_marks(&self) -> Result<HashMap<String, GarbageMark>, EngineError> {
+        let names = self.backend.list(GARBAGE_DIR).await?;
+        let mut out = HashMap::new();
+        for (name, _) in names {
+            let id = name.trim_start_matches("garbage/").to_string();
+            let bytes = match self.backend.get(&name).await {
+                Ok(b) => b,
+                Err(BackendError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            // A damaged mark still marks: the pack is treated as going (never as needed).
+            let mark = serde_json::from_slice(&bytes).unwrap_or(GarbageMark {
+                marked: String::new(),
+                bytes: 0,
+            });
+            out.insert(id, mark);
+        }
+        Ok(out)
+    }
+
+    /// Load the index objects of packs `keep` accepts; those `first` accepts take precedence.
+    async fn load_index_where(
+        &self,
+        first: impl Fn(&str) -> bool,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Index, EngineError> {
+        let mut names: Vec<(String, String)> = Vec::new();
+        for (name, _) in self.backend.list("index").await? {
+            let id = name.trim_start_matches("index/").to_string();
+            if !is_object_id(&id) {
+                return Err(EngineError::Corrupt {
+                    object: name,
+                    reason: "not a pack id (64 hex digits)".into(),
+                });
+            }
+            if keep(&id) {
+                names.push((name, id));
+            }
+        }
+        names.sort_by_key(|(_, id)| !first(id));
         let mut index = Index::default();
         let fetched = futures::future::try_join_all(names.iter().map(|(name, _)| async move {
             let plain = self.get_sealed(ObjectKind::Index, name).await?;
-            Ok::<_, EngineError>((name.clone(), plain))
+            Ok::<_, EngineError>(plain)
         }))
         .await?;
-        for (name, plain) in fetched {
+        for ((name, id), plain) in names.into_iter().zip(fetched) {
             let corrupt = |reason: &str| EngineError::Corrupt {
                 object: name.clone(),
                 reason: reason.into(),
@@ -461,7 +607,6 @@ impl Repository {
                 parse_pack_header(&plain).ok_or_else(|| corrupt("bad pack header in index"))?;
             let entries = BlobEntry::decode_all(&plain[super::format::PACK_HEADER_LEN..])
                 .ok_or_else(|| corrupt("bad entries"))?;
-            let id = name.trim_start_matches("index/").to_string();
             index.add(
                 PackInfo {
                     id,

@@ -1,9 +1,9 @@
 //! Restore: read each needed pack once, open and check every blob (authentication and chunk
 //! id), and write it to every place it belongs, on all cores; then set modes and mtimes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, FileTimes, OpenOptions};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::EngineError;
 use super::crypto::ChunkId;
 use super::format::{EntryKind, SnapshotManifest, TreeEntry, pack_object_name};
+use super::lock::{RepoLock, lock_wait};
 use super::progress::Progress;
 use super::repo::{BlobLoc, Repository};
 
@@ -22,6 +23,9 @@ pub const INCOMPLETE_MARKER: &str = ".snapcrypt-restore-incomplete";
 pub struct RestoreOptions {
     /// Write into a non-empty target.
     pub force: bool,
+    /// With `force`, remove what the target holds that the snapshot does not (else such a
+    /// target is refused, naming what is extra).
+    pub delete_extra: bool,
     pub threads: usize,
 }
 
@@ -29,6 +33,7 @@ impl Default for RestoreOptions {
     fn default() -> Self {
         RestoreOptions {
             force: false,
+            delete_extra: false,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -42,6 +47,9 @@ pub struct RestoreStats {
     pub snapshot: String,
     pub files: u64,
     pub bytes: u64,
+    /// Set when the repository could not be locked (read-only to this reader), with why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_without_lock: Option<String>,
 }
 
 fn system_time(ns: i128) -> SystemTime {
@@ -58,8 +66,143 @@ fn system_time(ns: i128) -> SystemTime {
 /// Where one chunk goes: file index and offset.
 type Targets = Vec<(usize, u64)>;
 
-/// Restore snapshot `snap` into `target`.
+/// Open flags that refuse to follow a symlink in the last component.
+fn no_follow() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW);
+    o
+}
+
+/// Check a snapshot's file list before anything is written: every path relative, made of
+/// plain names (no `..`, `.`, empty or absolute parts), listed once, under a directory listed
+/// before it. A repository is untrusted input: a path that could leave the target, or pass
+/// through a symlink the restore creates, is refused.
+pub fn check_tree(tree: &[TreeEntry], snapshot: &str) -> Result<(), EngineError> {
+    let bad = |path: &str, reason: &str| EngineError::Corrupt {
+        object: format!("snapshots/{snapshot}"),
+        reason: format!("file list entry {path:?}: {reason}; nothing was written"),
+    };
+    let mut dirs: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (i, e) in tree.iter().enumerate() {
+        if i == 0 {
+            if !e.path.is_empty() || e.kind != EntryKind::Dir {
+                return Err(bad(&e.path, "the first entry must be the root directory"));
+            }
+            dirs.insert("");
+            seen.insert("");
+            continue;
+        }
+        if e.path.is_empty()
+            || e.path.contains('\0')
+            || e.path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(bad(&e.path, "not a plain relative path"));
+        }
+        if !seen.insert(&e.path) {
+            return Err(bad(&e.path, "listed twice"));
+        }
+        let parent = e.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        if !dirs.contains(parent) {
+            return Err(bad(&e.path, "its parent is not a directory listed before it"));
+        }
+        if e.kind == EntryKind::Dir {
+            dirs.insert(&e.path);
+        }
+    }
+    Ok(())
+}
+
+/// What the target holds that the snapshot does not (or holds as another kind), as paths
+/// relative to the target, sorted; symlinks the restore will replace are not counted. Walks
+/// without following links.
+fn extra_entries(target: &Path, tree: &[TreeEntry]) -> Result<Vec<String>, EngineError> {
+    let kinds: HashMap<&str, EntryKind> = tree.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+    let mut extra = Vec::new();
+    let mut stack = vec![(target.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let rd = std::fs::read_dir(&dir).map_err(|e| EngineError::Target {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        for entry in rd {
+            let entry = entry.map_err(|e| EngineError::Target {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if rel.is_empty() && (name == "lost+found" || name == INCOMPLETE_MARKER) {
+                continue;
+            }
+            let ft = entry.file_type().map_err(|e| EngineError::Target {
+                path: entry.path().display().to_string(),
+                reason: e.to_string(),
+            })?;
+            match kinds.get(child.as_str()) {
+                _ if ft.is_symlink() => {
+                    if !kinds.contains_key(child.as_str()) {
+                        extra.push(child);
+                    }
+                }
+                Some(EntryKind::Dir) if ft.is_dir() => stack.push((entry.path(), child)),
+                Some(EntryKind::File) if ft.is_file() => {}
+                _ => extra.push(child),
+            }
+        }
+    }
+    extra.sort();
+    Ok(extra)
+}
+
+/// Remove whatever is at `p` unless it is a real directory (a symlink, a file), without
+/// following links.
+fn clear_for_dir(p: &Path) -> std::io::Result<()> {
+    match p.symlink_metadata() {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Remove a symlink at `p` (the restore never writes through one).
+fn clear_link(p: &Path) -> std::io::Result<()> {
+    match p.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(p),
+        _ => Ok(()),
+    }
+}
+
+/// Restore snapshot `snap` into `target`. Holds a shared repository lock while it reads, so
+/// no prune removes what it needs; a repository it cannot write to is read without one (the
+/// deletion grace protects it then), and the stats say so.
 pub async fn restore(
+    repo: &Repository,
+    snap: &SnapshotManifest,
+    target: &Path,
+    opts: RestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<RestoreStats, EngineError> {
+    let (lock, unlocked) =
+        RepoLock::acquire_reader(&repo.backend, lock_wait(Duration::from_secs(600))).await?;
+    let result = run_restore(repo, snap, target, opts, progress).await;
+    if let Some(lock) = lock {
+        lock.release().await?;
+    }
+    result.map(|stats| RestoreStats {
+        read_without_lock: unlocked,
+        ..stats
+    })
+}
+
+async fn run_restore(
     repo: &Repository,
     snap: &SnapshotManifest,
     target: &Path,
@@ -70,6 +213,9 @@ pub async fn restore(
         path: target.display().to_string(),
         reason,
     };
+    let index = repo.load_index().await?;
+    let tree = repo.load_tree(&index, snap).await?;
+    check_tree(&tree, &snap.id)?;
     if target.exists() {
         if !target.is_dir() {
             return Err(terr("exists and is not a directory".into()));
@@ -84,13 +230,41 @@ pub async fn restore(
                 "is not empty: nothing was written (use --force to restore into it anyway)".into(),
             ));
         }
+        // Files the snapshot does not have would be left beside restored ones (an old journal
+        // next to restored collections, which mongod would recover from as a mixture).
+        let extra = extra_entries(target, &tree)?;
+        if !extra.is_empty() {
+            if !opts.delete_extra {
+                let shown: Vec<&str> = extra.iter().take(10).map(String::as_str).collect();
+                return Err(terr(format!(
+                    "holds {} entr{} the snapshot does not have ({}{}): nothing was written; remove them, or pass --delete-extra to have the restore remove them",
+                    extra.len(),
+                    if extra.len() == 1 { "y" } else { "ies" },
+                    shown.join(", "),
+                    if extra.len() > shown.len() { ", …" } else { "" }
+                )));
+            }
+            for rel in &extra {
+                let p = target.join(rel);
+                let r = match p.symlink_metadata() {
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                    Ok(_) => std::fs::remove_file(&p),
+                    Err(_) => Ok(()),
+                };
+                r.map_err(|e| terr(format!("removing {rel}: {e}")))?;
+            }
+        }
     }
     std::fs::create_dir_all(target).map_err(|e| terr(e.to_string()))?;
     let marker = target.join(INCOMPLETE_MARKER);
-    File::create(&marker).map_err(|e| terr(e.to_string()))?;
+    clear_link(&marker).map_err(|e| terr(e.to_string()))?;
+    no_follow()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&marker)
+        .map_err(|e| terr(e.to_string()))?;
 
-    let index = repo.load_index().await?;
-    let tree = repo.load_tree(&index, snap).await?;
     let total: u64 = tree
         .iter()
         .filter(|e| e.kind == EntryKind::File)
@@ -99,7 +273,8 @@ pub async fn restore(
     let files = tree.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
     progress.set_totals(files, total);
 
-    // Lay out directories, files (at full length) and symlinks.
+    // Lay out directories and files (at full length); symlinks come last, so nothing is ever
+    // written through one. Every parent was made a real directory before its children.
     let paths: Vec<PathBuf> = tree.iter().map(|e| target.join(&e.path)).collect();
     for (e, p) in tree.iter().zip(&paths) {
         let err = |x: std::io::Error| EngineError::Target {
@@ -107,24 +282,28 @@ pub async fn restore(
             reason: x.to_string(),
         };
         match e.kind {
-            EntryKind::Dir => std::fs::create_dir_all(p).map_err(err)?,
+            // The target itself (the user's own path, made above).
+            EntryKind::Dir if e.path.is_empty() => {}
+            EntryKind::Dir => {
+                clear_for_dir(p).map_err(err)?;
+                match std::fs::create_dir(p) {
+                    Ok(()) => {}
+                    Err(x) if x.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(x) => return Err(err(x)),
+                }
+            }
             EntryKind::File => {
-                let f = OpenOptions::new()
+                clear_link(p).map_err(err)?;
+                let f = no_follow()
                     .write(true)
                     .create(true)
                     .truncate(true)
+                    .mode(0o600)
                     .open(p)
                     .map_err(err)?;
                 f.set_len(e.size).map_err(err)?;
             }
-            EntryKind::Symlink => {
-                if p.symlink_metadata().is_ok() {
-                    std::fs::remove_file(p).map_err(err)?;
-                }
-                std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), p).map_err(err)?;
-                let t = filetime_of(e.mtime_ns);
-                filetime::set_symlink_file_times(p, t, t).map_err(err)?;
-            }
+            EntryKind::Symlink => {}
         }
     }
 
@@ -251,13 +430,27 @@ pub async fn restore(
         r?;
     }
 
-    // Check sizes, then modes and mtimes: files first, directories deepest first.
+    // Check sizes, then modes and mtimes, and sync: files first; then symlinks; directories
+    // deepest first. Each file is on disk before the restore says it is done.
     for (e, p) in tree.iter().zip(paths) {
         if e.kind != EntryKind::File {
             continue;
         }
         set_meta(e, p)?;
         progress.add_file();
+    }
+    for (e, p) in tree.iter().zip(paths) {
+        if e.kind != EntryKind::Symlink {
+            continue;
+        }
+        let err = |x: std::io::Error| EngineError::Target {
+            path: p.display().to_string(),
+            reason: x.to_string(),
+        };
+        clear_link(p).map_err(err)?;
+        std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), p).map_err(err)?;
+        let t = filetime_of(e.mtime_ns);
+        filetime::set_symlink_file_times(p, t, t).map_err(err)?;
     }
     std::fs::remove_file(&marker).map_err(|e| terr(e.to_string()))?;
     for (e, p) in tree.iter().zip(paths).rev() {
@@ -269,6 +462,7 @@ pub async fn restore(
         snapshot: snap.id.clone(),
         files,
         bytes: total,
+        read_without_lock: None,
     })
 }
 
@@ -323,7 +517,7 @@ impl CoalescingWriter {
         let f = match files.entry(self.file) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(OpenOptions::new().write(true).open(path).map_err(err)?)
+                v.insert(no_follow().write(true).open(path).map_err(err)?)
             }
         };
         f.write_all_at(&self.buf, self.offset).map_err(err)?;
@@ -339,13 +533,26 @@ fn filetime_of(ns: i128) -> filetime::FileTime {
     )
 }
 
+/// Check a restored file's size, set its times and mode, and sync it (a directory: times,
+/// mode, sync). Through a descriptor opened without following links.
 fn set_meta(e: &TreeEntry, p: &Path) -> Result<(), EngineError> {
     let err = |x: std::io::Error| EngineError::Target {
         path: p.display().to_string(),
         reason: x.to_string(),
     };
+    let mut open = OpenOptions::new();
+    open.read(true);
+    // The target itself is the user's own path (it may be a link they made); below it,
+    // nothing is followed.
+    let follow = if e.path.is_empty() { 0 } else { libc::O_NOFOLLOW };
+    if e.kind == EntryKind::Dir {
+        open.custom_flags(follow | libc::O_DIRECTORY);
+    } else {
+        open.custom_flags(follow);
+    }
+    let f = open.open(p).map_err(err)?;
     if e.kind == EntryKind::File {
-        let len = std::fs::metadata(p).map_err(err)?.len();
+        let len = f.metadata().map_err(err)?.len();
         if len != e.size {
             return Err(EngineError::Target {
                 path: p.display().to_string(),
@@ -353,15 +560,14 @@ fn set_meta(e: &TreeEntry, p: &Path) -> Result<(), EngineError> {
             });
         }
     }
-    // Times first: the file or directory is still readable by us before its mode is applied.
-    let f = File::open(p).map_err(err)?;
     f.set_times(
         FileTimes::new()
             .set_modified(system_time(e.mtime_ns))
             .set_accessed(system_time(e.mtime_ns)),
     )
     .map_err(err)?;
-    drop(f);
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(e.mode)).map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(e.mode))
+        .map_err(err)?;
+    f.sync_all().map_err(err)?;
     Ok(())
 }

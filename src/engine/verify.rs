@@ -28,8 +28,26 @@ fn expected_pack_size(entries: &[&BlobEntry]) -> u64 {
     PACK_HEADER_LEN as u64 + blobs + (entries.len() * INDEX_ENTRY_LEN) as u64 + 16 + 4
 }
 
-/// Check the repository (or one snapshot of it).
+/// Check the repository (or one snapshot of it), under a shared lock so no prune removes
+/// what is being checked (a repository read-only to us is read without one).
 pub async fn verify(
+    repo: &Repository,
+    snapshot: Option<&str>,
+    read_data: bool,
+) -> Result<VerifyReport, EngineError> {
+    let (lock, _) = super::lock::RepoLock::acquire_reader(
+        &repo.backend,
+        super::lock::lock_wait(std::time::Duration::from_secs(600)),
+    )
+    .await?;
+    let result = run_verify(repo, snapshot, read_data).await;
+    if let Some(lock) = lock {
+        lock.release().await?;
+    }
+    result
+}
+
+async fn run_verify(
     repo: &Repository,
     snapshot: Option<&str>,
     read_data: bool,

@@ -412,6 +412,7 @@ mod tests {
                     snapshot: "3f2a".into(),
                     files: 9,
                     bytes: 2048,
+                    read_without_lock: None,
                 },
                 finished: None,
             },
