@@ -477,7 +477,7 @@ fn bad_input_gives_one_clear_line_and_writes_nothing() {
         "{err}"
     );
     assert_eq!(fs::read_dir(e.p("busy")).unwrap().count(), 1);
-    ok(
+    let err = fails(
         &[
             "restore",
             "--repo",
@@ -492,6 +492,12 @@ fn bad_input_gives_one_clear_line_and_writes_nothing() {
         ],
         &[],
     );
+    // With --force, what the snapshot does not have is named and nothing is written ...
+    assert!(
+        err.contains("keep.txt") && err.contains("--delete-extra"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(e.p("busy")).unwrap().count(), 1);
     assert_eq!(
         fs::read_to_string(e.dir.path().join("busy/keep.txt")).unwrap(),
         "mine"
@@ -651,6 +657,28 @@ fn prune_forgets_by_policy_and_frees_space() {
     .unwrap();
     assert_eq!(report["kept"], serde_json::json!([ids[2]]));
     assert_eq!(report["forgotten"].as_array().unwrap().len(), 2);
+    // Two-phase deletion: the first pass only marks (the default grace is an hour) ...
+    assert_eq!(report["packs_deleted"], 0, "{report}");
+    assert!(report["packs_marked"].as_u64().unwrap() > 0, "{report}");
+    assert!(size(&repo) + 1_000_000 > before, "deleted before the grace");
+    // ... a pass after the grace (here: none) deletes.
+    let report: serde_json::Value = serde_json::from_str(&ok(
+        &[
+            "prune",
+            "--repo",
+            &repo,
+            "--key-file",
+            &key,
+            "--keep-last",
+            "1",
+            "--delete-after",
+            "0s",
+            "--json",
+        ],
+        &[],
+    ))
+    .unwrap();
+    assert!(report["packs_deleted"].as_u64().unwrap() > 0, "{report}");
     let after = size(&repo);
     assert!(
         after + 3_000_000 < before,
@@ -828,12 +856,15 @@ fn a_stale_lock_expires_and_a_live_exclusive_lock_blocks() {
     backup(&src, &repo, &key);
     let locks = Path::new(&repo).join("locks");
     fs::create_dir_all(&locks).unwrap();
-    // A holder that died long ago: its lock is ignored and removed.
+    // A holder that died long ago: its lock is ignored and removed. Age is the store's (here
+    // the file's mtime), never the holder's own clock in the file.
     let stale = format!(
         r#"{{"exclusive":true,"hostname":"gone","pid":1,"refreshed":{}}}"#,
-        support::now_secs() - 3600
+        support::now_secs()
     );
     fs::write(locks.join("dead"), stale).unwrap();
+    let hour_ago = filetime::FileTime::from_unix_time(support::now_secs() as i64 - 3600, 0);
+    filetime::set_file_mtime(locks.join("dead"), hour_ago).unwrap();
     ok(
         &[
             "prune",

@@ -114,14 +114,16 @@ pub struct MongoSource {
     /// Name of the pod volume (or StatefulSet volumeClaimTemplate) that holds the dbPath.
     #[schemars(length(min = 1, max = 253))]
     pub data_volume_name: String,
-    /// The MongoDB dbPath inside that volume's mount, as mongod sees it.
+    /// The MongoDB dbPath inside that volume's mount, as mongod sees it: an absolute path of
+    /// plain names (no `.`, `..` or empty segments, no trailing slash).
     #[serde(default = "default_db_path")]
-    #[schemars(pattern(r"^/.*"))]
+    #[schemars(pattern(r"^(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))+$"))]
     pub db_path: String,
     /// Path where the data volume is mounted in the mongod container; dbPath is taken relative
-    /// to it. Defaults to dbPath itself (the volume is mounted at dbPath).
+    /// to it. Defaults to dbPath itself (the volume is mounted at dbPath). An absolute path of
+    /// plain names, like dbPath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^/.*"))]
+    #[schemars(pattern(r"^(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))+$"))]
     pub mount_path: Option<String>,
     /// Which member to copy from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +172,7 @@ pub enum SyncSourceMode {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.authMechanism == 'MONGODB-X509' ? (has(self.tls) && self.tls.enabled) : true").message("connection: authMechanism MONGODB-X509 needs tls.enabled"))]
+#[x_kube(validation = Rule::new("self.authMechanism == 'PLAIN' ? (has(self.tls) && self.tls.enabled) : true").message("connection: authMechanism PLAIN (LDAP) sends the password as it is: it needs tls.enabled"))]
 pub struct MongoConnection {
     /// Port mongod listens on in each member pod.
     #[serde(default = "default_mongo_port")]

@@ -101,6 +101,11 @@ pub struct SnapshotArgs {
     /// After a successful backup, forget this job's snapshots by these rules and prune.
     #[command(flatten)]
     pub retention: RetentionArgs,
+    /// Refuse a --source that resolves (through `..` or links) outside this directory: the
+    /// operator passes the data volume's mount, so a hostile dbPath can never make the agent
+    /// copy the pod's own key or TLS files.
+    #[arg(long, value_name = "DIR")]
+    pub source_within: Option<PathBuf>,
     /// The tags that scope the retention rules (the operator passes backupjob=NAMESPACE/NAME).
     #[arg(long = "prune-tag", value_name = "KEY=VALUE", value_parser = super::backup::parse_tag)]
     pub prune_tags: Vec<(String, String)>,
@@ -141,7 +146,10 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     let reporter = args
         .report
         .reporter::<Snapshot>(args.snapshot_name.as_ref(), &progress);
-    let result = perform(&args.backup, KeyFile::MustExist, progress.clone(), true).await;
+    let result = match source_inside(&args.backup.source, args.source_within.as_deref()) {
+        Ok(()) => perform(&args.backup, KeyFile::MustExist, progress.clone(), true).await,
+        Err(e) => Err(e),
+    };
     if let Some(r) = reporter {
         r.finish().await;
     }
@@ -164,6 +172,27 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
             write_termination_log(&args.report.termination_log, &e.to_string());
             Err(e)
         }
+    }
+}
+
+/// Check `source` resolves inside `root` (when given).
+fn source_inside(source: &Path, root: Option<&Path>) -> Result<(), CliError> {
+    let Some(root) = root else { return Ok(()) };
+    let resolve = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| CliError::from(format!("source {}: {e}", p.display())))
+    };
+    let (src, root_real) = (resolve(source)?, resolve(root)?);
+    if src.starts_with(&root_real) {
+        Ok(())
+    } else {
+        Err(format!(
+            "source {} resolves to {}, outside the data volume mounted at {}: refused, nothing was read",
+            source.display(),
+            src.display(),
+            root.display()
+        )
+        .into())
     }
 }
 
@@ -272,6 +301,10 @@ impl<K> Reported for K where
 {
 }
 
+/// How long one progress report may take before it is dropped: reporting never holds up the
+/// data path (an unreachable API server once added about 30 s to every run).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Reports progress into the status of a Snapshot or Restore until finished.
 struct StatusReporter {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -302,10 +335,21 @@ impl StatusReporter {
                     _ = &mut rx => true,
                     _ = tokio::time::sleep(every) => false,
                 };
-                if let Some(api) = &api
-                    && let Err(e) = report(api, &name, &progress.report()).await
-                {
-                    let e = e.to_string();
+                let sent = match &api {
+                    Some(api) => {
+                        tokio::time::timeout(REPORT_TIMEOUT, report(api, &name, &progress.report()))
+                            .await
+                            .map_err(|_| {
+                                format!(
+                                    "no answer in {} s: report dropped",
+                                    REPORT_TIMEOUT.as_secs()
+                                )
+                            })
+                            .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+                    }
+                    None => Ok(()),
+                };
+                if let Err(e) = sent {
                     if e != last_error {
                         eprintln!(
                             "snapcrypt: reporting progress to {} {ns}/{name}: {e}",
@@ -322,10 +366,14 @@ impl StatusReporter {
         StatusReporter { stop, task }
     }
 
-    /// Send one last report and stop.
+    /// Send one last report and stop. Waits at most `REPORT_TIMEOUT` for it: the result
+    /// reaches the status through the termination message anyway.
     async fn finish(self) {
         let _ = self.stop.send(());
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout(REPORT_TIMEOUT, &mut task).await.is_err() {
+            task.abort();
+        }
     }
 }
 

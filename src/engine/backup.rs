@@ -592,6 +592,13 @@ async fn run_backup(
         data_keys,
         master_key_id,
     };
+    // Fault hook for tests: a backup that stalls here (a slow store) past its lock's expiry.
+    if let Some(secs) = std::env::var("SNAPCRYPT_FAULT_BACKUP_STALL_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(secs.max(0.0))).await;
+    }
     // The commit point: a backup whose lock may have been judged stale (so a prune may have
     // marked or removed what it reused) writes no snapshot.
     lock.check()?;

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -49,7 +49,11 @@ impl LocalKeyManager {
             reason,
         };
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
-        Self::parse(&text).map_err(err)
+        let km = Self::parse(&text).map_err(err)?;
+        if let Some(warning) = fs::metadata(path).ok().and_then(|m| mode_warning(path, &m)) {
+            eprintln!("snapcrypt: warning: {warning}");
+        }
+        Ok(km)
     }
 
     /// Parse key file contents (as stored in a file or a Kubernetes Secret).
@@ -104,9 +108,14 @@ impl LocalKeyManager {
             })
             .map_err(|e| err(e.to_string()))?,
         );
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        // Missing parent directories are made private; an existing one keeps its mode (it
+        // may be a shared directory such as /tmp or $HOME).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| err(e.to_string()))?;
         }
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -155,6 +164,22 @@ impl LocalKeyManager {
 }
 
 /// `local-` and 16 hex digits of a keyed hash of the key: names the key, reveals nothing.
+/// A warning when a key file of one's own can be read or written by others. A file owned by
+/// someone else (a Kubernetes Secret volume's files are root's, mode 0444 so that the agent's
+/// non-root user can read them) is not the reader's to change, and gets none.
+fn mode_warning(path: &Path, m: &fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = m.permissions().mode() & 0o777;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    (mode & 0o077 != 0 && m.uid() == me).then(|| {
+        format!(
+            "key file {} has mode {mode:o}: others can read it; chmod 600 it (or give the Secret volume defaultMode 0400)",
+            path.display()
+        )
+    })
+}
+
 fn key_id_of(key: &[u8; 32]) -> String {
     let h = blake3::derive_key("snapcrypt local master key id v1", key);
     format!("local-{}", hex::encode(&h[..8]))

@@ -165,16 +165,13 @@ pub fn check_references(refs: &[Reference], found: &Found, namespace: &str) -> V
                     if !alts.iter().any(|k| keys.contains(k)) {
                         out.push(Problem::new(
                             "SecretKeyNotFound",
+                            // The Secret's other keys are not named: a condition is readable
+                            // by whoever reads the BackupJob, the Secret may not be.
                             format!(
-                                "{} {:?}: Secret has no key {} (it has: {})",
+                                "{} {:?}: Secret has no key {}",
                                 r.field,
                                 r.name,
                                 alts.join(" or "),
-                                if keys.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    keys.iter().cloned().collect::<Vec<_>>().join(", ")
-                                }
                             ),
                         ));
                     }
@@ -259,11 +256,29 @@ fn check_source(s: &MongoSource, problems: &mut Vec<Problem>) {
         if c.auth_mechanism == AuthMechanism::X509 && !c.tls.as_ref().is_some_and(|t| t.enabled) {
             bad("spec.source.connection.authMechanism MONGODB-X509 needs tls.enabled".into());
         }
+        // PLAIN carries the password itself, to whichever pod the job's selector picks: never
+        // without TLS (which also checks the server is who it says).
+        if c.auth_mechanism == AuthMechanism::Plain && !c.tls.as_ref().is_some_and(|t| t.enabled) {
+            bad("spec.source.connection.authMechanism PLAIN (LDAP) sends the password in clear without TLS: set spec.source.connection.tls.enabled: true".into());
+        }
         if !matches!(c.auth_mechanism, AuthMechanism::None) && c.credentials_secret.is_none() {
             bad(format!(
                 "spec.source.connection.credentialsSecret: required with authMechanism {:?} (or set authMechanism NONE)",
                 c.auth_mechanism
             ));
+        }
+    }
+    for (field, path) in [
+        ("spec.source.dbPath", Some(&s.db_path)),
+        ("spec.source.mountPath", s.mount_path.as_ref()),
+    ] {
+        if let Some(path) = path
+            && !is_plain_absolute(path)
+        {
+            bad(format!(
+                "{field} {path:?}: must be an absolute path of plain names (no \".\", \"..\" or empty segments, no trailing slash), like /data/db"
+            ));
+            return;
         }
     }
     if let Some(mp) = &s.mount_path
@@ -287,6 +302,16 @@ fn check_source(s: &MongoSource, problems: &mut Vec<Problem>) {
             )),
         }
     }
+}
+
+/// `/a/b`: absolute, every segment a plain name (what the CRD's pattern also says).
+pub fn is_plain_absolute(path: &str) -> bool {
+    path.strip_prefix('/').is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+    })
 }
 
 fn path_within(path: &str, dir: &str) -> bool {
@@ -440,7 +465,7 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
         assert_eq!(
             got,
             vec![
-                "SecretKeyNotFound: spec.source.connection.credentialsSecret \"mongo-creds\": Secret has no key password (it has: username)",
+                "SecretKeyNotFound: spec.source.connection.credentialsSecret \"mongo-creds\": Secret has no key password",
                 "SecretNotFound: spec.source.connection.tls.caSecret \"mongo-ca\": Secret not found in namespace db",
             ]
         );

@@ -127,6 +127,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     };
     let mut args: Vec<String> = vec!["agent".into(), "snapshot".into()];
     args.extend(["--source".into(), source_dir]);
+    args.extend(["--source-within".into(), SOURCE_MOUNT.into()]);
 
     // Repository (read-write: the backup writes into it) and key.
     let access = repository_access(
