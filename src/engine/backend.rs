@@ -544,6 +544,136 @@ mod durable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+        PutMultipartOptions, PutResult,
+    };
+
+    /// A real in-memory store that, like some S3-compatible stores, has no conditional puts.
+    #[derive(Debug, Default)]
+    struct NoConditionalPut(InMemory);
+
+    impl std::fmt::Display for NoConditionalPut {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("NoConditionalPut")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for NoConditionalPut {
+        async fn put_opts(
+            &self,
+            location: &ObjPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            if opts.mode != PutMode::Overwrite {
+                return Err(object_store::Error::NotImplemented {
+                    operation: "conditional put".into(),
+                    implementer: "NoConditionalPut".into(),
+                });
+            }
+            self.0.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjPath,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjPath,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<ObjPath>>,
+        ) -> BoxStream<'static, object_store::Result<ObjPath>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> object_store::Result<ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &ObjPath,
+            to: &ObjPath,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    /// Item 5 of the data-safety issue: on a store without conditional puts, `put_new` wrote
+    /// an empty object (a new repository's config was 0 bytes forever).
+    #[tokio::test]
+    async fn item05_put_new_without_conditional_puts_writes_the_object() {
+        let backend = Backend {
+            store: Arc::new(NoConditionalPut::default()),
+            local_root: None,
+            staging: std::env::temp_dir(),
+            display: "memory".into(),
+        };
+        assert!(backend.put_new("config", b"{\"x\":1}".to_vec()).await.unwrap());
+        assert_eq!(&backend.get("config").await.unwrap()[..], b"{\"x\":1}");
+        assert!(!backend.put_new("config", b"other".to_vec()).await.unwrap());
+        assert_eq!(&backend.get("config").await.unwrap()[..], b"{\"x\":1}");
+    }
+
+    /// A local repository's create-only put is atomic and never replaces.
+    #[tokio::test]
+    async fn local_put_new_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(
+            &Location::Local(dir.path().join("repo")),
+            &S3Options::default(),
+            true,
+        )
+        .unwrap();
+        assert!(backend.put_new("keys/a", b"one".to_vec()).await.unwrap());
+        assert!(!backend.put_new("keys/a", b"two".to_vec()).await.unwrap());
+        assert_eq!(&backend.get("keys/a").await.unwrap()[..], b"one");
+        // Nothing is left in the staging directory.
+        assert_eq!(std::fs::read_dir(dir.path().join("repo/tmp")).unwrap().count(), 0);
+    }
+
+    /// Without any credential source, an S3 repository says what to set (not an instance
+    /// metadata error).
+    #[test]
+    fn s3_without_credentials_says_what_to_set() {
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
+            || std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
+            || std::env::var_os("SNAPCRYPT_S3_INSTANCE_CREDENTIALS").is_some()
+        {
+            return; // the environment provides credentials; covered by tests/data_safety.rs
+        }
+        let e = Backend::open(
+            &Location::parse("s3://b/p").unwrap(),
+            &S3Options::default(),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the job's credentialsSecret"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn parses_locations() {

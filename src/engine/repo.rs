@@ -772,6 +772,105 @@ mod tests {
     use crate::engine::backend::{Location, S3Options};
     use crate::kms::local::LocalKeyManager;
 
+    /// A key manager that stops answering after `n` wraps (a KMS outage mid-migration).
+    struct FailsAfter {
+        inner: LocalKeyManager,
+        left: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyManager for FailsAfter {
+        fn kind(&self) -> &'static str {
+            self.inner.kind()
+        }
+        async fn active_key_id(&self) -> Result<String, KmsError> {
+            self.inner.active_key_id().await
+        }
+        async fn wrap(&self, plaintext: &[u8]) -> Result<crate::kms::WrappedKey, KmsError> {
+            use std::sync::atomic::Ordering;
+            if self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
+                return Err(KmsError::Other("key server unreachable".into()));
+            }
+            self.inner.wrap(plaintext).await
+        }
+        async fn unwrap(&self, w: &crate::kms::WrappedKey) -> Result<crate::kms::SecretBytes, KmsError> {
+            self.inner.unwrap(w).await
+        }
+    }
+
+    async fn open_local(dir: &std::path::Path, km: &dyn KeyManager) -> Result<Repository, EngineError> {
+        let backend = Backend::open(&Location::Local(dir.join("repo")), &S3Options::default(), true)?;
+        Ok(Repository::open_or_init(backend, km, DEFAULT_CHUNK_SIZE).await?.0)
+    }
+
+    /// Item 9 of the data-safety issue: after a master key change, new data gets a new data
+    /// key; the rewrapped one stays readable.
+    #[tokio::test]
+    async fn item09_a_new_master_key_gets_a_new_data_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalKeyManager::create(&dir.path().join("a.json")).unwrap();
+        let b = LocalKeyManager::create(&dir.path().join("b.json")).unwrap();
+        let mut repo = open_local(dir.path(), &a).await.unwrap();
+        let (first, _) = repo.active_data_key(&a).await.unwrap();
+        assert_eq!(repo.rewrap_all(&b, |_, _| {}).await.unwrap(), 1);
+        let (second, master) = repo.active_data_key(&b).await.unwrap();
+        assert_ne!(first.id, second.id, "new data still under the rewrapped data key");
+        assert_eq!(master, b.active_key_id().await.unwrap());
+        // Same chunk ids (dedup across the change), both keys readable with b alone.
+        assert_eq!(first.chunk_id(b"x"), second.chunk_id(b"x"));
+        let again = open_local(dir.path(), &b).await.unwrap();
+        assert!(again.key(&first.id).is_ok() && again.key(&second.id).is_ok());
+    }
+
+    /// Item 10 of the data-safety issue: a migration that stops half-way leaves a repository
+    /// that opens with the old key and with the new, and running it again finishes it.
+    #[tokio::test]
+    async fn item10_a_half_finished_migration_opens_with_either_key_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = LocalKeyManager::create(&dir.path().join("old.json")).unwrap();
+        let mid = LocalKeyManager::create(&dir.path().join("mid.json")).unwrap();
+        let mut repo = open_local(dir.path(), &old).await.unwrap();
+        // Two data keys: the first, and the one made for the next master key.
+        repo.rewrap_all(&mid, |_, _| {}).await.unwrap();
+        repo.active_data_key(&mid).await.unwrap();
+        assert_eq!(repo.key_records().len(), 2);
+        let new = FailsAfter {
+            inner: LocalKeyManager::create(&dir.path().join("new.json")).unwrap(),
+            left: 1.into(),
+        };
+        let err = repo.rewrap_all(&new, |_, _| {}).await.unwrap_err();
+        assert!(err.to_string().contains("unreachable"), "{err}");
+        // Half-way: one record under the new key. Both key managers open every record.
+        let under = |r: &Repository, km: &str| {
+            r.key_records()
+                .iter()
+                .filter(|k| k.wrapped.master_key_id == km)
+                .count()
+        };
+        let new_id = new.active_key_id().await.unwrap();
+        let with_mid = open_local(dir.path(), &mid).await.unwrap();
+        assert_eq!(under(&with_mid, &new_id), 1);
+        let with_new_only = Repository::open(
+            Backend::open(&Location::Local(dir.path().join("repo")), &S3Options::default(), false).unwrap(),
+            &new,
+        )
+        .await;
+        assert!(with_new_only.is_err(), "the unmigrated record cannot open with the new key yet");
+        // Resume with both, as `key migrate` does: finished, and then the new key alone opens it.
+        let backend = Backend::open(&Location::Local(dir.path().join("repo")), &S3Options::default(), false).unwrap();
+        let mut resumed = Repository::open_any(backend, &[&mid, &new]).await.unwrap();
+        new.left.store(10, std::sync::atomic::Ordering::SeqCst);
+        resumed.rewrap_all(&new, |_, _| {}).await.unwrap();
+        assert!(resumed.key_records().iter().all(|r| r.previous.is_none()));
+        let backend = Backend::open(&Location::Local(dir.path().join("repo")), &S3Options::default(), false).unwrap();
+        let done = Repository::open(backend, &new).await.unwrap();
+        assert_eq!(under(&done, &new_id), 2);
+    }
+
     /// Creators racing on a new repository all end up with the one that won, including the
     /// winner, which may list the loser's key record just before the loser deletes it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -571,3 +571,50 @@ fn set_meta(e: &TreeEntry, p: &Path) -> Result<(), EngineError> {
     f.sync_all().map_err(err)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: EntryKind) -> TreeEntry {
+        TreeEntry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            mtime_ns: 0,
+            size: 0,
+            target: (kind == EntryKind::Symlink).then(|| "/etc/passwd".into()),
+            inode: 0,
+            chunks: vec![],
+        }
+    }
+
+    /// Item 3 of the data-safety issue: a file list from the repository is untrusted; paths
+    /// that could leave the target or pass through a link are refused before anything is
+    /// written.
+    #[test]
+    fn item03_hostile_file_lists_are_refused() {
+        use EntryKind::{Dir, File, Symlink};
+        let ok = [vec![("", Dir), ("a", Dir), ("a/b", File), ("l", Symlink)]];
+        for t in ok {
+            let tree: Vec<_> = t.iter().map(|(p, k)| entry(p, *k)).collect();
+            check_tree(&tree, "s").unwrap();
+        }
+        let bad: [(&[(&str, EntryKind)], &str); 9] = [
+            (&[("", Dir), ("../x", File)], "plain relative"),
+            (&[("", Dir), ("/etc/passwd", File)], "plain relative"),
+            (&[("", Dir), ("a", Dir), ("a/../../x", File)], "plain relative"),
+            (&[("", Dir), ("./x", File)], "plain relative"),
+            (&[("", Dir), ("a//b", File)], "plain relative"),
+            (&[("", Dir), ("l", Symlink), ("l/passwd", File)], "parent is not a directory"),
+            (&[("", Dir), ("x/y", File)], "parent is not a directory"),
+            (&[("", Dir), ("x", File), ("x", File)], "listed twice"),
+            (&[("x", File)], "root directory"),
+        ];
+        for (t, why) in bad {
+            let tree: Vec<_> = t.iter().map(|(p, k)| entry(p, *k)).collect();
+            let e = check_tree(&tree, "s").unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("nothing was written"), "{t:?}: {e}");
+        }
+    }
+}
