@@ -2,7 +2,7 @@
 # Install what the snapcrypt tests need on this machine. Idempotent; takes about
 # a second when everything is already there.
 #
-#   apt   : restic, openssl, curl, python3-venv (apt-get update only if something is missing)
+#   apt   : restic, openssl, curl, strace, python3-venv (apt-get update only if something is missing)
 #   python: a venv at ${SNAPCRYPT_CACHE:-$HOME/.cache/snapcrypt}/venv with
 #           tests/services/requirements.txt (+ constraints.txt): PyKMIP 0.11.0, moto[server], boto3
 #   cargo : s3s-fs 0.14.1 (cargo install --features binary --locked), ~2-6 min when missing
@@ -63,6 +63,7 @@ need_apt=()
 command -v restic >/dev/null 2>&1 || need_apt+=(restic)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)  # tests/data_safety.rs: fsync points
 if [[ ! -x $VENV/bin/python ]] && ! "$BASE_PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     need_apt+=(python3-venv)
 fi

@@ -231,6 +231,33 @@ fn schema_rejects_bad_manifests_naming_the_field() {
             "exactly one of statefulSetName or selector",
         ),
         (
+            "dbPath climbing out of the volume (data-safety item 1)",
+            with(
+                bj.clone(),
+                "/spec/source/dbPath",
+                json!("/data/db/../../../etc/snapcrypt"),
+            ),
+            "/spec/source/dbPath",
+        ),
+        (
+            "mountPath with a dot segment",
+            with(bj.clone(), "/spec/source/mountPath", json!("/data/./db")),
+            "/spec/source/mountPath",
+        ),
+        (
+            "PLAIN without TLS (data-safety item 8)",
+            with(
+                with(
+                    bj.clone(),
+                    "/spec/source/connection/authMechanism",
+                    json!("PLAIN"),
+                ),
+                "/spec/source/connection/tls",
+                Value::Null,
+            ),
+            "PLAIN (LDAP) sends the password",
+        ),
+        (
             "maxFiles zero",
             with(bj.clone(), "/spec/maxFiles", json!(0)),
             "/spec/maxFiles",

@@ -211,14 +211,16 @@ async fn apply_retention(args: &SnapshotArgs, new_id: &str) -> Option<RetentionR
     let pass = async {
         let km = args.backup.keys.key_manager(false).await?;
         let mut repo = Repository::open(args.backup.repo.backend(false)?, km.as_ref()).await?;
-        Ok::<_, CliError>(prune(
-            &mut repo,
-            km.as_ref(),
-            &policy,
-            &scope,
-            &args.retention.prune_options(false),
+        Ok::<_, CliError>(
+            prune(
+                &mut repo,
+                km.as_ref(),
+                &policy,
+                &scope,
+                &args.retention.prune_options(false),
+            )
+            .await?,
         )
-        .await?)
     };
     Some(match pass.await {
         Ok(report) => {
@@ -371,7 +373,10 @@ impl StatusReporter {
     async fn finish(self) {
         let _ = self.stop.send(());
         let mut task = self.task;
-        if tokio::time::timeout(REPORT_TIMEOUT, &mut task).await.is_err() {
+        if tokio::time::timeout(REPORT_TIMEOUT, &mut task)
+            .await
+            .is_err()
+        {
             task.abort();
         }
     }

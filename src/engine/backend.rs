@@ -316,12 +316,14 @@ impl Backend {
         };
         let staging = self.staging_dir()?.to_path_buf();
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || durable::put(&root, &staging, &name, &data, create_only))
-            .await
-            .map_err(|e| BackendError::Io {
-                path: "(writer thread)".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?
+        tokio::task::spawn_blocking(move || {
+            durable::put(&root, &staging, &name, &data, create_only)
+        })
+        .await
+        .map_err(|e| BackendError::Io {
+            path: "(writer thread)".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
     }
 
     /// Read a whole object.
@@ -465,9 +467,7 @@ mod durable {
 
     /// Sync a directory, so a rename or a new entry in it survives a crash.
     pub fn sync_dir(dir: &Path) -> Result<(), BackendError> {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
     }
 
     /// Create the directories of `dest` below `root`, syncing each parent of a new one.
@@ -629,7 +629,12 @@ mod tests {
             staging: std::env::temp_dir(),
             display: "memory".into(),
         };
-        assert!(backend.put_new("config", b"{\"x\":1}".to_vec()).await.unwrap());
+        assert!(
+            backend
+                .put_new("config", b"{\"x\":1}".to_vec())
+                .await
+                .unwrap()
+        );
         assert_eq!(&backend.get("config").await.unwrap()[..], b"{\"x\":1}");
         assert!(!backend.put_new("config", b"other".to_vec()).await.unwrap());
         assert_eq!(&backend.get("config").await.unwrap()[..], b"{\"x\":1}");
@@ -649,7 +654,12 @@ mod tests {
         assert!(!backend.put_new("keys/a", b"two".to_vec()).await.unwrap());
         assert_eq!(&backend.get("keys/a").await.unwrap()[..], b"one");
         // Nothing is left in the staging directory.
-        assert_eq!(std::fs::read_dir(dir.path().join("repo/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("repo/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     /// Without any credential source, an S3 repository says what to set (not an instance

@@ -376,12 +376,21 @@ async fn run_backup(
             .rev()
             .find(|s| s.source == source && s.hostname == host)
     {
-        for e in repo.load_tree(&index, &parent).await? {
-            if e.kind == EntryKind::File && e.chunks.iter().all(|c| index.blobs.contains_key(c)) {
-                reuse.insert(e.path.clone(), e);
+        match repo.load_tree(&index, &parent).await {
+            Ok(tree) => {
+                for e in tree {
+                    if e.kind == EntryKind::File
+                        && e.chunks.iter().all(|c| index.blobs.contains_key(c))
+                    {
+                        reuse.insert(e.path.clone(), e);
+                    }
+                }
+                parent_id = Some(parent.id);
             }
+            // The parent's file list is in a pack that is gone or going: read every file.
+            Err(EngineError::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
         }
-        parent_id = Some(parent.id);
     }
 
     let chunk = u64::from(repo.config.chunker.size);
@@ -626,7 +635,10 @@ fn open_scanned(entry: &ScanEntry) -> Result<File, EngineError> {
         .open(&entry.abs)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                err("became a symbolic link after the scan: not followed, no snapshot was written".into())
+                err(
+                    "became a symbolic link after the scan: not followed, no snapshot was written"
+                        .into(),
+                )
             } else {
                 err(e.to_string())
             }
@@ -702,8 +714,12 @@ fn worker(
     let mut open: Option<(usize, File)> = None;
     let result = (|| {
         loop {
+            // Another worker or the uploader failed and reports why; stop quietly.
             if shared.abort.load(Ordering::Relaxed) {
-                return Err(EngineError::Worker("stopped after an upload failed".into()));
+                if let Some(w) = pack.take() {
+                    w.discard();
+                }
+                return Ok(());
             }
             let u = cursor.fetch_add(1, Ordering::Relaxed);
             let Some(unit) = units.get(u) else { break };

@@ -212,11 +212,9 @@ impl RepoLock {
     ) -> Result<(Option<Self>, Option<String>), EngineError> {
         match Self::acquire(backend, false, wait).await {
             Ok(lock) => Ok((Some(lock), None)),
-            Err(EngineError::Backend(e @ (BackendError::Store { .. } | BackendError::Io { .. })))
-                if e.is_read_only() =>
-            {
-                Ok((None, Some(e.to_string())))
-            }
+            Err(EngineError::Backend(
+                e @ (BackendError::Store { .. } | BackendError::Io { .. }),
+            )) if e.is_read_only() => Ok((None, Some(e.to_string()))),
             Err(e) => Err(e),
         }
     }
@@ -377,7 +375,9 @@ mod tests {
             lost: None,
         };
         assert!(h.check(t0 + Duration::from_secs(99), timing()).is_ok());
-        let why = h.check(t0 + Duration::from_secs(100), timing()).unwrap_err();
+        let why = h
+            .check(t0 + Duration::from_secs(100), timing())
+            .unwrap_err();
         assert!(why.contains("not refreshed for 100 s"), "{why}");
     }
 }

@@ -288,10 +288,7 @@ async fn run_prune(
             bytes,
         };
         repo.backend
-            .put(
-                &format!("{GARBAGE_DIR}/{id}"),
-                serde_json::to_vec(&mark)?,
-            )
+            .put(&format!("{GARBAGE_DIR}/{id}"), serde_json::to_vec(&mark)?)
             .await?;
         report.bytes_pending += bytes;
     }
@@ -420,7 +417,8 @@ async fn repack(
                 data,
             )?;
             if w.size() >= repo.config.pack_size {
-                let staged = std::mem::replace(&mut w, PackWriter::new(&staging, &key)?).finish()?;
+                let staged =
+                    std::mem::replace(&mut w, PackWriter::new(&staging, &key)?).finish()?;
                 repo.backend
                     .commit_staged(&staged.path, &pack_object_name(&staged.id))
                     .await?;

@@ -68,7 +68,10 @@ pub struct GarbageMark {
 
 /// A pack or object id as the repository names them: 64 lowercase hex digits.
 pub fn is_object_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Every blob of the repository, from the index objects.
@@ -115,10 +118,7 @@ impl Repository {
 
     /// Open an existing repository, unwrapping each data key with whichever of `kms` can
     /// (a key migration that stopped half-way is resumed with both the old and the new).
-    pub async fn open_any(
-        backend: Backend,
-        kms: &[&dyn KeyManager],
-    ) -> Result<Self, EngineError> {
+    pub async fn open_any(backend: Backend, kms: &[&dyn KeyManager]) -> Result<Self, EngineError> {
         let config = match backend.get("config").await {
             Ok(bytes) => {
                 serde_json::from_slice::<Config>(&bytes).map_err(|e| EngineError::Corrupt {
@@ -246,11 +246,7 @@ impl Repository {
         }
         Err(first_err.unwrap_or_else(|| KmsError::UnknownKey {
             key_id: record.wrapped.master_key_id.clone(),
-            kms: kms
-                .iter()
-                .map(|k| k.kind())
-                .collect::<Vec<_>>()
-                .join(", "),
+            kms: kms.iter().map(|k| k.kind()).collect::<Vec<_>>().join(", "),
             wrapped_by: record.wrapped.kms.clone(),
         }))
     }
@@ -430,7 +426,8 @@ impl Repository {
     pub async fn rewrap_stale(&mut self, km: &dyn KeyManager) -> Result<usize, EngineError> {
         let active = km.active_key_id().await?;
         if self.records.iter().all(|r| {
-            r.previous.is_none() && (r.wrapped.kms != km.kind() || r.wrapped.master_key_id == active)
+            r.previous.is_none()
+                && (r.wrapped.kms != km.kind() || r.wrapped.master_key_id == active)
         }) {
             return Ok(0);
         }
@@ -528,8 +525,23 @@ impl Repository {
     /// deletion is preferred, so readers move off packs prune has marked.
     pub async fn load_index(&self) -> Result<Index, EngineError> {
         let marked = self.garbage_marks().await?;
-        self.load_index_where(|id| !marked.contains_key(id), |_| true)
-            .await
+        let present = self.present_packs().await?;
+        self.load_index_where(
+            |id| present.contains(id) && !marked.contains_key(id),
+            |_| true,
+        )
+        .await
+    }
+
+    /// The ids of the packs that exist now (one listing of `data/`).
+    async fn present_packs(&self) -> Result<HashSet<String>, EngineError> {
+        Ok(self
+            .backend
+            .list("data")
+            .await?
+            .into_iter()
+            .filter_map(|(name, _)| name.rsplit('/').next().map(str::to_string))
+            .collect())
     }
 
     /// The index a writer may deduplicate against: only packs that exist now (one listing of
@@ -537,13 +549,7 @@ impl Repository {
     /// or going is never trusted with new data.
     pub async fn load_index_for_writing(&self) -> Result<Index, EngineError> {
         let marked = self.garbage_marks().await?;
-        let present: HashSet<String> = self
-            .backend
-            .list("data")
-            .await?
-            .into_iter()
-            .filter_map(|(name, _)| name.rsplit('/').next().map(str::to_string))
-            .collect();
+        let present = self.present_packs().await?;
         self.load_index_where(
             |_| true,
             |id| present.contains(id) && !marked.contains_key(id),
@@ -797,14 +803,26 @@ mod tests {
             }
             self.inner.wrap(plaintext).await
         }
-        async fn unwrap(&self, w: &crate::kms::WrappedKey) -> Result<crate::kms::SecretBytes, KmsError> {
+        async fn unwrap(
+            &self,
+            w: &crate::kms::WrappedKey,
+        ) -> Result<crate::kms::SecretBytes, KmsError> {
             self.inner.unwrap(w).await
         }
     }
 
-    async fn open_local(dir: &std::path::Path, km: &dyn KeyManager) -> Result<Repository, EngineError> {
-        let backend = Backend::open(&Location::Local(dir.join("repo")), &S3Options::default(), true)?;
-        Ok(Repository::open_or_init(backend, km, DEFAULT_CHUNK_SIZE).await?.0)
+    async fn open_local(
+        dir: &std::path::Path,
+        km: &dyn KeyManager,
+    ) -> Result<Repository, EngineError> {
+        let backend = Backend::open(
+            &Location::Local(dir.join("repo")),
+            &S3Options::default(),
+            true,
+        )?;
+        Ok(Repository::open_or_init(backend, km, DEFAULT_CHUNK_SIZE)
+            .await?
+            .0)
     }
 
     /// Item 9 of the data-safety issue: after a master key change, new data gets a new data
@@ -818,7 +836,10 @@ mod tests {
         let (first, _) = repo.active_data_key(&a).await.unwrap();
         assert_eq!(repo.rewrap_all(&b, |_, _| {}).await.unwrap(), 1);
         let (second, master) = repo.active_data_key(&b).await.unwrap();
-        assert_ne!(first.id, second.id, "new data still under the rewrapped data key");
+        assert_ne!(
+            first.id, second.id,
+            "new data still under the rewrapped data key"
+        );
         assert_eq!(master, b.active_key_id().await.unwrap());
         // Same chunk ids (dedup across the change), both keys readable with b alone.
         assert_eq!(first.chunk_id(b"x"), second.chunk_id(b"x"));
@@ -855,18 +876,36 @@ mod tests {
         let with_mid = open_local(dir.path(), &mid).await.unwrap();
         assert_eq!(under(&with_mid, &new_id), 1);
         let with_new_only = Repository::open(
-            Backend::open(&Location::Local(dir.path().join("repo")), &S3Options::default(), false).unwrap(),
+            Backend::open(
+                &Location::Local(dir.path().join("repo")),
+                &S3Options::default(),
+                false,
+            )
+            .unwrap(),
             &new,
         )
         .await;
-        assert!(with_new_only.is_err(), "the unmigrated record cannot open with the new key yet");
+        assert!(
+            with_new_only.is_err(),
+            "the unmigrated record cannot open with the new key yet"
+        );
         // Resume with both, as `key migrate` does: finished, and then the new key alone opens it.
-        let backend = Backend::open(&Location::Local(dir.path().join("repo")), &S3Options::default(), false).unwrap();
+        let backend = Backend::open(
+            &Location::Local(dir.path().join("repo")),
+            &S3Options::default(),
+            false,
+        )
+        .unwrap();
         let mut resumed = Repository::open_any(backend, &[&mid, &new]).await.unwrap();
         new.left.store(10, std::sync::atomic::Ordering::SeqCst);
         resumed.rewrap_all(&new, |_, _| {}).await.unwrap();
         assert!(resumed.key_records().iter().all(|r| r.previous.is_none()));
-        let backend = Backend::open(&Location::Local(dir.path().join("repo")), &S3Options::default(), false).unwrap();
+        let backend = Backend::open(
+            &Location::Local(dir.path().join("repo")),
+            &S3Options::default(),
+            false,
+        )
+        .unwrap();
         let done = Repository::open(backend, &new).await.unwrap();
         assert_eq!(under(&done, &new_id), 2);
     }

@@ -106,7 +106,10 @@ pub fn check_tree(tree: &[TreeEntry], snapshot: &str) -> Result<(), EngineError>
         }
         let parent = e.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
         if !dirs.contains(parent) {
-            return Err(bad(&e.path, "its parent is not a directory listed before it"));
+            return Err(bad(
+                &e.path,
+                "its parent is not a directory listed before it",
+            ));
         }
         if e.kind == EntryKind::Dir {
             dirs.insert(&e.path);
@@ -241,7 +244,11 @@ async fn run_restore(
                     extra.len(),
                     if extra.len() == 1 { "y" } else { "ies" },
                     shown.join(", "),
-                    if extra.len() > shown.len() { ", …" } else { "" }
+                    if extra.len() > shown.len() {
+                        ", …"
+                    } else {
+                        ""
+                    }
                 )));
             }
             for rel in &extra {
@@ -544,7 +551,11 @@ fn set_meta(e: &TreeEntry, p: &Path) -> Result<(), EngineError> {
     open.read(true);
     // The target itself is the user's own path (it may be a link they made); below it,
     // nothing is followed.
-    let follow = if e.path.is_empty() { 0 } else { libc::O_NOFOLLOW };
+    let follow = if e.path.is_empty() {
+        0
+    } else {
+        libc::O_NOFOLLOW
+    };
     if e.kind == EntryKind::Dir {
         open.custom_flags(follow | libc::O_DIRECTORY);
     } else {
@@ -603,10 +614,16 @@ mod tests {
         let bad: [(&[(&str, EntryKind)], &str); 9] = [
             (&[("", Dir), ("../x", File)], "plain relative"),
             (&[("", Dir), ("/etc/passwd", File)], "plain relative"),
-            (&[("", Dir), ("a", Dir), ("a/../../x", File)], "plain relative"),
+            (
+                &[("", Dir), ("a", Dir), ("a/../../x", File)],
+                "plain relative",
+            ),
             (&[("", Dir), ("./x", File)], "plain relative"),
             (&[("", Dir), ("a//b", File)], "plain relative"),
-            (&[("", Dir), ("l", Symlink), ("l/passwd", File)], "parent is not a directory"),
+            (
+                &[("", Dir), ("l", Symlink), ("l/passwd", File)],
+                "parent is not a directory",
+            ),
             (&[("", Dir), ("x/y", File)], "parent is not a directory"),
             (&[("", Dir), ("x", File), ("x", File)], "listed twice"),
             (&[("x", File)], "root directory"),
@@ -614,7 +631,10 @@ mod tests {
         for (t, why) in bad {
             let tree: Vec<_> = t.iter().map(|(p, k)| entry(p, *k)).collect();
             let e = check_tree(&tree, "s").unwrap_err().to_string();
-            assert!(e.contains(why) && e.contains("nothing was written"), "{t:?}: {e}");
+            assert!(
+                e.contains(why) && e.contains("nothing was written"),
+                "{t:?}: {e}"
+            );
         }
     }
 }

@@ -69,6 +69,15 @@ async fn run_verify(
         }
     }
     let mut pack_entries: HashMap<String, Vec<BlobEntry>> = HashMap::new();
+    // Where a blob is in several packs, one that exists is the one checked (as restore reads).
+    let present: HashSet<String> = repo
+        .backend
+        .list("data")
+        .await?
+        .into_iter()
+        .filter_map(|(n, _)| n.rsplit('/').next().map(str::to_string))
+        .collect();
+    good_index.sort_by_key(|(name, _)| !present.contains(name.trim_start_matches("index/")));
     for (name, plain) in good_index {
         let id = name.trim_start_matches("index/").to_string();
         match (
