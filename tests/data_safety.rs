@@ -709,7 +709,7 @@ fn stress_backups_prunes_and_restores_with_delayed_lock_refreshes() {
                     support::pseudo_random(1000 + round, 2 * 1024 * 1024),
                 )
                 .unwrap();
-                let env = if round % 3 == 0 {
+                let env = if round.is_multiple_of(3) {
                     with(&[
                         ("SNAPCRYPT_FAULT_LOCK_REFRESH_DELAY_SECS", "5"),
                         ("SNAPCRYPT_FAULT_BACKUP_STALL_SECS", "3"),
@@ -749,10 +749,10 @@ fn stress_backups_prunes_and_restores_with_delayed_lock_refreshes() {
         });
         // Prunes: keep the newest 2, delete at once; some with delayed refreshes.
         s.spawn(|| {
-            let mut round = 0;
+            let mut round = 0u32;
             while Instant::now() < stop_at {
                 round += 1;
-                let env = if round % 4 == 0 {
+                let env = if round.is_multiple_of(4) {
                     with(&[("SNAPCRYPT_FAULT_LOCK_REFRESH_DELAY_SECS", "5")])
                 } else {
                     with(&[])

@@ -351,14 +351,14 @@ impl StatusReporter {
                     }
                     None => Ok(()),
                 };
-                if let Err(e) = sent {
-                    if e != last_error {
-                        eprintln!(
-                            "snapcrypt: reporting progress to {} {ns}/{name}: {e}",
-                            K::kind(&())
-                        );
-                        last_error = e;
-                    }
+                if let Err(e) = sent
+                    && e != last_error
+                {
+                    eprintln!(
+                        "snapcrypt: reporting progress to {} {ns}/{name}: {e}",
+                        K::kind(&())
+                    );
+                    last_error = e;
                 }
                 if done {
                     break;

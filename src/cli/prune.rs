@@ -112,7 +112,7 @@ pub async fn run(args: PruneArgs) -> Result<(), CliError> {
         println!("{verb} {id}");
     }
     eprintln!(
-        "snapcrypt: kept {} snapshot(s), {verb} {}; {} {} pack(s) ({}), repacked {}, marked {} pack(s) ({}) for deletion after {}",
+        "snapcrypt: kept {} snapshot(s), {verb} {}; {} {} pack(s) ({}), repacked {}, marked {} pack(s) ({}) for deletion after {} s",
         report.kept.len(),
         report.forgotten.len(),
         if args.dry_run {
@@ -125,7 +125,7 @@ pub async fn run(args: PruneArgs) -> Result<(), CliError> {
         report.packs_repacked,
         report.packs_marked + report.packs_repacked,
         human_bytes(report.bytes_pending),
-        format!("{} s", args.retention.delete_after),
+        args.retention.delete_after,
     );
     Ok(())
 }
