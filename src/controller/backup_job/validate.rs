@@ -369,6 +369,49 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
         check_spec(spec).1.into_iter().map(|p| p.message).collect()
     }
 
+    /// Data-safety items 1 and 8: a dbPath that climbs out of the volume, and LDAP (PLAIN)
+    /// without TLS, are refused naming the field.
+    #[test]
+    fn climbing_paths_and_plain_without_tls_are_refused() {
+        assert!(is_plain_absolute("/data/db") && is_plain_absolute("/var/lib/mongo/..x"));
+        for bad in [
+            "/data/db/../../etc",
+            "/data/./db",
+            "/data//db",
+            "/",
+            "data/db",
+            "/data/db/",
+        ] {
+            assert!(!is_plain_absolute(bad), "{bad}");
+        }
+        let mut problems = Vec::new();
+        let mut spec = job(GOOD).source;
+        spec.db_path = "/data/db/../../../etc/snapcrypt".into();
+        check_source(&spec, &mut problems);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("spec.source.dbPath")
+                    && p.message.contains("plain names")),
+            "{problems:?}"
+        );
+        problems.clear();
+        spec.db_path = "/data/db".into();
+        spec.connection = Some(crate::api::backup_job::MongoConnection {
+            auth_mechanism: AuthMechanism::Plain,
+            credentials_secret: Some("ldap".into()),
+            ..Default::default()
+        });
+        spec.sync_source = None;
+        check_source(&spec, &mut problems);
+        assert!(
+            problems.iter().any(|p| p
+                .message
+                .contains("PLAIN (LDAP) sends the password in clear")),
+            "{problems:?}"
+        );
+    }
+
     #[test]
     fn a_good_spec_has_no_problems() {
         let spec = job(GOOD);

@@ -83,8 +83,10 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     let access = repository_access(
         &p.job.spec,
         p.kmip,
+        // Read-write so that the restore holds a shared repository lock: no prune removes what
+        // it reads, however long it runs (docs/REPOSITORY.md, "Locks and deletion").
         Access {
-            repo_read_only: true,
+            repo_read_only: false,
             rewrap: false,
         },
     )?;
@@ -323,11 +325,12 @@ mod tests {
         assert!(!c.args.as_ref().expect("args").contains(&"--rewrap".into()));
         let csc = c.security_context.as_ref().expect("csc");
         assert_eq!(csc.read_only_root_filesystem, Some(true));
-        // The repository and key are read-only; the target is written.
+        // The key is read-only; the target is written; the repository is writable for the
+        // restore's shared lock.
         let mounts = c.volume_mounts.as_ref().expect("mounts");
         for (name, path, ro) in [
             ("target", TARGET_MOUNT, None),
-            ("repo", REPO_MOUNT, Some(true)),
+            ("repo", REPO_MOUNT, None),
             ("key", KEY_MOUNT, Some(true)),
         ] {
             let m = mounts.iter().find(|m| m.name == name).expect(name);
@@ -339,7 +342,7 @@ mod tests {
             repo.persistent_volume_claim
                 .as_ref()
                 .and_then(|c| c.read_only),
-            Some(true)
+            None
         );
         // Without a path the claim's root is the target; without force, no --force.
         let r = restore("{claimName: fresh-data}");
