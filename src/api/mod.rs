@@ -1,5 +1,6 @@
 //! The custom resources of group `snapcrypt.dev`, version `v1alpha1`.
 
+pub mod agent;
 pub mod backup_job;
 pub mod common;
 pub mod kmip_server;

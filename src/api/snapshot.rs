@@ -148,3 +148,13 @@ pub struct SnapshotStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
 }
+
+impl Snapshot {
+    /// Whether the snapshot has started copying (or is about to: its pod exists).
+    pub fn has_started(&self) -> bool {
+        self.status.as_ref().is_some_and(|st| {
+            st.phase == RunPhase::Running
+                || (st.phase == RunPhase::Pending && st.pod_name.is_some())
+        })
+    }
+}

@@ -16,12 +16,10 @@ use serde::de::DeserializeOwned;
 use super::CliError;
 use super::backup::{BackupArgs, KeyFile, perform};
 use super::prune::RetentionArgs;
+use crate::api::agent::{MAX_FORGOTTEN_IDS, MAX_RETENTION_ERROR, RetentionResult, SnapshotResult};
 use crate::api::common::Progress as ProgressStatus;
 use crate::api::{Restore, Snapshot};
 use crate::controller::AGENT_FIELD_MANAGER;
-use crate::controller::snapshot::result::{
-    AgentResult, MAX_FORGOTTEN_IDS, MAX_RETENTION_ERROR, RetentionResult,
-};
 use crate::engine::progress::human_bytes;
 use crate::engine::progress::{Progress, ProgressReport};
 use crate::engine::prune::{PruneScope, prune};
@@ -156,7 +154,7 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     match result {
         Ok(m) => {
             let retention = apply_retention(&args, &m.id).await;
-            let line = serde_json::to_string(&AgentResult {
+            let line = serde_json::to_string(&SnapshotResult {
                 id: m.id.clone(),
                 files: m.files,
                 logical_bytes: m.logical_bytes,

@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::reason::Reason;
 use crate::api::common::condition_status::{FALSE, TRUE};
 
 /// One condition as a reconciler decides it.
@@ -10,7 +11,7 @@ use crate::api::common::condition_status::{FALSE, TRUE};
 pub struct Cond {
     pub type_: &'static str,
     pub status: bool,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -18,13 +19,13 @@ impl Cond {
     pub fn new(
         type_: &'static str,
         status: bool,
-        reason: &str,
+        reason: Reason,
         message: impl Into<String>,
     ) -> Self {
         Cond {
             type_,
             status,
-            reason: reason.into(),
+            reason,
             message: message.into(),
         }
     }
@@ -49,14 +50,14 @@ pub fn merge(
                 .unwrap_or_else(|| now.clone());
             // An empty message is serialized as null, which the API server rejects.
             let message = if w.message.is_empty() {
-                w.reason.clone()
+                w.reason.to_string()
             } else {
                 crate::controller::truncate(&w.message, 32 * 1024)
             };
             Condition {
                 type_: w.type_.into(),
                 status: status.into(),
-                reason: w.reason.clone(),
+                reason: w.reason.to_string(),
                 message,
                 observed_generation: generation,
                 last_transition_time: since,
@@ -67,17 +68,17 @@ pub fn merge(
 
 /// Ready, Progressing and Failed of a run (a Snapshot or a Restore) that has finished: Ready
 /// with `reason` and `message` when it succeeded, Failed with them when it did not.
-pub fn finished(succeeded: bool, reason: &str, message: &str) -> Vec<Cond> {
+pub fn finished(succeeded: bool, reason: Reason, message: &str) -> Vec<Cond> {
     if succeeded {
         vec![
             Cond::new("Ready", true, reason, message),
-            Cond::new("Progressing", false, "Finished", ""),
-            Cond::new("Failed", false, "NotFailed", ""),
+            Cond::new("Progressing", false, Reason::Finished, ""),
+            Cond::new("Failed", false, Reason::NotFailed, ""),
         ]
     } else {
         vec![
             Cond::new("Ready", false, reason, message),
-            Cond::new("Progressing", false, "Finished", ""),
+            Cond::new("Progressing", false, Reason::Finished, ""),
             Cond::new("Failed", true, reason, message),
         ]
     }
@@ -110,13 +111,23 @@ mod tests {
     fn transition_time_moves_only_when_status_changes() {
         let first = merge(
             &[],
-            &[Cond::new("Ready", false, "Pending", "waiting")],
+            &[Cond::new(
+                "Ready",
+                false,
+                Reason::SnapshotPending,
+                "waiting",
+            )],
             Some(1),
             &t("2026-01-01T00:00:00Z"),
         );
         let same = merge(
             &first,
-            &[Cond::new("Ready", false, "StillPending", "still")],
+            &[Cond::new(
+                "Ready",
+                false,
+                Reason::WaitingForOtherSnapshot,
+                "still",
+            )],
             Some(2),
             &t("2026-01-01T00:01:00Z"),
         );
@@ -124,7 +135,7 @@ mod tests {
         assert_eq!(same[0].observed_generation, Some(2));
         let flipped = merge(
             &same,
-            &[Cond::new("Ready", true, "Succeeded", "done")],
+            &[Cond::new("Ready", true, Reason::Succeeded, "done")],
             Some(2),
             &t("2026-01-01T00:02:00Z"),
         );
@@ -136,7 +147,7 @@ mod tests {
         assert_eq!(transitions(&same, &flipped)[0].reason, "Succeeded");
         let blank = merge(
             &[],
-            &[Cond::new("Degraded", false, "AsExpected", "")],
+            &[Cond::new("Degraded", false, Reason::AsExpected, "")],
             None,
             &t("2026-01-01T00:00:00Z"),
         );

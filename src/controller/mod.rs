@@ -3,15 +3,21 @@
 //! (dereference -> validate -> build -> apply -> update status); see `backup_job/`,
 //! `snapshot/` and `restore/`.
 
-pub mod agent_pod;
-pub mod backup_job;
+// Shared layers, below every controller.
+pub mod agent;
 pub mod conditions;
+#[cfg(test)]
+pub mod fixtures;
 pub mod http;
-pub mod job_refs;
-pub mod kmip_server;
+pub mod job_spec;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod reason;
+
+// The controllers, one per kind: siblings that import nothing from each other.
+pub mod backup_job;
+pub mod kmip_server;
 pub mod restore;
 pub mod snapshot;
 
@@ -19,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -26,6 +33,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use metrics::Metrics;
+use reason::{Reason, Severity};
 
 /// The one field manager the operator applies with.
 pub const FIELD_MANAGER: &str = "snapcrypt-operator";
@@ -125,27 +133,39 @@ impl Context {
         }
     }
 
-    /// Publish an Event about `obj`; failures are logged, never fatal (events are best effort).
+    /// Publish an Event about `obj`, Warning or Normal by the reason's severity; failures are
+    /// logged, never fatal (events are best effort).
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
-        warning: bool,
-        reason: &str,
+        reason: Reason,
         note: String,
     ) {
         let ev = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
+            type_: match reason.severity() {
+                Severity::Warning => EventType::Warning,
+                Severity::Normal | Severity::Quiet => EventType::Normal,
             },
-            reason: reason.into(),
+            reason: reason.to_string(),
             note: Some(truncate(&note, 1000)),
-            action: reason.into(),
+            action: reason.to_string(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "cannot publish event");
+            tracing::warn!(error = %e, %reason, "cannot publish event");
+        }
+    }
+
+    /// The one Event policy of every controller: announce the condition transitions from `old`
+    /// to `new` that [`reason::announcements`] says deserve an Event.
+    pub async fn announce<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        old: &[Condition],
+        new: &[Condition],
+    ) {
+        for (reason, message) in reason::announcements(old, new) {
+            self.event(obj, reason, message.to_string()).await;
         }
     }
 }
@@ -224,36 +244,6 @@ pub async fn run(
         restores.for_each(|_| async {}),
         stop
     );
-}
-
-/// A controller for kind K that also wakes for every change of the agent pods it owns (labelled
-/// `app.kubernetes.io/component=COMPONENT`): the Snapshot and Restore controllers.
-pub fn owning_agent_pods<K>(
-    client: &Client,
-    namespace: Option<&str>,
-    component: &str,
-) -> kube::runtime::Controller<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::runtime::watcher;
-    kube::runtime::Controller::new(
-        scoped_api::<K>(client, namespace),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(
-        scoped_api::<Pod>(client, namespace),
-        watcher::Config::default()
-            .labels(&format!("app.kubernetes.io/component={component}"))
-            .any_semantic(),
-    )
 }
 
 /// What every controller does with each item of its reconcile stream: failures are already

@@ -6,30 +6,25 @@
 //! for every condition transition.
 
 pub mod build;
-pub mod schedule;
-pub mod validate;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use self::build::status::{Observed, job_status, scheduled_time, started};
-use self::schedule::due;
-use self::validate::{
-    Found, Problem, RefKind, Reference, check_references, check_spec, references,
-};
-use super::{Context, apply, apply_status, conditions, scoped_api};
+use self::build::status::{Observed, job_status, scheduled_time};
+use super::job_spec::references::find_references;
+use super::job_spec::schedule::{self, due};
+use super::job_spec::validate::{Found, Problem, check_references, check_spec, references};
+use super::reason::Reason;
+use super::{Context, apply, apply_status, scoped_api};
 use crate::api::snapshot::RunPhase;
-use crate::api::{BackupJob, KmipServer, Snapshot};
+use crate::api::{BackupJob, Snapshot};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "backupjob";
@@ -154,8 +149,7 @@ async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Err
         };
         ctx.event(
             job.as_ref(),
-            false,
-            "SnapshotCreated",
+            Reason::SnapshotCreated,
             format!(
                 "created Snapshot {} for the run scheduled at {}{skipped}",
                 created.name_any(),
@@ -185,22 +179,12 @@ async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Err
                 source,
             })?;
     }
-    for c in conditions::transitions(&old.conditions, &status.conditions) {
-        let warning = (c.type_ == "Degraded" && c.status == "True")
-            || (c.type_ == "Ready" && c.status == "False");
-        // A new job's healthy defaults (not degraded, suspended or progressing) are no news.
-        let quiet = old.conditions.is_empty()
-            && c.status == "False"
-            && matches!(c.type_.as_str(), "Degraded" | "Suspended" | "Progressing");
-        if !quiet {
-            ctx.event(job.as_ref(), warning, &c.reason, c.message.clone())
-                .await;
-        }
-    }
+    ctx.announce(job.as_ref(), &old.conditions, &status.conditions)
+        .await;
     ctx.reconciled(CONTROLLER, job.as_ref());
 
     // When to look again.
-    let missing = problems.iter().any(|p| p.reason.ends_with("NotFound"));
+    let missing = problems.iter().any(Problem::is_missing_reference);
     Ok(requeue_after(decision.next, missing, now))
 }
 
@@ -245,7 +229,7 @@ pub fn decide(
         s.status
             .as_ref()
             .is_none_or(|st| st.phase == RunPhase::Pending)
-            && !started(s)
+            && !s.has_started()
     });
     match schedule {
         Some(sched) => {
@@ -320,51 +304,6 @@ async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Error> {
         .await
         .map_err(err("referenced objects"))?;
     Ok(World { snapshots, found })
-}
-
-/// Look up every referenced object: absent, or present (with its keys, for Secrets).
-pub async fn find_references(
-    client: &Client,
-    ns: &str,
-    refs: &[Reference],
-) -> Result<Found, kube::Error> {
-    let mut found = Found::new();
-    for r in refs {
-        let present = match r.kind {
-            RefKind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
-                .get_opt(&r.name)
-                .await?
-                .map(|s| secret_keys(&s)),
-            RefKind::PersistentVolumeClaim => {
-                Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-                    .get_metadata_opt(&r.name)
-                    .await?
-                    .map(|_| BTreeSet::new())
-            }
-            RefKind::KmipServer => Api::<KmipServer>::namespaced(client.clone(), ns)
-                .get_metadata_opt(&r.name)
-                .await?
-                .map(|_| BTreeSet::new()),
-            RefKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), ns)
-                .get_metadata_opt(&r.name)
-                .await?
-                .map(|_| BTreeSet::new()),
-        };
-        found.insert((r.kind, r.name.clone()), present);
-    }
-    Ok(found)
-}
-
-fn secret_keys(s: &Secret) -> BTreeSet<String> {
-    let mut keys: BTreeSet<String> = s
-        .data
-        .as_ref()
-        .map(|d| d.keys().cloned().collect())
-        .unwrap_or_default();
-    if let Some(sd) = &s.string_data {
-        keys.extend(sd.keys().cloned());
-    }
-    keys
 }
 
 #[cfg(test)]

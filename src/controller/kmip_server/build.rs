@@ -10,6 +10,7 @@ use crate::api::kmip_server::{
     KmipServerIdentity, KmipServerSpec, KmipServerStatus, MasterKeyStatus, RewrapProgress,
 };
 use crate::controller::conditions::{Cond, merge};
+use crate::controller::reason::Reason;
 
 /// `30m`, `720h` or `90d` (or `30s`) as a duration; zero is refused.
 pub fn parse_period(s: &str) -> Result<SignedDuration, String> {
@@ -136,45 +137,65 @@ pub fn build_status(
 
     let (reachable, authenticated) = match &obs.connection {
         Connection::Ok(_) => (
-            Cond::new("Reachable", true, "Connected", "a KMIP endpoint answered"),
+            Cond::new(
+                "Reachable",
+                true,
+                Reason::Connected,
+                "a KMIP endpoint answered",
+            ),
             Cond::new(
                 "Authenticated",
                 true,
-                "Authenticated",
+                Reason::Authenticated,
                 "mutual TLS accepted",
             ),
         ),
         Connection::Unreachable(m) => (
-            Cond::new("Reachable", false, "Unreachable", m.clone()),
-            Cond::new("Authenticated", false, "Unreachable", "no endpoint reached"),
+            Cond::new("Reachable", false, Reason::Unreachable, m.clone()),
+            Cond::new(
+                "Authenticated",
+                false,
+                Reason::Unreachable,
+                "no endpoint reached",
+            ),
         ),
         Connection::NotAuthenticated(m) => (
-            Cond::new("Reachable", true, "Connected", "a KMIP endpoint answered"),
-            Cond::new("Authenticated", false, "AuthenticationFailed", m.clone()),
+            Cond::new(
+                "Reachable",
+                true,
+                Reason::Connected,
+                "a KMIP endpoint answered",
+            ),
+            Cond::new(
+                "Authenticated",
+                false,
+                Reason::AuthenticationFailed,
+                m.clone(),
+            ),
         ),
         Connection::NoCredentials(m) => (
-            Cond::new("Reachable", false, "NoCredentials", m.clone()),
-            Cond::new("Authenticated", false, "NoCredentials", m.clone()),
+            Cond::new("Reachable", false, Reason::NoCredentials, m.clone()),
+            Cond::new("Authenticated", false, Reason::NoCredentials, m.clone()),
         ),
     };
     let key_active = match (&obs.active_key, &obs.key_error) {
-        (_, Some(e)) => Cond::new("KeyActive", false, "KeyUnavailable", e.clone()),
+        (_, Some(e)) => Cond::new("KeyActive", false, Reason::KeyUnavailable, e.clone()),
         (Some((id, s)), None) if s == "Active" => Cond::new(
             "KeyActive",
             true,
-            "Active",
+            Reason::Active,
             format!("master key {id} is Active"),
         ),
         (Some((id, s)), None) => Cond::new(
             "KeyActive",
             false,
-            "NotActive",
+            Reason::NotActive,
             format!("master key {id} is {s}, not Active: backups are refused"),
         ),
         (None, None) => Cond::new(
             "KeyActive",
             false,
-            "Unknown",
+            Reason::Unknown,
             "the master key could not be checked",
         ),
     };
@@ -183,7 +204,7 @@ pub fn build_status(
         Cond::new(
             "Rotating",
             true,
-            "Rewrapping",
+            Reason::Rewrapping,
             format!(
                 "{} of {} BackupJob repositories rewrapped under key {}; each is rewrapped by its next snapshot",
                 obs.jobs_on_active_key,
@@ -192,14 +213,14 @@ pub fn build_status(
             ),
         )
     } else {
-        Cond::new("Rotating", false, "Idle", "no rotation in progress")
+        Cond::new("Rotating", false, Reason::Idle, "no rotation in progress")
     };
     let ready_ok = reachable.status && authenticated.status && key_active.status;
     let ready = if ready_ok {
         Cond::new(
             "Ready",
             true,
-            "Ready",
+            Reason::Ready,
             "the master key is reachable and Active",
         )
     } else {
@@ -208,7 +229,7 @@ pub fn build_status(
             .find(|c| !c.status)
             .map(|c| c.message.clone())
             .unwrap_or_default();
-        Cond::new("Ready", false, "NotReady", why)
+        Cond::new("Ready", false, Reason::NotReady, why)
     };
     let rewrap = active_id
         .as_ref()

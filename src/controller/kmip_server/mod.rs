@@ -23,6 +23,7 @@ use kube::{Api, ResourceExt};
 use zeroize::Zeroizing;
 
 use self::build::{Connection, Observed, build_status, next_rotation, parse_period};
+use super::reason::Reason;
 use super::{Context, apply_status, scoped_api};
 use crate::api::kmip_server::{KmipProtocolVersion, KmipServerIdentity, WrappingMode};
 use crate::api::snapshot::RunPhase;
@@ -336,25 +337,10 @@ async fn reconcile(ks: Arc<KmipServer>, ctx: Arc<Context>) -> Result<Action, Err
 
     // Events: a rotation, and Ready changing.
     if let Some((old, new)) = &obs.rotated {
-        ctx.event(ks.as_ref(), false, "Rotated", format!("master key rotated from {old} to {new}; {old} is kept (never revoked) for the snapshots that need it")).await;
+        ctx.event(ks.as_ref(), Reason::Rotated, format!("master key rotated from {old} to {new}; {old} is kept (never revoked) for the snapshots that need it")).await;
     }
-    let was_ready = prev
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status == "True");
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-    if let Some(r) = ready
-        && was_ready != Some(r.status == "True")
-    {
-        let reason = if r.status == "True" {
-            "Ready"
-        } else {
-            "NotReady"
-        };
-        ctx.event(ks.as_ref(), r.status != "True", reason, r.message.clone())
-            .await;
-    }
+    ctx.announce(ks.as_ref(), &prev.conditions, &status.conditions)
+        .await;
     ctx.reconciled(CONTROLLER, ks.as_ref());
 
     // Come back at the poll interval, or at the next rotation if sooner.

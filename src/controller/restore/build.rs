@@ -8,14 +8,15 @@ use kube::{Resource, ResourceExt};
 use crate::api::restore::RestoreStatus;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Restore};
-use crate::controller::agent_pod::{
-    Access, PodError, RunAs, agent_basics, agent_container, mount, pod_security, repository_access,
+use crate::controller::agent::pod::{
+    Access, MONGODB_UID, PodError, RunAs, agent_basics, agent_container, mount, pod_security,
+    repository_access,
 };
 use crate::controller::conditions::{self, Cond, merge};
 use crate::controller::names::{
     RESTORE_UID_LABEL, agent_service_account, job_labels, restore_pod_name,
 };
-use crate::controller::snapshot::build::pod::MONGODB_UID;
+use crate::controller::reason::Reason;
 use crate::engine::progress::human_bytes;
 use crate::engine::restore::RestoreStats;
 
@@ -142,10 +143,7 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// Cannot start yet (or at all): a condition reason and a message naming the field.
-    Wait {
-        reason: &'static str,
-        message: String,
-    },
+    Wait { reason: Reason, message: String },
     /// The restore pod was created.
     Started { pod: String },
     /// The pod waits to run.
@@ -159,7 +157,7 @@ pub enum Step {
     },
     /// Given up: the agent's own message.
     Failed {
-        reason: &'static str,
+        reason: Reason,
         message: String,
         finished: Option<Time>,
     },
@@ -181,25 +179,25 @@ pub fn next_status(
             s.phase = RunPhase::Pending;
             s.message = Some(message.clone());
             vec![
-                Cond::new("Ready", false, reason, message.clone()),
-                Cond::new("Progressing", false, reason, message.clone()),
-                Cond::new("Failed", false, "NotFailed", ""),
+                Cond::new("Ready", false, *reason, message.clone()),
+                Cond::new("Progressing", false, *reason, message.clone()),
+                Cond::new("Failed", false, Reason::NotFailed, ""),
             ]
         }
         Step::Started { pod } => {
-            s.phase = RunPhase::Running;
+            // Pending until the pod runs, as for a Snapshot.
+            s.phase = RunPhase::Pending;
             s.pod_name = Some(pod.clone());
-            s.start_time.get_or_insert(now_t.clone());
-            let msg = format!("started restore pod {pod}");
+            let msg = format!("restore pod {pod} created");
             s.message = Some(msg.clone());
             vec![
-                Cond::new("Ready", false, "Restoring", msg.clone()),
-                Cond::new("Progressing", true, "PodStarted", msg),
-                Cond::new("Failed", false, "NotFailed", ""),
+                Cond::new("Ready", false, Reason::Starting, msg.clone()),
+                Cond::new("Progressing", true, Reason::PodCreated, msg),
+                Cond::new("Failed", false, Reason::NotFailed, ""),
             ]
         }
         Step::PodPending { message } => {
-            s.phase = RunPhase::Running;
+            s.phase = RunPhase::Pending;
             let msg = format!(
                 "restore pod waiting to run{}",
                 message
@@ -209,22 +207,22 @@ pub fn next_status(
             );
             s.message = Some(msg.clone());
             vec![
-                Cond::new("Ready", false, "Restoring", msg.clone()),
-                Cond::new("Progressing", true, "PodPending", msg),
-                Cond::new("Failed", false, "NotFailed", ""),
+                Cond::new("Ready", false, Reason::Starting, msg.clone()),
+                Cond::new("Progressing", true, Reason::PodPending, msg),
+                Cond::new("Failed", false, Reason::NotFailed, ""),
             ]
         }
         Step::PodRunning { started } => {
             s.phase = RunPhase::Running;
-            if let Some(t) = started {
-                s.start_time = Some(t.clone());
+            if s.start_time.is_none() {
+                s.start_time = Some(started.clone().unwrap_or_else(|| now_t.clone()));
             }
             let msg = "restoring".to_string();
             s.message = Some(msg.clone());
             vec![
-                Cond::new("Ready", false, "Restoring", msg.clone()),
-                Cond::new("Progressing", true, "Restoring", msg),
-                Cond::new("Failed", false, "NotFailed", ""),
+                Cond::new("Ready", false, Reason::Restoring, msg.clone()),
+                Cond::new("Progressing", true, Reason::Restoring, msg),
+                Cond::new("Failed", false, Reason::NotFailed, ""),
             ]
         }
         Step::Succeeded { stats, finished } => {
@@ -237,7 +235,7 @@ pub fn next_status(
                 human_bytes(stats.bytes)
             );
             s.message = Some(msg.clone());
-            conditions::finished(true, "Restored", &msg)
+            conditions::finished(true, Reason::Restored, &msg)
         }
         Step::Failed {
             reason,
@@ -247,7 +245,7 @@ pub fn next_status(
             s.phase = RunPhase::Failed;
             s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
             s.message = Some(message.clone());
-            conditions::finished(false, reason, message)
+            conditions::finished(false, *reason, message)
         }
     };
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
@@ -262,7 +260,7 @@ pub fn pod_selector(uid: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::agent_pod::{KEY_MOUNT, REPO_MOUNT};
+    use crate::controller::agent::pod::{KEY_MOUNT, REPO_MOUNT};
     use k8s_openapi::api::core::v1::Container;
 
     fn job(spec: &str) -> BackupJob {
@@ -388,7 +386,7 @@ mod tests {
         let waiting = next_status(
             &RestoreStatus::default(),
             &Step::Wait {
-                reason: "SnapshotNotReady",
+                reason: Reason::SnapshotNotReady,
                 message: "spec.snapshotRef.name: Snapshot s is Running".into(),
             },
             "fresh-data",
@@ -406,7 +404,9 @@ mod tests {
             Some(1),
             now,
         );
-        assert_eq!(started.phase, RunPhase::Running);
+        // A created pod is Pending until it runs, as for a Snapshot.
+        assert_eq!(started.phase, RunPhase::Pending);
+        assert_eq!(cond(&started, "Progressing"), "True PodCreated");
         assert_eq!(started.pod_name.as_deref(), Some("back-restore"));
         let done = next_status(
             &started,
@@ -434,7 +434,7 @@ mod tests {
         let failed = next_status(
             &started,
             &Step::Failed {
-                reason: "RestoreFailed",
+                reason: Reason::RestoreFailed,
                 message: "target /target is not empty".into(),
                 finished: None,
             },

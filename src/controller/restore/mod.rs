@@ -20,12 +20,14 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use self::build::{RestorePlan, Step, next_status, pod_selector, restore_pod};
-use super::job_refs::{Needs, apply_agent_identity, check_job, job_kmip};
-use super::snapshot::build::status::{PodView, failure_message, view};
-use super::snapshot::result::parse_result_line;
-use super::{Context, apply, apply_status, conditions, owning_agent_pods};
+use super::agent::identity::apply_agent_identity;
+use super::agent::job::{Blocked, Needs, check_job, job_kmip};
+use super::agent::owning_agent_pods;
+use super::agent::run::{RunStep, run_step};
+use super::{Context, apply, apply_status};
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Restore, Snapshot};
+use crate::controller::reason::Reason;
 use crate::engine::restore::RestoreStats;
 
 /// Name of this controller in metrics and logs.
@@ -36,7 +38,8 @@ const RECHECK: Duration = Duration::from_secs(15);
 
 /// A reconcile failure, by stage. A Restore that cannot start (missing Snapshot, job, claim,
 /// Secret or KmipServer) is not an error: that becomes its status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Error {
     #[error("Restore {restore}: reading {what}: {source}")]
     Dereference {
@@ -78,14 +81,9 @@ fn dereference_error(restore: &str, what: &'static str) -> impl FnOnce(kube::Err
 }
 
 impl Error {
-    /// The stage, as a metrics label.
+    /// The stage, as a metrics label: the variant's name in snake case.
     pub fn category(&self) -> &'static str {
-        match self {
-            Error::Dereference { .. } => "dereference",
-            Error::ApplyRbac { .. } => "apply_rbac",
-            Error::ApplyPod { .. } => "apply_pod",
-            Error::UpdateStatus { .. } => "update_status",
-        }
+        self.into()
     }
 }
 
@@ -106,6 +104,11 @@ fn error_policy(r: Arc<Restore>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.retry_after_failure(CONTROLLER, r.as_ref(), err.category(), err)
 }
 
+#[tracing::instrument(name = "reconcile", skip_all, fields(
+    controller = CONTROLLER,
+    namespace = %r.namespace().unwrap_or_default(),
+    name = %r.name_any(),
+))]
 async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let prev = r.status.clone().unwrap_or_default();
@@ -135,7 +138,7 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
         Some(pod) => (pod_step(&pod), None),
         None if prev.pod_name.is_some() => (
             Step::Failed {
-                reason: "PodLost",
+                reason: Reason::PodLost,
                 message: format!(
                     "restore pod {} disappeared before it finished (deleted, or its node was lost); the target may hold a partial restore (marked by .snapcrypt-restore-incomplete)",
                     prev.pod_name.clone().unwrap_or_default()
@@ -168,16 +171,8 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
                 source,
             })?;
     }
-    for c in conditions::transitions(&prev.conditions, &status.conditions) {
-        if c.type_ != "Ready" {
-            continue;
-        }
-        let warning = c.reason.ends_with("NotFound")
-            || c.reason.ends_with("NotReady")
-            || status.phase == RunPhase::Failed;
-        ctx.event(r.as_ref(), warning, &c.reason, c.message.clone())
-            .await;
-    }
+    ctx.announce(r.as_ref(), &prev.conditions, &status.conditions)
+        .await;
     if matches!(status.phase, RunPhase::Succeeded | RunPhase::Failed) {
         ctx.metrics.restore_finished(&format!("{:?}", status.phase));
     }
@@ -190,39 +185,22 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
 
 /// What a restore pod's state means. Pure.
 fn pod_step(pod: &Pod) -> Step {
-    let v = view(pod);
-    match &v {
-        PodView::Pending { message } => Step::PodPending {
-            message: message.clone(),
-        },
-        PodView::Running { started } => Step::PodRunning {
-            started: started.clone(),
-        },
-        PodView::Succeeded {
-            termination,
+    match run_step::<RestoreStats>(pod, "restore") {
+        RunStep::Pending { message } => Step::PodPending { message },
+        RunStep::Running { started } => Step::PodRunning { started },
+        RunStep::Succeeded { result, finished } => Step::Succeeded {
+            stats: result,
             finished,
-        } => match termination
-            .as_deref()
-            .and_then(parse_result_line::<RestoreStats>)
-        {
-            Some(stats) => Step::Succeeded {
-                stats,
-                finished: finished.clone(),
-            },
-            None => Step::Failed {
-                reason: "ResultUnreadable",
-                message: format!(
-                    "pod {} exited 0 but its termination message holds no result line: {:?}",
-                    pod.name_any(),
-                    termination.clone().unwrap_or_default()
-                ),
-                finished: finished.clone(),
-            },
         },
-        PodView::Failed { finished, .. } => Step::Failed {
-            reason: "RestoreFailed",
-            message: failure_message(&v),
-            finished: finished.clone(),
+        RunStep::ResultUnreadable { message, finished } => Step::Failed {
+            reason: Reason::ResultUnreadable,
+            message,
+            finished,
+        },
+        RunStep::Failed { message, finished } => Step::Failed {
+            reason: Reason::RestoreFailed,
+            message,
+            finished,
         },
     }
 }
@@ -235,7 +213,8 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
     let client = &ctx.client;
     let deref = |what: &'static str| dereference_error(&name, what);
     let wait =
-        |reason: &'static str, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
+        |reason: Reason, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
+    let blocked = |b: Blocked| wait(b.reason, b.message);
 
     // The Snapshot, finished and successful.
     let snap_name = &r.spec.snapshot_ref.name;
@@ -245,7 +224,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         .map_err(deref("Snapshot"))?
     else {
         return wait(
-            "SnapshotNotFound",
+            Reason::SnapshotNotFound,
             format!("spec.snapshotRef.name: Snapshot {snap_name} does not exist in namespace {ns}"),
         );
     };
@@ -255,7 +234,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         (RunPhase::Failed, _) => {
             return Ok((
                 Step::Failed {
-                    reason: "SnapshotFailed",
+                    reason: Reason::SnapshotFailed,
                     message: format!(
                         "spec.snapshotRef.name: Snapshot {snap_name} failed, so there is nothing to restore"
                     ),
@@ -266,7 +245,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         }
         (phase, _) => {
             return wait(
-                "SnapshotNotReady",
+                Reason::SnapshotNotReady,
                 format!(
                     "spec.snapshotRef.name: Snapshot {snap_name} is {phase:?}; the restore starts once it has succeeded"
                 ),
@@ -282,7 +261,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         .map_err(deref("BackupJob"))?
     else {
         return wait(
-            "BackupJobNotFound",
+            Reason::BackupJobNotFound,
             format!(
                 "Snapshot {snap_name} belongs to BackupJob {job_name}, which does not exist: its repository and key are unknown (restore with `snapcrypt restore` instead)"
             ),
@@ -292,14 +271,14 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         .await
         .map_err(deref("the BackupJob's references"))?
     {
-        return wait(b.reason, b.message);
+        return blocked(b);
     }
     let kmip = match job_kmip(client, &ns, &job)
         .await
         .map_err(deref("KmipServer"))?
     {
         Ok(k) => k,
-        Err(b) => return wait(b.reason, b.message),
+        Err(b) => return blocked(b),
     };
 
     // The target claim.
@@ -311,7 +290,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         .is_none()
     {
         return wait(
-            "TargetClaimNotFound",
+            Reason::TargetClaimNotFound,
             format!(
                 "spec.target.claimName: PersistentVolumeClaim {claim} does not exist in namespace {ns}"
             ),
@@ -331,7 +310,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         Err(e) => {
             return Ok((
                 Step::Failed {
-                    reason: "InvalidSpec",
+                    reason: Reason::InvalidSpec,
                     message: format!("BackupJob {job_name}: {e}"),
                     finished: None,
                 },
@@ -364,31 +343,33 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::fixtures::{agent_pod, terminated};
 
     fn pod(status: &str) -> Pod {
-        serde_yaml::from_str(&format!(
-            "metadata: {{name: back-restore}}\nstatus:\n{status}"
-        ))
-        .expect("pod")
+        agent_pod(1, status)
     }
 
     #[test]
     fn pod_phases_become_steps() {
-        let ok = pod(
-            "  phase: Succeeded\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0, message: '{\"snapshot\":\"3f2a\",\"files\":9,\"bytes\":2048}'}}}",
-        );
+        let ok = pod(&terminated(
+            "Succeeded",
+            0,
+            r#"{"snapshot":"3f2a","files":9,"bytes":2048}"#,
+        ));
         assert!(matches!(
             pod_step(&ok),
             Step::Succeeded { stats, .. } if stats.files == 9 && stats.snapshot == "3f2a"
         ));
-        let bad = pod(
-            "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 1, message: 'snapcrypt: error: target /target/db: is not empty: nothing was written (use --force to restore into it anyway)'}}}",
-        );
+        let bad = pod(&terminated(
+            "Failed",
+            1,
+            "snapcrypt: error: target /target/db: is not empty: nothing was written (use --force to restore into it anyway)",
+        ));
         match pod_step(&bad) {
             Step::Failed {
                 reason, message, ..
             } => {
-                assert_eq!(reason, "RestoreFailed");
+                assert_eq!(reason, Reason::RestoreFailed);
                 assert!(
                     message.starts_with("target /target/db: is not empty"),
                     "{message}"
@@ -396,13 +377,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let garbled = pod(
-            "  phase: Succeeded\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0, message: 'hello'}}}",
+        // A failure without the agent's words says which kind of pod failed.
+        let killed = pod(
+            "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 137, reason: OOMKilled}}}",
         );
         assert!(matches!(
-            pod_step(&garbled),
+            pod_step(&killed),
+            Step::Failed { message, .. } if message == "the restore pod failed with exit code 137 (OOMKilled) without a message"
+        ));
+        assert!(matches!(
+            pod_step(&pod(&terminated("Succeeded", 0, "hello"))),
             Step::Failed {
-                reason: "ResultUnreadable",
+                reason: Reason::ResultUnreadable,
                 ..
             }
         ));

@@ -6,9 +6,10 @@ use kube::ResourceExt;
 use crate::api::backup_job::{BackupJobPhase, BackupJobStatus};
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Snapshot};
-use crate::controller::backup_job::validate::Problem;
 use crate::controller::conditions::{Cond, merge};
+use crate::controller::job_spec::validate::Problem;
 use crate::controller::names::SCHEDULED_TIME;
+use crate::controller::reason::Reason;
 
 /// What one reconcile saw and decided.
 pub struct Observed<'a> {
@@ -49,27 +50,16 @@ fn newest_first(snaps: &[Snapshot]) -> Vec<&Snapshot> {
     v
 }
 
-/// Whether a snapshot has started copying (or is about to: its pod exists).
-pub fn started(s: &Snapshot) -> bool {
-    match s.status.as_ref() {
-        Some(st) => {
-            st.phase == RunPhase::Running
-                || (st.phase == RunPhase::Pending && st.pod_name.is_some())
-        }
-        None => false,
-    }
-}
-
 pub fn job_status(o: &Observed) -> BackupJobStatus {
     let job = o.job;
     let prev = job.status.clone().unwrap_or_default();
     let snaps = newest_first(o.snapshots);
     let newest = snaps.first().copied();
-    let running = snaps.iter().copied().find(|s| started(s));
+    let running = snaps.iter().copied().find(|s| s.has_started());
     let waiting = snaps
         .iter()
         .copied()
-        .filter(|s| phase_of(s) == RunPhase::Pending && !started(s))
+        .filter(|s| phase_of(s) == RunPhase::Pending && !s.has_started())
         .count();
     let succeeded: Vec<&Snapshot> = snaps
         .iter()
@@ -119,12 +109,12 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
             (Some(_), None) => "the schedule has no further runs".to_string(),
             (None, _) => "no schedule: one snapshot is taken".to_string(),
         };
-        conds.push(Cond::new("Ready", true, "Valid", ready_msg));
+        conds.push(Cond::new("Ready", true, Reason::Valid, ready_msg));
         match last_finished {
             Some(s) if phase_of(s) == RunPhase::Failed => conds.push(Cond::new(
                 "Degraded",
                 true,
-                "LastSnapshotFailed",
+                Reason::LastSnapshotFailed,
                 format!(
                     "Snapshot {} failed: {}",
                     s.name_any(),
@@ -134,7 +124,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
                         .unwrap_or_default()
                 ),
             )),
-            _ => conds.push(Cond::new("Degraded", false, "AsExpected", "")),
+            _ => conds.push(Cond::new("Degraded", false, Reason::AsExpected, "")),
         }
         phase = if running.is_some() {
             BackupJobPhase::Running
@@ -153,7 +143,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         (Some(r), _) => Cond::new(
             "Progressing",
             true,
-            "SnapshotRunning",
+            Reason::SnapshotRunning,
             format!(
                 "Snapshot {} is running{}",
                 r.name_any(),
@@ -167,15 +157,15 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         (None, n) if n > 0 => Cond::new(
             "Progressing",
             true,
-            "SnapshotPending",
+            Reason::SnapshotPending,
             format!("{n} Snapshot(s) waiting to start"),
         ),
-        _ => Cond::new("Progressing", false, "Idle", "no Snapshot is running"),
+        _ => Cond::new("Progressing", false, Reason::Idle, "no Snapshot is running"),
     });
     conds.push(if job.spec.suspend {
-        Cond::new("Suspended", true, "Suspended", "spec.suspend is true")
+        Cond::new("Suspended", true, Reason::Suspended, "spec.suspend is true")
     } else {
-        Cond::new("Suspended", false, "NotSuspended", "")
+        Cond::new("Suspended", false, Reason::NotSuspended, "")
     });
 
     let generation = job.metadata.generation;
@@ -318,7 +308,7 @@ spec:
     fn problems_make_it_failed_and_degraded() {
         let j = job("schedule: {cron: \"61 * * * *\"}");
         let p = Problem {
-            reason: "InvalidSchedule",
+            reason: Reason::InvalidSchedule,
             message: "spec.schedule.cron \"61 * * * *\": minute 61 is out of range 0-59".into(),
         };
         let st = status(&j, &[], &[p]);

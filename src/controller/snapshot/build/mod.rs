@@ -1,5 +1,4 @@
 //! Pure builders of what the Snapshot controller writes.
 
 pub mod pod;
-pub mod rbac;
 pub mod status;

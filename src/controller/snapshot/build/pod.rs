@@ -12,14 +12,14 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::backup_job::Compression;
 use crate::api::{BackupJob, KmipServer, Snapshot};
-use crate::controller::agent_pod::{
-    Access, agent_basics, agent_container, mount, pod_security, repository_access,
+use crate::controller::agent::pod::{
+    Access, MONGODB_UID, agent_basics, agent_container, mount, pod_security, repository_access,
 };
-pub use crate::controller::agent_pod::{
+pub use crate::controller::agent::pod::{
     CONTAINER, KEY_FILE, KEY_MOUNT, KMIP_MOUNT, PodError, REPO_MOUNT, RunAs, TERMINATION_LOG,
     TMP_MOUNT,
 };
-use crate::controller::backup_job::validate::db_path_in_volume;
+use crate::controller::job_spec::validate::db_path_in_volume;
 use crate::controller::names::{
     ATTEMPT_LABEL, MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION, MEMBER_ROLE_ANNOTATION,
     SNAPSHOT_UID_LABEL, agent_service_account, job_labels, pod_name,
@@ -63,9 +63,6 @@ pub struct PodPlan<'a> {
     /// The KmipServer of a KMIP job, with its active master key id (from its status).
     pub kmip: Option<(&'a KmipServer, &'a str)>,
 }
-
-/// The uid of the official mongo image's `mongodb` user, used when the member pod names none.
-pub const MONGODB_UID: i64 = 999;
 
 /// The user the member's mongod runs as (the container mounting the data volume, else the
 /// pod), so the agent can read files mongod created with mode 0600. Root becomes 999.

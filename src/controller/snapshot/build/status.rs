@@ -2,125 +2,19 @@
 //! and what the reconcile found. Pure. Progress fields are never set here: the agent owns them
 //! (its own field manager), so the operator's status apply leaves them alone.
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::api::agent::{RetentionResult, SnapshotResult};
 use crate::api::snapshot::{MemberChoice, RunPhase, SnapshotStats, SnapshotStatus};
 use crate::controller::conditions::{self, Cond, merge};
-use crate::controller::snapshot::result::{AgentResult, RetentionResult};
+use crate::controller::reason::Reason;
 use crate::engine::progress::human_bytes;
-
-use super::pod::CONTAINER;
-
-/// A snapshot pod as the controller reads it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PodView {
-    /// Not started yet; the kubelet's reason, if any (ContainerCreating, ...).
-    Pending {
-        message: Option<String>,
-    },
-    Running {
-        started: Option<Time>,
-    },
-    Succeeded {
-        termination: Option<String>,
-        finished: Option<Time>,
-    },
-    Failed {
-        termination: Option<String>,
-        exit_code: Option<i32>,
-        reason: Option<String>,
-        finished: Option<Time>,
-    },
-}
-
-/// Read a snapshot pod's phase and its agent container's state.
-pub fn view(pod: &Pod) -> PodView {
-    let status = pod.status.as_ref();
-    let container = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER));
-    let terminated = container
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref());
-    let termination = terminated
-        .and_then(|t| t.message.clone())
-        .filter(|m| !m.trim().is_empty());
-    let finished = terminated.and_then(|t| t.finished_at.clone());
-    match status.and_then(|s| s.phase.as_deref()) {
-        Some("Running") => PodView::Running {
-            started: container
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.running.as_ref())
-                .and_then(|r| r.started_at.clone())
-                .or_else(|| status.and_then(|s| s.start_time.clone())),
-        },
-        Some("Succeeded") => PodView::Succeeded {
-            termination,
-            finished,
-        },
-        Some("Failed") => PodView::Failed {
-            termination,
-            exit_code: terminated.map(|t| t.exit_code),
-            reason: terminated
-                .and_then(|t| t.reason.clone())
-                .or_else(|| status.and_then(|s| s.reason.clone())),
-            finished,
-        },
-        _ => {
-            let waiting = container
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.waiting.as_ref());
-            PodView::Pending {
-                message: waiting.map(|w| {
-                    format!(
-                        "{}{}",
-                        w.reason.clone().unwrap_or_default(),
-                        w.message
-                            .as_ref()
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default()
-                    )
-                }),
-            }
-        }
-    }
-}
-
-/// The agent's own words for a failed pod, else what Kubernetes says.
-pub fn failure_message(v: &PodView) -> String {
-    match v {
-        PodView::Failed {
-            termination: Some(t),
-            ..
-        } => t
-            .trim()
-            .trim_start_matches("snapcrypt: error: ")
-            .to_string(),
-        PodView::Failed {
-            exit_code, reason, ..
-        } => format!(
-            "the snapshot pod failed{}{} without a message",
-            exit_code
-                .map(|c| format!(" with exit code {c}"))
-                .unwrap_or_default(),
-            reason
-                .as_ref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        ),
-        _ => String::new(),
-    }
-}
 
 /// What happened in this reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// No pod can start yet (job missing, a problem in the spec, another run first, no member).
-    Wait {
-        reason: &'static str,
-        message: String,
-    },
+    Wait { reason: Reason, message: String },
     /// A pod was created for attempt `attempt`; `retry_after` is the previous attempt's failure.
     Started {
         attempt: u32,
@@ -134,12 +28,12 @@ pub enum Step {
     PodRunning { started: Option<Time> },
     /// The pod succeeded with this result.
     Succeeded {
-        result: AgentResult,
+        result: SnapshotResult,
         finished: Option<Time>,
     },
     /// Given up.
     Failed {
-        reason: &'static str,
+        reason: Reason,
         message: String,
         finished: Option<Time>,
     },
@@ -164,9 +58,9 @@ pub fn next_status(
             s.phase = RunPhase::Pending;
             s.message = Some(message.clone());
             vec![
-                Cond::new("Ready", false, reason, message.clone()),
-                Cond::new("Progressing", false, reason, message.clone()),
-                Cond::new("Failed", false, "NotFailed", ""),
+                Cond::new("Ready", false, *reason, message.clone()),
+                Cond::new("Progressing", false, *reason, message.clone()),
+                Cond::new("Failed", false, Reason::NotFailed, ""),
             ]
         }
         Step::Started {
@@ -194,9 +88,9 @@ pub fn next_status(
             };
             s.message = Some(msg.clone());
             vec![
-                Cond::new("Ready", false, "Starting", msg.clone()),
-                Cond::new("Progressing", true, "PodCreated", msg),
-                Cond::new("Failed", false, "NotFailed", ""),
+                Cond::new("Ready", false, Reason::Starting, msg.clone()),
+                Cond::new("Progressing", true, Reason::PodCreated, msg),
+                Cond::new("Failed", false, Reason::NotFailed, ""),
             ]
         }
         Step::PodPending { message } => {
@@ -211,9 +105,9 @@ pub fn next_status(
             );
             s.message = Some(msg.clone());
             vec![
-                Cond::new("Ready", false, "Starting", msg.clone()),
-                Cond::new("Progressing", true, "PodCreated", msg),
-                Cond::new("Failed", false, "NotFailed", ""),
+                Cond::new("Ready", false, Reason::Starting, msg.clone()),
+                Cond::new("Progressing", true, Reason::PodCreated, msg),
+                Cond::new("Failed", false, Reason::NotFailed, ""),
             ]
         }
         Step::PodRunning { started } => {
@@ -229,9 +123,9 @@ pub fn next_status(
             );
             s.message = Some(msg.clone());
             vec![
-                Cond::new("Ready", false, "Running", msg.clone()),
-                Cond::new("Progressing", true, "Running", msg),
-                Cond::new("Failed", false, "NotFailed", ""),
+                Cond::new("Ready", false, Reason::Running, msg.clone()),
+                Cond::new("Progressing", true, Reason::Running, msg),
+                Cond::new("Failed", false, Reason::NotFailed, ""),
             ]
         }
         Step::Succeeded { result, finished } => {
@@ -251,7 +145,7 @@ pub fn next_status(
                 human_bytes(result.stored_bytes)
             );
             s.message = Some(msg.clone());
-            let mut conds = conditions::finished(true, "Succeeded", &msg);
+            let mut conds = conditions::finished(true, Reason::Succeeded, &msg);
             if let Some(r) = &result.retention {
                 conds.push(retention_condition(r));
             }
@@ -265,7 +159,7 @@ pub fn next_status(
             s.phase = RunPhase::Failed;
             s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
             s.message = Some(message.clone());
-            conditions::finished(false, reason, message)
+            conditions::finished(false, *reason, message)
         }
     };
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
@@ -278,13 +172,13 @@ pub fn retention_condition(r: &RetentionResult) -> Cond {
         Some(e) => Cond::new(
             "RetentionApplied",
             false,
-            "PruneFailed",
+            Reason::PruneFailed,
             format!("the snapshot is complete, but the retention policy was not applied: {e}"),
         ),
         None => Cond::new(
             "RetentionApplied",
             true,
-            "Pruned",
+            Reason::Pruned,
             format!(
                 "kept {} snapshot(s) of the job, forgot {}, freed {}",
                 r.kept,
@@ -296,7 +190,7 @@ pub fn retention_condition(r: &RetentionResult) -> Cond {
 }
 
 /// Totals for status from the agent's result.
-pub fn stats(r: &AgentResult) -> SnapshotStats {
+pub fn stats(r: &SnapshotResult) -> SnapshotStats {
     let ratio = r.logical_bytes as f64 / r.stored_bytes.max(1) as f64;
     SnapshotStats {
         files: r.files,
@@ -310,44 +204,6 @@ pub fn stats(r: &AgentResult) -> SnapshotStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pod(status: &str) -> Pod {
-        serde_yaml::from_str(&format!("metadata: {{name: p}}\nstatus:\n{status}")).expect("pod")
-    }
-
-    #[test]
-    fn pod_views() {
-        assert_eq!(
-            view(&pod(
-                "  phase: Pending\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: CreateContainerConfigError, message: secret \"k\" not found}}}"
-            )),
-            PodView::Pending {
-                message: Some("CreateContainerConfigError: secret \"k\" not found".into())
-            }
-        );
-        assert_eq!(
-            view(&pod(
-                "  phase: Running\n  startTime: \"2026-11-27T03:00:01Z\""
-            )),
-            PodView::Running {
-                started: Some(Time("2026-11-27T03:00:01Z".parse().expect("t")))
-            }
-        );
-        let failed = view(&pod(
-            "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 1, reason: Error, message: \"snapcrypt: error: source /data/source holds 7 files, at or over the limit of --max-files 5\\n\"}}}",
-        ));
-        assert_eq!(
-            failure_message(&failed),
-            "source /data/source holds 7 files, at or over the limit of --max-files 5"
-        );
-        let silent = view(&pod(
-            "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 137, reason: OOMKilled}}}",
-        ));
-        assert_eq!(
-            failure_message(&silent),
-            "the snapshot pod failed with exit code 137 (OOMKilled) without a message"
-        );
-    }
 
     fn now() -> jiff::Timestamp {
         "2026-11-27T03:10:00Z".parse().expect("t")
@@ -395,7 +251,7 @@ mod tests {
         let done = next_status(
             &running,
             &Step::Succeeded {
-                result: AgentResult {
+                result: SnapshotResult {
                     id: "abc".into(),
                     files: 8,
                     logical_bytes: 4 * 1024 * 1024,
@@ -428,10 +284,7 @@ mod tests {
             error: Some("lock held by another backup".into()),
             ..Default::default()
         });
-        assert_eq!(
-            (failed.status, failed.reason),
-            (false, "PruneFailed".into())
-        );
+        assert_eq!((failed.status, failed.reason), (false, Reason::PruneFailed));
         assert!(failed.message.contains("lock held"), "{}", failed.message);
     }
 
@@ -463,7 +316,7 @@ mod tests {
         let failed = next_status(
             &retry,
             &Step::Failed {
-                reason: "SnapshotFailed",
+                reason: Reason::SnapshotFailed,
                 message: "disk full".into(),
                 finished: None,
             },
@@ -477,7 +330,7 @@ mod tests {
 
     #[test]
     fn full_dedup_has_a_finite_ratio() {
-        let s = stats(&AgentResult {
+        let s = stats(&SnapshotResult {
             id: "x".into(),
             files: 1,
             logical_bytes: 1000,

@@ -10,22 +10,35 @@ use crate::api::backup_job::{
 };
 
 use super::schedule::CronSchedule;
+use crate::controller::reason::Reason;
 
 /// One thing wrong with a BackupJob.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// Condition reason, CamelCase.
-    pub reason: &'static str,
+    pub reason: Reason,
     /// What is wrong, starting with the field.
     pub message: String,
 }
 
 impl Problem {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
         Problem {
             reason,
             message: message.into(),
         }
+    }
+
+    /// Whether the problem is a referenced object (or a Secret's key) that does not exist yet:
+    /// one that may go away without a change of the job.
+    pub fn is_missing_reference(&self) -> bool {
+        matches!(
+            self.reason,
+            Reason::SecretNotFound
+                | Reason::SecretKeyNotFound
+                | Reason::PersistentVolumeClaimNotFound
+                | Reason::KmipServerNotFound
+                | Reason::StatefulSetNotFound
+        )
     }
 }
 
@@ -148,10 +161,10 @@ pub fn check_references(refs: &[Reference], found: &Found, namespace: &str) -> V
         match found.get(&(r.kind, r.name.clone())) {
             None | Some(None) => out.push(Problem::new(
                 match r.kind {
-                    RefKind::Secret => "SecretNotFound",
-                    RefKind::PersistentVolumeClaim => "PersistentVolumeClaimNotFound",
-                    RefKind::KmipServer => "KmipServerNotFound",
-                    RefKind::StatefulSet => "StatefulSetNotFound",
+                    RefKind::Secret => Reason::SecretNotFound,
+                    RefKind::PersistentVolumeClaim => Reason::PersistentVolumeClaimNotFound,
+                    RefKind::KmipServer => Reason::KmipServerNotFound,
+                    RefKind::StatefulSet => Reason::StatefulSetNotFound,
                 },
                 format!(
                     "{} {:?}: {} not found in namespace {namespace}",
@@ -164,7 +177,7 @@ pub fn check_references(refs: &[Reference], found: &Found, namespace: &str) -> V
                 for alts in &r.keys {
                     if !alts.iter().any(|k| keys.contains(k)) {
                         out.push(Problem::new(
-                            "SecretKeyNotFound",
+                            Reason::SecretKeyNotFound,
                             // The Secret's other keys are not named: a condition is readable
                             // by whoever reads the BackupJob, the Secret may not be.
                             format!(
@@ -189,7 +202,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
         Some(s) => match CronSchedule::parse(&s.cron, &s.time_zone) {
             Ok(c) => Some(c),
             Err(e) => {
-                problems.push(Problem::new("InvalidSchedule", e.to_string()));
+                problems.push(Problem::new(Reason::InvalidSchedule, e.to_string()));
                 None
             }
         },
@@ -199,7 +212,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
     let d = &spec.destination;
     if d.pvc.is_some() == d.s3.is_some() {
         problems.push(Problem::new(
-            "InvalidSpec",
+            Reason::InvalidSpec,
             "spec.destination: set exactly one of pvc or s3",
         ));
     }
@@ -210,7 +223,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
             .any(|seg| seg.is_empty() || seg == "." || seg == "..")
     {
         problems.push(Problem::new(
-            "InvalidSpec",
+            Reason::InvalidSpec,
             format!(
                 "spec.destination.pvc.path {:?}: must be a relative path without empty, . or .. segments",
                 pvc.path
@@ -220,7 +233,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
     let e = &spec.encryption;
     if e.kmip_server_ref.is_some() == e.local_key_secret.is_some() {
         problems.push(Problem::new(
-            "InvalidSpec",
+            Reason::InvalidSpec,
             "spec.encryption: set exactly one of kmipServerRef or localKeySecret",
         ));
     }
@@ -228,7 +241,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
 }
 
 fn check_source(s: &MongoSource, problems: &mut Vec<Problem>) {
-    let mut bad = |m: String| problems.push(Problem::new("InvalidSpec", m));
+    let mut bad = |m: String| problems.push(Problem::new(Reason::InvalidSpec, m));
     if s.stateful_set_name.is_some() == s.selector.is_some() {
         bad("spec.source: set exactly one of statefulSetName or selector to find the replica set's pods".into());
     }
@@ -427,7 +440,7 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
             messages(&spec),
             vec!["spec.schedule.cron \"61 * * * *\": minute 61 is out of range 0-59"]
         );
-        assert_eq!(check_spec(&spec).1[0].reason, "InvalidSchedule");
+        assert_eq!(check_spec(&spec).1[0].reason, Reason::InvalidSchedule);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What every agent pod (snapshot and restore) shares: where things are mounted, the restricted
+//! What every agent pod (every kind of run) shares: where things are mounted, the restricted
 //! security context, and the repository and key a BackupJob names, as volumes, mounts,
 //! arguments and environment. Pure.
 
@@ -26,6 +26,9 @@ pub const TMP_MOUNT: &str = "/tmp";
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 /// Name of the agent container.
 pub const CONTAINER: &str = "agent";
+/// The uid of the official mongo image's `mongodb` user: what restored files belong to, and
+/// what a snapshot pod runs as when the member pod names no user.
+pub const MONGODB_UID: i64 = 999;
 
 /// Why a pod cannot be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,11 +1,13 @@
-//! What the snapshot agent leaves in its termination message: one JSON line on success, the
-//! error message on failure. Shared by the agent (writer) and the controller (reader).
+//! What an agent pod leaves in its termination message: one JSON result line on success, the
+//! error message on failure. The agent (`cli/agent.rs`) writes it and the Snapshot and Restore
+//! controllers read it; it is a contract between two builds of snapcrypt (an operator may read
+//! the result of an older agent image), so fields are only ever added, with defaults.
 
 use serde::{Deserialize, Serialize};
 
 /// The result line of a successful `snapcrypt agent snapshot`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct AgentResult {
+pub struct SnapshotResult {
     /// The snapshot's id in the repository.
     pub id: String,
     pub files: u64,
@@ -19,7 +21,7 @@ pub struct AgentResult {
 }
 
 /// An agent's result from its termination message: the last non-empty line, as JSON. Shared
-/// by the snapshot agent's [`AgentResult`] and the restore agent's `RestoreStats`.
+/// by the snapshot agent's [`SnapshotResult`] and the restore agent's `RestoreStats`.
 pub fn parse_result_line<T: serde::de::DeserializeOwned>(message: &str) -> Option<T> {
     let line = message.lines().rev().find(|l| !l.trim().is_empty())?;
     serde_json::from_str(line.trim()).ok()
@@ -49,7 +51,7 @@ pub const MAX_FORGOTTEN_IDS: usize = 64;
 /// The longest retention error kept in the result line.
 pub const MAX_RETENTION_ERROR: usize = 800;
 
-impl AgentResult {
+impl SnapshotResult {
     /// Read a termination message: the last non-empty line must be the JSON result.
     pub fn parse(message: &str) -> Option<Self> {
         parse_result_line(message)
@@ -62,7 +64,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_noise() {
-        let r = AgentResult {
+        let r = SnapshotResult {
             id: "3f2a".into(),
             files: 8,
             logical_bytes: 4_000_000,
@@ -71,21 +73,21 @@ mod tests {
             retention: None,
         };
         let line = serde_json::to_string(&r).expect("json");
-        assert_eq!(AgentResult::parse(&format!("{line}\n")), Some(r.clone()));
+        assert_eq!(SnapshotResult::parse(&format!("{line}\n")), Some(r.clone()));
         assert_eq!(
-            AgentResult::parse(&format!("log line\n{line}\n\n")),
+            SnapshotResult::parse(&format!("log line\n{line}\n\n")),
             Some(r)
         );
         assert_eq!(
-            AgentResult::parse("snapcrypt: error: source /data: no such file"),
+            SnapshotResult::parse("snapcrypt: error: source /data: no such file"),
             None
         );
-        assert_eq!(AgentResult::parse(""), None);
+        assert_eq!(SnapshotResult::parse(""), None);
     }
 
     #[test]
     fn the_largest_result_fits_a_termination_message() {
-        let r = AgentResult {
+        let r = SnapshotResult {
             id: "f".repeat(32),
             files: u64::MAX,
             logical_bytes: u64::MAX,
@@ -103,6 +105,6 @@ mod tests {
         assert!(line.len() < 4096 - 8, "{}", line.len());
         // Results from agents without retention still parse.
         let old = r#"{"id":"a","files":1,"logical_bytes":2,"stored_bytes":3,"key_id":"k"}"#;
-        assert_eq!(AgentResult::parse(old).map(|r| r.retention), Some(None));
+        assert_eq!(SnapshotResult::parse(old).map(|r| r.retention), Some(None));
     }
 }

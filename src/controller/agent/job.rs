@@ -1,21 +1,17 @@
-//! What any agent pod that reads or writes a BackupJob's repository needs from the API, shared
-//! by the Snapshot and Restore controllers: the job's references checked, its KmipServer with an
-//! active master key, and the agent's identity (ServiceAccount, Role, RoleBinding) applied.
+//! What any agent run that reads or writes a BackupJob's repository needs from the API: the
+//! job's spec and references checked, and its KmipServer with an active master key.
 
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::{Api, Client, ResourceExt};
 
-use super::backup_job::find_references;
-use super::backup_job::validate::{Problem, check_references, check_spec, references};
-use super::snapshot::build::rbac::agent_rbac;
-use super::{Context, apply};
 use crate::api::{BackupJob, KmipServer};
+use crate::controller::job_spec::references::find_references;
+use crate::controller::job_spec::validate::{Problem, check_references, check_spec, references};
+use crate::controller::reason::Reason;
 
 /// Why a pod cannot start yet: a condition reason and a message naming the field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocked {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -78,7 +74,7 @@ pub async fn job_kmip(
         .await?
     else {
         return Ok(Err(Blocked {
-            reason: "KmipServerNotFound",
+            reason: Reason::KmipServerNotFound,
             message: format!(
                 "spec.encryption.kmipServerRef.name: KmipServer {} does not exist",
                 r.name
@@ -88,36 +84,11 @@ pub async fn job_kmip(
     match ks.status.as_ref().and_then(|s| s.active_key_id.clone()) {
         Some(key) => Ok(Ok(Some((ks, key)))),
         None => Ok(Err(Blocked {
-            reason: "KmipServerNotReady",
+            reason: Reason::KmipServerNotReady,
             message: format!(
                 "KmipServer {} has no active master key yet (see its status conditions)",
                 ks.name_any()
             ),
         })),
     }
-}
-
-/// Apply the agent's ServiceAccount, Role and RoleBinding for `job`. On failure, which object.
-pub async fn apply_agent_identity(
-    ctx: &Context,
-    ns: &str,
-    job: &BackupJob,
-) -> Result<(), (&'static str, kube::Error)> {
-    let Some((sa, role, binding)) = agent_rbac(job) else {
-        return Ok(());
-    };
-    let client = &ctx.client;
-    apply(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &sa)
-        .await
-        .map_err(|e| ("ServiceAccount", e))?;
-    apply(&Api::<Role>::namespaced(client.clone(), ns), &role)
-        .await
-        .map_err(|e| ("Role", e))?;
-    apply(
-        &Api::<RoleBinding>::namespaced(client.clone(), ns),
-        &binding,
-    )
-    .await
-    .map_err(|e| ("RoleBinding", e))?;
-    Ok(())
 }

@@ -1,14 +1,15 @@
-//! The identity agent pods (snapshot and restore) run as: one ServiceAccount per BackupJob, with
+//! The identity agent pods (every kind of run) run as: one ServiceAccount per BackupJob, with
 //! a Role that can only read Snapshots and Restores and patch their status (for progress).
-//! Owned by the BackupJob. Pure.
+//! Owned by the BackupJob. Built pure ([`agent_rbac`]), applied by [`apply_agent_identity`].
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
 use crate::api::BackupJob;
 use crate::controller::names::{agent_service_account, job_labels};
+use crate::controller::{Context, apply};
 
 /// The rules the agent needs, and nothing more.
 pub fn agent_rules() -> Vec<PolicyRule> {
@@ -74,6 +75,31 @@ pub fn agent_rbac(job: &BackupJob) -> Option<(ServiceAccount, Role, RoleBinding)
         }]),
     };
     Some((sa, role, binding))
+}
+
+/// Apply the agent's ServiceAccount, Role and RoleBinding for `job`. On failure, which object.
+pub async fn apply_agent_identity(
+    ctx: &Context,
+    ns: &str,
+    job: &BackupJob,
+) -> Result<(), (&'static str, kube::Error)> {
+    let Some((sa, role, binding)) = agent_rbac(job) else {
+        return Ok(());
+    };
+    let client = &ctx.client;
+    apply(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &sa)
+        .await
+        .map_err(|e| ("ServiceAccount", e))?;
+    apply(&Api::<Role>::namespaced(client.clone(), ns), &role)
+        .await
+        .map_err(|e| ("Role", e))?;
+    apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), ns),
+        &binding,
+    )
+    .await
+    .map_err(|e| ("RoleBinding", e))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,50 @@
+//! The agent-run layer: everything the controllers that run `snapcrypt agent` in a pod share,
+//! below all of them. A new kind of run (a verification or restore-test pod, a run on a volume
+//! snapshot's clone) plugs in here: build its pod from [`pod`] (container, security context,
+//! the job's repository and key), run it as the job's [`identity`], check the job with [`job`],
+//! and read its pod with [`run::run_step`] into the run's own status.
+//!
+//! - [`pod`]: mounts, security contexts, the repository and key as volumes and arguments (pure)
+//! - [`identity`]: the per-job ServiceAccount, Role and RoleBinding (built pure, applied)
+//! - [`job`]: the job's spec and references checked, its KmipServer's active key
+//! - [`run`]: a run's pod as one [`run::RunStep`], with the agent's result line parsed
+
+pub mod identity;
+pub mod job;
+pub mod pod;
+pub mod run;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
+use kube::runtime::watcher;
+use serde::de::DeserializeOwned;
+
+use super::scoped_api;
+
+/// A controller for kind K that also wakes for every change of the agent pods it owns (labelled
+/// `app.kubernetes.io/component=COMPONENT`).
+pub fn owning_agent_pods<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    component: &str,
+) -> kube::runtime::Controller<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    kube::runtime::Controller::new(
+        scoped_api::<K>(client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        scoped_api::<Pod>(client, namespace),
+        watcher::Config::default()
+            .labels(&format!("app.kubernetes.io/component={component}"))
+            .any_semantic(),
+    )
+}

@@ -1,0 +1,179 @@
+//! A run of the agent as the controllers read it: the run's pod becomes one [`RunStep`], the
+//! same mapping for every kind of run (snapshot, restore, and any new one). Pure.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use serde::de::DeserializeOwned;
+
+use super::pod::CONTAINER;
+use crate::api::agent::parse_result_line;
+
+/// What an agent pod's state means for its run; `R` is the run's result line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunStep<R> {
+    /// Created, not running yet; the kubelet's reason, if any (ContainerCreating, ...).
+    Pending { message: Option<String> },
+    /// The agent is working.
+    Running { started: Option<Time> },
+    /// The agent finished and reported this result.
+    Succeeded { result: R, finished: Option<Time> },
+    /// The agent exited 0 without a readable result line: a mismatch between the operator and
+    /// the agent image, which a retry does not fix.
+    ResultUnreadable {
+        message: String,
+        finished: Option<Time>,
+    },
+    /// The agent failed: its own words, else what Kubernetes says.
+    Failed {
+        message: String,
+        finished: Option<Time>,
+    },
+}
+
+/// Read an agent pod of a `what` run ("snapshot", "restore") into its step.
+pub fn run_step<R: DeserializeOwned>(pod: &Pod, what: &str) -> RunStep<R> {
+    let status = pod.status.as_ref();
+    let container = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER));
+    let state = container.and_then(|c| c.state.as_ref());
+    let terminated = state.and_then(|s| s.terminated.as_ref());
+    let termination = terminated
+        .and_then(|t| t.message.clone())
+        .filter(|m| !m.trim().is_empty());
+    let finished = terminated.and_then(|t| t.finished_at.clone());
+    match status.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => RunStep::Running {
+            started: state
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.clone())
+                .or_else(|| status.and_then(|s| s.start_time.clone())),
+        },
+        Some("Succeeded") => match termination.as_deref().and_then(parse_result_line::<R>) {
+            Some(result) => RunStep::Succeeded { result, finished },
+            None => RunStep::ResultUnreadable {
+                message: format!(
+                    "{what} pod {} exited 0 but its termination message holds no result line: {:?}",
+                    pod.name_any(),
+                    termination.unwrap_or_default()
+                ),
+                finished,
+            },
+        },
+        Some("Failed") => {
+            let message = match termination {
+                Some(t) => t
+                    .trim()
+                    .trim_start_matches("snapcrypt: error: ")
+                    .to_string(),
+                None => format!(
+                    "the {what} pod failed{}{} without a message",
+                    terminated
+                        .map(|t| format!(" with exit code {}", t.exit_code))
+                        .unwrap_or_default(),
+                    terminated
+                        .and_then(|t| t.reason.clone())
+                        .or_else(|| status.and_then(|s| s.reason.clone()))
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                ),
+            };
+            RunStep::Failed { message, finished }
+        }
+        _ => {
+            let waiting = state.and_then(|s| s.waiting.as_ref());
+            RunStep::Pending {
+                message: waiting.map(|w| {
+                    format!(
+                        "{}{}",
+                        w.reason.clone().unwrap_or_default(),
+                        w.message
+                            .as_ref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    )
+                }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::agent::SnapshotResult;
+
+    fn pod(status: &str) -> Pod {
+        serde_yaml::from_str(&format!("metadata: {{name: p}}\nstatus:\n{status}")).expect("pod")
+    }
+
+    fn step(status: &str, what: &str) -> RunStep<SnapshotResult> {
+        run_step(&pod(status), what)
+    }
+
+    #[test]
+    fn every_pod_state_maps_to_one_step() {
+        assert_eq!(
+            step(
+                "  phase: Pending\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: CreateContainerConfigError, message: secret \"k\" not found}}}",
+                "snapshot"
+            ),
+            RunStep::Pending {
+                message: Some("CreateContainerConfigError: secret \"k\" not found".into())
+            }
+        );
+        assert_eq!(
+            step(
+                "  phase: Running\n  startTime: \"2026-11-27T03:00:01Z\"",
+                "snapshot"
+            ),
+            RunStep::Running {
+                started: Some(Time("2026-11-27T03:00:01Z".parse().expect("t")))
+            }
+        );
+        assert_eq!(
+            step(
+                "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 1, reason: Error, message: \"snapcrypt: error: source /data/source holds 7 files, at or over the limit of --max-files 5\\n\"}}}",
+                "snapshot"
+            ),
+            RunStep::Failed {
+                message: "source /data/source holds 7 files, at or over the limit of --max-files 5"
+                    .into(),
+                finished: None
+            }
+        );
+        let ok = step(
+            "  phase: Succeeded\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0, message: \"{\\\"id\\\":\\\"ab\\\",\\\"files\\\":1,\\\"logical_bytes\\\":2,\\\"stored_bytes\\\":3,\\\"key_id\\\":\\\"k\\\"}\"}}}",
+            "snapshot",
+        );
+        assert!(
+            matches!(&ok, RunStep::Succeeded { result, .. } if result.id == "ab"),
+            "{ok:?}"
+        );
+    }
+
+    #[test]
+    fn a_silent_failure_names_the_kind_of_run() {
+        let silent = "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 137, reason: OOMKilled}}}";
+        for what in ["snapshot", "restore"] {
+            assert_eq!(
+                step(silent, what),
+                RunStep::Failed {
+                    message: format!(
+                        "the {what} pod failed with exit code 137 (OOMKilled) without a message"
+                    ),
+                    finished: None
+                }
+            );
+        }
+        let garbled = step(
+            "  phase: Succeeded\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 0, message: \"done\"}}}",
+            "restore",
+        );
+        assert!(
+            matches!(&garbled, RunStep::ResultUnreadable { message, .. } if message.starts_with("restore pod p exited 0")),
+            "{garbled:?}"
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! Condition and Event reasons as values: each reason carries its severity, and one policy
+//! ([`announcements`]) turns condition transitions into Events for every controller. Pure.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+/// How a reason is announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// Bookkeeping (a condition at rest, or one another condition already announces): no Event.
+    Quiet,
+    /// Progress: a Normal Event.
+    Normal,
+    /// Something a user must look at: a Warning Event.
+    Warning,
+}
+
+/// Declares [`Reason`] with each variant's severity; the wire name is the variant's name.
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident => $severity:ident,)*) => {
+        /// Every condition and Event reason the operator writes.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Reason { $($(#[$doc])* $name,)* }
+
+        impl Reason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+
+            /// The reason as written in conditions and Events (CamelCase).
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$name => stringify!($name),)* }
+            }
+
+            pub fn severity(self) -> Severity {
+                match self { $(Reason::$name => Severity::$severity,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    // Conditions at rest.
+    NotFailed => Quiet,
+    Finished => Quiet,
+    AsExpected => Quiet,
+    NotSuspended => Quiet,
+    Idle => Quiet,
+    /// Ready=False while a pod starts: `PodCreated` on Progressing says it.
+    Starting => Quiet,
+    /// KmipServer sub-conditions that went well: `Ready` says it.
+    Connected => Quiet,
+    Authenticated => Quiet,
+    Active => Quiet,
+
+    // Progress.
+    Valid => Normal,
+    Suspended => Normal,
+    SnapshotCreated => Normal,
+    SnapshotPending => Normal,
+    SnapshotRunning => Normal,
+    WaitingForOtherSnapshot => Normal,
+    /// Waiting for a Snapshot to succeed before restoring it.
+    SnapshotNotReady => Normal,
+    /// Waiting for a KmipServer to have an active master key.
+    KmipServerNotReady => Normal,
+    PodCreated => Normal,
+    PodPending => Normal,
+    Running => Normal,
+    Restoring => Normal,
+    Succeeded => Normal,
+    Restored => Normal,
+    Pruned => Normal,
+    ForgottenSnapshotsDeleted => Normal,
+    Rewrapping => Normal,
+    Rotated => Normal,
+    Ready => Normal,
+
+    // Problems.
+    InvalidSpec => Warning,
+    InvalidSchedule => Warning,
+    BackupJobNotFound => Warning,
+    SnapshotNotFound => Warning,
+    StatefulSetNotFound => Warning,
+    SecretNotFound => Warning,
+    SecretKeyNotFound => Warning,
+    PersistentVolumeClaimNotFound => Warning,
+    TargetClaimNotFound => Warning,
+    KmipServerNotFound => Warning,
+    NoSyncSource => Warning,
+    MemberNotScheduled => Warning,
+    NoDataClaim => Warning,
+    Retrying => Warning,
+    SnapshotFailed => Warning,
+    LastSnapshotFailed => Warning,
+    RestoreFailed => Warning,
+    ResultUnreadable => Warning,
+    PodLost => Warning,
+    PruneFailed => Warning,
+    Unreachable => Warning,
+    NoCredentials => Warning,
+    AuthenticationFailed => Warning,
+    KeyUnavailable => Warning,
+    /// The KmipServer's active key is not in the KMIP Active state.
+    NotActive => Warning,
+    /// The KmipServer's active key's state could not be read.
+    Unknown => Warning,
+    NotReady => Warning,
+}
+
+impl Reason {
+    /// The reason written as `s`, if the operator writes it.
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Events a status change deserves, for every controller: one per reason that newly
+/// appears on a condition (status or reason changed), unless the reason is quiet; the first
+/// condition's message with it. Reasons this operator does not write (an older version's) are
+/// not announced.
+pub fn announcements<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<(Reason, &'a str)> {
+    let mut out: Vec<(Reason, &str)> = Vec::new();
+    for c in crate::controller::conditions::transitions(old, new) {
+        let Some(reason) = Reason::parse(&c.reason) else {
+            continue;
+        };
+        if reason.severity() != Severity::Quiet && !out.iter().any(|(r, _)| *r == reason) {
+            out.push((reason, c.message.as_str()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn cond(type_: &str, status: &str, reason: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("{type_} {reason}"),
+            observed_generation: None,
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_are_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(*r));
+            assert!(seen.insert(r.as_str()), "{r} declared twice");
+        }
+        assert_eq!(Reason::parse("Bogus"), None);
+    }
+
+    #[test]
+    fn one_event_per_new_reason_and_none_for_quiet_or_foreign_ones() {
+        let old = vec![cond("Ready", "False", "Starting")];
+        let new = vec![
+            cond("Ready", "False", "NoSyncSource"),
+            cond("Progressing", "False", "NoSyncSource"),
+            cond("Failed", "False", "NotFailed"),
+            cond("Other", "True", "SomethingOld"),
+        ];
+        let a = announcements(&old, &new);
+        assert_eq!(a, vec![(Reason::NoSyncSource, "Ready NoSyncSource")]);
+        assert_eq!(a[0].0.severity(), Severity::Warning);
+        // Nothing changed: nothing to say.
+        assert!(announcements(&new, &new).is_empty());
+    }
+}
