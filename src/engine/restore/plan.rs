@@ -59,10 +59,6 @@ pub fn check_tree(tree: &[TreeEntry], snapshot: &str) -> Result<(), EngineError>
     Ok(())
 }
 
-/// What the target holds that the snapshot does not (or holds as another kind), as paths
-/// relative to the target, sorted; symlinks the restore will replace are not counted. Walks
-/// without following links.
-
 /// Where every chunk of the files goes, grouped by pack (packs and blobs in order). A chunk no
 /// index has, or chunks that do not add up to the file's size, make the snapshot corrupt.
 pub(super) fn plan_reads(

@@ -44,7 +44,7 @@ pub(super) fn prepare(
         }
         // Files the snapshot does not have would be left beside restored ones (an old journal
         // next to restored collections, which mongod would recover from as a mixture).
-        let extra = extra_entries(target, &tree)?;
+        let extra = extra_entries(target, tree)?;
         if !extra.is_empty() {
             if !opts.delete_extra {
                 let shown: Vec<&str> = extra.iter().take(10).map(String::as_str).collect();
@@ -188,6 +188,9 @@ pub(super) fn no_follow() -> OpenOptions {
     o
 }
 
+/// What the target holds that the snapshot does not (or holds as another kind), as paths
+/// relative to the target, sorted; symlinks the restore will replace are not counted. Walks
+/// without following links.
 fn extra_entries(target: &Path, tree: &[TreeEntry]) -> Result<Vec<String>, EngineError> {
     let kinds: HashMap<&str, EntryKind> = tree.iter().map(|e| (e.path.as_str(), e.kind)).collect();
     let mut extra = Vec::new();
