@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::EngineError;
+use super::format::SnapshotManifest;
 use super::format::{
     BlobEntry, INDEX_ENTRY_LEN, PACK_HEADER_LEN, TRAILER_COUNTER, pack_object_name,
 };
@@ -53,9 +54,41 @@ async fn run_verify(
     read_data: bool,
 ) -> Result<VerifyReport, EngineError> {
     let mut report = VerifyReport::default();
-    let problem = |report: &mut VerifyReport, e: EngineError| report.problems.push(e.to_string());
+    let (index, pack_entries) = load_indexes(repo, &mut report).await?;
+    check_packs(repo, &pack_entries, &mut report).await?;
+    report.packs = pack_entries.len();
+    report.blobs = index.blobs.len();
+    let snaps = load_snapshots(repo, snapshot, &mut report).await?;
+    report.snapshots = snaps.len();
+    if snapshot.is_none() {
+        orphan_file_lists(&index, &snaps, &mut report);
+    }
+    let needed_packs = check_file_lists(repo, &index, &snaps, &mut report).await;
+    if read_data {
+        let which: Vec<u32> = if snapshot.is_some() {
+            let mut v: Vec<u32> = needed_packs.into_iter().collect();
+            v.sort();
+            v
+        } else {
+            (0..index.packs.len() as u32).collect()
+        };
+        for p in which {
+            read_pack(repo, &index, &pack_entries, p, &mut report).await;
+        }
+    }
+    Ok(report)
+}
 
-    // Indexes, one by one so one bad object does not hide the others.
+fn problem(report: &mut VerifyReport, e: EngineError) {
+    report.problems.push(e.to_string());
+}
+
+/// The pack entries of each index object (by pack id), and the index they make. Indexes are
+/// read one by one so one bad object does not hide the others.
+async fn load_indexes(
+    repo: &Repository,
+    report: &mut VerifyReport,
+) -> Result<(Index, HashMap<String, Vec<BlobEntry>>), EngineError> {
     let mut index = Index::default();
     let index_names = repo.backend.list("index").await?;
     let mut good_index = Vec::new();
@@ -65,7 +98,7 @@ async fn run_verify(
             .await
         {
             Ok(plain) => good_index.push((name.clone(), plain)),
-            Err(e) => problem(&mut report, e),
+            Err(e) => problem(report, e),
         }
     }
     let mut pack_entries: HashMap<String, Vec<BlobEntry>> = HashMap::new();
@@ -105,7 +138,15 @@ async fn run_verify(
         }
     }
 
-    // Packs: present, exact size, every pack has an index.
+    Ok((index, pack_entries))
+}
+
+/// Every indexed pack is present with its exact size, and every pack has an index.
+async fn check_packs(
+    repo: &Repository,
+    pack_entries: &HashMap<String, Vec<BlobEntry>>,
+    report: &mut VerifyReport,
+) -> Result<(), EngineError> {
     let packs: HashMap<String, u64> = repo
         .backend
         .list("data")
@@ -113,7 +154,7 @@ async fn run_verify(
         .into_iter()
         .map(|(n, size)| (n.rsplit('/').next().unwrap_or_default().to_string(), size))
         .collect();
-    for (id, entries) in &pack_entries {
+    for (id, entries) in pack_entries {
         let name = pack_object_name(id);
         match packs.get(id) {
             None => report.problems.push(format!(
@@ -135,11 +176,17 @@ async fn run_verify(
             ));
         }
     }
-    report.packs = pack_entries.len();
-    report.blobs = index.blobs.len();
 
-    // Snapshots and their file lists.
-    let snaps = match snapshot {
+    Ok(())
+}
+
+/// The snapshot objects: the one asked for, or all (a damaged one is a problem, not an error).
+async fn load_snapshots(
+    repo: &Repository,
+    snapshot: Option<&str>,
+    report: &mut VerifyReport,
+) -> Result<Vec<SnapshotManifest>, EngineError> {
+    Ok(match snapshot {
         Some(which) => vec![repo.find_snapshot(which).await?],
         None => {
             let mut out = Vec::new();
@@ -154,32 +201,41 @@ async fn run_verify(
                             .problems
                             .push(format!("repository object {name} is damaged: {e}")),
                     },
-                    Err(e) => problem(&mut report, e),
+                    Err(e) => problem(report, e),
                 }
             }
             out
         }
-    };
-    report.snapshots = snaps.len();
-    if snapshot.is_none() {
-        // File lists are written only just before their snapshot object; one that no snapshot
-        // names means a snapshot object was deleted (or a backup died between the two).
-        let named: HashSet<String> = snaps.iter().flat_map(|s| s.tree.iter().cloned()).collect();
-        for loc in index.blobs.values() {
-            if loc.entry.kind == super::format::BlobKind::Tree
-                && !named.contains(&hex::encode(loc.entry.id))
-            {
-                report.problems.push(format!(
-                    "repository object {} holds the file list {} of no snapshot: a snapshot object was deleted, or a backup was interrupted before writing it (prune removes it)",
-                    pack_object_name(&index.packs[loc.pack as usize].id),
-                    hex::encode(loc.entry.id)
-                ));
-            }
+    })
+}
+
+/// File lists are written only just before their snapshot object; one that no snapshot
+/// names means a snapshot object was deleted (or a backup died between the two).
+fn orphan_file_lists(index: &Index, snaps: &[SnapshotManifest], report: &mut VerifyReport) {
+    let named: HashSet<String> = snaps.iter().flat_map(|s| s.tree.iter().cloned()).collect();
+    for loc in index.blobs.values() {
+        if loc.entry.kind == super::format::BlobKind::Tree
+            && !named.contains(&hex::encode(loc.entry.id))
+        {
+            report.problems.push(format!(
+                "repository object {} holds the file list {} of no snapshot: a snapshot object was deleted, or a backup was interrupted before writing it (prune removes it)",
+                pack_object_name(&index.packs[loc.pack as usize].id),
+                hex::encode(loc.entry.id)
+            ));
         }
     }
+}
+
+/// Every file list opens and every chunk it names is indexed; the packs the snapshots need.
+async fn check_file_lists(
+    repo: &Repository,
+    index: &Index,
+    snaps: &[SnapshotManifest],
+    report: &mut VerifyReport,
+) -> HashSet<u32> {
     let mut needed_packs: HashSet<u32> = HashSet::new();
-    for snap in &snaps {
-        match repo.load_tree(&index, snap).await {
+    for snap in snaps {
+        match repo.load_tree(index, snap).await {
             Err(e) => report.problems.push(format!("snapshot {}: {e}", snap.id)),
             Ok(tree) => {
                 for e in &tree {
@@ -201,55 +257,55 @@ async fn run_verify(
         }
     }
 
-    if read_data {
-        let which: Vec<u32> = if snapshot.is_some() {
-            let mut v: Vec<u32> = needed_packs.into_iter().collect();
-            v.sort();
-            v
-        } else {
-            (0..index.packs.len() as u32).collect()
-        };
-        for p in which {
-            let info = &index.packs[p as usize];
-            let name = pack_object_name(&info.id);
-            let bytes = match repo.backend.get(&name).await {
-                Ok(b) => b,
-                Err(e) => {
-                    report
-                        .problems
-                        .push(format!("repository object {name}: {e}"));
-                    continue;
-                }
-            };
-            report.bytes_read += bytes.len() as u64;
-            if blake3::hash(&bytes).to_hex().as_str() != info.id {
-                report.problems.push(format!(
-                    "repository object {name} is damaged: content does not match its name (hash)"
-                ));
-                continue;
-            }
-            if let Err(reason) = check_trailer(repo, info, &bytes, &pack_entries[&info.id]) {
-                report
-                    .problems
-                    .push(format!("repository object {name} is damaged: {reason}"));
-            }
-            for e in &pack_entries[&info.id] {
-                let loc = super::repo::BlobLoc { pack: p, entry: *e };
-                let range = e.offset as usize..(e.offset as usize + e.stored_len as usize);
-                match bytes.get(range) {
-                    Some(sealed) => {
-                        if let Err(err) = repo.open_blob(&index, &loc, sealed) {
-                            problem(&mut report, err);
-                        }
-                    }
-                    None => report.problems.push(format!(
-                        "repository object {name} is damaged: blob past the end"
-                    )),
+    needed_packs
+}
+
+/// Read pack `p` whole: its hash matches its name, its trailer matches its index object, and
+/// every blob opens and matches its id.
+async fn read_pack(
+    repo: &Repository,
+    index: &Index,
+    pack_entries: &HashMap<String, Vec<BlobEntry>>,
+    p: u32,
+    report: &mut VerifyReport,
+) {
+    let info = &index.packs[p as usize];
+    let name = pack_object_name(&info.id);
+    let bytes = match repo.backend.get(&name).await {
+        Ok(b) => b,
+        Err(e) => {
+            report
+                .problems
+                .push(format!("repository object {name}: {e}"));
+            return;
+        }
+    };
+    report.bytes_read += bytes.len() as u64;
+    if blake3::hash(&bytes).to_hex().as_str() != info.id {
+        report.problems.push(format!(
+            "repository object {name} is damaged: content does not match its name (hash)"
+        ));
+        return;
+    }
+    if let Err(reason) = check_trailer(repo, info, &bytes, &pack_entries[&info.id]) {
+        report
+            .problems
+            .push(format!("repository object {name} is damaged: {reason}"));
+    }
+    for e in &pack_entries[&info.id] {
+        let loc = super::repo::BlobLoc { pack: p, entry: *e };
+        let range = e.offset as usize..(e.offset as usize + e.stored_len as usize);
+        match bytes.get(range) {
+            Some(sealed) => {
+                if let Err(err) = repo.open_blob(index, &loc, sealed) {
+                    problem(report, err);
                 }
             }
+            None => report.problems.push(format!(
+                "repository object {name} is damaged: blob past the end"
+            )),
         }
     }
-    Ok(report)
 }
 
 /// The pack's own trailer opens and lists the same blobs as its index object.

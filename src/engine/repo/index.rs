@@ -1,0 +1,182 @@
+//! The index: where every blob is, from the index objects (one per pack), preferring packs
+//! that exist and are not marked for deletion; and the deletion marks themselves.
+
+use std::collections::{HashMap, HashSet};
+
+use super::Repository;
+use crate::engine::EngineError;
+use crate::engine::backend::BackendError;
+use crate::engine::crypto::{ChunkId, DataKey};
+use crate::engine::format::{BlobEntry, ObjectKind};
+use crate::engine::pack::{StagedPack, parse_pack_header};
+
+/// Where a blob is.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobLoc {
+    pub pack: u32,
+    pub entry: BlobEntry,
+}
+
+/// A pack as the index knows it.
+#[derive(Clone, Debug)]
+pub struct PackInfo {
+    pub id: String,
+    pub data_key_id: [u8; 16],
+    pub salt: [u8; 32],
+}
+
+/// Where prune marks packs for deletion (two-phase deletion: docs/REPOSITORY.md).
+pub const GARBAGE_DIR: &str = "garbage";
+
+/// `garbage/<pack id>`: the pack is unused and goes once the mark is older than the grace.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GarbageMark {
+    /// When prune marked it (RFC 3339, prune's clock).
+    pub marked: String,
+    /// The pack's size.
+    pub bytes: u64,
+}
+
+/// A pack or object id as the repository names them: 64 lowercase hex digits.
+pub fn is_object_id(id: &str) -> bool {
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Every blob of the repository, from the index objects.
+#[derive(Default, Debug)]
+pub struct Index {
+    pub packs: Vec<PackInfo>,
+    pub blobs: HashMap<ChunkId, BlobLoc>,
+}
+
+impl Index {
+    fn add(&mut self, pack: PackInfo, entries: Vec<BlobEntry>) {
+        let n = self.packs.len() as u32;
+        self.packs.push(pack);
+        for entry in entries {
+            self.blobs
+                .entry(entry.id)
+                .or_insert(BlobLoc { pack: n, entry });
+        }
+    }
+}
+
+impl Repository {
+    /// Store the index object of a committed pack.
+    pub async fn put_index(&self, key: &DataKey, pack: &StagedPack) -> Result<(), EngineError> {
+        let mut plain = Vec::with_capacity(pack.header.len() + pack.entries.len() * 46);
+        plain.extend_from_slice(&pack.header);
+        for e in &pack.entries {
+            e.encode(&mut plain);
+        }
+        self.put_sealed(key, ObjectKind::Index, &format!("index/{}", pack.id), plain)
+            .await
+    }
+
+    /// Load every index object. Where a blob is in several packs, a pack not marked for
+    /// deletion is preferred, so readers move off packs prune has marked.
+    pub async fn load_index(&self) -> Result<Index, EngineError> {
+        let marked = self.garbage_marks().await?;
+        let present = self.present_packs().await?;
+        self.load_index_where(
+            |id| present.contains(id) && !marked.contains_key(id),
+            |_| true,
+        )
+        .await
+    }
+
+    /// The ids of the packs that exist now (one listing of `data/`).
+    async fn present_packs(&self) -> Result<HashSet<String>, EngineError> {
+        Ok(self
+            .backend
+            .list("data")
+            .await?
+            .into_iter()
+            .filter_map(|(name, _)| name.rsplit('/').next().map(str::to_string))
+            .collect())
+    }
+
+    /// The index a writer may deduplicate against: only packs that exist now (one listing of
+    /// `data/`) and that prune has not marked for deletion. An index entry whose pack is gone
+    /// or going is never trusted with new data.
+    pub async fn load_index_for_writing(&self) -> Result<Index, EngineError> {
+        let marked = self.garbage_marks().await?;
+        let present = self.present_packs().await?;
+        self.load_index_where(
+            |_| true,
+            |id| present.contains(id) && !marked.contains_key(id),
+        )
+        .await
+    }
+
+    /// Packs prune has marked for deletion, with their marks.
+    pub async fn garbage_marks(&self) -> Result<HashMap<String, GarbageMark>, EngineError> {
+        let names = self.backend.list(GARBAGE_DIR).await?;
+        let mut out = HashMap::new();
+        for (name, _) in names {
+            let id = name.trim_start_matches("garbage/").to_string();
+            let bytes = match self.backend.get(&name).await {
+                Ok(b) => b,
+                Err(BackendError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            // A damaged mark still marks: the pack is treated as going (never as needed).
+            let mark = serde_json::from_slice(&bytes).unwrap_or(GarbageMark {
+                marked: String::new(),
+                bytes: 0,
+            });
+            out.insert(id, mark);
+        }
+        Ok(out)
+    }
+
+    /// Load the index objects of packs `keep` accepts; those `first` accepts take precedence.
+    async fn load_index_where(
+        &self,
+        first: impl Fn(&str) -> bool,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Index, EngineError> {
+        let mut names: Vec<(String, String)> = Vec::new();
+        for (name, _) in self.backend.list("index").await? {
+            let id = name.trim_start_matches("index/").to_string();
+            if !is_object_id(&id) {
+                return Err(EngineError::Corrupt {
+                    object: name,
+                    reason: "not a pack id (64 hex digits)".into(),
+                });
+            }
+            if keep(&id) {
+                names.push((name, id));
+            }
+        }
+        names.sort_by_key(|(_, id)| !first(id));
+        let mut index = Index::default();
+        let fetched = futures::future::try_join_all(names.iter().map(|(name, _)| async move {
+            let plain = self.get_sealed(ObjectKind::Index, name).await?;
+            Ok::<_, EngineError>(plain)
+        }))
+        .await?;
+        for ((name, id), plain) in names.into_iter().zip(fetched) {
+            let corrupt = |reason: &str| EngineError::Corrupt {
+                object: name.clone(),
+                reason: reason.into(),
+            };
+            let (data_key_id, salt) =
+                parse_pack_header(&plain).ok_or_else(|| corrupt("bad pack header in index"))?;
+            let entries = BlobEntry::decode_all(&plain[crate::engine::format::PACK_HEADER_LEN..])
+                .ok_or_else(|| corrupt("bad entries"))?;
+            index.add(
+                PackInfo {
+                    id,
+                    data_key_id,
+                    salt,
+                },
+                entries,
+            );
+        }
+        Ok(index)
+    }
+}

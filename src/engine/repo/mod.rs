@@ -1,0 +1,311 @@
+//! An open repository: its config and its unwrapped data keys. What it reads and writes is in
+//! one module per kind of object: [`keys`] (key records), [`sealed`] (sealed objects and
+//! blobs), [`index`] (index objects and deletion marks), [`snapshots`] (snapshots and file
+//! lists).
+
+mod index;
+mod keys;
+mod sealed;
+mod snapshots;
+
+pub use self::index::{BlobLoc, GARBAGE_DIR, GarbageMark, Index, PackInfo, is_object_id};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::EngineError;
+use super::backend::{Backend, BackendError};
+use super::crypto::{DataKey, random_id};
+use super::format::{ChunkerParams, Config, FORMAT_VERSION, KeyRecord};
+use crate::kms::KeyManager;
+
+/// Default chunk size: see docs/REPOSITORY.md for the measurements behind it.
+pub const DEFAULT_CHUNK_SIZE: u32 = 16 * 1024;
+/// Default pack size.
+pub const DEFAULT_PACK_SIZE: u64 = 32 * 1024 * 1024;
+
+/// An open repository with its data keys unwrapped.
+pub struct Repository {
+    pub backend: Backend,
+    pub config: Config,
+    keys: HashMap<[u8; 16], Arc<DataKey>>,
+    records: Vec<KeyRecord>,
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+fn parse_key_id(hex_id: &str) -> Option<[u8; 16]> {
+    let v = hex::decode(hex_id).ok()?;
+    v.try_into().ok()
+}
+
+impl Repository {
+    /// Open an existing repository, unwrapping its data keys with `km`.
+    pub async fn open(backend: Backend, km: &dyn KeyManager) -> Result<Self, EngineError> {
+        Self::open_any(backend, &[km]).await
+    }
+
+    /// Open an existing repository, unwrapping each data key with whichever of `kms` can
+    /// (a key migration that stopped half-way is resumed with both the old and the new).
+    pub async fn open_any(backend: Backend, kms: &[&dyn KeyManager]) -> Result<Self, EngineError> {
+        let config = match backend.get("config").await {
+            Ok(bytes) => {
+                serde_json::from_slice::<Config>(&bytes).map_err(|e| EngineError::Corrupt {
+                    object: "config".into(),
+                    reason: e.to_string(),
+                })?
+            }
+            Err(BackendError::NotFound { .. }) => {
+                return Err(EngineError::NoRepository {
+                    repo: backend.display().to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if config.format != "snapcrypt-repository" || config.version != FORMAT_VERSION {
+            return Err(EngineError::Corrupt {
+                object: "config".into(),
+                reason: format!(
+                    "format {} version {}, this build reads version {FORMAT_VERSION}",
+                    config.format, config.version
+                ),
+            });
+        }
+        let mut repo = Repository {
+            backend,
+            config,
+            keys: HashMap::new(),
+            records: Vec::new(),
+        };
+        repo.load_keys(kms).await?;
+        // The config names the data key it was created with; its chunk-id key is the
+        // repository's. A record with another chunk-id key is a stray left by a writer that
+        // lost the race to create the repository: it is ignored.
+        let first = parse_key_id(&repo.config.key).ok_or_else(|| EngineError::Corrupt {
+            object: "config".into(),
+            reason: "no valid data key id".into(),
+        })?;
+        let id_key = *repo.key(&first)?.id_key();
+        if repo.config.mac != repo.config.compute_mac(&id_key) {
+            return Err(EngineError::Corrupt {
+                object: "config".into(),
+                reason: "authentication failed: altered".into(),
+            });
+        }
+        repo.keys.retain(|_, k| k.id_key() == &id_key);
+        let kept: Vec<String> = repo.keys.keys().map(hex::encode).collect();
+        repo.records.retain(|r| kept.contains(&r.data_key_id));
+        Ok(repo)
+    }
+
+    /// Open the repository, creating it (config and a first data key) if it does not exist.
+    /// Returns whether it was created.
+    pub async fn open_or_init(
+        backend: Backend,
+        km: &dyn KeyManager,
+        chunk_size: u32,
+    ) -> Result<(Self, bool), EngineError> {
+        if backend.exists("config").await? {
+            return Ok((Self::open(backend, km).await?, false));
+        }
+        // The key record goes first: a config is never visible without a key to read it.
+        let key = DataKey::generate(None)?;
+        let record = Self::wrap_record(km, &key, None).await?;
+        let name = format!("keys/{}", record.data_key_id);
+        backend
+            .put(&name, serde_json::to_vec_pretty(&record)?)
+            .await?;
+        let mut config = Config {
+            format: "snapcrypt-repository".into(),
+            version: FORMAT_VERSION,
+            id: hex::encode(&random_id()?[..16]),
+            created: now_rfc3339(),
+            chunker: ChunkerParams {
+                kind: "fixed".into(),
+                size: chunk_size,
+            },
+            pack_size: DEFAULT_PACK_SIZE,
+            key: hex::encode(key.id),
+            mac: String::new(),
+        };
+        config.mac = config.compute_mac(key.id_key());
+        if !backend
+            .put_new("config", serde_json::to_vec_pretty(&config)?)
+            .await?
+        {
+            // Another writer created the repository at the same moment: use theirs.
+            backend.delete(&name).await?;
+            return Ok((Self::open(backend, km).await?, false));
+        }
+        Ok((Self::open(backend, km).await?, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    use crate::kms::KmsError;
+
+    use crate::engine::backend::{Location, S3Options};
+    use crate::kms::local::LocalKeyManager;
+
+    /// A key manager that stops answering after `n` wraps (a KMS outage mid-migration).
+    struct FailsAfter {
+        inner: LocalKeyManager,
+        left: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyManager for FailsAfter {
+        fn kind(&self) -> &'static str {
+            self.inner.kind()
+        }
+        async fn active_key_id(&self) -> Result<String, KmsError> {
+            self.inner.active_key_id().await
+        }
+        async fn wrap(&self, plaintext: &[u8]) -> Result<crate::kms::WrappedKey, KmsError> {
+            use std::sync::atomic::Ordering;
+            if self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
+                return Err(KmsError::Other("key server unreachable".into()));
+            }
+            self.inner.wrap(plaintext).await
+        }
+        async fn unwrap(
+            &self,
+            w: &crate::kms::WrappedKey,
+        ) -> Result<crate::kms::SecretBytes, KmsError> {
+            self.inner.unwrap(w).await
+        }
+    }
+
+    async fn open_local(
+        dir: &std::path::Path,
+        km: &dyn KeyManager,
+    ) -> Result<Repository, EngineError> {
+        let backend = Backend::open(
+            &Location::Local(dir.join("repo")),
+            &S3Options::default(),
+            true,
+        )?;
+        Ok(Repository::open_or_init(backend, km, DEFAULT_CHUNK_SIZE)
+            .await?
+            .0)
+    }
+
+    /// Item 9 of the data-safety issue: after a master key change, new data gets a new data
+    /// key; the rewrapped one stays readable.
+    #[tokio::test]
+    async fn item09_a_new_master_key_gets_a_new_data_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalKeyManager::create(&dir.path().join("a.json")).unwrap();
+        let b = LocalKeyManager::create(&dir.path().join("b.json")).unwrap();
+        let mut repo = open_local(dir.path(), &a).await.unwrap();
+        let (first, _) = repo.active_data_key(&a).await.unwrap();
+        assert_eq!(repo.rewrap_all(&b, |_, _| {}).await.unwrap(), 1);
+        let (second, master) = repo.active_data_key(&b).await.unwrap();
+        assert_ne!(
+            first.id, second.id,
+            "new data still under the rewrapped data key"
+        );
+        assert_eq!(master, b.active_key_id().await.unwrap());
+        // Same chunk ids (dedup across the change), both keys readable with b alone.
+        assert_eq!(first.chunk_id(b"x"), second.chunk_id(b"x"));
+        let again = open_local(dir.path(), &b).await.unwrap();
+        assert!(again.key(&first.id).is_ok() && again.key(&second.id).is_ok());
+    }
+
+    /// Item 10 of the data-safety issue: a migration that stops half-way leaves a repository
+    /// that opens with the old key and with the new, and running it again finishes it.
+    #[tokio::test]
+    async fn item10_a_half_finished_migration_opens_with_either_key_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = LocalKeyManager::create(&dir.path().join("old.json")).unwrap();
+        let mid = LocalKeyManager::create(&dir.path().join("mid.json")).unwrap();
+        let mut repo = open_local(dir.path(), &old).await.unwrap();
+        // Two data keys: the first, and the one made for the next master key.
+        repo.rewrap_all(&mid, |_, _| {}).await.unwrap();
+        repo.active_data_key(&mid).await.unwrap();
+        assert_eq!(repo.key_records().len(), 2);
+        let new = FailsAfter {
+            inner: LocalKeyManager::create(&dir.path().join("new.json")).unwrap(),
+            left: 1.into(),
+        };
+        let err = repo.rewrap_all(&new, |_, _| {}).await.unwrap_err();
+        assert!(err.to_string().contains("unreachable"), "{err}");
+        // Half-way: one record under the new key. Both key managers open every record.
+        let under = |r: &Repository, km: &str| {
+            r.key_records()
+                .iter()
+                .filter(|k| k.wrapped.master_key_id == km)
+                .count()
+        };
+        let new_id = new.active_key_id().await.unwrap();
+        let with_mid = open_local(dir.path(), &mid).await.unwrap();
+        assert_eq!(under(&with_mid, &new_id), 1);
+        let with_new_only = Repository::open(
+            Backend::open(
+                &Location::Local(dir.path().join("repo")),
+                &S3Options::default(),
+                false,
+            )
+            .unwrap(),
+            &new,
+        )
+        .await;
+        assert!(
+            with_new_only.is_err(),
+            "the unmigrated record cannot open with the new key yet"
+        );
+        // Resume with both, as `key migrate` does: finished, and then the new key alone opens it.
+        let backend = Backend::open(
+            &Location::Local(dir.path().join("repo")),
+            &S3Options::default(),
+            false,
+        )
+        .unwrap();
+        let mut resumed = Repository::open_any(backend, &[&mid, &new]).await.unwrap();
+        new.left.store(10, std::sync::atomic::Ordering::SeqCst);
+        resumed.rewrap_all(&new, |_, _| {}).await.unwrap();
+        assert!(resumed.key_records().iter().all(|r| r.previous.is_none()));
+        let backend = Backend::open(
+            &Location::Local(dir.path().join("repo")),
+            &S3Options::default(),
+            false,
+        )
+        .unwrap();
+        let done = Repository::open(backend, &new).await.unwrap();
+        assert_eq!(under(&done, &new_id), 2);
+    }
+
+    /// Creators racing on a new repository all end up with the one that won, including the
+    /// winner, which may list the loser's key record just before the loser deletes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_creators_all_open_the_same_repository() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let km = LocalKeyManager::create(&dir.path().join("key.json")).expect("key");
+        for round in 0..30 {
+            let loc = Location::Local(dir.path().join(format!("repo-{round}")));
+            let opens = (0..4).map(|_| async {
+                let backend = Backend::open(&loc, &S3Options::default(), true)?;
+                Repository::open_or_init(backend, &km, DEFAULT_CHUNK_SIZE).await
+            });
+            let results = futures::future::join_all(opens).await;
+            let mut ids = BTreeSet::new();
+            let mut created = 0;
+            for r in results {
+                let (repo, new) = r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+                ids.insert(repo.config.id.clone());
+                created += usize::from(new);
+            }
+            assert_eq!((ids.len(), created), (1, 1), "round {round}");
+        }
+    }
+}
