@@ -84,6 +84,26 @@ pub fn finished(succeeded: bool, reason: Reason, message: &str) -> Vec<Cond> {
     }
 }
 
+/// Ready, Progressing and Failed of a run (a Snapshot or a Restore) that waits before it can
+/// start: Ready and Progressing False with `reason`.
+pub fn waiting(reason: Reason, message: &str) -> Vec<Cond> {
+    vec![
+        Cond::new("Ready", false, reason, message),
+        Cond::new("Progressing", false, reason, message),
+        Cond::new("Failed", false, Reason::NotFailed, ""),
+    ]
+}
+
+/// Ready, Progressing and Failed of a run under way: not Ready yet (`ready`), Progressing
+/// (`progressing`).
+pub fn under_way(ready: Reason, progressing: Reason, message: &str) -> Vec<Cond> {
+    vec![
+        Cond::new("Ready", false, ready, message),
+        Cond::new("Progressing", true, progressing, message),
+        Cond::new("Failed", false, Reason::NotFailed, ""),
+    ]
+}
+
 /// Conditions whose status or reason differ between `old` and `new` (new ones included).
 pub fn transitions<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
     new.iter()

@@ -95,7 +95,15 @@ impl Context {
     ) -> kube::runtime::controller::Action {
         self.metrics.failure(controller, stage);
         let n = self.failed(&failure_key(controller, obj));
-        tracing::warn!(controller, stage, error = %err, attempt = n, "reconcile failed");
+        tracing::warn!(
+            controller,
+            namespace = obj.namespace().unwrap_or_default(),
+            name = obj.name_any(),
+            stage,
+            error = %err,
+            attempt = n,
+            "reconcile failed"
+        );
         kube::runtime::controller::Action::requeue(backoff(n))
     }
 

@@ -150,13 +150,21 @@ pub fn repository_access(
     kmip: Option<(&KmipServer, &str)>,
     how: Access,
 ) -> Result<RepoAccess, PodError> {
-    let mut volumes = Vec::new();
-    let mut mounts = Vec::new();
-    let mut args: Vec<String> = Vec::new();
-    let mut envs = Vec::new();
+    let mut out = RepoAccess::default();
+    destination_access(spec, how, &mut out)?;
+    key_access(spec, kmip, how, &mut out)?;
+    Ok(out)
+}
+
+/// The repository: a PVC mounted at [`REPO_MOUNT`], or S3 with credentials from the Secret.
+fn destination_access(
+    spec: &BackupJobSpec,
+    how: Access,
+    out: &mut RepoAccess,
+) -> Result<(), PodError> {
     match (&spec.destination.pvc, &spec.destination.s3) {
         (Some(pvc), _) => {
-            volumes.push(Volume {
+            out.volumes.push(Volume {
                 name: "repo".into(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                     claim_name: pvc.claim_name.clone(),
@@ -164,8 +172,10 @@ pub fn repository_access(
                 }),
                 ..Default::default()
             });
-            mounts.push(mount("repo", REPO_MOUNT, how.repo_read_only));
-            args.extend(["--repo".into(), format!("{REPO_MOUNT}/{}", pvc.path)]);
+            out.mounts
+                .push(mount("repo", REPO_MOUNT, how.repo_read_only));
+            out.args
+                .extend(["--repo".into(), format!("{REPO_MOUNT}/{}", pvc.path)]);
         }
         (None, Some(s3)) => {
             let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
@@ -174,28 +184,28 @@ pub fn repository_access(
             } else {
                 format!("s3://{}/{prefix}", s3.bucket)
             };
-            args.extend(["--repo".into(), repo]);
+            out.args.extend(["--repo".into(), repo]);
             if let Some(ep) = &s3.endpoint {
-                args.extend(["--s3-endpoint".into(), ep.clone()]);
+                out.args.extend(["--s3-endpoint".into(), ep.clone()]);
             }
-            args.extend(["--s3-region".into(), s3.region.clone()]);
+            out.args.extend(["--s3-region".into(), s3.region.clone()]);
             if s3.path_style {
-                args.push("--s3-path-style".into());
+                out.args.push("--s3-path-style".into());
             }
             let secret = &s3.credentials_secret;
-            envs.push(secret_env(
+            out.envs.push(secret_env(
                 "AWS_ACCESS_KEY_ID",
                 secret,
                 "AWS_ACCESS_KEY_ID",
                 false,
             ));
-            envs.push(secret_env(
+            out.envs.push(secret_env(
                 "AWS_SECRET_ACCESS_KEY",
                 secret,
                 "AWS_SECRET_ACCESS_KEY",
                 false,
             ));
-            envs.push(secret_env(
+            out.envs.push(secret_env(
                 "AWS_SESSION_TOKEN",
                 secret,
                 "AWS_SESSION_TOKEN",
@@ -204,14 +214,22 @@ pub fn repository_access(
         }
         (None, None) => return Err(PodError::NoDestination),
     }
+    Ok(())
+}
 
-    // Key.
+/// The key: the local key Secret as a file, or the KmipServer's endpoints and client TLS.
+fn key_access(
+    spec: &BackupJobSpec,
+    kmip: Option<(&KmipServer, &str)>,
+    how: Access,
+    out: &mut RepoAccess,
+) -> Result<(), PodError> {
     match (
         &spec.encryption.local_key_secret,
         &spec.encryption.kmip_server_ref,
     ) {
         (Some(k), _) => {
-            volumes.push(Volume {
+            out.volumes.push(Volume {
                 name: "key".into(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(k.name.clone()),
@@ -228,70 +246,68 @@ pub fn repository_access(
                 }),
                 ..Default::default()
             });
-            mounts.push(mount("key", KEY_MOUNT, true));
-            args.extend(["--key-file".into(), format!("{KEY_MOUNT}/{KEY_FILE}")]);
+            out.mounts.push(mount("key", KEY_MOUNT, true));
+            out.args
+                .extend(["--key-file".into(), format!("{KEY_MOUNT}/{KEY_FILE}")]);
         }
-        (None, Some(_)) => {
-            let (ks, key_id) = kmip.ok_or(PodError::KmipNotReady)?;
-            volumes.push(Volume {
-                name: "kmip-tls".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(ks.spec.tls.secret_name.clone()),
-                    items: Some(
-                        ["ca.crt", "tls.crt", "tls.key"]
-                            .into_iter()
-                            .map(|k| KeyToPath {
-                                key: k.into(),
-                                path: k.into(),
-                                mode: None,
-                            })
-                            .collect(),
-                    ),
-                    // Readable by the agent's non-root user through the mode, as the key file.
-                    default_mode: Some(0o444),
-                    optional: None,
-                }),
-                ..Default::default()
-            });
-            mounts.push(mount("kmip-tls", KMIP_MOUNT, true));
-            for e in &ks.spec.endpoints {
-                args.extend(["--kmip-endpoint".into(), e.clone()]);
-            }
-            args.extend([
-                "--kmip-ca".into(),
-                format!("{KMIP_MOUNT}/ca.crt"),
-                "--kmip-cert".into(),
-                format!("{KMIP_MOUNT}/tls.crt"),
-                "--kmip-key".into(),
-                format!("{KMIP_MOUNT}/tls.key"),
-                "--kmip-key-id".into(),
-                key_id.to_string(),
-                "--kmip-version".into(),
-                ks.spec.protocol_version.as_str().into(),
-                "--kmip-timeout-secs".into(),
-                ks.spec.connect_timeout_seconds.to_string(),
-            ]);
-            if let Some(name) = &ks.spec.tls.server_name {
-                args.extend(["--kmip-server-name".into(), name.clone()]);
-            }
-            if ks.spec.wrapping == WrappingMode::LocalKeyWrap {
-                args.push("--kmip-local-wrap".into());
-            }
-            // After a rotation, the next snapshot moves older data keys under the new key,
-            // unless the policy keeps old snapshots on their old key.
-            if how.rewrap && ks.spec.rotation.as_ref().is_none_or(|r| r.rewrap_existing) {
-                args.push("--rewrap".into());
-            }
-        }
+        (None, Some(_)) => kmip_access(kmip.ok_or(PodError::KmipNotReady)?, how, out),
         (None, None) => return Err(PodError::NoKey),
     }
+    Ok(())
+}
 
-    Ok(RepoAccess {
-        volumes,
-        mounts,
-        args,
-        envs,
-    })
+/// A KMIP job's key: the KmipServer's client TLS Secret mounted at [`KMIP_MOUNT`], its
+/// endpoints and settings, and the active master key id.
+fn kmip_access((ks, key_id): (&KmipServer, &str), how: Access, out: &mut RepoAccess) {
+    out.volumes.push(Volume {
+        name: "kmip-tls".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(ks.spec.tls.secret_name.clone()),
+            items: Some(
+                ["ca.crt", "tls.crt", "tls.key"]
+                    .into_iter()
+                    .map(|k| KeyToPath {
+                        key: k.into(),
+                        path: k.into(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            // Readable by the agent's non-root user through the mode, as the key file.
+            default_mode: Some(0o444),
+            optional: None,
+        }),
+        ..Default::default()
+    });
+    out.mounts.push(mount("kmip-tls", KMIP_MOUNT, true));
+    for e in &ks.spec.endpoints {
+        out.args.extend(["--kmip-endpoint".into(), e.clone()]);
+    }
+    out.args.extend([
+        "--kmip-ca".into(),
+        format!("{KMIP_MOUNT}/ca.crt"),
+        "--kmip-cert".into(),
+        format!("{KMIP_MOUNT}/tls.crt"),
+        "--kmip-key".into(),
+        format!("{KMIP_MOUNT}/tls.key"),
+        "--kmip-key-id".into(),
+        key_id.to_string(),
+        "--kmip-version".into(),
+        ks.spec.protocol_version.as_str().into(),
+        "--kmip-timeout-secs".into(),
+        ks.spec.connect_timeout_seconds.to_string(),
+    ]);
+    if let Some(name) = &ks.spec.tls.server_name {
+        out.args.extend(["--kmip-server-name".into(), name.clone()]);
+    }
+    if ks.spec.wrapping == WrappingMode::LocalKeyWrap {
+        out.args.push("--kmip-local-wrap".into());
+    }
+    // After a rotation, the next snapshot moves older data keys under the new key,
+    // unless the policy keeps old snapshots on their old key.
+    if how.rewrap && ks.spec.rotation.as_ref().is_none_or(|r| r.rewrap_existing) {
+        out.args.push("--rewrap".into());
+    }
 }
 
 /// The pod-level security context: non-root as `run_as`, seccomp RuntimeDefault.

@@ -36,7 +36,8 @@ const MAX_IDLE: Duration = Duration::from_secs(3600);
 
 /// A reconcile failure, by stage. Problems with the spec are not errors: they become
 /// conditions and the job waits for a change.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Error {
     #[error("BackupJob {job}: reading {what}: {source}")]
     Dereference {
@@ -63,14 +64,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// The stage, as a metrics label.
+    /// The stage, as a metrics label: the variant's name in snake case.
     pub fn category(&self) -> &'static str {
-        match self {
-            Error::Dereference { .. } => "dereference",
-            Error::BuildSnapshot { .. } => "build_snapshot",
-            Error::ApplySnapshot { .. } => "apply_snapshot",
-            Error::UpdateStatus { .. } => "update_status",
-        }
+        self.into()
     }
 }
 
@@ -103,6 +99,11 @@ struct World {
     found: Found,
 }
 
+#[tracing::instrument(name = "reconcile", skip_all, fields(
+    controller = CONTROLLER,
+    namespace = %job.namespace().unwrap_or_default(),
+    name = %job.name_any(),
+))]
 async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = job.namespace().unwrap_or_default();

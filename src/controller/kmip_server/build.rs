@@ -70,14 +70,14 @@ fn time(t: Timestamp) -> Time {
     Time(t)
 }
 
-/// The new status.
-pub fn build_status(
+/// Every master key status knows, with its KMIP state, name and dependants; a rotation's new
+/// key added and its old one superseded.
+fn key_statuses(
     prev: &KmipServerStatus,
     spec: &KmipServerSpec,
     obs: &Observed,
-    generation: Option<i64>,
     now: Timestamp,
-) -> KmipServerStatus {
+) -> Vec<MasterKeyStatus> {
     let mut keys: Vec<MasterKeyStatus> = prev.keys.clone();
     if let Some((old, new)) = &obs.rotated {
         for k in keys.iter_mut().filter(|k| &k.id == old) {
@@ -115,26 +115,11 @@ pub fn build_status(
         k.dependent_snapshots = obs.dependents.get(&k.id).copied().unwrap_or(0);
     }
 
-    let active_id = obs
-        .active_key
-        .as_ref()
-        .map(|(id, _)| id.clone())
-        .or_else(|| prev.active_key_id.clone());
-    let last_rotation = match &obs.rotated {
-        Some(_) => Some(time(now)),
-        None => prev.last_rotation_time.clone(),
-    };
-    let in_use_since = keys
-        .iter()
-        .find(|k| Some(&k.id) == active_id.as_ref())
-        .and_then(|k| k.created_at.as_ref().map(|t| t.0))
-        .unwrap_or(now);
-    let period = spec
-        .rotation
-        .as_ref()
-        .and_then(|r| parse_period(&r.period).ok());
-    let next = next_rotation(period, last_rotation.as_ref().map(|t| t.0), in_use_since).map(time);
+    keys
+}
 
+/// Ready, Reachable, Authenticated, KeyActive and Rotating, from what was observed.
+fn conditions(obs: &Observed, active_id: &str) -> [Cond; 5] {
     let (reachable, authenticated) = match &obs.connection {
         Connection::Ok(_) => (
             Cond::new(
@@ -207,9 +192,7 @@ pub fn build_status(
             Reason::Rewrapping,
             format!(
                 "{} of {} BackupJob repositories rewrapped under key {}; each is rewrapped by its next snapshot",
-                obs.jobs_on_active_key,
-                obs.jobs_total,
-                active_id.clone().unwrap_or_default()
+                obs.jobs_on_active_key, obs.jobs_total, active_id
             ),
         )
     } else {
@@ -231,6 +214,40 @@ pub fn build_status(
             .unwrap_or_default();
         Cond::new("Ready", false, Reason::NotReady, why)
     };
+    [ready, reachable, authenticated, key_active, rotating]
+}
+
+/// The new status.
+pub fn build_status(
+    prev: &KmipServerStatus,
+    spec: &KmipServerSpec,
+    obs: &Observed,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> KmipServerStatus {
+    let keys = key_statuses(prev, spec, obs, now);
+    let active_id = obs
+        .active_key
+        .as_ref()
+        .map(|(id, _)| id.clone())
+        .or_else(|| prev.active_key_id.clone());
+    let last_rotation = match &obs.rotated {
+        Some(_) => Some(time(now)),
+        None => prev.last_rotation_time.clone(),
+    };
+    let in_use_since = keys
+        .iter()
+        .find(|k| Some(&k.id) == active_id.as_ref())
+        .and_then(|k| k.created_at.as_ref().map(|t| t.0))
+        .unwrap_or(now);
+    let period = spec
+        .rotation
+        .as_ref()
+        .and_then(|r| parse_period(&r.period).ok());
+    let next = next_rotation(period, last_rotation.as_ref().map(|t| t.0), in_use_since).map(time);
+
+    let conditions = conditions(obs, active_id.as_deref().unwrap_or_default());
+    let rewrap_pending = obs.jobs_on_active_key < obs.jobs_total;
     let rewrap = active_id
         .as_ref()
         .filter(|_| obs.jobs_total > 0)
@@ -248,12 +265,7 @@ pub fn build_status(
         });
     KmipServerStatus {
         observed_generation: generation,
-        conditions: merge(
-            &prev.conditions,
-            &[ready, reachable, authenticated, key_active, rotating],
-            generation,
-            &time(now),
-        ),
+        conditions: merge(&prev.conditions, &conditions, generation, &time(now)),
         server: match &obs.connection {
             Connection::Ok(id) => Some(id.clone()),
             _ => prev.server.clone(),

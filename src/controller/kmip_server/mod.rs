@@ -35,7 +35,8 @@ use crate::kms::kmip::{
 
 pub const CONTROLLER: &str = "kmipserver";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Error {
     #[error("reading {what}: {source}")]
     Dereference { what: String, source: kube::Error },
@@ -44,11 +45,9 @@ pub enum Error {
 }
 
 impl Error {
+    /// The stage, as a metrics label: the variant's name in snake case.
     pub fn category(&self) -> &'static str {
-        match self {
-            Error::Dereference { .. } => "dereference",
-            Error::UpdateStatus(_) => "update_status",
-        }
+        self.into()
     }
 }
 
@@ -122,8 +121,26 @@ struct Users {
     snapshots: Vec<Snapshot>,
 }
 
-/// Talk to the KMIP server: identity, the master key (ensured, rotated when due), key states.
-async fn observe(
+/// Dependants of each master key: the succeeded Snapshots that name it. Pure.
+fn dependents(users: &Users) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for s in &users.snapshots {
+        if let Some(k) = s
+            .status
+            .as_ref()
+            .filter(|st| st.phase == RunPhase::Succeeded)
+            .and_then(|st| st.key_id.clone())
+        {
+            *out.entry(k).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Reconcile the master key with the KMIP server: connect, ensure the key exists (find or
+/// create it by name), rotate it when due, then read every known key's state. What was done
+/// and seen, for status.
+async fn reconcile_keys(
     ks: &KmipServer,
     tls: Result<TlsMaterial, String>,
     users: &Users,
@@ -134,122 +151,42 @@ async fn observe(
         connection: Connection::Unreachable(String::new()),
         active_key: None,
         key_states: BTreeMap::new(),
-        dependents: BTreeMap::new(),
+        dependents: dependents(users),
         jobs_total: users.jobs.len() as u32,
         jobs_on_active_key: 0,
         rotated: None,
         key_error: None,
     };
-    for s in &users.snapshots {
-        if let Some(k) = s
-            .status
-            .as_ref()
-            .filter(|st| st.phase == RunPhase::Succeeded)
-            .and_then(|st| st.key_id.clone())
-        {
-            *obs.dependents.entry(k).or_default() += 1;
+    // Connect.
+    let client = match connect(ks, tls).await {
+        Ok((client, identity)) => {
+            obs.connection = Connection::Ok(identity);
+            client
         }
-    }
-    let tls = match tls {
-        Ok(t) => t,
-        Err(m) => {
-            obs.connection = Connection::NoCredentials(m);
+        Err(c) => {
+            obs.connection = c;
             return obs;
         }
     };
-    let config = KmipConfig {
-        endpoints: ks.spec.endpoints.clone(),
-        server_name: ks.spec.tls.server_name.clone(),
-        tls,
-        version: version(ks.spec.protocol_version),
-        timeout: Duration::from_secs(u64::from(ks.spec.connect_timeout_seconds)),
-    };
-    let client = match KmipClient::new(config) {
-        Ok(c) => Arc::new(c),
+    // Ensure: the one in use, else the configured id, else found or created by name.
+    let active = match ensure_master_key(ks, &prev, &client).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return obs,
         Err(e) => {
-            obs.connection = Connection::NoCredentials(e.to_string());
+            obs.key_error = Some(e);
             return obs;
         }
     };
-    match client.server_info().await {
-        Ok(info) => {
-            obs.connection = Connection::Ok(KmipServerIdentity {
-                endpoint: info.endpoint,
-                vendor: info.vendor,
-                protocol_versions: info
-                    .versions
-                    .iter()
-                    .map(|v| format!("{}.{}", v.major, v.minor))
-                    .collect(),
-                negotiated_version: Some(format!(
-                    "{}.{}",
-                    client.version().major,
-                    client.version().minor
-                )),
-            })
-        }
-        Err(e) => {
-            obs.connection = classify(&e);
-            return obs;
-        }
-    }
-    let mode = match ks.spec.wrapping {
-        WrappingMode::ServerEncrypt => WrapMode::ServerSide,
-        WrappingMode::LocalKeyWrap => WrapMode::LocalKeyWrap,
-    };
-    // The master key: the one in use, else the configured id, else found or created by name.
-    let mut active = prev
-        .active_key_id
-        .clone()
-        .or_else(|| ks.spec.master_key.key_id.clone());
-    if active.is_none()
-        && let Some(create) = &ks.spec.master_key.create
-    {
-        match KmipKeyManager::find_or_create(client.clone(), &create.name, mode).await {
-            Ok((km, _)) => active = Some(km.key_id().to_string()),
-            Err(e) => obs.key_error = Some(format!("spec.masterKey.create {}: {e}", create.name)),
-        }
-    }
-    let Some(mut active) = active else { return obs };
-    let mut state = match client.key_state(&active).await {
-        Ok(s) => format!("{s:?}"),
+    let (mut active, mut state) = match client.key_state(&active).await {
+        Ok(s) => (active, format!("{s:?}")),
         Err(e) => {
             obs.key_error = Some(format!("master key {active}: {e}"));
             return obs;
         }
     };
-    // Rotation when due: a new key (ReKey where the server has it), the old one left alone.
-    let period = ks
-        .spec
-        .rotation
-        .as_ref()
-        .and_then(|r| parse_period(&r.period).ok());
-    let in_use_since = prev
-        .keys
-        .iter()
-        .find(|k| k.id == active)
-        .and_then(|k| k.created_at.as_ref().map(|t| t.0))
-        .unwrap_or(now);
-    let due = next_rotation(
-        period,
-        prev.last_rotation_time.as_ref().map(|t| t.0),
-        in_use_since,
-    )
-    .is_some_and(|t| t <= now);
-    if due && state == "Active" {
-        let name = ks
-            .spec
-            .master_key
-            .create
-            .as_ref()
-            .map(|c| c.name.clone())
-            .unwrap_or_else(|| format!("snapcrypt-{}", ks.name_any()));
-        let new = match client.rekey(&active).await {
-            Ok(id) => client.activate(&id).await.map(|_| id),
-            Err(e) if e.is_not_supported() => client.create_master_key(&name).await,
-            Err(e) => Err(e),
-        };
-        match new {
+    // Rotate when due (decided pure, done here), the old key left alone.
+    if state == "Active" && rotation_due(ks, &prev, &active, now) {
+        match rotate(ks, &client, &active).await {
             Ok(id) => {
                 obs.rotated = Some((active.clone(), id.clone()));
                 active = id;
@@ -258,6 +195,7 @@ async fn observe(
             Err(e) => obs.key_error = Some(format!("rotating master key {active}: {e}")),
         }
     }
+    // Read every known key's state.
     for k in prev
         .keys
         .iter()
@@ -277,6 +215,115 @@ async fn observe(
     obs
 }
 
+/// A client of the KmipServer's endpoints and who answered, or why none could be reached.
+async fn connect(
+    ks: &KmipServer,
+    tls: Result<TlsMaterial, String>,
+) -> Result<(Arc<KmipClient>, KmipServerIdentity), Connection> {
+    let tls = tls.map_err(Connection::NoCredentials)?;
+    let config = KmipConfig {
+        endpoints: ks.spec.endpoints.clone(),
+        server_name: ks.spec.tls.server_name.clone(),
+        tls,
+        version: version(ks.spec.protocol_version),
+        timeout: Duration::from_secs(u64::from(ks.spec.connect_timeout_seconds)),
+    };
+    let client =
+        Arc::new(KmipClient::new(config).map_err(|e| Connection::NoCredentials(e.to_string()))?);
+    let info = client.server_info().await.map_err(|e| classify(&e))?;
+    let identity = KmipServerIdentity {
+        endpoint: info.endpoint,
+        vendor: info.vendor,
+        protocol_versions: info
+            .versions
+            .iter()
+            .map(|v| format!("{}.{}", v.major, v.minor))
+            .collect(),
+        negotiated_version: Some(format!(
+            "{}.{}",
+            client.version().major,
+            client.version().minor
+        )),
+    };
+    Ok((client, identity))
+}
+
+/// The master key in use: from status, else `spec.masterKey.keyId`, else found or created
+/// under `spec.masterKey.create.name`. None when the spec names none.
+async fn ensure_master_key(
+    ks: &KmipServer,
+    prev: &crate::api::KmipServerStatus,
+    client: &Arc<KmipClient>,
+) -> Result<Option<String>, String> {
+    if let Some(id) = prev
+        .active_key_id
+        .clone()
+        .or_else(|| ks.spec.master_key.key_id.clone())
+    {
+        return Ok(Some(id));
+    }
+    let Some(create) = &ks.spec.master_key.create else {
+        return Ok(None);
+    };
+    let mode = match ks.spec.wrapping {
+        WrappingMode::ServerEncrypt => WrapMode::ServerSide,
+        WrappingMode::LocalKeyWrap => WrapMode::LocalKeyWrap,
+    };
+    KmipKeyManager::find_or_create(client.clone(), &create.name, mode)
+        .await
+        .map(|(km, _)| Some(km.key_id().to_string()))
+        .map_err(|e| format!("spec.masterKey.create {}: {e}", create.name))
+}
+
+/// Whether the active key is due for rotation by `spec.rotation.period`, counted from the last
+/// rotation or from when the key came into use. Pure.
+fn rotation_due(
+    ks: &KmipServer,
+    prev: &crate::api::KmipServerStatus,
+    active: &str,
+    now: Timestamp,
+) -> bool {
+    let period = ks
+        .spec
+        .rotation
+        .as_ref()
+        .and_then(|r| parse_period(&r.period).ok());
+    let in_use_since = prev
+        .keys
+        .iter()
+        .find(|k| k.id == active)
+        .and_then(|k| k.created_at.as_ref().map(|t| t.0))
+        .unwrap_or(now);
+    next_rotation(
+        period,
+        prev.last_rotation_time.as_ref().map(|t| t.0),
+        in_use_since,
+    )
+    .is_some_and(|t| t <= now)
+}
+
+/// A new master key replacing `active` (ReKey where the server has it, else a new key under
+/// the configured name), active; `active` itself is never revoked.
+async fn rotate(ks: &KmipServer, client: &KmipClient, active: &str) -> Result<String, KmipError> {
+    let name = ks
+        .spec
+        .master_key
+        .create
+        .as_ref()
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| format!("snapcrypt-{}", ks.name_any()));
+    match client.rekey(active).await {
+        Ok(id) => client.activate(&id).await.map(|_| id),
+        Err(e) if e.is_not_supported() => client.create_master_key(&name).await,
+        Err(e) => Err(e),
+    }
+}
+
+#[tracing::instrument(name = "reconcile", skip_all, fields(
+    controller = CONTROLLER,
+    namespace = %ks.namespace().unwrap_or_default(),
+    name = %ks.name_any(),
+))]
 async fn reconcile(ks: Arc<KmipServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = ks.namespace().unwrap_or_default();
@@ -325,9 +372,10 @@ async fn reconcile(ks: Arc<KmipServer>, ctx: Arc<Context>) -> Result<Action, Err
         .filter(|s| job_names.contains(&s.spec.backup_job_ref.name))
         .collect();
 
-    // Observe the KMIP server (connect, ensure, rotate), then build and apply status.
+    // Reconcile the master key with the KMIP server (connect, ensure, rotate, read states),
+    // then build and apply status.
     let users = Users { jobs, snapshots };
-    let obs = observe(&ks, tls, &users, now).await;
+    let obs = reconcile_keys(&ks, tls, &users, now).await;
     let prev = ks.status.clone().unwrap_or_default();
     let status = build_status(&prev, &ks.spec, &obs, ks.metadata.generation, now);
     let api: Api<KmipServer> = Api::namespaced(ctx.client.clone(), &ns);

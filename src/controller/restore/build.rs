@@ -12,7 +12,7 @@ use crate::controller::agent::pod::{
     Access, MONGODB_UID, PodError, RunAs, agent_basics, agent_container, mount, pod_security,
     repository_access,
 };
-use crate::controller::conditions::{self, Cond, merge};
+use crate::controller::conditions::{self, merge};
 use crate::controller::names::{
     RESTORE_UID_LABEL, agent_service_account, job_labels, restore_pod_name,
 };
@@ -178,11 +178,7 @@ pub fn next_status(
         Step::Wait { reason, message } => {
             s.phase = RunPhase::Pending;
             s.message = Some(message.clone());
-            vec![
-                Cond::new("Ready", false, *reason, message.clone()),
-                Cond::new("Progressing", false, *reason, message.clone()),
-                Cond::new("Failed", false, Reason::NotFailed, ""),
-            ]
+            conditions::waiting(*reason, message)
         }
         Step::Started { pod } => {
             // Pending until the pod runs, as for a Snapshot.
@@ -190,11 +186,7 @@ pub fn next_status(
             s.pod_name = Some(pod.clone());
             let msg = format!("restore pod {pod} created");
             s.message = Some(msg.clone());
-            vec![
-                Cond::new("Ready", false, Reason::Starting, msg.clone()),
-                Cond::new("Progressing", true, Reason::PodCreated, msg),
-                Cond::new("Failed", false, Reason::NotFailed, ""),
-            ]
+            conditions::under_way(Reason::Starting, Reason::PodCreated, &msg)
         }
         Step::PodPending { message } => {
             s.phase = RunPhase::Pending;
@@ -206,11 +198,7 @@ pub fn next_status(
                     .unwrap_or_default()
             );
             s.message = Some(msg.clone());
-            vec![
-                Cond::new("Ready", false, Reason::Starting, msg.clone()),
-                Cond::new("Progressing", true, Reason::PodPending, msg),
-                Cond::new("Failed", false, Reason::NotFailed, ""),
-            ]
+            conditions::under_way(Reason::Starting, Reason::PodPending, &msg)
         }
         Step::PodRunning { started } => {
             s.phase = RunPhase::Running;
@@ -219,11 +207,7 @@ pub fn next_status(
             }
             let msg = "restoring".to_string();
             s.message = Some(msg.clone());
-            vec![
-                Cond::new("Ready", false, Reason::Restoring, msg.clone()),
-                Cond::new("Progressing", true, Reason::Restoring, msg),
-                Cond::new("Failed", false, Reason::NotFailed, ""),
-            ]
+            conditions::under_way(Reason::Restoring, Reason::Restoring, &msg)
         }
         Step::Succeeded { stats, finished } => {
             s.phase = RunPhase::Succeeded;

@@ -205,6 +205,56 @@ fn pod_step(pod: &Pod) -> Step {
     }
 }
 
+/// The Restore's Snapshot and its id in the repository, once it has succeeded; else the step
+/// that says why not (waiting for it, or failed for good).
+async fn snapshot_to_restore(
+    r: &Restore,
+    ctx: &Context,
+) -> Result<Result<(Snapshot, String), (Step, Option<Duration>)>, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = r.name_any();
+    let client = &ctx.client;
+    let deref = |what: &'static str| dereference_error(&name, what);
+    let wait = |reason: Reason, message: String| (Step::Wait { reason, message }, Some(RECHECK));
+    let snap_name = &r.spec.snapshot_ref.name;
+    let Some(snap) = Api::<Snapshot>::namespaced(client.clone(), &ns)
+        .get_opt(snap_name)
+        .await
+        .map_err(deref("Snapshot"))?
+    else {
+        return Ok(Err(wait(
+            Reason::SnapshotNotFound,
+            format!("spec.snapshotRef.name: Snapshot {snap_name} does not exist in namespace {ns}"),
+        )));
+    };
+    let st = snap.status.clone().unwrap_or_default();
+    let id = match (st.phase, st.repository_snapshot_id.as_deref()) {
+        (RunPhase::Succeeded, Some(id)) => id.to_string(),
+        (RunPhase::Failed, _) => {
+            return Ok(Err((
+                Step::Failed {
+                    reason: Reason::SnapshotFailed,
+                    message: format!(
+                        "spec.snapshotRef.name: Snapshot {snap_name} failed, so there is nothing to restore"
+                    ),
+                    finished: None,
+                },
+                None,
+            )));
+        }
+        (phase, _) => {
+            return Ok(Err(wait(
+                Reason::SnapshotNotReady,
+                format!(
+                    "spec.snapshotRef.name: Snapshot {snap_name} is {phase:?}; the restore starts once it has succeeded"
+                ),
+            )));
+        }
+    };
+
+    Ok(Ok((snap, id)))
+}
+
 /// Dereference, validate, build and apply the restore pod. Returns the step for status and
 /// when to look again.
 async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), Error> {
@@ -217,41 +267,11 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
     let blocked = |b: Blocked| wait(b.reason, b.message);
 
     // The Snapshot, finished and successful.
+    let (snap, id) = match snapshot_to_restore(r, ctx).await? {
+        Ok(found) => found,
+        Err(step) => return Ok(step),
+    };
     let snap_name = &r.spec.snapshot_ref.name;
-    let Some(snap) = Api::<Snapshot>::namespaced(client.clone(), &ns)
-        .get_opt(snap_name)
-        .await
-        .map_err(deref("Snapshot"))?
-    else {
-        return wait(
-            Reason::SnapshotNotFound,
-            format!("spec.snapshotRef.name: Snapshot {snap_name} does not exist in namespace {ns}"),
-        );
-    };
-    let st = snap.status.clone().unwrap_or_default();
-    let id = match (st.phase, st.repository_snapshot_id.as_deref()) {
-        (RunPhase::Succeeded, Some(id)) => id.to_string(),
-        (RunPhase::Failed, _) => {
-            return Ok((
-                Step::Failed {
-                    reason: Reason::SnapshotFailed,
-                    message: format!(
-                        "spec.snapshotRef.name: Snapshot {snap_name} failed, so there is nothing to restore"
-                    ),
-                    finished: None,
-                },
-                None,
-            ));
-        }
-        (phase, _) => {
-            return wait(
-                Reason::SnapshotNotReady,
-                format!(
-                    "spec.snapshotRef.name: Snapshot {snap_name} is {phase:?}; the restore starts once it has succeeded"
-                ),
-            );
-        }
-    };
 
     // Its BackupJob: the repository and key.
     let job_name = &snap.spec.backup_job_ref.name;

@@ -101,14 +101,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         conds.push(Cond::new("Degraded", true, first.reason, message));
         phase = BackupJobPhase::Failed;
     } else {
-        let ready_msg = match (&job.spec.schedule, o.next_schedule) {
-            _ if job.spec.suspend => {
-                "suspended by spec.suspend: no new snapshots are created".to_string()
-            }
-            (Some(s), Some(next)) => format!("next run at {next} ({} in {})", s.cron, s.time_zone),
-            (Some(_), None) => "the schedule has no further runs".to_string(),
-            (None, _) => "no schedule: one snapshot is taken".to_string(),
-        };
+        let ready_msg = ready_message(job, o.next_schedule);
         conds.push(Cond::new("Ready", true, Reason::Valid, ready_msg));
         match last_finished {
             Some(s) if phase_of(s) == RunPhase::Failed => conds.push(Cond::new(
@@ -139,34 +132,8 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
             BackupJobPhase::Ready
         };
     }
-    conds.push(match (running, waiting) {
-        (Some(r), _) => Cond::new(
-            "Progressing",
-            true,
-            Reason::SnapshotRunning,
-            format!(
-                "Snapshot {} is running{}",
-                r.name_any(),
-                r.status
-                    .as_ref()
-                    .and_then(|st| st.progress_summary.as_ref())
-                    .map(|p| format!(": {p}"))
-                    .unwrap_or_default()
-            ),
-        ),
-        (None, n) if n > 0 => Cond::new(
-            "Progressing",
-            true,
-            Reason::SnapshotPending,
-            format!("{n} Snapshot(s) waiting to start"),
-        ),
-        _ => Cond::new("Progressing", false, Reason::Idle, "no Snapshot is running"),
-    });
-    conds.push(if job.spec.suspend {
-        Cond::new("Suspended", true, Reason::Suspended, "spec.suspend is true")
-    } else {
-        Cond::new("Suspended", false, Reason::NotSuspended, "")
-    });
+    conds.push(progressing(running, waiting));
+    conds.push(suspended(job));
 
     let generation = job.metadata.generation;
     let now = Time(o.now);
@@ -199,6 +166,54 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         key_id: last_ok
             .and_then(|s| s.status.as_ref().and_then(|st| st.key_id.clone()))
             .or(prev.key_id),
+    }
+}
+
+/// What Ready says of a valid job: when it next runs.
+fn ready_message(job: &BackupJob, next: Option<jiff::Timestamp>) -> String {
+    match (&job.spec.schedule, next) {
+        _ if job.spec.suspend => {
+            "suspended by spec.suspend: no new snapshots are created".to_string()
+        }
+        (Some(s), Some(next)) => format!("next run at {next} ({} in {})", s.cron, s.time_zone),
+        (Some(_), None) => "the schedule has no further runs".to_string(),
+        (None, _) => "no schedule: one snapshot is taken".to_string(),
+    }
+}
+
+/// Progressing: the running Snapshot (with its progress), or how many wait.
+fn progressing(running: Option<&Snapshot>, waiting: usize) -> Cond {
+    match (running, waiting) {
+        (Some(r), _) => Cond::new(
+            "Progressing",
+            true,
+            Reason::SnapshotRunning,
+            format!(
+                "Snapshot {} is running{}",
+                r.name_any(),
+                r.status
+                    .as_ref()
+                    .and_then(|st| st.progress_summary.as_ref())
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        (None, n) if n > 0 => Cond::new(
+            "Progressing",
+            true,
+            Reason::SnapshotPending,
+            format!("{n} Snapshot(s) waiting to start"),
+        ),
+        _ => Cond::new("Progressing", false, Reason::Idle, "no Snapshot is running"),
+    }
+}
+
+/// Suspended, from `spec.suspend`.
+fn suspended(job: &BackupJob) -> Cond {
+    if job.spec.suspend {
+        Cond::new("Suspended", true, Reason::Suspended, "spec.suspend is true")
+    } else {
+        Cond::new("Suspended", false, Reason::NotSuspended, "")
     }
 }
 

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use crate::api::backup_job::Compression;
+use crate::api::backup_job::{BackupJobSpec, Compression};
 use crate::api::{BackupJob, KmipServer, Snapshot};
 use crate::controller::agent::pod::{
     Access, MONGODB_UID, agent_basics, agent_container, mount, pod_security, repository_access,
@@ -165,41 +165,8 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     } else {
         TRIGGER_ON_DEMAND
     };
-    if let Some(r) = spec.retention.as_ref() {
-        let rules = [
-            ("--keep-last", r.keep_last.map(|n| n.to_string())),
-            ("--keep-daily", r.keep_daily.map(|n| n.to_string())),
-            ("--keep-weekly", r.keep_weekly.map(|n| n.to_string())),
-            ("--keep-monthly", r.keep_monthly.map(|n| n.to_string())),
-            ("--max-age", r.max_age.clone()),
-        ];
-        let mut any = false;
-        for (flag, value) in rules {
-            if let Some(v) = value {
-                args.extend([flag.into(), v]);
-                any = true;
-            }
-        }
-        if any {
-            args.extend([
-                "--prune-tag".into(),
-                format!("{JOB_TAG}={job_tag}"),
-                "--prune-tag".into(),
-                format!("{TRIGGER_TAG}={TRIGGER_SCHEDULE}"),
-            ]);
-        }
-    }
-    let mut tags: BTreeMap<String, String> = snap.spec.tags.clone();
-    tags.insert(JOB_TAG.into(), job_tag);
-    tags.insert(TRIGGER_TAG.into(), trigger.into());
-    tags.insert(
-        "snapshot".into(),
-        format!("{}/{snap_name}", ns.clone().unwrap_or_default()),
-    );
-    tags.insert("member".into(), p.member.into());
-    for (k, v) in tags {
-        args.extend(["--tag".into(), format!("{k}={v}")]);
-    }
+    args.extend(retention_args(spec, &job_tag));
+    args.extend(tag_args(p, &job_tag, trigger));
 
     let mut labels = job_labels(&p.job.name_any());
     labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
@@ -229,24 +196,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             service_account_name: Some(agent_service_account(&p.job.name_any())),
-            // Pinned to the member's node by node name, which every scheduler honours (the
-            // hostname label may differ from the node name on some clouds).
-            affinity: Some(Affinity {
-                node_affinity: Some(NodeAffinity {
-                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                        node_selector_terms: vec![NodeSelectorTerm {
-                            match_fields: Some(vec![NodeSelectorRequirement {
-                                key: "metadata.name".into(),
-                                operator: "In".into(),
-                                values: Some(vec![p.node.into()]),
-                            }]),
-                            match_expressions: None,
-                        }],
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            affinity: Some(pinned_to(p.node)),
             security_context: Some(pod_security(p.run_as)),
             containers: vec![agent_container(
                 p.image,
@@ -260,6 +210,74 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
         }),
         status: None,
     })
+}
+
+/// The job's retention policy as agent arguments, scoped to the snapshots this job's schedule
+/// made (none without a policy).
+fn retention_args(spec: &BackupJobSpec, job_tag: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let Some(r) = spec.retention.as_ref() else {
+        return args;
+    };
+    let rules = [
+        ("--keep-last", r.keep_last.map(|n| n.to_string())),
+        ("--keep-daily", r.keep_daily.map(|n| n.to_string())),
+        ("--keep-weekly", r.keep_weekly.map(|n| n.to_string())),
+        ("--keep-monthly", r.keep_monthly.map(|n| n.to_string())),
+        ("--max-age", r.max_age.clone()),
+    ];
+    let mut any = false;
+    for (flag, value) in rules {
+        if let Some(v) = value {
+            args.extend([flag.into(), v]);
+            any = true;
+        }
+    }
+    if any {
+        args.extend([
+            "--prune-tag".into(),
+            format!("{JOB_TAG}={job_tag}"),
+            "--prune-tag".into(),
+            format!("{TRIGGER_TAG}={TRIGGER_SCHEDULE}"),
+        ]);
+    }
+    args
+}
+
+/// The snapshot's repository tags as agent arguments: the Snapshot's own tags, its job, its
+/// trigger, the Snapshot and the member.
+fn tag_args(p: &PodPlan, job_tag: &str, trigger: &str) -> Vec<String> {
+    let snap = p.snapshot;
+    let ns = snap.namespace().unwrap_or_default();
+    let mut tags: BTreeMap<String, String> = snap.spec.tags.clone();
+    tags.insert(JOB_TAG.into(), job_tag.into());
+    tags.insert(TRIGGER_TAG.into(), trigger.into());
+    tags.insert("snapshot".into(), format!("{ns}/{}", snap.name_any()));
+    tags.insert("member".into(), p.member.into());
+    tags.into_iter()
+        .flat_map(|(k, v)| ["--tag".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+/// Pinned to the member's node by node name, which every scheduler honours (the hostname
+/// label may differ from the node name on some clouds).
+fn pinned_to(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.into()]),
+                    }]),
+                    match_expressions: None,
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

@@ -57,11 +57,7 @@ pub fn next_status(
         Step::Wait { reason, message } => {
             s.phase = RunPhase::Pending;
             s.message = Some(message.clone());
-            vec![
-                Cond::new("Ready", false, *reason, message.clone()),
-                Cond::new("Progressing", false, *reason, message.clone()),
-                Cond::new("Failed", false, Reason::NotFailed, ""),
-            ]
+            conditions::waiting(*reason, message)
         }
         Step::Started {
             attempt,
@@ -87,11 +83,7 @@ pub fn next_status(
                 ),
             };
             s.message = Some(msg.clone());
-            vec![
-                Cond::new("Ready", false, Reason::Starting, msg.clone()),
-                Cond::new("Progressing", true, Reason::PodCreated, msg),
-                Cond::new("Failed", false, Reason::NotFailed, ""),
-            ]
+            conditions::under_way(Reason::Starting, Reason::PodCreated, &msg)
         }
         Step::PodPending { message } => {
             s.phase = RunPhase::Pending;
@@ -104,11 +96,7 @@ pub fn next_status(
                     .unwrap_or_default()
             );
             s.message = Some(msg.clone());
-            vec![
-                Cond::new("Ready", false, Reason::Starting, msg.clone()),
-                Cond::new("Progressing", true, Reason::PodCreated, msg),
-                Cond::new("Failed", false, Reason::NotFailed, ""),
-            ]
+            conditions::under_way(Reason::Starting, Reason::PodCreated, &msg)
         }
         Step::PodRunning { started } => {
             s.phase = RunPhase::Running;
@@ -122,11 +110,7 @@ pub fn next_status(
                 s.attempts
             );
             s.message = Some(msg.clone());
-            vec![
-                Cond::new("Ready", false, Reason::Running, msg.clone()),
-                Cond::new("Progressing", true, Reason::Running, msg),
-                Cond::new("Failed", false, Reason::NotFailed, ""),
-            ]
+            conditions::under_way(Reason::Running, Reason::Running, &msg)
         }
         Step::Succeeded { result, finished } => {
             s.phase = RunPhase::Succeeded;
