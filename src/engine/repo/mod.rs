@@ -41,6 +41,28 @@ fn parse_key_id(hex_id: &str) -> Option<[u8; 16]> {
     v.try_into().ok()
 }
 
+/// The chunk sizes this build cuts and reads: fixed chunks of a power of two from 4 KiB to
+/// 1 MiB (they divide the 4 MiB segments a backup reads).
+pub const CHUNK_SIZES: std::ops::RangeInclusive<u32> = 4096..=1024 * 1024;
+
+/// A repository's chunker, from its config (untrusted until checked): anything this build
+/// cannot cut is refused by name, never a panic later.
+fn check_chunker(c: &ChunkerParams) -> Result<(), EngineError> {
+    if c.kind != "fixed" || !c.size.is_power_of_two() || !CHUNK_SIZES.contains(&c.size) {
+        return Err(EngineError::Corrupt {
+            object: "config".into(),
+            reason: format!(
+                "chunker {:?} of {} bytes: this build reads fixed chunks of a power of two from {} to {} bytes",
+                c.kind,
+                c.size,
+                CHUNK_SIZES.start(),
+                CHUNK_SIZES.end()
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Repository {
     /// Open an existing repository, unwrapping its data keys with `km`.
     pub async fn open(backend: Backend, km: &dyn KeyManager) -> Result<Self, EngineError> {
@@ -73,6 +95,7 @@ impl Repository {
                 ),
             });
         }
+        check_chunker(&config.chunker)?;
         let mut repo = Repository {
             backend,
             config,
@@ -306,6 +329,37 @@ mod tests {
                 created += usize::from(new);
             }
             assert_eq!((ids.len(), created), (1, 1), "round {round}");
+        }
+    }
+
+    /// A config naming a chunk size this build cannot cut (0 would panic a backup) is refused
+    /// with the reason, before any key is unwrapped.
+    #[tokio::test]
+    async fn a_config_with_an_impossible_chunker_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let km = LocalKeyManager::create(&dir.path().join("k.json")).unwrap();
+        let repo = open_local(dir.path(), &km).await.unwrap();
+        for (kind, size) in [
+            ("fixed", 0),
+            ("fixed", 12288),
+            ("fixed", 1 << 21),
+            ("cdc", 16384),
+        ] {
+            let mut config = repo.config.clone();
+            config.chunker = ChunkerParams {
+                kind: kind.into(),
+                size,
+            };
+            repo.backend
+                .put("config", serde_json::to_vec(&config).unwrap())
+                .await
+                .unwrap();
+            let err = open_local(dir.path(), &km).await.err().expect("refused");
+            assert!(
+                err.to_string()
+                    .contains(&format!("chunker {kind:?} of {size} bytes")),
+                "{err}"
+            );
         }
     }
 }

@@ -5,7 +5,9 @@ use super::Repository;
 use super::index::{BlobLoc, Index};
 use crate::engine::EngineError;
 use crate::engine::crypto::{ChunkId, DataKey, ID_LEN, random_id};
-use crate::engine::format::{OBJECT_HEADER_LEN, OBJECT_MAGIC, ObjectKind, pack_object_name};
+use crate::engine::format::{
+    OBJECT_HEADER_LEN, OBJECT_MAGIC, ObjectKind, pack_object_name, parse_object_envelope,
+};
 use crate::engine::pack::blob_aad;
 
 thread_local! {
@@ -73,22 +75,12 @@ impl Repository {
             object: name.into(),
             reason: reason.into(),
         };
-        if bytes.len() < OBJECT_HEADER_LEN + 16 || &bytes[..4] != OBJECT_MAGIC || bytes[4] != 1 {
-            return Err(corrupt("not a snapcrypt object (bad header or truncated)"));
-        }
-        if bytes[5] != kind as u8 {
-            return Err(corrupt("object of the wrong kind"));
-        }
-        let (header, body) = bytes.split_at(OBJECT_HEADER_LEN);
-        let mut dk = [0u8; 16];
-        dk.copy_from_slice(&header[6..22]);
-        let mut salt = [0u8; ID_LEN];
-        salt.copy_from_slice(&header[22..54]);
-        let key = self.key(&dk)?;
-        let mut body = body.to_vec();
+        let env = parse_object_envelope(bytes, kind).map_err(corrupt)?;
+        let key = self.key(&env.data_key_id)?;
+        let mut body = env.body.to_vec();
         let n = key
-            .object_cipher(&salt)?
-            .open(0, &Self::object_aad(header, name), &mut body)
+            .object_cipher(&env.salt)?
+            .open(0, &Self::object_aad(env.header, name), &mut body)
             .map_err(|_| corrupt("authentication failed: tampered, truncated or renamed"))?;
         body.truncate(n);
         Ok(body)
