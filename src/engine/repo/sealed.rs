@@ -4,7 +4,7 @@
 use super::Repository;
 use super::index::{BlobLoc, Index};
 use crate::engine::EngineError;
-use crate::engine::crypto::{ChunkId, DataKey, ID_LEN, random_id};
+use crate::engine::crypto::{ChunkId, DataKey, random_id};
 use crate::engine::format::{
     OBJECT_HEADER_LEN, OBJECT_MAGIC, ObjectKind, pack_object_name, parse_object_envelope,
 };
