@@ -114,3 +114,28 @@ status: {{phase: Running, podIP: 10.1.2.3}}"
     ))
     .expect("member pod fixture")
 }
+
+/// Snapshot `name` of job rs0 scheduled for `scheduled` (its annotation), in `phase` (none:
+/// no status yet), with pod `pod` if it has one.
+pub fn scheduled_snapshot(
+    name: &str,
+    scheduled: &str,
+    phase: Option<RunPhase>,
+    pod: Option<&str>,
+) -> Snapshot {
+    let mut s = snapshot(name, scheduled);
+    s.metadata.creation_timestamp = None;
+    s.metadata.annotations = Some(
+        [(
+            crate::controller::names::SCHEDULED_TIME.to_string(),
+            scheduled.to_string(),
+        )]
+        .into(),
+    );
+    s.status = phase.map(|phase| SnapshotStatus {
+        phase,
+        pod_name: pod.map(String::from),
+        ..Default::default()
+    });
+    s
+}

@@ -108,18 +108,7 @@ mod tests {
 
     #[test]
     fn least_privilege_and_owned_by_the_job() {
-        let job: BackupJob = serde_yaml::from_str(
-            r#"
-apiVersion: snapcrypt.dev/v1alpha1
-kind: BackupJob
-metadata: {name: rs0, namespace: db, uid: u1}
-spec:
-  source: {statefulSetName: rs0, dataVolumeName: data, syncSource: {mode: member, member: rs0-1}}
-  destination: {pvc: {claimName: backups}}
-  encryption: {localKeySecret: {name: k}}
-"#,
-        )
-        .expect("yaml");
+        let job = crate::controller::fixtures::job("");
         let (sa, role, rb) = agent_rbac(&job).expect("rbac");
         assert_eq!(sa.name_any(), "snapcrypt-agent-rs0");
         assert_eq!(sa.owner_references()[0].name, "rs0");

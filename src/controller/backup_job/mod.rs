@@ -310,40 +310,15 @@ async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::snapshot::SnapshotStatus;
+    use crate::controller::fixtures::{self, job};
+
+    fn snap(name: &str, scheduled: &str, phase: Option<RunPhase>, pod: Option<&str>) -> Snapshot {
+        fixtures::scheduled_snapshot(name, scheduled, phase, pod)
+    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn ts(s: &str) -> jiff::Timestamp {
         s.parse().expect("time")
-    }
-
-    fn job(extra: &str) -> BackupJob {
-        serde_yaml::from_str(&format!(
-            r#"
-apiVersion: snapcrypt.dev/v1alpha1
-kind: BackupJob
-metadata: {{name: rs0, namespace: db, uid: u1, creationTimestamp: "2026-11-27T09:30:00Z"}}
-spec:
-  source: {{statefulSetName: rs0, dataVolumeName: data, syncSource: {{mode: member, member: rs0-1}}}}
-  destination: {{pvc: {{claimName: backups}}}}
-  encryption: {{localKeySecret: {{name: k}}}}
-  {extra}
-"#
-        ))
-        .expect("yaml")
-    }
-
-    fn snap(name: &str, scheduled: &str, phase: Option<RunPhase>, pod: Option<&str>) -> Snapshot {
-        let mut s: Snapshot = serde_yaml::from_str(&format!(
-            "apiVersion: snapcrypt.dev/v1alpha1\nkind: Snapshot\nmetadata: {{name: {name}, annotations: {{snapcrypt.dev/scheduled-time: \"{scheduled}\"}}}}\nspec: {{backupJobRef: {{name: rs0}}}}\n"
-        ))
-        .expect("yaml");
-        s.status = phase.map(|phase| SnapshotStatus {
-            phase,
-            pod_name: pod.map(String::from),
-            ..Default::default()
-        });
-        s
     }
 
     fn decide_at(job: &BackupJob, snaps: &[Snapshot], now: &str) -> Decision {
@@ -478,7 +453,7 @@ spec:
 
     #[test]
     fn suspended_or_invalid_jobs_create_nothing() {
-        let suspended = job("schedule: {cron: \"0 * * * *\"}\n  suspend: true");
+        let suspended = job("schedule: {cron: \"0 * * * *\"}\nsuspend: true");
         assert_eq!(
             decide_at(&suspended, &[], "2026-11-27T11:00:01Z"),
             Decision {

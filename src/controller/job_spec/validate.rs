@@ -352,7 +352,8 @@ mod tests {
     use super::*;
     use crate::api::BackupJob;
 
-    pub(crate) fn job(yaml_spec: &str) -> BackupJobSpec {
+    /// A spec exactly as written (no defaults filled in: absent fields are what is checked).
+    fn spec(yaml_spec: &str) -> BackupJobSpec {
         let yaml = format!(
             "apiVersion: snapcrypt.dev/v1alpha1\nkind: BackupJob\nmetadata: {{name: rs0, namespace: db}}\nspec:\n{}",
             yaml_spec
@@ -398,7 +399,7 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
             assert!(!is_plain_absolute(bad), "{bad}");
         }
         let mut problems = Vec::new();
-        let mut spec = job(GOOD).source;
+        let mut spec = spec(GOOD).source;
         spec.db_path = "/data/db/../../../etc/snapcrypt".into();
         check_source(&spec, &mut problems);
         assert!(
@@ -427,7 +428,7 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
 
     #[test]
     fn a_good_spec_has_no_problems() {
-        let spec = job(GOOD);
+        let spec = spec(GOOD);
         let (sched, problems) = check_spec(&spec);
         assert!(problems.is_empty(), "{problems:?}");
         assert!(sched.is_some());
@@ -435,7 +436,7 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
 
     #[test]
     fn bad_cron_is_named_with_the_field() {
-        let spec = job(&GOOD.replace("0 3 * * *", "61 * * * *"));
+        let spec = spec(&GOOD.replace("0 3 * * *", "61 * * * *"));
         assert_eq!(
             messages(&spec),
             vec!["spec.schedule.cron \"61 * * * *\": minute 61 is out of range 0-59"]
@@ -450,13 +451,13 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
             "  statefulSetName: rs0\n  selector: {matchLabels: {app: rs0}}\n",
         );
         assert_eq!(
-            messages(&job(&both)),
+            messages(&spec(&both)),
             vec![
                 "spec.source: set exactly one of statefulSetName or selector to find the replica set's pods"
             ]
         );
         let no_conn = GOOD.replace("{mode: member, member: rs0-1}", "{mode: anySecondary}");
-        assert!(messages(&job(&no_conn))[0].starts_with(
+        assert!(messages(&spec(&no_conn))[0].starts_with(
             "spec.source.syncSource.mode anySecondary: without spec.source.connection"
         ));
         let two_keys = GOOD.replace(
@@ -464,7 +465,7 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
             "  localKeySecret: {name: rs0-key}\n  kmipServerRef: {name: kmip}",
         );
         assert_eq!(
-            messages(&job(&two_keys)),
+            messages(&spec(&two_keys)),
             vec!["spec.encryption: set exactly one of kmipServerRef or localKeySecret"]
         );
         let x509 = GOOD.replace(
@@ -472,14 +473,14 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
             "  connection: {authMechanism: MONGODB-X509, credentialsSecret: c}",
         );
         assert_eq!(
-            messages(&job(&x509)),
+            messages(&spec(&x509)),
             vec!["spec.source.connection.authMechanism MONGODB-X509 needs tls.enabled"]
         );
     }
 
     #[test]
     fn references_are_listed_and_checked() {
-        let spec = job(&GOOD.replace(
+        let spec = spec(&GOOD.replace(
             "  syncSource: {mode: member, member: rs0-1}",
             "  connection: {credentialsSecret: mongo-creds, tls: {caSecret: mongo-ca}}",
         ));
@@ -529,7 +530,7 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
 
     #[test]
     fn db_path_relative_to_the_volume() {
-        let mut s = job(GOOD).source;
+        let mut s = spec(GOOD).source;
         assert_eq!(db_path_in_volume(&s), "");
         s.mount_path = Some("/data".into());
         assert_eq!(db_path_in_volume(&s), "db");
@@ -537,7 +538,7 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
         assert!(
             messages(&BackupJobSpec {
                 source: s,
-                ..job(GOOD)
+                ..spec(GOOD)
             })[0]
                 .contains("is not inside spec.source.mountPath")
         );

@@ -245,21 +245,8 @@ pub fn pod_selector(uid: &str) -> String {
 mod tests {
     use super::*;
     use crate::controller::agent::pod::{KEY_MOUNT, REPO_MOUNT};
+    use crate::controller::fixtures::{job, restore};
     use k8s_openapi::api::core::v1::Container;
-
-    fn job(spec: &str) -> BackupJob {
-        serde_yaml::from_str(&format!(
-            "apiVersion: snapcrypt.dev/v1alpha1\nkind: BackupJob\nmetadata: {{name: rs0, namespace: db, uid: job-uid}}\nspec:\n{spec}"
-        ))
-        .expect("job yaml")
-    }
-
-    fn restore(target: &str) -> Restore {
-        serde_yaml::from_str(&format!(
-            "apiVersion: snapcrypt.dev/v1alpha1\nkind: Restore\nmetadata: {{name: back, namespace: db, uid: r-uid}}\nspec:\n  snapshotRef: {{name: rs0-202611270300}}\n  target: {target}\n"
-        ))
-        .expect("restore yaml")
-    }
 
     const PVC_LOCAL: &str = "  source: {statefulSetName: rs0, dataVolumeName: mongo-data, syncSource: {mode: member, member: rs0-2}}\n  destination: {pvc: {claimName: backups, path: clusters/rs0}}\n  encryption: {localKeySecret: {name: rs0-key, key: key.json}}\n";
 

@@ -220,36 +220,13 @@ fn suspended(job: &BackupJob) -> Cond {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::common::Progress;
-    use crate::api::snapshot::{SnapshotStats, SnapshotStatus};
-
-    fn job(extra: &str) -> BackupJob {
-        serde_yaml::from_str(&format!(
-            r#"
-apiVersion: snapcrypt.dev/v1alpha1
-kind: BackupJob
-metadata: {{name: rs0, namespace: db, uid: u1, generation: 3}}
-spec:
-  source: {{statefulSetName: rs0, dataVolumeName: data, syncSource: {{mode: member, member: rs0-1}}}}
-  destination: {{pvc: {{claimName: backups}}}}
-  encryption: {{localKeySecret: {{name: k}}}}
-  {extra}
-"#
-        ))
-        .expect("yaml")
-    }
+    use crate::controller::fixtures::{self, job};
 
     fn snap(name: &str, created: &str, phase: RunPhase) -> Snapshot {
-        let mut s: Snapshot = serde_yaml::from_str(&format!(
-            "apiVersion: snapcrypt.dev/v1alpha1\nkind: Snapshot\nmetadata: {{name: {name}, namespace: db, creationTimestamp: \"{created}\"}}\nspec: {{backupJobRef: {{name: rs0}}}}\n"
-        ))
-        .expect("yaml");
-        s.status = Some(SnapshotStatus {
-            phase,
-            ..Default::default()
-        });
-        s
+        fixtures::snapshot_in(name, created, phase, None)
     }
+    use crate::api::common::Progress;
+    use crate::api::snapshot::SnapshotStats;
 
     fn status(job: &BackupJob, snaps: &[Snapshot], problems: &[Problem]) -> BackupJobStatus {
         job_status(&Observed {
@@ -360,7 +337,7 @@ spec:
 
     #[test]
     fn suspended() {
-        let j = job("schedule: {cron: \"0 3 * * *\"}\n  suspend: true");
+        let j = job("schedule: {cron: \"0 3 * * *\"}\nsuspend: true");
         let st = status(&j, &[], &[]);
         assert_eq!(st.phase, BackupJobPhase::Suspended);
         assert_eq!(cond(&st, "Suspended"), "True Suspended");

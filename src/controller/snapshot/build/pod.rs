@@ -283,14 +283,8 @@ fn pinned_to(node: &str) -> Affinity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::fixtures::job;
     use k8s_openapi::api::core::v1::Container;
-
-    fn job(spec: &str) -> BackupJob {
-        serde_yaml::from_str(&format!(
-            "apiVersion: snapcrypt.dev/v1alpha1\nkind: BackupJob\nmetadata: {{name: rs0, namespace: db, uid: job-uid}}\nspec:\n{spec}"
-        ))
-        .expect("job yaml")
-    }
 
     fn snapshot() -> Snapshot {
         serde_yaml::from_str(
