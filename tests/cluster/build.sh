@@ -79,19 +79,26 @@ ensure_python() {
 if [ "${SNAPCRYPT_SKIP_PKGS:-0}" != 1 ]; then
   ensure_debs etcd-server golang-go golang-github-modern-go-reflect2-dev openssl dpkg-dev \
               ca-certificates curl xz-utils
+  # Real nodes (tests/cluster/node.sh): the container runtime, CNI plugins, iptables for the
+  # kubernetes Service, and a C compiler for the pause image.
+  ensure_debs containerd runc containernetworking-plugins iptables gcc libc6-dev
   ensure_python
 fi
 
 # ---------------------------------------------------------------- cached binaries?
+# The control plane, and the node components for real pods (kubelet, kube-scheduler).
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+have_binary() { # NAME: built from this source, reporting the version
+  [ -x "$BIN/$1" ] && "$BIN/$1" --version 2>/dev/null | grep -q "Kubernetes $K8S_VERSION\$"
+}
 have_binaries() {
   local b
-  for b in kube-apiserver kube-controller-manager; do
-    [ -x "$BIN/$b" ] || return 1
-    "$BIN/$b" --version 2>/dev/null | grep -q "Kubernetes $K8S_VERSION\$" || return 1
+  for b in "${BINARIES[@]}"; do
+    have_binary "$b" || return 1
   done
 }
 if have_binaries; then
-  log "cached: $BIN/kube-apiserver, $BIN/kube-controller-manager ($K8S_VERSION)"
+  log "cached: ${BINARIES[*]} in $BIN ($K8S_VERSION)"
   exit 0
 fi
 
@@ -204,7 +211,11 @@ for vpkg in "$PKG/vendor/k8s.io/client-go/pkg/version" "$PKG/vendor/k8s.io/compo
 done
 LDFLAGS+=" -s -w"
 
-for b in kube-apiserver kube-controller-manager; do
+for b in "${BINARIES[@]}"; do
+  if have_binary "$b"; then
+    log "cached: $b"
+    continue
+  fi
   log "go build $b (nice $NICE, GOCACHE=$GOCACHE)"
   t=$(date +%s)
   nice -n "$NICE" go build -ldflags "$LDFLAGS" -o "$BIN/$b.tmp" "$PKG/cmd/$b"

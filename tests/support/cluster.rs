@@ -399,6 +399,11 @@ impl TestNamespace {
         &self.name
     }
 
+    /// The admin client.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// An admin `Api` of `K` in this namespace.
     pub fn api<K>(&self) -> Api<K>
     where

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod operator;
+pub mod real_nodes;
 pub mod s3;
 
 use std::collections::BTreeMap;

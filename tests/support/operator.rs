@@ -25,6 +25,16 @@ impl Operator {
 
     /// Start with extra operator flags.
     pub fn start_with(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_with_image(kubeconfig, namespace, "snapcrypt:e2e", extra)
+    }
+
+    /// Start with the agent image `image` and extra operator flags.
+    pub fn start_with_image(
+        kubeconfig: &Path,
+        namespace: &str,
+        image: &str,
+        extra: &[&str],
+    ) -> Operator {
         let child = Command::new(super::bin())
             .args([
                 "operator",
@@ -35,7 +45,7 @@ impl Operator {
                 "--http-bind",
                 "127.0.0.1",
                 "--agent-image",
-                "snapcrypt:e2e",
+                image,
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)

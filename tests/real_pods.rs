@@ -1,0 +1,318 @@
+//! The operator with real pods: a real kube-scheduler and two kubelets with containerd
+//! (tests/cluster/node.sh) run the snapcrypt image built from the binary under test
+//! (tests/cluster/image.sh), with no node agent. A snapshot pod lands on the node of the
+//! member whose volume it mounts, reports progress to the API server through the `kubernetes`
+//! Service from inside its container, survives its container being killed (the kubelet sees it
+//! die, the Snapshot retries), and the kubelet enforces the read-only root filesystem. A
+//! Restore brings the bytes back in a restore pod. The MongoDB member is a real pod (the pause
+//! image) whose data volume the test fills: mongod itself cannot run here (tests/README.md).
+//! Volumes are static hostPath PersistentVolumes with node affinity, made by the test.
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{Api, ListParams};
+use serde_json::json;
+
+use snapcrypt::api::{BackupJob, Restore, Snapshot};
+use support::cluster::{TestNamespace, cluster_or_skip, eventually, wait_for};
+use support::operator::{LONG, create, events_for};
+use support::real_nodes::{IMAGE, RealNodes};
+
+/// The test's PersistentVolumes (cluster-scoped: the namespace's deletion leaves them),
+/// deleted when dropped.
+struct Volumes(Vec<String>);
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = std::process::Command::new("kubectl")
+                .args(["delete", "pv", "--wait=false", "--ignore-not-found"])
+                .args(&self.0)
+                .output();
+        }
+    }
+}
+
+/// A static hostPath volume at `dir`, pre-bound to claim `claim` of `ns`: local to `node`
+/// (a member's disk), or reachable from every node (`None`: network storage, as a repository
+/// volume is).
+async fn volume(
+    vols: &mut Volumes,
+    ns: &TestNamespace,
+    claim: &str,
+    node: Option<&str>,
+    dir: &Path,
+) {
+    std::fs::create_dir_all(dir).expect("volume dir");
+    let pv = format!("{}-{claim}", ns.name());
+    let pvs: Api<PersistentVolume> = Api::all(ns.client());
+    vols.0.push(pv.clone());
+    let mut spec = json!({
+        "capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"],
+        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+        "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
+        "claimRef": {"namespace": ns.name(), "name": claim}});
+    if let Some(node) = node {
+        spec["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}});
+    }
+    create::<PersistentVolume>(&pvs, json!({"metadata": {"name": pv}, "spec": spec})).await;
+    create::<PersistentVolumeClaim>(
+        &ns.api(),
+        json!({"metadata": {"name": claim}, "spec": {"accessModes": ["ReadWriteOnce"],
+            "storageClassName": "", "volumeName": pv,
+            "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+}
+
+/// Give `dir` (recursively) to mongod's usual user, as a member's volume would be.
+fn chown_mongodb(dir: &Path) {
+    let st = std::process::Command::new("chown")
+        .args(["-R", "999:999"])
+        .arg(dir)
+        .status()
+        .expect("chown");
+    assert!(st.success());
+}
+
+/// A dbPath large enough that a backup runs for seconds: the test's awkward tree plus
+/// `files` pseudo-random collection files of 32 MiB.
+fn fill_member(dir: &Path, files: u64) {
+    support::make_source(dir);
+    for i in 0..files {
+        let f = dir.join(format!("collection-{i}.wt"));
+        std::fs::write(&f, support::pseudo_random(1000 + i, 32 << 20)).expect("write");
+    }
+    chown_mongodb(dir);
+}
+
+fn running_with_progress(s: &Snapshot) -> bool {
+    s.status.as_ref().is_some_and(|st| {
+        st.phase == snapcrypt::api::snapshot::RunPhase::Running
+            && st
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.bytes_done > 0 && p.bytes_done < p.bytes_total)
+    })
+}
+
+fn finished(s: &Snapshot) -> bool {
+    s.status.as_ref().is_some_and(|st| {
+        matches!(
+            st.phase,
+            snapcrypt::api::snapshot::RunPhase::Succeeded
+                | snapcrypt::api::snapshot::RunPhase::Failed
+        )
+    })
+}
+
+/// The agent container's id in the pod `name`, once it runs.
+async fn container_id(pods: &Api<Pod>, name: &str) -> String {
+    let pod = wait_for(
+        pods,
+        name,
+        "the snapshot pod's container to run",
+        LONG,
+        |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|cs| cs.first())
+                .is_some_and(|c| c.container_id.is_some())
+        },
+    )
+    .await;
+    pod.status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().next())
+        .and_then(|c| c.container_id)
+        .expect("container id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_restore_in_real_containers() {
+    let Some(cluster) = cluster_or_skip().await else {
+        return;
+    };
+    let Some(nodes) = RealNodes::start(&["real-a", "real-b"]) else {
+        return;
+    };
+    cluster.apply_crds().await;
+    let ns = cluster.namespace("real-pods").await;
+    let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    // The member rs0-1 runs on real-b with its data volume on that node's disk; the repository
+    // is a network volume any node reaches; the restore target is real-a's disk, so the
+    // scheduler places the restore pod there.
+    let data = work.path().join("data");
+    let mut vols = Volumes(Vec::new());
+    volume(&mut vols, &ns, "mongo-data-rs0-1", Some("real-b"), &data).await;
+    fill_member(&data, 12);
+    for (claim, node) in [("backups", None), ("restored", Some("real-a"))] {
+        let d = work.path().join(claim);
+        volume(&mut vols, &ns, claim, node, &d).await;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let pods: Api<Pod> = ns.api();
+    create::<Pod>(
+        &pods,
+        json!({"metadata": {"name": "rs0-1", "labels": {"app": "rs-real"}}, "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": "real-b"},
+            "containers": [{"name": "mongod", "image": "snapcrypt.test/pause:3.2",
+                "imagePullPolicy": "Never",
+                "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
+            "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": "mongo-data-rs0-1"}}]}}),
+    )
+    .await;
+    wait_for(&pods, "rs0-1", "the member pod to run", LONG, |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+
+    let key = work.path().join("key.json");
+    support::ok(&["key", "new", "--out", &key.display().to_string()], &[]);
+    create::<Secret>(
+        &ns.api(),
+        json!({"metadata": {"name": "rs0-key"}, "stringData": {"key": std::fs::read_to_string(&key).expect("key")}}),
+    )
+    .await;
+
+    let _operator = support::operator::Operator::start_with_image(
+        cluster.kubeconfig(),
+        ns.name(),
+        IMAGE,
+        &["--agent-progress-interval", "0.2"],
+    );
+    let jobs: Api<BackupJob> = ns.api();
+    create::<BackupJob>(
+        &jobs,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
+            "spec": {
+                "source": {"selector": {"matchLabels": {"app": "rs-real"}}, "dataVolumeName": "mongo-data",
+                           "syncSource": {"mode": "member", "member": "rs0-1"}},
+                "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
+                "encryption": {"localKeySecret": {"name": "rs0-key"}},
+                "backoffLimit": 2}}),
+    )
+    .await;
+
+    // The Snapshot the job made, seen mid-run with progress its agent reported from inside
+    // the container, through the kubernetes Service.
+    let snaps: Api<Snapshot> = ns.api();
+    let name = eventually("the job's Snapshot", LONG, || async {
+        let list = snaps
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .first()
+            .map(kube::ResourceExt::name_any)
+            .ok_or_else(|| "no Snapshot yet".to_string())
+    })
+    .await;
+    let seen = wait_for(&snaps, &name, "progress mid-run in status", LONG, |s| {
+        running_with_progress(s) || finished(s)
+    })
+    .await;
+    assert!(
+        running_with_progress(&seen),
+        "the snapshot finished before any progress was seen: {:?}",
+        seen.status
+    );
+    let st = seen.status.clone().expect("status");
+    let pod_name = st.pod_name.clone().expect("pod name");
+
+    // The snapshot pod landed on the member's node, and the kubelet enforces its security.
+    let pod = pods.get(&pod_name).await.expect("snapshot pod");
+    let spec = pod.spec.clone().expect("spec");
+    assert_eq!(spec.node_name.as_deref(), Some("real-b"));
+    let sc = spec.containers[0]
+        .security_context
+        .clone()
+        .expect("security context");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+
+    // Kill the agent's container mid-backup: the kubelet sees it die, the Snapshot retries.
+    nodes.kill_container(&container_id(&pods, &pod_name).await);
+    let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
+    let st = done.status.expect("status");
+    assert_eq!(
+        st.phase,
+        snapcrypt::api::snapshot::RunPhase::Succeeded,
+        "{:?}",
+        st.message
+    );
+    assert_eq!(st.attempts, 2, "{st:?}");
+    let events = events_for(&ns, &name).await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "Retrying" && m.starts_with("attempt 1 failed")),
+        "{events:?}"
+    );
+
+    // A Restore in a restore pod brings back exactly what the member held.
+    let restores: Api<Restore> = ns.api();
+    create::<Restore>(
+        &restores,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "back"},
+            "spec": {"snapshotRef": {"name": name}, "target": {"claimName": "restored", "path": "db"}}}),
+    )
+    .await;
+    let r = wait_for(&restores, "back", "the Restore to finish", LONG, |r| {
+        r.status.as_ref().is_some_and(|s| {
+            matches!(
+                s.phase,
+                snapcrypt::api::snapshot::RunPhase::Succeeded
+                    | snapcrypt::api::snapshot::RunPhase::Failed
+            )
+        })
+    })
+    .await;
+    let rst = r.status.expect("status");
+    assert_eq!(
+        rst.phase,
+        snapcrypt::api::snapshot::RunPhase::Succeeded,
+        "{:?}",
+        rst.message
+    );
+    support::assert_same_tree(&data, &work.path().join("restored/db"));
+    let restore_pod = pods
+        .get(rst.pod_name.as_deref().unwrap_or("back-restore"))
+        .await
+        .expect("restore pod");
+    assert_eq!(
+        restore_pod.spec.and_then(|s| s.node_name).as_deref(),
+        Some("real-a")
+    );
+
+    // The kubelet enforces a read-only root filesystem on the agent's image.
+    create::<Pod>(
+        &pods,
+        json!({"metadata": {"name": "read-only"}, "spec": {"restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 999},
+            "containers": [{"name": "agent", "image": IMAGE, "args": ["key", "new", "--out", "/key.json"],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]}}}]}}),
+    )
+    .await;
+    let p = wait_for(&pods, "read-only", "the pod to fail", LONG, |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+    })
+    .await;
+    let message = p
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().next())
+        .and_then(|c| c.state)
+        .and_then(|s| s.terminated)
+        .and_then(|t| t.message)
+        .unwrap_or_default();
+    assert!(message.contains("Read-only file system"), "{message}");
+}
