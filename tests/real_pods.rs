@@ -133,88 +133,127 @@ async fn container_id(pods: &Api<Pod>, name: &str) -> String {
         .expect("container id")
 }
 
+/// Real nodes run one test at a time (they share the machine's ports and bridges).
+static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What every real-pod test stands on: two nodes, a namespace, member rs0-1 (a real pod, the
+/// pause image) on real-b with its data volume on that node's disk holding `files` large
+/// collection files, a repository on a network volume any node reaches (`backups`), a restore
+/// target on real-a's disk (`restored`), and the key Secret `rs0-key`.
+struct Ground {
+    // Dropped in this order: the namespace and volumes first, the nodes last.
+    ns: TestNamespace,
+    _vols: Volumes,
+    work: tempfile::TempDir,
+    data: std::path::PathBuf,
+    nodes: RealNodes,
+    cluster: support::cluster::Cluster,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Ground {
+    async fn new(purpose: &str, files: u64) -> Option<Ground> {
+        let serial = NODES.lock().await;
+        let cluster = cluster_or_skip().await?;
+        let nodes = RealNodes::start(&["real-a", "real-b"])?;
+        cluster.apply_crds().await;
+        let ns = cluster.namespace(purpose).await;
+        let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let data = work.path().join("data");
+        let mut vols = Volumes(Vec::new());
+        volume(&mut vols, &ns, "mongo-data-rs0-1", Some("real-b"), &data).await;
+        fill_member(&data, files);
+        for (claim, node) in [("backups", None), ("restored", Some("real-a"))] {
+            let d = work.path().join(claim);
+            volume(&mut vols, &ns, claim, node, &d).await;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        }
+        let pods: Api<Pod> = ns.api();
+        create::<Pod>(
+            &pods,
+            json!({"metadata": {"name": "rs0-1", "labels": {"app": "rs-real"}}, "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": "real-b"},
+                "containers": [{"name": "mongod", "image": "snapcrypt.test/pause:3.2",
+                    "imagePullPolicy": "Never",
+                    "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
+                "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": "mongo-data-rs0-1"}}]}}),
+        )
+        .await;
+        wait_for(&pods, "rs0-1", "the member pod to run", LONG, |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await;
+        let key = work.path().join("key.json");
+        support::ok(&["key", "new", "--out", &key.display().to_string()], &[]);
+        create::<Secret>(
+            &ns.api(),
+            json!({"metadata": {"name": "rs0-key"}, "stringData": {"key": std::fs::read_to_string(&key).expect("key")}}),
+        )
+        .await;
+        Some(Ground {
+            ns,
+            _vols: vols,
+            work,
+            data,
+            nodes,
+            cluster,
+            _serial: serial,
+        })
+    }
+
+    /// BackupJob rs0: member rs0-1, the repository on `backups`, the local key.
+    async fn backup_job(&self) {
+        create::<BackupJob>(
+            &self.ns.api(),
+            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
+                "spec": {
+                    "source": {"selector": {"matchLabels": {"app": "rs-real"}}, "dataVolumeName": "mongo-data",
+                               "syncSource": {"mode": "member", "member": "rs0-1"}},
+                    "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
+                    "encryption": {"localKeySecret": {"name": "rs0-key"}},
+                    "backoffLimit": 2}}),
+        )
+        .await;
+    }
+
+    /// The name of the job's first Snapshot, once it exists.
+    async fn snapshot_name(&self) -> String {
+        let snaps: Api<Snapshot> = self.ns.api();
+        eventually("the job's Snapshot", LONG, || async {
+            let list = snaps
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .first()
+                .map(kube::ResourceExt::name_any)
+                .ok_or_else(|| "no Snapshot yet".to_string())
+        })
+        .await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_and_restore_in_real_containers() {
-    let Some(cluster) = cluster_or_skip().await else {
+    let Some(g) = Ground::new("real-pods", 12).await else {
         return;
     };
-    let Some(nodes) = RealNodes::start(&["real-a", "real-b"]) else {
-        return;
-    };
-    cluster.apply_crds().await;
-    let ns = cluster.namespace("real-pods").await;
-    let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-
-    // The member rs0-1 runs on real-b with its data volume on that node's disk; the repository
-    // is a network volume any node reaches; the restore target is real-a's disk, so the
-    // scheduler places the restore pod there.
-    let data = work.path().join("data");
-    let mut vols = Volumes(Vec::new());
-    volume(&mut vols, &ns, "mongo-data-rs0-1", Some("real-b"), &data).await;
-    fill_member(&data, 12);
-    for (claim, node) in [("backups", None), ("restored", Some("real-a"))] {
-        let d = work.path().join(claim);
-        volume(&mut vols, &ns, claim, node, &d).await;
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    }
+    let (ns, nodes, data, work) = (&g.ns, &g.nodes, &g.data, &g.work);
     let pods: Api<Pod> = ns.api();
-    create::<Pod>(
-        &pods,
-        json!({"metadata": {"name": "rs0-1", "labels": {"app": "rs-real"}}, "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": "real-b"},
-            "containers": [{"name": "mongod", "image": "snapcrypt.test/pause:3.2",
-                "imagePullPolicy": "Never",
-                "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
-            "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": "mongo-data-rs0-1"}}]}}),
-    )
-    .await;
-    wait_for(&pods, "rs0-1", "the member pod to run", LONG, |p| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-    })
-    .await;
-
-    let key = work.path().join("key.json");
-    support::ok(&["key", "new", "--out", &key.display().to_string()], &[]);
-    create::<Secret>(
-        &ns.api(),
-        json!({"metadata": {"name": "rs0-key"}, "stringData": {"key": std::fs::read_to_string(&key).expect("key")}}),
-    )
-    .await;
-
     let _operator = support::operator::Operator::start_with_image(
-        cluster.kubeconfig(),
+        g.cluster.kubeconfig(),
         ns.name(),
         IMAGE,
         &["--agent-progress-interval", "0.2"],
     );
-    let jobs: Api<BackupJob> = ns.api();
-    create::<BackupJob>(
-        &jobs,
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
-            "spec": {
-                "source": {"selector": {"matchLabels": {"app": "rs-real"}}, "dataVolumeName": "mongo-data",
-                           "syncSource": {"mode": "member", "member": "rs0-1"}},
-                "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
-                "encryption": {"localKeySecret": {"name": "rs0-key"}},
-                "backoffLimit": 2}}),
-    )
-    .await;
+    g.backup_job().await;
 
     // The Snapshot the job made, seen mid-run with progress its agent reported from inside
     // the container, through the kubernetes Service.
     let snaps: Api<Snapshot> = ns.api();
-    let name = eventually("the job's Snapshot", LONG, || async {
-        let list = snaps
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .first()
-            .map(kube::ResourceExt::name_any)
-            .ok_or_else(|| "no Snapshot yet".to_string())
-    })
-    .await;
+    let name = g.snapshot_name().await;
     let seen = wait_for(&snaps, &name, "progress mid-run in status", LONG, |s| {
         running_with_progress(s) || finished(s)
     })
@@ -248,7 +287,7 @@ async fn snapshot_and_restore_in_real_containers() {
         st.message
     );
     assert_eq!(st.attempts, 2, "{st:?}");
-    let events = events_for(&ns, &name).await;
+    let events = events_for(ns, &name).await;
     assert!(
         events
             .iter()
@@ -281,7 +320,7 @@ async fn snapshot_and_restore_in_real_containers() {
         "{:?}",
         rst.message
     );
-    support::assert_same_tree(&data, &work.path().join("restored/db"));
+    support::assert_same_tree(data, &work.path().join("restored/db"));
     let restore_pod = pods
         .get(rst.pod_name.as_deref().unwrap_or("back-restore"))
         .await
@@ -315,4 +354,95 @@ async fn snapshot_and_restore_in_real_containers() {
         .and_then(|t| t.message)
         .unwrap_or_default();
     assert!(message.contains("Read-only file system"), "{message}");
+}
+
+/// A Helm release, uninstalled on drop.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(support::cache_dir().join("bin/helm3"))
+            .args(["uninstall", &self.name, "--namespace", &self.namespace])
+            .output();
+    }
+}
+
+/// `helm install` of the chart runs the operator itself as a pod of the chart's Deployment,
+/// as the chart's ServiceAccount, from the same image as its agents; it reaches the API server
+/// through the kubernetes Service, and a BackupJob's Snapshot succeeds with progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_runs_the_operator_as_a_pod() {
+    let Some(g) = Ground::new("real-chart", 4).await else {
+        return;
+    };
+    let (repo, tag) = IMAGE.rsplit_once(':').expect("image tag");
+    let release = support::cluster::unique_name("op", "chart");
+    let out = std::process::Command::new(support::cache_dir().join("bin/helm3"))
+        .args([
+            "install",
+            &release,
+            "charts/snapcrypt",
+            "--namespace",
+            g.ns.name(),
+            "--skip-crds",
+        ])
+        .args(["--set", &format!("image.repository={repo}")])
+        .args(["--set", &format!("image.tag={tag}")])
+        .args(["--set", "image.pullPolicy=Never"])
+        .args(["--set", &format!("operator.watchNamespace={}", g.ns.name())])
+        .current_dir(support::repo_root())
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _release = Release {
+        name: release,
+        namespace: g.ns.name().to_string(),
+    };
+    let pods: Api<Pod> = g.ns.api();
+    let operator = eventually("the operator pod to be ready", LONG, || async {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .into_iter()
+            .find(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .ok_or_else(|| "no ready operator pod yet".to_string())
+    })
+    .await;
+    let spec = operator.spec.expect("spec");
+    assert!(spec.node_name.is_some());
+    assert!(
+        spec.service_account_name
+            .as_deref()
+            .is_some_and(|sa| sa.ends_with("snapcrypt-operator")),
+        "{:?}",
+        spec.service_account_name
+    );
+
+    g.backup_job().await;
+    let name = g.snapshot_name().await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
+    let st = done.status.expect("status");
+    assert_eq!(
+        st.phase,
+        snapcrypt::api::snapshot::RunPhase::Succeeded,
+        "{:?}",
+        st.message
+    );
+    assert_eq!(st.member.and_then(|m| m.node).as_deref(), Some("real-b"));
+    assert!(st.stats.is_some_and(|s| s.files > 0));
 }
