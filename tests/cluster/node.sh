@@ -231,7 +231,12 @@ cmd_stop() {
       done
     fi
     stop_pid "containerd-$name"
-    pkill -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address $d/containerd.sock" 2>/dev/null || true
+    # Shims left by a runtime that died first, with the container processes they hold.
+    local shim
+    for shim in $(pgrep -f "containerd-shim-runc-v2 -namespace k8s.io -id .* -address ${d%/}/containerd.sock"); do
+      pkill -KILL -P "$shim" 2>/dev/null || true
+      kill -KILL "$shim" 2>/dev/null || true
+    done
     for m in $(awk -v r="$KUBELET_ROOT/$name" '$2 ~ "^"r {print $2}' /proc/mounts | sort -r); do
       umount -l "$m" 2>/dev/null || true
     done
