@@ -366,12 +366,13 @@ impl StatusReporter {
         StatusReporter { stop, task }
     }
 
-    /// Send one last report and stop. Waits at most `REPORT_TIMEOUT` for it: the result
-    /// reaches the status through the termination message anyway.
+    /// Send one last report and stop. Waits for it a little longer than a report may take
+    /// (so a dropped report is said, not cut off mid-way), and no longer: the result reaches
+    /// the status through the termination message anyway.
     async fn finish(self) {
         let _ = self.stop.send(());
         let mut task = self.task;
-        if tokio::time::timeout(REPORT_TIMEOUT, &mut task)
+        if tokio::time::timeout(REPORT_TIMEOUT + Duration::from_millis(500), &mut task)
             .await
             .is_err()
         {
