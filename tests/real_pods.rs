@@ -19,7 +19,7 @@ use serde_json::json;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{TestNamespace, cluster_or_skip, eventually, wait_for};
 use support::operator::{LONG, create, events_for};
-use support::real_nodes::{IMAGE, RealNodes};
+use support::real_nodes::{HOST_ALIAS, IMAGE, RealNodes};
 
 /// The test's PersistentVolumes (cluster-scoped: the namespace's deletion leaves them),
 /// deleted when dropped.
@@ -205,13 +205,19 @@ impl Ground {
 
     /// BackupJob rs0: member rs0-1, the repository on `backups`, the local key.
     async fn backup_job(&self) {
+        self.backup_job_to(json!({"pvc": {"claimName": "backups", "path": "repo"}}))
+            .await;
+    }
+
+    /// BackupJob rs0: member rs0-1, the repository at `destination`, the local key.
+    async fn backup_job_to(&self, destination: serde_json::Value) {
         create::<BackupJob>(
             &self.ns.api(),
             json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
                 "spec": {
                     "source": {"selector": {"matchLabels": {"app": "rs-real"}}, "dataVolumeName": "mongo-data",
                                "syncSource": {"mode": "member", "member": "rs0-1"}},
-                    "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
+                    "destination": destination,
                     "encryption": {"localKeySecret": {"name": "rs0-key"}},
                     "backoffLimit": 2}}),
         )
@@ -445,4 +451,62 @@ async fn the_chart_runs_the_operator_as_a_pod() {
     );
     assert_eq!(st.member.and_then(|m| m.node).as_deref(), Some("real-b"));
     assert!(st.stats.is_some_and(|s| s.files > 0));
+}
+
+/// An S3 repository from a real container: the credentials Secret reaches the agent as
+/// environment, the agent reaches the test's S3 server (s3s-fs, which checks signatures) over
+/// the pod network, and the bucket restores with the key file alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_repository_from_a_real_container() {
+    let Some(g) = Ground::new("real-s3", 2).await else {
+        return;
+    };
+    let s3 = support::s3::S3Server::start(&g.work.path().join("s3"), "backups");
+    g.nodes.expose(s3.port);
+    create::<Secret>(
+        &g.ns.api(),
+        json!({"metadata": {"name": "s3-creds"}, "stringData": {
+            "AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY}}),
+    )
+    .await;
+    let _operator = support::operator::Operator::start_with_image(
+        g.cluster.kubeconfig(),
+        g.ns.name(),
+        IMAGE,
+        &[],
+    );
+    g.backup_job_to(
+        json!({"s3": {"bucket": "backups", "prefix": "rs0", "pathStyle": true,
+        "endpoint": format!("http://{HOST_ALIAS}:{}", s3.port), "credentialsSecret": "s3-creds"}}),
+    )
+    .await;
+    let name = g.snapshot_name().await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
+    let st = done.status.expect("status");
+    assert_eq!(
+        st.phase,
+        snapcrypt::api::snapshot::RunPhase::Succeeded,
+        "{:?}",
+        st.message
+    );
+    let id = st.repository_snapshot_id.expect("repository snapshot id");
+    let env_owned = s3.env();
+    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = g.work.path().join("from-s3");
+    support::ok(
+        &[
+            "restore",
+            "--repo",
+            "s3://backups/rs0",
+            "--key-file",
+            &g.work.path().join("key.json").display().to_string(),
+            "--snapshot",
+            &id,
+            "--target",
+            &out.display().to_string(),
+        ],
+        &env,
+    );
+    support::assert_same_tree(&g.data, &out);
 }

@@ -7,6 +7,8 @@
 #   node.sh start NAME [NAME...]   start the scheduler and one node per NAME (idempotent)
 #   node.sh stop                   stop them all, remove their containers, state and rules
 #   node.sh load IMAGE.tar         import an image (docker-archive) into every node's runtime
+#   node.sh expose PORT            pods reach 127.0.0.1:PORT (a test's S3 or KMIP server) at
+#                                  $HOST_ALIAS:PORT; the server stays bound to loopback
 #
 # Each node N (index i from 0): containerd at $CLUSTER_DIR/nodes/NAME/containerd.sock, kubelet
 # on 127.0.0.1:(10250+i) with root dir /var/lib/snapcrypt-kubelet/NAME, pods on bridge
@@ -21,6 +23,8 @@ KUBELET_ROOT=/var/lib/snapcrypt-kubelet
 CONTAINERD_ROOT=/var/lib/snapcrypt-containerd
 PAUSE_IMAGE=snapcrypt.test/pause:3.2
 SERVICE_IP=${SERVICE_CIDR%.*}.1
+# The address at which pods reach the test servers that listen on this machine's loopback.
+HOST_ALIAS=10.243.0.1
 SRC=${SNAPCRYPT_CACHE}/k8s/src/kubernetes-1.20.2
 log() { echo "[node.sh $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "[node.sh] ERROR: $*" >&2; exit 1; }
@@ -197,6 +201,14 @@ cmd_start() {
   log "nodes ready: $*"
 }
 
+cmd_expose() {
+  local port=$1
+  sysctl -qw net.ipv4.conf.all.route_localnet=1 net.ipv4.conf.default.route_localnet=1
+  local rule=(-d "$HOST_ALIAS/32" -p tcp --dport "$port" -j DNAT --to-destination "127.0.0.1:$port"
+              -m comment --comment snapcrypt-test)
+  iptables -t nat -C PREROUTING "${rule[@]}" 2>/dev/null || iptables -t nat -A PREROUTING "${rule[@]}"
+}
+
 cmd_load() {
   local tar=$1 d
   for d in "$NODES_DIR"/*/containerd.sock; do
@@ -271,5 +283,6 @@ case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) cmd_stop ;;
   load) shift; cmd_load "$1" ;;
-  *) die "usage: node.sh start NAME... | stop | load IMAGE.tar" ;;
+  expose) shift; cmd_expose "$1" ;;
+  *) die "usage: node.sh start NAME... | stop | load IMAGE.tar | expose PORT" ;;
 esac

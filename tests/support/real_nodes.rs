@@ -7,6 +7,8 @@ use std::process::Command;
 
 /// The image `image.sh` builds and loads.
 pub const IMAGE: &str = "snapcrypt.test/snapcrypt:dev";
+/// Where pods reach a test server listening on this machine's loopback (`expose`).
+pub const HOST_ALIAS: &str = "10.243.0.1";
 
 pub struct RealNodes {
     script: PathBuf,
@@ -54,6 +56,20 @@ impl RealNodes {
             String::from_utf8_lossy(&out.stderr)
         );
         Some(nodes)
+    }
+
+    /// Let pods reach the test server on 127.0.0.1:`port` at [`HOST_ALIAS`]:`port` (removed
+    /// with the nodes).
+    pub fn expose(&self, port: u16) {
+        let out = Command::new(&self.script)
+            .args(["expose", &port.to_string()])
+            .output()
+            .expect("run node.sh expose");
+        assert!(
+            out.status.success(),
+            "node.sh expose: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Kill the container `id` (`containerd://ID` from a pod's status) on whichever node runs
