@@ -7,6 +7,8 @@
 //! Restore brings the bytes back in a restore pod. The MongoDB member is a real pod (the pause
 //! image) whose data volume the test fills: mongod itself cannot run here (tests/README.md).
 //! Volumes are static hostPath PersistentVolumes with node affinity, made by the test.
+#[path = "support/kmip.rs"]
+mod pykmip;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -211,6 +213,12 @@ impl Ground {
 
     /// BackupJob rs0: member rs0-1, the repository at `destination`, the local key.
     async fn backup_job_to(&self, destination: serde_json::Value) {
+        self.backup_job_with(destination, json!({"localKeySecret": {"name": "rs0-key"}}))
+            .await;
+    }
+
+    /// BackupJob rs0: member rs0-1, the repository at `destination`, the key `encryption`.
+    async fn backup_job_with(&self, destination: serde_json::Value, encryption: serde_json::Value) {
         create::<BackupJob>(
             &self.ns.api(),
             json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
@@ -218,7 +226,7 @@ impl Ground {
                     "source": {"selector": {"matchLabels": {"app": "rs-real"}}, "dataVolumeName": "mongo-data",
                                "syncSource": {"mode": "member", "member": "rs0-1"}},
                     "destination": destination,
-                    "encryption": {"localKeySecret": {"name": "rs0-key"}},
+                    "encryption": encryption,
                     "backoffLimit": 2}}),
         )
         .await;
@@ -507,6 +515,87 @@ async fn an_s3_repository_from_a_real_container() {
             &out.display().to_string(),
         ],
         &env,
+    );
+    support::assert_same_tree(&g.data, &out);
+}
+
+/// A KMIP-wrapped snapshot from a real container: the KmipServer's client TLS Secret is
+/// mounted into the snapshot pod, whose agent wraps its data key on PyKMIP over the pod
+/// network; the repository restores with the KMIP flags alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kmip_wrapped_snapshot_from_a_real_container() {
+    let Some(g) = Ground::new("real-kmip", 1).await else {
+        return;
+    };
+    let kmip = pykmip::PyKmip::start();
+    g.nodes.expose(kmip.port);
+    let read = |f: &str| std::fs::read_to_string(kmip.file(f)).expect("pki file");
+    create::<Secret>(
+        &g.ns.api(),
+        json!({"metadata": {"name": "kmip-client"}, "stringData": {
+            "tls.crt": read("client.pem"), "tls.key": read("client.key"), "ca.crt": read("ca.pem")}}),
+    )
+    .await;
+    let _operator = support::operator::Operator::start_with_image(
+        g.cluster.kubeconfig(),
+        g.ns.name(),
+        IMAGE,
+        &[],
+    );
+    let endpoint = format!("{HOST_ALIAS}:{}", kmip.port);
+    create::<snapcrypt::api::KmipServer>(
+        &g.ns.api(),
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "pykmip"},
+               "spec": {"endpoints": [endpoint], "tls": {"secretName": "kmip-client", "serverName": "localhost"},
+                        "masterKey": {"create": {"name": "real-pods-master"}}}}),
+    )
+    .await;
+    g.backup_job_with(
+        json!({"pvc": {"claimName": "backups", "path": "repo"}}),
+        json!({"kmipServerRef": {"name": "pykmip"}}),
+    )
+    .await;
+    let name = g.snapshot_name().await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
+    let st = done.status.expect("status");
+    assert_eq!(
+        st.phase,
+        snapcrypt::api::snapshot::RunPhase::Succeeded,
+        "{:?}",
+        st.message
+    );
+    let key_id = st.key_id.expect("key id");
+    let id = st.repository_snapshot_id.expect("repository snapshot id");
+    let out = g.work.path().join("from-kmip");
+    let (ca, cert, key) = (
+        kmip.file("ca.pem"),
+        kmip.file("client.pem"),
+        kmip.file("client.key"),
+    );
+    support::ok(
+        &[
+            "restore",
+            "--repo",
+            &g.work.path().join("backups/repo").display().to_string(),
+            "--kmip-endpoint",
+            &kmip.endpoint(),
+            "--kmip-ca",
+            &ca.display().to_string(),
+            "--kmip-cert",
+            &cert.display().to_string(),
+            "--kmip-key",
+            &key.display().to_string(),
+            "--kmip-key-id",
+            &key_id,
+            "--kmip-server-name",
+            "localhost",
+            "--snapshot",
+            &id,
+            "--target",
+            &out.display().to_string(),
+        ],
+        &[],
     );
     support::assert_same_tree(&g.data, &out);
 }

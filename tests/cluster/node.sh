@@ -207,6 +207,8 @@ cmd_expose() {
   local rule=(-d "$HOST_ALIAS/32" -p tcp --dport "$port" -j DNAT --to-destination "127.0.0.1:$port"
               -m comment --comment snapcrypt-test)
   iptables -t nat -C PREROUTING "${rule[@]}" 2>/dev/null || iptables -t nat -A PREROUTING "${rule[@]}"
+  # This machine's own processes (the operator outside the cluster) use the same address.
+  iptables -t nat -C OUTPUT "${rule[@]}" 2>/dev/null || iptables -t nat -A OUTPUT "${rule[@]}"
 }
 
 cmd_load() {
