@@ -14,25 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{assert_same_tree, describe, fails, make_source, ok, run};
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        make_source(&dir.path().join("src"));
-        Env { dir }
-    }
-    fn p(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-    fn key(&self) -> String {
-        self.p("key.json")
-    }
-}
+use support::{Env, assert_same_tree, describe, fails, make_source, ok, run};
 
 fn backup_id(src: &str, repo: &str, key: &str, env: &[(&str, &str)]) -> String {
     let out = ok(

@@ -8,25 +8,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use support::{assert_same_tree, fails, make_source, ok, run};
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        make_source(&dir.path().join("src"));
-        Env { dir }
-    }
-    fn p(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-    fn key(&self) -> String {
-        self.p("key.json")
-    }
-}
+use support::{Env, assert_same_tree, fails, ok, run};
 
 fn backup_json(
     src: &str,

@@ -232,6 +232,22 @@ impl Ground {
         .await;
     }
 
+    /// The status of the job's first Snapshot once it has succeeded (fails the test if it
+    /// failed).
+    async fn succeeded_snapshot(&self) -> snapcrypt::api::SnapshotStatus {
+        let name = self.snapshot_name().await;
+        let snaps: Api<Snapshot> = self.ns.api();
+        let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
+        let st = done.status.expect("status");
+        assert_eq!(
+            st.phase,
+            snapcrypt::api::snapshot::RunPhase::Succeeded,
+            "{:?}",
+            st.message
+        );
+        st
+    }
+
     /// The name of the job's first Snapshot, once it exists.
     async fn snapshot_name(&self) -> String {
         let snaps: Api<Snapshot> = self.ns.api();
@@ -447,16 +463,7 @@ async fn the_chart_runs_the_operator_as_a_pod() {
     );
 
     g.backup_job().await;
-    let name = g.snapshot_name().await;
-    let snaps: Api<Snapshot> = g.ns.api();
-    let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
-    let st = done.status.expect("status");
-    assert_eq!(
-        st.phase,
-        snapcrypt::api::snapshot::RunPhase::Succeeded,
-        "{:?}",
-        st.message
-    );
+    let st = g.succeeded_snapshot().await;
     assert_eq!(st.member.and_then(|m| m.node).as_deref(), Some("real-b"));
     assert!(st.stats.is_some_and(|s| s.files > 0));
 }
@@ -488,16 +495,7 @@ async fn an_s3_repository_from_a_real_container() {
         "endpoint": format!("http://{HOST_ALIAS}:{}", s3.port), "credentialsSecret": "s3-creds"}}),
     )
     .await;
-    let name = g.snapshot_name().await;
-    let snaps: Api<Snapshot> = g.ns.api();
-    let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
-    let st = done.status.expect("status");
-    assert_eq!(
-        st.phase,
-        snapcrypt::api::snapshot::RunPhase::Succeeded,
-        "{:?}",
-        st.message
-    );
+    let st = g.succeeded_snapshot().await;
     let id = st.repository_snapshot_id.expect("repository snapshot id");
     let env_owned = s3.env();
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -555,16 +553,7 @@ async fn a_kmip_wrapped_snapshot_from_a_real_container() {
         json!({"kmipServerRef": {"name": "pykmip"}}),
     )
     .await;
-    let name = g.snapshot_name().await;
-    let snaps: Api<Snapshot> = g.ns.api();
-    let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
-    let st = done.status.expect("status");
-    assert_eq!(
-        st.phase,
-        snapcrypt::api::snapshot::RunPhase::Succeeded,
-        "{:?}",
-        st.message
-    );
+    let st = g.succeeded_snapshot().await;
     let key_id = st.key_id.expect("key id");
     let id = st.repository_snapshot_id.expect("repository snapshot id");
     let out = g.work.path().join("from-kmip");

@@ -47,14 +47,14 @@ pause_image() {
     --entrypoint /pause --user 65535:65535
 }
 
-node_cert() { # NAME: the kubelet's client cert (O=system:nodes) and kubeconfig
-  local name=$1 dir=$NODES_DIR/$1
+client_identity() { # DIR SUBJECT: a client cert from the cluster CA and a kubeconfig using it
+  local dir=$1 subj=$2
+  mkdir -p "$dir"
   openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-    -keyout "$dir/kubelet.key" -out "$dir/kubelet.csr" \
-    -subj "/O=system:nodes/CN=system:node:$name" 2>/dev/null
+    -keyout "$dir/client.key" -out "$dir/client.csr" -subj "$subj" 2>/dev/null
   printf 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' >"$dir/ext"
-  openssl x509 -req -in "$dir/kubelet.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -out "$dir/kubelet.crt" -days 30 -sha256 -extfile "$dir/ext" 2>/dev/null
+  openssl x509 -req -in "$dir/client.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -out "$dir/client.crt" -days 30 -sha256 -extfile "$dir/ext" 2>/dev/null
   cat >"$dir/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
@@ -63,7 +63,7 @@ clusters:
   cluster: {server: "$APISERVER_URL", certificate-authority: "$PKI/ca.crt"}
 users:
 - name: u
-  user: {client-certificate: "$dir/kubelet.crt", client-key: "$dir/kubelet.key"}
+  user: {client-certificate: "$dir/client.crt", client-key: "$dir/client.key"}
 contexts:
 - name: x
   context: {cluster: c, user: u}
@@ -108,7 +108,7 @@ EOF
   wait_for "containerd of $name" 30 ctr_of "$name" version >/dev/null 2>&1 \
     || { tail -20 "$LOGS/containerd-$name.log" >&2; die "containerd of $name did not start"; }
   ctr_of "$name" images import "$NODES_DIR/pause.tar" >/dev/null
-  node_cert "$name"
+  client_identity "$dir" "/O=system:nodes/CN=system:node:$name"
   cat >"$dir/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -163,26 +163,7 @@ service_route() { # the kubernetes Service IP reaches the apiserver on loopback
 start_scheduler() {
   alive kube-scheduler && return 0
   local dir=$NODES_DIR/scheduler
-  mkdir -p "$dir"
-  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-    -keyout "$dir/client.key" -out "$dir/client.csr" -subj "/CN=system:kube-scheduler" 2>/dev/null
-  printf 'extendedKeyUsage=clientAuth\n' >"$dir/ext"
-  openssl x509 -req -in "$dir/client.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -out "$dir/client.crt" -days 30 -sha256 -extfile "$dir/ext" 2>/dev/null
-  cat >"$dir/kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: c
-  cluster: {server: "$APISERVER_URL", certificate-authority: "$PKI/ca.crt"}
-users:
-- name: u
-  user: {client-certificate: "$dir/client.crt", client-key: "$dir/client.key"}
-contexts:
-- name: x
-  context: {cluster: c, user: u}
-current-context: x
-EOF
+  client_identity "$dir" "/CN=system:kube-scheduler"
   log "kube-scheduler"
   launch kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$dir/kubeconfig" \
     --authentication-kubeconfig "$dir/kubeconfig" --authorization-kubeconfig "$dir/kubeconfig" \

@@ -14,6 +14,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// A scratch directory for one CLI test, with a sample source tree in `src/` (see
+/// [`make_source`]); removed when dropped.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        make_source(&dir.path().join("src"));
+        Env { dir }
+    }
+
+    /// The path of `name` in the directory, as an argument.
+    pub fn p(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Where a test's key file goes.
+    pub fn key(&self) -> String {
+        self.p("key.json")
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The snapcrypt binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_snapcrypt"))
