@@ -112,6 +112,19 @@ fn finished(s: &Snapshot) -> bool {
     })
 }
 
+/// The status of Snapshot `name` once it has finished; fails the test unless it succeeded.
+async fn succeeded(snaps: &Api<Snapshot>, name: &str) -> snapcrypt::api::SnapshotStatus {
+    let done = wait_for(snaps, name, "the Snapshot to finish", LONG, finished).await;
+    let st = done.status.expect("status");
+    assert_eq!(
+        st.phase,
+        snapcrypt::api::snapshot::RunPhase::Succeeded,
+        "{:?}",
+        st.message
+    );
+    st
+}
+
 /// The agent container's id in the pod `name`, once it runs.
 async fn container_id(pods: &Api<Pod>, name: &str) -> String {
     let pod = wait_for(
@@ -237,15 +250,7 @@ impl Ground {
     async fn succeeded_snapshot(&self) -> snapcrypt::api::SnapshotStatus {
         let name = self.snapshot_name().await;
         let snaps: Api<Snapshot> = self.ns.api();
-        let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
-        let st = done.status.expect("status");
-        assert_eq!(
-            st.phase,
-            snapcrypt::api::snapshot::RunPhase::Succeeded,
-            "{:?}",
-            st.message
-        );
-        st
+        succeeded(&snaps, &name).await
     }
 
     /// The name of the job's first Snapshot, once it exists.
@@ -308,14 +313,7 @@ async fn snapshot_and_restore_in_real_containers() {
 
     // Kill the agent's container mid-backup: the kubelet sees it die, the Snapshot retries.
     nodes.kill_container(&container_id(&pods, &pod_name).await);
-    let done = wait_for(&snaps, &name, "the Snapshot to finish", LONG, finished).await;
-    let st = done.status.expect("status");
-    assert_eq!(
-        st.phase,
-        snapcrypt::api::snapshot::RunPhase::Succeeded,
-        "{:?}",
-        st.message
-    );
+    let st = succeeded(&snaps, &name).await;
     assert_eq!(st.attempts, 2, "{st:?}");
     let events = events_for(ns, &name).await;
     assert!(

@@ -173,21 +173,26 @@ async fn read_members(
                 .collect();
             mongo::ask_members(&addrs, &settings).await
         }
-        None => members
-            .iter()
-            .map(|m| MemberReport {
-                pod: m.name.clone(),
-                node: m.node.clone(),
-                answer: Answer::NotAsked,
-                delay_secs: None,
-            })
-            .collect(),
+        None => not_asked(&members),
     };
     Ok(Ok(Members {
         pods,
         members,
         reports,
     }))
+}
+
+/// Reports for members MongoDB was not asked about (no connection configured).
+fn not_asked(members: &[MemberPod]) -> Vec<MemberReport> {
+    members
+        .iter()
+        .map(|m| MemberReport {
+            pod: m.name.clone(),
+            node: m.node.clone(),
+            answer: Answer::NotAsked,
+            delay_secs: None,
+        })
+        .collect()
 }
 
 /// The member to copy by the job's sync source, on a node and with a data claim, or why
@@ -241,15 +246,7 @@ mod tests {
 
     fn members(pods: Vec<Pod>) -> Members {
         let members = mongo::member_pods(&pods, "data", "cluster.local");
-        let reports = members
-            .iter()
-            .map(|m| MemberReport {
-                pod: m.name.clone(),
-                node: m.node.clone(),
-                answer: Answer::NotAsked,
-                delay_secs: None,
-            })
-            .collect();
+        let reports = not_asked(&members);
         Members {
             pods,
             members,

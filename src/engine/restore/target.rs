@@ -80,16 +80,6 @@ pub(super) fn prepare(
         .truncate(true)
         .open(&marker)
         .map_err(|e| terr(e.to_string()))?;
-
-    std::fs::create_dir_all(target).map_err(|e| terr(e.to_string()))?;
-    let marker = target.join(INCOMPLETE_MARKER);
-    clear_link(&marker).map_err(|e| terr(e.to_string()))?;
-    no_follow()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&marker)
-        .map_err(|e| terr(e.to_string()))?;
     Ok(marker)
 }
 
