@@ -1,5 +1,6 @@
-//! The KmipServer controller end to end: a real PyKMIP server on loopback, the operator binary,
-//! the test cluster (tests/README.md). The KmipServer's status reflects the server (identity,
+//! The KmipServer controller end to end: a real PyKMIP server on loopback (reached from pods
+//! over the pod network), the operator binary, snapshot pods in real containers on the test
+//! ground's nodes (tests/README.md). The KmipServer's status reflects the server (identity,
 //! versions, the master key it created, its state); a BackupJob under it takes a snapshot whose
 //! data key the server wraps; the key rotates on the policy's period (the old key is kept and
 //! superseded, an Event says so); the snapshot restores with the KMIP flags alone. A missing
@@ -9,12 +10,13 @@
 mod pykmip;
 mod support;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::json;
 use snapcrypt::api::{BackupJob, KmipServer, Snapshot};
-use support::cluster::{NodeAgentOptions, cluster_or_skip, try_wait_for, unique_name, wait_for};
-use support::operator::{LONG, Operator, create, events_for, member, wait_for_success};
+use support::cluster::{cluster_or_skip, try_wait_for, wait_for};
+use support::operator::{LONG, Operator, claim, create, member, wait_for_event, wait_for_success};
+use support::real_nodes::{HOST_ALIAS, RealNodes, volume_dir};
 
 fn cond(ks: &KmipServer, t: &str) -> Option<(String, String, String)> {
     ks.status
@@ -30,17 +32,14 @@ async fn kmip_server_status_snapshot_and_rotation() {
     let Some(cluster) = cluster_or_skip().await else {
         return;
     };
-    let node = unique_name("kmip", "a");
-    let Some(agent) = cluster
-        .start_node_agent(NodeAgentOptions::nodes(&[&node]))
-        .await
-    else {
-        println!("skipped: the cluster's kubelets run pods (SNAPCRYPT_E2E_NODE_AGENT is not 1)");
+    let Some(nodes) = RealNodes::get() else {
         return;
     };
     cluster.apply_crds().await;
     let ns = cluster.namespace("kmip").await;
     let kmip = pykmip::PyKmip::start();
+    nodes.expose(kmip.port);
+    let endpoint = format!("{HOST_ALIAS}:{}", kmip.port);
     let read = |f: &str| std::fs::read_to_string(kmip.file(f)).expect("pki file");
     create::<Secret>(
         &ns.api(),
@@ -79,7 +78,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
     create::<KmipServer>(
         &servers,
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "pykmip"},
-               "spec": {"endpoints": [kmip.endpoint()], "tls": {"secretName": "kmip-client", "serverName": "localhost"},
+               "spec": {"endpoints": [endpoint], "tls": {"secretName": "kmip-client", "serverName": "localhost"},
                         "masterKey": {"create": {"name": "e2e-master"}},
                         "rotation": {"period": "1m", "rewrapExisting": true}, "pollInterval": "5s"}}),
     )
@@ -109,13 +108,10 @@ async fn kmip_server_status_snapshot_and_rotation() {
     }
 
     // A BackupJob under it: the snapshot pod wraps its data key on the KMIP server.
-    member(&ns, "rs0-0", &node).await;
-    support::make_source(&agent.pvc_dir(ns.name(), "mongo-data-rs0-0"));
-    create::<PersistentVolumeClaim>(
-        &ns.api(),
-        json!({"metadata": {"name": "backups"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
-    )
-    .await;
+    let data = member(&ns, "rs0-0", "real-a").await;
+    support::make_source(&data);
+    support::chown_mongodb(&data);
+    claim(&ns, "backups", None).await;
     let jobs: Api<BackupJob> = ns.api();
     create::<BackupJob>(
         &jobs,
@@ -136,7 +132,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
     .await;
     let snap_name = j.status.and_then(|s| s.last_snapshot).expect("snapshot");
     let snaps: Api<Snapshot> = ns.api();
-    let sst = wait_for_success(&snaps, &snap_name, &agent, &ns).await;
+    let sst = wait_for_success(&snaps, &snap_name, &ns).await;
     assert_eq!(sst.key_id.as_deref(), Some(first_key.as_str()));
 
     // Rotation on the period: a new active key, the old one kept and superseded, an Event,
@@ -157,12 +153,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
     assert_eq!(old.state, "Superseded", "{st:?}");
     assert!(old.superseded_at.is_some());
     assert_eq!(old.dependent_snapshots, 1, "{st:?}");
-    assert!(
-        events_for(&ns, "pykmip")
-            .await
-            .iter()
-            .any(|(r, _)| r == "Rotated")
-    );
+    wait_for_event(&ns, "pykmip", "Rotated").await;
     assert_eq!(cond(&ks, "Rotating").map(|c| c.0).as_deref(), Some("True"));
 
     // A BackupJob naming a KmipServer that does not exist: a condition naming the field.
@@ -202,7 +193,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
     );
 
     // The snapshot restores from the repository with the KMIP flags alone.
-    let repo = agent.pvc_dir(ns.name(), "backups").join("repo");
+    let repo = volume_dir(&ns, "backups").await.join("repo");
     let out = tempfile::tempdir().expect("tempdir");
     let target = out.path().join("restored");
     support::ok(
@@ -225,5 +216,5 @@ async fn kmip_server_status_snapshot_and_rotation() {
         ],
         &[],
     );
-    support::assert_same_tree(&agent.pvc_dir(ns.name(), "mongo-data-rs0-0"), &target);
+    support::assert_same_tree(&data, &target);
 }

@@ -1,6 +1,7 @@
-//! The operator end to end on the test cluster (tests/README.md): a fake replica set (member
-//! pods, each with a data PVC holding a generated dbPath), the operator binary as a process,
-//! and BackupJobs as a user writes them. A snapshot pod runs on the chosen member's node, the
+//! The operator end to end on the test ground (tests/README.md): a replica set of member pods
+//! (the pause image standing in for mongod) on two real nodes, each with a data claim holding a
+//! generated dbPath, the operator binary as a process, snapshot and restore pods in real
+//! containers, and BackupJobs as a user writes them. A snapshot pod runs on the chosen member's node, the
 //! Snapshot succeeds with progress, stats and key id in status, and `snapcrypt restore` from
 //! the repository gives back identical bytes. Bad specs become conditions and Events, not
 //! crashes.
@@ -9,16 +10,16 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
 use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{
-    NodeAgentOptions, cluster_or_skip, eventually, try_wait_for, unique_name, wait_for,
-    wait_for_deletion,
+    cluster_or_skip, eventually, try_wait_for, unique_name, wait_for, wait_for_deletion,
 };
-use support::operator::{LONG, Operator, create, events_for, member, wait_for_success};
+use support::operator::{LONG, Operator, claim, create, member, wait_for_event, wait_for_success};
+use support::real_nodes::{RealNodes, pod_logs, volume_dir};
 
 fn job(name: &str, extra: serde_json::Value) -> serde_json::Value {
     let mut spec = json!({
@@ -123,32 +124,29 @@ async fn scenario(under_chart_rbac: bool) {
     let Some(cluster) = cluster_or_skip().await else {
         return;
     };
-    let (node_a, node_b) = (unique_name("op", "a"), unique_name("op", "b"));
-    let ns = cluster.namespace("operator").await;
-    // Snapshot pods are pinned to a member's node; restore pods are left to the scheduler,
-    // whose bind step the node agent plays for this test's namespace only.
-    let mut nodes = NodeAgentOptions::nodes(&[&node_a, &node_b]);
-    nodes.extra_args = vec!["--schedule-unpinned-in".into(), ns.name().into()];
-    let Some(agent) = cluster.start_node_agent(nodes).await else {
-        println!("skipped: the cluster's kubelets run pods (SNAPCRYPT_E2E_NODE_AGENT is not 1)");
+    let Some(_nodes) = RealNodes::get() else {
         return;
     };
+    let (node_a, node_b) = ("real-a", "real-b");
+    let ns = cluster.namespace("operator").await;
     cluster.apply_crds().await;
     let work = tempfile::tempdir().expect("tempdir");
 
     // A replica set of two members on two nodes, each with its own dbPath.
-    member(&ns, "rs0-0", &node_a).await;
-    member(&ns, "rs0-1", &node_b).await;
-    for (i, m) in ["rs0-0", "rs0-1"].iter().enumerate() {
-        let dir = agent.pvc_dir(ns.name(), &format!("mongo-data-{m}"));
+    let mut data = Vec::new();
+    for (i, (m, node)) in [("rs0-0", node_a), ("rs0-1", node_b)]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = member(&ns, m, node).await;
         support::make_source(&dir);
         std::fs::write(dir.join("member.txt"), format!("member {i}")).expect("write");
+        support::chown_mongodb(&dir);
+        data.push(dir);
     }
-    create::<PersistentVolumeClaim>(
-        &ns.api(),
-        json!({"metadata": {"name": "backups"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
-    )
-    .await;
+    let rs0_1 = &data[1];
+    // The repository volume: a disk of the node of its first pod (the snapshot pod's).
+    claim(&ns, "backups", None).await;
     // The master key, made the way a user makes one, in a Secret.
     let key = work.path().join("key.json");
     std::fs::create_dir_all(work.path().join("empty")).expect("dir");
@@ -191,12 +189,9 @@ async fn scenario(under_chart_rbac: bool) {
         .status
         .and_then(|s| s.last_snapshot)
         .expect("snapshot name");
-    let st = wait_for_success(&snaps, &snap_name, &agent, &ns).await;
+    let st = wait_for_success(&snaps, &snap_name, &ns).await;
     let m = st.member.clone().expect("member");
-    assert_eq!(
-        (m.pod.as_str(), m.node.as_deref()),
-        ("rs0-1", Some(node_b.as_str()))
-    );
+    assert_eq!((m.pod.as_str(), m.node.as_deref()), ("rs0-1", Some(node_b)));
     let pods: Api<Pod> = ns.api();
     let pod = pods
         .get(st.pod_name.as_deref().expect("pod name"))
@@ -204,7 +199,7 @@ async fn scenario(under_chart_rbac: bool) {
         .expect("snapshot pod");
     assert_eq!(
         pod.spec.and_then(|s| s.node_name).as_deref(),
-        Some(node_b.as_str()),
+        Some(node_b),
         "pinned to the member's node"
     );
     let progress = st.progress.clone().expect("progress reported by the agent");
@@ -224,15 +219,10 @@ async fn scenario(under_chart_rbac: bool) {
     })
     .await;
     assert_eq!(j.status.as_ref().and_then(|s| s.key_id.clone()), st.key_id);
-    assert!(
-        events_for(&ns, &snap_name)
-            .await
-            .iter()
-            .any(|(r, _)| r == "Succeeded")
-    );
+    wait_for_event(&ns, &snap_name, "Succeeded").await;
 
     // The repository restores to exactly what the member held.
-    let repo = agent.pvc_dir(ns.name(), "backups").join("repo");
+    let repo = volume_dir(&ns, "backups").await.join("repo");
     let out = work.path().join("restored");
     support::ok(
         &[
@@ -248,15 +238,11 @@ async fn scenario(under_chart_rbac: bool) {
         ],
         &[],
     );
-    support::assert_same_tree(&agent.pvc_dir(ns.name(), "mongo-data-rs0-1"), &out);
+    support::assert_same_tree(rs0_1, &out);
 
     // 1b. The same through a Restore: a restore pod writes the snapshot into a fresh claim,
     //     verifying as it goes; the Restore succeeds and the files are identical.
-    create::<PersistentVolumeClaim>(
-        &ns.api(),
-        json!({"metadata": {"name": "restored"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
-    )
-    .await;
+    claim(&ns, "restored", None).await;
     let restores: Api<Restore> = ns.api();
     let restore = |name: &str, snapshot: &str| {
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name},
@@ -271,13 +257,13 @@ async fn scenario(under_chart_rbac: bool) {
     create::<Restore>(&restores, restore("back", &snap_name)).await;
     let done = try_wait_for(&restores, "back", "the Restore to finish", LONG, finished)
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+        .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
     let rst = done.status.expect("status");
     assert_eq!(
         rst.phase,
         RunPhase::Succeeded,
         "{rst:?}\n{}",
-        agent.diagnostics(ns.name())
+        pod_logs(ns.name())
     );
     assert!(
         rst.message
@@ -290,22 +276,14 @@ async fn scenario(under_chart_rbac: bool) {
         .progress
         .expect("progress reported by the restore agent");
     assert_eq!(progress.percent, 100.0);
-    support::assert_same_tree(
-        &agent.pvc_dir(ns.name(), "mongo-data-rs0-1"),
-        &agent.pvc_dir(ns.name(), "restored").join("db"),
-    );
-    assert!(
-        events_for(&ns, "back")
-            .await
-            .iter()
-            .any(|(r, _)| r == "Restored")
-    );
+    support::assert_same_tree(rs0_1, &volume_dir(&ns, "restored").await.join("db"));
+    wait_for_event(&ns, "back", "Restored").await;
     // Again into the same, now non-empty, directory: refused with the agent's own words,
     // nothing overwritten.
     create::<Restore>(&restores, restore("again", &snap_name)).await;
     let again = try_wait_for(&restores, "again", "the Restore to fail", LONG, finished)
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+        .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
     let st = again.status.expect("status");
     assert_eq!(st.phase, RunPhase::Failed);
     assert!(
@@ -350,12 +328,7 @@ async fn scenario(under_chart_rbac: bool) {
         msg,
         "spec.schedule.cron \"61 * * * *\": minute 61 is out of range 0-59"
     );
-    assert!(
-        events_for(&ns, "badcron")
-            .await
-            .iter()
-            .any(|(r, _)| r == "InvalidSchedule")
-    );
+    wait_for_event(&ns, "badcron", "InvalidSchedule").await;
 
     // 3. A missing Secret: a condition naming it.
     create::<BackupJob>(
@@ -400,7 +373,7 @@ async fn scenario(under_chart_rbac: bool) {
         )
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+    .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
     let st = s.status.expect("status");
     assert_eq!(st.phase, RunPhase::Failed);
     assert!(
@@ -434,7 +407,7 @@ async fn scenario(under_chart_rbac: bool) {
     })
     .await;
     let first = j.status.and_then(|s| s.last_snapshot).expect("name");
-    let first_id = wait_for_success(&snaps, &first, &agent, &ns)
+    let first_id = wait_for_success(&snaps, &first, &ns)
         .await
         .repository_snapshot_id
         .expect("id");
@@ -444,7 +417,7 @@ async fn scenario(under_chart_rbac: bool) {
                "metadata": {"name": "keep1-on-demand"}, "spec": {"backupJobRef": {"name": "keep1"}}}),
     )
     .await;
-    let on_demand = wait_for_success(&snaps, "keep1-on-demand", &agent, &ns).await;
+    let on_demand = wait_for_success(&snaps, "keep1-on-demand", &ns).await;
     let applied = |st: &snapcrypt::api::SnapshotStatus| {
         st.conditions
             .iter()
@@ -509,14 +482,7 @@ async fn scenario(under_chart_rbac: bool) {
         "{}",
         applied(&second_st)
     );
-    assert!(
-        events_for(&ns, &second)
-            .await
-            .iter()
-            .any(|(r, _)| r == "ForgottenSnapshotsDeleted"),
-        "{:?}",
-        events_for(&ns, &second).await
-    );
+    wait_for_event(&ns, &second, "ForgottenSnapshotsDeleted").await;
     let listed: serde_json::Value = serde_json::from_str(&support::ok(
         &[
             "snapshots",

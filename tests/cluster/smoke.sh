@@ -8,11 +8,10 @@
 #
 # Checks: /version is v1.20.2; a CRD becomes Established and serves a custom resource; a
 # ServiceAccount token without RBAC gets 403 and 200 once a Role allows it; the controller-manager
-# garbage-collects an ownerRef'd child; the test node agent registers Ready nodes, binds a pod
-# by nodeSelector and runs it (--snapcrypt-binary /bin/sh, image snapcrypt:test) to Succeeded
-# with the termination message in status, with a PVC dir and the pod's own ServiceAccount
-# kubeconfig; FallbackToLogsOnError; a scenery (non-snapcrypt) pod is Running; deleting a
-# running pod kills its process; the namespace deletion completes.
+# garbage-collects an ownerRef'd child; node.sh starts two real nodes (kubelet + containerd)
+# that become Ready; a pod pinned to real-b runs in a real container with a claim the
+# provisioner double binds to a volume on real-b; the namespace deletion completes. Run as
+# root (the nodes need it); the nodes stay up until stop.sh.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -36,14 +35,8 @@ eventually() {
 WORK=$(mktemp -d /tmp/snapcrypt-smoke.XXXXXX)
 NS=snapcrypt-smoke-$$
 STARTED_CLUSTER=0
-AGENT_PID=
-AGENT_PIDFILE=$PIDS/node-agent-smoke-$$.pid
 
 cleanup() {
-  if [ -n "$AGENT_PID" ] && kill -0 "$AGENT_PID" 2>/dev/null; then
-    kill -TERM "$AGENT_PID" 2>/dev/null
-    wait "$AGENT_PID" 2>/dev/null
-  fi
   if [ "$STARTED_CLUSTER" = 1 ] && [ "${SNAPCRYPT_SMOKE_KEEP:-0}" != 1 ]; then
     "$HERE/stop.sh" >/dev/null 2>&1
   elif [ -n "${KUBECONFIG:-}" ]; then
@@ -148,151 +141,42 @@ check "create ownerRef'd child" "${KC[@]}" apply -f "$WORK/child.yaml" -o name
 child_gone() { ! "${KC[@]}" -n "$NS" get configmap child -o name >/dev/null 2>&1; }
 eventually "controller-manager garbage-collects the child of a deleted owner" 60 child_gone
 
-# ---------------------------------------------------------------- test node agent
-mkdir -p "$WORK/agent"
-python3 "$REPO/tests/node-agent/agent.py" --kubeconfig "$KUBECONFIG" --state-dir "$WORK/agent" \
-  --snapcrypt-binary /bin/sh --run-image busybox --node node-a --node node-b --pid-file "$AGENT_PIDFILE" \
-  >"$WORK/agent.stdout" 2>"$WORK/agent.stderr" &
-AGENT_PID=$!
-agent_ready() { grep -qs '^node-agent ready$' "$WORK/agent.stdout"; }
-eventually "node agent prints 'node-agent ready'" 60 agent_ready
+# ---------------------------------------------------------------- real nodes
+check "node.sh starts real-a and real-b" "$HERE/node.sh" start real-a real-b
 nodes_ready() {
-  [ "$("${KC[@]}" get nodes node-a node-b -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{end}' 2>/dev/null)" = TrueTrue ]
+  [ "$("${KC[@]}" get nodes real-a real-b -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{end}' 2>/dev/null)" = TrueTrue ]
 }
-eventually "nodes node-a and node-b are Ready" 20 nodes_ready
-
-"${KC[@]}" -n "$NS" create configmap smoke-cfg --from-literal=greeting=hello -o name >/dev/null
-cat >"$WORK/pods.yaml" <<EOF
+eventually "both nodes Ready" 60 nodes_ready
+cat >"$WORK/pod.yaml" <<EOF
 apiVersion: v1
 kind: PersistentVolumeClaim
-metadata: {name: smoke-data, namespace: $NS}
-spec:
-  accessModes: [ReadWriteOnce]
-  resources: {requests: {storage: 1Gi}}
+metadata: {name: data, namespace: $NS}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: smoke-pod, namespace: $NS}
+metadata: {name: sleeper, namespace: $NS}
 spec:
-  restartPolicy: Never
-  nodeSelector: {kubernetes.io/hostname: node-a}
+  nodeSelector: {kubernetes.io/hostname: real-b}
   containers:
-  - name: snapcrypt
-    image: snapcrypt:test
-    env:
-    - name: POD_NAME
-      valueFrom: {fieldRef: {fieldPath: metadata.name}}
-    args:
-    - -c
-    - >-
-      kubectl --request-timeout=10s get configmap smoke-cfg -o jsonpath='{.data.greeting}' > /data/greeting &&
-      echo "done \$(POD_NAME)" > /dev/termination-log
-    volumeMounts:
-    - {name: data, mountPath: /data}
-  volumes:
-  - {name: data, persistentVolumeClaim: {claimName: smoke-data}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: smoke-seeder, namespace: $NS}
-spec:
-  restartPolicy: Never
-  nodeSelector: {kubernetes.io/hostname: node-a}
-  containers:
-  - name: seed
-    image: busybox:1.36
-    command: ["sh", "-c", "mkdir -p /seed/db && echo seeded > /seed/db/doc.json"]
-    volumeMounts:
-    - {name: data, mountPath: /seed}
-  volumes:
-  - {name: data, persistentVolumeClaim: {claimName: smoke-data}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: smoke-fail, namespace: $NS}
-spec:
-  restartPolicy: Never
-  nodeName: node-b
-  containers:
-  - name: snapcrypt
-    image: snapcrypt:test
-    terminationMessagePolicy: FallbackToLogsOnError
-    args: ["-c", "echo boom-from-logs; exit 7"]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: smoke-mongo, namespace: $NS}
-spec:
-  nodeSelector: {kubernetes.io/hostname: node-b}
-  containers:
-  - {name: mongod, image: mongo:4.4}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: smoke-sleeper, namespace: $NS}
-spec:
-  restartPolicy: Never
-  nodeName: node-a
-  terminationGracePeriodSeconds: 5
-  containers:
-  - name: snapcrypt
-    image: snapcrypt:test
-    args: ["-c", "echo \$\$ > /tmp/pid; exec sleep 300"]
-    volumeMounts: [{name: tmp, mountPath: /tmp}]
-  volumes: [{name: tmp, emptyDir: {}}]
+  - {name: pause, image: snapcrypt.test/pause:3.2, imagePullPolicy: Never,
+     volumeMounts: [{name: data, mountPath: /data}]}
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
 EOF
-check "create pods" "${KC[@]}" apply -f "$WORK/pods.yaml" -o name
-jp() { "${KC[@]}" -n "$NS" get pod "$1" -o jsonpath="$2" 2>/dev/null; }
-phase_is() { [ "$(jp "$1" '{.status.phase}')" = "$2" ]; }
-eventually "smoke-pod is bound to node-a by nodeSelector" 30 test "$(jp smoke-pod '{.spec.nodeName}')" = node-a
-eventually "smoke-pod Succeeded" 60 phase_is smoke-pod Succeeded
-check "smoke-pod termination message in status" \
-  test "$(jp smoke-pod '{.status.containerStatuses[0].state.terminated.message}')" = "done smoke-pod"
-check "smoke-pod read a ConfigMap with its ServiceAccount kubeconfig into its PVC dir" \
-  test "$(cat "$WORK/agent/pvcs/$NS/smoke-data/greeting" 2>/dev/null)" = hello
-check "smoke-pod podIP 127.0.0.1" test "$(jp smoke-pod '{.status.podIP}')" = 127.0.0.1
-check "container log file written" test -f "$WORK/agent/logs/${NS}_smoke-pod_snapcrypt.log"
-pvc_bound_on_node_a() {
-  local pv
-  pv=$("${KC[@]}" -n "$NS" get pvc smoke-data -o jsonpath='{.status.phase}/{.spec.volumeName}' 2>/dev/null)
-  [ "${pv%%/*}" = Bound ] || return 1
-  [ "$("${KC[@]}" get pv "${pv#*/}" -o jsonpath='{.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}')" = node-a ]
+check "create a pod with a claim of the default class" "${KC[@]}" apply -f "$WORK/pod.yaml" -o name
+pod_running() { [ "$("${KC[@]}" -n "$NS" get pod sleeper -o jsonpath='{.status.phase}' 2>/dev/null)" = Running ]; }
+eventually "the pod runs in a real container on real-b" 90 pod_running
+pv_local() {
+  local pv; pv=$("${KC[@]}" -n "$NS" get pvc data -o jsonpath='{.spec.volumeName}' 2>/dev/null) && [ -n "$pv" ] &&
+  [ "$("${KC[@]}" get pv "$pv" -o jsonpath='{.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}')" = real-b ]
 }
-eventually "PVC smoke-data Bound to a PV on node-a (first consumer's node)" 30 pvc_bound_on_node_a
-eventually "--run-image pod smoke-seeder Succeeded" 60 phase_is smoke-seeder Succeeded
-check "smoke-seeder wrote into the PVC dir" \
-  test "$(cat "$WORK/agent/pvcs/$NS/smoke-data/db/doc.json" 2>/dev/null)" = seeded
-eventually "smoke-fail Failed" 60 phase_is smoke-fail Failed
-check "smoke-fail exit code 7" test "$(jp smoke-fail '{.status.containerStatuses[0].state.terminated.exitCode}')" = 7
-check "smoke-fail message falls back to the log" \
-  bash -c "[[ \"\$1\" == *boom-from-logs* ]]" _ "$(jp smoke-fail '{.status.containerStatuses[0].state.terminated.message}')"
-eventually "scenery pod smoke-mongo Running (not executed)" 30 phase_is smoke-mongo Running
-eventually "smoke-sleeper Running" 30 phase_is smoke-sleeper Running
-SLEEPER_PID=
-sleeper_pid() { SLEEPER_PID=$(cat "$WORK"/agent/pods/"${NS}"_smoke-sleeper_*/volumes/tmp/pid 2>/dev/null) && [ -n "$SLEEPER_PID" ]; }
-eventually "smoke-sleeper process started" 10 sleeper_pid
-"${KC[@]}" -n "$NS" delete pod smoke-sleeper --wait=false >/dev/null
-pod_gone() { ! "${KC[@]}" -n "$NS" get pod "$1" -o name >/dev/null 2>&1; }
-eventually "deleted pod smoke-sleeper is gone from the API" 30 pod_gone smoke-sleeper
-proc_gone() { [ -z "$SLEEPER_PID" ] || ! kill -0 "$SLEEPER_PID" 2>/dev/null; }
-eventually "deleted pod's process was killed" 15 proc_gone
+eventually "the provisioner double bound the claim to a volume on real-b" 30 pv_local
 
 # ---------------------------------------------------------------- namespace deletion
 "${KC[@]}" delete namespace "$NS" --wait=false >/dev/null
 ns_gone() { ! "${KC[@]}" get namespace "$NS" -o name >/dev/null 2>&1; }
-eventually "namespace deletion completes (controller-manager + node agent)" 120 ns_gone
+eventually "namespace deletion completes (controller-manager + kubelets + provisioner)" 120 ns_gone
 "${KC[@]}" delete -f "$WORK/crd.yaml" --wait=false >/dev/null 2>&1
-
-# ---------------------------------------------------------------- agent shutdown
-kill -TERM "$AGENT_PID" 2>/dev/null
-agent_exited() { ! kill -0 "$AGENT_PID" 2>/dev/null; }
-eventually "node agent exits on SIGTERM" 15 agent_exited
-AGENT_PID=
-if grep -q -E 'Traceback|ERROR' "$WORK/agent/node-agent.log"; then
-  fail "node agent log has errors:"; grep -E -A5 'Traceback|ERROR' "$WORK/agent/node-agent.log" | head -40
-else
-  pass "node agent log has no errors"
-fi
 
 echo "smoke: $(( $(date +%s) - T0 )) s"
 echo "$PASSED passed, $FAILED failed"

@@ -2,7 +2,8 @@
 # Start the snapcrypt e2e test cluster on loopback: etcd, kube-apiserver v1.20.2 (RBAC, client
 # certs, static token and ServiceAccount token auth, TokenRequest) and kube-controller-manager
 # (garbage collector, namespace deletion, service accounts and their tokens, jobs, ...).
-# No scheduler and no kubelet: tests/node-agent/agent.py is the test double for those.
+# The scheduler, the kubelets, containerd and the storage provisioner double are node.sh's
+# (tests/run starts them after this as root; stop.sh stops them).
 #
 # Idempotent: if the cluster is already running and healthy it says so and exits 0.
 # Writes into $SNAPCRYPT_CLUSTER_DIR (default /tmp/snapcrypt-cluster):

@@ -24,12 +24,12 @@ for c in "${COMPONENTS[@]}"; do
     ok=1
   fi
 done
-for f in "$PIDS"/node-agent*.pid; do
+for f in "$PIDS"/kube-scheduler.pid "$PIDS"/provisioner.pid "$PIDS"/kubelet-*.pid "$PIDS"/containerd-*.pid; do
   [ -f "$f" ] || continue
   p=$(cat "$f")
   if kill -0 "$p" 2>/dev/null; then
     rss=$(awk '/VmRSS/{printf "%d MiB", $2/1024}' "/proc/$p/status" 2>/dev/null)
-    printf '%-24s pid %-7s rss %-9s running\n' "$(basename "$f" .pid)" "$p" "$rss"
+    printf '%-24s pid %-7s rss %-9s running (node.sh)\n' "$(basename "$f" .pid)" "$p" "$rss"
   fi
 done
 echo "apiserver: $APISERVER_URL"

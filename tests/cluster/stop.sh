@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop what tests/cluster/start.sh started (by its pid files only) and remove the state dir.
-# Also stops a node agent that wrote $SNAPCRYPT_CLUSTER_DIR/pids/node-agent*.pid.
+# Stops the real nodes first (node.sh stop: containers, kubelets, containerd, scheduler,
+# provisioner, volumes, bridges and rules) while the API server still runs.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
@@ -19,15 +20,8 @@ stop_pid() { # NAME PID: SIGTERM, wait up to 10 s, then SIGKILL
 }
 
 if [ -d "$PIDS" ]; then
-  # node agents first (their pid files are written by the agent itself), then the cluster in
-  # reverse start order
-  for f in "$PIDS"/node-agent*.pid; do
-    [ -f "$f" ] || continue
-    p=$(cat "$f"); 
-    if kill -0 "$p" 2>/dev/null && grep -q agent.py "/proc/$p/cmdline" 2>/dev/null; then
-      stop_pid "$(basename "$f" .pid)" "$p"
-    fi
-  done
+  # the real nodes first, then the cluster in reverse start order
+  if [ -d "$CLUSTER_DIR/nodes" ] && [ "$(id -u)" = 0 ]; then "$HERE/node.sh" stop || true; fi
   for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
     c=${COMPONENTS[$i]}
     if p=$(pid_of "$c"); then stop_pid "$c" "$p"; fi

@@ -12,10 +12,6 @@
 //!
 //! Every wait has a deadline and polls or watches the API: nothing sleeps to synchronise.
 
-mod node_agent;
-
-pub use node_agent::{NodeAgent, NodeAgentOptions};
-
 use std::fmt::{Debug, Display};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -134,12 +130,6 @@ impl Cluster {
     /// The kubeconfig file the cluster was reached through.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
-    }
-
-    /// Whether tests start the test node agent to run pods: `SNAPCRYPT_E2E_NODE_AGENT=1`
-    /// (exported by tests/cluster/env.sh). A real cluster's kubelets run pods themselves.
-    pub fn node_agent_enabled(&self) -> bool {
-        std::env::var("SNAPCRYPT_E2E_NODE_AGENT").is_ok_and(|v| v == "1")
     }
 
     /// A client that authenticates with `token` (and trusts the admin config's CA).
@@ -293,15 +283,6 @@ impl Cluster {
             |sa| !needs_secret || sa.secrets.as_ref().is_some_and(|s| !s.is_empty()),
         )
         .await
-    }
-
-    /// Starts the test node agent with `options`, or returns `None` when the cluster runs its
-    /// own kubelets (see [`Cluster::node_agent_enabled`]).
-    pub async fn start_node_agent(&self, options: NodeAgentOptions) -> Option<NodeAgent> {
-        if !self.node_agent_enabled() {
-            return None;
-        }
-        Some(NodeAgent::start(&self.kubeconfig, options).await)
     }
 }
 

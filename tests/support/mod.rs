@@ -229,6 +229,17 @@ pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) 
 }
 
 /// Where the services installed by .ci/install-deps.sh are.
+/// Give `dir` (recursively) to mongod's usual user (999, the snapshot pod's default user),
+/// as a member's volume would be.
+pub fn chown_mongodb(dir: &Path) {
+    let st = Command::new("chown")
+        .args(["-R", "999:999"])
+        .arg(dir)
+        .status()
+        .expect("chown");
+    assert!(st.success(), "chown -R 999:999 {}", dir.display());
+}
+
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("SNAPCRYPT_CACHE")
         .map(PathBuf::from)

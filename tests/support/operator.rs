@@ -1,7 +1,7 @@
 //! Operator end-to-end helpers: the operator binary as a process, objects created as a user
 //! would, a fake replica-set member (scenery pod with a data PVC), Events of an object.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 use super::cluster::{TestNamespace, wait_for};
+use super::real_nodes::{IMAGE, PAUSE_IMAGE, pod_logs, volume_dir};
 
 /// Deadline for anything the operator or a snapshot pod does.
 pub const LONG: Duration = Duration::from_secs(120);
@@ -25,7 +26,7 @@ impl Operator {
 
     /// Start with extra operator flags.
     pub fn start_with(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Operator {
-        Self::start_with_image(kubeconfig, namespace, "snapcrypt:e2e", extra)
+        Self::start_with_image(kubeconfig, namespace, IMAGE, extra)
     }
 
     /// Start with the agent image `image` and extra operator flags.
@@ -81,8 +82,11 @@ where
         .expect("create")
 }
 
-/// A member pod (scenery: its mongo container never runs) with a data PVC, pinned to `node`.
-pub async fn member(ns: &TestNamespace, name: &str, node: &str) {
+/// A member pod on `node` with its data claim `mongo-data-NAME` on that node's disk (the
+/// provisioner double's default class), labelled `app: rs-e2e`. Its container is the pause
+/// image: mongod cannot run here (tests/README.md), so the test fills the dbPath. Returns the
+/// volume's directory on this machine.
+pub async fn member(ns: &TestNamespace, name: &str, node: &str) -> PathBuf {
     let claim = format!("mongo-data-{name}");
     create::<PersistentVolumeClaim>(
         &ns.api(),
@@ -95,7 +99,7 @@ pub async fn member(ns: &TestNamespace, name: &str, node: &str) {
             "metadata": {"name": name, "labels": {"app": "rs-e2e"}},
             "spec": {
                 "nodeSelector": {"kubernetes.io/hostname": node},
-                "containers": [{"name": "mongod", "image": "mongo:7.0",
+                "containers": [{"name": "mongod", "image": PAUSE_IMAGE, "imagePullPolicy": "Never",
                     "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
                 "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": claim}}],
             },
@@ -107,6 +111,19 @@ pub async fn member(ns: &TestNamespace, name: &str, node: &str) {
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     })
     .await;
+    volume_dir(ns, &claim).await
+}
+
+/// A claim `name` of the provisioner double's class `class` (`None`: the default, a disk of
+/// the node of the first pod that mounts it).
+pub async fn claim(ns: &TestNamespace, name: &str, class: Option<&str>) {
+    let mut spec =
+        json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}});
+    if let Some(class) = class {
+        spec["storageClassName"] = json!(class);
+    }
+    create::<PersistentVolumeClaim>(&ns.api(), json!({"metadata": {"name": name}, "spec": spec}))
+        .await;
 }
 
 /// (reason, note) of the Events about `name`.
@@ -123,12 +140,27 @@ pub async fn events_for(ns: &TestNamespace, name: &str) -> Vec<(String, String)>
         .collect()
 }
 
-/// Wait until Snapshot `name` finishes, and require that it succeeded; failures carry the node
-/// agent's diagnostics.
+/// Wait until an Event with `reason` about `name` exists, and return its note. Controllers
+/// post Events after they write status, so a test that has just seen the status must wait
+/// for the Event rather than list once (the race that failed CI once for "Rotated").
+pub async fn wait_for_event(ns: &TestNamespace, name: &str, reason: &str) -> String {
+    let what = format!("an Event {reason} about {name}");
+    super::cluster::eventually(&what, LONG, || async {
+        let events = events_for(ns, name).await;
+        events
+            .iter()
+            .find(|(r, _)| r == reason)
+            .map(|(_, note)| note.clone())
+            .ok_or_else(|| format!("the Events so far: {events:?}"))
+    })
+    .await
+}
+
+/// Wait until Snapshot `name` finishes, and require that it succeeded; failures carry the
+/// container logs of the namespace's pods.
 pub async fn wait_for_success(
     snaps: &Api<snapcrypt::api::Snapshot>,
     name: &str,
-    agent: &super::cluster::NodeAgent,
     ns: &TestNamespace,
 ) -> snapcrypt::api::SnapshotStatus {
     use snapcrypt::api::snapshot::RunPhase;
@@ -139,13 +171,13 @@ pub async fn wait_for_success(
         )
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", agent.diagnostics(ns.name())));
+    .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
     let st = snap.status.clone().unwrap_or_default();
     assert_eq!(
         st.phase,
         RunPhase::Succeeded,
         "{st:?}\n{}",
-        agent.diagnostics(ns.name())
+        pod_logs(ns.name())
     );
     st
 }

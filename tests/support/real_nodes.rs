@@ -1,14 +1,32 @@
-//! Real nodes on the local test cluster: `tests/cluster/node.sh` starts a kube-scheduler and,
-//! per node, containerd and a kubelet; `tests/cluster/image.sh` builds the snapcrypt image from
-//! the binary under test and loads it. Stopped (containers, state, iptables rule) on drop.
+//! Real nodes on the local test cluster: `tests/cluster/node.sh` starts a kube-scheduler, the
+//! storage provisioner double and, per node, containerd and a kubelet; `tests/cluster/image.sh`
+//! builds the snapcrypt image from the binary under test and loads it. The nodes belong to the
+//! test ground (tests/run starts them with the cluster and `tests/cluster/stop.sh` stops them);
+//! a test process starts them if they are not running and loads its image once. Each test
+//! cleans up by deleting its namespace: the kubelets stop its pods, the provisioner deletes
+//! its volumes.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::Api;
+
+use super::cluster::{TestNamespace, eventually};
+use super::operator::LONG;
 
 /// The image `image.sh` builds and loads.
 pub const IMAGE: &str = "snapcrypt.test/snapcrypt:dev";
+/// The pause image every node has (node.sh builds it); a member pod's stand-in for mongod.
+pub const PAUSE_IMAGE: &str = "snapcrypt.test/pause:3.2";
 /// Where pods reach a test server listening on this machine's loopback (`expose`).
 pub const HOST_ALIAS: &str = "10.243.0.1";
+/// The test ground's nodes.
+pub const NODES: [&str; 2] = ["real-a", "real-b"];
+/// The provisioner double's classes: node-local disks (the default) and network storage.
+pub const LOCAL_CLASS: &str = "snapcrypt-local";
+pub const SHARED_CLASS: &str = "snapcrypt-shared";
 
 pub struct RealNodes {
     script: PathBuf,
@@ -16,14 +34,18 @@ pub struct RealNodes {
 }
 
 impl RealNodes {
-    /// Start nodes `names` and load the snapcrypt image into them, or `None` (after saying
-    /// why) where real nodes cannot run: a cluster that is not this machine's test ground
-    /// (`SNAPCRYPT_CLUSTER_DIR`'s admin kubeconfig) or a user who is not root.
-    pub fn start(names: &[&str]) -> Option<RealNodes> {
-        let dir = std::env::var("SNAPCRYPT_CLUSTER_DIR")
-            .unwrap_or_else(|_| "/tmp/snapcrypt-cluster".into());
+    /// The running nodes with this test binary's image loaded, or `None` (after saying why)
+    /// where real nodes cannot run: a cluster that is not this machine's test ground
+    /// (`SNAPCRYPT_CLUSTER_DIR`'s admin kubeconfig) or a user who is not root. Starts the
+    /// nodes if they are not running and loads the image once per test process.
+    pub fn get() -> Option<&'static RealNodes> {
+        static NODES_READY: OnceLock<Option<RealNodes>> = OnceLock::new();
+        NODES_READY.get_or_init(Self::start).as_ref()
+    }
+
+    fn start() -> Option<RealNodes> {
         let local = std::env::var("KUBECONFIG")
-            .is_ok_and(|k| k.starts_with(&dir) && PathBuf::from(&k).exists());
+            .is_ok_and(|k| k.starts_with(&cluster_dir()) && PathBuf::from(&k).exists());
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if !local || !root {
@@ -31,44 +53,28 @@ impl RealNodes {
             return None;
         }
         let script = super::repo_root().join("tests/cluster/node.sh");
-        let nodes = RealNodes {
-            script: script.clone(),
-            names: names.iter().map(|n| n.to_string()).collect(),
-        };
-        let out = Command::new(&script)
-            .arg("start")
-            .args(names)
-            .output()
-            .expect("run node.sh");
-        assert!(
-            out.status.success(),
-            "node.sh start: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run(
+            Command::new(&script).arg("start").args(NODES),
+            "node.sh start",
         );
-        let out = Command::new(super::repo_root().join("tests/cluster/image.sh"))
-            .arg(super::bin())
-            .arg(IMAGE)
-            .output()
-            .expect("run image.sh");
-        assert!(
-            out.status.success(),
-            "image.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run(
+            Command::new(super::repo_root().join("tests/cluster/image.sh"))
+                .arg(super::bin())
+                .arg(IMAGE),
+            "image.sh",
         );
-        Some(nodes)
+        Some(RealNodes {
+            script,
+            names: NODES.iter().map(|n| n.to_string()).collect(),
+        })
     }
 
-    /// Let pods reach the test server on 127.0.0.1:`port` at [`HOST_ALIAS`]:`port` (removed
-    /// with the nodes).
+    /// Let pods reach the test server on 127.0.0.1:`port` at [`HOST_ALIAS`]:`port` (until
+    /// the nodes stop).
     pub fn expose(&self, port: u16) {
-        let out = Command::new(&self.script)
-            .args(["expose", &port.to_string()])
-            .output()
-            .expect("run node.sh expose");
-        assert!(
-            out.status.success(),
-            "node.sh expose: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run(
+            Command::new(&self.script).args(["expose", &port.to_string()]),
+            "node.sh expose",
         );
     }
 
@@ -76,8 +82,7 @@ impl RealNodes {
     /// it, as a crash or an OOM kill would: the kubelet sees it die.
     pub fn kill_container(&self, container_id: &str) {
         let id = container_id.trim_start_matches("containerd://");
-        let dir = std::env::var("SNAPCRYPT_CLUSTER_DIR")
-            .unwrap_or_else(|_| "/tmp/snapcrypt-cluster".into());
+        let dir = cluster_dir();
         let killed = self.names.iter().any(|n| {
             Command::new("ctr")
                 .args(["--address", &format!("{dir}/nodes/{n}/containerd.sock")])
@@ -89,8 +94,70 @@ impl RealNodes {
     }
 }
 
-impl Drop for RealNodes {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.script).arg("stop").output();
+fn cluster_dir() -> String {
+    std::env::var("SNAPCRYPT_CLUSTER_DIR").unwrap_or_else(|_| "/tmp/snapcrypt-cluster".into())
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The directory on this machine behind claim `claim` of `ns`, once the provisioner double
+/// has bound it (a local claim binds when its first pod is scheduled).
+pub async fn volume_dir(ns: &TestNamespace, claim: &str) -> PathBuf {
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let volumes: Api<PersistentVolume> = Api::all(ns.client());
+    eventually(&format!("claim {claim} to be bound"), LONG, || async {
+        let pvc = claims.get(claim).await.map_err(|e| e.to_string())?;
+        let pv = pvc
+            .spec
+            .and_then(|s| s.volume_name)
+            .ok_or_else(|| "no volume yet".to_string())?;
+        let pv = volumes.get(&pv).await.map_err(|e| e.to_string())?;
+        pv.spec
+            .and_then(|s| s.host_path)
+            .map(|h| PathBuf::from(h.path))
+            .ok_or_else(|| format!("volume of {claim} is not a hostPath"))
+    })
+    .await
+}
+
+/// The last lines of every container log of the pods of `ns` (the kubelets write them under
+/// /var/log/pods/NAMESPACE_POD_UID/CONTAINER/), for a failing test's message.
+pub fn pod_logs(ns: &str) -> String {
+    let mut out = String::new();
+    let Ok(pods) = std::fs::read_dir("/var/log/pods") else {
+        return "(no /var/log/pods)".into();
+    };
+    for pod in pods.flatten() {
+        let name = pod.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&format!("{ns}_")) {
+            continue;
+        }
+        for container in std::fs::read_dir(pod.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for log in std::fs::read_dir(container.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                out.push_str(&format!("--- {}\n{tail}\n", log.path().display()));
+            }
+        }
     }
+    if out.is_empty() {
+        out = format!("(no container logs of namespace {ns})");
+    }
+    out
 }
