@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
 use serde_json::json;
@@ -18,7 +16,9 @@ use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{
     cluster_or_skip, eventually, try_wait_for, unique_name, wait_for, wait_for_deletion,
 };
-use support::operator::{LONG, Operator, claim, create, member, wait_for_event, wait_for_success};
+use support::operator::{
+    ChartOperator, LONG, Operator, claim, create, member, wait_for_event, wait_for_success,
+};
 use support::real_nodes::{RealNodes, pod_logs, volume_dir};
 
 fn job(name: &str, extra: serde_json::Value) -> serde_json::Value {
@@ -50,74 +50,12 @@ async fn backup_job_snapshots_the_chosen_member_and_restores_identically() {
     scenario(false).await;
 }
 
-/// The same story with the operator running as the Helm chart's ServiceAccount, under the
-/// chart's ClusterRole: a missing permission fails the test.
+/// The same story with the operator running as the Helm chart installs it: a pod of the
+/// chart's Deployment, as its ServiceAccount, under its ClusterRole: a missing permission
+/// fails the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_under_the_charts_rbac() {
     scenario(true).await;
-}
-
-/// A Helm release, uninstalled on drop (its ClusterRole and binding are cluster-wide).
-struct Release {
-    helm: PathBuf,
-    name: String,
-    namespace: String,
-    kubeconfig: PathBuf,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.helm)
-            .args(["uninstall", &self.name, "--namespace", &self.namespace])
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output();
-    }
-}
-
-/// Install the chart (its RBAC; the operator pod itself is pinned to no node) and write a
-/// kubeconfig for its operator ServiceAccount.
-async fn chart_operator_kubeconfig(
-    cluster: &support::cluster::Cluster,
-    dir: &Path,
-) -> (Release, support::cluster::TestNamespace, PathBuf) {
-    let ns = cluster.namespace("chart-rbac").await;
-    let release = unique_name("rbac", "op");
-    let helm = support::cache_dir().join("bin/helm3");
-    assert!(
-        helm.is_file(),
-        "{} missing: run .ci/install-deps.sh",
-        helm.display()
-    );
-    let out = std::process::Command::new(&helm)
-        .args([
-            "install",
-            &release,
-            "charts/snapcrypt",
-            "--namespace",
-            ns.name(),
-            "--skip-crds",
-        ])
-        .args(["--set", "nodeSelector.snapcrypt\\.dev/chart-test=never"])
-        .current_dir(support::repo_root())
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let guard = Release {
-        helm: helm.clone(),
-        name: release.clone(),
-        namespace: ns.name().to_string(),
-        kubeconfig: cluster.kubeconfig().to_path_buf(),
-    };
-    let sa = format!("{release}-snapcrypt-operator");
-    let token = cluster.service_account_token(ns.name(), &sa).await;
-    let path = dir.join("operator.kubeconfig");
-    cluster.write_token_kubeconfig(&token, &path);
-    (guard, ns, path)
 }
 
 async fn scenario(under_chart_rbac: bool) {
@@ -169,13 +107,13 @@ async fn scenario(under_chart_rbac: bool) {
     )
     .await;
 
-    let (_chart, kubeconfig) = if under_chart_rbac {
-        let (release, n, k) = chart_operator_kubeconfig(&cluster, work.path()).await;
-        (Some((release, n)), k)
+    // The operator: the chart's pod (its ServiceAccount, ClusterRole and image), or this
+    // binary as a process with the admin's rights.
+    let (_chart, _operator) = if under_chart_rbac {
+        (Some(ChartOperator::install(&ns).await), None)
     } else {
-        (None, cluster.kubeconfig().to_path_buf())
+        (None, Some(Operator::start(cluster.kubeconfig(), ns.name())))
     };
-    let _operator = Operator::start(&kubeconfig, ns.name());
     let jobs: Api<BackupJob> = ns.api();
     let snaps: Api<Snapshot> = ns.api();
 

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{TestNamespace, cluster_or_skip, eventually, wait_for};
-use support::operator::{LONG, claim, create, member, wait_for_event};
+use support::operator::{ChartOperator, LONG, claim, create, member, wait_for_event};
 use support::real_nodes::{HOST_ALIAS, IMAGE, RealNodes, SHARED_CLASS, volume_dir};
 
 /// A dbPath large enough that a backup runs for seconds: the test's awkward tree plus
@@ -317,20 +317,6 @@ async fn snapshot_and_restore_in_real_containers() {
     assert!(message.contains("Read-only file system"), "{message}");
 }
 
-/// A Helm release, uninstalled on drop.
-struct Release {
-    name: String,
-    namespace: String,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(support::cache_dir().join("bin/helm3"))
-            .args(["uninstall", &self.name, "--namespace", &self.namespace])
-            .output();
-    }
-}
-
 /// `helm install` of the chart runs the operator itself as a pod of the chart's Deployment,
 /// as the chart's ServiceAccount, from the same image as its agents; it reaches the API server
 /// through the kubernetes Service, and a BackupJob's Snapshot succeeds with progress.
@@ -339,51 +325,8 @@ async fn the_chart_runs_the_operator_as_a_pod() {
     let Some(g) = Ground::new("real-chart", 4).await else {
         return;
     };
-    let (repo, tag) = IMAGE.rsplit_once(':').expect("image tag");
-    let release = support::cluster::unique_name("op", "chart");
-    let out = std::process::Command::new(support::cache_dir().join("bin/helm3"))
-        .args([
-            "install",
-            &release,
-            "charts/snapcrypt",
-            "--namespace",
-            g.ns.name(),
-            "--skip-crds",
-        ])
-        .args(["--set", &format!("image.repository={repo}")])
-        .args(["--set", &format!("image.tag={tag}")])
-        .args(["--set", "image.pullPolicy=Never"])
-        .args(["--set", &format!("operator.watchNamespace={}", g.ns.name())])
-        .current_dir(support::repo_root())
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _release = Release {
-        name: release,
-        namespace: g.ns.name().to_string(),
-    };
-    let pods: Api<Pod> = g.ns.api();
-    let operator = eventually("the operator pod to be ready", LONG, || async {
-        let list = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .into_iter()
-            .find(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .ok_or_else(|| "no ready operator pod yet".to_string())
-    })
-    .await;
-    let spec = operator.spec.expect("spec");
+    let chart = ChartOperator::install(&g.ns).await;
+    let spec = chart.pod.spec.clone().expect("spec");
     assert!(spec.node_name.is_some());
     assert!(
         spec.service_account_name

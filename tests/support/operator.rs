@@ -72,6 +72,78 @@ impl Drop for Operator {
     }
 }
 
+/// The operator as the Helm chart runs it: `helm install` of charts/snapcrypt into `ns`
+/// (watching only `ns`), the operator a pod of the chart's Deployment with the chart's
+/// ServiceAccount and RBAC, from the test image (also its agents' image). Uninstalled on drop
+/// (its ClusterRole and binding are cluster-wide).
+pub struct ChartOperator {
+    pub release: String,
+    namespace: String,
+    /// The operator pod, once Ready.
+    pub pod: Pod,
+}
+
+impl ChartOperator {
+    pub async fn install(ns: &TestNamespace) -> ChartOperator {
+        let helm = super::cache_dir().join("bin/helm3");
+        assert!(
+            helm.is_file(),
+            "{} missing: run .ci/install-deps.sh",
+            helm.display()
+        );
+        let (repo, tag) = IMAGE.rsplit_once(':').expect("image tag");
+        let release = super::cluster::unique_name("op", "chart");
+        let out = Command::new(&helm)
+            .args(["install", &release, "charts/snapcrypt", "--skip-crds"])
+            .args(["--namespace", ns.name()])
+            .args(["--set", &format!("image.repository={repo}")])
+            .args(["--set", &format!("image.tag={tag}")])
+            .args(["--set", "image.pullPolicy=Never"])
+            .args(["--set", &format!("operator.watchNamespace={}", ns.name())])
+            .current_dir(super::repo_root())
+            .output()
+            .expect("run helm");
+        assert!(
+            out.status.success(),
+            "helm install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut chart = ChartOperator {
+            release,
+            namespace: ns.name().to_string(),
+            pod: Pod::default(),
+        };
+        let pods: Api<Pod> = ns.api();
+        chart.pod = super::cluster::eventually("the operator pod to be ready", LONG, || async {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
+                })
+                .ok_or_else(|| format!("no ready operator pod yet\n{}", pod_logs(ns.name())))
+        })
+        .await;
+        chart
+    }
+}
+
+impl Drop for ChartOperator {
+    fn drop(&mut self) {
+        let _ = Command::new(super::cache_dir().join("bin/helm3"))
+            .args(["uninstall", &self.release, "--namespace", &self.namespace])
+            .output();
+    }
+}
+
 pub async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
