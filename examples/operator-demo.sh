@@ -3,7 +3,7 @@
 # (tests/cluster/) with two real nodes (kubelet + containerd), build the snapcrypt image and
 # load it (no registry), `helm install` the chart (the operator runs as a pod of its
 # Deployment), then apply a BackupJob for a one-member "replica set" (a real pod whose data
-# volume holds a sample dbPath; mongod itself is not available here) and a Restore of the
+# claim holds a sample dbPath; mongod itself is not available here) and a Restore of the
 # Snapshot it takes, showing `kubectl get backupjobs,snapshots,restores` until both succeed.
 #
 #   examples/operator-demo.sh        run the demo (as root; leaves everything running)
@@ -25,8 +25,6 @@ say() { echo "== $*"; }
 if [ "${1:-}" = stop ]; then
   "$HELM" uninstall "$RELEASE" --namespace "$NS" 2>/dev/null || true
   kubectl delete namespace "$NS" --wait=false 2>/dev/null || true
-  kubectl delete pv demo-data demo-backups demo-restored --wait=false 2>/dev/null || true
-  tests/cluster/node.sh stop || true
   tests/cluster/stop.sh || true
   rm -rf "$DIR"
   exit 0
@@ -37,8 +35,8 @@ say "installing what the cluster needs, building it (cached after the first run)
 SNAPCRYPT_SKIP_S3S_FS=1 bash .ci/install-deps.sh >/dev/null
 tests/cluster/build.sh
 tests/cluster/start.sh >/dev/null
-say "two real nodes: demo-a, demo-b"
-tests/cluster/node.sh start demo-a demo-b
+say "two real nodes (kubelet + containerd), real-a and real-b, and the storage provisioner double"
+tests/cluster/node.sh start real-a real-b
 say "building snapcrypt (release) and its image $IMAGE_REPO:$IMAGE_TAG"
 cargo build --release --quiet
 tests/cluster/image.sh target/release/snapcrypt "$IMAGE_REPO:$IMAGE_TAG" >/dev/null
@@ -53,51 +51,46 @@ kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/d
   --set operator.watchNamespace="$NS" --wait --timeout 3m >/dev/null
 kubectl -n "$NS" get pods -l app.kubernetes.io/component=operator -o wide
 
-say "a member pod on demo-b with a sample 64 MiB dbPath, a repository volume, a key"
-mkdir -p "$DIR/data" "$DIR/backups" "$DIR/restored"
-[ -f "$DIR/data/WiredTiger" ] || python3 bench/gen_dbpath.py make "$DIR/data" 64 >/dev/null
-chown -R 999:999 "$DIR/data"
-chmod 0777 "$DIR/backups" "$DIR/restored"
-[ -f "$DIR/key.json" ] || target/release/snapcrypt key new --out "$DIR/key.json" >/dev/null
+say "a member pod on real-b with its data claim, a repository claim, a key"
+# Claims as a user writes them: the test ground's storage provisioner double
+# (tests/cluster/provisioner.py) binds them (snapcrypt-local, the default class: a disk of the
+# node of the first pod using it; snapcrypt-shared: network storage every node reaches).
+[ -f "$DIR/key.json" ] || { mkdir -p "$DIR"; target/release/snapcrypt key new --out "$DIR/key.json" >/dev/null; }
 kubectl -n "$NS" create secret generic rs0-key --from-file=key="$DIR/key.json" \
   --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-pv() { # NAME CLAIM DIR [NODE]
-  local aff=""
-  [ -n "${4:-}" ] && aff="  nodeAffinity: {required: {nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$4]}]}]}}"
-  cat <<EOF
+kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
-kind: PersistentVolume
-metadata: {name: $1}
-spec:
-  capacity: {storage: 2Gi}
-  accessModes: [ReadWriteOnce]
-  storageClassName: ""
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: {path: $3, type: Directory}
-  claimRef: {namespace: $NS, name: $2}
-$aff
+kind: PersistentVolumeClaim
+metadata: {name: mongo-data-rs0-0, namespace: $NS}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim
-metadata: {name: $2, namespace: $NS}
-spec: {accessModes: [ReadWriteOnce], storageClassName: "", volumeName: $1, resources: {requests: {storage: 1Gi}}}
+metadata: {name: backups, namespace: $NS}
+spec: {accessModes: [ReadWriteOnce], storageClassName: snapcrypt-shared, resources: {requests: {storage: 1Gi}}}
 ---
-EOF
-}
-{ pv demo-data mongo-data-rs0-0 "$DIR/data" demo-b
-  pv demo-backups backups "$DIR/backups"
-  pv demo-restored restored "$DIR/restored" demo-a
-  cat <<EOF
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: restored, namespace: $NS}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: rs0-0, namespace: $NS, labels: {app: demo-rs}}
 spec:
-  nodeSelector: {kubernetes.io/hostname: demo-b}
+  nodeSelector: {kubernetes.io/hostname: real-b}
   containers:
   - {name: mongod, image: "snapcrypt.test/pause:3.2", imagePullPolicy: Never,
      volumeMounts: [{name: mongo-data, mountPath: /data/db}]}
   volumes: [{name: mongo-data, persistentVolumeClaim: {claimName: mongo-data-rs0-0}}]
----
+EOF
+kubectl -n "$NS" wait pod/rs0-0 --for=condition=Ready --timeout=120s >/dev/null
+volume_dir() { kubectl get pv "$(kubectl -n "$NS" get pvc "$1" -o jsonpath='{.spec.volumeName}')" -o jsonpath='{.spec.hostPath.path}'; }
+DATA=$(volume_dir mongo-data-rs0-0)
+say "a sample 64 MiB dbPath in the member's volume ($DATA; mongod itself cannot run here)"
+[ -f "$DATA/WiredTiger" ] || python3 bench/gen_dbpath.py make "$DATA" 64 >/dev/null
+chown -R 999:999 "$DATA"
+kubectl apply -f - >/dev/null <<EOF
 apiVersion: snapcrypt.dev/v1alpha1
 kind: BackupJob
 metadata: {name: rs0, namespace: $NS}
@@ -108,7 +101,6 @@ spec:
   encryption: {localKeySecret: {name: rs0-key}}
   retention: {keepLast: 7}
 EOF
-} | kubectl apply -f - >/dev/null
 
 watch_until() { # DESCRIPTION KIND NAME: print the table until NAME's phase is final
   local end=$(( $(date +%s) + 300 )) phase=""
@@ -126,7 +118,7 @@ say "the BackupJob's Snapshot (progress updates every ~2 s)"
 until SNAP=$(kubectl -n "$NS" get snapshots -o jsonpath='{.items[0].metadata.name}' 2>/dev/null) && [ -n "$SNAP" ]; do sleep 1; done
 watch_until "Snapshot $SNAP" snapshot "$SNAP"
 
-say "a Restore of $SNAP into the claim 'restored' (on demo-a)"
+say "a Restore of $SNAP into the claim 'restored'"
 kubectl apply -f - >/dev/null <<EOF
 apiVersion: snapcrypt.dev/v1alpha1
 kind: Restore
@@ -134,7 +126,7 @@ metadata: {name: back, namespace: $NS}
 spec: {snapshotRef: {name: $SNAP}, target: {claimName: restored, path: db}}
 EOF
 watch_until "Restore back" restore back
-diff -r "$DIR/data" "$DIR/restored/db" >/dev/null && say "restored files are identical to the member's"
+diff -r "$DATA" "$(volume_dir restored)/db" >/dev/null && say "restored files are identical to the member's"
 cat <<NEXT
 
 Everything is still running (KUBECONFIG=$KUBECONFIG):

@@ -1390,9 +1390,9 @@ async fn install_and_uninstall(helm: Helm) {
         "replicas=2",
         "--set",
         "leaderElection.enabled=true",
-        // The operator pods must not run: a test node agent that binds unpinned pods would run
-        // them (their image names snapcrypt), as operators of every namespace beside the ones
-        // other tests start. No node has this label.
+        // The operator pods must not run: on the test ground's real nodes they would run as
+        // operators of every namespace beside the ones other tests start. No node has this
+        // label.
         "--set",
         "nodeSelector.snapcrypt\\.dev/chart-test=never",
         "-o",

@@ -1,6 +1,6 @@
 //! The operator with real pods: a real kube-scheduler and two kubelets with containerd
 //! (tests/cluster/node.sh) run the snapcrypt image built from the binary under test
-//! (tests/cluster/image.sh), with no node agent. A snapshot pod lands on the node of the
+//! (tests/cluster/image.sh). A snapshot pod lands on the node of the
 //! member whose volume it mounts, reports progress to the API server through the `kubernetes`
 //! Service from inside its container, survives its container being killed (the kubelet sees it
 //! die, the Snapshot retries), and the kubelet enforces the read-only root filesystem. A

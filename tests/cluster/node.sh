@@ -148,8 +148,8 @@ EOF
   }
   wait_for "node $name Ready" 90 node_ready "$name" \
     || { tail -30 "$LOGS/kubelet-$name.log" >&2; die "node $name not Ready"; }
-  # The nodelifecycle controller (off here: it would evict the test node agent's pods) would
-  # lift the not-ready taint of a Ready node; do it here.
+  # The nodelifecycle controller (off in start.sh: nothing here needs its evictions) would lift
+  # the not-ready taint of a Ready node; do it here.
   KUBECONFIG=$ADMIN_KUBECONFIG kubectl taint nodes "$name" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
 }
 

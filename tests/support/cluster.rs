@@ -1,7 +1,7 @@
 //! End-to-end test support: the cluster that `KUBECONFIG` points at (the local test ground that
 //! `./tests/run` starts, see tests/README.md, or any conformant cluster), the CRDs of `crds/`,
-//! a namespace per test, ServiceAccount clients, waits with deadlines, and the test node agent
-//! (tests/node-agent/agent.py, a test double of a kubelet) with the logs of the pods it ran.
+//! a namespace per test, ServiceAccount clients and waits with deadlines. Real nodes are
+//! `real_nodes.rs`.
 //!
 //! ```ignore
 //! let Some(cluster) = cluster_or_skip().await else { return };
@@ -69,7 +69,7 @@ pub async fn cluster_or_skip() -> Option<Cluster> {
         println!("skipped: no cluster (run ./tests/run)");
         return None;
     };
-    // KUBECONFIG may be a list; the node agent takes one file: the first.
+    // KUBECONFIG may be a list; the tests' helper scripts take one file: the first.
     let first = std::env::split_paths(&kubeconfig)
         .next()
         .unwrap_or_default();
