@@ -12,7 +12,7 @@
 #                                  $HOST_ALIAS:PORT; the server stays bound to loopback
 #
 # Each node N (index i from 0): containerd at $CLUSTER_DIR/nodes/NAME/containerd.sock, kubelet
-# on 127.0.0.1:(10250+i) with root dir /var/lib/snapcrypt-kubelet/NAME, pods on bridge
+# on 10.242.0.(i+1):(10250+i) (an address on lo; kubectl logs/exec reach it) with root dir /var/lib/snapcrypt-kubelet/NAME, pods on bridge
 # snapcrypt$i with subnet 10.244.i.0/24. Needs the cluster (start.sh) and root.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +26,8 @@ PAUSE_IMAGE=snapcrypt.test/pause:3.2
 SERVICE_IP=${SERVICE_CIDR%.*}.1
 # The address at which pods reach the test servers that listen on this machine's loopback.
 HOST_ALIAS=10.243.0.1
+# Node i's address (on lo): 10.242.0.(i+1).
+NODE_NET=10.242.0
 SRC=${SNAPCRYPT_CACHE}/k8s/src/kubernetes-1.20.2
 log() { echo "[node.sh $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "[node.sh] ERROR: $*" >&2; exit 1; }
@@ -110,10 +112,15 @@ EOF
     || { tail -20 "$LOGS/containerd-$name.log" >&2; die "containerd of $name did not start"; }
   ctr_of "$name" images import "$NODES_DIR/pause.tar" >/dev/null
   client_identity "$dir" "/O=system:nodes/CN=system:node:$name"
+  # The node's address: the kubelet refuses a loopback --node-ip, and the apiserver reaches a
+  # kubelet (kubectl logs/exec) at the node's InternalIP. 10.242.0.(i+1)/32 on lo is local to
+  # this machine as 127.0.0.1 is (these machines have no dummy interface driver).
+  local ip=$NODE_NET.$((i + 1))
+  ip addr show dev lo | grep -q " $ip/32 " || ip addr add "$ip/32" dev lo
   cat >"$dir/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: $ip
 port: $((10250 + i))
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -137,9 +144,9 @@ syncFrequency: 5s
 fileCheckFrequency: 5s
 nodeStatusUpdateFrequency: 5s
 EOF
-  log "kubelet $name on 127.0.0.1:$((10250 + i))"
+  log "kubelet $name on $ip:$((10250 + i))"
   launch "kubelet-$name" "$K8S_BIN/kubelet" --config "$dir/kubelet.yaml" \
-    --kubeconfig "$dir/kubeconfig" --hostname-override "$name" --node-ip 127.0.0.1 \
+    --kubeconfig "$dir/kubeconfig" --hostname-override "$name" --node-ip "$ip" \
     --container-runtime remote --container-runtime-endpoint "unix://$dir/containerd.sock" \
     --root-dir "$KUBELET_ROOT/$name" --cert-dir "$dir/pki" --v 1
   node_ready() {
@@ -226,6 +233,8 @@ cmd_stop() {
   stop_pid kube-scheduler
   stop_pid provisioner
   KUBECONFIG=$ADMIN_KUBECONFIG kubectl delete pv -l snapcrypt.test/provisioned --wait=false >/dev/null 2>&1 || true
+  # The provisioner's snapshots: their copies go with /var/lib/snapcrypt-volumes below.
+  KUBECONFIG=$ADMIN_KUBECONFIG kubectl delete volumesnapshotcontents --all --wait=false >/dev/null 2>&1 || true
   for d in "$NODES_DIR"/*/; do
     name=$(basename "$d")
     [ "$name" = scheduler ] && continue
@@ -271,6 +280,8 @@ cmd_stop() {
     iptables -t nat -F "$c" 2>/dev/null || true
     iptables -t nat -X "$c" 2>/dev/null || true
   done
+  ip -o addr show dev lo | awk -v n="$NODE_NET." '$4 ~ "^"n {print $4}' \
+    | while read -r a; do ip addr del "$a" dev lo 2>/dev/null || true; done
   rm -rf "$NODES_DIR" /var/lib/snapcrypt-volumes
 }
 

@@ -85,6 +85,8 @@ leaf_cert apiserver "/CN=kube-apiserver" serverAuth \
 leaf_cert kcm-serving "/CN=kube-controller-manager" serverAuth "DNS:localhost,IP:127.0.0.1"
 leaf_cert admin "/O=system:masters/CN=snapcrypt-admin" clientAuth
 leaf_cert kcm "/CN=system:kube-controller-manager" clientAuth
+# The apiserver's client certificate towards the kubelets (logs, exec, port-forward).
+leaf_cert apiserver-kubelet "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
 # ServiceAccount token signing key pair (RSA, RS256).
 openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
 openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -178,6 +180,8 @@ launch kube-apiserver "$K8S_BIN/kube-apiserver" \
   --service-cluster-ip-range "$SERVICE_CIDR" \
   --endpoint-reconciler-type none \
   --allow-privileged=true \
+  --kubelet-client-certificate "$PKI/apiserver-kubelet.crt" --kubelet-client-key "$PKI/apiserver-kubelet.key" \
+  --kubelet-preferred-address-types InternalIP \
   --profiling=false \
   --v 1
 wait_component kube-apiserver "$START_TIMEOUT" apiserver_ready
