@@ -2,7 +2,8 @@
 # Install what the snapcrypt tests need on this machine. Idempotent; takes about
 # a second when everything is already there.
 #
-#   apt   : restic, openssl, curl, strace, python3-venv (apt-get update only if something is missing)
+#   apt   : restic, openssl, curl, strace, python3-venv, wiredtiger + libwiredtiger-dev + gcc
+#           (tests/doubles/wiredtiger) (apt-get update only if something is missing)
 #   python: a venv at ${SNAPCRYPT_CACHE:-$HOME/.cache/snapcrypt}/venv with
 #           tests/services/requirements.txt (+ constraints.txt): PyKMIP 0.11.0, moto[server], boto3
 #   cargo : s3s-fs 0.14.1 (cargo install --features binary --locked), ~2-6 min when missing
@@ -64,6 +65,10 @@ command -v restic >/dev/null 2>&1 || need_apt+=(restic)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)  # tests/data_safety.rs: fsync points
+# tests/doubles/wiredtiger: the engine inside mongod, its `wt` utility, and gcc for the writer
+command -v wt >/dev/null 2>&1 || need_apt+=(wiredtiger)
+[[ -e /usr/include/wiredtiger.h ]] || need_apt+=(libwiredtiger-dev)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 if [[ ! -x $VENV/bin/python ]] && ! "$BASE_PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     need_apt+=(python3-venv)
 fi

@@ -242,30 +242,58 @@ fn default_true() -> bool {
 }
 
 /// How a consistent copy of the dbPath is obtained.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(self.mode == 'volumeSnapshot') == has(self.volumeSnapshotClassName)").message("consistency: volumeSnapshotClassName is set if and only if mode is volumeSnapshot"))]
+#[x_kube(validation = Rule::new("!has(self.quiesce) || self.mode == 'volumeSnapshot'").message("consistency: quiesce applies to mode volumeSnapshot only"))]
 pub struct Consistency {
-    /// volumeSnapshot (copy from a CSI snapshot of the volume), fsyncLock (lock the member for
-    /// the copy), or none (copy the live files: only safe with journaling on and a stopped or
-    /// quiesced member).
-    #[serde(default)]
+    /// How the copy is made consistent. volumeSnapshot (recommended): a CSI VolumeSnapshot
+    /// of the member's data volume is cut (under a seconds-long lock, see quiesce) and copied
+    /// from a temporary claim restored from it. fsyncLock: the member is locked for the whole
+    /// copy. stoppedMember: the files are copied as they are, which mongod can recover from
+    /// only if the member is stopped; every such Snapshot says Consistent=False. `none` is the
+    /// old name of stoppedMember (accepted, with a warning).
     pub mode: ConsistencyMode,
     /// CSI VolumeSnapshotClass for mode volumeSnapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub volume_snapshot_class_name: Option<String>,
+    /// For mode volumeSnapshot: lock writes on the member while the snapshot is cut.
+    /// fsyncLock (the default when source.connection is set) or none (the default without a
+    /// connection: a crash-consistent cut, which mongod recovers from when its journal is on
+    /// the same volume, mongod's default layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<Quiesce>,
+    /// For mode volumeSnapshot: how long to wait for the VolumeSnapshot to become readyToUse
+    /// before the attempt fails: a number of seconds, minutes or hours (90s, 10m, 1h).
+    /// Default 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]{1,6}[smh]$"))]
+    pub volume_snapshot_timeout: Option<String>,
 }
 
 /// Consistency modes.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum ConsistencyMode {
-    /// Snapshot the volume with CSI and copy the snapshot.
+    /// Cut a CSI VolumeSnapshot of the data volume and copy from a claim restored from it.
     VolumeSnapshot,
     /// db.fsyncLock() on the member for the duration of the copy.
     FsyncLock,
-    /// Copy the files as they are.
-    #[default]
+    /// Copy the files as they are: consistent only if the member is stopped.
+    StoppedMember,
+    /// The old name of stoppedMember (deprecated).
+    #[serde(rename = "none")]
+    LegacyNone,
+}
+
+/// Write quiescing for the volume snapshot cut.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Quiesce {
+    /// fsyncLock the member, cut, fsyncUnlock: the lock lasts seconds.
+    FsyncLock,
+    /// No lock: a crash-consistent cut (journal on the same volume).
     None,
 }
 

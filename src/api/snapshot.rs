@@ -37,6 +37,11 @@ use super::common::{LocalRef, Progress};
     ),
     printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId"),
     printcolumn(
+        name = "Consistent",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Consistent\")].status"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -59,6 +64,9 @@ pub enum RunPhase {
     /// Waiting to start (a member is being chosen, or another run of the job is in progress).
     #[default]
     Pending,
+    /// A Snapshot in mode volumeSnapshot: the member's data volume is being snapshotted (CSI
+    /// VolumeSnapshot), before the copy. Restores never use it.
+    SnapshottingVolume,
     /// The pod is copying data.
     Running,
     /// Finished; the data is in the repository (or restored) and verified.
@@ -110,7 +118,8 @@ pub struct SnapshotStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready (the snapshot exists and is restorable), Progressing, Failed.
+    /// Ready (the snapshot exists and is restorable), Progressing, Failed, and Consistent
+    /// (whether mongod can recover from the copy: False for copies of live files).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Human-readable detail of the phase; on failure, the snapshot pod's own message.
@@ -137,6 +146,9 @@ pub struct SnapshotStatus {
     /// Progress as one short line, for the printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_summary: Option<String>,
+    /// How the current attempt captured the data volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureStatus>,
     /// Totals once finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SnapshotStats>,
@@ -149,11 +161,33 @@ pub struct SnapshotStatus {
     pub key_id: Option<String>,
 }
 
+/// How a Snapshot's data volume was captured.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureStatus {
+    /// volumeSnapshot, fsyncLock or stoppedMember (spec.source.consistency.mode).
+    pub mode: String,
+    /// The attempt this capture belongs to.
+    pub attempt: u32,
+    /// The CSI VolumeSnapshot of the member's data claim (mode volumeSnapshot); deleted once
+    /// the Snapshot finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot: Option<String>,
+    /// The temporary claim restored from the VolumeSnapshot, which the snapshot pod reads;
+    /// deleted once the Snapshot finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_claim: Option<String>,
+    /// The instant the data is from: the VolumeSnapshot's creationTime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<Time>,
+}
+
 impl Snapshot {
-    /// Whether the snapshot has started copying (or is about to: its pod exists).
+    /// Whether the snapshot has started (its volume is being snapshotted, it is copying, or it
+    /// is about to: its pod exists).
     pub fn has_started(&self) -> bool {
         self.status.as_ref().is_some_and(|st| {
-            st.phase == RunPhase::Running
+            matches!(st.phase, RunPhase::Running | RunPhase::SnapshottingVolume)
                 || (st.phase == RunPhase::Pending && st.pod_name.is_some())
         })
     }

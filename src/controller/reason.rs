@@ -63,6 +63,10 @@ reasons! {
     /// Waiting for a KmipServer to have an active master key.
     KmipServerNotReady => Normal,
     PodCreated => Normal,
+    /// A VolumeSnapshot of the member's data volume was requested; waiting for readyToUse.
+    SnapshottingVolume => Normal,
+    /// Consistent=True: copied from a VolumeSnapshot (its cut is the point in time).
+    VolumeSnapshotCut => Quiet,
     PodPending => Normal,
     Running => Normal,
     Restoring => Normal,
@@ -88,6 +92,12 @@ reasons! {
     NoSyncSource => Warning,
     MemberNotScheduled => Warning,
     NoDataClaim => Warning,
+    /// Consistent=False: the files were copied as they are from a running member.
+    CopiedLive => Warning,
+    /// The snapshotter reported an error for the VolumeSnapshot, or it was not ready in time.
+    VolumeSnapshotFailed => Warning,
+    /// The cluster serves no snapshot.storage.k8s.io/v1 VolumeSnapshot API.
+    VolumeSnapshotsUnavailable => Warning,
     Retrying => Warning,
     SnapshotFailed => Warning,
     LastSnapshotFailed => Warning,

@@ -5,10 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::backup_job::{
-    AuthMechanism, BackupJobSpec, ConsistencyMode, MongoSource, SyncSourceMode,
-};
+use crate::api::backup_job::{AuthMechanism, BackupJobSpec, MongoSource, Quiesce, SyncSourceMode};
 
+use super::consistency::{Capture, capture, volume_snapshot_timeout};
 use super::schedule::CronSchedule;
 use crate::controller::reason::Reason;
 
@@ -302,18 +301,35 @@ fn check_source(s: &MongoSource, problems: &mut Vec<Problem>) {
             s.db_path
         ));
     }
-    if let Some(c) = &s.consistency {
-        match c.mode {
-            ConsistencyMode::None => {}
-            ConsistencyMode::FsyncLock | ConsistencyMode::VolumeSnapshot => bad(format!(
-                "spec.source.consistency.mode {}: not supported by this operator version yet; use none (copy the files as they are: take snapshots of a quiesced or journaled member)",
-                if c.mode == ConsistencyMode::FsyncLock {
-                    "fsyncLock"
-                } else {
-                    "volumeSnapshot"
-                }
-            )),
-        }
+    if let Some(t) = s
+        .consistency
+        .as_ref()
+        .and_then(|c| c.volume_snapshot_timeout.as_deref())
+        && let Err(e) = volume_snapshot_timeout(t)
+    {
+        bad(format!("spec.source.consistency.volumeSnapshotTimeout {e}"));
+    }
+    match capture(s) {
+        Capture::FsyncLock => bad(
+            "spec.source.consistency.mode fsyncLock: not supported by this operator version yet; use volumeSnapshot (a CSI VolumeSnapshot of the data volume)"
+                .to_string(),
+        ),
+        Capture::VolumeSnapshot {
+            quiesce: Quiesce::FsyncLock,
+            ..
+        } => bad(format!(
+            "spec.source.consistency.quiesce fsyncLock{}: not supported by this operator version yet; set quiesce: none (a crash-consistent cut, which mongod recovers from when its journal is on the data volume, its default layout)",
+            if s.consistency.as_ref().and_then(|c| c.quiesce).is_none() {
+                " (the default with source.connection)"
+            } else {
+                ""
+            }
+        )),
+        Capture::VolumeSnapshot { class, .. } if class.is_empty() => bad(
+            "spec.source.consistency.volumeSnapshotClassName: required with mode volumeSnapshot"
+                .to_string(),
+        ),
+        _ => {}
     }
 }
 

@@ -1,14 +1,16 @@
 //! Dereference: everything a Snapshot's reconcile reads from the API.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::Error;
+use super::build::volume;
 use crate::api::backup_job::{AuthMechanism, MongoSource};
 use crate::api::{BackupJob, Snapshot};
 use crate::controller::Context;
+use crate::controller::job_spec::consistency::{Capture, capture};
 use crate::controller::names::SNAPSHOT_UID_LABEL;
 use crate::mongo::ConnectionSettings;
 
@@ -19,6 +21,10 @@ pub(super) struct World {
     pub siblings: Vec<Snapshot>,
     /// This Snapshot's pods.
     pub pods: Vec<Pod>,
+    /// This Snapshot's VolumeSnapshots (mode volumeSnapshot; none where the cluster has no
+    /// VolumeSnapshot API) and the claims restored from them.
+    pub volumes: Vec<DynamicObject>,
+    pub clones: Vec<PersistentVolumeClaim>,
 }
 
 pub(super) async fn dereference(snap: &Snapshot, client: &Client) -> Result<World, Error> {
@@ -38,20 +44,53 @@ pub(super) async fn dereference(snap: &Snapshot, client: &Client) -> Result<Worl
         .into_iter()
         .filter(|s| &s.spec.backup_job_ref.name == job_name && s.name_any() != name)
         .collect();
-    let pods = match snap.uid() {
-        Some(uid) => {
-            Api::<Pod>::namespaced(client.clone(), &ns)
-                .list(&ListParams::default().labels(&format!("{SNAPSHOT_UID_LABEL}={uid}")))
-                .await
-                .map_err(err("snapshot pods"))?
-                .items
-        }
-        None => Vec::new(),
+    let Some(uid) = snap.uid() else {
+        return Ok(World {
+            job,
+            siblings,
+            pods: Vec::new(),
+            volumes: Vec::new(),
+            clones: Vec::new(),
+        });
+    };
+    let mine = ListParams::default().labels(&format!("{SNAPSHOT_UID_LABEL}={uid}"));
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&mine)
+        .await
+        .map_err(err("snapshot pods"))?
+        .items;
+    // Only a volumeSnapshot job (or one that was, when this Snapshot started) has captures.
+    let captures = job
+        .as_ref()
+        .is_some_and(|j| matches!(capture(&j.spec.source), Capture::VolumeSnapshot { .. }))
+        || snap
+            .status
+            .as_ref()
+            .and_then(|s| s.capture.as_ref())
+            .is_some_and(|c| c.volume_snapshot.is_some());
+    let (volumes, clones) = if captures {
+        let vs: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns, &volume::api_resource());
+        let volumes = match vs.list(&mine).await {
+            Ok(l) => l.items,
+            Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+            Err(e) => return Err(err("VolumeSnapshots")(e)),
+        };
+        let clones = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .list(&mine)
+            .await
+            .map_err(err("restored claims"))?
+            .items;
+        (volumes, clones)
+    } else {
+        (Vec::new(), Vec::new())
     };
     Ok(World {
         job,
         siblings,
         pods,
+        volumes,
+        clones,
     })
 }
 

@@ -20,8 +20,8 @@ use kube::{Api, ResourceExt};
 
 use self::build::status::{Step, next_status};
 use self::dereference::{World, dereference};
-use self::plan::{Plan, forgotten_siblings, plan, recover_from_pods};
-use self::start::start_attempt;
+use self::plan::{Plan, forgotten_siblings, leftover_captures, plan, recover_from_pods};
+use self::start::{start_attempt, start_from_volume};
 use super::agent::owning_agent_pods;
 use super::reason::Reason;
 use super::{Context, apply_status};
@@ -34,6 +34,9 @@ pub const CONTROLLER: &str = "snapshot";
 
 /// How often a waiting Snapshot looks again at what it waits for.
 const RECHECK: Duration = Duration::from_secs(30);
+/// How often a Snapshot whose VolumeSnapshot is being cut looks again (VolumeSnapshots are not
+/// watched: a cluster without the snapshot API must not break the controller's watches).
+const CAPTURE_RECHECK: Duration = Duration::from_secs(2);
 /// How often a Snapshot queued behind another of its job looks again.
 const QUEUE_RECHECK: Duration = Duration::from_secs(5);
 
@@ -53,6 +56,22 @@ pub enum Error {
     ApplyRbac {
         snapshot: String,
         object: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Snapshot {snapshot}: creating {object} (the volume capture): {source}")]
+    ApplyCapture {
+        snapshot: String,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "Snapshot {snapshot}: deleting {object} (a finished attempt's volume capture): {source}"
+    )]
+    CleanUpCapture {
+        snapshot: String,
+        object: String,
         #[source]
         source: kube::Error,
     },
@@ -133,7 +152,7 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
     let prev = recover_from_pods(prev, &world.pods);
 
     // 2. Plan (pure): what the current pod's state means, or whether a pod may start.
-    let (step, requeue) = match (plan(&snap, &prev, &world), world.job.as_ref()) {
+    let (step, requeue) = match (plan(&snap, &prev, &world, now), world.job.as_ref()) {
         (Plan::Step(step, requeue), _) => (step, requeue),
         // 3-5. Validate, choose a member, build and apply the pod.
         (
@@ -143,8 +162,13 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
             },
             Some(job),
         ) => start_attempt(&snap, job, attempt, retry_after, &ctx).await?,
+        (Plan::StartFromVolume { attempt, vs, cut }, Some(job)) => {
+            start_from_volume(&snap, job, attempt, &vs, cut, &ctx).await?
+        }
         // plan() starts nothing without a job.
-        (Plan::Start { .. }, None) => return Ok(Action::requeue(RECHECK)),
+        (Plan::Start { .. } | Plan::StartFromVolume { .. }, None) => {
+            return Ok(Action::requeue(RECHECK));
+        }
     };
 
     // 6. Retention: Snapshots whose repository snapshot the agent's retention pass forgot go
@@ -153,8 +177,16 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         delete_forgotten(&snap, &world, result, &ctx).await?;
     }
 
-    // 7. Update status, and announce transitions.
+    // 7. Update status, and announce transitions. Captures of earlier attempts (and all of
+    //    them once the Snapshot has finished) go first: a finished Snapshot is not reconciled
+    //    again, so a failed deletion must fail this reconcile before the status says finished.
     let status = next_status(&prev, &step, snap.metadata.generation, now);
+    let finished = matches!(status.phase, RunPhase::Succeeded | RunPhase::Failed);
+    let current = status
+        .capture
+        .as_ref()
+        .map_or(status.attempts, |c| c.attempt);
+    clean_up_captures(&snap, &world, finished, current, &ctx).await?;
     if status != original {
         let api: Api<Snapshot> =
             Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
@@ -175,6 +207,47 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+/// Delete the VolumeSnapshots and restored claims [`leftover_captures`] names (the
+/// Snapshot's owner reference also lets garbage collection take them with it).
+async fn clean_up_captures(
+    snap: &Snapshot,
+    world: &World,
+    finished: bool,
+    current: u32,
+    ctx: &Context,
+) -> Result<(), Error> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use kube::api::{DeleteParams, DynamicObject};
+    let ns = snap.namespace().unwrap_or_default();
+    let (volumes, clones) = leftover_captures(world, finished, current);
+    let gone = |object: String| {
+        let snapshot = snap.name_any();
+        move |source| Error::CleanUpCapture {
+            snapshot,
+            object,
+            source,
+        }
+    };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    for c in clones {
+        match claims.delete(&c.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(gone(format!("claim {}", c.name_any()))(e)),
+        }
+    }
+    let vs: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &build::volume::api_resource());
+    for v in volumes {
+        match vs.delete(&v.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(gone(format!("VolumeSnapshot {}", v.name_any()))(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Delete the Snapshots [`forgotten_siblings`] names (each by uid, so a re-created one of the

@@ -5,17 +5,24 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::DynamicObject;
+
 use super::build::pod::made_by_job;
-use super::build::status::Step;
+use super::build::status::{Consistency, Step};
+use super::build::volume::{
+    VolumeState, attempt_of, overdue, recorded_member, source_claim, volume_state,
+};
 use super::dereference::World;
-use super::{QUEUE_RECHECK, RECHECK};
+use super::{CAPTURE_RECHECK, QUEUE_RECHECK, RECHECK};
 use crate::api::agent::SnapshotResult;
-use crate::api::snapshot::{MemberChoice, RunPhase};
+use crate::api::snapshot::{CaptureStatus, MemberChoice, RunPhase};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::agent::run::{RunStep, run_step};
+use crate::controller::job_spec::consistency::{Capture, DEFAULT_VOLUME_SNAPSHOT_TIMEOUT, capture};
 use crate::controller::names::ATTEMPT_LABEL;
 use crate::controller::reason::Reason;
 
@@ -24,15 +31,29 @@ use crate::controller::reason::Reason;
 pub(super) enum Plan {
     /// Write this status; look again after the duration (None: on the next change).
     Step(Step, Option<Duration>),
-    /// Start attempt `attempt` (choose a member, create its pod).
+    /// Start attempt `attempt`: choose a member, then create its pod (or, in mode
+    /// volumeSnapshot, its VolumeSnapshot).
     Start {
         attempt: u32,
         retry_after: Option<String>,
     },
+    /// Attempt `attempt`'s VolumeSnapshot `vs` is ready (cut at `cut`): restore it into a
+    /// claim and create the pod that copies that claim.
+    StartFromVolume {
+        attempt: u32,
+        vs: DynamicObject,
+        cut: Option<Time>,
+    },
 }
 
-/// Decide from the current pod (or its absence) and the other Snapshots of the job. Pure.
-pub(super) fn plan(snap: &Snapshot, prev: &SnapshotStatus, world: &World) -> Plan {
+/// Decide from the current pod or VolumeSnapshot (or their absence) and the other Snapshots
+/// of the job. Pure.
+pub(super) fn plan(
+    snap: &Snapshot,
+    prev: &SnapshotStatus,
+    world: &World,
+    now: jiff::Timestamp,
+) -> Plan {
     let ns = snap.namespace().unwrap_or_default();
     let Some(job) = &world.job else {
         return Plan::Step(
@@ -76,6 +97,37 @@ pub(super) fn plan(snap: &Snapshot, prev: &SnapshotStatus, world: &World) -> Pla
             )
         }
     };
+    // A VolumeSnapshot newer than the newest pod: that attempt is capturing the volume.
+    let pod_attempt = current.and_then(|p| attempt_of(p)).unwrap_or(0);
+    if let Some((attempt, vs)) = world
+        .volumes
+        .iter()
+        .filter_map(|v| Some((attempt_of(v)?, v)))
+        .max_by_key(|(n, _)| *n)
+        .filter(|(n, _)| *n > pod_attempt)
+    {
+        return match volume_state(vs) {
+            VolumeState::Failed(e) => {
+                failed(format!("VolumeSnapshot {}: {e}", vs.name_any()), None)
+            }
+            VolumeState::Ready { cut } => Plan::StartFromVolume {
+                attempt,
+                vs: vs.clone(),
+                cut,
+            },
+            VolumeState::Pending => {
+                let capture = capture(&job.spec.source);
+                let timeout = match &capture {
+                    Capture::VolumeSnapshot { timeout, .. } => *timeout,
+                    _ => DEFAULT_VOLUME_SNAPSHOT_TIMEOUT,
+                };
+                match overdue(vs, timeout, now) {
+                    Some(message) => failed(message, None),
+                    None => Plan::Step(capturing(attempt, vs, &capture), Some(CAPTURE_RECHECK)),
+                }
+            }
+        };
+    }
     if let Some(pod) = current {
         return match run_step::<SnapshotResult>(pod, "snapshot") {
             RunStep::Pending { message } => Plan::Step(Step::PodPending { message }, None),
@@ -149,6 +201,54 @@ pub(super) fn plan(snap: &Snapshot, prev: &SnapshotStatus, world: &World) -> Pla
     }
 }
 
+/// The VolumeSnapshots and restored claims to delete: every one once the Snapshot has
+/// finished, else those of attempts before `current`. Pure.
+pub(super) fn leftover_captures(
+    world: &World,
+    finished: bool,
+    current: u32,
+) -> (Vec<&DynamicObject>, Vec<&PersistentVolumeClaim>) {
+    fn done<K: kube::Resource>(obj: &K, finished: bool, current: u32) -> bool {
+        obj.meta().deletion_timestamp.is_none()
+            && (finished || attempt_of(obj).is_some_and(|n| n < current))
+    }
+    (
+        world
+            .volumes
+            .iter()
+            .filter(|v| done(*v, finished, current))
+            .collect(),
+        world
+            .clones
+            .iter()
+            .filter(|c| done(*c, finished, current))
+            .collect(),
+    )
+}
+
+/// The status step of attempt `attempt` waiting for its VolumeSnapshot `vs`. Pure.
+pub(super) fn capturing(attempt: u32, vs: &DynamicObject, capture: &Capture) -> Step {
+    let (member, _) = recorded_member(vs);
+    let claim = source_claim(vs).unwrap_or_default();
+    Step::Capturing {
+        attempt,
+        message: format!(
+            "waiting for VolumeSnapshot {} of claim {claim} (member {}) to be readyToUse",
+            vs.name_any(),
+            member.pod
+        ),
+        member,
+        capture: CaptureStatus {
+            mode: capture.mode_name().into(),
+            attempt,
+            volume_snapshot: Some(vs.name_any()),
+            clone_claim: None,
+            point_in_time: None,
+        },
+        consistency: Consistency::of(capture),
+    }
+}
+
 /// Fill what a lost status write would have recorded (attempt, pod, member) from the newest
 /// snapshot pod, which carries it in its labels and annotations. Pure.
 pub(super) fn recover_from_pods(mut prev: SnapshotStatus, pods: &[Pod]) -> SnapshotStatus {
@@ -211,6 +311,11 @@ pub(super) fn forgotten_siblings<'a>(
 mod tests {
     use super::*;
     use crate::controller::fixtures::{self, agent_pod as pod, terminated};
+    use serde_json::json;
+
+    fn now() -> jiff::Timestamp {
+        "2026-11-27T03:30:00Z".parse().expect("now")
+    }
 
     fn job(backoff: u32) -> BackupJob {
         fixtures::job(&format!("backoffLimit: {backoff}"))
@@ -227,6 +332,8 @@ mod tests {
             job,
             siblings,
             pods,
+            volumes: Vec::new(),
+            clones: Vec::new(),
         }
     }
 
@@ -250,7 +357,8 @@ mod tests {
             plan(
                 &s,
                 &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
-                &world(Some(job(2)), vec![], vec![])
+                &world(Some(job(2)), vec![], vec![]),
+                now(),
             ),
             Plan::Start {
                 attempt: 1,
@@ -266,6 +374,7 @@ mod tests {
             &s,
             &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
             &world(None, vec![], vec![]),
+            now(),
         ) else {
             panic!("should wait")
         };
@@ -296,7 +405,8 @@ mod tests {
                 plan(
                     &me,
                     &Default::default(),
-                    &world(Some(job(2)), vec![sib], vec![])
+                    &world(Some(job(2)), vec![sib], vec![]),
+                    now(),
                 ),
                 Plan::Step(
                     Step::Wait {
@@ -321,7 +431,8 @@ mod tests {
             plan(
                 &s,
                 &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
-                &world(Some(job(1)), vec![], vec![pod(1, &failed())])
+                &world(Some(job(1)), vec![], vec![pod(1, &failed())]),
+                now(),
             ),
             Plan::Start {
                 attempt: 2,
@@ -342,6 +453,7 @@ mod tests {
                 vec![],
                 vec![pod(1, &failed()), pod(2, &failed())],
             ),
+            now(),
         )
         else {
             panic!("should fail")
@@ -356,7 +468,8 @@ mod tests {
             plan(
                 &s,
                 &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
-                &world(Some(job(0)), vec![], vec![pod(1, &failed())])
+                &world(Some(job(0)), vec![], vec![pod(1, &failed())]),
+                now(),
             ),
             Plan::Step(Step::Failed { .. }, None)
         ));
@@ -439,7 +552,8 @@ mod tests {
             plan(
                 &s,
                 &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
-                &world(Some(job(2)), vec![], vec![pod(1, ok)])
+                &world(Some(job(2)), vec![], vec![pod(1, ok)]),
+                now(),
             ),
             Plan::Step(Step::Succeeded { .. }, None)
         ));
@@ -448,7 +562,8 @@ mod tests {
             plan(
                 &s,
                 &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
-                &world(Some(job(2)), vec![], vec![pod(1, garbled)])
+                &world(Some(job(2)), vec![], vec![pod(1, garbled)]),
+                now(),
             ),
             Plan::Step(
                 Step::Failed {
@@ -462,7 +577,8 @@ mod tests {
             plan(
                 &s,
                 &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
-                &world(Some(job(2)), vec![], vec![pod(1, "  phase: Running")])
+                &world(Some(job(2)), vec![], vec![pod(1, "  phase: Running")]),
+                now(),
             ),
             Plan::Step(Step::PodRunning { .. }, None)
         ));
@@ -471,12 +587,120 @@ mod tests {
             plan(
                 &s,
                 &recover_from_pods(s.status.clone().unwrap_or_default(), &[]),
-                &world(Some(job(2)), vec![], vec![])
+                &world(Some(job(2)), vec![], vec![]),
+                now(),
             ),
             Plan::Start {
                 attempt: 2,
                 retry_after: Some(_)
             }
         ));
+    }
+
+    /// A volumeSnapshot job's VolumeSnapshot of attempt `attempt`, with `status`.
+    fn volume(attempt: u32, created: &str, status: serde_json::Value) -> DynamicObject {
+        use crate::controller::snapshot::build::pod::RunAs;
+        use crate::controller::snapshot::build::volume::volume_snapshot;
+        let s = fixtures::snapshot("s", "2026-11-27T03:00:00Z");
+        let member = MemberChoice {
+            pod: "rs0-1".into(),
+            node: Some("node-b".into()),
+            role: None,
+            reason: "named".into(),
+        };
+        let mut vs = volume_snapshot(
+            &s,
+            attempt,
+            "data-rs0-1",
+            "csi",
+            &member,
+            RunAs { uid: 999, gid: 999 },
+        )
+        .expect("vs");
+        vs.metadata.creation_timestamp = Some(Time(created.parse().expect("t")));
+        vs.data["status"] = status;
+        vs
+    }
+
+    #[test]
+    fn a_capture_under_way_decides_before_the_pods() {
+        let job = fixtures::job(
+            "backoffLimit: 1\nsource: {statefulSetName: rs0, dataVolumeName: data, consistency: {mode: volumeSnapshot, volumeSnapshotClassName: csi}}",
+        );
+        let s = snap("s", "2026-11-27T03:00:00Z", None);
+        let capturing1 = SnapshotStatus {
+            phase: RunPhase::SnapshottingVolume,
+            attempts: 1,
+            ..Default::default()
+        };
+        let with = |volumes: Vec<DynamicObject>, pods: Vec<Pod>| World {
+            volumes,
+            ..world(Some(job.clone()), vec![], pods)
+        };
+        // Pending: wait, with the member the VolumeSnapshot recorded.
+        let pending = volume(1, "2026-11-27T03:29:00Z", json!({}));
+        let Plan::Step(
+            Step::Capturing {
+                attempt,
+                member,
+                capture,
+                consistency,
+                ..
+            },
+            Some(_),
+        ) = plan(&s, &capturing1, &with(vec![pending.clone()], vec![]), now())
+        else {
+            panic!("should be capturing")
+        };
+        assert_eq!((attempt, member.pod.as_str()), (1, "rs0-1"));
+        assert_eq!(capture.volume_snapshot.as_deref(), Some("s-1"));
+        assert!(consistency.consistent);
+        // Ready: start the pod from it.
+        let ready = volume(
+            1,
+            "2026-11-27T03:29:00Z",
+            json!({"readyToUse": true, "creationTime": "2026-11-27T03:29:01Z"}),
+        );
+        assert!(matches!(
+            plan(&s, &capturing1, &with(vec![ready.clone()], vec![]), now()),
+            Plan::StartFromVolume {
+                attempt: 1,
+                cut: Some(_),
+                ..
+            }
+        ));
+        // The snapshotter's error, or no readiness within the timeout: a failed attempt,
+        // retried as a new one.
+        let broken = volume(
+            1,
+            "2026-11-27T03:29:00Z",
+            json!({"error": {"message": "no space"}}),
+        );
+        assert_eq!(
+            plan(&s, &capturing1, &with(vec![broken], vec![]), now()),
+            Plan::Start {
+                attempt: 2,
+                retry_after: Some("VolumeSnapshot s-1: no space".into())
+            }
+        );
+        let stale = volume(1, "2026-11-27T03:00:00Z", json!({}));
+        let Plan::Start {
+            attempt: 2,
+            retry_after: Some(why),
+        } = plan(&s, &capturing1, &with(vec![stale], vec![]), now())
+        else {
+            panic!("should retry")
+        };
+        assert!(why.contains("was not readyToUse after 600s"), "{why}");
+        // Once attempt 1's pod exists, the pod decides; its capture is then a leftover only
+        // when the Snapshot finishes or a later attempt runs.
+        let w = with(vec![ready], vec![pod(1, "  phase: Running")]);
+        assert!(matches!(
+            plan(&s, &capturing1, &w, now()),
+            Plan::Step(Step::PodRunning { .. }, None)
+        ));
+        assert!(leftover_captures(&w, false, 1).0.is_empty());
+        assert_eq!(leftover_captures(&w, false, 2).0.len(), 1);
+        assert_eq!(leftover_captures(&w, true, 1).0.len(), 1);
     }
 }

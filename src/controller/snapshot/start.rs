@@ -1,19 +1,26 @@
 //! Starting an attempt: read the members (and ask MongoDB), check the job, choose the member
-//! (pure), build the pod (pure), apply the agent's identity and the pod.
+//! (pure), build the pod (pure), apply the agent's identity and the pod. In mode
+//! volumeSnapshot an attempt starts twice: first its VolumeSnapshot is created, then (once
+//! plan() sees it ready) the claim restored from it and the pod that reads that claim.
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DynamicObject, PostParams};
 use kube::{Api, ResourceExt};
 
-use super::build::pod::{PodPlan, RunAs, member_run_as, snapshot_pod};
-use super::build::status::Step;
+use super::build::pod::{PodError, PodPlan, RunAs, member_run_as, snapshot_pod};
+use super::build::status::{Consistency, Step};
+use super::build::volume::{self, volume_snapshot};
 use super::dereference::{connection_settings, list_member_pods};
-use super::{Error, RECHECK};
-use crate::api::snapshot::MemberChoice;
+use super::plan::capturing;
+use super::{CAPTURE_RECHECK, Error, RECHECK};
+use crate::api::snapshot::{CaptureStatus, MemberChoice};
 use crate::api::{BackupJob, Snapshot};
 use crate::controller::agent::identity::apply_agent_identity;
 use crate::controller::agent::job::{Blocked, Needs, check_job, job_kmip};
+use crate::controller::job_spec::consistency::{Capture, capture};
 use crate::controller::reason::Reason;
 use crate::controller::{Context, apply};
 use crate::mongo::{self, Answer, MemberAddress, MemberPod, MemberReport};
@@ -44,67 +51,200 @@ pub(super) async fn start_attempt(
 ) -> Result<(Step, Option<Duration>), Error> {
     let ns = snap.namespace().unwrap_or_default();
     let name = snap.name_any();
-    let wait = |b: Blocked| {
-        Ok((
-            Step::Wait {
-                reason: b.reason,
-                message: b.message,
-            },
-            Some(RECHECK),
-        ))
-    };
 
     // Validate the job (pure) against what it references (read here).
     if let Some(b) = check_job(&ctx.client, &ns, job, Needs::Everything)
         .await
         .map_err(Error::dereference(&name, "referenced objects"))?
     {
-        return wait(b);
+        return Ok(wait(b));
     }
 
     // Read the members, ask them, and choose (pure).
     let members = match read_members(&name, &ns, job, ctx).await? {
         Ok(m) => m,
-        Err(b) => return wait(b),
+        Err(b) => return Ok(wait(b)),
     };
     let chosen = match choose(job, &members) {
         Ok(c) => c,
-        Err(b) => return wait(b),
+        Err(b) => return Ok(wait(b)),
+    };
+    let capture = capture(&job.spec.source);
+    let member = MemberChoice {
+        pod: chosen.choice.pod.clone(),
+        node: Some(chosen.node.clone()),
+        role: Some(chosen.choice.role.clone()),
+        reason: chosen.choice.reason.clone(),
     };
 
+    // Mode volumeSnapshot: cut the VolumeSnapshot first; the pod comes once it is ready.
+    if let Capture::VolumeSnapshot { class, .. } = &capture {
+        let vs = match volume_snapshot(
+            snap,
+            attempt,
+            &chosen.data_claim,
+            class,
+            &member,
+            chosen.run_as,
+        ) {
+            Ok(vs) => vs,
+            Err(e) => return Ok((invalid(e), None)),
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &ns, &volume::api_resource());
+        let capture_step = || {
+            let mut step = capturing(attempt, &vs, &capture);
+            if let (Step::Capturing { message, .. }, Some(why)) = (&mut step, &retry_after) {
+                *message = format!("attempt {} failed: {why}; retrying: {message}", attempt - 1);
+            }
+            Ok((step, Some(CAPTURE_RECHECK)))
+        };
+        return match api.create(&PostParams::default(), &vs).await {
+            Ok(_) => capture_step(),
+            Err(kube::Error::Api(e)) if e.code == 409 => capture_step(),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(wait(Blocked {
+                reason: Reason::VolumeSnapshotsUnavailable,
+                message: "spec.source.consistency.mode volumeSnapshot: this cluster serves no snapshot.storage.k8s.io/v1 VolumeSnapshot API (install the CSI external-snapshotter and a driver that supports snapshots)".into(),
+            })),
+            Err(source) => Err(Error::ApplyCapture {
+                snapshot: name,
+                object: vs.name_any(),
+                source,
+            }),
+        };
+    }
+
+    let started = Attempt {
+        attempt,
+        member,
+        node: Some(chosen.node.as_str()),
+        data_claim: &chosen.data_claim,
+        run_as: chosen.run_as,
+        retry_after,
+        capture: CaptureStatus {
+            mode: capture.mode_name().into(),
+            attempt,
+            ..Default::default()
+        },
+        consistency: Consistency::of(&capture),
+    };
+    start_pod(snap, job, started, ctx).await
+}
+
+/// Start the pod of attempt `attempt`, whose VolumeSnapshot `vs` is ready (cut at `cut`):
+/// restore it into a claim, and copy that claim read-only on whichever node it attaches to.
+pub(super) async fn start_from_volume(
+    snap: &Snapshot,
+    job: &BackupJob,
+    attempt: u32,
+    vs: &DynamicObject,
+    cut: Option<Time>,
+    ctx: &Context,
+) -> Result<(Step, Option<Duration>), Error> {
+    let ns = snap.namespace().unwrap_or_default();
+    let name = snap.name_any();
+    if let Some(b) = check_job(&ctx.client, &ns, job, Needs::Everything)
+        .await
+        .map_err(Error::dereference(&name, "referenced objects"))?
+    {
+        return Ok(wait(b));
+    }
+    let source_name = volume::source_claim(vs).unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(source) = claims
+        .get_opt(&source_name)
+        .await
+        .map_err(Error::dereference(&name, "the member's data claim"))?
+    else {
+        return Ok(wait(Blocked {
+            reason: Reason::NoDataClaim,
+            message: format!(
+                "the member's data claim {source_name} (of VolumeSnapshot {}) does not exist",
+                vs.name_any()
+            ),
+        }));
+    };
+    let clone = match volume::clone_claim(snap, attempt, vs, &source) {
+        Ok(c) => c,
+        Err(e) => return Ok((invalid(e), None)),
+    };
+    apply(&claims, &clone)
+        .await
+        .map_err(|source| Error::ApplyCapture {
+            snapshot: name.clone(),
+            object: clone.name_any(),
+            source,
+        })?;
+    let (member, run_as) = volume::recorded_member(vs);
+    let capture = capture(&job.spec.source);
+    let started = Attempt {
+        attempt,
+        member,
+        node: None,
+        data_claim: &clone.name_any(),
+        run_as,
+        retry_after: None,
+        capture: CaptureStatus {
+            mode: capture.mode_name().into(),
+            attempt,
+            volume_snapshot: Some(vs.name_any()),
+            clone_claim: Some(clone.name_any()),
+            point_in_time: cut,
+        },
+        consistency: Consistency::of(&capture),
+    };
+    start_pod(snap, job, started, ctx).await
+}
+
+/// What an attempt's pod is started with.
+struct Attempt<'a> {
+    attempt: u32,
+    member: MemberChoice,
+    node: Option<&'a str>,
+    data_claim: &'a str,
+    run_as: RunAs,
+    retry_after: Option<String>,
+    capture: CaptureStatus,
+    consistency: Consistency,
+}
+
+/// The job's KmipServer (if any), then build the pod (pure), then apply the agent's identity
+/// and the pod.
+async fn start_pod(
+    snap: &Snapshot,
+    job: &BackupJob,
+    a: Attempt<'_>,
+    ctx: &Context,
+) -> Result<(Step, Option<Duration>), Error> {
+    let ns = snap.namespace().unwrap_or_default();
+    let name = snap.name_any();
     // A KMIP job needs its KmipServer, with an active master key.
     let kmip = match job_kmip(&ctx.client, &ns, job)
         .await
         .map_err(Error::dereference(&name, "KmipServer"))?
     {
         Ok(k) => k,
-        Err(b) => return wait(b),
+        Err(b) => return Ok(wait(b)),
     };
 
     // Build (pure).
+    let role = a.member.role.clone().unwrap_or_default();
     let pod = match snapshot_pod(&PodPlan {
         snapshot: snap,
         job,
-        attempt,
-        member: &chosen.choice.pod,
-        member_role: &chosen.choice.role,
-        member_reason: &chosen.choice.reason,
-        node: &chosen.node,
-        data_claim: &chosen.data_claim,
-        run_as: chosen.run_as,
+        attempt: a.attempt,
+        member: &a.member.pod,
+        member_role: &role,
+        member_reason: &a.member.reason,
+        node: a.node,
+        data_claim: a.data_claim,
+        run_as: a.run_as,
         image: &ctx.config.agent_image,
         progress_interval: ctx.config.agent_progress_interval,
         kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
     }) {
         Ok(p) => p,
-        Err(e) => {
-            let step = Step::Failed {
-                reason: Reason::InvalidSpec,
-                message: e.to_string(),
-                finished: None,
-            };
-            return Ok((step, None));
-        }
+        Err(e) => return Ok((invalid(e), None)),
     };
 
     // Apply: the agent's ServiceAccount, Role and RoleBinding, then the pod.
@@ -121,19 +261,35 @@ pub(super) async fn start_attempt(
         pod: pod.name_any(),
         source,
     })?;
-    let Chosen { choice, node, .. } = chosen;
     let step = Step::Started {
-        attempt,
+        attempt: a.attempt,
         pod: created.name_any(),
-        member: MemberChoice {
-            pod: choice.pod,
-            node: Some(node),
-            role: Some(choice.role),
-            reason: choice.reason,
-        },
-        retry_after,
+        member: a.member,
+        retry_after: a.retry_after,
+        capture: a.capture,
+        consistency: a.consistency,
     };
     Ok((step, None))
+}
+
+/// A wait for what `b` names.
+fn wait(b: Blocked) -> (Step, Option<Duration>) {
+    (
+        Step::Wait {
+            reason: b.reason,
+            message: b.message,
+        },
+        Some(RECHECK),
+    )
+}
+
+/// The attempt cannot be built from this spec.
+fn invalid(e: PodError) -> Step {
+    Step::Failed {
+        reason: Reason::InvalidSpec,
+        message: e.to_string(),
+        finished: None,
+    }
 }
 
 /// Read the replica set's pods and, when a connection is configured, ask each member.

@@ -2,3 +2,4 @@
 
 pub mod pod;
 pub mod status;
+pub mod volume;

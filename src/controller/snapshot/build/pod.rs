@@ -51,7 +51,9 @@ pub struct PodPlan<'a> {
     pub member: &'a str,
     pub member_role: &'a str,
     pub member_reason: &'a str,
-    pub node: &'a str,
+    /// The node to run on: the member's, whose volume it mounts; None when it reads a claim
+    /// restored from a VolumeSnapshot (the scheduler places it where that claim attaches).
+    pub node: Option<&'a str>,
     /// The PersistentVolumeClaim behind the member's data volume.
     pub data_claim: &'a str,
     /// User and group the agent runs as: the member's, so it can read mongod's files.
@@ -196,7 +198,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             service_account_name: Some(agent_service_account(&p.job.name_any())),
-            affinity: Some(pinned_to(p.node)),
+            affinity: p.node.map(pinned_to),
             security_context: Some(pod_security(p.run_as)),
             containers: vec![agent_container(
                 p.image,
@@ -321,7 +323,7 @@ spec:
             member: "rs0-2",
             member_role: "SECONDARY",
             member_reason: "named",
-            node: "node-b",
+            node: Some("node-b"),
             data_claim: "mongo-data-rs0-2",
             run_as: RunAs { uid: 999, gid: 999 },
             image: "snapcrypt:test",
@@ -596,7 +598,7 @@ spec:
             member: "rs0-2",
             member_role: "SECONDARY",
             member_reason: "named",
-            node: "node-b",
+            node: Some("node-b"),
             data_claim: "mongo-data-rs0-2",
             run_as: RunAs { uid: 999, gid: 999 },
             image: "snapcrypt:test",

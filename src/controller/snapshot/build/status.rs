@@ -5,8 +5,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::agent::{RetentionResult, SnapshotResult};
-use crate::api::snapshot::{MemberChoice, RunPhase, SnapshotStats, SnapshotStatus};
+use crate::api::snapshot::{CaptureStatus, MemberChoice, RunPhase, SnapshotStats, SnapshotStatus};
 use crate::controller::conditions::{self, Cond, merge};
+use crate::controller::job_spec::consistency::Capture;
 use crate::controller::reason::Reason;
 use crate::engine::progress::human_bytes;
 
@@ -15,12 +16,23 @@ use crate::engine::progress::human_bytes;
 pub enum Step {
     /// No pod can start yet (job missing, a problem in the spec, another run first, no member).
     Wait { reason: Reason, message: String },
+    /// The member's data volume is being snapshotted for attempt `attempt` (mode
+    /// volumeSnapshot); the pod starts once the VolumeSnapshot is ready.
+    Capturing {
+        attempt: u32,
+        member: MemberChoice,
+        capture: CaptureStatus,
+        consistency: Consistency,
+        message: String,
+    },
     /// A pod was created for attempt `attempt`; `retry_after` is the previous attempt's failure.
     Started {
         attempt: u32,
         pod: String,
         member: MemberChoice,
         retry_after: Option<String>,
+        capture: CaptureStatus,
+        consistency: Consistency,
     },
     /// The current pod has not started yet.
     PodPending { message: Option<String> },
@@ -39,6 +51,33 @@ pub enum Step {
     },
 }
 
+/// Whether an attempt's copy is one mongod can recover from: the Consistent condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Consistency {
+    pub consistent: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Consistency {
+    /// What copies made by `capture` are.
+    pub fn of(capture: &Capture) -> Consistency {
+        Consistency {
+            consistent: capture.is_consistent(),
+            reason: if capture.is_consistent() {
+                Reason::VolumeSnapshotCut
+            } else {
+                Reason::CopiedLive
+            },
+            message: capture.explanation(),
+        }
+    }
+
+    fn cond(&self) -> Cond {
+        Cond::new("Consistent", self.consistent, self.reason, &self.message)
+    }
+}
+
 /// The next status.
 pub fn next_status(
     prev: &SnapshotStatus,
@@ -53,29 +92,54 @@ pub fn next_status(
         observed_generation: generation,
         ..prev.clone()
     };
-    let conds: Vec<Cond> = match step {
+    let mut conds: Vec<Cond> = match step {
         Step::Wait { reason, message } => {
             s.phase = RunPhase::Pending;
             s.message = Some(message.clone());
             conditions::waiting(*reason, message)
+        }
+        Step::Capturing {
+            attempt,
+            member,
+            capture,
+            consistency,
+            message,
+        } => {
+            s.phase = RunPhase::SnapshottingVolume;
+            s.attempts = *attempt;
+            s.member = Some(member.clone());
+            s.capture = Some(capture.clone());
+            s.message = Some(format!("attempt {attempt}: {message}"));
+            let mut c =
+                conditions::under_way(Reason::Starting, Reason::SnapshottingVolume, message);
+            c.push(consistency.cond());
+            c
         }
         Step::Started {
             attempt,
             pod,
             member,
             retry_after,
+            capture,
+            consistency,
         } => {
             s.phase = RunPhase::Pending;
             s.attempts = *attempt;
             s.pod_name = Some(pod.clone());
             s.member = Some(member.clone());
-            let msg = match retry_after {
-                Some(why) => format!(
+            s.capture = Some(capture.clone());
+            let msg = match (retry_after, &capture.volume_snapshot) {
+                (_, Some(vs)) => format!(
+                    "pod {pod} created to copy VolumeSnapshot {vs} of member {} (restored into claim {})",
+                    member.pod,
+                    capture.clone_claim.as_deref().unwrap_or("?")
+                ),
+                (Some(why), None) => format!(
                     "attempt {} failed: {why}; retrying: pod {pod} on node {}",
                     attempt - 1,
                     member.node.as_deref().unwrap_or("?")
                 ),
-                None => format!(
+                (None, None) => format!(
                     "pod {pod} created on node {} to copy member {} ({})",
                     member.node.as_deref().unwrap_or("?"),
                     member.pod,
@@ -83,7 +147,9 @@ pub fn next_status(
                 ),
             };
             s.message = Some(msg.clone());
-            conditions::under_way(Reason::Starting, Reason::PodCreated, &msg)
+            let mut c = conditions::under_way(Reason::Starting, Reason::PodCreated, &msg);
+            c.push(consistency.cond());
+            c
         }
         Step::PodPending { message } => {
             s.phase = RunPhase::Pending;
@@ -146,6 +212,18 @@ pub fn next_status(
             conditions::finished(false, *reason, message)
         }
     };
+    // The Consistent condition stays as the attempt's capture set it.
+    if !conds.iter().any(|c| c.type_ == "Consistent")
+        && let Some(c) = conditions::get(&prev.conditions, "Consistent")
+        && let Some(reason) = Reason::parse(&c.reason)
+    {
+        conds.push(Cond::new(
+            "Consistent",
+            c.status == crate::api::common::condition_status::TRUE,
+            reason,
+            c.message.clone(),
+        ));
+    }
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
     s
 }
@@ -202,6 +280,14 @@ mod tests {
         }
     }
 
+    fn live_capture() -> CaptureStatus {
+        CaptureStatus {
+            mode: "stoppedMember".into(),
+            attempt: 1,
+            ..Default::default()
+        }
+    }
+
     fn cond(s: &SnapshotStatus, t: &str) -> String {
         let c = s.conditions.iter().find(|c| c.type_ == t).expect("cond");
         format!("{} {}", c.status, c.reason)
@@ -216,6 +302,10 @@ mod tests {
                 pod: "s-1".into(),
                 member: member(),
                 retry_after: None,
+                capture: live_capture(),
+                consistency: Consistency::of(&Capture::StoppedMember {
+                    why: crate::controller::job_spec::consistency::StoppedWhy::Chosen,
+                }),
             },
             Some(1),
             now(),
@@ -256,6 +346,10 @@ mod tests {
         );
         assert_eq!(done.phase, RunPhase::Succeeded);
         assert_eq!(done.repository_snapshot_id.as_deref(), Some("abc"));
+        // The copy's consistency, set when the pod was created, stays to the end.
+        assert_eq!(cond(&started, "Consistent"), "False CopiedLive");
+        assert_eq!(cond(&running, "Consistent"), "False CopiedLive");
+        assert_eq!(cond(&done, "Consistent"), "False CopiedLive");
         assert_eq!(done.key_id.as_deref(), Some("local:k"));
         let st = done.stats.clone().expect("stats");
         assert_eq!((st.files, st.dedup_ratio), (8, 4.0));
@@ -284,6 +378,10 @@ mod tests {
                 pod: "s-2".into(),
                 member: member(),
                 retry_after: Some("disk full".into()),
+                capture: live_capture(),
+                consistency: Consistency::of(&Capture::StoppedMember {
+                    why: crate::controller::job_spec::consistency::StoppedWhy::Chosen,
+                }),
             },
             None,
             now(),

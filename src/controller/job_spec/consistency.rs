@@ -1,0 +1,173 @@
+//! How a BackupJob's copy is made consistent, resolved from `spec.source.consistency` with its
+//! defaults. Pure. The choice, and why an absent field is not silently a consistent copy, is
+//! in docs/ARCHITECTURE.md ("Consistent capture").
+
+use std::time::Duration;
+
+use crate::api::backup_job::{ConsistencyMode, MongoSource, Quiesce};
+use crate::api::common::parse_duration;
+
+/// How long a VolumeSnapshot may take to become readyToUse, unless the spec says.
+pub const DEFAULT_VOLUME_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The capture method a job's snapshots use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Capture {
+    /// Cut a CSI VolumeSnapshot of the member's data claim, copy from a claim restored from it.
+    VolumeSnapshot {
+        class: String,
+        quiesce: Quiesce,
+        timeout: Duration,
+    },
+    /// Lock the member for the whole copy.
+    FsyncLock,
+    /// Copy the files as they are. `why` says how the job came to it, for the Consistent=False
+    /// condition of every Snapshot it takes.
+    StoppedMember { why: StoppedWhy },
+}
+
+/// How a job ended up copying the live files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoppedWhy {
+    /// `mode: stoppedMember`.
+    Chosen,
+    /// `mode: none`, the old name.
+    LegacyNone,
+    /// No `spec.source.consistency` at all.
+    Unset,
+}
+
+impl Capture {
+    /// The mode's name as the spec writes it (for status).
+    pub fn mode_name(&self) -> &'static str {
+        match self {
+            Capture::VolumeSnapshot { .. } => "volumeSnapshot",
+            Capture::FsyncLock => "fsyncLock",
+            Capture::StoppedMember { .. } => "stoppedMember",
+        }
+    }
+
+    /// Whether copies made this way are ones mongod can recover from.
+    pub fn is_consistent(&self) -> bool {
+        !matches!(self, Capture::StoppedMember { .. })
+    }
+
+    /// One sentence for the Snapshot's Consistent condition.
+    pub fn explanation(&self) -> String {
+        match self {
+            Capture::VolumeSnapshot {
+                quiesce: Quiesce::FsyncLock,
+                ..
+            } => "copied from a VolumeSnapshot cut while the member was fsyncLocked".into(),
+            Capture::VolumeSnapshot {
+                quiesce: Quiesce::None,
+                ..
+            } => "copied from a crash-consistent VolumeSnapshot of the data volume (mongod recovers from it when its journal is on that volume, its default layout)".into(),
+            Capture::FsyncLock => "copied while the member was fsyncLocked".into(),
+            Capture::StoppedMember { why } => format!(
+                "{}: the files were copied as they are, which mongod can recover from only if the member was stopped; set spec.source.consistency.mode to volumeSnapshot (recommended) or fsyncLock",
+                match why {
+                    StoppedWhy::Chosen => "spec.source.consistency.mode is stoppedMember",
+                    StoppedWhy::LegacyNone =>
+                        "spec.source.consistency.mode is none (the old name of stoppedMember)",
+                    StoppedWhy::Unset => "spec.source.consistency is not set",
+                }
+            ),
+        }
+    }
+}
+
+/// The job's capture method. A bad `volumeSnapshotTimeout` is reported by validation; here it
+/// falls back to the default.
+pub fn capture(source: &MongoSource) -> Capture {
+    let Some(c) = &source.consistency else {
+        return Capture::StoppedMember {
+            why: StoppedWhy::Unset,
+        };
+    };
+    match c.mode {
+        ConsistencyMode::VolumeSnapshot => Capture::VolumeSnapshot {
+            class: c.volume_snapshot_class_name.clone().unwrap_or_default(),
+            quiesce: c.quiesce.unwrap_or(if source.connection.is_some() {
+                Quiesce::FsyncLock
+            } else {
+                Quiesce::None
+            }),
+            timeout: c
+                .volume_snapshot_timeout
+                .as_deref()
+                .and_then(|t| volume_snapshot_timeout(t).ok())
+                .unwrap_or(DEFAULT_VOLUME_SNAPSHOT_TIMEOUT),
+        },
+        ConsistencyMode::FsyncLock => Capture::FsyncLock,
+        ConsistencyMode::StoppedMember => Capture::StoppedMember {
+            why: StoppedWhy::Chosen,
+        },
+        ConsistencyMode::LegacyNone => Capture::StoppedMember {
+            why: StoppedWhy::LegacyNone,
+        },
+    }
+}
+
+/// `volumeSnapshotTimeout` as a duration (seconds, minutes or hours).
+pub fn volume_snapshot_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration(s, &['s', 'm', 'h']).map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures;
+
+    fn source(yaml: &str) -> MongoSource {
+        fixtures::job(yaml).spec.source
+    }
+
+    #[test]
+    fn defaults_follow_the_connection_and_an_absent_field_is_not_consistent() {
+        let base = "source: {statefulSetName: rs0, dataVolumeName: data, syncSource: {mode: member, member: rs0-0}";
+        let unset = capture(&source(&format!("{base}}}")));
+        assert_eq!(
+            unset,
+            Capture::StoppedMember {
+                why: StoppedWhy::Unset
+            }
+        );
+        assert!(!unset.is_consistent());
+        assert!(
+            unset
+                .explanation()
+                .starts_with("spec.source.consistency is not set")
+        );
+        let vs = capture(&source(&format!(
+            "{base}, consistency: {{mode: volumeSnapshot, volumeSnapshotClassName: csi}}}}"
+        )));
+        assert_eq!(
+            vs,
+            Capture::VolumeSnapshot {
+                class: "csi".into(),
+                quiesce: Quiesce::None,
+                timeout: DEFAULT_VOLUME_SNAPSHOT_TIMEOUT
+            }
+        );
+        let with_conn = capture(&source(&format!(
+            "{base}, connection: {{authMechanism: NONE}}, consistency: {{mode: volumeSnapshot, volumeSnapshotClassName: csi, volumeSnapshotTimeout: 90s}}}}"
+        )));
+        assert!(matches!(
+            with_conn,
+            Capture::VolumeSnapshot {
+                quiesce: Quiesce::FsyncLock,
+                timeout,
+                ..
+            } if timeout == Duration::from_secs(90)
+        ));
+        let legacy = capture(&source(&format!("{base}, consistency: {{mode: none}}}}")));
+        assert_eq!(
+            legacy,
+            Capture::StoppedMember {
+                why: StoppedWhy::LegacyNone
+            }
+        );
+        assert!(legacy.explanation().contains("the old name"));
+    }
+}
