@@ -269,7 +269,8 @@ const OPERATOR_RULES: &[(&str, &str, &str)] = &[
     ("snapcrypt.dev", "snapshots/finalizers", "update"),
     ("", "pods", "list watch create patch"),
     ("", "secrets", "get"),
-    ("", "persistentvolumeclaims", "get"),
+    ("", "persistentvolumeclaims", "get list create patch delete"),
+    ("snapshot.storage.k8s.io", "volumesnapshots", "list create delete"),
     ("apps", "statefulsets", "get"),
     ("", "serviceaccounts", "create patch"),
     ("rbac.authorization.k8s.io", "roles", "create patch"),
@@ -287,7 +288,8 @@ const AGENT_RULES: &[(&str, &str, &str)] = &[
 
 /// What the operator must not do: write what users apply (spec of BackupJobs, KmipServers,
 /// Restores), delete anything of theirs, list Secrets, or reach beyond its kinds. (It deletes
-/// Snapshots, but only those its BackupJob's retention policy has forgotten in the repository.)
+/// Snapshots, but only those its BackupJob's retention policy has forgotten in the repository,
+/// and the VolumeSnapshots and restored claims of its own volumeSnapshot captures, by uid.)
 const OPERATOR_DENIED: &[(&str, &str, &str)] = &[
     ("snapcrypt.dev", "backupjobs", "patch"),
     ("snapcrypt.dev", "backupjobs", "update"),
@@ -300,7 +302,6 @@ const OPERATOR_DENIED: &[(&str, &str, &str)] = &[
     ("", "secrets", "delete"),
     ("", "pods", "delete"),
     ("", "pods/exec", "create"),
-    ("", "persistentvolumeclaims", "delete"),
     ("apps", "statefulsets", "patch"),
     ("apps", "deployments", "create"),
     ("rbac.authorization.k8s.io", "clusterroles", "create"),

@@ -231,8 +231,16 @@ async fn clean_up_captures(
         }
     };
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    // Each by uid: never a user's object that took the name.
+    let exactly = |uid: Option<String>| DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
     for c in clones {
-        match claims.delete(&c.name_any(), &DeleteParams::default()).await {
+        match claims.delete(&c.name_any(), &exactly(c.uid())).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(gone(format!("claim {}", c.name_any()))(e)),
@@ -241,7 +249,7 @@ async fn clean_up_captures(
     let vs: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &ns, &build::volume::api_resource());
     for v in volumes {
-        match vs.delete(&v.name_any(), &DeleteParams::default()).await {
+        match vs.delete(&v.name_any(), &exactly(v.uid())).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(gone(format!("VolumeSnapshot {}", v.name_any()))(e)),
