@@ -180,6 +180,10 @@ pub struct CaptureStatus {
     /// The instant the data is from: the VolumeSnapshot's creationTime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point_in_time: Option<Time>,
+    /// The VolumeSnapshot, the restored claim and the pods that read it have been deleted
+    /// (the Snapshot has finished).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl Snapshot {

@@ -531,12 +531,14 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let start = Instant::now();
+    let mut last = String::from("(no attempt finished)");
     loop {
         let remaining = deadline.saturating_sub(start.elapsed());
-        let last = match tokio::time::timeout(remaining, attempt()).await {
+        match tokio::time::timeout(remaining, attempt()).await {
             Ok(Ok(value)) => return value,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "(the last attempt was still running)".to_string(),
+            Ok(Err(e)) => last = e.to_string(),
+            // The deadline fell inside an attempt: the previous one's error says more.
+            Err(_) => {}
         };
         if start.elapsed() >= deadline {
             panic!("timed out after {deadline:?} waiting for {what}; last error: {last}");

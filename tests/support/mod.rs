@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod operator;
 pub mod real_nodes;
 pub mod s3;
+pub mod wiredtiger;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, FileTimes};

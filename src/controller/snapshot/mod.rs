@@ -9,6 +9,7 @@
 pub mod build;
 mod dereference;
 mod plan;
+mod release;
 mod start;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use kube::{Api, ResourceExt};
 use self::build::status::{Step, next_status};
 use self::dereference::{World, dereference};
 use self::plan::{Plan, forgotten_siblings, leftover_captures, plan, recover_from_pods};
+use self::release::release;
 use self::start::{start_attempt, start_from_volume};
 use super::agent::owning_agent_pods;
 use super::reason::Reason;
@@ -140,9 +142,32 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let prev = snap.status.clone().unwrap_or_default();
     let original = prev.clone();
-    if snap.metadata.deletion_timestamp.is_some()
-        || matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed)
-    {
+    if snap.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed) {
+        // A finished Snapshot's volume capture (VolumeSnapshot, restored claim, the pods
+        // reading it) goes once; status says when it has.
+        if prev
+            .capture
+            .as_ref()
+            .is_some_and(|c| c.volume_snapshot.is_some() && !c.released)
+        {
+            let world = dereference(&snap, &ctx.client).await?;
+            release(&snap, leftover_captures(&world, true, 0), &ctx).await?;
+            let mut status = prev.clone();
+            if let Some(c) = status.capture.as_mut() {
+                c.released = true;
+            }
+            let api: Api<Snapshot> =
+                Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
+            apply_status(&api, &snap.name_any(), &status)
+                .await
+                .map_err(|source| Error::UpdateStatus {
+                    snapshot: snap.name_any(),
+                    source,
+                })?;
+        }
         return Ok(Action::await_change());
     }
     let now = jiff::Timestamp::now();
@@ -177,16 +202,17 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         delete_forgotten(&snap, &world, result, &ctx).await?;
     }
 
-    // 7. Update status, and announce transitions. Captures of earlier attempts (and all of
-    //    them once the Snapshot has finished) go first: a finished Snapshot is not reconciled
-    //    again, so a failed deletion must fail this reconcile before the status says finished.
+    // 7. Update status, and announce transitions. Captures of earlier attempts go first; the
+    //    last one goes once the finished status is written (the branch at the top).
     let status = next_status(&prev, &step, snap.metadata.generation, now);
     let finished = matches!(status.phase, RunPhase::Succeeded | RunPhase::Failed);
     let current = status
         .capture
         .as_ref()
         .map_or(status.attempts, |c| c.attempt);
-    clean_up_captures(&snap, &world, finished, current, &ctx).await?;
+    if !finished {
+        release(&snap, leftover_captures(&world, false, current), &ctx).await?;
+    }
     if status != original {
         let api: Api<Snapshot> =
             Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
@@ -203,59 +229,20 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         ctx.metrics.finished(&format!("{:?}", status.phase));
     }
     ctx.reconciled(CONTROLLER, snap.as_ref());
+    // A finished volume capture is released by the next reconcile (the status write wakes it;
+    // the requeue is for a missed wake).
+    if finished
+        && status
+            .capture
+            .as_ref()
+            .is_some_and(|c| c.volume_snapshot.is_some())
+    {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     Ok(match requeue {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
-}
-
-/// Delete the VolumeSnapshots and restored claims [`leftover_captures`] names (the
-/// Snapshot's owner reference also lets garbage collection take them with it).
-async fn clean_up_captures(
-    snap: &Snapshot,
-    world: &World,
-    finished: bool,
-    current: u32,
-    ctx: &Context,
-) -> Result<(), Error> {
-    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-    use kube::api::{DeleteParams, DynamicObject};
-    let ns = snap.namespace().unwrap_or_default();
-    let (volumes, clones) = leftover_captures(world, finished, current);
-    let gone = |object: String| {
-        let snapshot = snap.name_any();
-        move |source| Error::CleanUpCapture {
-            snapshot,
-            object,
-            source,
-        }
-    };
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    // Each by uid: never a user's object that took the name.
-    let exactly = |uid: Option<String>| DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid,
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    for c in clones {
-        match claims.delete(&c.name_any(), &exactly(c.uid())).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(gone(format!("claim {}", c.name_any()))(e)),
-        }
-    }
-    let vs: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &ns, &build::volume::api_resource());
-    for v in volumes {
-        match vs.delete(&v.name_any(), &exactly(v.uid())).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(gone(format!("VolumeSnapshot {}", v.name_any()))(e)),
-        }
-    }
-    Ok(())
 }
 
 /// Delete the Snapshots [`forgotten_siblings`] names (each by uid, so a re-created one of the

@@ -201,29 +201,59 @@ pub(super) fn plan(
     }
 }
 
-/// The VolumeSnapshots and restored claims to delete: every one once the Snapshot has
-/// finished, else those of attempts before `current`. Pure.
-pub(super) fn leftover_captures(
-    world: &World,
-    finished: bool,
-    current: u32,
-) -> (Vec<&DynamicObject>, Vec<&PersistentVolumeClaim>) {
+/// What a volume capture leaves to delete.
+#[derive(Debug, Default)]
+pub(super) struct Leftovers<'a> {
+    pub volumes: Vec<&'a DynamicObject>,
+    pub clones: Vec<&'a PersistentVolumeClaim>,
+    /// Finished pods that mount one of `clones`: while they exist the claim stays in use
+    /// (before 1.21 the PVC protection counts finished pods too).
+    pub pods: Vec<&'a Pod>,
+}
+
+/// The VolumeSnapshots, restored claims and the finished pods reading them to delete: every
+/// one once the Snapshot has finished, else those of attempts before `current`. Pure.
+pub(super) fn leftover_captures(world: &World, finished: bool, current: u32) -> Leftovers<'_> {
     fn done<K: kube::Resource>(obj: &K, finished: bool, current: u32) -> bool {
         obj.meta().deletion_timestamp.is_none()
             && (finished || attempt_of(obj).is_some_and(|n| n < current))
     }
-    (
-        world
+    let clones: Vec<&PersistentVolumeClaim> = world
+        .clones
+        .iter()
+        .filter(|c| done(*c, finished, current))
+        .collect();
+    let names: BTreeSet<String> = clones.iter().map(|c| c.name_any()).collect();
+    let pods = world
+        .pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .filter(|p| {
+            p.spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| names.contains(&c.claim_name))
+                })
+        })
+        .collect();
+    Leftovers {
+        volumes: world
             .volumes
             .iter()
             .filter(|v| done(*v, finished, current))
             .collect(),
-        world
-            .clones
-            .iter()
-            .filter(|c| done(*c, finished, current))
-            .collect(),
-    )
+        clones,
+        pods,
+    }
 }
 
 /// The status step of attempt `attempt` waiting for its VolumeSnapshot `vs`. Pure.
@@ -244,6 +274,7 @@ pub(super) fn capturing(attempt: u32, vs: &DynamicObject, capture: &Capture) -> 
             volume_snapshot: Some(vs.name_any()),
             clone_claim: None,
             point_in_time: None,
+            released: false,
         },
         consistency: Consistency::of(capture),
     }
@@ -699,8 +730,8 @@ mod tests {
             plan(&s, &capturing1, &w, now()),
             Plan::Step(Step::PodRunning { .. }, None)
         ));
-        assert!(leftover_captures(&w, false, 1).0.is_empty());
-        assert_eq!(leftover_captures(&w, false, 2).0.len(), 1);
-        assert_eq!(leftover_captures(&w, true, 1).0.len(), 1);
+        assert!(leftover_captures(&w, false, 1).volumes.is_empty());
+        assert_eq!(leftover_captures(&w, false, 2).volumes.len(), 1);
+        assert_eq!(leftover_captures(&w, true, 1).volumes.len(), 1);
     }
 }

@@ -190,6 +190,7 @@ pub(super) async fn start_from_volume(
             volume_snapshot: Some(vs.name_any()),
             clone_claim: Some(clone.name_any()),
             point_in_time: cut,
+            released: false,
         },
         consistency: Consistency::of(&capture),
     };

@@ -1,0 +1,59 @@
+//! Releasing volume captures: the VolumeSnapshots, the claims restored from them and the
+//! finished pods that read those claims, as [`leftover_captures`](super::plan) names them.
+//! Each is deleted by uid (never an object that took the name since), and a missing one is
+//! already gone. The Snapshot's owner reference also lets garbage collection take them with it.
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, DynamicObject, Preconditions};
+use kube::{Api, Resource, ResourceExt};
+
+use super::Error;
+use super::build::volume::api_resource;
+use super::plan::Leftovers;
+use crate::api::Snapshot;
+use crate::controller::Context;
+
+pub(super) async fn release(
+    snap: &Snapshot,
+    leftovers: Leftovers<'_>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let ns = snap.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    // The pods first: a claim stays in use while a pod that mounts it exists.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for p in leftovers.pods {
+        delete(snap, &pods, p, "pod").await?;
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    for c in leftovers.clones {
+        delete(snap, &claims, c, "claim").await?;
+    }
+    let volumes: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &api_resource());
+    for v in leftovers.volumes {
+        delete(snap, &volumes, v, "VolumeSnapshot").await?;
+    }
+    Ok(())
+}
+
+async fn delete<K>(snap: &Snapshot, api: &Api<K>, obj: &K, what: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let exactly = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.uid(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&obj.name_any(), &exactly).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::CleanUpCapture {
+            snapshot: snap.name_any(),
+            object: format!("{what} {}", obj.name_any()),
+            source,
+        }),
+    }
+}

@@ -1,0 +1,457 @@
+//! Consistent capture end to end (issue 17), on real pods: a BackupJob in mode volumeSnapshot
+//! cuts a VolumeSnapshot of the member's data claim while a WiredTiger writer (the engine inside
+//! mongod, playing the member's mongod) keeps writing into it, copies a claim restored from that
+//! cut, and the repository restores to exactly the cut, which WiredTiger opens and verifies;
+//! the VolumeSnapshot and the restored claim are gone afterwards, also when the operator was
+//! killed mid-run. A failing snapshotter gives a condition naming the VolumeSnapshot and its
+//! error. A Snapshot of the old `none` mode says Consistent=False, in status and in
+//! `kubectl get snapshots`.
+//!
+//! DOUBLES (tests/README.md): no CSI driver runs here; the storage provisioner double
+//! (tests/cluster/provisioner.py, snapshots.py) plays the external-snapshotter and the driver,
+//! copying the volume's directory at the VolumeSnapshot's instant. mongod cannot run here; the
+//! member is a pause pod and tests/doubles/wiredtiger's writer writes its volume.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use serde_json::json;
+
+use snapcrypt::api::snapshot::RunPhase;
+use snapcrypt::api::{BackupJob, Snapshot, SnapshotStatus};
+use support::cluster::{TestNamespace, cluster_or_skip, eventually, unique_name, wait_for};
+use support::operator::{LONG, Operator, claim, create, member, wait_for_success};
+use support::real_nodes::{RealNodes, SHARED_CLASS, pod_logs, volume_dir};
+
+fn snapshot_api(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", kind),
+        plural,
+    )
+}
+
+/// A VolumeSnapshotClass of the provisioner double (cluster-scoped), deleted when dropped.
+struct SnapshotClass {
+    api: Api<DynamicObject>,
+    name: String,
+}
+
+impl SnapshotClass {
+    /// Retained snapshots (the test compares the restored files with the cut), or ones the
+    /// double fails with `fail`.
+    async fn create(ns: &TestNamespace, purpose: &str, fail: Option<&str>) -> SnapshotClass {
+        let api: Api<DynamicObject> = Api::all_with(
+            ns.client(),
+            &snapshot_api("VolumeSnapshotClass", "volumesnapshotclasses"),
+        );
+        let name = unique_name("snapclass", purpose);
+        let mut obj = json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+            "metadata": {"name": name}, "driver": "snapcrypt.test/local", "deletionPolicy": "Retain"});
+        if let Some(msg) = fail {
+            obj["parameters"] = json!({"snapcrypt.test/fail": msg});
+        }
+        let obj: DynamicObject = serde_json::from_value(obj).expect("class");
+        api.create(&Default::default(), &obj)
+            .await
+            .expect("create VolumeSnapshotClass");
+        SnapshotClass { api, name }
+    }
+}
+
+impl Drop for SnapshotClass {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .args([
+                "delete",
+                "volumesnapshotclass",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .output();
+        let _ = &self.api;
+    }
+}
+
+/// The retained VolumeSnapshotContents of namespace `ns`, deleted when dropped (the double then
+/// removes their copies).
+struct Contents(String);
+
+impl Drop for Contents {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("kubectl")
+            .args(["get", "volumesnapshotcontents", "-o"])
+            .arg(format!(
+                "jsonpath={{range .items[?(@.spec.volumeSnapshotRef.namespace==\"{}\")]}}{{.metadata.name}}{{\"\\n\"}}{{end}}",
+                self.0
+            ))
+            .output();
+        if let Ok(out) = out {
+            for name in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+            {
+                let _ = std::process::Command::new("kubectl")
+                    .args(["delete", "volumesnapshotcontent", name, "--wait=false"])
+                    .output();
+            }
+        }
+    }
+}
+
+/// The directory holding the cut of VolumeSnapshot `vs` of `ns` (its retained content's
+/// snapshotHandle: the double's copy).
+async fn cut_dir(ns: &TestNamespace, vs: &str) -> PathBuf {
+    let contents: Api<DynamicObject> = Api::all_with(
+        ns.client(),
+        &snapshot_api("VolumeSnapshotContent", "volumesnapshotcontents"),
+    );
+    eventually(
+        &format!("the content of VolumeSnapshot {vs}"),
+        LONG,
+        || async {
+            let list = contents
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .iter()
+                .find(|c| {
+                    c.data["spec"]["volumeSnapshotRef"]["namespace"] == ns.name()
+                        && c.data["spec"]["volumeSnapshotRef"]["name"] == vs
+                })
+                .and_then(|c| {
+                    c.data["status"]["snapshotHandle"]
+                        .as_str()
+                        .map(PathBuf::from)
+                })
+                .ok_or_else(|| "no content yet".to_string())
+        },
+    )
+    .await
+}
+
+/// What every test here stands on: the nodes, a namespace with member rs0-0 on real-b (its
+/// data claim of the default class), a repository claim on network storage, a key Secret,
+/// and the operator.
+struct Ground {
+    ns: TestNamespace,
+    data: PathBuf,
+    key: PathBuf,
+    _work: tempfile::TempDir,
+    cluster: support::cluster::Cluster,
+    operator: Option<Operator>,
+}
+
+impl Ground {
+    async fn new(purpose: &str) -> Option<Ground> {
+        let cluster = cluster_or_skip().await?;
+        RealNodes::get()?;
+        cluster.apply_crds().await;
+        let ns = cluster.namespace(purpose).await;
+        let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let data = member(&ns, "rs0-0", "real-b").await;
+        claim(&ns, "backups", Some(SHARED_CLASS)).await;
+        let key = work.path().join("key.json");
+        support::ok(&["key", "new", "--out", &key.display().to_string()], &[]);
+        create::<Secret>(
+            &ns.api(),
+            json!({"metadata": {"name": "rs0-key"}, "stringData": {"key": std::fs::read_to_string(&key).expect("key")}}),
+        )
+        .await;
+        let operator = Some(Operator::start(cluster.kubeconfig(), ns.name()));
+        Some(Ground {
+            ns,
+            data,
+            key,
+            _work: work,
+            cluster,
+            operator,
+        })
+    }
+
+    /// BackupJob `name` of member rs0-0 with `consistency`.
+    async fn job(&self, name: &str, consistency: serde_json::Value) {
+        create::<BackupJob>(
+            &self.ns.api(),
+            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": name},
+                "spec": {
+                    "source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
+                               "syncSource": {"mode": "member", "member": "rs0-0"}, "consistency": consistency},
+                    "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
+                    "encryption": {"localKeySecret": {"name": "rs0-key"}},
+                    "backoffLimit": 0}}),
+        )
+        .await;
+    }
+
+    /// An on-demand Snapshot `name` of job `job`.
+    async fn snapshot(&self, name: &str, job: &str) {
+        create::<Snapshot>(
+            &self.ns.api(),
+            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot",
+                   "metadata": {"name": name}, "spec": {"backupJobRef": {"name": job}}}),
+        )
+        .await;
+    }
+
+    /// Restore repository snapshot `id` into `out` with the CLI, from the repository claim.
+    async fn restore(&self, id: &str, out: &Path) {
+        let repo = volume_dir(&self.ns, "backups").await.join("repo");
+        support::ok(
+            &[
+                "restore",
+                "--repo",
+                &repo.display().to_string(),
+                "--key-file",
+                &self.key.display().to_string(),
+                "--snapshot",
+                id,
+                "--target",
+                &out.display().to_string(),
+            ],
+            &[],
+        );
+    }
+
+    /// The VolumeSnapshots and claims restored from them that Snapshot `name` left, once
+    /// their deletion is through: none, or the test fails.
+    async fn no_captures_left(&self, name: &str) {
+        let snaps: Api<Snapshot> = self.ns.api();
+        let uid = snaps
+            .get(name)
+            .await
+            .expect("snapshot")
+            .metadata
+            .uid
+            .expect("uid");
+        let mine = ListParams::default().labels(&format!("snapcrypt.dev/snapshot-uid={uid}"));
+        let vs: Api<DynamicObject> = Api::namespaced_with(
+            self.ns.client(),
+            self.ns.name(),
+            &snapshot_api("VolumeSnapshot", "volumesnapshots"),
+        );
+        let claims: Api<PersistentVolumeClaim> = self.ns.api();
+        eventually(
+            &format!("the captures of {name} to be deleted"),
+            LONG,
+            || async {
+                let v = vs.list(&mine).await.map_err(|e| e.to_string())?.items.len();
+                let c = claims
+                    .list(&mine)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .len();
+                if v + c == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{v} VolumeSnapshot(s) and {c} restored claim(s) left"
+                    ))
+                }
+            },
+        )
+        .await;
+    }
+}
+
+fn finished(s: &Snapshot) -> bool {
+    s.status
+        .as_ref()
+        .is_some_and(|st| matches!(st.phase, RunPhase::Succeeded | RunPhase::Failed))
+}
+
+fn condition(st: &SnapshotStatus, t: &str) -> Option<(String, String, String)> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Every phase a watch sees Snapshots of the namespace pass through, by name.
+fn record_phases(
+    ns: &TestNamespace,
+) -> (
+    Arc<Mutex<BTreeSet<(String, String)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let snaps: Api<Snapshot> = ns.api();
+    let s2 = seen.clone();
+    let task = tokio::spawn(async move {
+        let stream = kube::runtime::watcher(snaps, Default::default());
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(ev)) = stream.next().await {
+            if let kube::runtime::watcher::Event::Apply(s)
+            | kube::runtime::watcher::Event::InitApply(s) = ev
+                && let Some(st) = &s.status
+            {
+                let name = s.metadata.name.clone().unwrap_or_default();
+                s2.lock().unwrap().insert((name, format!("{:?}", st.phase)));
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// Five snapshots of a member whose WiredTiger database is being written: each is copied from
+/// its VolumeSnapshot's cut, restores to exactly that cut, and opens and verifies in
+/// WiredTiger; the VolumeSnapshot and the restored claim go once each Snapshot is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_snapshots_of_a_live_member_restore_to_the_cut() {
+    let Some(g) = Ground::new("vs-live").await else {
+        return;
+    };
+    let class = SnapshotClass::create(&g.ns, "live", None).await;
+    let _contents = Contents(g.ns.name().to_string());
+    let _writer = support::wiredtiger::Writer::start(&g.data);
+    g.job(
+        "live",
+        json!({"mode": "volumeSnapshot", "volumeSnapshotClassName": class.name}),
+    )
+    .await;
+    let (phases, watch) = record_phases(&g.ns);
+    let snaps: Api<Snapshot> = g.ns.api();
+    let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    for run in 1..=5 {
+        let name = format!("live-run-{run}");
+        g.snapshot(&name, "live").await;
+        let st = wait_for_success(&snaps, &name, &g.ns).await;
+        let capture = st.capture.clone().expect("capture in status");
+        assert_eq!(capture.mode, "volumeSnapshot");
+        let vs = capture
+            .volume_snapshot
+            .clone()
+            .expect("VolumeSnapshot name");
+        assert!(capture.point_in_time.is_some(), "{capture:?}");
+        assert!(capture.clone_claim.is_some(), "{capture:?}");
+        assert_eq!(
+            condition(&st, "Consistent").map(|c| (c.0, c.1)),
+            Some(("True".into(), "VolumeSnapshotCut".into()))
+        );
+        // The repository holds exactly the cut, and the cut is a database WiredTiger recovers.
+        let out = work.path().join(&name);
+        g.restore(st.repository_snapshot_id.as_deref().expect("id"), &out)
+            .await;
+        support::assert_same_tree(&cut_dir(&g.ns, &vs).await, &out);
+        if let Err(why) = support::wiredtiger::judge(&out) {
+            panic!("run {run}: the restored copy of {vs} does not open in WiredTiger: {why}");
+        }
+        g.no_captures_left(&name).await;
+    }
+    watch.abort();
+    let seen = phases.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|(_, p)| p == "SnapshottingVolume"),
+        "no Snapshot was seen in phase SnapshottingVolume: {seen:?}"
+    );
+}
+
+/// A snapshotter that fails: the Snapshot fails with a message naming the VolumeSnapshot and
+/// the snapshotter's error, and leaves no VolumeSnapshot behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_snapshotter_names_the_volume_snapshot_and_its_error() {
+    let Some(g) = Ground::new("vs-fail").await else {
+        return;
+    };
+    support::make_source(&g.data);
+    support::chown_mongodb(&g.data);
+    let class = SnapshotClass::create(&g.ns, "fail", Some("injected: out of snapshot space")).await;
+    let _contents = Contents(g.ns.name().to_string());
+    g.job(
+        "broken",
+        json!({"mode": "volumeSnapshot", "volumeSnapshotClassName": class.name}),
+    )
+    .await;
+    g.snapshot("broken-1", "broken").await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    let done = wait_for(&snaps, "broken-1", "the Snapshot to finish", LONG, finished).await;
+    let st = done.status.expect("status");
+    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
+    let msg = st.message.clone().unwrap_or_default();
+    assert!(
+        msg.starts_with("VolumeSnapshot broken-1-1: injected: out of snapshot space"),
+        "{msg}"
+    );
+    assert_eq!(
+        condition(&st, "Failed").map(|c| c.2),
+        Some(msg.clone()),
+        "the Failed condition carries it"
+    );
+    g.no_captures_left("broken-1").await;
+}
+
+/// The operator killed while a Snapshot is capturing or copying: the next operator finishes
+/// it and removes its VolumeSnapshot and restored claim. And a Snapshot of the old `none` mode
+/// says Consistent=False, in status and in `kubectl get snapshots`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restart_leaves_no_capture_and_live_copies_say_so() {
+    let Some(mut g) = Ground::new("vs-restart").await else {
+        return;
+    };
+    support::make_source(&g.data);
+    std::fs::write(
+        g.data.join("collection-big.wt"),
+        support::pseudo_random(5, 64 << 20),
+    )
+    .expect("big");
+    support::chown_mongodb(&g.data);
+    let class = SnapshotClass::create(&g.ns, "restart", None).await;
+    let _contents = Contents(g.ns.name().to_string());
+    g.job(
+        "cut",
+        json!({"mode": "volumeSnapshot", "volumeSnapshotClassName": class.name}),
+    )
+    .await;
+    g.snapshot("cut-1", "cut").await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    wait_for(
+        &snaps,
+        "cut-1",
+        "the Snapshot to capture or copy",
+        LONG,
+        |s| {
+            s.status.as_ref().is_some_and(|st| {
+                matches!(st.phase, RunPhase::SnapshottingVolume | RunPhase::Running)
+                    || (st.phase == RunPhase::Pending && st.pod_name.is_some())
+            })
+        },
+    )
+    .await;
+    drop(g.operator.take());
+    g.operator = Some(Operator::start(g.cluster.kubeconfig(), g.ns.name()));
+    let st = wait_for_success(&snaps, "cut-1", &g.ns).await;
+    assert_eq!(st.attempts, 1, "{st:?}");
+    g.no_captures_left("cut-1").await;
+
+    g.job("legacy", json!({"mode": "none"})).await;
+    g.snapshot("legacy-1", "legacy").await;
+    let st = wait_for_success(&snaps, "legacy-1", &g.ns).await;
+    let (status, reason, message) = condition(&st, "Consistent").expect("Consistent");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "CopiedLive"));
+    assert!(
+        message.contains("the old name of stoppedMember"),
+        "{message}"
+    );
+    let out = std::process::Command::new("kubectl")
+        .args(["get", "snapshots", "legacy-1", "-n", g.ns.name()])
+        .output()
+        .expect("kubectl");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    // kubectl aligns the columns: the value sits where its header starts.
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let row = lines.next().unwrap_or_default();
+    let col = header
+        .find("CONSISTENT")
+        .unwrap_or_else(|| panic!("no CONSISTENT column:\n{table}"));
+    let value = row.get(col..).unwrap_or_default().split_whitespace().next();
+    assert_eq!(value, Some("False"), "{table}\n{}", pod_logs(g.ns.name()));
+}

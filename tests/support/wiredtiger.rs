@@ -1,0 +1,88 @@
+//! The WiredTiger double (tests/doubles/wiredtiger/): a writer that plays a live mongod's
+//! storage engine in a member's volume, and the judge of whether a captured copy opens and
+//! verifies in WiredTiger (mongod cannot run here; WiredTiger is the engine inside it).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long the writer gets to open its database and write its first checkpoint.
+const READY: Duration = Duration::from_secs(60);
+
+fn doubles() -> PathBuf {
+    super::repo_root().join("tests/doubles/wiredtiger")
+}
+
+/// A running writer; stopped (SIGTERM: final checkpoint, clean close) when dropped.
+pub struct Writer(Child);
+
+impl Writer {
+    /// Build the writer if needed and start it on `dir`, waiting (deadline 60 s) for its
+    /// `writer ready` line.
+    pub fn start(dir: &Path) -> Writer {
+        let out = Command::new(doubles().join("build.sh"))
+            .output()
+            .expect("run tests/doubles/wiredtiger/build.sh");
+        assert!(
+            out.status.success(),
+            "wiredtiger build.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let binary = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        let mut child = Command::new(&binary)
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.trim() == "writer ready" {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(READY).is_err() {
+            let _ = child.kill();
+            panic!("the WiredTiger writer did not print `writer ready` within {READY:?}");
+        }
+        Writer(child)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether WiredTiger opens `dir` with recovery and verifies it (and, for a writer's
+/// database, finds one transaction-consistent state): `Ok` or the judge's one-line reason.
+pub fn judge(dir: &Path) -> Result<(), String> {
+    let out = Command::new(doubles().join("judge.sh"))
+        .arg(dir)
+        .output()
+        .expect("run tests/doubles/wiredtiger/judge.sh");
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(1) => Err(said),
+        _ => panic!(
+            "judge.sh could not run on {}: {said} {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
