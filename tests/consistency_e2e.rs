@@ -274,13 +274,11 @@ fn condition(st: &SnapshotStatus, t: &str) -> Option<(String, String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// (Snapshot, phase) pairs a watch has seen.
+type Seen = Arc<Mutex<BTreeSet<(String, String)>>>;
+
 /// Every phase a watch sees Snapshots of the namespace pass through, by name.
-fn record_phases(
-    ns: &TestNamespace,
-) -> (
-    Arc<Mutex<BTreeSet<(String, String)>>>,
-    tokio::task::JoinHandle<()>,
-) {
+fn record_phases(ns: &TestNamespace) -> (Seen, tokio::task::JoinHandle<()>) {
     use futures::StreamExt;
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
     let snaps: Api<Snapshot> = ns.api();

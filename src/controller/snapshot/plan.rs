@@ -27,6 +27,8 @@ use crate::controller::names::ATTEMPT_LABEL;
 use crate::controller::reason::Reason;
 
 /// What a reconcile does next.
+// One Plan exists per reconcile, briefly: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub(super) enum Plan {
     /// Write this status; look again after the duration (None: on the next change).
@@ -41,7 +43,7 @@ pub(super) enum Plan {
     /// claim and create the pod that copies that claim.
     StartFromVolume {
         attempt: u32,
-        vs: DynamicObject,
+        vs: Box<DynamicObject>,
         cut: Option<Time>,
     },
 }
@@ -98,7 +100,7 @@ pub(super) fn plan(
         }
     };
     // A VolumeSnapshot newer than the newest pod: that attempt is capturing the volume.
-    let pod_attempt = current.and_then(|p| attempt_of(p)).unwrap_or(0);
+    let pod_attempt = current.and_then(attempt_of).unwrap_or(0);
     if let Some((attempt, vs)) = world
         .volumes
         .iter()
@@ -112,7 +114,7 @@ pub(super) fn plan(
             }
             VolumeState::Ready { cut } => Plan::StartFromVolume {
                 attempt,
-                vs: vs.clone(),
+                vs: Box::new(vs.clone()),
                 cut,
             },
             VolumeState::Pending => {
