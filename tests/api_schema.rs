@@ -285,10 +285,37 @@ fn schema_rejects_bad_manifests_naming_the_field() {
             "volumeSnapshot without class",
             with(
                 bj.clone(),
-                "/spec/source/consistency/mode",
-                json!("volumeSnapshot"),
+                "/spec/source/consistency",
+                json!({"mode": "volumeSnapshot"}),
             ),
             "volumeSnapshotClassName",
+        ),
+        (
+            "quiesce outside volumeSnapshot",
+            with(
+                bj.clone(),
+                "/spec/source/consistency",
+                json!({"mode": "stoppedMember", "quiesce": "none"}),
+            ),
+            "quiesce applies to mode volumeSnapshot only",
+        ),
+        (
+            "consistency without a mode",
+            with(
+                bj.clone(),
+                "/spec/source/consistency",
+                json!({"volumeSnapshotClassName": "csi"}),
+            ),
+            "mode",
+        ),
+        (
+            "a volume snapshot timeout in days",
+            with(
+                bj.clone(),
+                "/spec/source/consistency/volumeSnapshotTimeout",
+                json!("2d"),
+            ),
+            "/spec/source/consistency/volumeSnapshotTimeout",
         ),
         (
             "missing dataVolumeName",
