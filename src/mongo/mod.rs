@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod hello;
+pub mod lock;
 pub mod sync_source;
 pub mod topology;
 

@@ -74,31 +74,7 @@ pub(super) fn plan(
             .get(ATTEMPT_LABEL)
             .and_then(|a| a.parse::<u32>().ok())
     });
-    let failed = |message: String, finished| {
-        if prev.attempts <= job.spec.backoff_limit {
-            Plan::Start {
-                attempt: prev.attempts + 1,
-                retry_after: Some(message),
-            }
-        } else {
-            let tries = prev.attempts;
-            Plan::Step(
-                Step::Failed {
-                    reason: Reason::SnapshotFailed,
-                    message: if tries > 1 {
-                        format!(
-                            "{message} (gave up after {tries} attempts, spec.backoffLimit {})",
-                            job.spec.backoff_limit
-                        )
-                    } else {
-                        message
-                    },
-                    finished,
-                },
-                None,
-            )
-        }
-    };
+    let failed = |message: String, finished| after_failure(prev.attempts, job, message, finished);
     // A VolumeSnapshot newer than the newest pod: that attempt is capturing the volume.
     let pod_attempt = current.and_then(attempt_of).unwrap_or(0);
     if let Some((attempt, vs)) = world
@@ -108,27 +84,7 @@ pub(super) fn plan(
         .max_by_key(|(n, _)| *n)
         .filter(|(n, _)| *n > pod_attempt)
     {
-        return match volume_state(vs) {
-            VolumeState::Failed(e) => {
-                failed(format!("VolumeSnapshot {}: {e}", vs.name_any()), None)
-            }
-            VolumeState::Ready { cut } => Plan::StartFromVolume {
-                attempt,
-                vs: Box::new(vs.clone()),
-                cut,
-            },
-            VolumeState::Pending => {
-                let capture = capture(&job.spec.source);
-                let timeout = match &capture {
-                    Capture::VolumeSnapshot { timeout, .. } => *timeout,
-                    _ => DEFAULT_VOLUME_SNAPSHOT_TIMEOUT,
-                };
-                match overdue(vs, timeout, now) {
-                    Some(message) => failed(message, None),
-                    None => Plan::Step(capturing(attempt, vs, &capture), Some(CAPTURE_RECHECK)),
-                }
-            }
-        };
+        return capture_under_way(attempt, vs, job, now, failed);
     }
     if let Some(pod) = current {
         return match run_step::<SnapshotResult>(pod, "snapshot") {
@@ -200,6 +156,63 @@ pub(super) fn plan(
     Plan::Start {
         attempt: prev.attempts + 1,
         retry_after: None,
+    }
+}
+
+/// What attempt `attempt`'s VolumeSnapshot `vs` says: start the pod from it, wait, or fail
+/// the attempt (with `failed`). Pure.
+fn capture_under_way(
+    attempt: u32,
+    vs: &DynamicObject,
+    job: &BackupJob,
+    now: jiff::Timestamp,
+    failed: impl Fn(String, Option<Time>) -> Plan,
+) -> Plan {
+    match volume_state(vs) {
+        VolumeState::Failed(e) => failed(format!("VolumeSnapshot {}: {e}", vs.name_any()), None),
+        VolumeState::Ready { cut } => Plan::StartFromVolume {
+            attempt,
+            vs: Box::new(vs.clone()),
+            cut,
+        },
+        VolumeState::Pending => {
+            let capture = capture(&job.spec.source);
+            let timeout = match &capture {
+                Capture::VolumeSnapshot { timeout, .. } => *timeout,
+                _ => DEFAULT_VOLUME_SNAPSHOT_TIMEOUT,
+            };
+            match overdue(vs, timeout, now) {
+                Some(message) => failed(message, None),
+                None => Plan::Step(capturing(attempt, vs, &capture), Some(CAPTURE_RECHECK)),
+            }
+        }
+    }
+}
+
+/// After attempt `attempts` failed with `message`: the next attempt, or give up once
+/// `spec.backoffLimit` retries are spent. Pure.
+fn after_failure(attempts: u32, job: &BackupJob, message: String, finished: Option<Time>) -> Plan {
+    if attempts <= job.spec.backoff_limit {
+        Plan::Start {
+            attempt: attempts + 1,
+            retry_after: Some(message),
+        }
+    } else {
+        Plan::Step(
+            Step::Failed {
+                reason: Reason::SnapshotFailed,
+                message: if attempts > 1 {
+                    format!(
+                        "{message} (gave up after {attempts} attempts, spec.backoffLimit {})",
+                        job.spec.backoff_limit
+                    )
+                } else {
+                    message
+                },
+                finished,
+            },
+            None,
+        )
     }
 }
 

@@ -110,10 +110,8 @@ pub fn next_status(
             s.member = Some(member.clone());
             s.capture = Some(capture.clone());
             s.message = Some(format!("attempt {attempt}: {message}"));
-            let mut c =
-                conditions::under_way(Reason::Starting, Reason::SnapshottingVolume, message);
-            c.push(consistency.cond());
-            c
+            let c = conditions::under_way(Reason::Starting, Reason::SnapshottingVolume, message);
+            c.into_iter().chain([consistency.cond()]).collect()
         }
         Step::Started {
             attempt,
@@ -128,39 +126,16 @@ pub fn next_status(
             s.pod_name = Some(pod.clone());
             s.member = Some(member.clone());
             s.capture = Some(capture.clone());
-            let msg = match (retry_after, &capture.volume_snapshot) {
-                (_, Some(vs)) => format!(
-                    "pod {pod} created to copy VolumeSnapshot {vs} of member {} (restored into claim {})",
-                    member.pod,
-                    capture.clone_claim.as_deref().unwrap_or("?")
-                ),
-                (Some(why), None) => format!(
-                    "attempt {} failed: {why}; retrying: pod {pod} on node {}",
-                    attempt - 1,
-                    member.node.as_deref().unwrap_or("?")
-                ),
-                (None, None) => format!(
-                    "pod {pod} created on node {} to copy member {} ({})",
-                    member.node.as_deref().unwrap_or("?"),
-                    member.pod,
-                    member.reason
-                ),
-            };
+            let msg = started_message(*attempt, pod, member, retry_after.as_deref(), capture);
             s.message = Some(msg.clone());
-            let mut c = conditions::under_way(Reason::Starting, Reason::PodCreated, &msg);
-            c.push(consistency.cond());
-            c
+            let c = conditions::under_way(Reason::Starting, Reason::PodCreated, &msg);
+            c.into_iter().chain([consistency.cond()]).collect()
         }
         Step::PodPending { message } => {
             s.phase = RunPhase::Pending;
-            let msg = format!(
-                "pod {} is starting{}",
-                s.pod_name.clone().unwrap_or_default(),
-                message
-                    .as_ref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            );
+            let why = message.as_ref().map(|m| format!(": {m}"));
+            let pod = s.pod_name.clone().unwrap_or_default();
+            let msg = format!("pod {pod} is starting{}", why.unwrap_or_default());
             s.message = Some(msg.clone());
             conditions::under_way(Reason::Starting, Reason::PodCreated, &msg)
         }
@@ -213,19 +188,50 @@ pub fn next_status(
         }
     };
     // The Consistent condition stays as the attempt's capture set it.
-    if !conds.iter().any(|c| c.type_ == "Consistent")
-        && let Some(c) = conditions::get(&prev.conditions, "Consistent")
-        && let Some(reason) = Reason::parse(&c.reason)
-    {
-        conds.push(Cond::new(
-            "Consistent",
-            c.status == crate::api::common::condition_status::TRUE,
-            reason,
-            c.message.clone(),
-        ));
+    if !conds.iter().any(|c| c.type_ == "Consistent") {
+        conds.extend(kept_consistency(prev));
     }
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
     s
+}
+
+/// What a Started step says.
+fn started_message(
+    attempt: u32,
+    pod: &str,
+    member: &MemberChoice,
+    retry_after: Option<&str>,
+    capture: &CaptureStatus,
+) -> String {
+    match (retry_after, &capture.volume_snapshot) {
+        (_, Some(vs)) => format!(
+            "pod {pod} created to copy VolumeSnapshot {vs} of member {} (restored into claim {})",
+            member.pod,
+            capture.clone_claim.as_deref().unwrap_or("?")
+        ),
+        (Some(why), None) => format!(
+            "attempt {} failed: {why}; retrying: pod {pod} on node {}",
+            attempt - 1,
+            member.node.as_deref().unwrap_or("?")
+        ),
+        (None, None) => format!(
+            "pod {pod} created on node {} to copy member {} ({})",
+            member.node.as_deref().unwrap_or("?"),
+            member.pod,
+            member.reason
+        ),
+    }
+}
+
+/// The previous status's Consistent condition, carried over.
+fn kept_consistency(prev: &SnapshotStatus) -> Option<Cond> {
+    let c = conditions::get(&prev.conditions, "Consistent")?;
+    Some(Cond::new(
+        "Consistent",
+        c.status == crate::api::common::condition_status::TRUE,
+        Reason::parse(&c.reason)?,
+        c.message.clone(),
+    ))
 }
 
 /// The RetentionApplied condition from the agent's retention pass.
