@@ -254,11 +254,14 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// The commands a scripted member got, by name.
+    type Seen = Arc<Mutex<Vec<String>>>;
+
     /// A scripted member: each command's reply in turn, and the commands it got.
     fn member(
         replies: Vec<Result<Document, String>>,
     ) -> (
-        Arc<Mutex<Vec<String>>>,
+        Seen,
         impl Fn(Document) -> std::future::Ready<Result<Document, String>>,
     ) {
         let seen = Arc::new(Mutex::new(Vec::new()));
