@@ -2,7 +2,9 @@
 // kube-derive repeats `printcolumn(name, type_, ...)` per column; clippy reads that as duplicates.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -87,6 +89,34 @@ pub struct BackupJobSpec {
     /// CPU and memory for the snapshot pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Where snapshot pods may run, beyond what the member decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Scheduling of the snapshot pods. A pod that mounts the member's data volume runs on the
+/// member's node and gets the member pod's tolerations (database nodes are often tainted);
+/// one that reads a claim restored from a VolumeSnapshot goes where the scheduler puts it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// PriorityClass of the snapshot pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Node labels for snapshot pods that read a restored VolumeSnapshot (a pod that mounts
+    /// the member's volume always runs on the member's node).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations added to the member pod's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// How long a snapshot pod may stay Pending (unschedulable, a volume that does not
+    /// attach, an image that does not pull) before its attempt fails with the reason: a number
+    /// of seconds, minutes or hours (90s, 10m, 1h). Default 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]{1,6}[smh]$"))]
+    pub pending_timeout: Option<String>,
 }
 
 fn default_max_files() -> u64 {

@@ -83,17 +83,25 @@ pub fn run_step<R: DeserializeOwned>(pod: &Pod, what: &str) -> RunStep<R> {
         }
         _ => {
             let waiting = state.and_then(|s| s.waiting.as_ref());
+            // Not on a node yet: the scheduler's reason (Unschedulable: 0/3 nodes ...).
+            let unscheduled = status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                })
+                .map(|c| (c.reason.clone(), c.message.clone()));
+            let said = |reason: Option<String>, message: Option<String>| {
+                format!(
+                    "{}{}",
+                    reason.unwrap_or_default(),
+                    message.map(|m| format!(": {m}")).unwrap_or_default()
+                )
+            };
             RunStep::Pending {
-                message: waiting.map(|w| {
-                    format!(
-                        "{}{}",
-                        w.reason.clone().unwrap_or_default(),
-                        w.message
-                            .as_ref()
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default()
-                    )
-                }),
+                message: waiting
+                    .map(|w| said(w.reason.clone(), w.message.clone()))
+                    .or_else(|| unscheduled.map(|(r, m)| said(r, m))),
             }
         }
     }

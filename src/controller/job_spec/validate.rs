@@ -229,6 +229,17 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
             ),
         ));
     }
+    if let Some(t) = spec
+        .placement
+        .as_ref()
+        .and_then(|p| p.pending_timeout.as_deref())
+        && let Err(e) = volume_snapshot_timeout(t)
+    {
+        problems.push(Problem::new(
+            Reason::InvalidSpec,
+            format!("spec.placement.pendingTimeout {e}"),
+        ));
+    }
     let e = &spec.encryption;
     if e.kmip_server_ref.is_some() == e.local_key_secret.is_some() {
         problems.push(Problem::new(

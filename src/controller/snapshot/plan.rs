@@ -22,7 +22,12 @@ use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::{CaptureStatus, MemberChoice, RunPhase};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::agent::run::{RunStep, run_step};
-use crate::controller::job_spec::consistency::{Capture, DEFAULT_VOLUME_SNAPSHOT_TIMEOUT, capture};
+use crate::controller::job_spec::consistency::{
+    Capture, DEFAULT_VOLUME_SNAPSHOT_TIMEOUT, capture, volume_snapshot_timeout,
+};
+
+/// How long a snapshot pod may stay Pending unless spec.placement.pendingTimeout says.
+pub(super) const DEFAULT_PENDING_TIMEOUT: Duration = Duration::from_secs(600);
 use crate::controller::names::ATTEMPT_LABEL;
 use crate::controller::reason::Reason;
 
@@ -88,7 +93,7 @@ pub(super) fn plan(
     }
     if let Some(pod) = current {
         return match run_step::<SnapshotResult>(pod, "snapshot") {
-            RunStep::Pending { message } => Plan::Step(Step::PodPending { message }, None),
+            RunStep::Pending { message } => pending(pod, job, now, message, failed),
             RunStep::Running { started } => Plan::Step(Step::PodRunning { started }, None),
             RunStep::Succeeded { result, finished } => {
                 Plan::Step(Step::Succeeded { result, finished }, None)
@@ -187,6 +192,42 @@ fn capture_under_way(
             }
         }
     }
+}
+
+/// A pod not running yet: wait (and look again at its deadline: a pod stuck Pending may not
+/// change), or fail the attempt once it has been Pending too long. Pure.
+fn pending(
+    pod: &Pod,
+    job: &BackupJob,
+    now: jiff::Timestamp,
+    message: Option<String>,
+    failed: impl Fn(String, Option<Time>) -> Plan,
+) -> Plan {
+    match pending_too_long(pod, job, now) {
+        Some(limit) => failed(
+            format!(
+                "snapshot pod {} stayed Pending for over {}s (spec.placement.pendingTimeout){}",
+                pod.name_any(),
+                limit.as_secs(),
+                message.map(|m| format!(": {m}")).unwrap_or_default()
+            ),
+            None,
+        ),
+        None => Plan::Step(Step::PodPending { message }, Some(RECHECK)),
+    }
+}
+
+/// The pending timeout `pod` has overrun, if it has. Pure.
+fn pending_too_long(pod: &Pod, job: &BackupJob, now: jiff::Timestamp) -> Option<Duration> {
+    let limit = job
+        .spec
+        .placement
+        .as_ref()
+        .and_then(|p| p.pending_timeout.as_deref())
+        .and_then(|t| volume_snapshot_timeout(t).ok())
+        .unwrap_or(DEFAULT_PENDING_TIMEOUT);
+    let created = pod.metadata.creation_timestamp.as_ref()?.0;
+    (now.duration_since(created).unsigned_abs() > limit).then_some(limit)
 }
 
 /// After attempt `attempts` failed with `message`: the next attempt, or give up once
@@ -748,5 +789,34 @@ mod tests {
         assert!(leftover_captures(&w, false, 1).volumes.is_empty());
         assert_eq!(leftover_captures(&w, false, 2).volumes.len(), 1);
         assert_eq!(leftover_captures(&w, true, 1).volumes.len(), 1);
+    }
+
+    #[test]
+    fn a_pod_pending_past_its_deadline_ends_the_attempt_with_the_reason() {
+        let job = fixtures::job("backoffLimit: 1\nplacement: {pendingTimeout: 5m}");
+        let s = snap("s", "2026-11-27T03:00:00Z", running(1));
+        let mut stuck = pod(
+            1,
+            "  phase: Pending\n  conditions:\n  - {type: PodScheduled, status: 'False', reason: Unschedulable, message: '0/2 nodes are available: 2 node(s) had taint {db: }, that the pod did not tolerate.'}",
+        );
+        stuck.metadata.creation_timestamp = Some(Time("2026-11-27T03:27:00Z".parse().expect("t")));
+        let w = world(Some(job.clone()), vec![], vec![stuck.clone()]);
+        assert!(matches!(
+            plan(&s, &s.status.clone().unwrap_or_default(), &w, now()),
+            Plan::Step(Step::PodPending { .. }, Some(_))
+        ));
+        stuck.metadata.creation_timestamp = Some(Time("2026-11-27T03:10:00Z".parse().expect("t")));
+        let w = world(Some(job), vec![], vec![stuck]);
+        let Plan::Start {
+            attempt: 2,
+            retry_after: Some(why),
+        } = plan(&s, &s.status.clone().unwrap_or_default(), &w, now())
+        else {
+            panic!("should retry")
+        };
+        assert!(
+            why.starts_with("snapshot pod s-1 stayed Pending for over 300s (spec.placement.pendingTimeout): Unschedulable: 0/2 nodes"),
+            "{why}"
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DynamicObject, PostParams};
 use kube::{Api, ResourceExt};
@@ -114,8 +114,16 @@ pub(super) async fn start_attempt(
         };
     }
 
+    let tolerations = members
+        .pods
+        .iter()
+        .find(|p| p.name_any() == member.pod)
+        .and_then(|p| p.spec.as_ref())
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
     let started = Attempt {
         attempt,
+        tolerations,
         member,
         node: Some(chosen.node.as_str()),
         data_claim: &chosen.data_claim,
@@ -179,6 +187,7 @@ pub(super) async fn start_from_volume(
     let capture = capture(&job.spec.source);
     let started = Attempt {
         attempt,
+        tolerations: Vec::new(),
         member,
         node: None,
         data_claim: &clone.name_any(),
@@ -200,6 +209,8 @@ pub(super) async fn start_from_volume(
 /// What an attempt's pod is started with.
 struct Attempt<'a> {
     attempt: u32,
+    /// The member pod's tolerations (a pod pinned to its node needs them).
+    tolerations: Vec<Toleration>,
     member: MemberChoice,
     node: Option<&'a str>,
     data_claim: &'a str,
@@ -243,6 +254,7 @@ async fn start_pod(
         image: &ctx.config.agent_image,
         progress_interval: ctx.config.agent_progress_interval,
         kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
+        member_tolerations: &a.tolerations,
     }) {
         Ok(p) => p,
         Err(e) => return Ok((invalid(e), None)),

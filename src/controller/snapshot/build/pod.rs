@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, Toleration, Volume,
 };
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -64,6 +64,8 @@ pub struct PodPlan<'a> {
     pub progress_interval: f64,
     /// The KmipServer of a KMIP job, with its active master key id (from its status).
     pub kmip: Option<(&'a KmipServer, &'a str)>,
+    /// The member pod's tolerations (a pod on the member's node needs them on a tainted node).
+    pub member_tolerations: &'a [Toleration],
 }
 
 /// The user the member's mongod runs as (the container mounting the data volume, else the
@@ -142,22 +144,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     args.extend(access.args);
     envs.extend(access.envs);
 
-    args.extend(["--max-files".into(), spec.max_files.to_string()]);
-    if (p.progress_interval - 2.0).abs() > f64::EPSILON {
-        args.extend([
-            "--progress-interval".into(),
-            p.progress_interval.to_string(),
-        ]);
-    }
-    args.extend([
-        "--compression".into(),
-        match spec.compression {
-            Compression::Auto => "auto",
-            Compression::Zstd => "zstd",
-            Compression::None => "none",
-        }
-        .into(),
-    ]);
+    args.extend(copy_args(p));
     // The job's retention policy, applied by the agent after a successful backup to the
     // snapshots this job's schedule made (the backupjob and trigger tags below): jobs can share
     // a repository, and on-demand runs (Snapshots a user created) are the user's to forget.
@@ -199,6 +186,12 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
             restart_policy: Some("Never".into()),
             service_account_name: Some(agent_service_account(&p.job.name_any())),
             affinity: p.node.map(pinned_to),
+            tolerations: tolerations(p),
+            priority_class_name: spec
+                .placement
+                .as_ref()
+                .and_then(|pl| pl.priority_class_name.clone()),
+            node_selector: node_selector(p),
             security_context: Some(pod_security(p.run_as)),
             containers: vec![agent_container(
                 p.image,
@@ -263,6 +256,49 @@ fn tag_args(p: &PodPlan, job_tag: &str, trigger: &str) -> Vec<String> {
 
 /// Pinned to the member's node by node name, which every scheduler honours (the hostname
 /// label may differ from the node name on some clouds).
+/// How the agent copies: the file limit, the progress interval, the compression.
+fn copy_args(p: &PodPlan) -> Vec<String> {
+    let spec = &p.job.spec;
+    let mut args = vec!["--max-files".into(), spec.max_files.to_string()];
+    if (p.progress_interval - 2.0).abs() > f64::EPSILON {
+        args.extend([
+            "--progress-interval".into(),
+            p.progress_interval.to_string(),
+        ]);
+    }
+    let compression = match spec.compression {
+        Compression::Auto => "auto",
+        Compression::Zstd => "zstd",
+        Compression::None => "none",
+    };
+    args.extend(["--compression".into(), compression.into()]);
+    args
+}
+
+/// The spec's node labels, for a pod not pinned to the member's node (there the member
+/// decides).
+fn node_selector(p: &PodPlan) -> Option<BTreeMap<String, String>> {
+    let pl = p.job.spec.placement.as_ref()?;
+    (p.node.is_none() && !pl.node_selector.is_empty()).then(|| pl.node_selector.clone())
+}
+
+/// The member pod's tolerations, then the spec's (duplicates once).
+fn tolerations(p: &PodPlan) -> Option<Vec<Toleration>> {
+    let mut all: Vec<Toleration> = p.member_tolerations.to_vec();
+    for t in p
+        .job
+        .spec
+        .placement
+        .iter()
+        .flat_map(|pl| pl.tolerations.iter())
+    {
+        if !all.contains(t) {
+            all.push(t.clone());
+        }
+    }
+    (!all.is_empty()).then_some(all)
+}
+
 fn pinned_to(node: &str) -> Affinity {
     Affinity {
         node_affinity: Some(NodeAffinity {
@@ -329,6 +365,7 @@ spec:
             image: "snapcrypt:test",
             progress_interval: 2.0,
             kmip: None,
+            member_tolerations: &[],
         })
     }
 
@@ -604,6 +641,7 @@ spec:
             image: "snapcrypt:test",
             progress_interval: 2.0,
             kmip: None,
+            member_tolerations: &[],
         };
         assert_eq!(snapshot_pod(&plan).err(), Some(PodError::KmipNotReady));
         plan.kmip = Some((&ks, "7"));
@@ -663,5 +701,56 @@ spec:
             member_run_as(&root, "mongo-data"),
             RunAs { uid: 999, gid: 999 }
         );
+    }
+
+    #[test]
+    fn placement_follows_the_member_and_the_spec() {
+        let spec = format!(
+            "{PVC_LOCAL}  placement: {{priorityClassName: backups, nodeSelector: {{disk: ssd}}, tolerations: [{{key: db, operator: Exists}}]}}\n"
+        );
+        let j = job(&spec);
+        let snap = snapshot();
+        let member: Vec<Toleration> = serde_yaml::from_str(
+            "[{key: dedicated, operator: Equal, value: mongo, effect: NoSchedule}, {key: db, operator: Exists}]",
+        )
+        .expect("tolerations");
+        let mut plan = PodPlan {
+            snapshot: &snap,
+            job: &j,
+            attempt: 1,
+            member: "rs0-2",
+            member_role: "SECONDARY",
+            member_reason: "named",
+            node: Some("node-b"),
+            data_claim: "mongo-data-rs0-2",
+            run_as: RunAs { uid: 999, gid: 999 },
+            image: "snapcrypt:test",
+            progress_interval: 2.0,
+            kmip: None,
+            member_tolerations: &member,
+        };
+        let spec = snapshot_pod(&plan).expect("pod").spec.expect("spec");
+        let keys: Vec<_> = spec
+            .tolerations
+            .iter()
+            .flatten()
+            .map(|t| t.key.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            keys,
+            vec!["dedicated", "db"],
+            "the member's, then the spec's, once"
+        );
+        assert_eq!(spec.priority_class_name.as_deref(), Some("backups"));
+        assert_eq!(spec.node_selector, None, "the member's node decides");
+        plan.node = None;
+        let spec = snapshot_pod(&plan).expect("pod").spec.expect("spec");
+        assert_eq!(
+            spec.node_selector
+                .and_then(|n| n.get("disk").cloned())
+                .as_deref(),
+            Some("ssd")
+        );
+        assert!(spec.affinity.is_none());
     }
 }
