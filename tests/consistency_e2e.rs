@@ -25,7 +25,9 @@ use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Snapshot, SnapshotStatus};
 use support::cluster::{TestNamespace, cluster_or_skip, eventually, unique_name, wait_for};
-use support::operator::{LONG, Operator, claim, create, member, wait_for_success};
+use support::operator::{
+    LONG, Operator, claim, create, member, snapshot_finished, wait_for_success,
+};
 use support::real_nodes::{RealNodes, SHARED_CLASS, pod_logs, volume_dir};
 
 fn snapshot_api(kind: &str, plural: &str) -> ApiResource {
@@ -261,12 +263,6 @@ impl Ground {
     }
 }
 
-fn finished(s: &Snapshot) -> bool {
-    s.status
-        .as_ref()
-        .is_some_and(|st| matches!(st.phase, RunPhase::Succeeded | RunPhase::Failed))
-}
-
 fn condition(st: &SnapshotStatus, t: &str) -> Option<(String, String, String)> {
     st.conditions
         .iter()
@@ -370,7 +366,14 @@ async fn a_failing_snapshotter_names_the_volume_snapshot_and_its_error() {
     .await;
     g.snapshot("broken-1", "broken").await;
     let snaps: Api<Snapshot> = g.ns.api();
-    let done = wait_for(&snaps, "broken-1", "the Snapshot to finish", LONG, finished).await;
+    let done = wait_for(
+        &snaps,
+        "broken-1",
+        "the Snapshot to finish",
+        LONG,
+        snapshot_finished,
+    )
+    .await;
     let st = done.status.expect("status");
     assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
     let msg = st.message.clone().unwrap_or_default();

@@ -16,7 +16,7 @@ use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Snapshot};
 use support::cluster::{cluster_or_skip, wait_for};
-use support::operator::{LONG, Operator, claim, create, wait_for_success};
+use support::operator::{LONG, Operator, claim, create, snapshot_finished, wait_for_success};
 use support::real_nodes::{PAUSE_IMAGE, RealNodes, SHARED_CLASS, volume_dir};
 
 const TAINT: &str = "snapcrypt.test/database=only:NoSchedule";
@@ -150,11 +150,13 @@ async fn snapshot_pods_tolerate_the_members_taints_and_give_up_when_unschedulabl
         .expect("kubectl taint");
     assert!(out.status.success());
     create::<Snapshot>(&snaps, on_demand("stuck-1", "stuck")).await;
-    let done = wait_for(&snaps, "stuck-1", "the stuck Snapshot to fail", LONG, |s| {
-        s.status
-            .as_ref()
-            .is_some_and(|st| matches!(st.phase, RunPhase::Succeeded | RunPhase::Failed))
-    })
+    let done = wait_for(
+        &snaps,
+        "stuck-1",
+        "the stuck Snapshot to fail",
+        LONG,
+        snapshot_finished,
+    )
     .await;
     let _ = std::process::Command::new("kubectl")
         .args([

@@ -19,7 +19,9 @@ use serde_json::json;
 
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{TestNamespace, cluster_or_skip, eventually, wait_for};
-use support::operator::{ChartOperator, LONG, claim, create, member, wait_for_event};
+use support::operator::{
+    ChartOperator, LONG, claim, create, member, snapshot_finished, wait_for_event, wait_for_success,
+};
 use support::real_nodes::{HOST_ALIAS, IMAGE, RealNodes, SHARED_CLASS, volume_dir};
 
 /// A dbPath large enough that a backup runs for seconds: the test's awkward tree plus
@@ -41,29 +43,6 @@ fn running_with_progress(s: &Snapshot) -> bool {
                 .as_ref()
                 .is_some_and(|p| p.bytes_done > 0 && p.bytes_done < p.bytes_total)
     })
-}
-
-fn finished(s: &Snapshot) -> bool {
-    s.status.as_ref().is_some_and(|st| {
-        matches!(
-            st.phase,
-            snapcrypt::api::snapshot::RunPhase::Succeeded
-                | snapcrypt::api::snapshot::RunPhase::Failed
-        )
-    })
-}
-
-/// The status of Snapshot `name` once it has finished; fails the test unless it succeeded.
-async fn succeeded(snaps: &Api<Snapshot>, name: &str) -> snapcrypt::api::SnapshotStatus {
-    let done = wait_for(snaps, name, "the Snapshot to finish", LONG, finished).await;
-    let st = done.status.expect("status");
-    assert_eq!(
-        st.phase,
-        snapcrypt::api::snapshot::RunPhase::Succeeded,
-        "{:?}",
-        st.message
-    );
-    st
 }
 
 /// The agent container's id in the pod `name`, once it runs.
@@ -168,7 +147,7 @@ impl Ground {
     async fn succeeded_snapshot(&self) -> snapcrypt::api::SnapshotStatus {
         let name = self.snapshot_name().await;
         let snaps: Api<Snapshot> = self.ns.api();
-        succeeded(&snaps, &name).await
+        wait_for_success(&snaps, &name, &self.ns).await
     }
 
     /// The name of the job's first Snapshot, once it exists.
@@ -208,7 +187,7 @@ async fn snapshot_and_restore_in_real_containers() {
     let snaps: Api<Snapshot> = ns.api();
     let name = g.snapshot_name().await;
     let seen = wait_for(&snaps, &name, "progress mid-run in status", LONG, |s| {
-        running_with_progress(s) || finished(s)
+        running_with_progress(s) || snapshot_finished(s)
     })
     .await;
     assert!(
@@ -231,7 +210,7 @@ async fn snapshot_and_restore_in_real_containers() {
 
     // Kill the agent's container mid-backup: the kubelet sees it die, the Snapshot retries.
     nodes.kill_container(&container_id(&pods, &pod_name).await);
-    let st = succeeded(&snaps, &name).await;
+    let st = wait_for_success(&snaps, &name, ns).await;
     assert_eq!(st.attempts, 2, "{st:?}");
     let retrying = wait_for_event(ns, &name, "Retrying").await;
     assert!(retrying.starts_with("attempt 1 failed"), "{retrying}");

@@ -228,6 +228,14 @@ pub async fn wait_for_event(ns: &TestNamespace, name: &str, reason: &str) -> Str
     .await
 }
 
+/// Whether a Snapshot has finished (succeeded or failed).
+pub fn snapshot_finished(s: &snapcrypt::api::Snapshot) -> bool {
+    use snapcrypt::api::snapshot::RunPhase;
+    s.status
+        .as_ref()
+        .is_some_and(|st| matches!(st.phase, RunPhase::Succeeded | RunPhase::Failed))
+}
+
 /// Wait until Snapshot `name` finishes, and require that it succeeded; failures carry the
 /// container logs of the namespace's pods.
 pub async fn wait_for_success(
@@ -236,12 +244,13 @@ pub async fn wait_for_success(
     ns: &TestNamespace,
 ) -> snapcrypt::api::SnapshotStatus {
     use snapcrypt::api::snapshot::RunPhase;
-    let snap = super::cluster::try_wait_for(snaps, name, "the Snapshot to finish", LONG, |s| {
-        matches!(
-            s.status.as_ref().map(|st| st.phase),
-            Some(RunPhase::Succeeded | RunPhase::Failed)
-        )
-    })
+    let snap = super::cluster::try_wait_for(
+        snaps,
+        name,
+        "the Snapshot to finish",
+        LONG,
+        snapshot_finished,
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
     let st = snap.status.clone().unwrap_or_default();

@@ -96,7 +96,7 @@ pub fn capture(source: &MongoSource) -> Capture {
             timeout: c
                 .volume_snapshot_timeout
                 .as_deref()
-                .and_then(|t| volume_snapshot_timeout(t).ok())
+                .and_then(|t| parse_timeout(t).ok())
                 .unwrap_or(DEFAULT_VOLUME_SNAPSHOT_TIMEOUT),
         },
         ConsistencyMode::FsyncLock => Capture::FsyncLock,
@@ -109,8 +109,9 @@ pub fn capture(source: &MongoSource) -> Capture {
     }
 }
 
-/// `volumeSnapshotTimeout` as a duration (seconds, minutes or hours).
-pub fn volume_snapshot_timeout(s: &str) -> Result<Duration, String> {
+/// A timeout of the spec (`volumeSnapshotTimeout`, `placement.pendingTimeout`) as a duration:
+/// a number of seconds, minutes or hours.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     parse_duration(s, &['s', 'm', 'h']).map(Duration::from_secs)
 }
 

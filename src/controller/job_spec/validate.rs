@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::backup_job::{AuthMechanism, BackupJobSpec, MongoSource, Quiesce, SyncSourceMode};
 
-use super::consistency::{Capture, capture, volume_snapshot_timeout};
+use super::consistency::{Capture, capture, parse_timeout};
 use super::schedule::CronSchedule;
 use crate::controller::reason::Reason;
 
@@ -233,7 +233,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
         .placement
         .as_ref()
         .and_then(|p| p.pending_timeout.as_deref())
-        && let Err(e) = volume_snapshot_timeout(t)
+        && let Err(e) = parse_timeout(t)
     {
         problems.push(Problem::new(
             Reason::InvalidSpec,
@@ -316,7 +316,7 @@ fn check_source(s: &MongoSource, problems: &mut Vec<Problem>) {
         .consistency
         .as_ref()
         .and_then(|c| c.volume_snapshot_timeout.as_deref())
-        && let Err(e) = volume_snapshot_timeout(t)
+        && let Err(e) = parse_timeout(t)
     {
         bad(format!("spec.source.consistency.volumeSnapshotTimeout {e}"));
     }
