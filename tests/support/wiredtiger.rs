@@ -58,6 +58,40 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Freeze the writer (SIGSTOP: a crash-consistent instant, as a lock or a volume
+    /// snapshot gives) or let it go on (SIGCONT).
+    pub fn freeze(&self, frozen: bool) {
+        let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, sig);
+        }
+    }
+}
+
+/// Copy `from` into `to` file by file (directories first, in name order), waiting `pause`
+/// after each file: a copy that spans the writer's checkpoints, as a slow copy of a large
+/// live dbPath does. Files that vanish mid-copy (WiredTiger removes old journal files) are
+/// skipped, as `cp -r` would report and go on.
+pub fn slow_copy(from: &Path, to: &Path, pause: Duration) {
+    std::fs::create_dir_all(to).expect("copy target");
+    let mut entries: Vec<_> = std::fs::read_dir(from)
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            slow_copy(&path, &target, pause);
+        } else if std::fs::copy(&path, &target).is_ok() {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         // SAFETY: kill has no memory preconditions; the pid is our own child's.
