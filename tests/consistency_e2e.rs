@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::json;
 
@@ -26,7 +26,7 @@ use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Snapshot, SnapshotStatus};
 use support::cluster::{TestNamespace, cluster_or_skip, eventually, unique_name, wait_for};
 use support::operator::{
-    LONG, Operator, claim, create, member, snapshot_finished, wait_for_success,
+    LONG, Operator, claim, create, key_secret, member, snapshot_finished, wait_for_success,
 };
 use support::real_nodes::{RealNodes, SHARED_CLASS, pod_logs, volume_dir};
 
@@ -159,13 +159,7 @@ impl Ground {
         let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
         let data = member(&ns, "rs0-0", "real-b").await;
         claim(&ns, "backups", Some(SHARED_CLASS)).await;
-        let key = work.path().join("key.json");
-        support::ok(&["key", "new", "--out", &key.display().to_string()], &[]);
-        create::<Secret>(
-            &ns.api(),
-            json!({"metadata": {"name": "rs0-key"}, "stringData": {"key": std::fs::read_to_string(&key).expect("key")}}),
-        )
-        .await;
+        let key = key_secret(&ns, work.path()).await;
         let operator = Some(Operator::start(cluster.kubeconfig(), ns.name()));
         Some(Ground {
             ns,

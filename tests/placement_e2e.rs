@@ -9,14 +9,16 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde_json::json;
 
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Snapshot};
 use support::cluster::{cluster_or_skip, wait_for};
-use support::operator::{LONG, Operator, claim, create, snapshot_finished, wait_for_success};
+use support::operator::{
+    LONG, Operator, claim, create, key_secret, snapshot_finished, wait_for_success,
+};
 use support::real_nodes::{PAUSE_IMAGE, RealNodes, SHARED_CLASS, volume_dir};
 
 const TAINT: &str = "snapcrypt.test/database=only:NoSchedule";
@@ -90,13 +92,7 @@ async fn snapshot_pods_tolerate_the_members_taints_and_give_up_when_unschedulabl
     support::chown_mongodb(&data);
     claim(&ns, "backups", Some(SHARED_CLASS)).await;
     let work = tempfile::tempdir().expect("tempdir");
-    let key = work.path().join("key.json");
-    support::ok(&["key", "new", "--out", &key.display().to_string()], &[]);
-    create::<Secret>(
-        &ns.api(),
-        json!({"metadata": {"name": "rs0-key"}, "stringData": {"key": std::fs::read_to_string(&key).expect("key")}}),
-    )
-    .await;
+    key_secret(&ns, work.path()).await;
     let _operator = Operator::start(cluster.kubeconfig(), ns.name());
     let job = |name: &str, placement: serde_json::Value| {
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": name},

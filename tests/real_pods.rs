@@ -20,7 +20,8 @@ use serde_json::json;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{TestNamespace, cluster_or_skip, eventually, wait_for};
 use support::operator::{
-    ChartOperator, LONG, claim, create, member, snapshot_finished, wait_for_event, wait_for_success,
+    ChartOperator, LONG, claim, create, key_secret, member, snapshot_finished, wait_for_event,
+    wait_for_success,
 };
 use support::real_nodes::{HOST_ALIAS, IMAGE, RealNodes, SHARED_CLASS, volume_dir};
 
@@ -98,13 +99,7 @@ impl Ground {
         fill_member(&data, files);
         claim(&ns, "backups", Some(SHARED_CLASS)).await;
         claim(&ns, "restored", None).await;
-        let key = work.path().join("key.json");
-        support::ok(&["key", "new", "--out", &key.display().to_string()], &[]);
-        create::<Secret>(
-            &ns.api(),
-            json!({"metadata": {"name": "rs0-key"}, "stringData": {"key": std::fs::read_to_string(&key).expect("key")}}),
-        )
-        .await;
+        key_secret(&ns, work.path()).await;
         Some(Ground {
             ns,
             work,

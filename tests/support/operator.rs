@@ -186,6 +186,20 @@ pub async fn member(ns: &TestNamespace, name: &str, node: &str) -> PathBuf {
     volume_dir(ns, &claim).await
 }
 
+/// A new local master key in `dir`/key.json, made as a user makes one, and the Secret
+/// `rs0-key` holding it in `ns`. Returns the key file's path.
+pub async fn key_secret(ns: &TestNamespace, dir: &Path) -> PathBuf {
+    let key = dir.join("key.json");
+    super::ok(&["key", "new", "--out", &key.display().to_string()], &[]);
+    let text = std::fs::read_to_string(&key).expect("key");
+    create::<k8s_openapi::api::core::v1::Secret>(
+        &ns.api(),
+        json!({"metadata": {"name": "rs0-key"}, "stringData": {"key": text}}),
+    )
+    .await;
+    key
+}
+
 /// A claim `name` of the provisioner double's class `class` (`None`: the default, a disk of
 /// the node of the first pod that mounts it).
 pub async fn claim(ns: &TestNamespace, name: &str, class: Option<&str>) {

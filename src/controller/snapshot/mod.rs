@@ -27,9 +27,9 @@ use self::start::{start_attempt, start_from_volume};
 use super::agent::owning_agent_pods;
 use super::reason::Reason;
 use super::{Context, apply_status};
-use crate::api::Snapshot;
 use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::RunPhase;
+use crate::api::{Snapshot, SnapshotStatus};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "snapshot";
@@ -159,14 +159,7 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
             if let Some(c) = status.capture.as_mut() {
                 c.released = true;
             }
-            let api: Api<Snapshot> =
-                Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
-            apply_status(&api, &snap.name_any(), &status)
-                .await
-                .map_err(|source| Error::UpdateStatus {
-                    snapshot: snap.name_any(),
-                    source,
-                })?;
+            write_status(&snap, &status, &ctx).await?;
         }
         return Ok(Action::await_change());
     }
@@ -214,14 +207,7 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         release(&snap, leftover_captures(&world, false, current), &ctx).await?;
     }
     if status != original {
-        let api: Api<Snapshot> =
-            Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
-        apply_status(&api, &snap.name_any(), &status)
-            .await
-            .map_err(|source| Error::UpdateStatus {
-                snapshot: snap.name_any(),
-                source,
-            })?;
+        write_status(&snap, &status, &ctx).await?;
     }
     announce(&snap, &prev, &status, &step, &ctx).await;
     if matches!(status.phase, RunPhase::Succeeded | RunPhase::Failed) && prev.phase != status.phase
@@ -243,6 +229,23 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+/// Write `status` (server-side apply of the status subresource).
+async fn write_status(
+    snap: &Snapshot,
+    status: &SnapshotStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let api: Api<Snapshot> =
+        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
+    apply_status(&api, &snap.name_any(), status)
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::UpdateStatus {
+            snapshot: snap.name_any(),
+            source,
+        })
 }
 
 /// Delete the Snapshots [`forgotten_siblings`] names (each by uid, so a re-created one of the

@@ -53,10 +53,7 @@ pub(super) async fn start_attempt(
     let name = snap.name_any();
 
     // Validate the job (pure) against what it references (read here).
-    if let Some(b) = check_job(&ctx.client, &ns, job, Needs::Everything)
-        .await
-        .map_err(Error::dereference(&name, "referenced objects"))?
-    {
+    if let Some(b) = job_blocked(snap, job, ctx).await? {
         return Ok(wait(b));
     }
 
@@ -151,10 +148,7 @@ pub(super) async fn start_from_volume(
 ) -> Result<(Step, Option<Duration>), Error> {
     let ns = snap.namespace().unwrap_or_default();
     let name = snap.name_any();
-    if let Some(b) = check_job(&ctx.client, &ns, job, Needs::Everything)
-        .await
-        .map_err(Error::dereference(&name, "referenced objects"))?
-    {
+    if let Some(b) = job_blocked(snap, job, ctx).await? {
         return Ok(wait(b));
     }
     let source_name = volume::source_claim(vs).unwrap_or_default();
@@ -283,6 +277,23 @@ async fn start_pod(
         consistency: a.consistency,
     };
     Ok((step, None))
+}
+
+/// What keeps the job from starting an attempt (a problem in its spec, a missing
+/// reference), if anything.
+async fn job_blocked(
+    snap: &Snapshot,
+    job: &BackupJob,
+    ctx: &Context,
+) -> Result<Option<Blocked>, Error> {
+    check_job(
+        &ctx.client,
+        &snap.namespace().unwrap_or_default(),
+        job,
+        Needs::Everything,
+    )
+    .await
+    .map_err(Error::dereference(&snap.name_any(), "referenced objects"))
 }
 
 /// A wait for what `b` names.

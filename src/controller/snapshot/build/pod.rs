@@ -353,9 +353,17 @@ spec:
 
     fn build_for(job: &BackupJob, snap: &Snapshot) -> Result<Pod, PodError> {
         snapshot_pod(&PodPlan {
+            attempt: 2,
+            ..plan_for(job, snap)
+        })
+    }
+
+    /// The plan of attempt 1 on member rs0-2 (node-b), without KMIP or tolerations.
+    fn plan_for<'a>(job: &'a BackupJob, snap: &'a Snapshot) -> PodPlan<'a> {
+        PodPlan {
             snapshot: snap,
             job,
-            attempt: 2,
+            attempt: 1,
             member: "rs0-2",
             member_role: "SECONDARY",
             member_reason: "named",
@@ -366,7 +374,7 @@ spec:
             progress_interval: 2.0,
             kmip: None,
             member_tolerations: &[],
-        })
+        }
     }
 
     fn container(pod: &Pod) -> &Container {
@@ -628,21 +636,7 @@ spec:
             "apiVersion: snapcrypt.dev/v1alpha1\nkind: KmipServer\nmetadata: {name: kmip, namespace: db}\nspec: {endpoints: ['k1:5696', 'k2:5696'], tls: {secretName: kmip-tls, serverName: kmip.example}, masterKey: {create: {name: mk}}}",
         )
         .expect("kmip server");
-        let mut plan = PodPlan {
-            snapshot: &snap,
-            job: &j,
-            attempt: 1,
-            member: "rs0-2",
-            member_role: "SECONDARY",
-            member_reason: "named",
-            node: Some("node-b"),
-            data_claim: "mongo-data-rs0-2",
-            run_as: RunAs { uid: 999, gid: 999 },
-            image: "snapcrypt:test",
-            progress_interval: 2.0,
-            kmip: None,
-            member_tolerations: &[],
-        };
+        let mut plan = plan_for(&j, &snap);
         assert_eq!(snapshot_pod(&plan).err(), Some(PodError::KmipNotReady));
         plan.kmip = Some((&ks, "7"));
         let pod = snapshot_pod(&plan).expect("pod");
@@ -715,19 +709,8 @@ spec:
         )
         .expect("tolerations");
         let mut plan = PodPlan {
-            snapshot: &snap,
-            job: &j,
-            attempt: 1,
-            member: "rs0-2",
-            member_role: "SECONDARY",
-            member_reason: "named",
-            node: Some("node-b"),
-            data_claim: "mongo-data-rs0-2",
-            run_as: RunAs { uid: 999, gid: 999 },
-            image: "snapcrypt:test",
-            progress_interval: 2.0,
-            kmip: None,
             member_tolerations: &member,
+            ..plan_for(&j, &snap)
         };
         let spec = snapshot_pod(&plan).expect("pod").spec.expect("spec");
         let keys: Vec<_> = spec
