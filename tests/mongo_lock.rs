@@ -10,21 +10,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::Write;
+
+use std::process::{Child, ChildStdin};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use snapcrypt::api::backup_job::AuthMechanism;
 use snapcrypt::mongo::ConnectionSettings;
 use snapcrypt::mongo::lock::{LockError, LockTarget, with_write_lock};
-
-fn python() -> PathBuf {
-    std::env::var_os("SNAPCRYPT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| support::cache_dir().join("venv/bin/python"))
-}
 
 /// The member's control channel: its stdin, and its stdout lines after `READY`.
 type Control = Arc<Mutex<(Option<ChildStdin>, mpsc::Receiver<String>)>>;
@@ -53,35 +47,13 @@ impl Member {
     fn start() -> Member {
         let root = support::repo_root();
         let record = tempfile::NamedTempFile::new().expect("record file");
-        let mut child = Command::new(python())
-            .arg(root.join("tests/fixtures/mockupdb/lockable.py"))
-            .arg(root.join("tests/fixtures/hello/secondary.json"))
-            .arg(record.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} (run .ci/install-deps.sh): {e}",
-                    python().display()
-                )
-            });
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let ready = lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("lockable.py did not start within 30 s");
-        let port = ready
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("unexpected first line: {ready:?}"))
-            .trim()
-            .parse()
-            .expect("port");
+        let fixture = root.join("tests/fixtures/hello/secondary.json");
+        let started = support::mockupdb::start(
+            "lockable.py",
+            &[fixture.as_os_str(), record.path().as_os_str()],
+        );
+        let port = started.ready.parse().expect("port");
+        let (mut child, lines) = (started.child, started.lines);
         let ctl = Arc::new(Mutex::new((child.stdin.take(), lines)));
         Member {
             child,

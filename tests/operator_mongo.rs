@@ -11,21 +11,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Child;
+
 use std::time::Duration;
 
 use snapcrypt::api::backup_job::{AuthMechanism, SyncSourceMode};
 use snapcrypt::mongo::{Answer, ConnectionSettings, MemberAddress, ask_members, choose};
-
-/// The venv python that .ci/install-deps.sh fills (mockupdb, pymongo).
-fn python() -> PathBuf {
-    std::env::var_os("SNAPCRYPT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| support::cache_dir().join("venv/bin/python"))
-}
 
 /// A scripted replica set; stops when dropped.
 struct Members {
@@ -35,37 +26,16 @@ struct Members {
 
 impl Members {
     fn start(specs: &[&str]) -> Members {
-        let root = support::repo_root();
-        let mut child = Command::new(python())
-            .arg(root.join("tests/fixtures/mockupdb/members.py"))
-            .arg(root.join("tests/fixtures/hello"))
-            .args(specs)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} (run .ci/install-deps.sh for the test venv with mockupdb): {e}",
-                    python().display()
-                )
-            });
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect(
-            "mockupdb members did not start within 30 s (is mockupdb installed in the test venv?)",
-        );
-        let ports = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("unexpected first line from members.py: {line:?}"))
+        let fixtures = support::repo_root().join("tests/fixtures/hello");
+        let mut args = vec![fixtures.into_os_string()];
+        args.extend(specs.iter().map(Into::into));
+        let started = support::mockupdb::start("members.py", &args);
+        let ports = started
+            .ready
             .split_whitespace()
             .map(|p| p.parse().expect("port"))
             .collect();
+        let child = started.child;
         Members { child, ports }
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod mockupdb;
 pub mod operator;
 pub mod real_nodes;
 pub mod s3;
@@ -239,6 +240,24 @@ pub fn chown_mongodb(dir: &Path) {
         .status()
         .expect("chown");
     assert!(st.success(), "chown -R 999:999 {}", dir.display());
+}
+
+/// The lines `child` writes on its (piped) stdout, read on a thread of their own.
+pub fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 pub fn cache_dir() -> PathBuf {

@@ -2,10 +2,9 @@
 //! storage engine in a member's volume, and the judge of whether a captured copy opens and
 //! verifies in WiredTiger (mongod cannot run here; WiredTiger is the engine inside it).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+
 use std::time::Duration;
 
 /// How long the writer gets to open its database and write its first checkpoint.
@@ -41,16 +40,15 @@ impl Writer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {binary}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.trim() == "writer ready" {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(READY).is_err() {
+        let lines = super::stdout_lines(&mut child);
+        let deadline = std::time::Instant::now() + READY;
+        let ready = std::iter::from_fn(|| {
+            lines
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .ok()
+        })
+        .any(|l| l.trim() == "writer ready");
+        if !ready {
             let _ = child.kill();
             panic!("the WiredTiger writer did not print `writer ready` within {READY:?}");
         }
