@@ -1,7 +1,7 @@
 //! Consistent capture end to end (issue 17), on real pods: a BackupJob in mode volumeSnapshot
-//! cuts a VolumeSnapshot of the member's data claim while a WiredTiger writer (the engine inside
-//! mongod, playing the member's mongod) keeps writing into it, copies a claim restored from that
-//! cut, and the repository restores to exactly the cut, which WiredTiger opens and verifies;
+//! cuts a VolumeSnapshot of the member's data claim, under a seconds-long fsync lock, while a
+//! WiredTiger writer (the engine inside mongod, playing the member's mongod) keeps writing into
+//! it, copies a claim restored from that cut, and the repository restores to exactly the cut, which WiredTiger opens and verifies;
 //! the VolumeSnapshot and the restored claim are gone afterwards, also when the operator was
 //! killed mid-run. A failing snapshotter gives a condition naming the VolumeSnapshot and its
 //! error. A Snapshot of the old `none` mode says Consistent=False, in status and in
@@ -10,32 +10,27 @@
 //! DOUBLES (tests/README.md): no CSI driver runs here; the storage provisioner double
 //! (tests/cluster/provisioner.py, snapshots.py) plays the external-snapshotter and the driver,
 //! copying the volume's directory at the VolumeSnapshot's instant. mongod cannot run here; the
-//! member is a pause pod and tests/doubles/wiredtiger's writer writes its volume.
+//! member is a pause pod and tests/doubles/wiredtiger's writer writes its volume, and the
+//! member's lock is tests/fixtures/mockupdb/lockable.py (which stops the writer while locked)
+//! at the member's address.
 
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::json;
 
+use snapcrypt::api::snapshot::LockState;
 use snapcrypt::api::snapshot::RunPhase;
-use snapcrypt::api::{BackupJob, Snapshot, SnapshotStatus};
-use support::cluster::{TestNamespace, cluster_or_skip, eventually, unique_name, wait_for};
-use support::operator::{
-    LONG, Operator, claim, create, key_secret, member, snapshot_finished, wait_for_success,
-};
-use support::real_nodes::{RealNodes, SHARED_CLASS, pod_logs, volume_dir};
-
-fn snapshot_api(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", kind),
-        plural,
-    )
-}
+use snapcrypt::api::{Snapshot, SnapshotStatus};
+use support::cluster::{TestNamespace, eventually, unique_name, wait_for};
+use support::ground::{Ground, Options, snapshot_api};
+use support::mockupdb::Lockable;
+use support::operator::{LONG, snapshot_finished, wait_for_event, wait_for_success};
+use support::real_nodes::pod_logs;
 
 /// A VolumeSnapshotClass of the provisioner double (cluster-scoped), deleted when dropped.
 struct SnapshotClass {
@@ -107,8 +102,8 @@ impl Drop for Contents {
 }
 
 /// The directory holding the cut of VolumeSnapshot `vs` of `ns` (its retained content's
-/// snapshotHandle: the double's copy).
-async fn cut_dir(ns: &TestNamespace, vs: &str) -> PathBuf {
+/// snapshotHandle: the double's copy), and the cut's instant (its creationTime, Unix seconds).
+async fn cut_dir(ns: &TestNamespace, vs: &str) -> (PathBuf, f64) {
     let contents: Api<DynamicObject> = Api::all_with(
         ns.client(),
         &snapshot_api("VolumeSnapshotContent", "volumesnapshotcontents"),
@@ -128,133 +123,16 @@ async fn cut_dir(ns: &TestNamespace, vs: &str) -> PathBuf {
                         && c.data["spec"]["volumeSnapshotRef"]["name"] == vs
                 })
                 .and_then(|c| {
-                    c.data["status"]["snapshotHandle"]
-                        .as_str()
-                        .map(PathBuf::from)
+                    let st = &c.data["status"];
+                    Some((
+                        PathBuf::from(st["snapshotHandle"].as_str()?),
+                        st["creationTime"].as_f64()? / 1e9,
+                    ))
                 })
                 .ok_or_else(|| "no content yet".to_string())
         },
     )
     .await
-}
-
-/// What every test here stands on: the nodes, a namespace with member rs0-0 on real-b (its
-/// data claim of the default class), a repository claim on network storage, a key Secret,
-/// and the operator.
-struct Ground {
-    ns: TestNamespace,
-    data: PathBuf,
-    key: PathBuf,
-    _work: tempfile::TempDir,
-    cluster: support::cluster::Cluster,
-    operator: Option<Operator>,
-}
-
-impl Ground {
-    async fn new(purpose: &str) -> Option<Ground> {
-        let cluster = cluster_or_skip().await?;
-        RealNodes::get()?;
-        cluster.apply_crds().await;
-        let ns = cluster.namespace(purpose).await;
-        let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-        let data = member(&ns, "rs0-0", "real-b").await;
-        claim(&ns, "backups", Some(SHARED_CLASS)).await;
-        let key = key_secret(&ns, work.path()).await;
-        let operator = Some(Operator::start(cluster.kubeconfig(), ns.name()));
-        Some(Ground {
-            ns,
-            data,
-            key,
-            _work: work,
-            cluster,
-            operator,
-        })
-    }
-
-    /// BackupJob `name` of member rs0-0 with `consistency`.
-    async fn job(&self, name: &str, consistency: serde_json::Value) {
-        create::<BackupJob>(
-            &self.ns.api(),
-            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": name},
-                "spec": {
-                    "source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
-                               "syncSource": {"mode": "member", "member": "rs0-0"}, "consistency": consistency},
-                    "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
-                    "encryption": {"localKeySecret": {"name": "rs0-key"}},
-                    "backoffLimit": 0}}),
-        )
-        .await;
-    }
-
-    /// An on-demand Snapshot `name` of job `job`.
-    async fn snapshot(&self, name: &str, job: &str) {
-        create::<Snapshot>(
-            &self.ns.api(),
-            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot",
-                   "metadata": {"name": name}, "spec": {"backupJobRef": {"name": job}}}),
-        )
-        .await;
-    }
-
-    /// Restore repository snapshot `id` into `out` with the CLI, from the repository claim.
-    async fn restore(&self, id: &str, out: &Path) {
-        let repo = volume_dir(&self.ns, "backups").await.join("repo");
-        support::ok(
-            &[
-                "restore",
-                "--repo",
-                &repo.display().to_string(),
-                "--key-file",
-                &self.key.display().to_string(),
-                "--snapshot",
-                id,
-                "--target",
-                &out.display().to_string(),
-            ],
-            &[],
-        );
-    }
-
-    /// The VolumeSnapshots and claims restored from them that Snapshot `name` left, once
-    /// their deletion is through: none, or the test fails.
-    async fn no_captures_left(&self, name: &str) {
-        let snaps: Api<Snapshot> = self.ns.api();
-        let uid = snaps
-            .get(name)
-            .await
-            .expect("snapshot")
-            .metadata
-            .uid
-            .expect("uid");
-        let mine = ListParams::default().labels(&format!("snapcrypt.dev/snapshot-uid={uid}"));
-        let vs: Api<DynamicObject> = Api::namespaced_with(
-            self.ns.client(),
-            self.ns.name(),
-            &snapshot_api("VolumeSnapshot", "volumesnapshots"),
-        );
-        let claims: Api<PersistentVolumeClaim> = self.ns.api();
-        eventually(
-            &format!("the captures of {name} to be deleted"),
-            LONG,
-            || async {
-                let v = vs.list(&mine).await.map_err(|e| e.to_string())?.items.len();
-                let c = claims
-                    .list(&mine)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .len();
-                if v + c == 0 {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{v} VolumeSnapshot(s) and {c} restored claim(s) left"
-                    ))
-                }
-            },
-        )
-        .await;
-    }
 }
 
 fn condition(st: &SnapshotStatus, t: &str) -> Option<(String, String, String)> {
@@ -289,20 +167,32 @@ fn record_phases(ns: &TestNamespace) -> (Seen, tokio::task::JoinHandle<()>) {
     (seen, task)
 }
 
-/// Five snapshots of a member whose WiredTiger database is being written: each is copied from
-/// its VolumeSnapshot's cut, restores to exactly that cut, and opens and verifies in
-/// WiredTiger; the VolumeSnapshot and the restored claim go once each Snapshot is done.
+/// Five snapshots of a member whose WiredTiger database is being written, each cut under a
+/// seconds-long fsync lock (quiesce fsyncLock, the default with a connection): the member's
+/// record shows the lock taken before the cut and released right after it; each Snapshot is
+/// copied from its VolumeSnapshot's cut, restores to exactly that cut, and opens and verifies
+/// in WiredTiger; the VolumeSnapshot and the restored claim go once each Snapshot is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_snapshots_of_a_live_member_restore_to_the_cut() {
-    let Some(g) = Ground::new("vs-live").await else {
+    let opts = Options {
+        host_network: true,
+        ..Default::default()
+    };
+    let Some(g) = Ground::with("vs-live", opts).await else {
         return;
     };
     let class = SnapshotClass::create(&g.ns, "live", None).await;
     let _contents = Contents(g.ns.name().to_string());
-    let _writer = support::wiredtiger::Writer::start(&g.data);
-    g.job(
+    let writer = support::wiredtiger::Writer::start(&g.data);
+    // The member's mongod, at the member's address: its lock holds the writer's writes.
+    let port = support::free_port();
+    let mongod = Lockable::start(Some(&format!("{}:{port}", g.member_ip().await)));
+    mongod.control(&format!("freeze {}", writer.pid()));
+    g.job_with(
         "live",
-        json!({"mode": "volumeSnapshot", "volumeSnapshotClassName": class.name}),
+        json!({"connection": {"port": port, "authMechanism": "NONE"},
+               "consistency": {"mode": "volumeSnapshot", "volumeSnapshotClassName": class.name}}),
+        0,
     )
     .await;
     let (phases, watch) = record_phases(&g.ns);
@@ -324,11 +214,40 @@ async fn volume_snapshots_of_a_live_member_restore_to_the_cut() {
             condition(&st, "Consistent").map(|c| (c.0, c.1)),
             Some(("True".into(), "VolumeSnapshotCut".into()))
         );
+        // The lock: in status, and in the member's record around the cut's instant.
+        let lock = capture.lock.clone().expect("the cut's lock in status");
+        assert_eq!(lock.state, LockState::Released, "{lock:?}");
+        let held = lock.held_seconds.expect("held seconds");
+        let (cut, instant) = cut_dir(&g.ns, &vs).await;
+        let cmds: Vec<_> = mongod
+            .lock_commands()
+            .into_iter()
+            .filter(|c| c.cmd != "currentOp")
+            .collect();
+        let last: Vec<_> = cmds.iter().rev().take(2).rev().collect();
+        assert_eq!(
+            last.iter()
+                .map(|c| (c.cmd.as_str(), c.lock_count_after))
+                .collect::<Vec<_>>(),
+            vec![("fsync", 1), ("fsyncUnlock", 0)],
+            "run {run}: {cmds:?}"
+        );
+        assert_eq!(cmds.len(), 2 * run, "one lock per run: {cmds:?}");
+        let (locked, unlocked) = (last[0].t, last[1].t);
+        assert!(
+            locked < instant && instant < unlocked,
+            "run {run}: the cut at {instant} is not inside the lock [{locked}, {unlocked}]"
+        );
+        assert!(
+            unlocked - locked < 30.0 && held < 30.0,
+            "run {run}: the lock lasted {} s (status: {held} s): it is for the cut only",
+            unlocked - locked
+        );
         // The repository holds exactly the cut, and the cut is a database WiredTiger recovers.
         let out = work.path().join(&name);
         g.restore(st.repository_snapshot_id.as_deref().expect("id"), &out)
             .await;
-        support::assert_same_tree(&cut_dir(&g.ns, &vs).await, &out);
+        support::assert_same_tree(&cut, &out);
         if let Err(why) = support::wiredtiger::judge(&out) {
             panic!("run {run}: the restored copy of {vs} does not open in WiredTiger: {why}");
         }
@@ -336,10 +255,14 @@ async fn volume_snapshots_of_a_live_member_restore_to_the_cut() {
     }
     watch.abort();
     let seen = phases.lock().unwrap().clone();
-    assert!(
-        seen.iter().any(|(_, p)| p == "SnapshottingVolume"),
-        "no Snapshot was seen in phase SnapshottingVolume: {seen:?}"
-    );
+    for phase in ["Quiescing", "SnapshottingVolume"] {
+        assert!(
+            seen.iter().any(|(_, p)| p == phase),
+            "no Snapshot was seen in phase {phase}: {seen:?}"
+        );
+    }
+    let unlocked = wait_for_event(&g.ns, "live-run-5", "MemberUnlocked").await;
+    assert!(unlocked.contains("writes were held"), "{unlocked}");
 }
 
 /// A snapshotter that fails: the Snapshot fails with a message naming the VolumeSnapshot and
@@ -420,8 +343,7 @@ async fn an_operator_restart_leaves_no_capture_and_live_copies_say_so() {
         },
     )
     .await;
-    drop(g.operator.take());
-    g.operator = Some(Operator::start(g.cluster.kubeconfig(), g.ns.name()));
+    g.restart_operator();
     let st = wait_for_success(&snaps, "cut-1", &g.ns).await;
     assert_eq!(st.attempts, 1, "{st:?}");
     g.no_captures_left("cut-1").await;

@@ -10,101 +10,34 @@
 
 mod support;
 
-use std::io::Write;
-
-use std::process::{Child, ChildStdin};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use snapcrypt::api::backup_job::AuthMechanism;
 use snapcrypt::mongo::ConnectionSettings;
-use snapcrypt::mongo::lock::{LockError, LockTarget, with_write_lock};
+use snapcrypt::mongo::lock::{
+    LockError, LockLimits, LockTarget, unlock_abandoned, with_write_lock,
+};
+use support::mockupdb::Lockable;
 
-/// The member's control channel: its stdin, and its stdout lines after `READY`.
-type Control = Arc<Mutex<(Option<ChildStdin>, mpsc::Receiver<String>)>>;
-
-/// Send a control line and wait for its acknowledgement.
-fn control(ctl: &Control, line: &str) {
-    let mut c = ctl.lock().expect("control");
-    let stdin = c.0.as_mut().expect("stdin");
-    writeln!(stdin, "{line}").expect("write control line");
-    stdin.flush().expect("flush");
-    let ack =
-        c.1.recv_timeout(Duration::from_secs(10))
-            .expect("no acknowledgement");
-    assert_eq!(ack, format!("OK {line}"));
+/// The scripted member, and where the lock reaches it.
+fn member() -> Lockable {
+    Lockable::start(None)
 }
 
-/// A lockable member; stops when dropped (its stdin closes).
-struct Member {
-    child: Child,
-    ctl: Control,
-    port: u16,
-    record: tempfile::NamedTempFile,
-}
-
-impl Member {
-    fn start() -> Member {
-        let root = support::repo_root();
-        let record = tempfile::NamedTempFile::new().expect("record file");
-        let fixture = root.join("tests/fixtures/hello/secondary.json");
-        let started = support::mockupdb::start(
-            "lockable.py",
-            &[fixture.as_os_str(), record.path().as_os_str()],
-        );
-        let port = started.ready.parse().expect("port");
-        let (mut child, lines) = (started.child, started.lines);
-        let ctl = Arc::new(Mutex::new((child.stdin.take(), lines)));
-        Member {
-            child,
-            ctl,
-            port,
-            record,
-        }
-    }
-
-    fn control(&self, line: &str) {
-        control(&self.ctl, line);
-    }
-
-    fn target(&self, allow_primary: bool) -> LockTarget {
-        LockTarget {
-            member: "rs0-1".into(),
-            host: "127.0.0.1".into(),
-            port: self.port,
-            allow_primary,
-        }
-    }
-
-    /// The lock-related commands received, in order (heartbeats left out), with the lock
-    /// count after each.
-    fn commands(&self) -> Vec<(String, i64)> {
-        std::fs::read_to_string(self.record.path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| {
-                matches!(
-                    v["cmd"].as_str(),
-                    Some("fsync" | "fsyncUnlock" | "currentOp")
-                )
-            })
-            .map(|v| {
-                (
-                    v["cmd"].as_str().unwrap_or_default().to_string(),
-                    v["lockCount_after"].as_i64().unwrap_or(-1),
-                )
-            })
-            .collect()
+fn target(m: &Lockable, allow_primary: bool) -> LockTarget {
+    LockTarget {
+        member: "rs0-1".into(),
+        host: "127.0.0.1".into(),
+        port: m.port,
+        allow_primary,
     }
 }
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Ok(mut c) = self.ctl.lock() {
-            drop(c.0.take());
-        }
-        let _ = self.child.wait();
+/// A lock of at most `secs` seconds, with the member asked every 200 ms.
+fn limits(secs: u64) -> LockLimits {
+    LockLimits {
+        max_lock: Duration::from_secs(secs),
+        check_every: Duration::from_millis(200),
     }
 }
 
@@ -124,15 +57,15 @@ fn cmds(list: &[(&str, i64)]) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn the_lock_spans_the_work_and_only_the_work() {
-    let m = Member::start();
+    let m = member();
     let seen_during = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let during = seen_during.clone();
-    let record = m.record.path().to_path_buf();
+    let record = m.record_path().to_path_buf();
     let ((), report) = with_write_lock(
-        &m.target(false),
+        &target(&m, false),
         &settings(),
-        Duration::from_secs(10),
-        async move {
+        limits(10),
+        |_| async move {
             // The work sees the lock already taken and not yet released.
             let text = std::fs::read_to_string(record).unwrap_or_default();
             during
@@ -151,14 +84,11 @@ async fn the_lock_spans_the_work_and_only_the_work() {
 
 #[tokio::test]
 async fn someone_elses_lock_stays_and_the_primary_is_refused() {
-    let m = Member::start();
+    let m = member();
     m.control("lockcount 1");
-    let (_, report) = with_write_lock(
-        &m.target(false),
-        &settings(),
-        Duration::from_secs(10),
-        async { Ok(()) },
-    )
+    let (_, report) = with_write_lock(&target(&m, false), &settings(), limits(10), |_| async {
+        Ok(())
+    })
     .await
     .expect("locked");
     assert_eq!(report.count_before, 1);
@@ -166,12 +96,9 @@ async fn someone_elses_lock_stays_and_the_primary_is_refused() {
 
     m.control("lockcount 0");
     m.control("primary");
-    let refused = with_write_lock(
-        &m.target(false),
-        &settings(),
-        Duration::from_secs(10),
-        async { Ok(()) },
-    )
+    let refused = with_write_lock(&target(&m, false), &settings(), limits(10), |_| async {
+        Ok(())
+    })
     .await;
     assert!(
         matches!(&refused, Err(LockError::NotSecondary { role, .. }) if role == "PRIMARY"),
@@ -179,27 +106,24 @@ async fn someone_elses_lock_stays_and_the_primary_is_refused() {
     );
     assert_eq!(m.commands().len(), 2, "no lock taken on the primary");
     // allowPrimary: locked anyway.
-    with_write_lock(
-        &m.target(true),
-        &settings(),
-        Duration::from_secs(10),
-        async { Ok(()) },
-    )
+    with_write_lock(&target(&m, true), &settings(), limits(10), |_| async {
+        Ok(())
+    })
     .await
     .expect("allowed");
 }
 
 #[tokio::test]
 async fn an_election_a_failure_or_an_overrun_aborts_and_unlocks() {
-    let m = Member::start();
+    let m = member();
     // An election while locked: the member is a primary when the work is done.
-    let ctl = m.ctl.clone();
+    let ctl = m.controller();
     let elected = with_write_lock(
-        &m.target(false),
+        &target(&m, false),
         &settings(),
-        Duration::from_secs(10),
-        async move {
-            control(&ctl, "primary");
+        limits(10),
+        |_| async move {
+            ctl("primary");
             Ok(())
         },
     )
@@ -210,26 +134,18 @@ async fn an_election_a_failure_or_an_overrun_aborts_and_unlocks() {
     );
     m.control("secondary");
 
-    let failed = with_write_lock(
-        &m.target(false),
-        &settings(),
-        Duration::from_secs(10),
-        async { Err::<(), _>("the snapshotter said no".to_string()) },
-    )
+    let failed = with_write_lock(&target(&m, false), &settings(), limits(10), |_| async {
+        Err::<(), _>("the snapshotter said no".to_string())
+    })
     .await;
     assert!(
         matches!(&failed, Err(LockError::Work { reason, .. }) if reason == "the snapshotter said no")
     );
 
-    let overran = with_write_lock(
-        &m.target(false),
-        &settings(),
-        Duration::from_secs(1),
-        async {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            Ok(())
-        },
-    )
+    let overran = with_write_lock(&target(&m, false), &settings(), limits(1), |_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(())
+    })
     .await;
     assert!(
         matches!(&overran, Err(LockError::Overran { limit_secs: 1, .. })),
@@ -251,14 +167,11 @@ async fn an_election_a_failure_or_an_overrun_aborts_and_unlocks() {
 
 #[tokio::test]
 async fn a_lost_unlock_reply_is_checked_before_unlocking_again() {
-    let m = Member::start();
+    let m = member();
     m.control("fail-unlock 1");
-    with_write_lock(
-        &m.target(false),
-        &settings(),
-        Duration::from_secs(10),
-        async { Ok(()) },
-    )
+    with_write_lock(&target(&m, false), &settings(), limits(10), |_| async {
+        Ok(())
+    })
     .await
     .expect("unlocked on the second try");
     let got = m.commands();
@@ -273,4 +186,63 @@ async fn a_lost_unlock_reply_is_checked_before_unlocking_again() {
         got.iter().any(|(c, _)| c == "currentOp"),
         "asked before unlocking again: {got:?}"
     );
+}
+
+/// An election while the work is still going on ends the lock at the next check, not when
+/// the work ends (a copy under the lock may last minutes).
+#[tokio::test]
+async fn an_election_mid_work_ends_the_lock_at_once() {
+    let m = member();
+    let ctl = m.controller();
+    let started = Instant::now();
+    let elected = with_write_lock(
+        &target(&m, false),
+        &settings(),
+        limits(60),
+        |_| async move {
+            ctl("primary");
+            // A long copy: the election must not wait for it.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        },
+    )
+    .await;
+    assert!(
+        matches!(&elected, Err(LockError::Election { role, .. }) if role == "PRIMARY"),
+        "{elected:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the election was noticed only after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(m.commands(), cmds(&[("fsync", 1), ("fsyncUnlock", 0)]));
+}
+
+/// A lock whose holder was lost: unlocked down to the count recorded before it (someone
+/// else's lock stays), or once when no count was recorded; a member not locked is left alone.
+#[tokio::test]
+async fn an_abandoned_lock_is_undone_and_only_it() {
+    let m = member();
+    // Someone else's lock (1), then ours (2); the holder recorded count_before 1.
+    m.control("lockcount 2");
+    let found = unlock_abandoned(&target(&m, false), &settings(), Some(1))
+        .await
+        .expect("unlocked");
+    assert!(found);
+    assert_eq!(m.commands(), cmds(&[("currentOp", 2), ("fsyncUnlock", 1)]));
+    // No count recorded (the holder died before the reply): one unlock at most.
+    let m = member();
+    m.control("lockcount 2");
+    unlock_abandoned(&target(&m, false), &settings(), None)
+        .await
+        .expect("unlocked");
+    assert_eq!(m.lock_count(), 1);
+    // Not locked: nothing to do, no fsyncUnlock sent.
+    let m = member();
+    let found = unlock_abandoned(&target(&m, false), &settings(), Some(0))
+        .await
+        .expect("looked");
+    assert!(!found);
+    assert_eq!(m.commands(), cmds(&[("currentOp", 0)]));
 }

@@ -300,6 +300,16 @@ pub struct Consistency {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[0-9]{1,6}[smh]$"))]
     pub volume_snapshot_timeout: Option<String>,
+    /// The longest the member may stay fsyncLocked, in seconds: past it the run is aborted and
+    /// the member unlocked. Default 600 for mode fsyncLock (the whole copy), 60 for the cut of
+    /// mode volumeSnapshot with quiesce fsyncLock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_lock_seconds: Option<u32>,
+    /// Allow fsyncLocking the primary (syncSource mode primary, or a chosen member that turned
+    /// out to be the primary). A locked primary takes no writes at all: off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_primary: bool,
 }
 
 /// Consistency modes.

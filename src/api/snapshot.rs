@@ -64,6 +64,9 @@ pub enum RunPhase {
     /// Waiting to start (a member is being chosen, or another run of the job is in progress).
     #[default]
     Pending,
+    /// Writes on the member are being locked (fsyncLock) before its volume is snapshotted or
+    /// copied.
+    Quiescing,
     /// A Snapshot in mode volumeSnapshot: the member's data volume is being snapshotted (CSI
     /// VolumeSnapshot), before the copy. Restores never use it.
     SnapshottingVolume,
@@ -184,6 +187,66 @@ pub struct CaptureStatus {
     /// (the Snapshot has finished).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// The fsync lock on the member (mode fsyncLock, or quiesce fsyncLock): when it was
+    /// taken and released, and for how long writes were held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockStatus>,
+}
+
+/// An fsync lock on a member, as the operator took and released it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LockStatus {
+    /// The member pod locked.
+    pub member: String,
+    /// Locking (asked for), Locked, Released, Failed (not taken, or ended early), Recovered
+    /// (its holder was lost and the operator unlocked the member), or UnlockFailed.
+    pub state: LockState,
+    /// The member's lock count before this lock (another client's locks are not ours to
+    /// release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_before: Option<i64>,
+    /// When the lock was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_at: Option<Time>,
+    /// When it was released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
+    /// How long writes were held, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_seconds: Option<f64>,
+    /// How the lock ended, when not as planned (an overrun, an election, an unlock failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where an fsync lock is.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockState {
+    /// Asked for: the member may be locked from here on.
+    #[default]
+    Locking,
+    /// Held.
+    Locked,
+    /// Released by its holder.
+    Released,
+    /// Not taken, or ended before the cut or copy did (maxLockSeconds, an election, the
+    /// member lost): released, and the attempt failed (see message).
+    Failed,
+    /// Its holder was lost (the operator restarted) and the operator unlocked the member.
+    Recovered,
+    /// Releasing failed: the member may still be locked (see message).
+    UnlockFailed,
+}
+
+impl LockState {
+    /// Whether the member may still be locked by this lock.
+    pub fn may_be_held(self) -> bool {
+        matches!(
+            self,
+            LockState::Locking | LockState::Locked | LockState::UnlockFailed
+        )
+    }
 }
 
 impl Snapshot {
@@ -191,8 +254,10 @@ impl Snapshot {
     /// is about to: its pod exists).
     pub fn has_started(&self) -> bool {
         self.status.as_ref().is_some_and(|st| {
-            matches!(st.phase, RunPhase::Running | RunPhase::SnapshottingVolume)
-                || (st.phase == RunPhase::Pending && st.pod_name.is_some())
+            matches!(
+                st.phase,
+                RunPhase::Running | RunPhase::SnapshottingVolume | RunPhase::Quiescing
+            ) || (st.phase == RunPhase::Pending && st.pod_name.is_some())
         })
     }
 }

@@ -55,6 +55,27 @@ pub struct OperatorArgs {
     /// Seconds between the snapshot agents' progress reports (tests shorten it).
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS", hide = true)]
     pub agent_progress_interval: f64,
+    /// Extra environment for every agent pod, NAME=VALUE; repeatable. For example
+    /// HTTPS_PROXY and NO_PROXY for an object store behind a proxy, or RUST_LOG. The agent's
+    /// own variables win over these.
+    #[arg(long = "agent-env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub agent_env: Vec<(String, String)>,
+}
+
+/// NAME=VALUE of --agent-env, NAME a valid environment variable name.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--agent-env {s:?}: expected NAME=VALUE"))?;
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "--agent-env {s:?}: {name:?} is not an environment variable name (letters, digits and _, not starting with a digit)"
+        ));
+    }
+    Ok((name.to_string(), value.to_string()))
 }
 
 pub async fn run(args: OperatorArgs) -> Result<(), CliError> {
@@ -83,6 +104,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), CliError> {
         cluster_domain: args.cluster_domain,
         mongo_timeout: Duration::from_secs(args.mongo_timeout.max(1)),
         agent_progress_interval: args.agent_progress_interval,
+        agent_env: args.agent_env,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

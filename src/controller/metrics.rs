@@ -25,6 +25,12 @@ pub struct OutcomeLabels {
     pub phase: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockLabels {
+    /// What the lock was for: `cut` (quiesce fsyncLock) or `copy` (mode fsyncLock).
+    pub purpose: String,
+}
+
 /// The operator's metrics and their registry.
 pub struct Metrics {
     pub registry: Registry,
@@ -33,6 +39,7 @@ pub struct Metrics {
     pub duration: Family<ControllerLabels, Histogram>,
     pub snapshots_finished: Family<OutcomeLabels, Counter>,
     pub restores_finished: Family<OutcomeLabels, Counter>,
+    pub member_lock: Family<LockLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -45,6 +52,9 @@ impl Default for Metrics {
         });
         let snapshots_finished = Family::<OutcomeLabels, Counter>::default();
         let restores_finished = Family::<OutcomeLabels, Counter>::default();
+        let member_lock = Family::<LockLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.25, 2.0, 14))
+        });
         registry.register(
             "reconciliations",
             "Reconciliations started",
@@ -70,8 +80,14 @@ impl Default for Metrics {
             "Restores that reached Succeeded or Failed",
             restores_finished.clone(),
         );
+        registry.register(
+            "member_lock_seconds",
+            "How long the operator held a member's writes with fsyncLock, by purpose (cut, copy)",
+            member_lock.clone(),
+        );
         Metrics {
             registry,
+            member_lock,
             reconciliations,
             failures,
             duration,
@@ -112,6 +128,15 @@ impl Metrics {
     /// A Restore reached `phase` (Succeeded or Failed).
     pub fn restore_finished(&self, phase: &str) {
         count_outcome(&self.restores_finished, phase);
+    }
+
+    /// A member's writes were held for `seconds` for `purpose` (cut or copy).
+    pub fn member_locked(&self, purpose: &str, seconds: f64) {
+        self.member_lock
+            .get_or_create(&LockLabels {
+                purpose: purpose.into(),
+            })
+            .observe(seconds);
     }
 
     /// The metrics in the OpenMetrics text format.
@@ -156,6 +181,7 @@ mod tests {
         m.failure("snapshot", "apply_pod");
         m.finished("Succeeded");
         m.restore_finished("Failed");
+        m.member_locked("cut", 1.5);
         let text = m.encode().expect("encode");
         assert!(
             text.contains("snapcrypt_operator_restores_finished_total{phase=\"Failed\"} 1"),
@@ -170,6 +196,10 @@ mod tests {
         ));
         assert!(
             text.contains("snapcrypt_operator_snapshots_finished_total{phase=\"Succeeded\"} 1")
+        );
+        assert!(
+            text.contains("snapcrypt_operator_member_lock_seconds_count{purpose=\"cut\"} 1"),
+            "{text}"
         );
     }
 }

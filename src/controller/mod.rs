@@ -51,6 +51,8 @@ pub struct OperatorConfig {
     pub mongo_timeout: Duration,
     /// Seconds between the snapshot agents' progress reports.
     pub agent_progress_interval: f64,
+    /// Extra environment of every agent pod (the operator's --agent-env).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Default for OperatorConfig {
@@ -60,6 +62,7 @@ impl Default for OperatorConfig {
             cluster_domain: "cluster.local".into(),
             mongo_timeout: Duration::from_secs(5),
             agent_progress_interval: 2.0,
+            agent_env: Vec::new(),
         }
     }
 }
@@ -72,6 +75,9 @@ pub struct Context {
     pub config: OperatorConfig,
     /// Consecutive reconcile failures per object, for the error back-off.
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The fsync locks this process holds on members (Snapshots in mode fsyncLock, or
+    /// cutting a VolumeSnapshot under quiesce fsyncLock).
+    pub holds: snapshot::hold::Holds,
 }
 
 /// The key under which `controller` counts reconcile failures of `obj`.
@@ -138,6 +144,7 @@ impl Context {
             metrics,
             config,
             failures: Default::default(),
+            holds: Default::default(),
         }
     }
 

@@ -67,6 +67,13 @@ reasons! {
     SnapshottingVolume => Normal,
     /// Consistent=True: copied from a VolumeSnapshot (its cut is the point in time).
     VolumeSnapshotCut => Quiet,
+    /// Consistent=True: copied while the member was fsyncLocked (mode fsyncLock).
+    CopiedUnderLock => Quiet,
+    /// The member's writes are being locked (fsyncLock) for the cut or the copy.
+    Quiescing => Normal,
+    /// The operator released its fsync lock on a member: the Event says for how long writes
+    /// were held.
+    MemberUnlocked => Normal,
     PodPending => Normal,
     Running => Normal,
     Restoring => Normal,
@@ -98,6 +105,11 @@ reasons! {
     VolumeSnapshotFailed => Warning,
     /// The cluster serves no snapshot.storage.k8s.io/v1 VolumeSnapshot API.
     VolumeSnapshotsUnavailable => Warning,
+    /// The fsync lock could not be taken, or ended before the cut or copy did (maxLockSeconds,
+    /// an election, the member lost), or its holder was lost (the operator restarted).
+    LockFailed => Warning,
+    /// fsyncUnlock failed: the member may still be locked; the operator tries again.
+    UnlockFailed => Warning,
     Retrying => Warning,
     SnapshotFailed => Warning,
     LastSnapshotFailed => Warning,

@@ -72,15 +72,28 @@ pub struct LockTarget {
     pub allow_primary: bool,
 }
 
-/// Run `work` while `target`'s writes are locked, for at most `max_lock`; unlock on every
-/// path out. Returns the work's value and the lock's report.
-pub async fn with_write_lock<T, F>(
+/// How long a lock may last, and how often the member is asked whether it is still a
+/// secondary while it is held.
+#[derive(Clone, Copy, Debug)]
+pub struct LockLimits {
+    /// `maxLockSeconds`: past it the work is abandoned and the member unlocked.
+    pub max_lock: Duration,
+    /// The interval of the `hello` checks during the work (an election aborts at once, not
+    /// when the work ends).
+    pub check_every: Duration,
+}
+
+/// Run `work` while `target`'s writes are locked, for at most `limits.max_lock`; unlock on
+/// every path out. `work` is given the member's lock count before our lock. Returns the
+/// work's value and the lock's report.
+pub async fn with_write_lock<T, W, F>(
     target: &LockTarget,
     settings: &ConnectionSettings,
-    max_lock: Duration,
-    work: F,
+    limits: LockLimits,
+    work: W,
 ) -> Result<(T, LockReport), LockError>
 where
+    W: FnOnce(i64) -> F,
     F: Future<Output = Result<T, String>>,
 {
     let member = target.member.clone();
@@ -88,27 +101,14 @@ where
         member: member.clone(),
         reason,
     };
-    let files = TlsFiles::write(settings).map_err(|e| connect(e.to_string()))?;
-    let opts = client_options(&target.host, target.port, settings, &files);
-    let client = mongodb::Client::with_options(opts).map_err(|e| connect(e.to_string()))?;
-    let admin = client.database("admin");
-    let timeout = settings.timeout;
-    let run = |cmd: Document| {
-        let admin = admin.clone();
-        async move {
-            match tokio::time::timeout(timeout, admin.run_command(cmd)).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(e)) => Err(one_line(&e.to_string())),
-                Err(_) => Err(format!("no reply within {} s", timeout.as_secs())),
-            }
-        }
-    };
+    let session = Session::open(target, settings).map_err(connect)?;
+    let run = |cmd: Document| session.run(cmd);
 
     // A secondary (unless allowed), then the lock, on this one connection.
     let role = |reply: &Document| HelloReply::from_document(reply).role().to_string();
     let hello = run(doc! {"hello": 1}).await.map_err(connect)?;
     if !target.allow_primary && role(&hello) != "SECONDARY" {
-        client.shutdown().await;
+        session.close().await;
         return Err(LockError::NotSecondary {
             member,
             role: role(&hello),
@@ -123,7 +123,7 @@ where
         Err(e) => {
             // The reply may be lost after the lock was taken: look, and undo only ours.
             let _ = release_if_locked(&run).await;
-            client.shutdown().await;
+            session.close().await;
             return Err(lock_err(e));
         }
     };
@@ -132,24 +132,32 @@ where
     let outcome = match count {
         Some(n) if n >= 1 => {
             let before = n - 1;
-            let worked = tokio::time::timeout(max_lock, work).await;
-            let after_work = match worked {
+            // The work, with the member asked every `check_every` whether it still is what
+            // it was when locked; the whole of it within `max_lock`.
+            let watched = async {
+                let work = work(before);
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        done = &mut work => {
+                            return done.map_err(|reason| LockError::Work {
+                                member: member.clone(),
+                                reason,
+                            });
+                        }
+                        () = tokio::time::sleep(limits.check_every) => {
+                            still_a_secondary(&run, target, &role).await?;
+                        }
+                    }
+                }
+            };
+            let after_work = match tokio::time::timeout(limits.max_lock, watched).await {
                 Err(_) => Err(LockError::Overran {
                     member: member.clone(),
-                    limit_secs: max_lock.as_secs(),
+                    limit_secs: limits.max_lock.as_secs(),
                 }),
-                Ok(Err(reason)) => Err(LockError::Work {
-                    member: member.clone(),
-                    reason,
-                }),
-                Ok(Ok(value)) => match run(doc! {"hello": 1}).await {
-                    Ok(h) if target.allow_primary || role(&h) == "SECONDARY" => Ok(value),
-                    Ok(h) => Err(LockError::Election {
-                        member: member.clone(),
-                        role: role(&h),
-                    }),
-                    Err(e) => Err(connect(e)),
-                },
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(value)) => still_a_secondary(&run, target, &role).await.map(|()| value),
             };
             let held = taken.elapsed();
             let unlocked = release_to(&run, n, before)
@@ -178,8 +186,103 @@ where
             )))
         }
     };
-    client.shutdown().await;
+    session.close().await;
     outcome
+}
+
+/// Whether the locked member still is a secondary (or anything, with allowPrimary): an
+/// election, or no answer, ends the lock.
+async fn still_a_secondary<R, Fut>(
+    run: &R,
+    target: &LockTarget,
+    role: &impl Fn(&Document) -> String,
+) -> Result<(), LockError>
+where
+    R: Fn(Document) -> Fut,
+    Fut: Future<Output = Result<Document, String>>,
+{
+    match run(doc! {"hello": 1}).await {
+        Ok(h) if target.allow_primary || role(&h) == "SECONDARY" => Ok(()),
+        Ok(h) => Err(LockError::Election {
+            member: target.member.clone(),
+            role: role(&h),
+        }),
+        Err(reason) => Err(LockError::Connect {
+            member: target.member.clone(),
+            reason: format!("lost while locked: {reason}"),
+        }),
+    }
+}
+
+/// Unlock a member whose lock holder was lost (the operator restarted while it held it):
+/// down to `count_before` when the holder recorded it, else one lock at most (the one it may
+/// have taken). Returns whether the member was found locked.
+pub async fn unlock_abandoned(
+    target: &LockTarget,
+    settings: &ConnectionSettings,
+    count_before: Option<i64>,
+) -> Result<bool, LockError> {
+    let member = target.member.clone();
+    let connect = |reason: String| LockError::Connect {
+        member: member.clone(),
+        reason,
+    };
+    let session = Session::open(target, settings).map_err(connect)?;
+    let run = |cmd: Document| session.run(cmd);
+    let outcome = async {
+        let op = run(doc! {"currentOp": 1}).await.map_err(connect)?;
+        if !op.get_bool("fsyncLock").unwrap_or(false) {
+            return Ok(false);
+        }
+        let unlock = |reason: String| LockError::Unlock {
+            member: member.clone(),
+            reason,
+        };
+        let reply = run(doc! {"fsyncUnlock": 1}).await.map_err(unlock)?;
+        if let (Some(before), Some(now)) = (count_before, lock_count(&reply)) {
+            release_to(&run, now, before).await.map_err(unlock)?;
+        }
+        Ok(true)
+    }
+    .await;
+    session.close().await;
+    outcome
+}
+
+/// One kept connection to a member's admin database (the driver's pool, limited to one by
+/// [`client_options`]), with the TLS files it reads.
+struct Session {
+    client: mongodb::Client,
+    admin: mongodb::Database,
+    timeout: std::time::Duration,
+    _files: TlsFiles,
+}
+
+impl Session {
+    fn open(target: &LockTarget, settings: &ConnectionSettings) -> Result<Session, String> {
+        let files = TlsFiles::write(settings).map_err(|e| e.to_string())?;
+        let opts = client_options(&target.host, target.port, settings, &files);
+        let client = mongodb::Client::with_options(opts).map_err(|e| e.to_string())?;
+        Ok(Session {
+            admin: client.database("admin"),
+            client,
+            timeout: settings.timeout,
+            _files: files,
+        })
+    }
+
+    /// One command, its reply or a one-line error (also when it does not answer in time).
+    async fn run(&self, cmd: Document) -> Result<Document, String> {
+        match tokio::time::timeout(self.timeout, self.admin.run_command(cmd)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(one_line(&e.to_string())),
+            Err(_) => Err(format!("no reply within {} s", self.timeout.as_secs())),
+        }
+    }
+
+    async fn close(self) {
+        self.client.shutdown().await;
+    }
 }
 
 /// Unlock from `count` (our lock included) down to `before`, one `fsyncUnlock` per lock we

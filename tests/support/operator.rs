@@ -159,6 +159,16 @@ where
 /// image: mongod cannot run here (tests/README.md), so the test fills the dbPath. Returns the
 /// volume's directory on this machine.
 pub async fn member(ns: &TestNamespace, name: &str, node: &str) -> PathBuf {
+    member_pod(ns, name, node, false).await
+}
+
+/// [`member`] on its node's network: its pod IP is the node's address, where a test double
+/// of mongod can listen from this machine.
+pub async fn member_on_host_network(ns: &TestNamespace, name: &str, node: &str) -> PathBuf {
+    member_pod(ns, name, node, true).await
+}
+
+async fn member_pod(ns: &TestNamespace, name: &str, node: &str, host_network: bool) -> PathBuf {
     let claim = format!("mongo-data-{name}");
     create::<PersistentVolumeClaim>(
         &ns.api(),
@@ -171,6 +181,7 @@ pub async fn member(ns: &TestNamespace, name: &str, node: &str) -> PathBuf {
             "metadata": {"name": name, "labels": {"app": "rs-e2e"}},
             "spec": {
                 "nodeSelector": {"kubernetes.io/hostname": node},
+                "hostNetwork": host_network,
                 "containers": [{"name": "mongod", "image": PAUSE_IMAGE, "imagePullPolicy": "Never",
                     "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
                 "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": claim}}],

@@ -18,6 +18,11 @@ fn doubles() -> PathBuf {
 pub struct Writer(Child);
 
 impl Writer {
+    /// The writer's process id (a lock double stops it while the member is locked).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Build the writer if needed and start it on `dir`, waiting (deadline 60 s) for its
     /// `writer ready` line.
     pub fn start(dir: &Path) -> Writer {

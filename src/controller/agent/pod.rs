@@ -79,11 +79,27 @@ pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 
 /// The scratch volume (the root filesystem is read-only) and its mount, and the environment
 /// every agent gets: where to report (`object_env` names the object: SNAPCRYPT_SNAPSHOT or
-/// SNAPCRYPT_RESTORE), the termination log, and scratch space as TMPDIR and HOME.
+/// SNAPCRYPT_RESTORE), the termination log, and scratch space as TMPDIR and HOME; after
+/// `extra` (the operator's --agent-env), so that the agent's own win.
 pub fn agent_basics(
     namespace: &str,
     object_env: (&str, &str),
+    extra: &[(String, String)],
 ) -> (Volume, VolumeMount, Vec<EnvVar>) {
+    let own = [
+        env("SNAPCRYPT_NAMESPACE", namespace),
+        env(object_env.0, object_env.1),
+        env("SNAPCRYPT_TERMINATION_LOG", TERMINATION_LOG),
+        env("SNAPCRYPT_TMPDIR", TMP_MOUNT),
+        env("TMPDIR", TMP_MOUNT),
+        env("HOME", TMP_MOUNT),
+    ];
+    let mut envs: Vec<EnvVar> = extra
+        .iter()
+        .filter(|(name, _)| !own.iter().any(|e| &e.name == name))
+        .map(|(name, value)| env(name, value))
+        .collect();
+    envs.extend(own);
     (
         Volume {
             name: "tmp".into(),
@@ -91,14 +107,7 @@ pub fn agent_basics(
             ..Default::default()
         },
         mount("tmp", TMP_MOUNT, false),
-        vec![
-            env("SNAPCRYPT_NAMESPACE", namespace),
-            env(object_env.0, object_env.1),
-            env("SNAPCRYPT_TERMINATION_LOG", TERMINATION_LOG),
-            env("SNAPCRYPT_TMPDIR", TMP_MOUNT),
-            env("TMPDIR", TMP_MOUNT),
-            env("HOME", TMP_MOUNT),
-        ],
+        envs,
     )
 }
 

@@ -9,6 +9,19 @@ use crate::api::common::parse_duration;
 
 /// How long a VolumeSnapshot may take to become readyToUse, unless the spec says.
 pub const DEFAULT_VOLUME_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long mode fsyncLock may hold the member (the whole copy), unless maxLockSeconds says.
+pub const DEFAULT_COPY_LOCK: Duration = Duration::from_secs(600);
+/// How long quiesce fsyncLock may hold the member (the cut only), unless maxLockSeconds says.
+pub const DEFAULT_CUT_LOCK: Duration = Duration::from_secs(60);
+
+/// The fsync lock a capture takes on the member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockSpec {
+    /// maxLockSeconds, or the default for the mode.
+    pub max_lock: Duration,
+    /// allowPrimary.
+    pub allow_primary: bool,
+}
 
 /// The capture method a job's snapshots use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,9 +31,11 @@ pub enum Capture {
         class: String,
         quiesce: Quiesce,
         timeout: Duration,
+        /// The lock of the cut (quiesce fsyncLock); its max_lock is ignored otherwise.
+        lock: LockSpec,
     },
     /// Lock the member for the whole copy.
-    FsyncLock,
+    FsyncLock { lock: LockSpec },
     /// Copy the files as they are. `why` says how the job came to it, for the Consistent=False
     /// condition of every Snapshot it takes.
     StoppedMember { why: StoppedWhy },
@@ -42,7 +57,7 @@ impl Capture {
     pub fn mode_name(&self) -> &'static str {
         match self {
             Capture::VolumeSnapshot { .. } => "volumeSnapshot",
-            Capture::FsyncLock => "fsyncLock",
+            Capture::FsyncLock { .. } => "fsyncLock",
             Capture::StoppedMember { .. } => "stoppedMember",
         }
     }
@@ -50,6 +65,20 @@ impl Capture {
     /// Whether copies made this way are ones mongod can recover from.
     pub fn is_consistent(&self) -> bool {
         !matches!(self, Capture::StoppedMember { .. })
+    }
+
+    /// The lock this capture takes on the member, if any: mode fsyncLock, or volumeSnapshot
+    /// with quiesce fsyncLock.
+    pub fn lock(&self) -> Option<LockSpec> {
+        match self {
+            Capture::FsyncLock { lock }
+            | Capture::VolumeSnapshot {
+                quiesce: Quiesce::FsyncLock,
+                lock,
+                ..
+            } => Some(*lock),
+            _ => None,
+        }
     }
 
     /// One sentence for the Snapshot's Consistent condition.
@@ -63,7 +92,7 @@ impl Capture {
                 quiesce: Quiesce::None,
                 ..
             } => "copied from a crash-consistent VolumeSnapshot of the data volume (mongod recovers from it when its journal is on that volume, its default layout)".into(),
-            Capture::FsyncLock => "copied while the member was fsyncLocked".into(),
+            Capture::FsyncLock { .. } => "copied while the member was fsyncLocked".into(),
             Capture::StoppedMember { why } => format!(
                 "{}: the files were copied as they are, which mongod can recover from only if the member was stopped; set spec.source.consistency.mode to volumeSnapshot (recommended) or fsyncLock",
                 match why {
@@ -85,6 +114,12 @@ pub fn capture(source: &MongoSource) -> Capture {
             why: StoppedWhy::Unset,
         };
     };
+    let lock = |default| LockSpec {
+        max_lock: c
+            .max_lock_seconds
+            .map_or(default, |s| Duration::from_secs(u64::from(s))),
+        allow_primary: c.allow_primary,
+    };
     match c.mode {
         ConsistencyMode::VolumeSnapshot => Capture::VolumeSnapshot {
             class: c.volume_snapshot_class_name.clone().unwrap_or_default(),
@@ -98,8 +133,11 @@ pub fn capture(source: &MongoSource) -> Capture {
                 .as_deref()
                 .and_then(|t| parse_timeout(t).ok())
                 .unwrap_or(DEFAULT_VOLUME_SNAPSHOT_TIMEOUT),
+            lock: lock(DEFAULT_CUT_LOCK),
         },
-        ConsistencyMode::FsyncLock => Capture::FsyncLock,
+        ConsistencyMode::FsyncLock => Capture::FsyncLock {
+            lock: lock(DEFAULT_COPY_LOCK),
+        },
         ConsistencyMode::StoppedMember => Capture::StoppedMember {
             why: StoppedWhy::Chosen,
         },
@@ -148,7 +186,11 @@ mod tests {
             Capture::VolumeSnapshot {
                 class: "csi".into(),
                 quiesce: Quiesce::None,
-                timeout: DEFAULT_VOLUME_SNAPSHOT_TIMEOUT
+                timeout: DEFAULT_VOLUME_SNAPSHOT_TIMEOUT,
+                lock: LockSpec {
+                    max_lock: DEFAULT_CUT_LOCK,
+                    allow_primary: false
+                }
             }
         );
         let with_conn = capture(&source(&format!(
@@ -170,5 +212,27 @@ mod tests {
             }
         );
         assert!(legacy.explanation().contains("the old name"));
+        assert_eq!(vs.lock(), None, "quiesce none takes no lock");
+        assert_eq!(with_conn.lock().map(|l| l.max_lock), Some(DEFAULT_CUT_LOCK));
+        let copy = capture(&source(&format!(
+            "{base}, connection: {{authMechanism: NONE}}, consistency: {{mode: fsyncLock}}}}"
+        )));
+        assert_eq!(
+            copy.lock(),
+            Some(LockSpec {
+                max_lock: DEFAULT_COPY_LOCK,
+                allow_primary: false
+            })
+        );
+        let short = capture(&source(&format!(
+            "{base}, connection: {{authMechanism: NONE}}, consistency: {{mode: fsyncLock, maxLockSeconds: 2, allowPrimary: true}}}}"
+        )));
+        assert_eq!(
+            short.lock(),
+            Some(LockSpec {
+                max_lock: Duration::from_secs(2),
+                allow_primary: true
+            })
+        );
     }
 }

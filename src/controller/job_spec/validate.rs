@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::backup_job::{AuthMechanism, BackupJobSpec, MongoSource, Quiesce, SyncSourceMode};
+use crate::api::backup_job::{AuthMechanism, BackupJobSpec, MongoSource, SyncSourceMode};
 
 use super::consistency::{Capture, capture, parse_timeout};
 use super::schedule::CronSchedule;
@@ -320,22 +320,28 @@ fn check_source(s: &MongoSource, problems: &mut Vec<Problem>) {
     {
         bad(format!("spec.source.consistency.volumeSnapshotTimeout {e}"));
     }
-    match capture(s) {
-        Capture::FsyncLock => bad(
-            "spec.source.consistency.mode fsyncLock: not supported by this operator version yet; use volumeSnapshot (a CSI VolumeSnapshot of the data volume)"
-                .to_string(),
-        ),
-        Capture::VolumeSnapshot {
-            quiesce: Quiesce::FsyncLock,
-            ..
-        } => bad(format!(
-            "spec.source.consistency.quiesce fsyncLock{}: not supported by this operator version yet; set quiesce: none (a crash-consistent cut, which mongod recovers from when its journal is on the data volume, its default layout)",
-            if s.consistency.as_ref().and_then(|c| c.quiesce).is_none() {
-                " (the default with source.connection)"
-            } else {
-                ""
+    let capture = capture(s);
+    if let Some(lock) = capture.lock() {
+        let field = match &capture {
+            Capture::FsyncLock { .. } => "spec.source.consistency.mode fsyncLock",
+            _ if s.consistency.as_ref().and_then(|c| c.quiesce).is_some() => {
+                "spec.source.consistency.quiesce fsyncLock"
             }
-        )),
+            _ => "spec.source.consistency.quiesce fsyncLock (the default with source.connection)",
+        };
+        if s.connection.is_none() {
+            bad(format!(
+                "{field}: needs spec.source.connection (the operator locks the member through it)"
+            ));
+        }
+        let sync = s.sync_source.clone().unwrap_or_default().mode;
+        if sync == SyncSourceMode::Primary && !lock.allow_primary {
+            bad(format!(
+                "{field} with spec.source.syncSource.mode primary: locking the primary stops every write of the replica set; set spec.source.consistency.allowPrimary: true to allow it, or copy a secondary"
+            ));
+        }
+    }
+    match capture {
         Capture::VolumeSnapshot { class, .. } if class.is_empty() => bad(
             "spec.source.consistency.volumeSnapshotClassName: required with mode volumeSnapshot"
                 .to_string(),
@@ -503,6 +509,43 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
             messages(&spec(&x509)),
             vec!["spec.source.connection.authMechanism MONGODB-X509 needs tls.enabled"]
         );
+    }
+
+    /// Issue 17: a lock needs a connection to lock through, and the primary is locked only
+    /// when the spec allows it.
+    #[test]
+    fn locks_need_a_connection_and_spare_the_primary() {
+        let copy = GOOD.replace(
+            "  syncSource: {mode: member, member: rs0-1}",
+            "  syncSource: {mode: member, member: rs0-1}\n  consistency: {mode: fsyncLock}",
+        );
+        assert_eq!(
+            messages(&spec(&copy)),
+            vec![
+                "spec.source.consistency.mode fsyncLock: needs spec.source.connection (the operator locks the member through it)"
+            ]
+        );
+        let primary = GOOD.replace(
+            "  syncSource: {mode: member, member: rs0-1}",
+            "  syncSource: {mode: primary}\n  connection: {authMechanism: NONE}\n  consistency: {mode: volumeSnapshot, volumeSnapshotClassName: csi}",
+        );
+        let m = messages(&spec(&primary));
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(
+            m[0].starts_with("spec.source.consistency.quiesce fsyncLock (the default with source.connection) with spec.source.syncSource.mode primary"),
+            "{m:?}"
+        );
+        assert!(m[0].contains("allowPrimary: true"), "{m:?}");
+        let allowed = primary.replace(
+            "volumeSnapshotClassName: csi}",
+            "volumeSnapshotClassName: csi, allowPrimary: true}",
+        );
+        assert!(messages(&spec(&allowed)).is_empty());
+        let unlocked_cut = primary.replace(
+            "volumeSnapshotClassName: csi}",
+            "volumeSnapshotClassName: csi, quiesce: none}",
+        );
+        assert!(messages(&spec(&unlocked_cut)).is_empty());
     }
 
     #[test]

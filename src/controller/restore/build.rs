@@ -34,6 +34,8 @@ pub struct RestorePlan<'a> {
     pub image: &'a str,
     /// Seconds between progress reports (the agent's default when 2).
     pub progress_interval: f64,
+    /// Extra environment (the operator's --agent-env).
+    pub agent_env: &'a [(String, String)],
     /// The KmipServer of a KMIP job, with its active master key id.
     pub kmip: Option<(&'a KmipServer, &'a str)>,
 }
@@ -53,6 +55,7 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     let (tmp_volume, tmp_mount, mut envs) = agent_basics(
         ns.as_deref().unwrap_or_default(),
         ("SNAPCRYPT_RESTORE", &name),
+        p.agent_env,
     );
     let mut volumes = vec![
         Volume {
@@ -268,6 +271,7 @@ mod tests {
             snapshot_id: "3f2a",
             image: "snapcrypt:test",
             progress_interval: 2.0,
+            agent_env: &[],
             kmip: None,
         })
         .expect("pod");
@@ -321,6 +325,7 @@ mod tests {
             snapshot_id: "3f2a",
             image: "i",
             progress_interval: 2.0,
+            agent_env: &[],
             kmip: None,
         })
         .expect("pod");
@@ -341,6 +346,7 @@ mod tests {
             snapshot_id: "x",
             image: "i",
             progress_interval: 2.0,
+            agent_env: &[],
             kmip: None,
         })
         .expect_err("no key");

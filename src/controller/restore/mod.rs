@@ -324,6 +324,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         snapshot_id: &id,
         image: &ctx.config.agent_image,
         progress_interval: ctx.config.agent_progress_interval,
+        agent_env: &ctx.config.agent_env,
         kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
     }) {
         Ok(p) => p,

@@ -8,6 +8,8 @@
 
 pub mod build;
 mod dereference;
+pub mod hold;
+mod locking;
 mod plan;
 mod release;
 mod start;
@@ -21,15 +23,19 @@ use kube::{Api, ResourceExt};
 
 use self::build::status::{Step, next_status};
 use self::dereference::{World, dereference};
-use self::plan::{Plan, forgotten_siblings, leftover_captures, plan, recover_from_pods};
+use self::plan::{
+    Plan, after_failure, forgotten_siblings, leftover_captures, plan, recover_from_pods,
+};
 use self::release::release;
-use self::start::{start_attempt, start_from_volume};
+use self::start::{Started, start_attempt, start_from_volume};
 use super::agent::owning_agent_pods;
 use super::reason::Reason;
 use super::{Context, apply_status};
 use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::RunPhase;
 use crate::api::{Snapshot, SnapshotStatus};
+use crate::mongo::lock::LockError;
+use k8s_openapi::api::core::v1::Pod;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "snapshot";
@@ -79,6 +85,13 @@ pub enum Error {
     },
     #[error("Snapshot {snapshot}: creating pod {pod}: {source}")]
     ApplyPod {
+        snapshot: String,
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Snapshot {snapshot}: deleting pod {pod}, whose copy lost its lock: {source}")]
+    StopPod {
         snapshot: String,
         pod: String,
         #[source]
@@ -140,12 +153,42 @@ fn error_policy(snap: Arc<Snapshot>, err: &Error, ctx: Arc<Context>) -> Action {
 ))]
 async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
-    let prev = snap.status.clone().unwrap_or_default();
+    let mut prev = snap.status.clone().unwrap_or_default();
     let original = prev.clone();
     if snap.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed) {
+    let finished = |s: &SnapshotStatus| matches!(s.phase, RunPhase::Succeeded | RunPhase::Failed);
+
+    // 0. A lock on the member that this process does not hold (its holder was lost when the
+    //    operator restarted, or its unlock failed) is undone first; the attempt it was for
+    //    cannot count on it any more.
+    let mut lock_lost = None;
+    if locking::lost(&snap, &prev, &ctx)
+        && let Some((_, lock)) = locking::recorded(&snap, &prev)
+    {
+        let world = dereference(&snap, &ctx.client).await?;
+        let capture = prev.capture.clone().unwrap_or_default();
+        let after = locking::recover(
+            &snap,
+            world.job.as_ref(),
+            &lock,
+            &capture.mode,
+            capture.attempt,
+            &ctx,
+        )
+        .await?;
+        lock_lost = after.message.clone();
+        if let Some(c) = prev.capture.as_mut() {
+            c.lock = Some(after);
+        }
+        if finished(&prev) {
+            write_status(&snap, &prev, &ctx).await?;
+            return Ok(Action::requeue(locking::UNLOCK_RETRY));
+        }
+    }
+
+    if finished(&prev) {
         // A finished Snapshot's volume capture (VolumeSnapshot, restored claim, the pods
         // reading it) goes once; status says when it has.
         if prev
@@ -167,25 +210,47 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
 
     // 1. Dereference: the job, its other Snapshots, this Snapshot's pods.
     let world = dereference(&snap, &ctx.client).await?;
-    let prev = recover_from_pods(prev, &world.pods);
+    let mut prev = recover_from_pods(prev, &world.pods);
 
     // 2. Plan (pure): what the current pod's state means, or whether a pod may start.
-    let (step, requeue) = match (plan(&snap, &prev, &world, now), world.job.as_ref()) {
-        (Plan::Step(step, requeue), _) => (step, requeue),
-        // 3-5. Validate, choose a member, build and apply the pod.
-        (
-            Plan::Start {
-                attempt,
-                retry_after,
-            },
-            Some(job),
-        ) => start_attempt(&snap, job, attempt, retry_after, &ctx).await?,
-        (Plan::StartFromVolume { attempt, vs, cut }, Some(job)) => {
-            start_from_volume(&snap, job, attempt, &vs, cut, &ctx).await?
+    let mut next = plan(&snap, &prev, &world, now);
+    //    The copy's lock (mode fsyncLock) goes once the attempt is over; a lock that ended
+    //    before the copy did (maxLockSeconds, an election), or was lost, fails the attempt.
+    if let Some(job) = world.job.as_ref() {
+        let ended_early = match lock_lost {
+            Some(why) => Some(why),
+            None => release_copy_lock(&snap, &mut prev, &next, &ctx).await,
+        };
+        if let Some(why) = ended_early
+            && copy_under_way(&next)
+        {
+            stop_pods(&snap, &world, &ctx).await?;
+            next = after_failure(prev.attempts, job, why, None);
         }
-        // plan() starts nothing without a job.
-        (Plan::Start { .. } | Plan::StartFromVolume { .. }, None) => {
-            return Ok(Action::requeue(RECHECK));
+    }
+
+    // 3-5. Validate, choose a member, lock it if the capture says, build and apply the pod.
+    //      An attempt whose lock was not taken fails, and the next one (if any) starts.
+    let (step, requeue) = loop {
+        match (next, world.job.as_ref()) {
+            (Plan::Step(step, requeue), _) => break (step, requeue),
+            (
+                Plan::Start {
+                    attempt,
+                    retry_after,
+                },
+                Some(job),
+            ) => match start_attempt(&snap, job, &mut prev, attempt, retry_after, &ctx).await? {
+                Started::Step(step, requeue) => break (step, requeue),
+                Started::AttemptFailed(why) => next = after_failure(attempt, job, why, None),
+            },
+            (Plan::StartFromVolume { attempt, vs, cut }, Some(job)) => {
+                break start_from_volume(&snap, job, attempt, &vs, cut, &ctx).await?;
+            }
+            // plan() starts nothing without a job.
+            (Plan::Start { .. } | Plan::StartFromVolume { .. }, None) => {
+                return Ok(Action::requeue(RECHECK));
+            }
         }
     };
 
@@ -198,26 +263,25 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
     // 7. Update status, and announce transitions. Captures of earlier attempts go first; the
     //    last one goes once the finished status is written (the branch at the top).
     let status = next_status(&prev, &step, snap.metadata.generation, now);
-    let finished = matches!(status.phase, RunPhase::Succeeded | RunPhase::Failed);
+    let done = finished(&status);
     let current = status
         .capture
         .as_ref()
         .map_or(status.attempts, |c| c.attempt);
-    if !finished {
+    if !done {
         release(&snap, leftover_captures(&world, false, current), &ctx).await?;
     }
     if status != original {
         write_status(&snap, &status, &ctx).await?;
     }
     announce(&snap, &prev, &status, &step, &ctx).await;
-    if matches!(status.phase, RunPhase::Succeeded | RunPhase::Failed) && prev.phase != status.phase
-    {
+    if done && prev.phase != status.phase {
         ctx.metrics.finished(&format!("{:?}", status.phase));
     }
     ctx.reconciled(CONTROLLER, snap.as_ref());
     // A finished volume capture is released by the next reconcile (the status write wakes it;
     // the requeue is for a missed wake).
-    if finished
+    if done
         && status
             .capture
             .as_ref()
@@ -225,10 +289,95 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
     {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
+    // A copy under a lock is looked at often: the lock can end without any object changing.
+    if locking::recorded(&snap, &status).is_some_and(|(key, _)| ctx.holds.holds(&key)) {
+        return Ok(Action::requeue(locking::LOCK_RECHECK));
+    }
     Ok(match requeue {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+/// Whether `next` is the current attempt's copy going on or just finished well (what a lock
+/// that ended early must fail).
+fn copy_under_way(next: &Plan) -> bool {
+    matches!(
+        next,
+        Plan::Step(
+            Step::PodPending { .. } | Step::PodRunning { .. } | Step::Succeeded { .. },
+            _
+        )
+    )
+}
+
+/// Release the current attempt's copy lock if this process holds it and the attempt is over
+/// (or the lock ended on its own), recording it in `prev`. Returns why the lock ended before
+/// the copy did, if it did.
+async fn release_copy_lock(
+    snap: &Snapshot,
+    prev: &mut SnapshotStatus,
+    next: &Plan,
+    ctx: &Context,
+) -> Option<String> {
+    let (key, lock) = locking::recorded(snap, prev)?;
+    if !ctx.holds.holds(&key) {
+        return None;
+    }
+    let copying = matches!(
+        next,
+        Plan::Step(Step::PodPending { .. } | Step::PodRunning { .. }, _)
+    );
+    if copying && !ctx.holds.ended(&key) {
+        return None;
+    }
+    let mode = prev
+        .capture
+        .as_ref()
+        .map(|c| c.mode.clone())
+        .unwrap_or_default();
+    let (after, result) = locking::release(snap, &key, &lock, &mode, ctx).await?;
+    if let Some(c) = prev.capture.as_mut() {
+        c.lock = Some(after);
+    }
+    match result {
+        // The copy was whole under the lock; an unlock that failed is retried (step 0).
+        Ok(_) | Err(LockError::Unlock { .. }) => None,
+        Err(e) => Some(format!("the copy's lock ended before the copy did: {e}")),
+    }
+}
+
+/// Delete this Snapshot's unfinished pods (a copy that can no longer be consistent).
+async fn stop_pods(snap: &Snapshot, world: &World, ctx: &Context) -> Result<(), Error> {
+    use kube::api::{DeleteParams, Preconditions};
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
+    for pod in world.pods.iter().filter(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+    }) {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: pod.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&pod.name_any(), &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(source) => {
+                return Err(Error::StopPod {
+                    snapshot: snap.name_any(),
+                    pod: pod.name_any(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Write `status` (server-side apply of the status subresource).

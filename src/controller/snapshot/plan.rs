@@ -232,7 +232,12 @@ fn pending_too_long(pod: &Pod, job: &BackupJob, now: jiff::Timestamp) -> Option<
 
 /// After attempt `attempts` failed with `message`: the next attempt, or give up once
 /// `spec.backoffLimit` retries are spent. Pure.
-fn after_failure(attempts: u32, job: &BackupJob, message: String, finished: Option<Time>) -> Plan {
+pub(super) fn after_failure(
+    attempts: u32,
+    job: &BackupJob,
+    message: String,
+    finished: Option<Time>,
+) -> Plan {
     if attempts <= job.spec.backoff_limit {
         Plan::Start {
             attempt: attempts + 1,
@@ -331,6 +336,7 @@ pub(super) fn capturing(attempt: u32, vs: &DynamicObject, capture: &Capture) -> 
             clone_claim: None,
             point_in_time: None,
             released: false,
+            lock: None,
         },
         consistency: Consistency::of(capture),
     }

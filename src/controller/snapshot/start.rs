@@ -11,25 +11,51 @@ use kube::api::{DynamicObject, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::build::pod::{PodError, PodPlan, RunAs, member_run_as, snapshot_pod};
-use super::build::status::{Consistency, Step};
-use super::build::volume::{self, volume_snapshot};
+use super::build::status::{Consistency, Step, next_status};
+use super::build::volume::{self, cut_or_failed, volume_snapshot};
 use super::dereference::{connection_settings, list_member_pods};
+use super::hold::HoldKey;
+use super::locking::{self, LOCK_RECHECK};
 use super::plan::capturing;
-use super::{CAPTURE_RECHECK, Error, RECHECK};
-use crate::api::snapshot::{CaptureStatus, MemberChoice};
-use crate::api::{BackupJob, Snapshot};
+use super::{CAPTURE_RECHECK, Error, RECHECK, write_status};
+use crate::api::snapshot::{CaptureStatus, LockStatus, MemberChoice};
+use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::agent::identity::apply_agent_identity;
 use crate::controller::agent::job::{Blocked, Needs, check_job, job_kmip};
 use crate::controller::job_spec::consistency::{Capture, capture};
 use crate::controller::reason::Reason;
 use crate::controller::{Context, apply};
-use crate::mongo::{self, Answer, MemberAddress, MemberPod, MemberReport};
+use crate::mongo::lock::{LockError, LockTarget};
+use crate::mongo::{self, Answer, ConnectionSettings, MemberAddress, MemberPod, MemberReport};
+
+/// How often the cut of a VolumeSnapshot taken under a lock is looked at.
+const CUT_POLL: Duration = Duration::from_millis(200);
 
 /// The replica set as read for one attempt: its pods, and what each member said.
 struct Members {
     pods: Vec<Pod>,
     members: Vec<MemberPod>,
     reports: Vec<MemberReport>,
+    /// How they were reached (None: no connection configured).
+    settings: Option<ConnectionSettings>,
+}
+
+/// What starting an attempt came to.
+// One exists per reconcile, briefly: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(super) enum Started {
+    /// This status step; look again after the duration (None: on the next change).
+    Step(Step, Option<Duration>),
+    /// The attempt failed before its cut or copy began: the lock was not taken, or ended
+    /// before the cut (plan's after_failure decides whether another attempt starts).
+    AttemptFailed(String),
+}
+
+impl From<(Step, Option<Duration>)> for Started {
+    fn from((step, requeue): (Step, Option<Duration>)) -> Self {
+        Started::Step(step, requeue)
+    }
 }
 
 /// The member an attempt copies, with everything its pod needs.
@@ -41,30 +67,32 @@ struct Chosen {
     run_as: RunAs,
 }
 
-/// Start attempt `attempt`. Returns the step for status and when to look again.
+/// Start attempt `attempt`. Returns the step for status and when to look again. A lock on
+/// the member is recorded in `prev` (written to status) before it is asked for.
 pub(super) async fn start_attempt(
     snap: &Snapshot,
     job: &BackupJob,
+    prev: &mut SnapshotStatus,
     attempt: u32,
     retry_after: Option<String>,
     ctx: &Context,
-) -> Result<(Step, Option<Duration>), Error> {
+) -> Result<Started, Error> {
     let ns = snap.namespace().unwrap_or_default();
     let name = snap.name_any();
 
     // Validate the job (pure) against what it references (read here).
     if let Some(b) = job_blocked(snap, job, ctx).await? {
-        return Ok(wait(b));
+        return Ok(wait(b).into());
     }
 
     // Read the members, ask them, and choose (pure).
     let members = match read_members(&name, &ns, job, ctx).await? {
         Ok(m) => m,
-        Err(b) => return Ok(wait(b)),
+        Err(b) => return Ok(wait(b).into()),
     };
     let chosen = match choose(job, &members) {
         Ok(c) => c,
-        Err(b) => return Ok(wait(b)),
+        Err(b) => return Ok(wait(b).into()),
     };
     let capture = capture(&job.spec.source);
     let member = MemberChoice {
@@ -72,6 +100,25 @@ pub(super) async fn start_attempt(
         node: Some(chosen.node.clone()),
         role: Some(chosen.choice.role.clone()),
         reason: chosen.choice.reason.clone(),
+    };
+    // The member's lock, when the capture takes one.
+    let lock = match capture.lock() {
+        None => None,
+        Some(spec) => {
+            let host = members
+                .members
+                .iter()
+                .find(|m| m.name == member.pod)
+                .and_then(|m| m.host.clone());
+            match locking::target(job, &member.pod, host, spec.allow_primary) {
+                Ok(target) => Some(Lock {
+                    target,
+                    settings: members.settings.clone().unwrap_or_default(),
+                    max_lock: spec.max_lock,
+                }),
+                Err(b) => return Ok(wait(b).into()),
+            }
+        }
     };
 
     // Mode volumeSnapshot: cut the VolumeSnapshot first; the pod comes once it is ready.
@@ -85,29 +132,62 @@ pub(super) async fn start_attempt(
             chosen.run_as,
         ) {
             Ok(vs) => vs,
-            Err(e) => return Ok((invalid(e), None)),
+            Err(e) => return Ok((invalid(e), None).into()),
         };
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), &ns, &volume::api_resource());
         let capture_step = || {
             let mut step = capturing(attempt, &vs, &capture);
             if let (Step::Capturing { message, .. }, Some(why)) = (&mut step, &retry_after) {
                 *message = format!("attempt {} failed: {why}; retrying: {message}", attempt - 1);
             }
-            Ok((step, Some(CAPTURE_RECHECK)))
+            Started::Step(step, Some(CAPTURE_RECHECK))
         };
-        return match api.create(&PostParams::default(), &vs).await {
-            Ok(_) => capture_step(),
-            Err(kube::Error::Api(e)) if e.code == 409 => capture_step(),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(wait(Blocked {
-                reason: Reason::VolumeSnapshotsUnavailable,
-                message: "spec.source.consistency.mode volumeSnapshot: this cluster serves no snapshot.storage.k8s.io/v1 VolumeSnapshot API (install the CSI external-snapshotter and a driver that supports snapshots)".into(),
-            })),
-            Err(source) => Err(Error::ApplyCapture {
-                snapshot: name,
-                object: vs.name_any(),
-                source,
-            }),
+        let Some(lock) = lock else {
+            return Ok(match cut_volume(snap, &vs, None, ctx).await? {
+                Ok(()) => capture_step(),
+                Err(b) => wait(b).into(),
+            });
+        };
+        // Quiesce: lock, cut, unlock; the lock lasts as long as the cut.
+        let held = CaptureStatus {
+            mode: capture.mode_name().into(),
+            attempt,
+            volume_snapshot: Some(vs.name_any()),
+            lock: Some(locking::asking(&member.pod)),
+            ..Default::default()
+        };
+        let message = format!(
+            "locking writes on member {} (fsyncLock) to cut VolumeSnapshot {}",
+            member.pod,
+            vs.name_any()
+        );
+        let key = locking::key(snap, attempt);
+        let asked = quiesce(snap, prev, &member, held, &capture, message, ctx).await?;
+        let before = match ctx
+            .holds
+            .take(
+                key.clone(),
+                lock.target,
+                lock.settings,
+                locking::limits(lock.max_lock),
+            )
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => return Ok(not_taken(snap, prev, &asked, e, &capture, ctx).await),
+        };
+        let locked = locking::taken(&asked, before, jiff::Timestamp::now());
+        let made = cut_volume(snap, &vs, Some(&key), ctx).await;
+        let released = locking::release(snap, &key, &locked, capture.mode_name(), ctx).await;
+        if let Some((after, _)) = &released {
+            set_lock(prev, after.clone());
+        }
+        return match (made?, released) {
+            (Err(b), _) => Ok(wait(b).into()),
+            (Ok(()), Some((_, Err(e)))) => Ok(Started::AttemptFailed(format!(
+                "VolumeSnapshot {}: {e}",
+                vs.name_any()
+            ))),
+            (Ok(()), _) => Ok(capture_step()),
         };
     }
 
@@ -118,7 +198,7 @@ pub(super) async fn start_attempt(
         .and_then(|p| p.spec.as_ref())
         .and_then(|s| s.tolerations.clone())
         .unwrap_or_default();
-    let started = Attempt {
+    let mut started = Attempt {
         attempt,
         tolerations,
         member,
@@ -133,7 +213,157 @@ pub(super) async fn start_attempt(
         },
         consistency: Consistency::of(&capture),
     };
-    start_pod(snap, job, started, ctx).await
+    let Some(lock) = lock else {
+        return start_pod(snap, job, started, ctx).await.map(Started::from);
+    };
+
+    // Mode fsyncLock: everything the pod needs first, then the lock, then the pod; the lock
+    // is released once the pod has finished (the reconcile that sees it).
+    let pod = match prepare_pod(snap, job, &started, ctx).await? {
+        Ok(p) => p,
+        Err(step) => return Ok(step.into()),
+    };
+    let mut held = started.capture.clone();
+    held.lock = Some(locking::asking(&started.member.pod));
+    let message = format!(
+        "locking writes on member {} (fsyncLock) for the copy",
+        started.member.pod
+    );
+    let asked = quiesce(snap, prev, &started.member, held, &capture, message, ctx).await?;
+    let key = locking::key(snap, attempt);
+    let before = match ctx
+        .holds
+        .take(
+            key.clone(),
+            lock.target,
+            lock.settings,
+            locking::limits(lock.max_lock),
+        )
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => return Ok(not_taken(snap, prev, &asked, e, &capture, ctx).await),
+    };
+    let locked = locking::taken(&asked, before, jiff::Timestamp::now());
+    started.capture.lock = Some(locked.clone());
+    match launch_pod(snap, job, pod, started, ctx).await {
+        Ok((step, _)) => Ok(Started::Step(step, Some(LOCK_RECHECK))),
+        Err(e) => {
+            // No pod to copy: nothing to hold the member for.
+            if let Some((after, _)) =
+                locking::release(snap, &key, &locked, capture.mode_name(), ctx).await
+            {
+                set_lock(prev, after);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A member lock to take: where, how, and for how long at most.
+struct Lock {
+    target: LockTarget,
+    settings: ConnectionSettings,
+    max_lock: Duration,
+}
+
+/// Write the Quiescing status of an attempt about to lock its member (so that a lock whose
+/// holder is lost is found), announce it, and make it `prev`. Returns the lock as recorded.
+async fn quiesce(
+    snap: &Snapshot,
+    prev: &mut SnapshotStatus,
+    member: &MemberChoice,
+    capture_status: CaptureStatus,
+    capture: &Capture,
+    message: String,
+    ctx: &Context,
+) -> Result<LockStatus, Error> {
+    let lock = capture_status.lock.clone().unwrap_or_default();
+    let step = Step::Quiescing {
+        attempt: capture_status.attempt,
+        member: member.clone(),
+        capture: capture_status,
+        consistency: Consistency::of(capture),
+        message,
+    };
+    let status = next_status(
+        prev,
+        &step,
+        snap.metadata.generation,
+        jiff::Timestamp::now(),
+    );
+    write_status(snap, &status, ctx).await?;
+    ctx.announce(snap, &prev.conditions, &status.conditions)
+        .await;
+    *prev = status;
+    Ok(lock)
+}
+
+/// The lock was not taken (`e` says why): record and announce it; the attempt failed.
+async fn not_taken(
+    snap: &Snapshot,
+    prev: &mut SnapshotStatus,
+    asked: &LockStatus,
+    e: LockError,
+    capture: &Capture,
+    ctx: &Context,
+) -> Started {
+    let message = e.to_string();
+    let after = locking::settled(asked, &Err(e), jiff::Timestamp::now());
+    let attempt = prev.capture.as_ref().map_or(prev.attempts, |c| c.attempt);
+    locking::announce(snap, attempt, &after, capture.mode_name(), ctx).await;
+    set_lock(prev, after);
+    Started::AttemptFailed(message)
+}
+
+/// Record `lock` as the current attempt's in `prev`.
+fn set_lock(prev: &mut SnapshotStatus, lock: LockStatus) {
+    if let Some(c) = prev.capture.as_mut() {
+        c.lock = Some(lock);
+    }
+}
+
+/// Create VolumeSnapshot `vs` (an existing one of the same name is this attempt's). Under a
+/// lock (`held`), wait until the snapshotter has cut it, failed it, or the lock ended.
+async fn cut_volume(
+    snap: &Snapshot,
+    vs: &DynamicObject,
+    held: Option<&HoldKey>,
+    ctx: &Context,
+) -> Result<Result<(), Blocked>, Error> {
+    let ns = snap.namespace().unwrap_or_default();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &volume::api_resource());
+    match api.create(&PostParams::default(), vs).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            return Ok(Err(Blocked {
+                reason: Reason::VolumeSnapshotsUnavailable,
+                message: "spec.source.consistency.mode volumeSnapshot: this cluster serves no snapshot.storage.k8s.io/v1 VolumeSnapshot API (install the CSI external-snapshotter and a driver that supports snapshots)".into(),
+            }));
+        }
+        Err(source) => {
+            return Err(Error::ApplyCapture {
+                snapshot: snap.name_any(),
+                object: vs.name_any(),
+                source,
+            });
+        }
+    }
+    let Some(key) = held else {
+        return Ok(Ok(()));
+    };
+    // The lock's own deadline (maxLockSeconds) ends this wait: its task stops on it.
+    while !ctx.holds.ended(key) {
+        match api.get_opt(&vs.name_any()).await {
+            Ok(Some(now)) if cut_or_failed(&now) => break,
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "reading the VolumeSnapshot being cut"),
+        }
+        tokio::time::sleep(CUT_POLL).await;
+    }
+    Ok(Ok(()))
 }
 
 /// Start the pod of attempt `attempt`, whose VolumeSnapshot `vs` is ready (cut at `cut`):
@@ -194,6 +424,7 @@ pub(super) async fn start_from_volume(
             clone_claim: Some(clone.name_any()),
             point_in_time: cut,
             released: false,
+            lock: None,
         },
         consistency: Consistency::of(&capture),
     };
@@ -222,20 +453,31 @@ async fn start_pod(
     a: Attempt<'_>,
     ctx: &Context,
 ) -> Result<(Step, Option<Duration>), Error> {
+    match prepare_pod(snap, job, &a, ctx).await? {
+        Ok(pod) => launch_pod(snap, job, pod, a, ctx).await,
+        Err(step) => Ok(step),
+    }
+}
+
+/// The attempt's pod, built (pure) with the job's KmipServer and its active key; or the step
+/// saying why it cannot be.
+async fn prepare_pod(
+    snap: &Snapshot,
+    job: &BackupJob,
+    a: &Attempt<'_>,
+    ctx: &Context,
+) -> Result<Result<Pod, (Step, Option<Duration>)>, Error> {
     let ns = snap.namespace().unwrap_or_default();
-    let name = snap.name_any();
     // A KMIP job needs its KmipServer, with an active master key.
     let kmip = match job_kmip(&ctx.client, &ns, job)
         .await
-        .map_err(Error::dereference(&name, "KmipServer"))?
+        .map_err(Error::dereference(&snap.name_any(), "KmipServer"))?
     {
         Ok(k) => k,
-        Err(b) => return Ok(wait(b)),
+        Err(b) => return Ok(Err(wait(b))),
     };
-
-    // Build (pure).
     let role = a.member.role.clone().unwrap_or_default();
-    let pod = match snapshot_pod(&PodPlan {
+    Ok(snapshot_pod(&PodPlan {
         snapshot: snap,
         job,
         attempt: a.attempt,
@@ -247,14 +489,23 @@ async fn start_pod(
         run_as: a.run_as,
         image: &ctx.config.agent_image,
         progress_interval: ctx.config.agent_progress_interval,
+        agent_env: &ctx.config.agent_env,
         kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
         member_tolerations: &a.tolerations,
-    }) {
-        Ok(p) => p,
-        Err(e) => return Ok((invalid(e), None)),
-    };
+    })
+    .map_err(|e| (invalid(e), None)))
+}
 
-    // Apply: the agent's ServiceAccount, Role and RoleBinding, then the pod.
+/// Apply the agent's ServiceAccount, Role and RoleBinding, then `pod`.
+async fn launch_pod(
+    snap: &Snapshot,
+    job: &BackupJob,
+    pod: Pod,
+    a: Attempt<'_>,
+    ctx: &Context,
+) -> Result<(Step, Option<Duration>), Error> {
+    let ns = snap.namespace().unwrap_or_default();
+    let name = snap.name_any();
     apply_agent_identity(ctx, &ns, job)
         .await
         .map_err(|(object, source)| Error::ApplyRbac {
@@ -337,7 +588,7 @@ async fn read_members(
         }));
     };
     let members = mongo::member_pods(&pods, &source.data_volume_name, &ctx.config.cluster_domain);
-    let reports = match &source.connection {
+    let (reports, settings) = match &source.connection {
         Some(_) => {
             let settings = connection_settings(&ctx.client, ns, source, ctx)
                 .await
@@ -351,14 +602,15 @@ async fn read_members(
                     port: None,
                 })
                 .collect();
-            mongo::ask_members(&addrs, &settings).await
+            (mongo::ask_members(&addrs, &settings).await, Some(settings))
         }
-        None => not_asked(&members),
+        None => (not_asked(&members), None),
     };
     Ok(Ok(Members {
         pods,
         members,
         reports,
+        settings,
     }))
 }
 
@@ -431,6 +683,7 @@ mod tests {
             pods,
             members,
             reports,
+            settings: None,
         }
     }
 

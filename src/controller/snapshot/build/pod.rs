@@ -62,6 +62,8 @@ pub struct PodPlan<'a> {
     pub image: &'a str,
     /// Seconds between progress reports (the agent's default when 2).
     pub progress_interval: f64,
+    /// Extra environment (the operator's --agent-env).
+    pub agent_env: &'a [(String, String)],
     /// The KmipServer of a KMIP job, with its active master key id (from its status).
     pub kmip: Option<(&'a KmipServer, &'a str)>,
     /// The member pod's tolerations (a pod on the member's node needs them on a tainted node).
@@ -107,6 +109,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     let (tmp_volume, tmp_mount, mut envs) = agent_basics(
         ns.as_deref().unwrap_or_default(),
         ("SNAPCRYPT_SNAPSHOT", &snap_name),
+        p.agent_env,
     );
     let mut volumes = vec![
         Volume {
@@ -372,6 +375,7 @@ spec:
             run_as: RunAs { uid: 999, gid: 999 },
             image: "snapcrypt:test",
             progress_interval: 2.0,
+            agent_env: &[],
             kmip: None,
             member_tolerations: &[],
         }
@@ -661,6 +665,29 @@ spec:
                 .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
                     == Some("kmip-tls"))
         );
+    }
+
+    #[test]
+    fn extra_environment_comes_first_and_never_replaces_the_agents() {
+        let job = job(PVC_LOCAL);
+        let snap = snapshot();
+        let extra = [
+            ("HTTPS_PROXY".to_string(), "http://proxy:3128".to_string()),
+            ("SNAPCRYPT_NAMESPACE".to_string(), "elsewhere".to_string()),
+        ];
+        let pod = snapshot_pod(&PodPlan {
+            agent_env: &extra,
+            ..plan_for(&job, &snap)
+        })
+        .expect("pod");
+        let envs = container(&pod).env.clone().unwrap_or_default();
+        assert_eq!(envs[0].name, "HTTPS_PROXY");
+        let ns: Vec<_> = envs
+            .iter()
+            .filter(|e| e.name == "SNAPCRYPT_NAMESPACE")
+            .collect();
+        assert_eq!(ns.len(), 1);
+        assert_ne!(ns[0].value.as_deref(), Some("elsewhere"));
     }
 
     #[test]

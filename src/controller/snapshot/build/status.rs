@@ -16,6 +16,15 @@ use crate::engine::progress::human_bytes;
 pub enum Step {
     /// No pod can start yet (job missing, a problem in the spec, another run first, no member).
     Wait { reason: Reason, message: String },
+    /// The member's writes are being locked for attempt `attempt` (the status is written
+    /// before the lock is asked for, so that a lost holder's lock is found).
+    Quiescing {
+        attempt: u32,
+        member: MemberChoice,
+        capture: CaptureStatus,
+        consistency: Consistency,
+        message: String,
+    },
     /// The member's data volume is being snapshotted for attempt `attempt` (mode
     /// volumeSnapshot); the pod starts once the VolumeSnapshot is ready.
     Capturing {
@@ -64,10 +73,10 @@ impl Consistency {
     pub fn of(capture: &Capture) -> Consistency {
         Consistency {
             consistent: capture.is_consistent(),
-            reason: if capture.is_consistent() {
-                Reason::VolumeSnapshotCut
-            } else {
-                Reason::CopiedLive
+            reason: match capture {
+                Capture::VolumeSnapshot { .. } => Reason::VolumeSnapshotCut,
+                Capture::FsyncLock { .. } => Reason::CopiedUnderLock,
+                Capture::StoppedMember { .. } => Reason::CopiedLive,
             },
             message: capture.explanation(),
         }
@@ -98,6 +107,22 @@ pub fn next_status(
             s.message = Some(message.clone());
             conditions::waiting(*reason, message)
         }
+        Step::Quiescing {
+            attempt,
+            member,
+            capture,
+            consistency,
+            message,
+        } => {
+            s.phase = RunPhase::Quiescing;
+            s.attempts = *attempt;
+            s.member = Some(member.clone());
+            s.pod_name = None;
+            s.capture = Some(keep_lock(prev, capture));
+            s.message = Some(format!("attempt {attempt}: {message}"));
+            let c = conditions::under_way(Reason::Starting, Reason::Quiescing, message);
+            c.into_iter().chain([consistency.cond()]).collect()
+        }
         Step::Capturing {
             attempt,
             member,
@@ -108,7 +133,7 @@ pub fn next_status(
             s.phase = RunPhase::SnapshottingVolume;
             s.attempts = *attempt;
             s.member = Some(member.clone());
-            s.capture = Some(capture.clone());
+            s.capture = Some(keep_lock(prev, capture));
             s.message = Some(format!("attempt {attempt}: {message}"));
             let c = conditions::under_way(Reason::Starting, Reason::SnapshottingVolume, message);
             c.into_iter().chain([consistency.cond()]).collect()
@@ -125,7 +150,7 @@ pub fn next_status(
             s.attempts = *attempt;
             s.pod_name = Some(pod.clone());
             s.member = Some(member.clone());
-            s.capture = Some(capture.clone());
+            s.capture = Some(keep_lock(prev, capture));
             let msg = started_message(*attempt, pod, member, retry_after.as_deref(), capture);
             s.message = Some(msg.clone());
             let c = conditions::under_way(Reason::Starting, Reason::PodCreated, &msg);
@@ -193,6 +218,20 @@ pub fn next_status(
     }
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
     s
+}
+
+/// A step's capture, with the lock the previous status recorded for the same attempt when the
+/// step knows none (a step rebuilt from the VolumeSnapshot does not know the cut's lock).
+fn keep_lock(prev: &SnapshotStatus, capture: &CaptureStatus) -> CaptureStatus {
+    let mut c = capture.clone();
+    if c.lock.is_none() {
+        c.lock = prev
+            .capture
+            .as_ref()
+            .filter(|p| p.attempt == c.attempt)
+            .and_then(|p| p.lock.clone());
+    }
+    c
 }
 
 /// What a Started step says.

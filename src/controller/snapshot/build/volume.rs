@@ -174,6 +174,15 @@ pub fn volume_state(vs: &DynamicObject) -> VolumeState {
     VolumeState::Pending
 }
 
+/// Whether the snapshotter is done cutting `vs`: its creationTime is set (the data's instant
+/// is fixed, though an upload may go on), it is ready, or it failed. A lock for the cut may go.
+pub fn cut_or_failed(vs: &DynamicObject) -> bool {
+    let status = &vs.data["status"];
+    status["creationTime"].is_string()
+        || status["readyToUse"].as_bool() == Some(true)
+        || status["error"]["message"].is_string()
+}
+
 /// What `vs` has been waiting for, judged against `timeout` at `now`: None while it may still
 /// become ready, else the failure message.
 pub fn overdue(vs: &DynamicObject, timeout: Duration, now: jiff::Timestamp) -> Option<String> {

@@ -1,0 +1,363 @@
+//! The Snapshot controller's fsync locks: where a member is reached, what status says about a
+//! lock as it is taken and released (with an Event and the lock-duration metric), and how a
+//! lock whose holder was lost (the operator restarted while it held it) is found and undone.
+//!
+//! The lock itself is [`crate::mongo::lock`]; the tasks holding locks between reconciles are
+//! [`super::hold`].
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::Error;
+use super::dereference::{connection_settings, list_member_pods};
+use super::hold::HoldKey;
+use crate::api::snapshot::{LockState, LockStatus};
+use crate::api::{BackupJob, Snapshot, SnapshotStatus};
+use crate::controller::Context;
+use crate::controller::agent::job::Blocked;
+use crate::controller::reason::Reason;
+use crate::mongo::lock::{LockError, LockLimits, LockReport, LockTarget, unlock_abandoned};
+use crate::mongo::{self, ConnectionSettings};
+
+/// How often a held lock asks its member whether it is still a secondary.
+pub(super) const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often a Snapshot copying under a lock looks at the lock (an election or an overrun ends
+/// it without any change to the Snapshot's objects).
+pub(super) const LOCK_RECHECK: Duration = Duration::from_secs(2);
+/// How often an unlock that failed is tried again.
+pub(super) const UNLOCK_RETRY: Duration = Duration::from_secs(30);
+
+/// The key of attempt `attempt`'s lock of `snap`.
+pub(super) fn key(snap: &Snapshot, attempt: u32) -> HoldKey {
+    (snap.uid().unwrap_or_default(), attempt)
+}
+
+/// The key and the lock of the current attempt, as status records it.
+pub(super) fn recorded(snap: &Snapshot, status: &SnapshotStatus) -> Option<(HoldKey, LockStatus)> {
+    let c = status.capture.as_ref()?;
+    Some((key(snap, c.attempt), c.lock.clone()?))
+}
+
+/// Where member `member` (at `host`) is locked, by the job's connection. Pure.
+pub(super) fn target(
+    job: &BackupJob,
+    member: &str,
+    host: Option<String>,
+    allow_primary: bool,
+) -> Result<LockTarget, Blocked> {
+    let port = job
+        .spec
+        .source
+        .connection
+        .as_ref()
+        .map_or(27017, |c| c.port);
+    let host = host.ok_or_else(|| Blocked {
+        reason: Reason::NoSyncSource,
+        message: format!("member pod {member} has no address yet: it cannot be locked"),
+    })?;
+    Ok(LockTarget {
+        member: member.to_string(),
+        host,
+        port,
+        allow_primary,
+    })
+}
+
+/// The limits of a lock that may last `max_lock`.
+pub(super) fn limits(max_lock: Duration) -> LockLimits {
+    LockLimits {
+        max_lock,
+        check_every: LOCK_CHECK_EVERY,
+    }
+}
+
+/// A lock about to be asked for.
+pub(super) fn asking(member: &str) -> LockStatus {
+    LockStatus {
+        member: member.to_string(),
+        state: LockState::Locking,
+        ..Default::default()
+    }
+}
+
+/// `lock` once taken, with the member's count before it.
+pub(super) fn taken(lock: &LockStatus, count_before: i64, now: jiff::Timestamp) -> LockStatus {
+    LockStatus {
+        state: LockState::Locked,
+        count_before: Some(count_before),
+        locked_at: Some(Time(now)),
+        ..lock.clone()
+    }
+}
+
+/// `lock` after its holder ended it with `result`. Pure.
+pub(super) fn settled(
+    lock: &LockStatus,
+    result: &Result<LockReport, LockError>,
+    now: jiff::Timestamp,
+) -> LockStatus {
+    let mut l = lock.clone();
+    match result {
+        Ok(report) => {
+            l.state = LockState::Released;
+            l.held_seconds = Some(round_ms(report.held.as_secs_f64()));
+            l.released_at = Some(Time(now));
+            l.message = None;
+        }
+        Err(e @ LockError::Unlock { .. }) => {
+            l.state = LockState::UnlockFailed;
+            l.message = Some(e.to_string());
+        }
+        Err(e) => {
+            // Every other error has unlocked (or never locked) before it was returned.
+            l.state = LockState::Failed;
+            if l.locked_at.is_some() {
+                l.released_at = Some(Time(now));
+                l.held_seconds = l
+                    .locked_at
+                    .as_ref()
+                    .map(|t| round_ms(now.duration_since(t.0).as_secs_f64().max(0.0)));
+            }
+            l.message = Some(e.to_string());
+        }
+    }
+    l
+}
+
+fn round_ms(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
+}
+
+/// What the lock was for, as the metric's label: the cut of a VolumeSnapshot or the copy.
+fn purpose(mode: &str) -> &'static str {
+    if mode == "volumeSnapshot" {
+        "cut"
+    } else {
+        "copy"
+    }
+}
+
+/// Release this process's lock `key` (None if it holds none), and say so: the lock's new
+/// status, an Event with how long writes were held, the metric.
+pub(super) async fn release(
+    snap: &Snapshot,
+    key: &HoldKey,
+    lock: &LockStatus,
+    mode: &str,
+    ctx: &Context,
+) -> Option<(LockStatus, Result<LockReport, LockError>)> {
+    let result = ctx.holds.release(key, &lock.member).await?;
+    let now = jiff::Timestamp::now();
+    let after = settled(lock, &result, now);
+    announce(snap, key.1, &after, mode, ctx).await;
+    Some((after, result))
+}
+
+/// The Event (and the metric) for a lock that ended as `lock` says.
+pub(super) async fn announce(
+    snap: &Snapshot,
+    attempt: u32,
+    lock: &LockStatus,
+    mode: &str,
+    ctx: &Context,
+) {
+    let purpose = purpose(mode);
+    let held = lock
+        .held_seconds
+        .map(|s| format!("writes were held {s:.3} s"))
+        .unwrap_or_else(|| "the lock was not taken".into());
+    match lock.state {
+        LockState::Released => {
+            ctx.metrics
+                .member_locked(purpose, lock.held_seconds.unwrap_or_default());
+            let note = format!(
+                "fsyncUnlock of member {} after the {purpose} of attempt {attempt}: {held}",
+                lock.member
+            );
+            ctx.event(snap, Reason::MemberUnlocked, note).await;
+        }
+        LockState::Recovered => {
+            let note = format!(
+                "member {}: {}",
+                lock.member,
+                lock.message.clone().unwrap_or_default()
+            );
+            ctx.event(snap, Reason::MemberUnlocked, note).await;
+        }
+        LockState::Failed => {
+            if let Some(s) = lock.held_seconds {
+                ctx.metrics.member_locked(purpose, s);
+            }
+            let note = format!(
+                "fsync lock of member {} for the {purpose} of attempt {attempt}: {} ({held})",
+                lock.member,
+                lock.message.clone().unwrap_or_default()
+            );
+            ctx.event(snap, Reason::LockFailed, note).await;
+        }
+        LockState::UnlockFailed => {
+            let note = format!(
+                "member {}: {}; the operator tries again every {} s",
+                lock.member,
+                lock.message.clone().unwrap_or_default(),
+                UNLOCK_RETRY.as_secs()
+            );
+            ctx.event(snap, Reason::UnlockFailed, note).await;
+        }
+        LockState::Locking | LockState::Locked => {}
+    }
+}
+
+/// Whether status says the member may still be locked by a lock this process does not hold:
+/// its holder was lost (the operator restarted), or its unlock failed.
+pub(super) fn lost(snap: &Snapshot, status: &SnapshotStatus, ctx: &Context) -> bool {
+    recorded(snap, status)
+        .is_some_and(|(key, lock)| lock.state.may_be_held() && !ctx.holds.holds(&key))
+}
+
+/// Unlock the member of a lost lock (see [`lost`]): down to the count before it when that was
+/// recorded, else at most once. Returns the lock's new status (announced).
+pub(super) async fn recover(
+    snap: &Snapshot,
+    job: Option<&BackupJob>,
+    lock: &LockStatus,
+    mode: &str,
+    attempt: u32,
+    ctx: &Context,
+) -> Result<LockStatus, Error> {
+    let ns = snap.namespace().unwrap_or_default();
+    let name = snap.name_any();
+    let mut after = lock.clone();
+    let outcome = match job {
+        None => Err(format!(
+            "BackupJob {} is gone: its connection to reach the member is unknown",
+            snap.spec.backup_job_ref.name
+        )),
+        Some(job) => {
+            let pods = list_member_pods(&ctx.client, &ns, &job.spec.source)
+                .await
+                .map_err(Error::dereference(&name, "member pods"))?
+                .unwrap_or_default();
+            let members = mongo::member_pods(
+                &pods,
+                &job.spec.source.data_volume_name,
+                &ctx.config.cluster_domain,
+            );
+            match members.iter().find(|m| m.name == lock.member) {
+                // A member that restarted holds no lock: fsyncLock does not survive mongod.
+                None => Ok(false),
+                Some(m) => {
+                    let settings: ConnectionSettings =
+                        connection_settings(&ctx.client, &ns, &job.spec.source, ctx)
+                            .await
+                            .map_err(Error::dereference(&name, "MongoDB credentials"))?;
+                    match target(job, &m.name, m.host.clone(), true) {
+                        Err(b) => Err(b.message),
+                        Ok(t) => unlock_abandoned(&t, &settings, lock.count_before)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    }
+                }
+            }
+        }
+    };
+    let now = Time(jiff::Timestamp::now());
+    match outcome {
+        Ok(was_locked) => {
+            after.state = LockState::Recovered;
+            after.released_at = Some(now.clone());
+            after.held_seconds = lock
+                .locked_at
+                .as_ref()
+                .map(|t| round_ms(now.0.duration_since(t.0).as_secs_f64().max(0.0)));
+            after.message = Some(if was_locked {
+                format!(
+                    "the holder of attempt {attempt}'s lock was lost (operator restarted) while the member was locked; the operator unlocked it"
+                )
+            } else {
+                format!(
+                    "the holder of attempt {attempt}'s lock was lost (operator restarted); the member was found not locked"
+                )
+            });
+        }
+        Err(why) => {
+            after.state = LockState::UnlockFailed;
+            after.message = Some(format!(
+                "the holder of attempt {attempt}'s lock was lost, and unlocking the member failed: {why}"
+            ));
+        }
+    }
+    if after.state != lock.state || after.message != lock.message {
+        announce(snap, attempt, &after, mode, ctx).await;
+    }
+    Ok(after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_settles_by_how_it_ended() {
+        let t0: jiff::Timestamp = "2026-12-02T03:00:00Z".parse().expect("time");
+        let locked = taken(&asking("rs0-1"), 0, t0);
+        assert_eq!(locked.state, LockState::Locked);
+        let later = t0 + jiff::SignedDuration::from_millis(2500);
+        let ok = settled(
+            &locked,
+            &Ok(LockReport {
+                held: Duration::from_millis(2400),
+                count_before: 0,
+            }),
+            later,
+        );
+        assert_eq!(
+            (ok.state, ok.held_seconds),
+            (LockState::Released, Some(2.4))
+        );
+        let overran = settled(
+            &locked,
+            &Err(LockError::Overran {
+                member: "rs0-1".into(),
+                limit_secs: 2,
+            }),
+            later,
+        );
+        assert_eq!(overran.state, LockState::Failed);
+        assert!(!overran.state.may_be_held());
+        assert_eq!(overran.held_seconds, Some(2.5));
+        assert!(
+            overran
+                .message
+                .unwrap_or_default()
+                .contains("maxLockSeconds")
+        );
+        let stuck = settled(
+            &locked,
+            &Err(LockError::Unlock {
+                member: "rs0-1".into(),
+                reason: "connection reset".into(),
+            }),
+            later,
+        );
+        assert!(
+            stuck.state.may_be_held(),
+            "an unlock that failed is retried"
+        );
+        // Never locked: no duration.
+        let refused = settled(
+            &asking("rs0-1"),
+            &Err(LockError::NotSecondary {
+                member: "rs0-1".into(),
+                role: "PRIMARY".into(),
+            }),
+            later,
+        );
+        assert_eq!(
+            (refused.state, refused.held_seconds),
+            (LockState::Failed, None)
+        );
+    }
+}
