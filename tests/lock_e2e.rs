@@ -24,7 +24,7 @@ use snapcrypt::api::snapshot::{LockState, RunPhase};
 use support::cluster::{eventually, wait_for};
 use support::ground::{Ground, Options};
 use support::mockupdb::Lockable;
-use support::operator::{LONG, snapshot_finished, wait_for_event, wait_for_success};
+use support::operator::{LONG, events_for, snapshot_finished, wait_for_event, wait_for_success};
 use support::real_nodes::pod_logs;
 
 /// How long a faulted copy stalls before its commit.
@@ -334,8 +334,16 @@ async fn a_lock_whose_holder_died_is_undone_by_the_next_operator() {
     // Nobody unlocks the member while no operator runs.
     assert_eq!(l.mongod.lock_count(), 1);
     l.g.restart_operator();
-    let event = wait_for_event(&l.g.ns, "lost-1", "MemberUnlocked").await;
-    assert!(event.contains("lost"), "{event}");
+    let event = eventually("an Event saying the lost lock was undone", LONG, || async {
+        let events = events_for(&l.g.ns, "lost-1").await;
+        events
+            .iter()
+            .find(|(r, m)| r == "MemberUnlocked" && m.contains("lost"))
+            .map(|(_, m)| m.clone())
+            .ok_or_else(|| format!("{events:?}"))
+    })
+    .await;
+    assert!(event.contains("the operator unlocked it"), "{event}");
     let st = l.finished("lost-1").await;
     assert_eq!(
         (st.phase, st.attempts),

@@ -246,15 +246,17 @@ pub(super) async fn start_attempt(
     };
     let locked = locking::taken(&asked, before, jiff::Timestamp::now());
     started.capture.lock = Some(locked.clone());
-    match launch_pod(snap, job, pod, started, ctx).await {
+    match launch_pod(snap, pod, started, ctx).await {
         Ok((step, _)) => Ok(Started::Step(step, Some(LOCK_RECHECK))),
         Err(e) => {
-            // No pod to copy: nothing to hold the member for.
+            // No pod to copy: nothing to hold the member for. Status says so before the
+            // error (one still saying Locking would read as a lost holder).
             if let Some((after, _)) =
                 locking::release(snap, &key, &locked, capture.mode_name(), ctx).await
             {
                 set_lock(prev, after);
             }
+            write_status(snap, prev, ctx).await?;
             Err(e)
         }
     }
@@ -454,13 +456,13 @@ async fn start_pod(
     ctx: &Context,
 ) -> Result<(Step, Option<Duration>), Error> {
     match prepare_pod(snap, job, &a, ctx).await? {
-        Ok(pod) => launch_pod(snap, job, pod, a, ctx).await,
+        Ok(pod) => launch_pod(snap, pod, a, ctx).await,
         Err(step) => Ok(step),
     }
 }
 
-/// The attempt's pod, built (pure) with the job's KmipServer and its active key; or the step
-/// saying why it cannot be.
+/// The attempt's pod, built (pure) with the job's KmipServer and its active key, and the
+/// agent's identity applied; or the step saying why the pod cannot be.
 async fn prepare_pod(
     snap: &Snapshot,
     job: &BackupJob,
@@ -477,7 +479,7 @@ async fn prepare_pod(
         Err(b) => return Ok(Err(wait(b))),
     };
     let role = a.member.role.clone().unwrap_or_default();
-    Ok(snapshot_pod(&PodPlan {
+    let pod = snapshot_pod(&PodPlan {
         snapshot: snap,
         job,
         attempt: a.attempt,
@@ -493,26 +495,30 @@ async fn prepare_pod(
         kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
         member_tolerations: &a.tolerations,
     })
-    .map_err(|e| (invalid(e), None)))
+    .map_err(|e| (invalid(e), None));
+    if pod.is_ok() {
+        // The agent's ServiceAccount, Role and RoleBinding before any lock: only the pod is
+        // left to create while the member is locked.
+        apply_agent_identity(ctx, &ns, job)
+            .await
+            .map_err(|(object, source)| Error::ApplyRbac {
+                snapshot: snap.name_any(),
+                object,
+                source,
+            })?;
+    }
+    Ok(pod)
 }
 
-/// Apply the agent's ServiceAccount, Role and RoleBinding, then `pod`.
+/// Create `pod` (built by [`prepare_pod`]).
 async fn launch_pod(
     snap: &Snapshot,
-    job: &BackupJob,
     pod: Pod,
     a: Attempt<'_>,
     ctx: &Context,
 ) -> Result<(Step, Option<Duration>), Error> {
     let ns = snap.namespace().unwrap_or_default();
     let name = snap.name_any();
-    apply_agent_identity(ctx, &ns, job)
-        .await
-        .map_err(|(object, source)| Error::ApplyRbac {
-            snapshot: name.clone(),
-            object,
-            source,
-        })?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let created = apply(&pods, &pod).await.map_err(|source| Error::ApplyPod {
         snapshot: name.clone(),
