@@ -10,13 +10,15 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::Error;
+use super::build::status::{Consistency, Step, next_status};
 use super::dereference::{connection_settings, list_member_pods};
 use super::hold::HoldKey;
-use crate::api::snapshot::{LockState, LockStatus};
+use super::{Error, write_status};
+use crate::api::snapshot::{CaptureStatus, LockState, LockStatus, MemberChoice};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::Context;
 use crate::controller::agent::job::Blocked;
+use crate::controller::job_spec::consistency::Capture;
 use crate::controller::reason::Reason;
 use crate::mongo::lock::{LockError, LockLimits, LockReport, LockTarget, unlock_abandoned};
 use crate::mongo::{self, ConnectionSettings};
@@ -26,6 +28,93 @@ pub(super) const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often a Snapshot copying under a lock looks at the lock (an election or an overrun ends
 /// it without any change to the Snapshot's objects).
 pub(super) const LOCK_RECHECK: Duration = Duration::from_secs(2);
+/// A member lock to take: where, how, and for how long at most.
+pub(super) struct Lock {
+    pub target: LockTarget,
+    pub settings: ConnectionSettings,
+    pub max_lock: Duration,
+}
+
+/// The lock `capture` takes on member `member` (at `host`), if any. Pure.
+pub(super) fn member_lock(
+    job: &BackupJob,
+    capture: &Capture,
+    member: &str,
+    host: Option<String>,
+    settings: ConnectionSettings,
+) -> Result<Option<Lock>, Blocked> {
+    let Some(spec) = capture.lock() else {
+        return Ok(None);
+    };
+    Ok(Some(Lock {
+        target: target(job, member, host, spec.allow_primary)?,
+        settings,
+        max_lock: spec.max_lock,
+    }))
+}
+
+/// Lock the member for `held`'s attempt: write the Quiescing status first (so that a lock
+/// whose holder is lost is found) and make it `prev`, then take the lock. Returns the lock's
+/// key and status once taken, or why it was not (recorded in `prev` and announced).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn lock_member(
+    snap: &Snapshot,
+    prev: &mut SnapshotStatus,
+    lock: Lock,
+    held: CaptureStatus,
+    member: &MemberChoice,
+    capture: &Capture,
+    message: String,
+    ctx: &Context,
+) -> Result<Result<(HoldKey, LockStatus), String>, Error> {
+    let attempt = held.attempt;
+    let asked = held.lock.clone().unwrap_or_default();
+    let step = Step::Quiescing {
+        attempt,
+        member: member.clone(),
+        capture: held,
+        consistency: Consistency::of(capture),
+        message,
+    };
+    let status = next_status(
+        prev,
+        &step,
+        snap.metadata.generation,
+        jiff::Timestamp::now(),
+    );
+    write_status(snap, &status, ctx).await?;
+    ctx.announce(snap, &prev.conditions, &status.conditions)
+        .await;
+    *prev = status;
+    let key = key(snap, attempt);
+    let taken_at = ctx
+        .holds
+        .take(
+            key.clone(),
+            lock.target,
+            lock.settings,
+            limits(lock.max_lock),
+        )
+        .await;
+    match taken_at {
+        Ok(before) => Ok(Ok((key, taken(&asked, before, jiff::Timestamp::now())))),
+        Err(e) => {
+            let why = e.to_string();
+            let after = settled(&asked, &Err(e), jiff::Timestamp::now());
+            announce(snap, attempt, &after, capture.mode_name(), ctx).await;
+            set_lock(prev, after);
+            Ok(Err(why))
+        }
+    }
+}
+
+/// Record `lock` as the current attempt's in `prev`.
+pub(super) fn set_lock(prev: &mut SnapshotStatus, lock: LockStatus) {
+    if let Some(c) = prev.capture.as_mut() {
+        c.lock = Some(lock);
+    }
+}
+
 /// How often an unlock that failed is tried again.
 pub(super) const UNLOCK_RETRY: Duration = Duration::from_secs(30);
 

@@ -7,6 +7,7 @@
 //! (pure), build the pod (pure), apply RBAC and pod] -> update status, with Events.
 
 pub mod build;
+mod cut;
 mod dereference;
 pub mod hold;
 mod locking;
@@ -163,29 +164,10 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
     // 0. A lock on the member that this process does not hold (its holder was lost when the
     //    operator restarted, or its unlock failed) is undone first; the attempt it was for
     //    cannot count on it any more.
-    let mut lock_lost = None;
-    if locking::lost(&snap, &prev, &ctx)
-        && let Some((_, lock)) = locking::recorded(&snap, &prev)
-    {
-        let world = dereference(&snap, &ctx.client).await?;
-        let capture = prev.capture.clone().unwrap_or_default();
-        let after = locking::recover(
-            &snap,
-            world.job.as_ref(),
-            &lock,
-            &capture.mode,
-            capture.attempt,
-            &ctx,
-        )
-        .await?;
-        lock_lost = after.message.clone();
-        if let Some(c) = prev.capture.as_mut() {
-            c.lock = Some(after);
-        }
-        if finished(&prev) {
-            write_status(&snap, &prev, &ctx).await?;
-            return Ok(Action::requeue(locking::UNLOCK_RETRY));
-        }
+    let lock_lost = undo_lost_lock(&snap, &mut prev, &ctx).await?;
+    if lock_lost.is_some() && finished(&prev) {
+        write_status(&snap, &prev, &ctx).await?;
+        return Ok(Action::requeue(locking::UNLOCK_RETRY));
     }
 
     if finished(&prev) {
@@ -230,28 +212,8 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
     }
 
     // 3-5. Validate, choose a member, lock it if the capture says, build and apply the pod.
-    //      An attempt whose lock was not taken fails, and the next one (if any) starts.
-    let (step, requeue) = loop {
-        match (next, world.job.as_ref()) {
-            (Plan::Step(step, requeue), _) => break (step, requeue),
-            (
-                Plan::Start {
-                    attempt,
-                    retry_after,
-                },
-                Some(job),
-            ) => match start_attempt(&snap, job, &mut prev, attempt, retry_after, &ctx).await? {
-                Started::Step(step, requeue) => break (step, requeue),
-                Started::AttemptFailed(why) => next = after_failure(attempt, job, why, None),
-            },
-            (Plan::StartFromVolume { attempt, vs, cut }, Some(job)) => {
-                break start_from_volume(&snap, job, attempt, &vs, cut, &ctx).await?;
-            }
-            // plan() starts nothing without a job.
-            (Plan::Start { .. } | Plan::StartFromVolume { .. }, None) => {
-                return Ok(Action::requeue(RECHECK));
-            }
-        }
+    let Some((step, requeue)) = run_plan(&snap, &world, &mut prev, next, &ctx).await? else {
+        return Ok(Action::requeue(RECHECK));
     };
 
     // 6. Retention: Snapshots whose repository snapshot the agent's retention pass forgot go
@@ -297,6 +259,69 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+/// Undo a lock status records and this process does not hold (see [`locking::lost`]),
+/// recording the outcome in `prev`. Returns what happened to it, if there was one.
+async fn undo_lost_lock(
+    snap: &Snapshot,
+    prev: &mut SnapshotStatus,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    if !locking::lost(snap, prev, ctx) {
+        return Ok(None);
+    }
+    let Some((_, lock)) = locking::recorded(snap, prev) else {
+        return Ok(None);
+    };
+    let world = dereference(snap, &ctx.client).await?;
+    let capture = prev.capture.clone().unwrap_or_default();
+    let after = locking::recover(
+        snap,
+        world.job.as_ref(),
+        &lock,
+        &capture.mode,
+        capture.attempt,
+        ctx,
+    )
+    .await?;
+    let what = after.message.clone();
+    locking::set_lock(prev, after);
+    Ok(what)
+}
+
+/// Carry out `next`: a step as it is, or start an attempt (validate, choose a member, lock it
+/// if the capture says, build and apply the pod). An attempt whose lock was not taken fails,
+/// and the next one (if any) starts. None: there is no job to start from.
+async fn run_plan(
+    snap: &Snapshot,
+    world: &World,
+    prev: &mut SnapshotStatus,
+    mut next: Plan,
+    ctx: &Context,
+) -> Result<Option<(Step, Option<Duration>)>, Error> {
+    loop {
+        match (next, world.job.as_ref()) {
+            (Plan::Step(step, requeue), _) => return Ok(Some((step, requeue))),
+            (
+                Plan::Start {
+                    attempt,
+                    retry_after,
+                },
+                Some(job),
+            ) => match start_attempt(snap, job, prev, attempt, retry_after, ctx).await? {
+                Started::Step(step, requeue) => return Ok(Some((step, requeue))),
+                Started::AttemptFailed(why) => next = after_failure(attempt, job, why, None),
+            },
+            (Plan::StartFromVolume { attempt, vs, cut }, Some(job)) => {
+                return start_from_volume(snap, job, attempt, &vs, cut, ctx)
+                    .await
+                    .map(Some);
+            }
+            // plan() starts nothing without a job.
+            (Plan::Start { .. } | Plan::StartFromVolume { .. }, None) => return Ok(None),
+        }
+    }
 }
 
 /// Whether `next` is the current attempt's copy going on or just finished well (what a lock

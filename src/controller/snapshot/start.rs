@@ -1,35 +1,31 @@
 //! Starting an attempt: read the members (and ask MongoDB), check the job, choose the member
 //! (pure), build the pod (pure), apply the agent's identity and the pod. In mode
-//! volumeSnapshot an attempt starts twice: first its VolumeSnapshot is created, then (once
-//! plan() sees it ready) the claim restored from it and the pod that reads that claim.
+//! volumeSnapshot an attempt starts twice: first its VolumeSnapshot is created
+//! ([`super::cut`]), then (once plan() sees it ready) the claim restored from it and the pod
+//! that reads that claim. In mode fsyncLock the member is locked before the pod is created.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DynamicObject, PostParams};
+use kube::api::DynamicObject;
 use kube::{Api, ResourceExt};
 
 use super::build::pod::{PodError, PodPlan, RunAs, member_run_as, snapshot_pod};
-use super::build::status::{Consistency, Step, next_status};
-use super::build::volume::{self, cut_or_failed, volume_snapshot};
+use super::build::status::{Consistency, Step};
+use super::build::volume::{self, volume_snapshot};
+use super::cut::{Cut, start_cut};
 use super::dereference::{connection_settings, list_member_pods};
-use super::hold::HoldKey;
 use super::locking::{self, LOCK_RECHECK};
-use super::plan::capturing;
-use super::{CAPTURE_RECHECK, Error, RECHECK, write_status};
-use crate::api::snapshot::{CaptureStatus, LockStatus, MemberChoice};
+use super::{Error, RECHECK, write_status};
+use crate::api::snapshot::{CaptureStatus, MemberChoice};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::agent::identity::apply_agent_identity;
 use crate::controller::agent::job::{Blocked, Needs, check_job, job_kmip};
 use crate::controller::job_spec::consistency::{Capture, capture};
 use crate::controller::reason::Reason;
 use crate::controller::{Context, apply};
-use crate::mongo::lock::{LockError, LockTarget};
 use crate::mongo::{self, Answer, ConnectionSettings, MemberAddress, MemberPod, MemberReport};
-
-/// How often the cut of a VolumeSnapshot taken under a lock is looked at.
-const CUT_POLL: Duration = Duration::from_millis(200);
 
 /// The replica set as read for one attempt: its pods, and what each member said.
 struct Members {
@@ -38,6 +34,26 @@ struct Members {
     reports: Vec<MemberReport>,
     /// How they were reached (None: no connection configured).
     settings: Option<ConnectionSettings>,
+}
+
+impl Members {
+    /// The address of member pod `pod`.
+    fn host_of(&self, pod: &str) -> Option<String> {
+        self.members
+            .iter()
+            .find(|m| m.name == pod)
+            .and_then(|m| m.host.clone())
+    }
+
+    /// The tolerations of member pod `pod` (a snapshot pod pinned to its node needs them).
+    fn tolerations_of(&self, pod: &str) -> Vec<Toleration> {
+        self.pods
+            .iter()
+            .find(|p| p.name_any() == pod)
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.tolerations.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// What starting an attempt came to.
@@ -102,23 +118,11 @@ pub(super) async fn start_attempt(
         reason: chosen.choice.reason.clone(),
     };
     // The member's lock, when the capture takes one.
-    let lock = match capture.lock() {
-        None => None,
-        Some(spec) => {
-            let host = members
-                .members
-                .iter()
-                .find(|m| m.name == member.pod)
-                .and_then(|m| m.host.clone());
-            match locking::target(job, &member.pod, host, spec.allow_primary) {
-                Ok(target) => Some(Lock {
-                    target,
-                    settings: members.settings.clone().unwrap_or_default(),
-                    max_lock: spec.max_lock,
-                }),
-                Err(b) => return Ok(wait(b).into()),
-            }
-        }
+    let settings = members.settings.clone().unwrap_or_default();
+    let host = members.host_of(&member.pod);
+    let lock = match locking::member_lock(job, &capture, &member.pod, host, settings) {
+        Ok(l) => l,
+        Err(b) => return Ok(wait(b).into()),
     };
 
     // Mode volumeSnapshot: cut the VolumeSnapshot first; the pod comes once it is ready.
@@ -134,73 +138,19 @@ pub(super) async fn start_attempt(
             Ok(vs) => vs,
             Err(e) => return Ok((invalid(e), None).into()),
         };
-        let capture_step = || {
-            let mut step = capturing(attempt, &vs, &capture);
-            if let (Step::Capturing { message, .. }, Some(why)) = (&mut step, &retry_after) {
-                *message = format!("attempt {} failed: {why}; retrying: {message}", attempt - 1);
-            }
-            Started::Step(step, Some(CAPTURE_RECHECK))
-        };
-        let Some(lock) = lock else {
-            return Ok(match cut_volume(snap, &vs, None, ctx).await? {
-                Ok(()) => capture_step(),
-                Err(b) => wait(b).into(),
-            });
-        };
-        // Quiesce: lock, cut, unlock; the lock lasts as long as the cut.
-        let held = CaptureStatus {
-            mode: capture.mode_name().into(),
+        let cut = Cut {
             attempt,
-            volume_snapshot: Some(vs.name_any()),
-            lock: Some(locking::asking(&member.pod)),
-            ..Default::default()
+            vs: &vs,
+            member: &member,
+            capture: &capture,
+            retry_after: retry_after.as_deref(),
         };
-        let message = format!(
-            "locking writes on member {} (fsyncLock) to cut VolumeSnapshot {}",
-            member.pod,
-            vs.name_any()
-        );
-        let key = locking::key(snap, attempt);
-        let asked = quiesce(snap, prev, &member, held, &capture, message, ctx).await?;
-        let before = match ctx
-            .holds
-            .take(
-                key.clone(),
-                lock.target,
-                lock.settings,
-                locking::limits(lock.max_lock),
-            )
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return Ok(not_taken(snap, prev, &asked, e, &capture, ctx).await),
-        };
-        let locked = locking::taken(&asked, before, jiff::Timestamp::now());
-        let made = cut_volume(snap, &vs, Some(&key), ctx).await;
-        let released = locking::release(snap, &key, &locked, capture.mode_name(), ctx).await;
-        if let Some((after, _)) = &released {
-            set_lock(prev, after.clone());
-        }
-        return match (made?, released) {
-            (Err(b), _) => Ok(wait(b).into()),
-            (Ok(()), Some((_, Err(e)))) => Ok(Started::AttemptFailed(format!(
-                "VolumeSnapshot {}: {e}",
-                vs.name_any()
-            ))),
-            (Ok(()), _) => Ok(capture_step()),
-        };
+        return start_cut(snap, prev, cut, lock, ctx).await;
     }
 
-    let tolerations = members
-        .pods
-        .iter()
-        .find(|p| p.name_any() == member.pod)
-        .and_then(|p| p.spec.as_ref())
-        .and_then(|s| s.tolerations.clone())
-        .unwrap_or_default();
-    let mut started = Attempt {
+    let started = Attempt {
         attempt,
-        tolerations,
+        tolerations: members.tolerations_of(&member.pod),
         member,
         node: Some(chosen.node.as_str()),
         data_claim: &chosen.data_claim,
@@ -213,12 +163,23 @@ pub(super) async fn start_attempt(
         },
         consistency: Consistency::of(&capture),
     };
-    let Some(lock) = lock else {
-        return start_pod(snap, job, started, ctx).await.map(Started::from);
-    };
+    match lock {
+        None => start_pod(snap, job, started, ctx).await.map(Started::from),
+        Some(lock) => start_locked_copy(snap, job, prev, started, lock, &capture, ctx).await,
+    }
+}
 
-    // Mode fsyncLock: everything the pod needs first, then the lock, then the pod; the lock
-    // is released once the pod has finished (the reconcile that sees it).
+/// Mode fsyncLock: everything the pod needs first, then the lock, then the pod; the lock is
+/// released once the pod has finished (the reconcile that sees it).
+async fn start_locked_copy(
+    snap: &Snapshot,
+    job: &BackupJob,
+    prev: &mut SnapshotStatus,
+    mut started: Attempt<'_>,
+    lock: locking::Lock,
+    capture: &Capture,
+    ctx: &Context,
+) -> Result<Started, Error> {
     let pod = match prepare_pod(snap, job, &started, ctx).await? {
         Ok(p) => p,
         Err(step) => return Ok(step.into()),
@@ -229,22 +190,12 @@ pub(super) async fn start_attempt(
         "locking writes on member {} (fsyncLock) for the copy",
         started.member.pod
     );
-    let asked = quiesce(snap, prev, &started.member, held, &capture, message, ctx).await?;
-    let key = locking::key(snap, attempt);
-    let before = match ctx
-        .holds
-        .take(
-            key.clone(),
-            lock.target,
-            lock.settings,
-            locking::limits(lock.max_lock),
-        )
-        .await
-    {
-        Ok(b) => b,
-        Err(e) => return Ok(not_taken(snap, prev, &asked, e, &capture, ctx).await),
-    };
-    let locked = locking::taken(&asked, before, jiff::Timestamp::now());
+    let member = started.member.clone();
+    let (key, locked) =
+        match locking::lock_member(snap, prev, lock, held, &member, capture, message, ctx).await? {
+            Ok(l) => l,
+            Err(why) => return Ok(Started::AttemptFailed(why)),
+        };
     started.capture.lock = Some(locked.clone());
     match launch_pod(snap, pod, started, ctx).await {
         Ok((step, _)) => Ok(Started::Step(step, Some(LOCK_RECHECK))),
@@ -254,118 +205,12 @@ pub(super) async fn start_attempt(
             if let Some((after, _)) =
                 locking::release(snap, &key, &locked, capture.mode_name(), ctx).await
             {
-                set_lock(prev, after);
+                locking::set_lock(prev, after);
             }
             write_status(snap, prev, ctx).await?;
             Err(e)
         }
     }
-}
-
-/// A member lock to take: where, how, and for how long at most.
-struct Lock {
-    target: LockTarget,
-    settings: ConnectionSettings,
-    max_lock: Duration,
-}
-
-/// Write the Quiescing status of an attempt about to lock its member (so that a lock whose
-/// holder is lost is found), announce it, and make it `prev`. Returns the lock as recorded.
-async fn quiesce(
-    snap: &Snapshot,
-    prev: &mut SnapshotStatus,
-    member: &MemberChoice,
-    capture_status: CaptureStatus,
-    capture: &Capture,
-    message: String,
-    ctx: &Context,
-) -> Result<LockStatus, Error> {
-    let lock = capture_status.lock.clone().unwrap_or_default();
-    let step = Step::Quiescing {
-        attempt: capture_status.attempt,
-        member: member.clone(),
-        capture: capture_status,
-        consistency: Consistency::of(capture),
-        message,
-    };
-    let status = next_status(
-        prev,
-        &step,
-        snap.metadata.generation,
-        jiff::Timestamp::now(),
-    );
-    write_status(snap, &status, ctx).await?;
-    ctx.announce(snap, &prev.conditions, &status.conditions)
-        .await;
-    *prev = status;
-    Ok(lock)
-}
-
-/// The lock was not taken (`e` says why): record and announce it; the attempt failed.
-async fn not_taken(
-    snap: &Snapshot,
-    prev: &mut SnapshotStatus,
-    asked: &LockStatus,
-    e: LockError,
-    capture: &Capture,
-    ctx: &Context,
-) -> Started {
-    let message = e.to_string();
-    let after = locking::settled(asked, &Err(e), jiff::Timestamp::now());
-    let attempt = prev.capture.as_ref().map_or(prev.attempts, |c| c.attempt);
-    locking::announce(snap, attempt, &after, capture.mode_name(), ctx).await;
-    set_lock(prev, after);
-    Started::AttemptFailed(message)
-}
-
-/// Record `lock` as the current attempt's in `prev`.
-fn set_lock(prev: &mut SnapshotStatus, lock: LockStatus) {
-    if let Some(c) = prev.capture.as_mut() {
-        c.lock = Some(lock);
-    }
-}
-
-/// Create VolumeSnapshot `vs` (an existing one of the same name is this attempt's). Under a
-/// lock (`held`), wait until the snapshotter has cut it, failed it, or the lock ended.
-async fn cut_volume(
-    snap: &Snapshot,
-    vs: &DynamicObject,
-    held: Option<&HoldKey>,
-    ctx: &Context,
-) -> Result<Result<(), Blocked>, Error> {
-    let ns = snap.namespace().unwrap_or_default();
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &ns, &volume::api_resource());
-    match api.create(&PostParams::default(), vs).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            return Ok(Err(Blocked {
-                reason: Reason::VolumeSnapshotsUnavailable,
-                message: "spec.source.consistency.mode volumeSnapshot: this cluster serves no snapshot.storage.k8s.io/v1 VolumeSnapshot API (install the CSI external-snapshotter and a driver that supports snapshots)".into(),
-            }));
-        }
-        Err(source) => {
-            return Err(Error::ApplyCapture {
-                snapshot: snap.name_any(),
-                object: vs.name_any(),
-                source,
-            });
-        }
-    }
-    let Some(key) = held else {
-        return Ok(Ok(()));
-    };
-    // The lock's own deadline (maxLockSeconds) ends this wait: its task stops on it.
-    while !ctx.holds.ended(key) {
-        match api.get_opt(&vs.name_any()).await {
-            Ok(Some(now)) if cut_or_failed(&now) => break,
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "reading the VolumeSnapshot being cut"),
-        }
-        tokio::time::sleep(CUT_POLL).await;
-    }
-    Ok(Ok(()))
 }
 
 /// Start the pod of attempt `attempt`, whose VolumeSnapshot `vs` is ready (cut at `cut`):

@@ -113,29 +113,25 @@ pub fn next_status(
             capture,
             consistency,
             message,
-        } => {
-            s.phase = RunPhase::Quiescing;
-            s.attempts = *attempt;
-            s.member = Some(member.clone());
-            s.pod_name = None;
-            s.capture = Some(keep_lock(prev, capture));
-            s.message = Some(format!("attempt {attempt}: {message}"));
-            let c = conditions::under_way(Reason::Starting, Reason::Quiescing, message);
-            c.into_iter().chain([consistency.cond()]).collect()
         }
-        Step::Capturing {
+        | Step::Capturing {
             attempt,
             member,
             capture,
             consistency,
             message,
         } => {
-            s.phase = RunPhase::SnapshottingVolume;
+            let (phase, reason) = match step {
+                Step::Quiescing { .. } => (RunPhase::Quiescing, Reason::Quiescing),
+                _ => (RunPhase::SnapshottingVolume, Reason::SnapshottingVolume),
+            };
+            s.phase = phase;
             s.attempts = *attempt;
             s.member = Some(member.clone());
+            s.pod_name = None;
             s.capture = Some(keep_lock(prev, capture));
             s.message = Some(format!("attempt {attempt}: {message}"));
-            let c = conditions::under_way(Reason::Starting, Reason::SnapshottingVolume, message);
+            let c = conditions::under_way(Reason::Starting, reason, message);
             c.into_iter().chain([consistency.cond()]).collect()
         }
         Step::Started {
@@ -169,12 +165,7 @@ pub fn next_status(
             if s.start_time.is_none() {
                 s.start_time = Some(started.clone().unwrap_or_else(|| now_t.clone()));
             }
-            let msg = format!(
-                "copying member {} in pod {} (attempt {})",
-                s.member.as_ref().map(|m| m.pod.as_str()).unwrap_or("?"),
-                s.pod_name.clone().unwrap_or_default(),
-                s.attempts
-            );
+            let msg = running_message(&s);
             s.message = Some(msg.clone());
             conditions::under_way(Reason::Running, Reason::Running, &msg)
         }
@@ -187,13 +178,7 @@ pub fn next_status(
             s.repository_snapshot_id = Some(result.id.clone());
             s.key_id = Some(result.key_id.clone());
             s.stats = Some(stats(result));
-            let msg = format!(
-                "snapshot {} in the repository: {} files, {}, {} added",
-                result.id,
-                result.files,
-                human_bytes(result.logical_bytes),
-                human_bytes(result.stored_bytes)
-            );
+            let msg = succeeded_message(result);
             s.message = Some(msg.clone());
             let mut conds = conditions::finished(true, Reason::Succeeded, &msg);
             if let Some(r) = &result.retention {
@@ -218,6 +203,27 @@ pub fn next_status(
     }
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
     s
+}
+
+/// What a Running status says.
+fn running_message(s: &SnapshotStatus) -> String {
+    format!(
+        "copying member {} in pod {} (attempt {})",
+        s.member.as_ref().map(|m| m.pod.as_str()).unwrap_or("?"),
+        s.pod_name.clone().unwrap_or_default(),
+        s.attempts
+    )
+}
+
+/// What a Succeeded status says.
+fn succeeded_message(result: &SnapshotResult) -> String {
+    format!(
+        "snapshot {} in the repository: {} files, {}, {} added",
+        result.id,
+        result.files,
+        human_bytes(result.logical_bytes),
+        human_bytes(result.stored_bytes)
+    )
 }
 
 /// A step's capture, with the lock the previous status recorded for the same attempt when the
