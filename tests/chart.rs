@@ -166,6 +166,7 @@ podAnnotations: {example.com/team: storage}
         "one-namespace",
         r#"
 operator: {watchNamespace: mongodb, logFormat: text, logLevel: "snapcrypt=debug,info", httpPort: 9090}
+agent: {env: {HTTPS_PROXY: "http://proxy.example:3128", NO_PROXY: "10.0.0.0/8,.svc"}}
 serviceAccount: {name: backup-operator, annotations: {example.com/role: backups}}
 metrics: {service: {enabled: false}}
 "#,
@@ -759,6 +760,7 @@ const BAD_VALUES: &[(&str, &str)] = &[
         "pullPolicy",
     ),
     ("colour: blue", "colour"),
+    ("agent: {env: {1BAD: x}}", "1BAD"),
     ("operator: {logFormat: xml}", "logFormat"),
     ("operator: {httpPort: 80}", "httpPort"),
     (
