@@ -29,7 +29,7 @@ use snapcrypt::api::{Snapshot, SnapshotStatus};
 use support::cluster::{TestNamespace, eventually, unique_name, wait_for};
 use support::ground::{Ground, Options, snapshot_api};
 use support::mockupdb::Lockable;
-use support::operator::{LONG, snapshot_finished, wait_for_event, wait_for_success};
+use support::operator::{LONG, events_for, snapshot_finished, wait_for_event, wait_for_success};
 use support::real_nodes::pod_logs;
 
 /// A VolumeSnapshotClass of the provisioner double (cluster-scoped), deleted when dropped.
@@ -232,7 +232,12 @@ async fn volume_snapshots_of_a_live_member_restore_to_the_cut() {
             vec![("fsync", 1), ("fsyncUnlock", 0)],
             "run {run}: {cmds:?}"
         );
-        assert_eq!(cmds.len(), 2 * run, "one lock per run: {cmds:?}");
+        if cmds.len() != 2 * run {
+            panic!(
+                "run {run}: one lock per run: {cmds:?}\nstatus: {st:?}\nevents: {:?}",
+                events_for(&g.ns, &name).await
+            );
+        }
         let (locked, unlocked) = (last[0].t, last[1].t);
         assert!(
             locked < instant && instant < unlocked,

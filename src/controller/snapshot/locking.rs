@@ -96,6 +96,7 @@ pub(super) async fn lock_member(
             limits(lock.max_lock),
         )
         .await;
+    tracing::info!(member = %member.pod, attempt, outcome = ?taken_at, "member lock asked for");
     match taken_at {
         Ok(before) => Ok(Ok((key, taken(&asked, before, jiff::Timestamp::now())))),
         Err(e) => {
@@ -238,6 +239,7 @@ pub(super) async fn release(
     ctx: &Context,
 ) -> Option<(LockStatus, Result<LockReport, LockError>)> {
     let result = ctx.holds.release(key, &lock.member).await?;
+    tracing::info!(member = %lock.member, attempt = key.1, outcome = ?result, "member lock released");
     let now = jiff::Timestamp::now();
     let after = settled(lock, &result, now);
     announce(snap, key.1, &after, mode, ctx).await;

@@ -271,9 +271,28 @@ async fn undo_lost_lock(
     if !locking::lost(snap, prev, ctx) {
         return Ok(None);
     }
+    // The cache may be behind this process's own writes (a lock it took and released in the
+    // reconcile before): judge by the status as it is now.
+    let api: Api<Snapshot> =
+        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
+    let Some(fresh) = api
+        .get_opt(&snap.name_any())
+        .await
+        .map_err(Error::dereference(&snap.name_any(), "the Snapshot"))?
+    else {
+        return Ok(None);
+    };
+    let now = fresh.status.clone().unwrap_or_default();
+    if !locking::lost(&fresh, &now, ctx) {
+        // Newer than the cache: reconcile from it.
+        *prev = now;
+        return Ok(None);
+    }
+    *prev = now;
     let Some((_, lock)) = locking::recorded(snap, prev) else {
         return Ok(None);
     };
+    tracing::warn!(member = %lock.member, state = ?lock.state, "a lock this process does not hold: undoing it");
     let world = dereference(snap, &ctx.client).await?;
     let capture = prev.capture.clone().unwrap_or_default();
     let after = locking::recover(
