@@ -1,7 +1,7 @@
 //! fsyncLock copies end to end (issue 17), on real pods: the operator locks the member before
 //! the snapshot pod reads a byte and unlocks it after the pod is done; a copy that loses its
 //! lock (its pod killed, maxLockSeconds passed, an election) is stopped and the member
-//! unlocked; the primary is refused without allowPrimary; a retry never leaves the lock count
+//! unlocked, and a Snapshot deleted mid-copy unlocks it too; the primary is refused without allowPrimary; a retry never leaves the lock count
 //! above what it found; a lock whose holder died (the operator killed while locked) is undone
 //! by the next operator, with an Event.
 //!
@@ -239,6 +239,26 @@ async fn a_copy_that_loses_its_lock_fails_and_unlocks() {
         unlock.t - killed_at
     );
 
+    // The Snapshot deleted mid-copy (its reconciles stop; garbage collection takes the pod):
+    // the lock goes with the pod, not maxLockSeconds (600 s) later.
+    l.job("deleted", json!({}), 0).await;
+    l.g.snapshot("deleted-1", "deleted").await;
+    l.copying("deleted-1").await;
+    let snaps: Api<Snapshot> = l.g.ns.api();
+    let deleted_at = support::now_secs() as f64;
+    snaps
+        .delete("deleted-1", &DeleteParams::background())
+        .await
+        .expect("delete the Snapshot");
+    l.wait_for_count(0, "the member unlocked after its Snapshot was deleted")
+        .await;
+    let unlock = l.mongod.lock_commands().last().cloned().expect("unlock");
+    assert!(
+        unlock.t - deleted_at < 30.0,
+        "unlocked {} s after the Snapshot was deleted",
+        unlock.t - deleted_at
+    );
+
     // maxLockSeconds 2: the copy (stalled 10 s) overruns; stopped, unlocked.
     l.job("short", json!({"maxLockSeconds": 2}), 0).await;
     l.g.snapshot("short-1", "short").await;
@@ -282,7 +302,6 @@ async fn a_copy_that_loses_its_lock_fails_and_unlocks() {
     l.mongod.control("lockcount 1");
     l.job("retried", json!({}), 1).await;
     l.g.snapshot("retried-1", "retried").await;
-    let snaps: Api<Snapshot> = l.g.ns.api();
     let first = wait_for(&snaps, "retried-1", "attempt 1 to copy", LONG, |s| {
         s.status
             .as_ref()

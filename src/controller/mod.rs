@@ -259,6 +259,9 @@ pub async fn run(
         restores.for_each(|_| async {}),
         stop
     );
+    // Members this process holds locked are unlocked now, not when the next operator finds
+    // their locks lost (their attempts fail then, as their copies lost the lock).
+    ctx.holds.release_all().await;
 }
 
 /// What every controller does with each item of its reconcile stream: failures are already

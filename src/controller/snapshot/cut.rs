@@ -89,6 +89,8 @@ pub(super) async fn start_cut(
         cut.member,
         cut.capture,
         message,
+        // Released by this function once the cut is made.
+        std::future::pending(),
         ctx,
     )
     .await?

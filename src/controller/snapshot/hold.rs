@@ -5,6 +5,7 @@
 //! found and released by the next reconcile.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
@@ -29,24 +30,31 @@ pub struct Holds {
 }
 
 impl Holds {
-    /// Lock `target` and keep it locked until [`Holds::release`]. Returns once the lock is
-    /// taken (with the member's lock count before it), or why it was not.
-    pub async fn take(
+    /// Lock `target` and keep it locked until [`Holds::release`], or until `until` ends (Ok:
+    /// the work is done, the lock may go; Err: it ended early, and why). Returns once the lock
+    /// is taken (with the member's lock count before it), or why it was not.
+    pub async fn take<U>(
         &self,
         key: HoldKey,
         target: LockTarget,
         settings: ConnectionSettings,
         limits: LockLimits,
-    ) -> Result<i64, LockError> {
+        until: U,
+    ) -> Result<i64, LockError>
+    where
+        U: Future<Output = Result<(), String>> + Send + 'static,
+    {
         let (locked_tx, locked_rx) = oneshot::channel();
         let (release_tx, release_rx) = oneshot::channel::<()>();
         let member = target.member.clone();
         let task = tokio::spawn(async move {
             with_write_lock(&target, &settings, limits, |before| async move {
                 let _ = locked_tx.send(before);
-                // Until told to release (a dropped sender says the same).
-                let _ = release_rx.await;
-                Ok(())
+                // Until told to release (a dropped sender says the same), or `until` ends.
+                tokio::select! {
+                    _ = release_rx => Ok(()),
+                    done = until => done,
+                }
             })
             .await
             .map(|((), report)| report)
@@ -93,6 +101,17 @@ impl Holds {
         let hold = self.lock_map().remove(key)?;
         let _ = hold.release.send(());
         Some(finished(hold.task.await, member))
+    }
+
+    /// Release every lock this process holds (the operator is stopping): members are not left
+    /// locked until the next operator finds them.
+    pub async fn release_all(&self) {
+        let held: Vec<(HoldKey, Hold)> = self.lock_map().drain().collect();
+        for (key, hold) in held {
+            let _ = hold.release.send(());
+            let outcome = finished(hold.task.await, "?");
+            tracing::info!(attempt = key.1, ?outcome, "lock released at shutdown");
+        }
     }
 
     fn lock_map(&self) -> std::sync::MutexGuard<'_, HashMap<HoldKey, Hold>> {

@@ -5,7 +5,10 @@
 //! The lock itself is [`crate::mongo::lock`]; the tasks holding locks between reconciles are
 //! [`super::hold`].
 
+use std::future::Future;
 use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -54,8 +57,9 @@ pub(super) fn member_lock(
 }
 
 /// Lock the member for `held`'s attempt: write the Quiescing status first (so that a lock
-/// whose holder is lost is found) and make it `prev`, then take the lock. Returns the lock's
-/// key and status once taken, or why it was not (recorded in `prev` and announced).
+/// whose holder is lost is found) and make it `prev`, then take the lock, held until released
+/// or until `until` ends. Returns the lock's key and status once taken, or why it was not
+/// (recorded in `prev` and announced).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn lock_member(
     snap: &Snapshot,
@@ -65,6 +69,7 @@ pub(super) async fn lock_member(
     member: &MemberChoice,
     capture: &Capture,
     message: String,
+    until: impl Future<Output = Result<(), String>> + Send + 'static,
     ctx: &Context,
 ) -> Result<Result<(HoldKey, LockStatus), String>, Error> {
     let attempt = held.attempt;
@@ -94,6 +99,7 @@ pub(super) async fn lock_member(
             lock.target,
             lock.settings,
             limits(lock.max_lock),
+            until,
         )
         .await;
     tracing::info!(member = %member.pod, attempt, outcome = ?taken_at, "member lock asked for");
@@ -109,12 +115,39 @@ pub(super) async fn lock_member(
     }
 }
 
+/// Ends when pod `name` of `ns` has finished (Ok: its copy is done) or is gone or being
+/// deleted (Err: the copy did not finish under the lock). Checked every few seconds; a copy
+/// whose Snapshot was deleted (the reconciles stop) does not keep its member locked until
+/// maxLockSeconds.
+pub(super) async fn pod_done(client: kube::Client, ns: String, name: String) -> Result<(), String> {
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, &ns);
+    loop {
+        tokio::time::sleep(POD_CHECK).await;
+        match pods.get_opt(&name).await {
+            Ok(None) => return Err(format!("pod {name} is gone")),
+            Ok(Some(p)) if p.metadata.deletion_timestamp.is_some() => {
+                return Err(format!("pod {name} is being deleted"));
+            }
+            Ok(Some(p)) => {
+                let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+                if phase == "Succeeded" || phase == "Failed" {
+                    return Ok(());
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, pod = %name, "checking a locked copy's pod"),
+        }
+    }
+}
+
 /// Record `lock` as the current attempt's in `prev`.
 pub(super) fn set_lock(prev: &mut SnapshotStatus, lock: LockStatus) {
     if let Some(c) = prev.capture.as_mut() {
         c.lock = Some(lock);
     }
 }
+
+/// How often a lock task looks at its copy's pod.
+const POD_CHECK: Duration = Duration::from_secs(3);
 
 /// How often an unlock that failed is tried again.
 pub(super) const UNLOCK_RETRY: Duration = Duration::from_secs(30);

@@ -191,11 +191,19 @@ async fn start_locked_copy(
         started.member.pod
     );
     let member = started.member.clone();
-    let (key, locked) =
-        match locking::lock_member(snap, prev, lock, held, &member, capture, message, ctx).await? {
-            Ok(l) => l,
-            Err(why) => return Ok(Started::AttemptFailed(why)),
-        };
+    let until = locking::pod_done(
+        ctx.client.clone(),
+        snap.namespace().unwrap_or_default(),
+        pod.name_any(),
+    );
+    let (key, locked) = match locking::lock_member(
+        snap, prev, lock, held, &member, capture, message, until, ctx,
+    )
+    .await?
+    {
+        Ok(l) => l,
+        Err(why) => return Ok(Started::AttemptFailed(why)),
+    };
     started.capture.lock = Some(locked.clone());
     match launch_pod(snap, pod, started, ctx).await {
         Ok((step, _)) => Ok(Started::Step(step, Some(LOCK_RECHECK))),
