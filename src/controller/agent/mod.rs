@@ -37,11 +37,7 @@ where
         + Sync
         + 'static,
 {
-    kube::runtime::Controller::new(
-        scoped_api::<K>(client, namespace),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(
+    crate::controller::lean_controller(scoped_api::<K>(client, namespace)).owns(
         scoped_api::<Pod>(client, namespace),
         watcher::Config::default()
             .labels(&format!("app.kubernetes.io/component={component}"))

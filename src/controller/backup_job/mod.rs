@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -79,7 +79,7 @@ pub fn controller(
     use futures::StreamExt;
     let jobs: Api<BackupJob> = scoped_api(&ctx.client, namespace.as_deref());
     let snaps: Api<Snapshot> = scoped_api(&ctx.client, namespace.as_deref());
-    Controller::new(jobs, watcher::Config::default().any_semantic())
+    super::lean_controller(jobs)
         .watches(snaps, watcher::Config::default().any_semantic(), |s| {
             let ns = s.namespace()?;
             Some(ObjectRef::<BackupJob>::new(&s.spec.backup_job_ref.name).within(&ns))

@@ -16,7 +16,7 @@ use futures::Stream;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -60,7 +60,7 @@ pub fn controller(
     use futures::StreamExt;
     let servers: Api<KmipServer> = scoped_api(&ctx.client, namespace.as_deref());
     let jobs: Api<BackupJob> = scoped_api(&ctx.client, namespace.as_deref());
-    Controller::new(servers, watcher::Config::default().any_semantic())
+    super::lean_controller(servers)
         .watches(jobs, watcher::Config::default().any_semantic(), |j| {
             let r = j.spec.encryption.kmip_server_ref.as_ref()?;
             Some(ObjectRef::<KmipServer>::new(&r.name).within(&j.namespace()?))
