@@ -91,6 +91,22 @@ impl Locked {
         .expect("status")
     }
 
+    /// The finished Snapshot `name`, which must have succeeded at attempt `attempt`.
+    async fn succeeded_at_attempt(
+        &self,
+        name: &str,
+        attempt: u32,
+    ) -> snapcrypt::api::SnapshotStatus {
+        let st = self.finished(name).await;
+        assert_eq!(
+            (st.phase, st.attempts),
+            (RunPhase::Succeeded, attempt),
+            "{st:?}\n{}",
+            pod_logs(self.g.ns.name())
+        );
+        st
+    }
+
     /// Wait until Snapshot `name` is copying (phase Running) under the lock.
     async fn copying(&self, name: &str) -> String {
         let snaps: Api<Snapshot> = self.g.ns.api();
@@ -319,13 +335,7 @@ async fn a_copy_that_loses_its_lock_fails_and_unlocks() {
     )
     .await
     .expect("delete attempt 1's pod");
-    let st = l.finished("retried-1").await;
-    assert_eq!(
-        (st.phase, st.attempts),
-        (RunPhase::Succeeded, 2),
-        "{st:?}\n{}",
-        pod_logs(l.g.ns.name())
-    );
+    l.succeeded_at_attempt("retried-1", 2).await;
     let counts: Vec<i64> = l
         .mongod
         .lock_commands()
@@ -363,13 +373,7 @@ async fn a_lock_whose_holder_died_is_undone_by_the_next_operator() {
     })
     .await;
     assert!(event.contains("the operator unlocked it"), "{event}");
-    let st = l.finished("lost-1").await;
-    assert_eq!(
-        (st.phase, st.attempts),
-        (RunPhase::Succeeded, 2),
-        "{st:?}\n{}",
-        pod_logs(l.g.ns.name())
-    );
+    let st = l.succeeded_at_attempt("lost-1", 2).await;
     let lock = st.capture.and_then(|c| c.lock).expect("lock");
     assert_eq!(lock.state, LockState::Released, "{lock:?}");
     assert_eq!(l.mongod.lock_count(), 0);

@@ -287,6 +287,28 @@ where
     }
 }
 
+/// Delete `obj` exactly: by its uid, so that an object which took its name since stays.
+/// Returns whether this deleted it (false: it was already gone, or replaced).
+pub async fn delete_exactly<K>(api: &Api<K>, obj: &K) -> kube::Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    use kube::api::{DeleteParams, Preconditions};
+    let exactly = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&obj.name_any(), &exactly).await {
+        Ok(_) => Ok(true),
+        // 404: gone already; 409: the uid precondition failed, a new object has the name.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The annotation in which `kubectl apply` keeps a whole copy of the object it applied.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 

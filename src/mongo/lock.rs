@@ -97,11 +97,8 @@ where
     F: Future<Output = Result<T, String>>,
 {
     let member = target.member.clone();
-    let connect = |reason: String| LockError::Connect {
-        member: member.clone(),
-        reason,
-    };
-    let session = Session::open(target, settings).map_err(connect)?;
+    let connect = connect_error(&member);
+    let session = Session::open(target, settings).map_err(&connect)?;
     let run = |cmd: Document| session.run(cmd);
 
     // A secondary (unless allowed), then the lock, on this one connection.
@@ -223,11 +220,8 @@ pub async fn unlock_abandoned(
     count_before: Option<i64>,
 ) -> Result<bool, LockError> {
     let member = target.member.clone();
-    let connect = |reason: String| LockError::Connect {
-        member: member.clone(),
-        reason,
-    };
-    let session = Session::open(target, settings).map_err(connect)?;
+    let connect = connect_error(&member);
+    let session = Session::open(target, settings).map_err(&connect)?;
     let run = |cmd: Document| session.run(cmd);
     let outcome = async {
         let op = run(doc! {"currentOp": 1}).await.map_err(connect)?;
@@ -247,6 +241,14 @@ pub async fn unlock_abandoned(
     .await;
     session.close().await;
     outcome
+}
+
+/// A connection failure to `member`, as a [`LockError`].
+fn connect_error(member: &str) -> impl Fn(String) -> LockError + '_ {
+    move |reason| LockError::Connect {
+        member: member.to_string(),
+        reason,
+    }
 }
 
 /// One kept connection to a member's admin database (the driver's pool, limited to one by

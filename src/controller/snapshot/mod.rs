@@ -31,7 +31,7 @@ use self::release::release;
 use self::start::{Started, start_attempt, start_from_volume};
 use super::agent::owning_agent_pods;
 use super::reason::Reason;
-use super::{Context, apply_status};
+use super::{Context, apply_status, delete_exactly};
 use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::RunPhase;
 use crate::api::{Snapshot, SnapshotStatus};
@@ -393,7 +393,6 @@ async fn release_copy_lock(
 
 /// Delete this Snapshot's unfinished pods (a copy that can no longer be consistent).
 async fn stop_pods(snap: &Snapshot, world: &World, ctx: &Context) -> Result<(), Error> {
-    use kube::api::{DeleteParams, Preconditions};
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
     for pod in world.pods.iter().filter(|p| {
         p.metadata.deletion_timestamp.is_none()
@@ -402,24 +401,13 @@ async fn stop_pods(snap: &Snapshot, world: &World, ctx: &Context) -> Result<(), 
                 Some("Succeeded" | "Failed")
             )
     }) {
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
-        match api.delete(&pod.name_any(), &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(source) => {
-                return Err(Error::StopPod {
-                    snapshot: snap.name_any(),
-                    pod: pod.name_any(),
-                    source,
-                });
-            }
-        }
+        delete_exactly(&api, pod)
+            .await
+            .map_err(|source| Error::StopPod {
+                snapshot: snap.name_any(),
+                pod: pod.name_any(),
+                source,
+            })?;
     }
     Ok(())
 }
@@ -449,7 +437,6 @@ async fn delete_forgotten(
     result: &SnapshotResult,
     ctx: &Context,
 ) -> Result<(), Error> {
-    use kube::api::{DeleteParams, Preconditions};
     let doomed = forgotten_siblings(&world.siblings, world.job.as_ref(), result);
     if doomed.is_empty() {
         return Ok(());
@@ -458,24 +445,15 @@ async fn delete_forgotten(
         Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
     let mut names = Vec::new();
     for s in doomed {
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: s.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
-        match api.delete(&s.name_any(), &dp).await {
-            Ok(_) => names.push(s.name_any()),
-            // Already gone, or replaced by a new object of the same name.
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(source) => {
-                return Err(Error::DeleteForgotten {
-                    snapshot: snap.name_any(),
-                    forgotten: s.name_any(),
-                    source,
-                });
-            }
+        let deleted = delete_exactly(&api, s)
+            .await
+            .map_err(|source| Error::DeleteForgotten {
+                snapshot: snap.name_any(),
+                forgotten: s.name_any(),
+                source,
+            })?;
+        if deleted {
+            names.push(s.name_any());
         }
     }
     if !names.is_empty() {

@@ -4,14 +4,14 @@
 //! already gone. The Snapshot's owner reference also lets garbage collection take them with it.
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{DeleteParams, DynamicObject, Preconditions};
+use kube::api::DynamicObject;
 use kube::{Api, Resource, ResourceExt};
 
 use super::Error;
 use super::build::volume::api_resource;
 use super::plan::Leftovers;
 use crate::api::Snapshot;
-use crate::controller::Context;
+use crate::controller::{Context, delete_exactly};
 
 pub(super) async fn release(
     snap: &Snapshot,
@@ -40,20 +40,12 @@ async fn delete<K>(snap: &Snapshot, api: &Api<K>, obj: &K, what: &str) -> Result
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let exactly = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: obj.uid(),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    match api.delete(&obj.name_any(), &exactly).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(Error::CleanUpCapture {
+    delete_exactly(api, obj)
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::CleanUpCapture {
             snapshot: snap.name_any(),
             object: format!("{what} {}", obj.name_any()),
             source,
-        }),
-    }
+        })
 }
