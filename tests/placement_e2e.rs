@@ -102,6 +102,8 @@ async fn snapshot_pods_tolerate_the_members_taints_and_give_up_when_unschedulabl
                            "consistency": {"mode": "stoppedMember"}},
                 "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
                 "encryption": {"localKeySecret": {"name": "rs0-key"}},
+                // Yearly: only the test's own Snapshots run (no run-once Snapshot racing them).
+                "schedule": {"cron": "0 0 1 1 *"},
                 "backoffLimit": 0, "placement": placement}})
     };
     let snaps: Api<Snapshot> = ns.api();
@@ -169,6 +171,9 @@ async fn snapshot_pods_tolerate_the_members_taints_and_give_up_when_unschedulabl
         msg.starts_with("snapshot pod stuck-1-1 stayed Pending for over 5s (spec.placement.pendingTimeout): Unschedulable"),
         "{msg}"
     );
+    // Its pod goes with it: left Pending, it would start once the node is free and write into
+    // the repository for a Snapshot that failed.
+    support::cluster::wait_for_deletion(&pods, "stuck-1-1", LONG).await;
 
     // 3. The job is not blocked: its next run starts and, the node free again, succeeds.
     create::<Snapshot>(&snaps, on_demand("stuck-2", "stuck")).await;

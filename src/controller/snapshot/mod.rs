@@ -206,9 +206,14 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         if let Some(why) = ended_early
             && copy_under_way(&next)
         {
-            stop_pods(&snap, &world, &ctx).await?;
             next = after_failure(prev.attempts, job, why, None);
         }
+    }
+    //    An attempt that is over leaves no pod running unsupervised: one still Pending (past
+    //    its pendingTimeout) or still copying (its lock ended) would start or go on later and
+    //    write into the repository for an attempt that failed.
+    if attempt_over(&next) {
+        stop_pods(&snap, &world, &ctx).await?;
     }
 
     // 3-5. Validate, choose a member, lock it if the capture says, build and apply the pod.
@@ -341,6 +346,17 @@ async fn run_plan(
             (Plan::Start { .. } | Plan::StartFromVolume { .. }, None) => return Ok(None),
         }
     }
+}
+
+/// Whether `next` ends the current attempt as failed: a retry, or the Snapshot's failure.
+fn attempt_over(next: &Plan) -> bool {
+    matches!(
+        next,
+        Plan::Start {
+            retry_after: Some(_),
+            ..
+        } | Plan::Step(Step::Failed { .. }, _)
+    )
 }
 
 /// Whether `next` is the current attempt's copy going on or just finished well (what a lock
