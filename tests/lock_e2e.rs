@@ -336,12 +336,7 @@ async fn a_copy_that_loses_its_lock_fails_and_unlocks() {
     .await
     .expect("delete attempt 1's pod");
     l.succeeded_at_attempt("retried-1", 2).await;
-    let counts: Vec<i64> = l
-        .mongod
-        .lock_commands()
-        .iter()
-        .map(|c| c.lock_count_after)
-        .collect();
+    let counts = l.mongod.counts();
     assert_eq!(l.mongod.lock_count(), 1, "{counts:?}");
     assert!(counts.iter().all(|c| *c <= 2), "{counts:?}");
 }
@@ -377,11 +372,6 @@ async fn a_lock_whose_holder_died_is_undone_by_the_next_operator() {
     let lock = st.capture.and_then(|c| c.lock).expect("lock");
     assert_eq!(lock.state, LockState::Released, "{lock:?}");
     assert_eq!(l.mongod.lock_count(), 0);
-    let counts: Vec<i64> = l
-        .mongod
-        .lock_commands()
-        .iter()
-        .map(|c| c.lock_count_after)
-        .collect();
+    let counts = l.mongod.counts();
     assert!(counts.iter().all(|c| *c <= 1), "locks stacked: {counts:?}");
 }

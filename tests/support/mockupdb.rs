@@ -156,6 +156,14 @@ impl Lockable {
             .collect()
     }
 
+    /// The lock count after each lock command, in order.
+    pub fn counts(&self) -> Vec<i64> {
+        self.lock_commands()
+            .iter()
+            .map(|c| c.lock_count_after)
+            .collect()
+    }
+
     /// The lock count after the last lock command (0 if none).
     pub fn lock_count(&self) -> i64 {
         self.lock_commands()

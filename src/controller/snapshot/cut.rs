@@ -12,7 +12,7 @@ use super::build::volume::{self, cut_or_failed};
 use super::hold::HoldKey;
 use super::locking::{self, Lock};
 use super::plan::capturing;
-use super::start::Started;
+use super::start::{Started, wait};
 use super::{CAPTURE_RECHECK, Error};
 use crate::api::snapshot::{CaptureStatus, MemberChoice};
 use crate::api::{Snapshot, SnapshotStatus};
@@ -54,15 +54,7 @@ pub(super) async fn start_cut(
         }
         Started::Step(step, Some(CAPTURE_RECHECK))
     };
-    let blocked = |b: Blocked| {
-        Started::Step(
-            Step::Wait {
-                reason: b.reason,
-                message: b.message,
-            },
-            Some(super::RECHECK),
-        )
-    };
+    let blocked = |b: Blocked| Started::from(wait(b));
     let Some(lock) = lock else {
         return Ok(match cut_volume(snap, vs, None, ctx).await? {
             Ok(()) => capture_step(),

@@ -407,7 +407,7 @@ async fn job_blocked(
 }
 
 /// A wait for what `b` names.
-fn wait(b: Blocked) -> (Step, Option<Duration>) {
+pub(super) fn wait(b: Blocked) -> (Step, Option<Duration>) {
     (
         Step::Wait {
             reason: b.reason,
