@@ -173,7 +173,15 @@ async fn snapshot_and_restore_in_real_containers() {
         g.cluster.kubeconfig(),
         ns.name(),
         IMAGE,
-        &["--agent-progress-interval", "0.2"],
+        // Every attempt stalls 4 s before its commit (the fault hook), so the kill below
+        // always lands mid-run: a small backup could otherwise finish between the progress
+        // seen and the kill (seen in CI: "no node runs container").
+        &[
+            "--agent-progress-interval",
+            "0.2",
+            "--agent-env",
+            "SNAPCRYPT_FAULT_BACKUP_STALL_SECS=4",
+        ],
     );
     g.backup_job().await;
 
