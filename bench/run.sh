@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Benchmark snapcrypt against restic (Debian's) on one generated MongoDB-like dbPath, in one
-# run: full backup, restore, incremental after rewriting 1% of the 4 KiB pages, peak RSS.
-# Writes bench/RESULTS.md. Usage: bench/run.sh [SIZE_MIB (default 1024)] [CHUNK_SIZE]
+# Benchmark snapcrypt against restic (Debian's), and rustic when it is on PATH, on one
+# generated MongoDB-like dbPath, in one run: full backup, restore, incremental after
+# rewriting 1% of the 4 KiB pages, peak RSS of backup and restore.
+# Writes its own section of bench/RESULTS.md ("## Storage engine, SIZE MiB"), leaving the
+# other sections as they are. Usage: bench/run.sh [SIZE_MIB (default 1024)] [CHUNK_SIZE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${1:-1024}
@@ -13,6 +15,7 @@ WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/snapcrypt-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 SRC=$WORK/src
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic-repo RESTIC_CACHE_DIR=$WORK/restic-cache
+export RUSTIC_PASSWORD=bench RUSTIC_REPOSITORY=$WORK/rustic-repo
 export SNAPCRYPT_KEY_FILE=$WORK/key.json
 declare -A T R
 
@@ -48,33 +51,75 @@ measure restic_restore restic restore latest --target "$WORK/restic-out"
 measure sc_restore "$SC" restore --repo "$WORK/sc-repo" --snapshot latest --target "$WORK/sc-out"
 diff -r "$SRC" "$WORK/sc-out" > /dev/null || { echo "bench: snapcrypt restore differs from the source"; exit 1; }
 diff -r "$SRC" "$WORK/restic-out$SRC" > /dev/null || { echo "bench: restic restore differs from the source"; exit 1; }
+rm -rf "$WORK/sc-out" "$WORK/restic-out"
 
-# Memory as the source grows: a quarter-size source, backed up into a new repository.
+# rustic (when on PATH): the same source, now as rewritten, backed up once and restored.
+RUSTIC_ROW=""
+if command -v rustic > /dev/null; then
+  rustic init > /dev/null 2>&1
+  warm; measure rustic_full rustic backup "$SRC"
+  measure rustic_restore rustic restore latest "$WORK/rustic-out"
+  diff -r "$SRC" "$WORK/rustic-out" > /dev/null || { echo "bench: rustic restore differs from the source"; exit 1; }
+  rm -rf "$WORK/rustic-out"
+  RUSTIC_ROW="| restore, vs rustic $(rustic --version | awk '{print $2}'), s | ${T[rustic_restore]} | ${T[sc_restore]} | $(ratio ${T[sc_restore]} ${T[rustic_restore]}) | < 1 |"
+fi
+
+# Memory as the source grows: a quarter-size source, backed up into a new repository and
+# restored.
 mkdir -p "$WORK/small"
 python3 bench/gen_dbpath.py make "$WORK/small/src" $(( SIZE / 4 )) --seed 2
 measure sc_small "$SC" backup --source "$WORK/small/src" --repo "$WORK/small/repo"
+measure sc_small_restore "$SC" restore --repo "$WORK/small/repo" --snapshot latest --target "$WORK/small/out"
 
 CORES=$(nproc)
-cat > bench/RESULTS.md <<MD
-# Benchmark: snapcrypt vs restic $(restic version | awk '{print $2}')
+SECTION=$WORK/section.md
+cat > "$SECTION" <<MD
+## Storage engine, $SIZE MiB
 
-\`bench/run.sh $SIZE${CHUNK:+ $CHUNK}\` on $(date -u +%Y-%m-%d), $CORES cores, $(free -g | awk '/Mem:/{print $2}') GiB.
+\`bench/run.sh $SIZE${CHUNK:+ $CHUNK}\` on $(date -u +%Y-%m-%d), $CORES cores, $(free -g | awk '/Mem:/{print $2}') GiB, restic $(restic version | awk '{print $2}').
 Source: a generated MongoDB-like dbPath of $SIZE MiB (4 KiB pages, about half incompressible),
 then 1% of its pages rewritten in place, scattered across the files. Both tools compress
 (restic repository version 2, compression auto). The source is read once before each backup
-so both find it in the page cache. Chunk size: ${CHUNK:-16384 (default)}.
+so both find it in the page cache. Restores read the incremental snapshot into a new
+directory. Chunk size: ${CHUNK:-16384 (default)}.
 
 | measure | restic | snapcrypt | ratio | goal |
 |---|---|---|---|---|
 | full backup, s | ${T[restic_full]} | ${T[sc_full]} | $(ratio ${T[sc_full]} ${T[restic_full]}) | <= 0.3 |
-| restore, s | ${T[restic_restore]} | ${T[sc_restore]} | $(ratio ${T[sc_restore]} ${T[restic_restore]}) | <= 0.5 |
+| restore, s | ${T[restic_restore]} | ${T[sc_restore]} | $(ratio ${T[sc_restore]} ${T[restic_restore]}) | <= 0.35 |
+$RUSTIC_ROW
 | incremental after 1% page rewrite, bytes added | $RESTIC_ADDED | $SC_ADDED | $(ratio $SC_ADDED $RESTIC_ADDED) | <= 0.1 |
 | incremental, s | ${T[restic_incr]} | ${T[sc_incr]} | $(ratio ${T[sc_incr]} ${T[restic_incr]}) | <= 0.3 |
-| peak RSS, full backup, KiB | ${R[restic_full]} | ${R[sc_full]} | $(ratio ${R[sc_full]} ${R[restic_full]}) | <= 0.5 |
-| repository after full backup, bytes | $RESTIC_FULL_BYTES | $SC_FULL_BYTES | $(ratio $SC_FULL_BYTES $RESTIC_FULL_BYTES) | |
+| peak RSS, full backup, KiB | ${R[restic_full]} | ${R[sc_full]} | $(ratio ${R[sc_full]} ${R[restic_full]}) | snapcrypt <= 65536 |
+| peak RSS, restore, KiB | ${R[restic_restore]} | ${R[sc_restore]} | $(ratio ${R[sc_restore]} ${R[restic_restore]}) | snapcrypt <= 65536 |
+| repository after full backup, bytes | $RESTIC_FULL_BYTES | $SC_FULL_BYTES | $(ratio $SC_FULL_BYTES $RESTIC_FULL_BYTES) | <= 1 |
 
-Peak RSS of snapcrypt as the source grows: $(( SIZE / 4 )) MiB source ${R[sc_small]} KiB,
-$SIZE MiB source ${R[sc_full]} KiB (ratio $(ratio ${R[sc_full]} ${R[sc_small]}) for 4x the data).
-Restores of both tools were compared byte for byte with the source.
+Peak RSS of snapcrypt as the source grows, $(( SIZE / 4 )) MiB and $SIZE MiB sources: backup
+${R[sc_small]} and ${R[sc_full]} KiB (ratio $(ratio ${R[sc_full]} ${R[sc_small]}) for 4x the data), restore
+${R[sc_small_restore]} and ${R[sc_restore]} KiB (ratio $(ratio ${R[sc_restore]} ${R[sc_small_restore]})).
+Every restore was compared byte for byte with its source.
 MD
-cat bench/RESULTS.md
+# Replace this size's section of bench/RESULTS.md (or add it before the operator sections).
+python3 - "$SECTION" "$SIZE" <<'PY'
+import re, sys
+section = open(sys.argv[1]).read().replace("\n\n\n", "\n\n")
+section = re.sub(r"\n\n(\| incremental)", r"\n\1", section)  # no rustic row: no gap
+path = "bench/RESULTS.md"
+try:
+    text = open(path).read()
+except FileNotFoundError:
+    text = "# Benchmarks\n"
+head = f"## Storage engine, {sys.argv[2]} MiB\n"
+parts = re.split(r"(?m)^(?=## )", text)
+out, placed = [], False
+for p in parts:
+    if p.startswith(head):
+        out.append(section.rstrip("\n") + "\n\n"); placed = True
+    else:
+        out.append(p)
+if not placed:
+    i = next((k for k, p in enumerate(out) if p.startswith("## ") and not p.startswith("## Storage engine")), len(out))
+    out.insert(i, section.rstrip("\n") + "\n\n")
+open(path, "w").write("".join(out).rstrip("\n") + "\n")
+PY
+cat "$SECTION"

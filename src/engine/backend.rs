@@ -349,6 +349,60 @@ impl Backend {
             .map_err(Self::err(name))
     }
 
+    /// Read `len` bytes of object `name` from `offset` into `buf`, reusing its allocation
+    /// (restore's reads, one buffer per thread; a buffer only grows, so it is zeroed once).
+    /// A local repository is read with `pread` on the calling thread: through the async
+    /// client every read was a new buffer allocated on a blocking-pool thread and freed on
+    /// the reader's, which left the allocator's per-thread arenas holding a copy each. Other
+    /// stores are read through the client on `handle`. Call from a thread that may block.
+    pub fn read_range_into<'b>(
+        &self,
+        handle: &tokio::runtime::Handle,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b mut [u8], BackendError> {
+        let len = usize::try_from(len).map_err(|_| BackendError::BadLocation {
+            repo: self.display.clone(),
+            reason: format!("{name}: a read of {len} bytes"),
+        })?;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let out = &mut buf[..len];
+        match &self.local_root {
+            Some(root) => {
+                use std::os::unix::fs::{FileExt, OpenOptionsExt};
+                let path = root.join(name);
+                let io = |source| BackendError::Io {
+                    path: path.display().to_string(),
+                    source,
+                };
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .and_then(|f| f.read_exact_at(out, offset))
+                    .map_err(io)?;
+            }
+            None => {
+                let bytes = handle.block_on(self.get_range(name, offset, len as u64))?;
+                if bytes.len() != len {
+                    return Err(BackendError::Io {
+                        path: name.into(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("{} bytes returned for a read of {len}", bytes.len()),
+                        ),
+                    });
+                }
+                out.copy_from_slice(&bytes);
+            }
+        }
+        Ok(out)
+    }
+
     /// Does the object exist?
     pub async fn exists(&self, name: &str) -> Result<bool, BackendError> {
         match self.store.head(&ObjPath::from(name)).await {

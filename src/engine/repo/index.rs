@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use super::Repository;
 use crate::engine::EngineError;
 use crate::engine::backend::BackendError;
-use crate::engine::crypto::{ChunkId, DataKey};
+use crate::engine::crypto::{ChunkMap, DataKey};
 use crate::engine::format::{BlobEntry, ObjectKind};
 use crate::engine::pack::{StagedPack, parse_pack_header};
 
@@ -49,7 +49,7 @@ pub fn is_object_id(id: &str) -> bool {
 #[derive(Default, Debug)]
 pub struct Index {
     pub packs: Vec<PackInfo>,
-    pub blobs: HashMap<ChunkId, BlobLoc>,
+    pub blobs: ChunkMap<BlobLoc>,
 }
 
 impl Index {

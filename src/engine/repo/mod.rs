@@ -9,6 +9,7 @@ mod sealed;
 mod snapshots;
 
 pub use self::index::{BlobLoc, GARBAGE_DIR, GarbageMark, Index, PackInfo, is_object_id};
+pub use self::sealed::PackBlobs;
 
 use std::collections::HashMap;
 use std::sync::Arc;

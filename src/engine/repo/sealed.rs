@@ -1,12 +1,14 @@
 //! Sealed objects (config aside: index, snapshots) and blobs: sealing, opening and checking
 //! each against what its name or id says.
 
+use std::sync::Arc;
+
 use super::Repository;
 use super::index::{BlobLoc, Index};
 use crate::engine::EngineError;
-use crate::engine::crypto::{ChunkId, DataKey, random_id};
+use crate::engine::crypto::{ChunkId, DataKey, ObjectCipher, random_id};
 use crate::engine::format::{
-    OBJECT_HEADER_LEN, OBJECT_MAGIC, ObjectKind, pack_object_name, parse_object_envelope,
+    BlobEntry, OBJECT_HEADER_LEN, OBJECT_MAGIC, ObjectKind, pack_object_name, parse_object_envelope,
 };
 use crate::engine::pack::blob_aad;
 
@@ -101,8 +103,7 @@ impl Repository {
     }
 
     /// Open a sealed blob in place (decrypting `sealed`), decompressing into `scratch` where
-    /// needed, and check its content against its id; returns the plaintext. Restore's hot
-    /// path: no allocation per blob.
+    /// needed, and check its content against its id; returns the plaintext.
     pub fn open_blob_in_place<'a>(
         &self,
         index: &Index,
@@ -110,44 +111,25 @@ impl Repository {
         sealed: &'a mut [u8],
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], EngineError> {
-        let pack = &index.packs[loc.pack as usize];
-        let corrupt = |reason: String| EngineError::Corrupt {
-            object: pack_object_name(&pack.id),
-            reason,
-        };
-        let key = self.key(&pack.data_key_id)?;
-        let n = key
-            .object_cipher(&pack.salt)?
-            .open(
-                u64::from(loc.entry.offset),
-                &blob_aad(loc.entry.kind, &loc.entry.id),
-                sealed,
-            )
-            .map_err(|_| {
-                corrupt(format!(
-                    "blob {} at offset {}: authentication failed",
-                    hex::encode(loc.entry.id),
-                    loc.entry.offset
-                ))
-            })?;
-        let plain: &[u8] = if loc.entry.compressed() {
-            scratch.clear();
-            scratch.reserve(loc.entry.raw_len as usize);
-            decompress_into(&sealed[..n], scratch)
-                .map_err(|e| corrupt(format!("blob {}: {e}", hex::encode(loc.entry.id))))?;
-            scratch
-        } else {
-            &sealed[..n]
-        };
-        if plain.len() != loc.entry.raw_len as usize || key.chunk_id(plain) != loc.entry.id {
-            return Err(corrupt(format!(
-                "blob {}: content does not match its id",
-                hex::encode(loc.entry.id)
-            )));
-        }
-        Ok(plain)
+        self.pack_blobs(index, loc.pack)?
+            .open_in_place(&loc.entry, sealed, scratch)
     }
 
+    /// An opener for the blobs of pack `pack` (its index number in `index`).
+    pub fn pack_blobs<'i>(
+        &self,
+        index: &'i Index,
+        pack: u32,
+    ) -> Result<PackBlobs<'i>, EngineError> {
+        let info = &index.packs[pack as usize];
+        let key = self.key(&info.data_key_id)?;
+        let cipher = key.object_cipher(&info.salt)?;
+        Ok(PackBlobs {
+            pack_id: &info.id,
+            key,
+            cipher,
+        })
+    }
     /// Read one blob from the store.
     pub async fn read_blob(&self, index: &Index, id: &ChunkId) -> Result<Vec<u8>, EngineError> {
         let loc = index.blobs.get(id).ok_or_else(|| EngineError::Corrupt {
@@ -164,5 +146,59 @@ impl Repository {
             )
             .await?;
         self.open_blob(index, loc, &sealed)
+    }
+}
+
+/// Opens the blobs of one pack: its data key looked up and its subkey derived once, not per
+/// blob (restore's hot path: no allocation or key schedule per blob).
+pub struct PackBlobs<'i> {
+    pack_id: &'i str,
+    key: Arc<DataKey>,
+    cipher: ObjectCipher,
+}
+
+impl PackBlobs<'_> {
+    /// Open blob `entry` in place (decrypting `sealed`), decompressing into `scratch` where
+    /// needed, and check its content against its id; returns the plaintext.
+    pub fn open_in_place<'a>(
+        &self,
+        entry: &BlobEntry,
+        sealed: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], EngineError> {
+        let corrupt = |reason: String| EngineError::Corrupt {
+            object: pack_object_name(self.pack_id),
+            reason,
+        };
+        let n = self
+            .cipher
+            .open(
+                u64::from(entry.offset),
+                &blob_aad(entry.kind, &entry.id),
+                sealed,
+            )
+            .map_err(|_| {
+                corrupt(format!(
+                    "blob {} at offset {}: authentication failed",
+                    hex::encode(entry.id),
+                    entry.offset
+                ))
+            })?;
+        let plain: &[u8] = if entry.compressed() {
+            scratch.clear();
+            scratch.reserve(entry.raw_len as usize);
+            decompress_into(&sealed[..n], scratch)
+                .map_err(|e| corrupt(format!("blob {}: {e}", hex::encode(entry.id))))?;
+            scratch
+        } else {
+            &sealed[..n]
+        };
+        if plain.len() != entry.raw_len as usize || self.key.chunk_id(plain) != entry.id {
+            return Err(corrupt(format!(
+                "blob {}: content does not match its id",
+                hex::encode(entry.id)
+            )));
+        }
+        Ok(plain)
     }
 }

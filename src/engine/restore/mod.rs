@@ -4,6 +4,7 @@
 mod plan;
 mod target;
 mod workers;
+mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -85,7 +86,7 @@ async fn run_restore(
     let index = repo.load_index().await?;
     let tree = repo.load_tree(&index, snap).await?;
     plan::check_tree(&tree, &snap.id)?;
-    let jobs = plan::plan_reads(&tree, &index, &snap.id)?;
+    let plan = plan::plan_reads(&tree, &index, &snap.id)?;
     let files = tree.iter().filter(|e| e.kind == EntryKind::File);
     let total: u64 = files.clone().map(|e| e.size).sum();
     progress.set_totals(files.count() as u64, total);
@@ -93,7 +94,7 @@ async fn run_restore(
     // Write: the target prepared and laid out, every pack read once, then the finish.
     let marker = target::prepare(target, &tree, &opts)?;
     let paths = target::lay_out(target, &tree)?;
-    workers::read_packs(repo, &index, &jobs, &paths, &progress, opts.threads)?;
+    workers::read_packs(repo, &index, &plan, &paths, &progress, opts.threads)?;
     target::finish(&tree, &paths, &marker, || progress.add_file())?;
     Ok(RestoreStats {
         snapshot: snap.id.clone(),

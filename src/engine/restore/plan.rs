@@ -1,18 +1,12 @@
 //! What a restore reads (pure): the file list checked as hostile input, and for every pack
 //! the blobs it holds and where each goes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::ops::Range;
 
 use crate::engine::EngineError;
-use crate::engine::crypto::ChunkId;
 use crate::engine::format::{EntryKind, TreeEntry};
 use crate::engine::repo::{BlobLoc, Index};
-
-/// Where one chunk goes: file index and offset.
-pub(super) type Targets = Vec<(usize, u64)>;
-
-/// One pack's share of a restore: its blobs in offset order, each with where it goes.
-pub(super) type PackReads = (u32, Vec<(BlobLoc, Targets)>);
 
 /// Check a snapshot's file list before anything is written: every path relative, made of
 /// plain names (no `..`, `.`, empty or absolute parts), listed once, under a directory listed
@@ -59,20 +53,37 @@ pub fn check_tree(tree: &[TreeEntry], snapshot: &str) -> Result<(), EngineError>
     Ok(())
 }
 
-/// Where every chunk of the files goes, grouped by pack (packs and blobs in order). A chunk no
-/// index has, or chunks that do not add up to the file's size, make the snapshot corrupt.
-pub(super) fn plan_reads(
+/// One place a blob goes: where the blob is, and the file (index into the tree) and offset
+/// its plaintext is written to.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Placement<'i> {
+    pub loc: &'i BlobLoc,
+    pub file: usize,
+    pub offset: u64,
+}
+
+/// Every placement of a restore, sorted by pack and by offset in the pack (a blob that goes
+/// to several places has its placements side by side), and each pack's range of them.
+/// 24 bytes per chunk of the snapshot.
+pub(super) struct Plan<'i> {
+    pub placements: Vec<Placement<'i>>,
+    pub packs: Vec<Range<usize>>,
+}
+
+/// Where every chunk of the files goes, grouped by pack. A chunk no index has, or chunks that
+/// do not add up to the file's size, make the snapshot corrupt.
+pub(super) fn plan_reads<'i>(
     tree: &[TreeEntry],
-    index: &Index,
+    index: &'i Index,
     snapshot: &str,
-) -> Result<Vec<PackReads>, EngineError> {
-    // Where every chunk goes, grouped by pack.
-    let mut wanted: HashMap<ChunkId, Targets> = HashMap::new();
-    for (i, e) in tree.iter().enumerate() {
+) -> Result<Plan<'i>, EngineError> {
+    let chunks = tree.iter().map(|e| e.chunks.len()).sum();
+    let mut placements = Vec::with_capacity(chunks);
+    for (file, e) in tree.iter().enumerate() {
         if e.kind != EntryKind::File {
             continue;
         }
-        let mut off = 0u64;
+        let mut offset = 0u64;
         for id in &e.chunks {
             let loc = index.blobs.get(id).ok_or_else(|| EngineError::Corrupt {
                 object: format!("snapshots/{snapshot}"),
@@ -82,30 +93,28 @@ pub(super) fn plan_reads(
                     hex::encode(id)
                 ),
             })?;
-            wanted.entry(*id).or_default().push((i, off));
-            off += u64::from(loc.entry.raw_len);
+            placements.push(Placement { loc, file, offset });
+            offset += u64::from(loc.entry.raw_len);
         }
-        if off != e.size {
+        if offset != e.size {
             return Err(EngineError::Corrupt {
                 object: format!("snapshots/{snapshot}"),
                 reason: format!(
-                    "{}: chunks add up to {off} bytes, the file has {}",
+                    "{}: chunks add up to {offset} bytes, the file has {}",
                     e.path, e.size
                 ),
             });
         }
     }
-    let mut by_pack: HashMap<u32, Vec<(BlobLoc, Targets)>> = HashMap::new();
-    for (id, targets) in wanted {
-        let loc = index.blobs[&id];
-        by_pack.entry(loc.pack).or_default().push((loc, targets));
+    placements.sort_unstable_by_key(|p| (p.loc.pack, p.loc.entry.offset, p.file, p.offset));
+    let mut packs: Vec<Range<usize>> = Vec::new();
+    for (i, p) in placements.iter().enumerate() {
+        match packs.last_mut() {
+            Some(r) if placements[r.start].loc.pack == p.loc.pack => r.end = i + 1,
+            _ => packs.push(i..i + 1),
+        }
     }
-    let mut jobs: Vec<PackReads> = by_pack.into_iter().collect();
-    jobs.sort_by_key(|j| j.0);
-    for (_, blobs) in &mut jobs {
-        blobs.sort_by_key(|b| b.0.entry.offset);
-    }
-    Ok(jobs)
+    Ok(Plan { placements, packs })
 }
 
 #[cfg(test)]

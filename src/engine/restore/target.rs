@@ -173,8 +173,13 @@ fn system_time(ns: i128) -> SystemTime {
 
 /// Open flags that refuse to follow a symlink in the last component.
 pub(super) fn no_follow() -> OpenOptions {
+    no_follow_flags(0)
+}
+
+/// [`no_follow`] with more open flags.
+pub(super) fn no_follow_flags(flags: i32) -> OpenOptions {
     let mut o = OpenOptions::new();
-    o.custom_flags(libc::O_NOFOLLOW);
+    o.custom_flags(libc::O_NOFOLLOW | flags);
     o
 }
 
