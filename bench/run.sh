@@ -19,7 +19,9 @@ export RUSTIC_PASSWORD=bench RUSTIC_REPOSITORY=$WORK/rustic-repo
 export SNAPCRYPT_KEY_FILE=$WORK/key.json
 declare -A T R
 
-warm() { find "$SRC" -type f -exec cat {} + > /dev/null; }
+# Before each measure: the source in the page cache, and no dirty data of the previous
+# command still being written back (it would compete for the disk with the next one).
+warm() { find "$SRC" -type f -exec cat {} + > /dev/null; sync; }
 # measure NAME CMD...: wall seconds into T[NAME], peak RSS KiB into R[NAME]
 measure() {
   local name=$1; shift
@@ -47,8 +49,8 @@ warm; measure sc_incr "$SC" backup --source "$SRC" --repo "$WORK/sc-repo"
 RESTIC_ADDED=$(( $(bytes "$WORK/restic-repo") - RESTIC_FULL_BYTES ))
 SC_ADDED=$(( $(bytes "$WORK/sc-repo") - SC_FULL_BYTES ))
 
-measure restic_restore restic restore latest --target "$WORK/restic-out"
-measure sc_restore "$SC" restore --repo "$WORK/sc-repo" --snapshot latest --target "$WORK/sc-out"
+sync; measure restic_restore restic restore latest --target "$WORK/restic-out"
+sync; measure sc_restore "$SC" restore --repo "$WORK/sc-repo" --snapshot latest --target "$WORK/sc-out"
 diff -r "$SRC" "$WORK/sc-out" > /dev/null || { echo "bench: snapcrypt restore differs from the source"; exit 1; }
 diff -r "$SRC" "$WORK/restic-out$SRC" > /dev/null || { echo "bench: restic restore differs from the source"; exit 1; }
 rm -rf "$WORK/sc-out" "$WORK/restic-out"
@@ -58,7 +60,7 @@ RUSTIC_ROW=""
 if command -v rustic > /dev/null; then
   rustic init > /dev/null 2>&1
   warm; measure rustic_full rustic backup "$SRC"
-  measure rustic_restore rustic restore latest "$WORK/rustic-out"
+  sync; measure rustic_restore rustic restore latest "$WORK/rustic-out"
   diff -r "$SRC" "$WORK/rustic-out" > /dev/null || { echo "bench: rustic restore differs from the source"; exit 1; }
   rm -rf "$WORK/rustic-out"
   RUSTIC_ROW="| restore, vs rustic $(rustic --version | awk '{print $2}'), s | ${T[rustic_restore]} | ${T[sc_restore]} | $(ratio ${T[sc_restore]} ${T[rustic_restore]}) | < 1 |"

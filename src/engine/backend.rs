@@ -495,6 +495,11 @@ impl Backend {
         tokio::fs::remove_file(staged).await.map_err(io)
     }
 
+    /// Is this a local (directory or PVC) repository?
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// Human-readable location.
     pub fn display(&self) -> &str {
         &self.display
