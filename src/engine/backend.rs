@@ -368,6 +368,8 @@ impl Backend {
             reason: format!("{name}: a read of {len} bytes"),
         })?;
         if buf.len() < len {
+            // Exactly: the usual doubling would leave readers with twice the longest span.
+            buf.reserve_exact(len - buf.len());
             buf.resize(len, 0);
         }
         let out = &mut buf[..len];

@@ -186,26 +186,3 @@ mod tests {
         );
     }
 }
-
-/// Hashes a chunk id for hash maps by its first 8 bytes. Ids are keyed BLAKE3 outputs, so
-/// uniformly spread already: SipHash over all 32 bytes was a tenth of a restore's planning
-/// time. A repository writer who forged colliding ids could only slow its own reader down.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut b = [0u8; 8];
-        let n = bytes.len().min(8);
-        b[..n].copy_from_slice(&bytes[..n]);
-        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
-    }
-}
-
-/// A hash map keyed by chunk id.
-pub type ChunkMap<V> =
-    std::collections::HashMap<ChunkId, V, std::hash::BuildHasherDefault<IdHasher>>;

@@ -89,7 +89,7 @@ async fn load_indexes(
     repo: &Repository,
     report: &mut VerifyReport,
 ) -> Result<(Index, HashMap<String, Vec<BlobEntry>>), EngineError> {
-    let mut index = Index::default();
+    let mut index = super::repo::IndexBuilder::default();
     let index_names = repo.backend.list("index").await?;
     let mut good_index = Vec::new();
     for (name, _) in &index_names {
@@ -119,18 +119,14 @@ async fn load_indexes(
         ) {
             (Some((data_key_id, salt)), Some(entries)) => {
                 pack_entries.insert(id.clone(), entries.clone());
-                let n = index.packs.len() as u32;
-                index.packs.push(super::repo::PackInfo {
-                    id,
-                    data_key_id,
-                    salt,
-                });
-                for e in entries {
-                    index
-                        .blobs
-                        .entry(e.id)
-                        .or_insert(super::repo::BlobLoc { pack: n, entry: e });
-                }
+                index.add(
+                    super::repo::PackInfo {
+                        id,
+                        data_key_id,
+                        salt,
+                    },
+                    entries,
+                );
             }
             _ => report
                 .problems
@@ -138,7 +134,7 @@ async fn load_indexes(
         }
     }
 
-    Ok((index, pack_entries))
+    Ok((index.finish(), pack_entries))
 }
 
 /// Every indexed pack is present with its exact size, and every pack has an index.

@@ -161,7 +161,7 @@ mod tests {
         };
         index
             .blobs
-            .insert([1; 32], crate::engine::repo::BlobLoc { pack: 0, entry });
+            .insert(crate::engine::repo::BlobLoc { pack: 0, entry });
         let r = reusable(vec![gone, kept], &index);
         assert_eq!(r.keys().collect::<Vec<_>>(), ["kept"]);
     }

@@ -163,7 +163,7 @@ mod tests {
             kind: BlobKind::Data,
             flags: 0,
         };
-        known.blobs.insert([1; 32], BlobLoc { pack: 1, entry });
+        known.blobs.insert(BlobLoc { pack: 1, entry });
         let mut file = TreeEntry {
             path: "f".into(),
             kind: EntryKind::File,

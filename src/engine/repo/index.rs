@@ -3,10 +3,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::Repository;
+use super::blob_map::BlobMap;
 use crate::engine::EngineError;
 use crate::engine::backend::BackendError;
-use crate::engine::crypto::{ChunkMap, DataKey};
+use crate::engine::crypto::DataKey;
 use crate::engine::format::{BlobEntry, ObjectKind};
 use crate::engine::pack::{StagedPack, parse_pack_header};
 
@@ -49,17 +52,30 @@ pub fn is_object_id(id: &str) -> bool {
 #[derive(Default, Debug)]
 pub struct Index {
     pub packs: Vec<PackInfo>,
-    pub blobs: ChunkMap<BlobLoc>,
+    pub blobs: BlobMap,
 }
 
-impl Index {
-    fn add(&mut self, pack: PackInfo, entries: Vec<BlobEntry>) {
+/// An index being read: packs in order of preference, then [`IndexBuilder::finish`].
+#[derive(Default)]
+pub struct IndexBuilder {
+    packs: Vec<PackInfo>,
+    locs: Vec<BlobLoc>,
+}
+
+impl IndexBuilder {
+    /// Add a pack and its blobs; where a blob is also in a pack added earlier, that one is
+    /// kept.
+    pub fn add(&mut self, pack: PackInfo, entries: Vec<BlobEntry>) {
         let n = self.packs.len() as u32;
         self.packs.push(pack);
-        for entry in entries {
-            self.blobs
-                .entry(entry.id)
-                .or_insert(BlobLoc { pack: n, entry });
+        self.locs
+            .extend(entries.into_iter().map(|entry| BlobLoc { pack: n, entry }));
+    }
+
+    pub fn finish(self) -> Index {
+        Index {
+            packs: self.packs,
+            blobs: BlobMap::from_preferred(self.locs),
         }
     }
 }
@@ -153,13 +169,15 @@ impl Repository {
             }
         }
         names.sort_by_key(|(_, id)| !first(id));
-        let mut index = Index::default();
-        let fetched = futures::future::try_join_all(names.iter().map(|(name, _)| async move {
-            let plain = self.get_sealed(ObjectKind::Index, name).await?;
-            Ok::<_, EngineError>(plain)
+        // Read a few at a time and decode each as it comes: all at once held every index
+        // object, sealed and opened, in memory together.
+        let mut fetched = futures::stream::iter(names.into_iter().map(|(name, id)| async move {
+            let plain = self.get_sealed(ObjectKind::Index, &name).await?;
+            Ok::<_, EngineError>((name, id, plain))
         }))
-        .await?;
-        for ((name, id), plain) in names.into_iter().zip(fetched) {
+        .buffered(INDEX_READS);
+        let mut index = IndexBuilder::default();
+        while let Some((name, id, plain)) = fetched.try_next().await? {
             let corrupt = |reason: &str| EngineError::Corrupt {
                 object: name.clone(),
                 reason: reason.into(),
@@ -177,6 +195,9 @@ impl Repository {
                 entries,
             );
         }
-        Ok(index)
+        Ok(index.finish())
     }
 }
+
+/// Index objects read at once.
+const INDEX_READS: usize = 16;

@@ -3,12 +3,16 @@
 //! blobs), [`index`] (index objects and deletion marks), [`snapshots`] (snapshots and file
 //! lists).
 
+mod blob_map;
 mod index;
 mod keys;
 mod sealed;
 mod snapshots;
 
-pub use self::index::{BlobLoc, GARBAGE_DIR, GarbageMark, Index, PackInfo, is_object_id};
+pub use self::blob_map::BlobMap;
+pub use self::index::{
+    BlobLoc, GARBAGE_DIR, GarbageMark, Index, IndexBuilder, PackInfo, is_object_id,
+};
 pub use self::sealed::PackBlobs;
 
 use std::collections::HashMap;
