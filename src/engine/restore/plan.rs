@@ -171,4 +171,43 @@ mod tests {
             );
         }
     }
+
+    /// The memory design, pinned: a restore's plan is one 24-byte placement per chunk, and a
+    /// blob placed twice (the same chunk at two offsets) is planned side by side, so it is
+    /// read and opened once.
+    #[test]
+    fn the_plan_is_24_bytes_a_chunk_and_groups_a_blob() {
+        use crate::engine::format::{BlobEntry, BlobKind};
+        use crate::engine::repo::{IndexBuilder, PackInfo};
+        assert_eq!(std::mem::size_of::<Placement>(), 24);
+        let blob = |id: u8, offset: u32| BlobEntry {
+            id: [id; 32],
+            offset,
+            stored_len: 10,
+            raw_len: 4,
+            kind: BlobKind::Data,
+            flags: 0,
+        };
+        let pack = |n: u8| PackInfo {
+            id: format!("{n:064}"),
+            data_key_id: [0; 16],
+            salt: [0; 32],
+        };
+        let mut index = IndexBuilder::default();
+        index.add(pack(0), vec![blob(1, 0), blob(2, 10)]);
+        index.add(pack(1), vec![blob(3, 0)]);
+        let index = index.finish();
+        let mut file = entry("f", EntryKind::File);
+        file.chunks = vec![[2; 32], [3; 32], [1; 32], [2; 32]];
+        file.size = 16;
+        let tree = vec![entry("", EntryKind::Dir), file];
+        let plan = plan_reads(&tree, &index, "s").unwrap();
+        let got: Vec<(u32, u32, u64)> = plan
+            .placements
+            .iter()
+            .map(|p| (p.loc.pack, p.loc.entry.offset, p.offset))
+            .collect();
+        assert_eq!(got, [(0, 0, 8), (0, 10, 0), (0, 10, 12), (1, 0, 4)]);
+        assert_eq!(plan.packs, [0..3, 3..4]);
+    }
 }
