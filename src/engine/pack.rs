@@ -2,7 +2,7 @@
 //! objects. A pack is staged in a local file, named by the BLAKE3 hash of its bytes.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::crypto::{ChunkId, CryptoError, DataKey, ObjectCipher, random_id};
@@ -55,9 +55,16 @@ pub fn parse_pack_header(h: &[u8]) -> Option<([u8; 16], [u8; 32])> {
     Some((dk, salt))
 }
 
+/// Bytes hashed and written at once.
+const WRITE_BLOCK: usize = 1 << 20;
+
 /// A pack being written.
 pub struct PackWriter {
-    out: BufWriter<File>,
+    out: File,
+    /// Bytes not yet hashed and written: both done a megabyte at a time, since BLAKE3 hashes
+    /// long inputs on all its SIMD lanes, and blob by blob (a few KiB each, unaligned to its
+    /// 1 KiB chunks) it took as long as hashing the chunk ids.
+    pending: Vec<u8>,
     path: PathBuf,
     header: [u8; PACK_HEADER_LEN],
     cipher: ObjectCipher,
@@ -88,7 +95,8 @@ impl PackWriter {
         let file = File::create(&path).map_err(io)?;
         let header = pack_header(&key.id, &salt);
         let mut w = PackWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: file,
+            pending: Vec::with_capacity(WRITE_BLOCK),
             cipher: key.object_cipher(&salt)?,
             header,
             path,
@@ -101,12 +109,23 @@ impl PackWriter {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), PackError> {
-        self.hasher.update(bytes);
-        self.out.write_all(bytes).map_err(|source| PackError::Io {
-            path: self.path.display().to_string(),
-            source,
-        })?;
+        self.pending.extend_from_slice(bytes);
         self.offset += bytes.len() as u64;
+        if self.pending.len() >= WRITE_BLOCK {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> Result<(), PackError> {
+        self.hasher.update(&self.pending);
+        self.out
+            .write_all(&self.pending)
+            .map_err(|source| PackError::Io {
+                path: self.path.display().to_string(),
+                source,
+            })?;
+        self.pending.clear();
         Ok(())
     }
 
@@ -162,13 +181,8 @@ impl PackWriter {
         let len = u32::try_from(trailer.len()).map_err(|_| PackError::TooLarge)?;
         self.write(&trailer)?;
         self.write(&len.to_le_bytes())?;
-        let io = |source| PackError::Io {
-            path: self.path.display().to_string(),
-            source,
-        };
-        self.out.flush().map_err(io)?;
-        let file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
-        drop(file);
+        self.flush_pending()?;
+        drop(self.out);
         Ok(StagedPack {
             path: self.path,
             id: self.hasher.finalize().to_hex().to_string(),
