@@ -8,6 +8,7 @@ mod tree;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -267,24 +268,32 @@ async fn write_tree(
     key: &DataKey,
     tree: &[TreeEntry],
 ) -> Result<Vec<String>, EngineError> {
-    let json = serde_json::to_vec(tree)?;
-    let compressed =
-        zstd::bulk::compress(&json, 3).map_err(|e| EngineError::Worker(e.to_string()))?;
-    let mut tree_ids = Vec::new();
-    let mut w = PackWriter::new(&shared.staging, key)?;
-    for piece in compressed.chunks(TREE_PIECE) {
-        let id = key.chunk_id(piece);
-        if !shared.known.blobs.contains_key(&id) && !w_has(&w, &id) {
-            w.add(
-                id,
-                BlobKind::Tree,
-                piece.len() as u32,
-                false,
-                piece.to_vec(),
-            )?;
+    let mut pieces = Pieces {
+        shared,
+        key,
+        pack: PackWriter::new(&shared.staging, key)?,
+        piece: Vec::with_capacity(TREE_PIECE),
+        ids: Vec::new(),
+        error: None,
+    };
+    // Streamed: JSON into zstd into pieces, so neither the whole list as JSON nor the whole
+    // compressed stream is held (together about 75 bytes a chunk at the end of a backup).
+    let streamed = (|| -> std::io::Result<()> {
+        let mut enc = zstd::stream::write::Encoder::new(&mut pieces, 3)?;
+        {
+            let mut json = std::io::BufWriter::with_capacity(64 * 1024, &mut enc);
+            serde_json::to_writer(&mut json, tree)?;
+            json.flush()?;
         }
-        tree_ids.push(hex::encode(id));
+        enc.finish()?;
+        Ok(())
+    })();
+    if let Some(e) = pieces.error.take() {
+        return Err(e);
     }
+    streamed.map_err(|e| EngineError::Worker(format!("writing the file list: {e}")))?;
+    pieces.store()?;
+    let Pieces { pack: w, ids, .. } = pieces;
     if w.is_empty() {
         w.discard();
     } else {
@@ -295,7 +304,55 @@ async fn write_tree(
             .await?;
         repo.put_index(key, &staged).await?;
     }
-    Ok(tree_ids)
+    Ok(ids)
+}
+
+/// The compressed file list as it is written, cut into pieces of [`TREE_PIECE`] bytes, each
+/// added to the tree pack unless the repository or the pack has it already.
+struct Pieces<'a> {
+    shared: &'a Shared,
+    key: &'a DataKey,
+    pack: PackWriter,
+    piece: Vec<u8>,
+    ids: Vec<String>,
+    /// Why a piece could not be stored (the writer's caller sees only an I/O error).
+    error: Option<EngineError>,
+}
+
+impl Pieces<'_> {
+    /// Store the piece gathered so far, if any.
+    fn store(&mut self) -> Result<(), EngineError> {
+        if self.piece.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.piece, Vec::with_capacity(TREE_PIECE));
+        let id = self.key.chunk_id(&piece);
+        if !self.shared.known.blobs.contains_key(&id) && !w_has(&self.pack, &id) {
+            self.pack
+                .add(id, BlobKind::Tree, piece.len() as u32, false, piece)?;
+        }
+        self.ids.push(hex::encode(id));
+        Ok(())
+    }
+}
+
+impl Write for Pieces<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(TREE_PIECE - self.piece.len());
+        self.piece.extend_from_slice(&data[..n]);
+        if self.piece.len() == TREE_PIECE
+            && let Err(e) = self.store()
+        {
+            let io = std::io::Error::other(e.to_string());
+            self.error = Some(e);
+            return Err(io);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn w_has(w: &PackWriter, id: &ChunkId) -> bool {

@@ -61,13 +61,15 @@ impl Repository {
                 })?;
             compressed.extend_from_slice(&self.read_blob(index, &id).await?);
         }
-        let json = zstd::stream::decode_all(&compressed[..]).map_err(|e| EngineError::Corrupt {
+        let corrupt = |reason: String| EngineError::Corrupt {
             object: format!("tree of snapshot {}", snap.id),
-            reason: e.to_string(),
-        })?;
-        serde_json::from_slice(&json).map_err(|e| EngineError::Corrupt {
-            object: format!("tree of snapshot {}", snap.id),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        // Decoded as it is parsed: the whole list as JSON (about 43 bytes a chunk, twice that
+        // while its buffer grew) is never held beside the parsed list.
+        let decoder = zstd::stream::read::Decoder::new(&compressed[..])
+            .map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_reader(std::io::BufReader::with_capacity(64 * 1024, decoder))
+            .map_err(|e| corrupt(e.to_string()))
     }
 }
