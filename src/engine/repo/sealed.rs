@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::Repository;
-use super::index::{BlobLoc, Index};
+use super::index::Index;
 use crate::engine::EngineError;
 use crate::engine::crypto::{ChunkId, DataKey, ObjectCipher, random_id};
 use crate::engine::format::{
@@ -88,33 +88,6 @@ impl Repository {
         Ok(body)
     }
 
-    /// Open one sealed blob read from its pack and check it is what its id says.
-    pub fn open_blob(
-        &self,
-        index: &Index,
-        loc: &BlobLoc,
-        sealed: &[u8],
-    ) -> Result<Vec<u8>, EngineError> {
-        let mut buf = sealed.to_vec();
-        let mut scratch = Vec::new();
-        Ok(self
-            .open_blob_in_place(index, loc, &mut buf, &mut scratch)?
-            .to_vec())
-    }
-
-    /// Open a sealed blob in place (decrypting `sealed`), decompressing into `scratch` where
-    /// needed, and check its content against its id; returns the plaintext.
-    pub fn open_blob_in_place<'a>(
-        &self,
-        index: &Index,
-        loc: &BlobLoc,
-        sealed: &'a mut [u8],
-        scratch: &'a mut Vec<u8>,
-    ) -> Result<&'a [u8], EngineError> {
-        self.pack_blobs(index, loc.pack)?
-            .open_in_place(&loc.entry, sealed, scratch)
-    }
-
     /// An opener for the blobs of pack `pack` (its index number in `index`).
     pub fn pack_blobs<'i>(
         &self,
@@ -130,6 +103,7 @@ impl Repository {
             cipher,
         })
     }
+
     /// Read one blob from the store.
     pub async fn read_blob(&self, index: &Index, id: &ChunkId) -> Result<Vec<u8>, EngineError> {
         let loc = index.blobs.get(id).ok_or_else(|| EngineError::Corrupt {
@@ -145,7 +119,11 @@ impl Repository {
                 u64::from(loc.entry.stored_len),
             )
             .await?;
-        self.open_blob(index, loc, &sealed)
+        let (mut buf, mut scratch) = (sealed.to_vec(), Vec::new());
+        Ok(self
+            .pack_blobs(index, loc.pack)?
+            .open_in_place(&loc.entry, &mut buf, &mut scratch)?
+            .to_vec())
     }
 }
 

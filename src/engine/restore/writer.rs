@@ -77,7 +77,7 @@ pub(super) struct Runs {
 }
 
 /// The writer has stopped (its error is what the restore reports).
-pub(super) fn writer_stopped() -> EngineError {
+fn writer_stopped() -> EngineError {
     EngineError::Worker("the restore's file writer stopped".into())
 }
 
