@@ -13,6 +13,7 @@ pub mod progress;
 pub mod prune;
 pub mod repo;
 pub mod restore;
+pub mod spill;
 pub mod verify;
 
 use crate::kms::KmsError;
@@ -61,4 +62,6 @@ pub enum EngineError {
     Json(#[from] serde_json::Error),
     #[error("a worker thread failed: {0}")]
     Worker(String),
+    #[error(transparent)]
+    Scratch(#[from] spill::SpillError),
 }

@@ -149,7 +149,7 @@ async fn run_backup(
         .into_iter()
         .map(|(i, (ids, _))| (i, ids))
         .collect();
-    let assembled = tree::assemble(&entries, &units, results, reused);
+    let assembled = tree::assemble(&entries, &units, results, reused)?;
     let tree_ids = write_tree(repo, &shared, &key, &assembled.tree).await?;
     let data_keys = tree::data_keys(&assembled.tree, &shared.known, &key.id);
     let manifest = SnapshotManifest {

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use super::plan::Unit;
 use super::scan::ScanEntry;
 use super::workers::UnitResults;
+use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
 use crate::engine::format::{EntryKind, TreeEntry};
 use crate::engine::repo::Index;
@@ -19,22 +20,27 @@ pub(super) struct Assembled {
     pub logical: u64,
 }
 
+/// A unit's share of its file: offset, chunk ids, bytes read, bytes planned.
+type Part = (u64, Vec<ChunkId>, u64, u64);
+
 /// Each scanned entry in scan order; a file's chunks are its reused list, or its units' chunks
 /// in offset order (its size is what was read, so a file that shrank while read is recorded
-/// as read).
+/// as read). A file read short in one unit and longer in a later one (it shrank and grew
+/// while it was read) is refused: its chunks would not be where fixed chunking puts them,
+/// and a restore checks that they are.
 pub(super) fn assemble(
     entries: &[ScanEntry],
     units: &[Unit],
     mut results: UnitResults,
     mut reused: HashMap<usize, Vec<ChunkId>>,
-) -> Assembled {
-    let mut by_file: HashMap<usize, Vec<(u64, Vec<ChunkId>, u64)>> = HashMap::new();
+) -> Result<Assembled, EngineError> {
+    let mut by_file: HashMap<usize, Vec<Part>> = HashMap::new();
     for (u, (ids, read)) in results.drain() {
         let unit = &units[u];
         by_file
             .entry(unit.file)
             .or_default()
-            .push((unit.offset, ids, read));
+            .push((unit.offset, ids, read, unit.len));
     }
     let mut out = Assembled {
         tree: Vec::with_capacity(entries.len()),
@@ -61,7 +67,15 @@ pub(super) fn assemble(
                     entry.size = e.size;
                 } else if let Some(mut parts) = by_file.remove(&i) {
                     parts.sort_by_key(|p| p.0);
-                    for (_, ids, read) in parts {
+                    let mut short = false;
+                    for (_, ids, read, len) in parts {
+                        if short && read > 0 {
+                            return Err(EngineError::Source {
+                                path: e.abs.display().to_string(),
+                                reason: "it shrank and grew again while it was read: back up a copy that is not being written (a volume snapshot or fsyncLock)".into(),
+                            });
+                        }
+                        short |= read < len;
                         entry.chunks.extend(ids);
                         entry.size += read;
                     }
@@ -73,7 +87,7 @@ pub(super) fn assemble(
         }
         out.tree.push(entry);
     }
-    out
+    Ok(out)
 }
 
 /// The data keys (hex ids) a snapshot depends on: those of the packs holding the chunks it
@@ -135,12 +149,44 @@ mod tests {
             .into_iter()
             .collect();
         let reused = [(2, vec![[3; 32]])].into_iter().collect();
-        let a = assemble(&entries, &units, results, reused);
+        let a = assemble(&entries, &units, results, reused).unwrap();
         assert_eq!((a.files, a.dirs, a.logical), (2, 1, 24 + 7));
         assert_eq!(a.tree[1].chunks, vec![[1; 32], [2; 32]]);
         assert_eq!(a.tree[1].size, 24);
         assert_eq!(a.tree[2].chunks, vec![[3; 32]]);
         assert_eq!(a.tree[0].path, "db");
+    }
+
+    /// A file that shrank while read is recorded as read; one that shrank and grew again
+    /// (a short unit before a longer one) is refused, never recorded with chunks out of place.
+    #[test]
+    fn a_file_that_shrank_and_grew_while_read_is_refused() {
+        let entries = vec![
+            entry("", EntryKind::Dir, 0),
+            entry("f", EntryKind::File, 40),
+        ];
+        let units = vec![
+            Unit {
+                file: 1,
+                offset: 0,
+                len: 20,
+            },
+            Unit {
+                file: 1,
+                offset: 20,
+                len: 20,
+            },
+        ];
+        let run = |first: u64, second: u64| {
+            let results: UnitResults = [(0, (vec![[1; 32]], first)), (1, (vec![], second))]
+                .into_iter()
+                .collect();
+            assemble(&entries, &units, results, HashMap::new())
+        };
+        assert_eq!(run(20, 5).unwrap().tree[1].size, 25);
+        assert_eq!(run(12, 0).unwrap().tree[1].size, 12);
+        let e = run(12, 5).unwrap_err().to_string();
+        assert!(e.contains("/src/f") && e.contains("shrank and grew"), "{e}");
     }
 
     #[test]

@@ -95,13 +95,13 @@ impl Repository {
     /// Load every index object. Where a blob is in several packs, a pack not marked for
     /// deletion is preferred, so readers move off packs prune has marked.
     pub async fn load_index(&self) -> Result<Index, EngineError> {
-        let marked = self.garbage_marks().await?;
-        let present = self.present_packs().await?;
-        self.load_index_where(
-            |id| present.contains(id) && !marked.contains_key(id),
-            |_| true,
-        )
-        .await
+        let mut index = IndexBuilder::default();
+        self.for_each_index_pack(|pack, entries| {
+            index.add(pack, entries);
+            Ok(())
+        })
+        .await?;
+        Ok(index.finish())
     }
 
     /// The ids of the packs that exist now (one listing of `data/`).
@@ -155,6 +155,40 @@ impl Repository {
         first: impl Fn(&str) -> bool,
         keep: impl Fn(&str) -> bool,
     ) -> Result<Index, EngineError> {
+        let mut index = IndexBuilder::default();
+        self.each_index_pack(first, keep, |pack, entries| {
+            index.add(pack, entries);
+            Ok(())
+        })
+        .await?;
+        Ok(index.finish())
+    }
+
+    /// Hand every pack of the index to `f` with its blobs, in [`Repository::load_index`]'s
+    /// order of preference, without holding the index: for readers that keep only what they
+    /// need of it.
+    pub async fn for_each_index_pack(
+        &self,
+        f: impl FnMut(PackInfo, Vec<BlobEntry>) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let marked = self.garbage_marks().await?;
+        let present = self.present_packs().await?;
+        self.each_index_pack(
+            |id| present.contains(id) && !marked.contains_key(id),
+            |_| true,
+            f,
+        )
+        .await
+    }
+
+    /// The index objects of packs `keep` accepts, those `first` accepts first, each decoded
+    /// and handed to `f` as it arrives.
+    async fn each_index_pack(
+        &self,
+        first: impl Fn(&str) -> bool,
+        keep: impl Fn(&str) -> bool,
+        mut f: impl FnMut(PackInfo, Vec<BlobEntry>) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
         let mut names: Vec<(String, String)> = Vec::new();
         for (name, _) in self.backend.list("index").await? {
             let id = name.trim_start_matches("index/").to_string();
@@ -176,7 +210,6 @@ impl Repository {
             Ok::<_, EngineError>((name, id, plain))
         }))
         .buffered(INDEX_READS);
-        let mut index = IndexBuilder::default();
         while let Some((name, id, plain)) = fetched.try_next().await? {
             let corrupt = |reason: &str| EngineError::Corrupt {
                 object: name.clone(),
@@ -186,16 +219,16 @@ impl Repository {
                 parse_pack_header(&plain).ok_or_else(|| corrupt("bad pack header in index"))?;
             let entries = BlobEntry::decode_all(&plain[crate::engine::format::PACK_HEADER_LEN..])
                 .ok_or_else(|| corrupt("bad entries"))?;
-            index.add(
+            f(
                 PackInfo {
                     id,
                     data_key_id,
                     salt,
                 },
                 entries,
-            );
+            )?;
         }
-        Ok(index.finish())
+        Ok(())
     }
 }
 

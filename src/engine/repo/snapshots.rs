@@ -51,25 +51,139 @@ impl Repository {
         snap: &SnapshotManifest,
     ) -> Result<Vec<TreeEntry>, EngineError> {
         let mut compressed = Vec::new();
-        for id_hex in &snap.tree {
-            let id: ChunkId = hex::decode(id_hex)
+        for id in tree_ids(snap)? {
+            compressed.extend_from_slice(&self.read_blob(index, &id).await?);
+        }
+        let mut tree = Vec::new();
+        each_entry(&compressed[..], &snap.id, |e| {
+            tree.push(e);
+            Ok(())
+        })?;
+        Ok(tree)
+    }
+
+    /// Hand every entry of a snapshot's file list to `f`, in order, as it is read: neither the
+    /// list nor its compressed pieces are held whole (the pieces are fetched one at a time as
+    /// the decoder needs them). Blocks the calling thread on the store: call it from a
+    /// blocking context (`block_in_place`) of a multi-threaded runtime.
+    pub fn for_each_tree_entry(
+        &self,
+        index: &Index,
+        snap: &SnapshotManifest,
+        handle: &tokio::runtime::Handle,
+        f: impl FnMut(TreeEntry) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let pieces = Pieces {
+            repo: self,
+            index,
+            handle,
+            ids: tree_ids(snap)?.into_iter(),
+            piece: Vec::new(),
+            pos: 0,
+            failed: None,
+        };
+        let mut pieces = pieces;
+        let r = each_entry(&mut pieces, &snap.id, f);
+        match pieces.failed.take() {
+            Some(e) => Err(e),
+            None => r,
+        }
+    }
+}
+
+/// The ids of the blobs a snapshot's compressed file list is stored in, in order.
+fn tree_ids(snap: &SnapshotManifest) -> Result<Vec<ChunkId>, EngineError> {
+    snap.tree
+        .iter()
+        .map(|id_hex| {
+            hex::decode(id_hex)
                 .ok()
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| EngineError::Corrupt {
                     object: format!("snapshots/{}", snap.id),
                     reason: "bad tree id".into(),
-                })?;
-            compressed.extend_from_slice(&self.read_blob(index, &id).await?);
+                })
+        })
+        .collect()
+}
+
+/// Decode a compressed file list (zstd of a JSON array of entries) and hand each entry to `f`
+/// as it is parsed: the list as JSON is never held, and as entries only as long as `f` keeps
+/// them.
+fn each_entry(
+    compressed: impl std::io::Read,
+    snapshot: &str,
+    mut f: impl FnMut(TreeEntry) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
+    struct Each<'f>(
+        &'f mut dyn FnMut(TreeEntry) -> Result<(), EngineError>,
+        &'f mut Option<EngineError>,
+    );
+    impl<'de> Visitor<'de> for Each<'_> {
+        type Value = ();
+        fn expecting(&self, out: &mut std::fmt::Formatter) -> std::fmt::Result {
+            out.write_str("a list of file entries")
         }
-        let corrupt = |reason: String| EngineError::Corrupt {
-            object: format!("tree of snapshot {}", snap.id),
-            reason,
-        };
-        // Decoded as it is parsed: the whole list as JSON (about 43 bytes a chunk, twice that
-        // while its buffer grew) is never held beside the parsed list.
-        let decoder = zstd::stream::read::Decoder::new(&compressed[..])
-            .map_err(|e| corrupt(e.to_string()))?;
-        serde_json::from_reader(std::io::BufReader::with_capacity(64 * 1024, decoder))
-            .map_err(|e| corrupt(e.to_string()))
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(e) = seq.next_element::<TreeEntry>()? {
+                if let Err(e) = (self.0)(e) {
+                    *self.1 = Some(e);
+                    return Err(A::Error::custom("stopped"));
+                }
+            }
+            Ok(())
+        }
+    }
+    let corrupt = |reason: String| EngineError::Corrupt {
+        object: format!("tree of snapshot {snapshot}"),
+        reason,
+    };
+    let decoder =
+        zstd::stream::read::Decoder::new(compressed).map_err(|e| corrupt(e.to_string()))?;
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
+        64 * 1024,
+        decoder,
+    ));
+    let mut stopped = None;
+    let parsed = de
+        .deserialize_seq(Each(&mut f, &mut stopped))
+        .and_then(|()| de.end());
+    match (stopped, parsed) {
+        (Some(e), _) => Err(e),
+        (None, r) => r.map_err(|e| corrupt(e.to_string())),
+    }
+}
+
+/// A snapshot's compressed file list as one reader: its pieces fetched one at a time.
+struct Pieces<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    handle: &'a tokio::runtime::Handle,
+    ids: std::vec::IntoIter<ChunkId>,
+    piece: Vec<u8>,
+    pos: usize,
+    /// Why a fetch failed (the reader can only say "other" to the decoder).
+    failed: Option<EngineError>,
+}
+
+impl std::io::Read for Pieces<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.piece.len() {
+            let Some(id) = self.ids.next() else {
+                return Ok(0);
+            };
+            match self.handle.block_on(self.repo.read_blob(self.index, &id)) {
+                Ok(piece) => (self.piece, self.pos) = (piece, 0),
+                Err(e) => {
+                    self.failed = Some(e);
+                    return Err(std::io::Error::other("a piece of the file list failed"));
+                }
+            }
+        }
+        let n = out.len().min(self.piece.len() - self.pos);
+        out[..n].copy_from_slice(&self.piece[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }

@@ -6,16 +6,19 @@ mod target;
 mod workers;
 mod writer;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::plan::check_tree;
 use super::EngineError;
-use super::format::{EntryKind, SnapshotManifest};
+use super::crypto::ChunkId;
+use super::format::{BlobKind, EntryKind, SnapshotManifest, TreeEntry};
 use super::lock::{RepoLock, lock_wait};
 use super::progress::Progress;
-use super::repo::Repository;
+use super::repo::{BlobLoc, BlobMap, Index, Repository};
+use super::spill::Sorter;
 
 /// Left in the target while a restore runs; its presence means the restore did not finish.
 pub const INCOMPLETE_MARKER: &str = ".snapcrypt-restore-incomplete";
@@ -82,11 +85,24 @@ async fn run_restore(
     opts: RestoreOptions,
     progress: Arc<Progress>,
 ) -> Result<RestoreStats, EngineError> {
-    // Read and check (pure) the file list, and plan the reads, before anything is written.
-    let index = repo.load_index().await?;
-    let tree = repo.load_tree(&index, snap).await?;
-    plan::check_tree(&tree, &snap.id)?;
-    let plan = plan::plan_reads(&tree, &index, &snap.id)?;
+    // Read and check the file list, and order the reads, before anything is written.
+    let (index, blobs) = index_in_order(repo, snap).await?;
+    let chunk_size = repo.config.chunker.size;
+    let (tree, placements) = tokio::task::block_in_place(|| {
+        let (tree, chunks, wanted) = read_file_list(repo, &index, snap)?;
+        plan::check_tree(&tree, &snap.id)?;
+        plan::check_shapes(&tree, &chunks, chunk_size, &snap.id)?;
+        let mut placements = Sorter::in_temp_dir(SORT_BUDGET);
+        plan::join(
+            wanted.finish()?,
+            blobs.finish()?,
+            (&tree, &chunks),
+            chunk_size,
+            &snap.id,
+            &mut placements,
+        )?;
+        Ok::<_, EngineError>((tree, placements.finish()?))
+    })?;
     let files = tree.iter().filter(|e| e.kind == EntryKind::File);
     let total: u64 = files.clone().map(|e| e.size).sum();
     progress.set_totals(files.count() as u64, total);
@@ -94,7 +110,15 @@ async fn run_restore(
     // Write: the target prepared and laid out, every pack read once, then the finish.
     let marker = target::prepare(target, &tree, &opts)?;
     let paths = target::lay_out(target, &tree)?;
-    workers::read_packs(repo, &index, &plan, &paths, &progress, opts.threads)?;
+    workers::read_packs(
+        repo,
+        &index,
+        placements,
+        chunk_size,
+        &paths,
+        &progress,
+        opts.threads,
+    )?;
     target::finish(&tree, &paths, &marker, || progress.add_file())?;
     Ok(RestoreStats {
         snapshot: snap.id.clone(),
@@ -102,4 +126,67 @@ async fn run_restore(
         bytes: total,
         read_without_lock: None,
     })
+}
+
+/// Memory each of a restore's sorts may hold before it spills to scratch files.
+const SORT_BUDGET: usize = 8 * 1024 * 1024;
+
+/// The index as a restore needs it: every pack (id and key, a few dozen bytes each), the
+/// blobs of the snapshot's file list, and every data blob as a sorted stream.
+async fn index_in_order(
+    repo: &Repository,
+    snap: &SnapshotManifest,
+) -> Result<(Index, Sorter<{ plan::BLOB }>), EngineError> {
+    let pieces: HashSet<ChunkId> = snap
+        .tree
+        .iter()
+        .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+        .collect();
+    let (mut packs, mut list) = (Vec::new(), Vec::new());
+    let mut blobs = Sorter::in_temp_dir(SORT_BUDGET);
+    repo.for_each_index_pack(|pack, entries| {
+        let n = packs.len() as u32;
+        packs.push(pack);
+        for entry in entries {
+            let loc = BlobLoc { pack: n, entry };
+            match entry.kind {
+                BlobKind::Tree if pieces.contains(&entry.id) => list.push(loc),
+                BlobKind::Tree => {}
+                BlobKind::Data => blobs.push(plan::blob_record(&loc))?,
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    let index = Index {
+        packs,
+        blobs: BlobMap::from_preferred(list),
+    };
+    Ok((index, blobs))
+}
+
+/// The snapshot's file list, streamed: its entries without their chunks, each file's chunk
+/// count, and every chunk as a sorted stream of (id, file, chunk number).
+fn read_file_list(
+    repo: &Repository,
+    index: &Index,
+    snap: &SnapshotManifest,
+) -> Result<(Vec<TreeEntry>, Vec<u32>, Sorter<{ plan::WANT }>), EngineError> {
+    let (mut tree, mut chunks) = (Vec::new(), Vec::new());
+    let mut wanted = Sorter::in_temp_dir(SORT_BUDGET);
+    let handle = tokio::runtime::Handle::current();
+    repo.for_each_tree_entry(index, snap, &handle, |mut e| {
+        let file = u32::try_from(tree.len()).map_err(|_| EngineError::Corrupt {
+            object: format!("snapshots/{}", snap.id),
+            reason: "more than 2^32 entries".into(),
+        })?;
+        chunks.push(e.chunks.len() as u32);
+        for (n, id) in e.chunks.iter().enumerate() {
+            wanted.push(plan::want_record(id, file, n as u32))?;
+        }
+        e.chunks = Vec::new();
+        tree.push(e);
+        Ok(())
+    })?;
+    Ok((tree, chunks, wanted))
 }
