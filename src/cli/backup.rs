@@ -37,7 +37,8 @@ pub struct BackupArgs {
     /// Print one JSON object as the result, and progress as JSON lines on stderr.
     #[arg(long)]
     pub json: bool,
-    /// Read every file even if it looks unchanged since the last snapshot of this source.
+    /// Read every file even if it looks unchanged since the last snapshot of this source
+    /// (chunks the last snapshot has at the same offsets are still not stored again).
     #[arg(long)]
     pub force_read: bool,
     /// First rewrap data keys still wrapped under an older master key of this key manager
@@ -156,7 +157,7 @@ pub async fn perform(
     let opts = BackupOptions {
         compression: args.compression,
         tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
-        use_parent: !args.force_read,
+        reuse_unchanged: !args.force_read,
         ..Default::default()
     };
     Ok(backup(&mut repo, km.as_ref(), scan, opts, progress).await?)

@@ -262,6 +262,19 @@ pub struct TreeEntry {
     /// Chunk ids, concatenated, base64.
     #[serde(default, with = "chunk_list", skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkId>,
+    /// A file of more than [`PART_CHUNKS`] chunks is listed in parts, each holding the next
+    /// [`PART_CHUNKS`] of its chunks (the last the rest), so no reader or writer holds a whole
+    /// chunk list: the first part (`part` 0, left out) carries the file's size and metadata,
+    /// each later part follows the one before it, with the same path and metadata, size 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub part: u32,
+}
+
+/// Chunks in each part of a file's entry but the last (1 GiB of 16 KiB chunks).
+pub const PART_CHUNKS: usize = 65_536;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

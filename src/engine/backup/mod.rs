@@ -2,26 +2,26 @@
 //! repository has, compress and seal the rest into packs on all cores, then write the file
 //! list and, last, the snapshot object.
 
-mod plan;
+mod feed;
 mod scan;
 mod tree;
 mod workers;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
-use self::plan::Unit;
 pub use self::scan::{Scan, ScanEntry, scan};
-use self::workers::{Shared, UnitResults, run_workers};
+use self::tree::Totals;
+use self::workers::{Inputs, Shared, run_pipeline};
 use super::EngineError;
 use super::crypto::{ChunkId, DataKey, random_id};
-use super::format::{BlobKind, ObjectKind, SnapshotManifest, TreeEntry};
+use super::format::{BlobEntry, BlobKind, ObjectKind, SnapshotManifest};
 use super::lock::{RepoLock, hostname, lock_wait};
 use super::pack::{PackWriter, StagedPack};
 use super::progress::Progress;
-use super::repo::{Index, Repository};
+use super::repo::{Index, IndexBuilder, Repository};
 use crate::kms::KeyManager;
 
 /// Bytes of a file one worker reads and processes at a time (a multiple of any chunk size).
@@ -49,8 +49,9 @@ pub struct BackupOptions {
     /// Worker threads (defaults to the number of cores).
     pub threads: usize,
     /// Reuse the chunk lists of files unchanged (size, mtime, inode, mode) since the last
-    /// snapshot of the same source on this host, without reading them.
-    pub use_parent: bool,
+    /// snapshot of the same source on this host, without reading them. Without it every
+    /// file is read (its chunks are still compared with the parent's at the same offsets).
+    pub reuse_unchanged: bool,
 }
 
 impl Default for BackupOptions {
@@ -61,7 +62,7 @@ impl Default for BackupOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-            use_parent: true,
+            reuse_unchanged: true,
         }
     }
 }
@@ -109,49 +110,27 @@ async fn run_backup(
     progress: Arc<Progress>,
     started: jiff::Timestamp,
 ) -> Result<SnapshotManifest, EngineError> {
-    // Only packs that exist and are not marked for deletion are deduplicated against.
-    let index = repo.load_index_for_writing().await?;
     let source = scan.root.display().to_string();
     let host = hostname();
-
-    // Plan (pure once the parent is read): files unchanged since the parent snapshot keep
-    // their chunk lists without being read; the rest become units of work.
-    let (parent_id, reuse) = match opts.use_parent {
-        true => parent_reuse(repo, &index, &source, &host).await?,
-        false => (None, HashMap::new()),
-    };
+    // The parent, read beside the scan: files unchanged since it keep their chunk lists
+    // without being read, and chunks it has at the same offsets are not stored again. The
+    // index is not read: no lookup structure grows with the repository.
+    let parent = find_parent(repo, &source, &host).await?;
     progress.set_totals(scan.files, scan.bytes);
-    let mut work = plan::plan_work(&scan.entries, &reuse);
-    for (_, (_, size)) in work.reused.iter() {
-        progress.add_bytes(*size);
-        progress.add_file();
-    }
     debug_assert!(SEGMENT.is_multiple_of(u64::from(repo.config.chunker.size)));
 
-    // Write: the workers chunk, seal and stage packs; the uploader commits them.
-    let shared = Arc::new(Shared::new(repo, key.clone(), index, &opts, progress)?);
-    let entries = Arc::new(scan.entries);
-    let units = Arc::new(std::mem::take(&mut work.units));
-    let results = copy(
-        repo,
-        &shared,
-        &key,
-        entries.clone(),
-        units.clone(),
-        work.remaining,
-        opts.threads,
-    )
-    .await?;
-
-    // Assemble the file list (pure), store it, then the snapshot object, last.
-    let reused = work
-        .reused
-        .into_iter()
-        .map(|(i, (ids, _))| (i, ids))
-        .collect();
-    let assembled = tree::assemble(&entries, &units, results, reused)?;
-    let tree_ids = write_tree(repo, &shared, &key, &assembled.tree).await?;
-    let data_keys = tree::data_keys(&assembled.tree, &shared.known, &key.id);
+    // Write: the workers chunk, seal and stage packs, the uploader commits them, and the file
+    // list is written as they go; then the snapshot object, last.
+    let shared = Shared::new(repo, key.clone(), &opts, progress)?;
+    let input = Inputs {
+        entries: &scan.entries,
+        parent: parent.as_ref().map(|(snap, index)| (repo, index, snap)),
+        handle: tokio::runtime::Handle::current(),
+        threads: opts.threads,
+        reuse_unchanged: opts.reuse_unchanged,
+    };
+    let (tree_ids, totals) = copy(repo, &shared, &key, &input).await?;
+    let data_keys = data_keys(parent.as_ref().map(|(snap, _)| snap), &key.id);
     let manifest = SnapshotManifest {
         id: hex::encode(&random_id()?[..16]),
         time: started.to_string(),
@@ -159,10 +138,10 @@ async fn run_backup(
         hostname: host,
         source,
         tags: opts.tags,
-        parent: parent_id,
-        files: assembled.files,
-        dirs: assembled.dirs,
-        logical_bytes: assembled.logical,
+        parent: parent.map(|(snap, _)| snap.id),
+        files: totals.files,
+        dirs: totals.dirs,
+        logical_bytes: totals.logical,
         stored_bytes: shared.stored.load(Ordering::Relaxed),
         tree: tree_ids,
         data_keys,
@@ -188,14 +167,25 @@ async fn run_backup(
     Ok(manifest)
 }
 
-/// The newest snapshot of the same source on this host, and its files whose chunks are all
-/// still in `index` (by path). A parent whose file list is gone or going reuses nothing.
-async fn parent_reuse(
+/// The data keys (hex ids) a snapshot depends on: its parent's, whose chunks it may reuse,
+/// and `new_key`, which new data was written under. Sorted, unique. (A key the parent needed
+/// and this snapshot no longer does stays listed: kept, never lost.)
+fn data_keys(parent: Option<&SnapshotManifest>, new_key: &[u8; 16]) -> Vec<String> {
+    let mut keys: Vec<String> = parent.map(|p| p.data_keys.clone()).unwrap_or_default();
+    keys.push(hex::encode(new_key));
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The newest snapshot of the same source on this host, with an index that locates its file
+/// list (the packs holding its pieces, and nothing else), once the list has been read whole
+/// and checked. A parent whose list is damaged, gone or going reuses nothing.
+async fn find_parent(
     repo: &Repository,
-    index: &Index,
     source: &str,
     host: &str,
-) -> Result<(Option<String>, HashMap<String, TreeEntry>), EngineError> {
+) -> Result<Option<(SnapshotManifest, Index)>, EngineError> {
     let Some(parent) = repo
         .snapshots()
         .await?
@@ -203,38 +193,61 @@ async fn parent_reuse(
         .rev()
         .find(|s| s.source == source && s.hostname == host)
     else {
-        return Ok((None, HashMap::new()));
+        return Ok(None);
     };
-    match repo.load_tree(index, &parent).await {
-        Ok(tree) => Ok((Some(parent.id), plan::reusable(tree, index))),
-        // The parent's file list is in a pack that is gone or going: read every file.
-        Err(EngineError::Corrupt { .. }) => Ok((None, HashMap::new())),
+    // Its chunks are taken on trust (no index is read to check them), so only from a
+    // repository where every pack an index names is there (or going, by prune's mark).
+    let missing = repo.missing_packs().await?;
+    if let Some(first) = missing.first() {
+        tracing::warn!(
+            missing = missing.len(),
+            first = %first,
+            "packs the index names are missing: every file is read and stored again, nothing taken from the parent snapshot (run verify)"
+        );
+        return Ok(None);
+    }
+    let pieces: HashSet<ChunkId> = parent
+        .tree
+        .iter()
+        .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+        .collect();
+    let mut index = IndexBuilder::default();
+    repo.for_each_index_pack(|pack, entries| {
+        let mine: Vec<BlobEntry> = entries
+            .into_iter()
+            .filter(|e| e.kind == BlobKind::Tree && pieces.contains(&e.id))
+            .collect();
+        if !mine.is_empty() {
+            index.add(pack, mine);
+        }
+        Ok(())
+    })
+    .await?;
+    let index = index.finish();
+    let handle = tokio::runtime::Handle::current();
+    let read = tokio::task::block_in_place(|| {
+        repo.for_each_tree_entry(&index, &parent, &handle, |_| Ok(()))
+    });
+    match read {
+        Ok(()) => Ok(Some((parent, index))),
+        Err(EngineError::Corrupt { .. }) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// Run the workers on every core and the uploader beside them until every unit is stored
-/// and every pack committed with its index object. The chunk ids of each unit.
+/// Run the backup's threads and the uploader beside them until every unit is stored, every
+/// pack committed with its index object, and the file list stored; the file list's piece ids
+/// and totals. Blocks the calling thread (a multi-threaded runtime's, in place).
 async fn copy(
     repo: &Repository,
-    shared: &Arc<Shared>,
-    key: &Arc<DataKey>,
-    entries: Arc<Vec<ScanEntry>>,
-    units: Arc<Vec<Unit>>,
-    remaining: Vec<AtomicU32>,
-    threads: usize,
-) -> Result<UnitResults, EngineError> {
+    shared: &Shared,
+    key: &DataKey,
+    input: &Inputs<'_>,
+) -> Result<(Vec<String>, Totals), EngineError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<StagedPack>(2);
     let uploader = async {
         while let Some(staged) = rx.recv().await {
-            let r = async {
-                repo.backend
-                    .commit_staged(&staged.path, &super::format::pack_object_name(&staged.id))
-                    .await?;
-                repo.put_index(key, &staged).await
-            }
-            .await;
-            if let Err(e) = r {
+            if let Err(e) = commit(repo, key, &staged).await {
                 shared.abort.store(true, Ordering::Relaxed);
                 let _ = std::fs::remove_file(&staged.path);
                 // Drain so workers blocked on send are released.
@@ -247,89 +260,88 @@ async fn copy(
         }
         Ok::<(), EngineError>(())
     };
-    let workers = {
-        let shared = shared.clone();
-        let threads = threads.max(1);
-        tokio::task::spawn_blocking(move || {
-            run_workers(&shared, &entries, &units, &remaining, threads, tx)
+    let (written, uploaded) = tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let uploading = s.spawn(|| input.handle.block_on(uploader));
+            let written = write_list(shared, key, input, tx);
+            let uploaded = uploading
+                .join()
+                .unwrap_or_else(|_| Err(EngineError::Worker("uploader panicked".into())));
+            (written, uploaded)
         })
-    };
-    let (work, upload) = tokio::join!(workers, uploader);
-    let results = work.map_err(|e| EngineError::Worker(e.to_string()))?;
-    upload?;
-    results
+    });
+    // The uploader's failure is the cause of the workers' stop.
+    uploaded?;
+    let (pieces, totals) = written?;
+    let Pieces { pack, ids, .. } = pieces;
+    if pack.is_empty() {
+        pack.discard();
+    } else {
+        let staged = pack.finish()?;
+        shared.stored.fetch_add(staged.size, Ordering::Relaxed);
+        commit(repo, key, &staged).await?;
+    }
+    Ok((ids, totals))
 }
 
-/// Store the file list, compressed, in tree blobs (pieces the repository has are not stored
-/// again); their ids in order.
-async fn write_tree(
-    repo: &Repository,
+/// Commit a staged pack, then its index object.
+async fn commit(repo: &Repository, key: &DataKey, staged: &StagedPack) -> Result<(), EngineError> {
+    repo.backend
+        .commit_staged(&staged.path, &super::format::pack_object_name(&staged.id))
+        .await?;
+    repo.put_index(key, staged).await
+}
+
+/// The pipeline, writing the file list as JSON into zstd into pieces: neither the list as
+/// JSON nor compressed is held whole.
+fn write_list<'k>(
     shared: &Shared,
-    key: &DataKey,
-    tree: &[TreeEntry],
-) -> Result<Vec<String>, EngineError> {
-    let mut pieces = Pieces {
-        shared,
+    key: &'k DataKey,
+    input: &Inputs<'_>,
+    packs: tokio::sync::mpsc::Sender<StagedPack>,
+) -> Result<(Pieces<'k>, Totals), EngineError> {
+    let io = |e: std::io::Error| EngineError::Worker(format!("writing the file list: {e}"));
+    let pieces = Pieces {
         key,
         pack: PackWriter::new(&shared.staging, key)?,
         piece: Vec::with_capacity(TREE_PIECE),
         ids: Vec::new(),
-        error: None,
     };
-    // Streamed: JSON into zstd into pieces, so neither the whole list as JSON nor the whole
-    // compressed stream is held (together about 75 bytes a chunk at the end of a backup).
-    let streamed = (|| -> std::io::Result<()> {
-        let mut enc = zstd::stream::write::Encoder::new(&mut pieces, 3)?;
-        {
-            let mut json = std::io::BufWriter::with_capacity(64 * 1024, &mut enc);
-            serde_json::to_writer(&mut json, tree)?;
-            json.flush()?;
-        }
-        enc.finish()?;
-        Ok(())
-    })();
-    if let Some(e) = pieces.error.take() {
-        return Err(e);
-    }
-    streamed.map_err(|e| EngineError::Worker(format!("writing the file list: {e}")))?;
-    pieces.store()?;
-    let Pieces { pack: w, ids, .. } = pieces;
-    if w.is_empty() {
-        w.discard();
-    } else {
-        let staged = w.finish()?;
-        shared.stored.fetch_add(staged.size, Ordering::Relaxed);
-        repo.backend
-            .commit_staged(&staged.path, &super::format::pack_object_name(&staged.id))
-            .await?;
-        repo.put_index(key, &staged).await?;
-    }
-    Ok(ids)
+    let json = std::io::BufWriter::with_capacity(
+        64 * 1024,
+        zstd::stream::write::Encoder::new(pieces, 3).map_err(io)?,
+    );
+    let (json, totals) = run_pipeline(shared, input, json, packs)?;
+    let mut pieces = json
+        .into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .finish()
+        .map_err(io)?;
+    pieces.store().map_err(io)?;
+    Ok((pieces, totals))
 }
 
 /// The compressed file list as it is written, cut into pieces of [`TREE_PIECE`] bytes, each
-/// added to the tree pack unless the repository or the pack has it already.
+/// added to the tree pack unless the pack has it already.
 struct Pieces<'a> {
-    shared: &'a Shared,
     key: &'a DataKey,
     pack: PackWriter,
     piece: Vec<u8>,
     ids: Vec<String>,
-    /// Why a piece could not be stored (the writer's caller sees only an I/O error).
-    error: Option<EngineError>,
 }
 
 impl Pieces<'_> {
     /// Store the piece gathered so far, if any.
-    fn store(&mut self) -> Result<(), EngineError> {
+    fn store(&mut self) -> std::io::Result<()> {
         if self.piece.is_empty() {
             return Ok(());
         }
         let piece = std::mem::replace(&mut self.piece, Vec::with_capacity(TREE_PIECE));
         let id = self.key.chunk_id(&piece);
-        if !self.shared.known.blobs.contains_key(&id) && !w_has(&self.pack, &id) {
+        if !self.pack.entries().iter().any(|e| e.id == id) {
             self.pack
-                .add(id, BlobKind::Tree, piece.len() as u32, false, piece)?;
+                .add(id, BlobKind::Tree, piece.len() as u32, false, piece)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         self.ids.push(hex::encode(id));
         Ok(())
@@ -340,12 +352,8 @@ impl Write for Pieces<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let n = data.len().min(TREE_PIECE - self.piece.len());
         self.piece.extend_from_slice(&data[..n]);
-        if self.piece.len() == TREE_PIECE
-            && let Err(e) = self.store()
-        {
-            let io = std::io::Error::other(e.to_string());
-            self.error = Some(e);
-            return Err(io);
+        if self.piece.len() == TREE_PIECE {
+            self.store()?;
         }
         Ok(n)
     }
@@ -353,8 +361,4 @@ impl Write for Pieces<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn w_has(w: &PackWriter, id: &ChunkId) -> bool {
-    w.entries().iter().any(|e| e.id == *id)
 }

@@ -1,116 +1,201 @@
-//! The snapshot's file list (pure): every scanned entry with its chunks, from the workers'
-//! results and the reused files, and the data keys the snapshot depends on.
+//! The snapshot's file list, written as the backup goes: each slot the feeder hands on, in
+//! order, with the chunk ids the workers found for each read file's units (which finish in
+//! any order and wait here until their turn). A file of more than `PART_CHUNKS` chunks is
+//! written a part at a time, so no whole chunk list is held.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::mpsc::Receiver;
 
-use super::plan::Unit;
+use super::feed::Slot;
 use super::scan::ScanEntry;
-use super::workers::UnitResults;
 use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
-use crate::engine::format::{EntryKind, TreeEntry};
-use crate::engine::repo::Index;
+use crate::engine::format::{EntryKind, PART_CHUNKS, TreeEntry};
+use crate::engine::progress::Progress;
 
-/// The file list and its totals.
+/// What the workers found in one unit.
 #[derive(Debug)]
-pub(super) struct Assembled {
-    pub tree: Vec<TreeEntry>,
+pub(super) struct Done {
+    pub seq: u64,
+    pub ids: Vec<ChunkId>,
+    /// Bytes read (less than `len` if the file shrank while it was read).
+    pub read: u64,
+    pub len: u64,
+}
+
+/// The file list's totals.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Totals {
     pub files: u64,
     pub dirs: u64,
     pub logical: u64,
 }
 
-/// A unit's share of its file: offset, chunk ids, bytes read, bytes planned.
-type Part = (u64, Vec<ChunkId>, u64, u64);
+/// Writes the file list as one JSON array of entries into `out`.
+pub(super) struct Assembler<'a, W: Write> {
+    entries: &'a [ScanEntry],
+    progress: &'a Progress,
+    out: W,
+    written: u64,
+    totals: Totals,
+    /// Units finished ahead of their turn.
+    early: BTreeMap<u64, Done>,
+}
 
-/// Each scanned entry in scan order; a file's chunks are its reused list, or its units' chunks
-/// in offset order (its size is what was read, so a file that shrank while read is recorded
-/// as read). A file read short in one unit and longer in a later one (it shrank and grew
-/// while it was read) is refused: its chunks would not be where fixed chunking puts them,
-/// and a restore checks that they are.
-pub(super) fn assemble(
-    entries: &[ScanEntry],
-    units: &[Unit],
-    mut results: UnitResults,
-    mut reused: HashMap<usize, Vec<ChunkId>>,
-) -> Result<Assembled, EngineError> {
-    let mut by_file: HashMap<usize, Vec<Part>> = HashMap::new();
-    for (u, (ids, read)) in results.drain() {
-        let unit = &units[u];
-        by_file
-            .entry(unit.file)
-            .or_default()
-            .push((unit.offset, ids, read, unit.len));
+impl<'a, W: Write> Assembler<'a, W> {
+    pub(super) fn new(entries: &'a [ScanEntry], progress: &'a Progress, out: W) -> Self {
+        Assembler {
+            entries,
+            progress,
+            out,
+            written: 0,
+            totals: Totals::default(),
+            early: BTreeMap::new(),
+        }
     }
-    let mut out = Assembled {
-        tree: Vec::with_capacity(entries.len()),
-        files: 0,
-        dirs: 0,
-        logical: 0,
-    };
-    for (i, e) in entries.iter().enumerate() {
-        let mut entry = TreeEntry {
+
+    /// Write every slot as it comes, until the feeder is done; the writer and the totals.
+    pub(super) fn run(
+        mut self,
+        slots: &Receiver<Slot>,
+        done: &Receiver<Done>,
+    ) -> Result<(W, Totals), EngineError> {
+        self.out.write_all(b"[").map_err(write_err)?;
+        while let Ok(slot) = slots.recv() {
+            self.slot(slot, done)?;
+        }
+        self.out.write_all(b"]").map_err(write_err)?;
+        Ok((self.out, self.totals))
+    }
+
+    fn slot(&mut self, slot: Slot, done: &Receiver<Done>) -> Result<(), EngineError> {
+        match slot {
+            Slot::Entry(i) => {
+                if self.entries[i].kind == EntryKind::Dir {
+                    self.totals.dirs += 1;
+                }
+                self.write(i, 0, Vec::new(), 0)
+            }
+            Slot::Reused { file, part, chunks } => {
+                let size = match part {
+                    0 => self.count_file(file),
+                    _ => 0,
+                };
+                self.write(file, part, chunks, size)
+            }
+            Slot::Read { file, first, units } => self.read(file, first..first + units, done),
+        }
+    }
+
+    fn count_file(&mut self, file: usize) -> u64 {
+        let size = self.entries[file].size;
+        self.totals.files += 1;
+        self.totals.logical += size;
+        size
+    }
+
+    /// A file that was read: its units' chunks in order, written a part at a time. Its size
+    /// is what was read (a file that shrank while read is recorded as read), unless it is
+    /// listed in parts, whose first part, written before the file is read to the end, holds
+    /// its scanned size. A file read short in one unit and longer in a later one (it shrank
+    /// and grew again) is refused: its chunks would not be where fixed chunking puts them.
+    fn read(
+        &mut self,
+        file: usize,
+        units: std::ops::Range<u64>,
+        done: &Receiver<Done>,
+    ) -> Result<(), EngineError> {
+        let entries = self.entries;
+        let e = &entries[file];
+        let changed = |what: &str| EngineError::Source {
+            path: e.abs.display().to_string(),
+            reason: format!(
+                "it {what} while it was read: back up a copy that is not being written (a volume snapshot or fsyncLock)"
+            ),
+        };
+        let (mut ids, mut part, mut read, mut short) = (Vec::new(), 0u32, 0u64, false);
+        for seq in units {
+            let d = self.take(seq, done)?;
+            if short && d.read > 0 {
+                return Err(changed("shrank and grew again"));
+            }
+            short |= d.read < d.len;
+            read += d.read;
+            ids.extend(d.ids);
+            while ids.len() >= PART_CHUNKS {
+                let rest = ids.split_off(PART_CHUNKS);
+                let size = if part == 0 { e.size } else { 0 };
+                self.write(file, part, std::mem::replace(&mut ids, rest), size)?;
+                part += 1;
+            }
+        }
+        if part == 0 {
+            self.write(file, 0, ids, read)?;
+        } else if read != e.size {
+            return Err(changed("changed size"));
+        } else if !ids.is_empty() {
+            self.write(file, part, ids, 0)?;
+        }
+        self.totals.files += 1;
+        self.totals.logical += read;
+        self.progress.add_file();
+        Ok(())
+    }
+
+    /// Unit `seq`'s result: waiting for it, and keeping those that finish first.
+    fn take(&mut self, seq: u64, done: &Receiver<Done>) -> Result<Done, EngineError> {
+        loop {
+            if let Some(d) = self.early.remove(&seq) {
+                return Ok(d);
+            }
+            let d = done
+                .recv()
+                .map_err(|_| EngineError::Worker(ABORTED.into()))?;
+            self.early.insert(d.seq, d);
+        }
+    }
+
+    fn write(
+        &mut self,
+        i: usize,
+        part: u32,
+        chunks: Vec<ChunkId>,
+        size: u64,
+    ) -> Result<(), EngineError> {
+        let e = &self.entries[i];
+        let entry = TreeEntry {
             path: e.rel.clone(),
             kind: e.kind,
             mode: e.mode,
             mtime_ns: e.mtime_ns,
-            size: 0,
+            size,
             target: e.target.clone(),
             inode: e.inode,
-            chunks: Vec::new(),
+            chunks,
+            part,
         };
-        match e.kind {
-            EntryKind::File => {
-                out.files += 1;
-                if let Some(ids) = reused.remove(&i) {
-                    entry.chunks = ids;
-                    entry.size = e.size;
-                } else if let Some(mut parts) = by_file.remove(&i) {
-                    parts.sort_by_key(|p| p.0);
-                    let mut short = false;
-                    for (_, ids, read, len) in parts {
-                        if short && read > 0 {
-                            return Err(EngineError::Source {
-                                path: e.abs.display().to_string(),
-                                reason: "it shrank and grew again while it was read: back up a copy that is not being written (a volume snapshot or fsyncLock)".into(),
-                            });
-                        }
-                        short |= read < len;
-                        entry.chunks.extend(ids);
-                        entry.size += read;
-                    }
-                }
-                out.logical += entry.size;
-            }
-            EntryKind::Dir => out.dirs += 1,
-            _ => {}
+        if self.written > 0 {
+            self.out.write_all(b",").map_err(write_err)?;
         }
-        out.tree.push(entry);
+        serde_json::to_writer(&mut self.out, &entry)?;
+        self.written += 1;
+        Ok(())
     }
-    Ok(out)
 }
 
-/// The data keys (hex ids) a snapshot depends on: those of the packs holding the chunks it
-/// reuses from `known`, and `new_key`, which new data was written under. Sorted, unique.
-pub(super) fn data_keys(tree: &[TreeEntry], known: &Index, new_key: &[u8; 16]) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut seen_packs = HashSet::new();
-    for c in tree.iter().flat_map(|e| &e.chunks) {
-        if let Some(loc) = known.blobs.get(c)
-            && seen_packs.insert(loc.pack)
-        {
-            keys.push(hex::encode(known.packs[loc.pack as usize].data_key_id));
-        }
-    }
-    keys.push(hex::encode(new_key));
-    keys.sort();
-    keys.dedup();
-    keys
+/// What a thread of the backup says when it stopped because another failed (and that one's
+/// error is the one reported).
+pub(super) const ABORTED: &str = "stopped: another part of the backup failed";
+
+fn write_err(e: std::io::Error) -> EngineError {
+    EngineError::Worker(format!("writing the file list: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc::channel;
 
     fn entry(rel: &str, kind: EntryKind, size: u64) -> ScanEntry {
         ScanEntry {
@@ -125,109 +210,130 @@ mod tests {
         }
     }
 
-    #[test]
-    fn chunks_follow_offsets_and_reused_files_keep_their_lists() {
-        let entries = vec![
-            entry("db", EntryKind::Dir, 0),
-            entry("db/a", EntryKind::File, 30),
-            entry("db/b", EntryKind::File, 7),
-        ];
-        let units = vec![
-            Unit {
-                file: 1,
-                offset: 0,
-                len: 20,
-            },
-            Unit {
-                file: 1,
-                offset: 20,
-                len: 10,
-            },
-        ];
-        // Results arrive in any order; the second unit read less (the file shrank).
-        let results: UnitResults = [(1, (vec![[2; 32]], 4)), (0, (vec![[1; 32]], 20))]
-            .into_iter()
-            .collect();
-        let reused = [(2, vec![[3; 32]])].into_iter().collect();
-        let a = assemble(&entries, &units, results, reused).unwrap();
-        assert_eq!((a.files, a.dirs, a.logical), (2, 1, 24 + 7));
-        assert_eq!(a.tree[1].chunks, vec![[1; 32], [2; 32]]);
-        assert_eq!(a.tree[1].size, 24);
-        assert_eq!(a.tree[2].chunks, vec![[3; 32]]);
-        assert_eq!(a.tree[0].path, "db");
+    fn assemble(
+        entries: &[ScanEntry],
+        slots: Vec<Slot>,
+        done: Vec<Done>,
+    ) -> Result<(Vec<TreeEntry>, Totals), EngineError> {
+        let (stx, srx) = channel();
+        let (dtx, drx) = channel();
+        slots.into_iter().for_each(|s| stx.send(s).unwrap());
+        done.into_iter().for_each(|d| dtx.send(d).unwrap());
+        drop((stx, dtx));
+        let progress = Progress::default();
+        let (json, totals) = Assembler::new(entries, &progress, Vec::new()).run(&srx, &drx)?;
+        Ok((serde_json::from_slice(&json).unwrap(), totals))
     }
 
-    /// A file that shrank while read is recorded as read; one that shrank and grew again
-    /// (a short unit before a longer one) is refused, never recorded with chunks out of place.
+    fn done(seq: u64, ids: Vec<ChunkId>, read: u64, len: u64) -> Done {
+        Done {
+            seq,
+            ids,
+            read,
+            len,
+        }
+    }
+
+    /// Units finish in any order and are written in theirs; a file that shrank while read is
+    /// recorded as read; reused files keep their chunks.
+    #[test]
+    fn chunks_follow_their_units_and_reused_files_keep_their_lists() {
+        let entries = vec![
+            entry("", EntryKind::Dir, 0),
+            entry("a", EntryKind::File, 30),
+            entry("b", EntryKind::File, 7),
+        ];
+        let slots = vec![
+            Slot::Entry(0),
+            Slot::Read {
+                file: 1,
+                first: 0,
+                units: 2,
+            },
+            Slot::Reused {
+                file: 2,
+                part: 0,
+                chunks: vec![[3; 32]],
+            },
+        ];
+        // The second unit finished first, and read less (the file shrank).
+        let results = vec![
+            done(1, vec![[2; 32]], 4, 10),
+            done(0, vec![[1; 32]], 20, 20),
+        ];
+        let (tree, totals) = assemble(&entries, slots, results).unwrap();
+        assert_eq!(
+            totals,
+            Totals {
+                files: 2,
+                dirs: 1,
+                logical: 24 + 7
+            }
+        );
+        assert_eq!(tree[1].chunks, vec![[1; 32], [2; 32]]);
+        assert_eq!(tree[1].size, 24);
+        assert_eq!((tree[2].chunks.clone(), tree[2].size), (vec![[3; 32]], 7));
+        assert_eq!(tree[0].path, "");
+    }
+
+    /// A file that shrank and grew again while read is refused, never listed with chunks out
+    /// of place.
     #[test]
     fn a_file_that_shrank_and_grew_while_read_is_refused() {
         let entries = vec![
             entry("", EntryKind::Dir, 0),
             entry("f", EntryKind::File, 40),
         ];
-        let units = vec![
-            Unit {
-                file: 1,
-                offset: 0,
-                len: 20,
-            },
-            Unit {
-                file: 1,
-                offset: 20,
-                len: 20,
-            },
-        ];
         let run = |first: u64, second: u64| {
-            let results: UnitResults = [(0, (vec![[1; 32]], first)), (1, (vec![], second))]
-                .into_iter()
-                .collect();
-            assemble(&entries, &units, results, HashMap::new())
+            let slots = vec![Slot::Read {
+                file: 1,
+                first: 0,
+                units: 2,
+            }];
+            let results = vec![
+                done(0, vec![[1; 32]], first, 20),
+                done(1, vec![], second, 20),
+            ];
+            assemble(&entries, slots, results)
         };
-        assert_eq!(run(20, 5).unwrap().tree[1].size, 25);
-        assert_eq!(run(12, 0).unwrap().tree[1].size, 12);
+        assert_eq!(run(20, 5).unwrap().0[0].size, 25);
+        assert_eq!(run(12, 0).unwrap().0[0].size, 12);
         let e = run(12, 5).unwrap_err().to_string();
         assert!(e.contains("/src/f") && e.contains("shrank and grew"), "{e}");
     }
 
+    /// A file of more than PART_CHUNKS chunks is written in parts: the first with the size,
+    /// the next with the rest; a listed-in-parts file whose read size differs is refused.
     #[test]
-    fn data_keys_are_those_of_reused_packs_and_the_new_key() {
-        use crate::engine::format::{BlobEntry, BlobKind};
-        use crate::engine::repo::{BlobLoc, PackInfo};
-        let mut known = Index::default();
-        for (n, key) in [[0xaa; 16], [0xbb; 16]].into_iter().enumerate() {
-            known.packs.push(PackInfo {
-                id: format!("p{n}"),
-                data_key_id: key,
-                salt: [0; 32],
-            });
-        }
-        let entry = BlobEntry {
-            id: [1; 32],
-            offset: 0,
-            stored_len: 1,
-            raw_len: 1,
-            kind: BlobKind::Data,
-            flags: 0,
+    fn a_long_chunk_list_is_written_in_parts() {
+        let n = PART_CHUNKS as u64 + 1;
+        let entries = vec![entry("big", EntryKind::File, n)];
+        let slots = || {
+            vec![Slot::Read {
+                file: 0,
+                first: 0,
+                units: n,
+            }]
         };
-        known.blobs.insert(BlobLoc { pack: 1, entry });
-        let mut file = TreeEntry {
-            path: "f".into(),
-            kind: EntryKind::File,
-            mode: 0,
-            mtime_ns: 0,
-            size: 1,
-            target: None,
-            inode: 0,
-            chunks: vec![[1; 32], [9; 32]],
+        let results = |last: u64| {
+            (0..n)
+                .map(|s| done(s, vec![[s as u8; 32]], if s + 1 == n { last } else { 1 }, 1))
+                .collect::<Vec<_>>()
         };
+        let (tree, totals) = assemble(&entries, slots(), results(1)).unwrap();
+        assert_eq!(tree.len(), 2);
         assert_eq!(
-            data_keys(std::slice::from_ref(&file), &known, &[0xcc; 16]),
-            [hex::encode([0xbb; 16]), hex::encode([0xcc; 16])]
+            (tree[0].part, tree[0].size, tree[0].chunks.len()),
+            (0, n, PART_CHUNKS)
         );
-        file.chunks.clear();
         assert_eq!(
-            data_keys(&[file], &known, &[0xbb; 16]),
-            [hex::encode([0xbb; 16])]
+            (tree[1].part, tree[1].size, tree[1].chunks.len()),
+            (1, 0, 1)
         );
+        assert_eq!((totals.files, totals.logical), (1, n));
+        let e = assemble(&entries, slots(), results(0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("changed size"), "{e}");
     }
 }

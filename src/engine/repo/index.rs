@@ -115,17 +115,22 @@ impl Repository {
             .collect())
     }
 
-    /// The index a writer may deduplicate against: only packs that exist now (one listing of
-    /// `data/`) and that prune has not marked for deletion. An index entry whose pack is gone
-    /// or going is never trusted with new data.
-    pub async fn load_index_for_writing(&self) -> Result<Index, EngineError> {
+    /// Packs an index object names that are gone, and not because prune removed them (no
+    /// deletion mark): a damaged repository (a partial copy, a hand-made mistake). One
+    /// listing each of `index/`, `data/` and `garbage/`; a few dozen bytes a pack.
+    pub async fn missing_packs(&self) -> Result<Vec<String>, EngineError> {
         let marked = self.garbage_marks().await?;
         let present = self.present_packs().await?;
-        self.load_index_where(
-            |_| true,
-            |id| present.contains(id) && !marked.contains_key(id),
-        )
-        .await
+        let mut missing: Vec<String> = self
+            .backend
+            .list("index")
+            .await?
+            .into_iter()
+            .filter_map(|(name, _)| name.rsplit('/').next().map(str::to_string))
+            .filter(|id| !present.contains(id) && !marked.contains_key(id))
+            .collect();
+        missing.sort();
+        Ok(missing)
     }
 
     /// Packs prune has marked for deletion, with their marks.
@@ -147,21 +152,6 @@ impl Repository {
             out.insert(id, mark);
         }
         Ok(out)
-    }
-
-    /// Load the index objects of packs `keep` accepts; those `first` accepts take precedence.
-    async fn load_index_where(
-        &self,
-        first: impl Fn(&str) -> bool,
-        keep: impl Fn(&str) -> bool,
-    ) -> Result<Index, EngineError> {
-        let mut index = IndexBuilder::default();
-        self.each_index_pack(first, keep, |pack, entries| {
-            index.add(pack, entries);
-            Ok(())
-        })
-        .await?;
-        Ok(index.finish())
     }
 
     /// Hand every pack of the index to `f` with its blobs, in [`Repository::load_index`]'s

@@ -4,7 +4,7 @@ use super::Repository;
 use super::index::Index;
 use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
-use crate::engine::format::{ObjectKind, SnapshotManifest, TreeEntry};
+use crate::engine::format::{EntryKind, ObjectKind, PART_CHUNKS, SnapshotManifest, TreeEntry};
 
 impl Repository {
     /// Every snapshot manifest, oldest first.
@@ -54,15 +54,21 @@ impl Repository {
         for id in tree_ids(snap)? {
             compressed.extend_from_slice(&self.read_blob(index, &id).await?);
         }
-        let mut tree = Vec::new();
+        // A file listed in parts is one entry here (the parts are checked to follow each
+        // other as they are read).
+        let mut tree: Vec<TreeEntry> = Vec::new();
         each_entry(&compressed[..], &snap.id, |e| {
-            tree.push(e);
+            match tree.last_mut() {
+                Some(head) if e.part > 0 => head.chunks.extend(e.chunks),
+                _ => tree.push(e),
+            }
             Ok(())
         })?;
         Ok(tree)
     }
 
-    /// Hand every entry of a snapshot's file list to `f`, in order, as it is read: neither the
+    /// Hand every entry of a snapshot's file list to `f`, in order, as it is read, a file
+    /// listed in parts part by part (checked to follow each other): neither the
     /// list nor its compressed pieces are held whole (the pieces are fetched one at a time as
     /// the decoder needs them). Blocks the calling thread on the store: call it from a
     /// blocking context (`block_in_place`) of a multi-threaded runtime.
@@ -146,8 +152,26 @@ fn each_entry(
         decoder,
     ));
     let mut stopped = None;
+    let mut last: Option<(String, u32, usize)> = None;
+    let mut checked = |e: TreeEntry| {
+        if e.part > 0 {
+            let follows = last.as_ref().is_some_and(|(path, part, chunks)| {
+                *path == e.path && *part + 1 == e.part && *chunks == PART_CHUNKS
+            });
+            if !follows || e.kind != EntryKind::File || e.size != 0 {
+                return Err(corrupt(format!(
+                    "file list entry {:?}: part {} does not follow a part {} of the same file with {PART_CHUNKS} chunks",
+                    e.path,
+                    e.part,
+                    e.part - 1
+                )));
+            }
+        }
+        last = Some((e.path.clone(), e.part, e.chunks.len()));
+        f(e)
+    };
     let parsed = de
-        .deserialize_seq(Each(&mut f, &mut stopped))
+        .deserialize_seq(Each(&mut checked, &mut stopped))
         .and_then(|()| de.end());
     match (stopped, parsed) {
         (Some(e), _) => Err(e),

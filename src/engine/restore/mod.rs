@@ -176,16 +176,27 @@ fn read_file_list(
     let mut wanted = Sorter::in_temp_dir(SORT_BUDGET);
     let handle = tokio::runtime::Handle::current();
     repo.for_each_tree_entry(index, snap, &handle, |mut e| {
-        let file = u32::try_from(tree.len()).map_err(|_| EngineError::Corrupt {
-            object: format!("snapshots/{}", snap.id),
-            reason: "more than 2^32 entries".into(),
-        })?;
-        chunks.push(e.chunks.len() as u32);
-        for (n, id) in e.chunks.iter().enumerate() {
-            wanted.push(plan::want_record(id, file, n as u32))?;
+        let ids = std::mem::take(&mut e.chunks);
+        // A later part of a file (checked to follow its first) adds to that file's chunks.
+        if e.part == 0 {
+            chunks.push(0u32);
+            tree.push(e);
         }
-        e.chunks = Vec::new();
-        tree.push(e);
+        let file = tree.len() - 1;
+        let first = chunks[file];
+        let corrupt = |what: &str| EngineError::Corrupt {
+            object: format!("snapshots/{}", snap.id),
+            reason: format!("{}: more than 2^32 {what}", tree[file].path),
+        };
+        let end = u32::try_from(ids.len())
+            .ok()
+            .and_then(|n| n.checked_add(first))
+            .ok_or_else(|| corrupt("chunks"))?;
+        let f = u32::try_from(file).map_err(|_| corrupt("entries"))?;
+        for (id, n) in ids.iter().zip(first..end) {
+            wanted.push(plan::want_record(id, f, n))?;
+        }
+        chunks[file] = end;
         Ok(())
     })?;
     Ok((tree, chunks, wanted))

@@ -233,6 +233,7 @@ mod tests {
             target: (kind == EntryKind::Symlink).then(|| "/etc/passwd".into()),
             inode: 0,
             chunks: vec![],
+            part: 0,
         }
     }
 
