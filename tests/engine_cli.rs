@@ -929,3 +929,86 @@ fn s3_round_trip_and_verify_against_a_real_s3_server() {
         &env,
     );
 }
+
+/// A file of `size` bytes, sparse but for a distinct 4 KiB page at every `every` bytes.
+fn sparse_file(path: &Path, size: u64, every: u64) -> fs::File {
+    use std::os::unix::fs::FileExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    file.set_len(size).unwrap();
+    for (i, at) in (0..size).step_by(every as usize).enumerate() {
+        file.write_at(&support::pseudo_random(i as u64 + 1, 4096), at)
+            .unwrap();
+    }
+    file
+}
+
+/// The memory design of backup, pinned (performance issue): a backup reads no index and
+/// looks up only the chunks that differ from its parent's at the same offset, among a
+/// bounded set of chunks it stored lately. A 4 GiB file with a parent costs lookups for what
+/// changed, not for its size.
+#[test]
+fn a_backup_with_a_parent_looks_up_only_the_chunks_that_changed() {
+    use std::os::unix::fs::FileExt;
+    let e = Env::new();
+    let (repo, key) = (e.p("repo"), e.key());
+    let src = e.dir.path().join("sparse");
+    fs::create_dir(&src).unwrap();
+    // 262,144 chunks of 16 KiB: 64 distinct ones, the rest zeros (16 parts in the list).
+    let file = sparse_file(&src.join("collection-0-1.wt"), 4 << 30, 64 << 20);
+    let s = src.display().to_string();
+    let first = backup_json(&s, &repo, &key, &[], &[]);
+    // No parent: every chunk is looked up, and the zeros are stored once.
+    assert_eq!(first["chunks_looked_up"], 262_144, "{first}");
+    let stored = first["stored_bytes"].as_u64().unwrap();
+    assert!(stored < 2 << 20, "{first}");
+
+    // Three pages rewritten: three lookups, about three chunks stored.
+    for (n, i) in [1u64, 30, 63].into_iter().enumerate() {
+        file.write_at(
+            &support::pseudo_random(1000 + n as u64, 4096),
+            (i << 26) + 8192,
+        )
+        .unwrap();
+    }
+    let second = backup_json(&s, &repo, &key, &[], &[]);
+    assert_eq!(second["chunks_looked_up"], 3, "{second}");
+    // Read again in full (--force-read): nothing differs from the parent.
+    let third = backup_json(&s, &repo, &key, &["--force-read"], &[]);
+    assert_eq!(third["chunks_looked_up"], 0, "{third}");
+    assert!(
+        third["stored_bytes"].as_u64().unwrap() < stored,
+        "{third} after {first}"
+    );
+}
+
+/// A file of more than 16,384 chunks is listed in parts; it is restored exactly, and a
+/// change in its last part is found through the parent's last part.
+#[test]
+fn a_file_listed_in_parts_round_trips() {
+    use std::os::unix::fs::FileExt;
+    let e = Env::new();
+    let (repo, key) = (e.p("repo"), e.key());
+    let src = e.dir.path().join("parts");
+    fs::create_dir(&src).unwrap();
+    // 4 KiB chunks: 2 x 16,384 + 3 of them, a distinct page every 1 MiB.
+    let file = sparse_file(&src.join("big.wt"), (128 << 20) + 3 * 4096 - 100, 1 << 20);
+    let s = src.display().to_string();
+    backup_json(&s, &repo, &key, &["--chunk-size", "4096"], &[]);
+    let out = e.p("out");
+    restore(&repo, &key, "latest", &out, &[]);
+    assert_same_tree(&src, Path::new(&out));
+
+    file.write_at(b"changed in the third part", 128 << 20)
+        .unwrap();
+    let second = backup_json(&s, &repo, &key, &[], &[]);
+    assert_eq!(second["chunks_looked_up"], 1, "{second}");
+    let out2 = e.p("out2");
+    restore(&repo, &key, "latest", &out2, &[]);
+    assert_same_tree(&src, Path::new(&out2));
+}

@@ -91,6 +91,7 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
                 "dirs": m.dirs,
                 "logical_bytes": m.logical_bytes,
                 "stored_bytes": m.stored_bytes,
+                "chunks_looked_up": progress.chunks_looked_up.load(std::sync::atomic::Ordering::Relaxed),
                 "key_id": m.master_key_id,
                 "time": m.time,
                 "elapsed_seconds": r.elapsed_seconds,

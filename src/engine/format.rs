@@ -270,8 +270,9 @@ pub struct TreeEntry {
     pub part: u32,
 }
 
-/// Chunks in each part of a file's entry but the last (1 GiB of 16 KiB chunks).
-pub const PART_CHUNKS: usize = 65_536;
+/// Chunks in each part of a file's entry but the last (256 MiB of 16 KiB chunks; 512 KiB of
+/// ids).
+pub const PART_CHUNKS: usize = 16_384;
 
 fn is_zero(n: &u32) -> bool {
     *n == 0

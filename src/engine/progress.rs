@@ -14,6 +14,9 @@ pub struct Progress {
     pub files_total: AtomicU64,
     pub bytes_done: AtomicU64,
     pub files_done: AtomicU64,
+    /// Backup: chunks that were not their parent's at the same offset, so were looked up
+    /// among the chunks the backup stored lately (and stored if new). Not in reports.
+    pub chunks_looked_up: AtomicU64,
 }
 
 impl Default for Progress {
@@ -24,6 +27,7 @@ impl Default for Progress {
             files_total: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
+            chunks_looked_up: AtomicU64::new(0),
         }
     }
 }

@@ -74,6 +74,12 @@ impl<const N: usize> Sorter<N> {
         if self.buf.len() >= self.cap {
             self.spill()?;
         }
+        // Grown by doubling up to the budget, then allocated at exactly the budget (doubling
+        // past it would overshoot by up to half).
+        if self.buf.len() == self.buf.capacity() {
+            let more = self.buf.capacity().max(1024).min(self.cap - self.buf.len());
+            self.buf.reserve_exact(more);
+        }
         self.buf.push(rec);
         self.len += 1;
         Ok(())

@@ -74,8 +74,6 @@ pub(super) struct Shared {
     pub progress: Arc<Progress>,
     /// Bytes added to the repository.
     pub stored: AtomicU64,
-    /// Chunks that were not the parent's at their offset, so were looked up in [`Recent`].
-    pub lookups: AtomicU64,
     /// Set by whoever fails first; everyone else stops quietly.
     pub abort: AtomicBool,
 }
@@ -96,7 +94,6 @@ impl Shared {
             staging: repo.backend.staging_dir()?.to_path_buf(),
             progress,
             stored: AtomicU64::new(0),
-            lookups: AtomicU64::new(0),
             abort: AtomicBool::new(false),
         })
     }
@@ -112,7 +109,9 @@ impl Shared {
         zstd: &mut zstd::bulk::Compressor<'static>,
         done: &tokio::sync::mpsc::Sender<StagedPack>,
     ) -> Result<(), EngineError> {
-        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.progress
+            .chunks_looked_up
+            .fetch_add(1, Ordering::Relaxed);
         if !self
             .recent
             .lock()

@@ -128,8 +128,9 @@ async fn run_restore(
     })
 }
 
-/// Memory each of a restore's sorts may hold before it spills to scratch files.
-const SORT_BUDGET: usize = 8 * 1024 * 1024;
+/// Memory each of a restore's sorts may hold before it spills to scratch files (enough for
+/// everything of a 1 GiB dbPath).
+const SORT_BUDGET: usize = 4 * 1024 * 1024;
 
 /// The index as a restore needs it: every pack (id and key, a few dozen bytes each), the
 /// blobs of the snapshot's file list, and every data blob as a sorted stream.

@@ -30,7 +30,7 @@ const GAP_MAX: u64 = 256 * 1024;
 
 /// Placements handed to a reader at once: one pack's, or part of one (a pack is split when a
 /// blob goes to very many places, so a batch stays small).
-const BATCH: usize = 16 * 1024;
+const BATCH: usize = 4096;
 
 /// Read every pack the placements (sorted by pack and offset) name and write its blobs into
 /// the files at `paths`, on `threads` threads: a feeder reads the sorted placements and hands
