@@ -499,6 +499,29 @@ impl Backend {
         tokio::fs::remove_file(staged).await.map_err(io)
     }
 
+    /// Ask the system to start reading `len` bytes of object `name` from `offset`, so the
+    /// reads that follow find them in the page cache instead of each waiting for the disk
+    /// (local repositories: `posix_fadvise(WILLNEED)`, which returns at once; object stores
+    /// have nothing like it). A hint: a failure is ignored, the reads report their own.
+    pub fn prefetch(&self, name: &str, offset: u64, len: u64) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(root) = &self.local_root else {
+            return;
+        };
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(root.join(name))
+        {
+            let _ = rustix::fs::fadvise(
+                &f,
+                offset,
+                std::num::NonZeroU64::new(len),
+                rustix::fs::Advice::WillNeed,
+            );
+        }
+    }
+
     /// Is this a local (directory or PVC) repository?
     pub fn is_local(&self) -> bool {
         self.local_root.is_some()

@@ -171,7 +171,20 @@ fn read_pack(
         let start = u64::from(p.entry.offset);
         start..start + u64::from(p.entry.stored_len)
     };
-    for span in spans(placements.iter().map(bounds), *span_max) {
+    let spans = spans(placements.iter().map(bounds), *span_max);
+    // The pack's needed bytes read ahead while the first spans are decoded: from a cold
+    // cache, each span would otherwise wait for the disk in turn (a 16 GiB restore read its
+    // repository at under half the disk's speed).
+    if let (Some(first), Some(last)) = (spans.first(), spans.last()) {
+        let start = bounds(&placements[first.start]).start;
+        let end = placements[last.clone()]
+            .iter()
+            .map(|p| bounds(p).end)
+            .max()
+            .unwrap_or(start);
+        repo.backend.prefetch(&name, start, end - start);
+    }
+    for span in spans {
         let span = &placements[span];
         let start = bounds(&span[0]).start;
         let end = span.iter().map(|p| bounds(p).end).max().unwrap_or(start);
