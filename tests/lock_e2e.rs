@@ -318,13 +318,21 @@ async fn a_copy_that_loses_its_lock_fails_and_unlocks() {
     l.mongod.control("lockcount 1");
     l.job("retried", json!({}), 1).await;
     l.g.snapshot("retried-1", "retried").await;
-    let first = wait_for(&snaps, "retried-1", "attempt 1 to copy", LONG, |s| {
-        s.status
-            .as_ref()
-            .is_some_and(|st| st.phase == RunPhase::Running)
-    })
-    .await;
     l.wait_for_count(2, "attempt 1 locked").await;
+    // Running with its pod named: the phase can be written before the pod's name is (seen in
+    // CI: Running without a pod name).
+    let first = wait_for(
+        &snaps,
+        "retried-1",
+        "attempt 1 to copy in its pod",
+        LONG,
+        |s| {
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.phase == RunPhase::Running && st.pod_name.is_some())
+        },
+    )
+    .await;
     pods.delete(
         first
             .status

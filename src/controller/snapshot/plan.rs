@@ -355,8 +355,11 @@ pub(super) fn recover_from_pods(mut prev: SnapshotStatus, pods: &[Pod]) -> Snaps
             Some((n, p))
         })
         .max_by_key(|(n, _)| *n);
+    // A newer attempt than the status knows; or the status's own attempt without its pod (a
+    // status written while quiescing, before the pod existed, read back after the pod's
+    // creation: seen in CI as Running with no pod name).
     if let Some((n, pod)) = newest
-        && n > prev.attempts
+        && (n > prev.attempts || (n == prev.attempts && prev.pod_name.is_none()))
     {
         let a = pod.annotations();
         prev.attempts = n;
@@ -631,6 +634,27 @@ mod tests {
             .map(|s| s.name_any())
             .collect();
         assert_eq!(names, ["old"]);
+    }
+
+    #[test]
+    fn a_pod_of_the_current_attempt_fills_a_missing_pod_name() {
+        let prev = SnapshotStatus {
+            phase: RunPhase::Quiescing,
+            attempts: 1,
+            ..Default::default()
+        };
+        let p = pod(1, "  phase: Running");
+        let got = recover_from_pods(prev.clone(), std::slice::from_ref(&p));
+        assert_eq!(got.pod_name, Some(p.name_any()));
+        // A status that names its pod keeps it.
+        let named = SnapshotStatus {
+            pod_name: Some("other".into()),
+            ..prev
+        };
+        assert_eq!(
+            recover_from_pods(named, &[p]).pod_name.as_deref(),
+            Some("other")
+        );
     }
 
     #[test]
