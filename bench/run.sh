@@ -2,10 +2,17 @@
 # Benchmark snapcrypt against restic (Debian's), and rustic when it is on PATH, on one
 # generated MongoDB-like dbPath, in one run: full backup, restore, incremental after
 # rewriting 1% of the 4 KiB pages, peak RSS of backup and restore.
-# Writes its own section of bench/RESULTS.md ("## Storage engine, SIZE MiB"), leaving the
-# other sections as they are. Usage: bench/run.sh [SIZE_MIB (default 1024)] [CHUNK_SIZE]
+# With --wiredtiger the dbPath is a real WiredTiger database instead (bench/wt_dbpath.c, on
+# Debian's libwiredtiger: mongod's table configurations, snappy), and the incremental follows
+# an update of 1% of its documents with checkpoints, so it sees where WiredTiger really puts
+# changed blocks.
+# Writes its own section of bench/RESULTS.md ("## Storage engine, SIZE MiB", or
+# "## Storage engine, WiredTiger, SIZE MiB"), leaving the other sections as they are.
+# Usage: bench/run.sh [--wiredtiger] [SIZE_MIB (default 1024)] [CHUNK_SIZE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+WT=""
+if [ "${1:-}" = --wiredtiger ]; then WT=1; shift; fi
 SIZE=${1:-1024}
 CHUNK=${2:-}
 command -v restic >/dev/null || { apt-get update -qq && apt-get install -y -qq restic; }
@@ -13,6 +20,24 @@ cargo build --release --quiet
 SC=$PWD/target/release/snapcrypt
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/snapcrypt-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+if [ -n "$WT" ]; then
+  # The test ground's WiredTiger double installs the library; the bench's writer is its own.
+  bash tests/doubles/wiredtiger/build.sh > /dev/null
+  gcc -std=c11 -O2 -Wall -Wextra -o "$WORK/wt-dbpath" bench/wt_dbpath.c -lwiredtiger
+  make_src() { "$WORK/wt-dbpath" fill "$@"; }
+  rewrite_src() { "$WORK/wt-dbpath" update "$1" 1; }
+  KIND="WiredTiger, "
+  SOURCE_TEXT="a WiredTiger 3.2.1 database of $SIZE MiB written by \`bench/wt_dbpath.c\` (mongod's
+table configurations: four collections with snappy block compression, their _id and one
+secondary index, the journal), then 1% of its documents updated (90% of them among the newest
+5%, with checkpoints), as mongod would."
+else
+  make_src() { python3 bench/gen_dbpath.py make "$@"; }
+  rewrite_src() { python3 bench/gen_dbpath.py rewrite "$1" 1; }
+  KIND=""
+  SOURCE_TEXT="a generated MongoDB-like dbPath of $SIZE MiB (4 KiB pages, about half incompressible),
+then 1% of its pages rewritten in place, scattered across the files."
+fi
 SRC=$WORK/src
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic-repo RESTIC_CACHE_DIR=$WORK/restic-cache
 export RUSTIC_PASSWORD=bench RUSTIC_REPOSITORY=$WORK/rustic-repo
@@ -33,8 +58,8 @@ measure() {
 bytes() { du -sb "$1" | cut -f1; }
 ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }
 
-echo "bench: generating a ${SIZE} MiB dbPath"
-python3 bench/gen_dbpath.py make "$SRC" "$SIZE"
+echo "bench: generating a ${SIZE} MiB ${KIND}dbPath"
+make_src "$SRC" "$SIZE"
 restic init --repository-version 2 > /dev/null
 chunk_flag=()
 [ -n "$CHUNK" ] && chunk_flag=(--chunk-size "$CHUNK")
@@ -43,7 +68,7 @@ warm; measure restic_full restic backup --quiet "$SRC"
 warm; measure sc_full "$SC" backup --source "$SRC" --repo "$WORK/sc-repo" "${chunk_flag[@]}"
 RESTIC_FULL_BYTES=$(bytes "$WORK/restic-repo"); SC_FULL_BYTES=$(bytes "$WORK/sc-repo")
 
-python3 bench/gen_dbpath.py rewrite "$SRC" 1
+rewrite_src "$SRC"
 warm; measure restic_incr restic backup --quiet "$SRC"
 warm; measure sc_incr "$SC" backup --source "$SRC" --repo "$WORK/sc-repo"
 RESTIC_ADDED=$(( $(bytes "$WORK/restic-repo") - RESTIC_FULL_BYTES ))
@@ -76,18 +101,17 @@ fi
 # Memory as the source grows: a quarter-size source, backed up into a new repository and
 # restored.
 mkdir -p "$WORK/small"
-python3 bench/gen_dbpath.py make "$WORK/small/src" $(( SIZE / 4 )) --seed 2
+make_src "$WORK/small/src" $(( SIZE / 4 )) --seed 2
 measure sc_small "$SC" backup --source "$WORK/small/src" --repo "$WORK/small/repo"
 measure sc_small_restore "$SC" restore --repo "$WORK/small/repo" --snapshot latest --target "$WORK/small/out"
 
 CORES=$(nproc)
 SECTION=$WORK/section.md
 cat > "$SECTION" <<MD
-## Storage engine, $SIZE MiB
+## Storage engine, $KIND$SIZE MiB
 
-\`bench/run.sh $SIZE${CHUNK:+ $CHUNK}\` on $(date -u +%Y-%m-%d), $CORES cores, $(free -g | awk '/Mem:/{print $2}') GiB, restic $(restic version | awk '{print $2}').
-Source: a generated MongoDB-like dbPath of $SIZE MiB (4 KiB pages, about half incompressible),
-then 1% of its pages rewritten in place, scattered across the files. Both tools compress
+\`bench/run.sh ${WT:+--wiredtiger }$SIZE${CHUNK:+ $CHUNK}\` on $(date -u +%Y-%m-%d), $CORES cores, $(free -g | awk '/Mem:/{print $2}') GiB, restic $(restic version | awk '{print $2}').
+Source: $SOURCE_TEXT Both tools compress
 (restic repository version 2, compression auto). The source is read once before each backup
 so both find it in the page cache. Restores read the incremental snapshot into a new
 directory; the disk was $DISK_AT_RESTORE full after restic's restore. Chunk size: ${CHUNK:-16384 (default)}.
@@ -97,7 +121,7 @@ directory; the disk was $DISK_AT_RESTORE full after restic's restore. Chunk size
 | full backup, s | ${T[restic_full]} | ${T[sc_full]} | $(ratio ${T[sc_full]} ${T[restic_full]}) | <= 0.3 |
 | restore, s | ${T[restic_restore]} | ${T[sc_restore]} | $(ratio ${T[sc_restore]} ${T[restic_restore]}) | <= 0.35 |
 | restore until on disk (restic: then sync), s | $(python3 -c "print(round(${T[restic_restore]} + ${T[restic_sync]}, 2))") | ${T[sc_restore]} | $(ratio ${T[sc_restore]} "(${T[restic_restore]} + ${T[restic_sync]})") | |
-${RUSTIC_ROW:+$RUSTIC_ROW$NL}| incremental after 1% page rewrite, bytes added | $RESTIC_ADDED | $SC_ADDED | $(ratio $SC_ADDED $RESTIC_ADDED) | <= 0.1 |
+${RUSTIC_ROW:+$RUSTIC_ROW$NL}| incremental after the 1% ${WT:+update}${WT:-page rewrite}, bytes added | $RESTIC_ADDED | $SC_ADDED | $(ratio $SC_ADDED $RESTIC_ADDED) | <= 0.1 |
 | incremental, s | ${T[restic_incr]} | ${T[sc_incr]} | $(ratio ${T[sc_incr]} ${T[restic_incr]}) | <= 0.3 |
 | peak RSS, full backup, KiB | ${R[restic_full]} | ${R[sc_full]} | $(ratio ${R[sc_full]} ${R[restic_full]}) | snapcrypt <= 65536 |
 | peak RSS, incremental backup, KiB | ${R[restic_incr]} | ${R[sc_incr]} | $(ratio ${R[sc_incr]} ${R[restic_incr]}) | snapcrypt <= 65536 |
@@ -110,7 +134,7 @@ ${R[sc_small_restore]} and ${R[sc_restore]} KiB (ratio $(ratio ${R[sc_restore]} 
 Every restore was compared byte for byte with its source.
 MD
 # Replace this size's section of bench/RESULTS.md (or add it before the operator sections).
-python3 - "$SECTION" "$SIZE" <<'PY'
+python3 - "$SECTION" "$KIND$SIZE" <<'PY'
 import re, sys
 section = open(sys.argv[1]).read().replace("\n\n\n", "\n\n")
 section = re.sub(r"\n\n(\| incremental)", r"\n\1", section)  # no rustic row: no gap

@@ -21,7 +21,7 @@ use super::format::{BlobEntry, BlobKind, ObjectKind, SnapshotManifest};
 use super::lock::{RepoLock, hostname, lock_wait};
 use super::pack::{PackWriter, StagedPack};
 use super::progress::Progress;
-use super::repo::{Index, IndexBuilder, Repository};
+use super::repo::{Index, IndexBuilder, Repository, tree_ids};
 use crate::kms::KeyManager;
 
 /// Bytes of a file one worker reads and processes at a time (a multiple of any chunk size).
@@ -206,11 +206,11 @@ async fn find_parent(
         );
         return Ok(None);
     }
-    let pieces: HashSet<ChunkId> = parent
-        .tree
-        .iter()
-        .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
-        .collect();
+    // A parent whose list cannot be named is no parent, as one whose list cannot be read.
+    let Ok(pieces) = tree_ids(&parent) else {
+        return Ok(None);
+    };
+    let pieces: HashSet<ChunkId> = pieces.into_iter().collect();
     let mut index = IndexBuilder::default();
     repo.for_each_index_pack(|pack, entries| {
         let mine: Vec<BlobEntry> = entries

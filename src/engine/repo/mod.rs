@@ -8,6 +8,7 @@ mod index;
 mod keys;
 mod sealed;
 mod snapshots;
+pub(crate) use self::snapshots::tree_ids;
 
 pub use self::blob_map::BlobMap;
 pub use self::index::{

@@ -98,7 +98,7 @@ impl Repository {
 }
 
 /// The ids of the blobs a snapshot's compressed file list is stored in, in order.
-fn tree_ids(snap: &SnapshotManifest) -> Result<Vec<ChunkId>, EngineError> {
+pub(crate) fn tree_ids(snap: &SnapshotManifest) -> Result<Vec<ChunkId>, EngineError> {
     snap.tree
         .iter()
         .map(|id_hex| {

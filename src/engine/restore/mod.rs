@@ -17,7 +17,7 @@ use super::crypto::ChunkId;
 use super::format::{BlobKind, EntryKind, SnapshotManifest, TreeEntry};
 use super::lock::{RepoLock, lock_wait};
 use super::progress::Progress;
-use super::repo::{BlobLoc, BlobMap, Index, Repository};
+use super::repo::{BlobLoc, BlobMap, Index, Repository, tree_ids};
 use super::spill::Sorter;
 
 /// Left in the target while a restore runs; its presence means the restore did not finish.
@@ -138,11 +138,7 @@ async fn index_in_order(
     repo: &Repository,
     snap: &SnapshotManifest,
 ) -> Result<(Index, Sorter<{ plan::BLOB }>), EngineError> {
-    let pieces: HashSet<ChunkId> = snap
-        .tree
-        .iter()
-        .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
-        .collect();
+    let pieces: HashSet<ChunkId> = tree_ids(snap)?.into_iter().collect();
     let (mut packs, mut list) = (Vec::new(), Vec::new());
     let mut blobs = Sorter::in_temp_dir(SORT_BUDGET);
     repo.for_each_index_pack(|pack, entries| {
