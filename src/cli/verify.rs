@@ -47,6 +47,12 @@ pub async fn run(args: VerifyArgs) -> Result<(), CliError> {
                 String::new()
             }
         );
+        if report.leftover_file_lists > 0 {
+            eprintln!(
+                "snapcrypt: {} file-list piece(s) left by an interrupted backup or prune (not damage: the next prune removes them)",
+                report.leftover_file_lists
+            );
+        }
     }
     if report.problems.is_empty() {
         Ok(())

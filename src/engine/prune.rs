@@ -224,20 +224,7 @@ async fn run_prune(
     // Blobs resolve to unmarked packs first, so a blob with a live copy never keeps a marked
     // pack alive.
     let index = repo.load_index().await?;
-    let mut used: HashSet<ChunkId> = HashSet::new();
-    for s in snaps.iter().filter(|s| kept.contains(&s.id)) {
-        for e in repo.load_tree(&index, s).await? {
-            used.extend(e.chunks);
-        }
-        for t in &s.tree {
-            if let Some(id) = hex::decode(t)
-                .ok()
-                .and_then(|v| <ChunkId>::try_from(v).ok())
-            {
-                used.insert(id);
-            }
-        }
-    }
+    let used = used_blobs(repo, &index, &snaps, &kept).await?;
     let plan = plan_packs(&index, &used, &marks);
     report.packs_marked = plan.mark.len();
     report.packs_repacked = plan.repack.len();
@@ -268,8 +255,11 @@ async fn run_prune(
         return Ok(report);
     }
     lock.check()?;
-    for id in &report.forgotten {
-        repo.backend.delete(&format!("snapshots/{id}")).await?;
+    // Each forgotten snapshot's file list is recorded as unfinished before its object goes:
+    // a prune killed in between leaves lists that verify knows for leftovers.
+    for s in snaps.iter().filter(|s| report.forgotten.contains(&s.id)) {
+        repo.put_unfinished(&s.id, &s.tree, "prune").await?;
+        repo.backend.delete(&format!("snapshots/{}", s.id)).await?;
     }
     for id in &plan.rescue {
         repo.backend.delete(&format!("{GARBAGE_DIR}/{id}")).await?;
@@ -306,6 +296,7 @@ async fn run_prune(
         }
         report.bytes_pending = 0;
     }
+    let mut deleted = HashSet::new();
     for (id, bytes) in due {
         lock.check()?;
         repo.backend.delete(&pack_object_name(&id)).await?;
@@ -313,8 +304,69 @@ async fn run_prune(
         repo.backend.delete(&format!("{GARBAGE_DIR}/{id}")).await?;
         report.packs_deleted += 1;
         report.bytes_freed += bytes;
+        deleted.insert(id);
     }
+    drop_finished_records(repo, &index, &deleted, &snaps, &kept).await?;
     Ok(report)
+}
+
+/// Every blob a kept snapshot needs: its chunks and its file list's pieces.
+async fn used_blobs(
+    repo: &Repository,
+    index: &super::repo::Index,
+    snaps: &[SnapshotManifest],
+    kept: &BTreeSet<String>,
+) -> Result<HashSet<ChunkId>, EngineError> {
+    let mut used: HashSet<ChunkId> = HashSet::new();
+    for s in snaps.iter().filter(|s| kept.contains(&s.id)) {
+        for e in repo.load_tree(index, s).await? {
+            used.extend(e.chunks);
+        }
+        for t in &s.tree {
+            if let Some(id) = hex::decode(t)
+                .ok()
+                .and_then(|v| <ChunkId>::try_from(v).ok())
+            {
+                used.insert(id);
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Unfinished records (see [`super::repo::UNFINISHED_DIR`]) whose file lists are gone, or named by a kept
+/// snapshot, excuse nothing any more: deleted. Run under prune's exclusive lock, so no backup
+/// is between writing its record and its snapshot.
+async fn drop_finished_records(
+    repo: &Repository,
+    index: &super::repo::Index,
+    deleted: &HashSet<String>,
+    snaps: &[SnapshotManifest],
+    kept: &BTreeSet<String>,
+) -> Result<(), EngineError> {
+    let present: HashSet<String> = index
+        .blobs
+        .iter()
+        .filter(|(_, loc)| {
+            loc.entry.kind == super::format::BlobKind::Tree
+                && !deleted.contains(&index.packs[loc.pack as usize].id)
+        })
+        .map(|(id, _)| hex::encode(id))
+        .collect();
+    let named: HashSet<&String> = snaps
+        .iter()
+        .filter(|s| kept.contains(&s.id))
+        .flat_map(|s| &s.tree)
+        .collect();
+    for (name, trees) in repo.unfinished().await? {
+        if trees
+            .iter()
+            .all(|t| !present.contains(t) || named.contains(t))
+        {
+            repo.backend.delete(&name).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Is a mark made at `m.marked` at least `grace` old? An unreadable time is never due.

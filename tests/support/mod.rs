@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fault_proxy;
 pub mod ground;
 pub mod mockupdb;
 pub mod operator;

@@ -132,6 +132,25 @@ fn s3_credentials_configured(s3: &S3Options) -> bool {
         || set("SNAPCRYPT_S3_INSTANCE_CREDENTIALS")
 }
 
+/// Retries of a store request that failed in a way worth retrying (a 5xx answer, a connection
+/// reset or timeout): up to `SNAPCRYPT_STORE_RETRIES` (default 10) with exponential backoff from
+/// 100 ms to 15 s, within 5 minutes, then the request's error.
+fn retry_config() -> RetryConfig {
+    let max_retries = std::env::var("SNAPCRYPT_STORE_RETRIES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(10);
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+            base: 2.0,
+        },
+        max_retries,
+        retry_timeout: Duration::from_secs(300),
+    }
+}
+
 /// A repository's object store.
 #[derive(Clone)]
 pub struct Backend {
@@ -189,15 +208,7 @@ impl Backend {
                 }
                 let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    .with_retry(RetryConfig {
-                        backoff: BackoffConfig {
-                            init_backoff: Duration::from_millis(100),
-                            max_backoff: Duration::from_secs(15),
-                            base: 2.0,
-                        },
-                        max_retries: 10,
-                        retry_timeout: Duration::from_secs(300),
-                    });
+                    .with_retry(retry_config());
                 if let Some(e) = s3
                     .endpoint
                     .clone()

@@ -129,10 +129,11 @@ async fn run_backup(
         threads: opts.threads,
         reuse_unchanged: opts.reuse_unchanged,
     };
-    let (tree_ids, totals) = copy(repo, &shared, &key, &input).await?;
+    let id = hex::encode(&random_id()?[..16]);
+    let (tree_ids, totals) = copy(repo, &shared, &key, &input, &id).await?;
     let data_keys = data_keys(parent.as_ref().map(|(snap, _)| snap), &key.id);
     let manifest = SnapshotManifest {
-        id: hex::encode(&random_id()?[..16]),
+        id,
         time: started.to_string(),
         finished: jiff::Timestamp::now().to_string(),
         hostname: host,
@@ -164,6 +165,11 @@ async fn run_backup(
         serde_json::to_vec(&manifest)?,
     )
     .await?;
+    // The snapshot names its file list now; a record left behind is harmless (prune removes
+    // it), so failing to delete it does not fail the backup.
+    if let Err(e) = repo.delete_unfinished(&manifest.id).await {
+        tracing::warn!(snapshot = %manifest.id, error = %e, "could not delete the backup's unfinished record (the next prune removes it)");
+    }
     Ok(manifest)
 }
 
@@ -243,6 +249,7 @@ async fn copy(
     shared: &Shared,
     key: &DataKey,
     input: &Inputs<'_>,
+    snapshot_id: &str,
 ) -> Result<(Vec<String>, Totals), EngineError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<StagedPack>(2);
     let uploader = async {
@@ -279,6 +286,13 @@ async fn copy(
     } else {
         let staged = pack.finish()?;
         shared.stored.fetch_add(staged.size, Ordering::Relaxed);
+        // Before the file list can be seen (its index object), say whose it is: a backup
+        // killed before its snapshot object leaves a list verify can tell from a deleted
+        // snapshot's.
+        if let Err(e) = repo.put_unfinished(snapshot_id, &ids, "backup").await {
+            let _ = std::fs::remove_file(&staged.path);
+            return Err(e);
+        }
         commit(repo, key, &staged).await?;
     }
     Ok((ids, totals))

@@ -8,6 +8,7 @@ mod index;
 mod keys;
 mod sealed;
 mod snapshots;
+pub use self::snapshots::UNFINISHED_DIR;
 pub(crate) use self::snapshots::tree_ids;
 
 pub use self::blob_map::BlobMap;
@@ -164,7 +165,19 @@ impl Repository {
             .put_new("config", serde_json::to_vec_pretty(&config)?)
             .await?
         {
-            // Another writer created the repository at the same moment: use theirs.
+            // A config exists: another writer created the repository at the same moment, or
+            // this create was applied and its answer lost, so that the store's retry found our
+            // own config. Only in the first case is our key record unused; deleting it in the
+            // second would leave a config naming a key that is gone.
+            let existing = backend.get("config").await?;
+            let theirs: Config =
+                serde_json::from_slice(&existing).map_err(|e| EngineError::Corrupt {
+                    object: "config".into(),
+                    reason: e.to_string(),
+                })?;
+            if theirs.key == config.key {
+                return Ok((Self::open(backend, km).await?, true));
+            }
             backend.delete(&name).await?;
             return Ok((Self::open(backend, km).await?, false));
         }

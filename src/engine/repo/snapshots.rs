@@ -6,7 +6,67 @@ use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
 use crate::engine::format::{EntryKind, ObjectKind, PART_CHUNKS, SnapshotManifest, TreeEntry};
 
+/// `unfinished/<snapshot id>`: the file-list pieces of a snapshot being written (by a backup,
+/// before its file list is committed) or forgotten (by prune, before its snapshot object is
+/// deleted). While no snapshot names them they are what an interrupted backup or prune left,
+/// not the trace of a deleted snapshot: verify does not count them as damage, and prune
+/// removes them and then the record. Plain JSON, like prune's garbage marks.
+pub const UNFINISHED_DIR: &str = "unfinished";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Unfinished {
+    /// "backup" or "prune".
+    by: String,
+    /// The file list's pieces (hex blob ids).
+    trees: Vec<String>,
+}
+
 impl Repository {
+    /// Record that the file list `trees` of snapshot `id` may be left without its snapshot.
+    pub async fn put_unfinished(
+        &self,
+        id: &str,
+        trees: &[String],
+        by: &str,
+    ) -> Result<(), EngineError> {
+        let record = Unfinished {
+            by: by.into(),
+            trees: trees.to_vec(),
+        };
+        self.backend
+            .put(
+                &format!("{UNFINISHED_DIR}/{id}"),
+                serde_json::to_vec(&record)?,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The record is no longer needed (a missing one is no error).
+    pub async fn delete_unfinished(&self, id: &str) -> Result<(), EngineError> {
+        Ok(self
+            .backend
+            .delete(&format!("{UNFINISHED_DIR}/{id}"))
+            .await?)
+    }
+
+    /// Every unfinished record: its object name and the pieces it names. A record that cannot
+    /// be read names nothing (it then excuses nothing).
+    pub async fn unfinished(&self) -> Result<Vec<(String, Vec<String>)>, EngineError> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(UNFINISHED_DIR).await? {
+            let trees = match self.backend.get(&name).await {
+                Ok(bytes) => serde_json::from_slice::<Unfinished>(&bytes)
+                    .map(|u| u.trees)
+                    .unwrap_or_default(),
+                Err(crate::engine::backend::BackendError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            out.push((name, trees));
+        }
+        Ok(out)
+    }
+
     /// Every snapshot manifest, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotManifest>, EngineError> {
         let names = self.backend.list("snapshots").await?;
