@@ -10,6 +10,8 @@
 //! Real parts: s3s-fs (a real S3 server, checking signatures) behind `support::fault_proxy`, a
 //! real tmpfs for the full disk, real SIGKILLs.
 
+#[path = "support/kmip.rs"]
+mod pykmip;
 mod support;
 
 use std::collections::BTreeSet;
@@ -18,6 +20,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pykmip::with;
 use support::fault_proxy::{Fault, FaultProxy, Rule};
 use support::s3::S3Server;
 use support::{Env, assert_same_tree, bin, fails, ok, pseudo_random, run};
@@ -596,6 +599,124 @@ fn restore_killed_at_20_seeded_points_completes_when_run_again() {
         "only {killed} of 20 restores were killed mid-way"
     );
     let _ = run(&["snapshots", "--repo", &repo, "--key-file", &key], &env);
+}
+
+/// A fresh copy of `from` at `to` (the state before the command that is killed).
+fn copy_repo(from: &str, to: &str) {
+    let _ = fs::remove_dir_all(to);
+    let status = Command::new("cp").args(["-a", from, to]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Does `restore` of `snapshot` with `creds` give exactly `src`?
+fn restores_with(repo: &str, snapshot: &str, creds: &[&str], src: &str, out: &str) -> bool {
+    let _ = fs::remove_dir_all(out);
+    let mut args = vec![
+        "restore",
+        "--repo",
+        repo,
+        "--snapshot",
+        snapshot,
+        "--target",
+        out,
+    ];
+    args.extend_from_slice(creds);
+    let done = run(&args, &[]).status.success()
+        && support::describe(Path::new(out)) == support::describe(Path::new(src));
+    let _ = fs::remove_dir_all(out);
+    done
+}
+
+/// `key rotate` killed anywhere: the repository opens with the KMIP key as it is at every step
+/// (the old master key until a record is rewrapped, both while `previous` is kept), and running
+/// it again finishes the rotation.
+#[test]
+fn key_rotate_killed_at_20_seeded_points_is_finished_by_running_it_again() {
+    let server = pykmip::PyKmip::start();
+    let kmip = server.cli_flags();
+    let e = Env::new();
+    let (src, pristine, repo) = (e.p("src"), e.p("pristine"), e.p("repo"));
+    // Three data keys (one per master key), so a rotation has several records to rewrap.
+    for round in 0..3 {
+        ok(
+            &with(&["backup", "--source", &src, "--repo", &pristine], &kmip),
+            &[],
+        );
+        if round < 2 {
+            ok(&with(&["key", "rotate", "--repo", &pristine], &kmip), &[]);
+        }
+    }
+    let args = with(&["key", "rotate", "--repo", &repo], &kmip);
+    copy_repo(&pristine, &repo);
+    let span = timed(&args, &[]);
+    let creds: Vec<&str> = kmip.iter().map(String::as_str).collect();
+    let mut killed = 0;
+    for at in kill_points(7, 20, span) {
+        copy_repo(&pristine, &repo);
+        if run_and_kill(&args, &[], at) {
+            killed += 1;
+        }
+        assert!(
+            restores_with(&repo, "latest", &creds, &src, &e.p("out")),
+            "after a rotate killed at {at:?} the repository does not restore"
+        );
+        ok(&args, &[]);
+        for id in snapshot_ids_with(&repo, &creds) {
+            assert!(restores_with(&repo, &id, &creds, &src, &e.p("out")));
+        }
+    }
+    assert!(
+        killed >= 10,
+        "only {killed} of 20 rotations were killed mid-way"
+    );
+}
+
+/// `key migrate` (local key file to KMIP) killed anywhere: the repository opens with the key
+/// file or with KMIP at every step, and running it again finishes the migration.
+#[test]
+fn key_migrate_killed_at_20_seeded_points_is_finished_by_running_it_again() {
+    let server = pykmip::PyKmip::start();
+    let kmip = server.cli_flags();
+    let e = Env::new();
+    let (src, pristine, repo, key) = (e.p("src"), e.p("pristine"), e.p("repo"), e.key());
+    backup(&src, &pristine, &key, &[]);
+    let args = with(
+        &["key", "migrate", "--repo", &repo, "--from-key-file", &key],
+        &kmip,
+    );
+    copy_repo(&pristine, &repo);
+    let span = timed(&args, &[]);
+    let creds: Vec<&str> = kmip.iter().map(String::as_str).collect();
+    let mut killed = 0;
+    for at in kill_points(11, 20, span) {
+        copy_repo(&pristine, &repo);
+        if run_and_kill(&args, &[], at) {
+            killed += 1;
+        }
+        let by_file = restores_with(&repo, "latest", &["--key-file", &key], &src, &e.p("out"));
+        let by_kmip = restores_with(&repo, "latest", &creds, &src, &e.p("out"));
+        assert!(
+            by_file || by_kmip,
+            "after a migrate killed at {at:?} neither key opens the repository"
+        );
+        ok(&args, &[]);
+        assert!(restores_with(&repo, "latest", &creds, &src, &e.p("out")));
+    }
+    assert!(
+        killed >= 10,
+        "only {killed} of 20 migrations were killed mid-way"
+    );
+}
+
+fn snapshot_ids_with(repo: &str, creds: &[&str]) -> Vec<String> {
+    let mut args = vec!["snapshots", "--repo", repo, "--json"];
+    args.extend_from_slice(creds);
+    let v: serde_json::Value = serde_json::from_str(ok(&args, &[]).trim()).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// docs/RELIABILITY.md and the tests cannot drift: every test the table names exists (in this

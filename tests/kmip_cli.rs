@@ -11,27 +11,8 @@ mod support;
 use std::fs;
 use std::path::Path;
 
+use pykmip::with;
 use support::{assert_same_tree, fails, make_source, ok};
-
-fn kmip_flags(server: &pykmip::PyKmip) -> Vec<String> {
-    vec![
-        "--kmip-endpoint".into(),
-        server.endpoint(),
-        "--kmip-ca".into(),
-        server.file("ca.pem").display().to_string(),
-        "--kmip-cert".into(),
-        server.file("client.pem").display().to_string(),
-        "--kmip-key".into(),
-        server.file("client.key").display().to_string(),
-    ]
-}
-
-fn with<'a>(base: &'a [&'a str], extra: &'a [String]) -> Vec<&'a str> {
-    base.iter()
-        .copied()
-        .chain(extra.iter().map(String::as_str))
-        .collect()
-}
 
 fn status(repo: &str, kmip: &[String]) -> Vec<serde_json::Value> {
     let out = ok(
@@ -48,7 +29,7 @@ fn status(repo: &str, kmip: &[String]) -> Vec<serde_json::Value> {
 #[test]
 fn backup_rotate_twice_restore_oldest_and_newest() {
     let server = pykmip::PyKmip::start();
-    let kmip = kmip_flags(&server);
+    let kmip = server.cli_flags();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_source(&src);
@@ -165,7 +146,7 @@ fn backup_rotate_twice_restore_oldest_and_newest() {
 #[test]
 fn migrate_a_local_key_repository_to_kmip() {
     let server = pykmip::PyKmip::start();
-    let kmip = kmip_flags(&server);
+    let kmip = server.cli_flags();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_source(&src);
@@ -230,7 +211,7 @@ fn migrate_a_local_key_repository_to_kmip() {
 #[test]
 fn a_revoked_master_key_refuses_new_backups_and_writes_nothing() {
     let server = pykmip::PyKmip::start();
-    let kmip = kmip_flags(&server);
+    let kmip = server.cli_flags();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_source(&src);
@@ -278,7 +259,7 @@ fn a_revoked_master_key_refuses_new_backups_and_writes_nothing() {
 #[test]
 fn the_next_backup_rewraps_after_a_server_side_rotation() {
     let server = pykmip::PyKmip::start();
-    let kmip = kmip_flags(&server);
+    let kmip = server.cli_flags();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     make_source(&src);

@@ -26,6 +26,21 @@ pub struct PyKmip {
 }
 
 impl PyKmip {
+    /// The CLI's flags to reach this server as the test client (`--kmip-endpoint`, CA,
+    /// client certificate and key).
+    pub fn cli_flags(&self) -> Vec<String> {
+        vec![
+            "--kmip-endpoint".into(),
+            self.endpoint(),
+            "--kmip-ca".into(),
+            self.file("ca.pem").display().to_string(),
+            "--kmip-cert".into(),
+            self.file("client.pem").display().to_string(),
+            "--kmip-key".into(),
+            self.file("client.key").display().to_string(),
+        ]
+    }
+
     /// Start PyKMIP and return once its port accepts connections.
     pub fn start() -> Self {
         let mut last = String::new();
@@ -171,4 +186,12 @@ pub fn closed_endpoint() -> String {
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// `base` followed by `extra`, as one argument list.
+pub fn with<'a>(base: &[&'a str], extra: &'a [String]) -> Vec<&'a str> {
+    base.iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+        .collect()
 }
