@@ -708,6 +708,107 @@ fn key_migrate_killed_at_20_seeded_points_is_finished_by_running_it_again() {
     );
 }
 
+/// The objects a repository holds (every file under it but `tmp/` and `locks/`).
+fn objects(repo: &str) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if rel.starts_with("tmp") || rel.starts_with("locks") {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(rel);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(Path::new(repo), Path::new(repo), &mut out);
+    out
+}
+
+/// The KMIP server unreachable, silent, or not the one the CA vouches for, at the start of a
+/// backup through the CLI: one line naming the cause, in bounded time, and nothing written;
+/// with a failover endpoint that answers, or once the fault is gone, the backup completes.
+#[test]
+fn kmip_down_silent_or_untrusted_writes_nothing_and_the_next_backup_completes() {
+    let server = pykmip::PyKmip::start();
+    let e = Env::new();
+    let (src, repo) = (e.p("src"), e.p("repo"));
+    let good = server.cli_flags();
+    ok(
+        &with(&["backup", "--source", &src, "--repo", &repo], &good),
+        &[],
+    );
+    let before = objects(&repo);
+    // A listener that accepts and never answers: the TLS handshake waits for nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_endpoint = silent.local_addr().unwrap().to_string();
+    let other_ca = server.file("other-ca.pem");
+    let replace = |flag: &str, value: &str| -> Vec<String> {
+        let mut v = good.clone();
+        let i = v.iter().position(|f| f == flag).unwrap();
+        v[i + 1] = value.to_string();
+        v
+    };
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "down",
+            replace("--kmip-endpoint", &pykmip::closed_endpoint()),
+            "127.0.0.1",
+        ),
+        (
+            "silent",
+            replace("--kmip-endpoint", &silent_endpoint),
+            "127.0.0.1",
+        ),
+        (
+            "wrong CA",
+            replace("--kmip-ca", other_ca.to_str().unwrap()),
+            "certificate",
+        ),
+    ];
+    for (what, mut flags, names) in cases {
+        flags.extend(["--kmip-timeout-secs".to_string(), "2".to_string()]);
+        let started = Instant::now();
+        let err = fails(
+            &with(&["backup", "--source", &src, "--repo", &repo], &flags),
+            &[],
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        let last = err.trim().lines().last().unwrap_or("");
+        assert!(last.contains(names), "{what}: {err}");
+        assert_eq!(objects(&repo), before, "{what}: something was written");
+    }
+    // Failover: the first endpoint down, the second answers.
+    let failover = replace(
+        "--kmip-endpoint",
+        &format!("{},{}", pykmip::closed_endpoint(), server.endpoint()),
+    );
+    ok(
+        &with(&["backup", "--source", &src, "--repo", &repo], &failover),
+        &[],
+    );
+    ok(
+        &with(&["backup", "--source", &src, "--repo", &repo], &good),
+        &[],
+    );
+    assert_eq!(
+        snapshot_ids_with(&repo, &good.iter().map(String::as_str).collect::<Vec<_>>()).len(),
+        3
+    );
+    drop(silent);
+}
+
 fn snapshot_ids_with(repo: &str, creds: &[&str]) -> Vec<String> {
     let mut args = vec!["snapshots", "--repo", repo, "--json"];
     args.extend_from_slice(creds);
