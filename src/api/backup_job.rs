@@ -117,6 +117,14 @@ pub struct Placement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[0-9]{1,6}[smh]$"))]
     pub pending_timeout: Option<String>,
+    /// How long a snapshot or restore pod of this job may be active on its node before the
+    /// kubelet stops it and its attempt fails with that reason (the pod's
+    /// activeDeadlineSeconds): a copy that hangs (a store that never answers, a stuck mount)
+    /// never leaves a run Running forever. A number of seconds, minutes or hours (90s, 10m,
+    /// 1h). Default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]{1,6}[smh]$"))]
+    pub run_timeout: Option<String>,
 }
 
 fn default_max_files() -> u64 {

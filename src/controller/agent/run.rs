@@ -61,6 +61,18 @@ pub fn run_step<R: DeserializeOwned>(pod: &Pod, what: &str) -> RunStep<R> {
                 finished,
             },
         },
+        // Stopped by the kubelet at the pod's activeDeadlineSeconds (placement.runTimeout).
+        Some("Failed") if status.and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded") => {
+            RunStep::Failed {
+                message: format!(
+                    "the {what} pod was stopped after running longer than spec.placement.runTimeout allows ({})",
+                    status
+                        .and_then(|s| s.message.clone())
+                        .unwrap_or_else(|| "DeadlineExceeded".into())
+                ),
+                finished,
+            }
+        }
         Some("Failed") => {
             let message = match termination {
                 Some(t) => t
@@ -159,6 +171,21 @@ mod tests {
             matches!(&ok, RunStep::Succeeded { result, .. } if result.id == "ab"),
             "{ok:?}"
         );
+    }
+
+    #[test]
+    fn a_pod_stopped_at_its_deadline_names_run_timeout() {
+        let stopped = "  phase: Failed\n  reason: DeadlineExceeded\n  message: Pod was active on the node longer than the specified deadline\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 143, reason: Error}}}";
+        match step(stopped, "snapshot") {
+            RunStep::Failed { message, .. } => {
+                assert!(
+                    message.contains("spec.placement.runTimeout")
+                        && message.contains("longer than the specified deadline"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

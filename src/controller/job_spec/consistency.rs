@@ -153,6 +153,22 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     parse_duration(s, &['s', 'm', 'h']).map(Duration::from_secs)
 }
 
+/// The default of `placement.runTimeout`.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The activeDeadlineSeconds of the job's agent pods: `placement.runTimeout` (validated
+/// before any pod is built; an unreadable value falls back to the default).
+pub fn run_deadline_seconds(job: &crate::api::backup_job::BackupJob) -> i64 {
+    let limit = job
+        .spec
+        .placement
+        .as_ref()
+        .and_then(|p| p.run_timeout.as_deref())
+        .and_then(|t| parse_timeout(t).ok())
+        .unwrap_or(DEFAULT_RUN_TIMEOUT);
+    i64::try_from(limit.as_secs()).unwrap_or(i64::MAX).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

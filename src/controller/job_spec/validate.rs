@@ -240,6 +240,17 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
             format!("spec.placement.pendingTimeout {e}"),
         ));
     }
+    if let Some(t) = spec
+        .placement
+        .as_ref()
+        .and_then(|p| p.run_timeout.as_deref())
+        && let Err(e) = parse_timeout(t)
+    {
+        problems.push(Problem::new(
+            Reason::InvalidSpec,
+            format!("spec.placement.runTimeout {e}"),
+        ));
+    }
     let e = &spec.encryption;
     if e.kmip_server_ref.is_some() == e.local_key_secret.is_some() {
         problems.push(Problem::new(

@@ -126,6 +126,9 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
         },
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(
+                crate::controller::job_spec::consistency::run_deadline_seconds(p.job),
+            ),
             service_account_name: Some(agent_service_account(&p.job.name_any())),
             security_context: Some(security),
             containers: vec![agent_container(

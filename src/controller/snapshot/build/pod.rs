@@ -187,6 +187,9 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
         },
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(
+                crate::controller::job_spec::consistency::run_deadline_seconds(p.job),
+            ),
             service_account_name: Some(agent_service_account(&p.job.name_any())),
             affinity: p.node.map(pinned_to),
             tolerations: tolerations(p),
@@ -440,6 +443,8 @@ spec:
         assert_eq!(pod.name_any(), "rs0-202611270300-2");
         let spec = pod.spec.as_ref().expect("spec");
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        // A run that hangs is stopped by the kubelet: placement.runTimeout, 24h by default.
+        assert_eq!(spec.active_deadline_seconds, Some(86_400));
         assert_eq!(
             spec.service_account_name.as_deref(),
             Some("snapcrypt-agent-rs0")
