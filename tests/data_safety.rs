@@ -14,25 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Env, assert_same_tree, describe, fails, make_source, ok, run};
-
-fn backup_id(src: &str, repo: &str, key: &str, env: &[(&str, &str)]) -> String {
-    let out = ok(
-        &[
-            "backup",
-            "--source",
-            src,
-            "--repo",
-            repo,
-            "--key-file",
-            key,
-            "--json",
-        ],
-        env,
-    );
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    v["id"].as_str().unwrap().to_string()
-}
+use support::{Env, assert_same_tree, backup_id, describe, fails, make_source, ok, run};
 
 fn snapshot_ids(repo: &str, key: &str) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_str(&ok(

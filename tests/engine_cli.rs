@@ -8,7 +8,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use support::{Env, assert_same_tree, fails, ok, run};
+use support::{Env, assert_same_tree, fails, ok, restore, run};
 
 fn backup_json(
     src: &str,
@@ -42,22 +42,6 @@ fn backup(src: &str, repo: &str, key: &str) {
 }
 
 /// `snapcrypt restore --repo REPO --key-file KEY --snapshot SNAP --target TARGET`, required to succeed.
-fn restore(repo: &str, key: &str, snapshot: &str, target: &str, env: &[(&str, &str)]) {
-    ok(
-        &[
-            "restore",
-            "--repo",
-            repo,
-            "--key-file",
-            key,
-            "--snapshot",
-            snapshot,
-            "--target",
-            target,
-        ],
-        env,
-    );
-}
 
 #[test]
 fn local_round_trip_is_bit_exact_and_deduplicates() {

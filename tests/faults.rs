@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use pykmip::with;
 use support::fault_proxy::{Fault, FaultProxy, Rule};
 use support::s3::S3Server;
-use support::{Env, assert_same_tree, bin, fails, ok, pseudo_random, run};
+use support::{Env, assert_same_tree, backup_id, bin, fails, ok, pseudo_random, restore, run};
 
 /// A real S3 server with the fault proxy in front; snapcrypt talks to the proxy.
 struct Store {
@@ -57,41 +57,6 @@ impl Store {
 }
 
 const REPO: &str = "s3://backups/rs0";
-
-fn backup(src: &str, repo: &str, key: &str, env: &[(&str, &str)]) -> String {
-    let out = ok(
-        &[
-            "backup",
-            "--source",
-            src,
-            "--repo",
-            repo,
-            "--key-file",
-            key,
-            "--json",
-        ],
-        env,
-    );
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    v["id"].as_str().unwrap().to_string()
-}
-
-fn restore_into(repo: &str, key: &str, snapshot: &str, target: &str, env: &[(&str, &str)]) {
-    ok(
-        &[
-            "restore",
-            "--repo",
-            repo,
-            "--key-file",
-            key,
-            "--snapshot",
-            snapshot,
-            "--target",
-            target,
-        ],
-        env,
-    );
-}
 
 fn verify(repo: &str, key: &str, env: &[(&str, &str)]) {
     ok(
@@ -143,7 +108,7 @@ fn s3_errors_resets_and_stalls_during_a_backup_are_retried() {
         1,
     ));
     p.inject(Rule::new(Some("GET"), "/config", Fault::Status(503), 1));
-    let id = backup(&src, REPO, &key, &env);
+    let id = backup_id(&src, REPO, &key, &env);
     assert_all_applied(
         &store,
         &[
@@ -154,7 +119,7 @@ fn s3_errors_resets_and_stalls_during_a_backup_are_retried() {
         ],
     );
     p.clear();
-    restore_into(REPO, &key, &id, &e.p("out"), &env);
+    restore(REPO, &key, &id, &e.p("out"), &env);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
     verify(REPO, &key, &env);
 }
@@ -165,13 +130,13 @@ fn s3_errors_and_resets_during_a_restore_are_retried_and_it_is_exact() {
     let store = Store::start(&e);
     let env = store.env();
     let (src, key) = (e.p("src"), e.key());
-    let id = backup(&src, REPO, &key, &env);
+    let id = backup_id(&src, REPO, &key, &env);
     let p = &store.proxy;
     p.inject(Rule::new(Some("GET"), "/data/", Fault::Status(503), 2));
     p.inject(Rule::new(Some("GET"), "/data/", Fault::Reset, 1));
     p.inject(Rule::new(Some("GET"), "/data/", Fault::DropResponse, 1));
     p.inject(Rule::new(Some("GET"), "/index/", Fault::Status(500), 1));
-    restore_into(REPO, &key, &id, &e.p("out"), &env);
+    restore(REPO, &key, &id, &e.p("out"), &env);
     assert_all_applied(
         &store,
         &[
@@ -206,12 +171,12 @@ fn s3_writes_applied_whose_answers_were_lost_leave_one_readable_snapshot() {
         1,
     ));
     p.inject(Rule::new(Some("DELETE"), "/locks/", Fault::DropResponse, 1));
-    let id = backup(&src, REPO, &key, &env);
+    let id = backup_id(&src, REPO, &key, &env);
     let applied = store.proxy.applied(Fault::DropResponse);
     assert!(applied >= 6, "{:?}", store.proxy.seen());
     p.clear();
     assert_eq!(snapshot_ids(REPO, &key, &env), vec![id.clone()]);
-    restore_into(REPO, &key, &id, &e.p("out"), &env);
+    restore(REPO, &key, &id, &e.p("out"), &env);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
     verify(REPO, &key, &env);
     // No lock left behind: an exclusive prune runs at once.
@@ -235,7 +200,7 @@ fn a_store_that_keeps_failing_ends_in_one_clear_line_and_the_next_run_completes(
     let store = Store::start(&e);
     let env = store.env();
     let (src, key) = (e.p("src"), e.key());
-    let first = backup(&src, REPO, &key, &env);
+    let first = backup_id(&src, REPO, &key, &env);
     fs::write(e.dir.path().join("src/new.wt"), pseudo_random(9, 300_000)).unwrap();
     store.proxy.inject(Rule::new(
         Some("PUT"),
@@ -271,10 +236,10 @@ fn a_store_that_keeps_failing_ends_in_one_clear_line_and_the_next_run_completes(
     // Nothing half-done is listed; the earlier snapshot is whole; the same command completes.
     assert_eq!(snapshot_ids(REPO, &key, &env), vec![first.clone()]);
     verify(REPO, &key, &env);
-    let second = backup(&src, REPO, &key, &env);
-    restore_into(REPO, &key, &second, &e.p("out"), &env);
+    let second = backup_id(&src, REPO, &key, &env);
+    restore(REPO, &key, &second, &e.p("out"), &env);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
-    restore_into(REPO, &key, &first, &e.p("out-first"), &env);
+    restore(REPO, &key, &first, &e.p("out-first"), &env);
 }
 
 /// A tmpfs of `mib` MiB mounted at `dir` (root only: the suite runs as root in CI), unmounted
@@ -318,7 +283,7 @@ fn a_repository_disk_that_fills_up_fails_cleanly_and_the_next_run_completes() {
     let (src, key) = (e.p("src"), e.key());
     let disk = SmallDisk::mount(&e.dir.path().join("disk"), 6);
     let repo = e.p("disk/repo");
-    let first = backup(&src, &repo, &key, &[]);
+    let first = backup_id(&src, &repo, &key, &[]);
     // 8 MiB more of incompressible data: more than the disk has left.
     fs::write(e.dir.path().join("src/big.wt"), pseudo_random(7, 8 << 20)).unwrap();
     let err = fails(
@@ -340,10 +305,10 @@ fn a_repository_disk_that_fills_up_fails_cleanly_and_the_next_run_completes() {
     );
     assert_eq!(snapshot_ids(&repo, &key, &[]), vec![first.clone()]);
     verify(&repo, &key, &[]);
-    restore_into(&repo, &key, &first, &e.p("out-first"), &[]);
+    restore(&repo, &key, &first, &e.p("out-first"), &[]);
     disk.grow(64);
-    let second = backup(&src, &repo, &key, &[]);
-    restore_into(&repo, &key, &second, &e.p("out"), &[]);
+    let second = backup_id(&src, &repo, &key, &[]);
+    restore(&repo, &key, &second, &e.p("out"), &[]);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
 }
 
@@ -351,7 +316,7 @@ fn a_repository_disk_that_fills_up_fails_cleanly_and_the_next_run_completes() {
 fn a_restore_target_without_room_fails_cleanly_and_the_rerun_is_exact() {
     let e = Env::new();
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
-    let id = backup(&src, &repo, &key, &[]);
+    let id = backup_id(&src, &repo, &key, &[]);
     // The source holds a file of 3 MiB: a 2 MiB target cannot take it.
     let disk = SmallDisk::mount(&e.dir.path().join("target"), 2);
     let target = e.p("target/out");
@@ -460,7 +425,7 @@ fn backup_killed_at_20_seeded_points_leaves_a_repository_that_verifies() {
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
     let env = [FAST_LOCKS];
     bigger_source(Path::new(&src), 1);
-    let first = backup(&src, &repo, &key, &env);
+    let first = backup_id(&src, &repo, &key, &env);
     bigger_source(Path::new(&src), 2);
     let args = [
         "backup",
@@ -482,13 +447,13 @@ fn backup_killed_at_20_seeded_points_leaves_a_repository_that_verifies() {
     }
     assert!(killed >= 15, "only {killed} of 20 runs were killed mid-way");
     let out = e.p("out-first");
-    restore_into(&repo, &key, &first, &out, &env);
+    restore(&repo, &key, &first, &out, &env);
     // The same command, run again, completes; every snapshot listed restores.
-    let last = backup(&src, &repo, &key, &env);
-    restore_into(&repo, &key, &last, &e.p("out"), &env);
+    let last = backup_id(&src, &repo, &key, &env);
+    restore(&repo, &key, &last, &e.p("out"), &env);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
     for (n, id) in snapshot_ids(&repo, &key, &env).iter().enumerate() {
-        restore_into(&repo, &key, id, &e.p(&format!("every-{n}")), &env);
+        restore(&repo, &key, id, &e.p(&format!("every-{n}")), &env);
     }
 }
 
@@ -504,7 +469,7 @@ fn prune_killed_at_20_seeded_points_never_loses_a_kept_snapshot() {
     for round in 0..21u64 {
         for k in 0..3 {
             source_of(Path::new(&src), round * 10 + k, 3);
-            let id = backup(&src, &repo, &key, &env);
+            let id = backup_id(&src, &repo, &key, &env);
             kept_source.insert(id, support::describe(Path::new(&src)));
         }
         let args = [
@@ -530,7 +495,7 @@ fn prune_killed_at_20_seeded_points_never_loses_a_kept_snapshot() {
         // Every snapshot still listed restores exactly as it was taken.
         for id in snapshot_ids(&repo, &key, &env) {
             let out = e.dir.path().join(format!("out-{round}-{id}"));
-            restore_into(&repo, &key, &id, out.to_str().unwrap(), &env);
+            restore(&repo, &key, &id, out.to_str().unwrap(), &env);
             assert_eq!(
                 support::describe(&out),
                 kept_source[&id],
@@ -568,7 +533,7 @@ fn restore_killed_at_20_seeded_points_completes_when_run_again() {
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
     let env = [FAST_LOCKS];
     bigger_source(Path::new(&src), 3);
-    let id = backup(&src, &repo, &key, &env);
+    let id = backup_id(&src, &repo, &key, &env);
     let target = e.p("out");
     let args = [
         "restore",
@@ -679,7 +644,7 @@ fn key_migrate_killed_at_20_seeded_points_is_finished_by_running_it_again() {
     let kmip = server.cli_flags();
     let e = Env::new();
     let (src, pristine, repo, key) = (e.p("src"), e.p("pristine"), e.p("repo"), e.key());
-    backup(&src, &pristine, &key, &[]);
+    backup_id(&src, &pristine, &key, &[]);
     let args = with(
         &["key", "migrate", "--repo", &repo, "--from-key-file", &key],
         &kmip,

@@ -86,6 +86,44 @@ pub fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `snapcrypt backup --json` of `src` into `repo` with key file `key`; the new snapshot's id.
+pub fn backup_id(src: &str, repo: &str, key: &str, env: &[(&str, &str)]) -> String {
+    let out = ok(
+        &[
+            "backup",
+            "--source",
+            src,
+            "--repo",
+            repo,
+            "--key-file",
+            key,
+            "--json",
+        ],
+        env,
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("backup --json printed {out:?}: {e}"));
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// `snapcrypt restore` of `snapshot` into `target`, required to succeed.
+pub fn restore(repo: &str, key: &str, snapshot: &str, target: &str, env: &[(&str, &str)]) {
+    ok(
+        &[
+            "restore",
+            "--repo",
+            repo,
+            "--key-file",
+            key,
+            "--snapshot",
+            snapshot,
+            "--target",
+            target,
+        ],
+        env,
+    );
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so sources are reproducible.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
