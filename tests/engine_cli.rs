@@ -8,30 +8,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use support::{Env, assert_same_tree, fails, ok, restore, run};
-
-fn backup_json(
-    src: &str,
-    repo: &str,
-    key: &str,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> serde_json::Value {
-    let mut args = vec![
-        "backup",
-        "--source",
-        src,
-        "--repo",
-        repo,
-        "--key-file",
-        key,
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out = ok(&args, env);
-    serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("backup --json printed {out:?}: {e}"))
-}
+use support::{Env, assert_same_tree, backup_json, fails, ok, restore, run};
 
 /// `snapcrypt backup --source SRC --repo REPO --key-file KEY`, required to succeed.
 fn backup(src: &str, repo: &str, key: &str) {

@@ -86,24 +86,37 @@ pub fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `snapcrypt backup --json` of `src` into `repo` with key file `key`; the new snapshot's id.
+/// `snapcrypt backup --json` of `src` into `repo` with key file `key` and `extra` flags,
+/// required to succeed; its result object.
+pub fn backup_json(
+    src: &str,
+    repo: &str,
+    key: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut args = vec![
+        "backup",
+        "--source",
+        src,
+        "--repo",
+        repo,
+        "--key-file",
+        key,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = ok(&args, env);
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("backup --json printed {out:?}: {e}"))
+}
+
+/// [`backup_json`] without extra flags: the new snapshot's id.
 pub fn backup_id(src: &str, repo: &str, key: &str, env: &[(&str, &str)]) -> String {
-    let out = ok(
-        &[
-            "backup",
-            "--source",
-            src,
-            "--repo",
-            repo,
-            "--key-file",
-            key,
-            "--json",
-        ],
-        env,
-    );
-    let v: serde_json::Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("backup --json printed {out:?}: {e}"));
-    v["id"].as_str().unwrap().to_string()
+    backup_json(src, repo, key, &[], env)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// `snapcrypt restore` of `snapshot` into `target`, required to succeed.

@@ -159,14 +159,23 @@ pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The activeDeadlineSeconds of the job's agent pods: `placement.runTimeout` (validated
 /// before any pod is built; an unreadable value falls back to the default).
 pub fn run_deadline_seconds(job: &crate::api::backup_job::BackupJob) -> i64 {
-    let limit = job
-        .spec
+    let limit = placement_timeout(job, |p| p.run_timeout.as_deref(), DEFAULT_RUN_TIMEOUT);
+    i64::try_from(limit.as_secs()).unwrap_or(i64::MAX).max(1)
+}
+
+/// A timeout of `spec.placement` (`pick` chooses which), or `default` when it is not set or
+/// does not parse (validation reports that before any pod is built).
+pub fn placement_timeout(
+    job: &crate::api::backup_job::BackupJob,
+    pick: impl Fn(&crate::api::backup_job::Placement) -> Option<&str>,
+    default: Duration,
+) -> Duration {
+    job.spec
         .placement
         .as_ref()
-        .and_then(|p| p.run_timeout.as_deref())
+        .and_then(pick)
         .and_then(|t| parse_timeout(t).ok())
-        .unwrap_or(DEFAULT_RUN_TIMEOUT);
-    i64::try_from(limit.as_secs()).unwrap_or(i64::MAX).max(1)
+        .unwrap_or(default)
 }
 
 #[cfg(test)]

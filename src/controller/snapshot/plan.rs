@@ -23,7 +23,7 @@ use crate::api::snapshot::{CaptureStatus, MemberChoice, RunPhase};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::agent::run::{RunStep, run_step};
 use crate::controller::job_spec::consistency::{
-    Capture, DEFAULT_VOLUME_SNAPSHOT_TIMEOUT, capture, parse_timeout,
+    Capture, DEFAULT_VOLUME_SNAPSHOT_TIMEOUT, capture, placement_timeout,
 };
 
 /// How long a snapshot pod may stay Pending unless spec.placement.pendingTimeout says.
@@ -219,13 +219,11 @@ fn pending(
 
 /// The pending timeout `pod` has overrun, if it has. Pure.
 fn pending_too_long(pod: &Pod, job: &BackupJob, now: jiff::Timestamp) -> Option<Duration> {
-    let limit = job
-        .spec
-        .placement
-        .as_ref()
-        .and_then(|p| p.pending_timeout.as_deref())
-        .and_then(|t| parse_timeout(t).ok())
-        .unwrap_or(DEFAULT_PENDING_TIMEOUT);
+    let limit = placement_timeout(
+        job,
+        |p| p.pending_timeout.as_deref(),
+        DEFAULT_PENDING_TIMEOUT,
+    );
     let created = pod.metadata.creation_timestamp.as_ref()?.0;
     (now.duration_since(created).unsigned_abs() > limit).then_some(limit)
 }
