@@ -14,23 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Env, assert_same_tree, backup_id, describe, fails, make_source, ok, run};
-
-fn snapshot_ids(repo: &str, key: &str) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(&ok(
-        &["snapshots", "--repo", repo, "--key-file", key, "--json"],
-        &[],
-    ))
-    .unwrap();
-    let mut ids: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
-    ids
-}
+use support::{
+    Env, assert_same_tree, backup_id, describe, fails, make_source, ok, run, snapshot_ids,
+};
 
 fn restore_args<'a>(repo: &'a str, key: &'a str, target: &'a str) -> Vec<&'a str> {
     vec![
@@ -112,7 +98,7 @@ fn item02_a_backup_that_lost_its_lock_writes_no_snapshot() {
         err.contains("lost the repository lock") && err.contains("not refreshed"),
         "{err}"
     );
-    assert_eq!(snapshot_ids(&repo, &key), vec![first.clone()]);
+    assert_eq!(snapshot_ids(&repo, &key, &[]), vec![first.clone()]);
 
     // Another process removes the lock as stale while the backup stalls: the holder notices at
     // its next refresh and never recreates it.
@@ -161,7 +147,7 @@ fn item02_a_backup_that_lost_its_lock_writes_no_snapshot() {
         "the backup succeeded without its lock"
     );
     assert!(err.contains("removed it as stale"), "{err}");
-    assert_eq!(snapshot_ids(&repo, &key), vec![first]);
+    assert_eq!(snapshot_ids(&repo, &key, &[]), vec![first]);
     assert_eq!(fs::read_dir(&locks).unwrap().count(), 0, "lock recreated");
     // What the failed backups wrote is garbage that prune removes; then all verifies.
     ok(
@@ -764,7 +750,7 @@ fn stress_backups_prunes_and_restores_with_delayed_lock_refreshes() {
                     // The backup process may not have printed its id yet.
                     support::wait_for("the backup's report", Duration::from_secs(30), || {
                         expected.lock().unwrap().contains_key(&id)
-                            || !snapshot_ids(&repo, &key).contains(&id)
+                            || !snapshot_ids(&repo, &key, &[]).contains(&id)
                     });
                     if let Some(want) = expected.lock().unwrap().get(&id) {
                         assert_eq!(&describe(&target), want, "restore of {id} is not bit-exact");
@@ -778,7 +764,7 @@ fn stress_backups_prunes_and_restores_with_delayed_lock_refreshes() {
         });
     });
 
-    let listed = snapshot_ids(&repo, &key);
+    let listed = snapshot_ids(&repo, &key, &[]);
     let forgotten = forgotten.lock().unwrap().clone();
     for id in expected.lock().unwrap().keys() {
         assert!(

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use pykmip::with;
 use support::fault_proxy::{Fault, FaultProxy, Rule};
 use support::s3::S3Server;
-use support::{Env, assert_same_tree, backup_id, bin, fails, ok, pseudo_random, restore, run};
+use support::{
+    Env, assert_same_tree, backup_id, bin, fails, ok, pseudo_random, restore, run, snapshot_ids,
+};
 
 /// A real S3 server with the fault proxy in front; snapcrypt talks to the proxy.
 struct Store {
@@ -63,19 +65,6 @@ fn verify(repo: &str, key: &str, env: &[(&str, &str)]) {
         &["verify", "--repo", repo, "--key-file", key, "--read-data"],
         env,
     );
-}
-
-fn snapshot_ids(repo: &str, key: &str, env: &[(&str, &str)]) -> Vec<String> {
-    let out = ok(
-        &["snapshots", "--repo", repo, "--key-file", key, "--json"],
-        env,
-    );
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// Every rule was used up: the faults really happened.

@@ -42,6 +42,7 @@ impl Locked {
         let opts = Options {
             host_network: true,
             operator_args,
+            ..Default::default()
         };
         let g = Ground::with(purpose, opts).await?;
         let port = support::free_port();

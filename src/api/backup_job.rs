@@ -125,6 +125,14 @@ pub struct Placement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[0-9]{1,6}[smh]$"))]
     pub run_timeout: Option<String>,
+    /// How long the node of a running snapshot or restore pod may stay not Ready (its kubelet
+    /// stopped reporting, or reports NotReady) before the operator gives the pod up: it is
+    /// deleted at once (its kubelet cannot confirm) and its attempt fails naming the node.
+    /// The kubelet that would enforce runTimeout is the one gone. Needs the operator to read
+    /// Nodes (the chart grants it). A number of seconds, minutes or hours. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]{1,6}[smh]$"))]
+    pub node_lost_timeout: Option<String>,
 }
 
 fn default_max_files() -> u64 {

@@ -293,12 +293,29 @@ pub async fn delete_exactly<K>(api: &Api<K>, obj: &K) -> kube::Result<bool>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    delete_exactly_with(api, obj, None).await
+}
+
+/// [`delete_exactly`] with no grace period: the object goes from the API at once, without its
+/// kubelet's confirmation (for a pod on a node that is lost, whose kubelet cannot give it).
+pub async fn force_delete_exactly<K>(api: &Api<K>, obj: &K) -> kube::Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    delete_exactly_with(api, obj, Some(0)).await
+}
+
+async fn delete_exactly_with<K>(api: &Api<K>, obj: &K, grace: Option<u32>) -> kube::Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
     use kube::api::{DeleteParams, Preconditions};
     let exactly = DeleteParams {
         preconditions: Some(Preconditions {
             uid: obj.uid(),
             resource_version: None,
         }),
+        grace_period_seconds: grace,
         ..DeleteParams::background()
     };
     match api.delete(&obj.name_any(), &exactly).await {

@@ -31,7 +31,8 @@ pid_of() { # name -> pid if its pid file names a live process of ours, else noth
   [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 1
   # Guard against pid reuse: the process must still be the binary we started.
   case "$(cat /proc/"$p"/comm 2>/dev/null)" in
-    etcd|kube-apiserver|kube-controller*) echo "$p" ;;
+    # apiserver.sh: the moment before it execs kube-apiserver.
+    etcd|kube-apiserver|apiserver.sh|kube-controller*) echo "$p" ;;
     *) return 1 ;;
   esac
 }

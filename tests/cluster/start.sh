@@ -163,27 +163,7 @@ launch etcd etcd --name snapcrypt-test --data-dir "$CLUSTER_DIR/etcd" \
 wait_component etcd "$START_TIMEOUT" etcd_healthy
 
 log "kube-apiserver on $APISERVER_URL"
-launch kube-apiserver "$K8S_BIN/kube-apiserver" \
-  --etcd-servers "http://$HOST:$ETCD_PORT" \
-  --bind-address "$HOST" --advertise-address "$HOST" --secure-port "$APISERVER_PORT" --insecure-port 0 \
-  --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
-  --client-ca-file "$PKI/ca.crt" \
-  --token-auth-file "$PKI/tokens.csv" \
-  --requestheader-client-ca-file "$PKI/ca.crt" --requestheader-allowed-names front-proxy-client \
-  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
-  --requestheader-extra-headers-prefix X-Remote-Extra- \
-  --authorization-mode Node,RBAC \
-  --service-account-issuer "$SA_ISSUER" \
-  --service-account-key-file "$PKI/sa.pub" \
-  --service-account-signing-key-file "$PKI/sa.key" \
-  --api-audiences "$SA_ISSUER" \
-  --service-cluster-ip-range "$SERVICE_CIDR" \
-  --endpoint-reconciler-type none \
-  --allow-privileged=true \
-  --kubelet-client-certificate "$PKI/apiserver-kubelet.crt" --kubelet-client-key "$PKI/apiserver-kubelet.key" \
-  --kubelet-preferred-address-types InternalIP \
-  --profiling=false \
-  --v 1
+launch kube-apiserver "$HERE/apiserver.sh" "$APISERVER_PORT"
 wait_component kube-apiserver "$START_TIMEOUT" apiserver_ready
 
 log "kube-controller-manager (secure port $HOST:$KCM_PORT)"

@@ -31,6 +31,8 @@ pub struct Options<'a> {
     pub host_network: bool,
     /// Extra operator flags.
     pub operator_args: &'a [&'a str],
+    /// The operator's kubeconfig, if not the ground's admin one (another API server).
+    pub operator_kubeconfig: Option<&'a Path>,
 }
 
 pub struct Ground {
@@ -41,6 +43,7 @@ pub struct Ground {
     pub cluster: Cluster,
     pub operator: Option<Operator>,
     operator_args: Vec<String>,
+    operator_kubeconfig: PathBuf,
 }
 
 impl Ground {
@@ -62,6 +65,10 @@ impl Ground {
         claim(&ns, "backups", Some(SHARED_CLASS)).await;
         let key = key_secret(&ns, work.path()).await;
         let operator_args: Vec<String> = opts.operator_args.iter().map(|a| a.to_string()).collect();
+        let operator_kubeconfig = opts
+            .operator_kubeconfig
+            .unwrap_or(cluster.kubeconfig())
+            .to_path_buf();
         let mut g = Ground {
             ns,
             data,
@@ -70,6 +77,7 @@ impl Ground {
             cluster,
             operator: None,
             operator_args,
+            operator_kubeconfig,
         };
         g.restart_operator();
         Some(g)
@@ -80,7 +88,7 @@ impl Ground {
         drop(self.operator.take());
         let args: Vec<&str> = self.operator_args.iter().map(String::as_str).collect();
         self.operator = Some(Operator::start_with(
-            self.cluster.kubeconfig(),
+            &self.operator_kubeconfig,
             self.ns.name(),
             &args,
         ));

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod control_plane;
 pub mod fault_proxy;
 pub mod ground;
 pub mod mockupdb;
@@ -112,6 +113,23 @@ pub fn backup_json(
 }
 
 /// [`backup_json`] without extra flags: the new snapshot's id.
+/// The ids of the snapshots `snapshots --json` lists, sorted.
+pub fn snapshot_ids(repo: &str, key: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let out = ok(
+        &["snapshots", "--repo", repo, "--key-file", key, "--json"],
+        env,
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("snapshots --json");
+    let mut ids: Vec<String> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
 pub fn backup_id(src: &str, repo: &str, key: &str, env: &[(&str, &str)]) -> String {
     backup_json(src, repo, key, &[], env)["id"]
         .as_str()

@@ -63,6 +63,11 @@ impl Operator {
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
+
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for Operator {

@@ -8,9 +8,11 @@
 //! - [`identity`]: the per-job ServiceAccount, Role and RoleBinding (built pure, applied)
 //! - [`job`]: the job's spec and references checked, its KmipServer's active key
 //! - [`run`]: a run's pod as one [`run::RunStep`], with the agent's result line parsed
+//! - [`node`]: the node a run's pod is on, given up once it has been lost too long
 
 pub mod identity;
 pub mod job;
+pub mod node;
 pub mod pod;
 pub mod run;
 

@@ -229,27 +229,21 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
             ),
         ));
     }
-    if let Some(t) = spec
-        .placement
-        .as_ref()
-        .and_then(|p| p.pending_timeout.as_deref())
-        && let Err(e) = parse_timeout(t)
-    {
-        problems.push(Problem::new(
-            Reason::InvalidSpec,
-            format!("spec.placement.pendingTimeout {e}"),
-        ));
-    }
-    if let Some(t) = spec
-        .placement
-        .as_ref()
-        .and_then(|p| p.run_timeout.as_deref())
-        && let Err(e) = parse_timeout(t)
-    {
-        problems.push(Problem::new(
-            Reason::InvalidSpec,
-            format!("spec.placement.runTimeout {e}"),
-        ));
+    if let Some(p) = spec.placement.as_ref() {
+        for (field, value) in [
+            ("pendingTimeout", &p.pending_timeout),
+            ("runTimeout", &p.run_timeout),
+            ("nodeLostTimeout", &p.node_lost_timeout),
+        ] {
+            if let Some(t) = value.as_deref()
+                && let Err(e) = parse_timeout(t)
+            {
+                problems.push(Problem::new(
+                    Reason::InvalidSpec,
+                    format!("spec.placement.{field} {e}"),
+                ));
+            }
+        }
     }
     let e = &spec.encryption;
     if e.kmip_server_ref.is_some() == e.local_key_secret.is_some() {

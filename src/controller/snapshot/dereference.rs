@@ -1,7 +1,7 @@
 //! Dereference: everything a Snapshot's reconcile reads from the API.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -10,6 +10,7 @@ use super::build::volume;
 use crate::api::backup_job::{AuthMechanism, MongoSource};
 use crate::api::{BackupJob, Snapshot};
 use crate::controller::Context;
+use crate::controller::agent::node::node_of;
 use crate::controller::job_spec::consistency::{Capture, capture};
 use crate::controller::names::SNAPSHOT_UID_LABEL;
 use crate::mongo::ConnectionSettings;
@@ -25,6 +26,9 @@ pub(super) struct World {
     /// VolumeSnapshot API) and the claims restored from them.
     pub volumes: Vec<DynamicObject>,
     pub clones: Vec<PersistentVolumeClaim>,
+    /// The node of the current attempt's pod while it has not finished (None: no such pod, or
+    /// the operator may not read Nodes).
+    pub node: Option<Node>,
 }
 
 pub(super) async fn dereference(snap: &Snapshot, client: &Client) -> Result<World, Error> {
@@ -51,6 +55,7 @@ pub(super) async fn dereference(snap: &Snapshot, client: &Client) -> Result<Worl
             pods: Vec::new(),
             volumes: Vec::new(),
             clones: Vec::new(),
+            node: None,
         });
     };
     let mine = ListParams::default().labels(&format!("{SNAPSHOT_UID_LABEL}={uid}"));
@@ -85,13 +90,28 @@ pub(super) async fn dereference(snap: &Snapshot, client: &Client) -> Result<Worl
     } else {
         (Vec::new(), Vec::new())
     };
+    let node = match super::plan::current_pod(&pods).filter(|p| !finished(p)) {
+        Some(pod) => node_of(client, pod)
+            .await
+            .map_err(err("the snapshot pod's Node"))?,
+        None => None,
+    };
     Ok(World {
         job,
         siblings,
         pods,
         volumes,
         clones,
+        node,
     })
+}
+
+/// Whether `pod` has ended (Succeeded or Failed).
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 /// The pods of the replica set: the StatefulSet's (by its selector), or the source selector's.

@@ -21,6 +21,7 @@ use super::{CAPTURE_RECHECK, QUEUE_RECHECK, RECHECK};
 use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::{CaptureStatus, MemberChoice, RunPhase};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
+use crate::controller::agent::node::node_lost;
 use crate::controller::agent::run::{RunStep, run_step};
 use crate::controller::job_spec::consistency::{
     Capture, DEFAULT_VOLUME_SNAPSHOT_TIMEOUT, capture, placement_timeout,
@@ -74,11 +75,7 @@ pub(super) fn plan(
             Some(RECHECK),
         );
     };
-    let current = world.pods.iter().max_by_key(|p| {
-        p.labels()
-            .get(ATTEMPT_LABEL)
-            .and_then(|a| a.parse::<u32>().ok())
-    });
+    let current = current_pod(&world.pods);
     let failed = |message: String, finished| after_failure(prev.attempts, job, message, finished);
     // A VolumeSnapshot newer than the newest pod: that attempt is capturing the volume.
     let pod_attempt = current.and_then(attempt_of).unwrap_or(0);
@@ -92,9 +89,21 @@ pub(super) fn plan(
         return capture_under_way(attempt, vs, job, now, failed);
     }
     if let Some(pod) = current {
-        return match run_step::<SnapshotResult>(pod, "snapshot") {
+        let step = run_step::<SnapshotResult>(pod, "snapshot");
+        // A pod on a lost node: its kubelet cannot run, stop or report it any more.
+        let (lost, node_recheck) = match &world.node {
+            Some(node) => {
+                let (lost, again) = node_lost(node, job, now);
+                (lost, Some(again))
+            }
+            None => (None, None),
+        };
+        if let (Some(why), RunStep::Pending { .. } | RunStep::Running { .. }) = (lost, &step) {
+            return failed(format!("snapshot pod {}: {why}", pod.name_any()), None);
+        }
+        return match step {
             RunStep::Pending { message } => pending(pod, job, now, message, failed),
-            RunStep::Running { started } => Plan::Step(Step::PodRunning { started }, None),
+            RunStep::Running { started } => Plan::Step(Step::PodRunning { started }, node_recheck),
             RunStep::Succeeded { result, finished } => {
                 Plan::Step(Step::Succeeded { result, finished }, None)
             }
@@ -162,6 +171,15 @@ pub(super) fn plan(
         attempt: prev.attempts + 1,
         retry_after: None,
     }
+}
+
+/// The pod of the newest attempt among `pods`.
+pub(super) fn current_pod(pods: &[Pod]) -> Option<&Pod> {
+    pods.iter().max_by_key(|p| {
+        p.labels()
+            .get(ATTEMPT_LABEL)
+            .and_then(|a| a.parse::<u32>().ok())
+    })
 }
 
 /// What attempt `attempt`'s VolumeSnapshot `vs` says: start the pod from it, wait, or fail
@@ -428,6 +446,7 @@ mod tests {
             pods,
             volumes: Vec::new(),
             clones: Vec::new(),
+            node: None,
         }
     }
 
@@ -695,7 +714,7 @@ mod tests {
                 &world(Some(job(2)), vec![], vec![pod(1, "  phase: Running")]),
                 now(),
             ),
-            Plan::Step(Step::PodRunning { .. }, None)
+            Plan::Step(Step::PodRunning { .. }, _)
         ));
         // The pod vanished: a failed attempt.
         assert!(matches!(
@@ -812,7 +831,7 @@ mod tests {
         let w = with(vec![ready], vec![pod(1, "  phase: Running")]);
         assert!(matches!(
             plan(&s, &capturing1, &w, now()),
-            Plan::Step(Step::PodRunning { .. }, None)
+            Plan::Step(Step::PodRunning { .. }, _)
         ));
         assert!(leftover_captures(&w, false, 1).volumes.is_empty());
         assert_eq!(leftover_captures(&w, false, 2).volumes.len(), 1);
@@ -845,6 +864,37 @@ mod tests {
         assert!(
             why.starts_with("snapshot pod s-1 stayed Pending for over 300s (spec.placement.pendingTimeout): Unschedulable: 0/2 nodes"),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn a_pod_on_a_lost_node_ends_its_attempt_naming_the_node() {
+        let node = |ready: &str| -> k8s_openapi::api::core::v1::Node {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: real-c}}\nstatus:\n  conditions:\n  - {{type: Ready, status: '{ready}', lastTransitionTime: '2026-11-27T03:20:00Z', reason: NodeStatusUnknown, message: Kubelet stopped posting node status.}}"
+            ))
+            .expect("node")
+        };
+        let mut w = world(Some(job(0)), vec![], vec![pod(1, "  phase: Running")]);
+        let s = snap("s", "2026-11-27T03:00:00Z", running(1));
+        // Ready: the pod runs on, and the node is looked at again.
+        w.node = Some(node("True"));
+        assert!(matches!(
+            plan(&s, &s.status.clone().unwrap_or_default(), &w, now()),
+            Plan::Step(Step::PodRunning { .. }, Some(_))
+        ));
+        // Unknown for 10 minutes, past the default 5m: the attempt fails naming the node.
+        w.node = Some(node("Unknown"));
+        let Plan::Step(Step::Failed { message, .. }, _) =
+            plan(&s, &s.status.clone().unwrap_or_default(), &w, now())
+        else {
+            panic!("the attempt goes on");
+        };
+        assert!(
+            message.contains(
+                "node real-c has not been Ready for over 300s (spec.placement.nodeLostTimeout)"
+            ),
+            "{message}"
         );
     }
 }
