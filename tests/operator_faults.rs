@@ -3,21 +3,26 @@
 //! so the tests running beside it keep theirs.
 //!
 //! DOUBLES (tests/README.md): mongod cannot run here; a member is a pause pod whose volume the
-//! test fills, copied in mode stoppedMember.
+//! test fills, copied in mode stoppedMember. Nothing else is a double: the second API server,
+//! the node lifecycle controller, the kubelets and the S3 server are the real ones.
 
 mod support;
 
-use k8s_openapi::api::core::v1::Pod;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Secret};
 use kube::api::Api;
 use serde_json::json;
 
 use snapcrypt::api::snapshot::RunPhase;
-use snapcrypt::api::{BackupJob, Snapshot};
-use support::cluster::{cluster_or_skip, wait_for};
-use support::control_plane::SecondApiServer;
+use snapcrypt::api::{BackupJob, Restore, Snapshot};
+use support::cluster::{cluster_or_skip, wait_for, wait_for_deletion};
+use support::control_plane::{NodeLifecycle, SecondApiServer};
+use support::fault_proxy::{Fault, FaultProxy, Rule};
 use support::ground::{Ground, Options};
-use support::operator::{LONG, snapshot_finished, wait_for_success};
-use support::real_nodes::{RealNodes, volume_dir};
+use support::operator::{LONG, create, snapshot_finished, wait_for_success};
+use support::real_nodes::{FrozenKubelet, HOST_ALIAS, RealNodes, volume_dir};
+use support::s3::S3Server;
 
 /// The repository snapshots of the ground's repository claim.
 async fn repository_snapshots(g: &Ground) -> Vec<String> {
@@ -141,4 +146,198 @@ async fn fifty_backup_jobs_applied_at_once_all_reconcile() {
         g.operator.as_mut().is_some_and(|o| o.is_running()),
         "the operator exited while reconciling {JOBS} BackupJobs"
     );
+}
+
+/// The Ready condition of node `name`: (status, reason).
+fn ready_of(node: &Node) -> (String, String) {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+        .unwrap_or_default()
+}
+
+/// Whether `node` is Ready and carries none of the taints of a lost node.
+fn healthy(node: &Node) -> bool {
+    ready_of(node).0 == "True"
+        && !node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|ts| ts.iter().any(|t| t.key.starts_with("node.kubernetes.io/")))
+}
+
+/// The member's node is lost while a snapshot pod copies from it (its kubelet stops, the node
+/// lifecycle controller marks it Ready=Unknown): once spec.placement.nodeLostTimeout has
+/// passed, the pod is deleted and the Snapshot fails naming the node, instead of staying
+/// Running for as long as the node is gone. Once the node is back, the next Snapshot succeeds.
+/// The copy is held in the middle by a store that stalls every write (the fault proxy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_node_lost_mid_copy_fails_the_attempt_naming_the_node() {
+    const NODE: &str = "real-c";
+    let Some(cluster) = cluster_or_skip().await else {
+        return;
+    };
+    let Some(nodes) = RealNodes::get() else {
+        return;
+    };
+    nodes.add_dedicated(NODE);
+    let _lifecycle = NodeLifecycle::start("20s");
+    // Ready, and without the taints of an earlier loss (the controller lifts them).
+    let nodes_api: Api<Node> = Api::all(cluster.client.clone());
+    wait_for(
+        &nodes_api,
+        NODE,
+        "the dedicated node to be healthy",
+        LONG,
+        healthy,
+    )
+    .await;
+    let opts = Options {
+        member_node: Some(NODE),
+        ..Default::default()
+    };
+    let Some(g) = Ground::with("node-lost", opts).await else {
+        return;
+    };
+    support::make_source(&g.data);
+    support::chown_mongodb(&g.data);
+    let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let s3 = S3Server::start(&work.path().join("s3"), "backups");
+    let proxy = FaultProxy::start(s3.port);
+    nodes.expose(proxy.port);
+    proxy.inject(Rule::new(
+        Some("PUT"),
+        "",
+        Fault::Stall(Duration::from_secs(900)),
+        usize::MAX,
+    ));
+    create::<Secret>(
+        &g.ns.api(),
+        json!({"metadata": {"name": "s3-creds"}, "stringData": {
+            "AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY}}),
+    )
+    .await;
+    g.job_spec(
+        "j",
+        json!({"consistency": {"mode": "stoppedMember"}}),
+        json!({"destination": {"s3": {"bucket": "backups", "prefix": "rs0", "pathStyle": true,
+                   "endpoint": format!("http://{HOST_ALIAS}:{}", proxy.port), "credentialsSecret": "s3-creds"}},
+               "placement": {"nodeLostTimeout": "10s"}}),
+    )
+    .await;
+    g.snapshot("j-1", "j").await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    wait_for(&snaps, "j-1", "the copy to run", LONG, |s| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.phase == RunPhase::Running)
+    })
+    .await;
+    support::cluster::eventually("the copy to write to the store", LONG, || async {
+        if proxy.seen().iter().any(|s| s.method == "PUT") {
+            Ok(())
+        } else {
+            Err("no PUT yet")
+        }
+    })
+    .await;
+    let pod = snaps
+        .get("j-1")
+        .await
+        .expect("snapshot")
+        .status
+        .and_then(|s| s.pod_name)
+        .expect("pod name");
+
+    let frozen = FrozenKubelet::freeze(NODE);
+    wait_for(&nodes_api, NODE, "the node to be marked lost", LONG, |n| {
+        ready_of(n).0 == "Unknown"
+    })
+    .await;
+    let failed = wait_for(
+        &snaps,
+        "j-1",
+        "the Snapshot to give the copy up",
+        LONG,
+        snapshot_finished,
+    )
+    .await;
+    let st = failed.status.expect("status");
+    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
+    let message = st.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "node {NODE} has not been Ready for over 10s (spec.placement.nodeLostTimeout)"
+        )),
+        "{message}"
+    );
+    let pods: Api<Pod> = g.ns.api();
+    wait_for_deletion(&pods, &pod, LONG).await;
+
+    // The node comes back: the next Snapshot runs there and succeeds.
+    drop(frozen);
+    wait_for(
+        &nodes_api,
+        NODE,
+        "the node to be Ready again",
+        LONG,
+        healthy,
+    )
+    .await;
+    proxy.clear();
+    g.snapshot("j-2", "j").await;
+    wait_for_success(&snaps, "j-2", &g.ns).await;
+}
+
+/// A Restore whose pod can never start (its target claim's StorageClass provisions nothing)
+/// does not stay Pending forever: at the BackupJob's spec.placement.pendingTimeout its pod is
+/// deleted and the Restore fails, naming the timeout and the kubelet's or scheduler's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_pod_cannot_start_fails_at_its_pending_timeout() {
+    let Some(g) = Ground::new("restore-pending").await else {
+        return;
+    };
+    support::make_source(&g.data);
+    support::chown_mongodb(&g.data);
+    g.job_spec(
+        "j",
+        json!({"consistency": {"mode": "stoppedMember"}}),
+        json!({"placement": {"pendingTimeout": "20s"}}),
+    )
+    .await;
+    g.snapshot("j-1", "j").await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    wait_for_success(&snaps, "j-1", &g.ns).await;
+    create::<PersistentVolumeClaim>(
+        &g.ns.api(),
+        json!({"metadata": {"name": "nowhere"}, "spec": {"accessModes": ["ReadWriteOnce"],
+               "storageClassName": "snapcrypt-no-such-class",
+               "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    let restores: Api<Restore> = g.ns.api();
+    create::<Restore>(
+        &restores,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "back"},
+               "spec": {"snapshotRef": {"name": "j-1"}, "target": {"claimName": "nowhere"}}}),
+    )
+    .await;
+    let r = wait_for(&restores, "back", "the Restore to give up", LONG, |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, RunPhase::Succeeded | RunPhase::Failed))
+    })
+    .await;
+    let st = r.status.expect("status");
+    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
+    let message = st.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("stayed Pending for over 20s (spec.placement.pendingTimeout)")
+            && message.contains("unbound"),
+        "{message}"
+    );
+    let pods: Api<Pod> = g.ns.api();
+    wait_for_deletion(&pods, &st.pod_name.expect("pod name"), LONG).await;
 }

@@ -5,7 +5,9 @@
 # DNAT'ed to the apiserver on loopback (route_localnet), which stays bound to 127.0.0.1 only.
 #
 #   node.sh start NAME [NAME...]   start the scheduler, the storage provisioner double
-#                                  (provisioner.py) and one node per NAME (idempotent)
+#                                  (provisioner.py) and one node per NAME (idempotent); the
+#                                  nodes it starts register with SNAPCRYPT_REGISTER_TAINTS
+#                                  (kubelet --register-with-taints) when that is set
 #   node.sh stop                   stop them all, remove their containers, state and rules
 #   node.sh load IMAGE.tar         import an image (docker-archive) into every node's runtime
 #   node.sh expose PORT            pods reach 127.0.0.1:PORT (a test's S3 or KMIP server) at
@@ -148,7 +150,8 @@ EOF
   launch "kubelet-$name" "$K8S_BIN/kubelet" --config "$dir/kubelet.yaml" \
     --kubeconfig "$dir/kubeconfig" --hostname-override "$name" --node-ip "$ip" \
     --container-runtime remote --container-runtime-endpoint "unix://$dir/containerd.sock" \
-    --root-dir "$KUBELET_ROOT/$name" --cert-dir "$dir/pki" --v 1
+    --root-dir "$KUBELET_ROOT/$name" --cert-dir "$dir/pki" --v 1 \
+    ${SNAPCRYPT_REGISTER_TAINTS:+--register-with-taints "$SNAPCRYPT_REGISTER_TAINTS"}
   node_ready() {
     curl_admin "/api/v1/nodes/$1" 2>/dev/null \
       | python3 -c 'import json,sys; n=json.load(sys.stdin); sys.exit(0 if any(c["type"]=="Ready" and c["status"]=="True" for c in n["status"]["conditions"]) else 1)' 2>/dev/null

@@ -111,3 +111,28 @@ impl Drop for SecondApiServer {
         self.kill();
     }
 }
+
+/// Kubernetes' node lifecycle controller (tests/cluster/node-lifecycle.sh) with a grace period
+/// of `grace`: it marks a node whose kubelet stopped reporting Ready=Unknown and taints it.
+/// Stopped when dropped.
+pub struct NodeLifecycle(Child);
+
+impl NodeLifecycle {
+    pub fn start(grace: &str) -> NodeLifecycle {
+        let child = Command::new(super::repo_root().join("tests/cluster/node-lifecycle.sh"))
+            .arg(super::free_port().to_string())
+            .arg(grace)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tests/cluster/node-lifecycle.sh");
+        NodeLifecycle(child)
+    }
+}
+
+impl Drop for NodeLifecycle {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -33,6 +33,8 @@ pub struct Options<'a> {
     pub operator_args: &'a [&'a str],
     /// The operator's kubeconfig, if not the ground's admin one (another API server).
     pub operator_kubeconfig: Option<&'a Path>,
+    /// The member's node, if not real-b.
+    pub member_node: Option<&'a str>,
 }
 
 pub struct Ground {
@@ -57,10 +59,11 @@ impl Ground {
         cluster.apply_crds().await;
         let ns = cluster.namespace(purpose).await;
         let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let node = opts.member_node.unwrap_or("real-b");
         let data = if opts.host_network {
-            member_on_host_network(&ns, "rs0-0", "real-b").await
+            member_on_host_network(&ns, "rs0-0", node).await
         } else {
-            member(&ns, "rs0-0", "real-b").await
+            member(&ns, "rs0-0", node).await
         };
         claim(&ns, "backups", Some(SHARED_CLASS)).await;
         let key = key_secret(&ns, work.path()).await;
@@ -114,22 +117,29 @@ impl Ground {
     /// BackupJob `name` of member rs0-0, `source` merged into its source, with `backoff_limit`;
     /// only on-demand Snapshots run it.
     pub async fn job_with(&self, name: &str, source: serde_json::Value, backoff_limit: u32) {
+        self.job_spec(name, source, json!({"backoffLimit": backoff_limit}))
+            .await;
+    }
+
+    /// BackupJob `name` of member rs0-0 to the repository claim with a local key, `source`
+    /// merged into its source and `spec` into its spec; only on-demand Snapshots run it.
+    pub async fn job_spec(&self, name: &str, source: serde_json::Value, spec: serde_json::Value) {
         let mut src = json!({"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
                              "syncSource": {"mode": "member", "member": "rs0-0"}});
-        if let (Some(s), Some(extra)) = (src.as_object_mut(), source.as_object()) {
-            s.extend(extra.clone());
-        }
+        merge(&mut src, source);
+        let mut full = json!({
+            "source": src,
+            "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
+            "encryption": {"localKeySecret": {"name": "rs0-key"}},
+            // Yearly: no scheduled run during a test, and no run-once Snapshot of a job
+            // without a schedule racing the test's own.
+            "schedule": {"cron": "0 0 1 1 *"},
+            "backoffLimit": 0});
+        merge(&mut full, spec);
         create::<BackupJob>(
             &self.ns.api(),
-            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": name},
-                "spec": {
-                    "source": src,
-                    "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
-                    "encryption": {"localKeySecret": {"name": "rs0-key"}},
-                    // Yearly: no scheduled run during a test, and no run-once Snapshot of a job
-                    // without a schedule racing the test's own.
-                    "schedule": {"cron": "0 0 1 1 *"},
-                    "backoffLimit": backoff_limit}}),
+            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob",
+                   "metadata": {"name": name}, "spec": full}),
         )
         .await;
     }
@@ -202,5 +212,12 @@ impl Ground {
             },
         )
         .await;
+    }
+}
+
+/// `extra`'s top-level keys put into `base` (both objects).
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
     }
 }

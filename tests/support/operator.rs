@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 use super::cluster::{TestNamespace, wait_for};
-use super::real_nodes::{IMAGE, PAUSE_IMAGE, pod_logs, volume_dir};
+use super::real_nodes::{DEDICATED_TAINT, IMAGE, PAUSE_IMAGE, pod_logs, volume_dir};
 
 /// Deadline for anything the operator or a snapshot pod does.
 pub const LONG: Duration = Duration::from_secs(120);
@@ -186,6 +186,7 @@ async fn member_pod(ns: &TestNamespace, name: &str, node: &str, host_network: bo
             "metadata": {"name": name, "labels": {"app": "rs-e2e"}},
             "spec": {
                 "nodeSelector": {"kubernetes.io/hostname": node},
+                "tolerations": [{"key": DEDICATED_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
                 "hostNetwork": host_network,
                 "containers": [{"name": "mongod", "image": PAUSE_IMAGE, "imagePullPolicy": "Never",
                     "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],

@@ -94,6 +94,64 @@ impl RealNodes {
     }
 }
 
+/// The taint a dedicated node registers with (`snapcrypt.test/dedicated=NAME:NoSchedule`): only
+/// pods that tolerate it (member pods do, and the snapshot pods that take their tolerations)
+/// go there, so a test may break that node without touching the pods of the tests beside it.
+pub const DEDICATED_TAINT: &str = "snapcrypt.test/dedicated";
+
+impl RealNodes {
+    /// Start node `name` beside the ground's, registered with [`DEDICATED_TAINT`], with this
+    /// test binary's image loaded. It stays until the nodes stop (`node.sh stop`).
+    pub fn add_dedicated(&self, name: &str) {
+        run(
+            Command::new(&self.script)
+                .arg("start")
+                .args(NODES)
+                .arg(name)
+                .env(
+                    "SNAPCRYPT_REGISTER_TAINTS",
+                    format!("{DEDICATED_TAINT}={name}:NoSchedule"),
+                ),
+            "node.sh start (a dedicated node)",
+        );
+        run(
+            Command::new(super::repo_root().join("tests/cluster/image.sh"))
+                .arg(super::bin())
+                .arg(IMAGE),
+            "image.sh",
+        );
+    }
+}
+
+/// Node `name`'s kubelet stopped (SIGSTOP) as a node cut off from the control plane is: its
+/// containers run on, nothing reports them. Resumed (SIGCONT) when dropped.
+pub struct FrozenKubelet(i32);
+
+impl FrozenKubelet {
+    pub fn freeze(name: &str) -> FrozenKubelet {
+        let pid_file = format!("{}/pids/kubelet-{name}.pid", cluster_dir());
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("{pid_file}: {e}"))
+            .trim()
+            .parse()
+            .expect("a pid");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our kubelet's.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP {pid}"
+        );
+        FrozenKubelet(pid)
+    }
+}
+
+impl Drop for FrozenKubelet {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 fn cluster_dir() -> String {
     std::env::var("SNAPCRYPT_CLUSTER_DIR").unwrap_or_else(|_| "/tmp/snapcrypt-cluster".into())
 }

@@ -8,8 +8,10 @@
 //! - [`identity`]: the per-job ServiceAccount, Role and RoleBinding (built pure, applied)
 //! - [`job`]: the job's spec and references checked, its KmipServer's active key
 //! - [`run`]: a run's pod as one [`run::RunStep`], with the agent's result line parsed
-//! - [`node`]: the node a run's pod is on, given up once it has been lost too long
+//! - [`node`], [`deadline`]: the deadlines the operator holds a run's pod to (pendingTimeout,
+//!   nodeLostTimeout), its node read to judge the second
 
+pub mod deadline;
 pub mod identity;
 pub mod job;
 pub mod node;

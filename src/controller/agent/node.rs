@@ -9,11 +9,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::backup_job::BackupJob;
-use crate::controller::job_spec::consistency::placement_timeout;
+use crate::controller::{delete_exactly, force_delete_exactly};
 
-/// The default of `spec.placement.nodeLostTimeout`: Kubernetes' own pod eviction timeout.
-pub const DEFAULT_NODE_LOST_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often a run whose node is Ready looks at it again (a node's loss changes no object
 /// the controllers watch).
 pub const NODE_RECHECK: Duration = Duration::from_secs(30);
@@ -45,20 +42,44 @@ fn ready_condition(node: &Node) -> Option<&NodeCondition> {
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
 }
 
+/// Whether `pod` is on `node` and that node is not Ready.
+fn on_lost_node(pod: &Pod, node: Option<&Node>) -> bool {
+    node.is_some_and(|n| {
+        !is_ready(n)
+            && pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == n.metadata.name.as_deref()
+    })
+}
+
+/// Whether the pod of a run that is over must still be stopped: it has not finished, and is
+/// not being deleted already (unless it is on a node that is not Ready, whose kubelet will
+/// never complete that deletion). Pure.
+pub fn needs_stopping(pod: &Pod, node: Option<&Node>) -> bool {
+    let finished = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    !finished && (pod.metadata.deletion_timestamp.is_none() || on_lost_node(pod, node))
+}
+
+/// Stop the pod of a run that is over: deleted by uid, at once if its node (`node`) is not
+/// Ready, since its kubelet cannot confirm a graceful deletion.
+pub async fn stop_pod(api: &Api<Pod>, pod: &Pod, node: Option<&Node>) -> kube::Result<bool> {
+    if on_lost_node(pod, node) {
+        force_delete_exactly(api, pod).await
+    } else {
+        delete_exactly(api, pod).await
+    }
+}
+
 /// Whether `node` says it is Ready (a node with no Ready condition yet counts as Ready: it has
 /// not been lost, it has not reported). Pure.
 pub fn is_ready(node: &Node) -> bool {
     ready_condition(node).is_none_or(|c| c.status == "True")
 }
 
-/// What a run on a lost node is told (None: the node is Ready, or not lost for long enough)
-/// and when to look at the node again. Pure.
-pub fn node_lost(node: &Node, job: &BackupJob, now: jiff::Timestamp) -> (Option<String>, Duration) {
-    let limit = placement_timeout(
-        job,
-        |p| p.node_lost_timeout.as_deref(),
-        DEFAULT_NODE_LOST_TIMEOUT,
-    );
+/// What a run on a node not Ready for longer than `limit` is told (None: the node is Ready,
+/// or not lost for long enough) and when to look at the node again. Pure.
+pub fn node_lost(node: &Node, limit: Duration, now: jiff::Timestamp) -> (Option<String>, Duration) {
     let Some(c) = ready_condition(node).filter(|c| c.status != "True") else {
         return (None, NODE_RECHECK);
     };
@@ -97,13 +118,7 @@ mod tests {
         .expect("node")
     }
 
-    fn job(timeout: Option<&str>) -> BackupJob {
-        crate::controller::fixtures::job(
-            &timeout
-                .map(|t| format!("placement: {{nodeLostTimeout: {t}}}"))
-                .unwrap_or_default(),
-        )
-    }
+    const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
     fn at(t: &str) -> jiff::Timestamp {
         t.parse().expect("time")
@@ -112,16 +127,16 @@ mod tests {
     #[test]
     fn a_node_not_ready_past_the_timeout_is_lost_and_named() {
         let n = node("Unknown", "2026-12-01T10:00:00Z");
-        // Within the default 5m: not lost; look again just after the limit (or at the recheck).
-        let (why, again) = node_lost(&n, &job(None), at("2026-12-01T10:04:50Z"));
+        // Within 5m: not lost; look again just after the limit (or at the recheck).
+        let (why, again) = node_lost(&n, FIVE_MINUTES, at("2026-12-01T10:04:50Z"));
         assert_eq!((why, again), (None, Duration::from_secs(11)));
-        let (why, _) = node_lost(&n, &job(None), at("2026-12-01T10:05:01Z"));
+        let (why, _) = node_lost(&n, FIVE_MINUTES, at("2026-12-01T10:05:01Z"));
         let why = why.expect("lost");
         assert!(
             why.starts_with("node n1 has not been Ready for over 300s (spec.placement.nodeLostTimeout); Ready is Unknown: NodeStatusUnknown: Kubelet stopped posting node status."),
             "{why}"
         );
-        let (why, _) = node_lost(&n, &job(Some("20s")), at("2026-12-01T10:00:21Z"));
+        let (why, _) = node_lost(&n, Duration::from_secs(20), at("2026-12-01T10:00:21Z"));
         assert!(why.is_some_and(|w| w.contains("over 20s")));
         assert!(!is_ready(&n));
     }
@@ -130,13 +145,13 @@ mod tests {
     fn a_ready_node_or_one_without_conditions_is_not_lost() {
         let n = node("True", "2026-12-01T10:00:00Z");
         assert_eq!(
-            node_lost(&n, &job(Some("1s")), at("2026-12-02T10:00:00Z")),
+            node_lost(&n, Duration::from_secs(1), at("2026-12-02T10:00:00Z")),
             (None, NODE_RECHECK)
         );
         let silent: Node = serde_yaml::from_str("metadata: {name: n2}").expect("node");
         assert!(is_ready(&silent));
         assert_eq!(
-            node_lost(&silent, &job(Some("1s")), at("2026-12-02T10:00:00Z")).0,
+            node_lost(&silent, Duration::from_secs(1), at("2026-12-02T10:00:00Z")).0,
             None
         );
     }

@@ -20,8 +20,10 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use self::build::{RestorePlan, Step, next_status, pod_selector, restore_pod};
+use super::agent::deadline::{Deadline, deadline};
 use super::agent::identity::apply_agent_identity;
 use super::agent::job::{Blocked, Needs, check_job, job_kmip};
+use super::agent::node::{needs_stopping, node_of, stop_pod};
 use super::agent::owning_agent_pods;
 use super::agent::run::{RunStep, run_step};
 use super::{Context, apply, apply_status};
@@ -57,6 +59,13 @@ pub enum Error {
     },
     #[error("Restore {restore}: creating pod {pod}: {source}")]
     ApplyPod {
+        restore: String,
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Restore {restore}: deleting pod {pod}, whose run is over: {source}")]
+    StopPod {
         restore: String,
         pod: String,
         #[source]
@@ -135,7 +144,7 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
 
     // 2. What the pod's state means, or start one.
     let (step, requeue) = match pod {
-        Some(pod) => (pod_step(&pod), None),
+        Some(pod) => judge_pod(&r, &pod, &ctx).await?,
         None if prev.pod_name.is_some() => (
             Step::Failed {
                 reason: Reason::PodLost,
@@ -183,9 +192,67 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
     })
 }
 
-/// What a restore pod's state means. Pure.
-fn pod_step(pod: &Pod) -> Step {
-    match run_step::<RestoreStats>(pod, "restore") {
+/// What the restore pod's state means, held to its deadlines (the pendingTimeout and
+/// nodeLostTimeout of the Snapshot's BackupJob, or their defaults if it is gone): an overrun
+/// stops the pod and fails the Restore. Also when to look again.
+async fn judge_pod(
+    r: &Restore,
+    pod: &Pod,
+    ctx: &Context,
+) -> Result<(Step, Option<Duration>), Error> {
+    let name = r.name_any();
+    let step = run_step::<RestoreStats>(pod, "restore");
+    if !matches!(step, RunStep::Pending { .. } | RunStep::Running { .. }) {
+        return Ok((step_of(step), None));
+    }
+    let ns = r.namespace().unwrap_or_default();
+    let job = match Api::<Snapshot>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&r.spec.snapshot_ref.name)
+        .await
+        .map_err(dereference_error(&name, "Snapshot"))?
+    {
+        Some(snap) => Api::<BackupJob>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&snap.spec.backup_job_ref.name)
+            .await
+            .map_err(dereference_error(&name, "BackupJob"))?,
+        None => None,
+    };
+    let node = node_of(&ctx.client, pod)
+        .await
+        .map_err(dereference_error(&name, "the restore pod's Node"))?;
+    let now = jiff::Timestamp::now();
+    match deadline(pod, &step, job.as_ref(), node.as_ref(), now, "restore") {
+        Deadline::Within(recheck) => Ok((step_of(step), recheck)),
+        Deadline::Overrun(why) => {
+            if needs_stopping(pod, node.as_ref()) {
+                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                stop_pod(&api, pod, node.as_ref())
+                    .await
+                    .map_err(|source| Error::StopPod {
+                        restore: name.clone(),
+                        pod: pod.name_any(),
+                        source,
+                    })?;
+            }
+            let message = format!(
+                "{why}; the target may hold a partial restore (marked by .snapcrypt-restore-incomplete)"
+            );
+            let reason = Reason::RestoreFailed;
+            Ok((
+                Step::Failed {
+                    reason,
+                    message,
+                    finished: None,
+                },
+                None,
+            ))
+        }
+    }
+}
+
+/// A restore pod's [`RunStep`] as the Restore's step. Pure.
+fn step_of(step: RunStep<RestoreStats>) -> Step {
+    match step {
         RunStep::Pending { message } => Step::PodPending { message },
         RunStep::Running { started } => Step::PodRunning { started },
         RunStep::Succeeded { result, finished } => Step::Succeeded {
@@ -365,6 +432,10 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
 mod tests {
     use super::*;
     use crate::controller::fixtures::{agent_pod, terminated};
+
+    fn pod_step(pod: &Pod) -> Step {
+        step_of(run_step::<RestoreStats>(pod, "restore"))
+    }
 
     fn pod(status: &str) -> Pod {
         agent_pod(1, status)

@@ -29,10 +29,10 @@ use self::plan::{
 };
 use self::release::release;
 use self::start::{Started, start_attempt, start_from_volume};
-use super::agent::node::is_ready;
+use super::agent::node::{needs_stopping, stop_pod};
 use super::agent::owning_agent_pods;
 use super::reason::Reason;
-use super::{Context, apply_status, delete_exactly, force_delete_exactly};
+use super::{Context, apply_status, delete_exactly};
 use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::RunPhase;
 use crate::api::{Snapshot, SnapshotStatus};
@@ -411,27 +411,12 @@ async fn release_copy_lock(
 /// Delete this Snapshot's unfinished pods (a copy that can no longer be consistent).
 async fn stop_pods(snap: &Snapshot, world: &World, ctx: &Context) -> Result<(), Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
-    // A pod on a node that is not Ready goes at once: its kubelet cannot confirm a deletion,
-    // and a graceful one would leave it Terminating for as long as the node is lost.
-    let lost = |p: &Pod| {
-        world.node.as_ref().is_some_and(|n| {
-            !is_ready(n)
-                && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-                    == n.metadata.name.as_deref()
-        })
-    };
-    for pod in world.pods.iter().filter(|p| {
-        (p.metadata.deletion_timestamp.is_none() || lost(p))
-            && !matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            )
-    }) {
-        let deleted = if lost(pod) {
-            force_delete_exactly(&api, pod).await
-        } else {
-            delete_exactly(&api, pod).await
-        };
+    for pod in world
+        .pods
+        .iter()
+        .filter(|p| needs_stopping(p, world.node.as_ref()))
+    {
+        let deleted = stop_pod(&api, pod, world.node.as_ref()).await;
         deleted.map_err(|source| Error::StopPod {
             snapshot: snap.name_any(),
             pod: pod.name_any(),

@@ -21,14 +21,10 @@ use super::{CAPTURE_RECHECK, QUEUE_RECHECK, RECHECK};
 use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::{CaptureStatus, MemberChoice, RunPhase};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
-use crate::controller::agent::node::node_lost;
+use crate::controller::agent::deadline::{Deadline, deadline};
 use crate::controller::agent::run::{RunStep, run_step};
-use crate::controller::job_spec::consistency::{
-    Capture, DEFAULT_VOLUME_SNAPSHOT_TIMEOUT, capture, placement_timeout,
-};
+use crate::controller::job_spec::consistency::{Capture, DEFAULT_VOLUME_SNAPSHOT_TIMEOUT, capture};
 
-/// How long a snapshot pod may stay Pending unless spec.placement.pendingTimeout says.
-pub(super) const DEFAULT_PENDING_TIMEOUT: Duration = Duration::from_secs(600);
 use crate::controller::names::ATTEMPT_LABEL;
 use crate::controller::reason::Reason;
 
@@ -90,20 +86,13 @@ pub(super) fn plan(
     }
     if let Some(pod) = current {
         let step = run_step::<SnapshotResult>(pod, "snapshot");
-        // A pod on a lost node: its kubelet cannot run, stop or report it any more.
-        let (lost, node_recheck) = match &world.node {
-            Some(node) => {
-                let (lost, again) = node_lost(node, job, now);
-                (lost, Some(again))
-            }
-            None => (None, None),
+        let recheck = match deadline(pod, &step, Some(job), world.node.as_ref(), now, "snapshot") {
+            Deadline::Overrun(why) => return failed(why, None),
+            Deadline::Within(recheck) => recheck,
         };
-        if let (Some(why), RunStep::Pending { .. } | RunStep::Running { .. }) = (lost, &step) {
-            return failed(format!("snapshot pod {}: {why}", pod.name_any()), None);
-        }
         return match step {
-            RunStep::Pending { message } => pending(pod, job, now, message, failed),
-            RunStep::Running { started } => Plan::Step(Step::PodRunning { started }, node_recheck),
+            RunStep::Pending { message } => Plan::Step(Step::PodPending { message }, recheck),
+            RunStep::Running { started } => Plan::Step(Step::PodRunning { started }, recheck),
             RunStep::Succeeded { result, finished } => {
                 Plan::Step(Step::Succeeded { result, finished }, None)
             }
@@ -210,40 +199,6 @@ fn capture_under_way(
             }
         }
     }
-}
-
-/// A pod not running yet: wait (and look again at its deadline: a pod stuck Pending may not
-/// change), or fail the attempt once it has been Pending too long. Pure.
-fn pending(
-    pod: &Pod,
-    job: &BackupJob,
-    now: jiff::Timestamp,
-    message: Option<String>,
-    failed: impl Fn(String, Option<Time>) -> Plan,
-) -> Plan {
-    match pending_too_long(pod, job, now) {
-        Some(limit) => failed(
-            format!(
-                "snapshot pod {} stayed Pending for over {}s (spec.placement.pendingTimeout){}",
-                pod.name_any(),
-                limit.as_secs(),
-                message.map(|m| format!(": {m}")).unwrap_or_default()
-            ),
-            None,
-        ),
-        None => Plan::Step(Step::PodPending { message }, Some(RECHECK)),
-    }
-}
-
-/// The pending timeout `pod` has overrun, if it has. Pure.
-fn pending_too_long(pod: &Pod, job: &BackupJob, now: jiff::Timestamp) -> Option<Duration> {
-    let limit = placement_timeout(
-        job,
-        |p| p.pending_timeout.as_deref(),
-        DEFAULT_PENDING_TIMEOUT,
-    );
-    let created = pod.metadata.creation_timestamp.as_ref()?.0;
-    (now.duration_since(created).unsigned_abs() > limit).then_some(limit)
 }
 
 /// After attempt `attempts` failed with `message`: the next attempt, or give up once
