@@ -474,6 +474,8 @@ fn default_render_is_a_restricted_operator() {
         "ClusterRole/snapcrypt-operator",
         "ClusterRole/snapcrypt-agent",
         "ClusterRoleBinding/snapcrypt-operator",
+        "ClusterRole/snapcrypt-operator-nodes",
+        "ClusterRoleBinding/snapcrypt-operator-nodes",
         "Service/snapcrypt-metrics",
         "Deployment/snapcrypt-operator",
     ]
@@ -556,7 +558,7 @@ fn default_render_is_a_restricted_operator() {
         service["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"],
         "the metrics Service selects the operator's pods"
     );
-    let binding = one(&objs, "ClusterRoleBinding");
+    let binding = named(&objs, "ClusterRoleBinding", "snapcrypt-operator");
     assert_eq!(binding["roleRef"]["name"], "snapcrypt-operator");
     assert_eq!(
         binding["subjects"],
@@ -648,9 +650,22 @@ fn other_values_render_as_asked() {
     );
     named(&objs, "RoleBinding", "snapcrypt-leader-election");
 
-    // One namespace watched: a RoleBinding there instead of a ClusterRoleBinding.
+    // One namespace watched: a RoleBinding there instead of a ClusterRoleBinding; cluster-wide
+    // only the reading of Nodes by name (cluster-scoped, so no RoleBinding can grant it).
     let objs = objects(&render(Helm::V3, "one-namespace", VALUE_SETS[2].1));
-    assert!(objs.iter().all(|o| o["kind"] != "ClusterRoleBinding"));
+    let cluster_wide: Vec<String> = objs
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding")
+        .map(kind_name)
+        .collect();
+    assert_eq!(
+        cluster_wide,
+        vec!["ClusterRoleBinding/snapcrypt-operator-nodes".to_string()]
+    );
+    assert_eq!(
+        named(&objs, "ClusterRole", "snapcrypt-operator-nodes")["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}])
+    );
     assert!(
         objs.iter().all(|o| o["kind"] != "Service"),
         "metrics Service off"

@@ -811,13 +811,25 @@ fn the_reliability_table_names_only_tests_that_exist() {
         rows >= 40,
         "docs/RELIABILITY.md lists {rows} faults; at least 40"
     );
-    let own = fs::read_to_string(root.join("tests/faults.rs")).unwrap();
-    for (i, _) in own.match_indices("#[test]\nfn ") {
-        let name = own[i + 11..].split('(').next().unwrap();
-        assert!(
-            tests.contains(name) || name == "the_reliability_table_names_only_tests_that_exist",
-            "tests/faults.rs has `{name}`, which docs/RELIABILITY.md does not list"
-        );
+    // Every test of the two fault suites is in the table.
+    for suite in ["tests/faults.rs", "tests/operator_faults.rs"] {
+        let own = fs::read_to_string(root.join(suite)).unwrap();
+        let lines: Vec<&str> = own.lines().collect();
+        for pair in lines.windows(2) {
+            if !(pair[0].starts_with("#[test]") || pair[0].starts_with("#[tokio::test")) {
+                continue;
+            }
+            let name = pair[1]
+                .trim_start_matches("async ")
+                .trim_start_matches("fn ")
+                .split('(')
+                .next()
+                .unwrap();
+            assert!(
+                tests.contains(name) || name == "the_reliability_table_names_only_tests_that_exist",
+                "{suite} has `{name}`, which docs/RELIABILITY.md does not list"
+            );
+        }
     }
 }
 

@@ -158,6 +158,99 @@ fn ready_of(node: &Node) -> (String, String) {
         .unwrap_or_default()
 }
 
+/// A real S3 server behind the fault proxy, reachable from pods, that holds every write (PUT)
+/// for 15 minutes: a copy into it hangs in the middle. Its credentials are Secret `s3-creds`.
+struct StalledStore {
+    proxy: FaultProxy,
+    _s3: S3Server,
+    _work: tempfile::TempDir,
+}
+
+impl StalledStore {
+    async fn start(g: &Ground, nodes: &RealNodes) -> StalledStore {
+        let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let s3 = S3Server::start(&work.path().join("s3"), "backups");
+        let proxy = FaultProxy::start(s3.port);
+        nodes.expose(proxy.port);
+        proxy.inject(Rule::new(
+            Some("PUT"),
+            "",
+            Fault::Stall(Duration::from_secs(900)),
+            usize::MAX,
+        ));
+        create::<Secret>(
+            &g.ns.api(),
+            json!({"metadata": {"name": "s3-creds"}, "stringData": {
+                "AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY}}),
+        )
+        .await;
+        StalledStore {
+            proxy,
+            _s3: s3,
+            _work: work,
+        }
+    }
+
+    /// A BackupJob's destination in it.
+    fn destination(&self) -> serde_json::Value {
+        json!({"s3": {"bucket": "backups", "prefix": "rs0", "pathStyle": true,
+               "endpoint": format!("http://{HOST_ALIAS}:{}", self.proxy.port), "credentialsSecret": "s3-creds"}})
+    }
+
+    /// Wait until a copy has begun to write (and is held).
+    async fn writing(&self) {
+        support::cluster::eventually("the copy to write to the store", LONG, || async {
+            if self.proxy.seen().iter().any(|s| s.method == "PUT") {
+                Ok(())
+            } else {
+                Err("no PUT yet")
+            }
+        })
+        .await;
+    }
+}
+
+/// A copy that hangs (every write to its store held) is stopped by the kubelet at the job's
+/// spec.placement.runTimeout (the pod's activeDeadlineSeconds), and the Snapshot fails naming
+/// runTimeout and the kubelet's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_hangs_is_stopped_at_its_run_timeout() {
+    let Some(g) = Ground::new("run-timeout").await else {
+        return;
+    };
+    let Some(nodes) = RealNodes::get() else {
+        return;
+    };
+    support::make_source(&g.data);
+    support::chown_mongodb(&g.data);
+    let store = StalledStore::start(&g, nodes).await;
+    g.job_spec(
+        "j",
+        json!({"consistency": {"mode": "stoppedMember"}}),
+        json!({"destination": store.destination(), "placement": {"runTimeout": "20s"}}),
+    )
+    .await;
+    g.snapshot("j-1", "j").await;
+    store.writing().await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    let done = wait_for(
+        &snaps,
+        "j-1",
+        "the hung copy to be stopped",
+        LONG,
+        snapshot_finished,
+    )
+    .await;
+    let st = done.status.expect("status");
+    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
+    let message = st.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("longer than spec.placement.runTimeout allows")
+            && message.contains("deadline"),
+        "{message}"
+    );
+}
+
 /// Whether `node` is Ready and carries none of the taints of a lost node.
 fn healthy(node: &Node) -> bool {
     ready_of(node).0 == "True"
@@ -203,28 +296,11 @@ async fn a_member_node_lost_mid_copy_fails_the_attempt_naming_the_node() {
     };
     support::make_source(&g.data);
     support::chown_mongodb(&g.data);
-    let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-    let s3 = S3Server::start(&work.path().join("s3"), "backups");
-    let proxy = FaultProxy::start(s3.port);
-    nodes.expose(proxy.port);
-    proxy.inject(Rule::new(
-        Some("PUT"),
-        "",
-        Fault::Stall(Duration::from_secs(900)),
-        usize::MAX,
-    ));
-    create::<Secret>(
-        &g.ns.api(),
-        json!({"metadata": {"name": "s3-creds"}, "stringData": {
-            "AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY}}),
-    )
-    .await;
+    let store = StalledStore::start(&g, nodes).await;
     g.job_spec(
         "j",
         json!({"consistency": {"mode": "stoppedMember"}}),
-        json!({"destination": {"s3": {"bucket": "backups", "prefix": "rs0", "pathStyle": true,
-                   "endpoint": format!("http://{HOST_ALIAS}:{}", proxy.port), "credentialsSecret": "s3-creds"}},
-               "placement": {"nodeLostTimeout": "10s"}}),
+        json!({"destination": store.destination(), "placement": {"nodeLostTimeout": "10s"}}),
     )
     .await;
     g.snapshot("j-1", "j").await;
@@ -235,14 +311,7 @@ async fn a_member_node_lost_mid_copy_fails_the_attempt_naming_the_node() {
             .is_some_and(|st| st.phase == RunPhase::Running)
     })
     .await;
-    support::cluster::eventually("the copy to write to the store", LONG, || async {
-        if proxy.seen().iter().any(|s| s.method == "PUT") {
-            Ok(())
-        } else {
-            Err("no PUT yet")
-        }
-    })
-    .await;
+    store.writing().await;
     let pod = snaps
         .get("j-1")
         .await
@@ -286,7 +355,7 @@ async fn a_member_node_lost_mid_copy_fails_the_attempt_naming_the_node() {
         healthy,
     )
     .await;
-    proxy.clear();
+    store.proxy.clear();
     g.snapshot("j-2", "j").await;
     wait_for_success(&snaps, "j-2", &g.ns).await;
 }
