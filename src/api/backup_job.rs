@@ -280,6 +280,7 @@ pub struct MongoTls {
     pub enabled: bool,
     /// Secret whose `ca.crt` verifies the members' certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub ca_secret: Option<String>,
 }
 

@@ -17,7 +17,11 @@ pub async fn find_references(
     refs: &[Reference],
 ) -> Result<Found, kube::Error> {
     let mut found = Found::new();
-    for r in refs {
+    // A name that cannot be an object's is not looked up (check_references says why).
+    for r in refs
+        .iter()
+        .filter(|r| super::validate::is_object_name(&r.name))
+    {
         let present = match r.kind {
             RefKind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
                 .get_opt(&r.name)

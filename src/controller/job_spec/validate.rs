@@ -157,6 +157,18 @@ pub type Found = BTreeMap<(RefKind, String), Option<BTreeSet<String>>>;
 pub fn check_references(refs: &[Reference], found: &Found, namespace: &str) -> Vec<Problem> {
     let mut out = Vec::new();
     for r in refs {
+        if !is_object_name(&r.name) {
+            out.push(Problem::new(
+                Reason::InvalidSpec,
+                format!(
+                    "{} {}: not a valid {} name (1 to 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)",
+                    r.field,
+                    shown(&r.name),
+                    r.kind.as_str()
+                ),
+            ));
+            continue;
+        }
         match found.get(&(r.kind, r.name.clone())) {
             None | Some(None) => out.push(Problem::new(
                 match r.kind {
@@ -192,6 +204,29 @@ pub fn check_references(refs: &[Reference], found: &Found, namespace: &str) -> V
         }
     }
     out
+}
+
+/// Whether `name` can name a namespaced object (a DNS-1123 subdomain): anything else is
+/// never looked up, as an empty name would turn a get into a list, and a huge one would fail
+/// the request instead of saying what is wrong. Pure.
+pub fn is_object_name(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (1..=253).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+}
+
+/// A value from a spec as a message quotes it: in quotes, cut after 64 characters (a condition
+/// message must stay readable, and within the API's limit on its length).
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
+    }
 }
 
 /// Problems with the spec itself (the schedule, and the rules the schema states as CEL).
@@ -419,6 +454,34 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
 
     fn messages(spec: &BackupJobSpec) -> Vec<String> {
         check_spec(spec).1.into_iter().map(|p| p.message).collect()
+    }
+
+    /// Found by tests/hostile_values.rs: a name no object can have is never looked up (an
+    /// empty one made the get a list, a 100 kB one failed the request, and the job got no
+    /// status); it is a problem naming the field, quoting at most 64 characters of it.
+    #[test]
+    fn names_no_object_can_have_are_problems_naming_the_field() {
+        for good in ["a", "rs0-key", "a.b-1", &"a".repeat(253)] {
+            assert!(is_object_name(good), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a/b", "..", &"a".repeat(254)] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
+        let refs = vec![Reference {
+            field: "spec.source.connection.tls.caSecret".into(),
+            kind: RefKind::Secret,
+            name: "a".repeat(100_000),
+            keys: vec![vec!["ca.crt".into()]],
+        }];
+        let problems = check_references(&refs, &Found::new(), "db");
+        assert_eq!(problems.len(), 1);
+        let m = &problems[0].message;
+        assert!(
+            m.starts_with("spec.source.connection.tls.caSecret \"aaaa")
+                && m.contains("… (100000 bytes): not a valid Secret name")
+                && m.len() < 300,
+            "{m}"
+        );
     }
 
     /// Data-safety items 1 and 8: a dbPath that climbs out of the volume, and LDAP (PLAIN)
