@@ -151,6 +151,15 @@ impl LocalKeyManager {
         base.join("snapcrypt").join("key.json")
     }
 
+    /// A key manager of the 32-byte `key` itself (fuzzing and tests: keys are otherwise only
+    /// ever read from a key file).
+    pub(crate) fn from_key(key: [u8; 32]) -> Self {
+        Self {
+            key_id: key_id_of(&key),
+            key: Zeroizing::new(key),
+        }
+    }
+
     /// The master key's id, derived from the key (so it names this exact key).
     pub fn key_id(&self) -> &str {
         &self.key_id

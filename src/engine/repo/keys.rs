@@ -30,7 +30,7 @@ impl Repository {
 
     /// Unwrap a record's data key with the first of `kms` that can: its current wrap, then the
     /// wrap it had before an unfinished rewrap.
-    async fn unwrap_record(
+    pub(super) async fn unwrap_record(
         record: &KeyRecord,
         kms: &[&dyn KeyManager],
     ) -> Result<crate::kms::SecretBytes, KmsError> {

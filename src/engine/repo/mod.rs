@@ -4,6 +4,7 @@
 //! lists).
 
 mod blob_map;
+mod fuzz;
 mod index;
 mod keys;
 mod sealed;
@@ -16,6 +17,9 @@ pub use self::index::{
     BlobLoc, GARBAGE_DIR, GarbageMark, Index, IndexBuilder, PackInfo, is_object_id,
 };
 pub use self::sealed::PackBlobs;
+
+#[doc(hidden)]
+pub use fuzz::fuzz_repository_documents;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,7 +47,7 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
 
-fn parse_key_id(hex_id: &str) -> Option<[u8; 16]> {
+pub(super) fn parse_key_id(hex_id: &str) -> Option<[u8; 16]> {
     let v = hex::decode(hex_id).ok()?;
     v.try_into().ok()
 }
@@ -54,7 +58,7 @@ pub const CHUNK_SIZES: std::ops::RangeInclusive<u32> = 4096..=1024 * 1024;
 
 /// A repository's chunker, from its config (untrusted until checked): anything this build
 /// cannot cut is refused by name, never a panic later.
-fn check_chunker(c: &ChunkerParams) -> Result<(), EngineError> {
+pub(super) fn check_chunker(c: &ChunkerParams) -> Result<(), EngineError> {
     if c.kind != "fixed" || !c.size.is_power_of_two() || !CHUNK_SIZES.contains(&c.size) {
         return Err(EngineError::Corrupt {
             object: "config".into(),

@@ -56,9 +56,7 @@ impl Repository {
         let mut out = Vec::new();
         for (name, _) in self.backend.list(UNFINISHED_DIR).await? {
             let trees = match self.backend.get(&name).await {
-                Ok(bytes) => serde_json::from_slice::<Unfinished>(&bytes)
-                    .map(|u| u.trees)
-                    .unwrap_or_default(),
+                Ok(bytes) => parse_unfinished(&bytes).unwrap_or_default(),
                 Err(crate::engine::backend::BackendError::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
@@ -114,17 +112,7 @@ impl Repository {
         for id in tree_ids(snap)? {
             compressed.extend_from_slice(&self.read_blob(index, &id).await?);
         }
-        // A file listed in parts is one entry here (the parts are checked to follow each
-        // other as they are read).
-        let mut tree: Vec<TreeEntry> = Vec::new();
-        each_entry(&compressed[..], &snap.id, |e| {
-            match tree.last_mut() {
-                Some(head) if e.part > 0 => head.chunks.extend(e.chunks),
-                _ => tree.push(e),
-            }
-            Ok(())
-        })?;
-        Ok(tree)
+        decode_tree(&compressed, &snap.id)
     }
 
     /// Hand every entry of a snapshot's file list to `f`, in order, as it is read, a file
@@ -155,6 +143,30 @@ impl Repository {
             None => r,
         }
     }
+}
+
+/// A whole compressed file list as entries, a file listed in parts as one entry (the parts
+/// are checked to follow each other as they are read).
+pub(super) fn decode_tree(
+    compressed: &[u8],
+    snapshot: &str,
+) -> Result<Vec<TreeEntry>, EngineError> {
+    let mut tree: Vec<TreeEntry> = Vec::new();
+    each_entry(compressed, snapshot, |e| {
+        match tree.last_mut() {
+            Some(head) if e.part > 0 => head.chunks.extend(e.chunks),
+            _ => tree.push(e),
+        }
+        Ok(())
+    })?;
+    Ok(tree)
+}
+
+/// Whether `bytes` are an unfinished record (`unfinished/<id>`), as prune and verify read it.
+pub(super) fn parse_unfinished(bytes: &[u8]) -> Option<Vec<String>> {
+    serde_json::from_slice::<Unfinished>(bytes)
+        .ok()
+        .map(|u| u.trees)
 }
 
 /// The ids of the blobs a snapshot's compressed file list is stored in, in order.
