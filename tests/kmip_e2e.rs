@@ -11,12 +11,40 @@ mod pykmip;
 mod support;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, KmipServer, Snapshot};
 use support::cluster::{cluster_or_skip, try_wait_for, wait_for};
 use support::operator::{LONG, Operator, claim, create, member, wait_for_event, wait_for_success};
 use support::real_nodes::{HOST_ALIAS, RealNodes, volume_dir};
+
+/// Restore `snapshot` of the repository at `repo` into `target` with the CLI and the KMIP
+/// flags alone.
+fn restore(
+    repo: &std::path::Path,
+    snapshot: &str,
+    target: &std::path::Path,
+    kmip: &pykmip::PyKmip,
+) {
+    let (repo, target) = (repo.display().to_string(), target.display().to_string());
+    let flags = kmip.cli_flags();
+    support::ok(
+        &pykmip::with(
+            &[
+                "restore",
+                "--repo",
+                &repo,
+                "--snapshot",
+                snapshot,
+                "--target",
+                &target,
+            ],
+            &flags,
+        ),
+        &[],
+    );
+}
 
 fn cond(ks: &KmipServer, t: &str) -> Option<(String, String, String)> {
     ks.status
@@ -196,25 +224,158 @@ async fn kmip_server_status_snapshot_and_rotation() {
     let repo = volume_dir(&ns, "backups").await.join("repo");
     let out = tempfile::tempdir().expect("tempdir");
     let target = out.path().join("restored");
-    support::ok(
-        &[
-            "restore",
-            "--repo",
-            &repo.display().to_string(),
-            "--snapshot",
-            "latest",
-            "--target",
-            &target.display().to_string(),
-            "--kmip-endpoint",
-            &kmip.endpoint(),
-            "--kmip-ca",
-            &kmip.file("ca.pem").display().to_string(),
-            "--kmip-cert",
-            &kmip.file("client.pem").display().to_string(),
-            "--kmip-key",
-            &kmip.file("client.key").display().to_string(),
-        ],
-        &[],
+    restore(&repo, "latest", &target, &kmip);
+    support::assert_same_tree(&data, &target);
+}
+
+/// A master key revoked on the KMIP server between two snapshots (by a security team, say):
+/// the KmipServer replaces it with a new key at its next look (a `KeyReplaced` Event naming
+/// both; the revoked key stays listed, with its state and the snapshot that depends on it).
+/// The repository whose data key only the revoked key unwraps can take no more snapshots (the
+/// server refuses to decrypt under a revoked key): the next Snapshot fails naming the key,
+/// and writes nothing. Moved to a new repository, the job runs under the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_master_key_is_replaced_and_its_repository_refuses_new_snapshots() {
+    let Some(cluster) = cluster_or_skip().await else {
+        return;
+    };
+    let Some(nodes) = RealNodes::get() else {
+        return;
+    };
+    cluster.apply_crds().await;
+    let ns = cluster.namespace("kmip-revoke").await;
+    let kmip = pykmip::PyKmip::start();
+    nodes.expose(kmip.port);
+    let read = |f: &str| std::fs::read_to_string(kmip.file(f)).expect("pki file");
+    create::<Secret>(
+        &ns.api(),
+        json!({"metadata": {"name": "kmip-client"}, "stringData": {
+            "tls.crt": read("client.pem"), "tls.key": read("client.key"), "ca.crt": read("ca.pem")}}),
+    )
+    .await;
+    let _operator = Operator::start(cluster.kubeconfig(), ns.name());
+    let servers: Api<KmipServer> = ns.api();
+    create::<KmipServer>(
+        &servers,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "pykmip"},
+               "spec": {"endpoints": [format!("{HOST_ALIAS}:{}", kmip.port)],
+                        "tls": {"secretName": "kmip-client", "serverName": "localhost"},
+                        "masterKey": {"create": {"name": "revoke-e2e"}}, "pollInterval": "5s"}}),
+    )
+    .await;
+    let ks = try_wait_for(
+        &servers,
+        "pykmip",
+        "the KmipServer to be Ready",
+        LONG,
+        |k| cond(k, "Ready").is_some_and(|c| c.0 == "True"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let first_key = ks.status.and_then(|s| s.active_key_id).expect("active key");
+
+    let data = member(&ns, "rs0-0", "real-a").await;
+    support::make_source(&data);
+    support::chown_mongodb(&data);
+    claim(&ns, "backups", None).await;
+    create::<BackupJob>(
+        &ns.api(),
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "j"},
+               "spec": {"source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
+                                   "syncSource": {"mode": "member", "member": "rs0-0"}},
+                        "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
+                        "encryption": {"kmipServerRef": {"name": "pykmip"}},
+                        "schedule": {"cron": "0 0 1 1 *"}}}),
+    )
+    .await;
+    let snap = |name: &str| {
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot", "metadata": {"name": name},
+               "spec": {"backupJobRef": {"name": "j"}}})
+    };
+    let snaps: Api<Snapshot> = ns.api();
+    create::<Snapshot>(&snaps, snap("before")).await;
+    let st = wait_for_success(&snaps, "before", &ns).await;
+    assert_eq!(st.key_id.as_deref(), Some(first_key.as_str()));
+
+    // Revoked on the server: replaced at the KmipServer's next look.
+    let client = snapcrypt::kms::kmip::KmipClient::new(kmip.config()).expect("client");
+    client
+        .revoke(
+            &first_key,
+            snapcrypt::kms::kmip::RevocationReason::CessationOfOperation,
+            Some("e2e: revoked between two snapshots"),
+        )
+        .await
+        .expect("revoke");
+    let ks = try_wait_for(
+        &servers,
+        "pykmip",
+        "the revoked key to be replaced",
+        LONG,
+        |k| {
+            k.status.as_ref().is_some_and(|s| {
+                s.active_key_id.as_deref().is_some_and(|a| a != first_key)
+                    && cond(k, "KeyActive").is_some_and(|c| c.0 == "True")
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let st = ks.status.clone().expect("status");
+    let new_key = st.active_key_id.clone().expect("active key");
+    let old = st
+        .keys
+        .iter()
+        .find(|k| k.id == first_key)
+        .expect("the revoked key stays listed");
+    assert_ne!(old.state, "Active", "{st:?}");
+    assert_eq!(old.dependent_snapshots, 1, "{st:?}");
+    let note = wait_for_event(&ns, "pykmip", "KeyReplaced").await;
+    assert!(
+        note.contains(&first_key) && note.contains(&new_key),
+        "{note}"
+    );
+
+    // The repository's data key is wrapped under the revoked key, which the server no longer
+    // lets decrypt: the next Snapshot into it fails saying so, and writes nothing.
+    let repo = volume_dir(&ns, "backups").await.join("repo");
+    let count = |d: &str| std::fs::read_dir(repo.join(d)).map_or(0, |r| r.count());
+    let before = (count("data"), count("index"), count("snapshots"));
+    create::<Snapshot>(&snaps, snap("after")).await;
+    let failed = try_wait_for(&snaps, "after", "the Snapshot to fail", LONG, |s| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.phase == RunPhase::Failed)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let message = failed.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        message.contains(&format!("master key \"{first_key}\"")) && message.contains("Active"),
+        "{message}"
+    );
+    assert_eq!(before, (count("data"), count("index"), count("snapshots")));
+
+    // Recovery: the job moved to a new repository runs under the new key, and restores with
+    // the KMIP flags alone.
+    let jobs: Api<BackupJob> = ns.api();
+    jobs.patch(
+        "j",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"destination": {"pvc": {"path": "repo-2"}}}})),
+    )
+    .await
+    .expect("patch");
+    create::<Snapshot>(&snaps, snap("moved")).await;
+    let st = wait_for_success(&snaps, "moved", &ns).await;
+    assert_eq!(st.key_id.as_deref(), Some(new_key.as_str()));
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("restored");
+    restore(
+        &volume_dir(&ns, "backups").await.join("repo-2"),
+        st.repository_snapshot_id.as_deref().expect("id"),
+        &target,
+        &kmip,
     );
     support::assert_same_tree(&data, &target);
 }

@@ -83,6 +83,9 @@ reasons! {
     ForgottenSnapshotsDeleted => Normal,
     Rewrapping => Normal,
     Rotated => Normal,
+    /// The active master key was no longer Active on the server (revoked, deactivated,
+    /// destroyed); a new one replaced it.
+    KeyReplaced => Warning,
     Ready => Normal,
 
     // Problems.

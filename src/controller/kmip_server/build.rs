@@ -62,6 +62,8 @@ pub struct Observed {
     pub jobs_on_active_key: u32,
     /// A rotation done this reconcile: (old key, new key).
     pub rotated: Option<(String, String)>,
+    /// When that rotation replaced a key the server no longer holds Active: its state.
+    pub replaced: Option<String>,
     /// Why the key could not be ensured, if it could not.
     pub key_error: Option<String>,
 }
@@ -311,6 +313,7 @@ mod tests {
             jobs_total: 1,
             jobs_on_active_key: 1,
             rotated: None,
+            replaced: None,
             key_error: None,
         }
     }

@@ -155,6 +155,7 @@ async fn reconcile_keys(
         jobs_total: users.jobs.len() as u32,
         jobs_on_active_key: 0,
         rotated: None,
+        replaced: None,
         key_error: None,
     };
     // Connect.
@@ -184,8 +185,22 @@ async fn reconcile_keys(
             return obs;
         }
     };
+    // A master key revoked, deactivated or destroyed on the server (by a security team, say)
+    // protects nothing new: it is replaced (see `replacement`), and stays listed.
+    if !matches!(state.as_str(), "Active" | "PreActive") {
+        match replacement(ks, &client, &active, &state).await {
+            Some(Ok((id, new_state))) => {
+                obs.rotated = Some((active.clone(), id.clone()));
+                obs.replaced = Some(state.clone());
+                active = id;
+                state = new_state;
+            }
+            Some(Err(e)) => obs.key_error = Some(e),
+            None => {}
+        }
+    }
     // Rotate when due (decided pure, done here), the old key left alone.
-    if state == "Active" && rotation_due(ks, &prev, &active, now) {
+    else if state == "Active" && rotation_due(ks, &prev, &active, now) {
         match rotate(ks, &client, &active).await {
             Ok(id) => {
                 obs.rotated = Some((active.clone(), id.clone()));
@@ -213,6 +228,42 @@ async fn reconcile_keys(
         .count() as u32;
     obs.active_key = Some((active, state));
     obs
+}
+
+/// The key that replaces `active`, which the server holds in `state` (not Active): with
+/// spec.masterKey.create a new key under that name; a key of the user's (keyId) only once
+/// spec.masterKey.keyId names another. Ok((its id, its state)); None: nothing to replace it
+/// with yet (KeyActive=False says so).
+async fn replacement(
+    ks: &KmipServer,
+    client: &KmipClient,
+    active: &str,
+    state: &str,
+) -> Option<Result<(String, String), String>> {
+    if let Some(create) = &ks.spec.master_key.create {
+        return Some(
+            client
+                .create_master_key(&create.name)
+                .await
+                .map(|id| (id, "Active".to_string()))
+                .map_err(|e| {
+                    format!(
+                        "master key {active} is {state}; creating its replacement {}: {e}",
+                        create.name
+                    )
+                }),
+        );
+    }
+    let id = ks
+        .spec
+        .master_key
+        .key_id
+        .clone()
+        .filter(|id| id != active)?;
+    Some(match client.key_state(&id).await {
+        Ok(s) => Ok((id, format!("{s:?}"))),
+        Err(e) => Err(format!("spec.masterKey.keyId {id}: {e}")),
+    })
 }
 
 /// A client of the KmipServer's endpoints and who answered, or why none could be reached.
@@ -384,8 +435,10 @@ async fn reconcile(ks: Arc<KmipServer>, ctx: Arc<Context>) -> Result<Action, Err
         .map_err(Error::UpdateStatus)?;
 
     // Events: a rotation, and Ready changing.
-    if let Some((old, new)) = &obs.rotated {
-        ctx.event(ks.as_ref(), Reason::Rotated, format!("master key rotated from {old} to {new}; {old} is kept (never revoked) for the snapshots that need it")).await;
+    match (&obs.rotated, &obs.replaced) {
+        (Some((old, new)), None) => ctx.event(ks.as_ref(), Reason::Rotated, format!("master key rotated from {old} to {new}; {old} is kept (never revoked) for the snapshots that need it")).await,
+        (Some((old, new)), Some(state)) => ctx.event(ks.as_ref(), Reason::KeyReplaced, format!("master key {old} is {state} on the KMIP server and protects nothing new: replaced by a new key {new}; {old} stays listed for the snapshots that need it")).await,
+        _ => {}
     }
     ctx.announce(ks.as_ref(), &prev.conditions, &status.conditions)
         .await;
