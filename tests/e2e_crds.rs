@@ -16,29 +16,19 @@ use futures::TryStreamExt;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Resource;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use snapcrypt::api::backup_job::BackupJobPhase;
 use snapcrypt::api::{BackupJob, KmipServer, Restore, Snapshot};
 use support::cluster::{
-    Cluster, DEADLINE, FIELD_MANAGER, TestNamespace, api_error_code, cluster_or_skip,
+    Cluster, DEADLINE, FIELD_MANAGER, TestNamespace, api_error_code, api_resource, cluster_or_skip,
     crd_condition, crd_manifests, eventually, manifests_in, wait_for_deletion,
 };
 
 const API_VERSION: &str = "snapcrypt.dev/v1alpha1";
 
 /// The API resource of one of the four kinds.
-fn api_resource(kind: &str) -> ApiResource {
-    match kind {
-        "KmipServer" => ApiResource::erase::<KmipServer>(&()),
-        "BackupJob" => ApiResource::erase::<BackupJob>(&()),
-        "Snapshot" => ApiResource::erase::<Snapshot>(&()),
-        "Restore" => ApiResource::erase::<Restore>(&()),
-        other => panic!("not a snapcrypt kind: {other}"),
-    }
-}
-
 fn dynamic_api(cluster: &Cluster, ns: &TestNamespace, kind: &str) -> Api<DynamicObject> {
     Api::namespaced_with(cluster.client.clone(), ns.name(), &api_resource(kind))
 }

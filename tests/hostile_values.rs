@@ -12,11 +12,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::{Value, json};
 
-use snapcrypt::api::{BackupJob, KmipServer, Restore, Snapshot};
-use support::cluster::{cluster_or_skip, crd_manifests, manifests_in};
+use support::cluster::{api_resource, cluster_or_skip, crd_manifests, manifests_in};
 use support::operator::Operator;
 
 /// A field of a kind's spec: where it is in a manifest, how the API server names it, and the
@@ -128,16 +127,6 @@ fn set(obj: &mut Value, pointer: &str, value: Value) -> Option<String> {
         }
     }
     created
-}
-
-fn api_resource(kind: &str) -> ApiResource {
-    match kind {
-        "KmipServer" => ApiResource::erase::<KmipServer>(&()),
-        "BackupJob" => ApiResource::erase::<BackupJob>(&()),
-        "Snapshot" => ApiResource::erase::<Snapshot>(&()),
-        "Restore" => ApiResource::erase::<Restore>(&()),
-        other => panic!("not a snapcrypt kind: {other}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, KmipServer, Snapshot};
-use support::cluster::{cluster_or_skip, try_wait_for, wait_for};
+use support::cluster::{TestNamespace, cluster_or_skip, try_wait_for, wait_for};
 use support::operator::{LONG, Operator, claim, create, member, wait_for_event, wait_for_success};
 use support::real_nodes::{HOST_ALIAS, RealNodes, volume_dir};
 
@@ -46,6 +46,41 @@ fn restore(
     );
 }
 
+/// A namespace with PyKMIP reachable from pods at `endpoint`, its client certificate in the
+/// Secret `kmip-client` (tls.crt, tls.key, ca.crt), and the operator watching it.
+struct KmipGround {
+    ns: TestNamespace,
+    kmip: pykmip::PyKmip,
+    endpoint: String,
+    _operator: Operator,
+}
+
+impl KmipGround {
+    async fn new(purpose: &str) -> Option<KmipGround> {
+        let cluster = cluster_or_skip().await?;
+        let nodes = RealNodes::get()?;
+        cluster.apply_crds().await;
+        let ns = cluster.namespace(purpose).await;
+        let kmip = pykmip::PyKmip::start();
+        nodes.expose(kmip.port);
+        let endpoint = format!("{HOST_ALIAS}:{}", kmip.port);
+        let read = |f: &str| std::fs::read_to_string(kmip.file(f)).expect("pki file");
+        create::<Secret>(
+            &ns.api(),
+            json!({"metadata": {"name": "kmip-client"}, "stringData": {
+                "tls.crt": read("client.pem"), "tls.key": read("client.key"), "ca.crt": read("ca.pem")}}),
+        )
+        .await;
+        let _operator = Operator::start(cluster.kubeconfig(), ns.name());
+        Some(KmipGround {
+            ns,
+            kmip,
+            endpoint,
+            _operator,
+        })
+    }
+}
+
 fn cond(ks: &KmipServer, t: &str) -> Option<(String, String, String)> {
     ks.status
         .as_ref()?
@@ -57,25 +92,15 @@ fn cond(ks: &KmipServer, t: &str) -> Option<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kmip_server_status_snapshot_and_rotation() {
-    let Some(cluster) = cluster_or_skip().await else {
+    let Some(KmipGround {
+        ns,
+        kmip,
+        endpoint,
+        _operator,
+    }) = KmipGround::new("kmip").await
+    else {
         return;
     };
-    let Some(nodes) = RealNodes::get() else {
-        return;
-    };
-    cluster.apply_crds().await;
-    let ns = cluster.namespace("kmip").await;
-    let kmip = pykmip::PyKmip::start();
-    nodes.expose(kmip.port);
-    let endpoint = format!("{HOST_ALIAS}:{}", kmip.port);
-    let read = |f: &str| std::fs::read_to_string(kmip.file(f)).expect("pki file");
-    create::<Secret>(
-        &ns.api(),
-        json!({"metadata": {"name": "kmip-client"}, "stringData": {
-            "tls.crt": read("client.pem"), "tls.key": read("client.key"), "ca.crt": read("ca.pem")}}),
-    )
-    .await;
-    let _operator = Operator::start(cluster.kubeconfig(), ns.name());
     let servers: Api<KmipServer> = ns.api();
 
     // A server whose Secret is missing: a condition naming the field, not a crash.
@@ -236,29 +261,20 @@ async fn kmip_server_status_snapshot_and_rotation() {
 /// and writes nothing. Moved to a new repository, the job runs under the new key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_master_key_is_replaced_and_its_repository_refuses_new_snapshots() {
-    let Some(cluster) = cluster_or_skip().await else {
+    let Some(KmipGround {
+        ns,
+        kmip,
+        endpoint,
+        _operator,
+    }) = KmipGround::new("kmip-revoke").await
+    else {
         return;
     };
-    let Some(nodes) = RealNodes::get() else {
-        return;
-    };
-    cluster.apply_crds().await;
-    let ns = cluster.namespace("kmip-revoke").await;
-    let kmip = pykmip::PyKmip::start();
-    nodes.expose(kmip.port);
-    let read = |f: &str| std::fs::read_to_string(kmip.file(f)).expect("pki file");
-    create::<Secret>(
-        &ns.api(),
-        json!({"metadata": {"name": "kmip-client"}, "stringData": {
-            "tls.crt": read("client.pem"), "tls.key": read("client.key"), "ca.crt": read("ca.pem")}}),
-    )
-    .await;
-    let _operator = Operator::start(cluster.kubeconfig(), ns.name());
     let servers: Api<KmipServer> = ns.api();
     create::<KmipServer>(
         &servers,
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "pykmip"},
-               "spec": {"endpoints": [format!("{HOST_ALIAS}:{}", kmip.port)],
+               "spec": {"endpoints": [endpoint],
                         "tls": {"secretName": "kmip-client", "serverName": "localhost"},
                         "masterKey": {"create": {"name": "revoke-e2e"}}, "pollInterval": "5s"}}),
     )

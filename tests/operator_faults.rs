@@ -160,6 +160,8 @@ fn ready_of(node: &Node) -> (String, String) {
 
 /// A real S3 server behind the fault proxy, reachable from pods, that holds every write (PUT)
 /// for 15 minutes: a copy into it hangs in the middle. Its credentials are Secret `s3-creds`.
+/// Started with the ground's member filled, BackupJob `j` copying it there with `placement`,
+/// and its Snapshot `j-1` created.
 struct StalledStore {
     proxy: FaultProxy,
     _s3: S3Server,
@@ -167,7 +169,9 @@ struct StalledStore {
 }
 
 impl StalledStore {
-    async fn start(g: &Ground, nodes: &RealNodes) -> StalledStore {
+    async fn start(g: &Ground, nodes: &RealNodes, placement: serde_json::Value) -> StalledStore {
+        support::make_source(&g.data);
+        support::chown_mongodb(&g.data);
         let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
         let s3 = S3Server::start(&work.path().join("s3"), "backups");
         let proxy = FaultProxy::start(s3.port);
@@ -184,11 +188,19 @@ impl StalledStore {
                 "AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY}}),
         )
         .await;
-        StalledStore {
+        let store = StalledStore {
             proxy,
             _s3: s3,
             _work: work,
-        }
+        };
+        g.job_spec(
+            "j",
+            json!({"consistency": {"mode": "stoppedMember"}}),
+            json!({"destination": store.destination(), "placement": placement}),
+        )
+        .await;
+        g.snapshot("j-1", "j").await;
+        store
     }
 
     /// A BackupJob's destination in it.
@@ -221,16 +233,7 @@ async fn a_copy_that_hangs_is_stopped_at_its_run_timeout() {
     let Some(nodes) = RealNodes::get() else {
         return;
     };
-    support::make_source(&g.data);
-    support::chown_mongodb(&g.data);
-    let store = StalledStore::start(&g, nodes).await;
-    g.job_spec(
-        "j",
-        json!({"consistency": {"mode": "stoppedMember"}}),
-        json!({"destination": store.destination(), "placement": {"runTimeout": "20s"}}),
-    )
-    .await;
-    g.snapshot("j-1", "j").await;
+    let store = StalledStore::start(&g, nodes, json!({"runTimeout": "20s"})).await;
     store.writing().await;
     let snaps: Api<Snapshot> = g.ns.api();
     let done = wait_for(
@@ -294,16 +297,7 @@ async fn a_member_node_lost_mid_copy_fails_the_attempt_naming_the_node() {
     let Some(g) = Ground::with("node-lost", opts).await else {
         return;
     };
-    support::make_source(&g.data);
-    support::chown_mongodb(&g.data);
-    let store = StalledStore::start(&g, nodes).await;
-    g.job_spec(
-        "j",
-        json!({"consistency": {"mode": "stoppedMember"}}),
-        json!({"destination": store.destination(), "placement": {"nodeLostTimeout": "10s"}}),
-    )
-    .await;
-    g.snapshot("j-1", "j").await;
+    let store = StalledStore::start(&g, nodes, json!({"nodeLostTimeout": "10s"})).await;
     let snaps: Api<Snapshot> = g.ns.api();
     wait_for(&snaps, "j-1", "the copy to run", LONG, |s| {
         s.status

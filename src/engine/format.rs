@@ -354,11 +354,11 @@ pub fn fuzz_repository_bytes(data: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A fixed-seed generator of hostile bytes (xorshift64: no dependency for a test).
-    fn noise(mut seed: u64) -> impl FnMut() -> u64 {
+    pub(crate) fn noise(mut seed: u64) -> impl FnMut() -> u64 {
         move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;

@@ -554,3 +554,15 @@ pub fn api_error_code<T>(result: &kube::Result<T>) -> Option<u16> {
         _ => None,
     }
 }
+
+/// The API resource of a snapcrypt kind by its name.
+pub fn api_resource(kind: &str) -> kube::api::ApiResource {
+    use snapcrypt::api::{BackupJob, KmipServer, Restore, Snapshot};
+    match kind {
+        "KmipServer" => kube::api::ApiResource::erase::<KmipServer>(&()),
+        "BackupJob" => kube::api::ApiResource::erase::<BackupJob>(&()),
+        "Snapshot" => kube::api::ApiResource::erase::<Snapshot>(&()),
+        "Restore" => kube::api::ApiResource::erase::<Restore>(&()),
+        other => panic!("not a snapcrypt kind: {other}"),
+    }
+}

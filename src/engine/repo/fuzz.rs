@@ -54,16 +54,7 @@ pub fn fuzz_repository_documents(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A fixed-seed generator of hostile bytes (xorshift64).
-    fn noise(mut seed: u64) -> impl FnMut() -> u64 {
-        move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        }
-    }
+    use crate::engine::format::tests::noise;
 
     /// The checked-in seeds of the fuzz target (fuzz/seeds/repository_documents/): a config
     /// and a key record of a real repository, a snapshot manifest, a file list (its JSON: the
