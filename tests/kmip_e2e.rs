@@ -81,6 +81,31 @@ impl KmipGround {
     }
 }
 
+/// KmipServer `pykmip` of the ground's PyKMIP at `endpoint` (client Secret `kmip-client`,
+/// polled every 5 s), `spec` merged into its spec, once it is Ready.
+async fn ready_server(
+    servers: &Api<KmipServer>,
+    endpoint: &str,
+    spec: serde_json::Value,
+) -> KmipServer {
+    let mut full = json!({"endpoints": [endpoint],
+        "tls": {"secretName": "kmip-client", "serverName": "localhost"}, "pollInterval": "5s"});
+    if let (Some(f), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+        f.extend(extra.clone());
+    }
+    create::<KmipServer>(
+        servers,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer",
+               "metadata": {"name": "pykmip"}, "spec": full}),
+    )
+    .await;
+    try_wait_for(servers, "pykmip", "the KmipServer to be Ready", LONG, |k| {
+        cond(k, "Ready").is_some_and(|c| c.0 == "True")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn cond(ks: &KmipServer, t: &str) -> Option<(String, String, String)> {
     ks.status
         .as_ref()?
@@ -128,23 +153,13 @@ async fn kmip_server_status_snapshot_and_rotation() {
     );
 
     // The real one: status reflects PyKMIP; the master key is created and Active.
-    create::<KmipServer>(
+    let ks = ready_server(
         &servers,
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "pykmip"},
-               "spec": {"endpoints": [endpoint], "tls": {"secretName": "kmip-client", "serverName": "localhost"},
-                        "masterKey": {"create": {"name": "e2e-master"}},
-                        "rotation": {"period": "1m", "rewrapExisting": true}, "pollInterval": "5s"}}),
+        &endpoint,
+        json!({"masterKey": {"create": {"name": "e2e-master"}},
+               "rotation": {"period": "1m", "rewrapExisting": true}}),
     )
     .await;
-    let ks = try_wait_for(
-        &servers,
-        "pykmip",
-        "the KmipServer to be Ready",
-        LONG,
-        |k| cond(k, "Ready").is_some_and(|c| c.0 == "True"),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
     let st = ks.status.clone().expect("status");
     let server = st.server.clone().expect("server identity");
     assert!(
@@ -271,23 +286,12 @@ async fn a_revoked_master_key_is_replaced_and_its_repository_refuses_new_snapsho
         return;
     };
     let servers: Api<KmipServer> = ns.api();
-    create::<KmipServer>(
+    let ks = ready_server(
         &servers,
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "pykmip"},
-               "spec": {"endpoints": [endpoint],
-                        "tls": {"secretName": "kmip-client", "serverName": "localhost"},
-                        "masterKey": {"create": {"name": "revoke-e2e"}}, "pollInterval": "5s"}}),
+        &endpoint,
+        json!({"masterKey": {"create": {"name": "revoke-e2e"}}}),
     )
     .await;
-    let ks = try_wait_for(
-        &servers,
-        "pykmip",
-        "the KmipServer to be Ready",
-        LONG,
-        |k| cond(k, "Ready").is_some_and(|c| c.0 == "True"),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
     let first_key = ks.status.and_then(|s| s.active_key_id).expect("active key");
 
     let data = member(&ns, "rs0-0", "real-a").await;
