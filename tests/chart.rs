@@ -127,6 +127,34 @@ fn kubernetes_validate() -> PathBuf {
         .expect("kubernetes-validate is not installed in the test venv: run .ci/install-deps.sh")
 }
 
+/// The Prometheus Operator's CRDs, vendored (each file's header names its source).
+const PROMETHEUS_OPERATOR_CRDS: [&str; 2] = [
+    "tests/fixtures/prometheus-operator/monitoring.coreos.com_prometheusrules.yaml",
+    "tests/fixtures/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml",
+];
+
+/// The objects in `files` of the kinds the Prometheus Operator's CRDs define, checked against
+/// their openAPIV3Schema with unknown fields refused (`tests/support/validate_cr.py`, in the test
+/// venv: kubernetes-validate knows no CRD). Returns whether every one was valid, and at least one
+/// was checked, with what it printed (`ok KIND/NAME`, or `KIND/NAME: PATH: ERROR`).
+fn validate_prometheus_operator_objects(files: &[PathBuf]) -> (bool, String) {
+    let python = services_env("SNAPCRYPT_PYTHON")
+        .expect("the test venv's python is not installed: run .ci/install-deps.sh");
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/support/validate_cr.py"))
+        .args(PROMETHEUS_OPERATOR_CRDS.map(|crd| repo_root().join(crd)))
+        .arg("--")
+        .args(files)
+        .output()
+        .expect("run tests/support/validate_cr.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// lua5.1 (services.env names it; else on PATH).
 fn lua() -> PathBuf {
     services_env("LUA")
@@ -152,6 +180,7 @@ leaderElection: {enabled: true}
 podDisruptionBudget: {minAvailable: 2}
 metrics:
   serviceMonitor: {enabled: true, interval: 1m, labels: {release: prometheus}}
+  prometheusRule: {enabled: true, labels: {release: prometheus}}
 image: {repository: registry.example.com/snapcrypt, tag: 0.1.0-rc1, pullPolicy: Always}
 imagePullSecrets: [{name: regcred}]
 agent: {image: registry.example.com/snapcrypt-agent:0.1.0-rc1}
@@ -256,7 +285,7 @@ fn strings(v: &Value) -> Vec<String> {
 const OPERATOR_RULES: &[(&str, &str, &str)] = &[
     ("snapcrypt.dev", "backupjobs", "get list watch"),
     ("snapcrypt.dev", "kmipservers", "get list watch"),
-    ("snapcrypt.dev", "restores", "get list watch"),
+    ("snapcrypt.dev", "restores", "get list watch create delete"),
     (
         "snapcrypt.dev",
         "snapshots",
@@ -268,9 +297,14 @@ const OPERATOR_RULES: &[(&str, &str, &str)] = &[
     ("snapcrypt.dev", "kmipservers/status", "patch"),
     ("snapcrypt.dev", "backupjobs/finalizers", "update"),
     ("snapcrypt.dev", "snapshots/finalizers", "update"),
-    ("", "pods", "list watch create patch delete"),
+    ("snapcrypt.dev", "restores/finalizers", "update"),
+    ("", "pods", "get list watch create patch delete"),
     ("", "secrets", "get"),
-    ("", "persistentvolumeclaims", "get list create patch delete"),
+    (
+        "",
+        "persistentvolumeclaims",
+        "get list watch create patch delete",
+    ),
     (
         "snapshot.storage.k8s.io",
         "volumesnapshots",
@@ -454,11 +488,20 @@ fn renders_are_valid_kubernetes_manifests() {
             out.status.success() && !text.contains("ERROR"),
             "kubernetes-validate --strict -k {version} refused a render:\n{text}"
         );
-        // It knows no ServiceMonitor schema (a CRD); everything else it checked.
+        // It knows no schema of a CRD's kind (checked below); everything else it checked.
         for line in text.lines().filter(|l| l.contains("WARN")) {
-            assert!(line.contains("ServiceMonitor"), "unexpected: {line}");
+            assert!(
+                line.contains("ServiceMonitor") || line.contains("PrometheusRule"),
+                "unexpected: {line}"
+            );
         }
     }
+    let (valid, text) = validate_prometheus_operator_objects(&files);
+    assert!(
+        valid && text.contains("ok ServiceMonitor/") && text.contains("ok PrometheusRule/"),
+        "a render's ServiceMonitor or PrometheusRule is not valid against the Prometheus \
+         Operator's CRD:\n{text}"
+    );
 }
 
 #[test]
@@ -633,6 +676,14 @@ fn other_values_render_as_asked() {
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http-metrics");
     assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "1m");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["honorLabels"], true,
+        "the per-BackupJob metrics keep their namespace and job labels"
+    );
+    assert_eq!(
+        one(&objs, "PrometheusRule")["metadata"]["labels"]["release"],
+        "prometheus"
+    );
     let lease = role_triples_with_names(named(&objs, "Role", "snapcrypt-leader-election"));
     assert_eq!(
         lease,
@@ -729,6 +780,128 @@ fn role_triples_with_names(role: &Value) -> BTreeSet<(String, String, String)> {
     out
 }
 
+/// The alerts of the PrometheusRule (metrics.prometheusRule), in order; docs/OPERATIONS.md has
+/// a section on each.
+const ALERTS: [&str; 6] = [
+    "SnapcryptNoRecentSnapshot",
+    "SnapcryptRestoreTestFailed",
+    "SnapcryptVerificationFoundDamage",
+    "SnapcryptVerificationFailed",
+    "SnapcryptMasterKeyOverdue",
+    "SnapcryptSnapshotStuck",
+];
+
+/// The metric names (`snapcrypt_[a-z_]+`) a PromQL expression reads.
+fn metric_names_in(expr: &str) -> BTreeSet<String> {
+    expr.match_indices("snapcrypt_")
+        .map(|(i, _)| {
+            expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect::<String>()
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_rule_is_valid_and_alerts_on_exported_metrics() {
+    let values = "metrics: {prometheusRule: {enabled: true, labels: {release: prometheus}}}";
+    let three = render(Helm::V3, "rule", values);
+    assert!(
+        three == render(Helm::V4, "rule", values),
+        "helm 3 and helm 4 render the PrometheusRule differently"
+    );
+    let objs = objects(&three);
+    let rule = one(&objs, "PrometheusRule");
+    assert_eq!(rule["metadata"]["namespace"], "snapcrypt-system");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+
+    // Valid against the Prometheus Operator's CRD, unknown fields refused; and the check does
+    // refuse a misspelt field and a malformed duration.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, obj: &Value| {
+        let path = dir.path().join(format!("{name}.json"));
+        fs::write(&path, serde_json::to_string(obj).unwrap()).unwrap();
+        path
+    };
+    let (valid, text) = validate_prometheus_operator_objects(&[write("rule", rule)]);
+    assert!(
+        valid && text.contains("ok PrometheusRule/snapcrypt"),
+        "the PrometheusRule is not valid against its CRD:\n{text}"
+    );
+    let expr = rule["spec"]["groups"][0]["rules"][0]["expr"].clone();
+    let mut misspelt = rule.clone();
+    misspelt["spec"]["groups"][0]["rules"][0]["exprr"] = expr;
+    let mut bad_for = rule.clone();
+    bad_for["spec"]["groups"][0]["rules"][0]["for"] = json!("10 minutes");
+    for (name, broken, word) in [
+        ("misspelt", misspelt, "exprr"),
+        ("bad-for", bad_for, "10 minutes"),
+    ] {
+        let (valid, text) = validate_prometheus_operator_objects(&[write(name, &broken)]);
+        assert!(
+            !valid && text.contains(word),
+            "the CRD check took a PrometheusRule with {word:?}:\n{text}"
+        );
+    }
+
+    // The six alerts in one group, each reading only metrics the operator exports, with a
+    // severity, words naming the BackupJob, and a runbook section in docs/OPERATIONS.md.
+    let exported: BTreeSet<String> = snapcrypt::controller::metrics::metric_names()
+        .into_iter()
+        .collect();
+    let operations = fs::read_to_string(repo_root().join("docs/OPERATIONS.md")).unwrap();
+    let groups = rule["spec"]["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["name"], "snapcrypt");
+    let rules = groups[0]["rules"].as_array().expect("rules");
+    let alerts: Vec<&str> = rules
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(alerts, ALERTS, "the alerts of the PrometheusRule");
+    for r in rules {
+        let alert = r["alert"].as_str().unwrap();
+        let expr = r["expr"].as_str().expect("expr");
+        let read = metric_names_in(expr);
+        assert!(
+            !read.is_empty(),
+            "{alert} reads no snapcrypt metric: {expr}"
+        );
+        let unknown: Vec<&String> = read.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{alert} reads {unknown:?}, which metric_names() does not list: {expr}"
+        );
+        assert!(r["labels"]["severity"].is_string(), "{alert}: no severity");
+        assert!(
+            r["annotations"]["summary"].is_string(),
+            "{alert}: no summary"
+        );
+        assert!(
+            r["annotations"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("{{ $labels.namespace }}/{{ $labels.job }}")),
+            "{alert}: the description does not name the BackupJob"
+        );
+        assert_eq!(
+            r["annotations"]["runbook_url"],
+            format!("docs/OPERATIONS.md#{}", alert.to_lowercase())
+        );
+        assert!(
+            operations.lines().any(|l| l == format!("### {alert}")),
+            "docs/OPERATIONS.md has no section `### {alert}` (the runbook_url's anchor)"
+        );
+    }
+
+    // Off by default.
+    let objs = objects(&render(Helm::V3, "default", ""));
+    assert!(
+        objs.iter().all(|o| o["kind"] != "PrometheusRule"),
+        "the default render has a PrometheusRule"
+    );
+}
+
 /// The args the chart gives the operator, run through the real command line with `--help`
 /// last: clap refuses an unknown flag or a bad value before it prints help.
 fn operator_cli(args: &[String]) -> Output {
@@ -783,6 +956,18 @@ const BAD_VALUES: &[(&str, &str)] = &[
         "watchNamespace",
     ),
     ("metrics: {serviceMonitor: {interval: soon}}", "interval"),
+    (
+        "metrics: {prometheusRule: {noSnapshotFactor: 0.5}}",
+        "noSnapshotFactor",
+    ),
+    (
+        "metrics: {prometheusRule: {for: {SnapcryptSnapshotStuck: soon}}}",
+        "SnapcryptSnapshotStuck",
+    ),
+    (
+        "metrics: {prometheusRule: {severity: {SnapcryptSnapshotStuk: page}}}",
+        "SnapcryptSnapshotStuk",
+    ),
     ("imagePullSecrets: [regcred]", "imagePullSecrets"),
     ("resources: {requests: {memory: lots}}", "memory"),
     // The templates: checks that span values.

@@ -20,6 +20,31 @@ pub struct SnapshotResult {
     pub retention: Option<RetentionResult>,
 }
 
+/// The result line of a `snapcrypt agent verify` that ran to its end, damage or not: damage
+/// is in `problems`, and the pod exits 0 so that the line is read.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyResult {
+    /// Packs in the repository.
+    pub packs: u64,
+    /// Packs read whole.
+    pub packs_read: u64,
+    pub bytes_read: u64,
+    /// The group of packs read, `k/n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    /// Problems found in all.
+    pub problem_count: u64,
+    /// The first [`MAX_PROBLEMS`] problems, each at most [`MAX_PROBLEM_LEN`] bytes.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+/// Problems a verify result line names (the count says how many in all).
+pub const MAX_PROBLEMS: usize = 8;
+/// The longest problem kept in a verify result line.
+pub const MAX_PROBLEM_LEN: usize = 300;
+
 /// An agent's result from its termination message: the last non-empty line, as JSON. Shared
 /// by the snapshot agent's [`SnapshotResult`] and the restore agent's `RestoreStats`.
 pub fn parse_result_line<T: serde::de::DeserializeOwned>(message: &str) -> Option<T> {

@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{LocalRef, Progress, SecretKeyRef};
+use super::verification::{RestoreTestRun, Verification, VerificationRun};
 
 /// Encrypted snapshots of one MongoDB replica set's data volume, on a schedule or once.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -45,6 +46,11 @@ use super::common::{LocalRef, Progress, SecretKeyRef};
         json_path = ".status.nextScheduleTime"
     ),
     printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId"),
+    printcolumn(
+        name = "Restore Test",
+        type_ = "string",
+        json_path = ".status.lastRestoreTest.result"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -92,6 +98,9 @@ pub struct BackupJobSpec {
     /// Where snapshot pods may run, beyond what the member decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// Scheduled proof that the backups restore: reading the data, restore tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
 }
 
 /// Scheduling of the snapshot pods. A pod that mounts the member's data volume runs on the
@@ -547,4 +556,16 @@ pub struct BackupJobStatus {
     /// Master key id new data keys are wrapped under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// The last scheduled read of the repository's data (spec.verification.readData).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification: Option<VerificationRun>,
+    /// Data-verification runs started so far; the next reads pack group (runs mod n) + 1.
+    #[serde(default)]
+    pub verification_runs: u64,
+    /// The last restore test that ended (spec.verification.restoreTest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore_test: Option<RestoreTestRun>,
+    /// The Restore of the restore test running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_restore_test: Option<String>,
 }

@@ -6,6 +6,7 @@ pub mod common;
 pub mod kmip_server;
 pub mod restore;
 pub mod snapshot;
+pub mod verification;
 
 pub use backup_job::{BackupJob, BackupJobSpec, BackupJobStatus};
 pub use common::{GROUP, VERSION};

@@ -2,12 +2,14 @@
 // kube-derive repeats `printcolumn(name, type_, ...)` per column; clippy reads that as duplicates.
 #![allow(clippy::duplicated_attributes)]
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{LocalRef, Progress};
 use super::snapshot::RunPhase;
+use super::verification::{CheckContainer, CheckResult};
 
 /// Restores one Snapshot into a PersistentVolumeClaim.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -50,6 +52,14 @@ pub struct RestoreSpec {
     pub snapshot_ref: LocalRef,
     /// Where to write the files.
     pub target: RestoreTarget,
+    /// Read every restored file back and compare it with the snapshot (contents chunk by
+    /// chunk, size, mode) before the restore counts as done.
+    #[serde(default)]
+    pub verify_restored: bool,
+    /// A container run on the restored volume once the restore is done; its exit code and
+    /// termination message are the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckContainer>,
 }
 
 /// A directory on a PersistentVolumeClaim to restore into.
@@ -67,6 +77,36 @@ pub struct RestoreTarget {
     /// and nothing is written.
     #[serde(default)]
     pub force: bool,
+    /// Create the claim for this restore, and delete it once the restore and its check are
+    /// over, whatever happened (a restore test). The claim must not exist yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<ScratchClaim>,
+}
+
+/// A claim the operator creates for one Restore and deletes afterwards.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScratchClaim {
+    /// Its StorageClass; absent means the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Its size.
+    pub size: Quantity,
+}
+
+/// The check container's run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatus {
+    /// The check pod.
+    pub pod: String,
+    /// Running, Succeeded, or Failed.
+    #[serde(default)]
+    pub result: CheckResult,
+    /// Its termination message, or what Kubernetes said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What the operator last saw of a Restore.
@@ -100,4 +140,10 @@ pub struct RestoreStatus {
     /// Progress as one short line, for the printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_summary: Option<String>,
+    /// The check container's run (spec.check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckStatus>,
+    /// The scratch claim (spec.target.scratch) was deleted.
+    #[serde(default)]
+    pub scratch_claim_deleted: bool,
 }

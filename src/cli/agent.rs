@@ -16,7 +16,10 @@ use serde::de::DeserializeOwned;
 use super::CliError;
 use super::backup::{BackupArgs, KeyFile, perform};
 use super::prune::RetentionArgs;
-use crate::api::agent::{MAX_FORGOTTEN_IDS, MAX_RETENTION_ERROR, RetentionResult, SnapshotResult};
+use crate::api::agent::{
+    MAX_FORGOTTEN_IDS, MAX_PROBLEM_LEN, MAX_PROBLEMS, MAX_RETENTION_ERROR, RetentionResult,
+    SnapshotResult, VerifyResult,
+};
 use crate::api::common::Progress as ProgressStatus;
 use crate::api::{Restore, Snapshot};
 use crate::controller::AGENT_FIELD_MANAGER;
@@ -39,6 +42,23 @@ pub enum AgentCommand {
     /// Restore one snapshot for the operator: into --target, report progress into the
     /// Restore's status, and leave the result in the termination message.
     Restore(RestoreAgentArgs),
+    /// Verify the repository for the operator (a BackupJob's readData): read the group of
+    /// packs given, and leave the report in the termination message. Damage found is in the
+    /// report (exit 0); an error that stops the run is the message (exit 1).
+    Verify(VerifyAgentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyAgentArgs {
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub repo: super::repo_args::RepoArgs,
+    #[command(flatten)]
+    pub keys: super::keys::KeyArgs,
+    /// Read group K of N of the packs.
+    #[arg(long, value_name = "K/N", value_parser = crate::engine::verify::DataSubset::parse)]
+    pub read_data_subset: crate::engine::verify::DataSubset,
 }
 
 /// Where an agent reports to: the namespace, the termination message, how often.
@@ -113,6 +133,45 @@ pub async fn run(args: AgentArgs) -> Result<(), CliError> {
     match args.command {
         AgentCommand::Snapshot(a) => snapshot(a).await,
         AgentCommand::Restore(a) => restore(a).await,
+        AgentCommand::Verify(a) => verify(a).await,
+    }
+}
+
+async fn verify(args: VerifyAgentArgs) -> Result<(), CliError> {
+    let run = async {
+        let km = args.keys.key_manager(false).await?;
+        let repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
+        let report =
+            crate::engine::verify::verify(&repo, None, Some(args.read_data_subset)).await?;
+        Ok::<_, CliError>(report)
+    };
+    match run.await {
+        Ok(report) => {
+            let result = VerifyResult {
+                packs: report.packs as u64,
+                packs_read: report.packs_read as u64,
+                bytes_read: report.bytes_read,
+                subset: report.subset.clone(),
+                problem_count: report.problems.len() as u64,
+                problems: report
+                    .problems
+                    .iter()
+                    .take(MAX_PROBLEMS)
+                    .map(|p| crate::controller::truncate(p, MAX_PROBLEM_LEN))
+                    .collect(),
+            };
+            for p in &report.problems {
+                eprintln!("snapcrypt: {p}");
+            }
+            let line = serde_json::to_string(&result)?;
+            write_termination_log(&args.report.termination_log, &line);
+            println!("{line}");
+            Ok(())
+        }
+        Err(e) => {
+            write_termination_log(&args.report.termination_log, &e.to_string());
+            Err(e)
+        }
     }
 }
 

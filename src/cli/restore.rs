@@ -32,6 +32,10 @@ pub struct RestoreArgs {
     /// a target is refused and the extra entries are named).
     #[arg(long, requires = "force")]
     pub delete_extra: bool,
+    /// Once restored, read every file back and compare it with the snapshot (contents chunk by
+    /// chunk, size, mode, link targets); a difference fails the restore, naming the entries.
+    #[arg(long)]
+    pub check: bool,
     /// Print the result as JSON, and progress as JSON lines on stderr.
     #[arg(long)]
     pub json: bool,
@@ -48,6 +52,7 @@ pub async fn perform(
     let opts = RestoreOptions {
         force: args.force,
         delete_extra: args.delete_extra,
+        check: args.check,
         ..Default::default()
     };
     Ok(restore(&repo, &snap, &args.target, opts, progress).await?)
@@ -68,11 +73,16 @@ pub async fn run(args: RestoreArgs) -> Result<(), CliError> {
         println!("{}", serde_json::to_string(&stats)?);
     } else {
         eprintln!(
-            "snapcrypt: restored snapshot {} ({} files, {}) into {}, every chunk verified",
+            "snapcrypt: restored snapshot {} ({} files, {}) into {}, every chunk verified{}",
             stats.snapshot,
             stats.files,
             human_bytes(stats.bytes),
-            args.target.display()
+            args.target.display(),
+            if stats.checked {
+                ", every file read back and matched"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

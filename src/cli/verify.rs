@@ -7,6 +7,7 @@ use super::keys::KeyArgs;
 use super::repo_args::RepoArgs;
 use crate::engine::progress::human_bytes;
 use crate::engine::repo::Repository;
+use crate::engine::verify::DataSubset;
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -20,6 +21,9 @@ pub struct VerifyArgs {
     /// Also read every pack, check it against its name and open every blob.
     #[arg(long)]
     pub read_data: bool,
+    /// Read only group K of N of the packs (1 <= K <= N); groups 1..N in turn read them all.
+    #[arg(long, value_name = "K/N", value_parser = DataSubset::parse, conflicts_with = "read_data")]
+    pub read_data_subset: Option<DataSubset>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -28,8 +32,12 @@ pub struct VerifyArgs {
 pub async fn run(args: VerifyArgs) -> Result<(), CliError> {
     let km = args.keys.key_manager(false).await?;
     let repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
-    let report =
-        crate::engine::verify::verify(&repo, args.snapshot.as_deref(), args.read_data).await?;
+    let read = match (args.read_data, args.read_data_subset) {
+        (_, Some(subset)) => Some(subset),
+        (true, None) => Some(DataSubset::ALL),
+        (false, None) => None,
+    };
+    let report = crate::engine::verify::verify(&repo, args.snapshot.as_deref(), read).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -41,8 +49,17 @@ pub async fn run(args: VerifyArgs) -> Result<(), CliError> {
             report.snapshots,
             report.packs,
             report.blobs,
-            if args.read_data {
-                format!(", read {}", human_bytes(report.bytes_read))
+            if read.is_some() {
+                format!(
+                    ", read {} packs{} ({})",
+                    report.packs_read,
+                    report
+                        .subset
+                        .as_ref()
+                        .map(|s| format!(" of group {s}"))
+                        .unwrap_or_default(),
+                    human_bytes(report.bytes_read)
+                )
             } else {
                 String::new()
             }

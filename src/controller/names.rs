@@ -20,6 +20,15 @@ pub const MEMBER_REASON_ANNOTATION: &str = "snapcrypt.dev/member-reason";
 /// Annotation with the scheduled time (RFC 3339) a Snapshot was created for.
 pub const SCHEDULED_TIME: &str = "snapcrypt.dev/scheduled-time";
 
+/// Label carrying the uid of the BackupJob a verify pod reads the repository of.
+pub const VERIFY_JOB_UID_LABEL: &str = "snapcrypt.dev/verify-job-uid";
+/// Label carrying the uid of the BackupJob a restore-test Restore was created by.
+pub const RESTORE_TEST_JOB_UID_LABEL: &str = "snapcrypt.dev/restore-test-job-uid";
+/// Label naming the BackupJob of a restore-test Restore (when the name fits a label value).
+pub const RESTORE_TEST_LABEL: &str = "snapcrypt.dev/restore-test";
+/// Label carrying the uid of the Restore a check pod judges.
+pub const CHECK_RESTORE_UID_LABEL: &str = "snapcrypt.dev/check-restore-uid";
+
 /// Longest Kubernetes object name (DNS subdomain).
 const MAX_NAME: usize = 253;
 /// Longest label value.
@@ -32,6 +41,28 @@ pub fn scheduled_snapshot_name(job: &str, scheduled: jiff::Timestamp) -> String 
         .strftime("%Y%m%d%H%M")
         .to_string();
     format!("{}-{stamp}", fit(job, MAX_NAME - stamp.len() - 1))
+}
+
+/// `<job>-verify-<yyyymmddhhmm>`, the name of a scheduled verify pod.
+pub fn verify_pod_name(job: &str, scheduled: jiff::Timestamp) -> String {
+    scheduled_snapshot_name(&format!("{}-verify", fit(job, MAX_NAME - 20)), scheduled)
+}
+
+/// `<job>-rt-<yyyymmddhhmm>`, the name of a scheduled restore test's Restore (and of its
+/// scratch claim).
+pub fn restore_test_name(job: &str, scheduled: jiff::Timestamp) -> String {
+    scheduled_snapshot_name(&format!("{}-rt", fit(job, MAX_NAME - 16)), scheduled)
+}
+
+/// `<restore>-check`, the name of a Restore's check pod.
+pub fn check_pod_name(restore: &str) -> String {
+    let suffix = "-check";
+    format!("{}{suffix}", fit(restore, MAX_NAME - suffix.len()))
+}
+
+/// A label value for `name`, if it fits one.
+pub fn label_value(name: &str) -> Option<&str> {
+    (name.len() <= MAX_LABEL).then_some(name)
 }
 
 /// `<snapshot>-<attempt>`, the name of a snapshot pod.

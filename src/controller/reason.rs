@@ -87,6 +87,19 @@ reasons! {
     /// destroyed); a new one replaced it.
     KeyReplaced => Warning,
     Ready => Normal,
+    /// A scheduled read of part of the repository's data started (a verify pod).
+    VerificationStarted => Normal,
+    /// DataVerified=True: the last read found no damage.
+    DataVerified => Normal,
+    /// A restore test's Restore was created.
+    RestoreTestCreated => Normal,
+    /// RestoreTested=True: the last restore test restored, read back and passed its check.
+    RestoreTestPassed => Normal,
+    /// A Restore's check container is running on the restored volume.
+    Checking => Normal,
+    /// The scratch claim of a Restore was created, or deleted once it was over.
+    ScratchClaimCreated => Normal,
+    ScratchClaimDeleted => Normal,
 
     // Problems.
     InvalidSpec => Warning,
@@ -129,6 +142,18 @@ reasons! {
     /// The KmipServer's active key's state could not be read.
     Unknown => Warning,
     NotReady => Warning,
+    /// DataVerified=False: the last read found damaged or missing objects (named).
+    DataDamaged => Warning,
+    /// DataVerified=False: the last read could not finish.
+    VerificationFailed => Warning,
+    /// RestoreTested=False: the last restore test failed (restore, read-back or check).
+    RestoreTestFailed => Warning,
+    /// A restore test could not be created (no snapshot, no size for the scratch claim).
+    RestoreTestNotStarted => Warning,
+    /// A Restore's check container failed: its message says why.
+    CheckFailed => Warning,
+    /// spec.target.scratch names a claim that exists and this Restore did not create.
+    ScratchClaimExists => Warning,
 }
 
 impl Reason {

@@ -20,10 +20,53 @@ pub struct VerifyReport {
     pub packs: usize,
     pub blobs: usize,
     pub bytes_read: u64,
+    /// Packs read whole (with `read_data`: all of them, or those of the subset).
+    pub packs_read: usize,
+    /// The subset of packs read, as `k/n` (absent: all, or none without `read_data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
     /// File-list pieces no snapshot names that an interrupted backup or prune left (their
     /// unfinished record says so): not damage; the next prune removes them.
     pub leftover_file_lists: usize,
     pub problems: Vec<String>,
+}
+
+/// One of `n` groups of packs, numbered 1 to `n`: a pack belongs to group
+/// `(first 8 hex digits of its id as a number) mod n + 1`. Pack ids are hashes, so the groups
+/// are about equal, and reading group 1, 2, ..., n in turn reads every pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataSubset {
+    pub k: u32,
+    pub n: u32,
+}
+
+impl DataSubset {
+    /// Every pack.
+    pub const ALL: DataSubset = DataSubset { k: 1, n: 1 };
+
+    /// Parse `k/n` with 1 <= k <= n <= 10000.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not K/N with 1 <= K <= N <= 10000 (for example 3/10)");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (k, n): (u32, u32) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if k == 0 || k > n || n > 10_000 {
+            return Err(bad());
+        }
+        Ok(DataSubset { k, n })
+    }
+
+    /// Whether the pack named `id` (hex) is in this group.
+    pub fn contains(&self, id: &str) -> bool {
+        let head = id.get(..8).and_then(|h| u32::from_str_radix(h, 16).ok());
+        // A name that is not hex is read by group 1, so it is never skipped for good.
+        head.unwrap_or(0) % self.n + 1 == self.k
+    }
+}
+
+impl std::fmt::Display for DataSubset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.k, self.n)
+    }
 }
 
 /// The exact size of a pack holding `entries`.
@@ -33,11 +76,12 @@ fn expected_pack_size(entries: &[&BlobEntry]) -> u64 {
 }
 
 /// Check the repository (or one snapshot of it), under a shared lock so no prune removes
-/// what is being checked (a repository read-only to us is read without one).
+/// what is being checked (a repository read-only to us is read without one). With
+/// `read_data`, the packs of that subset are also read whole.
 pub async fn verify(
     repo: &Repository,
     snapshot: Option<&str>,
-    read_data: bool,
+    read_data: Option<DataSubset>,
 ) -> Result<VerifyReport, EngineError> {
     let (lock, _) = super::lock::RepoLock::acquire_reader(
         &repo.backend,
@@ -54,7 +98,7 @@ pub async fn verify(
 async fn run_verify(
     repo: &Repository,
     snapshot: Option<&str>,
-    read_data: bool,
+    read_data: Option<DataSubset>,
 ) -> Result<VerifyReport, EngineError> {
     let mut report = VerifyReport::default();
     let (index, pack_entries) = load_indexes(repo, &mut report).await?;
@@ -73,16 +117,20 @@ async fn run_verify(
         orphan_file_lists(&index, &snaps, &excused, &mut report);
     }
     let needed_packs = check_file_lists(repo, &index, &snaps, &mut report).await;
-    if read_data {
-        let which: Vec<u32> = if snapshot.is_some() {
-            let mut v: Vec<u32> = needed_packs.into_iter().collect();
-            v.sort();
-            v
+    if let Some(subset) = read_data {
+        let mut which: Vec<u32> = if snapshot.is_some() {
+            needed_packs.into_iter().collect()
         } else {
             (0..index.packs.len() as u32).collect()
         };
+        which.retain(|p| subset.contains(&index.packs[*p as usize].id));
+        which.sort();
+        if subset != DataSubset::ALL {
+            report.subset = Some(subset.to_string());
+        }
         for p in which {
             read_pack(repo, &index, &pack_entries, p, &mut report).await;
+            report.packs_read += 1;
         }
     }
     Ok(report)

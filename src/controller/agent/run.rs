@@ -33,10 +33,21 @@ pub enum RunStep<R> {
 
 /// Read an agent pod of a `what` run ("snapshot", "restore") into its step.
 pub fn run_step<R: DeserializeOwned>(pod: &Pod, what: &str) -> RunStep<R> {
+    run_step_of(pod, what, CONTAINER, parse_result_line::<R>)
+}
+
+/// Read a pod whose `container` does the `what` run, its termination message on success read
+/// by `parse`, into its step.
+pub fn run_step_of<R>(
+    pod: &Pod,
+    what: &str,
+    container: &str,
+    parse: impl Fn(&str) -> Option<R>,
+) -> RunStep<R> {
     let status = pod.status.as_ref();
     let container = status
         .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER));
+        .and_then(|cs| cs.iter().find(|c| c.name == container));
     let state = container.and_then(|c| c.state.as_ref());
     let terminated = state.and_then(|s| s.terminated.as_ref());
     let termination = terminated
@@ -50,7 +61,7 @@ pub fn run_step<R: DeserializeOwned>(pod: &Pod, what: &str) -> RunStep<R> {
                 .and_then(|r| r.started_at.clone())
                 .or_else(|| status.and_then(|s| s.start_time.clone())),
         },
-        Some("Succeeded") => match termination.as_deref().and_then(parse_result_line::<R>) {
+        Some("Succeeded") => match termination.as_deref().and_then(&parse) {
             Some(result) => RunStep::Succeeded { result, finished },
             None => RunStep::ResultUnreadable {
                 message: format!(

@@ -6,6 +6,7 @@
 //! for every condition transition.
 
 pub mod build;
+mod checks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,9 @@ use super::job_spec::validate::{Found, Problem, check_references, check_spec, re
 use super::reason::Reason;
 use super::{Context, apply, apply_status, scoped_api};
 use crate::api::snapshot::RunPhase;
-use crate::api::{BackupJob, Snapshot};
+use crate::api::{BackupJob, Restore, Snapshot};
+use crate::controller::names::{RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL};
+use k8s_openapi::api::core::v1::Pod;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "backupjob";
@@ -55,6 +58,22 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("BackupJob {job}: building a check's pod: {reason}")]
+    BuildCheck { job: String, reason: String },
+    #[error("BackupJob {job}: creating {object}: {source}")]
+    ApplyCheck {
+        job: String,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("BackupJob {job}: deleting {object}: {source}")]
+    DeleteCheck {
+        job: String,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("BackupJob {job}: updating status: {source}")]
     UpdateStatus {
         job: String,
@@ -79,14 +98,21 @@ pub fn controller(
     use futures::StreamExt;
     let jobs: Api<BackupJob> = scoped_api(&ctx.client, namespace.as_deref());
     let snaps: Api<Snapshot> = scoped_api(&ctx.client, namespace.as_deref());
-    super::lean_controller(jobs)
-        .watches(snaps, watcher::Config::default().any_semantic(), |s| {
-            let ns = s.namespace()?;
-            Some(ObjectRef::<BackupJob>::new(&s.spec.backup_job_ref.name).within(&ns))
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .map(super::log_stream_error(CONTROLLER))
+    // The job's checks: its verify pods and restore-test Restores, by their owner.
+    let pods: Api<Pod> = scoped_api(&ctx.client, namespace.as_deref());
+    let tests: Api<Restore> = scoped_api(&ctx.client, namespace.as_deref());
+    let own = |label: &str| watcher::Config::default().any_semantic().labels(label);
+    let ctl = super::lean_controller(jobs);
+    ctx.metrics.watch_jobs(ctl.store());
+    ctl.watches(snaps, watcher::Config::default().any_semantic(), |s| {
+        let ns = s.namespace()?;
+        Some(ObjectRef::<BackupJob>::new(&s.spec.backup_job_ref.name).within(&ns))
+    })
+    .owns(pods, own(VERIFY_JOB_UID_LABEL))
+    .owns(tests, own(RESTORE_TEST_JOB_UID_LABEL))
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .map(super::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(job: Arc<BackupJob>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -162,12 +188,16 @@ async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Err
         snapshots.push(created);
     }
 
-    // 6. Update status, and announce every condition transition.
+    // 6. The scheduled checks: judge, start what is due, tidy.
+    let checked = checks::run_checks(&job, &ctx, &snapshots, problems.is_empty(), now).await?;
+
+    // 7. Update status, and announce every condition transition.
     let status = job_status(&Observed {
         job: &job,
         snapshots: &snapshots,
         problems: &problems,
         next_schedule: decision.next,
+        checks: &checked.checks,
         now,
     });
     let old = job.status.clone().unwrap_or_default();
@@ -186,7 +216,11 @@ async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action, Err
 
     // When to look again.
     let missing = problems.iter().any(Problem::is_missing_reference);
-    Ok(requeue_after(decision.next, missing, now))
+    let next = match (decision.next, checked.next) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(requeue_after(next, missing, now))
 }
 
 /// What the job should do now. Pure.

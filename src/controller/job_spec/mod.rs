@@ -3,6 +3,7 @@
 //! BackupJob controller (which reports problems) and the agent-run layer (which will not start
 //! a pod for a job with problems).
 
+pub mod checks;
 pub mod consistency;
 pub mod references;
 pub mod schedule;

@@ -60,14 +60,15 @@ pub fn controller(
     use futures::StreamExt;
     let servers: Api<KmipServer> = scoped_api(&ctx.client, namespace.as_deref());
     let jobs: Api<BackupJob> = scoped_api(&ctx.client, namespace.as_deref());
-    super::lean_controller(servers)
-        .watches(jobs, watcher::Config::default().any_semantic(), |j| {
-            let r = j.spec.encryption.kmip_server_ref.as_ref()?;
-            Some(ObjectRef::<KmipServer>::new(&r.name).within(&j.namespace()?))
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .map(super::log_stream_error(CONTROLLER))
+    let ctl = super::lean_controller(servers);
+    ctx.metrics.watch_kmip_servers(ctl.store());
+    ctl.watches(jobs, watcher::Config::default().any_semantic(), |j| {
+        let r = j.spec.encryption.kmip_server_ref.as_ref()?;
+        Some(ObjectRef::<KmipServer>::new(&r.name).within(&j.namespace()?))
+    })
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .map(super::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(ks: Arc<KmipServer>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -84,6 +84,9 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     if target.force {
         args.push("--force".into());
     }
+    if r.spec.verify_restored {
+        args.push("--check".into());
+    }
     let access = repository_access(
         &p.job.spec,
         p.kmip,
@@ -156,6 +159,8 @@ pub enum Step {
     PodPending { message: Option<String> },
     /// The pod is restoring.
     PodRunning { started: Option<Time> },
+    /// Restored; the check container (pod) judges the result.
+    Checking { pod: String },
     /// Restored and verified.
     Succeeded {
         stats: RestoreStats,
@@ -215,14 +220,25 @@ pub fn next_status(
             s.message = Some(msg.clone());
             conditions::under_way(Reason::Restoring, Reason::Restoring, &msg)
         }
+        Step::Checking { pod } => {
+            s.phase = RunPhase::Running;
+            let msg = format!("restored; check pod {pod} is judging the restored volume");
+            s.message = Some(msg.clone());
+            conditions::under_way(Reason::Checking, Reason::Checking, &msg)
+        }
         Step::Succeeded { stats, finished } => {
             s.phase = RunPhase::Succeeded;
             s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
             let msg = format!(
-                "restored snapshot {} into {target}: {} files, {}, every chunk verified",
+                "restored snapshot {} into {target}: {} files, {}, every chunk verified{}",
                 stats.snapshot,
                 stats.files,
-                human_bytes(stats.bytes)
+                human_bytes(stats.bytes),
+                if stats.checked {
+                    ", every file read back and matched"
+                } else {
+                    ""
+                }
             );
             s.message = Some(msg.clone());
             conditions::finished(true, Reason::Restored, &msg)
@@ -396,6 +412,7 @@ mod tests {
                     files: 9,
                     bytes: 2048,
                     read_without_lock: None,
+                    checked: false,
                 },
                 finished: None,
             },

@@ -8,7 +8,9 @@
 //! references; validate; build the pod (pure); apply the agent's identity and the pod] ->
 //! update status (pure next_status), with Events.
 
+mod after;
 pub mod build;
+pub mod check;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use futures::Stream;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use self::build::{RestorePlan, Step, next_status, pod_selector, restore_pod};
@@ -29,6 +32,7 @@ use super::agent::run::{RunStep, run_step};
 use super::{Context, apply, apply_status};
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Restore, Snapshot};
+use crate::controller::names::CHECK_RESTORE_UID_LABEL;
 use crate::controller::reason::Reason;
 use crate::engine::restore::RestoreStats;
 
@@ -71,6 +75,20 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("Restore {restore}: building {reason}")]
+    Build { restore: String, reason: String },
+    #[error("Restore {restore}: creating the scratch claim: {source}")]
+    ApplyScratch {
+        restore: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Restore {restore}: deleting the scratch claim: {source}")]
+    DeleteScratch {
+        restore: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("Restore {restore}: updating status: {source}")]
     UpdateStatus {
         restore: String,
@@ -103,7 +121,19 @@ pub fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
     use futures::StreamExt;
+    // Also its check pods and scratch claims.
+    let checks = watcher::Config::default()
+        .labels(CHECK_RESTORE_UID_LABEL)
+        .any_semantic();
     owning_agent_pods::<Restore>(&ctx.client, namespace.as_deref(), "restore")
+        .owns(
+            super::scoped_api::<Pod>(&ctx.client, namespace.as_deref()),
+            checks.clone(),
+        )
+        .owns(
+            super::scoped_api::<PersistentVolumeClaim>(&ctx.client, namespace.as_deref()),
+            checks,
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .map(super::log_stream_error(CONTROLLER))
@@ -121,9 +151,11 @@ fn error_policy(r: Arc<Restore>, err: &Error, ctx: Arc<Context>) -> Action {
 async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let prev = r.status.clone().unwrap_or_default();
-    if r.metadata.deletion_timestamp.is_some()
-        || matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed)
-    {
+    if r.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed) {
+        after::finish_scratch(&r, &ctx).await?;
         return Ok(Action::await_change());
     }
     let ns = r.namespace().unwrap_or_default();
@@ -143,8 +175,14 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
     };
 
     // 2. What the pod's state means, or start one.
+    let mut check = None;
     let (step, requeue) = match pod {
-        Some(pod) => judge_pod(&r, &pod, &ctx).await?,
+        Some(pod) => {
+            let (step, requeue) = judge_pod(&r, &pod, &ctx).await?;
+            let (step, after, judged) = after::run_check(&r, &ctx, step).await?;
+            check = judged;
+            (step, requeue.or(after))
+        }
         None if prev.pod_name.is_some() => (
             Step::Failed {
                 reason: Reason::PodLost,
@@ -164,13 +202,19 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
         Some(p) => format!("{}/{p}", r.spec.target.claim_name),
         None => r.spec.target.claim_name.clone(),
     };
-    let status = next_status(
+    let mut status = next_status(
         &prev,
         &step,
         &target,
         r.metadata.generation,
         jiff::Timestamp::now(),
     );
+    if let Some(c) = check {
+        if let (Step::Succeeded { .. }, Some(said)) = (&step, &c.message) {
+            status.message = status.message.map(|m| format!("{m}; check passed: {said}"));
+        }
+        status.check = Some(c);
+    }
     if status != prev {
         let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &ns);
         apply_status(&api, &name, &status)
@@ -368,7 +412,10 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         Err(b) => return blocked(b),
     };
 
-    // The target claim.
+    // The target claim: created first if it is a scratch claim.
+    if let Some(step) = after::ensure_scratch(r, ctx).await? {
+        return Ok((step, None));
+    }
     let claim = &r.spec.target.claim_name;
     if Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
         .get_opt(claim)

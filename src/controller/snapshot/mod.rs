@@ -138,8 +138,9 @@ pub fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
     use futures::StreamExt;
-    owning_agent_pods::<Snapshot>(&ctx.client, namespace.as_deref(), "snapshot")
-        .graceful_shutdown_on(shutdown)
+    let ctl = owning_agent_pods::<Snapshot>(&ctx.client, namespace.as_deref(), "snapshot");
+    ctx.metrics.watch_snapshots(ctl.store());
+    ctl.graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .map(super::log_stream_error(CONTROLLER))
 }

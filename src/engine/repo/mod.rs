@@ -134,6 +134,18 @@ impl Repository {
         Ok(repo)
     }
 
+    /// A data key whose chunk-id key is the repository's (the key the config names): what
+    /// computes a chunk's id from its contents.
+    pub fn chunk_hasher(
+        &self,
+    ) -> Result<std::sync::Arc<crate::engine::crypto::DataKey>, EngineError> {
+        let first = parse_key_id(&self.config.key).ok_or_else(|| EngineError::Corrupt {
+            object: "config".into(),
+            reason: "no valid data key id".into(),
+        })?;
+        self.key(&first)
+    }
+
     /// Open the repository, creating it (config and a first data key) if it does not exist.
     /// Returns whether it was created.
     pub async fn open_or_init(

@@ -1,6 +1,7 @@
 //! Restore: read each needed pack once, open and check every blob (authentication and chunk
 //! id), and write it to every place it belongs, on all cores; then set modes and mtimes.
 
+mod check;
 mod plan;
 mod target;
 mod workers;
@@ -31,6 +32,8 @@ pub struct RestoreOptions {
     /// target is refused, naming what is extra).
     pub delete_extra: bool,
     pub threads: usize,
+    /// Once written, read every file back and compare it with the snapshot.
+    pub check: bool,
 }
 
 impl Default for RestoreOptions {
@@ -41,6 +44,7 @@ impl Default for RestoreOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            check: false,
         }
     }
 }
@@ -54,6 +58,9 @@ pub struct RestoreStats {
     /// Set when the repository could not be locked (read-only to this reader), with why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_without_lock: Option<String>,
+    /// Every restored file was read back and matched the snapshot (`check`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checked: bool,
 }
 
 /// Restore snapshot `snap` into `target`. Holds a shared repository lock while it reads, so
@@ -120,11 +127,22 @@ async fn run_restore(
         opts.threads,
     )?;
     target::finish(&tree, &paths, &marker, || progress.add_file())?;
+    if opts.check {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| {
+            check::check_restored(repo, &index, snap, target, &handle).inspect_err(|_| {
+                // The target is not what the snapshot holds: mark it as a restore that did
+                // not finish. Best effort: the error says it all.
+                let _ = std::fs::write(&marker, b"");
+            })
+        })?;
+    }
     Ok(RestoreStats {
         snapshot: snap.id.clone(),
         files: tree.iter().filter(|e| e.kind == EntryKind::File).count() as u64,
         bytes: total,
         read_without_lock: None,
+        checked: opts.check,
     })
 }
 

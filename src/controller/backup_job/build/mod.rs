@@ -1,4 +1,6 @@
 //! Pure builders of what the BackupJob controller writes.
 
+pub mod restore_test;
 pub mod snapshot;
 pub mod status;
+pub mod verify_pod;

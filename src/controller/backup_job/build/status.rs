@@ -3,8 +3,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
+use super::restore_test::check_conditions;
 use crate::api::backup_job::{BackupJobPhase, BackupJobStatus};
 use crate::api::snapshot::RunPhase;
+use crate::api::verification::{RestoreTestRun, VerificationRun};
 use crate::api::{BackupJob, Snapshot};
 use crate::controller::conditions::{Cond, merge};
 use crate::controller::job_spec::validate::Problem;
@@ -19,7 +21,26 @@ pub struct Observed<'a> {
     pub problems: &'a [Problem],
     /// The schedule's next time (None: no schedule, suspended, or invalid).
     pub next_schedule: Option<jiff::Timestamp>,
+    /// What the scheduled checks (spec.verification) found.
+    pub checks: &'a Checks,
     pub now: jiff::Timestamp,
+}
+
+/// What a job's scheduled checks found in one reconcile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Checks {
+    /// The last data read that ended.
+    pub last_verification: Option<VerificationRun>,
+    /// Data reads started so far.
+    pub verification_runs: u64,
+    /// The newest restore test that ended.
+    pub last_restore_test: Option<RestoreTestRun>,
+    /// Whether it was seen this reconcile (else it is only remembered: no condition).
+    pub restore_tests_seen: bool,
+    /// The restore test running now.
+    pub running_restore_test: Option<String>,
+    /// Why a due restore test could not be started.
+    pub not_started: Option<String>,
 }
 
 fn phase_of(s: &Snapshot) -> RunPhase {
@@ -50,6 +71,23 @@ fn newest_first(snaps: &[Snapshot]) -> Vec<&Snapshot> {
     v
 }
 
+/// The Snapshot that ended last (Succeeded or Failed).
+fn last_finished<'a>(snaps: &[&'a Snapshot]) -> Option<&'a Snapshot> {
+    snaps
+        .iter()
+        .copied()
+        .filter(|s| matches!(phase_of(s), RunPhase::Succeeded | RunPhase::Failed))
+        .max_by_key(|s| {
+            (
+                s.status
+                    .as_ref()
+                    .and_then(|st| st.completion_time.as_ref())
+                    .map(|t| t.0),
+                s.name_any(),
+            )
+        })
+}
+
 pub fn job_status(o: &Observed) -> BackupJobStatus {
     let job = o.job;
     let prev = job.status.clone().unwrap_or_default();
@@ -72,19 +110,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
             .and_then(|st| st.completion_time.as_ref())
             .map(|t| t.0)
     });
-    let last_finished = snaps
-        .iter()
-        .copied()
-        .filter(|s| matches!(phase_of(s), RunPhase::Succeeded | RunPhase::Failed))
-        .max_by_key(|s| {
-            (
-                s.status
-                    .as_ref()
-                    .and_then(|st| st.completion_time.as_ref())
-                    .map(|t| t.0),
-                s.name_any(),
-            )
-        });
+    let last_finished = last_finished(&snaps);
     let one_off_done =
         job.spec.schedule.is_none() && running.is_none() && waiting == 0 && last_finished.is_some();
 
@@ -134,6 +160,8 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
     }
     conds.push(progressing(running, waiting));
     conds.push(suspended(job));
+    let checks = o.checks;
+    conds.extend(checks_conditions(checks));
 
     let generation = job.metadata.generation;
     let now = Time(o.now);
@@ -166,7 +194,32 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         key_id: last_ok
             .and_then(|s| s.status.as_ref().and_then(|st| st.key_id.clone()))
             .or(prev.key_id),
+        last_verification: checks.last_verification.clone(),
+        verification_runs: checks.verification_runs,
+        last_restore_test: checks.last_restore_test.clone(),
+        running_restore_test: checks.running_restore_test.clone(),
     }
+}
+
+/// DataVerified and RestoreTested from what the checks found.
+fn checks_conditions(checks: &Checks) -> Vec<Cond> {
+    let mut conds = check_conditions(
+        checks.last_verification.as_ref(),
+        checks
+            .last_restore_test
+            .as_ref()
+            .filter(|_| checks.restore_tests_seen),
+    );
+    if let Some(why) = &checks.not_started {
+        conds.retain(|c| c.type_ != "RestoreTested");
+        conds.push(Cond::new(
+            "RestoreTested",
+            false,
+            Reason::RestoreTestNotStarted,
+            why.clone(),
+        ));
+    }
+    conds
 }
 
 /// What Ready says of a valid job: when it next runs.
@@ -234,6 +287,7 @@ mod tests {
             snapshots: snaps,
             problems,
             next_schedule: Some("2026-11-28T03:00:00Z".parse().expect("t")),
+            checks: &Checks::default(),
             now: "2026-11-27T12:00:00Z".parse().expect("t"),
         })
     }

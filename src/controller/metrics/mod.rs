@@ -1,12 +1,37 @@
-//! Prometheus metrics of the operator (served on /metrics).
+//! Prometheus metrics of the operator (served on /metrics): its own work
+//! (`snapcrypt_operator_*`, counted as it happens) and each BackupJob's state
+//! (`snapcrypt_backupjob_*`, `snapcrypt_snapshot_*`, computed at each scrape from the
+//! operator's caches: see [`jobs`]).
+
+pub mod jobs;
 
 use std::time::Instant;
 
+use kube::runtime::reflector::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::api::{BackupJob, KmipServer, Snapshot};
+
+/// Every metric family the operator exports, as exported (counters with `_total`, histograms
+/// by their base name): what alert rules may refer to.
+pub fn metric_names() -> Vec<String> {
+    let own = [
+        "reconciliations_total",
+        "reconcile_failures_total",
+        "reconcile_duration_seconds",
+        "snapshots_finished_total",
+        "restores_finished_total",
+        "member_lock_seconds",
+    ];
+    own.iter()
+        .map(|n| format!("snapcrypt_operator_{n}"))
+        .chain(jobs::FAMILIES.iter().map(|f| f.exported_name()))
+        .collect()
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -34,6 +59,8 @@ pub struct LockLabels {
 /// The operator's metrics and their registry.
 pub struct Metrics {
     pub registry: Registry,
+    /// The caches the per-job series are computed from.
+    pub caches: jobs::Caches,
     pub reconciliations: Family<ControllerLabels, Counter>,
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabels, Histogram>,
@@ -44,7 +71,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("snapcrypt_operator");
+        let mut root = Registry::default();
+        let caches = jobs::Caches::default();
+        root.register_collector(Box::new(jobs::JobCollector::new(caches.clone())));
+        let registry = root.sub_registry_with_prefix("snapcrypt_operator");
         let reconciliations = Family::<ControllerLabels, Counter>::default();
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
@@ -86,7 +116,8 @@ impl Default for Metrics {
             member_lock.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
+            caches,
             member_lock,
             reconciliations,
             failures,
@@ -137,6 +168,21 @@ impl Metrics {
                 purpose: purpose.into(),
             })
             .observe(seconds);
+    }
+
+    /// Compute the per-job series from this BackupJob cache (the BackupJob controller's).
+    pub fn watch_jobs(&self, store: Store<BackupJob>) {
+        self.caches.set_jobs(store);
+    }
+
+    /// Compute the per-Snapshot series from this cache (the Snapshot controller's).
+    pub fn watch_snapshots(&self, store: Store<Snapshot>) {
+        self.caches.set_snapshots(store);
+    }
+
+    /// Take master key facts from this cache (the KmipServer controller's).
+    pub fn watch_kmip_servers(&self, store: Store<KmipServer>) {
+        self.caches.set_kmip_servers(store);
     }
 
     /// The metrics in the OpenMetrics text format.

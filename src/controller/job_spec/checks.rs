@@ -1,0 +1,78 @@
+//! The scheduled checks of a job's spec (spec.verification): their schedules, and what is
+//! wrong with them. Pure.
+
+use super::consistency::parse_timeout;
+use super::schedule::CronSchedule;
+use super::validate::Problem;
+use crate::api::backup_job::Schedule;
+use crate::api::verification::Verification;
+use crate::controller::reason::Reason;
+
+/// The schedules of the data read and of the restore test, where given and valid.
+pub fn check_schedules(v: Option<&Verification>) -> (Option<CronSchedule>, Option<CronSchedule>) {
+    let parse = |s: &Schedule| CronSchedule::parse(&s.cron, &s.time_zone).ok();
+    let Some(v) = v else {
+        return (None, None);
+    };
+    (
+        v.read_data.as_ref().and_then(|r| parse(&r.schedule)),
+        v.restore_test.as_ref().and_then(|t| parse(&t.schedule)),
+    )
+}
+
+/// What is wrong with spec.verification, each problem naming its field.
+pub fn check_verification(v: Option<&Verification>, problems: &mut Vec<Problem>) {
+    let Some(v) = v else { return };
+    let mut schedules = Vec::new();
+    if let Some(r) = &v.read_data {
+        schedules.push(("spec.verification.readData.schedule", &r.schedule));
+    }
+    if let Some(t) = &v.restore_test {
+        schedules.push(("spec.verification.restoreTest.schedule", &t.schedule));
+        if let Some(t) = t.check.as_ref().and_then(|c| c.timeout.as_deref())
+            && let Err(e) = parse_timeout(t)
+        {
+            problems.push(Problem::new(
+                Reason::InvalidSpec,
+                format!("spec.verification.restoreTest.check.timeout {e}"),
+            ));
+        }
+    }
+    for (field, s) in schedules {
+        if let Err(e) = CronSchedule::parse(&s.cron, &s.time_zone) {
+            problems.push(Problem::new(
+                Reason::InvalidSchedule,
+                format!("{field}: {e}"),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::job;
+
+    #[test]
+    fn bad_check_schedules_name_their_field() {
+        let j = job(
+            "verification: {readData: {schedule: {cron: \"61 * * * *\"}}, restoreTest: {schedule: {cron: \"*/5 * * * *\"}, check: {image: x, timeout: 5x}}}",
+        );
+        let mut problems = Vec::new();
+        check_verification(j.spec.verification.as_ref(), &mut problems);
+        let text: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(
+            text.iter()
+                .any(|m| m.starts_with("spec.verification.readData.schedule: ")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|m| m.starts_with("spec.verification.restoreTest.check.timeout ")),
+            "{text:?}"
+        );
+        let (read, test) = check_schedules(j.spec.verification.as_ref());
+        assert!(read.is_none() && test.is_some());
+    }
+}

@@ -1,0 +1,247 @@
+//! The Restore's steps around its restore pod: the scratch claim created before it
+//! (spec.target.scratch), the check pod run after it (spec.check), and the scratch claim
+//! deleted once the Restore is over, whatever happened.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, ResourceExt};
+
+use super::build::Step;
+use super::check::{check_pod, check_result, is_own_claim, scratch_claim};
+use super::{Error, dereference_error};
+use crate::api::Restore;
+use crate::api::restore::{CheckStatus, RestoreStatus};
+use crate::api::verification::CheckResult;
+use crate::controller::agent::deadline::{Deadline, deadline};
+use crate::controller::agent::node::{needs_stopping, node_of, stop_pod};
+use crate::controller::agent::run::RunStep;
+use crate::controller::names::CHECK_RESTORE_UID_LABEL;
+use crate::controller::reason::Reason;
+use crate::controller::{Context, apply, apply_status};
+
+/// How often a running check is looked at besides its pod's changes (its deadlines).
+const CHECK_RECHECK: Duration = Duration::from_secs(30);
+
+/// Create the scratch claim if spec.target.scratch asks for one. `Some(step)`: the restore
+/// cannot go on (the claim exists and is not this Restore's).
+pub async fn ensure_scratch(r: &Restore, ctx: &Context) -> Result<Option<Step>, Error> {
+    let Some(scratch) = &r.spec.target.scratch else {
+        return Ok(None);
+    };
+    let name = r.name_any();
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
+    let claim = &r.spec.target.claim_name;
+    if let Some(existing) = api
+        .get_opt(claim)
+        .await
+        .map_err(dereference_error(&name, "scratch claim"))?
+    {
+        if is_own_claim(r, &existing) {
+            return Ok(None);
+        }
+        return Ok(Some(Step::Failed {
+            reason: Reason::ScratchClaimExists,
+            message: format!(
+                "spec.target.scratch: claim {claim} already exists and was not created by this Restore; nothing was written to it"
+            ),
+            finished: None,
+        }));
+    }
+    let pvc = scratch_claim(r, scratch).map_err(|e| Error::Build {
+        restore: name.clone(),
+        reason: e.to_string(),
+    })?;
+    apply(&api, &pvc)
+        .await
+        .map_err(|source| Error::ApplyScratch {
+            restore: name.clone(),
+            source,
+        })?;
+    ctx.event(
+        r,
+        Reason::ScratchClaimCreated,
+        format!("created scratch claim {claim} ({:?})", scratch.size.0),
+    )
+    .await;
+    Ok(None)
+}
+
+/// After a successful restore pod: the check pod's run (started if there is none yet), as the
+/// Restore's step; the step as it was without spec.check.
+pub async fn run_check(
+    r: &Restore,
+    ctx: &Context,
+    restored: Step,
+) -> Result<(Step, Option<Duration>, Option<CheckStatus>), Error> {
+    let (Some(check), Step::Succeeded { stats, .. }) = (&r.spec.check, &restored) else {
+        return Ok((restored, None, None));
+    };
+    let name = r.name_any();
+    let ns = r.namespace().unwrap_or_default();
+    let uid = r.uid().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector =
+        format!("{CHECK_RESTORE_UID_LABEL}={uid},app.kubernetes.io/component=restore-check");
+    let found = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(dereference_error(&name, "check pod"))?
+        .items
+        .into_iter()
+        .next();
+    let Some(pod) = found else {
+        let pod = check_pod(r, check).map_err(|e| Error::Build {
+            restore: name.clone(),
+            reason: e.to_string(),
+        })?;
+        let created = apply(&api, &pod).await.map_err(|source| Error::ApplyPod {
+            restore: name.clone(),
+            pod: pod.name_any(),
+            source,
+        })?;
+        let pod = created.name_any();
+        let status = CheckStatus {
+            pod: pod.clone(),
+            ..Default::default()
+        };
+        return Ok((Step::Checking { pod }, Some(CHECK_RECHECK), Some(status)));
+    };
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .and_then(|t| t.finished_at.clone());
+    let verdict = match check_result(&pod) {
+        Some(v) => v,
+        None => match overrun(&api, &pod, ctx, &name).await? {
+            Some(why) => CheckStatus {
+                pod: pod.name_any(),
+                result: CheckResult::Failed,
+                message: Some(why),
+            },
+            None => {
+                let status = CheckStatus {
+                    pod: pod.name_any(),
+                    ..Default::default()
+                };
+                let step = Step::Checking {
+                    pod: pod.name_any(),
+                };
+                return Ok((step, Some(CHECK_RECHECK), Some(status)));
+            }
+        },
+    };
+    let step = match verdict.result {
+        CheckResult::Failed => Step::Failed {
+            reason: Reason::CheckFailed,
+            message: format!(
+                "restored snapshot {}, but check pod {} failed: {}",
+                stats.snapshot,
+                pod.name_any(),
+                verdict.message.as_deref().unwrap_or("no message")
+            ),
+            finished: finished.clone(),
+        },
+        _ => Step::Succeeded {
+            stats: stats.clone(),
+            finished,
+        },
+    };
+    Ok((step, None, Some(verdict)))
+}
+
+/// Why a check pod that has not ended is stopped (pendingTimeout or nodeLostTimeout, at their
+/// defaults; its run time is bounded by activeDeadlineSeconds), if it is.
+async fn overrun(
+    api: &Api<Pod>,
+    pod: &Pod,
+    ctx: &Context,
+    restore: &str,
+) -> Result<Option<String>, Error> {
+    let step = RunStep::<String>::Pending { message: None };
+    let step = if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+        RunStep::Running { started: None }
+    } else {
+        step
+    };
+    let node = node_of(&ctx.client, pod)
+        .await
+        .map_err(dereference_error(restore, "the check pod's Node"))?;
+    match deadline(
+        pod,
+        &step,
+        None,
+        node.as_ref(),
+        jiff::Timestamp::now(),
+        "check",
+    ) {
+        Deadline::Within(_) => Ok(None),
+        Deadline::Overrun(why) => {
+            if needs_stopping(pod, node.as_ref()) {
+                stop_pod(api, pod, node.as_ref())
+                    .await
+                    .map_err(|source| Error::StopPod {
+                        restore: restore.to_string(),
+                        pod: pod.name_any(),
+                        source,
+                    })?;
+            }
+            Ok(Some(why))
+        }
+    }
+}
+
+/// A finished Restore's scratch claim deleted (once), with an Event.
+pub async fn finish_scratch(r: &Restore, ctx: &Context) -> Result<(), Error> {
+    let prev: RestoreStatus = r.status.clone().unwrap_or_default();
+    if r.spec.target.scratch.is_none() || prev.scratch_claim_deleted {
+        return Ok(());
+    }
+    let name = r.name_any();
+    let ns = r.namespace().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let claim = &r.spec.target.claim_name;
+    let existing = api
+        .get_opt(claim)
+        .await
+        .map_err(dereference_error(&name, "scratch claim"))?;
+    if let Some(c) = existing.filter(|c| is_own_claim(r, c)) {
+        match api.delete(&c.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::DeleteScratch {
+                    restore: name,
+                    source,
+                });
+            }
+        }
+    }
+    let status = RestoreStatus {
+        scratch_claim_deleted: true,
+        ..prev
+    };
+    apply_status(
+        &Api::<Restore>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        &status,
+    )
+    .await
+    .map_err(|source| Error::UpdateStatus {
+        restore: name.clone(),
+        source,
+    })?;
+    ctx.event(
+        r,
+        Reason::ScratchClaimDeleted,
+        format!("deleted scratch claim {claim}: the restore and its check are over"),
+    )
+    .await;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! What a Restore adds around its restore pod: the scratch claim it creates
+//! (spec.target.scratch) and the check pod it runs on the result (spec.check), and what the
+//! check pod's run means. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume, VolumeResourceRequirements,
+};
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::api::Restore;
+use crate::api::restore::{CheckStatus, ScratchClaim};
+use crate::api::verification::{CheckContainer, CheckResult, RESTORED_MOUNT};
+use crate::controller::agent::pod::{
+    MONGODB_UID, PodError, RunAs, TERMINATION_LOG, TMP_MOUNT, container_security, env, mount,
+    pod_security,
+};
+use crate::controller::agent::run::{RunStep, run_step_of};
+use crate::controller::job_spec::consistency::parse_timeout;
+use crate::controller::names::{CHECK_RESTORE_UID_LABEL, MANAGED_BY, check_pod_name};
+
+/// The check pod's container.
+pub const CHECK_CONTAINER: &str = "check";
+/// The check's time limit when spec.check.timeout is not given.
+pub const DEFAULT_CHECK_TIMEOUT_SECONDS: i64 = 3600;
+
+/// Labels of what a Restore creates besides its restore pod.
+fn labels(uid: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.0.into(), MANAGED_BY.1.into()),
+        ("app.kubernetes.io/name".into(), "snapcrypt".into()),
+        ("app.kubernetes.io/component".into(), component.into()),
+        (CHECK_RESTORE_UID_LABEL.into(), uid.into()),
+    ])
+}
+
+/// The scratch claim: spec.target.claimName, owned by the Restore, ReadWriteOnce.
+pub fn scratch_claim(r: &Restore, s: &ScratchClaim) -> Result<PersistentVolumeClaim, PodError> {
+    let owner = r.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
+    let uid = r.uid().ok_or(PodError::NoOwner)?;
+    Ok(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(r.spec.target.claim_name.clone()),
+            namespace: r.namespace(),
+            labels: Some(labels(&uid, "scratch")),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: s.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some([("storage".to_string(), s.size.clone())].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// Whether `claim` is the scratch claim this Restore created.
+pub fn is_own_claim(r: &Restore, claim: &PersistentVolumeClaim) -> bool {
+    let uid = r.uid();
+    claim
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+}
+
+/// The check pod: the user's container with the target claim at `/restored`, as uid/gid 999,
+/// restricted, read-only root, a writable `/tmp`, no API token, under the check's timeout.
+pub fn check_pod(r: &Restore, check: &CheckContainer) -> Result<Pod, PodError> {
+    let owner = r.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
+    let uid = r.uid().ok_or(PodError::NoOwner)?;
+    let target = &r.spec.target;
+    let restored = match &target.path {
+        Some(p) => format!("{RESTORED_MOUNT}/{p}"),
+        None => RESTORED_MOUNT.to_string(),
+    };
+    let mut envs = check.env.clone();
+    envs.retain(|e| e.name != "SNAPCRYPT_RESTORED_PATH");
+    envs.push(env("SNAPCRYPT_RESTORED_PATH", restored));
+    let timeout = check
+        .timeout
+        .as_deref()
+        .and_then(|t| parse_timeout(t).ok())
+        .map_or(DEFAULT_CHECK_TIMEOUT_SECONDS, |d| d.as_secs() as i64);
+    let run_as = RunAs {
+        uid: MONGODB_UID,
+        gid: MONGODB_UID,
+    };
+    let mut security = pod_security(run_as);
+    security.fs_group = Some(run_as.gid);
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(check_pod_name(&r.name_any())),
+            namespace: r.namespace(),
+            labels: Some(labels(&uid, "restore-check")),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(timeout),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(security),
+            containers: vec![Container {
+                name: CHECK_CONTAINER.into(),
+                image: Some(check.image.clone()),
+                command: (!check.command.is_empty()).then(|| check.command.clone()),
+                args: (!check.args.is_empty()).then(|| check.args.clone()),
+                env: Some(envs),
+                volume_mounts: Some(vec![
+                    mount("restored", RESTORED_MOUNT, false),
+                    mount("tmp", TMP_MOUNT, false),
+                ]),
+                resources: check.resources.clone(),
+                termination_message_path: Some(TERMINATION_LOG.into()),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(container_security()),
+                ..Default::default()
+            }],
+            volumes: Some(vec![
+                Volume {
+                    name: "restored".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: target.claim_name.clone(),
+                        read_only: None,
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The check pod's run: `None` while it has not ended, else its status.
+pub fn check_result(pod: &Pod) -> Option<CheckStatus> {
+    let step = run_step_of(pod, "check", CHECK_CONTAINER, |m| {
+        Some(m.trim().to_string())
+    });
+    let (result, message) = match step {
+        RunStep::Pending { .. } | RunStep::Running { .. } => return None,
+        RunStep::Succeeded { result, .. } => (CheckResult::Succeeded, Some(result)),
+        // Exit 0 without a termination message: passed, with nothing to say.
+        RunStep::ResultUnreadable { .. } => (CheckResult::Succeeded, None),
+        RunStep::Failed { message, .. } => (
+            CheckResult::Failed,
+            Some(message.replace("spec.placement.runTimeout", "spec.check.timeout")),
+        ),
+    };
+    Some(CheckStatus {
+        pod: pod.name_any(),
+        result,
+        message: message.filter(|m| !m.is_empty()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::{agent_pod, restore, terminated};
+
+    fn check() -> CheckContainer {
+        serde_yaml::from_str("{image: wt-check:dev, args: [--quick], env: [{name: A, value: b}, {name: SNAPCRYPT_RESTORED_PATH, value: /etc}]}").expect("check")
+    }
+
+    #[test]
+    fn check_pod_mounts_the_restored_claim_and_runs_restricted() {
+        let r = restore("{claimName: scratch-1, path: db}");
+        let pod = check_pod(&r, &check()).expect("pod");
+        assert_eq!(pod.name_any(), "back-check");
+        assert_eq!(pod.owner_references()[0].kind, "Restore");
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.active_deadline_seconds, Some(3600));
+        let c = &spec.containers[0];
+        let env: Vec<(String, Option<String>)> = c
+            .env
+            .as_ref()
+            .expect("env")
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        assert!(env.contains(&(
+            "SNAPCRYPT_RESTORED_PATH".into(),
+            Some("/restored/db".into())
+        )));
+        assert_eq!(
+            env.iter()
+                .filter(|(n, _)| n == "SNAPCRYPT_RESTORED_PATH")
+                .count(),
+            1
+        );
+        let sc = c.security_context.as_ref().expect("sc");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let claim = spec.volumes.as_ref().expect("volumes")[0]
+            .persistent_volume_claim
+            .as_ref()
+            .expect("claim");
+        assert_eq!(claim.claim_name, "scratch-1");
+    }
+
+    #[test]
+    fn a_check_passes_on_exit_0_and_fails_with_its_own_words() {
+        let named = |status: &str| {
+            let mut p = agent_pod(1, &status.replace("name: agent", "name: check"));
+            p.metadata.name = Some("back-check".into());
+            p
+        };
+        let ok = check_result(&named(&terminated("Succeeded", 0, "OK: 4 tables verified")))
+            .expect("ended");
+        assert_eq!(ok.result, CheckResult::Succeeded);
+        assert_eq!(ok.message.as_deref(), Some("OK: 4 tables verified"));
+        let bad = check_result(&named(&terminated(
+            "Failed",
+            1,
+            "FAILED: verify table:collection-2: checksum error",
+        )))
+        .expect("ended");
+        assert_eq!(bad.result, CheckResult::Failed);
+        assert_eq!(
+            bad.message.as_deref(),
+            Some("FAILED: verify table:collection-2: checksum error")
+        );
+        assert_eq!(check_result(&named("  phase: Running")), None);
+    }
+}
