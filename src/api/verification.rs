@@ -171,7 +171,7 @@ pub struct RestoreTestRun {
     /// Running, Succeeded, or Failed.
     #[serde(default)]
     pub result: CheckResult,
-    /// From the restore's start to the check's end.
+    /// From the Restore's creation to the check's end (claim, restore, read-back, check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
     /// The Restore's message: on failure, what failed (the restore, or the check's own words).

@@ -296,6 +296,21 @@ where
     delete_exactly_with(api, obj, None).await
 }
 
+/// Delete the object called `name`, if there is one.
+pub async fn delete_named<K>(api: &Api<K>, name: &str) -> kube::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .delete(name, &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// [`delete_exactly`] with no grace period: the object goes from the API at once, without its
 /// kubelet's confirmation (for a pod on a node that is lost, whose kubelet cannot give it).
 pub async fn force_delete_exactly<K>(api: &Api<K>, obj: &K) -> kube::Result<bool>

@@ -17,7 +17,7 @@ use super::real_nodes::{DEDICATED_TAINT, IMAGE, PAUSE_IMAGE, pod_logs, volume_di
 pub const LONG: Duration = Duration::from_secs(120);
 
 /// The operator binary, watching one namespace; killed when dropped.
-pub struct Operator(Child);
+pub struct Operator(Child, u16);
 
 impl Operator {
     pub fn start(kubeconfig: &Path, namespace: &str) -> Operator {
@@ -36,13 +36,14 @@ impl Operator {
         image: &str,
         extra: &[&str],
     ) -> Operator {
+        let port = super::free_port();
         let child = Command::new(super::bin())
             .args([
                 "operator",
                 "--namespace",
                 namespace,
                 "--http-port",
-                &super::free_port().to_string(),
+                &port.to_string(),
                 "--http-bind",
                 "127.0.0.1",
                 "--agent-image",
@@ -54,7 +55,7 @@ impl Operator {
             .stdout(Stdio::null())
             .spawn()
             .expect("start the operator");
-        Operator(child)
+        Operator(child, port)
     }
 }
 
@@ -62,6 +63,23 @@ impl Operator {
     /// The operator process's pid.
     pub fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// What the operator's /metrics serves now (plain HTTP on loopback).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut conn =
+            std::net::TcpStream::connect(("127.0.0.1", self.1)).expect("connect to /metrics");
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("request /metrics");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("read /metrics");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        assert!(
+            head.starts_with("HTTP/1.") && head.contains(" 200 "),
+            "{head}"
+        );
+        body.to_string()
     }
 
     /// Whether the process has not exited.

@@ -5,7 +5,7 @@
 //! restore-test Restores beyond `keep`.
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::Error;
@@ -28,7 +28,7 @@ use crate::controller::job_spec::checks::check_schedules;
 use crate::controller::job_spec::schedule::{CronSchedule, due};
 use crate::controller::names::{RESTORE_TEST_JOB_UID_LABEL, SCHEDULED_TIME, VERIFY_JOB_UID_LABEL};
 use crate::controller::reason::Reason;
-use crate::controller::{Context, apply};
+use crate::controller::{Context, apply, delete_named};
 
 /// What the checks found, and when one is next due.
 pub struct CheckOutcome {
@@ -135,7 +135,7 @@ async fn read_data(
         out.checks.last_verification = Some(newest.clone());
     }
     for (pod, _) in finished.iter().rev().skip(1) {
-        delete_ignoring_gone(&api, &pod.name_any())
+        delete_named(&api, &pod.name_any())
             .await
             .map_err(|source| Error::DeleteCheck {
                 job: job.name_any(),
@@ -311,7 +311,7 @@ async fn restore_tests(
         return Ok(());
     };
     for name in surplus_tests(&tests, rt.keep) {
-        delete_ignoring_gone(&api, &name)
+        delete_named(&api, &name)
             .await
             .map_err(|source| Error::DeleteCheck {
                 job: job.name_any(),
@@ -458,16 +458,4 @@ async fn source_claim(
         .get_opt(&claim)
         .await
         .map_err(dereference(job, "the member's data claim"))
-}
-
-/// Delete `name`; one already gone is fine.
-async fn delete_ignoring_gone<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
 }

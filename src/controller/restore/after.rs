@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{DeleteParams, ListParams};
+use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::build::Step;
@@ -19,7 +19,7 @@ use crate::controller::agent::node::{needs_stopping, node_of, stop_pod};
 use crate::controller::agent::run::RunStep;
 use crate::controller::names::CHECK_RESTORE_UID_LABEL;
 use crate::controller::reason::Reason;
-use crate::controller::{Context, apply, apply_status};
+use crate::controller::{Context, apply, apply_status, delete_named};
 
 /// How often a running check is looked at besides its pod's changes (its deadlines).
 const CHECK_RECHECK: Duration = Duration::from_secs(30);
@@ -212,20 +212,31 @@ pub async fn finish_scratch(r: &Restore, ctx: &Context) -> Result<(), Error> {
         .await
         .map_err(dereference_error(&name, "scratch claim"))?;
     if let Some(c) = existing.filter(|c| is_own_claim(r, c)) {
-        match api.delete(&c.name_any(), &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(source) => {
-                return Err(Error::DeleteScratch {
-                    restore: name,
+        // Its pods first: a finished pod still holds the claim (pvc-protection), so it would
+        // stay until the Restore itself is deleted. Their verdicts are in status.
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let used_by = [
+            prev.pod_name.clone(),
+            prev.check.as_ref().map(|c| c.pod.clone()),
+        ];
+        for pod in used_by.into_iter().flatten() {
+            delete_named(&pods, &pod)
+                .await
+                .map_err(|source| Error::DeleteScratch {
+                    restore: name.clone(),
                     source,
-                });
-            }
+                })?;
         }
+        delete_named(&api, &c.name_any())
+            .await
+            .map_err(|source| Error::DeleteScratch {
+                restore: name.clone(),
+                source,
+            })?;
     }
     let status = RestoreStatus {
         scratch_claim_deleted: true,
-        ..prev
+        ..prev.clone()
     };
     apply_status(
         &Api::<Restore>::namespaced(ctx.client.clone(), &ns),

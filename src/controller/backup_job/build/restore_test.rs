@@ -16,6 +16,10 @@ use crate::controller::names::{
 };
 use crate::controller::reason::Reason;
 
+/// The directory of the scratch claim a restore test restores into (the check container
+/// finds it in `$SNAPCRYPT_RESTORED_PATH`, `/restored/db`).
+pub const RESTORE_TEST_DIR: &str = "db";
+
 /// The Restore of the restore test scheduled at `scheduled`: `snapshot` into a scratch claim
 /// of the same name, read back, then the job's check container. Owned by the job. `None` if
 /// the job has no uid or no restoreTest.
@@ -47,9 +51,11 @@ pub fn restore_test(
             snapshot_ref: LocalRef {
                 name: snapshot.into(),
             },
+            // A directory the restore creates (and so owns): the agent, not root, may set the
+            // snapshot's mode and times on it, which it may not on a fresh volume's root.
             target: RestoreTarget {
                 claim_name: name,
-                path: None,
+                path: Some(RESTORE_TEST_DIR.into()),
                 force: false,
                 scratch: Some(scratch),
             },
@@ -83,7 +89,9 @@ pub fn test_run(r: &Restore) -> RestoreTestRun {
         RunPhase::Failed => CheckResult::Failed,
         _ => CheckResult::Running,
     };
-    let duration_seconds = match (&st.start_time, &st.completion_time) {
+    // From the Restore's creation: the scratch claim, the restore and the check.
+    let began = r.metadata.creation_timestamp.as_ref().or(st.start_time.as_ref());
+    let duration_seconds = match (began, &st.completion_time) {
         (Some(s), Some(c)) => Some(c.0.duration_since(s.0).as_secs_f64().max(0.0)),
         _ => None,
     };
