@@ -380,3 +380,121 @@ fn period(cron: &str, tz: &str, now: jiff::Timestamp) -> Option<f64> {
             Some(min.map_or(d, |m| m.min(d)))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::{job, snapshot_in};
+
+    fn get(samples: &[Sample], family: Id, extra: &[(&str, &str)]) -> Option<f64> {
+        samples
+            .iter()
+            .find(|s| {
+                s.family == family
+                    && extra
+                        .iter()
+                        .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+            })
+            .map(|s| s.value)
+    }
+
+    #[test]
+    fn series_say_what_the_objects_status_says() {
+        let mut j =
+            job("schedule: {cron: \"0 */6 * * *\"}\nencryption: {kmipServerRef: {name: kms}}");
+        j.status = serde_yaml::from_str(
+            "{lastSuccessfulSnapshot: done, lastSuccessfulTime: \"2026-11-27T10:00:10Z\", storedBytes: 900, snapshotCount: 2, keyId: k2,
+              lastVerification: {time: \"2026-11-27T11:00:00Z\", result: Failed, subset: 1/4, problemCount: 2, problems: [a, b]},
+              lastRestoreTest: {time: \"2026-11-27T12:00:00Z\", snapshot: done, restore: rs0-rt-1, result: Succeeded, durationSeconds: 42.5}}",
+        )
+        .expect("status");
+        let mut done = snapshot_in("done", "2026-11-27T10:00:00Z", RunPhase::Succeeded, None);
+        done.status = serde_yaml::from_str(
+            "{phase: Succeeded, startTime: \"2026-11-27T10:00:01Z\", completionTime: \"2026-11-27T10:00:10Z\",
+              stats: {files: 7, logicalBytes: 5000, storedBytes: 300, dedupRatio: 1.0},
+              capture: {mode: fsyncLock, attempt: 1, lock: {member: rs0-1, state: Released, heldSeconds: 3.25}}}",
+        )
+        .expect("snapshot status");
+        let mut running = snapshot_in("now", "2026-11-27T13:00:00Z", RunPhase::Running, Some("p"));
+        running.status.as_mut().expect("status").start_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-27T13:00:05Z".parse().expect("t"),
+            ));
+        let ks: KmipServer = serde_yaml::from_str(
+            "apiVersion: snapcrypt.dev/v1alpha1
+kind: KmipServer
+metadata: {name: kms, namespace: db}
+spec: {endpoints: [\"kmip:5696\"], tls: {secretName: t}, masterKey: {create: {name: m}}, rotation: {period: 30d}}
+status: {activeKeyId: k2, keys: [{id: k1, state: Active, dependentSnapshots: 1, createdAt: \"2026-10-01T00:00:00Z\", supersededAt: \"2026-11-01T00:00:00Z\"}, {id: k2, state: Active, dependentSnapshots: 2, createdAt: \"2026-11-01T00:00:00Z\"}]}",
+        )
+        .expect("KmipServer");
+        let now: jiff::Timestamp = "2026-11-27T14:00:00Z".parse().expect("now");
+        let s = samples(
+            &[Arc::new(j)],
+            &[Arc::new(done), Arc::new(running)],
+            &[Arc::new(ks)],
+            now,
+        );
+        let at = |t: &str| seconds(&t.parse::<jiff::Timestamp>().expect("t"));
+        let rs0 = [("namespace", "db"), ("job", "rs0")];
+        assert_eq!(get(&s, Id::Created, &rs0), Some(at("2026-11-27T09:30:00Z")));
+        assert_eq!(
+            get(&s, Id::LastSuccess, &rs0),
+            Some(at("2026-11-27T10:00:10Z"))
+        );
+        assert_eq!(get(&s, Id::SchedulePeriod, &rs0), Some(6.0 * 3600.0));
+        assert_eq!(get(&s, Id::LastDuration, &rs0), Some(9.0));
+        assert_eq!(get(&s, Id::LastRead, &rs0), Some(5000.0));
+        assert_eq!(get(&s, Id::LastAdded, &rs0), Some(300.0));
+        assert_eq!(get(&s, Id::LastFiles, &rs0), Some(7.0));
+        assert_eq!(get(&s, Id::LastLock, &rs0), Some(3.25));
+        assert_eq!(get(&s, Id::StoredBytes, &rs0), Some(900.0));
+        assert_eq!(get(&s, Id::Snapshots, &rs0), Some(2.0));
+        assert_eq!(get(&s, Id::VerifiedOk, &rs0), Some(0.0));
+        assert_eq!(get(&s, Id::VerifyProblems, &rs0), Some(2.0));
+        assert_eq!(get(&s, Id::TestedOk, &rs0), Some(1.0));
+        assert_eq!(get(&s, Id::TestDuration, &rs0), Some(42.5));
+        assert_eq!(
+            get(&s, Id::KeyAge, &rs0),
+            Some(26.0 * 86400.0 + 14.0 * 3600.0)
+        );
+        assert_eq!(get(&s, Id::KeyPeriod, &rs0), Some(30.0 * 86400.0));
+        assert_eq!(get(&s, Id::Rotations, &rs0), Some(1.0));
+        let phase = [("snapshot", "now"), ("phase", "Running")];
+        assert_eq!(
+            get(&s, Id::PhaseStart, &phase),
+            Some(at("2026-11-27T13:00:05Z"))
+        );
+        assert_eq!(get(&s, Id::PhaseStart, &[("snapshot", "done")]), None);
+
+        // Encoded as Prometheus text with help, the counter with `_total`.
+        let caches = Caches::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(JobCollector::new(caches)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            !text.contains("snapcrypt_backupjob"),
+            "no caches, no series: {text}"
+        );
+    }
+
+    #[test]
+    fn every_family_is_exported_once_with_conventional_names() {
+        let names: Vec<String> = FAMILIES.iter().map(Family::exported_name).collect();
+        for n in &names {
+            assert!(
+                n.ends_with("_seconds")
+                    || n.ends_with("_bytes")
+                    || n.ends_with("_total")
+                    || n.ends_with("_files")
+                    || n.ends_with("_snapshots")
+                    || n.ends_with("_success")
+                    || n.ends_with("_problems"),
+                "{n}"
+            );
+            assert_eq!(names.iter().filter(|m| *m == n).count(), 1, "{n}");
+        }
+        assert!(names.contains(&"snapcrypt_backupjob_master_key_rotations_total".to_string()));
+    }
+}

@@ -127,6 +127,7 @@ async fn run_restore(
         opts.threads,
     )?;
     target::finish(&tree, &paths, &marker, || progress.add_file())?;
+    tamper_for_tests(target);
     if opts.check {
         let handle = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| {
@@ -144,6 +145,23 @@ async fn run_restore(
         read_without_lock: None,
         checked: opts.check,
     })
+}
+
+/// Fault hook for the tests of `--check` (tests/check_cli.rs): with
+/// `SNAPCRYPT_FAULT_RESTORE_TAMPER=PATH`, the restored file PATH (relative to the target) has
+/// its first byte changed after it was written, as a volume that returns other bytes than it
+/// was given would. Never set outside tests.
+fn tamper_for_tests(target: &Path) {
+    let Ok(rel) = std::env::var("SNAPCRYPT_FAULT_RESTORE_TAMPER") else {
+        return;
+    };
+    let path = target.join(rel);
+    if let Ok(mut bytes) = std::fs::read(&path)
+        && let Some(b) = bytes.first_mut()
+    {
+        *b ^= 0xff;
+        let _ = std::fs::write(&path, bytes);
+    }
 }
 
 /// Memory each of a restore's sorts may hold before it spills to scratch files (enough for

@@ -90,7 +90,11 @@ pub fn test_run(r: &Restore) -> RestoreTestRun {
         _ => CheckResult::Running,
     };
     // From the Restore's creation: the scratch claim, the restore and the check.
-    let began = r.metadata.creation_timestamp.as_ref().or(st.start_time.as_ref());
+    let began = r
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .or(st.start_time.as_ref());
     let duration_seconds = match (began, &st.completion_time) {
         (Some(s), Some(c)) => Some(c.0.duration_since(s.0).as_secs_f64().max(0.0)),
         _ => None,

@@ -1,0 +1,188 @@
+//! The two checks behind scheduled verification (issue 13), through the CLI as a user (or the
+//! operator's agent) runs them: `verify --read-data-subset K/N` reads each pack in exactly one
+//! group and finds a damaged pack in its group only; `restore --check` reads every restored
+//! file back and fails, naming the file, when what the volume returns is not the snapshot.
+
+mod support;
+
+use std::path::Path;
+
+use support::{Env, backup_id, fails, ok};
+
+/// `verify --json` of `repo` with `extra` flags: its report.
+fn verify_json(repo: &str, key: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["verify", "--repo", repo, "--key-file", key, "--json"];
+    args.extend(extra);
+    let out = support::run(&args, &[]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify {extra:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn read_data_subsets_read_every_pack_once_and_find_damage_in_its_group() {
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    backup_id(&src, &repo, &key, &[]);
+    // A second, different source adds packs, so that there are several to split.
+    std::fs::write(
+        e.dir.path().join("src/collection-9.wt"),
+        support::pseudo_random(99, 9 << 20),
+    )
+    .expect("write");
+    backup_id(&src, &repo, &key, &[]);
+    let all = verify_json(&repo, &key, &["--read-data"]);
+    let packs = all["packs"].as_u64().expect("packs");
+    assert_eq!(all["packs_read"].as_u64(), Some(packs));
+    assert!(packs >= 2, "{all}");
+
+    let n = 3;
+    let read: Vec<u64> = (1..=n)
+        .map(|k| {
+            let r = verify_json(&repo, &key, &["--read-data-subset", &format!("{k}/{n}")]);
+            assert_eq!(r["subset"], format!("{k}/{n}"));
+            assert_eq!(r["problems"], serde_json::json!([]), "{r}");
+            r["packs_read"].as_u64().expect("packs_read")
+        })
+        .collect();
+    assert_eq!(
+        read.iter().sum::<u64>(),
+        packs,
+        "groups {read:?} of {packs} packs"
+    );
+
+    // Damage one pack: exactly one group finds it, naming it; the others read clean.
+    let mut data: Vec<_> = walk(&Path::new(&repo).join("data"));
+    data.sort();
+    let pack = &data[0];
+    let mut bytes = std::fs::read(pack).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(pack, bytes).expect("write");
+    let name = pack
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let finding: Vec<bool> = (1..=n)
+        .map(|k| {
+            let r = verify_json(&repo, &key, &["--read-data-subset", &format!("{k}/{n}")]);
+            let problems = r["problems"].as_array().expect("problems").clone();
+            assert!(
+                problems
+                    .iter()
+                    .all(|p| p.as_str().unwrap_or_default().contains(&name)),
+                "{r}"
+            );
+            !problems.is_empty()
+        })
+        .collect();
+    assert_eq!(finding.iter().filter(|f| **f).count(), 1, "{finding:?}");
+
+    // Bad input names the flag and what is allowed.
+    let err = fails(
+        &[
+            "verify",
+            "--repo",
+            &repo,
+            "--key-file",
+            &key,
+            "--read-data-subset",
+            "4/3",
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("--read-data-subset") && err.contains("1 <= K <= N"),
+        "{err}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn restore_check_reads_every_file_back_and_names_what_differs() {
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    let id = backup_id(&src, &repo, &key, &[]);
+    let restore = |target: &str, env: &[(&str, &str)]| {
+        support::run(
+            &[
+                "restore",
+                "--repo",
+                &repo,
+                "--key-file",
+                &key,
+                "--snapshot",
+                &id,
+                "--target",
+                target,
+                "--check",
+                "--json",
+            ],
+            env,
+        )
+    };
+    let good = e.p("good");
+    let out = restore(&good, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(stats["checked"], true, "{stats}");
+    support::assert_same_tree(Path::new(&src), Path::new(&good));
+
+    // A volume that returns other bytes than it was given: the check fails naming the file,
+    // and the target is marked as a restore that did not finish.
+    let bad = e.p("bad");
+    let out = restore(
+        &bad,
+        &[("SNAPCRYPT_FAULT_RESTORE_TAMPER", "collection-0-123.wt")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the changed file went unnoticed: {stderr}"
+    );
+    assert!(
+        stderr.contains("collection-0-123.wt: chunk 0") && stderr.contains("differ from snapshot"),
+        "{stderr}"
+    );
+    assert!(
+        Path::new(&bad)
+            .join(".snapcrypt-restore-incomplete")
+            .exists()
+    );
+    // Without --check the same restore reports success: the check is what caught it.
+    let unchecked = e.p("unchecked");
+    ok(
+        &[
+            "restore",
+            "--repo",
+            &repo,
+            "--key-file",
+            &key,
+            "--snapshot",
+            &id,
+            "--target",
+            &unchecked,
+        ],
+        &[("SNAPCRYPT_FAULT_RESTORE_TAMPER", "collection-0-123.wt")],
+    );
+}
