@@ -62,7 +62,7 @@ pub struct RestoreTest {
     /// message are the verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckContainer>,
-    /// How many restore-test Restores to keep (the newest), for their status and pods' logs.
+    /// How many finished restore-test Restores to keep (the newest), for their status.
     #[serde(default = "default_keep")]
     #[schemars(range(min = 1, max = 100))]
     pub keep: u32,

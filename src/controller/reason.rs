@@ -148,7 +148,7 @@ reasons! {
     VerificationFailed => Warning,
     /// RestoreTested=False: the last restore test failed (restore, read-back or check).
     RestoreTestFailed => Warning,
-    /// A restore test could not be created (no snapshot, no size for the scratch claim).
+    /// A due restore test could not be created: no size for its scratch claim is known.
     RestoreTestNotStarted => Warning,
     /// A Restore's check container failed: its message says why.
     CheckFailed => Warning,

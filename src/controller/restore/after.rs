@@ -211,7 +211,12 @@ pub async fn finish_scratch(r: &Restore, ctx: &Context) -> Result<(), Error> {
         .get_opt(claim)
         .await
         .map_err(dereference_error(&name, "scratch claim"))?;
-    if let Some(c) = existing.filter(|c| is_own_claim(r, c)) {
+    // A claim of that name this Restore did not create is never touched.
+    if existing.as_ref().is_some_and(|c| !is_own_claim(r, c)) {
+        return Ok(());
+    }
+    let had = existing.is_some();
+    if let Some(c) = existing {
         // Its pods first: a finished pod still holds the claim (pvc-protection), so it would
         // stay until the Restore itself is deleted. Their verdicts are in status.
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -248,11 +253,13 @@ pub async fn finish_scratch(r: &Restore, ctx: &Context) -> Result<(), Error> {
         restore: name.clone(),
         source,
     })?;
-    ctx.event(
-        r,
-        Reason::ScratchClaimDeleted,
-        format!("deleted scratch claim {claim}: the restore and its check are over"),
-    )
-    .await;
+    if had {
+        ctx.event(
+            r,
+            Reason::ScratchClaimDeleted,
+            format!("deleted scratch claim {claim} and this Restore's pods: the restore and its check are over"),
+        )
+        .await;
+    }
     Ok(())
 }
