@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::Api;
 use serde_json::json;
 
+use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::verification::CheckResult;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{TestNamespace, cluster_or_skip, wait_for, wait_for_deletion};
@@ -210,6 +211,43 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
     eprintln!("[{:?}] snapshot rs0", started.elapsed());
     wait_for_success(&snaps, "bad-first", &ns).await;
 
+    // A scratch target that names a claim the Restore did not create (here the repository's)
+    // fails before anything is written, and the claim is left alone.
+    let restores: Api<Restore> = ns.api();
+    create::<Restore>(
+        &restores,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "taken"},
+            "spec": {"snapshotRef": {"name": "rs0-first"},
+                     "target": {"claimName": "backups", "path": "db", "scratch": {"size": "1Gi"}}}}),
+    )
+    .await;
+    let taken = wait_for(&restores, "taken", "the Restore to fail", TICKS, |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.phase == RunPhase::Failed)
+    })
+    .await
+    .status
+    .expect("status");
+    let reason = taken
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.clone());
+    assert_eq!(
+        reason.as_deref(),
+        Some("ScratchClaimExists"),
+        "{:?}",
+        taken.message
+    );
+    assert!(
+        taken.pod_name.is_none() && !taken.scratch_claim_deleted,
+        "{taken:?}"
+    );
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let backups = claims.get("backups").await.expect("the repository's claim");
+    assert!(backups.metadata.deletion_timestamp.is_none());
+
     // A restore test restores into a scratch claim, reads every file back, and the check
     // container opens the restored database; the scratch claim is gone afterwards.
     let rs0 = job_status(&ns, "rs0", "a passed restore test", |s| {
@@ -238,7 +276,6 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         "{message}"
     );
     assert_eq!(r.spec.target.claim_name, test.restore);
-    let claims: Api<PersistentVolumeClaim> = ns.api();
     wait_for_deletion(&claims, &test.restore, TICKS).await;
     eprintln!("[{:?}] scratch claim gone", started.elapsed());
     let verified = rs0.last_verification.clone().expect("verification");
