@@ -55,7 +55,7 @@ fn read_data_subsets_read_every_pack_once_and_find_damage_in_its_group() {
     );
 
     // Damage one pack: exactly one group finds it, naming it; the others read clean.
-    let mut data: Vec<_> = walk(&Path::new(&repo).join("data"));
+    let mut data: Vec<_> = support::files_under(&Path::new(&repo).join("data"));
     data.sort();
     let pack = &data[0];
     let mut bytes = std::fs::read(pack).expect("read");
@@ -99,19 +99,6 @@ fn read_data_subsets_read_every_pack_once_and_find_damage_in_its_group() {
         err.contains("--read-data-subset") && err.contains("1 <= K <= N"),
         "{err}"
     );
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -134,7 +134,7 @@ fn seconds(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
 /// Flip bytes in the middle of one pack of the repository at `repo`; its path there.
 fn damage_a_pack(repo: &Path) -> String {
     let data = repo.join("data");
-    let mut packs: Vec<PathBuf> = walk(&data);
+    let mut packs: Vec<PathBuf> = support::files_under(&data);
     packs.sort();
     let pack = packs.first().expect("a pack").clone();
     let mut bytes = std::fs::read(&pack).expect("read pack");
@@ -147,19 +147,6 @@ fn damage_a_pack(repo: &Path) -> String {
         .expect("inside")
         .display()
         .to_string()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

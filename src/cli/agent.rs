@@ -145,31 +145,42 @@ async fn verify(args: VerifyAgentArgs) -> Result<(), CliError> {
             crate::engine::verify::verify(&repo, None, Some(args.read_data_subset)).await?;
         Ok::<_, CliError>(report)
     };
-    match run.await {
-        Ok(report) => {
-            let result = VerifyResult {
-                packs: report.packs as u64,
-                packs_read: report.packs_read as u64,
-                bytes_read: report.bytes_read,
-                subset: report.subset.clone(),
-                problem_count: report.problems.len() as u64,
-                problems: report
-                    .problems
-                    .iter()
-                    .take(MAX_PROBLEMS)
-                    .map(|p| crate::controller::truncate(p, MAX_PROBLEM_LEN))
-                    .collect(),
-            };
-            for p in &report.problems {
-                eprintln!("snapcrypt: {p}");
-            }
-            let line = serde_json::to_string(&result)?;
-            write_termination_log(&args.report.termination_log, &line);
+    let result = run.await.map(|report| {
+        for p in &report.problems {
+            eprintln!("snapcrypt: {p}");
+        }
+        VerifyResult {
+            packs: report.packs as u64,
+            packs_read: report.packs_read as u64,
+            bytes_read: report.bytes_read,
+            subset: report.subset.clone(),
+            problem_count: report.problems.len() as u64,
+            problems: report
+                .problems
+                .iter()
+                .take(MAX_PROBLEMS)
+                .map(|p| crate::controller::truncate(p, MAX_PROBLEM_LEN))
+                .collect(),
+        }
+    });
+    report_result(&args.report.termination_log, result)
+}
+
+/// A run's end for the operator: its result as one JSON line (termination message and
+/// stdout), or its error as the termination message.
+fn report_result<T: serde::Serialize>(
+    termination_log: &Path,
+    result: Result<T, CliError>,
+) -> Result<(), CliError> {
+    match result {
+        Ok(value) => {
+            let line = serde_json::to_string(&value)?;
+            write_termination_log(termination_log, &line);
             println!("{line}");
             Ok(())
         }
         Err(e) => {
-            write_termination_log(&args.report.termination_log, &e.to_string());
+            write_termination_log(termination_log, &e.to_string());
             Err(e)
         }
     }
@@ -184,18 +195,7 @@ async fn restore(args: RestoreAgentArgs) -> Result<(), CliError> {
     if let Some(r) = reporter {
         r.finish().await;
     }
-    match result {
-        Ok(stats) => {
-            let line = serde_json::to_string(&stats)?;
-            write_termination_log(&args.report.termination_log, &line);
-            println!("{line}");
-            Ok(())
-        }
-        Err(e) => {
-            write_termination_log(&args.report.termination_log, &e.to_string());
-            Err(e)
-        }
-    }
+    report_result(&args.report.termination_log, result)
 }
 
 async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {

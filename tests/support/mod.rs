@@ -348,3 +348,17 @@ pub fn now_secs() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// Every file under `dir`, recursively (directories left out).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -333,6 +333,58 @@ pub fn pod_security(run_as: RunAs) -> PodSecurityContext {
     }
 }
 
+/// [`pod_security`] as mongod's usual user and group (999), that group also the volumes'
+/// fsGroup: what a pod that writes or reads a dbPath runs as.
+pub fn mongodb_pod_security() -> PodSecurityContext {
+    let mut security = pod_security(RunAs {
+        uid: MONGODB_UID,
+        gid: MONGODB_UID,
+    });
+    security.fs_group = Some(MONGODB_UID);
+    security
+}
+
+/// What a job's agent pod that only needs the repository (a restore, a verify) is made of.
+pub struct JobAgentPod<'a> {
+    pub job: &'a crate::api::BackupJob,
+    /// Name, namespace, labels, annotations and owner.
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pub image: &'a str,
+    pub args: Vec<String>,
+    pub envs: Vec<EnvVar>,
+    pub mounts: Vec<VolumeMount>,
+    pub volumes: Vec<Volume>,
+}
+
+/// The pod: the agent container as mongod's user, the job's agent ServiceAccount and
+/// resources, never restarted, stopped by the kubelet at the job's runTimeout.
+pub fn job_agent_pod(p: JobAgentPod) -> k8s_openapi::api::core::v1::Pod {
+    use kube::ResourceExt;
+    k8s_openapi::api::core::v1::Pod {
+        metadata: p.metadata,
+        spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(
+                crate::controller::job_spec::consistency::run_deadline_seconds(p.job),
+            ),
+            service_account_name: Some(crate::controller::names::agent_service_account(
+                &p.job.name_any(),
+            )),
+            security_context: Some(mongodb_pod_security()),
+            containers: vec![agent_container(
+                p.image,
+                p.args,
+                p.envs,
+                p.mounts,
+                p.job.spec.resources.clone(),
+            )],
+            volumes: Some(p.volumes),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
 /// The restricted container security context: non-root, read-only root filesystem, no
 /// privilege escalation, no capabilities, seccomp RuntimeDefault.
 pub fn container_security() -> SecurityContext {

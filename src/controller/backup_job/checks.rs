@@ -60,14 +60,32 @@ pub async fn run_checks(
     };
     let (read_sched, test_sched) = check_schedules(job.spec.verification.as_ref());
     let v = job.spec.verification.as_ref();
+    let pass = Pass {
+        job,
+        ctx,
+        uid: &uid,
+        healthy,
+        now,
+    };
     if v.is_some_and(|v| v.read_data.is_some()) {
-        read_data(job, ctx, &uid, read_sched.as_ref(), healthy, now, &mut out).await?;
+        read_data(&pass, read_sched.as_ref(), &mut out).await?;
     }
     if let Some(rt) = v.and_then(|v| v.restore_test.as_ref()) {
         let due_test = test_sched.as_ref().map(|s| (s, rt));
-        restore_tests(job, ctx, &uid, due_test, snapshots, healthy, now, &mut out).await?;
+        restore_tests(&pass, due_test, snapshots, &mut out).await?;
     }
     Ok(out)
+}
+
+/// What both checks look at in one reconcile.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    job: &'a BackupJob,
+    ctx: &'a Context,
+    uid: &'a str,
+    /// The job has no problems: something new may start.
+    healthy: bool,
+    now: jiff::Timestamp,
 }
 
 fn dereference(job: &BackupJob, what: &str) -> impl FnOnce(kube::Error) -> Error {
@@ -84,16 +102,18 @@ fn earliest(a: Option<jiff::Timestamp>, b: Option<jiff::Timestamp>) -> Option<ji
 
 /// The data read: its pods judged (and held to their deadlines), the newest result recorded,
 /// older pods deleted, and a new pod when one is due.
-#[allow(clippy::too_many_arguments)]
 async fn read_data(
-    job: &BackupJob,
-    ctx: &Context,
-    uid: &str,
+    pass: &Pass<'_>,
     sched: Option<&CronSchedule>,
-    healthy: bool,
-    now: jiff::Timestamp,
     out: &mut CheckOutcome,
 ) -> Result<(), Error> {
+    let Pass {
+        job,
+        ctx,
+        uid,
+        healthy,
+        now,
+    } = *pass;
     let ns = job.namespace().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods = api
@@ -283,17 +303,19 @@ async fn start_verify(
 }
 
 /// The restore tests: status from the newest, surplus ones deleted, a new one when due.
-#[allow(clippy::too_many_arguments)]
 async fn restore_tests(
-    job: &BackupJob,
-    ctx: &Context,
-    uid: &str,
+    pass: &Pass<'_>,
     due_test: Option<(&CronSchedule, &RestoreTest)>,
     snapshots: &[Snapshot],
-    healthy: bool,
-    now: jiff::Timestamp,
     out: &mut CheckOutcome,
 ) -> Result<(), Error> {
+    let Pass {
+        job,
+        ctx,
+        uid,
+        healthy,
+        now,
+    } = *pass;
     let ns = job.namespace().unwrap_or_default();
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &ns);
     let tests = api

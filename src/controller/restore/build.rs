@@ -1,6 +1,6 @@
 //! Pure builders of what the Restore controller writes: the restore pod and the next status.
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -9,13 +9,10 @@ use crate::api::restore::RestoreStatus;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Restore};
 use crate::controller::agent::pod::{
-    Access, MONGODB_UID, PodError, RunAs, agent_basics, agent_container, mount, pod_security,
-    repository_access,
+    Access, JobAgentPod, PodError, agent_basics, job_agent_pod, mount, repository_access,
 };
 use crate::controller::conditions::{self, merge};
-use crate::controller::names::{
-    RESTORE_UID_LABEL, agent_service_account, job_labels, restore_pod_name,
-};
+use crate::controller::names::{RESTORE_UID_LABEL, job_labels, restore_pod_name};
 use crate::controller::reason::Reason;
 use crate::engine::progress::human_bytes;
 use crate::engine::restore::RestoreStats;
@@ -112,14 +109,8 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
     labels.insert("app.kubernetes.io/component".into(), "restore".into());
     labels.insert(RESTORE_UID_LABEL.into(), uid);
-    let run_as = RunAs {
-        uid: MONGODB_UID,
-        gid: MONGODB_UID,
-    };
-    let mut security = pod_security(run_as);
-    security.fs_group = Some(run_as.gid);
-
-    Ok(Pod {
+    Ok(job_agent_pod(JobAgentPod {
+        job: p.job,
         metadata: ObjectMeta {
             name: Some(restore_pod_name(&name)),
             namespace: ns,
@@ -127,25 +118,12 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            active_deadline_seconds: Some(
-                crate::controller::job_spec::consistency::run_deadline_seconds(p.job),
-            ),
-            service_account_name: Some(agent_service_account(&p.job.name_any())),
-            security_context: Some(security),
-            containers: vec![agent_container(
-                p.image,
-                args,
-                envs,
-                mounts,
-                p.job.spec.resources.clone(),
-            )],
-            volumes: Some(volumes),
-            ..Default::default()
-        }),
-        status: None,
-    })
+        image: p.image,
+        args,
+        envs,
+        mounts,
+        volumes,
+    }))
 }
 
 /// What a reconcile found, as it matters to status.

@@ -15,8 +15,7 @@ use crate::api::Restore;
 use crate::api::restore::{CheckStatus, ScratchClaim};
 use crate::api::verification::{CheckContainer, CheckResult, RESTORED_MOUNT};
 use crate::controller::agent::pod::{
-    MONGODB_UID, PodError, RunAs, TERMINATION_LOG, TMP_MOUNT, container_security, env, mount,
-    pod_security,
+    PodError, TERMINATION_LOG, TMP_MOUNT, container_security, env, mongodb_pod_security, mount,
 };
 use crate::controller::agent::run::{RunStep, run_step_of};
 use crate::controller::job_spec::consistency::parse_timeout;
@@ -89,12 +88,6 @@ pub fn check_pod(r: &Restore, check: &CheckContainer) -> Result<Pod, PodError> {
         .as_deref()
         .and_then(|t| parse_timeout(t).ok())
         .map_or(DEFAULT_CHECK_TIMEOUT_SECONDS, |d| d.as_secs() as i64);
-    let run_as = RunAs {
-        uid: MONGODB_UID,
-        gid: MONGODB_UID,
-    };
-    let mut security = pod_security(run_as);
-    security.fs_group = Some(run_as.gid);
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(check_pod_name(&r.name_any())),
@@ -108,7 +101,7 @@ pub fn check_pod(r: &Restore, check: &CheckContainer) -> Result<Pod, PodError> {
             active_deadline_seconds: Some(timeout),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            security_context: Some(security),
+            security_context: Some(mongodb_pod_security()),
             containers: vec![Container {
                 name: CHECK_CONTAINER.into(),
                 image: Some(check.image.clone()),

@@ -1,7 +1,7 @@
 //! The verify pod of a BackupJob's scheduled data read (spec.verification.readData), and what
 //! its run means for status. Pure.
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -10,13 +10,10 @@ use crate::api::agent::VerifyResult;
 use crate::api::verification::{CheckResult, VerificationRun};
 use crate::api::{BackupJob, KmipServer};
 use crate::controller::agent::pod::{
-    Access, MONGODB_UID, PodError, RunAs, agent_basics, agent_container, pod_security,
-    repository_access,
+    Access, JobAgentPod, PodError, agent_basics, job_agent_pod, repository_access,
 };
 use crate::controller::agent::run::RunStep;
-use crate::controller::names::{
-    SCHEDULED_TIME, VERIFY_JOB_UID_LABEL, agent_service_account, job_labels, verify_pod_name,
-};
+use crate::controller::names::{SCHEDULED_TIME, VERIFY_JOB_UID_LABEL, job_labels, verify_pod_name};
 use crate::engine::verify::DataSubset;
 
 /// Everything the verify pod depends on, decided before building.
@@ -82,13 +79,8 @@ pub fn verify_pod(p: &VerifyPlan) -> Result<Pod, PodError> {
     labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
     labels.insert("app.kubernetes.io/component".into(), "verify".into());
     labels.insert(VERIFY_JOB_UID_LABEL.into(), uid);
-    let run_as = RunAs {
-        uid: MONGODB_UID,
-        gid: MONGODB_UID,
-    };
-    let mut security = pod_security(run_as);
-    security.fs_group = Some(run_as.gid);
-    Ok(Pod {
+    Ok(job_agent_pod(JobAgentPod {
+        job,
         metadata: ObjectMeta {
             name: Some(name),
             namespace: ns,
@@ -97,25 +89,12 @@ pub fn verify_pod(p: &VerifyPlan) -> Result<Pod, PodError> {
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            active_deadline_seconds: Some(
-                crate::controller::job_spec::consistency::run_deadline_seconds(job),
-            ),
-            service_account_name: Some(agent_service_account(&job.name_any())),
-            security_context: Some(security),
-            containers: vec![agent_container(
-                p.image,
-                args,
-                envs,
-                mounts,
-                job.spec.resources.clone(),
-            )],
-            volumes: Some(volumes),
-            ..Default::default()
-        }),
-        status: None,
-    })
+        image: p.image,
+        args,
+        envs,
+        mounts,
+        volumes,
+    }))
 }
 
 /// A finished verify pod's run as status records it; `None` while it has not finished.
