@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use support::{Env, backup_id, fails, ok};
@@ -55,9 +56,13 @@ fn read_data_subsets_read_every_pack_once_and_find_damage_in_its_group() {
     );
 
     // Damage one pack: exactly one group finds it, naming it; the others read clean.
-    let mut data: Vec<_> = support::files_under(&Path::new(&repo).join("data"));
-    data.sort();
-    let pack = &data[0];
+    // The largest pack: one of data chunks (a pack holding file-list pieces is read by every
+    // verify, with or without a subset, so every group would name it).
+    let data = support::files_under(&Path::new(&repo).join("data"));
+    let pack = data
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
     let mut bytes = std::fs::read(pack).expect("read");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -172,4 +177,61 @@ fn restore_check_reads_every_file_back_and_names_what_differs() {
         ],
         &[("SNAPCRYPT_FAULT_RESTORE_TAMPER", "collection-0-123.wt")],
     );
+}
+
+/// A restore into a directory someone else owns (a volume's root is root's; the restore pod
+/// runs as uid 999): everything inside is restored and checked, the directory's own mode and
+/// times stay. Needs root, to run the restore as another user.
+#[test]
+fn a_restore_as_another_user_into_a_directory_it_does_not_own() {
+    if !support::is_root() {
+        eprintln!("skipped: needs root to run the restore as uid 999");
+        return;
+    }
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    let id = backup_id(&src, &repo, &key, &[]);
+    // The repository and key are mongod's user's (as on the restore pod's mounts); the
+    // target is root's, writable by all, as a fresh volume's root with fsGroup.
+    support::chown_mongodb(Path::new(&repo));
+    support::chown_mongodb(Path::new(&key));
+    let target = e.dir.path().join("volume");
+    std::fs::create_dir(&target).expect("mkdir");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::set_permissions(e.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "999", "--regid", "999", "--clear-groups"])
+        .arg(support::bin())
+        .args([
+            "restore",
+            "--repo",
+            &repo,
+            "--key-file",
+            &key,
+            "--snapshot",
+            &id,
+            "--check",
+        ])
+        .arg("--target")
+        .arg(&target)
+        .env("HOME", "/tmp")
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("every file read back and matched"),
+        "{stderr}"
+    );
+    let meta = std::fs::metadata(&target).expect("target");
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o777,
+        "the root's own mode stays"
+    );
+    for f in ["collection-0-123.wt", "journal/WiredTigerLog.0000000001"] {
+        let a = std::fs::read(Path::new(&src).join(f)).expect("source");
+        let b = std::fs::read(target.join(f)).expect("restored");
+        assert!(a == b, "{f} differs");
+    }
 }

@@ -449,7 +449,7 @@ fn bad_input_gives_one_clear_line_and_writes_nothing() {
 
 #[test]
 fn unreadable_source_file_is_refused_before_writing() {
-    if unsafe_is_root() {
+    if support::is_root() {
         // Root reads any file whatever its mode; the check is exercised where tests run as a user.
         eprintln!("skipped: running as root, which can read a mode-000 file");
         return;
@@ -473,15 +473,6 @@ fn unreadable_source_file_is_refused_before_writing() {
     );
     assert!(err.contains("secret.wt") && err.contains("denied"), "{err}");
     assert!(!Path::new(&e.p("repo")).exists());
-}
-
-fn unsafe_is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 #[test]

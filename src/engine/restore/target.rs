@@ -304,14 +304,22 @@ fn set_meta(e: &TreeEntry, p: &Path) -> Result<(), EngineError> {
             });
         }
     }
-    f.set_times(
-        FileTimes::new()
-            .set_modified(system_time(e.mtime_ns))
-            .set_accessed(system_time(e.mtime_ns)),
-    )
-    .map_err(err)?;
-    f.set_permissions(std::fs::Permissions::from_mode(e.mode))
-        .map_err(err)?;
+    // The target directory itself may belong to someone else (a volume's root is root's,
+    // and the restore runs as mongod's user): then its own times and mode stay as they are.
+    // Everything inside it the restore created, and gets the snapshot's.
+    let not_ours =
+        |x: &std::io::Error| e.path.is_empty() && x.kind() == std::io::ErrorKind::PermissionDenied;
+    let times = FileTimes::new()
+        .set_modified(system_time(e.mtime_ns))
+        .set_accessed(system_time(e.mtime_ns));
+    match f.set_times(times) {
+        Err(x) if !not_ours(&x) => return Err(err(x)),
+        _ => {}
+    }
+    match f.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
+        Err(x) if !not_ours(&x) => return Err(err(x)),
+        _ => {}
+    }
     f.sync_all().map_err(err)?;
     Ok(())
 }
