@@ -121,7 +121,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
         ns,
         kmip,
         endpoint,
-        _operator,
+        _operator: operator,
     }) = KmipGround::new("kmip").await
     else {
         return;
@@ -223,6 +223,42 @@ async fn kmip_server_status_snapshot_and_rotation() {
     assert_eq!(old.dependent_snapshots, 1, "{st:?}");
     wait_for_event(&ns, "pykmip", "Rotated").await;
     assert_eq!(cond(&ks, "Rotating").map(|c| c.0).as_deref(), Some("True"));
+
+    // /metrics: the job's master key (the one its snapshot was taken under) with its age, the
+    // server's rotation period, and its rotations, as the KmipServer's status says.
+    let before = servers
+        .get("pykmip")
+        .await
+        .expect("KmipServer")
+        .status
+        .expect("status");
+    let m = support::operator::parse_metrics(&operator.metrics());
+    let after = servers
+        .get("pykmip")
+        .await
+        .expect("KmipServer")
+        .status
+        .expect("status");
+    let sample = |name: &str| support::operator::job_sample(&m, name, ns.name(), "kmipjob");
+    assert_eq!(
+        sample("snapcrypt_backupjob_master_key_rotation_period_seconds"),
+        60.0
+    );
+    let rotated = |s: &snapcrypt::api::KmipServerStatus| {
+        s.keys.iter().filter(|k| k.superseded_at.is_some()).count() as f64
+    };
+    let rotations = sample("snapcrypt_backupjob_master_key_rotations_total");
+    assert!(
+        (rotated(&before)..=rotated(&after)).contains(&rotations),
+        "{rotations}"
+    );
+    let created = old.created_at.as_ref().expect("created").0;
+    let age = jiff::Timestamp::now().duration_since(created).as_secs_f64();
+    let exported = sample("snapcrypt_backupjob_master_key_age_seconds");
+    assert!(
+        exported <= age && exported > age - 30.0,
+        "{exported} vs {age}"
+    );
 
     // A BackupJob naming a KmipServer that does not exist: a condition naming the field.
     create::<BackupJob>(

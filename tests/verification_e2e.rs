@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,7 +23,8 @@ use snapcrypt::api::verification::CheckResult;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{TestNamespace, cluster_or_skip, wait_for, wait_for_deletion};
 use support::operator::{
-    Operator, claim, create, key_secret, member, wait_for_event, wait_for_success,
+    Operator, claim, create, job_sample, key_secret, member, parse_metrics, wait_for_event,
+    wait_for_success,
 };
 use support::real_nodes::{IMAGE, RealNodes, SHARED_CLASS, volume_dir};
 
@@ -92,39 +92,6 @@ async fn job_status(
     })
     .await;
     j.status.expect("status")
-}
-
-/// The samples of /metrics as (name, labels) -> value.
-type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
-
-fn parse_metrics(text: &str) -> Samples {
-    let mut out = Samples::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').expect("sample line");
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let labels = labels
-            .split(',')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once('=').expect("label");
-                (k.to_string(), v.trim_matches('"').to_string())
-            })
-            .collect();
-        out.insert((name.to_string(), labels), value.parse().expect("value"));
-    }
-    out
-}
-
-fn sample(m: &Samples, name: &str, ns: &str, job: &str) -> f64 {
-    let labels = BTreeMap::from([("namespace".into(), ns.into()), ("job".into(), job.into())]);
-    *m.get(&(name.to_string(), labels))
-        .unwrap_or_else(|| panic!("no {name} for {ns}/{job} in /metrics"))
 }
 
 fn seconds(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
@@ -310,7 +277,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         .as_ref()
         .expect("created");
     assert_eq!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_created_timestamp_seconds",
             n,
@@ -320,7 +287,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
     );
     let last_ok = st.last_successful_time.as_ref().expect("last success");
     assert_eq!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_success_timestamp_seconds",
             n,
@@ -328,18 +295,20 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         ),
         seconds(last_ok)
     );
-    assert!(sample(&m, "snapcrypt_backupjob_schedule_period_seconds", n, "rs0") >= 365.0 * 86400.0);
+    assert!(
+        job_sample(&m, "snapcrypt_backupjob_schedule_period_seconds", n, "rs0") >= 365.0 * 86400.0
+    );
     let stats = first.stats.clone().expect("stats");
     assert_eq!(
-        sample(&m, "snapcrypt_backupjob_last_snapshot_files", n, "rs0"),
+        job_sample(&m, "snapcrypt_backupjob_last_snapshot_files", n, "rs0"),
         stats.files as f64
     );
     assert_eq!(
-        sample(&m, "snapcrypt_backupjob_last_snapshot_read_bytes", n, "rs0"),
+        job_sample(&m, "snapcrypt_backupjob_last_snapshot_read_bytes", n, "rs0"),
         stats.logical_bytes as f64
     );
     assert_eq!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_snapshot_added_bytes",
             n,
@@ -348,7 +317,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         stats.stored_bytes as f64
     );
     assert!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_snapshot_duration_seconds",
             n,
@@ -356,16 +325,16 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         ) >= 0.0
     );
     assert_eq!(
-        sample(&m, "snapcrypt_backupjob_repository_stored_bytes", n, "rs0"),
+        job_sample(&m, "snapcrypt_backupjob_repository_stored_bytes", n, "rs0"),
         st.stored_bytes as f64
     );
     assert_eq!(
-        sample(&m, "snapcrypt_backupjob_repository_snapshots", n, "rs0"),
+        job_sample(&m, "snapcrypt_backupjob_repository_snapshots", n, "rs0"),
         st.snapshot_count as f64
     );
     let tested = st.last_restore_test.as_ref().expect("tested");
     assert_eq!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_restore_test_timestamp_seconds",
             n,
@@ -374,7 +343,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         seconds(tested.time.as_ref().expect("time"))
     );
     assert_eq!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_restore_test_success",
             n,
@@ -383,7 +352,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         1.0
     );
     assert_eq!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_restore_test_success",
             n,
@@ -391,7 +360,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         ),
         0.0
     );
-    let took = sample(
+    let took = job_sample(
         &m,
         "snapcrypt_backupjob_last_restore_test_duration_seconds",
         n,
@@ -403,7 +372,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
     );
     let v = st.last_verification.as_ref().expect("verified");
     assert_eq!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_verification_timestamp_seconds",
             n,
@@ -417,7 +386,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         0.0
     };
     assert_eq!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_verification_success",
             n,
@@ -458,7 +427,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
     );
     let m = parse_metrics(&op.metrics());
     assert!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_verification_problems",
             n,
@@ -466,7 +435,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         ) >= 1.0
     );
     assert_eq!(
-        sample(
+        job_sample(
             &m,
             "snapcrypt_backupjob_last_verification_success",
             n,

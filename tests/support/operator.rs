@@ -1,6 +1,7 @@
 //! Operator end-to-end helpers: the operator binary as a process, objects created as a user
 //! would, a fake replica-set member (scenery pod with a data PVC), Events of an object.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -310,4 +311,38 @@ pub async fn wait_for_success(
         pod_logs(ns.name())
     );
     st
+}
+
+/// The samples of a /metrics text as (name, labels) -> value.
+pub type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
+
+pub fn parse_metrics(text: &str) -> Samples {
+    let mut out = Samples::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('=').expect("label");
+                (k.to_string(), v.trim_matches('"').to_string())
+            })
+            .collect();
+        out.insert((name.to_string(), labels), value.parse().expect("value"));
+    }
+    out
+}
+
+/// The value of `name` for BackupJob `ns`/`job` (fails the test if it is absent).
+pub fn job_sample(m: &Samples, name: &str, ns: &str, job: &str) -> f64 {
+    let labels = BTreeMap::from([("namespace".into(), ns.into()), ("job".into(), job.into())]);
+    *m.get(&(name.to_string(), labels))
+        .unwrap_or_else(|| panic!("no {name} for {ns}/{job} in /metrics"))
 }
