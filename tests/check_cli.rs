@@ -8,7 +8,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use support::{Env, backup_id, fails, ok};
+use support::{Env, backup_id, fails};
 
 /// `verify --json` of `repo` with `extra` flags: its report.
 fn verify_json(repo: &str, key: &str, extra: &[&str]) -> serde_json::Value {
@@ -163,18 +163,11 @@ fn restore_check_reads_every_file_back_and_names_what_differs() {
     );
     // Without --check the same restore reports success: the check is what caught it.
     let unchecked = e.p("unchecked");
-    ok(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            &id,
-            "--target",
-            &unchecked,
-        ],
+    support::restore(
+        &repo,
+        &key,
+        &id,
+        &unchecked,
         &[("SNAPCRYPT_FAULT_RESTORE_TAMPER", "collection-0-123.wt")],
     );
 }

@@ -344,24 +344,70 @@ pub fn mongodb_pod_security() -> PodSecurityContext {
     security
 }
 
-/// What a job's agent pod that only needs the repository (a restore, a verify) is made of.
+/// What a job's agent pod that only needs the repository (a restore, a verify) is made of,
+/// besides what [`job_agent_pod`] adds to every such pod.
 pub struct JobAgentPod<'a> {
     pub job: &'a crate::api::BackupJob,
-    /// Name, namespace, labels, annotations and owner.
-    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    /// The job's KmipServer with its active master key id, for a KMIP job.
+    pub kmip: Option<(&'a KmipServer, &'a str)>,
     pub image: &'a str,
+    /// Extra environment (the operator's --agent-env).
+    pub agent_env: &'a [(String, String)],
+    pub name: String,
+    pub namespace: Option<String>,
+    pub owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    /// `app.kubernetes.io/component`.
+    pub component: &'a str,
+    /// The label the run's pods are selected by, and its value.
+    pub run_label: (&'a str, String),
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+    /// The environment variable naming the object the agent reports to.
+    pub object_env: (&'a str, &'a str),
+    /// The run's own arguments, volumes and mounts (the repository's and key's are added).
     pub args: Vec<String>,
-    pub envs: Vec<EnvVar>,
-    pub mounts: Vec<VolumeMount>,
     pub volumes: Vec<Volume>,
+    pub mounts: Vec<VolumeMount>,
 }
 
-/// The pod: the agent container as mongod's user, the job's agent ServiceAccount and
-/// resources, never restarted, stopped by the kubelet at the job's runTimeout.
-pub fn job_agent_pod(p: JobAgentPod) -> k8s_openapi::api::core::v1::Pod {
+/// The pod: the agent container as mongod's user with scratch space, the job's repository
+/// (read-write, so that the run holds a shared repository lock and no prune removes what it
+/// reads: docs/REPOSITORY.md, "Locks and deletion") and key, the job's agent ServiceAccount
+/// and resources, never restarted, stopped by the kubelet at the job's runTimeout.
+pub fn job_agent_pod(p: JobAgentPod) -> Result<k8s_openapi::api::core::v1::Pod, PodError> {
     use kube::ResourceExt;
-    k8s_openapi::api::core::v1::Pod {
-        metadata: p.metadata,
+    let (tmp_volume, tmp_mount, mut envs) = agent_basics(
+        p.namespace.as_deref().unwrap_or_default(),
+        p.object_env,
+        p.agent_env,
+    );
+    let access = repository_access(
+        &p.job.spec,
+        p.kmip,
+        Access {
+            repo_read_only: false,
+            rewrap: false,
+        },
+    )?;
+    let (mut volumes, mut mounts, mut args) = (p.volumes, p.mounts, p.args);
+    volumes.push(tmp_volume);
+    mounts.push(tmp_mount);
+    volumes.extend(access.volumes);
+    mounts.extend(access.mounts);
+    args.extend(access.args);
+    envs.extend(access.envs);
+    let mut labels = crate::controller::names::job_labels(&p.job.name_any());
+    labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
+    labels.insert("app.kubernetes.io/component".into(), p.component.into());
+    labels.insert(p.run_label.0.into(), p.run_label.1);
+    Ok(k8s_openapi::api::core::v1::Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(p.name),
+            namespace: p.namespace,
+            labels: Some(labels),
+            annotations: p.annotations,
+            owner_references: Some(vec![p.owner]),
+            ..Default::default()
+        },
         spec: Some(k8s_openapi::api::core::v1::PodSpec {
             restart_policy: Some("Never".into()),
             active_deadline_seconds: Some(
@@ -373,16 +419,16 @@ pub fn job_agent_pod(p: JobAgentPod) -> k8s_openapi::api::core::v1::Pod {
             security_context: Some(mongodb_pod_security()),
             containers: vec![agent_container(
                 p.image,
-                p.args,
-                p.envs,
-                p.mounts,
+                args,
+                envs,
+                mounts,
                 p.job.spec.resources.clone(),
             )],
-            volumes: Some(p.volumes),
+            volumes: Some(volumes),
             ..Default::default()
         }),
         status: None,
-    }
+    })
 }
 
 /// The restricted container security context: non-root, read-only root filesystem, no

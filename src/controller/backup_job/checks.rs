@@ -88,6 +88,27 @@ struct Pass<'a> {
     now: jiff::Timestamp,
 }
 
+impl Pass<'_> {
+    /// The objects of kind K in the job's namespace whose `label` carries the job's uid (what
+    /// it started for its checks), and the API they were read through.
+    async fn owned<K>(&self, label: &str, what: &str) -> Result<(Api<K>, Vec<K>), Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let ns = self.job.namespace().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let items = api
+            .list(&ListParams::default().labels(&format!("{label}={}", self.uid)))
+            .await
+            .map_err(dereference(self.job, what))?
+            .items;
+        Ok((api, items))
+    }
+}
+
 fn dereference(job: &BackupJob, what: &str) -> impl FnOnce(kube::Error) -> Error {
     let (job, what) = (job.name_any(), what.to_string());
     move |source| Error::Dereference { job, what, source }
@@ -110,17 +131,13 @@ async fn read_data(
     let Pass {
         job,
         ctx,
-        uid,
         healthy,
         now,
+        ..
     } = *pass;
-    let ns = job.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = api
-        .list(&ListParams::default().labels(&format!("{VERIFY_JOB_UID_LABEL}={uid}")))
-        .await
-        .map_err(dereference(job, "verify pods"))?
-        .items;
+    let (api, pods) = pass
+        .owned::<Pod>(VERIFY_JOB_UID_LABEL, "verify pods")
+        .await?;
     let mut busy = false;
     let mut finished: Vec<(Pod, VerificationRun)> = Vec::new();
     let mut last_scheduled = out
@@ -312,17 +329,13 @@ async fn restore_tests(
     let Pass {
         job,
         ctx,
-        uid,
         healthy,
         now,
+        ..
     } = *pass;
-    let ns = job.namespace().unwrap_or_default();
-    let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &ns);
-    let tests = api
-        .list(&ListParams::default().labels(&format!("{RESTORE_TEST_JOB_UID_LABEL}={uid}")))
-        .await
-        .map_err(dereference(job, "restore-test Restores"))?
-        .items;
+    let (api, tests) = pass
+        .owned::<Restore>(RESTORE_TEST_JOB_UID_LABEL, "restore-test Restores")
+        .await?;
     let newest = newest_tests(&tests).first().copied();
     if let Some(verdict) = last_verdict(&tests) {
         out.checks.last_restore_test = Some(verdict);

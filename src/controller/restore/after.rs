@@ -9,7 +9,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::build::Step;
-use super::check::{check_pod, check_result, is_own_claim, scratch_claim};
+use super::check::{check_pod, check_result, check_step, is_own_claim, scratch_claim};
 use super::{Error, dereference_error};
 use crate::api::Restore;
 use crate::api::restore::{CheckStatus, RestoreStatus};
@@ -109,22 +109,18 @@ pub async fn run_check(
         };
         return Ok((Step::Checking { pod }, Some(CHECK_RECHECK), Some(status)));
     };
-    let finished = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.first())
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref())
-        .and_then(|t| t.finished_at.clone());
-    let verdict = match check_result(&pod) {
-        Some(v) => v,
-        None => match overrun(&api, &pod, ctx, &name).await? {
-            Some(why) => CheckStatus {
-                pod: pod.name_any(),
-                result: CheckResult::Failed,
-                message: Some(why),
-            },
+    let step = check_step(&pod);
+    let (verdict, finished) = match check_result(&pod, &step) {
+        Some(judged) => judged,
+        None => match overrun(&api, &pod, &step, ctx, &name).await? {
+            Some(why) => {
+                let status = CheckStatus {
+                    pod: pod.name_any(),
+                    result: CheckResult::Failed,
+                    message: Some(why),
+                };
+                (status, None)
+            }
             None => {
                 let status = CheckStatus {
                     pod: pod.name_any(),
@@ -161,21 +157,16 @@ pub async fn run_check(
 async fn overrun(
     api: &Api<Pod>,
     pod: &Pod,
+    step: &RunStep<String>,
     ctx: &Context,
     restore: &str,
 ) -> Result<Option<String>, Error> {
-    let step = RunStep::<String>::Pending { message: None };
-    let step = if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-        RunStep::Running { started: None }
-    } else {
-        step
-    };
     let node = node_of(&ctx.client, pod)
         .await
         .map_err(dereference_error(restore, "the check pod's Node"))?;
     match deadline(
         pod,
-        &step,
+        step,
         None,
         node.as_ref(),
         jiff::Timestamp::now(),

@@ -2,17 +2,14 @@
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::restore::RestoreStatus;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Restore};
-use crate::controller::agent::pod::{
-    Access, JobAgentPod, PodError, agent_basics, job_agent_pod, mount, repository_access,
-};
+use crate::controller::agent::pod::{JobAgentPod, PodError, job_agent_pod, mount};
 use crate::controller::conditions::{self, merge};
-use crate::controller::names::{RESTORE_UID_LABEL, job_labels, restore_pod_name};
+use crate::controller::names::{RESTORE_UID_LABEL, restore_pod_name};
 use crate::controller::reason::Reason;
 use crate::engine::progress::human_bytes;
 use crate::engine::restore::RestoreStats;
@@ -45,27 +42,8 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     let r = p.restore;
     let owner = r.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
     let uid = r.uid().ok_or(PodError::NoOwner)?;
-    let ns = r.namespace();
     let name = r.name_any();
     let target = &r.spec.target;
-
-    let (tmp_volume, tmp_mount, mut envs) = agent_basics(
-        ns.as_deref().unwrap_or_default(),
-        ("SNAPCRYPT_RESTORE", &name),
-        p.agent_env,
-    );
-    let mut volumes = vec![
-        Volume {
-            name: "target".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: target.claim_name.clone(),
-                read_only: None,
-            }),
-            ..Default::default()
-        },
-        tmp_volume,
-    ];
-    let mut mounts = vec![mount("target", TARGET_MOUNT, false), tmp_mount];
     let target_dir = match &target.path {
         Some(path) => format!("{TARGET_MOUNT}/{path}"),
         None => TARGET_MOUNT.to_string(),
@@ -84,46 +62,35 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     if r.spec.verify_restored {
         args.push("--check".into());
     }
-    let access = repository_access(
-        &p.job.spec,
-        p.kmip,
-        // Read-write so that the restore holds a shared repository lock: no prune removes what
-        // it reads, however long it runs (docs/REPOSITORY.md, "Locks and deletion").
-        Access {
-            repo_read_only: false,
-            rewrap: false,
-        },
-    )?;
-    volumes.extend(access.volumes);
-    mounts.extend(access.mounts);
-    args.extend(access.args);
-    envs.extend(access.envs);
     if (p.progress_interval - 2.0).abs() > f64::EPSILON {
         args.extend([
             "--progress-interval".into(),
             p.progress_interval.to_string(),
         ]);
     }
-
-    let mut labels = job_labels(&p.job.name_any());
-    labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
-    labels.insert("app.kubernetes.io/component".into(), "restore".into());
-    labels.insert(RESTORE_UID_LABEL.into(), uid);
-    Ok(job_agent_pod(JobAgentPod {
+    job_agent_pod(JobAgentPod {
         job: p.job,
-        metadata: ObjectMeta {
-            name: Some(restore_pod_name(&name)),
-            namespace: ns,
-            labels: Some(labels),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
+        kmip: p.kmip,
         image: p.image,
+        agent_env: p.agent_env,
+        name: restore_pod_name(&name),
+        namespace: r.namespace(),
+        owner,
+        component: "restore",
+        run_label: (RESTORE_UID_LABEL, uid),
+        annotations: None,
+        object_env: ("SNAPCRYPT_RESTORE", &name),
         args,
-        envs,
-        mounts,
-        volumes,
-    }))
+        volumes: vec![Volume {
+            name: "target".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: target.claim_name.clone(),
+                read_only: None,
+            }),
+            ..Default::default()
+        }],
+        mounts: vec![mount("target", TARGET_MOUNT, false)],
+    })
 }
 
 /// What a reconcile found, as it matters to status.

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume, VolumeResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
@@ -139,26 +140,34 @@ pub fn check_pod(r: &Restore, check: &CheckContainer) -> Result<Pod, PodError> {
     })
 }
 
-/// The check pod's run: `None` while it has not ended, else its status.
-pub fn check_result(pod: &Pod) -> Option<CheckStatus> {
-    let step = run_step_of(pod, "check", CHECK_CONTAINER, |m| {
+/// The check pod's run as a step: its termination message is the result, whatever it says.
+pub fn check_step(pod: &Pod) -> RunStep<String> {
+    run_step_of(pod, "check", CHECK_CONTAINER, |m| {
         Some(m.trim().to_string())
-    });
-    let (result, message) = match step {
+    })
+}
+
+/// The check pod's verdict and when it ended, from its step; `None` while it has not ended.
+pub fn check_result(pod: &Pod, step: &RunStep<String>) -> Option<(CheckStatus, Option<Time>)> {
+    let (result, message, finished) = match step {
         RunStep::Pending { .. } | RunStep::Running { .. } => return None,
-        RunStep::Succeeded { result, .. } => (CheckResult::Succeeded, Some(result)),
+        RunStep::Succeeded { result, finished } => {
+            (CheckResult::Succeeded, Some(result.clone()), finished)
+        }
         // Exit 0 without a termination message: passed, with nothing to say.
-        RunStep::ResultUnreadable { .. } => (CheckResult::Succeeded, None),
-        RunStep::Failed { message, .. } => (
+        RunStep::ResultUnreadable { finished, .. } => (CheckResult::Succeeded, None, finished),
+        RunStep::Failed { message, finished } => (
             CheckResult::Failed,
             Some(message.replace("spec.placement.runTimeout", "spec.check.timeout")),
+            finished,
         ),
     };
-    Some(CheckStatus {
+    let status = CheckStatus {
         pod: pod.name_any(),
         result,
         message: message.filter(|m| !m.is_empty()),
-    })
+    };
+    Some((status, finished.clone()))
 }
 
 #[cfg(test)]
@@ -213,11 +222,12 @@ mod tests {
             p.metadata.name = Some("back-check".into());
             p
         };
-        let ok = check_result(&named(&terminated("Succeeded", 0, "OK: 4 tables verified")))
-            .expect("ended");
+        let judged = |p: Pod| check_result(&p, &check_step(&p)).map(|(status, _)| status);
+        let ok =
+            judged(named(&terminated("Succeeded", 0, "OK: 4 tables verified"))).expect("ended");
         assert_eq!(ok.result, CheckResult::Succeeded);
         assert_eq!(ok.message.as_deref(), Some("OK: 4 tables verified"));
-        let bad = check_result(&named(&terminated(
+        let bad = judged(named(&terminated(
             "Failed",
             1,
             "FAILED: verify table:collection-2: checksum error",
@@ -228,6 +238,6 @@ mod tests {
             bad.message.as_deref(),
             Some("FAILED: verify table:collection-2: checksum error")
         );
-        assert_eq!(check_result(&named("  phase: Running")), None);
+        assert_eq!(judged(named("  phase: Running")), None);
     }
 }

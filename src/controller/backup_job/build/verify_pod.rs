@@ -3,17 +3,14 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::agent::VerifyResult;
 use crate::api::verification::{CheckResult, VerificationRun};
 use crate::api::{BackupJob, KmipServer};
-use crate::controller::agent::pod::{
-    Access, JobAgentPod, PodError, agent_basics, job_agent_pod, repository_access,
-};
+use crate::controller::agent::pod::{JobAgentPod, PodError, job_agent_pod};
 use crate::controller::agent::run::RunStep;
-use crate::controller::names::{SCHEDULED_TIME, VERIFY_JOB_UID_LABEL, job_labels, verify_pod_name};
+use crate::controller::names::{SCHEDULED_TIME, VERIFY_JOB_UID_LABEL, verify_pod_name};
 use crate::engine::verify::DataSubset;
 
 /// Everything the verify pod depends on, decided before building.
@@ -45,56 +42,28 @@ pub fn verify_pod(p: &VerifyPlan) -> Result<Pod, PodError> {
     let job = p.job;
     let owner = job.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
     let uid = job.uid().ok_or(PodError::NoOwner)?;
-    let ns = job.namespace();
     let name = verify_pod_name(&job.name_any(), p.scheduled);
-    let (tmp_volume, tmp_mount, mut envs) = agent_basics(
-        ns.as_deref().unwrap_or_default(),
-        ("SNAPCRYPT_VERIFY", &name),
-        p.agent_env,
-    );
-    let mut args: Vec<String> = vec![
-        "agent".into(),
-        "verify".into(),
-        "--read-data-subset".into(),
-        p.subset.to_string(),
-    ];
-    // Read-write so that the run holds a shared repository lock: no prune removes what it
-    // reads (docs/REPOSITORY.md, "Locks and deletion").
-    let access = repository_access(
-        &job.spec,
-        p.kmip,
-        Access {
-            repo_read_only: false,
-            rewrap: false,
-        },
-    )?;
-    let mut volumes = vec![tmp_volume];
-    let mut mounts = vec![tmp_mount];
-    volumes.extend(access.volumes);
-    mounts.extend(access.mounts);
-    args.extend(access.args);
-    envs.extend(access.envs);
-
-    let mut labels = job_labels(&job.name_any());
-    labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
-    labels.insert("app.kubernetes.io/component".into(), "verify".into());
-    labels.insert(VERIFY_JOB_UID_LABEL.into(), uid);
-    Ok(job_agent_pod(JobAgentPod {
+    job_agent_pod(JobAgentPod {
         job,
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: ns,
-            labels: Some(labels),
-            annotations: Some([(SCHEDULED_TIME.to_string(), p.scheduled.to_string())].into()),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
+        kmip: p.kmip,
         image: p.image,
-        args,
-        envs,
-        mounts,
-        volumes,
-    }))
+        agent_env: p.agent_env,
+        name: name.clone(),
+        namespace: job.namespace(),
+        owner,
+        component: "verify",
+        run_label: (VERIFY_JOB_UID_LABEL, uid),
+        annotations: Some([(SCHEDULED_TIME.to_string(), p.scheduled.to_string())].into()),
+        object_env: ("SNAPCRYPT_VERIFY", &name),
+        args: vec![
+            "agent".into(),
+            "verify".into(),
+            "--read-data-subset".into(),
+            p.subset.to_string(),
+        ],
+        volumes: Vec::new(),
+        mounts: Vec::new(),
+    })
 }
 
 /// A finished verify pod's run as status records it; `None` while it has not finished.
