@@ -70,6 +70,12 @@ pub async fn run(args: VerifyArgs) -> Result<(), CliError> {
                 report.leftover_file_lists
             );
         }
+        if report.leftover_packs > 0 {
+            eprintln!(
+                "snapcrypt: {} pack(s) without an index object, left by an interrupted backup or repack (not damage: prune removes them)",
+                report.leftover_packs
+            );
+        }
     }
     if report.problems.is_empty() {
         Ok(())

@@ -243,15 +243,30 @@ async fn run_prune(
             .map(|p| plan.stored.get(&(p as u32)).copied().unwrap_or(0))
             .unwrap_or(0)
     };
+    // What this pass marks: packs nothing kept needs, packs repacked, and packs no index
+    // names (a backup or repack killed between a pack and its index object).
+    let mut to_mark: Vec<(String, u64)> = plan
+        .mark
+        .iter()
+        .chain(&plan.repack)
+        .map(|p| {
+            let id = &index.packs[*p as usize].id;
+            (id.clone(), pack_size(id))
+        })
+        .collect();
+    // Where a kept snapshot needs a blob no index has, an index object was lost, and a pack
+    // without one may hold what it needs: none is marked (verify names them).
+    let unindexed = if used.iter().all(|c| index.blobs.contains_key(c)) {
+        unindexed_packs(repo, &index, &marks).await?
+    } else {
+        Vec::new()
+    };
+    report.packs_marked += unindexed.len();
+    to_mark.extend(unindexed);
     if opts.dry_run {
         report.packs_deleted = due.len();
         report.bytes_freed = due.iter().map(|id| marks[*id].bytes).sum();
-        report.bytes_pending = plan
-            .mark
-            .iter()
-            .chain(&plan.repack)
-            .map(|p| pack_size(&index.packs[*p as usize].id))
-            .sum();
+        report.bytes_pending = to_mark.iter().map(|(_, bytes)| bytes).sum();
         return Ok(report);
     }
     lock.check()?;
@@ -270,12 +285,10 @@ async fn run_prune(
         repack(repo, km, &index, &plan, &used).await?;
     }
     let stamp = now.to_string();
-    for p in plan.mark.iter().chain(&plan.repack) {
-        let id = &index.packs[*p as usize].id;
-        let bytes = pack_size(id);
+    for (id, bytes) in &to_mark {
         let mark = GarbageMark {
             marked: stamp.clone(),
-            bytes,
+            bytes: *bytes,
         };
         repo.backend
             .put(&format!("{GARBAGE_DIR}/{id}"), serde_json::to_vec(&mark)?)
@@ -290,10 +303,7 @@ async fn run_prune(
         .map(|id| (id.clone(), marks[id].bytes))
         .collect();
     if opts.grace.is_zero() {
-        for p in plan.mark.iter().chain(&plan.repack) {
-            let id = &index.packs[*p as usize].id;
-            due.push((id.clone(), pack_size(id)));
-        }
+        due.extend(to_mark);
         report.bytes_pending = 0;
     }
     let mut deleted = HashSet::new();
@@ -308,6 +318,31 @@ async fn run_prune(
     }
     drop_finished_records(repo, &index, &deleted, &snaps, &kept).await?;
     Ok(report)
+}
+
+/// Packs in `data/` that no index object names and no mark covers, with their sizes: what a
+/// backup or repack killed after storing a pack and before its index object leaves. Nothing
+/// can read them (readers find blobs through the index), so they are garbage; under prune's
+/// exclusive lock no writer is between the two writes, and the mark's grace covers one whose
+/// lock went stale while it still ran (its index, once written, makes the pack rescuable).
+async fn unindexed_packs(
+    repo: &Repository,
+    index: &super::repo::Index,
+    marks: &HashMap<String, GarbageMark>,
+) -> Result<Vec<(String, u64)>, EngineError> {
+    let indexed: HashSet<&str> = index.packs.iter().map(|p| p.id.as_str()).collect();
+    Ok(repo
+        .backend
+        .list("data")
+        .await?
+        .into_iter()
+        .filter_map(|(name, size)| name.rsplit('/').next().map(|id| (id.to_string(), size)))
+        .filter(|(id, _)| {
+            super::repo::is_object_id(id)
+                && !indexed.contains(id.as_str())
+                && !marks.contains_key(id)
+        })
+        .collect())
 }
 
 /// Every blob a kept snapshot needs: its chunks and its file list's pieces.
