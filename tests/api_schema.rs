@@ -186,12 +186,40 @@ fn schema_rejects_bad_manifests_naming_the_field() {
                 "/spec/destination/s3",
                 json!({"bucket": "abc", "credentialsSecret": "c"}),
             ),
-            "exactly one of pvc or s3",
+            "exactly one of pvc, s3, gcs or azure",
         ),
         (
             "no destination",
             with(bj.clone(), "/spec/destination/pvc", Value::Null),
-            "exactly one of pvc or s3",
+            "exactly one of pvc, s3, gcs or azure",
+        ),
+        (
+            "a pvc and an Azure container",
+            with(
+                bj.clone(),
+                "/spec/destination/azure",
+                json!({"account": "acct", "container": "backups"}),
+            ),
+            "exactly one of pvc, s3, gcs or azure",
+        ),
+        (
+            "a GCS key file and a workload identity",
+            with(
+                with(bj.clone(), "/spec/destination/pvc", Value::Null),
+                "/spec/destination/gcs",
+                json!({"bucket": "backups", "credentialsSecret": "gcs",
+                       "workloadIdentity": {"serviceAccount": "sa@p.iam.gserviceaccount.com"}}),
+            ),
+            "gcs: set at most one of credentialsSecret or workloadIdentity",
+        ),
+        (
+            "an Azure account name with capitals",
+            with(
+                with(bj.clone(), "/spec/destination/pvc", Value::Null),
+                "/spec/destination/azure",
+                json!({"account": "MyAccount", "container": "backups"}),
+            ),
+            "account",
         ),
         (
             "two key sources",

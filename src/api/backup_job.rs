@@ -11,6 +11,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{LocalRef, Progress, SecretKeyRef};
+pub use super::destination::{
+    AzureDestination, Destination, GcsDestination, PvcDestination, S3Destination,
+};
 use super::verification::{RestoreTestRun, Verification, VerificationRun};
 
 /// Encrypted snapshots of one MongoDB replica set's data volume, on a schedule or once.
@@ -62,7 +65,7 @@ use super::verification::{RestoreTestRun, Verification, VerificationRun};
 pub struct BackupJobSpec {
     /// The MongoDB replica set whose data volume is copied.
     pub source: MongoSource,
-    /// Where the encrypted repository lives: exactly one of `pvc` and `s3`.
+    /// Where the encrypted repository lives: exactly one of `pvc`, `s3`, `gcs` and `azure`.
     pub destination: Destination,
     /// Which key protects the data: exactly one of `kmipServerRef` and `localKeySecret`.
     pub encryption: Encryption,
@@ -361,67 +364,6 @@ pub enum Quiesce {
     FsyncLock,
     /// No lock: a crash-consistent cut (journal on the same volume).
     None,
-}
-
-/// Where the repository lives: exactly one of `pvc` and `s3`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.pvc) != has(self.s3)").message("destination: set exactly one of pvc or s3"))]
-pub struct Destination {
-    /// A PersistentVolumeClaim in this namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pvc: Option<PvcDestination>,
-    /// An S3 or S3-compatible bucket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s3: Option<S3Destination>,
-}
-
-/// A repository on a PersistentVolumeClaim.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PvcDestination {
-    /// Name of the PersistentVolumeClaim.
-    #[schemars(length(min = 1, max = 253))]
-    pub claim_name: String,
-    /// Directory inside the claim that holds the repository, relative, without `.` segments.
-    #[serde(default = "default_repo_path")]
-    #[schemars(pattern(r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]*(/[A-Za-z0-9_\-][A-Za-z0-9._\-]*)*$"))]
-    pub path: String,
-}
-
-fn default_repo_path() -> String {
-    "snapcrypt".to_string()
-}
-
-/// A repository in an S3 bucket.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct S3Destination {
-    /// Bucket name.
-    #[schemars(length(min = 3, max = 63), pattern(r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$"))]
-    pub bucket: String,
-    /// Key prefix of the repository inside the bucket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// Endpoint URL for S3-compatible stores (for example https://minio.example:9000); absent
-    /// means AWS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^https?://"))]
-    pub endpoint: Option<String>,
-    /// Region.
-    #[serde(default = "default_region")]
-    pub region: String,
-    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
-    /// `AWS_SESSION_TOKEN`).
-    #[schemars(length(min = 1, max = 253))]
-    pub credentials_secret: String,
-    /// Use path-style URLs (endpoint/bucket/key), as most S3-compatible stores need.
-    #[serde(default)]
-    pub path_style: bool,
-}
-
-fn default_region() -> String {
-    "us-east-1".to_string()
 }
 
 /// Which key protects the data: exactly one of `kmipServerRef` and `localKeySecret`.

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod backup_job;
 pub mod common;
+pub mod destination;
 pub mod kmip_server;
 pub mod restore;
 pub mod snapshot;

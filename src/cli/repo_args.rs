@@ -7,7 +7,10 @@ use crate::engine::backend::{Backend, Location, S3Options};
 
 #[derive(Args, Debug, Clone)]
 pub struct RepoArgs {
-    /// The repository: a directory path, file://PATH, or s3://BUCKET/PREFIX.
+    /// The repository: a directory path, file://PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX
+    /// (Google Cloud Storage) or az://CONTAINER/PREFIX (Azure Blob Storage, the account from
+    /// $AZURE_STORAGE_ACCOUNT_NAME). Credentials come from each store's usual environment
+    /// variables and files (see README).
     #[arg(long, env = "SNAPCRYPT_REPO", value_name = "REPO")]
     pub repo: String,
 

@@ -2,6 +2,8 @@
 //! a Role that can only read Snapshots and Restores and patch their status (for progress).
 //! Owned by the BackupJob. Built pure ([`agent_rbac`]), applied by [`apply_agent_identity`].
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::ObjectMeta;
@@ -41,6 +43,24 @@ pub fn agent_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// The annotations that tie the agent's ServiceAccount to a cloud identity: GKE Workload
+/// Identity's Google service account, AKS Workload Identity's client id.
+fn workload_identity_annotations(job: &BackupJob) -> Option<BTreeMap<String, String>> {
+    let d = &job.spec.destination;
+    let gcs = d
+        .gcs
+        .as_ref()
+        .and_then(|g| g.workload_identity.as_ref())
+        .map(|w| ("iam.gke.io/gcp-service-account", w.service_account.clone()));
+    let azure = d
+        .azure
+        .as_ref()
+        .and_then(|a| a.workload_identity.as_ref())
+        .map(|w| ("azure.workload.identity/client-id", w.client_id.clone()));
+    gcs.or(azure)
+        .map(|(k, v)| BTreeMap::from([(k.to_string(), v)]))
+}
+
 /// ServiceAccount, Role and RoleBinding for `job`'s snapshot pods; None if the job has no uid.
 pub fn agent_rbac(job: &BackupJob) -> Option<(ServiceAccount, Role, RoleBinding)> {
     let owner = job.controller_owner_ref(&())?;
@@ -53,7 +73,10 @@ pub fn agent_rbac(job: &BackupJob) -> Option<(ServiceAccount, Role, RoleBinding)
         ..Default::default()
     };
     let sa = ServiceAccount {
-        metadata: meta.clone(),
+        metadata: ObjectMeta {
+            annotations: workload_identity_annotations(job),
+            ..meta.clone()
+        },
         ..Default::default()
     };
     let role = Role {
@@ -130,6 +153,33 @@ mod tests {
         assert_eq!(
             rb.subjects.expect("subjects")[0].namespace.as_deref(),
             Some("db")
+        );
+    }
+
+    #[test]
+    fn a_workload_identity_annotates_the_agents_service_account() {
+        let mut job = crate::controller::fixtures::job("");
+        assert_eq!(agent_rbac(&job).unwrap().0.metadata.annotations, None);
+        job.spec.destination = serde_json::from_value(serde_json::json!({"gcs": {
+            "bucket": "b", "workloadIdentity": {"serviceAccount": "sa@p.iam.gserviceaccount.com"}}}))
+        .unwrap();
+        let sa = agent_rbac(&job).unwrap().0;
+        assert_eq!(
+            sa.annotations()
+                .get("iam.gke.io/gcp-service-account")
+                .map(String::as_str),
+            Some("sa@p.iam.gserviceaccount.com")
+        );
+        job.spec.destination = serde_json::from_value(serde_json::json!({"azure": {
+            "account": "acct", "container": "backups",
+            "workloadIdentity": {"clientId": "00000000-0000-0000-0000-000000000001"}}}))
+        .unwrap();
+        let sa = agent_rbac(&job).unwrap().0;
+        assert_eq!(
+            sa.annotations()
+                .get("azure.workload.identity/client-id")
+                .map(String::as_str),
+            Some("00000000-0000-0000-0000-000000000001")
         );
     }
 }

@@ -5,6 +5,7 @@
 //! and read its pod with [`run::run_step`] into the run's own status.
 //!
 //! - [`pod`]: mounts, security contexts, the repository and key as volumes and arguments (pure)
+//! - [`destination`]: the job's repository (a PVC or an object store) and its credentials
 //! - [`identity`]: the per-job ServiceAccount, Role and RoleBinding (built pure, applied)
 //! - [`job`]: the job's spec and references checked, its KmipServer's active key
 //! - [`run`]: a run's pod as one [`run::RunStep`], with the agent's result line parsed
@@ -12,6 +13,7 @@
 //!   nodeLostTimeout), its node read to judge the second
 
 pub mod deadline;
+pub mod destination;
 pub mod identity;
 pub mod job;
 pub mod node;

@@ -4,8 +4,8 @@
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    PodSecurityContext, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 
 use crate::api::KmipServer;
@@ -150,6 +150,8 @@ pub struct RepoAccess {
     pub mounts: Vec<VolumeMount>,
     pub args: Vec<String>,
     pub envs: Vec<EnvVar>,
+    /// Labels the pod needs (AKS Workload Identity's opt-in).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The job's destination and encryption as volumes, mounts, agent arguments and environment.
@@ -160,70 +162,9 @@ pub fn repository_access(
     how: Access,
 ) -> Result<RepoAccess, PodError> {
     let mut out = RepoAccess::default();
-    destination_access(spec, how, &mut out)?;
+    super::destination::destination_access(&spec.destination, how, &mut out)?;
     key_access(spec, kmip, how, &mut out)?;
     Ok(out)
-}
-
-/// The repository: a PVC mounted at [`REPO_MOUNT`], or S3 with credentials from the Secret.
-fn destination_access(
-    spec: &BackupJobSpec,
-    how: Access,
-    out: &mut RepoAccess,
-) -> Result<(), PodError> {
-    match (&spec.destination.pvc, &spec.destination.s3) {
-        (Some(pvc), _) => {
-            out.volumes.push(Volume {
-                name: "repo".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: pvc.claim_name.clone(),
-                    read_only: how.repo_read_only.then_some(true),
-                }),
-                ..Default::default()
-            });
-            out.mounts
-                .push(mount("repo", REPO_MOUNT, how.repo_read_only));
-            out.args
-                .extend(["--repo".into(), format!("{REPO_MOUNT}/{}", pvc.path)]);
-        }
-        (None, Some(s3)) => {
-            let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
-            let repo = if prefix.is_empty() {
-                format!("s3://{}", s3.bucket)
-            } else {
-                format!("s3://{}/{prefix}", s3.bucket)
-            };
-            out.args.extend(["--repo".into(), repo]);
-            if let Some(ep) = &s3.endpoint {
-                out.args.extend(["--s3-endpoint".into(), ep.clone()]);
-            }
-            out.args.extend(["--s3-region".into(), s3.region.clone()]);
-            if s3.path_style {
-                out.args.push("--s3-path-style".into());
-            }
-            let secret = &s3.credentials_secret;
-            out.envs.push(secret_env(
-                "AWS_ACCESS_KEY_ID",
-                secret,
-                "AWS_ACCESS_KEY_ID",
-                false,
-            ));
-            out.envs.push(secret_env(
-                "AWS_SECRET_ACCESS_KEY",
-                secret,
-                "AWS_SECRET_ACCESS_KEY",
-                false,
-            ));
-            out.envs.push(secret_env(
-                "AWS_SESSION_TOKEN",
-                secret,
-                "AWS_SESSION_TOKEN",
-                true,
-            ));
-        }
-        (None, None) => return Err(PodError::NoDestination),
-    }
-    Ok(())
 }
 
 /// The key: the local key Secret as a file, or the KmipServer's endpoints and client TLS.
@@ -396,6 +337,7 @@ pub fn job_agent_pod(p: JobAgentPod) -> Result<k8s_openapi::api::core::v1::Pod, 
     args.extend(access.args);
     envs.extend(access.envs);
     let mut labels = crate::controller::names::job_labels(&p.job.name_any());
+    labels.extend(access.labels);
     labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
     labels.insert("app.kubernetes.io/component".into(), p.component.into());
     labels.insert(p.run_label.0.into(), p.run_label.1);

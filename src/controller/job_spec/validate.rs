@@ -9,6 +9,8 @@ use crate::api::backup_job::{AuthMechanism, BackupJobSpec, MongoSource, SyncSour
 
 use super::consistency::{Capture, capture, parse_timeout};
 use super::schedule::CronSchedule;
+use crate::api::destination::Destination;
+use crate::controller::agent::destination::GCS_CREDENTIALS_FILE;
 use crate::controller::reason::Reason;
 
 /// One thing wrong with a BackupJob.
@@ -130,6 +132,36 @@ pub fn references(spec: &BackupJobSpec) -> Vec<Reference> {
             vec![vec!["AWS_ACCESS_KEY_ID"], vec!["AWS_SECRET_ACCESS_KEY"]],
         ));
     }
+    if let Some(secret) = spec
+        .destination
+        .gcs
+        .as_ref()
+        .and_then(|g| g.credentials_secret.as_ref())
+    {
+        out.push(r(
+            "spec.destination.gcs.credentialsSecret",
+            RefKind::Secret,
+            secret,
+            vec![vec![GCS_CREDENTIALS_FILE]],
+        ));
+    }
+    if let Some(secret) = spec
+        .destination
+        .azure
+        .as_ref()
+        .and_then(|a| a.credentials_secret.as_ref())
+    {
+        out.push(r(
+            "spec.destination.azure.credentialsSecret",
+            RefKind::Secret,
+            secret,
+            vec![vec![
+                "AZURE_STORAGE_ACCOUNT_KEY",
+                "AZURE_STORAGE_SAS_TOKEN",
+                "AZURE_CLIENT_SECRET",
+            ]],
+        ));
+    }
     if let Some(k) = &spec.encryption.local_key_secret {
         out.push(Reference {
             field: "spec.encryption.localKeySecret.name".into(),
@@ -244,12 +276,16 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
     };
     check_source(&spec.source, &mut problems);
     let d = &spec.destination;
-    if d.pvc.is_some() == d.s3.is_some() {
+    if d.count() != 1 {
         problems.push(Problem::new(
             Reason::InvalidSpec,
-            "spec.destination: set exactly one of pvc or s3",
+            format!(
+                "spec.destination: set exactly one of pvc, s3, gcs or azure ({} set)",
+                d.count()
+            ),
         ));
     }
+    check_workload_identity(d, &mut problems);
     if let Some(pvc) = &d.pvc
         && pvc
             .path
@@ -419,6 +455,35 @@ pub fn db_path_in_volume(source: &MongoSource) -> String {
         .unwrap_or("")
         .trim_matches('/')
         .to_string()
+}
+
+/// An object-store destination takes its credentials from a Secret or from the pod's workload
+/// identity, not both (the schema says so too; this names the field where it was not applied).
+fn check_workload_identity(d: &Destination, problems: &mut Vec<Problem>) {
+    let both = [
+        (
+            "gcs",
+            d.gcs
+                .as_ref()
+                .is_some_and(|g| g.credentials_secret.is_some() && g.workload_identity.is_some()),
+        ),
+        (
+            "azure",
+            d.azure
+                .as_ref()
+                .is_some_and(|a| a.credentials_secret.is_some() && a.workload_identity.is_some()),
+        ),
+    ];
+    for (store, both) in both {
+        if both {
+            problems.push(Problem::new(
+                Reason::InvalidSpec,
+                format!(
+                    "spec.destination.{store}: set at most one of credentialsSecret or workloadIdentity"
+                ),
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
-//! Where a repository's objects live: a local directory (what a PVC is) or an S3 bucket, both
-//! through `object_store`. Packs are staged in a local file while they are written; committing
-//! one renames it into place (local) or streams it up as a multipart upload (S3).
+//! Where a repository's objects live: a local directory (what a PVC is) or a bucket in S3,
+//! Google Cloud Storage or Azure Blob Storage, all through `object_store`. Packs are staged in
+//! a local file while they are written; committing one renames it into place (local) or
+//! streams it up as a multipart upload (object stores).
 
+mod cloud;
 mod durable;
+mod location;
+
+pub use self::location::{Location, REPO_FORMS, S3Options, StoreKind};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +15,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
@@ -40,58 +44,6 @@ pub enum BackendError {
     },
 }
 
-/// Where to find a repository, parsed from a REPO argument.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Location {
-    /// A directory: a plain path or `file://PATH`.
-    Local(PathBuf),
-    /// A bucket and a key prefix: `s3://BUCKET/PREFIX`.
-    S3 { bucket: String, prefix: String },
-}
-
-impl Location {
-    /// Parse `PATH`, `file://PATH` or `s3://BUCKET[/PREFIX]`.
-    pub fn parse(repo: &str) -> Result<Self, BackendError> {
-        let bad = |reason: &str| BackendError::BadLocation {
-            repo: repo.into(),
-            reason: reason.into(),
-        };
-        if let Some(rest) = repo.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(bad("s3:// needs a bucket name: s3://BUCKET/PREFIX"));
-            }
-            return Ok(Location::S3 {
-                bucket: bucket.into(),
-                prefix: prefix.trim_matches('/').into(),
-            });
-        }
-        if let Some((scheme, _)) = repo.split_once("://")
-            && scheme != "file"
-        {
-            return Err(bad(
-                "unknown scheme: use a path, file://PATH or s3://BUCKET/PREFIX",
-            ));
-        }
-        let path = repo.strip_prefix("file://").unwrap_or(repo);
-        if path.is_empty() {
-            return Err(bad("empty path"));
-        }
-        Ok(Location::Local(PathBuf::from(path)))
-    }
-}
-
-/// S3 settings beyond the URL. Unset fields fall back to the usual AWS environment variables
-/// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL).
-#[derive(Clone, Debug, Default)]
-pub struct S3Options {
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub path_style: bool,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-}
-
 /// One listed object: its name, size and the store's time of its last write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -119,23 +71,10 @@ impl BackendError {
     }
 }
 
-/// Is some S3 credential source configured besides instance metadata? Without one, the
-/// object_store client would ask the EC2 instance metadata service, and its error names that
-/// service instead of what the user must set.
-fn s3_credentials_configured(s3: &S3Options) -> bool {
-    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
-    (s3.access_key_id.is_some() && s3.secret_access_key.is_some())
-        || (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
-        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
-        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-        || set("SNAPCRYPT_S3_INSTANCE_CREDENTIALS")
-}
-
 /// Retries of a store request that failed in a way worth retrying (a 5xx answer, a connection
 /// reset or timeout): up to `SNAPCRYPT_STORE_RETRIES` (default 10) with exponential backoff from
 /// 100 ms to 15 s, within 5 minutes, then the request's error.
-fn retry_config() -> RetryConfig {
+pub(super) fn retry_config() -> RetryConfig {
     let max_retries = std::env::var("SNAPCRYPT_STORE_RETRIES")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -199,47 +138,8 @@ impl Backend {
                     staging,
                 })
             }
-            Location::S3 { bucket, prefix } => {
-                if !s3_credentials_configured(s3) {
-                    return Err(BackendError::BadLocation {
-                        repo: format!("s3://{bucket}/{prefix}"),
-                        reason: "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the job's credentialsSecret (or SNAPCRYPT_S3_INSTANCE_CREDENTIALS=1 to use the instance's role)".into(),
-                    });
-                }
-                let mut b = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_retry(retry_config());
-                if let Some(e) = s3
-                    .endpoint
-                    .clone()
-                    .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-                {
-                    b = b.with_allow_http(e.starts_with("http://")).with_endpoint(e);
-                }
-                if let Some(r) = &s3.region {
-                    b = b.with_region(r);
-                }
-                if s3.path_style {
-                    b = b.with_virtual_hosted_style_request(false);
-                }
-                if let Some(k) = &s3.access_key_id {
-                    b = b.with_access_key_id(k);
-                }
-                if let Some(k) = &s3.secret_access_key {
-                    b = b.with_secret_access_key(k);
-                }
-                let store = b.build().map_err(|e| BackendError::BadLocation {
-                    repo: format!("s3://{bucket}/{prefix}"),
-                    reason: e.to_string(),
-                })?;
-                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                    Arc::new(store)
-                } else {
-                    Arc::new(object_store::prefix::PrefixStore::new(
-                        store,
-                        prefix.as_str(),
-                    ))
-                };
+            Location::Remote { .. } => {
+                let store = cloud::open_remote(location, s3)?;
                 let staging = std::env::var_os("SNAPCRYPT_TMPDIR")
                     .map(PathBuf::from)
                     .unwrap_or_else(std::env::temp_dir)
@@ -248,7 +148,7 @@ impl Backend {
                     store,
                     local_root: None,
                     staging,
-                    display: format!("s3://{bucket}/{prefix}"),
+                    display: location.to_string(),
                 })
             }
         }
@@ -665,52 +565,44 @@ mod tests {
         );
     }
 
-    /// Without any credential source, an S3 repository says what to set (not an instance
-    /// metadata error).
+    /// Without any credential source, a repository in an object store says what to set (not
+    /// a metadata service's error).
     #[test]
-    fn s3_without_credentials_says_what_to_set() {
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
-            || std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
-            || std::env::var_os("SNAPCRYPT_S3_INSTANCE_CREDENTIALS").is_some()
-        {
-            return; // the environment provides credentials; covered by tests/data_safety.rs
-        }
-        let e = Backend::open(
-            &Location::parse("s3://b/p").unwrap(),
-            &S3Options::default(),
-            false,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the job's credentialsSecret"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn parses_locations() {
-        assert_eq!(
-            Location::parse("/x/y").unwrap(),
-            Location::Local("/x/y".into())
-        );
-        assert_eq!(
-            Location::parse("file:///x").unwrap(),
-            Location::Local("/x".into())
-        );
-        assert_eq!(
-            Location::parse("s3://b/p/q/").unwrap(),
-            Location::S3 {
-                bucket: "b".into(),
-                prefix: "p/q".into()
+    fn object_stores_without_credentials_say_what_to_set() {
+        let any = |prefix: &str| {
+            std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with(prefix))
+                || std::env::var_os("SNAPCRYPT_AMBIENT_CREDENTIALS").is_some()
+                || std::env::var_os("SNAPCRYPT_S3_INSTANCE_CREDENTIALS").is_some()
+        };
+        for (repo, env_prefix, says) in [
+            (
+                "s3://b/p",
+                "AWS_",
+                "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the job's credentialsSecret",
+            ),
+            (
+                "gs://b/p",
+                "GOOGLE_",
+                "no GCS credentials: set GOOGLE_APPLICATION_CREDENTIALS",
+            ),
+            (
+                "az://c/p",
+                "AZURE_",
+                "no Azure credentials: set AZURE_STORAGE_ACCOUNT_NAME with",
+            ),
+        ] {
+            if any(env_prefix) {
+                continue; // the environment provides credentials: covered by tests/
             }
-        );
-        assert!(Location::parse("s3://").is_err());
-        assert!(
-            Location::parse("gs://b")
-                .unwrap_err()
-                .to_string()
-                .contains("unknown scheme")
-        );
+            let e = Backend::open(
+                &Location::parse(repo).unwrap(),
+                &S3Options::default(),
+                false,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(says), "{repo}: {e}");
+            assert!(e.starts_with(&format!("repository {repo}: ")), "{e}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use crate::kms::local::LocalKeyManager;
 #[doc(hidden)]
 pub fn fuzz_repository_documents(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    if let Ok(Location::S3 { bucket, prefix }) = Location::parse(&text) {
+    if let Ok(Location::Remote { bucket, prefix, .. }) = Location::parse(&text) {
         assert!(
             !bucket.is_empty() && !bucket.contains('/'),
             "bucket {bucket:?}"

@@ -146,6 +146,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     mounts.extend(access.mounts);
     args.extend(access.args);
     envs.extend(access.envs);
+    let access_labels = access.labels;
 
     args.extend(copy_args(p));
     // The job's retention policy, applied by the agent after a successful backup to the
@@ -161,6 +162,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     args.extend(tag_args(p, &job_tag, trigger));
 
     let mut labels = job_labels(&p.job.name_any());
+    labels.extend(access_labels);
     labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
     labels.insert("app.kubernetes.io/component".into(), "snapshot".into());
     labels.insert(SNAPSHOT_UID_LABEL.into(), uid);

@@ -1,0 +1,165 @@
+//! Where a repository is, parsed from a REPO argument: a directory, or a bucket (container)
+//! and key prefix in S3, Google Cloud Storage or Azure Blob Storage.
+
+use std::path::PathBuf;
+
+use super::BackendError;
+
+/// The object stores a repository can live in, each named by its URL scheme (the schemes
+/// object_store and the stores' own tools use: `s3://`, `gs://`, `az://`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    S3,
+    Gcs,
+    Azure,
+}
+
+impl StoreKind {
+    const ALL: [StoreKind; 3] = [StoreKind::S3, StoreKind::Gcs, StoreKind::Azure];
+
+    pub fn scheme(self) -> &'static str {
+        match self {
+            StoreKind::S3 => "s3",
+            StoreKind::Gcs => "gs",
+            StoreKind::Azure => "az",
+        }
+    }
+
+    /// What the part after the scheme names first.
+    fn bucket_word(self) -> &'static str {
+        match self {
+            StoreKind::Azure => "container",
+            _ => "bucket",
+        }
+    }
+}
+
+/// Where to find a repository, parsed from a REPO argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A directory: a plain path or `file://PATH`.
+    Local(PathBuf),
+    /// A bucket (an Azure container) and a key prefix: `s3://BUCKET/PREFIX`,
+    /// `gs://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`.
+    Remote {
+        kind: StoreKind,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+/// What REPO may be, for messages.
+pub const REPO_FORMS: &str =
+    "a path, file://PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX";
+
+impl Location {
+    /// Parse `PATH`, `file://PATH`, `s3://BUCKET[/PREFIX]`, `gs://BUCKET[/PREFIX]` or
+    /// `az://CONTAINER[/PREFIX]`.
+    pub fn parse(repo: &str) -> Result<Self, BackendError> {
+        let bad = |reason: String| BackendError::BadLocation {
+            repo: repo.into(),
+            reason,
+        };
+        for kind in StoreKind::ALL {
+            let Some(rest) = repo.strip_prefix(&format!("{}://", kind.scheme())) else {
+                continue;
+            };
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                let (scheme, word) = (kind.scheme(), kind.bucket_word());
+                return Err(bad(format!(
+                    "{scheme}:// needs a {word} name: {scheme}://{}/PREFIX",
+                    word.to_uppercase()
+                )));
+            }
+            return Ok(Location::Remote {
+                kind,
+                bucket: bucket.into(),
+                prefix: prefix.trim_matches('/').into(),
+            });
+        }
+        if let Some((scheme, _)) = repo.split_once("://")
+            && scheme != "file"
+        {
+            return Err(bad(format!("unknown scheme: use {REPO_FORMS}")));
+        }
+        let path = repo.strip_prefix("file://").unwrap_or(repo);
+        if path.is_empty() {
+            return Err(bad("empty path".into()));
+        }
+        Ok(Location::Local(PathBuf::from(path)))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::Remote {
+                kind,
+                bucket,
+                prefix,
+            } => write!(f, "{}://{bucket}/{prefix}", kind.scheme()),
+        }
+    }
+}
+
+/// S3 settings beyond the URL. Unset fields fall back to the usual AWS environment variables
+/// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL).
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(kind: StoreKind, bucket: &str, prefix: &str) -> Location {
+        Location::Remote {
+            kind,
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        }
+    }
+
+    #[test]
+    fn parses_locations() {
+        assert_eq!(
+            Location::parse("/x/y").unwrap(),
+            Location::Local("/x/y".into())
+        );
+        assert_eq!(
+            Location::parse("file:///x").unwrap(),
+            Location::Local("/x".into())
+        );
+        assert_eq!(
+            Location::parse("s3://b/p/q/").unwrap(),
+            remote(StoreKind::S3, "b", "p/q")
+        );
+        assert_eq!(
+            Location::parse("gs://b/p").unwrap(),
+            remote(StoreKind::Gcs, "b", "p")
+        );
+        assert_eq!(
+            Location::parse("az://c").unwrap(),
+            remote(StoreKind::Azure, "c", "")
+        );
+        assert_eq!(Location::parse("az://c/p").unwrap().to_string(), "az://c/p");
+        assert!(Location::parse("s3://").is_err());
+        let e = Location::parse("az:///p").unwrap_err().to_string();
+        assert!(
+            e.contains("az:// needs a container name: az://CONTAINER/PREFIX"),
+            "{e}"
+        );
+        let e = Location::parse("wasb://c").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown scheme") && e.contains("gs://BUCKET"),
+            "{e}"
+        );
+    }
+}
