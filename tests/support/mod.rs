@@ -2,9 +2,11 @@
 //! making source trees, comparing trees byte for byte, and real servers on loopback.
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod cluster;
 pub mod control_plane;
 pub mod fault_proxy;
+pub mod gcs;
 pub mod ground;
 pub mod mockupdb;
 pub mod operator;
