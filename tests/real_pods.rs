@@ -222,30 +222,7 @@ async fn snapshot_and_restore_in_real_containers() {
     assert!(retrying.starts_with("attempt 1 failed"), "{retrying}");
 
     // A Restore in a restore pod brings back exactly what the member held.
-    let restores: Api<Restore> = ns.api();
-    create::<Restore>(
-        &restores,
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "back"},
-            "spec": {"snapshotRef": {"name": name}, "target": {"claimName": "restored", "path": "db"}}}),
-    )
-    .await;
-    let r = wait_for(&restores, "back", "the Restore to finish", LONG, |r| {
-        r.status.as_ref().is_some_and(|s| {
-            matches!(
-                s.phase,
-                snapcrypt::api::snapshot::RunPhase::Succeeded
-                    | snapcrypt::api::snapshot::RunPhase::Failed
-            )
-        })
-    })
-    .await;
-    let rst = r.status.expect("status");
-    assert_eq!(
-        rst.phase,
-        snapcrypt::api::snapshot::RunPhase::Succeeded,
-        "{:?}",
-        rst.message
-    );
+    let rst = restore_in_a_pod(ns, &name).await;
     support::assert_same_tree(data, &volume_dir(ns, "restored").await.join("db"));
     // The restore pod ran where its target volume lives (the provisioner placed that disk on
     // the node the scheduler chose for the restore pod, its first user).
@@ -357,9 +334,41 @@ async fn an_s3_repository_from_a_real_container() {
     restores_from(&g, "s3://backups/rs0", &s3.env()).await;
 }
 
-/// The job's snapshot succeeded and restores bit-exact from `repo` with the key file alone,
-/// through the CLI on the host (no cluster).
+/// Restore `snapshot` with a Restore (in a restore pod) into claim `restored` at `db`; its
+/// status once it succeeded (fails the test if it failed).
+async fn restore_in_a_pod(ns: &TestNamespace, snapshot: &str) -> snapcrypt::api::RestoreStatus {
+    let restores: Api<Restore> = ns.api();
+    create::<Restore>(
+        &restores,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "back"},
+            "spec": {"snapshotRef": {"name": snapshot}, "target": {"claimName": "restored", "path": "db"}}}),
+    )
+    .await;
+    let r = wait_for(&restores, "back", "the Restore to finish", LONG, |r| {
+        r.status.as_ref().is_some_and(|s| {
+            matches!(
+                s.phase,
+                snapcrypt::api::snapshot::RunPhase::Succeeded
+                    | snapcrypt::api::snapshot::RunPhase::Failed
+            )
+        })
+    })
+    .await;
+    let rst = r.status.expect("status");
+    assert_eq!(
+        rst.phase,
+        snapcrypt::api::snapshot::RunPhase::Succeeded,
+        "{:?}",
+        rst.message
+    );
+    rst
+}
+
+/// The job's snapshot succeeded and restores bit-exact from `repo`: through the CLI on the
+/// host with the key file alone (no cluster), and with a Restore in a restore pod (which reads
+/// the store with the job's credentials).
 async fn restores_from(g: &Ground, repo: &str, env: &[(&'static str, String)]) {
+    let name = g.snapshot_name().await;
     let st = g.succeeded_snapshot().await;
     let id = st.repository_snapshot_id.expect("repository snapshot id");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -379,6 +388,8 @@ async fn restores_from(g: &Ground, repo: &str, env: &[(&'static str, String)]) {
         &env,
     );
     support::assert_same_tree(&g.data, &out);
+    restore_in_a_pod(&g.ns, &name).await;
+    support::assert_same_tree(&g.data, &volume_dir(&g.ns, "restored").await.join("db"));
 }
 
 /// An Azure Blob Storage repository from a real container: the account key from the
