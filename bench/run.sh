@@ -9,8 +9,11 @@
 # Writes its own section of bench/RESULTS.md ("## Storage engine, SIZE MiB", or
 # "## Storage engine, WiredTiger, SIZE MiB"), leaving the other sections as they are.
 # Usage: bench/run.sh [--wiredtiger] [SIZE_MIB (default 1024)] [CHUNK_SIZE]
+#        bench/run.sh --stores [SIZE_MIB (default 256)] [STORE...]: backup and restore against
+#        a local directory and the S3, GCS and Azure emulators instead (bench/stores.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --stores ]; then shift; exec bash bench/stores.sh "$@"; fi
 WT=""
 if [ "${1:-}" = --wiredtiger ]; then WT=1; shift; fi
 SIZE=${1:-1024}
