@@ -40,49 +40,43 @@ impl Server {
             .with_secret_access_key(support::s3::SECRET_KEY)
             .build()
             .unwrap();
-        Server {
-            _guard: Box::new(s),
-            env,
-            base: "s3://backups".into(),
-            raw: Arc::new(raw),
-        }
+        Server::of(s, env, "s3://backups", raw)
     }
 
     fn gcs(state: &Path) -> Self {
         let s = support::gcs::FakeGcs::start(state, "backups");
         let env = s.env();
-        let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
-            .with_bucket_name("backups")
-            .with_client_options(object_store::ClientOptions::new().with_allow_http(true));
-        for (k, v) in &env {
-            if let Ok(key) = k.to_ascii_lowercase().parse() {
-                b = b.with_config(key, v);
-            }
+        let mut b = object_store::gcp::GoogleCloudStorageBuilder::new().with_bucket_name("backups");
+        for (key, v) in config_of(&env) {
+            b = b.with_config(key, v);
         }
-        Server {
-            _guard: Box::new(s),
-            env,
-            base: "gs://backups".into(),
-            raw: Arc::new(b.build().unwrap()),
-        }
+        let raw = b.with_client_options(http_allowed()).build().unwrap();
+        Server::of(s, env, "gs://backups", raw)
     }
 
     fn azure(state: &Path) -> Self {
         let s = support::azurite::Azurite::start(state, "backups");
         let env = s.env();
-        let mut b = object_store::azure::MicrosoftAzureBuilder::new()
-            .with_container_name("backups")
-            .with_client_options(object_store::ClientOptions::new().with_allow_http(true));
-        for (k, v) in &env {
-            if let Ok(key) = k.to_ascii_lowercase().parse() {
-                b = b.with_config(key, v);
-            }
+        let mut b =
+            object_store::azure::MicrosoftAzureBuilder::new().with_container_name("backups");
+        for (key, v) in config_of(&env) {
+            b = b.with_config(key, v);
         }
+        let raw = b.with_client_options(http_allowed()).build().unwrap();
+        Server::of(s, env, "az://backups", raw)
+    }
+
+    fn of(
+        guard: impl std::any::Any,
+        env: Vec<(&'static str, String)>,
+        base: &str,
+        raw: impl ObjectStore,
+    ) -> Self {
         Server {
-            _guard: Box::new(s),
+            _guard: Box::new(guard),
             env,
-            base: "az://backups".into(),
-            raw: Arc::new(b.build().unwrap()),
+            base: base.into(),
+            raw: Arc::new(raw),
         }
     }
 
@@ -131,6 +125,18 @@ impl Server {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(self.raw.delete(&ObjPath::from(name))).unwrap();
     }
+}
+
+/// The environment snapcrypt gets, as a store builder's configuration (the keys object_store
+/// reads from the environment, lower-cased, are its configuration keys).
+fn config_of<K: std::str::FromStr>(env: &[(&'static str, String)]) -> Vec<(K, String)> {
+    env.iter()
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v.clone())))
+        .collect()
+}
+
+fn http_allowed() -> object_store::ClientOptions {
+    object_store::ClientOptions::new().with_allow_http(true)
 }
 
 /// Two backups of different sources started at once into a repository neither has seen.

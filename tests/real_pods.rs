@@ -313,25 +313,52 @@ async fn an_s3_repository_from_a_real_container() {
         return;
     };
     let s3 = support::s3::S3Server::start(&g.work.path().join("s3"), "backups");
-    g.nodes.expose(s3.port);
-    create::<Secret>(
-        &g.ns.api(),
-        json!({"metadata": {"name": "s3-creds"}, "stringData": {
-            "AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY}}),
-    )
-    .await;
-    let _operator = support::operator::Operator::start_with_image(
-        g.cluster.kubeconfig(),
-        g.ns.name(),
-        IMAGE,
-        &[],
-    );
-    g.backup_job_to(
-        json!({"s3": {"bucket": "backups", "prefix": "rs0", "pathStyle": true,
-        "endpoint": format!("http://{HOST_ALIAS}:{}", s3.port), "credentialsSecret": "s3-creds"}}),
-    )
-    .await;
-    restores_from(&g, "s3://backups/rs0", &s3.env()).await;
+    let creds = json!({"AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY});
+    let destination = json!({"s3": {"bucket": "backups", "prefix": "rs0", "pathStyle": true,
+        "endpoint": format!("http://{HOST_ALIAS}:{}", s3.port), "credentialsSecret": STORE_CREDS}});
+    let store = Store {
+        port: s3.port,
+        creds,
+        destination,
+        repo: "s3://backups/rs0",
+        env: s3.env(),
+    };
+    store.backs_up_and_restores(&g).await;
+}
+
+/// The credentials Secret of an object-store test.
+const STORE_CREDS: &str = "store-creds";
+
+/// An object store a test server serves on 127.0.0.1:`port`: the credentials Secret's data,
+/// the BackupJob's destination (naming [`STORE_CREDS`]), and how the CLI on the host reaches it.
+struct Store {
+    port: u16,
+    creds: serde_json::Value,
+    destination: serde_json::Value,
+    repo: &'static str,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Store {
+    /// The server exposed to the pods, the Secret, an operator with the agent image, the job,
+    /// and its snapshot restored both ways ([`restores_from`]).
+    async fn backs_up_and_restores(&self, g: &Ground) {
+        g.nodes.expose(self.port);
+        create::<Secret>(
+            &g.ns.api(),
+            json!({"metadata": {"name": STORE_CREDS}, "stringData": self.creds}),
+        )
+        .await;
+        let _operator = support::operator::Operator::start_with_image(
+            g.cluster.kubeconfig(),
+            g.ns.name(),
+            IMAGE,
+            &[],
+        );
+        g.backup_job_to(self.destination.clone()).await;
+        restores_from(g, self.repo, &self.env).await;
+    }
 }
 
 /// Restore `snapshot` with a Restore (in a restore pod) into claim `restored` at `db`; its
@@ -402,25 +429,19 @@ async fn an_azure_repository_from_a_real_container() {
         return;
     };
     let az = support::azurite::Azurite::start(&g.work.path().join("azure"), "backups");
-    g.nodes.expose(az.port);
-    create::<Secret>(
-        &g.ns.api(),
-        json!({"metadata": {"name": "azure-creds"}, "stringData": {
-            "AZURE_STORAGE_ACCOUNT_KEY": support::azurite::KEY}}),
-    )
-    .await;
-    let _operator = support::operator::Operator::start_with_image(
-        g.cluster.kubeconfig(),
-        g.ns.name(),
-        IMAGE,
-        &[],
-    );
-    g.backup_job_to(json!({"azure": {
+    let creds = json!({"AZURE_STORAGE_ACCOUNT_KEY": support::azurite::KEY});
+    let destination = json!({"azure": {
         "account": support::azurite::ACCOUNT, "container": "backups", "prefix": "rs0",
         "endpoint": format!("http://{HOST_ALIAS}:{}/{}", az.port, support::azurite::ACCOUNT),
-        "credentialsSecret": "azure-creds"}}))
-        .await;
-    restores_from(&g, "az://backups/rs0", &az.env()).await;
+        "credentialsSecret": STORE_CREDS}});
+    let store = Store {
+        port: az.port,
+        creds,
+        destination,
+        repo: "az://backups/rs0",
+        env: az.env(),
+    };
+    store.backs_up_and_restores(&g).await;
 }
 
 /// A Google Cloud Storage repository from a real container: the service-account file from the
@@ -433,24 +454,19 @@ async fn a_gcs_repository_from_a_real_container() {
         return;
     };
     let gcs = support::gcs::FakeGcs::start(&g.work.path().join("gcs"), "backups");
-    g.nodes.expose(gcs.bridge_port);
     let key_file = std::fs::read_to_string(&gcs.service_account).expect("service-account file");
-    create::<Secret>(
-        &g.ns.api(),
-        json!({"metadata": {"name": "gcs-creds"}, "stringData": {"service-account.json": key_file}}),
-    )
-    .await;
-    let _operator = support::operator::Operator::start_with_image(
-        g.cluster.kubeconfig(),
-        g.ns.name(),
-        IMAGE,
-        &[],
-    );
-    g.backup_job_to(json!({"gcs": {"bucket": "backups", "prefix": "rs0",
+    let creds = json!({"service-account.json": key_file});
+    let destination = json!({"gcs": {"bucket": "backups", "prefix": "rs0",
         "endpoint": format!("http://{HOST_ALIAS}:{}", gcs.bridge_port),
-        "credentialsSecret": "gcs-creds"}}))
-        .await;
-    restores_from(&g, "gs://backups/rs0", &gcs.env()).await;
+        "credentialsSecret": STORE_CREDS}});
+    let store = Store {
+        port: gcs.bridge_port,
+        creds,
+        destination,
+        repo: "gs://backups/rs0",
+        env: gcs.env(),
+    };
+    store.backs_up_and_restores(&g).await;
 }
 
 /// A KMIP-wrapped snapshot from a real container: the KmipServer's client TLS Secret is
