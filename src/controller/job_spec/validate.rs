@@ -733,6 +733,57 @@ schedule: {cron: "0 3 * * *", timeZone: Europe/Berlin}
     }
 
     #[test]
+    fn object_store_credentials_are_checked_by_their_keys() {
+        let gcs = spec(&GOOD.replace(
+            "  pvc: {claimName: backups}",
+            "  gcs: {bucket: backups, credentialsSecret: gcs-key}",
+        ));
+        let azure = spec(&GOOD.replace(
+            "  pvc: {claimName: backups}",
+            "  azure: {account: acct, container: backups, credentialsSecret: az}",
+        ));
+        let both = spec(&GOOD.replace(
+            "  pvc: {claimName: backups}",
+            "  gcs: {bucket: backups, credentialsSecret: g, workloadIdentity: {serviceAccount: a@b}}",
+        ));
+        let mut found = Found::new();
+        found.insert(
+            (RefKind::Secret, "gcs-key".into()),
+            Some(BTreeSet::from(["key.json".to_string()])),
+        );
+        found.insert(
+            (RefKind::Secret, "az".into()),
+            Some(BTreeSet::from(["AZURE_CLIENT_ID".to_string()])),
+        );
+        let problems = |s: &BackupJobSpec| -> Vec<String> {
+            check_references(&references(s), &found, "db")
+                .iter()
+                .filter(|p| p.message.starts_with("spec.destination"))
+                .map(|p| format!("{}: {}", p.reason, p.message))
+                .collect()
+        };
+        assert_eq!(
+            problems(&gcs),
+            [
+                "SecretKeyNotFound: spec.destination.gcs.credentialsSecret \"gcs-key\": Secret has no key service-account.json"
+            ]
+        );
+        let az = problems(&azure);
+        assert_eq!(az.len(), 1, "{az:?}");
+        assert!(
+            az[0].contains("spec.destination.azure.credentialsSecret")
+                && az[0].contains("AZURE_STORAGE_ACCOUNT_KEY"),
+            "{az:?}"
+        );
+        assert!(
+            messages(&both).iter().any(|m| m
+                == "spec.destination.gcs: set at most one of credentialsSecret or workloadIdentity"),
+            "{:?}",
+            messages(&both)
+        );
+    }
+
+    #[test]
     fn db_path_relative_to_the_volume() {
         let mut s = spec(GOOD).source;
         assert_eq!(db_path_in_volume(&s), "");
