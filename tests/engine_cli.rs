@@ -311,13 +311,33 @@ fn bad_input_gives_one_clear_line_and_writes_nothing() {
             "--source",
             &src,
             "--repo",
-            "gs://bucket/x",
+            "ftp://bucket/x",
             "--key-file",
             &key,
         ],
         &[],
     );
     assert!(err.contains("unknown scheme"), "{err}");
+    // An object store without credentials: refused before a key file is made.
+    for (repo, says) in [
+        ("gs://bucket/x", "no GCS credentials"),
+        ("az://container/x", "no Azure credentials"),
+    ] {
+        let err = fails(
+            &[
+                "backup",
+                "--source",
+                &src,
+                "--repo",
+                repo,
+                "--key-file",
+                &key,
+            ],
+            &[],
+        );
+        assert!(err.contains(says) && err.lines().count() == 1, "{err}");
+        assert!(!Path::new(&key).exists(), "{repo}: a key file was made");
+    }
 
     let err = fails(
         &[

@@ -139,11 +139,20 @@ pub async fn perform(
     for s in &scan.skipped {
         eprintln!("snapcrypt: skipping {s}");
     }
+    // An object store is opened (no request yet) before the key manager, so one refused for
+    // want of credentials leaves no new key file behind; a directory is created only after.
+    let remote = match args.repo.location()? {
+        crate::engine::backend::Location::Remote { .. } => Some(args.repo.backend(true)?),
+        crate::engine::backend::Location::Local(_) => None,
+    };
     let km = args
         .keys
         .key_manager(key_file == KeyFile::CreateIfMissing)
         .await?;
-    let backend = args.repo.backend(true)?;
+    let backend = match remote {
+        Some(b) => b,
+        None => args.repo.backend(true)?,
+    };
     let (mut repo, created) =
         Repository::open_or_init(backend, km.as_ref(), args.chunk_size).await?;
     if created && chatty {

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::{ClientConfigKey, ObjectStore};
 
 use super::location::{Location, S3Options, StoreKind};
 use super::{BackendError, retry_config};
@@ -177,10 +177,9 @@ fn gcs_builder(bucket: &str) -> GoogleCloudStorageBuilder {
     let mut b = GoogleCloudStorageBuilder::from_env()
         .with_bucket_name(bucket)
         .with_retry(retry_config());
-    if let Ok(url) = std::env::var("GOOGLE_BASE_URL") {
-        b = b.with_client_options(
-            object_store::ClientOptions::new().with_allow_http(url.starts_with("http://")),
-        );
+    if std::env::var("GOOGLE_BASE_URL").is_ok_and(|url| url.starts_with("http://")) {
+        // One client setting added, the others the environment gave kept (a proxy, timeouts).
+        b = b.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
     }
     b
 }
@@ -193,10 +192,8 @@ fn azure_builder(container: &str) -> MicrosoftAzureBuilder {
     let mut b = MicrosoftAzureBuilder::from_env()
         .with_container_name(container)
         .with_retry(retry_config());
-    if let Ok(url) = std::env::var("AZURE_STORAGE_ENDPOINT") {
-        b = b.with_client_options(
-            object_store::ClientOptions::new().with_allow_http(url.starts_with("http://")),
-        );
+    if std::env::var("AZURE_STORAGE_ENDPOINT").is_ok_and(|url| url.starts_with("http://")) {
+        b = b.with_config(AzureConfigKey::Client(ClientConfigKey::AllowHttp), "true");
     }
     b
 }
