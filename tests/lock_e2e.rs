@@ -24,7 +24,10 @@ use snapcrypt::api::snapshot::{LockState, RunPhase};
 use support::cluster::{eventually, wait_for};
 use support::ground::{Ground, Options};
 use support::mockupdb::Lockable;
-use support::operator::{LONG, events_for, snapshot_finished, wait_for_event, wait_for_success};
+use support::operator::{
+    LONG, events_for, job_sample, parse_metrics, snapshot_finished, wait_for_event,
+    wait_for_success,
+};
 use support::real_nodes::pod_logs;
 
 /// How long a faulted copy stalls before its commit.
@@ -119,6 +122,23 @@ impl Locked {
         .await;
         self.wait_for_count(1, "the member locked during the copy")
             .await;
+        // /metrics says since when the Snapshot has been in its phase, as status does.
+        let start = s.status.as_ref().and_then(|st| st.start_time.clone());
+        let start = start.map(|t| t.0.as_second() as f64).expect("start time");
+        let op = self.g.operator.as_ref().expect("the ground's operator");
+        eventually("the Running phase's start in /metrics", LONG, || async {
+            let m = parse_metrics(&op.metrics());
+            let found = m.iter().find(|((n, l), _)| {
+                n == "snapcrypt_snapshot_phase_start_timestamp_seconds"
+                    && l.get("snapshot").map(String::as_str) == Some(name)
+                    && l.get("phase").map(String::as_str) == Some("Running")
+            });
+            match found.map(|(_, v)| *v) {
+                Some(v) if (v - start).abs() < 1.0 => Ok(()),
+                other => Err(format!("{other:?}, status says {start}")),
+            }
+        })
+        .await;
         s.status.and_then(|st| st.pod_name).expect("pod name")
     }
 }
@@ -220,6 +240,33 @@ async fn the_lock_spans_the_copy() {
     }
     let event = wait_for_event(&l.g.ns, "copy-2", "MemberUnlocked").await;
     assert!(event.contains("writes were held"), "{event}");
+
+    // /metrics says what status says: the newest successful Snapshot's lock, and two copy
+    // locks observed.
+    let held = l
+        .finished("copy-2")
+        .await
+        .capture
+        .and_then(|c| c.lock)
+        .and_then(|l| l.held_seconds);
+    let op = l.g.operator.as_ref().expect("the ground's operator");
+    let m = parse_metrics(&op.metrics());
+    let ns = l.g.ns.name();
+    let scraped = job_sample(
+        &m,
+        "snapcrypt_backupjob_last_fsync_lock_seconds",
+        ns,
+        "copy",
+    );
+    assert!(
+        held.is_some_and(|h| (h - scraped).abs() < 0.01),
+        "/metrics says {scraped} s, status {held:?}"
+    );
+    let copies = m.get(&(
+        "snapcrypt_operator_member_lock_seconds_count".to_string(),
+        [("purpose".to_string(), "copy".to_string())].into(),
+    ));
+    assert_eq!(copies, Some(&2.0), "copy locks counted in /metrics");
 }
 
 /// Copies that lose their lock, one after the other on one member: the pod killed mid-copy
