@@ -122,6 +122,10 @@ delete "$WORK/restic-out"
 cold; measure sc_restore "$SC" restore --repo "$WORK/sc-repo" --snapshot latest --target "$WORK/sc-out"
 same_as_src "$WORK/sc-out" snapcrypt
 delete "$WORK/sc-out"
+# The disk's floor: snapcrypt's repository read while the restored size is written, with no
+# CPU work (bench/disk_floor.sh).
+cold; measure disk_floor bench/disk_floor.sh "$WORK/sc-repo" "$SIZE" "$WORK/floor"
+delete "$WORK"/floor.*
 
 # rustic (when on PATH): the rewritten source, backed up once above, restored.
 RUSTIC_ROW=""
@@ -161,6 +165,8 @@ directory, each from an empty page cache (dropped before it); the disk was $DISK
 | full backup, s | ${T[restic_full]} | ${T[sc_full]} | $(ratio ${T[sc_full]} ${T[restic_full]}) | <= 0.3 |
 | restore, s | ${T[restic_restore]} | ${T[sc_restore]} | $(ratio ${T[sc_restore]} ${T[restic_restore]}) | <= 0.35 |
 | restore until on disk (restic: then sync), s | $(python3 -c "print(round(${T[restic_restore]} + ${T[restic_sync]}, 2))") | ${T[sc_restore]} | $(ratio ${T[sc_restore]} "(${T[restic_restore]} + ${T[restic_sync]})") | |
+| the disk's floor for a restore (bench/disk_floor.sh: the repository read while $SIZE MiB is written, no CPU work), s, against restic's restore | ${T[restic_restore]} | ${T[disk_floor]} | $(ratio ${T[disk_floor]} ${T[restic_restore]}) | |
+| snapcrypt's restore against that floor, s | ${T[disk_floor]} | ${T[sc_restore]} | $(ratio ${T[sc_restore]} ${T[disk_floor]}) | |
 ${RUSTIC_ROW:+$RUSTIC_ROW$NL}| incremental after the 1% $CHANGE, bytes added | $RESTIC_ADDED | $SC_ADDED | $(ratio $SC_ADDED $RESTIC_ADDED) | <= 0.1 |
 | incremental, s | ${T[restic_incr]} | ${T[sc_incr]} | $(ratio ${T[sc_incr]} ${T[restic_incr]}) | <= 0.3 |
 | peak RSS, full backup, KiB | ${R[restic_full]} | ${R[sc_full]} | $(ratio ${R[sc_full]} ${R[restic_full]}) | snapcrypt <= 65536 |
