@@ -41,14 +41,19 @@ impl BlobMap {
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<&BlobLoc> {
+        self.position(id).map(|i| &self.locs[i])
+    }
+
+    /// Where `id` is in the order of [`Self::values`], if the map has it: a number below
+    /// [`Self::len`] that a caller can keep a bit for.
+    pub fn position(&self, id: &ChunkId) -> Option<usize> {
         let p = prefix(id, self.bits);
-        let bucket = self
-            .locs
-            .get(*self.starts.get(p)?..*self.starts.get(p + 1)?)?;
-        bucket
+        let (start, end) = (*self.starts.get(p)?, *self.starts.get(p + 1)?);
+        self.locs
+            .get(start..end)?
             .binary_search_by(|l| l.entry.id.cmp(id))
             .ok()
-            .map(|i| &bucket[i])
+            .map(|i| start + i)
     }
 
     pub fn contains_key(&self, id: &ChunkId) -> bool {
