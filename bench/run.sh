@@ -126,6 +126,10 @@ delete "$WORK/sc-out"
 # CPU work (bench/disk_floor.sh).
 cold; measure disk_floor bench/disk_floor.sh "$WORK/sc-repo" "$SIZE" "$WORK/floor"
 delete "$WORK"/floor.*
+# Verify and prune hold a per-blob structure (the index, 52 bytes a blob): their peak RSS,
+# here and at a quarter of the size below.
+measure sc_verify "$SC" verify --repo "$WORK/sc-repo"
+measure sc_prune "$SC" prune --repo "$WORK/sc-repo" --keep-last 1 --delete-after 0s
 
 # rustic (when on PATH): the rewritten source, backed up once above, restored.
 RUSTIC_ROW=""
@@ -148,6 +152,8 @@ mkdir -p "$WORK/small"
 make_src "$WORK/small/src" $(( SIZE / 4 )) --seed 2
 measure sc_small "$SC" backup --source "$WORK/small/src" --repo "$WORK/small/repo"
 measure sc_small_restore "$SC" restore --repo "$WORK/small/repo" --snapshot latest --target "$WORK/small/out"
+measure sc_small_verify "$SC" verify --repo "$WORK/small/repo"
+measure sc_small_prune "$SC" prune --repo "$WORK/small/repo" --keep-last 1 --delete-after 0s
 
 CORES=$(nproc)
 SECTION=$WORK/section.md
@@ -176,7 +182,9 @@ ${RUSTIC_ROW:+$RUSTIC_ROW$NL}| incremental after the 1% $CHANGE, bytes added | $
 
 Peak RSS of snapcrypt as the source grows, $(( SIZE / 4 )) MiB and $SIZE MiB sources: backup
 ${R[sc_small]} and ${R[sc_full]} KiB (ratio $(ratio ${R[sc_full]} ${R[sc_small]}) for 4x the data), restore
-${R[sc_small_restore]} and ${R[sc_restore]} KiB (ratio $(ratio ${R[sc_restore]} ${R[sc_small_restore]})).
+${R[sc_small_restore]} and ${R[sc_restore]} KiB (ratio $(ratio ${R[sc_restore]} ${R[sc_small_restore]})), verify
+${R[sc_small_verify]} and ${R[sc_verify]} KiB (ratio $(ratio ${R[sc_verify]} ${R[sc_small_verify]})), prune
+${R[sc_small_prune]} and ${R[sc_prune]} KiB (ratio $(ratio ${R[sc_prune]} ${R[sc_small_prune]})).
 Every restore was compared with the source (the list of paths and sizes, and every file's MD5).
 MD
 # Replace this size's section of bench/RESULTS.md (or add it before the operator sections).

@@ -106,9 +106,9 @@ async fn run_verify(
     read_data: Option<DataSubset>,
 ) -> Result<VerifyReport, EngineError> {
     let mut report = VerifyReport::default();
-    let (index, pack_entries) = load_indexes(repo, &mut report).await?;
-    let unindexed = check_packs(repo, &pack_entries, &mut report).await?;
-    report.packs = pack_entries.len();
+    let (index, sizes) = load_indexes(repo, &mut report).await?;
+    let unindexed = check_packs(repo, &sizes, &mut report).await?;
+    report.packs = sizes.len();
     report.blobs = index.blobs.len();
     let snaps = load_snapshots(repo, snapshot, &mut report).await?;
     report.snapshots = snaps.len();
@@ -122,7 +122,7 @@ async fn run_verify(
         orphan_file_lists(&index, &snaps, &excused, &mut report);
     }
     let problems_before = report.problems.len();
-    let needed_packs = check_file_lists(repo, &index, &snaps, &mut report).await;
+    let needed_packs = check_file_lists(repo, &index, &snaps, &mut report);
     judge_unindexed(
         unindexed,
         report.problems.len() > problems_before,
@@ -140,7 +140,7 @@ async fn run_verify(
             report.subset = Some(subset.to_string());
         }
         for p in which {
-            read_pack(repo, &index, &pack_entries, p, &mut report).await;
+            read_pack(repo, &index, p, &mut report).await;
             report.packs_read += 1;
         }
     }
@@ -151,26 +151,16 @@ fn problem(report: &mut VerifyReport, e: EngineError) {
     report.problems.push(e.to_string());
 }
 
-/// The pack entries of each index object (by pack id), and the index they make. Indexes are
-/// read one by one so one bad object does not hide the others.
+/// The index, and each indexed pack's size as its index object gives it. Index objects are
+/// read one at a time, so one bad object does not hide the others, and none is kept once
+/// added: a pack's blobs are listed again when it is read whole ([`listed_entries`]).
 async fn load_indexes(
     repo: &Repository,
     report: &mut VerifyReport,
-) -> Result<(Index, HashMap<String, Vec<BlobEntry>>), EngineError> {
+) -> Result<(Index, HashMap<String, u64>), EngineError> {
     let mut index = super::repo::IndexBuilder::default();
-    let index_names = repo.backend.list("index").await?;
-    let mut good_index = Vec::new();
-    for (name, _) in &index_names {
-        match repo
-            .get_sealed(super::format::ObjectKind::Index, name)
-            .await
-        {
-            Ok(plain) => good_index.push((name.clone(), plain)),
-            Err(e) => problem(report, e),
-        }
-    }
-    let mut pack_entries: HashMap<String, Vec<BlobEntry>> = HashMap::new();
-    // Where a blob is in several packs, one that exists is the one checked (as restore reads).
+    // Where a blob is in several packs, one that exists is the one checked (as restore
+    // reads): the index objects of present packs come first.
     let present: HashSet<String> = repo
         .backend
         .list("data")
@@ -178,15 +168,36 @@ async fn load_indexes(
         .into_iter()
         .filter_map(|(n, _)| n.rsplit('/').next().map(str::to_string))
         .collect();
-    good_index.sort_by_key(|(name, _)| !present.contains(name.trim_start_matches("index/")));
-    for (name, plain) in good_index {
+    let mut names: Vec<String> = repo
+        .backend
+        .list("index")
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    names.sort_by_key(|name| !present.contains(name.trim_start_matches("index/")));
+    let mut sizes: HashMap<String, u64> = HashMap::new();
+    for name in names {
+        let plain = match repo
+            .get_sealed(super::format::ObjectKind::Index, &name)
+            .await
+        {
+            Ok(plain) => plain,
+            Err(e) => {
+                problem(report, e);
+                continue;
+            }
+        };
         let id = name.trim_start_matches("index/").to_string();
         match (
             parse_pack_header(&plain),
             BlobEntry::decode_all(plain.get(PACK_HEADER_LEN..).unwrap_or_default()),
         ) {
             (Some((data_key_id, salt)), Some(entries)) => {
-                pack_entries.insert(id.clone(), entries.clone());
+                sizes.insert(
+                    id.clone(),
+                    expected_pack_size(&entries.iter().collect::<Vec<_>>()),
+                );
                 index.add(
                     super::repo::PackInfo {
                         id,
@@ -201,14 +212,24 @@ async fn load_indexes(
                 .push(format!("repository object {name} is damaged: bad contents")),
         }
     }
+    Ok((index.finish(), sizes))
+}
 
-    Ok((index.finish(), pack_entries))
+/// The blobs index object `index/ID` lists, read again for a pack read whole.
+async fn listed_entries(repo: &Repository, id: &str) -> Result<Vec<BlobEntry>, String> {
+    let name = format!("index/{id}");
+    let plain = repo
+        .get_sealed(super::format::ObjectKind::Index, &name)
+        .await
+        .map_err(|e| e.to_string())?;
+    BlobEntry::decode_all(plain.get(PACK_HEADER_LEN..).unwrap_or_default())
+        .ok_or_else(|| format!("repository object {name} is damaged: bad contents"))
 }
 
 /// Every indexed pack is present with its exact size; the packs without an index object.
 async fn check_packs(
     repo: &Repository,
-    pack_entries: &HashMap<String, Vec<BlobEntry>>,
+    sizes: &HashMap<String, u64>,
     report: &mut VerifyReport,
 ) -> Result<Vec<String>, EngineError> {
     let packs: HashMap<String, u64> = repo
@@ -218,23 +239,21 @@ async fn check_packs(
         .into_iter()
         .map(|(n, size)| (n.rsplit('/').next().unwrap_or_default().to_string(), size))
         .collect();
-    for (id, entries) in pack_entries {
+    for (id, want) in sizes {
         let name = pack_object_name(id);
         match packs.get(id) {
             None => report.problems.push(format!(
                 "repository object {name} is missing (named by index/{id})"
             )),
-            Some(size) => {
-                let want = expected_pack_size(&entries.iter().collect::<Vec<_>>());
-                if *size != want {
-                    report.problems.push(format!("repository object {name} is damaged: {size} bytes, expected {want} (truncated or padded)"));
-                }
+            Some(size) if size != want => {
+                report.problems.push(format!("repository object {name} is damaged: {size} bytes, expected {want} (truncated or padded)"));
             }
+            Some(_) => {}
         }
     }
     let mut unindexed: Vec<String> = packs
         .into_keys()
-        .filter(|id| !pack_entries.contains_key(id))
+        .filter(|id| !sizes.contains_key(id))
         .collect();
     unindexed.sort();
     Ok(unindexed)
@@ -312,48 +331,45 @@ fn orphan_file_lists(
 }
 
 /// Every file list opens and every chunk it names is indexed; the packs the snapshots need.
-async fn check_file_lists(
+/// Each list is streamed, entry by entry, never whole in memory.
+fn check_file_lists(
     repo: &Repository,
     index: &Index,
     snaps: &[SnapshotManifest],
     report: &mut VerifyReport,
 ) -> HashSet<u32> {
     let mut needed_packs: HashSet<u32> = HashSet::new();
+    let handle = tokio::runtime::Handle::current();
     for snap in snaps {
-        match repo.load_tree(index, snap).await {
-            Err(e) => report.problems.push(format!("snapshot {}: {e}", snap.id)),
-            Ok(tree) => {
-                for e in &tree {
-                    for c in &e.chunks {
-                        match index.blobs.get(c) {
-                            Some(loc) => {
-                                needed_packs.insert(loc.pack);
-                            }
-                            None => report.problems.push(format!(
-                                "snapshot {}: {} needs blob {}, which no index has",
-                                snap.id,
-                                e.path,
-                                hex::encode(c)
-                            )),
+        let problems = &mut report.problems;
+        let read = tokio::task::block_in_place(|| {
+            repo.for_each_tree_entry(index, snap, &handle, |e| {
+                for c in &e.chunks {
+                    match index.blobs.get(c) {
+                        Some(loc) => {
+                            needed_packs.insert(loc.pack);
                         }
+                        None => problems.push(format!(
+                            "snapshot {}: {} needs blob {}, which no index has",
+                            snap.id,
+                            e.path,
+                            hex::encode(c)
+                        )),
                     }
                 }
-            }
+                Ok(())
+            })
+        });
+        if let Err(e) = read {
+            problems.push(format!("snapshot {}: {e}", snap.id));
         }
     }
-
     needed_packs
 }
 
 /// Read pack `p` whole: its hash matches its name, its trailer matches its index object, and
 /// every blob opens and matches its id.
-async fn read_pack(
-    repo: &Repository,
-    index: &Index,
-    pack_entries: &HashMap<String, Vec<BlobEntry>>,
-    p: u32,
-    report: &mut VerifyReport,
-) {
+async fn read_pack(repo: &Repository, index: &Index, p: u32, report: &mut VerifyReport) {
     let info = &index.packs[p as usize];
     let name = pack_object_name(&info.id);
     let bytes = match repo.backend.get(&name).await {
@@ -372,7 +388,14 @@ async fn read_pack(
         ));
         return;
     }
-    if let Err(reason) = check_trailer(repo, info, &bytes, &pack_entries[&info.id]) {
+    let entries = match listed_entries(repo, &info.id).await {
+        Ok(entries) => entries,
+        Err(reason) => {
+            report.problems.push(reason);
+            return;
+        }
+    };
+    if let Err(reason) = check_trailer(repo, info, &bytes, &entries) {
         report
             .problems
             .push(format!("repository object {name} is damaged: {reason}"));
@@ -381,7 +404,7 @@ async fn read_pack(
     // from its own copy, so entries that overlap are judged each on its own bytes).
     let opener = repo.pack_blobs(index, p);
     let (mut buf, mut scratch) = (Vec::new(), Vec::new());
-    for e in &pack_entries[&info.id] {
+    for e in &entries {
         let range = e.offset as usize..(e.offset as usize + e.stored_len as usize);
         let Some(sealed) = bytes.get(range) else {
             report.problems.push(format!(

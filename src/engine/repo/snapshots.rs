@@ -102,19 +102,6 @@ impl Repository {
         }
     }
 
-    /// The file list of a snapshot.
-    pub async fn load_tree(
-        &self,
-        index: &Index,
-        snap: &SnapshotManifest,
-    ) -> Result<Vec<TreeEntry>, EngineError> {
-        let mut compressed = Vec::new();
-        for id in tree_ids(snap)? {
-            compressed.extend_from_slice(&self.read_blob(index, &id).await?);
-        }
-        decode_tree(&compressed, &snap.id)
-    }
-
     /// Hand every entry of a snapshot's file list to `f`, in order, as it is read, a file
     /// listed in parts part by part (checked to follow each other): neither the
     /// list nor its compressed pieces are held whole (the pieces are fetched one at a time as
