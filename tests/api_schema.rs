@@ -396,6 +396,11 @@ fn schema_rejects_bad_manifests_naming_the_field() {
             with(restore.clone(), "/spec/target/path", json!("a/../../b")),
             "/spec/target/path",
         ),
+        (
+            "deleteExtra without force",
+            with(restore.clone(), "/spec/target/deleteExtra", json!(true)),
+            "target: deleteExtra needs force",
+        ),
     ];
     for (name, obj, expected) in cases {
         let errors = schema_errors(&obj, None);

@@ -227,10 +227,47 @@ async fn scenario(under_chart_rbac: bool) {
     assert!(
         st.message
             .as_deref()
-            .is_some_and(|m| m.contains("is not empty")),
+            .is_some_and(|m| m.contains("is not empty") && m.contains("set spec.target.force")),
         "{:?}",
         st.message
     );
+    // In place over what the directory holds, plus a file the snapshot does not have: with
+    // force alone refused, naming the file and deleteExtra, nothing removed; with deleteExtra
+    // too, the directory holds exactly the snapshot.
+    let db = volume_dir(&ns, "restored").await.join("db");
+    std::fs::write(db.join("stale-collection.wt"), b"not in the snapshot").expect("plant");
+    let in_place = |name: &str, delete_extra: bool| {
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name},
+               "spec": {"snapshotRef": {"name": &snap_name},
+                        "target": {"claimName": "restored", "path": "db", "force": true,
+                                   "deleteExtra": delete_extra}}})
+    };
+    create::<Restore>(&restores, in_place("forced", false)).await;
+    let forced = try_wait_for(&restores, "forced", "the Restore to fail", LONG, finished)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
+    let st = forced.status.expect("status");
+    assert_eq!(st.phase, RunPhase::Failed);
+    assert!(
+        st.message.as_deref().is_some_and(
+            |m| m.contains("stale-collection.wt") && m.contains("set spec.target.deleteExtra")
+        ),
+        "{:?}",
+        st.message
+    );
+    assert!(db.join("stale-collection.wt").exists());
+    create::<Restore>(&restores, in_place("exact", true)).await;
+    let exact = try_wait_for(&restores, "exact", "the Restore to finish", LONG, finished)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
+    let st = exact.status.expect("status");
+    assert_eq!(
+        st.phase,
+        RunPhase::Succeeded,
+        "{st:?}\n{}",
+        pod_logs(ns.name())
+    );
+    support::assert_same_tree(rs0_1, &db);
     // A Snapshot that does not exist: a condition naming the field, no pod.
     create::<Restore>(&restores, restore("ghost", "no-such-snapshot")).await;
     let ghost = wait_for(

@@ -65,6 +65,7 @@ pub struct RestoreSpec {
 /// A directory on a PersistentVolumeClaim to restore into.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.deleteExtra || self.force").message("target: deleteExtra needs force (it removes what a non-empty target holds that the snapshot does not)"))]
 pub struct RestoreTarget {
     /// Name of the PersistentVolumeClaim to write to.
     #[schemars(length(min = 1, max = 253))]
@@ -77,6 +78,12 @@ pub struct RestoreTarget {
     /// and nothing is written.
     #[serde(default)]
     pub force: bool,
+    /// With force: remove what the target holds that the snapshot does not (another
+    /// collection's files, a stale journal), so that it holds exactly the snapshot, as a
+    /// member restored in place must. Without it such a target fails the restore, naming
+    /// what is extra, and nothing is written.
+    #[serde(default)]
+    pub delete_extra: bool,
     /// Create the claim for this restore, and delete it once the restore and its check are
     /// over, whatever happened (a restore test). The claim must not exist yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -58,6 +58,9 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     ];
     if target.force {
         args.push("--force".into());
+        if target.delete_extra {
+            args.push("--delete-extra".into());
+        }
     }
     if r.spec.verify_restored {
         args.push("--check".into());
@@ -281,6 +284,27 @@ mod tests {
                 .and_then(|c| c.read_only),
             None
         );
+        assert!(
+            !c.args
+                .as_ref()
+                .expect("args")
+                .contains(&"--delete-extra".into())
+        );
+        // deleteExtra (with force) becomes --delete-extra.
+        let r = restore("{claimName: data, force: true, deleteExtra: true}");
+        let pod = restore_pod(&RestorePlan {
+            restore: &r,
+            job: &j,
+            snapshot_id: "3f2a",
+            image: "i",
+            progress_interval: 2.0,
+            agent_env: &[],
+            kmip: None,
+        })
+        .expect("pod");
+        let args = pod.spec.as_ref().expect("spec").containers[0].args.clone();
+        let args = args.expect("args");
+        assert!(args.contains(&"--force".into()) && args.contains(&"--delete-extra".into()));
         // Without a path the claim's root is the target; without force, no --force.
         let r = restore("{claimName: fresh-data}");
         let pod = restore_pod(&RestorePlan {

@@ -310,10 +310,33 @@ fn step_of(step: RunStep<RestoreStats>) -> Step {
         },
         RunStep::Failed { message, finished } => Step::Failed {
             reason: Reason::RestoreFailed,
-            message,
+            message: in_spec_words(&message),
             finished,
         },
     }
+}
+
+/// The agent's message, with the command-line flags it suggests named as the fields of a
+/// Restore that set them.
+fn in_spec_words(message: &str) -> String {
+    message
+        .replace(
+            "use --force to restore into it anyway",
+            "set spec.target.force to restore into it anyway",
+        )
+        .replace(
+            "pass --delete-extra to have the restore remove them",
+            "set spec.target.deleteExtra (with force) to have the restore remove them",
+        )
+}
+
+/// What the spec asks that cannot be done (the CRD's rules say the same, for API servers
+/// that do not run them).
+fn spec_problem(r: &Restore) -> Option<String> {
+    let t = &r.spec.target;
+    (t.delete_extra && !t.force).then(|| {
+        "spec.target.deleteExtra: true needs spec.target.force: true (deleteExtra removes what a non-empty target holds that the snapshot does not; without force a non-empty target is refused)".to_string()
+    })
 }
 
 /// The Restore's Snapshot and its id in the repository, once it has succeeded; else the step
@@ -376,6 +399,17 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
     let wait =
         |reason: Reason, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
     let blocked = |b: Blocked| wait(b.reason, b.message);
+    if let Some(message) = spec_problem(r) {
+        let finished = None;
+        return Ok((
+            Step::Failed {
+                reason: Reason::InvalidSpec,
+                message,
+                finished,
+            },
+            None,
+        ));
+    }
 
     // The Snapshot, finished and successful.
     let (snap, id) = match snapshot_to_restore(r, ctx).await? {
@@ -488,6 +522,39 @@ mod tests {
         agent_pod(1, status)
     }
 
+    /// deleteExtra without force is named by field; a target with extra entries is answered
+    /// in the Restore's own words.
+    #[test]
+    fn delete_extra_needs_force_and_is_named_by_field() {
+        use crate::controller::fixtures::restore;
+        let bad = restore("{claimName: data, deleteExtra: true}");
+        let problem = spec_problem(&bad).expect("a problem");
+        assert!(
+            problem.starts_with("spec.target.deleteExtra: true needs spec.target.force: true"),
+            "{problem}"
+        );
+        assert_eq!(
+            spec_problem(&restore(
+                "{claimName: data, force: true, deleteExtra: true}"
+            )),
+            None
+        );
+        let extra = pod(&terminated(
+            "Failed",
+            1,
+            "snapcrypt: error: target /target: holds 1 entry the snapshot does not have (stale.wt): nothing was written; remove them, or pass --delete-extra to have the restore remove them",
+        ));
+        match pod_step(&extra) {
+            Step::Failed { message, .. } => assert!(
+                message.ends_with(
+                    "set spec.target.deleteExtra (with force) to have the restore remove them"
+                ),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn pod_phases_become_steps() {
         let ok = pod(&terminated(
@@ -509,9 +576,9 @@ mod tests {
                 reason, message, ..
             } => {
                 assert_eq!(reason, Reason::RestoreFailed);
-                assert!(
-                    message.starts_with("target /target/db: is not empty"),
-                    "{message}"
+                assert_eq!(
+                    message,
+                    "target /target/db: is not empty: nothing was written (set spec.target.force to restore into it anyway)"
                 );
             }
             other => panic!("{other:?}"),

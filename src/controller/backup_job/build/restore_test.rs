@@ -57,6 +57,7 @@ pub fn restore_test(
                 claim_name: name,
                 path: Some(RESTORE_TEST_DIR.into()),
                 force: false,
+                delete_extra: false,
                 scratch: Some(scratch),
             },
             verify_restored: true,
