@@ -4,6 +4,8 @@
 
 #[path = "support/kmip.rs"]
 mod pykmip;
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -217,6 +219,42 @@ async fn failover_skips_a_closed_endpoint_and_remembers_who_answered() {
     assert_eq!(c.answered_by(), Some(server.endpoint()));
     assert_eq!(c.key_state(&id).await.unwrap(), KeyState::Active);
     assert_eq!(c.endpoints(), vec![dead, server.endpoint()]);
+}
+
+/// The server behind the kept connection dies in the middle of a run of operations (as in a
+/// key rotation, which unwraps and wraps one data key after another): the next operation
+/// goes to the next endpoint, and the run finishes there with the same answers.
+#[tokio::test]
+async fn a_server_dying_mid_run_fails_over_to_the_next_endpoint() {
+    let server = PyKmip::start();
+    // The first endpoint is the same server behind a proxy that can die.
+    let proxy = tcp_proxy::TcpProxy::start(&server.endpoint());
+    let mut config = server.config();
+    config.endpoints = vec![proxy.endpoint(), server.endpoint()];
+    let c = client(config);
+    let id = c.create_master_key("snapcrypt-test-midrun").await.unwrap();
+    let keys: Vec<[u8; 32]> = (0..4u8).map(|i| [i; 32]).collect();
+    let iv = [9u8; 12];
+    let mut wrapped = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        if i == 2 {
+            // Half-way: the kept connection is cut and the endpoint is gone.
+            assert_eq!(c.answered_by(), Some(proxy.endpoint()));
+            proxy.kill();
+        }
+        let out = c.encrypt_gcm(&id, k, &iv, b"aad", 16).await.unwrap();
+        wrapped.push(out);
+    }
+    assert_eq!(c.answered_by(), Some(server.endpoint()));
+    for (k, out) in keys.iter().zip(&wrapped) {
+        let tag = out.tag.as_deref().expect("tag");
+        let back = c
+            .decrypt_gcm(&id, &out.data, &iv, b"aad", tag)
+            .await
+            .unwrap();
+        assert_eq!(&back[..], &k[..]);
+    }
+    assert_eq!(c.key_state(&id).await.unwrap(), KeyState::Active);
 }
 
 #[tokio::test]
