@@ -45,6 +45,27 @@ fn condition(job: &BackupJob, type_: &str) -> Option<(String, String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// Create the Restore `obj` and wait until it has finished (succeeded or failed); its status.
+async fn finished_restore(
+    ns: &support::cluster::TestNamespace,
+    obj: serde_json::Value,
+) -> snapcrypt::api::RestoreStatus {
+    let restores: Api<Restore> = ns.api();
+    let name = obj["metadata"]["name"].as_str().expect("name").to_string();
+    create::<Restore>(&restores, obj).await;
+    let finished = |r: &Restore| {
+        matches!(
+            r.status.as_ref().map(|s| s.phase),
+            Some(RunPhase::Succeeded | RunPhase::Failed)
+        )
+    };
+    try_wait_for(&restores, &name, "the Restore to finish", LONG, finished)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())))
+        .status
+        .expect("status")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_job_snapshots_the_chosen_member_and_restores_identically() {
     scenario(false).await;
@@ -186,17 +207,7 @@ async fn scenario(under_chart_rbac: bool) {
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name},
                "spec": {"snapshotRef": {"name": snapshot}, "target": {"claimName": "restored", "path": "db"}}})
     };
-    let finished = |r: &Restore| {
-        matches!(
-            r.status.as_ref().map(|s| s.phase),
-            Some(RunPhase::Succeeded | RunPhase::Failed)
-        )
-    };
-    create::<Restore>(&restores, restore("back", &snap_name)).await;
-    let done = try_wait_for(&restores, "back", "the Restore to finish", LONG, finished)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
-    let rst = done.status.expect("status");
+    let rst = finished_restore(&ns, restore("back", &snap_name)).await;
     assert_eq!(
         rst.phase,
         RunPhase::Succeeded,
@@ -218,11 +229,7 @@ async fn scenario(under_chart_rbac: bool) {
     wait_for_event(&ns, "back", "Restored").await;
     // Again into the same, now non-empty, directory: refused with the agent's own words,
     // nothing overwritten.
-    create::<Restore>(&restores, restore("again", &snap_name)).await;
-    let again = try_wait_for(&restores, "again", "the Restore to fail", LONG, finished)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
-    let st = again.status.expect("status");
+    let st = finished_restore(&ns, restore("again", &snap_name)).await;
     assert_eq!(st.phase, RunPhase::Failed);
     assert!(
         st.message
@@ -242,11 +249,7 @@ async fn scenario(under_chart_rbac: bool) {
                         "target": {"claimName": "restored", "path": "db", "force": true,
                                    "deleteExtra": delete_extra}}})
     };
-    create::<Restore>(&restores, in_place("forced", false)).await;
-    let forced = try_wait_for(&restores, "forced", "the Restore to fail", LONG, finished)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
-    let st = forced.status.expect("status");
+    let st = finished_restore(&ns, in_place("forced", false)).await;
     assert_eq!(st.phase, RunPhase::Failed);
     assert!(
         st.message.as_deref().is_some_and(
@@ -256,11 +259,7 @@ async fn scenario(under_chart_rbac: bool) {
         st.message
     );
     assert!(db.join("stale-collection.wt").exists());
-    create::<Restore>(&restores, in_place("exact", true)).await;
-    let exact = try_wait_for(&restores, "exact", "the Restore to finish", LONG, finished)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", pod_logs(ns.name())));
-    let st = exact.status.expect("status");
+    let st = finished_restore(&ns, in_place("exact", true)).await;
     assert_eq!(
         st.phase,
         RunPhase::Succeeded,

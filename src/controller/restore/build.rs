@@ -230,18 +230,21 @@ mod tests {
 
     #[test]
     fn restore_pod_reads_the_repository_and_writes_the_target() {
-        let r = restore("{claimName: fresh-data, path: db, force: true}");
         let j = job(PVC_LOCAL);
-        let pod = restore_pod(&RestorePlan {
-            restore: &r,
-            job: &j,
-            snapshot_id: "3f2a",
-            image: "snapcrypt:test",
-            progress_interval: 2.0,
-            agent_env: &[],
-            kmip: None,
-        })
-        .expect("pod");
+        // The restore pod for a target given as YAML.
+        let pod_for = |target: &str| {
+            restore_pod(&RestorePlan {
+                restore: &restore(target),
+                job: &j,
+                snapshot_id: "3f2a",
+                image: "snapcrypt:test",
+                progress_interval: 2.0,
+                agent_env: &[],
+                kmip: None,
+            })
+            .expect("pod")
+        };
+        let pod = pod_for("{claimName: fresh-data, path: db, force: true}");
         assert_eq!(pod.name_any(), "back-restore");
         assert_eq!(pod.owner_references()[0].kind, "Restore");
         assert_eq!(pod.labels()[RESTORE_UID_LABEL], "r-uid");
@@ -290,35 +293,21 @@ mod tests {
                 .expect("args")
                 .contains(&"--delete-extra".into())
         );
+        // The agent's container for a target given as YAML.
+        let agent = |target: &str| {
+            pod_for(target)
+                .spec
+                .expect("spec")
+                .containers
+                .swap_remove(0)
+        };
         // deleteExtra (with force) becomes --delete-extra.
-        let r = restore("{claimName: data, force: true, deleteExtra: true}");
-        let pod = restore_pod(&RestorePlan {
-            restore: &r,
-            job: &j,
-            snapshot_id: "3f2a",
-            image: "i",
-            progress_interval: 2.0,
-            agent_env: &[],
-            kmip: None,
-        })
-        .expect("pod");
-        let args = pod.spec.as_ref().expect("spec").containers[0].args.clone();
-        let args = args.expect("args");
+        let c = agent("{claimName: data, force: true, deleteExtra: true}");
+        let args = c.args.expect("args");
         assert!(args.contains(&"--force".into()) && args.contains(&"--delete-extra".into()));
         // Without a path the claim's root is the target; without force, no --force.
-        let r = restore("{claimName: fresh-data}");
-        let pod = restore_pod(&RestorePlan {
-            restore: &r,
-            job: &j,
-            snapshot_id: "3f2a",
-            image: "i",
-            progress_interval: 2.0,
-            agent_env: &[],
-            kmip: None,
-        })
-        .expect("pod");
-        let c = &pod.spec.as_ref().expect("spec").containers[0];
-        assert_eq!(arg_after(c, "--target"), Some("/target"));
+        let c = agent("{claimName: fresh-data}");
+        assert_eq!(arg_after(&c, "--target"), Some("/target"));
         assert!(!c.args.as_ref().expect("args").contains(&"--force".into()));
     }
 
