@@ -803,6 +803,80 @@ fn retention_scoped_by_tag_in_prune_and_in_the_agent() {
     assert_eq!(listed(&repo), sorted(vec![b1, free, a3, a4]));
 }
 
+/// A snapshot pod killed during its retention pass (at its memory limit, say) has already
+/// reported its backup as complete: the result line is written before retention starts,
+/// saying retention did not finish, so the operator records a complete snapshot rather than
+/// a failed pod to run again (each rerun a new backup, killed in the same place).
+#[test]
+fn an_agent_killed_during_retention_has_reported_its_complete_backup() {
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    backup_json(&src, &repo, &key, &["--tag", "job=a"], &[]);
+    // Retention waits here for an exclusive lock: the window the kill lands in.
+    let locks = Path::new(&repo).join("locks");
+    fs::create_dir_all(&locks).unwrap();
+    fs::write(
+        locks.join("busy"),
+        format!(
+            r#"{{"exclusive":false,"hostname":"busy-host","pid":4242,"refreshed":{}}}"#,
+            support::now_secs()
+        ),
+    )
+    .unwrap();
+    let log = e.p("termination");
+    let mut agent = std::process::Command::new(support::bin())
+        .args([
+            "agent",
+            "snapshot",
+            "--source",
+            &src,
+            "--repo",
+            &repo,
+            "--key-file",
+            &key,
+            "--tag",
+            "job=a",
+            "--keep-last",
+            "1",
+            "--prune-tag",
+            "job=a",
+            "--termination-log",
+            &log,
+        ])
+        .env_remove("SNAPCRYPT_REPO")
+        .env("SNAPCRYPT_LOCK_WAIT_SECS", "300")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let read = || -> Option<serde_json::Value> {
+        serde_json::from_str(fs::read_to_string(&log).ok()?.trim()).ok()
+    };
+    support::wait_for(
+        "the result line before retention",
+        std::time::Duration::from_secs(60),
+        || read().is_some(),
+    );
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent should still be waiting for its retention lock"
+    );
+    agent.kill().unwrap(); // SIGKILL, as the kernel's OOM killer
+    agent.wait().unwrap();
+    let result = read().unwrap();
+    let id = result["id"].as_str().unwrap().to_string();
+    let error = result["retention"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("retention did not finish") && error.contains("Sizing agent pods"),
+        "{result}"
+    );
+    assert_eq!(result["retention"]["forgotten_total"], 0, "{result}");
+    // The snapshot the line names is complete and restores exactly.
+    fs::remove_file(locks.join("busy")).unwrap();
+    restore(&repo, &key, &id, &e.p("out"), &[]);
+    assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
+}
+
 #[test]
 fn a_stale_lock_expires_and_a_live_exclusive_lock_blocks() {
     let e = Env::new();

@@ -17,8 +17,8 @@ use super::CliError;
 use super::backup::{BackupArgs, KeyFile, perform};
 use super::prune::RetentionArgs;
 use crate::api::agent::{
-    MAX_FORGOTTEN_IDS, MAX_PROBLEM_LEN, MAX_PROBLEMS, MAX_RETENTION_ERROR, RetentionResult,
-    SnapshotResult, VerifyResult,
+    MAX_FORGOTTEN_IDS, MAX_PROBLEM_LEN, MAX_PROBLEMS, MAX_RETENTION_ERROR, RETENTION_INTERRUPTED,
+    RetentionResult, SnapshotResult, VerifyResult,
 };
 use crate::api::common::Progress as ProgressStatus;
 use crate::api::{Restore, Snapshot};
@@ -212,15 +212,28 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     }
     match result {
         Ok(m) => {
-            let retention = apply_retention(&args, &m.id).await;
-            let line = serde_json::to_string(&SnapshotResult {
+            let result = |retention| SnapshotResult {
                 id: m.id.clone(),
                 files: m.files,
                 logical_bytes: m.logical_bytes,
                 stored_bytes: m.stored_bytes,
                 key_id: m.master_key_id.clone(),
                 retention,
-            })?;
+            };
+            // The backup is complete before retention starts, and stays so if the pod is
+            // killed during it (at its memory limit, say): the result is written first, saying
+            // retention did not finish, so the operator reads a complete snapshot, not a failed
+            // pod to run again. The line after retention replaces it.
+            if !args.retention.policy().is_empty() {
+                let interrupted = RetentionResult {
+                    error: Some(RETENTION_INTERRUPTED.into()),
+                    ..Default::default()
+                };
+                let line = serde_json::to_string(&result(Some(interrupted)))?;
+                write_termination_log(&args.report.termination_log, &line);
+            }
+            let retention = apply_retention(&args, &m.id).await;
+            let line = serde_json::to_string(&result(retention))?;
             write_termination_log(&args.report.termination_log, &line);
             println!("{line}");
             Ok(())

@@ -32,17 +32,33 @@ pub enum RunStep<R> {
 }
 
 /// Read an agent pod of a `what` run ("snapshot", "restore") into its step.
+///
+/// An agent writes its result line only once its run is done, so a pod that failed after
+/// writing one (a snapshot pod killed at its memory limit or deadline during retention, which
+/// runs after the backup is complete, the line saying so) finished its run.
 pub fn run_step<R: DeserializeOwned>(pod: &Pod, what: &str) -> RunStep<R> {
-    run_step_of(pod, what, CONTAINER, parse_result_line::<R>)
+    step_of(pod, what, CONTAINER, parse_result_line::<R>, true)
 }
 
 /// Read a pod whose `container` does the `what` run, its termination message on success read
-/// by `parse`, into its step.
+/// by `parse`, into its step. A failed pod's message is its failure, whatever it says.
 pub fn run_step_of<R>(
     pod: &Pod,
     what: &str,
     container: &str,
     parse: impl Fn(&str) -> Option<R>,
+) -> RunStep<R> {
+    step_of(pod, what, container, parse, false)
+}
+
+/// [`run_step_of`]; with `written_result_stands`, a failed pod whose termination message
+/// `parse` reads is taken as succeeded with that result.
+fn step_of<R>(
+    pod: &Pod,
+    what: &str,
+    container: &str,
+    parse: impl Fn(&str) -> Option<R>,
+    written_result_stands: bool,
 ) -> RunStep<R> {
     let status = pod.status.as_ref();
     let container = status
@@ -72,38 +88,46 @@ pub fn run_step_of<R>(
                 finished,
             },
         },
-        // Stopped by the kubelet at the pod's activeDeadlineSeconds (placement.runTimeout).
-        Some("Failed") if status.and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded") => {
-            RunStep::Failed {
-                message: format!(
-                    "the {what} pod was stopped after running longer than spec.placement.runTimeout allows ({})",
-                    status
-                        .and_then(|s| s.message.clone())
-                        .unwrap_or_else(|| "DeadlineExceeded".into())
-                ),
-                finished,
+        Some("Failed") => match termination
+            .as_deref()
+            .filter(|_| written_result_stands)
+            .and_then(&parse)
+        {
+            // The agent wrote its result, then the pod was stopped: the run is done.
+            Some(result) => RunStep::Succeeded { result, finished },
+            // Stopped by the kubelet at the pod's activeDeadlineSeconds (placement.runTimeout).
+            None if status.and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded") => {
+                RunStep::Failed {
+                    message: format!(
+                        "the {what} pod was stopped after running longer than spec.placement.runTimeout allows ({})",
+                        status
+                            .and_then(|s| s.message.clone())
+                            .unwrap_or_else(|| "DeadlineExceeded".into())
+                    ),
+                    finished,
+                }
             }
-        }
-        Some("Failed") => {
-            let message = match termination {
-                Some(t) => t
-                    .trim()
-                    .trim_start_matches("snapcrypt: error: ")
-                    .to_string(),
-                None => format!(
-                    "the {what} pod failed{}{} without a message",
-                    terminated
-                        .map(|t| format!(" with exit code {}", t.exit_code))
-                        .unwrap_or_default(),
-                    terminated
-                        .and_then(|t| t.reason.clone())
-                        .or_else(|| status.and_then(|s| s.reason.clone()))
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default()
-                ),
-            };
-            RunStep::Failed { message, finished }
-        }
+            None => {
+                let message = match termination {
+                    Some(t) => t
+                        .trim()
+                        .trim_start_matches("snapcrypt: error: ")
+                        .to_string(),
+                    None => format!(
+                        "the {what} pod failed{}{} without a message",
+                        terminated
+                            .map(|t| format!(" with exit code {}", t.exit_code))
+                            .unwrap_or_default(),
+                        terminated
+                            .and_then(|t| t.reason.clone())
+                            .or_else(|| status.and_then(|s| s.reason.clone()))
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
+                    ),
+                };
+                RunStep::Failed { message, finished }
+            }
+        },
         _ => {
             let waiting = state.and_then(|s| s.waiting.as_ref());
             // Not on a node yet: the scheduler's reason (Unschedulable: 0/3 nodes ...).
@@ -196,6 +220,28 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pod_killed_after_writing_its_result_finished_its_run() {
+        // A snapshot pod OOM-killed (or stopped at its deadline) during retention: the backup
+        // had finished and its result line says retention did not.
+        let line = "{\\\"id\\\":\\\"ab\\\",\\\"files\\\":1,\\\"logical_bytes\\\":2,\\\"stored_bytes\\\":3,\\\"key_id\\\":\\\"k\\\",\\\"retention\\\":{\\\"kept\\\":0,\\\"forgotten\\\":[],\\\"forgotten_total\\\":0,\\\"bytes_freed\\\":0,\\\"error\\\":\\\"retention did not finish\\\"}}";
+        for (reason, extra) in [("OOMKilled", ""), ("Error", "  reason: DeadlineExceeded\n")] {
+            let killed = format!(
+                "  phase: Failed\n{extra}  containerStatuses:\n  - {{name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {{terminated: {{exitCode: 137, reason: {reason}, message: \"{line}\\n\"}}}}}}"
+            );
+            match step(&killed, "snapshot") {
+                RunStep::Succeeded { result, .. } => {
+                    assert_eq!(result.id, "ab");
+                    assert_eq!(
+                        result.retention.and_then(|r| r.error).as_deref(),
+                        Some("retention did not finish")
+                    );
+                }
+                other => panic!("{reason}: {other:?}"),
+            }
         }
     }
 
