@@ -254,6 +254,114 @@ async fn a_copy_that_hangs_is_stopped_at_its_run_timeout() {
     );
 }
 
+/// The agent process of Snapshot `snapshot` in namespace `ns` running on this host's real
+/// nodes (their containers are processes here), and the termination message it has written
+/// so far, read through its root.
+fn agent_process(ns: &str, snapshot: &str) -> Option<(i32, String)> {
+    let want = [
+        format!("SNAPCRYPT_NAMESPACE={ns}"),
+        format!("SNAPCRYPT_SNAPSHOT={snapshot}"),
+    ];
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        if !cmdline.windows(15).any(|w| w == b"agent\0snapshot\0") {
+            return None;
+        }
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if !want.iter().all(|w| vars.contains(&w.as_bytes())) {
+            return None;
+        }
+        let message =
+            std::fs::read_to_string(e.path().join("root/dev/termination-log")).unwrap_or_default();
+        Some((pid, message))
+    })
+}
+
+/// A snapshot pod killed during its retention pass, as the kernel's OOM killer kills one at
+/// its memory limit (SIGKILL, here from the test once retention waits for a lock another
+/// process holds), had finished its backup: the Snapshot is Succeeded, its RetentionApplied
+/// condition says retention did not finish, and its repository snapshot restores. Before,
+/// the pod's result was written only after retention, so the killed pod failed the Snapshot
+/// (and, with retries, ran the backup again, to be killed in the same place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_pod_killed_during_retention_keeps_its_complete_backup() {
+    let Some(g) = Ground::new("retention-kill").await else {
+        return;
+    };
+    if RealNodes::get().is_none() {
+        return;
+    }
+    support::make_source(&g.data);
+    support::chown_mongodb(&g.data);
+    g.job_spec(
+        "j",
+        json!({"consistency": {"mode": "stoppedMember"}}),
+        json!({"retention": {"keepLast": 1}}),
+    )
+    .await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    g.snapshot("j-1", "j").await;
+    wait_for_success(&snaps, "j-1", &g.ns).await;
+    // A live shared lock (refreshed now): retention's exclusive lock waits 30 s for it.
+    let locks = volume_dir(&g.ns, "backups").await.join("repo/locks");
+    std::fs::create_dir_all(&locks).expect("locks/");
+    std::fs::write(
+        locks.join("busy"),
+        format!(
+            r#"{{"exclusive":false,"hostname":"busy-host","pid":4242,"refreshed":{}}}"#,
+            support::now_secs()
+        ),
+    )
+    .expect("plant a lock");
+    g.snapshot("j-2", "j").await;
+    let mut pid = 0;
+    support::wait_for(
+        "the snapshot agent to write its result and wait for its retention lock",
+        LONG,
+        || match agent_process(g.ns.name(), "j-2") {
+            Some((p, message)) if message.contains("retention did not finish") => {
+                pid = p;
+                true
+            }
+            _ => false,
+        },
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let done = wait_for(
+        &snaps,
+        "j-2",
+        "the Snapshot killed in retention to finish",
+        LONG,
+        snapshot_finished,
+    )
+    .await;
+    let st = done.status.expect("status");
+    let retention = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RetentionApplied")
+        .map(|c| format!("{} {}: {}", c.status, c.reason, c.message))
+        .unwrap_or_default();
+    assert_eq!(st.phase, RunPhase::Succeeded, "{st:?}");
+    assert_eq!(st.attempts, 1, "{st:?}");
+    assert!(
+        retention.starts_with("False") && retention.contains("retention did not finish"),
+        "{retention}"
+    );
+    std::fs::remove_file(locks.join("busy")).expect("remove the lock");
+    let id = st.repository_snapshot_id.clone().expect("id");
+    assert!(repository_snapshots(&g).await.contains(&id));
+    let out = tempfile::tempdir().expect("tempdir");
+    g.restore(&id, out.path()).await;
+    support::assert_same_tree(&g.data, out.path());
+}
+
 /// Whether `node` is Ready and carries none of the taints of a lost node.
 fn healthy(node: &Node) -> bool {
     ready_of(node).0 == "True"

@@ -34,8 +34,10 @@ pub enum RunStep<R> {
 /// Read an agent pod of a `what` run ("snapshot", "restore") into its step.
 ///
 /// An agent writes its result line only once its run is done, so a pod that failed after
-/// writing one (a snapshot pod killed at its memory limit or deadline during retention, which
-/// runs after the backup is complete, the line saying so) finished its run.
+/// writing one (a snapshot pod OOM-killed during retention, which runs after the backup is
+/// complete, the line saying so) finished its run. A pod stopped at its deadline is not one:
+/// the kubelet reports it Failed before its container has ended, with no message (seen on the
+/// test cluster's kubelet), so such a run fails naming runTimeout.
 pub fn run_step<R: DeserializeOwned>(pod: &Pod, what: &str) -> RunStep<R> {
     step_of(pod, what, CONTAINER, parse_result_line::<R>, true)
 }
@@ -225,8 +227,9 @@ mod tests {
 
     #[test]
     fn a_pod_killed_after_writing_its_result_finished_its_run() {
-        // A snapshot pod OOM-killed (or stopped at its deadline) during retention: the backup
-        // had finished and its result line says retention did not.
+        // A snapshot pod OOM-killed during retention: the backup had finished and its result
+        // line says retention did not. Were a kubelet to report a deadline's stop with the
+        // message, the same holds.
         let line = "{\\\"id\\\":\\\"ab\\\",\\\"files\\\":1,\\\"logical_bytes\\\":2,\\\"stored_bytes\\\":3,\\\"key_id\\\":\\\"k\\\",\\\"retention\\\":{\\\"kept\\\":0,\\\"forgotten\\\":[],\\\"forgotten_total\\\":0,\\\"bytes_freed\\\":0,\\\"error\\\":\\\"retention did not finish\\\"}}";
         for (reason, extra) in [("OOMKilled", ""), ("Error", "  reason: DeadlineExceeded\n")] {
             let killed = format!(
