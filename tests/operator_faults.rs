@@ -362,6 +362,44 @@ async fn a_snapshot_pod_killed_during_retention_keeps_its_complete_backup() {
     support::assert_same_tree(&g.data, out.path());
 }
 
+/// A snapshot pod whose memory limit is too low for it is OOM-killed by the real node's
+/// kernel, and the Snapshot fails naming the field to raise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_pod_oom_killed_names_the_memory_limit_to_raise() {
+    let Some(g) = Ground::new("oom").await else {
+        return;
+    };
+    if RealNodes::get().is_none() {
+        return;
+    }
+    support::make_source(&g.data);
+    support::chown_mongodb(&g.data);
+    g.job_spec(
+        "j",
+        json!({"consistency": {"mode": "stoppedMember"}}),
+        json!({"resources": {"limits": {"memory": "8Mi"}}}),
+    )
+    .await;
+    let snaps: Api<Snapshot> = g.ns.api();
+    g.snapshot("j-1", "j").await;
+    let done = wait_for(
+        &snaps,
+        "j-1",
+        "the Snapshot to fail",
+        LONG,
+        snapshot_finished,
+    )
+    .await;
+    let st = done.status.expect("status");
+    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
+    let message = st.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("killed at its memory limit (OOMKilled)")
+            && message.contains("raise the BackupJob's spec.resources.limits.memory"),
+        "{message}"
+    );
+}
+
 /// Whether `node` is Ready and carries none of the taints of a lost node.
 fn healthy(node: &Node) -> bool {
     ready_of(node).0 == "True"

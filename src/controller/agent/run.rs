@@ -9,6 +9,10 @@ use serde::de::DeserializeOwned;
 use super::pod::CONTAINER;
 use crate::api::agent::parse_result_line;
 
+/// The field that sets an agent pod's memory, as an OOM-killed run's message names it (the
+/// check pod's reader says its own).
+pub const OOM_FIELD: &str = "the BackupJob's spec.resources";
+
 /// What an agent pod's state means for its run; `R` is the run's result line.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunStep<R> {
@@ -105,6 +109,19 @@ fn step_of<R>(
                         status
                             .and_then(|s| s.message.clone())
                             .unwrap_or_else(|| "DeadlineExceeded".into())
+                    ),
+                    finished,
+                }
+            }
+            // Killed at its memory limit: what to change, then whatever it said last (with
+            // FallbackToLogsOnError, the tail of its log).
+            None if terminated.and_then(|t| t.reason.as_deref()) == Some("OOMKilled") => {
+                RunStep::Failed {
+                    message: format!(
+                        "the {what} pod was killed at its memory limit (OOMKilled): raise {OOM_FIELD}.limits.memory (docs/OPERATIONS.md, \"Sizing agent pods\"){}",
+                        termination
+                            .map(|t| format!("; its last output: {}", t.trim()))
+                            .unwrap_or_default()
                     ),
                     finished,
                 }
@@ -249,14 +266,41 @@ mod tests {
     }
 
     #[test]
+    fn an_oom_kill_names_the_memory_limit_to_raise() {
+        let oom = |message: &str| {
+            step(
+                &format!(
+                    "  phase: Failed\n  containerStatuses:\n  - {{name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {{terminated: {{exitCode: 137, reason: OOMKilled{message}}}}}}}"
+                ),
+                "verify",
+            )
+        };
+        let said = |s: RunStep<SnapshotResult>| match s {
+            RunStep::Failed { message, .. } => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            said(oom("")),
+            "the verify pod was killed at its memory limit (OOMKilled): raise the BackupJob's spec.resources.limits.memory (docs/OPERATIONS.md, \"Sizing agent pods\")"
+        );
+        // The log's tail, which the kubelet gives for a pod that wrote no message.
+        let tail = said(oom(", message: \"snapcrypt: reading 12 of 40 packs\\n\""));
+        assert!(
+            tail.starts_with("the verify pod was killed at its memory limit")
+                && tail.ends_with("; its last output: snapcrypt: reading 12 of 40 packs"),
+            "{tail}"
+        );
+    }
+
+    #[test]
     fn a_silent_failure_names_the_kind_of_run() {
-        let silent = "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 137, reason: OOMKilled}}}";
+        let silent = "  phase: Failed\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 139, reason: Error}}}";
         for what in ["snapshot", "restore"] {
             assert_eq!(
                 step(silent, what),
                 RunStep::Failed {
                     message: format!(
-                        "the {what} pod failed with exit code 137 (OOMKilled) without a message"
+                        "the {what} pod failed with exit code 139 (Error) without a message"
                     ),
                     finished: None
                 }

@@ -18,7 +18,7 @@ use crate::api::verification::{CheckContainer, CheckResult, RESTORED_MOUNT};
 use crate::controller::agent::pod::{
     PodError, TERMINATION_LOG, TMP_MOUNT, container_security, env, mongodb_pod_security, mount,
 };
-use crate::controller::agent::run::{RunStep, run_step_of};
+use crate::controller::agent::run::{OOM_FIELD, RunStep, run_step_of};
 use crate::controller::job_spec::consistency::parse_timeout;
 use crate::controller::names::{CHECK_RESTORE_UID_LABEL, MANAGED_BY, check_pod_name};
 
@@ -158,7 +158,11 @@ pub fn check_result(pod: &Pod, step: &RunStep<String>) -> Option<(CheckStatus, O
         RunStep::ResultUnreadable { finished, .. } => (CheckResult::Succeeded, None, finished),
         RunStep::Failed { message, finished } => (
             CheckResult::Failed,
-            Some(message.replace("spec.placement.runTimeout", "spec.check.timeout")),
+            Some(
+                message
+                    .replace("spec.placement.runTimeout", "spec.check.timeout")
+                    .replace(OOM_FIELD, "spec.check.resources"),
+            ),
             finished,
         ),
     };
@@ -237,6 +241,18 @@ mod tests {
         assert_eq!(
             bad.message.as_deref(),
             Some("FAILED: verify table:collection-2: checksum error")
+        );
+        let oom = judged(named(
+            &terminated("Failed", 137, "")
+                .replace("exitCode: 137", "exitCode: 137, reason: OOMKilled"),
+        ))
+        .expect("ended");
+        assert_eq!(oom.result, CheckResult::Failed);
+        assert!(
+            oom.message
+                .as_deref()
+                .is_some_and(|m| m.contains("raise spec.check.resources.limits.memory")),
+            "{oom:?}"
         );
         assert_eq!(judged(named("  phase: Running")), None);
     }

@@ -589,7 +589,7 @@ mod tests {
         );
         assert!(matches!(
             pod_step(&killed),
-            Step::Failed { message, .. } if message == "the restore pod failed with exit code 137 (OOMKilled) without a message"
+            Step::Failed { message, .. } if message.starts_with("the restore pod was killed at its memory limit (OOMKilled): raise the BackupJob's spec.resources.limits.memory")
         ));
         assert!(matches!(
             pod_step(&pod(&terminated("Succeeded", 0, "hello"))),
