@@ -277,8 +277,7 @@ async fn a_failing_snapshotter_names_the_volume_snapshot_and_its_error() {
     let Some(g) = Ground::new("vs-fail").await else {
         return;
     };
-    support::make_source(&g.data);
-    support::chown_mongodb(&g.data);
+    g.fill_member();
     let class = SnapshotClass::create(&g.ns, "fail", Some("injected: out of snapshot space")).await;
     let _contents = Contents(g.ns.name().to_string());
     g.job(

@@ -681,6 +681,34 @@ fn lost_and_found_is_neither_data_nor_content() {
     assert_same_tree(Path::new(&src), Path::new(&target));
 }
 
+/// `agent snapshot` of `src`, tagged job=a, keeping job=a's newest snapshot only, its
+/// result line in `log`.
+fn agent_keeping_last_of_job_a<'a>(
+    src: &'a str,
+    repo: &'a str,
+    key: &'a str,
+    log: &'a str,
+) -> [&'a str; 16] {
+    [
+        "agent",
+        "snapshot",
+        "--source",
+        src,
+        "--repo",
+        repo,
+        "--key-file",
+        key,
+        "--tag",
+        "job=a",
+        "--keep-last",
+        "1",
+        "--prune-tag",
+        "job=a",
+        "--termination-log",
+        log,
+    ]
+}
+
 /// Retention scoped by tag: `prune --tag` forgets only among the tagged snapshots, and the
 /// snapshot agent's retention pass (what a snapshot pod runs after its backup) does the same,
 /// reports what it forgot in its result line, and never fails a finished backup.
@@ -746,27 +774,7 @@ fn retention_scoped_by_tag_in_prune_and_in_the_agent() {
 
     // The agent: back up, then keep job=a's newest only (the one it just took).
     let agent = |log: &str, env: &[(&str, &str)]| -> serde_json::Value {
-        ok(
-            &[
-                "agent",
-                "snapshot",
-                "--source",
-                &src,
-                "--repo",
-                &repo,
-                "--key-file",
-                &key,
-                "--tag",
-                "job=a",
-                "--keep-last",
-                "1",
-                "--prune-tag",
-                "job=a",
-                "--termination-log",
-                log,
-            ],
-            env,
-        );
+        ok(&agent_keeping_last_of_job_a(&src, &repo, &key, log), env);
         serde_json::from_str(fs::read_to_string(log).unwrap().trim()).unwrap()
     };
     let result = agent(&e.p("termination-1"), &[]);
@@ -786,16 +794,7 @@ fn retention_scoped_by_tag_in_prune_and_in_the_agent() {
 
     // A retention pass that cannot run (another backup holds a lock) is reported in the result;
     // the backup itself succeeded and is kept.
-    let locks = Path::new(&repo).join("locks");
-    fs::create_dir_all(&locks).unwrap();
-    fs::write(
-        locks.join("busy"),
-        format!(
-            r#"{{"exclusive":false,"hostname":"busy-host","pid":4242,"refreshed":{}}}"#,
-            support::now_secs()
-        ),
-    )
-    .unwrap();
+    support::plant_shared_lock(Path::new(&repo), "busy");
     let result = agent(&e.p("termination-2"), &[("SNAPCRYPT_LOCK_WAIT_SECS", "1")]);
     let error = result["retention"]["error"].as_str().unwrap_or_default();
     assert!(error.contains("busy-host"), "{result}");
@@ -813,36 +812,10 @@ fn an_agent_killed_during_retention_has_reported_its_complete_backup() {
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
     backup_json(&src, &repo, &key, &["--tag", "job=a"], &[]);
     // Retention waits here for an exclusive lock: the window the kill lands in.
-    let locks = Path::new(&repo).join("locks");
-    fs::create_dir_all(&locks).unwrap();
-    fs::write(
-        locks.join("busy"),
-        format!(
-            r#"{{"exclusive":false,"hostname":"busy-host","pid":4242,"refreshed":{}}}"#,
-            support::now_secs()
-        ),
-    )
-    .unwrap();
+    let busy = support::plant_shared_lock(Path::new(&repo), "busy");
     let log = e.p("termination");
     let mut agent = std::process::Command::new(support::bin())
-        .args([
-            "agent",
-            "snapshot",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--tag",
-            "job=a",
-            "--keep-last",
-            "1",
-            "--prune-tag",
-            "job=a",
-            "--termination-log",
-            &log,
-        ])
+        .args(agent_keeping_last_of_job_a(&src, &repo, &key, &log))
         .env_remove("SNAPCRYPT_REPO")
         .env("SNAPCRYPT_LOCK_WAIT_SECS", "300")
         .stdout(std::process::Stdio::null())
@@ -872,7 +845,7 @@ fn an_agent_killed_during_retention_has_reported_its_complete_backup() {
     );
     assert_eq!(result["retention"]["forgotten_total"], 0, "{result}");
     // The snapshot the line names is complete and restores exactly.
-    fs::remove_file(locks.join("busy")).unwrap();
+    fs::remove_file(busy).unwrap();
     restore(&repo, &key, &id, &e.p("out"), &[]);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
 }
@@ -907,11 +880,7 @@ fn a_stale_lock_expires_and_a_live_exclusive_lock_blocks() {
     );
     assert!(!locks.join("dead").exists());
     // A live shared lock (a running backup) makes prune give up with a clear message.
-    let live = format!(
-        r#"{{"exclusive":false,"hostname":"busy-host","pid":4242,"refreshed":{}}}"#,
-        support::now_secs()
-    );
-    fs::write(locks.join("live"), live).unwrap();
+    support::plant_shared_lock(Path::new(&repo), "live");
     let err = fails(
         &[
             "prune",

@@ -17,7 +17,8 @@ use support::cluster::{
     cluster_or_skip, eventually, try_wait_for, unique_name, wait_for, wait_for_deletion,
 };
 use support::operator::{
-    ChartOperator, LONG, Operator, claim, create, member, wait_for_event, wait_for_success,
+    ChartOperator, LONG, Operator, claim, create, member, snapshot_condition, wait_for_event,
+    wait_for_success,
 };
 use support::real_nodes::{RealNodes, pod_logs, volume_dir};
 
@@ -392,13 +393,7 @@ async fn scenario(under_chart_rbac: bool) {
     )
     .await;
     let on_demand = wait_for_success(&snaps, "keep1-on-demand", &ns).await;
-    let applied = |st: &snapcrypt::api::SnapshotStatus| {
-        st.conditions
-            .iter()
-            .find(|c| c.type_ == "RetentionApplied")
-            .map(|c| format!("{} {}: {}", c.status, c.reason, c.message))
-            .unwrap_or_default()
-    };
+    let applied = |st: &snapcrypt::api::SnapshotStatus| snapshot_condition(st, "RetentionApplied");
     assert!(
         applied(&on_demand).starts_with("True Pruned: kept 1 snapshot(s) of the job, forgot 0,"),
         "{}",

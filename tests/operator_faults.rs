@@ -20,7 +20,7 @@ use support::cluster::{cluster_or_skip, wait_for, wait_for_deletion};
 use support::control_plane::{NodeLifecycle, SecondApiServer};
 use support::fault_proxy::{Fault, FaultProxy, Rule};
 use support::ground::{Ground, Options};
-use support::operator::{LONG, create, snapshot_finished, wait_for_success};
+use support::operator::{LONG, create, snapshot_condition, snapshot_finished, wait_for_success};
 use support::real_nodes::{FrozenKubelet, HOST_ALIAS, RealNodes, volume_dir};
 use support::s3::S3Server;
 
@@ -114,8 +114,7 @@ async fn fifty_backup_jobs_applied_at_once_all_reconcile() {
     let Some(mut g) = Ground::new("fifty-jobs").await else {
         return;
     };
-    support::make_source(&g.data);
-    support::chown_mongodb(&g.data);
+    g.fill_member();
     let names: Vec<String> = (0..JOBS).map(|i| format!("job-{i:02}")).collect();
     let started = std::time::Instant::now();
     futures::future::join_all(
@@ -170,8 +169,7 @@ struct StalledStore {
 
 impl StalledStore {
     async fn start(g: &Ground, nodes: &RealNodes, placement: serde_json::Value) -> StalledStore {
-        support::make_source(&g.data);
-        support::chown_mongodb(&g.data);
+        g.fill_member();
         let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
         let s3 = S3Server::start(&work.path().join("s3"), "backups");
         let proxy = FaultProxy::start(s3.port);
@@ -254,6 +252,14 @@ async fn a_copy_that_hangs_is_stopped_at_its_run_timeout() {
     );
 }
 
+/// BackupJob `j` of the ground's member, filled and copied in mode stoppedMember, with `spec`
+/// merged into its spec.
+async fn stopped_member_job(g: &Ground, spec: serde_json::Value) {
+    g.fill_member();
+    g.job_spec("j", json!({"consistency": {"mode": "stoppedMember"}}), spec)
+        .await;
+}
+
 /// The agent process of Snapshot `snapshot` in namespace `ns` running on this host's real
 /// nodes (their containers are processes here), and the termination message it has written
 /// so far, read through its root.
@@ -293,28 +299,12 @@ async fn a_snapshot_pod_killed_during_retention_keeps_its_complete_backup() {
     if RealNodes::get().is_none() {
         return;
     }
-    support::make_source(&g.data);
-    support::chown_mongodb(&g.data);
-    g.job_spec(
-        "j",
-        json!({"consistency": {"mode": "stoppedMember"}}),
-        json!({"retention": {"keepLast": 1}}),
-    )
-    .await;
+    stopped_member_job(&g, json!({"retention": {"keepLast": 1}})).await;
     let snaps: Api<Snapshot> = g.ns.api();
     g.snapshot("j-1", "j").await;
     wait_for_success(&snaps, "j-1", &g.ns).await;
     // A live shared lock (refreshed now): retention's exclusive lock waits 30 s for it.
-    let locks = volume_dir(&g.ns, "backups").await.join("repo/locks");
-    std::fs::create_dir_all(&locks).expect("locks/");
-    std::fs::write(
-        locks.join("busy"),
-        format!(
-            r#"{{"exclusive":false,"hostname":"busy-host","pid":4242,"refreshed":{}}}"#,
-            support::now_secs()
-        ),
-    )
-    .expect("plant a lock");
+    let busy = support::plant_shared_lock(&volume_dir(&g.ns, "backups").await.join("repo"), "busy");
     g.snapshot("j-2", "j").await;
     let mut pid = 0;
     support::wait_for(
@@ -342,19 +332,14 @@ async fn a_snapshot_pod_killed_during_retention_keeps_its_complete_backup() {
     )
     .await;
     let st = done.status.expect("status");
-    let retention = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "RetentionApplied")
-        .map(|c| format!("{} {}: {}", c.status, c.reason, c.message))
-        .unwrap_or_default();
+    let retention = snapshot_condition(&st, "RetentionApplied");
     assert_eq!(st.phase, RunPhase::Succeeded, "{st:?}");
     assert_eq!(st.attempts, 1, "{st:?}");
     assert!(
         retention.starts_with("False") && retention.contains("retention did not finish"),
         "{retention}"
     );
-    std::fs::remove_file(locks.join("busy")).expect("remove the lock");
+    std::fs::remove_file(busy).expect("remove the lock");
     let id = st.repository_snapshot_id.clone().expect("id");
     assert!(repository_snapshots(&g).await.contains(&id));
     let out = tempfile::tempdir().expect("tempdir");
@@ -372,14 +357,7 @@ async fn a_snapshot_pod_oom_killed_names_the_memory_limit_to_raise() {
     if RealNodes::get().is_none() {
         return;
     }
-    support::make_source(&g.data);
-    support::chown_mongodb(&g.data);
-    g.job_spec(
-        "j",
-        json!({"consistency": {"mode": "stoppedMember"}}),
-        json!({"resources": {"limits": {"memory": "8Mi"}}}),
-    )
-    .await;
+    stopped_member_job(&g, json!({"resources": {"limits": {"memory": "8Mi"}}})).await;
     let snaps: Api<Snapshot> = g.ns.api();
     g.snapshot("j-1", "j").await;
     let done = wait_for(

@@ -97,6 +97,12 @@ impl Ground {
         ));
     }
 
+    /// Fill the member's data volume with the usual source, owned by mongod's user.
+    pub fn fill_member(&self) {
+        super::make_source(&self.data);
+        super::chown_mongodb(&self.data);
+    }
+
     /// The member pod's address (its node's, with host_network).
     pub async fn member_ip(&self) -> String {
         let pods: Api<Pod> = self.ns.api();

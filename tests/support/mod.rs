@@ -291,6 +291,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A live shared lock of host `busy-host`, refreshed now, planted in `repo` as
+/// `locks/NAME` (as a running backup holds one); its path.
+pub fn plant_shared_lock(repo: &Path, name: &str) -> PathBuf {
+    let locks = repo.join("locks");
+    fs::create_dir_all(&locks).unwrap();
+    let path = locks.join(name);
+    fs::write(
+        &path,
+        format!(
+            r#"{{"exclusive":false,"hostname":"busy-host","pid":4242,"refreshed":{}}}"#,
+            now_secs()
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// Wait until `cond` holds, or panic after `deadline` naming `what`.
 pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

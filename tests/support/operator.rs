@@ -278,6 +278,15 @@ pub async fn wait_for_event(ns: &TestNamespace, name: &str, reason: &str) -> Str
     .await
 }
 
+/// Condition `type_` of a Snapshot's status as "STATUS REASON: MESSAGE" (empty if absent).
+pub fn snapshot_condition(st: &snapcrypt::api::SnapshotStatus, type_: &str) -> String {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| format!("{} {}: {}", c.status, c.reason, c.message))
+        .unwrap_or_default()
+}
+
 /// Whether a Snapshot has finished (succeeded or failed).
 pub fn snapshot_finished(s: &snapcrypt::api::Snapshot) -> bool {
     use snapcrypt::api::snapshot::RunPhase;
