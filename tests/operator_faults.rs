@@ -234,17 +234,7 @@ async fn a_copy_that_hangs_is_stopped_at_its_run_timeout() {
     let store = StalledStore::start(&g, nodes, json!({"runTimeout": "20s"})).await;
     store.writing().await;
     let snaps: Api<Snapshot> = g.ns.api();
-    let done = wait_for(
-        &snaps,
-        "j-1",
-        "the hung copy to be stopped",
-        LONG,
-        snapshot_finished,
-    )
-    .await;
-    let st = done.status.expect("status");
-    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
-    let message = st.message.clone().unwrap_or_default();
+    let message = failed_message(&snaps, "j-1", "the hung copy to be stopped").await;
     assert!(
         message.contains("longer than spec.placement.runTimeout allows")
             && message.contains("deadline"),
@@ -360,22 +350,20 @@ async fn a_snapshot_pod_oom_killed_names_the_memory_limit_to_raise() {
     stopped_member_job(&g, json!({"resources": {"limits": {"memory": "8Mi"}}})).await;
     let snaps: Api<Snapshot> = g.ns.api();
     g.snapshot("j-1", "j").await;
-    let done = wait_for(
-        &snaps,
-        "j-1",
-        "the Snapshot to fail",
-        LONG,
-        snapshot_finished,
-    )
-    .await;
-    let st = done.status.expect("status");
-    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
-    let message = st.message.clone().unwrap_or_default();
+    let message = failed_message(&snaps, "j-1", "the Snapshot to fail").await;
     assert!(
         message.contains("killed at its memory limit (OOMKilled)")
             && message.contains("raise the BackupJob's spec.resources.limits.memory"),
         "{message}"
     );
+}
+
+/// Wait (on `what`) until Snapshot `name` finishes, require that it failed; its message.
+async fn failed_message(snaps: &Api<Snapshot>, name: &str, what: &str) -> String {
+    let done = wait_for(snaps, name, what, LONG, snapshot_finished).await;
+    let st = done.status.expect("status");
+    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
+    st.message.unwrap_or_default()
 }
 
 /// Whether `node` is Ready and carries none of the taints of a lost node.
@@ -443,17 +431,7 @@ async fn a_member_node_lost_mid_copy_fails_the_attempt_naming_the_node() {
         ready_of(n).0 == "Unknown"
     })
     .await;
-    let failed = wait_for(
-        &snaps,
-        "j-1",
-        "the Snapshot to give the copy up",
-        LONG,
-        snapshot_finished,
-    )
-    .await;
-    let st = failed.status.expect("status");
-    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
-    let message = st.message.clone().unwrap_or_default();
+    let message = failed_message(&snaps, "j-1", "the Snapshot to give the copy up").await;
     assert!(
         message.contains(&format!(
             "node {NODE} has not been Ready for over 10s (spec.placement.nodeLostTimeout)"
