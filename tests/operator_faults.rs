@@ -275,15 +275,22 @@ fn agent_process(ns: &str, snapshot: &str) -> Option<(i32, String)> {
     })
 }
 
-/// A snapshot pod killed during its retention pass, as the kernel's OOM killer kills one at
-/// its memory limit (SIGKILL, here from the test once retention waits for a lock another
-/// process holds), had finished its backup: the Snapshot is Succeeded, its RetentionApplied
-/// condition says retention did not finish, and its repository snapshot restores. Before,
-/// the pod's result was written only after retention, so the killed pod failed the Snapshot
-/// (and, with retries, ran the backup again, to be killed in the same place).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_pod_killed_during_retention_keeps_its_complete_backup() {
-    let Some(g) = Ground::new("retention-kill").await else {
+/// How a test stops a snapshot pod in its retention pass.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// SIGKILL to the agent, as the kernel's OOM killer kills one at its memory limit.
+    Kill,
+    /// The pod's activeDeadlineSeconds (what spec.placement.runTimeout sets) cut to just past
+    /// now, so that the kubelet stops it at its deadline.
+    Deadline,
+}
+
+/// A snapshot pod stopped (`how`) during its retention pass, held there by a lock another
+/// process holds, had finished its backup: the Snapshot is Succeeded after one attempt, its
+/// RetentionApplied condition says retention did not finish, and its repository snapshot
+/// restores exactly.
+async fn stopped_in_retention_keeps_its_complete_backup(name: &str, how: Stop) {
+    let Some(g) = Ground::new(name).await else {
         return;
     };
     if RealNodes::get().is_none() {
@@ -308,22 +315,67 @@ async fn a_snapshot_pod_killed_during_retention_keeps_its_complete_backup() {
             _ => false,
         },
     );
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    match how {
+        Stop::Kill => {
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(killed.success());
+        }
+        Stop::Deadline => {
+            // The kubelet reports a pod stopped at its deadline without the termination
+            // message, so only the result the agent reported through the API tells.
+            let reported = wait_for(
+                &snaps,
+                "j-2",
+                "the snapshot agent to report its result into the Snapshot's status",
+                LONG,
+                |s| {
+                    s.status
+                        .as_ref()
+                        .is_some_and(|st| st.agent_result.is_some())
+                },
+            )
+            .await;
+            let st = reported.status.expect("status");
+            let pod_name = st.pod_name.expect("pod name");
+            assert_eq!(st.agent_result.map(|r| r.pod), Some(pod_name.clone()));
+            let pods: Api<Pod> = g.ns.api();
+            let pod = pods.get(&pod_name).await.expect("snapshot pod");
+            let started = pod
+                .status
+                .and_then(|s| s.start_time)
+                .expect("the pod's start time");
+            let active = (jiff::Timestamp::now() - started.0).get_seconds();
+            pods.patch(
+                &pod_name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {"activeDeadlineSeconds": active + 2}})),
+            )
+            .await
+            .expect("shorten the pod's deadline");
+            wait_for(
+                &pods,
+                &pod_name,
+                "the kubelet to stop the pod at its deadline",
+                LONG,
+                |p| p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded"),
+            )
+            .await;
+        }
+    }
     let done = wait_for(
         &snaps,
         "j-2",
-        "the Snapshot killed in retention to finish",
+        "the Snapshot stopped in retention to finish",
         LONG,
         snapshot_finished,
     )
     .await;
     let st = done.status.expect("status");
     let retention = snapshot_condition(&st, "RetentionApplied");
-    assert_eq!(st.phase, RunPhase::Succeeded, "{st:?}");
+    assert_eq!(st.phase, RunPhase::Succeeded, "{how:?}: {st:?}");
     assert_eq!(st.attempts, 1, "{st:?}");
     assert!(
         retention.starts_with("False") && retention.contains("retention did not finish"),
@@ -335,6 +387,22 @@ async fn a_snapshot_pod_killed_during_retention_keeps_its_complete_backup() {
     let out = tempfile::tempdir().expect("tempdir");
     g.restore(&id, out.path()).await;
     support::assert_same_tree(&g.data, out.path());
+}
+
+/// Killed as the OOM killer kills: before, the pod's result was written only after retention,
+/// so the killed pod failed the Snapshot (and, with retries, ran the backup again, to be
+/// killed in the same place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_pod_killed_during_retention_keeps_its_complete_backup() {
+    stopped_in_retention_keeps_its_complete_backup("retention-kill", Stop::Kill).await;
+}
+
+/// Stopped at its runTimeout: the kubelet marks the pod Failed (DeadlineExceeded) with no
+/// termination message, and the Snapshot takes the result the agent reported into its status
+/// before retention. Before, the Snapshot failed naming runTimeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_pod_stopped_at_its_deadline_during_retention_keeps_its_complete_backup() {
+    stopped_in_retention_keeps_its_complete_backup("retention-deadline", Stop::Deadline).await;
 }
 
 /// A snapshot pod whose memory limit is too low for it is OOM-killed by the real node's

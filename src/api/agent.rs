@@ -71,7 +71,7 @@ pub struct RetentionResult {
 }
 
 /// What the result line says of a retention pass the pod did not live to finish.
-pub const RETENTION_INTERRUPTED: &str = "retention did not finish: the snapshot pod stopped during it (killed, for example at its memory limit: see \"Sizing agent pods\" in docs/OPERATIONS.md); the backup is complete, and the next run applies retention again";
+pub const RETENTION_INTERRUPTED: &str = "retention did not finish: the snapshot pod stopped during it (killed at its memory limit, see \"Sizing agent pods\" in docs/OPERATIONS.md; stopped at spec.placement.runTimeout; or its node lost); the backup is complete, and the next run applies retention again";
 
 /// Kubernetes keeps at most 4096 bytes of a termination message, and the result must stay one
 /// whole JSON line: 64 ids of 32 hex digits take about 2.3 KiB.

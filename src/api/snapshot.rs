@@ -162,6 +162,22 @@ pub struct SnapshotStatus {
     /// while the snapshot is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Written by the snapshot agent, not the operator: its result, reported as soon as the
+    /// backup is complete and before its retention pass. If the pod then ends without its
+    /// termination message (stopped at spec.placement.runTimeout, killed, its node lost), the
+    /// operator takes this result for that pod, and the Snapshot is Succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_result: Option<AgentResult>,
+}
+
+/// A snapshot agent's result, as the agent reported it through the API.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentResult {
+    /// The snapshot pod that reported it; the operator reads it for that pod only.
+    pub pod: String,
+    /// The agent's result line (JSON), as its termination message would hold it.
+    pub result: String,
 }
 
 /// How a Snapshot's data volume was captured.

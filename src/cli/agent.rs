@@ -22,7 +22,7 @@ use crate::api::agent::{
 };
 use crate::api::common::Progress as ProgressStatus;
 use crate::api::{Restore, Snapshot};
-use crate::controller::AGENT_FIELD_MANAGER;
+use crate::controller::{AGENT_FIELD_MANAGER, AGENT_RESULT_FIELD_MANAGER};
 use crate::engine::progress::human_bytes;
 use crate::engine::progress::{Progress, ProgressReport};
 use crate::engine::prune::{PruneScope, prune};
@@ -127,6 +127,15 @@ pub struct SnapshotArgs {
     /// The tags that scope the retention rules (the operator passes backupjob=NAMESPACE/NAME).
     #[arg(long = "prune-tag", value_name = "KEY=VALUE", value_parser = super::backup::parse_tag)]
     pub prune_tags: Vec<(String, String)>,
+    /// The pod this agent runs in (the operator passes it through the downward API): the
+    /// result reported into the Snapshot before retention names it.
+    #[arg(
+        long = "pod-name",
+        env = "SNAPCRYPT_POD_NAME",
+        value_name = "NAME",
+        hide = true
+    )]
+    pub pod_name: Option<String>,
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), CliError> {
@@ -221,9 +230,11 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
                 retention,
             };
             // The backup is complete before retention starts, and stays so if the pod is
-            // killed during it (at its memory limit, say): the result is written first, saying
-            // retention did not finish, so the operator reads a complete snapshot, not a failed
-            // pod to run again. The line after retention replaces it.
+            // stopped during it: the result is written first, saying retention did not
+            // finish, so the operator reads a complete snapshot, not a failed pod to run
+            // again. The termination message carries it when the pod is killed (at its memory
+            // limit, say); the Snapshot's status when the pod ends without one (stopped at
+            // runTimeout, its node lost). The line after retention replaces it.
             if !args.retention.policy().is_empty() {
                 let interrupted = RetentionResult {
                     error: Some(RETENTION_INTERRUPTED.into()),
@@ -231,6 +242,11 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
                 };
                 let line = serde_json::to_string(&result(Some(interrupted)))?;
                 write_termination_log(&args.report.termination_log, &line);
+                if let (Some(ns), Some(name), Some(pod)) =
+                    (&args.report.namespace, &args.snapshot_name, &args.pod_name)
+                {
+                    hand_over_result(ns, name, pod, &line).await;
+                }
             }
             let retention = apply_retention(&args, &m.id).await;
             let line = serde_json::to_string(&result(retention))?;
@@ -243,6 +259,38 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
             Err(e)
         }
     }
+}
+
+/// How long the agent waits for the API server to take its result before retention.
+const RESULT_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Report the result `line` of pod `pod` into Snapshot `ns/name`'s status.agentResult, for the
+/// operator to read if the pod ends without its termination message. Best effort, like
+/// progress: the termination message is still written, and a failure is said, not raised.
+async fn hand_over_result(ns: &str, name: &str, pod: &str, line: &str) {
+    let body = serde_json::json!({
+        "apiVersion": Snapshot::api_version(&()),
+        "kind": Snapshot::kind(&()),
+        "metadata": {"name": name},
+        "status": {"agentResult": {"pod": pod, "result": line}},
+    });
+    let sent = async {
+        let api: Api<Snapshot> = Api::namespaced(Client::try_default().await?, ns);
+        api.patch_status(
+            name,
+            &PatchParams::apply(AGENT_RESULT_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    };
+    let failure = match tokio::time::timeout(RESULT_REPORT_TIMEOUT, sent).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer in {} s", RESULT_REPORT_TIMEOUT.as_secs()),
+    };
+    eprintln!(
+        "snapcrypt: reporting the result to Snapshot {ns}/{name} before retention: {failure} (the termination message still carries it)"
+    );
 }
 
 /// Check `source` resolves inside `root` (when given).

@@ -39,6 +39,9 @@ use reason::{Reason, Severity};
 pub const FIELD_MANAGER: &str = "snapcrypt-operator";
 /// The field manager the snapshot agent reports progress with.
 pub const AGENT_FIELD_MANAGER: &str = "snapcrypt-agent";
+/// The field manager the snapshot agent reports its result with (status.agentResult): not the
+/// progress one, whose next apply would remove a field it no longer sends.
+pub const AGENT_RESULT_FIELD_MANAGER: &str = "snapcrypt-agent-result";
 
 /// Settings of the operator process that reconcilers need.
 #[derive(Clone, Debug)]

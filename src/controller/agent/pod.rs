@@ -4,8 +4,8 @@
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
-    PodSecurityContext, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    ObjectFieldSelector, PodSecurityContext, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 
 use crate::api::KmipServer;
@@ -79,8 +79,8 @@ pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 
 /// The scratch volume (the root filesystem is read-only) and its mount, and the environment
 /// every agent gets: where to report (`object_env` names the object: SNAPCRYPT_SNAPSHOT or
-/// SNAPCRYPT_RESTORE), the termination log, and scratch space as TMPDIR and HOME; after
-/// `extra` (the operator's --agent-env), so that the agent's own win.
+/// SNAPCRYPT_RESTORE), its own pod's name, the termination log, and scratch space as TMPDIR and
+/// HOME; after `extra` (the operator's --agent-env), so that the agent's own win.
 pub fn agent_basics(
     namespace: &str,
     object_env: (&str, &str),
@@ -93,6 +93,18 @@ pub fn agent_basics(
         env("SNAPCRYPT_TMPDIR", TMP_MOUNT),
         env("TMPDIR", TMP_MOUNT),
         env("HOME", TMP_MOUNT),
+        // The pod's own name, which the snapshot agent's result report names.
+        EnvVar {
+            name: "SNAPCRYPT_POD_NAME".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    api_version: None,
+                }),
+                ..Default::default()
+            }),
+        },
     ];
     let mut envs: Vec<EnvVar> = extra
         .iter()

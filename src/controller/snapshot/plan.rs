@@ -85,10 +85,32 @@ pub(super) fn plan(
         return capture_under_way(attempt, vs, job, now, failed);
     }
     if let Some(pod) = current {
-        let step = run_step::<SnapshotResult>(pod, "snapshot");
-        let recheck = match deadline(pod, &step, Some(job), world.node.as_ref(), now, "snapshot") {
-            Deadline::Overrun(why) => return failed(why, None),
-            Deadline::Within(recheck) => recheck,
+        let reported = reported_result(prev, &pod.name_any());
+        let step = match (
+            run_step::<SnapshotResult>(pod, "snapshot"),
+            reported.clone(),
+        ) {
+            // Ended without its termination message after reporting a complete backup: stopped
+            // at its deadline or killed during retention.
+            (RunStep::Failed { finished, .. }, Some(result)) => {
+                RunStep::Succeeded { result, finished }
+            }
+            (step, _) => step,
+        };
+        let over = deadline(pod, &step, Some(job), world.node.as_ref(), now, "snapshot");
+        let recheck = match (over, reported) {
+            // Its node lost during retention: the backup is complete all the same.
+            (Deadline::Overrun(_), Some(result)) => {
+                return Plan::Step(
+                    Step::Succeeded {
+                        result,
+                        finished: None,
+                    },
+                    None,
+                );
+            }
+            (Deadline::Overrun(why), None) => return failed(why, None),
+            (Deadline::Within(recheck), _) => recheck,
         };
         return match step {
             RunStep::Pending { message } => Plan::Step(Step::PodPending { message }, recheck),
@@ -106,6 +128,21 @@ pub(super) fn plan(
             ),
             RunStep::Failed { message, finished } => failed(message, finished),
         };
+    }
+    if prev.attempts > 0
+        && let Some(result) = prev
+            .pod_name
+            .as_deref()
+            .and_then(|pod| reported_result(prev, pod))
+    {
+        // Deleted (or its node's pods deleted) after reporting a complete backup.
+        return Plan::Step(
+            Step::Succeeded {
+                result,
+                finished: None,
+            },
+            None,
+        );
     }
     if prev.attempts > 0 && prev.pod_name.is_some() {
         return failed(
@@ -160,6 +197,15 @@ pub(super) fn plan(
         attempt: prev.attempts + 1,
         retry_after: None,
     }
+}
+
+/// The result the agent of `pod` reported through the API once its backup was complete
+/// (status.agentResult), if it did: only that pod's, never an earlier attempt's.
+fn reported_result(prev: &SnapshotStatus, pod: &str) -> Option<SnapshotResult> {
+    prev.agent_result
+        .as_ref()
+        .filter(|r| r.pod == pod)
+        .and_then(|r| SnapshotResult::parse(&r.result))
 }
 
 /// The pod of the newest attempt among `pods`.
@@ -851,5 +897,96 @@ mod tests {
             ),
             "{message}"
         );
+    }
+
+    /// A pod that ends without its termination message after its agent reported a complete
+    /// backup through the API (stopped at runTimeout in retention, its node lost, deleted) is a
+    /// Succeeded Snapshot with that result; a report from another attempt's pod changes nothing.
+    #[test]
+    fn a_pod_that_reported_its_backup_then_stopped_succeeds_with_that_result() {
+        let result = SnapshotResult {
+            id: "3f2a".into(),
+            files: 2,
+            logical_bytes: 10,
+            stored_bytes: 5,
+            key_id: "kmip:1".into(),
+            retention: Some(crate::api::agent::RetentionResult {
+                error: Some(crate::api::agent::RETENTION_INTERRUPTED.into()),
+                ..Default::default()
+            }),
+        };
+        let reported_by = |pod: &str| {
+            let mut st = running(1).unwrap_or_default();
+            st.agent_result = Some(crate::api::snapshot::AgentResult {
+                pod: pod.into(),
+                result: serde_json::to_string(&result).expect("json"),
+            });
+            st
+        };
+        // The kubelet's reading of a pod stopped at its activeDeadlineSeconds: Failed, its
+        // container not ended yet, no message.
+        let stopped = pod(
+            1,
+            "  phase: Failed\n  reason: DeadlineExceeded\n  message: Pod was active on the node longer than the specified deadline\n  containerStatuses:\n  - {name: agent, image: i, imageID: '', ready: true, restartCount: 0, state: {running: {startedAt: '2026-11-27T03:00:00Z'}}}",
+        );
+        let s = snap("s", "2026-11-27T03:00:00Z", None);
+        let decide = |st: &SnapshotStatus, pods: Vec<Pod>, node| {
+            let mut w = world(Some(job(0)), vec![], pods);
+            w.node = node;
+            plan(&s, st, &w, now())
+        };
+        let succeeded = Plan::Step(
+            Step::Succeeded {
+                result: result.clone(),
+                finished: None,
+            },
+            None,
+        );
+        assert_eq!(
+            decide(&reported_by("s-1"), vec![stopped.clone()], None),
+            succeeded
+        );
+        // Without the report (or with an earlier attempt's), it fails naming runTimeout.
+        for st in [running(1).unwrap_or_default(), reported_by("s-0")] {
+            let Plan::Step(Step::Failed { message, .. }, _) =
+                decide(&st, vec![stopped.clone()], None)
+            else {
+                panic!("a stopped pod without its report is not a success");
+            };
+            assert!(message.contains("spec.placement.runTimeout"), "{message}");
+        }
+        // Its node lost while retention ran.
+        let lost: k8s_openapi::api::core::v1::Node = serde_yaml::from_str(
+            "metadata: {name: real-c}\nstatus:\n  conditions:\n  - {type: Ready, status: Unknown, lastTransitionTime: '2026-11-27T03:20:00Z'}",
+        )
+        .expect("node");
+        let running_pod = pod(1, "  phase: Running");
+        assert_eq!(
+            decide(
+                &reported_by("s-1"),
+                vec![running_pod.clone()],
+                Some(lost.clone())
+            ),
+            succeeded
+        );
+        assert!(matches!(
+            decide(
+                &running(1).unwrap_or_default(),
+                vec![running_pod.clone()],
+                Some(lost)
+            ),
+            Plan::Step(Step::Failed { .. }, _)
+        ));
+        // Still running on a healthy node: retention goes on.
+        assert!(matches!(
+            decide(&reported_by("s-1"), vec![running_pod], None),
+            Plan::Step(Step::PodRunning { .. }, _)
+        ));
+        // The pod deleted after its report.
+        assert_eq!(decide(&reported_by("s-1"), vec![], None), succeeded);
+        assert!(matches!(
+            decide(&reported_by("s-0"), vec![], None),
+            Plan::Step(Step::Failed { .. }, _)
+        ));
     }
 }

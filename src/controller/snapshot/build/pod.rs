@@ -556,6 +556,19 @@ spec:
         assert_eq!(env["SNAPCRYPT_NAMESPACE"], Some("db"));
         assert_eq!(env["SNAPCRYPT_SNAPSHOT"], Some("rs0-202611270300"));
         assert_eq!(env["SNAPCRYPT_TMPDIR"], Some("/tmp"));
+        let pod_name = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SNAPCRYPT_POD_NAME");
+        assert_eq!(
+            pod_name
+                .and_then(|e| e.value_from.as_ref())
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str()),
+            Some("metadata.name"),
+            "the agent's result report names its pod"
+        );
         assert_eq!(
             env["SNAPCRYPT_TERMINATION_LOG"],
             Some("/dev/termination-log")

@@ -95,9 +95,11 @@ pub fn next_status(
     now: jiff::Timestamp,
 ) -> SnapshotStatus {
     let now_t = Time(now);
+    // progress and agentResult belong to the agent (its own field manager): left out, they stay.
     let mut s = SnapshotStatus {
         progress: None,
         progress_summary: None,
+        agent_result: None,
         observed_generation: generation,
         ..prev.clone()
     };
