@@ -9,7 +9,7 @@ use super::crypto::ChunkId;
 use super::format::{SnapshotManifest, pack_object_name};
 use super::lock::{RepoLock, lock_wait};
 use super::pack::PackWriter;
-use super::repo::{BlobMap, GARBAGE_DIR, GarbageMark, Repository};
+use super::repo::{BlobLoc, BlobPlaces, GARBAGE_DIR, GarbageMark, PlacedIndex, Repository};
 use crate::kms::KeyManager;
 
 /// Which snapshots to keep; a snapshot kept by any rule is kept. All None keeps everything.
@@ -223,7 +223,7 @@ async fn run_prune(
     let marks = repo.garbage_marks().await?;
     // Blobs resolve to unmarked packs first, so a blob with a live copy never keeps a marked
     // pack alive.
-    let index = repo.load_index().await?;
+    let index = repo.load_placed_index().await?;
     let used = used_blobs(repo, &index, &snaps, &kept).await?;
     let plan = plan_packs(&index, &used, &marks);
     report.packs_marked = plan.mark.len();
@@ -237,6 +237,7 @@ async fn run_prune(
         .collect();
     let pack_size = |id: &str| -> u64 {
         index
+            .lists
             .packs
             .iter()
             .position(|p| p.id == id)
@@ -250,14 +251,14 @@ async fn run_prune(
         .iter()
         .chain(&plan.repack)
         .map(|p| {
-            let id = &index.packs[*p as usize].id;
+            let id = &index.lists.packs[*p as usize].id;
             (id.clone(), pack_size(id))
         })
         .collect();
     // Where a kept snapshot needs a blob no index has, an index object was lost, and a pack
     // without one may hold what it needs: none is marked (verify names them).
     let unindexed = if used.all_indexed() {
-        unindexed_packs(repo, &index, &marks).await?
+        unindexed_packs(repo, &index.lists, &marks).await?
     } else {
         Vec::new()
     };
@@ -316,7 +317,7 @@ async fn run_prune(
         report.bytes_freed += bytes;
         deleted.insert(id);
     }
-    drop_finished_records(repo, &index, &deleted, &snaps, &kept).await?;
+    drop_finished_records(repo, &index.lists, &deleted, &snaps, &kept).await?;
     Ok(report)
 }
 
@@ -348,17 +349,17 @@ async fn unindexed_packs(
 /// Every blob a kept snapshot needs: its chunks and its file list's pieces.
 async fn used_blobs(
     repo: &Repository,
-    index: &super::repo::Index,
+    index: &PlacedIndex,
     snaps: &[SnapshotManifest],
     kept: &BTreeSet<String>,
 ) -> Result<Used, EngineError> {
-    let mut used = Used::new(&index.blobs);
+    let mut used = Used::new(index.places.len());
     let handle = tokio::runtime::Handle::current();
     for s in snaps.iter().filter(|s| kept.contains(&s.id)) {
         // The file list streamed, entry by entry: never whole in memory.
         tokio::task::block_in_place(|| {
-            repo.for_each_tree_entry(index, s, &handle, |e| {
-                e.chunks.iter().for_each(|id| used.add(&index.blobs, id));
+            repo.for_each_tree_entry(&index.lists, s, &handle, |e| {
+                e.chunks.iter().for_each(|id| used.add(&index.places, id));
                 Ok(())
             })
         })?;
@@ -367,7 +368,7 @@ async fn used_blobs(
                 .ok()
                 .and_then(|v| <ChunkId>::try_from(v).ok())
             {
-                used.add(&index.blobs, &id);
+                used.add(&index.places, &id);
             }
         }
     }
@@ -375,7 +376,7 @@ async fn used_blobs(
 }
 
 /// The blobs kept snapshots need: a bit for each blob of the index, by its place in the
-/// [`BlobMap`] (an id there is once, at the pack preferred for it), and the ids no index
+/// [`BlobPlaces`] (an id there is once, at the pack preferred for it), and the ids no index
 /// has (none in a sound repository). A set of the ids took about 45 bytes a blob, which at
 /// 64 million chunks (1 TiB of 16 KiB chunks) is 3 GB; these bits are 8 MB.
 struct Used {
@@ -384,16 +385,17 @@ struct Used {
 }
 
 impl Used {
-    fn new(map: &BlobMap) -> Self {
+    /// For `n` blobs.
+    fn new(n: usize) -> Self {
         Used {
-            bits: vec![0; map.len().div_ceil(64)],
+            bits: vec![0; n.div_ceil(64)],
             missing: HashSet::new(),
         }
     }
 
     /// Blob `id` is needed.
-    fn add(&mut self, map: &BlobMap, id: &ChunkId) {
-        match map.position(id) {
+    fn add(&mut self, places: &BlobPlaces, id: &ChunkId) {
+        match places.position(id) {
             Some(i) => self.bits[i / 64] |= 1 << (i % 64),
             None => {
                 self.missing.insert(*id);
@@ -470,30 +472,20 @@ struct PackPlan {
     stored: HashMap<u32, u64>,
 }
 
-fn plan_packs(
-    index: &super::repo::Index,
-    used: &Used,
-    marks: &HashMap<String, GarbageMark>,
-) -> PackPlan {
+fn plan_packs(index: &PlacedIndex, used: &Used, marks: &HashMap<String, GarbageMark>) -> PackPlan {
     let mut plan = PackPlan::default();
     // Per pack: bytes of blobs a kept snapshot reads from it, and of the others.
-    let mut per_pack: HashMap<u32, (u64, u64)> = HashMap::new();
-    for p in 0..index.packs.len() as u32 {
-        per_pack.insert(p, (0, 0));
-    }
-    for (i, loc) in index.blobs.values().enumerate() {
-        let e = per_pack.entry(loc.pack).or_default();
-        if used.at(i) {
-            e.0 += u64::from(loc.entry.stored_len)
-        } else {
-            e.1 += u64::from(loc.entry.stored_len)
+    let mut per_pack: Vec<(u64, u64)> = vec![(0, 0); index.lists.packs.len()];
+    for i in 0..index.places.len() {
+        let len = u64::from(index.places.stored_len(i));
+        if let Some(e) = per_pack.get_mut(index.places.pack(i) as usize) {
+            if used.at(i) { e.0 += len } else { e.1 += len }
         }
     }
-    let mut packs: Vec<_> = per_pack.into_iter().collect();
-    packs.sort();
-    for (p, (u, n)) in packs {
+    for (p, (u, n)) in per_pack.into_iter().enumerate() {
+        let p = p as u32;
         plan.stored.insert(p, u + n);
-        let id = &index.packs[p as usize].id;
+        let id = &index.lists.packs[p as usize].id;
         if marks.contains_key(id) {
             if u > 0 {
                 plan.rescue.insert(id.clone());
@@ -511,7 +503,7 @@ fn plan_packs(
 async fn repack(
     repo: &mut Repository,
     km: &dyn KeyManager,
-    index: &super::repo::Index,
+    index: &PlacedIndex,
     plan: &PackPlan,
     used: &Used,
 ) -> Result<(), EngineError> {
@@ -520,19 +512,26 @@ async fn repack(
     let mut w = PackWriter::new(&staging, &key)?;
     let mut moved = HashSet::new();
     for p in &plan.repack {
-        let mut locs: Vec<_> = index
-            .blobs
-            .values()
-            .enumerate()
-            .filter(|(i, l)| l.pack == *p && used.at(*i))
-            .map(|(_, l)| *l)
+        // The pack's blobs from its index object (the places keep no offsets): those a kept
+        // snapshot reads from this pack.
+        let places = &index.places;
+        let mut locs: Vec<BlobLoc> = repo
+            .index_entries(&index.lists.packs[*p as usize].id)
+            .await?
+            .into_iter()
+            .filter(|e| {
+                places
+                    .position(&e.id)
+                    .is_some_and(|i| places.pack(i) == *p && used.at(i))
+            })
+            .map(|entry| BlobLoc { pack: *p, entry })
             .collect();
         locs.sort_by_key(|l| l.entry.offset);
         for loc in locs {
             if !moved.insert(loc.entry.id) {
                 continue;
             }
-            let plain = repo.read_blob(index, &loc.entry.id).await?;
+            let plain = repo.read_blob_at(&index.lists, &loc).await?;
             let (data, compressed) = if loc.entry.compressed() {
                 (
                     zstd::bulk::compress(&plain, 1)
@@ -718,40 +717,41 @@ mod tests {
     #[test]
     fn needed_blobs_are_a_bit_each_and_plan_the_packs() {
         use crate::engine::format::{BlobEntry, BlobKind};
-        use crate::engine::repo::{BlobLoc, Index, PackInfo};
+        use crate::engine::repo::{PackInfo, PlacedIndexBuilder};
         let id = |i: u64| *blake3::hash(&i.to_le_bytes()).as_bytes();
-        let loc = |i: u64, pack: u32| BlobLoc {
-            pack,
-            entry: BlobEntry {
-                id: id(i),
-                offset: 0,
-                stored_len: 100,
-                raw_len: 100,
-                kind: BlobKind::Data,
-                flags: 0,
-            },
+        let entry = |i: u64| BlobEntry {
+            id: id(i),
+            offset: 0,
+            stored_len: 100,
+            raw_len: 100,
+            kind: BlobKind::Data,
+            flags: 0,
         };
-        // Pack 0: blobs 0-9; pack 1: 10-19; pack 2: 20-29; blob 0 also in pack 2 (pack 0,
-        // listed first, is preferred).
-        let mut locs: Vec<BlobLoc> = (0..30).map(|i| loc(i, (i / 10) as u32)).collect();
-        locs.push(loc(0, 2));
         let pack = |n: u8| PackInfo {
             id: format!("{n:064x}"),
             data_key_id: [0; 16],
             salt: [0; 32],
         };
-        let index = Index {
-            packs: vec![pack(0), pack(1), pack(2)],
-            blobs: BlobMap::from_preferred(locs),
-        };
-        let mut used = Used::new(&index.blobs);
+        // Pack 0: blobs 0-9; pack 1: 10-19; pack 2: 20-29; blob 0 also in pack 2 (pack 0,
+        // added first, is preferred).
+        let mut b = PlacedIndexBuilder::default();
+        for p in 0..3u64 {
+            let mut entries: Vec<BlobEntry> = (p * 10..p * 10 + 10).map(entry).collect();
+            if p == 2 {
+                entries.push(entry(0));
+            }
+            b.add(pack(p as u8), entries).expect("add");
+        }
+        let index = b.finish().expect("index");
+        assert_eq!(index.places.len(), 30);
+        let mut used = Used::new(index.places.len());
         // All of pack 0, none of pack 1, three of pack 2.
         for i in (0..10).chain(20..23) {
-            used.add(&index.blobs, &id(i));
+            used.add(&index.places, &id(i));
         }
         assert!(used.all_indexed());
         let needed: Vec<u64> = (0..30)
-            .filter(|i| used.at(index.blobs.position(&id(*i)).unwrap()))
+            .filter(|i| used.at(index.places.position(&id(*i)).unwrap()))
             .collect();
         assert_eq!(needed, (0..10).chain(20..23).collect::<Vec<_>>());
         assert_eq!(used.bits.len(), 1, "30 blobs are one word of bits");
@@ -759,10 +759,9 @@ mod tests {
         assert_eq!((plan.mark, plan.repack), (vec![1], vec![2]));
         assert_eq!(plan.stored.get(&0), Some(&1000));
         // An id no index has is named, not a bit.
-        used.add(&index.blobs, &id(99));
+        used.add(&index.places, &id(99));
         assert!(!used.all_indexed());
         // A million blobs: 125,000 bytes of bits.
-        let big = BlobMap::from_preferred((0..1_000_000).map(|i| loc(i, 0)).collect());
-        assert_eq!(Used::new(&big).bits.len() * 8, 125_000);
+        assert_eq!(Used::new(1_000_000).bits.len() * 8, 125_000);
     }
 }

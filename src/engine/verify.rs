@@ -11,7 +11,7 @@ use super::format::{
     BlobEntry, INDEX_ENTRY_LEN, PACK_HEADER_LEN, TRAILER_COUNTER, pack_object_name,
 };
 use super::pack::{TRAILER_AAD, parse_pack_header};
-use super::repo::{Index, Repository};
+use super::repo::{Index, PlacedIndex, PlacedIndexBuilder, Repository};
 
 /// What verify found; `problems` is empty when the repository is sound.
 #[derive(Debug, Default, serde::Serialize)]
@@ -109,7 +109,7 @@ async fn run_verify(
     let (index, sizes) = load_indexes(repo, &mut report).await?;
     let unindexed = check_packs(repo, &sizes, &mut report).await?;
     report.packs = sizes.len();
-    report.blobs = index.blobs.len();
+    report.blobs = index.places.len();
     let snaps = load_snapshots(repo, snapshot, &mut report).await?;
     report.snapshots = snaps.len();
     if snapshot.is_none() {
@@ -119,7 +119,7 @@ async fn run_verify(
             .into_iter()
             .flat_map(|(_, trees)| trees)
             .collect();
-        orphan_file_lists(&index, &snaps, &excused, &mut report);
+        orphan_file_lists(&index.lists, &snaps, &excused, &mut report);
     }
     let problems_before = report.problems.len();
     let needed_packs = check_file_lists(repo, &index, &snaps, &mut report);
@@ -132,15 +132,15 @@ async fn run_verify(
         let mut which: Vec<u32> = if snapshot.is_some() {
             needed_packs.into_iter().collect()
         } else {
-            (0..index.packs.len() as u32).collect()
+            (0..index.lists.packs.len() as u32).collect()
         };
-        which.retain(|p| subset.contains(&index.packs[*p as usize].id));
+        which.retain(|p| subset.contains(&index.lists.packs[*p as usize].id));
         which.sort();
         if subset != DataSubset::ALL {
             report.subset = Some(subset.to_string());
         }
         for p in which {
-            read_pack(repo, &index, p, &mut report).await;
+            read_pack(repo, &index.lists, p, &mut report).await;
             report.packs_read += 1;
         }
     }
@@ -151,14 +151,15 @@ fn problem(report: &mut VerifyReport, e: EngineError) {
     report.problems.push(e.to_string());
 }
 
-/// The index, and each indexed pack's size as its index object gives it. Index objects are
-/// read one at a time, so one bad object does not hide the others, and none is kept once
-/// added: a pack's blobs are listed again when it is read whole ([`listed_entries`]).
+/// The index (each blob's place, in 24 bytes: [`PlacedIndex`]), and each indexed pack's size
+/// as its index object gives it. Index objects are read one at a time, so one bad object does
+/// not hide the others, and none is kept once added: a pack's blobs are listed again when it
+/// is read whole ([`Repository::index_entries`]).
 async fn load_indexes(
     repo: &Repository,
     report: &mut VerifyReport,
-) -> Result<(Index, HashMap<String, u64>), EngineError> {
-    let mut index = super::repo::IndexBuilder::default();
+) -> Result<(PlacedIndex, HashMap<String, u64>), EngineError> {
+    let mut index = PlacedIndexBuilder::default();
     // Where a blob is in several packs, one that exists is the one checked (as restore
     // reads): the index objects of present packs come first.
     let present: HashSet<String> = repo
@@ -205,25 +206,14 @@ async fn load_indexes(
                         salt,
                     },
                     entries,
-                );
+                )?;
             }
             _ => report
                 .problems
                 .push(format!("repository object {name} is damaged: bad contents")),
         }
     }
-    Ok((index.finish(), sizes))
-}
-
-/// The blobs index object `index/ID` lists, read again for a pack read whole.
-async fn listed_entries(repo: &Repository, id: &str) -> Result<Vec<BlobEntry>, String> {
-    let name = format!("index/{id}");
-    let plain = repo
-        .get_sealed(super::format::ObjectKind::Index, &name)
-        .await
-        .map_err(|e| e.to_string())?;
-    BlobEntry::decode_all(plain.get(PACK_HEADER_LEN..).unwrap_or_default())
-        .ok_or_else(|| format!("repository object {name} is damaged: bad contents"))
+    Ok((index.finish()?, sizes))
 }
 
 /// Every indexed pack is present with its exact size; the packs without an index object.
@@ -334,7 +324,7 @@ fn orphan_file_lists(
 /// Each list is streamed, entry by entry, never whole in memory.
 fn check_file_lists(
     repo: &Repository,
-    index: &Index,
+    index: &PlacedIndex,
     snaps: &[SnapshotManifest],
     report: &mut VerifyReport,
 ) -> HashSet<u32> {
@@ -343,11 +333,11 @@ fn check_file_lists(
     for snap in snaps {
         let problems = &mut report.problems;
         let read = tokio::task::block_in_place(|| {
-            repo.for_each_tree_entry(index, snap, &handle, |e| {
+            repo.for_each_tree_entry(&index.lists, snap, &handle, |e| {
                 for c in &e.chunks {
-                    match index.blobs.get(c) {
-                        Some(loc) => {
-                            needed_packs.insert(loc.pack);
+                    match index.places.position(c) {
+                        Some(i) => {
+                            needed_packs.insert(index.places.pack(i));
                         }
                         None => problems.push(format!(
                             "snapshot {}: {} needs blob {}, which no index has",
@@ -388,10 +378,10 @@ async fn read_pack(repo: &Repository, index: &Index, p: u32, report: &mut Verify
         ));
         return;
     }
-    let entries = match listed_entries(repo, &info.id).await {
+    let entries = match repo.index_entries(&info.id).await {
         Ok(entries) => entries,
-        Err(reason) => {
-            report.problems.push(reason);
+        Err(e) => {
+            problem(report, e);
             return;
         }
     };

@@ -92,16 +92,20 @@ impl Repository {
             .await
     }
 
-    /// Load every index object. Where a blob is in several packs, a pack not marked for
-    /// deletion is preferred, so readers move off packs prune has marked.
-    pub async fn load_index(&self) -> Result<Index, EngineError> {
-        let mut index = IndexBuilder::default();
-        self.for_each_index_pack(|pack, entries| {
-            index.add(pack, entries);
-            Ok(())
+    /// The blobs index object `index/ID` lists, read on their own (a pack read whole, or
+    /// repacked).
+    pub async fn index_entries(&self, id: &str) -> Result<Vec<BlobEntry>, EngineError> {
+        let name = format!("index/{id}");
+        let plain = self.get_sealed(ObjectKind::Index, &name).await?;
+        BlobEntry::decode_all(
+            plain
+                .get(crate::engine::format::PACK_HEADER_LEN..)
+                .unwrap_or_default(),
+        )
+        .ok_or_else(|| EngineError::Corrupt {
+            object: name,
+            reason: "bad contents".into(),
         })
-        .await?;
-        Ok(index.finish())
     }
 
     /// The ids of the packs that exist now (one listing of `data/`).
@@ -154,9 +158,10 @@ impl Repository {
         Ok(out)
     }
 
-    /// Hand every pack of the index to `f` with its blobs, in [`Repository::load_index`]'s
-    /// order of preference, without holding the index: for readers that keep only what they
-    /// need of it.
+    /// Hand every pack of the index to `f` with its blobs, without holding the index (readers
+    /// keep only what they need of it), in order of preference: where a blob is in several
+    /// packs, a pack that exists and is not marked for deletion comes first, so readers move
+    /// off packs prune has marked.
     pub async fn for_each_index_pack(
         &self,
         f: impl FnMut(PackInfo, Vec<BlobEntry>) -> Result<(), EngineError>,

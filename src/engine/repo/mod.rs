@@ -4,6 +4,7 @@
 //! lists).
 
 mod blob_map;
+mod blob_places;
 mod fuzz;
 mod index;
 mod keys;
@@ -13,6 +14,7 @@ pub use self::snapshots::UNFINISHED_DIR;
 pub(crate) use self::snapshots::tree_ids;
 
 pub use self::blob_map::BlobMap;
+pub use self::blob_places::{BlobPlaces, PlacedIndex, PlacedIndexBuilder};
 pub use self::index::{
     BlobLoc, GARBAGE_DIR, GarbageMark, Index, IndexBuilder, PackInfo, is_object_id,
 };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::Repository;
-use super::index::Index;
+use super::index::{BlobLoc, Index};
 use crate::engine::EngineError;
 use crate::engine::crypto::{ChunkId, DataKey, ObjectCipher, random_id};
 use crate::engine::format::{
@@ -110,7 +110,18 @@ impl Repository {
             object: format!("blob {}", hex::encode(id)),
             reason: "not in any index".into(),
         })?;
-        let pack = &index.packs[loc.pack as usize];
+        self.read_blob_at(index, loc).await
+    }
+
+    /// Read and open the blob at `loc`, a pack of `index`.
+    pub async fn read_blob_at(&self, index: &Index, loc: &BlobLoc) -> Result<Vec<u8>, EngineError> {
+        let pack = index
+            .packs
+            .get(loc.pack as usize)
+            .ok_or_else(|| EngineError::Corrupt {
+                object: format!("blob {}", hex::encode(loc.entry.id)),
+                reason: format!("pack number {} is not in the index", loc.pack),
+            })?;
         let sealed = self
             .backend
             .get_range(
