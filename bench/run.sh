@@ -126,7 +126,7 @@ delete "$WORK/sc-out"
 # CPU work (bench/disk_floor.sh).
 cold; measure disk_floor bench/disk_floor.sh "$WORK/sc-repo" "$SIZE" "$WORK/floor"
 delete "$WORK"/floor.*
-# Verify and prune hold a per-blob structure (the index, 52 bytes a blob): their peak RSS,
+# Verify and prune hold a per-blob structure (24 bytes a blob: repo/blob_places.rs): their peak RSS,
 # here and at a quarter of the size below.
 measure sc_verify "$SC" verify --repo "$WORK/sc-repo"
 measure sc_prune "$SC" prune --repo "$WORK/sc-repo" --keep-last 1 --delete-after 0s
