@@ -607,22 +607,7 @@ fn prune_forgets_by_policy_and_frees_space() {
     assert!(report["packs_marked"].as_u64().unwrap() > 0, "{report}");
     assert!(size(&repo) + 1_000_000 > before, "deleted before the grace");
     // ... a pass after the grace (here: none) deletes.
-    let report: serde_json::Value = serde_json::from_str(&ok(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--keep-last",
-            "1",
-            "--delete-after",
-            "0s",
-            "--json",
-        ],
-        &[],
-    ))
-    .unwrap();
+    let report = prune_keeping_last_now(&repo, &key);
     assert!(report["packs_deleted"].as_u64().unwrap() > 0, "{report}");
     let after = size(&repo);
     assert!(
@@ -664,22 +649,7 @@ fn prune_repacks_a_mostly_unused_pack_and_keeps_what_is_needed() {
     };
     let before = data_bytes();
     assert!(before > 7 << 20, "{before}");
-    let report: serde_json::Value = serde_json::from_str(&ok(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--keep-last",
-            "1",
-            "--delete-after",
-            "0s",
-            "--json",
-        ],
-        &[],
-    ))
-    .unwrap();
+    let report = prune_keeping_last_now(&repo, &key);
     assert_eq!(report["forgotten"], serde_json::json!([first]), "{report}");
     assert_eq!(report["packs_repacked"], 1, "{report}");
     let after = data_bytes();
@@ -693,6 +663,26 @@ fn prune_repacks_a_mostly_unused_pack_and_keeps_what_is_needed() {
     );
     restore(&repo, &key, "latest", &e.p("out"), &[]);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
+}
+
+/// `snapcrypt prune --keep-last 1 --delete-after 0s --json`: its report.
+fn prune_keeping_last_now(repo: &str, key: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(
+        &[
+            "prune",
+            "--repo",
+            repo,
+            "--key-file",
+            key,
+            "--keep-last",
+            "1",
+            "--delete-after",
+            "0s",
+            "--json",
+        ],
+        &[],
+    ))
+    .unwrap()
 }
 
 /// Every file under `dir`.

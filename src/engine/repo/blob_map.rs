@@ -14,9 +14,7 @@ const PER_BUCKET: usize = 8;
 #[derive(Default, Debug)]
 pub struct BlobMap {
     locs: Vec<BlobLoc>,
-    /// `starts[p]..starts[p + 1]`: the blobs whose ids begin with prefix `p` (`bits` bits).
-    starts: Vec<usize>,
-    bits: u32,
+    buckets: Buckets,
 }
 
 impl BlobMap {
@@ -26,18 +24,8 @@ impl BlobMap {
         locs.sort_by_key(|l| l.entry.id);
         locs.dedup_by(|later, first| later.entry.id == first.entry.id);
         locs.shrink_to_fit();
-        let mut bits = 0;
-        while bits < 24 && (PER_BUCKET << bits) < locs.len() {
-            bits += 1;
-        }
-        let mut starts = vec![0usize; (1 << bits) + 1];
-        for loc in &locs {
-            starts[prefix(&loc.entry.id, bits) + 1] += 1;
-        }
-        for p in 1..starts.len() {
-            starts[p] += starts[p - 1];
-        }
-        BlobMap { locs, starts, bits }
+        let buckets = Buckets::new(locs.iter().map(|l| &l.entry.id[..]), locs.len());
+        BlobMap { locs, buckets }
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<&BlobLoc> {
@@ -47,10 +35,10 @@ impl BlobMap {
     /// Where `id` is in the order of [`Self::values`], if the map has it: a number below
     /// [`Self::len`] that a caller can keep a bit for.
     pub fn position(&self, id: &ChunkId) -> Option<usize> {
-        let p = prefix(id, self.bits);
-        let (start, end) = (*self.starts.get(p)?, *self.starts.get(p + 1)?);
+        let range = self.buckets.range(id)?;
+        let start = range.start;
         self.locs
-            .get(start..end)?
+            .get(range)?
             .binary_search_by(|l| l.entry.id.cmp(id))
             .ok()
             .map(|i| start + i)
@@ -80,8 +68,7 @@ impl BlobMap {
 
     /// Bytes this map holds on the heap.
     pub fn heap_bytes(&self) -> usize {
-        self.locs.capacity() * std::mem::size_of::<BlobLoc>()
-            + self.starts.capacity() * std::mem::size_of::<usize>()
+        self.locs.capacity() * std::mem::size_of::<BlobLoc>() + self.buckets.heap_bytes()
     }
 
     /// Add a blob (tests: rebuilds the map), replacing one with the same id.
@@ -103,8 +90,46 @@ impl<'a> IntoIterator for &'a BlobMap {
     }
 }
 
-/// The first `bits` bits of an id.
-fn prefix(id: &ChunkId, bits: u32) -> usize {
+/// Where each leading-bits prefix of sorted ids starts among them, with about
+/// [`PER_BUCKET`] ids a prefix: ids are keyed BLAKE3 outputs, so evenly spread, and a lookup is
+/// a binary search of about eight entries.
+#[derive(Debug, Default)]
+pub(super) struct Buckets {
+    /// `starts[p]..starts[p + 1]`: the ids that begin with prefix `p` (`bits` bits).
+    starts: Vec<u32>,
+    bits: u32,
+}
+
+impl Buckets {
+    /// For `n` sorted ids, given by (at least) their first four bytes.
+    pub(super) fn new<'a>(heads: impl Iterator<Item = &'a [u8]>, n: usize) -> Self {
+        let mut bits = 0;
+        while bits < 24 && (PER_BUCKET << bits) < n {
+            bits += 1;
+        }
+        let mut starts = vec![0u32; (1 << bits) + 1];
+        for head in heads {
+            starts[prefix(head, bits) + 1] += 1;
+        }
+        for p in 1..starts.len() {
+            starts[p] += starts[p - 1];
+        }
+        Buckets { starts, bits }
+    }
+
+    /// The places of the ids that share `id`'s prefix.
+    pub(super) fn range(&self, id: &[u8]) -> Option<std::ops::Range<usize>> {
+        let p = prefix(id, self.bits);
+        Some(*self.starts.get(p)? as usize..*self.starts.get(p + 1)? as usize)
+    }
+
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.starts.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
+/// The first `bits` bits (at most 32) of an id, from its first four bytes.
+fn prefix(id: &[u8], bits: u32) -> usize {
     if bits == 0 {
         return 0;
     }

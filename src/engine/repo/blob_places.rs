@@ -13,6 +13,7 @@
 //!
 //! [`BlobMap`]: super::BlobMap
 
+use super::blob_map::Buckets;
 use super::{BlobLoc, BlobMap, Index, PackInfo, Repository};
 use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
@@ -24,8 +25,6 @@ const ID: usize = 16;
 /// A record: id prefix, pack (big-endian, so that the preferred pack, the lowest number,
 /// sorts first among copies of a blob), stored length.
 const RECORD: usize = ID + 4 + 4;
-/// Blobs per prefix bucket, on average.
-const PER_BUCKET: usize = 8;
 /// What the sort may hold in memory while the table is built.
 const SORT_BUDGET: usize = 4 << 20;
 
@@ -33,9 +32,7 @@ const SORT_BUDGET: usize = 4 << 20;
 #[derive(Debug, Default)]
 pub struct BlobPlaces {
     recs: Vec<[u8; RECORD]>,
-    /// `starts[p]..starts[p + 1]`: the blobs whose ids begin with prefix `p` (`bits` bits).
-    starts: Vec<u32>,
-    bits: u32,
+    buckets: Buckets,
 }
 
 /// A [`BlobPlaces`] being built: blobs added pack by pack, packs numbered in order of
@@ -70,18 +67,8 @@ impl BlobPlacesBuilder {
             }
             recs.push(r);
         }
-        let mut bits = 0;
-        while bits < 24 && (PER_BUCKET << bits) < recs.len() {
-            bits += 1;
-        }
-        let mut starts = vec![0u32; (1 << bits) + 1];
-        for r in &recs {
-            starts[prefix(&r[..4], bits) + 1] += 1;
-        }
-        for p in 1..starts.len() {
-            starts[p] += starts[p - 1];
-        }
-        Ok(BlobPlaces { recs, starts, bits })
+        let buckets = Buckets::new(recs.iter().map(|r| &r[..]), recs.len());
+        Ok(BlobPlaces { recs, buckets })
     }
 }
 
@@ -95,13 +82,10 @@ impl BlobPlaces {
     /// Where `id` is among the blobs, if the index has it: a number below [`Self::len`] that
     /// a caller can keep a bit for.
     pub fn position(&self, id: &ChunkId) -> Option<usize> {
-        let p = prefix(&id[..4], self.bits);
-        let (start, end) = (
-            *self.starts.get(p)? as usize,
-            *self.starts.get(p + 1)? as usize,
-        );
+        let range = self.buckets.range(id)?;
+        let start = range.start;
         self.recs
-            .get(start..end)?
+            .get(range)?
             .binary_search_by(|r| r[..ID].cmp(&id[..ID]))
             .ok()
             .map(|i| start + i)
@@ -129,7 +113,7 @@ impl BlobPlaces {
 
     /// Bytes this table holds on the heap.
     pub fn heap_bytes(&self) -> usize {
-        self.recs.capacity() * RECORD + self.starts.capacity() * std::mem::size_of::<u32>()
+        self.recs.capacity() * RECORD + self.buckets.heap_bytes()
     }
 }
 
@@ -183,15 +167,6 @@ impl Repository {
             .await?;
         Ok(index.finish()?)
     }
-}
-
-/// The first `bits` bits of an id, from its first four bytes.
-fn prefix(head: &[u8], bits: u32) -> usize {
-    if bits == 0 {
-        return 0;
-    }
-    let head = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    (head >> (32 - bits)) as usize
 }
 
 #[cfg(test)]
