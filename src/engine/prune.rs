@@ -235,24 +235,16 @@ async fn run_prune(
         .filter(|(id, m)| !plan.rescue.contains(*id) && mark_is_due(m, now, opts.grace))
         .map(|(id, _)| id)
         .collect();
-    let pack_size = |id: &str| -> u64 {
-        index
-            .lists
-            .packs
-            .iter()
-            .position(|p| p.id == id)
-            .map(|p| plan.stored.get(&(p as u32)).copied().unwrap_or(0))
-            .unwrap_or(0)
-    };
     // What this pass marks: packs nothing kept needs, packs repacked, and packs no index
-    // names (a backup or repack killed between a pack and its index object).
+    // names (a backup or repack killed between a pack and its index object). Index objects
+    // are one per pack id, so a pack's number names it.
     let mut to_mark: Vec<(String, u64)> = plan
         .mark
         .iter()
         .chain(&plan.repack)
         .map(|p| {
-            let id = &index.lists.packs[*p as usize].id;
-            (id.clone(), pack_size(id))
+            let id = index.lists.packs[*p as usize].id.clone();
+            (id, plan.stored.get(p).copied().unwrap_or(0))
         })
         .collect();
     // Where a kept snapshot needs a blob no index has, an index object was lost, and a pack

@@ -85,73 +85,10 @@ pub(super) fn plan(
         return capture_under_way(attempt, vs, job, now, failed);
     }
     if let Some(pod) = current {
-        let reported = reported_result(prev, &pod.name_any());
-        let step = match (
-            run_step::<SnapshotResult>(pod, "snapshot"),
-            reported.clone(),
-        ) {
-            // Ended without its termination message after reporting a complete backup: stopped
-            // at its deadline or killed during retention.
-            (RunStep::Failed { finished, .. }, Some(result)) => {
-                RunStep::Succeeded { result, finished }
-            }
-            (step, _) => step,
-        };
-        let over = deadline(pod, &step, Some(job), world.node.as_ref(), now, "snapshot");
-        let recheck = match (over, reported) {
-            // Its node lost during retention: the backup is complete all the same.
-            (Deadline::Overrun(_), Some(result)) => {
-                return Plan::Step(
-                    Step::Succeeded {
-                        result,
-                        finished: None,
-                    },
-                    None,
-                );
-            }
-            (Deadline::Overrun(why), None) => return failed(why, None),
-            (Deadline::Within(recheck), _) => recheck,
-        };
-        return match step {
-            RunStep::Pending { message } => Plan::Step(Step::PodPending { message }, recheck),
-            RunStep::Running { started } => Plan::Step(Step::PodRunning { started }, recheck),
-            RunStep::Succeeded { result, finished } => {
-                Plan::Step(Step::Succeeded { result, finished }, None)
-            }
-            RunStep::ResultUnreadable { message, finished } => Plan::Step(
-                Step::Failed {
-                    reason: Reason::ResultUnreadable,
-                    message,
-                    finished,
-                },
-                None,
-            ),
-            RunStep::Failed { message, finished } => failed(message, finished),
-        };
+        return pod_plan(pod, prev, job, world, now, failed);
     }
-    if prev.attempts > 0
-        && let Some(result) = prev
-            .pod_name
-            .as_deref()
-            .and_then(|pod| reported_result(prev, pod))
-    {
-        // Deleted (or its node's pods deleted) after reporting a complete backup.
-        return Plan::Step(
-            Step::Succeeded {
-                result,
-                finished: None,
-            },
-            None,
-        );
-    }
-    if prev.attempts > 0 && prev.pod_name.is_some() {
-        return failed(
-            format!(
-                "pod {} disappeared before it finished (deleted, or its node was lost)",
-                prev.pod_name.clone().unwrap_or_default()
-            ),
-            None,
-        );
+    if let Some(plan) = gone_pod_plan(prev, failed) {
+        return plan;
     }
     // Not started: wait for any other unfinished Snapshot of the job that is running or older.
     let me = (
@@ -197,6 +134,93 @@ pub(super) fn plan(
         attempt: prev.attempts + 1,
         retry_after: None,
     }
+}
+
+/// What the current attempt's pod says: its step, or the attempt's end (with `failed`) when a
+/// deadline is overrun. A pod that ends without its result after its agent reported one
+/// through the API (status.agentResult) has finished its backup. Pure.
+fn pod_plan(
+    pod: &Pod,
+    prev: &SnapshotStatus,
+    job: &BackupJob,
+    world: &World,
+    now: jiff::Timestamp,
+    failed: impl Fn(String, Option<Time>) -> Plan,
+) -> Plan {
+    let reported = reported_result(prev, &pod.name_any());
+    let step = match (
+        run_step::<SnapshotResult>(pod, "snapshot"),
+        reported.clone(),
+    ) {
+        // Ended without its termination message after reporting a complete backup: stopped
+        // at its deadline or killed during retention.
+        (RunStep::Failed { finished, .. }, Some(result)) => RunStep::Succeeded { result, finished },
+        (step, _) => step,
+    };
+    let over = deadline(pod, &step, Some(job), world.node.as_ref(), now, "snapshot");
+    let recheck = match (over, reported) {
+        // Its node lost during retention: the backup is complete all the same.
+        (Deadline::Overrun(_), Some(result)) => {
+            return Plan::Step(
+                Step::Succeeded {
+                    result,
+                    finished: None,
+                },
+                None,
+            );
+        }
+        (Deadline::Overrun(why), None) => return failed(why, None),
+        (Deadline::Within(recheck), _) => recheck,
+    };
+    match step {
+        RunStep::Pending { message } => Plan::Step(Step::PodPending { message }, recheck),
+        RunStep::Running { started } => Plan::Step(Step::PodRunning { started }, recheck),
+        RunStep::Succeeded { result, finished } => {
+            Plan::Step(Step::Succeeded { result, finished }, None)
+        }
+        RunStep::ResultUnreadable { message, finished } => Plan::Step(
+            Step::Failed {
+                reason: Reason::ResultUnreadable,
+                message,
+                finished,
+            },
+            None,
+        ),
+        RunStep::Failed { message, finished } => failed(message, finished),
+    }
+}
+
+/// The attempt's pod is gone: a success if its agent reported a complete backup first, else
+/// the attempt's end (with `failed`); None if no attempt has made a pod. Pure.
+fn gone_pod_plan(
+    prev: &SnapshotStatus,
+    failed: impl Fn(String, Option<Time>) -> Plan,
+) -> Option<Plan> {
+    if prev.attempts > 0
+        && let Some(result) = prev
+            .pod_name
+            .as_deref()
+            .and_then(|pod| reported_result(prev, pod))
+    {
+        // Deleted (or its node's pods deleted) after reporting a complete backup.
+        return Some(Plan::Step(
+            Step::Succeeded {
+                result,
+                finished: None,
+            },
+            None,
+        ));
+    }
+    if prev.attempts > 0 && prev.pod_name.is_some() {
+        return Some(failed(
+            format!(
+                "pod {} disappeared before it finished (deleted, or its node was lost)",
+                prev.pod_name.clone().unwrap_or_default()
+            ),
+            None,
+        ));
+    }
+    None
 }
 
 /// The result the agent of `pod` reported through the API once its backup was complete
