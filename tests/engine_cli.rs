@@ -73,10 +73,7 @@ fn local_round_trip_is_bit_exact_and_deduplicates() {
     .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 3);
     assert_eq!(list[0]["tags"]["env"], "test");
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    verify_read_data(&repo, &key, &[]);
 }
 
 #[test]
@@ -543,10 +540,7 @@ fn two_backups_at_once_into_a_new_repository_both_succeed() {
         restore(&repo, &key, id, &target, &[]);
         assert_same_tree(Path::new(&src), Path::new(&target));
     }
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    verify_read_data(&repo, &key, &[]);
 }
 
 #[test]
@@ -614,10 +608,7 @@ fn prune_forgets_by_policy_and_frees_space() {
         after + 3_000_000 < before,
         "prune freed too little: {before} -> {after}"
     );
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    verify_read_data(&repo, &key, &[]);
     restore(&repo, &key, "latest", &e.p("out"), &[]);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
 }
@@ -657,12 +648,17 @@ fn prune_repacks_a_mostly_unused_pack_and_keeps_what_is_needed() {
         after < (4 << 20) + (256 << 10),
         "the 3 MiB no snapshot needs are gone, the 4 MiB kept: {before} -> {after}"
     );
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    verify_read_data(&repo, &key, &[]);
     restore(&repo, &key, "latest", &e.p("out"), &[]);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
+}
+
+/// `snapcrypt verify --read-data`, required to find the repository sound.
+fn verify_read_data(repo: &str, key: &str, env: &[(&str, &str)]) {
+    ok(
+        &["verify", "--repo", repo, "--key-file", key, "--read-data"],
+        env,
+    );
 }
 
 /// `snapcrypt prune --keep-last 1 --delete-after 0s --json`: its report.
@@ -843,10 +839,7 @@ fn retention_scoped_by_tag_in_prune_and_in_the_agent() {
         listed(&repo),
         sorted(vec![b1.clone(), free.clone(), a3.clone()])
     );
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    verify_read_data(&repo, &key, &[]);
 
     // A retention pass that cannot run (another backup holds a lock) is reported in the result;
     // the backup itself succeeded and is kept.
@@ -967,10 +960,7 @@ fn s3_round_trip_and_verify_against_a_real_s3_server() {
     assert_eq!(first["files"], 8);
     restore(repo, &key, "latest", &e.p("out"), &env);
     assert_same_tree(Path::new(&src), Path::new(&e.p("out")));
-    ok(
-        &["verify", "--repo", repo, "--key-file", &key, "--read-data"],
-        &env,
-    );
+    verify_read_data(repo, &key, &env);
     // Wrong credentials are refused by the server's signature check, in one line.
     let bad: Vec<(&str, &str)> = env
         .iter()
