@@ -29,19 +29,11 @@ impl BlobMap {
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<&BlobLoc> {
-        self.position(id).map(|i| &self.locs[i])
-    }
-
-    /// Where `id` is in the order of [`Self::values`], if the map has it: a number below
-    /// [`Self::len`] that a caller can keep a bit for.
-    pub fn position(&self, id: &ChunkId) -> Option<usize> {
-        let range = self.buckets.range(id)?;
-        let start = range.start;
-        self.locs
-            .get(range)?
+        let bucket = self.locs.get(self.buckets.range(id)?)?;
+        bucket
             .binary_search_by(|l| l.entry.id.cmp(id))
             .ok()
-            .map(|i| start + i)
+            .map(|i| &bucket[i])
     }
 
     pub fn contains_key(&self, id: &ChunkId) -> bool {
