@@ -342,7 +342,16 @@ async fn stopped_in_retention_keeps_its_complete_backup(name: &str, how: Stop) {
             let pod_name = st.pod_name.expect("pod name");
             assert_eq!(st.agent_result.map(|r| r.pod), Some(pod_name.clone()));
             let pods: Api<Pod> = g.ns.api();
-            let pod = pods.get(&pod_name).await.expect("snapshot pod");
+            // The kubelet posts the pod's status on its own schedule: the agent may report
+            // before the API server has the pod's start time.
+            let pod = wait_for(
+                &pods,
+                &pod_name,
+                "the kubelet to post the snapshot pod's start time",
+                LONG,
+                |p| p.status.as_ref().is_some_and(|s| s.start_time.is_some()),
+            )
+            .await;
             let started = pod
                 .status
                 .and_then(|s| s.start_time)
