@@ -391,7 +391,7 @@ async fn item07_backup_never_follows_a_file_swapped_for_a_link() {
     let src = e.dir.path().join("src");
     let secret = e.dir.path().join("kmip-client.key");
     fs::write(&secret, "-----BEGIN EC PRIVATE KEY-----").unwrap();
-    let scanned = scan(&src, 100_000).unwrap();
+    let scanned = scan(&src, None, 100_000).unwrap();
     fs::remove_file(src.join("WiredTiger")).unwrap();
     std::os::unix::fs::symlink(&secret, src.join("WiredTiger")).unwrap();
 

@@ -74,6 +74,7 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
     let reporter = ProgressReporter::start(progress.clone(), args.json, "backup");
     let result = perform(
         &args,
+        None,
         KeyFile::CreateIfMissing,
         progress.clone(),
         !args.json,
@@ -125,6 +126,7 @@ pub enum KeyFile {
 /// `snapcrypt backup` and the snapshot agent (`snapcrypt agent snapshot`) share this.
 pub async fn perform(
     args: &BackupArgs,
+    source_within: Option<&std::path::Path>,
     key_file: KeyFile,
     progress: Arc<Progress>,
     chatty: bool,
@@ -132,8 +134,9 @@ pub async fn perform(
     // Everything about the source is checked before the repository is touched.
     let scan = tokio::task::spawn_blocking({
         let src = args.source.clone();
+        let within = source_within.map(std::path::Path::to_path_buf);
         let max = args.max_files;
-        move || scan(&src, max)
+        move || scan(&src, within.as_deref(), max)
     })
     .await??;
     for s in &scan.skipped {

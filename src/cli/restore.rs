@@ -39,6 +39,11 @@ pub struct RestoreArgs {
     /// Print the result as JSON, and progress as JSON lines on stderr.
     #[arg(long)]
     pub json: bool,
+    /// Refuse a --target that is not beneath this directory, or reaches it through a link
+    /// (any part below this directory): the operator passes the target claim's mount, so a
+    /// link planted in the claim can never make the restore write or remove elsewhere.
+    #[arg(long, value_name = "DIR")]
+    pub target_within: Option<PathBuf>,
 }
 
 /// The restore `args` ask for, counting into `progress`. Shared with the restore agent.
@@ -53,6 +58,7 @@ pub async fn perform(
         force: args.force,
         delete_extra: args.delete_extra,
         check: args.check,
+        target_within: args.target_within.clone(),
         ..Default::default()
     };
     Ok(restore(&repo, &snap, &args.target, opts, progress).await?)

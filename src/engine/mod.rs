@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod beneath;
 pub mod crypto;
 pub mod format;
 pub mod keys;

@@ -55,6 +55,10 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
         p.snapshot_id.into(),
         "--target".into(),
         target_dir,
+        // Every part of the target below the claim's mount is resolved without following a
+        // link: a link planted in the claim never leads the restore elsewhere.
+        "--target-within".into(),
+        TARGET_MOUNT.into(),
     ];
     if target.force {
         args.push("--force".into());
@@ -263,6 +267,7 @@ mod tests {
         assert_eq!(&c.args.as_ref().expect("args")[..2], ["agent", "restore"]);
         assert_eq!(arg_after(c, "--snapshot"), Some("3f2a"));
         assert_eq!(arg_after(c, "--target"), Some("/target/db"));
+        assert_eq!(arg_after(c, "--target-within"), Some(TARGET_MOUNT));
         assert_eq!(arg_after(c, "--repo"), Some("/repo/clusters/rs0"));
         assert!(c.args.as_ref().expect("args").contains(&"--force".into()));
         assert!(!c.args.as_ref().expect("args").contains(&"--rewrap".into()));

@@ -339,6 +339,19 @@ fn spec_problem(r: &Restore) -> Option<String> {
     })
 }
 
+/// A target claim that holds the BackupJob's repository: refused before any pod starts (a
+/// restore into it could overwrite or remove the backups it reads). Pure.
+fn target_is_repository(r: &Restore, job: &BackupJob) -> Option<String> {
+    let pvc = job.spec.destination.pvc.as_ref()?;
+    let claim = &r.spec.target.claim_name;
+    (pvc.claim_name == *claim).then(|| {
+        format!(
+            "spec.target.claimName: {claim} holds the repository of BackupJob {} (its spec.destination.pvc.claimName): a restore into it could overwrite or remove the backups it reads; restore into another claim",
+            job.name_any()
+        )
+    })
+}
+
 /// The Restore's Snapshot and its id in the repository, once it has succeeded; else the step
 /// that says why not (waiting for it, or failed for good).
 async fn snapshot_to_restore(
@@ -432,6 +445,17 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
             ),
         );
     };
+    if let Some(message) = target_is_repository(r, &job) {
+        let finished = None;
+        return Ok((
+            Step::Failed {
+                reason: Reason::InvalidSpec,
+                message,
+                finished,
+            },
+            None,
+        ));
+    }
     if let Some(b) = check_job(client, &ns, &job, Needs::RepositoryAndKey)
         .await
         .map_err(deref("the BackupJob's references"))?
@@ -553,6 +577,31 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A target claim that holds the repository is refused before any pod, naming the field;
+    /// another claim, or a job with an object-store repository, is not.
+    #[test]
+    fn a_target_claim_holding_the_repository_is_refused() {
+        use crate::controller::fixtures::{job, restore};
+        let pvc_job = job("");
+        let problem = target_is_repository(&restore("{claimName: backups, force: true}"), &pvc_job)
+            .expect("refused");
+        assert!(
+            problem.starts_with(
+                "spec.target.claimName: backups holds the repository of BackupJob rs0"
+            ),
+            "{problem}"
+        );
+        assert_eq!(
+            target_is_repository(&restore("{claimName: data}"), &pvc_job),
+            None
+        );
+        let s3_job = job("destination: {s3: {bucket: b, credentialsSecret: c}}");
+        assert_eq!(
+            target_is_repository(&restore("{claimName: backups}"), &s3_job),
+            None
+        );
     }
 
     #[test]

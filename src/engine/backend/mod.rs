@@ -438,6 +438,11 @@ impl Backend {
         self.local_root.is_some()
     }
 
+    /// A local repository's directory (as opened, links resolved).
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
     /// Human-readable location.
     pub fn display(&self) -> &str {
         &self.display

@@ -253,6 +253,7 @@ mod tests {
             mtime_ns,
             size,
             inode: 7,
+            dev: 0,
             target: None,
         }
     }

@@ -22,6 +22,7 @@ use super::lock::{RepoLock, hostname, lock_wait};
 use super::pack::{PackWriter, StagedPack};
 use super::progress::Progress;
 use super::repo::{Index, IndexBuilder, Repository, tree_ids};
+use super::spill::{Sorter, SpillError};
 use crate::kms::KeyManager;
 
 /// Bytes of a file one worker reads and processes at a time (a multiple of any chunk size).
@@ -123,6 +124,7 @@ async fn run_backup(
     // list is written as they go; then the snapshot object, last.
     let shared = Shared::new(repo, key.clone(), &opts, progress)?;
     let input = Inputs {
+        root: &scan.dir,
         entries: &scan.entries,
         parent: parent.as_ref().map(|(snap, index)| (repo, index, snap)),
         handle: tokio::runtime::Handle::current(),
@@ -218,11 +220,18 @@ async fn find_parent(
     };
     let pieces: HashSet<ChunkId> = pieces.into_iter().collect();
     let mut index = IndexBuilder::default();
+    // Every data blob the index knows, as a sorted stream (spilled past its budget, so no
+    // lookup structure grows with the repository).
+    let mut served = Sorter::<32>::in_temp_dir(SORT_BUDGET);
     repo.for_each_index_pack(|pack, entries| {
-        let mine: Vec<BlobEntry> = entries
-            .into_iter()
-            .filter(|e| e.kind == BlobKind::Tree && pieces.contains(&e.id))
-            .collect();
+        let mut mine: Vec<BlobEntry> = Vec::new();
+        for e in entries {
+            match e.kind {
+                BlobKind::Data => served.push(e.id)?,
+                BlobKind::Tree if pieces.contains(&e.id) => mine.push(e),
+                BlobKind::Tree => {}
+            }
+        }
         if !mine.is_empty() {
             index.add(pack, mine);
         }
@@ -231,14 +240,58 @@ async fn find_parent(
     .await?;
     let index = index.finish();
     let handle = tokio::runtime::Handle::current();
+    let mut wanted = Sorter::<32>::in_temp_dir(SORT_BUDGET);
     let read = tokio::task::block_in_place(|| {
-        repo.for_each_tree_entry(&index, &parent, &handle, |_| Ok(()))
+        repo.for_each_tree_entry(&index, &parent, &handle, |e| {
+            for id in &e.chunks {
+                wanted.push(*id)?;
+            }
+            Ok(())
+        })
     });
     match read {
-        Ok(()) => Ok(Some((parent, index))),
-        Err(EngineError::Corrupt { .. }) => Ok(None),
-        Err(e) => Err(e),
+        Ok(()) => {}
+        Err(EngineError::Corrupt { .. }) => return Ok(None),
+        Err(e) => return Err(e),
     }
+    // Its chunks are reused without being read: only if the repository serves every one (a
+    // pack and its index object both gone, by a lifecycle rule or a partial restore of the
+    // bucket, leave chunks no index names, which a snapshot must never point to).
+    let unserved =
+        tokio::task::block_in_place(|| first_unserved(wanted.finish()?, served.finish()?))?;
+    if let Some(id) = unserved {
+        tracing::warn!(
+            parent = %parent.id,
+            blob = %hex::encode(id),
+            "the parent snapshot needs blobs no index has (a pack and its index object are gone): every file is read and stored again, nothing taken from it (run verify)"
+        );
+        return Ok(None);
+    }
+    Ok(Some((parent, index)))
+}
+
+/// Memory each of find_parent's sorts may hold before it spills to scratch files.
+const SORT_BUDGET: usize = 4 * 1024 * 1024;
+
+/// The first id of sorted stream `wanted` that sorted stream `served` lacks. Pure.
+fn first_unserved(
+    wanted: impl Iterator<Item = Result<[u8; 32], SpillError>>,
+    mut served: impl Iterator<Item = Result<[u8; 32], SpillError>>,
+) -> Result<Option<[u8; 32]>, SpillError> {
+    let mut have: Option<[u8; 32]> = None;
+    for w in wanted {
+        let w = w?;
+        while have.is_none_or(|h| h < w) {
+            match served.next() {
+                Some(h) => have = Some(h?),
+                None => return Ok(Some(w)),
+            }
+        }
+        if have != Some(w) {
+            return Ok(Some(w));
+        }
+    }
+    Ok(None)
 }
 
 /// Run the backup's threads and the uploader beside them until every unit is stored, every
@@ -374,5 +427,31 @@ impl Write for Pieces<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(ns: &[u8]) -> Vec<Result<[u8; 32], SpillError>> {
+        ns.iter().map(|n| Ok([*n; 32])).collect()
+    }
+
+    /// A wanted id the served stream lacks is found wherever it falls: before, between,
+    /// after every served id; repeated wanted ids and served ids nobody wants are fine.
+    #[test]
+    fn the_first_unserved_blob_is_found() {
+        let run = |w: &[u8], s: &[u8]| {
+            first_unserved(ids(w).into_iter(), ids(s).into_iter())
+                .unwrap()
+                .map(|id| id[0])
+        };
+        assert_eq!(run(&[2, 2, 4], &[1, 2, 3, 4, 5]), None);
+        assert_eq!(run(&[], &[]), None);
+        assert_eq!(run(&[0, 2], &[1, 2]), Some(0));
+        assert_eq!(run(&[1, 2, 3], &[1, 3]), Some(2));
+        assert_eq!(run(&[1, 9], &[1, 3]), Some(9));
+        assert_eq!(run(&[1], &[]), Some(1));
     }
 }

@@ -1,11 +1,15 @@
-//! The scan: walk a source directory (never following links) into the entries a backup
-//! copies, and open each scanned file safely again when it is read.
+//! The scan: walk a source directory from descriptors (never following links, never leaving
+//! it: `engine/beneath.rs`) into the entries a backup copies, and open each scanned file
+//! safely again, beneath the same root, when it is read.
 
 use std::fs::File;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+
 use crate::engine::EngineError;
+use crate::engine::beneath::{BeneathError, Root, file_id, name_str, read_names};
 use crate::engine::format::EntryKind;
 
 /// One entry found by the scan.
@@ -18,6 +22,8 @@ pub struct ScanEntry {
     pub mtime_ns: i128,
     pub size: u64,
     pub inode: u64,
+    /// The device it was on (with the inode, its identity).
+    pub dev: u64,
     pub target: Option<String>,
 }
 
@@ -25,6 +31,8 @@ pub struct ScanEntry {
 #[derive(Debug)]
 pub struct Scan {
     pub root: PathBuf,
+    /// The source's directory, opened once: every read is beneath it.
+    pub dir: Root,
     pub entries: Vec<ScanEntry>,
     pub files: u64,
     pub dirs: u64,
@@ -33,110 +41,179 @@ pub struct Scan {
     pub skipped: Vec<String>,
 }
 
-fn mtime_ns(m: &std::fs::Metadata) -> i128 {
-    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+fn mtime_ns(m: &Stat) -> i128 {
+    i128::from(m.st_mtime) * 1_000_000_000 + i128::from(m.st_mtime_nsec)
 }
 
-/// Walk `root` (not following symlinks), in sorted order. Refuses, before anything is written,
-/// a missing or unreadable source and one with `max_files` files or more.
-pub fn scan(root: &Path, max_files: u64) -> Result<Scan, EngineError> {
-    let err = |p: &Path, e: std::io::Error| EngineError::Source {
-        path: p.display().to_string(),
-        reason: e.to_string(),
+/// Walk `root` (not following symlinks), in sorted order: every directory opened from its
+/// parent's descriptor (beneath the root, no link followed at any depth, no other file
+/// system entered) and checked to be the directory its parent listed (device and inode), so
+/// a directory swapped for a link or another directory during the scan fails the backup
+/// naming it, and nothing outside the source is ever listed or read. With `within`, `root`
+/// itself must lie beneath it (a volume's mount) and no part of it below `within` may be a
+/// link. Refuses, before anything is written, a missing or unreadable source and one with
+/// `max_files` files or more.
+pub fn scan(root: &Path, within: Option<&Path>, max_files: u64) -> Result<Scan, EngineError> {
+    let from = |e: BeneathError| EngineError::Source {
+        path: e.path().to_string(),
+        reason: match e.io_kind() {
+            Some(std::io::ErrorKind::NotADirectory) => "not a directory".into(),
+            _ => e.reason(),
+        },
     };
-    let meta = std::fs::metadata(root).map_err(|e| err(root, e))?;
-    if !meta.is_dir() {
-        return Err(EngineError::Source {
-            path: root.display().to_string(),
-            reason: "not a directory".into(),
-        });
-    }
-    let root = &root.canonicalize().map_err(|e| err(root, e))?;
+    let dir = match within {
+        Some(within) => Root::open_within(within, root, false).map_err(|e| match e {
+            BeneathError::Io { .. } => from(e),
+            refused => EngineError::Source {
+                path: root.display().to_string(),
+                reason: format!(
+                    "lies outside the data volume mounted at {}, or reaches it through a link ({refused}): refused, nothing was read",
+                    within.display()
+                ),
+            },
+        })?,
+        None => Root::open(root).map_err(from)?,
+    };
+    // The root's own name, as the snapshot records it (its parent's identity follows it).
+    let shown = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let mut scan = Scan {
-        root: root.to_path_buf(),
+        root: shown.clone(),
+        dir,
         entries: Vec::new(),
         files: 0,
         dirs: 0,
         bytes: 0,
         skipped: Vec::new(),
     };
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let m = std::fs::symlink_metadata(&dir).map_err(|e| err(&dir, e))?;
+    let abs = |rel: &str| {
+        if rel.is_empty() {
+            shown.clone()
+        } else {
+            shown.join(rel)
+        }
+    };
+    let root_id = scan.dir.id();
+    let mut stack = vec![(String::new(), root_id)];
+    while let Some((rel, id)) = stack.pop() {
+        let err = |e: std::io::Error| EngineError::Source {
+            path: abs(&rel).display().to_string(),
+            reason: e.to_string(),
+        };
+        let fd = scan
+            .dir
+            .open_at(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map_err(from)?;
+        let m = rustix::fs::fstat(&fd).map_err(|e| err(e.into()))?;
+        if file_id(&m) != id {
+            return Err(swapped(&abs(&rel), "directory"));
+        }
         scan.entries.push(ScanEntry {
             rel: rel.clone(),
-            abs: dir.clone(),
+            abs: abs(&rel),
             kind: EntryKind::Dir,
-            mode: m.mode() & 0o7777,
+            mode: m.st_mode & 0o7777,
             mtime_ns: mtime_ns(&m),
             size: 0,
-            inode: m.ino(),
+            inode: m.st_ino,
+            dev: m.st_dev,
             target: None,
         });
         scan.dirs += 1;
-        let mut children: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|e| err(&dir, e))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| err(&dir, e))?;
-        children.sort();
+        let mut children = read_names(fd.as_fd()).map_err(err)?;
+        children.sort_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
-        for path in children {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        for (name, _) in children {
+            let name_s = name_str(&name);
+            if name_s.as_bytes() != name.as_slice() {
+                scan.skipped.push(format!(
+                    "{}: its name is not UTF-8 (not backed up)",
+                    abs(&rel).join(&name_s).display()
+                ));
+                continue;
+            }
             let child_rel = if rel.is_empty() {
-                name
+                name_s
             } else {
-                format!("{rel}/{name}")
+                format!("{rel}/{name_s}")
             };
-            let m = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e))?;
-            let ft = m.file_type();
+            let m = match rustix::fs::statat(&fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(m) => m,
+                Err(e) => {
+                    return Err(EngineError::Source {
+                        path: abs(&child_rel).display().to_string(),
+                        reason: std::io::Error::from(e).to_string(),
+                    });
+                }
+            };
+            let ft = FileType::from_raw_mode(m.st_mode);
             // A data volume's root on ext4 holds lost+found (root's, mode 0700, unreadable by
             // mongod's user): filesystem bookkeeping, not data.
-            if ft.is_dir() && child_rel == "lost+found" {
+            if ft == FileType::Directory && child_rel == "lost+found" {
                 scan.skipped
                     .push(format!("{child_rel}: filesystem bookkeeping, not data"));
                 continue;
             }
-            if ft.is_dir() {
-                subdirs.push((path, child_rel));
+            if ft == FileType::Directory {
+                subdirs.push((child_rel, file_id(&m)));
                 continue;
             }
-            let (kind, target) = if ft.is_file() {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(&path)
-                    .map_err(|e| err(&path, e))?;
-                scan.files += 1;
-                scan.bytes += m.len();
-                if scan.files >= max_files {
-                    return Err(EngineError::TooManyFiles {
-                        path: root.display().to_string(),
-                        count: count_files(root),
-                        max: max_files,
-                    });
+            let (kind, target) = match ft {
+                FileType::RegularFile => {
+                    // Readable now, through its parent's descriptor, never through a link.
+                    let f = rustix::fs::openat(
+                        &fd,
+                        name.as_slice(),
+                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| EngineError::Source {
+                        path: abs(&child_rel).display().to_string(),
+                        reason: std::io::Error::from(e).to_string(),
+                    })?;
+                    if file_id(&rustix::fs::fstat(&f).map_err(|e| err(e.into()))?) != file_id(&m) {
+                        return Err(swapped(&abs(&child_rel), "file"));
+                    }
+                    scan.files += 1;
+                    scan.bytes += m.st_size as u64;
+                    if scan.files >= max_files {
+                        return Err(EngineError::TooManyFiles {
+                            path: shown.display().to_string(),
+                            count: count_files(&scan.dir),
+                            max: max_files,
+                        });
+                    }
+                    (EntryKind::File, None)
                 }
-                (EntryKind::File, None)
-            } else if ft.is_symlink() {
-                let t = std::fs::read_link(&path).map_err(|e| err(&path, e))?;
-                (EntryKind::Symlink, Some(t.to_string_lossy().into_owned()))
-            } else {
-                scan.skipped.push(format!(
-                    "{child_rel}: not a regular file, directory or symlink"
-                ));
-                continue;
+                FileType::Symlink => {
+                    let t =
+                        rustix::fs::readlinkat(&fd, name.as_slice(), Vec::new()).map_err(|e| {
+                            EngineError::Source {
+                                path: abs(&child_rel).display().to_string(),
+                                reason: std::io::Error::from(e).to_string(),
+                            }
+                        })?;
+                    (EntryKind::Symlink, Some(t.to_string_lossy().into_owned()))
+                }
+                _ => {
+                    scan.skipped.push(format!(
+                        "{child_rel}: not a regular file, directory or symlink"
+                    ));
+                    continue;
+                }
             };
             scan.entries.push(ScanEntry {
+                abs: abs(&child_rel),
                 rel: child_rel,
-                abs: path,
                 kind,
-                mode: m.mode() & 0o7777,
+                mode: m.st_mode & 0o7777,
                 mtime_ns: mtime_ns(&m),
-                size: if kind == EntryKind::File { m.len() } else { 0 },
-                inode: m.ino(),
+                size: if kind == EntryKind::File {
+                    m.st_size as u64
+                } else {
+                    0
+                },
+                inode: m.st_ino,
+                dev: m.st_dev,
                 target,
             });
         }
@@ -146,18 +223,38 @@ pub fn scan(root: &Path, max_files: u64) -> Result<Scan, EngineError> {
     Ok(scan)
 }
 
-/// Count regular files under `root` (for the too-many-files message).
-fn count_files(root: &Path) -> u64 {
+/// The error for an entry replaced during the backup.
+fn swapped(path: &Path, what: &str) -> EngineError {
+    EngineError::Source {
+        path: path.display().to_string(),
+        reason: format!(
+            "was replaced by another {what} or a link while it was backed up: nothing outside the source was read and no snapshot was written; a consistent copy needs a quiesced source (spec.source.consistency)"
+        ),
+    }
+}
+
+/// Count regular files under the root (for the too-many-files message), from descriptors.
+fn count_files(root: &Root) -> u64 {
     let mut n = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(fd) = root.open_at(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()) else {
             continue;
         };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => n += 1,
+        let Ok(names) = read_names(fd.as_fd()) else {
+            continue;
+        };
+        for (name, _) in names {
+            let Ok(m) = rustix::fs::statat(&fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            match FileType::from_raw_mode(m.st_mode) {
+                FileType::Directory => stack.push(if rel.is_empty() {
+                    name_str(&name)
+                } else {
+                    format!("{rel}/{}", name_str(&name))
+                }),
+                FileType::RegularFile => n += 1,
                 _ => {}
             }
         }
@@ -165,34 +262,34 @@ fn count_files(root: &Path) -> u64 {
     n
 }
 
-/// Open a scanned file for reading without following a symlink, and check it is the file the
-/// scan saw (same inode, still a regular file): a path swapped for a link after the scan (to a
-/// key file, say) is never read.
-pub(super) fn open_scanned(entry: &ScanEntry) -> Result<File, EngineError> {
+/// Open a scanned file for reading beneath the source's root (no link followed at any
+/// depth), and check it is the file the scan saw (same device and inode, still a regular
+/// file): a path swapped for a link after the scan (to a key file, say) is never read.
+pub(super) fn open_scanned(root: &Root, entry: &ScanEntry) -> Result<File, EngineError> {
     let err = |reason: String| EngineError::Source {
         path: entry.abs.display().to_string(),
         reason,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&entry.abs)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                err(
-                    "became a symbolic link after the scan: not followed, no snapshot was written"
-                        .into(),
-                )
-            } else {
-                err(e.to_string())
-            }
+    let file = root
+        .open_at(
+            &entry.rel,
+            OFlags::RDONLY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(|e| match e {
+            BeneathError::Link { path } => err(format!(
+                "{path} became a symbolic link after the scan: not followed, no snapshot was written"
+            )),
+            other => err(other.reason()),
         })?;
-    let m = file.metadata().map_err(|e| err(e.to_string()))?;
-    if !m.is_file() || m.ino() != entry.inode {
+    let m = rustix::fs::fstat(&file).map_err(|e| err(std::io::Error::from(e).to_string()))?;
+    if FileType::from_raw_mode(m.st_mode) != FileType::RegularFile
+        || file_id(&m) != (entry.dev, entry.inode)
+    {
         return Err(err(format!(
             "was replaced after the scan (inode {}, scanned {}): a consistent copy needs a quiesced source; no snapshot was written",
-            m.ino(),
-            entry.inode
+            m.st_ino, entry.inode
         )));
     }
     Ok(file)

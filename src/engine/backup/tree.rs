@@ -206,6 +206,7 @@ mod tests {
             mtime_ns: 5,
             size,
             inode: 9,
+            dev: 0,
             target: None,
         }
     }

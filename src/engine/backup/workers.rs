@@ -16,6 +16,7 @@ use super::scan::{ScanEntry, open_scanned};
 use super::tree::{ABORTED, Assembler, Done, Totals};
 use super::{BackupOptions, Compression, SEGMENT};
 use crate::engine::EngineError;
+use crate::engine::beneath::Root;
 use crate::engine::crypto::{ChunkId, DataKey};
 use crate::engine::format::{BlobKind, SnapshotManifest};
 use crate::engine::pack::{PackWriter, StagedPack};
@@ -170,6 +171,8 @@ impl Shared {
 
 /// What the backup's threads read besides [`Shared`].
 pub(super) struct Inputs<'a> {
+    /// The source's directory: every file is opened beneath it.
+    pub root: &'a Root,
     pub entries: &'a [ScanEntry],
     /// The parent snapshot, and an index that locates its file list.
     pub parent: Option<(&'a Repository, &'a Index, &'a SnapshotManifest)>,
@@ -201,7 +204,7 @@ pub(super) fn run_pipeline<W: std::io::Write>(
             .map(|_| {
                 let (units, done, packs) = (unit_rx.clone(), done_tx.clone(), packs.clone());
                 s.spawn(move || {
-                    let r = worker(shared, input.entries, &units, &done, &packs);
+                    let r = worker(shared, (input.root, input.entries), &units, &done, &packs);
                     stop_all_on_error(shared, r)
                 })
             })
@@ -267,7 +270,7 @@ fn feed(
 
 fn worker(
     shared: &Shared,
-    entries: &[ScanEntry],
+    (root, entries): (&Root, &[ScanEntry]),
     units: &Mutex<Receiver<Unit>>,
     done: &Sender<Done>,
     tx: &tokio::sync::mpsc::Sender<StagedPack>,
@@ -302,7 +305,7 @@ fn worker(
                 reason: e.to_string(),
             };
             if open.as_ref().map(|(i, _)| *i) != Some(unit.file) {
-                open = Some((unit.file, open_scanned(entry)?));
+                open = Some((unit.file, open_scanned(root, entry)?));
             }
             let Some((_, file)) = open.as_ref() else {
                 continue;

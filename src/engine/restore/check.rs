@@ -4,11 +4,12 @@
 //! first (it was synced), so what is compared is what the volume returns, not what the restore
 //! left in memory. Nothing is followed through a link.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
 
+use rustix::fs::{FileType, OFlags};
+
+use super::target::Target;
 use crate::engine::EngineError;
 use crate::engine::crypto::DataKey;
 use crate::engine::format::{EntryKind, SnapshotManifest, TreeEntry};
@@ -23,7 +24,7 @@ pub fn check_restored(
     repo: &Repository,
     index: &Index,
     snap: &SnapshotManifest,
-    target: &Path,
+    target: &Target,
     handle: &tokio::runtime::Handle,
 ) -> Result<(), EngineError> {
     let hasher = repo.chunk_hasher()?;
@@ -56,15 +57,15 @@ pub fn check_restored(
     if count == 0 {
         return Ok(());
     }
-    Err(EngineError::Target {
-        path: target.display().to_string(),
-        reason: format!(
+    Err(target.error(
+        "",
+        format!(
             "read back after the restore, {count} entr{} differ from snapshot {}: {}",
             if count == 1 { "y" } else { "ies" },
             snap.id,
             differences.join("; ")
         ),
-    })
+    ))
 }
 
 fn shown(path: &str) -> &str {
@@ -74,34 +75,44 @@ fn shown(path: &str) -> &str {
 /// One entry against what the target holds at its path; a file's first chunks too (a file
 /// listed in parts stays open in `open` for the rest).
 fn check_entry(
-    target: &Path,
+    target: &Target,
     e: &TreeEntry,
     hasher: &DataKey,
     buf: &mut [u8],
     open: &mut Option<File>,
 ) -> Result<(), String> {
-    let path = target.join(&e.path);
-    let meta = std::fs::symlink_metadata(&path).map_err(|err| err.to_string())?;
-    let kind = meta.file_type();
+    let st = target
+        .root
+        .stat(&e.path)
+        .map_err(|err| err.reason())?
+        .ok_or("missing")?;
+    let kind = FileType::from_raw_mode(st.st_mode);
     let want_mode = e.mode & 0o7777;
-    let mode = meta.permissions().mode() & 0o7777;
+    let mode = st.st_mode & 0o7777;
     match e.kind {
-        EntryKind::Dir if !kind.is_dir() => return Err("not a directory".into()),
+        EntryKind::Dir if kind != FileType::Directory => return Err("not a directory".into()),
         EntryKind::Symlink => {
-            if !kind.is_symlink() {
+            if kind != FileType::Symlink {
                 return Err("not a symbolic link".into());
             }
-            let link = std::fs::read_link(&path).map_err(|err| err.to_string())?;
-            if Some(link.to_string_lossy().as_ref()) != e.target.as_deref() {
+            let (parent, name) = target
+                .root
+                .open_parent(&e.path)
+                .map_err(|err| err.reason())?;
+            let link = rustix::fs::readlinkat(&parent, name, Vec::new())
+                .map_err(|err| std::io::Error::from(err).to_string())?;
+            let link = link.to_string_lossy();
+            if Some(link.as_ref()) != e.target.as_deref() {
                 return Err(format!(
-                    "links to {}, the snapshot has {}",
-                    link.display(),
+                    "links to {link}, the snapshot has {}",
                     e.target.as_deref().unwrap_or("nothing")
                 ));
             }
             return Ok(());
         }
-        EntryKind::File if !kind.is_file() => return Err("not a regular file".into()),
+        EntryKind::File if kind != FileType::RegularFile => {
+            return Err("not a regular file".into());
+        }
         _ => {}
     }
     // The root's own mode is the target's, not necessarily the snapshot's.
@@ -111,13 +122,11 @@ fn check_entry(
     if e.kind != EntryKind::File {
         return Ok(());
     }
-    if meta.len() != e.size {
-        return Err(format!("{} bytes, the snapshot has {}", meta.len(), e.size));
+    if st.st_size as u64 != e.size {
+        return Err(format!("{} bytes, the snapshot has {}", st.st_size, e.size));
     }
-    let mut f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
+    let mut f = target
+        .open(&e.path, OFlags::RDONLY)
         .map_err(|err| err.to_string())?;
     // Synced by the restore, so its pages are clean: dropping them makes the reads below come
     // from the volume. A hint: a failure only means a read from the cache.

@@ -34,6 +34,9 @@ pub struct RestoreOptions {
     pub threads: usize,
     /// Once written, read every file back and compare it with the snapshot.
     pub check: bool,
+    /// The target must lie beneath this directory (a claim's mount), and no part of it below
+    /// this directory may be a link.
+    pub target_within: Option<std::path::PathBuf>,
 }
 
 impl Default for RestoreOptions {
@@ -45,6 +48,7 @@ impl Default for RestoreOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             check: false,
+            target_within: None,
         }
     }
 }
@@ -114,28 +118,29 @@ async fn run_restore(
     let total: u64 = files.clone().map(|e| e.size).sum();
     progress.set_totals(files.count() as u64, total);
 
-    // Write: the target prepared and laid out, every pack read once, then the finish.
-    let marker = target::prepare(target, &tree, &opts)?;
-    let paths = target::lay_out(target, &tree)?;
+    // Write: the target opened (never overlapping the repository), prepared and laid out,
+    // every pack read once, then the finish.
+    let t = target::open(target, &opts, repo.backend.local_root())?;
+    target::prepare(&t, &tree, &opts)?;
+    target::lay_out(&t, &tree)?;
     workers::read_packs(
         repo,
         &index,
         placements,
         chunk_size,
-        &paths,
+        (&t, &tree),
         &progress,
         opts.threads,
     )?;
-    target::finish(&tree, &paths, &marker, || progress.add_file())?;
-    tamper_for_tests(target);
+    target::finish(&t, &tree, || progress.add_file())?;
+    tamper_for_tests(&t);
     if opts.check {
         let handle = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| {
-            check::check_restored(repo, &index, snap, target, &handle).inspect_err(|_| {
+            check::check_restored(repo, &index, snap, &t, &handle)
                 // The target is not what the snapshot holds: mark it as a restore that did
-                // not finish. Best effort: the error says it all.
-                let _ = std::fs::write(&marker, b"");
-            })
+                // not finish.
+                .inspect_err(|_| target::mark_incomplete(&t))
         })?;
     }
     Ok(RestoreStats {
@@ -151,16 +156,16 @@ async fn run_restore(
 /// `SNAPCRYPT_FAULT_RESTORE_TAMPER=PATH`, the restored file PATH (relative to the target) has
 /// its first byte changed after it was written, as a volume that returns other bytes than it
 /// was given would. Never set outside tests.
-fn tamper_for_tests(target: &Path) {
+fn tamper_for_tests(t: &target::Target) {
     let Ok(rel) = std::env::var("SNAPCRYPT_FAULT_RESTORE_TAMPER") else {
         return;
     };
-    let path = target.join(rel);
-    if let Ok(mut bytes) = std::fs::read(&path)
-        && let Some(b) = bytes.first_mut()
-    {
-        *b ^= 0xff;
-        let _ = std::fs::write(&path, bytes);
+    let Ok(f) = t.open(&rel, rustix::fs::OFlags::RDWR) else {
+        return;
+    };
+    let mut b = [0u8; 1];
+    if std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).is_ok() {
+        let _ = std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0xff], 0);
     }
 }
 

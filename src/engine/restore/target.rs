@@ -1,133 +1,229 @@
 //! The target directory: refused or cleared before anything is written, laid out, and
-//! finished (sizes checked, modes and times set, files synced, symlinks last). Nothing is ever
-//! written through a link: every open refuses to follow one, and a planted link is replaced.
+//! finished (sizes checked, modes and times set, files synced, symlinks last).
+//!
+//! The target is hostile (whoever can write the claim, a compromised mongod during an
+//! in-place restore, can plant links in it), so it is opened once as a [`Root`] and every
+//! entry is reached from that descriptor without following any link (`engine/beneath.rs`).
+//! A file already there is replaced, never written through: unlinked, then created with
+//! `O_EXCL` (a hard link to a file outside the target stays untouched). A target that is the
+//! repository, holds it, or lies inside it is refused before anything is written.
 
 use std::collections::HashMap;
-use std::fs::{FileTimes, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::{File, FileTimes};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
 use super::{INCOMPLETE_MARKER, RestoreOptions};
 use crate::engine::EngineError;
+use crate::engine::beneath::{BeneathError, Root, name_str, read_names};
 use crate::engine::format::{EntryKind, TreeEntry};
 
-fn target_error(target: &Path) -> impl Fn(String) -> EngineError + '_ {
-    move |reason| EngineError::Target {
-        path: target.display().to_string(),
-        reason,
+/// The target opened as a root, with each tree entry's path beneath it.
+pub(super) struct Target {
+    pub root: Root,
+}
+
+impl Target {
+    /// The error for entry path `rel`.
+    pub(super) fn error(&self, rel: &str, reason: impl ToString) -> EngineError {
+        EngineError::Target {
+            path: self.root.show(rel),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn beneath(&self, e: BeneathError) -> EngineError {
+        EngineError::Target {
+            path: e.path().to_string(),
+            reason: e.reason(),
+        }
+    }
+
+    /// Open entry `rel` beneath the target with `flags`, following no link.
+    pub(super) fn open(&self, rel: &str, flags: OFlags) -> Result<File, EngineError> {
+        self.root
+            .open_at(rel, flags, Mode::empty())
+            .map(File::from)
+            .map_err(|e| self.beneath(e))
     }
 }
 
-/// Refuse a target that is not a directory, or is not empty without `force`, or holds what
-/// the snapshot does not (unless `delete_extra`: then remove it); create it, and leave the
-/// incomplete marker in it. The marker's path.
-pub(super) fn prepare(
+/// A target at `dir`, for unit tests.
+#[cfg(test)]
+pub(super) fn for_tests(dir: &Path) -> Target {
+    Target {
+        root: Root::open(dir).expect("a test directory"),
+    }
+}
+
+/// Open the target: beneath `opts.target_within` when given (the claim's mount in a restore
+/// pod: no part of the target below it may be a link), else the user's own path. Missing
+/// directories are made. Refused when it is not a directory, or overlaps `repo_dir`.
+pub(super) fn open(
     target: &Path,
+    opts: &RestoreOptions,
+    repo_dir: Option<&Path>,
+) -> Result<Target, EngineError> {
+    let terr = |reason: String| EngineError::Target {
+        path: target.display().to_string(),
+        reason,
+    };
+    let from = |e: BeneathError| EngineError::Target {
+        path: e.path().to_string(),
+        reason: e.reason(),
+    };
+    let root = match &opts.target_within {
+        Some(within) => Root::open_within(within, target, true).map_err(from)?,
+        None => {
+            match target.symlink_metadata() {
+                Ok(m) if !m.is_dir() && !m.file_type().is_symlink() => {
+                    return Err(terr("exists and is not a directory".into()));
+                }
+                _ => {}
+            }
+            std::fs::create_dir_all(target).map_err(|e| terr(e.to_string()))?;
+            Root::open(target).map_err(|e| match e.io_kind() {
+                Some(std::io::ErrorKind::NotADirectory) => {
+                    terr("exists and is not a directory".into())
+                }
+                _ => from(e),
+            })?
+        }
+    };
+    if let Some(repo_dir) = repo_dir {
+        // The repository's own directory, as the backend opened it.
+        let repo = Root::open(repo_dir).map_err(from)?;
+        if crate::engine::beneath::overlap(&root, &repo).map_err(from)? {
+            return Err(terr(format!(
+                "overlaps the repository at {} (one is the other or lies inside it): refused, nothing was written; restore into a directory outside the repository",
+                repo_dir.display()
+            )));
+        }
+    }
+    Ok(Target { root })
+}
+
+/// Refuse a target that is not empty without `force`, or holds what the snapshot does not
+/// (unless `delete_extra`: then remove it, never following a link); leave the incomplete
+/// marker in it.
+pub(super) fn prepare(
+    t: &Target,
     tree: &[TreeEntry],
     opts: &RestoreOptions,
-) -> Result<PathBuf, EngineError> {
-    let terr = target_error(target);
-    if target.exists() {
-        if !target.is_dir() {
-            return Err(terr("exists and is not a directory".into()));
-        }
-        // An ext4 volume's root holds lost+found from birth: a fresh PVC counts as empty.
-        let non_empty = std::fs::read_dir(target)
-            .map_err(|e| terr(e.to_string()))?
-            .filter_map(Result::ok)
-            .any(|e| e.file_name() != "lost+found");
-        if non_empty && !opts.force {
-            return Err(terr(
-                "is not empty: nothing was written (use --force to restore into it anyway)".into(),
-            ));
-        }
-        // Files the snapshot does not have would be left beside restored ones (an old journal
-        // next to restored collections, which mongod would recover from as a mixture).
-        let extra = extra_entries(target, tree)?;
-        if !extra.is_empty() {
-            if !opts.delete_extra {
-                let shown: Vec<&str> = extra.iter().take(10).map(String::as_str).collect();
-                return Err(terr(format!(
+) -> Result<(), EngineError> {
+    let names = read_names(t.root.fd()).map_err(|e| t.error("", e))?;
+    // An ext4 volume's root holds lost+found from birth: a fresh PVC counts as empty.
+    let non_empty = names.iter().any(|(n, _)| n.as_slice() != b"lost+found");
+    if non_empty && !opts.force {
+        return Err(t.error(
+            "",
+            "is not empty: nothing was written (use --force to restore into it anyway)",
+        ));
+    }
+    if non_empty {
+        // Files the snapshot does not have would be left beside restored ones (an old
+        // journal next to restored collections, which mongod would recover from as a
+        // mixture).
+        let extra = extra_entries(t, tree)?;
+        if !extra.is_empty() && !opts.delete_extra {
+            let shown: Vec<&str> = extra.iter().take(10).map(String::as_str).collect();
+            return Err(t.error(
+                "",
+                format!(
                     "holds {} entr{} the snapshot does not have ({}{}): nothing was written; remove them, or pass --delete-extra to have the restore remove them",
                     extra.len(),
                     if extra.len() == 1 { "y" } else { "ies" },
                     shown.join(", "),
-                    if extra.len() > shown.len() {
-                        ", …"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-            for rel in &extra {
-                let p = target.join(rel);
-                let r = match p.symlink_metadata() {
-                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
-                    Ok(_) => std::fs::remove_file(&p),
-                    Err(_) => Ok(()),
-                };
-                r.map_err(|e| terr(format!("removing {rel}: {e}")))?;
-            }
+                    if extra.len() > shown.len() { ", …" } else { "" }
+                ),
+            ));
+        }
+        for rel in &extra {
+            t.root
+                .remove_all(rel)
+                .map_err(|e| t.error(rel, format!("removing it: {}", e.reason())))?;
         }
     }
-    std::fs::create_dir_all(target).map_err(|e| terr(e.to_string()))?;
-    let marker = target.join(INCOMPLETE_MARKER);
-    clear_link(&marker).map_err(|e| terr(e.to_string()))?;
-    no_follow()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&marker)
-        .map_err(|e| terr(e.to_string()))?;
-    Ok(marker)
+    t.root
+        .remove_all(INCOMPLETE_MARKER)
+        .map_err(|e| t.beneath(e))?;
+    create_new(t, INCOMPLETE_MARKER, 0o600)?;
+    Ok(())
+}
+
+/// Create file `rel` anew (`O_EXCL`, never through a link or an existing file).
+fn create_new(t: &Target, rel: &str, mode: u32) -> Result<File, EngineError> {
+    t.root
+        .open_at(
+            rel,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(mode),
+        )
+        .map(File::from)
+        .map_err(|e| t.beneath(e))
 }
 
 /// Make every directory and every file (at full length) of the snapshot; symlinks come last
-/// ([`finish`]), so nothing is ever written through one. Every parent was made a real
-/// directory before its children. The path of each entry.
-pub(super) fn lay_out(target: &Path, tree: &[TreeEntry]) -> Result<Vec<PathBuf>, EngineError> {
-    let paths: Vec<PathBuf> = tree.iter().map(|e| target.join(&e.path)).collect();
-    for (e, p) in tree.iter().zip(&paths) {
-        let err = |x: std::io::Error| EngineError::Target {
-            path: p.display().to_string(),
-            reason: x.to_string(),
-        };
+/// ([`finish`]). A file already at an entry's path (a link, a file with other links) is
+/// removed and created anew, so nothing outside the target is ever written.
+pub(super) fn lay_out(t: &Target, tree: &[TreeEntry]) -> Result<(), EngineError> {
+    for e in tree {
+        let rel = e.path.as_str();
         match e.kind {
-            // The target itself (the user's own path, made above).
-            EntryKind::Dir if e.path.is_empty() => {}
+            // The target itself (opened above).
+            EntryKind::Dir if rel.is_empty() => {}
             EntryKind::Dir => {
-                clear_for_dir(p).map_err(err)?;
-                match std::fs::create_dir(p) {
-                    Ok(()) => {}
-                    Err(x) if x.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(x) => return Err(err(x)),
+                let (parent, name) = t.root.open_parent(rel).map_err(|x| t.beneath(x))?;
+                match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+                    Ok(_) => unlink(t, &parent, name, rel)?,
+                    Err(rustix::io::Errno::NOENT) => {}
+                    Err(x) => return Err(t.error(rel, std::io::Error::from(x))),
+                }
+                match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(x) => return Err(t.error(rel, std::io::Error::from(x))),
                 }
             }
             EntryKind::File => {
-                clear_link(p).map_err(err)?;
-                let f = no_follow()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(p)
-                    .map_err(err)?;
-                f.set_len(e.size).map_err(err)?;
-                reserve(&f, e.size).map_err(err)?;
+                let (parent, name) = t.root.open_parent(rel).map_err(|x| t.beneath(x))?;
+                unlink(t, &parent, name, rel)?;
+                let f = create_new(t, rel, 0o600)?;
+                f.set_len(e.size).map_err(|x| t.error(rel, x))?;
+                reserve(&f, e.size).map_err(|x| t.error(rel, x))?;
             }
             EntryKind::Symlink => {}
         }
     }
+    Ok(())
+}
 
-    Ok(paths)
+/// Remove a non-directory at `name` in `parent` (nothing there is fine).
+fn unlink(
+    t: &Target,
+    parent: &std::os::fd::OwnedFd,
+    name: &str,
+    rel: &str,
+) -> Result<(), EngineError> {
+    match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(rustix::io::Errno::ISDIR) => Err(t.error(
+            rel,
+            "is a directory where the snapshot has a file: nothing was written to it (pass --delete-extra to have the restore remove it)",
+        )),
+        Err(x) => Err(t.error(rel, std::io::Error::from(x))),
+    }
 }
 
 /// Allocate a file's blocks before it is written: one allocation of contiguous extents, not
 /// one per write run (which, on a nearly full file system, is where a restore's time went),
 /// and a target without room fails here, before any data is written. File systems that cannot
 /// (`EOPNOTSUPP`) are written as before.
-fn reserve(f: &std::fs::File, size: u64) -> std::io::Result<()> {
+fn reserve(f: &File, size: u64) -> std::io::Result<()> {
     if size == 0 {
         return Ok(());
     }
@@ -144,38 +240,49 @@ fn reserve(f: &std::fs::File, size: u64) -> std::io::Result<()> {
 /// marker goes; directories deepest first. Each file is on disk before the restore says it
 /// is done. Calls `file_done` per file.
 pub(super) fn finish(
+    t: &Target,
     tree: &[TreeEntry],
-    paths: &[PathBuf],
-    marker: &Path,
     file_done: impl Fn(),
 ) -> Result<(), EngineError> {
-    for (e, p) in tree.iter().zip(paths) {
-        if e.kind != EntryKind::File {
-            continue;
-        }
-        set_meta(e, p)?;
+    for e in tree.iter().filter(|e| e.kind == EntryKind::File) {
+        set_meta(t, e)?;
         file_done();
     }
-    for (e, p) in tree.iter().zip(paths) {
-        if e.kind != EntryKind::Symlink {
-            continue;
-        }
-        let err = |x: std::io::Error| EngineError::Target {
-            path: p.display().to_string(),
-            reason: x.to_string(),
+    for e in tree.iter().filter(|e| e.kind == EntryKind::Symlink) {
+        let rel = e.path.as_str();
+        let (parent, name) = t.root.open_parent(rel).map_err(|x| t.beneath(x))?;
+        unlink(t, &parent, name, rel)?;
+        rustix::fs::symlinkat(e.target.as_deref().unwrap_or(""), &parent, name)
+            .map_err(|x| t.error(rel, std::io::Error::from(x)))?;
+        let ts = timespec(e.mtime_ns);
+        let times = Timestamps {
+            last_access: ts,
+            last_modification: ts,
         };
-        clear_link(p).map_err(err)?;
-        std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), p).map_err(err)?;
-        let t = filetime_of(e.mtime_ns);
-        filetime::set_symlink_file_times(p, t, t).map_err(err)?;
+        rustix::fs::utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|x| t.error(rel, std::io::Error::from(x)))?;
     }
-    std::fs::remove_file(marker).map_err(|e| target_error(marker)(e.to_string()))?;
-    for (e, p) in tree.iter().zip(paths).rev() {
-        if e.kind == EntryKind::Dir {
-            set_meta(e, p)?;
-        }
+    t.root
+        .remove_file(INCOMPLETE_MARKER)
+        .map_err(|x| t.beneath(x))?;
+    for e in tree.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
+        set_meta(t, e)?;
     }
     Ok(())
+}
+
+/// Mark the target as a restore that did not finish (after a failed read-back). Best effort:
+/// the error that called for it says it all.
+pub(super) fn mark_incomplete(t: &Target) {
+    let _ = t.root.remove_all(INCOMPLETE_MARKER);
+    let _ = create_new(t, INCOMPLETE_MARKER, 0o600);
+}
+
+fn timespec(ns: i128) -> Timespec {
+    Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000) as i64,
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
 }
 
 fn system_time(ns: i128) -> SystemTime {
@@ -189,56 +296,45 @@ fn system_time(ns: i128) -> SystemTime {
     }
 }
 
-/// Open flags that refuse to follow a symlink in the last component.
-pub(super) fn no_follow() -> OpenOptions {
-    no_follow_flags(0)
-}
-
-/// [`no_follow`] with more open flags.
-pub(super) fn no_follow_flags(flags: i32) -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.custom_flags(libc::O_NOFOLLOW | flags);
-    o
-}
-
 /// What the target holds that the snapshot does not (or holds as another kind), as paths
 /// relative to the target, sorted; symlinks the restore will replace are not counted. Walks
-/// without following links.
-fn extra_entries(target: &Path, tree: &[TreeEntry]) -> Result<Vec<String>, EngineError> {
+/// from directory descriptors, without following links.
+fn extra_entries(t: &Target, tree: &[TreeEntry]) -> Result<Vec<String>, EngineError> {
     let kinds: HashMap<&str, EntryKind> = tree.iter().map(|e| (e.path.as_str(), e.kind)).collect();
     let mut extra = Vec::new();
-    let mut stack = vec![(target.to_path_buf(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|e| EngineError::Target {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        for entry in rd {
-            let entry = entry.map_err(|e| EngineError::Target {
-                path: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = t
+            .root
+            .open_at(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| t.beneath(e))?;
+        let names = read_names(dir.as_fd()).map_err(|e| t.error(&rel, e))?;
+        for (name, _) in names {
+            let name_s = name_str(&name);
             let child = if rel.is_empty() {
-                name.clone()
+                name_s.clone()
             } else {
-                format!("{rel}/{name}")
+                format!("{rel}/{name_s}")
             };
-            if rel.is_empty() && (name == "lost+found" || name == INCOMPLETE_MARKER) {
+            if rel.is_empty() && (name_s == "lost+found" || name_s == INCOMPLETE_MARKER) {
                 continue;
             }
-            let ft = entry.file_type().map_err(|e| EngineError::Target {
-                path: entry.path().display().to_string(),
-                reason: e.to_string(),
-            })?;
+            let st = match rustix::fs::statat(&dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(x) => return Err(t.error(&child, std::io::Error::from(x))),
+            };
+            let ft = FileType::from_raw_mode(st.st_mode);
             match kinds.get(child.as_str()) {
-                _ if ft.is_symlink() => {
+                // A name that is not UTF-8 is never the snapshot's.
+                _ if name_s.as_bytes() != name.as_slice() => extra.push(child),
+                _ if ft == FileType::Symlink => {
                     if !kinds.contains_key(child.as_str()) {
                         extra.push(child);
                     }
                 }
-                Some(EntryKind::Dir) if ft.is_dir() => stack.push((entry.path(), child)),
-                Some(EntryKind::File) if ft.is_file() => {}
+                Some(EntryKind::Dir) if ft == FileType::Directory => stack.push(child),
+                Some(EntryKind::File) if ft == FileType::RegularFile => {}
                 _ => extra.push(child),
             }
         }
@@ -247,79 +343,41 @@ fn extra_entries(target: &Path, tree: &[TreeEntry]) -> Result<Vec<String>, Engin
     Ok(extra)
 }
 
-/// Remove whatever is at `p` unless it is a real directory (a symlink, a file), without
-/// following links.
-fn clear_for_dir(p: &Path) -> std::io::Result<()> {
-    match p.symlink_metadata() {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => std::fs::remove_file(p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Remove a symlink at `p` (the restore never writes through one).
-fn clear_link(p: &Path) -> std::io::Result<()> {
-    match p.symlink_metadata() {
-        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(p),
-        _ => Ok(()),
-    }
-}
-
-fn filetime_of(ns: i128) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(
-        ns.div_euclid(1_000_000_000) as i64,
-        ns.rem_euclid(1_000_000_000) as u32,
-    )
-}
-
 /// Check a restored file's size, set its times and mode, and sync it (a directory: times,
-/// mode, sync). Through a descriptor opened without following links.
-fn set_meta(e: &TreeEntry, p: &Path) -> Result<(), EngineError> {
-    let err = |x: std::io::Error| EngineError::Target {
-        path: p.display().to_string(),
-        reason: x.to_string(),
-    };
-    let mut open = OpenOptions::new();
-    open.read(true);
-    // The target itself is the user's own path (it may be a link they made); below it,
-    // nothing is followed.
-    let follow = if e.path.is_empty() {
-        0
+/// mode, sync). Through a descriptor opened beneath the target, following no link.
+fn set_meta(t: &Target, e: &TreeEntry) -> Result<(), EngineError> {
+    let rel = e.path.as_str();
+    let flags = if e.kind == EntryKind::Dir {
+        OFlags::RDONLY | OFlags::DIRECTORY
     } else {
-        libc::O_NOFOLLOW
+        OFlags::RDONLY
     };
-    if e.kind == EntryKind::Dir {
-        open.custom_flags(follow | libc::O_DIRECTORY);
-    } else {
-        open.custom_flags(follow);
-    }
-    let f = open.open(p).map_err(err)?;
+    let f = t.open(rel, flags)?;
     if e.kind == EntryKind::File {
-        let len = f.metadata().map_err(err)?.len();
+        let len = f.metadata().map_err(|x| t.error(rel, x))?.len();
         if len != e.size {
-            return Err(EngineError::Target {
-                path: p.display().to_string(),
-                reason: format!("restored {len} bytes, snapshot has {}", e.size),
-            });
+            return Err(t.error(
+                rel,
+                format!("restored {len} bytes, snapshot has {}", e.size),
+            ));
         }
     }
     // The target directory itself may belong to someone else (a volume's root is root's,
     // and the restore runs as mongod's user): then its own times and mode stay as they are.
     // Everything inside it the restore created, and gets the snapshot's.
     let not_ours =
-        |x: &std::io::Error| e.path.is_empty() && x.kind() == std::io::ErrorKind::PermissionDenied;
+        |x: &std::io::Error| rel.is_empty() && x.kind() == std::io::ErrorKind::PermissionDenied;
     let times = FileTimes::new()
         .set_modified(system_time(e.mtime_ns))
         .set_accessed(system_time(e.mtime_ns));
     match f.set_times(times) {
-        Err(x) if !not_ours(&x) => return Err(err(x)),
+        Err(x) if !not_ours(&x) => return Err(t.error(rel, x)),
         _ => {}
     }
     match f.set_permissions(std::fs::Permissions::from_mode(e.mode)) {
-        Err(x) if !not_ours(&x) => return Err(err(x)),
+        Err(x) if !not_ours(&x) => return Err(t.error(rel, x)),
         _ => {}
     }
-    f.sync_all().map_err(err)?;
+    f.sync_all().map_err(|x| t.error(rel, x))?;
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! every place it belongs.
 
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
@@ -33,14 +32,14 @@ const GAP_MAX: u64 = 256 * 1024;
 const BATCH: usize = 4096;
 
 /// Read every pack the placements (sorted by pack and offset) name and write its blobs into
-/// the files at `paths`, on `threads` threads: a feeder reads the sorted placements and hands
+/// the target's `files`, on `threads` threads: a feeder reads the sorted placements and hands
 /// them out a pack at a time.
 pub(super) fn read_packs(
     repo: &Repository,
     index: &Index,
     placements: Sorted<PLACE>,
     chunk_size: u32,
-    paths: &[PathBuf],
+    files: super::writer::Files<'_>,
     progress: &Progress,
     threads: usize,
 ) -> Result<(), EngineError> {
@@ -71,7 +70,7 @@ pub(super) fn read_packs(
                 .map(|_| {
                     let rx = rx.clone();
                     // Each reader hands its runs to a file writer of its own.
-                    let (mut runs, writer) = runs(paths, true);
+                    let (mut runs, writer) = runs(files, true);
                     let writing = s.spawn(move || writer.run());
                     let reading = s.spawn(move || {
                         // The span read and a blob's plaintext: reused for every pack.

@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+use super::target::Target;
 use crate::engine::EngineError;
+use crate::engine::format::TreeEntry;
+use rustix::fs::OFlags;
 
 /// `O_DIRECT` needs the buffer, the file offset and the length aligned to the file system's
 /// logical block size; 4 KiB covers every common one.
@@ -82,7 +84,7 @@ fn writer_stopped() -> EngineError {
 }
 
 /// A reader's [`Runs`] and the [`FileWriter`] that writes them, connected.
-pub(super) fn runs<'p>(paths: &'p [PathBuf], direct: bool) -> (Runs, FileWriter<'p>) {
+pub(super) fn runs<'p>(files: Files<'p>, direct: bool) -> (Runs, FileWriter<'p>) {
     let (to_writer, from_reader) = sync_channel(RUNS);
     let (to_reader, returned) = sync_channel(RUNS);
     (
@@ -93,7 +95,7 @@ pub(super) fn runs<'p>(paths: &'p [PathBuf], direct: bool) -> (Runs, FileWriter<
             made: 1,
         },
         FileWriter {
-            paths,
+            target: files,
             files: HashMap::new(),
             direct,
             from_reader,
@@ -159,8 +161,11 @@ struct TargetFile {
 }
 
 /// The writing side, on its own thread: writes each run it is handed, and hands it back.
+/// The target and its entries (a run's file is a position in the tree).
+pub(super) type Files<'p> = (&'p Target, &'p [TreeEntry]);
+
 pub(super) struct FileWriter<'p> {
-    paths: &'p [PathBuf],
+    target: Files<'p>,
     files: HashMap<usize, TargetFile>,
     /// Direct writes are tried (cleared after the file system refuses one).
     direct: bool,
@@ -183,11 +188,9 @@ impl FileWriter<'_> {
     /// (an unaligned start or tail) buffered.
     fn write_run(&mut self, run: &Run) -> Result<(), EngineError> {
         let (data, offset) = (run.bytes(), run.offset);
-        let path = &self.paths[run.file];
-        let err = |e: std::io::Error| EngineError::Target {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
+        let (t, tree) = self.target;
+        let rel = tree[run.file].path.as_str();
+        let err = |e: std::io::Error| t.error(rel, e);
         if self.files.len() >= OPEN_MAX && !self.files.contains_key(&run.file) {
             self.files.clear();
         }
@@ -197,14 +200,15 @@ impl FileWriter<'_> {
         let aligned = data.as_ptr().align_offset(ALIGN) == 0 && offset % ALIGN as u64 == 0;
         if self.direct && aligned && direct_len >= DIRECT_MIN {
             if target.direct.is_none() {
-                match super::target::no_follow_flags(libc::O_DIRECT)
-                    .write(true)
-                    .open(path)
-                {
-                    Ok(f) => target.direct = Some(f),
+                match t.root.open_at(
+                    rel,
+                    OFlags::WRONLY | OFlags::DIRECT,
+                    rustix::fs::Mode::empty(),
+                ) {
+                    Ok(f) => target.direct = Some(File::from(f)),
                     // The file system does not take O_DIRECT: buffered from now on.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = false,
-                    Err(e) => return Err(err(e)),
+                    Err(e) => return Err(t.error(rel, e.reason())),
                 }
             }
             if let Some(f) = &target.direct {
@@ -222,12 +226,7 @@ impl FileWriter<'_> {
         }
         if done < data.len() {
             if target.buffered.is_none() {
-                target.buffered = Some(
-                    super::target::no_follow()
-                        .write(true)
-                        .open(path)
-                        .map_err(err)?,
-                );
+                target.buffered = Some(t.open(rel, OFlags::WRONLY)?);
             }
             if let Some(f) = &target.buffered {
                 f.write_all_at(&data[done..], offset + done as u64)
@@ -244,14 +243,33 @@ mod tests {
 
     /// Runs joined, split at 4 MiB, unaligned starts and tails, a chunk longer than a run,
     /// several files: the files hold exactly what was written, direct or not.
+    fn entries(names: &[&str]) -> Vec<TreeEntry> {
+        names
+            .iter()
+            .map(|n| TreeEntry {
+                path: n.to_string(),
+                kind: crate::engine::format::EntryKind::File,
+                mode: 0o600,
+                mtime_ns: 0,
+                size: 0,
+                target: None,
+                inode: 0,
+                chunks: Vec::new(),
+                part: 0,
+            })
+            .collect()
+    }
+
     fn writes_land(dir: &std::path::Path, direct: bool) {
-        let paths: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("f{i}"))).collect();
+        let tree = entries(&["f0", "f1", "f2"]);
+        let t = super::super::target::for_tests(dir);
+        let paths: Vec<_> = tree.iter().map(|e| dir.join(&e.path)).collect();
         let sizes = [9 * 1024 * 1024 + 100, 20_000, 5 * 1024 * 1024];
         let mut want: Vec<Vec<u8>> = sizes.iter().map(|n| vec![0u8; *n]).collect();
         for (p, n) in paths.iter().zip(sizes) {
             File::create(p).unwrap().set_len(n as u64).unwrap();
         }
-        let (mut w, writer) = runs(&paths, direct);
+        let (mut w, writer) = runs((&t, &tree), direct);
         std::thread::scope(|s| {
             let writing = s.spawn(|| writer.run());
             let mut put = |f: usize, off: usize, len: usize, seed: u8| {
@@ -301,8 +319,9 @@ mod tests {
     #[test]
     fn a_failed_writer_stops_its_reader() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = vec![dir.path().join("missing/f")];
-        let (mut w, writer) = runs(&paths, true);
+        let tree = entries(&["missing/f"]);
+        let t = super::super::target::for_tests(dir.path());
+        let (mut w, writer) = runs((&t, &tree), true);
         std::thread::scope(|s| {
             let writing = s.spawn(|| writer.run());
             let mut r = Ok(());
