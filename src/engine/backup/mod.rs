@@ -12,7 +12,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub use self::scan::{Scan, ScanEntry, scan};
+pub use self::scan::{Scan, ScanEntry, scan, scan_with};
 use self::tree::Totals;
 use self::workers::{Inputs, Shared, run_pipeline};
 use super::EngineError;

@@ -54,6 +54,18 @@ fn mtime_ns(m: &Stat) -> i128 {
 /// link. Refuses, before anything is written, a missing or unreadable source and one with
 /// `max_files` files or more.
 pub fn scan(root: &Path, within: Option<&Path>, max_files: u64) -> Result<Scan, EngineError> {
+    scan_with(root, within, max_files, &mut |_| {})
+}
+
+/// [`scan`], calling `before_dir` with each directory's relative path just before it is
+/// opened (a directory listed, then changed before it is read: the hostile-tree tests swap
+/// it there).
+pub fn scan_with(
+    root: &Path,
+    within: Option<&Path>,
+    max_files: u64,
+    before_dir: &mut dyn FnMut(&str),
+) -> Result<Scan, EngineError> {
     let from = |e: BeneathError| EngineError::Source {
         path: e.path().to_string(),
         reason: match e.io_kind() {
@@ -99,6 +111,9 @@ pub fn scan(root: &Path, within: Option<&Path>, max_files: u64) -> Result<Scan, 
             path: abs(&rel).display().to_string(),
             reason: e.to_string(),
         };
+        if !rel.is_empty() {
+            before_dir(&rel);
+        }
         let fd = scan
             .dir
             .open_at(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
@@ -278,9 +293,16 @@ pub(super) fn open_scanned(root: &Root, entry: &ScanEntry) -> Result<File, Engin
         )
         .map(File::from)
         .map_err(|e| match e {
-            BeneathError::Link { path } => err(format!(
-                "{path} became a symbolic link after the scan: not followed, no snapshot was written"
-            )),
+            BeneathError::Link { path } => {
+                let what = if path == entry.abs.display().to_string() {
+                    String::new()
+                } else {
+                    format!(" (its directory {path})")
+                };
+                err(format!(
+                    "became a symbolic link after the scan{what}: not followed, no snapshot was written"
+                ))
+            }
             other => err(other.reason()),
         })?;
     let m = rustix::fs::fstat(&file).map_err(|e| err(std::io::Error::from(e).to_string()))?;

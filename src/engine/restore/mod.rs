@@ -120,9 +120,9 @@ async fn run_restore(
 
     // Write: the target opened (never overlapping the repository), prepared and laid out,
     // every pack read once, then the finish.
-    let t = target::open(target, &opts, repo.backend.local_root())?;
+    let mut t = target::open(target, &opts, repo.backend.local_root())?;
     target::prepare(&t, &tree, &opts)?;
-    target::lay_out(&t, &tree)?;
+    target::lay_out(&mut t, &tree)?;
     workers::read_packs(
         repo,
         &index,

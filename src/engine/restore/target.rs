@@ -19,12 +19,16 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
 use super::{INCOMPLETE_MARKER, RestoreOptions};
 use crate::engine::EngineError;
-use crate::engine::beneath::{BeneathError, Root, name_str, read_names};
+use crate::engine::beneath::{BeneathError, FileId, Root, file_id, name_str, read_names};
 use crate::engine::format::{EntryKind, TreeEntry};
 
-/// The target opened as a root, with each tree entry's path beneath it.
+/// The target opened as a root, and the identity (device, inode) of each file the restore
+/// made, by position in the tree: every later open checks it still has the file it made, so
+/// a file swapped in during the restore (a hard link to a file elsewhere on the volume) is
+/// never written.
 pub(super) struct Target {
     pub root: Root,
+    made: Vec<FileId>,
 }
 
 impl Target {
@@ -43,20 +47,58 @@ impl Target {
         }
     }
 
-    /// Open entry `rel` beneath the target with `flags`, following no link.
+    /// Open entry `rel` beneath the target with `flags`, following no link and never
+    /// blocking on a FIFO planted there.
     pub(super) fn open(&self, rel: &str, flags: OFlags) -> Result<File, EngineError> {
         self.root
-            .open_at(rel, flags, Mode::empty())
+            .open_at(rel, flags | OFlags::NONBLOCK, Mode::empty())
             .map(File::from)
             .map_err(|e| self.beneath(e))
     }
+
+    /// Open the file the restore made for tree entry `i` (at `rel`) with `flags`, checked to
+    /// be that file still.
+    pub(super) fn open_made(
+        &self,
+        i: usize,
+        rel: &str,
+        flags: OFlags,
+    ) -> Result<File, EngineError> {
+        let f = self.open(rel, flags)?;
+        self.check_made(i, rel, &f)?;
+        Ok(f)
+    }
+
+    /// Check `f` (opened at `rel`) is the file the restore made for tree entry `i`.
+    pub(super) fn check_made(&self, i: usize, rel: &str, f: &File) -> Result<(), EngineError> {
+        let st = rustix::fs::fstat(f).map_err(|x| self.error(rel, std::io::Error::from(x)))?;
+        if self.made.get(i) != Some(&file_id(&st)) {
+            return Err(self.error(
+                rel,
+                "was replaced by something else while the restore wrote it (another process writes into the target): stopped; stop whatever writes there and restore again",
+            ));
+        }
+        Ok(())
+    }
 }
 
-/// A target at `dir`, for unit tests.
+/// A target at `dir` whose files (those of `tree` that exist) count as made, for unit tests.
 #[cfg(test)]
-pub(super) fn for_tests(dir: &Path) -> Target {
+pub(super) fn for_tests(dir: &Path, tree: &[TreeEntry]) -> Target {
+    let made = tree
+        .iter()
+        .map(|e| {
+            std::fs::symlink_metadata(dir.join(&e.path))
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino())
+                })
+                .unwrap_or((0, 0))
+        })
+        .collect();
     Target {
         root: Root::open(dir).expect("a test directory"),
+        made,
     }
 }
 
@@ -104,7 +146,10 @@ pub(super) fn open(
             )));
         }
     }
-    Ok(Target { root })
+    Ok(Target {
+        root,
+        made: Vec::new(),
+    })
 }
 
 /// Refuse a target that is not empty without `force`, or holds what the snapshot does not
@@ -170,8 +215,9 @@ fn create_new(t: &Target, rel: &str, mode: u32) -> Result<File, EngineError> {
 /// Make every directory and every file (at full length) of the snapshot; symlinks come last
 /// ([`finish`]). A file already at an entry's path (a link, a file with other links) is
 /// removed and created anew, so nothing outside the target is ever written.
-pub(super) fn lay_out(t: &Target, tree: &[TreeEntry]) -> Result<(), EngineError> {
-    for e in tree {
+pub(super) fn lay_out(t: &mut Target, tree: &[TreeEntry]) -> Result<(), EngineError> {
+    t.made = vec![(0, 0); tree.len()];
+    for (i, e) in tree.iter().enumerate() {
         let rel = e.path.as_str();
         match e.kind {
             // The target itself (opened above).
@@ -193,6 +239,9 @@ pub(super) fn lay_out(t: &Target, tree: &[TreeEntry]) -> Result<(), EngineError>
                 let (parent, name) = t.root.open_parent(rel).map_err(|x| t.beneath(x))?;
                 unlink(t, &parent, name, rel)?;
                 let f = create_new(t, rel, 0o600)?;
+                let st =
+                    rustix::fs::fstat(&f).map_err(|x| t.error(rel, std::io::Error::from(x)))?;
+                t.made[i] = file_id(&st);
                 f.set_len(e.size).map_err(|x| t.error(rel, x))?;
                 reserve(&f, e.size).map_err(|x| t.error(rel, x))?;
             }
@@ -244,9 +293,11 @@ pub(super) fn finish(
     tree: &[TreeEntry],
     file_done: impl Fn(),
 ) -> Result<(), EngineError> {
-    for e in tree.iter().filter(|e| e.kind == EntryKind::File) {
-        set_meta(t, e)?;
-        file_done();
+    for (i, e) in tree.iter().enumerate() {
+        if e.kind == EntryKind::File {
+            set_meta(t, i, e)?;
+            file_done();
+        }
     }
     for e in tree.iter().filter(|e| e.kind == EntryKind::Symlink) {
         let rel = e.path.as_str();
@@ -265,8 +316,10 @@ pub(super) fn finish(
     t.root
         .remove_file(INCOMPLETE_MARKER)
         .map_err(|x| t.beneath(x))?;
-    for e in tree.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
-        set_meta(t, e)?;
+    for (i, e) in tree.iter().enumerate().rev() {
+        if e.kind == EntryKind::Dir {
+            set_meta(t, i, e)?;
+        }
     }
     Ok(())
 }
@@ -345,14 +398,13 @@ fn extra_entries(t: &Target, tree: &[TreeEntry]) -> Result<Vec<String>, EngineEr
 
 /// Check a restored file's size, set its times and mode, and sync it (a directory: times,
 /// mode, sync). Through a descriptor opened beneath the target, following no link.
-fn set_meta(t: &Target, e: &TreeEntry) -> Result<(), EngineError> {
+fn set_meta(t: &Target, i: usize, e: &TreeEntry) -> Result<(), EngineError> {
     let rel = e.path.as_str();
-    let flags = if e.kind == EntryKind::Dir {
-        OFlags::RDONLY | OFlags::DIRECTORY
+    let f = if e.kind == EntryKind::Dir {
+        t.open(rel, OFlags::RDONLY | OFlags::DIRECTORY)?
     } else {
-        OFlags::RDONLY
+        t.open_made(i, rel, OFlags::RDONLY)?
     };
-    let f = t.open(rel, flags)?;
     if e.kind == EntryKind::File {
         let len = f.metadata().map_err(|x| t.error(rel, x))?.len();
         if len != e.size {

@@ -226,7 +226,7 @@ impl FileWriter<'_> {
         }
         if done < data.len() {
             if target.buffered.is_none() {
-                target.buffered = Some(t.open(rel, OFlags::WRONLY)?);
+                target.buffered = Some(t.open_made(run.file, rel, OFlags::WRONLY)?);
             }
             if let Some(f) = &target.buffered {
                 f.write_all_at(&data[done..], offset + done as u64)
@@ -241,8 +241,6 @@ impl FileWriter<'_> {
 mod tests {
     use super::*;
 
-    /// Runs joined, split at 4 MiB, unaligned starts and tails, a chunk longer than a run,
-    /// several files: the files hold exactly what was written, direct or not.
     fn entries(names: &[&str]) -> Vec<TreeEntry> {
         names
             .iter()
@@ -260,15 +258,17 @@ mod tests {
             .collect()
     }
 
+    /// Runs joined, split at 4 MiB, unaligned starts and tails, a chunk longer than a run,
+    /// several files: the files hold exactly what was written, direct or not.
     fn writes_land(dir: &std::path::Path, direct: bool) {
         let tree = entries(&["f0", "f1", "f2"]);
-        let t = super::super::target::for_tests(dir);
         let paths: Vec<_> = tree.iter().map(|e| dir.join(&e.path)).collect();
         let sizes = [9 * 1024 * 1024 + 100, 20_000, 5 * 1024 * 1024];
         let mut want: Vec<Vec<u8>> = sizes.iter().map(|n| vec![0u8; *n]).collect();
         for (p, n) in paths.iter().zip(sizes) {
             File::create(p).unwrap().set_len(n as u64).unwrap();
         }
+        let t = super::super::target::for_tests(dir, &tree);
         let (mut w, writer) = runs((&t, &tree), direct);
         std::thread::scope(|s| {
             let writing = s.spawn(|| writer.run());
@@ -320,7 +320,7 @@ mod tests {
     fn a_failed_writer_stops_its_reader() {
         let dir = tempfile::tempdir().unwrap();
         let tree = entries(&["missing/f"]);
-        let t = super::super::target::for_tests(dir.path());
+        let t = super::super::target::for_tests(dir.path(), &tree);
         let (mut w, writer) = runs((&t, &tree), true);
         std::thread::scope(|s| {
             let writing = s.spawn(|| writer.run());
