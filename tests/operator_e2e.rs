@@ -14,7 +14,8 @@ use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{
-    cluster_or_skip, eventually, try_wait_for, unique_name, wait_for, wait_for_deletion,
+    TestNamespace, cluster_or_skip, eventually, try_wait_for, unique_name, wait_for,
+    wait_for_deletion,
 };
 use support::operator::{
     ChartOperator, LONG, Operator, claim, create, member, snapshot_condition, wait_for_event,
@@ -180,6 +181,13 @@ async fn scenario(under_chart_rbac: bool) {
     .await;
     assert_eq!(j.status.as_ref().and_then(|s| s.key_id.clone()), st.key_id);
     wait_for_event(&ns, &snap_name, "Succeeded").await;
+    // The agent's rights: its ServiceAccount may patch this Snapshot's status, and no other
+    // Snapshot's or Restore's (asked of the API server's own authorizer).
+    let agent = format!("system:serviceaccount:{}:snapcrypt-agent-once", ns.name());
+    assert!(may(&ns, &agent, "snapshots", "status", &snap_name).await);
+    assert!(!may(&ns, &agent, "snapshots", "status", "another-jobs-snapshot").await);
+    assert!(!may(&ns, &agent, "restores", "status", "any-restore").await);
+    assert!(!may(&ns, &agent, "snapshots", "", "another-jobs-snapshot").await);
 
     // The repository restores to exactly what the member held.
     let repo = volume_dir(&ns, "backups").await.join("repo");
@@ -268,6 +276,67 @@ async fn scenario(under_chart_rbac: bool) {
         pod_logs(ns.name())
     );
     support::assert_same_tree(rs0_1, &db);
+    // The hostile target (found by hand on 4c5991e, where it deleted the repository): the
+    // target claim holds `db2 -> /repo/repo`, the repository as the restore pod mounts it.
+    // A forced Restore with deleteExtra into db2 fails naming the link, and one into db,
+    // where links to the repository are planted at two depths, replaces the links and leaves
+    // the repository whole: it verifies reading every pack, and restores.
+    let restored_vol = volume_dir(&ns, "restored").await;
+    std::os::unix::fs::symlink("/repo/repo", restored_vol.join("db2")).expect("plant db2");
+    std::fs::remove_dir_all(db.join("journal")).expect("journal");
+    std::os::unix::fs::symlink("/repo/repo/data", db.join("journal")).expect("plant journal");
+    std::os::unix::fs::symlink("/repo/repo", db.join("extra-link")).expect("plant link");
+    let hostile = |name: &str, path: &str| {
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name},
+               "spec": {"snapshotRef": {"name": &snap_name},
+                        "target": {"claimName": "restored", "path": path, "force": true,
+                                   "deleteExtra": true}}})
+    };
+    let st = finished_restore(&ns, hostile("through-a-link", "db2")).await;
+    assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("/target/db2: is a symbolic link: never followed")),
+        "{:?}",
+        st.message
+    );
+    let st = finished_restore(&ns, hostile("links-inside", "db")).await;
+    assert_eq!(
+        st.phase,
+        RunPhase::Succeeded,
+        "{st:?}\n{}",
+        pod_logs(ns.name())
+    );
+    support::assert_same_tree(rs0_1, &db);
+    let (repo_s, key_s) = (repo.display().to_string(), key.display().to_string());
+    support::ok(
+        &[
+            "verify",
+            "--repo",
+            &repo_s,
+            "--key-file",
+            &key_s,
+            "--read-data",
+        ],
+        &[],
+    );
+    let again = work.path().join("after-hostile");
+    support::ok(
+        &[
+            "restore",
+            "--repo",
+            &repo_s,
+            "--key-file",
+            &key_s,
+            "--snapshot",
+            &id,
+            "--target",
+            &again.display().to_string(),
+        ],
+        &[],
+    );
+    support::assert_same_tree(rs0_1, &again);
     // A Snapshot that does not exist: a condition naming the field, no pod.
     create::<Restore>(&restores, restore("ghost", "no-such-snapshot")).await;
     let ghost = wait_for(
@@ -525,4 +594,40 @@ async fn leader_election_fails_over() {
     .await;
     assert_eq!(l.spec.and_then(|s| s.lease_transitions), Some(1));
     let _ = leases.delete(&lease_name, &Default::default()).await;
+}
+
+/// Whether `user` may patch (a subresource: status) or get (none) snapcrypt.dev `resource`
+/// `name` in the test namespace, as the API server's authorizer answers a
+/// SubjectAccessReview.
+async fn may(ns: &TestNamespace, user: &str, resource: &str, sub: &str, name: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{}", ns.name()),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.name().into()),
+                verb: Some(if sub.is_empty() { "get" } else { "patch" }.into()),
+                group: Some("snapcrypt.dev".into()),
+                resource: Some(resource.into()),
+                subresource: (!sub.is_empty()).then(|| sub.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(ns.client());
+    let answer = api
+        .create(&Default::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
+    answer.status.is_some_and(|s| s.allowed)
 }

@@ -149,7 +149,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         "rs0",
         "repo",
         json!({"readData": {"schedule": every_minute(), "percent": 50},
-               "restoreTest": {"schedule": every_minute(), "check": {"image": check}}}),
+               "restoreTest": {"schedule": every_minute(), "check": {"image": check, "writable": true}}}),
     )
     .await;
     job(
@@ -157,7 +157,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         "bad",
         "repo-bad",
         json!({"restoreTest": {"schedule": every_minute(),
-               "check": {"image": check, "args": ["/restored/no-such-db"]}}}),
+               "check": {"image": check, "writable": true, "args": ["/restored/no-such-db"]}}}),
     )
     .await;
     let snaps: Api<Snapshot> = ns.api();

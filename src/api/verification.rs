@@ -75,13 +75,15 @@ fn default_keep() -> u32 {
 /// Where a check container finds the restored volume.
 pub const RESTORED_MOUNT: &str = "/restored";
 
-/// A user's container that judges a restored volume, mounted read-write at `/restored` (the
-/// restored directory is in `$SNAPCRYPT_RESTORED_PATH`). For MongoDB: an image that starts
-/// mongod on the files and runs `validate`. It runs as uid and gid 999 (mongod's), non-root,
-/// with a read-only root filesystem and a writable `/tmp`. Exit 0 passes; anything else fails,
-/// and its termination message (`/dev/termination-log`) is the Restore's message.
+/// A user's container that judges a restored volume, mounted at `/restored` (read-only unless
+/// `writable`; the restored directory is in `$SNAPCRYPT_RESTORED_PATH`). For MongoDB: an
+/// image that starts mongod on the files and runs `validate` (mongod recovers its journal, so
+/// it needs `writable: true`). It runs as uid and gid 999 (mongod's), non-root, with a
+/// read-only root filesystem, a writable `/tmp`, no API token. Exit 0 passes; anything else
+/// fails, and its termination message (`/dev/termination-log`) is the Restore's message.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.env) || self.env.all(e, !has(e.valueFrom))").message("check.env: valueFrom is not allowed (the operator would read Secrets and ConfigMaps for whoever writes the check); give values inline"))]
 pub struct CheckContainer {
     /// The image.
     #[schemars(length(min = 1, max = 1024))]
@@ -92,9 +94,14 @@ pub struct CheckContainer {
     /// Arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Extra environment.
+    /// Extra environment, values inline (`valueFrom` is refused: the operator would read
+    /// Secrets and ConfigMaps of the namespace on behalf of whoever writes the check).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// Mount the restored volume read-write (mongod recovering its journal needs it);
+    /// read-only by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable: bool,
     /// Resources of the check container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

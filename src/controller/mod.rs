@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -312,6 +313,41 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Whether `obj` is one the operator made for the object with uid `owner_uid`: its
+/// controller owner reference is that object, and it carries the managed-by label. Pure.
+pub fn made_for<K: Resource>(obj: &K, owner_uid: &str) -> bool {
+    let labelled = obj
+        .meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(names::MANAGED_BY.0))
+        .is_some_and(|v| v == names::MANAGED_BY.1);
+    let owned = obj
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == owner_uid);
+    labelled && owned
+}
+
+/// Delete pod `name` only if the operator made it for the object with uid `owner_uid`
+/// ([`made_for`]): a name read from status, which agents may write, never makes the operator
+/// delete another pod (a member's mongod, say). Returns whether it deleted one.
+pub async fn delete_own_pod(api: &Api<Pod>, name: &str, owner_uid: &str) -> kube::Result<bool> {
+    let Some(pod) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    if !made_for(&pod, owner_uid) {
+        tracing::warn!(
+            pod = name,
+            "not deleting a pod named in status that this object's operator did not create"
+        );
+        return Ok(false);
+    }
+    delete_exactly(api, &pod).await
 }
 
 /// [`delete_exactly`] with no grace period: the object goes from the API at once, without its

@@ -1,6 +1,10 @@
-//! The identity agent pods (every kind of run) run as: one ServiceAccount per BackupJob, with
-//! a Role that can only read Snapshots and Restores and patch their status (for progress).
-//! Owned by the BackupJob. Built pure ([`agent_rbac`]), applied by [`apply_agent_identity`].
+//! The identity agent pods (every kind of run) run as: one ServiceAccount per BackupJob (owned
+//! by it, annotated for a cloud's workload identity), whose own Role grants nothing; and per
+//! run, a Role and RoleBinding owned by the Snapshot or Restore that let that ServiceAccount
+//! read that one object and patch its status (`resourceNames`), for progress and the result.
+//! An agent can never write another job's objects, nor a finished run's (its Role goes with
+//! it). Built pure ([`agent_rbac`], [`run_rbac`]), applied by [`apply_agent_identity`] and
+//! [`apply_run_access`].
 
 use std::collections::BTreeMap;
 
@@ -13,34 +17,110 @@ use crate::api::BackupJob;
 use crate::controller::names::{agent_service_account, job_labels};
 use crate::controller::{Context, apply};
 
-/// The rules the agent needs, and nothing more.
+/// Every rule any agent needs (for the chart's ClusterRole that states them for review):
+/// read Snapshots and Restores, patch their status. The operator grants them per run, for
+/// one object at a time ([`run_rules`]).
 pub fn agent_rules() -> Vec<PolicyRule> {
+    ["snapshots", "restores"]
+        .into_iter()
+        .flat_map(|r| run_rules(r, None))
+        .collect()
+}
+
+/// What the agent of one run needs: get `resource` and get and patch its status, limited to
+/// the object `name` (all of them with `None`).
+pub fn run_rules(resource: &str, name: Option<&str>) -> Vec<PolicyRule> {
+    let names = name.map(|n| vec![n.to_string()]);
     vec![
         PolicyRule {
             api_groups: Some(vec![crate::api::GROUP.into()]),
-            resources: Some(vec!["snapshots".into()]),
+            resources: Some(vec![resource.into()]),
             verbs: vec!["get".into()],
+            resource_names: names.clone(),
             ..Default::default()
         },
         PolicyRule {
             api_groups: Some(vec![crate::api::GROUP.into()]),
-            resources: Some(vec!["snapshots/status".into()]),
+            resources: Some(vec![format!("{resource}/status")]),
             verbs: vec!["get".into(), "patch".into()],
-            ..Default::default()
-        },
-        PolicyRule {
-            api_groups: Some(vec![crate::api::GROUP.into()]),
-            resources: Some(vec!["restores".into()]),
-            verbs: vec!["get".into()],
-            ..Default::default()
-        },
-        PolicyRule {
-            api_groups: Some(vec![crate::api::GROUP.into()]),
-            resources: Some(vec!["restores/status".into()]),
-            verbs: vec!["get".into(), "patch".into()],
+            resource_names: names,
             ..Default::default()
         },
     ]
+}
+
+/// The object a run's agent reports into: a Snapshot or a Restore.
+pub struct RunObject<'a> {
+    /// `snapshots` or `restores`.
+    pub resource: &'static str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    /// Its controller owner reference (the Role and RoleBinding go with it).
+    pub owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+}
+
+impl<'a> RunObject<'a> {
+    pub fn of<K: Resource<DynamicType = ()>>(obj: &'a K, resource: &'static str) -> Option<Self> {
+        Some(RunObject {
+            resource,
+            name: obj.meta().name.as_deref()?,
+            uid: obj.meta().uid.as_deref()?,
+            owner: obj.controller_owner_ref(&())?,
+        })
+    }
+}
+
+/// The Role and RoleBinding that let `job`'s agent ServiceAccount read `run` and patch its
+/// status, and nothing else; owned by the run. Named by the run's uid.
+pub fn run_rbac(job: &BackupJob, run: &RunObject<'_>) -> (Role, RoleBinding) {
+    let name = format!("snapcrypt-agent-run-{}", run.uid);
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: job.namespace(),
+        labels: Some(job_labels(&job.name_any())),
+        owner_references: Some(vec![run.owner.clone()]),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(run_rules(run.resource, Some(run.name))),
+    };
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: agent_service_account(&job.name_any()),
+            namespace: job.namespace(),
+            api_group: None,
+        }]),
+    };
+    (role, binding)
+}
+
+/// Apply [`run_rbac`]: `job`'s agent may read and report into `run`, and only it.
+pub async fn apply_run_access(
+    ctx: &Context,
+    ns: &str,
+    job: &BackupJob,
+    run: &RunObject<'_>,
+) -> Result<(), (&'static str, kube::Error)> {
+    let (role, binding) = run_rbac(job, run);
+    let client = &ctx.client;
+    apply(&Api::<Role>::namespaced(client.clone(), ns), &role)
+        .await
+        .map_err(|e| ("Role", e))?;
+    apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), ns),
+        &binding,
+    )
+    .await
+    .map_err(|e| ("RoleBinding", e))?;
+    Ok(())
 }
 
 /// The annotations that tie the agent's ServiceAccount to a cloud identity: GKE Workload
@@ -79,9 +159,12 @@ pub fn agent_rbac(job: &BackupJob) -> Option<(ServiceAccount, Role, RoleBinding)
         },
         ..Default::default()
     };
+    // Nothing for the job as a whole: each run grants its own object ([`run_rbac`]). Applied
+    // empty so that a Role an older operator made with every Snapshot and Restore of the
+    // namespace in it is narrowed on upgrade.
     let role = Role {
         metadata: meta.clone(),
-        rules: Some(agent_rules()),
+        rules: Some(Vec::new()),
     };
     let binding = RoleBinding {
         metadata: meta,
@@ -135,19 +218,33 @@ mod tests {
         let (sa, role, rb) = agent_rbac(&job).expect("rbac");
         assert_eq!(sa.name_any(), "snapcrypt-agent-rs0");
         assert_eq!(sa.owner_references()[0].name, "rs0");
-        let rules = role.rules.expect("rules");
-        let verbs: Vec<String> = rules
+        assert_eq!(
+            role.rules,
+            Some(Vec::new()),
+            "the job's own Role grants nothing"
+        );
+        // A run's Role: its one object, owned by it, bound to the job's ServiceAccount.
+        let snap = crate::controller::fixtures::snapshot("rs0-1", "2026-11-27T10:00:00Z");
+        let run = RunObject::of(&snap, "snapshots").expect("run");
+        let (run_role, run_binding) = run_rbac(&job, &run);
+        let verbs: Vec<String> = run_role
+            .rules
+            .as_ref()
+            .expect("rules")
             .iter()
-            .map(|r| format!("{:?} {:?}", r.resources, r.verbs))
+            .map(|r| format!("{:?} {:?} {:?}", r.resources, r.verbs, r.resource_names))
             .collect();
         assert_eq!(
             verbs,
             [
-                "Some([\"snapshots\"]) [\"get\"]",
-                "Some([\"snapshots/status\"]) [\"get\", \"patch\"]",
-                "Some([\"restores\"]) [\"get\"]",
-                "Some([\"restores/status\"]) [\"get\", \"patch\"]"
+                "Some([\"snapshots\"]) [\"get\"] Some([\"rs0-1\"])",
+                "Some([\"snapshots/status\"]) [\"get\", \"patch\"] Some([\"rs0-1\"])",
             ]
+        );
+        assert_eq!(run_role.owner_references()[0].uid, "uid-rs0-1");
+        assert_eq!(
+            run_binding.subjects.expect("subjects")[0].name,
+            "snapcrypt-agent-rs0"
         );
         assert_eq!(rb.role_ref.name, "snapcrypt-agent-rs0");
         assert_eq!(

@@ -5,7 +5,7 @@ use super::consistency::parse_timeout;
 use super::schedule::CronSchedule;
 use super::validate::Problem;
 use crate::api::backup_job::Schedule;
-use crate::api::verification::Verification;
+use crate::api::verification::{CheckContainer, Verification};
 use crate::controller::reason::Reason;
 
 /// The schedules of the data read and of the restore test, where given and valid.
@@ -29,6 +29,13 @@ pub fn check_verification(v: Option<&Verification>, problems: &mut Vec<Problem>)
     }
     if let Some(t) = &v.restore_test {
         schedules.push(("spec.verification.restoreTest.schedule", &t.schedule));
+        if let Some(message) = t
+            .check
+            .as_ref()
+            .and_then(|c| check_env_problem("spec.verification.restoreTest.check", c))
+        {
+            problems.push(Problem::new(Reason::InvalidSpec, message));
+        }
         if let Some(t) = t.check.as_ref().and_then(|c| c.timeout.as_deref())
             && let Err(e) = parse_timeout(t)
         {
@@ -46,6 +53,21 @@ pub fn check_verification(v: Option<&Verification>, problems: &mut Vec<Problem>)
             ));
         }
     }
+}
+
+/// A check container's env taking a value from elsewhere (`valueFrom`: a Secret, a
+/// ConfigMap, the pod's fields), named by field: the operator would read them on behalf of
+/// whoever writes the check (the schema refuses it too, where the API server runs CEL rules).
+pub fn check_env_problem(field: &str, c: &CheckContainer) -> Option<String> {
+    let (i, e) = c
+        .env
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.value_from.is_some())?;
+    Some(format!(
+        "{field}.env[{i}].valueFrom ({}): not allowed, the check pod must not read the namespace's Secrets or ConfigMaps through the operator; give the value inline",
+        e.name
+    ))
 }
 
 #[cfg(test)]
@@ -73,6 +95,20 @@ mod tests {
             "{text:?}"
         );
         let (read, test) = check_schedules(j.spec.verification.as_ref());
+        // env taking a value from a Secret: named by field and index.
+        let j = job(
+            "verification: {restoreTest: {schedule: {cron: \"0 6 * * 0\"}, check: {image: x, env: [{name: A, value: a}, {name: KEY, valueFrom: {secretKeyRef: {name: other-apps-secret, key: k}}}]}}}",
+        );
+        let mut problems = Vec::new();
+        check_verification(j.spec.verification.as_ref(), &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.starts_with(
+                "spec.verification.restoreTest.check.env[1].valueFrom (KEY): not allowed"
+            ),
+            "{}",
+            problems[0].message
+        );
         assert!(read.is_none() && test.is_some());
     }
 }

@@ -19,7 +19,7 @@ use crate::controller::agent::node::{needs_stopping, node_of, stop_pod};
 use crate::controller::agent::run::RunStep;
 use crate::controller::names::CHECK_RESTORE_UID_LABEL;
 use crate::controller::reason::Reason;
-use crate::controller::{Context, apply, apply_status, delete_named};
+use crate::controller::{Context, apply, apply_status, delete_named, delete_own_pod};
 
 /// How often a running check is looked at besides its pod's changes (its deadlines).
 const CHECK_RECHECK: Duration = Duration::from_secs(30);
@@ -215,8 +215,9 @@ pub async fn finish_scratch(r: &Restore, ctx: &Context) -> Result<(), Error> {
             prev.pod_name.clone(),
             prev.check.as_ref().map(|c| c.pod.clone()),
         ];
+        let uid = r.uid().unwrap_or_default();
         for pod in used_by.into_iter().flatten() {
-            delete_named(&pods, &pod)
+            delete_own_pod(&pods, &pod, &uid)
                 .await
                 .map_err(|source| Error::DeleteScratch {
                     restore: name.clone(),

@@ -71,7 +71,8 @@ pub fn is_own_claim(r: &Restore, claim: &PersistentVolumeClaim) -> bool {
         .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
 }
 
-/// The check pod: the user's container with the target claim at `/restored`, as uid/gid 999,
+/// The check pod: the user's container with the target claim at `/restored` (read-only
+/// unless the check says `writable`), as uid/gid 999,
 /// restricted, read-only root, a writable `/tmp`, no API token, under the check's timeout.
 pub fn check_pod(r: &Restore, check: &CheckContainer) -> Result<Pod, PodError> {
     let owner = r.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
@@ -110,7 +111,7 @@ pub fn check_pod(r: &Restore, check: &CheckContainer) -> Result<Pod, PodError> {
                 args: (!check.args.is_empty()).then(|| check.args.clone()),
                 env: Some(envs),
                 volume_mounts: Some(vec![
-                    mount("restored", RESTORED_MOUNT, false),
+                    mount("restored", RESTORED_MOUNT, !check.writable),
                     mount("tmp", TMP_MOUNT, false),
                 ]),
                 resources: check.resources.clone(),

@@ -24,7 +24,7 @@ use kube::{Api, ResourceExt};
 
 use self::build::{RestorePlan, Step, next_status, pod_selector, restore_pod};
 use super::agent::deadline::{Deadline, deadline};
-use super::agent::identity::apply_agent_identity;
+use super::agent::identity::{RunObject, apply_agent_identity, apply_run_access};
 use super::agent::job::{Blocked, Needs, check_job, job_kmip};
 use super::agent::node::{needs_stopping, node_of, stop_pod};
 use super::agent::owning_agent_pods;
@@ -334,9 +334,13 @@ fn in_spec_words(message: &str) -> String {
 /// that do not run them).
 fn spec_problem(r: &Restore) -> Option<String> {
     let t = &r.spec.target;
-    (t.delete_extra && !t.force).then(|| {
-        "spec.target.deleteExtra: true needs spec.target.force: true (deleteExtra removes what a non-empty target holds that the snapshot does not; without force a non-empty target is refused)".to_string()
-    })
+    if t.delete_extra && !t.force {
+        return Some("spec.target.deleteExtra: true needs spec.target.force: true (deleteExtra removes what a non-empty target holds that the snapshot does not; without force a non-empty target is refused)".to_string());
+    }
+    r.spec
+        .check
+        .as_ref()
+        .and_then(|c| crate::controller::job_spec::checks::check_env_problem("spec.check", c))
 }
 
 /// A target claim that holds the BackupJob's repository: refused before any pod starts (a
@@ -511,13 +515,15 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
             ));
         }
     };
-    apply_agent_identity(ctx, &ns, &job)
-        .await
-        .map_err(|(object, source)| Error::ApplyRbac {
-            restore: name.clone(),
-            object,
-            source,
-        })?;
+    let rbac = |(object, source)| Error::ApplyRbac {
+        restore: name.clone(),
+        object,
+        source,
+    };
+    apply_agent_identity(ctx, &ns, &job).await.map_err(rbac)?;
+    if let Some(run) = RunObject::of(r, "restores") {
+        apply_run_access(ctx, &ns, &job, &run).await.map_err(rbac)?;
+    }
     let created = apply(&Api::<Pod>::namespaced(client.clone(), &ns), &pod)
         .await
         .map_err(|source| Error::ApplyPod {

@@ -20,7 +20,7 @@ use super::locking::{self, LOCK_RECHECK};
 use super::{Error, RECHECK, write_status};
 use crate::api::snapshot::{CaptureStatus, MemberChoice};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
-use crate::controller::agent::identity::apply_agent_identity;
+use crate::controller::agent::identity::{RunObject, apply_agent_identity, apply_run_access};
 use crate::controller::agent::job::{Blocked, Needs, check_job, job_kmip};
 use crate::controller::job_spec::consistency::{Capture, capture};
 use crate::controller::reason::Reason;
@@ -352,13 +352,15 @@ async fn prepare_pod(
     if pod.is_ok() {
         // The agent's ServiceAccount, Role and RoleBinding before any lock: only the pod is
         // left to create while the member is locked.
-        apply_agent_identity(ctx, &ns, job)
-            .await
-            .map_err(|(object, source)| Error::ApplyRbac {
-                snapshot: snap.name_any(),
-                object,
-                source,
-            })?;
+        let rbac = |(object, source)| Error::ApplyRbac {
+            snapshot: snap.name_any(),
+            object,
+            source,
+        };
+        apply_agent_identity(ctx, &ns, job).await.map_err(rbac)?;
+        if let Some(run) = RunObject::of(snap, "snapshots") {
+            apply_run_access(ctx, &ns, job, &run).await.map_err(rbac)?;
+        }
     }
     Ok(pod)
 }
