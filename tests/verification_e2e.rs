@@ -165,14 +165,15 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
     eprintln!("[{:?}] snapshot rs0", started.elapsed());
     wait_for_success(&snaps, "bad-first", &ns).await;
 
-    // A scratch target that names a claim the Restore did not create (here the repository's)
+    // A scratch target that names a claim the Restore did not create (someone else's)
     // fails before anything is written, and the claim is left alone.
+    claim(&ns, "someone-elses", Some(SHARED_CLASS)).await;
     let restores: Api<Restore> = ns.api();
     create::<Restore>(
         &restores,
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "taken"},
             "spec": {"snapshotRef": {"name": "rs0-first"},
-                     "target": {"claimName": "backups", "path": "db", "scratch": {"size": "1Gi"}}}}),
+                     "target": {"claimName": "someone-elses", "path": "db", "scratch": {"size": "1Gi"}}}}),
     )
     .await;
     let taken = wait_for(&restores, "taken", "the Restore to fail", TICKS, |r| {
@@ -199,6 +200,31 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         "{taken:?}"
     );
     let claims: Api<PersistentVolumeClaim> = ns.api();
+    let theirs = claims.get("someone-elses").await.expect("the other claim");
+    assert!(theirs.metadata.deletion_timestamp.is_none());
+    // A target that is the repository's own claim: refused before any pod, naming the field.
+    create::<Restore>(
+        &restores,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "into-repo"},
+            "spec": {"snapshotRef": {"name": "rs0-first"},
+                     "target": {"claimName": "backups", "path": "db", "force": true}}}),
+    )
+    .await;
+    let into_repo = wait_for(&restores, "into-repo", "the Restore to fail", TICKS, |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.phase == RunPhase::Failed)
+    })
+    .await
+    .status
+    .expect("status");
+    assert!(
+        into_repo.pod_name.is_none()
+            && into_repo.message.as_deref().is_some_and(|m| m.starts_with(
+                "spec.target.claimName: backups holds the repository of BackupJob rs0"
+            )),
+        "{into_repo:?}"
+    );
     let backups = claims.get("backups").await.expect("the repository's claim");
     assert!(backups.metadata.deletion_timestamp.is_none());
 

@@ -159,7 +159,14 @@ async fn rewrap(
 ) -> Result<(), CliError> {
     let old = from.active_key_id().await.unwrap_or_default();
     let new = to.active_key_id().await?;
-    let n = repo.rewrap_all(to, |_, _| {}).await?;
+    let n = repo
+        .rewrap_locked(
+            &[from, to],
+            to,
+            crate::engine::repo::rewrap_wait(),
+            |_, _| {},
+        )
+        .await?;
     if json {
         println!(
             "{}",

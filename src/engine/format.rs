@@ -140,7 +140,8 @@ impl BlobEntry {
         out.push(self.flags);
     }
 
-    /// Decode entries; None if the bytes are not a whole number of valid entries.
+    /// Decode entries; None if the bytes are not a whole number of valid entries (an unknown
+    /// kind, or a length over [`MAX_BLOB_LEN`]).
     pub fn decode_all(bytes: &[u8]) -> Option<Vec<BlobEntry>> {
         if !bytes.len().is_multiple_of(INDEX_ENTRY_LEN) {
             return None;
@@ -156,11 +157,17 @@ impl BlobEntry {
                 };
                 let mut id = [0u8; ID_LEN];
                 id.copy_from_slice(&e[..ID_LEN]);
+                let (stored_len, raw_len) = (u32_at(36), u32_at(40));
+                // Lengths bound every buffer a reader makes for the blob: none past what a
+                // blob can be, however the entry was made.
+                if stored_len > MAX_BLOB_LEN || raw_len > MAX_BLOB_LEN {
+                    return None;
+                }
                 Some(BlobEntry {
                     id,
                     offset: u32_at(32),
-                    stored_len: u32_at(36),
-                    raw_len: u32_at(40),
+                    stored_len,
+                    raw_len,
                     kind,
                     flags: e[45],
                 })
@@ -168,6 +175,11 @@ impl BlobEntry {
             .collect()
     }
 }
+
+/// The longest a blob's stored or raw bytes may be: a chunk is at most 1 MiB
+/// (`repo::CHUNK_SIZES`), a piece of a file list 1 MiB before compression; 16 MiB leaves room
+/// and bounds what a reader allocates for one blob.
+pub const MAX_BLOB_LEN: u32 = 16 * 1024 * 1024;
 
 /// A sealed object's envelope as read from the store (untrusted): the header (bound into the
 /// associated data), the data key and salt it names, and the ciphertext with its tag.
@@ -401,6 +413,21 @@ pub(crate) mod tests {
         unknown[44] = 9;
         assert_eq!(BlobEntry::decode_all(&unknown), None, "an unknown kind");
         assert_eq!(BlobEntry::decode_all(&[]), Some(vec![]));
+        // A length past what a blob can be: refused before any buffer is sized by it.
+        let mut huge = bytes.clone();
+        huge[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            BlobEntry::decode_all(&huge),
+            None,
+            "a stored length of 4 GiB"
+        );
+        let mut huge = bytes.clone();
+        huge[40..44].copy_from_slice(&(MAX_BLOB_LEN + 1).to_le_bytes());
+        assert_eq!(
+            BlobEntry::decode_all(&huge),
+            None,
+            "a raw length past the bound"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::EngineError;
-use super::backend::{Backend, BackendError};
+use super::backend::{Backend, BackendError, SMALL_OBJECT_MAX};
 use super::crypto::random_id;
 
 /// A lock whose last write is this much older than a taker's own write is stale.
@@ -243,7 +243,7 @@ impl RepoLock {
                 backend.delete(&other.name).await?;
                 continue;
             }
-            let bytes = match backend.get(&other.name).await {
+            let bytes = match backend.get_limited(&other.name, SMALL_OBJECT_MAX).await {
                 Ok(b) => b,
                 // Released between the listing and now.
                 Err(BackendError::NotFound { .. }) => continue,

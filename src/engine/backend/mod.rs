@@ -42,7 +42,15 @@ pub enum BackendError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "object {name} is {size} bytes, more than the {limit} such an object ever holds: not read (a damaged or planted object; remove it)"
+    )]
+    TooLarge { name: String, size: u64, limit: u64 },
 }
+
+/// The most a small object (a lock, the config, a data key record) is read whole: what the
+/// store says it holds is checked first, so a planted object of gigabytes is never loaded.
+pub const SMALL_OBJECT_MAX: u64 = 1024 * 1024;
 
 /// One listed object: its name, size and the store's time of its last write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,6 +254,24 @@ impl Backend {
             .get(&ObjPath::from(name))
             .await
             .map_err(Self::err(name))?;
+        r.bytes().await.map_err(Self::err(name))
+    }
+
+    /// Read a whole object of at most `limit` bytes (its size, as the store reports it, is
+    /// checked before anything is read into memory).
+    pub async fn get_limited(&self, name: &str, limit: u64) -> Result<Bytes, BackendError> {
+        let r = self
+            .store
+            .get(&ObjPath::from(name))
+            .await
+            .map_err(Self::err(name))?;
+        if r.meta.size > limit {
+            return Err(BackendError::TooLarge {
+                name: name.into(),
+                size: r.meta.size,
+                limit,
+            });
+        }
         r.bytes().await.map_err(Self::err(name))
     }
 

@@ -78,13 +78,25 @@ pub async fn backup(
     progress: Arc<Progress>,
 ) -> Result<SnapshotManifest, EngineError> {
     let started = jiff::Timestamp::now();
-    let (key, master_key_id) = repo.active_data_key(km).await?;
+    // The data key is taken (or made) under the lock, so a rotation or migration, which holds
+    // the exclusive lock, never misses a record made beside it.
     let lock = RepoLock::acquire(
         &repo.backend,
         false,
         lock_wait(std::time::Duration::from_secs(600)),
     )
     .await?;
+    let key = match repo.reload_keys(&[km]).await {
+        Ok(()) => repo.active_data_key(km).await,
+        Err(e) => Err(e),
+    };
+    let (key, master_key_id) = match key {
+        Ok(k) => k,
+        Err(e) => {
+            lock.release().await?;
+            return Err(e);
+        }
+    };
     let result = run_backup(
         repo,
         &lock,

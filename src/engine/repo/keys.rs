@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::Repository;
 use super::{now_rfc3339, parse_key_id};
 use crate::engine::EngineError;
-use crate::engine::backend::BackendError;
+use crate::engine::backend::{BackendError, SMALL_OBJECT_MAX};
 use crate::engine::crypto::DataKey;
 use crate::engine::format::{KeyRecord, OBJECT_HEADER_LEN};
 use crate::kms::{KeyManager, KmsError};
@@ -56,7 +56,7 @@ impl Repository {
         self.keys.clear();
         self.records.clear();
         for (name, _) in self.backend.list("keys").await? {
-            let bytes = match self.backend.get(&name).await {
+            let bytes = match self.backend.get_limited(&name, SMALL_OBJECT_MAX).await {
                 Ok(b) => b,
                 // Listed, then gone: the record of a writer that lost the race to create the
                 // repository (open_or_init deletes its own). No object was ever sealed under it;
@@ -87,7 +87,14 @@ impl Repository {
             // Name the missing record from the (plaintext) header of an object that needs it.
             for dir in ["snapshots", "index"] {
                 if let Some((name, _)) = self.backend.list(dir).await?.into_iter().next() {
-                    let bytes = self.backend.get(&name).await?;
+                    // Only its header: a short or unreadable object names nothing.
+                    let Ok(bytes) = self
+                        .backend
+                        .get_range(&name, 0, OBJECT_HEADER_LEN as u64)
+                        .await
+                    else {
+                        continue;
+                    };
                     if bytes.len() >= OBJECT_HEADER_LEN {
                         return Err(EngineError::Corrupt {
                             object: format!("keys/{}", hex::encode(&bytes[6..22])),
@@ -102,6 +109,12 @@ impl Repository {
             });
         }
         Ok(())
+    }
+
+    /// List and open the data key records again (under a lock taken since the repository was
+    /// opened, a rotation or migration may have rewrapped them).
+    pub async fn reload_keys(&mut self, kms: &[&dyn KeyManager]) -> Result<(), EngineError> {
+        self.load_keys(kms).await
     }
 
     /// The data key records (wrapped), for `key status`.
@@ -120,12 +133,24 @@ impl Repository {
         km: &dyn KeyManager,
     ) -> Result<(Arc<DataKey>, String), EngineError> {
         let master = km.active_key_id().await?;
-        if let Some(r) = self.records.iter().find(|r| {
+        let usable = |r: &&KeyRecord| {
             r.wrapped.master_key_id == master
                 && r.wrapped.kms == km.kind()
                 && r.history.is_empty()
                 && r.previous.is_none()
-        }) {
+        };
+        // The config's own key first: two writers that created the repository at once each
+        // wrote a record, and the loser deletes its own once it sees the winner's config; a
+        // backup that took the loser's record (listed before it went) would write data under a
+        // key that is gone.
+        let config_key = self.config.key.clone();
+        let preferred = self
+            .records
+            .iter()
+            .filter(usable)
+            .find(|r| r.data_key_id == config_key)
+            .or_else(|| self.records.iter().find(usable));
+        if let Some(r) = preferred {
             let id = parse_key_id(&r.data_key_id).unwrap_or_default();
             if let Some(k) = self.keys.get(&id) {
                 return Ok((k.clone(), master));
@@ -211,6 +236,49 @@ impl Repository {
         Ok(rewrapped)
     }
 
+    /// [`Self::rewrap_all`] as `key rotate`, `key migrate` and a backup's `--rewrap` run it:
+    /// under the repository's exclusive lock (no backup creates a data key meanwhile: a backup
+    /// takes its data key under its shared lock), with the key records listed again once the
+    /// lock is held and again before it is released, until every record is wrapped by `to`'s
+    /// active master key. So a record made by a writer that raced the rewrap (an older
+    /// client, a backup that made its key just before the lock) is never left openable only
+    /// with the old key. `open_with` opens the records (the old and the new key managers).
+    /// `wait`: how long to wait for the lock (running backups).
+    pub async fn rewrap_locked(
+        &mut self,
+        open_with: &[&dyn KeyManager],
+        to: &dyn KeyManager,
+        wait: std::time::Duration,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<usize, EngineError> {
+        let lock = crate::engine::lock::RepoLock::acquire(&self.backend, true, wait).await?;
+        let result = async {
+            let active = to.active_key_id().await?;
+            let mut rewrapped = 0;
+            // A writer that ignores locks could keep adding records: a few passes, then say so.
+            for _ in 0..REWRAP_PASSES {
+                self.load_keys(open_with).await?;
+                let stale = self.records.iter().any(|r| {
+                    r.previous.is_some() || r.wrapped.kms != to.kind() || r.wrapped.master_key_id != active
+                });
+                if !stale {
+                    lock.check()?;
+                    return Ok(rewrapped);
+                }
+                rewrapped += self.rewrap_all(to, &mut progress).await?;
+            }
+            Err(EngineError::Corrupt {
+                object: "keys/".into(),
+                reason: format!(
+                    "data key records kept appearing under another master key while they were rewrapped ({REWRAP_PASSES} passes): a client that takes no lock writes to this repository; stop it and run the rewrap again"
+                ),
+            })
+        }
+        .await;
+        lock.release().await?;
+        result
+    }
+
     async fn put_key_record(&self, record: &KeyRecord) -> Result<(), EngineError> {
         self.backend
             .put(
@@ -232,7 +300,8 @@ impl Repository {
         }) {
             return Ok(0);
         }
-        self.rewrap_all(km, |_, _| {}).await
+        self.rewrap_locked(&[km], km, rewrap_wait(), |_, _| {})
+            .await
     }
 
     /// The data key with this id.
@@ -246,3 +315,12 @@ impl Repository {
             })
     }
 }
+
+/// How long a rewrap waits for running backups to release the repository (the lock's
+/// `SNAPCRYPT_LOCK_WAIT_SECS`, else 10 minutes).
+pub fn rewrap_wait() -> std::time::Duration {
+    crate::engine::lock::lock_wait(std::time::Duration::from_secs(600))
+}
+
+/// How many times [`Repository::rewrap_locked`] lists the key records again.
+const REWRAP_PASSES: usize = 5;

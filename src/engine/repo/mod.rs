@@ -10,6 +10,7 @@ mod index;
 mod keys;
 mod sealed;
 mod snapshots;
+pub use self::keys::rewrap_wait;
 pub use self::snapshots::UNFINISHED_DIR;
 pub(crate) use self::snapshots::tree_ids;
 
@@ -27,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::EngineError;
-use super::backend::{Backend, BackendError};
+use super::backend::{Backend, BackendError, SMALL_OBJECT_MAX};
 use super::crypto::{DataKey, random_id};
 use super::format::{ChunkerParams, Config, FORMAT_VERSION, KeyRecord};
 use crate::kms::KeyManager;
@@ -85,7 +86,7 @@ impl Repository {
     /// Open an existing repository, unwrapping each data key with whichever of `kms` can
     /// (a key migration that stopped half-way is resumed with both the old and the new).
     pub async fn open_any(backend: Backend, kms: &[&dyn KeyManager]) -> Result<Self, EngineError> {
-        let config = match backend.get("config").await {
+        let config = match backend.get_limited("config", SMALL_OBJECT_MAX).await {
             Ok(bytes) => {
                 serde_json::from_slice::<Config>(&bytes).map_err(|e| EngineError::Corrupt {
                     object: "config".into(),
@@ -187,7 +188,7 @@ impl Repository {
             // this create was applied and its answer lost, so that the store's retry found our
             // own config. Only in the first case is our key record unused; deleting it in the
             // second would leave a config naming a key that is gone.
-            let existing = backend.get("config").await?;
+            let existing = backend.get_limited("config", SMALL_OBJECT_MAX).await?;
             let theirs: Config =
                 serde_json::from_slice(&existing).map_err(|e| EngineError::Corrupt {
                     object: "config".into(),
@@ -207,6 +208,7 @@ impl Repository {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+    use std::time::Duration;
 
     use crate::kms::KmsError;
 
@@ -258,6 +260,92 @@ mod tests {
         Ok(Repository::open_or_init(backend, km, DEFAULT_CHUNK_SIZE)
             .await?
             .0)
+    }
+
+    /// A migration that races a writer: a data key record wrapped by the old key appears
+    /// while the rewrap runs (an older client, a backup that made its key just before the
+    /// lock). The rewrap lists the records again before it finishes, so the repository opens
+    /// with the new key alone; and it holds the exclusive lock while it works (a live shared
+    /// lock makes it wait, then fail naming the holder, with nothing rewrapped).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rewrap_lists_the_records_again_and_misses_none_made_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = LocalKeyManager::create(&dir.path().join("old.json")).unwrap();
+        let new = LocalKeyManager::create(&dir.path().join("new.json")).unwrap();
+        let mut repo = open_local(dir.path(), &old).await.unwrap();
+        // The racing writer's record, wrapped by the old key, written during the first pass.
+        let racer = DataKey::generate(Some(
+            repo.key(&repo.keys.keys().next().copied().unwrap())
+                .unwrap()
+                .id_key(),
+        ))
+        .unwrap();
+        let record = Repository::wrap_record(&old, &racer, None).await.unwrap();
+        let path = dir.path().join(format!("repo/keys/{}", record.data_key_id));
+        let bytes = serde_json::to_vec_pretty(&record).unwrap();
+        let mut planted = false;
+        let n = repo
+            .rewrap_locked(&[&old, &new], &new, Duration::from_secs(5), |_, _| {
+                if !planted {
+                    std::fs::write(&path, &bytes).unwrap();
+                    planted = true;
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 2, "the first record and the one made beside the rewrap");
+        let again = open_local(dir.path(), &new).await.unwrap();
+        assert_eq!(again.key_records().len(), 2);
+        assert!(again.key(&racer.id).is_ok());
+        // Under a live shared lock (a running backup) it waits, then fails: nothing changes.
+        let other = LocalKeyManager::create(&dir.path().join("other.json")).unwrap();
+        let lock =
+            crate::engine::lock::RepoLock::acquire(&again.backend, false, Duration::from_secs(5))
+                .await
+                .unwrap();
+        let err = repo
+            .rewrap_locked(&[&new, &other], &other, Duration::from_secs(1), |_, _| {})
+            .await;
+        lock.release().await.unwrap();
+        match err {
+            Err(EngineError::Locked { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(open_local(dir.path(), &new).await.is_ok());
+    }
+
+    /// Two writers create the repository at once: the loser's key record is still listed
+    /// when the winner opens it (the loser deletes it a moment later). Whatever order the
+    /// records list in, a backup takes the config's key, never the loser's (in a fresh-clone
+    /// CI on 4c5991e a backup took it and its snapshot named a data key that was gone).
+    #[tokio::test]
+    async fn the_losers_key_record_is_never_the_data_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let km = LocalKeyManager::create(&dir.path().join("k.json")).unwrap();
+        let repo = open_local(dir.path(), &km).await.unwrap();
+        let winner = repo.config.key.clone();
+        let first = *repo.keys.values().next().unwrap().id_key();
+        let first = &first;
+        // A loser's record that lists before the winner's, and one that lists after.
+        for lists_first in [true, false] {
+            let loser = loop {
+                let k = DataKey::generate(Some(first)).unwrap();
+                if (hex::encode(k.id) < winner) == lists_first {
+                    break k;
+                }
+            };
+            let record = Repository::wrap_record(&km, &loser, None).await.unwrap();
+            std::fs::write(
+                dir.path().join(format!("repo/keys/{}", record.data_key_id)),
+                serde_json::to_vec_pretty(&record).unwrap(),
+            )
+            .unwrap();
+            let mut reopened = open_local(dir.path(), &km).await.unwrap();
+            let (key, _) = reopened.active_data_key(&km).await.unwrap();
+            assert_eq!(hex::encode(key.id), winner);
+            std::fs::remove_file(dir.path().join(format!("repo/keys/{}", record.data_key_id)))
+                .unwrap();
+        }
     }
 
     /// Item 9 of the data-safety issue: after a master key change, new data gets a new data
