@@ -5,6 +5,7 @@
 
 mod cloud;
 mod durable;
+mod local;
 mod location;
 
 pub use self::location::{Location, REPO_FORMS, S3Options, StoreKind};
@@ -51,6 +52,19 @@ pub enum BackendError {
 /// The most a small object (a lock, the config, a data key record) is read whole: what the
 /// store says it holds is checked first, so a planted object of gigabytes is never loaded.
 pub const SMALL_OBJECT_MAX: u64 = 1024 * 1024;
+
+/// A local repository's refusal (a link, a path that is not plain) or I/O error.
+fn local_error(e: crate::engine::beneath::BeneathError) -> BackendError {
+    match e {
+        crate::engine::beneath::BeneathError::Io { path, source } => {
+            BackendError::Io { path, source }
+        }
+        other => BackendError::Io {
+            path: other.path().to_string(),
+            source: std::io::Error::other(other.reason()),
+        },
+    }
+}
 
 /// One listed object: its name, size and the store's time of its last write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +118,9 @@ pub struct Backend {
     store: Arc<dyn ObjectStore>,
     /// The repository directory, for local repositories (packs are renamed into it).
     local_root: Option<PathBuf>,
+    /// The same directory opened once: listing and deletion go beneath it, never through a
+    /// link (`local.rs`).
+    local_dir: Option<Arc<crate::engine::beneath::Root>>,
     /// Where pack files are staged while written.
     staging: PathBuf,
     display: String,
@@ -139,10 +156,16 @@ impl Backend {
                         name: root.display().to_string(),
                         source: e,
                     })?;
+                let dir =
+                    crate::engine::beneath::Root::open(&root).map_err(|e| BackendError::Io {
+                        path: e.path().to_string(),
+                        source: std::io::Error::other(e.reason()),
+                    })?;
                 Ok(Backend {
                     store: Arc::new(store),
                     display: root.display().to_string(),
                     local_root: Some(root),
+                    local_dir: Some(Arc::new(dir)),
                     staging,
                 })
             }
@@ -155,6 +178,7 @@ impl Backend {
                 Ok(Backend {
                     store,
                     local_root: None,
+                    local_dir: None,
                     staging,
                     display: location.to_string(),
                 })
@@ -355,6 +379,16 @@ impl Backend {
 
     /// The objects under `dir` with the store's time of their last write, sorted by name.
     pub async fn list_meta(&self, dir: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        if let Some(root) = &self.local_dir {
+            let (root, d) = (root.clone(), dir.to_string());
+            return tokio::task::spawn_blocking(move || local::list(&root, &d))
+                .await
+                .map_err(|e| BackendError::Io {
+                    path: dir.into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?
+                .map_err(local_error);
+        }
         let prefix = ObjPath::from(dir);
         let mut out: Vec<ObjectInfo> = self
             .store
@@ -383,6 +417,10 @@ impl Backend {
 
     /// Names (relative to the repository) and sizes of the objects under `dir`, sorted.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, BackendError> {
+        if self.local_dir.is_some() {
+            let listed = self.list_meta(dir).await?;
+            return Ok(listed.into_iter().map(|o| (o.name, o.size)).collect());
+        }
         let prefix = ObjPath::from(dir);
         let mut out: Vec<(String, u64)> = self
             .store
@@ -397,6 +435,9 @@ impl Backend {
 
     /// Delete an object; deleting a missing object is not an error.
     pub async fn delete(&self, name: &str) -> Result<(), BackendError> {
+        if let Some(root) = &self.local_dir {
+            return local::delete(root, name).map_err(local_error);
+        }
         match self.store.delete(&ObjPath::from(name)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Self::err(name)(e)),
@@ -560,6 +601,7 @@ mod tests {
         let backend = Backend {
             store: Arc::new(NoConditionalPut::default()),
             local_root: None,
+            local_dir: None,
             staging: std::env::temp_dir(),
             display: "memory".into(),
         };
