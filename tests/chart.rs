@@ -23,7 +23,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{
@@ -314,6 +314,7 @@ const OPERATOR_RULES: &[(&str, &str, &str)] = &[
     ("", "serviceaccounts", "create patch"),
     ("rbac.authorization.k8s.io", "roles", "create patch"),
     ("rbac.authorization.k8s.io", "rolebindings", "create patch"),
+    ("networking.k8s.io", "networkpolicies", "create patch"),
     ("events.k8s.io", "events", "create patch"),
 ];
 
@@ -516,10 +517,11 @@ fn default_render_is_a_restricted_operator() {
         "ServiceAccount/snapcrypt-operator",
         "ClusterRole/snapcrypt-operator",
         "ClusterRole/snapcrypt-agent",
-        "ClusterRoleBinding/snapcrypt-operator",
+        "RoleBinding/snapcrypt-operator",
         "ClusterRole/snapcrypt-operator-nodes",
         "ClusterRoleBinding/snapcrypt-operator-nodes",
         "Service/snapcrypt-metrics",
+        "NetworkPolicy/snapcrypt-operator",
         "Deployment/snapcrypt-operator",
     ]
     .into_iter()
@@ -569,9 +571,11 @@ fn default_render_is_a_restricted_operator() {
             "operator".to_string(),
             format!("--agent-image=snapcrypt:{}", env!("CARGO_PKG_VERSION")),
             "--http-port=8080".into(),
+            "--http-bind=0.0.0.0".into(),
             "--log-format=json".into(),
             "--cluster-domain=cluster.local".into(),
             "--mongo-timeout=5".into(),
+            "--namespace=snapcrypt-system".into(),
         ]
     );
     let env: BTreeMap<String, Value> = c["env"]
@@ -601,11 +605,39 @@ fn default_render_is_a_restricted_operator() {
         service["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"],
         "the metrics Service selects the operator's pods"
     );
-    let binding = named(&objs, "ClusterRoleBinding", "snapcrypt-operator");
+    // Namespaced by default: the release's namespace watched, the rights bound there only.
+    let binding = named(&objs, "RoleBinding", "snapcrypt-operator");
+    assert_eq!(binding["metadata"]["namespace"], "snapcrypt-system");
     assert_eq!(binding["roleRef"]["name"], "snapcrypt-operator");
     assert_eq!(
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "snapcrypt-operator", "namespace": "snapcrypt-system"}])
+    );
+    let args = strings(&deploy["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(
+        args.iter().any(|a| a == "--namespace=snapcrypt-system"),
+        "{args:?}"
+    );
+    // Who reaches /metrics: its port only, from the release's namespace only.
+    let np = one(&objs, "NetworkPolicy");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{"ports": [{"port": "http-metrics", "protocol": "TCP"}], "from": [{"podSelector": {}}]}])
+    );
+    // Every namespace only when asked for: a ClusterRoleBinding, no --namespace.
+    let wide = objects(&render(Helm::V3, "wide", "operator: {clusterWide: true}"));
+    let binding = named(&wide, "ClusterRoleBinding", "snapcrypt-operator");
+    assert_eq!(binding["roleRef"]["name"], "snapcrypt-operator");
+    let args =
+        strings(&one(&wide, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--namespace")),
+        "{args:?}"
     );
 }
 
@@ -1683,10 +1715,19 @@ async fn check_installed_objects(cluster: &Cluster, namespace: &str, fullname: &
             .await
             .unwrap_or_else(|e| panic!("ClusterRole {name}: {e}"));
     }
-    Api::<ClusterRoleBinding>::all(client.clone())
+    // Namespaced by default: the operator's rights bound in the release's namespace only.
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
         .get(&operator)
         .await
-        .expect("the operator ClusterRoleBinding");
+        .expect("the operator RoleBinding");
+    assert!(
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .get_opt(&operator)
+            .await
+            .expect("read ClusterRoleBindings")
+            .is_none(),
+        "a ClusterRoleBinding by default"
+    );
     let policy = if cluster.version_number() >= (1, 21) {
         "policy/v1"
     } else {

@@ -204,7 +204,7 @@ impl StalledStore {
     /// A BackupJob's destination in it.
     fn destination(&self) -> serde_json::Value {
         json!({"s3": {"bucket": "backups", "prefix": "rs0", "pathStyle": true,
-               "endpoint": format!("http://{HOST_ALIAS}:{}", self.proxy.port), "credentialsSecret": "s3-creds"}})
+               "endpoint": format!("http://{HOST_ALIAS}:{}", self.proxy.port), "credentialsSecret": "s3-creds", "insecure": true}})
     }
 
     /// Wait until a copy has begun to write (and is held).

@@ -316,7 +316,7 @@ async fn an_s3_repository_from_a_real_container() {
     let creds = json!({"AWS_ACCESS_KEY_ID": support::s3::ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": support::s3::SECRET_KEY});
     let destination = json!({"s3": {"bucket": "backups", "prefix": "rs0", "pathStyle": true,
-        "endpoint": format!("http://{HOST_ALIAS}:{}", s3.port), "credentialsSecret": STORE_CREDS}});
+        "endpoint": format!("http://{HOST_ALIAS}:{}", s3.port), "credentialsSecret": STORE_CREDS, "insecure": true}});
     let store = Store {
         port: s3.port,
         creds,
@@ -433,7 +433,7 @@ async fn an_azure_repository_from_a_real_container() {
     let destination = json!({"azure": {
         "account": support::azurite::ACCOUNT, "container": "backups", "prefix": "rs0",
         "endpoint": format!("http://{HOST_ALIAS}:{}/{}", az.port, support::azurite::ACCOUNT),
-        "credentialsSecret": STORE_CREDS}});
+        "credentialsSecret": STORE_CREDS, "insecure": true}});
     let store = Store {
         port: az.port,
         creds,
@@ -458,7 +458,7 @@ async fn a_gcs_repository_from_a_real_container() {
     let creds = json!({"service-account.json": key_file});
     let destination = json!({"gcs": {"bucket": "backups", "prefix": "rs0",
         "endpoint": format!("http://{HOST_ALIAS}:{}", gcs.bridge_port),
-        "credentialsSecret": STORE_CREDS}});
+        "credentialsSecret": STORE_CREDS, "insecure": true}});
     let store = Store {
         port: gcs.bridge_port,
         creds,

@@ -256,6 +256,19 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         "{message}"
     );
     assert_eq!(r.spec.target.claim_name, test.restore);
+    // The check pod's egress was denied by a NetworkPolicy made with it, owned by the Restore.
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = ns.api();
+    let policy = policies
+        .get(&format!("{}-check", test.restore))
+        .await
+        .expect("the check's NetworkPolicy");
+    assert_eq!(
+        policy.metadata.owner_references.expect("owner")[0].name,
+        test.restore
+    );
+    let spec = policy.spec.expect("spec");
+    assert_eq!(spec.policy_types, Some(vec!["Egress".to_string()]));
+    assert_eq!(spec.egress, Some(Vec::new()), "all egress denied");
     wait_for_deletion(&claims, &test.restore, TICKS).await;
     eprintln!("[{:?}] scratch claim gone", started.elapsed());
     let verified = rs0.last_verification.clone().expect("verification");

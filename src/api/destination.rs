@@ -58,6 +58,7 @@ fn default_repo_path() -> String {
 /// A repository in an S3 bucket.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || !self.endpoint.startsWith('http://') || (has(self.insecure) && self.insecure)").message("s3.endpoint: http:// sends the credentials unencrypted: use https://, or set insecure: true for an emulator or a trusted network"))]
 pub struct S3Destination {
     /// Bucket name.
     #[schemars(length(min = 3, max = 63), pattern(r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$"))]
@@ -80,6 +81,11 @@ pub struct S3Destination {
     /// Use path-style URLs (endpoint/bucket/key), as most S3-compatible stores need.
     #[serde(default)]
     pub path_style: bool,
+    /// Allow an `http://` endpoint: credentials and data then cross the network unencrypted
+    /// (an emulator, a store on a trusted network only). Without it an `http://` endpoint is
+    /// refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 fn default_region() -> String {
@@ -92,6 +98,8 @@ fn default_region() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.credentialsSecret) && has(self.workloadIdentity))").message("gcs: set at most one of credentialsSecret or workloadIdentity"))]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || !self.endpoint.startsWith('http://') || (has(self.insecure) && self.insecure)").message("gcs.endpoint: http:// sends the credentials unencrypted: use https://, or set insecure: true for an emulator or a trusted network"))]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || has(self.credentialsSecret)").message("gcs.endpoint: with the pod's own identity (no credentialsSecret) its token would be sent to this endpoint: name a credentialsSecret, or remove the endpoint"))]
 pub struct GcsDestination {
     /// Bucket name.
     #[schemars(
@@ -117,6 +125,11 @@ pub struct GcsDestination {
     /// account (`iam.gke.io/gcp-service-account`), and the agent asks the metadata server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<GcsWorkloadIdentity>,
+    /// Allow an `http://` endpoint: credentials and data then cross the network unencrypted
+    /// (an emulator, a store on a trusted network only). Without it an `http://` endpoint is
+    /// refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// The Google service account agent pods act as.
@@ -135,6 +148,8 @@ pub struct GcsWorkloadIdentity {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.credentialsSecret) && has(self.workloadIdentity))").message("azure: set at most one of credentialsSecret or workloadIdentity"))]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || !self.endpoint.startsWith('http://') || (has(self.insecure) && self.insecure)").message("azure.endpoint: http:// sends the credentials unencrypted: use https://, or set insecure: true for an emulator or a trusted network"))]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || has(self.credentialsSecret)").message("azure.endpoint: with the pod's own identity (no credentialsSecret) its token would be sent to this endpoint: name a credentialsSecret, or remove the endpoint"))]
 pub struct AzureDestination {
     /// Storage account name.
     #[schemars(length(min = 3, max = 24), pattern(r"^[a-z0-9]+$"))]
@@ -162,6 +177,11 @@ pub struct AzureDestination {
     /// `azure.workload.identity/use: "true"`, so the webhook injects a federated token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<AzureWorkloadIdentity>,
+    /// Allow an `http://` endpoint: credentials and data then cross the network unencrypted
+    /// (an emulator, a store on a trusted network only). Without it an `http://` endpoint is
+    /// refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// The managed identity (or app registration) agent pods act as.

@@ -102,6 +102,11 @@ pub struct CheckContainer {
     /// read-only by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub writable: bool,
+    /// Let the check pod open connections (to report somewhere, say). By default a
+    /// NetworkPolicy the operator makes with the pod denies all its egress: the restored
+    /// data never leaves through the check (where the cluster's network enforces policies).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_egress: bool,
     /// Resources of the check container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

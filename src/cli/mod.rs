@@ -10,6 +10,7 @@ pub mod kmip_args;
 mod operator;
 mod progress;
 mod prune;
+mod repair;
 pub mod repo_args;
 mod restore;
 mod snapshots;
@@ -43,6 +44,9 @@ pub enum Command {
     Key(key::KeyCommandArgs),
     /// Forget snapshots by a retention policy and remove the data no kept snapshot needs.
     Prune(prune::PruneArgs),
+    /// Repair a repository: `repair index` rebuilds damaged or missing index objects from the
+    /// packs.
+    Repair(repair::RepairArgs),
     /// Run the Kubernetes operator: the BackupJob, Snapshot and KmipServer controllers, with /healthz and
     /// /metrics.
     Operator(operator::OperatorArgs),
@@ -84,6 +88,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Verify(args) => verify::run(args).await,
             Command::Snapshots(args) => snapshots::run(args).await,
             Command::Prune(args) => prune::run(args).await,
+            Command::Repair(args) => repair::run(args).await,
             Command::Key(args) => key::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Agent(args) => agent::run(args).await,

@@ -76,3 +76,14 @@ app.kubernetes.io/component: operator
 {{- fail (printf "podDisruptionBudget.minAvailable: %d must be less than replicas: %d, or no node could ever be drained" (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicas)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The namespace the operator watches: operator.watchNamespace, else the release's own; empty
+with operator.clusterWide (every namespace). */}}
+{{- define "snapcrypt.watchNamespace" -}}
+{{- if and .Values.operator.clusterWide .Values.operator.watchNamespace -}}
+{{- fail "operator.clusterWide and operator.watchNamespace: set one (clusterWide watches every namespace)" -}}
+{{- end -}}
+{{- if not .Values.operator.clusterWide -}}
+{{- default .Release.Namespace .Values.operator.watchNamespace -}}
+{{- end -}}
+{{- end -}}

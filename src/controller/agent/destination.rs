@@ -192,6 +192,7 @@ mod tests {
                 endpoint: Some("http://fake:4443".into()),
                 credentials_secret: Some("gcs".into()),
                 workload_identity: None,
+                insecure: true,
             }),
             ..Default::default()
         });
@@ -233,6 +234,7 @@ mod tests {
                 endpoint: Some("https://acct.blob.core.chinacloudapi.cn".into()),
                 credentials_secret: Some("az".into()),
                 workload_identity: None,
+                insecure: false,
             }),
             ..Default::default()
         });

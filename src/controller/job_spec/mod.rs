@@ -7,4 +7,5 @@ pub mod checks;
 pub mod consistency;
 pub mod references;
 pub mod schedule;
+pub mod transport;
 pub mod validate;

@@ -286,6 +286,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
         ));
     }
     check_workload_identity(d, &mut problems);
+    super::transport::check_endpoints(d, &mut problems);
     if let Some(pvc) = &d.pvc
         && pvc
             .path

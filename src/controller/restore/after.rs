@@ -5,11 +5,14 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::build::Step;
-use super::check::{check_pod, check_result, check_step, is_own_claim, scratch_claim};
+use super::check::{
+    check_network_policy, check_pod, check_result, check_step, is_own_claim, scratch_claim,
+};
 use super::{Error, dereference_error};
 use crate::api::Restore;
 use crate::api::restore::{CheckStatus, RestoreStatus};
@@ -93,10 +96,21 @@ pub async fn run_check(
         .into_iter()
         .next();
     let Some(pod) = found else {
-        let pod = check_pod(r, check).map_err(|e| Error::Build {
+        let build = |e: crate::controller::agent::pod::PodError| Error::Build {
             restore: name.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let pod = check_pod(r, check).map_err(build)?;
+        // Its NetworkPolicy first, so the pod never runs without it.
+        let policy = check_network_policy(r, check).map_err(build)?;
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        apply(&policies, &policy)
+            .await
+            .map_err(|source| Error::ApplyPod {
+                restore: name.clone(),
+                pod: format!("the check's NetworkPolicy {}", policy.name_any()),
+                source,
+            })?;
         let created = apply(&api, &pod).await.map_err(|source| Error::ApplyPod {
             restore: name.clone(),
             pod: pod.name_any(),

@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume, VolumeResourceRequirements,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
@@ -35,6 +36,48 @@ fn labels(uid: &str, component: &str) -> BTreeMap<String, String> {
         ("app.kubernetes.io/component".into(), component.into()),
         (CHECK_RESTORE_UID_LABEL.into(), uid.into()),
     ])
+}
+
+/// The NetworkPolicy that goes with the check pod (same name, owned by the Restore): it
+/// selects the pod and denies all its egress, unless the check says `allowEgress` (then it
+/// allows all), so a check image never sends the restored data anywhere. Where the cluster's
+/// network plugin does not enforce policies it is inert. Pure.
+pub fn check_network_policy(
+    r: &Restore,
+    check: &CheckContainer,
+) -> Result<NetworkPolicy, PodError> {
+    let owner = r.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
+    let uid = r.uid().ok_or(PodError::NoOwner)?;
+    let selected = BTreeMap::from([
+        (CHECK_RESTORE_UID_LABEL.to_string(), uid.clone()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "restore-check".to_string(),
+        ),
+    ]);
+    Ok(NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(check_pod_name(&r.name_any())),
+            namespace: r.namespace(),
+            labels: Some(labels(&uid, "restore-check-policy")),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selected),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Egress".into()]),
+            // No rule: nothing allowed. One empty rule: everything allowed.
+            egress: Some(if check.allow_egress {
+                vec![NetworkPolicyEgressRule::default()]
+            } else {
+                Vec::new()
+            }),
+            ..Default::default()
+        }),
+    })
 }
 
 /// The scratch claim: spec.target.claimName, owned by the Restore, ReadWriteOnce.
@@ -218,6 +261,43 @@ mod tests {
             .as_ref()
             .expect("claim");
         assert_eq!(claim.claim_name, "scratch-1");
+        // Read-only unless the check says writable.
+        let mounted_ro = |p: &Pod| {
+            p.spec.as_ref().expect("spec").containers[0]
+                .volume_mounts
+                .as_ref()
+                .expect("mounts")
+                .iter()
+                .find(|m| m.name == "restored")
+                .expect("restored")
+                .read_only
+        };
+        assert_eq!(mounted_ro(&pod), Some(true));
+        let mut writable = check();
+        writable.writable = true;
+        assert_eq!(mounted_ro(&check_pod(&r, &writable).expect("pod")), None);
+        // Its egress denied by a NetworkPolicy selecting it (all allowed with allowEgress).
+        let np = check_network_policy(&r, &check()).expect("policy");
+        let np_spec = np.spec.as_ref().expect("spec");
+        let selected = np_spec
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .expect("labels");
+        let labels = pod.metadata.labels.clone().expect("pod labels");
+        assert!(
+            selected.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "{selected:?} {labels:?}"
+        );
+        assert_eq!(
+            np_spec.policy_types.as_deref(),
+            Some(&["Egress".to_string()][..])
+        );
+        assert_eq!(np_spec.egress.as_ref().map(Vec::len), Some(0));
+        let mut open = check();
+        open.allow_egress = true;
+        let np = check_network_policy(&r, &open).expect("policy");
+        assert_eq!(np.spec.expect("spec").egress.map(|e| e.len()), Some(1));
     }
 
     #[test]

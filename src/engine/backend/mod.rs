@@ -405,6 +405,16 @@ impl Backend {
         Ok(out)
     }
 
+    /// The size of object `name`, as the store reports it.
+    pub async fn object_size(&self, name: &str) -> Result<u64, BackendError> {
+        let meta = self
+            .store
+            .head(&ObjPath::from(name))
+            .await
+            .map_err(Self::err(name))?;
+        Ok(meta.size)
+    }
+
     /// The store's time of the last write of `name` (milliseconds since the epoch).
     pub async fn modified_ms(&self, name: &str) -> Result<i64, BackendError> {
         let meta = self

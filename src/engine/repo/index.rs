@@ -201,30 +201,56 @@ impl Repository {
         // Read a few at a time and decode each as it comes: all at once held every index
         // object, sealed and opened, in memory together.
         let mut fetched = futures::stream::iter(names.into_iter().map(|(name, id)| async move {
-            let plain = self.get_sealed(ObjectKind::Index, &name).await?;
-            Ok::<_, EngineError>((name, id, plain))
+            let opened = self
+                .get_sealed(ObjectKind::Index, &name)
+                .await
+                .and_then(|plain| decode_index(&name, &id, &plain));
+            let opened = match opened {
+                Ok(found) => Ok(found),
+                // A damaged index object (a flipped byte, a torn write): its pack says the same,
+                // in its header and sealed trailer. Read that instead, and say so.
+                Err(EngineError::Corrupt { object, reason }) => {
+                    match self.entries_from_pack(&id).await {
+                        Ok(found) => {
+                            tracing::warn!(object = %object, reason = %reason, "index object damaged: its pack's own blob list is read instead (`snapcrypt repair index` writes it again)");
+                            Ok(found)
+                        }
+                        Err(_) => Err(EngineError::Corrupt { object, reason }),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            Ok::<_, EngineError>(opened)
         }))
         .buffered(INDEX_READS);
-        while let Some((name, id, plain)) = fetched.try_next().await? {
-            let corrupt = |reason: &str| EngineError::Corrupt {
-                object: name.clone(),
-                reason: reason.into(),
-            };
-            let (data_key_id, salt) =
-                parse_pack_header(&plain).ok_or_else(|| corrupt("bad pack header in index"))?;
-            let entries = BlobEntry::decode_all(&plain[crate::engine::format::PACK_HEADER_LEN..])
-                .ok_or_else(|| corrupt("bad entries"))?;
-            f(
-                PackInfo {
-                    id,
-                    data_key_id,
-                    salt,
-                },
-                entries,
-            )?;
+        while let Some(opened) = fetched.try_next().await? {
+            let (info, entries) = opened?;
+            f(info, entries)?;
         }
         Ok(())
     }
+}
+
+/// An index object's plaintext: the pack header and the blob list.
+fn decode_index(
+    name: &str,
+    id: &str,
+    plain: &[u8],
+) -> Result<(PackInfo, Vec<BlobEntry>), EngineError> {
+    let corrupt = |reason: &str| EngineError::Corrupt {
+        object: name.to_string(),
+        reason: reason.into(),
+    };
+    let (data_key_id, salt) =
+        parse_pack_header(plain).ok_or_else(|| corrupt("bad pack header in index"))?;
+    let entries = BlobEntry::decode_all(&plain[crate::engine::format::PACK_HEADER_LEN..])
+        .ok_or_else(|| corrupt("bad entries"))?;
+    let info = PackInfo {
+        id: id.to_string(),
+        data_key_id,
+        salt,
+    };
+    Ok((info, entries))
 }
 
 /// Index objects read at once.

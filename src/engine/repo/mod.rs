@@ -8,9 +8,11 @@ mod blob_places;
 mod fuzz;
 mod index;
 mod keys;
+mod repair;
 mod sealed;
 mod snapshots;
 pub use self::keys::rewrap_wait;
+pub use self::repair::{RepairReport, repair_index};
 pub use self::snapshots::UNFINISHED_DIR;
 pub(crate) use self::snapshots::tree_ids;
 
