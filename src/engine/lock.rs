@@ -291,7 +291,18 @@ impl RepoLock {
     }
 }
 
-/// Rewrite the lock every `refresh_every` until it is lost; never recreate a removed lock.
+/// What a refresh found.
+enum Refresh {
+    /// Ours, rewritten with these bytes.
+    Written(Vec<u8>),
+    /// Gone: another taker removed it as stale.
+    Gone,
+    /// Something else is there now, or it changed under the write.
+    Replaced,
+}
+
+/// Rewrite the lock every `refresh_every` until it is lost; never recreate a removed lock, nor
+/// overwrite one that holds anything but what this holder last wrote.
 async fn refresh_loop(
     backend: Backend,
     name: String,
@@ -299,6 +310,7 @@ async fn refresh_loop(
     held: Arc<Mutex<Held>>,
     timing: Timing,
 ) {
+    let mut written = serde_json::to_vec(&me).unwrap_or_default();
     // Fault hook for tests: every refresh stalls this long (as a slow store's retries do).
     let fault_delay = env_secs("SNAPCRYPT_FAULT_LOCK_REFRESH_DELAY_SECS");
     loop {
@@ -314,19 +326,40 @@ async fn refresh_loop(
             refreshed: unix_now(),
             ..me.clone()
         };
+        // Only our own lock, as we last wrote it, is refreshed: one that is gone (another
+        // taker removed it as stale) or holds something else is never written again.
         let attempt = async {
-            if !backend.exists(&name).await? {
-                return Ok::<bool, EngineError>(false);
+            let (current, version) = match backend.get_versioned(&name, SMALL_OBJECT_MAX).await {
+                Ok(found) => found,
+                Err(BackendError::NotFound { .. }) => return Ok(Refresh::Gone),
+                Err(e) => return Err(EngineError::from(e)),
+            };
+            if current[..] != written[..] {
+                return Ok(Refresh::Replaced);
             }
-            backend.put(&name, serde_json::to_vec(&lock)?).await?;
-            Ok(true)
+            let next = serde_json::to_vec(&lock)?;
+            if backend
+                .replace_if_unchanged(&name, next.clone(), version)
+                .await?
+            {
+                Ok(Refresh::Written(next))
+            } else {
+                Ok(Refresh::Replaced)
+            }
         };
         let outcome = tokio::time::timeout(timing.refresh_every, attempt).await;
         let Ok(mut h) = held.lock() else { return };
         match outcome {
-            Ok(Ok(true)) => h.refreshed(started, timing),
-            Ok(Ok(false)) => {
+            Ok(Ok(Refresh::Written(next))) => {
+                written = next;
+                h.refreshed(started, timing);
+            }
+            Ok(Ok(Refresh::Gone)) => {
                 h.lose("another process removed it as stale".into());
+                return;
+            }
+            Ok(Ok(Refresh::Replaced)) => {
+                h.lose("it was replaced by another writer".into());
                 return;
             }
             Ok(Err(e)) => tracing::warn!("refreshing repository lock {name}: {e}"),
@@ -365,6 +398,79 @@ mod tests {
         assert!(h.check(t0 + Duration::from_secs(141), timing()).is_err());
         h.refreshed(t0 + Duration::from_secs(150), timing());
         assert!(h.check(t0 + Duration::from_secs(151), timing()).is_err());
+    }
+
+    /// A refresh that finds its lock gone, or holding another writer's content, stops the
+    /// holder and never writes it again (before: a lock removed between the check and the
+    /// write came back, and a replaced one was overwritten).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_never_recreates_or_overwrites_a_lock() {
+        use crate::engine::backend::{Location, S3Options};
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(
+            &Location::Local(dir.path().join("repo")),
+            &S3Options::default(),
+            true,
+        )
+        .unwrap();
+        let fast = Timing {
+            stale_after: Duration::from_secs(8),
+            refresh_every: Duration::from_millis(50),
+            trusted_for: Duration::from_secs(6),
+        };
+        let me = LockFile {
+            exclusive: false,
+            hostname: "h".into(),
+            pid: 1,
+            refreshed: unix_now(),
+        };
+        for (case, change) in [
+            ("gone", None),
+            ("replaced", Some(&b"{\"exclusive\":true}"[..])),
+        ] {
+            let name = format!("locks/{case}");
+            backend
+                .put(&name, serde_json::to_vec(&me).unwrap())
+                .await
+                .unwrap();
+            let held = Arc::new(Mutex::new(Held {
+                last_ok: Instant::now(),
+                lost: None,
+            }));
+            let task = tokio::spawn(refresh_loop(
+                backend.clone(),
+                name.clone(),
+                me.clone(),
+                held.clone(),
+                fast,
+            ));
+            // Refreshed at least once while it is ours.
+            let path = dir.path().join("repo").join(&name);
+            let first = std::fs::read(&path).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::fs::read(&path).unwrap() == first {
+                assert!(Instant::now() < deadline, "{case}: never refreshed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            match change {
+                None => backend.delete(&name).await.unwrap(),
+                Some(other) => backend.put(&name, other.to_vec()).await.unwrap(),
+            }
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("the refresher stops")
+                .unwrap();
+            let why = held.lock().unwrap().lost.clone();
+            assert!(why.is_some(), "{case}: not lost");
+            match change {
+                None => assert!(!path.exists(), "gone: recreated"),
+                Some(other) => assert_eq!(
+                    std::fs::read(&path).unwrap(),
+                    other,
+                    "replaced: overwritten"
+                ),
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@ mod cloud;
 mod durable;
 mod local;
 mod location;
+#[cfg(test)]
+pub mod paused;
 
 pub use self::location::{Location, REPO_FORMS, S3Options, StoreKind};
 
@@ -20,7 +22,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
     BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
-    WriteMultipart,
+    UpdateVersion, WriteMultipart,
 };
 use tokio::io::AsyncReadExt;
 
@@ -217,6 +219,68 @@ impl Backend {
             .await
             .map_err(Self::err(name))?;
         Ok(())
+    }
+
+    /// Read a small object whole (at most `limit` bytes) with the version the store gives it
+    /// (an ETag, a generation), for [`Self::replace_if_unchanged`].
+    pub async fn get_versioned(
+        &self,
+        name: &str,
+        limit: u64,
+    ) -> Result<(Bytes, Option<UpdateVersion>), BackendError> {
+        let r = self
+            .store
+            .get(&ObjPath::from(name))
+            .await
+            .map_err(Self::err(name))?;
+        if r.meta.size > limit {
+            return Err(BackendError::TooLarge {
+                name: name.into(),
+                size: r.meta.size,
+                limit,
+            });
+        }
+        let version = (r.meta.e_tag.is_some() || r.meta.version.is_some()).then(|| UpdateVersion {
+            e_tag: r.meta.e_tag.clone(),
+            version: r.meta.version.clone(),
+        });
+        let bytes = r.bytes().await.map_err(Self::err(name))?;
+        Ok((bytes, version))
+    }
+
+    /// Replace `name` only if it is still at `version`: a conditional write where the store
+    /// has one; false when it changed (or went) since. A local repository, a store without
+    /// conditional writes, or no version: a plain write (the caller compared the content just
+    /// before; docs/REPOSITORY.md, "Locks and deletion", says what that leaves).
+    pub async fn replace_if_unchanged(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        version: Option<UpdateVersion>,
+    ) -> Result<bool, BackendError> {
+        let Some(version) = version.filter(|_| self.local_root.is_none()) else {
+            self.put(name, data).await?;
+            return Ok(true);
+        };
+        let opts = PutOptions {
+            mode: PutMode::Update(version),
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&ObjPath::from(name), PutPayload::from(data.clone()), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.put(name, data).await?;
+                Ok(true)
+            }
+            Err(e) => Err(Self::err(name)(e)),
+        }
     }
 
     /// Write an object only if none exists under that name; returns false if one existed.
@@ -529,80 +593,8 @@ impl Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::stream::BoxStream;
-    use object_store::memory::InMemory;
-    use object_store::{
-        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
-        PutMultipartOptions, PutResult,
-    };
 
-    /// A real in-memory store that, like some S3-compatible stores, has no conditional puts.
-    #[derive(Debug, Default)]
-    struct NoConditionalPut(InMemory);
-
-    impl std::fmt::Display for NoConditionalPut {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("NoConditionalPut")
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for NoConditionalPut {
-        async fn put_opts(
-            &self,
-            location: &ObjPath,
-            payload: PutPayload,
-            opts: PutOptions,
-        ) -> object_store::Result<PutResult> {
-            if opts.mode != PutMode::Overwrite {
-                return Err(object_store::Error::NotImplemented {
-                    operation: "conditional put".into(),
-                    implementer: "NoConditionalPut".into(),
-                });
-            }
-            self.0.put_opts(location, payload, opts).await
-        }
-        async fn put_multipart_opts(
-            &self,
-            location: &ObjPath,
-            opts: PutMultipartOptions,
-        ) -> object_store::Result<Box<dyn MultipartUpload>> {
-            self.0.put_multipart_opts(location, opts).await
-        }
-        async fn get_opts(
-            &self,
-            location: &ObjPath,
-            options: GetOptions,
-        ) -> object_store::Result<GetResult> {
-            self.0.get_opts(location, options).await
-        }
-        fn delete_stream(
-            &self,
-            locations: BoxStream<'static, object_store::Result<ObjPath>>,
-        ) -> BoxStream<'static, object_store::Result<ObjPath>> {
-            self.0.delete_stream(locations)
-        }
-        fn list(
-            &self,
-            prefix: Option<&ObjPath>,
-        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-            self.0.list(prefix)
-        }
-        async fn list_with_delimiter(
-            &self,
-            prefix: Option<&ObjPath>,
-        ) -> object_store::Result<ListResult> {
-            self.0.list_with_delimiter(prefix).await
-        }
-        async fn copy_opts(
-            &self,
-            from: &ObjPath,
-            to: &ObjPath,
-            options: CopyOptions,
-        ) -> object_store::Result<()> {
-            self.0.copy_opts(from, to, options).await
-        }
-    }
+    use super::paused::NoConditionalPut;
 
     /// Item 5 of the data-safety issue: on a store without conditional puts, `put_new` wrote
     /// an empty object (a new repository's config was 0 bytes forever).

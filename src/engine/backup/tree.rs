@@ -24,6 +24,23 @@ pub(super) struct Done {
     pub len: u64,
 }
 
+impl Done {
+    /// The sequence number no unit has: a worker that stopped (an error, or the backup
+    /// aborted) says so with it, so the file list's writer never waits for a unit that worker
+    /// held (it waited forever while the feeder waited on it: found by tests/hostile_volumes.rs
+    /// with a file swapped for a link after the scan).
+    pub const STOPPED: u64 = u64::MAX;
+
+    pub fn stopped() -> Self {
+        Done {
+            seq: Self::STOPPED,
+            ids: Vec::new(),
+            read: 0,
+            len: 0,
+        }
+    }
+}
+
 /// The file list's totals.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Totals {
@@ -152,6 +169,9 @@ impl<'a, W: Write> Assembler<'a, W> {
             let d = done
                 .recv()
                 .map_err(|_| EngineError::Worker(ABORTED.into()))?;
+            if d.seq == Done::STOPPED {
+                return Err(EngineError::Worker(ABORTED.into()));
+            }
             self.early.insert(d.seq, d);
         }
     }

@@ -205,6 +205,11 @@ pub(super) fn run_pipeline<W: std::io::Write>(
                 let (units, done, packs) = (unit_rx.clone(), done_tx.clone(), packs.clone());
                 s.spawn(move || {
                     let r = worker(shared, (input.root, input.entries), &units, &done, &packs);
+                    if r.is_err() || shared.abort.load(Ordering::Relaxed) {
+                        // The unit it held will never be done: the file list's writer must
+                        // not wait for it (nor the feeder for that writer).
+                        let _ = done.send(Done::stopped());
+                    }
                     stop_all_on_error(shared, r)
                 })
             })

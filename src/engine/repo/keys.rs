@@ -156,16 +156,10 @@ impl Repository {
                 return Ok((k.clone(), master));
             }
         }
-        let any = self
-            .keys
-            .values()
-            .next()
-            .cloned()
-            .ok_or_else(|| EngineError::Corrupt {
-                object: "keys/".into(),
-                reason: "no data key".into(),
-            })?;
-        let key = DataKey::generate(Some(any.id_key()))?;
+        // The repository's chunk-id key (the config's data key's), so chunk ids stay
+        // comparable across data keys.
+        let hasher = self.chunk_hasher()?;
+        let key = DataKey::generate(Some(hasher.id_key()))?;
         let record = Self::wrap_record(km, &key, None).await?;
         self.backend
             .put(

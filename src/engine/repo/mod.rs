@@ -120,8 +120,10 @@ impl Repository {
         };
         repo.load_keys(kms).await?;
         // The config names the data key it was created with; its chunk-id key is the
-        // repository's. A record with another chunk-id key is a stray left by a writer that
-        // lost the race to create the repository: it is ignored.
+        // repository's. A record with another chunk-id key (a second creator's, on a store
+        // without conditional writes, where both configs were written and the last one stayed)
+        // is kept: data may have been written under it, and it opens that data. New data keys
+        // take the config's chunk-id key (`active_data_key`).
         let first = parse_key_id(&repo.config.key).ok_or_else(|| EngineError::Corrupt {
             object: "config".into(),
             reason: "no valid data key id".into(),
@@ -133,9 +135,6 @@ impl Repository {
                 reason: "authentication failed: altered".into(),
             });
         }
-        repo.keys.retain(|_, k| k.id_key() == &id_key);
-        let kept: Vec<String> = repo.keys.keys().map(hex::encode).collect();
-        repo.records.retain(|r| kept.contains(&r.data_key_id));
         Ok(repo)
     }
 
@@ -347,6 +346,100 @@ mod tests {
             assert_eq!(hex::encode(key.id), winner);
             std::fs::remove_file(dir.path().join(format!("repo/keys/{}", record.data_key_id)))
                 .unwrap();
+        }
+    }
+
+    /// Two writers create one repository at once (two snapshot pods of a job, its first run),
+    /// their store requests interleaved in a seeded order at every request: on a store with
+    /// conditional puts and on one without. Whatever the order, both open the repository and
+    /// take a data key whose record is there at the end (never the loser's, which it deletes),
+    /// and "damaged" is never said. With conditional puts both take the config's key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_creators_in_any_interleaving_end_with_one_usable_key() {
+        use crate::engine::backend::paused::{NoConditionalPut, Paused, Turn};
+        use object_store::ObjectStore;
+        use tokio::sync::mpsc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("k.json");
+        LocalKeyManager::create(&key_file).unwrap();
+        for conditional in [true, false] {
+            for seed in 1..=200u64 {
+                let shared: Arc<dyn ObjectStore> = if conditional {
+                    Arc::new(object_store::memory::InMemory::new())
+                } else {
+                    Arc::new(NoConditionalPut::default())
+                };
+                let (turns, mut asked) = mpsc::unbounded_channel::<Turn>();
+                let writer = |w: usize| {
+                    let backend = Backend::over_store(Arc::new(Paused {
+                        inner: shared.clone(),
+                        writer: w,
+                        turns: turns.clone(),
+                    }));
+                    let (done, key_file) = (turns.clone(), key_file.clone());
+                    tokio::spawn(async move {
+                        let km = LocalKeyManager::load(&key_file).unwrap();
+                        let run = async {
+                            let (mut repo, _) =
+                                Repository::open_or_init(backend, &km, DEFAULT_CHUNK_SIZE).await?;
+                            let (key, _) = repo.active_data_key(&km).await?;
+                            Ok::<_, EngineError>((repo.config.key.clone(), hex::encode(key.id)))
+                        };
+                        let r = run.await;
+                        let (go, _) = tokio::sync::oneshot::channel();
+                        let _ = done.send(Turn {
+                            writer: w,
+                            what: "done".into(),
+                            go,
+                        });
+                        r
+                    })
+                };
+                let (a, b) = (writer(0), writer(1));
+                drop(turns);
+                // The scheduler: once every writer still running waits, let one go, chosen
+                // by the seed.
+                let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let (mut waiting, mut live, mut order) = (Vec::<Turn>::new(), 2, Vec::new());
+                while live > 0 {
+                    if waiting.len() >= live {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let t = waiting.remove((rng % waiting.len() as u64) as usize);
+                        order.push(format!("{} {}", t.writer, t.what));
+                        let _ = t.go.send(());
+                        continue;
+                    }
+                    match asked.recv().await {
+                        Some(t) if t.what == "done" => live -= 1,
+                        Some(t) => waiting.push(t),
+                        None => break,
+                    }
+                }
+                let results = [a.await.unwrap(), b.await.unwrap()];
+                let store = Backend::over_store(shared.clone());
+                let km = LocalKeyManager::load(&key_file).unwrap();
+                let mut end = Repository::open(store, &km).await.unwrap_or_else(|e| {
+                    panic!("seed {seed} conditional {conditional}: {e}\n{order:?}")
+                });
+                for r in &results {
+                    let (config_key, data_key) = r.as_ref().unwrap_or_else(|e| {
+                        panic!("seed {seed} conditional {conditional}: {e}\n{order:?}")
+                    });
+                    let id = parse_key_id(data_key).unwrap();
+                    assert!(
+                        end.key(&id).is_ok(),
+                        "seed {seed} conditional {conditional}: data key {data_key} is gone\n{order:?}"
+                    );
+                    if conditional {
+                        assert_eq!(config_key, &end.config.key, "seed {seed}\n{order:?}");
+                        assert_eq!(data_key, config_key, "seed {seed}\n{order:?}");
+                    }
+                }
+                assert!(end.active_data_key(&km).await.is_ok());
+            }
         }
     }
 
