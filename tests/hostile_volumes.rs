@@ -197,12 +197,7 @@ fn a_backup_never_reuses_a_chunk_no_index_serves() {
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
     backup_id(&src, &repo, &key, &[]);
     // The largest pack holds the data of the 3 MiB collection.
-    let mut packs: Vec<(u64, PathBuf)> = support::files_under(&Path::new(&repo).join("data"))
-        .into_iter()
-        .map(|p| (fs::metadata(&p).unwrap().len(), p))
-        .collect();
-    packs.sort();
-    let (_, largest) = packs.pop().expect("a pack");
+    let largest = largest_under(&Path::new(&repo).join("data"));
     let id = largest.file_name().unwrap().to_string_lossy().into_owned();
     fs::remove_file(&largest).unwrap();
     fs::remove_file(Path::new(&repo).join("index").join(&id)).unwrap();
@@ -223,6 +218,14 @@ fn a_backup_never_reuses_a_chunk_no_index_serves() {
     let out = e.p("out");
     ok(&restore_cmd(&repo, &key, &out, &[]), &[]);
     assert_same_tree(Path::new(&src), Path::new(&out));
+}
+
+/// The largest file under `dir` (a repository's data pack, or its index object).
+fn largest_under(dir: &Path) -> PathBuf {
+    support::files_under(dir)
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .expect("a file")
 }
 
 // ------------------------------------------------------------------ the seeded generator
@@ -647,12 +650,7 @@ fn a_damaged_index_object_is_worked_around_and_repaired() {
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
     backup_id(&src, &repo, &key, &[]);
     // The largest index object: the data pack's.
-    let mut indexes: Vec<(u64, PathBuf)> = support::files_under(&Path::new(&repo).join("index"))
-        .into_iter()
-        .map(|p| (fs::metadata(&p).unwrap().len(), p))
-        .collect();
-    indexes.sort();
-    let (_, damaged) = indexes.pop().expect("an index object");
+    let damaged = largest_under(&Path::new(&repo).join("index"));
     let mut bytes = fs::read(&damaged).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;

@@ -81,16 +81,22 @@ pub fn run_rbac(job: &BackupJob, run: &RunObject<'_>) -> (Role, RoleBinding) {
         owner_references: Some(vec![run.owner.clone()]),
         ..Default::default()
     };
-    let role = Role {
-        metadata: meta.clone(),
-        rules: Some(run_rules(run.resource, Some(run.name))),
-    };
+    role_for_agent(job, meta, run_rules(run.resource, Some(run.name)))
+}
+
+/// A Role with `rules` and the RoleBinding that grants it to `job`'s agent ServiceAccount,
+/// both with `meta` (the Role's name and owner).
+fn role_for_agent(
+    job: &BackupJob,
+    meta: ObjectMeta,
+    rules: Vec<PolicyRule>,
+) -> (Role, RoleBinding) {
     let binding = RoleBinding {
-        metadata: meta,
+        metadata: meta.clone(),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
             kind: "Role".into(),
-            name,
+            name: meta.name.clone().unwrap_or_default(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
@@ -98,6 +104,10 @@ pub fn run_rbac(job: &BackupJob, run: &RunObject<'_>) -> (Role, RoleBinding) {
             namespace: job.namespace(),
             api_group: None,
         }]),
+    };
+    let role = Role {
+        metadata: meta,
+        rules: Some(rules),
     };
     (role, binding)
 }
@@ -110,16 +120,23 @@ pub async fn apply_run_access(
     run: &RunObject<'_>,
 ) -> Result<(), (&'static str, kube::Error)> {
     let (role, binding) = run_rbac(job, run);
+    apply_role(ctx, ns, &role, &binding).await
+}
+
+/// Apply a Role and the RoleBinding that grants it. On failure, which object.
+async fn apply_role(
+    ctx: &Context,
+    ns: &str,
+    role: &Role,
+    binding: &RoleBinding,
+) -> Result<(), (&'static str, kube::Error)> {
     let client = &ctx.client;
-    apply(&Api::<Role>::namespaced(client.clone(), ns), &role)
+    apply(&Api::<Role>::namespaced(client.clone(), ns), role)
         .await
         .map_err(|e| ("Role", e))?;
-    apply(
-        &Api::<RoleBinding>::namespaced(client.clone(), ns),
-        &binding,
-    )
-    .await
-    .map_err(|e| ("RoleBinding", e))?;
+    apply(&Api::<RoleBinding>::namespaced(client.clone(), ns), binding)
+        .await
+        .map_err(|e| ("RoleBinding", e))?;
     Ok(())
 }
 
@@ -162,24 +179,7 @@ pub fn agent_rbac(job: &BackupJob) -> Option<(ServiceAccount, Role, RoleBinding)
     // Nothing for the job as a whole: each run grants its own object ([`run_rbac`]). Applied
     // empty so that a Role an older operator made with every Snapshot and Restore of the
     // namespace in it is narrowed on upgrade.
-    let role = Role {
-        metadata: meta.clone(),
-        rules: Some(Vec::new()),
-    };
-    let binding = RoleBinding {
-        metadata: meta,
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name,
-            namespace: job.namespace(),
-            api_group: None,
-        }]),
-    };
+    let (role, binding) = role_for_agent(job, meta, Vec::new());
     Some((sa, role, binding))
 }
 
@@ -196,16 +196,7 @@ pub async fn apply_agent_identity(
     apply(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &sa)
         .await
         .map_err(|e| ("ServiceAccount", e))?;
-    apply(&Api::<Role>::namespaced(client.clone(), ns), &role)
-        .await
-        .map_err(|e| ("Role", e))?;
-    apply(
-        &Api::<RoleBinding>::namespaced(client.clone(), ns),
-        &binding,
-    )
-    .await
-    .map_err(|e| ("RoleBinding", e))?;
-    Ok(())
+    apply_role(ctx, ns, &role, &binding).await
 }
 
 #[cfg(test)]

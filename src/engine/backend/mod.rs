@@ -348,19 +348,7 @@ impl Backend {
     /// Read a whole object of at most `limit` bytes (its size, as the store reports it, is
     /// checked before anything is read into memory).
     pub async fn get_limited(&self, name: &str, limit: u64) -> Result<Bytes, BackendError> {
-        let r = self
-            .store
-            .get(&ObjPath::from(name))
-            .await
-            .map_err(Self::err(name))?;
-        if r.meta.size > limit {
-            return Err(BackendError::TooLarge {
-                name: name.into(),
-                size: r.meta.size,
-                limit,
-            });
-        }
-        r.bytes().await.map_err(Self::err(name))
+        Ok(self.get_versioned(name, limit).await?.0)
     }
 
     /// Read `len` bytes at `offset` of an object.
