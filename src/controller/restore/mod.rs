@@ -416,16 +416,19 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
     let wait =
         |reason: Reason, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
     let blocked = |b: Blocked| wait(b.reason, b.message);
-    if let Some(message) = spec_problem(r) {
-        let finished = None;
-        return Ok((
+    let invalid = |message: String| -> Result<(Step, Option<Duration>), Error> {
+        let reason = Reason::InvalidSpec;
+        Ok((
             Step::Failed {
-                reason: Reason::InvalidSpec,
+                reason,
                 message,
-                finished,
+                finished: None,
             },
             None,
-        ));
+        ))
+    };
+    if let Some(message) = spec_problem(r) {
+        return invalid(message);
     }
 
     // The Snapshot, finished and successful.
@@ -450,15 +453,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         );
     };
     if let Some(message) = target_is_repository(r, &job) {
-        let finished = None;
-        return Ok((
-            Step::Failed {
-                reason: Reason::InvalidSpec,
-                message,
-                finished,
-            },
-            None,
-        ));
+        return invalid(message);
     }
     if let Some(b) = check_job(client, &ns, &job, Needs::RepositoryAndKey)
         .await
@@ -504,16 +499,7 @@ async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), E
         kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
     }) {
         Ok(p) => p,
-        Err(e) => {
-            return Ok((
-                Step::Failed {
-                    reason: Reason::InvalidSpec,
-                    message: format!("BackupJob {job_name}: {e}"),
-                    finished: None,
-                },
-                None,
-            ));
-        }
+        Err(e) => return invalid(format!("BackupJob {job_name}: {e}")),
     };
     let rbac = |(object, source)| Error::ApplyRbac {
         restore: name.clone(),

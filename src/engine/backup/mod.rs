@@ -233,13 +233,15 @@ async fn find_parent(
     let pieces: HashSet<ChunkId> = pieces.into_iter().collect();
     let mut index = IndexBuilder::default();
     // Every data blob the index knows, as a sorted stream (spilled past its budget, so no
-    // lookup structure grows with the repository).
-    let mut served = Sorter::<32>::in_temp_dir(SORT_BUDGET);
+    // lookup structure grows with the repository) of the first 16 bytes of each id: a false
+    // match of keyed BLAKE3 ids on 128 bits is as unlikely as prune's (docs/REPOSITORY.md,
+    // "Memory"), and it halves the scratch disk.
+    let mut served = Sorter::<ID_PREFIX>::in_temp_dir(SORT_BUDGET);
     repo.for_each_index_pack(|pack, entries| {
         let mut mine: Vec<BlobEntry> = Vec::new();
         for e in entries {
             match e.kind {
-                BlobKind::Data => served.push(e.id)?,
+                BlobKind::Data => served.push(id_prefix(&e.id))?,
                 BlobKind::Tree if pieces.contains(&e.id) => mine.push(e),
                 BlobKind::Tree => {}
             }
@@ -252,11 +254,11 @@ async fn find_parent(
     .await?;
     let index = index.finish();
     let handle = tokio::runtime::Handle::current();
-    let mut wanted = Sorter::<32>::in_temp_dir(SORT_BUDGET);
+    let mut wanted = Sorter::<ID_PREFIX>::in_temp_dir(SORT_BUDGET);
     let read = tokio::task::block_in_place(|| {
         repo.for_each_tree_entry(&index, &parent, &handle, |e| {
             for id in &e.chunks {
-                wanted.push(*id)?;
+                wanted.push(id_prefix(id))?;
             }
             Ok(())
         })
@@ -285,12 +287,21 @@ async fn find_parent(
 /// Memory each of find_parent's sorts may hold before it spills to scratch files.
 const SORT_BUDGET: usize = 4 * 1024 * 1024;
 
+/// Bytes of a blob id the parent check compares.
+const ID_PREFIX: usize = 16;
+
+fn id_prefix(id: &ChunkId) -> [u8; ID_PREFIX] {
+    let mut p = [0u8; ID_PREFIX];
+    p.copy_from_slice(&id[..ID_PREFIX]);
+    p
+}
+
 /// The first id of sorted stream `wanted` that sorted stream `served` lacks. Pure.
-fn first_unserved(
-    wanted: impl Iterator<Item = Result<[u8; 32], SpillError>>,
-    mut served: impl Iterator<Item = Result<[u8; 32], SpillError>>,
-) -> Result<Option<[u8; 32]>, SpillError> {
-    let mut have: Option<[u8; 32]> = None;
+fn first_unserved<const N: usize>(
+    wanted: impl Iterator<Item = Result<[u8; N], SpillError>>,
+    mut served: impl Iterator<Item = Result<[u8; N], SpillError>>,
+) -> Result<Option<[u8; N]>, SpillError> {
+    let mut have: Option<[u8; N]> = None;
     for w in wanted {
         let w = w?;
         while have.is_none_or(|h| h < w) {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use crate::engine::EngineError;
-use crate::engine::beneath::{BeneathError, Root, file_id, name_str, read_names};
+use crate::engine::beneath::{BeneathError, FileId, Root, file_id, name_str, read_names};
 use crate::engine::format::EntryKind;
 
 /// One entry found by the scan.
@@ -66,6 +66,31 @@ pub fn scan_with(
     max_files: u64,
     before_dir: &mut dyn FnMut(&str),
 ) -> Result<Scan, EngineError> {
+    let dir = open_source(root, within)?;
+    let mut scan = Scan {
+        // The root's own name, as the snapshot records it (its parent's identity follows it).
+        root: std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
+        dir,
+        entries: Vec::new(),
+        files: 0,
+        dirs: 0,
+        bytes: 0,
+        skipped: Vec::new(),
+    };
+    let mut stack = vec![(String::new(), scan.dir.id())];
+    while let Some((rel, id)) = stack.pop() {
+        if !rel.is_empty() {
+            before_dir(&rel);
+        }
+        let subdirs = scan.directory(&rel, id, max_files)?;
+        // Reverse so that popping visits subdirectories in sorted order.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(scan)
+}
+
+/// Open the source: beneath `within` when given (no link below it), else the user's path.
+fn open_source(root: &Path, within: Option<&Path>) -> Result<Root, EngineError> {
     let from = |e: BeneathError| EngineError::Source {
         path: e.path().to_string(),
         reason: match e.io_kind() {
@@ -73,7 +98,7 @@ pub fn scan_with(
             _ => e.reason(),
         },
     };
-    let dir = match within {
+    match within {
         Some(within) => Root::open_within(within, root, false).map_err(|e| match e {
             BeneathError::Io { .. } => from(e),
             refused => EngineError::Source {
@@ -83,48 +108,51 @@ pub fn scan_with(
                     within.display()
                 ),
             },
-        })?,
-        None => Root::open(root).map_err(from)?,
-    };
-    // The root's own name, as the snapshot records it (its parent's identity follows it).
-    let shown = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let mut scan = Scan {
-        root: shown.clone(),
-        dir,
-        entries: Vec::new(),
-        files: 0,
-        dirs: 0,
-        bytes: 0,
-        skipped: Vec::new(),
-    };
-    let abs = |rel: &str| {
+        }),
+        None => Root::open(root).map_err(from),
+    }
+}
+
+impl Scan {
+    /// `rel` shown under the source (for messages and `ScanEntry::abs`).
+    fn abs(&self, rel: &str) -> PathBuf {
         if rel.is_empty() {
-            shown.clone()
+            self.root.clone()
         } else {
-            shown.join(rel)
+            self.root.join(rel)
         }
-    };
-    let root_id = scan.dir.id();
-    let mut stack = vec![(String::new(), root_id)];
-    while let Some((rel, id)) = stack.pop() {
-        let err = |e: std::io::Error| EngineError::Source {
-            path: abs(&rel).display().to_string(),
-            reason: e.to_string(),
-        };
-        if !rel.is_empty() {
-            before_dir(&rel);
+    }
+
+    fn source_error(&self, rel: &str, e: impl Into<std::io::Error>) -> EngineError {
+        EngineError::Source {
+            path: self.abs(rel).display().to_string(),
+            reason: e.into().to_string(),
         }
-        let fd = scan
+    }
+
+    /// Open directory `rel` from the root's descriptor, check it is the directory its parent
+    /// listed (`id`), record it and its children; its subdirectories, sorted, with the
+    /// identity each was listed with.
+    fn directory(
+        &mut self,
+        rel: &str,
+        id: FileId,
+        max_files: u64,
+    ) -> Result<Vec<(String, FileId)>, EngineError> {
+        let fd = self
             .dir
-            .open_at(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-            .map_err(from)?;
-        let m = rustix::fs::fstat(&fd).map_err(|e| err(e.into()))?;
+            .open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| EngineError::Source {
+                path: e.path().to_string(),
+                reason: e.reason(),
+            })?;
+        let m = rustix::fs::fstat(&fd).map_err(|e| self.source_error(rel, e))?;
         if file_id(&m) != id {
-            return Err(swapped(&abs(&rel), "directory"));
+            return Err(swapped(&self.abs(rel), "directory"));
         }
-        scan.entries.push(ScanEntry {
-            rel: rel.clone(),
-            abs: abs(&rel),
+        self.entries.push(ScanEntry {
+            rel: rel.to_string(),
+            abs: self.abs(rel),
             kind: EntryKind::Dir,
             mode: m.st_mode & 0o7777,
             mtime_ns: mtime_ns(&m),
@@ -133,109 +161,104 @@ pub fn scan_with(
             dev: m.st_dev,
             target: None,
         });
-        scan.dirs += 1;
-        let mut children = read_names(fd.as_fd()).map_err(err)?;
+        self.dirs += 1;
+        let mut children = read_names(fd.as_fd()).map_err(|e| self.source_error(rel, e))?;
         children.sort_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
         for (name, _) in children {
             let name_s = name_str(&name);
             if name_s.as_bytes() != name.as_slice() {
-                scan.skipped.push(format!(
+                let shown = self.abs(rel).join(&name_s);
+                self.skipped.push(format!(
                     "{}: its name is not UTF-8 (not backed up)",
-                    abs(&rel).join(&name_s).display()
+                    shown.display()
                 ));
                 continue;
             }
-            let child_rel = if rel.is_empty() {
+            let child = if rel.is_empty() {
                 name_s
             } else {
                 format!("{rel}/{name_s}")
             };
-            let m = match rustix::fs::statat(&fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(m) => m,
-                Err(e) => {
-                    return Err(EngineError::Source {
-                        path: abs(&child_rel).display().to_string(),
-                        reason: std::io::Error::from(e).to_string(),
-                    });
-                }
-            };
-            let ft = FileType::from_raw_mode(m.st_mode);
+            if let Some(sub) = self.child(fd.as_fd(), &name, child, max_files)? {
+                subdirs.push(sub);
+            }
+        }
+        Ok(subdirs)
+    }
+
+    /// Record entry `name` of the directory open at `fd` (path `rel`), never following it; a
+    /// subdirectory is returned instead, with its identity, to be scanned in turn.
+    fn child(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        name: &[u8],
+        rel: String,
+        max_files: u64,
+    ) -> Result<Option<(String, FileId)>, EngineError> {
+        let m = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.source_error(&rel, e))?;
+        let (kind, target) = match FileType::from_raw_mode(m.st_mode) {
             // A data volume's root on ext4 holds lost+found (root's, mode 0700, unreadable by
             // mongod's user): filesystem bookkeeping, not data.
-            if ft == FileType::Directory && child_rel == "lost+found" {
-                scan.skipped
-                    .push(format!("{child_rel}: filesystem bookkeeping, not data"));
-                continue;
+            FileType::Directory if rel == "lost+found" => {
+                self.skipped
+                    .push(format!("{rel}: filesystem bookkeeping, not data"));
+                return Ok(None);
             }
-            if ft == FileType::Directory {
-                subdirs.push((child_rel, file_id(&m)));
-                continue;
+            FileType::Directory => return Ok(Some((rel, file_id(&m)))),
+            FileType::RegularFile => {
+                // Readable now, through its parent's descriptor, never through a link.
+                let f = rustix::fs::openat(
+                    fd,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.source_error(&rel, e))?;
+                let opened = rustix::fs::fstat(&f).map_err(|e| self.source_error(&rel, e))?;
+                if file_id(&opened) != file_id(&m) {
+                    return Err(swapped(&self.abs(&rel), "file"));
+                }
+                self.files += 1;
+                self.bytes += m.st_size as u64;
+                if self.files >= max_files {
+                    return Err(EngineError::TooManyFiles {
+                        path: self.root.display().to_string(),
+                        count: count_files(&self.dir),
+                        max: max_files,
+                    });
+                }
+                (EntryKind::File, None)
             }
-            let (kind, target) = match ft {
-                FileType::RegularFile => {
-                    // Readable now, through its parent's descriptor, never through a link.
-                    let f = rustix::fs::openat(
-                        &fd,
-                        name.as_slice(),
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| EngineError::Source {
-                        path: abs(&child_rel).display().to_string(),
-                        reason: std::io::Error::from(e).to_string(),
-                    })?;
-                    if file_id(&rustix::fs::fstat(&f).map_err(|e| err(e.into()))?) != file_id(&m) {
-                        return Err(swapped(&abs(&child_rel), "file"));
-                    }
-                    scan.files += 1;
-                    scan.bytes += m.st_size as u64;
-                    if scan.files >= max_files {
-                        return Err(EngineError::TooManyFiles {
-                            path: shown.display().to_string(),
-                            count: count_files(&scan.dir),
-                            max: max_files,
-                        });
-                    }
-                    (EntryKind::File, None)
-                }
-                FileType::Symlink => {
-                    let t =
-                        rustix::fs::readlinkat(&fd, name.as_slice(), Vec::new()).map_err(|e| {
-                            EngineError::Source {
-                                path: abs(&child_rel).display().to_string(),
-                                reason: std::io::Error::from(e).to_string(),
-                            }
-                        })?;
-                    (EntryKind::Symlink, Some(t.to_string_lossy().into_owned()))
-                }
-                _ => {
-                    scan.skipped.push(format!(
-                        "{child_rel}: not a regular file, directory or symlink"
-                    ));
-                    continue;
-                }
-            };
-            scan.entries.push(ScanEntry {
-                abs: abs(&child_rel),
-                rel: child_rel,
-                kind,
-                mode: m.st_mode & 0o7777,
-                mtime_ns: mtime_ns(&m),
-                size: if kind == EntryKind::File {
-                    m.st_size as u64
-                } else {
-                    0
-                },
-                inode: m.st_ino,
-                dev: m.st_dev,
-                target,
-            });
-        }
-        // Reverse so that popping visits subdirectories in sorted order.
-        stack.extend(subdirs.into_iter().rev());
+            FileType::Symlink => {
+                let t = rustix::fs::readlinkat(fd, name, Vec::new())
+                    .map_err(|e| self.source_error(&rel, e))?;
+                (EntryKind::Symlink, Some(t.to_string_lossy().into_owned()))
+            }
+            _ => {
+                self.skipped
+                    .push(format!("{rel}: not a regular file, directory or symlink"));
+                return Ok(None);
+            }
+        };
+        self.entries.push(ScanEntry {
+            abs: self.abs(&rel),
+            rel,
+            kind,
+            mode: m.st_mode & 0o7777,
+            mtime_ns: mtime_ns(&m),
+            size: if kind == EntryKind::File {
+                m.st_size as u64
+            } else {
+                0
+            },
+            inode: m.st_ino,
+            dev: m.st_dev,
+            target,
+        });
+        Ok(None)
     }
-    Ok(scan)
 }
 
 /// The error for an entry replaced during the backup.
