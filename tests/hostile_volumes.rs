@@ -677,18 +677,21 @@ fn a_damaged_index_object_is_worked_around_and_repaired() {
     let err = fails(&["verify", "--repo", &repo, "--key-file", &key], &[]);
     assert!(err.contains(&format!("index/{id}")), "{err}");
 
-    let said = ok(
-        &[
-            "repair",
-            "index",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--json",
-        ],
-        &[],
-    );
+    let repair = || {
+        ok(
+            &[
+                "repair",
+                "index",
+                "--repo",
+                &repo,
+                "--key-file",
+                &key,
+                "--json",
+            ],
+            &[],
+        )
+    };
+    let said = repair();
     let report: serde_json::Value = serde_json::from_str(&said).unwrap();
     assert_eq!(report["rebuilt"], serde_json::json!([id]), "{said}");
     assert_eq!(report["unreadable"], serde_json::json!([]), "{said}");
@@ -697,17 +700,6 @@ fn a_damaged_index_object_is_worked_around_and_repaired() {
         &[],
     );
     // A second repair finds nothing to do.
-    let said = ok(
-        &[
-            "repair",
-            "index",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--json",
-        ],
-        &[],
-    );
+    let said = repair();
     assert!(said.contains("\"rebuilt\": []"), "{said}");
 }
