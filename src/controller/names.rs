@@ -17,6 +17,11 @@ pub const ATTEMPT_LABEL: &str = "snapcrypt.dev/attempt";
 pub const MEMBER_ANNOTATION: &str = "snapcrypt.dev/member";
 pub const MEMBER_ROLE_ANNOTATION: &str = "snapcrypt.dev/member-role";
 pub const MEMBER_REASON_ANNOTATION: &str = "snapcrypt.dev/member-reason";
+/// Annotation on a snapshot pod with its attempt's capture (JSON of the status's `capture`,
+/// its lock left out), for the same reason: a status read from a cache that has not yet seen
+/// the write after the pod's creation must not lose the VolumeSnapshot, its restored claim and
+/// the cut's instant (seen in CI as a Succeeded Snapshot without them).
+pub const CAPTURE_ANNOTATION: &str = "snapcrypt.dev/capture";
 /// Annotation with the scheduled time (RFC 3339) a Snapshot was created for.
 pub const SCHEDULED_TIME: &str = "snapcrypt.dev/scheduled-time";
 

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 
-use super::build::pod::made_by_job;
+use super::build::pod::{made_by_job, recorded_capture};
 use super::build::status::{Consistency, Step};
 use super::build::volume::{
     VolumeState, attempt_of, overdue, recorded_member, source_claim, volume_state,
@@ -383,8 +383,8 @@ pub(super) fn capturing(attempt: u32, vs: &DynamicObject, capture: &Capture) -> 
     }
 }
 
-/// Fill what a lost status write would have recorded (attempt, pod, member) from the newest
-/// snapshot pod, which carries it in its labels and annotations. Pure.
+/// Fill what a lost (or not yet seen) status write would have recorded (attempt, pod, member,
+/// capture) from the newest snapshot pod, which carries it in its labels and annotations. Pure.
 pub(super) fn recover_from_pods(mut prev: SnapshotStatus, pods: &[Pod]) -> SnapshotStatus {
     use crate::controller::names::{
         MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION, MEMBER_ROLE_ANNOTATION,
@@ -403,6 +403,15 @@ pub(super) fn recover_from_pods(mut prev: SnapshotStatus, pods: &[Pod]) -> Snaps
         && (n > prev.attempts || (n == prev.attempts && prev.pod_name.is_none()))
     {
         let a = pod.annotations();
+        if let Some(mut recorded) = recorded_capture(pod) {
+            // The lock is not on the pod: the status's own, for the same attempt.
+            recorded.lock = prev
+                .capture
+                .as_ref()
+                .filter(|c| c.attempt == recorded.attempt)
+                .and_then(|c| c.lock.clone());
+            prev.capture = Some(recorded);
+        }
         prev.attempts = n;
         prev.pod_name = Some(pod.name_any());
         if let Some(member) = a.get(MEMBER_ANNOTATION) {
@@ -697,6 +706,48 @@ mod tests {
             recover_from_pods(named, &[p]).pod_name.as_deref(),
             Some("other")
         );
+    }
+
+    /// The status as the cache held it while the VolumeSnapshot was being cut (no clone, no
+    /// instant, the cut's lock released), read after the pod of the same attempt was created:
+    /// the pod's recorded capture fills what the lost or unseen write had, the lock stays.
+    #[test]
+    fn a_pod_of_the_current_attempt_restores_the_capture_a_stale_status_lacks() {
+        let lock = crate::api::snapshot::LockStatus {
+            member: "rs0-0".into(),
+            state: crate::api::snapshot::LockState::Released,
+            ..Default::default()
+        };
+        let capturing = CaptureStatus {
+            mode: "volumeSnapshot".into(),
+            attempt: 1,
+            volume_snapshot: Some("s-1".into()),
+            lock: Some(lock.clone()),
+            ..Default::default()
+        };
+        let prev = SnapshotStatus {
+            phase: RunPhase::SnapshottingVolume,
+            attempts: 1,
+            capture: Some(capturing.clone()),
+            ..Default::default()
+        };
+        let started = CaptureStatus {
+            clone_claim: Some("s-1-clone".into()),
+            point_in_time: Some(Time("2026-11-27T03:29:00Z".parse().expect("time"))),
+            lock: None,
+            ..capturing
+        };
+        let mut p = pod(1, "  phase: Succeeded");
+        crate::controller::snapshot::build::pod::record_capture(&mut p, &started);
+        let got = recover_from_pods(prev, std::slice::from_ref(&p));
+        assert_eq!(
+            got.capture,
+            Some(CaptureStatus {
+                lock: Some(lock),
+                ..started
+            })
+        );
+        assert_eq!(got.pod_name, Some(p.name_any()));
     }
 
     #[test]

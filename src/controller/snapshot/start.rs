@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 use kube::{Api, ResourceExt};
 
-use super::build::pod::{PodError, PodPlan, RunAs, member_run_as, snapshot_pod};
+use super::build::pod::{PodError, PodPlan, RunAs, member_run_as, record_capture, snapshot_pod};
 use super::build::status::{Consistency, Step};
 use super::build::volume::{self, volume_snapshot};
 use super::cut::{Cut, start_cut};
@@ -375,6 +375,8 @@ async fn launch_pod(
     let ns = snap.namespace().unwrap_or_default();
     let name = snap.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut pod = pod;
+    record_capture(&mut pod, &a.capture);
     let created = apply(&pods, &pod).await.map_err(|source| Error::ApplyPod {
         snapshot: name.clone(),
         pod: pod.name_any(),

@@ -11,6 +11,7 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::backup_job::{BackupJobSpec, Compression};
+use crate::api::snapshot::CaptureStatus;
 use crate::api::{BackupJob, KmipServer, Snapshot};
 use crate::controller::agent::pod::{
     Access, MONGODB_UID, agent_basics, agent_container, mount, pod_security, repository_access,
@@ -21,8 +22,8 @@ pub use crate::controller::agent::pod::{
 };
 use crate::controller::job_spec::validate::db_path_in_volume;
 use crate::controller::names::{
-    ATTEMPT_LABEL, MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION, MEMBER_ROLE_ANNOTATION,
-    SNAPSHOT_UID_LABEL, agent_service_account, job_labels, pod_name,
+    ATTEMPT_LABEL, CAPTURE_ANNOTATION, MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION,
+    MEMBER_ROLE_ANNOTATION, SNAPSHOT_UID_LABEL, agent_service_account, job_labels, pod_name,
 };
 
 /// Where the member's data volume is mounted in the snapshot pod.
@@ -324,6 +325,25 @@ fn pinned_to(node: &str) -> Affinity {
         }),
         ..Default::default()
     }
+}
+
+/// Record `capture` (its lock left out: that is the operator's to track) on `pod`, so that
+/// [`recorded_capture`] can rebuild it when the status write after the pod's creation is lost
+/// or not yet seen. Pure.
+pub fn record_capture(pod: &mut Pod, capture: &CaptureStatus) {
+    let capture = CaptureStatus {
+        lock: None,
+        ..capture.clone()
+    };
+    if let Ok(json) = serde_json::to_string(&capture) {
+        pod.annotations_mut()
+            .insert(CAPTURE_ANNOTATION.to_string(), json);
+    }
+}
+
+/// The capture [`record_capture`] recorded on `pod`, if it did. Pure.
+pub fn recorded_capture(pod: &Pod) -> Option<CaptureStatus> {
+    serde_json::from_str(pod.annotations().get(CAPTURE_ANNOTATION)?).ok()
 }
 
 #[cfg(test)]
