@@ -4,13 +4,15 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::reason::Reason;
-use crate::api::common::condition_status::{FALSE, TRUE};
+use crate::api::common::condition_status::{FALSE, TRUE, UNKNOWN};
 
 /// One condition as a reconciler decides it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cond {
     pub type_: &'static str,
     pub status: bool,
+    /// False: the status is Unknown (not yet known: `status` is ignored).
+    pub known: bool,
     pub reason: Reason,
     pub message: String,
 }
@@ -25,8 +27,17 @@ impl Cond {
         Cond {
             type_,
             status,
+            known: true,
             reason,
             message: message.into(),
+        }
+    }
+
+    /// A condition whose status is not known yet (Unknown).
+    pub fn unknown(type_: &'static str, reason: Reason, message: impl Into<String>) -> Self {
+        Cond {
+            known: false,
+            ..Cond::new(type_, false, reason, message)
         }
     }
 }
@@ -42,7 +53,11 @@ pub fn merge(
     wanted
         .iter()
         .map(|w| {
-            let status = if w.status { TRUE } else { FALSE };
+            let status = match (w.known, w.status) {
+                (false, _) => UNKNOWN,
+                (true, true) => TRUE,
+                (true, false) => FALSE,
+            };
             let since = previous
                 .iter()
                 .find(|p| p.type_ == w.type_ && p.status == status)

@@ -69,6 +69,11 @@ reasons! {
     VolumeSnapshotCut => Quiet,
     /// Consistent=True: copied while the member was fsyncLocked (mode fsyncLock).
     CopiedUnderLock => Quiet,
+    /// Consistent=Unknown: the attempt's capture (lock, cut, copy) is under way; it says True
+    /// only once the copy has finished from it.
+    CaptureUnderWay => Quiet,
+    /// Consistent=False: the run ended without a complete copy (nothing to be consistent).
+    NotCaptured => Quiet,
     /// The member's writes are being locked (fsyncLock) for the cut or the copy.
     Quiescing => Normal,
     /// The operator released its fsync lock on a member: the Event says for how long writes

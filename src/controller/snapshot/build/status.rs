@@ -5,7 +5,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::agent::{RetentionResult, SnapshotResult};
-use crate::api::snapshot::{CaptureStatus, MemberChoice, RunPhase, SnapshotStats, SnapshotStatus};
+use crate::api::snapshot::{
+    CaptureStatus, LockState, MemberChoice, RunPhase, SnapshotStats, SnapshotStatus,
+};
 use crate::controller::conditions::{self, Cond, merge};
 use crate::controller::job_spec::consistency::Capture;
 use crate::controller::reason::Reason;
@@ -82,8 +84,85 @@ impl Consistency {
         }
     }
 
-    fn cond(&self) -> Cond {
-        Cond::new("Consistent", self.consistent, self.reason, &self.message)
+    /// The Consistent condition while attempt `attempt` is under way: Unknown (nothing is
+    /// copied yet), or False for a capture that never makes a consistent copy.
+    fn pending(&self, attempt: u32) -> Cond {
+        if !self.consistent {
+            return Cond::new("Consistent", false, self.reason, &self.message);
+        }
+        let from = match self.reason {
+            Reason::VolumeSnapshotCut => "once its copy of the VolumeSnapshot's cut has finished",
+            _ => "once its copy has finished under the member's fsyncLock",
+        };
+        Cond::unknown(
+            "Consistent",
+            Reason::CaptureUnderWay,
+            format!("attempt {attempt} is under way: this turns True {from}"),
+        )
+    }
+}
+
+/// The Consistent condition of a Snapshot whose copy finished, from what status records of its
+/// capture (never from the job's plan): True only with the lock held or the cut taken. Pure.
+fn achieved(capture: Option<&CaptureStatus>, prev: &SnapshotStatus) -> Cond {
+    let locked = capture.and_then(|c| c.lock.as_ref()).filter(|l| {
+        l.locked_at.is_some() && matches!(l.state, LockState::Released | LockState::UnlockFailed)
+    });
+    let attempt = capture.map_or(prev.attempts, |c| c.attempt);
+    let missing = |what: &str| {
+        Cond::new(
+            "Consistent",
+            false,
+            Reason::NotCaptured,
+            format!(
+                "attempt {attempt} finished, but no {what} is recorded for its copy: treat it as a copy of a running member and take a new Snapshot"
+            ),
+        )
+    };
+    match capture.map(|c| c.mode.as_str()) {
+        Some("fsyncLock") => match locked {
+            Some(l) => Cond::new(
+                "Consistent",
+                true,
+                Reason::CopiedUnderLock,
+                format!(
+                    "copied while member {} was fsyncLocked (writes held {:.1} s)",
+                    l.member,
+                    l.held_seconds.unwrap_or_default()
+                ),
+            ),
+            None => missing("fsyncLock on the member"),
+        },
+        Some("volumeSnapshot") => {
+            let Some(vs) = capture.and_then(|c| c.volume_snapshot.as_deref()) else {
+                return missing("VolumeSnapshot");
+            };
+            let at = capture
+                .and_then(|c| c.point_in_time.as_ref())
+                .map(|t| format!(" cut at {}", t.0))
+                .unwrap_or_default();
+            let how = match locked {
+                Some(l) => format!(" while member {} was fsyncLocked", l.member),
+                None => " (crash-consistent: mongod recovers from it when its journal is on that volume, its default layout)".into(),
+            };
+            Cond::new(
+                "Consistent",
+                true,
+                Reason::VolumeSnapshotCut,
+                format!("copied from VolumeSnapshot {vs}{at}{how}"),
+            )
+        }
+        // A live copy: as its start said.
+        _ => kept_consistency(prev)
+            .filter(|c| c.known && !c.status)
+            .unwrap_or_else(|| {
+                Cond::new(
+                    "Consistent",
+                    false,
+                    Reason::CopiedLive,
+                    "the files were copied as they are from the member",
+                )
+            }),
     }
 }
 
@@ -134,7 +213,9 @@ pub fn next_status(
             s.capture = Some(keep_lock(prev, capture));
             s.message = Some(format!("attempt {attempt}: {message}"));
             let c = conditions::under_way(Reason::Starting, reason, message);
-            c.into_iter().chain([consistency.cond()]).collect()
+            c.into_iter()
+                .chain([consistency.pending(*attempt)])
+                .collect()
         }
         Step::Started {
             attempt,
@@ -152,7 +233,9 @@ pub fn next_status(
             let msg = started_message(*attempt, pod, member, retry_after.as_deref(), capture);
             s.message = Some(msg.clone());
             let c = conditions::under_way(Reason::Starting, Reason::PodCreated, &msg);
-            c.into_iter().chain([consistency.cond()]).collect()
+            c.into_iter()
+                .chain([consistency.pending(*attempt)])
+                .collect()
         }
         Step::PodPending { message } => {
             s.phase = RunPhase::Pending;
@@ -183,6 +266,7 @@ pub fn next_status(
             let msg = succeeded_message(result);
             s.message = Some(msg.clone());
             let mut conds = conditions::finished(true, Reason::Succeeded, &msg);
+            conds.push(achieved(s.capture.as_ref(), prev));
             if let Some(r) = &result.retention {
                 conds.push(retention_condition(r));
             }
@@ -196,7 +280,14 @@ pub fn next_status(
             s.phase = RunPhase::Failed;
             s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
             s.message = Some(message.clone());
-            conditions::finished(false, *reason, message)
+            let mut conds = conditions::finished(false, *reason, message);
+            conds.push(Cond::new(
+                "Consistent",
+                false,
+                Reason::NotCaptured,
+                "no complete copy was made: the run failed (see condition Failed)",
+            ));
+            conds
         }
     };
     // The Consistent condition stays as the attempt's capture set it.
@@ -273,12 +364,16 @@ fn started_message(
 /// The previous status's Consistent condition, carried over.
 fn kept_consistency(prev: &SnapshotStatus) -> Option<Cond> {
     let c = conditions::get(&prev.conditions, "Consistent")?;
-    Some(Cond::new(
-        "Consistent",
-        c.status == crate::api::common::condition_status::TRUE,
-        Reason::parse(&c.reason)?,
-        c.message.clone(),
-    ))
+    let reason = Reason::parse(&c.reason)?;
+    Some(match c.status.as_str() {
+        crate::api::common::condition_status::TRUE => {
+            Cond::new("Consistent", true, reason, c.message.clone())
+        }
+        crate::api::common::condition_status::FALSE => {
+            Cond::new("Consistent", false, reason, c.message.clone())
+        }
+        _ => Cond::unknown("Consistent", reason, c.message.clone()),
+    })
 }
 
 /// The RetentionApplied condition from the agent's retention pass.
@@ -417,6 +512,101 @@ mod tests {
         });
         assert_eq!((failed.status, failed.reason), (false, Reason::PruneFailed));
         assert!(failed.message.contains("lock held"), "{}", failed.message);
+    }
+
+    fn fsync_lock_capture() -> Capture {
+        Capture::FsyncLock {
+            lock: crate::controller::job_spec::consistency::LockSpec {
+                max_lock: std::time::Duration::from_secs(60),
+                allow_primary: false,
+            },
+        }
+    }
+
+    fn succeeded() -> Step {
+        Step::Succeeded {
+            result: SnapshotResult {
+                id: "abc".into(),
+                files: 1,
+                logical_bytes: 1,
+                stored_bytes: 1,
+                key_id: "local:k".into(),
+                retention: None,
+            },
+            finished: None,
+        }
+    }
+
+    /// #29: a run whose fsyncLock was never taken (the member refused the connection) never
+    /// says Consistent=True: Unknown while under way, False when it fails; True only when the
+    /// copy finished with a lock recorded as taken and released.
+    #[test]
+    fn consistent_follows_what_the_run_did_never_the_plan() {
+        let capture = CaptureStatus {
+            mode: "fsyncLock".into(),
+            attempt: 1,
+            ..Default::default()
+        };
+        let quiescing = next_status(
+            &SnapshotStatus::default(),
+            &Step::Quiescing {
+                attempt: 1,
+                member: member(),
+                capture: capture.clone(),
+                consistency: Consistency::of(&fsync_lock_capture()),
+                message: "locking writes on member rs0-1".into(),
+            },
+            Some(1),
+            now(),
+        );
+        assert_eq!(cond(&quiescing, "Consistent"), "Unknown CaptureUnderWay");
+        let failed = next_status(
+            &quiescing,
+            &Step::Failed {
+                reason: Reason::LockFailed,
+                message: "could not connect to mongod on member rs0-1".into(),
+                finished: None,
+            },
+            Some(1),
+            now(),
+        );
+        assert_eq!(cond(&failed, "Consistent"), "False NotCaptured");
+        // Succeeded, but status records no lock taken: not True either.
+        let started = next_status(
+            &quiescing,
+            &Step::Started {
+                attempt: 1,
+                pod: "s-1".into(),
+                member: member(),
+                retry_after: None,
+                capture: capture.clone(),
+                consistency: Consistency::of(&fsync_lock_capture()),
+            },
+            Some(1),
+            now(),
+        );
+        assert_eq!(cond(&started, "Consistent"), "Unknown CaptureUnderWay");
+        let unlocked = next_status(&started, &succeeded(), Some(1), now());
+        assert_eq!(cond(&unlocked, "Consistent"), "False NotCaptured");
+        // The lock taken and released around the copy: True, naming the member.
+        let mut held = started.clone();
+        held.capture = Some(CaptureStatus {
+            lock: Some(crate::api::snapshot::LockStatus {
+                member: "rs0-1".into(),
+                state: LockState::Released,
+                locked_at: Some(Time(now())),
+                held_seconds: Some(2.5),
+                ..Default::default()
+            }),
+            ..capture
+        });
+        let done = next_status(&held, &succeeded(), Some(1), now());
+        assert_eq!(cond(&done, "Consistent"), "True CopiedUnderLock");
+        let msg = &done.conditions.iter().find(|c| c.type_ == "Consistent");
+        assert!(
+            msg.is_some_and(|c| c.message.contains("member rs0-1 was fsyncLocked")),
+            "{msg:?}"
+        );
     }
 
     #[test]
