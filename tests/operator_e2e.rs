@@ -631,3 +631,21 @@ async fn may(ns: &TestNamespace, user: &str, resource: &str, sub: &str, name: &s
         .expect("SubjectAccessReview");
     answer.status.is_some_and(|s| s.allowed)
 }
+
+/// The check the e2e support code runs on every status message and Event note it reads (#29)
+/// catches the MongoDB driver's dump and a kube error's, and lets words through.
+#[test]
+fn the_debug_dump_check_catches_dumps_and_passes_words() {
+    use support::plain::debug_dump;
+    let dump = "connecting to member rs1-0: Kind: Server selection timeout: No available servers. Topology: { Type: Single, Servers: [ { Address: 10.244.0.4:27017, Type: Unknown, Error: Kind: I/O error: Connection refused (os error 111), labels: {\"SystemOverloadedError\"} } ] }";
+    assert!(debug_dump(dump).is_some());
+    assert!(debug_dump("Forbidden (ErrorResponse { status: \"Failure\" })").is_some());
+    assert!(debug_dump("the reply's lockCount is Some(0)").is_some());
+    for words in [
+        "could not connect to mongod on member rs1-0 (10.244.0.4:27017): connection refused; is mongod running, and is spec.source.connection.port (27017) right?",
+        "snapshot 5f1e in the repository: 3 files, 1.0 KiB, 1.0 KiB added",
+        "restore into claim {name} refused",
+    ] {
+        assert_eq!(debug_dump(words), None, "{words}");
+    }
+}

@@ -11,6 +11,7 @@ use mongodb::options::{
     AuthMechanism as DriverMechanism, ClientOptions, Credential, ServerAddress, Tls, TlsOptions,
 };
 
+use super::explain::{Address, Failure, explain, setup_failure};
 use super::hello::{HelloReply, delays_from_config};
 use super::sync_source::{Answer, MemberReport};
 use crate::api::backup_job::AuthMechanism;
@@ -242,20 +243,20 @@ async fn ask_one(
     settings: &ConnectionSettings,
     files: &TlsFiles,
 ) -> Result<(HelloReply, mongodb::Client), String> {
+    let at = Address { host, port };
     let opts = client_options(host, port, settings, files);
-    let client = mongodb::Client::with_options(opts).map_err(|e| e.to_string())?;
+    let client = mongodb::Client::with_options(opts).map_err(|e| setup_failure(at, &e))?;
     let admin = client.database("admin");
     let cmd = admin.run_command(doc! {"hello": 1});
-    match tokio::time::timeout(settings.timeout + Duration::from_secs(1), cmd).await {
-        Ok(Ok(reply)) => Ok((HelloReply::from_document(&reply), client)),
-        Ok(Err(e)) => Err(one_line(&e.to_string())),
-        Err(_) => Err(format!("no reply within {} s", settings.timeout.as_secs())),
-    }
-}
-
-/// Driver errors can span lines; status messages are one line.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let failure = match tokio::time::timeout(settings.timeout + Duration::from_secs(1), cmd).await {
+        Ok(Ok(reply)) => return Ok((HelloReply::from_document(&reply), client)),
+        Ok(Err(e)) => explain(at, Failure::Driver(&e)).await,
+        Err(_) => {
+            let waited = settings.timeout;
+            explain(at, Failure::NoReply { waited }).await
+        }
+    };
+    Err(format!("mongod at {at}: {failure}"))
 }
 
 #[cfg(test)]

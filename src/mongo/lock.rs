@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{Document, doc};
 
 use super::client::{ConnectionSettings, TlsFiles, client_options};
+use super::explain::{Address, Failure, explain, setup_failure};
 use super::hello::HelloReply;
 
 /// How many `fsyncUnlock` calls a release may make (each removes one lock we added; a retry
@@ -28,8 +29,12 @@ const UNLOCK_TRIES: u32 = 3;
 /// What went wrong while locking, working under the lock, or unlocking.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum LockError {
-    #[error("connecting to member {member}: {reason}")]
-    Connect { member: String, reason: String },
+    #[error("could not connect to mongod on member {member} ({address}): {reason}")]
+    Connect {
+        member: String,
+        address: String,
+        reason: String,
+    },
     #[error(
         "member {member} is {role}, not a secondary: only a secondary is locked unless the spec allows the primary"
     )]
@@ -97,7 +102,7 @@ where
     F: Future<Output = Result<T, String>>,
 {
     let member = target.member.clone();
-    let connect = connect_error(&member);
+    let connect = connect_error(target);
     let session = Session::open(target, settings).map_err(&connect)?;
     let run = |cmd: Document| session.run(cmd);
 
@@ -178,8 +183,9 @@ where
         other => {
             // A reply without a sensible count: undo what we may have added, and refuse.
             let _ = release_if_locked(&run).await;
+            let got = other.map_or("missing".to_string(), |n| n.to_string());
             Err(lock_err(format!(
-                "the reply's lockCount is {other:?}, expected 1 or more"
+                "the reply's lockCount is {got}, expected 1 or more"
             )))
         }
     };
@@ -204,10 +210,9 @@ where
             member: target.member.clone(),
             role: role(&h),
         }),
-        Err(reason) => Err(LockError::Connect {
-            member: target.member.clone(),
-            reason: format!("lost while locked: {reason}"),
-        }),
+        Err(reason) => Err(connect_error(target)(format!(
+            "lost while locked: {reason}"
+        ))),
     }
 }
 
@@ -220,7 +225,7 @@ pub async fn unlock_abandoned(
     count_before: Option<i64>,
 ) -> Result<bool, LockError> {
     let member = target.member.clone();
-    let connect = connect_error(&member);
+    let connect = connect_error(target);
     let session = Session::open(target, settings).map_err(&connect)?;
     let run = |cmd: Document| session.run(cmd);
     let outcome = async {
@@ -243,10 +248,15 @@ pub async fn unlock_abandoned(
     outcome
 }
 
-/// A connection failure to `member`, as a [`LockError`].
-fn connect_error(member: &str) -> impl Fn(String) -> LockError + '_ {
+/// A connection failure to `target`, as a [`LockError`].
+fn connect_error(target: &LockTarget) -> impl Fn(String) -> LockError + '_ {
     move |reason| LockError::Connect {
-        member: member.to_string(),
+        member: target.member.clone(),
+        address: Address {
+            host: &target.host,
+            port: target.port,
+        }
+        .to_string(),
         reason,
     }
 }
@@ -256,6 +266,8 @@ fn connect_error(member: &str) -> impl Fn(String) -> LockError + '_ {
 struct Session {
     client: mongodb::Client,
     admin: mongodb::Database,
+    host: String,
+    port: u16,
     timeout: std::time::Duration,
     _files: TlsFiles,
 }
@@ -264,21 +276,38 @@ impl Session {
     fn open(target: &LockTarget, settings: &ConnectionSettings) -> Result<Session, String> {
         let files = TlsFiles::write(settings).map_err(|e| e.to_string())?;
         let opts = client_options(&target.host, target.port, settings, &files);
-        let client = mongodb::Client::with_options(opts).map_err(|e| e.to_string())?;
+        let at = Address {
+            host: &target.host,
+            port: target.port,
+        };
+        let client = mongodb::Client::with_options(opts).map_err(|e| setup_failure(at, &e))?;
         Ok(Session {
             admin: client.database("admin"),
             client,
+            host: target.host.clone(),
+            port: target.port,
             timeout: settings.timeout,
             _files: files,
         })
     }
 
-    /// One command, its reply or a one-line error (also when it does not answer in time).
+    /// One command, its reply or a one-line error in words (also when it does not answer
+    /// in time: the address is probed to say why).
     async fn run(&self, cmd: Document) -> Result<Document, String> {
+        let at = Address {
+            host: &self.host,
+            port: self.port,
+        };
         match tokio::time::timeout(self.timeout, self.admin.run_command(cmd)).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(one_line(&e.to_string())),
-            Err(_) => Err(format!("no reply within {} s", self.timeout.as_secs())),
+            Ok(Err(e)) => Err(explain(at, Failure::Driver(&e)).await),
+            Err(_) => Err(explain(
+                at,
+                Failure::NoReply {
+                    waited: self.timeout,
+                },
+            )
+            .await),
         }
     }
 
@@ -347,11 +376,6 @@ fn lock_count(reply: &Document) -> Option<i64> {
         mongodb::bson::Bson::Double(n) => Some(*n as i64),
         _ => None,
     }
-}
-
-/// Driver errors can span lines; status messages are one line.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! (`hello`), and which member a snapshot copies from.
 
 pub mod client;
+pub mod explain;
 pub mod hello;
 pub mod lock;
 pub mod sync_source;

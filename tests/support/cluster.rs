@@ -472,6 +472,13 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 Ok(Some(obj)) => {
+                    // #29: every message the tests read is words, never a debug dump.
+                    if let Ok(v) = serde_json::to_value(&obj) {
+                        super::plain::assert_status_plain(
+                            &format!("{}/{name}", api.resource_url()),
+                            &v,
+                        );
+                    }
                     if cond(&obj) {
                         return obj;
                     }

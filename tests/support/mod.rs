@@ -10,6 +10,7 @@ pub mod gcs;
 pub mod ground;
 pub mod mockupdb;
 pub mod operator;
+pub mod plain;
 pub mod real_nodes;
 pub mod s3;
 pub mod wiredtiger;

@@ -259,6 +259,9 @@ pub async fn events_for(ns: &TestNamespace, name: &str) -> Vec<(String, String)>
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .inspect(|(reason, note)| {
+            super::plain::assert_plain(&format!("Event {reason} about {name}"), note)
+        })
         .collect()
 }
 
