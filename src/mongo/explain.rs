@@ -57,9 +57,7 @@ pub async fn explain(at: Address<'_>, failure: Failure<'_>) -> String {
                 "the port accepts connections but mongod did not reply within {} s; is it starting up, overloaded, or fsyncLocked by someone else?",
                 waited.as_secs()
             ),
-            Failure::Driver(_) => format!(
-                "the port accepts connections but the MongoDB handshake failed; check spec.source.connection.tls (a server that requires TLS, or a CA that did not issue its certificate) and that mongod listens there"
-            ),
+            Failure::Driver(_) => "the port accepts connections but the MongoDB handshake failed; check spec.source.connection.tls (a server that requires TLS, or a CA that did not issue its certificate) and that mongod listens there".into(),
         },
         Ok(Err(e)) => unreachable_words(at, &e),
         Err(_) => format!(
@@ -106,9 +104,10 @@ fn unreachable_words(at: Address<'_>, e: &std::io::Error) -> String {
             "connection refused; is mongod running, and is spec.source.connection.port ({}) right?",
             at.port
         ),
-        Io::HostUnreachable | Io::NetworkUnreachable => format!(
+        Io::HostUnreachable | Io::NetworkUnreachable => {
             "unreachable from the operator; is the member's pod running on a node that is up?"
-        ),
+                .into()
+        }
         _ if e.raw_os_error().is_none() => {
             "the host name does not resolve; is the member's pod and its Service there?".into()
         }
@@ -172,9 +171,7 @@ mod tests {
         )
         .await;
         assert!(
-            words.starts_with(&format!(
-                "the port accepts connections but mongod did not reply within 5 s"
-            )),
+            words.starts_with("the port accepts connections but mongod did not reply within 5 s"),
             "{words}"
         );
     }
