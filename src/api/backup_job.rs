@@ -45,7 +45,9 @@ use super::verification::{RestoreTestRun, Verification, VerificationRun};
     ),
     printcolumn(
         name = "Next Run",
-        type_ = "date",
+        // A time to come: kubectl prints a `date` column as an age, `<invalid>` for one in
+        // the future (#29), so the timestamp is printed as it is.
+        type_ = "string",
         json_path = ".status.nextScheduleTime"
     ),
     printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId"),
@@ -104,6 +106,23 @@ pub struct BackupJobSpec {
     /// Scheduled proof that the backups restore: reading the data, restore tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// What deleting this BackupJob does to the Snapshot objects its schedule made. Retain
+    /// (the default): they stay, labelled snapcrypt.dev/orphaned=true with condition
+    /// Orphaned, and a BackupJob of the same name applied again adopts them. Delete: they are
+    /// deleted with the job (owner references). Either way the repository keeps every
+    /// snapshot: deleting a custom resource never deletes backup data.
+    #[serde(default)]
+    pub snapshot_deletion_policy: SnapshotDeletionPolicy,
+}
+
+/// What deleting a BackupJob does to its Snapshot objects (never to the repository).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotDeletionPolicy {
+    /// The Snapshots stay, marked orphaned; a re-applied job of the same name adopts them.
+    #[default]
+    Retain,
+    /// The Snapshots are deleted with the job (the repository keeps the data).
+    Delete,
 }
 
 /// Scheduling of the snapshot pods. A pod that mounts the member's data volume runs on the
@@ -446,7 +465,12 @@ pub enum BackupJobPhase {
     Running,
     /// Suspended by spec.suspend.
     Suspended,
-    /// The spec or something it references is wrong; see conditions.
+    /// Something the spec references (a Secret or one of its keys, a claim, a KmipServer, the
+    /// StatefulSet) does not exist yet; see conditions. The job starts by itself within
+    /// seconds of its creation.
+    Waiting,
+    /// The spec or something it references is wrong (see conditions), or a one-off job's
+    /// snapshot failed.
     Failed,
     /// A one-off job whose snapshot finished.
     Completed,

@@ -35,7 +35,9 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(
         name = "Next Rotation",
-        type_ = "date",
+        // A time to come: kubectl prints a `date` column as an age, `<invalid>` for one in
+        // the future (#29), so the timestamp is printed as it is.
+        type_ = "string",
         json_path = ".status.nextRotationTime"
     ),
     printcolumn(

@@ -22,6 +22,12 @@ pub const MEMBER_REASON_ANNOTATION: &str = "snapcrypt.dev/member-reason";
 /// the write after the pod's creation must not lose the VolumeSnapshot, its restored claim and
 /// the cut's instant (seen in CI as a Succeeded Snapshot without them).
 pub const CAPTURE_ANNOTATION: &str = "snapcrypt.dev/capture";
+/// Annotation on a Snapshot a BackupJob's schedule made: the uid of the job that made it (or
+/// adopted it). With snapshotDeletionPolicy Retain a Snapshot has no owner reference to the
+/// job, so this is what says it is the job's.
+pub const MADE_BY_JOB_UID: &str = "snapcrypt.dev/backup-job-uid";
+/// Label on a Snapshot whose BackupJob no longer exists (snapshotDeletionPolicy Retain).
+pub const ORPHANED_LABEL: &str = "snapcrypt.dev/orphaned";
 /// Annotation with the scheduled time (RFC 3339) a Snapshot was created for.
 pub const SCHEDULED_TIME: &str = "snapcrypt.dev/scheduled-time";
 

@@ -69,6 +69,10 @@ reasons! {
     VolumeSnapshotCut => Quiet,
     /// Consistent=True: copied while the member was fsyncLocked (mode fsyncLock).
     CopiedUnderLock => Quiet,
+    /// Orphaned=True: the Snapshot's BackupJob was deleted (snapshotDeletionPolicy Retain).
+    BackupJobDeleted => Normal,
+    /// Orphaned=False: a BackupJob of the name adopted the orphaned Snapshot.
+    Adopted => Normal,
     /// Consistent=Unknown: the attempt's capture (lock, cut, copy) is under way; it says True
     /// only once the copy has finished from it.
     CaptureUnderWay => Quiet,
@@ -162,6 +166,19 @@ reasons! {
 }
 
 impl Reason {
+    /// Whether this is a referenced object (or a Secret's key) that does not exist yet: a
+    /// wait that ends by itself when it is created, not a failure.
+    pub fn is_missing_reference(self) -> bool {
+        matches!(
+            self,
+            Reason::SecretNotFound
+                | Reason::SecretKeyNotFound
+                | Reason::PersistentVolumeClaimNotFound
+                | Reason::KmipServerNotFound
+                | Reason::StatefulSetNotFound
+        )
+    }
+
     /// The reason written as `s`, if the operator writes it.
     pub fn parse(s: &str) -> Option<Reason> {
         Reason::ALL.iter().copied().find(|r| r.as_str() == s)

@@ -33,7 +33,10 @@ use k8s_openapi::api::core::v1::Pod;
 pub const CONTROLLER: &str = "backupjob";
 
 /// How often a job whose references are missing looks again (Secrets are not watched).
-const RECHECK_MISSING: Duration = Duration::from_secs(30);
+/// How soon a job that waits for a referenced object (a Secret, a claim, a KmipServer) looks
+/// again: it starts within seconds of the object's creation (#29). A watch of every Secret in
+/// the namespace would need list and watch on Secrets, which the operator is not given.
+const RECHECK_MISSING: Duration = Duration::from_secs(5);
 /// Longest wait between reconciles of a healthy job.
 const MAX_IDLE: Duration = Duration::from_secs(3600);
 

@@ -32,14 +32,7 @@ impl Problem {
     /// Whether the problem is a referenced object (or a Secret's key) that does not exist yet:
     /// one that may go away without a change of the job.
     pub fn is_missing_reference(&self) -> bool {
-        matches!(
-            self.reason,
-            Reason::SecretNotFound
-                | Reason::SecretKeyNotFound
-                | Reason::PersistentVolumeClaimNotFound
-                | Reason::KmipServerNotFound
-                | Reason::StatefulSetNotFound
-        )
+        self.reason.is_missing_reference()
     }
 }
 

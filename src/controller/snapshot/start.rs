@@ -17,7 +17,7 @@ use super::build::volume::{self, volume_snapshot};
 use super::cut::{Cut, start_cut};
 use super::dereference::{connection_settings, list_member_pods};
 use super::locking::{self, LOCK_RECHECK};
-use super::{Error, RECHECK, write_status};
+use super::{Error, QUEUE_RECHECK, RECHECK, write_status};
 use crate::api::snapshot::{CaptureStatus, MemberChoice};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::agent::identity::{RunObject, apply_agent_identity, apply_run_access};
@@ -412,12 +412,18 @@ async fn job_blocked(
 
 /// A wait for what `b` names.
 pub(super) fn wait(b: Blocked) -> (Step, Option<Duration>) {
+    // A missing Secret, claim or KmipServer: looked for again soon (it starts by itself).
+    let again = if b.reason.is_missing_reference() {
+        QUEUE_RECHECK
+    } else {
+        RECHECK
+    };
     (
         Step::Wait {
             reason: b.reason,
             message: b.message,
         },
-        Some(RECHECK),
+        Some(again),
     )
 }
 

@@ -5,14 +5,23 @@ use std::collections::BTreeMap;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
+use crate::api::backup_job::SnapshotDeletionPolicy;
 use crate::api::common::LocalRef;
 use crate::api::{BackupJob, Snapshot, SnapshotSpec};
-use crate::controller::names::{SCHEDULED_TIME, job_labels, scheduled_snapshot_name};
+use crate::controller::names::{
+    MADE_BY_JOB_UID, SCHEDULED_TIME, job_labels, scheduled_snapshot_name,
+};
 
-/// The Snapshot for the run scheduled at `scheduled`: named `<job>-<yyyymmddhhmm>`, owned by the
-/// job, carrying the scheduled time. None if the job has no uid yet (never from the API).
+/// The Snapshot for the run scheduled at `scheduled`: named `<job>-<yyyymmddhhmm>`, carrying
+/// the scheduled time and the job's uid, owned by the job only with snapshotDeletionPolicy
+/// Delete (an owner reference is what makes the API server delete it with the job). None if
+/// the job has no uid yet (never from the API).
 pub fn scheduled_snapshot(job: &BackupJob, scheduled: jiff::Timestamp) -> Option<Snapshot> {
     let owner = job.controller_owner_ref(&())?;
+    let owners = match job.spec.snapshot_deletion_policy {
+        SnapshotDeletionPolicy::Delete => Some(vec![owner.clone()]),
+        SnapshotDeletionPolicy::Retain => None,
+    };
     let name = scheduled_snapshot_name(&job.name_any(), scheduled);
     let mut tags = BTreeMap::new();
     tags.insert("backup-job".to_string(), job.name_any());
@@ -22,11 +31,11 @@ pub fn scheduled_snapshot(job: &BackupJob, scheduled: jiff::Timestamp) -> Option
             name: Some(name),
             namespace: job.namespace(),
             labels: Some(job_labels(&job.name_any())),
-            annotations: Some(BTreeMap::from([(
-                SCHEDULED_TIME.to_string(),
-                scheduled.to_string(),
-            )])),
-            owner_references: Some(vec![owner]),
+            annotations: Some(BTreeMap::from([
+                (SCHEDULED_TIME.to_string(), scheduled.to_string()),
+                (MADE_BY_JOB_UID.to_string(), owner.uid),
+            ])),
+            owner_references: owners,
             ..Default::default()
         },
         spec: SnapshotSpec {
@@ -64,6 +73,15 @@ spec:
         assert_eq!(s.spec.backup_job_ref.name, "rs0-nightly");
         assert_eq!(s.annotations()[SCHEDULED_TIME], "2026-11-27T03:00:00Z");
         assert_eq!(s.labels()["snapcrypt.dev/backup-job"], "rs0-nightly");
+        assert_eq!(
+            s.annotations()[MADE_BY_JOB_UID],
+            "0b7c1f0e-0000-4000-8000-000000000001"
+        );
+        // Retain (the default): no owner, so deleting the job leaves the Snapshot.
+        assert!(s.owner_references().is_empty());
+        let mut deleting = job.clone();
+        deleting.spec.snapshot_deletion_policy = SnapshotDeletionPolicy::Delete;
+        let s = scheduled_snapshot(&deleting, t).expect("snapshot");
         let owner = &s.owner_references()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str(), owner.controller),

@@ -124,8 +124,14 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
             .collect::<Vec<_>>()
             .join("; ");
         conds.push(Cond::new("Ready", false, first.reason, message.clone()));
-        conds.push(Cond::new("Degraded", true, first.reason, message));
-        phase = BackupJobPhase::Failed;
+        // Waiting for objects that do not exist yet is not a failure (#29).
+        let waiting = o.problems.iter().all(Problem::is_missing_reference);
+        conds.push(Cond::new("Degraded", !waiting, first.reason, message));
+        phase = if waiting {
+            BackupJobPhase::Waiting
+        } else {
+            BackupJobPhase::Failed
+        };
     } else {
         let ready_msg = ready_message(job, o.next_schedule);
         conds.push(Cond::new("Ready", true, Reason::Valid, ready_msg));

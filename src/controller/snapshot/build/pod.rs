@@ -22,8 +22,9 @@ pub use crate::controller::agent::pod::{
 };
 use crate::controller::job_spec::validate::db_path_in_volume;
 use crate::controller::names::{
-    ATTEMPT_LABEL, CAPTURE_ANNOTATION, MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION,
-    MEMBER_ROLE_ANNOTATION, SNAPSHOT_UID_LABEL, agent_service_account, job_labels, pod_name,
+    ATTEMPT_LABEL, CAPTURE_ANNOTATION, MADE_BY_JOB_UID, MEMBER_ANNOTATION,
+    MEMBER_REASON_ANNOTATION, MEMBER_ROLE_ANNOTATION, SNAPSHOT_UID_LABEL, agent_service_account,
+    job_labels, pod_name,
 };
 
 /// Where the member's data volume is mounted in the snapshot pod.
@@ -35,11 +36,17 @@ pub const TRIGGER_TAG: &str = "trigger";
 pub const TRIGGER_SCHEDULE: &str = "schedule";
 pub const TRIGGER_ON_DEMAND: &str = "on-demand";
 
-/// Whether `snap` is one the BackupJob made (its controller owner), not one a user created.
+/// Whether `snap` is one the BackupJob's schedule made (or adopted), not one a user created:
+/// the job's uid in its annotation, or the job as its controller owner.
 pub fn made_by_job(snap: &Snapshot, job: &BackupJob) -> bool {
-    snap.owner_references().iter().any(|o| {
-        o.controller == Some(true) && o.kind == "BackupJob" && Some(&o.uid) == job.uid().as_ref()
-    })
+    let Some(uid) = job.uid() else {
+        return false;
+    };
+    snap.annotations().get(MADE_BY_JOB_UID) == Some(&uid)
+        || snap
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.kind == "BackupJob" && o.uid == uid)
 }
 /// Everything the pod depends on, decided before building.
 #[derive(Clone, Debug)]

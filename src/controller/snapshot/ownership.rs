@@ -1,0 +1,211 @@
+//! A Snapshot's tie to its BackupJob (#29): the Snapshot objects describe data that stays in
+//! the repository, so by default (snapshotDeletionPolicy Retain) they outlive the job. A
+//! Snapshot the job's schedule made carries the job's uid in an annotation and, only with
+//! policy Delete, an owner reference (what makes the API server delete it with the job, under
+//! any propagation policy: an Argo CD prune deletes in the foreground). A Snapshot whose job is
+//! gone is labelled orphaned and says so in condition Orphaned; a job of the same name applied
+//! again adopts it (its uid, its policy's owner reference, the label gone).
+//!
+//! The decisions are pure; [`tend`] applies them with one metadata merge patch.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::{Map, Value, json};
+
+use crate::api::backup_job::SnapshotDeletionPolicy;
+use crate::api::{BackupJob, Snapshot};
+use crate::controller::conditions::{Cond, merge};
+use crate::controller::names::{MADE_BY_JOB_UID, ORPHANED_LABEL};
+use crate::controller::reason::Reason;
+
+/// Whether `snap` was made by a BackupJob's schedule (its uid annotation, or the controller
+/// owner reference a Snapshot made before the policy existed has).
+pub fn made_by_schedule(snap: &Snapshot) -> bool {
+    snap.annotations().contains_key(MADE_BY_JOB_UID) || job_owner(snap).is_some()
+}
+
+fn job_owner(snap: &Snapshot) -> Option<&OwnerReference> {
+    snap.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "BackupJob")
+}
+
+/// The metadata merge patch that makes `snap` agree with `job` (None: the job does not exist),
+/// or None if it already does. Pure.
+pub fn metadata_patch(snap: &Snapshot, job: Option<&BackupJob>) -> Option<Value> {
+    let orphaned = snap.labels().contains_key(ORPHANED_LABEL);
+    let mut meta = Map::new();
+    let Some(job) = job else {
+        // The job is gone: marked, never deleted here (with policy Delete the API server's
+        // garbage collector deletes it through its owner reference).
+        return (!orphaned).then(|| json!({"metadata": {"labels": {ORPHANED_LABEL: "true"}}}));
+    };
+    if orphaned {
+        meta.insert("labels".into(), json!({ ORPHANED_LABEL: null }));
+    }
+    if made_by_schedule(snap)
+        && let Some(owner) = job.controller_owner_ref(&())
+    {
+        if snap.annotations().get(MADE_BY_JOB_UID) != Some(&owner.uid) {
+            meta.insert("annotations".into(), json!({ MADE_BY_JOB_UID: owner.uid }));
+        }
+        let mut owners: Vec<OwnerReference> = snap
+            .owner_references()
+            .iter()
+            .filter(|o| !(o.controller == Some(true) && o.kind == "BackupJob"))
+            .cloned()
+            .collect();
+        if job.spec.snapshot_deletion_policy == SnapshotDeletionPolicy::Delete {
+            owners.push(owner);
+        }
+        if owners.as_slice() != snap.owner_references() {
+            meta.insert("ownerReferences".into(), json!(owners));
+        }
+    }
+    (!meta.is_empty()).then(|| json!({ "metadata": meta }))
+}
+
+/// The Orphaned condition of a finished Snapshot: True while its job is gone, False once a job
+/// adopted it; None for a Snapshot that was never orphaned. Pure.
+pub fn orphaned_condition(snap: &Snapshot, job: Option<&BackupJob>) -> Option<Cond> {
+    let name = &snap.spec.backup_job_ref.name;
+    let was = snap.labels().contains_key(ORPHANED_LABEL)
+        || snap
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Orphaned"));
+    match job {
+        None => Some(Cond::new(
+            "Orphaned",
+            true,
+            Reason::BackupJobDeleted,
+            format!(
+                "BackupJob {name} no longer exists; this snapshot is still in the repository: apply a BackupJob named {name} again to adopt it (and restore through it), or restore with the snapcrypt CLI; deleting this Snapshot leaves the repository as it is"
+            ),
+        )),
+        Some(job) if was => Some(Cond::new(
+            "Orphaned",
+            false,
+            Reason::Adopted,
+            format!(
+                "adopted by BackupJob {name} (uid {})",
+                job.uid().unwrap_or_default()
+            ),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// `conditions` with `cond` set in place of any condition of its type. Pure.
+pub fn with_condition(
+    conditions: &[Condition],
+    cond: &Cond,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let set = merge(conditions, std::slice::from_ref(cond), generation, now);
+    conditions
+        .iter()
+        .filter(|c| c.type_ != cond.type_)
+        .cloned()
+        .chain(set)
+        .collect()
+}
+
+/// Apply [`metadata_patch`] to `snap`, if it has one.
+pub async fn tend(
+    api: &Api<Snapshot>,
+    snap: &Snapshot,
+    job: Option<&BackupJob>,
+) -> kube::Result<()> {
+    if let Some(patch) = metadata_patch(snap, job) {
+        api.patch(
+            &snap.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures;
+
+    fn job(policy: &str, uid: &str) -> BackupJob {
+        let mut j = fixtures::job(&format!("snapshotDeletionPolicy: {policy}"));
+        j.metadata.uid = Some(uid.into());
+        j
+    }
+
+    fn scheduled(job: &BackupJob) -> Snapshot {
+        crate::controller::backup_job::build::snapshot::scheduled_snapshot(
+            job,
+            "2026-11-27T03:00:00Z".parse().expect("t"),
+        )
+        .expect("snapshot")
+    }
+
+    /// RFC 7386, as the API server applies a merge patch.
+    fn merge_patch(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+
+    fn patched(snap: Snapshot, patch: &Value) -> Snapshot {
+        let mut v = serde_json::to_value(&snap).expect("json");
+        merge_patch(&mut v, patch);
+        serde_json::from_value(v).expect("snapshot")
+    }
+
+    #[test]
+    fn retained_snapshots_are_marked_orphaned_and_adopted_by_a_new_job_of_the_name() {
+        let old = job("Retain", "uid-old");
+        let s = scheduled(&old);
+        assert!(s.owner_references().is_empty());
+        assert_eq!(metadata_patch(&s, Some(&old)), None, "already agrees");
+        // The job is deleted: labelled orphaned, condition Orphaned=True.
+        let p = metadata_patch(&s, None).expect("patch");
+        let s = patched(s, &p);
+        assert_eq!(s.labels()[ORPHANED_LABEL], "true");
+        assert_eq!(metadata_patch(&s, None), None);
+        let c = orphaned_condition(&s, None).expect("condition");
+        assert_eq!((c.status, c.reason), (true, Reason::BackupJobDeleted));
+        // A job of the same name, with policy Delete, adopts it: its uid, its owner reference.
+        let new = job("Delete", "uid-new");
+        let p = metadata_patch(&s, Some(&new)).expect("patch");
+        let s = patched(s, &p);
+        assert!(!s.labels().contains_key(ORPHANED_LABEL));
+        assert_eq!(s.annotations()[MADE_BY_JOB_UID], "uid-new");
+        assert_eq!(s.owner_references()[0].uid, "uid-new");
+        assert_eq!(metadata_patch(&s, Some(&new)), None);
+        let c = orphaned_condition(&s, Some(&new));
+        assert!(c.is_none(), "never orphaned per status: {c:?}");
+        // Back to Retain: the owner reference goes.
+        let again = job("Retain", "uid-new");
+        let s = patched(s.clone(), &metadata_patch(&s, Some(&again)).expect("patch"));
+        assert!(s.owner_references().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_a_user_made_keeps_its_owners() {
+        let j = job("Delete", "uid-1");
+        let mut s = fixtures::snapshot("mine", "2026-11-27T03:00:00Z");
+        s.metadata.owner_references = None;
+        assert_eq!(metadata_patch(&s, Some(&j)), None);
+        assert!(!made_by_schedule(&s));
+    }
+}
