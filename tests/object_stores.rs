@@ -268,3 +268,53 @@ fn azure_repository_against_azurite() {
     let e = tempfile::tempdir().unwrap();
     exercise(Server::azure(&e.path().join("azure")));
 }
+
+/// #29: a store's failures reach the user as words naming the endpoint and what to check, not
+/// object_store's "Generic S3 error: … error sending request": a port nobody listens on, a
+/// wrong secret key (the real S3 server's SignatureDoesNotMatch), https to a store speaking
+/// http.
+#[test]
+fn store_failures_are_words_naming_the_endpoint_and_what_to_check() {
+    let e = tempfile::tempdir().unwrap();
+    let s = support::s3::S3Server::start(&e.path().join("s3"), "backups");
+    let key = e.path().join("key.json").display().to_string();
+    support::ok(&["key", "new", "--out", &key], &[]);
+    let closed = support::free_port();
+    let good = s.env();
+    let with = |changes: &[(&'static str, String)]| -> String {
+        let mut env: Vec<(&str, String)> = good.iter().map(|(k, v)| (*k, v.clone())).collect();
+        env.push(("SNAPCRYPT_STORE_RETRIES", "0".into()));
+        env.push(("AWS_ALLOW_HTTP", "true".into()));
+        for (k, v) in changes {
+            env.retain(|(name, _)| name != k);
+            env.push((k, v.clone()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let args = [
+            "snapshots",
+            "--repo",
+            "s3://backups/r",
+            "--key-file",
+            &key,
+            "--s3-path-style",
+        ];
+        let err = support::fails(&args, &env);
+        support::plain::assert_plain("snapcrypt's error", &err);
+        assert!(!err.contains("error sending request"), "{err}");
+        err
+    };
+    let refused = with(&[("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))]);
+    assert!(
+        refused.contains(&format!(
+            "connection refused at http://127.0.0.1:{closed}: check the repository's endpoint"
+        )),
+        "{refused}"
+    );
+    let wrong = with(&[("AWS_SECRET_ACCESS_KEY", "not-the-secret".into())]);
+    assert!(
+        wrong.contains("the secret key does not match the access key id"),
+        "{wrong}"
+    );
+    let tls = with(&[("AWS_ENDPOINT_URL", format!("https://127.0.0.1:{}", s.port))]);
+    assert!(tls.contains("the TLS handshake with the store"), "{tls}");
+}

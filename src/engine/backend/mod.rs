@@ -9,6 +9,7 @@ mod local;
 mod location;
 #[cfg(test)]
 pub mod paused;
+mod words;
 
 pub use self::location::{Location, REPO_FORMS, S3Options, StoreKind};
 
@@ -35,7 +36,7 @@ pub enum BackendError {
     BadLocation { repo: String, reason: String },
     #[error("object {name} does not exist")]
     NotFound { name: String },
-    #[error("object {name}: {source}")]
+    #[error("object {name}: {}", words::store_words(source))]
     Store {
         name: String,
         source: object_store::Error,
@@ -200,10 +201,14 @@ impl Backend {
     fn err(name: &str) -> impl Fn(object_store::Error) -> BackendError + '_ {
         move |e| match e {
             object_store::Error::NotFound { .. } => BackendError::NotFound { name: name.into() },
-            source => BackendError::Store {
-                name: name.into(),
-                source,
-            },
+            source => {
+                // The words go into messages; the library's own text into the log.
+                tracing::debug!(object = name, error = %source, "object store error");
+                BackendError::Store {
+                    name: name.into(),
+                    source,
+                }
+            }
         }
     }
 
