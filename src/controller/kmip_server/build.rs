@@ -429,4 +429,30 @@ mod tests {
         assert_eq!(cond(&s, "Rotating").status, "True");
         assert_eq!(s.rewrap.as_ref().unwrap().repositories_done, 0);
     }
+
+    /// #29: a rotation that failed (the new key could not be made) reports none: the active
+    /// key, the last rotation's time and the keys stay, Rotating is False.
+    #[test]
+    fn a_failed_rotation_reports_no_rotation() {
+        let prev = KmipServerStatus {
+            active_key_id: Some("k1".into()),
+            last_rotation_time: Some(Time("2026-11-01T00:00:00Z".parse().expect("t"))),
+            ..Default::default()
+        };
+        let mut obs = observed(Connection::Ok(KmipServerIdentity::default()));
+        obs.active_key = Some(("k1".into(), "Active".into()));
+        obs.key_error = Some("Create refused by the server: permission denied".into());
+        let st = build_status(
+            &prev,
+            &spec(Some("30d")),
+            &obs,
+            Some(1),
+            "2026-12-07T00:00:00Z".parse().expect("t"),
+        );
+        assert_eq!(st.active_key_id.as_deref(), Some("k1"));
+        assert_eq!(st.last_rotation_time, prev.last_rotation_time);
+        assert_eq!(st.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["k1"]);
+        let rotating = st.conditions.iter().find(|c| c.type_ == "Rotating");
+        assert!(rotating.is_some_and(|c| c.status == "False"), "{rotating:?}");
+    }
 }

@@ -405,4 +405,41 @@ mod tests {
         assert_eq!(failed.phase, RunPhase::Failed);
         assert_eq!(cond(&failed, "Failed"), "True RestoreFailed");
     }
+
+    /// #29: a Restore that fails before its pod ran reports no restore: Failed with the
+    /// reason, never Ready, no start time.
+    #[test]
+    fn a_restore_failed_before_its_pod_ran_reports_no_restore() {
+        let waiting = next_status(
+            &RestoreStatus::default(),
+            &Step::Wait {
+                reason: Reason::SecretNotFound,
+                message: "Secret rs0-key not found".into(),
+            },
+            "claim restored",
+            Some(1),
+            "2026-11-27T03:00:00Z".parse().expect("t"),
+        );
+        let failed = next_status(
+            &waiting,
+            &Step::Failed {
+                reason: Reason::TargetClaimNotFound,
+                message: "spec.target.claimName restored: no such claim".into(),
+                finished: None,
+            },
+            "claim restored",
+            Some(1),
+            "2026-11-27T03:01:00Z".parse().expect("t"),
+        );
+        assert_eq!(failed.phase, RunPhase::Failed);
+        assert_eq!(failed.start_time, None);
+        let ready = failed.conditions.iter().find(|c| c.type_ == "Ready");
+        assert!(ready.is_some_and(|c| c.status == "False"), "{ready:?}");
+        assert!(
+            failed
+                .message
+                .as_deref()
+                .is_some_and(|m| !m.contains("restored snapshot"))
+        );
+    }
 }

@@ -370,6 +370,44 @@ mod tests {
         assert!(st.conditions[0].message.contains("minute 61"));
     }
 
+    /// #29: a Secret that does not exist yet is a wait, not a failure; a spec problem beside
+    /// it still fails the job.
+    #[test]
+    fn a_missing_secret_is_waiting_not_failed() {
+        let j = job("schedule: {cron: \"0 3 * * *\"}");
+        let missing = Problem {
+            reason: Reason::SecretNotFound,
+            message: "spec.encryption.localKeySecret \"k\": Secret not found in namespace db".into(),
+        };
+        let st = status(&j, &[], std::slice::from_ref(&missing));
+        assert_eq!(st.phase, BackupJobPhase::Waiting);
+        assert_eq!(cond(&st, "Ready"), "False SecretNotFound");
+        assert_eq!(cond(&st, "Degraded"), "False SecretNotFound");
+        let bad = Problem {
+            reason: Reason::InvalidSchedule,
+            message: "spec.schedule.cron: out of range".into(),
+        };
+        let st = status(&j, &[], &[missing, bad]);
+        assert_eq!(st.phase, BackupJobPhase::Failed);
+    }
+
+    /// #29: a run that failed (before any copy) is not reported as a success: no last
+    /// successful snapshot, no key, nothing stored; the job says the run failed.
+    #[test]
+    fn a_failed_run_reports_no_success_and_no_key() {
+        let j = job("schedule: {cron: \"0 3 * * *\"}");
+        let mut failed = snap("rs0-202611270300", "2026-11-27T03:00:00Z", RunPhase::Failed);
+        if let Some(st) = failed.status.as_mut() {
+            st.message = Some("could not connect to mongod on member rs0-0".into());
+        }
+        let st = status(&j, &[failed], &[]);
+        assert_eq!(st.last_successful_snapshot, None);
+        assert_eq!(st.last_successful_time, None);
+        assert_eq!(st.key_id, None);
+        assert_eq!((st.snapshot_count, st.stored_bytes), (0, 0));
+        assert_eq!(cond(&st, "Degraded"), "True LastSnapshotFailed");
+    }
+
     #[test]
     fn one_off_completes_or_fails_with_its_snapshot() {
         let j = job("");
