@@ -20,11 +20,11 @@ use kube::api::{Api, DeleteParams, PropagationPolicy};
 use serde_json::json;
 
 use snapcrypt::api::snapshot::RunPhase;
-use snapcrypt::api::{BackupJob, Snapshot};
+use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::cluster::{wait_for, wait_for_deletion};
 use support::ground::{Ground, Options};
 use support::operator::{
-    LONG, events_for, snapshot_condition, snapshot_finished, wait_for_success,
+    LONG, create, events_for, snapshot_condition, snapshot_finished, wait_for_success,
 };
 
 /// The value kubectl prints under `header` in the first row of `kubectl get KIND NAME`.
@@ -191,6 +191,58 @@ async fn a_job_waiting_for_its_secret_waits_and_starts_once_it_exists() {
         "{phase:?} {started:?}"
     );
     wait_for_success(&snaps, "late-1", &g.ns).await;
+
+    // A Restore into the member's claim while the member runs: it waits, naming the pod and
+    // what to do, and goes ahead once the pod is gone.
+    let restores: Api<Restore> = g.ns.api();
+    create::<Restore>(
+        &restores,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "back"},
+               "spec": {"snapshotRef": {"name": "late-1"},
+                        "target": {"claimName": "mongo-data-rs0-0", "path": "restored"}}}),
+    )
+    .await;
+    let r = wait_for(
+        &restores,
+        "back",
+        "the Restore to wait for the member",
+        LONG,
+        |r| {
+            r.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Progressing" && c.reason == "TargetInUse")
+            })
+        },
+    )
+    .await;
+    let st = r.status.expect("status");
+    assert_eq!(
+        (st.phase, st.pod_name.as_deref()),
+        (RunPhase::Pending, None)
+    );
+    let message = st.message.unwrap_or_default();
+    assert!(
+        message.contains("PersistentVolumeClaim mongo-data-rs0-0 is in use by pod rs0-0")
+            && message.contains("scale its StatefulSet to 0"),
+        "{message}"
+    );
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = g.ns.api();
+    pods.delete("rs0-0", &DeleteParams::default())
+        .await
+        .expect("delete the member");
+    wait_for(
+        &restores,
+        "back",
+        "the Restore once the member is gone",
+        LONG,
+        |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|st| st.phase == RunPhase::Succeeded)
+        },
+    )
+    .await;
 }
 
 /// Two one-off jobs' Snapshots: deleting the Retain job (in the foreground, as an Argo CD

@@ -120,6 +120,8 @@ reasons! {
     SecretKeyNotFound => Warning,
     PersistentVolumeClaimNotFound => Warning,
     TargetClaimNotFound => Warning,
+    /// A Restore's target claim is mounted by a pod that is still running: the restore waits.
+    TargetInUse => Warning,
     KmipServerNotFound => Warning,
     NoSyncSource => Warning,
     MemberNotScheduled => Warning,

@@ -451,8 +451,14 @@ mod tests {
         );
         assert_eq!(st.active_key_id.as_deref(), Some("k1"));
         assert_eq!(st.last_rotation_time, prev.last_rotation_time);
-        assert_eq!(st.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["k1"]);
+        assert_eq!(
+            st.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            ["k1"]
+        );
         let rotating = st.conditions.iter().find(|c| c.type_ == "Rotating");
-        assert!(rotating.is_some_and(|c| c.status == "False"), "{rotating:?}");
+        assert!(
+            rotating.is_some_and(|c| c.status == "False"),
+            "{rotating:?}"
+        );
     }
 }

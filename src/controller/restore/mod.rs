@@ -11,6 +11,7 @@
 mod after;
 pub mod build;
 pub mod check;
+mod start;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +23,13 @@ use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
-use self::build::{RestorePlan, Step, next_status, pod_selector, restore_pod};
+use self::build::{Step, next_status, pod_selector};
+use self::start::start;
 use super::agent::deadline::{Deadline, deadline};
-use super::agent::identity::{RunObject, apply_agent_identity, apply_run_access};
-use super::agent::job::{Blocked, Needs, check_job, job_kmip};
 use super::agent::node::{needs_stopping, node_of, stop_pod};
 use super::agent::owning_agent_pods;
 use super::agent::run::{RunStep, run_step};
-use super::{Context, apply, apply_status};
+use super::{Context, apply_status};
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Restore, Snapshot};
 use crate::controller::names::CHECK_RESTORE_UID_LABEL;
@@ -330,203 +330,9 @@ fn in_spec_words(message: &str) -> String {
         )
 }
 
-/// What the spec asks that cannot be done (the CRD's rules say the same, for API servers
-/// that do not run them).
-fn spec_problem(r: &Restore) -> Option<String> {
-    let t = &r.spec.target;
-    if t.delete_extra && !t.force {
-        return Some("spec.target.deleteExtra: true needs spec.target.force: true (deleteExtra removes what a non-empty target holds that the snapshot does not; without force a non-empty target is refused)".to_string());
-    }
-    r.spec
-        .check
-        .as_ref()
-        .and_then(|c| crate::controller::job_spec::checks::check_env_problem("spec.check", c))
-}
-
-/// A target claim that holds the BackupJob's repository: refused before any pod starts (a
-/// restore into it could overwrite or remove the backups it reads). Pure.
-fn target_is_repository(r: &Restore, job: &BackupJob) -> Option<String> {
-    let pvc = job.spec.destination.pvc.as_ref()?;
-    let claim = &r.spec.target.claim_name;
-    (pvc.claim_name == *claim).then(|| {
-        format!(
-            "spec.target.claimName: {claim} holds the repository of BackupJob {} (its spec.destination.pvc.claimName): a restore into it could overwrite or remove the backups it reads; restore into another claim",
-            job.name_any()
-        )
-    })
-}
-
-/// The Restore's Snapshot and its id in the repository, once it has succeeded; else the step
-/// that says why not (waiting for it, or failed for good).
-async fn snapshot_to_restore(
-    r: &Restore,
-    ctx: &Context,
-) -> Result<Result<(Snapshot, String), (Step, Option<Duration>)>, Error> {
-    let ns = r.namespace().unwrap_or_default();
-    let name = r.name_any();
-    let client = &ctx.client;
-    let deref = |what: &'static str| dereference_error(&name, what);
-    let wait = |reason: Reason, message: String| (Step::Wait { reason, message }, Some(RECHECK));
-    let snap_name = &r.spec.snapshot_ref.name;
-    let Some(snap) = Api::<Snapshot>::namespaced(client.clone(), &ns)
-        .get_opt(snap_name)
-        .await
-        .map_err(deref("Snapshot"))?
-    else {
-        return Ok(Err(wait(
-            Reason::SnapshotNotFound,
-            format!("spec.snapshotRef.name: Snapshot {snap_name} does not exist in namespace {ns}"),
-        )));
-    };
-    let st = snap.status.clone().unwrap_or_default();
-    let id = match (st.phase, st.repository_snapshot_id.as_deref()) {
-        (RunPhase::Succeeded, Some(id)) => id.to_string(),
-        (RunPhase::Failed, _) => {
-            return Ok(Err((
-                Step::Failed {
-                    reason: Reason::SnapshotFailed,
-                    message: format!(
-                        "spec.snapshotRef.name: Snapshot {snap_name} failed, so there is nothing to restore"
-                    ),
-                    finished: None,
-                },
-                None,
-            )));
-        }
-        (phase, _) => {
-            return Ok(Err(wait(
-                Reason::SnapshotNotReady,
-                format!(
-                    "spec.snapshotRef.name: Snapshot {snap_name} is {phase:?}; the restore starts once it has succeeded"
-                ),
-            )));
-        }
-    };
-
-    Ok(Ok((snap, id)))
-}
-
-/// Dereference, validate, build and apply the restore pod. Returns the step for status and
-/// when to look again.
-async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), Error> {
-    let ns = r.namespace().unwrap_or_default();
-    let name = r.name_any();
-    let client = &ctx.client;
-    let deref = |what: &'static str| dereference_error(&name, what);
-    let wait =
-        |reason: Reason, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
-    let blocked = |b: Blocked| wait(b.reason, b.message);
-    let invalid = |message: String| -> Result<(Step, Option<Duration>), Error> {
-        let reason = Reason::InvalidSpec;
-        Ok((
-            Step::Failed {
-                reason,
-                message,
-                finished: None,
-            },
-            None,
-        ))
-    };
-    if let Some(message) = spec_problem(r) {
-        return invalid(message);
-    }
-
-    // The Snapshot, finished and successful.
-    let (snap, id) = match snapshot_to_restore(r, ctx).await? {
-        Ok(found) => found,
-        Err(step) => return Ok(step),
-    };
-    let snap_name = &r.spec.snapshot_ref.name;
-
-    // Its BackupJob: the repository and key.
-    let job_name = &snap.spec.backup_job_ref.name;
-    let Some(job) = Api::<BackupJob>::namespaced(client.clone(), &ns)
-        .get_opt(job_name)
-        .await
-        .map_err(deref("BackupJob"))?
-    else {
-        return wait(
-            Reason::BackupJobNotFound,
-            format!(
-                "Snapshot {snap_name} belongs to BackupJob {job_name}, which does not exist: its repository and key are unknown (restore with `snapcrypt restore` instead)"
-            ),
-        );
-    };
-    if let Some(message) = target_is_repository(r, &job) {
-        return invalid(message);
-    }
-    if let Some(b) = check_job(client, &ns, &job, Needs::RepositoryAndKey)
-        .await
-        .map_err(deref("the BackupJob's references"))?
-    {
-        return blocked(b);
-    }
-    let kmip = match job_kmip(client, &ns, &job)
-        .await
-        .map_err(deref("KmipServer"))?
-    {
-        Ok(k) => k,
-        Err(b) => return blocked(b),
-    };
-
-    // The target claim: created first if it is a scratch claim.
-    if let Some(step) = after::ensure_scratch(r, ctx).await? {
-        return Ok((step, None));
-    }
-    let claim = &r.spec.target.claim_name;
-    if Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-        .get_opt(claim)
-        .await
-        .map_err(deref("target PersistentVolumeClaim"))?
-        .is_none()
-    {
-        return wait(
-            Reason::TargetClaimNotFound,
-            format!(
-                "spec.target.claimName: PersistentVolumeClaim {claim} does not exist in namespace {ns}"
-            ),
-        );
-    }
-
-    // Build (pure), then apply the agent's identity and the pod.
-    let pod = match restore_pod(&RestorePlan {
-        restore: r,
-        job: &job,
-        snapshot_id: &id,
-        image: &ctx.config.agent_image,
-        progress_interval: ctx.config.agent_progress_interval,
-        agent_env: &ctx.config.agent_env,
-        kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
-    }) {
-        Ok(p) => p,
-        Err(e) => return invalid(format!("BackupJob {job_name}: {e}")),
-    };
-    let rbac = |(object, source)| Error::ApplyRbac {
-        restore: name.clone(),
-        object,
-        source,
-    };
-    apply_agent_identity(ctx, &ns, &job).await.map_err(rbac)?;
-    if let Some(run) = RunObject::of(r, "restores") {
-        apply_run_access(ctx, &ns, &job, &run).await.map_err(rbac)?;
-    }
-    let created = apply(&Api::<Pod>::namespaced(client.clone(), &ns), &pod)
-        .await
-        .map_err(|source| Error::ApplyPod {
-            restore: name.clone(),
-            pod: pod.name_any(),
-            source,
-        })?;
-    Ok((
-        Step::Started {
-            pod: created.name_any(),
-        },
-        None,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::start::{spec_problem, target_is_repository};
     use super::*;
     use crate::controller::fixtures::{agent_pod, terminated};
 

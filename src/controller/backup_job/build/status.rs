@@ -377,7 +377,8 @@ mod tests {
         let j = job("schedule: {cron: \"0 3 * * *\"}");
         let missing = Problem {
             reason: Reason::SecretNotFound,
-            message: "spec.encryption.localKeySecret \"k\": Secret not found in namespace db".into(),
+            message: "spec.encryption.localKeySecret \"k\": Secret not found in namespace db"
+                .into(),
         };
         let st = status(&j, &[], std::slice::from_ref(&missing));
         assert_eq!(st.phase, BackupJobPhase::Waiting);
