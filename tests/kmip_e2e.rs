@@ -171,6 +171,10 @@ async fn kmip_server_status_snapshot_and_rotation() {
     assert_eq!(st.keys.len(), 1);
     assert_eq!(st.keys[0].state, "Active");
     assert!(st.next_rotation_time.is_some());
+    // kubectl prints NEXT ROTATION (a time to come) as a time, not <invalid> (#29).
+    let table = support::plain::kubectl_tables_read_right(ns.name());
+    let next = st.next_rotation_time.as_ref().map(|t| t.0.to_string());
+    assert!(table.contains(next.as_deref().unwrap_or("?")), "{table}");
     for t in ["Reachable", "Authenticated", "KeyActive"] {
         assert_eq!(cond(&ks, t).unwrap().0, "True", "{t}: {:?}", cond(&ks, t));
     }

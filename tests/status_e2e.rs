@@ -105,6 +105,7 @@ async fn a_lock_on_a_member_with_nothing_listening_fails_in_words_without_claimi
     );
     let consistent = kubectl_column(g.ns.name(), "snapshots", "dead-1", "CONSISTENT");
     assert_eq!(consistent, "False");
+    support::plain::kubectl_tables_read_right(g.ns.name());
 }
 
 /// A job whose key Secret does not exist yet is Waiting, not Failed; a run asked for meanwhile
@@ -323,4 +324,5 @@ async fn deleting_a_job_keeps_or_deletes_its_snapshots_by_policy_and_a_new_job_a
     )
     .await;
     assert!(adopted.owner_references().is_empty(), "Retain: no owner");
+    support::plain::kubectl_tables_read_right(g.ns.name());
 }

@@ -58,3 +58,32 @@ pub fn assert_status_plain(whence: &str, value: &serde_json::Value) {
         walk(whence, "status", status);
     }
 }
+
+/// `kubectl get` of every snapcrypt kind in namespace `ns`, as a person reads it, checked: no
+/// `<invalid>` (a date column holding a time to come) and no debug dump in any cell. Returns
+/// the table.
+pub fn kubectl_tables_read_right(ns: &str) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args([
+            "get",
+            "backupjobs,snapshots,restores,kmipservers",
+            "-n",
+            ns,
+            "-o",
+            "wide",
+        ])
+        .output()
+        .expect("kubectl");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "kubectl get: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !table.contains("<invalid>"),
+        "kubectl printed <invalid>:\n{table}"
+    );
+    assert_plain("kubectl get", &table);
+    table
+}

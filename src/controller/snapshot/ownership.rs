@@ -37,9 +37,10 @@ pub fn metadata_patch(snap: &Snapshot, job: Option<&BackupJob>) -> Option<Value>
     let orphaned = snap.labels().contains_key(ORPHANED_LABEL);
     let mut meta = Map::new();
     let Some(job) = job else {
-        // The job is gone: marked, never deleted here (with policy Delete the API server's
-        // garbage collector deletes it through its owner reference).
-        return (!orphaned).then(|| json!({"metadata": {"labels": {ORPHANED_LABEL: "true"}}}));
+        // The job is gone: marked, never deleted here; one the job owns (policy Delete) is
+        // the API server's garbage collector's to delete.
+        let marked = orphaned || job_owner(snap).is_some();
+        return (!marked).then(|| json!({"metadata": {"labels": {ORPHANED_LABEL: "true"}}}));
     };
     if orphaned {
         meta.insert("labels".into(), json!({ ORPHANED_LABEL: null }));
@@ -76,6 +77,8 @@ pub fn orphaned_condition(snap: &Snapshot, job: Option<&BackupJob>) -> Option<Co
             .as_ref()
             .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Orphaned"));
     match job {
+        // Owned by the job (policy Delete): deleted with it, not orphaned.
+        None if job_owner(snap).is_some() => None,
         None => Some(Cond::new(
             "Orphaned",
             true,
@@ -119,15 +122,21 @@ pub async fn tend(
     snap: &Snapshot,
     job: Option<&BackupJob>,
 ) -> kube::Result<()> {
-    if let Some(patch) = metadata_patch(snap, job) {
-        api.patch(
+    let Some(patch) = metadata_patch(snap, job) else {
+        return Ok(());
+    };
+    match api
+        .patch(
             &snap.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await?;
+        .await
+    {
+        // Deleted meanwhile (the garbage collector, with policy Delete): nothing to tie.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other.map(|_| ()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -184,7 +193,8 @@ mod tests {
         assert_eq!(metadata_patch(&s, None), None);
         let c = orphaned_condition(&s, None).expect("condition");
         assert_eq!((c.status, c.reason), (true, Reason::BackupJobDeleted));
-        // A job of the same name, with policy Delete, adopts it: its uid, its owner reference.
+        // A job of the same name, with policy Delete, adopts it: its uid, its owner reference;
+        // gone again, it is the garbage collector's (not marked orphaned).
         let new = job("Delete", "uid-new");
         let p = metadata_patch(&s, Some(&new)).expect("patch");
         let s = patched(s, &p);
@@ -192,6 +202,8 @@ mod tests {
         assert_eq!(s.annotations()[MADE_BY_JOB_UID], "uid-new");
         assert_eq!(s.owner_references()[0].uid, "uid-new");
         assert_eq!(metadata_patch(&s, Some(&new)), None);
+        assert_eq!(metadata_patch(&s, None), None);
+        assert!(orphaned_condition(&s, None).is_none());
         let c = orphaned_condition(&s, Some(&new));
         assert!(c.is_none(), "never orphaned per status: {c:?}");
         // Back to Retain: the owner reference goes.
