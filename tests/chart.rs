@@ -1336,6 +1336,15 @@ fn argocd_health_checks_follow_status() {
         ),
         (
             "BackupJob",
+            Some(json!({"phase": "Waiting", "observedGeneration": 2,
+                        "conditions": [cond("Ready", "False", "SecretNotFound", "Secret rs0-key not found"),
+                                       cond("Degraded", "False", "SecretNotFound", "Secret rs0-key not found"),
+                                       idle, not_suspended]})),
+            "Progressing",
+            "Secret rs0-key not found",
+        ),
+        (
+            "BackupJob",
             Some(json!({"phase": "Failed", "observedGeneration": 2,
                         "conditions": [cond("Ready", "False", "SecretMissing", "Secret rs0-key not found"),
                                        cond("Degraded", "True", "SecretMissing", "Secret rs0-key not found"),
