@@ -162,26 +162,8 @@ pub(super) async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Du
     if let Some(step) = after::ensure_scratch(r, ctx).await? {
         return Ok((step, None));
     }
-    let claim = &r.spec.target.claim_name;
-    if Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-        .get_opt(claim)
-        .await
-        .map_err(deref("target PersistentVolumeClaim"))?
-        .is_none()
-    {
-        return wait(
-            Reason::TargetClaimNotFound,
-            format!(
-                "spec.target.claimName: PersistentVolumeClaim {claim} does not exist in namespace {ns}"
-            ),
-        );
-    }
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(deref("the pods using the target claim"))?;
-    if let Some(message) = target_in_use(r, &pods.items) {
-        return wait(Reason::TargetInUse, message);
+    if let Some((reason, message)) = target_not_ready(r, ctx).await? {
+        return wait(reason, message);
     }
 
     // Build (pure), then apply the agent's identity and the pod.
@@ -219,6 +201,32 @@ pub(super) async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Du
         },
         None,
     ))
+}
+
+/// Why the target claim cannot be written yet, if it cannot: it does not exist, or a pod
+/// still running mounts it.
+async fn target_not_ready(r: &Restore, ctx: &Context) -> Result<Option<(Reason, String)>, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = r.name_any();
+    let claim = &r.spec.target.claim_name;
+    if Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(claim)
+        .await
+        .map_err(dereference_error(&name, "target PersistentVolumeClaim"))?
+        .is_none()
+    {
+        return Ok(Some((
+            Reason::TargetClaimNotFound,
+            format!(
+                "spec.target.claimName: PersistentVolumeClaim {claim} does not exist in namespace {ns}"
+            ),
+        )));
+    }
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(dereference_error(&name, "the pods using the target claim"))?;
+    Ok(target_in_use(r, &pods.items).map(|m| (Reason::TargetInUse, m)))
 }
 
 /// The target claim mounted by a pod that is not done and not this Restore's own: the

@@ -151,7 +151,7 @@ pub fn controller(
     ctx.metrics.watch_snapshots(ctl.store());
     // A job deleted, re-created or changed wakes its Snapshots (orphaned, adopted, owned).
     let store = ctl.store();
-    let jobs = ownership_changes(scoped_api(&ctx.client, namespace.as_deref()));
+    let jobs = ownership::ownership_changes(scoped_api(&ctx.client, namespace.as_deref()));
     ctl.watches_stream(jobs, move |job: BackupJob| {
         let ns = job.namespace();
         store
@@ -164,35 +164,6 @@ pub fn controller(
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .map(super::log_stream_error(CONTROLLER))
-}
-
-/// The jobs' changes that matter to their Snapshots' ties: a deletion, a new uid (re-created),
-/// a new generation (snapshotDeletionPolicy changed). Status updates (every progress report)
-/// are left out.
-fn ownership_changes(
-    api: Api<BackupJob>,
-) -> impl Stream<Item = Result<BackupJob, kube::runtime::watcher::Error>> + Send + 'static {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let mut seen = std::collections::HashMap::new();
-    watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .filter_map(move |event| {
-            let out = match event {
-                Ok(watcher::Event::Delete(job)) => {
-                    seen.remove(&ObjectRef::from_obj(&job));
-                    Some(Ok(job))
-                }
-                Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
-                    let now = (job.uid(), job.metadata.generation);
-                    (seen.insert(ObjectRef::from_obj(&job), now.clone()) != Some(now))
-                        .then_some(Ok(job))
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            };
-            futures::future::ready(out)
-        })
 }
 
 fn error_policy(snap: Arc<Snapshot>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -223,7 +194,7 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
     }
 
     if finished(&prev) {
-        finished_ties(&snap, &mut prev, &ctx).await?;
+        ownership::finished_ties(&snap, &mut prev, &ctx).await?;
         // A finished Snapshot's volume capture (VolumeSnapshot, restored claim, the pods
         // reading it) goes once; status says when it has.
         if prev
@@ -245,7 +216,7 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
 
     // 1. Dereference: the job, its other Snapshots, this Snapshot's pods; the tie to the job.
     let world = dereference(&snap, &ctx.client).await?;
-    tend_ties(&snap, world.job.as_ref(), &ctx).await?;
+    ownership::tend_ties(&snap, world.job.as_ref(), &ctx).await?;
     let mut prev = recover_from_pods(prev, &world.pods);
 
     // 2. Plan (pure): what the current pod's state means, or whether a pod may start.
@@ -318,52 +289,6 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
-}
-
-/// Make `snap`'s metadata agree with its job's existence and snapshotDeletionPolicy.
-async fn tend_ties(snap: &Snapshot, job: Option<&BackupJob>, ctx: &Context) -> Result<(), Error> {
-    let api: Api<Snapshot> =
-        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
-    ownership::tend(&api, snap, job)
-        .await
-        .map_err(|source| Error::Ownership {
-            snapshot: snap.name_any(),
-            job: snap.spec.backup_job_ref.name.clone(),
-            source,
-        })
-}
-
-/// A finished Snapshot's tie to its job: the metadata, and condition Orphaned (written, and
-/// announced, when it changes).
-async fn finished_ties(
-    snap: &Snapshot,
-    prev: &mut SnapshotStatus,
-    ctx: &Context,
-) -> Result<(), Error> {
-    let ns = snap.namespace().unwrap_or_default();
-    let jobs: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let job = jobs
-        .get_opt(&snap.spec.backup_job_ref.name)
-        .await
-        .map_err(Error::dereference(&snap.name_any(), "the BackupJob"))?;
-    tend_ties(snap, job.as_ref(), ctx).await?;
-    let Some(cond) = ownership::orphaned_condition(snap, job.as_ref()) else {
-        return Ok(());
-    };
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-    let conditions =
-        ownership::with_condition(&prev.conditions, &cond, snap.metadata.generation, &now);
-    let same = |a: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
-        a.iter()
-            .find(|c| c.type_ == cond.type_)
-            .map(|c| (c.status.clone(), c.reason.clone()))
-    };
-    if same(&conditions) != same(&prev.conditions) {
-        let before = std::mem::replace(&mut prev.conditions, conditions);
-        write_status(snap, prev, ctx).await?;
-        ctx.announce(snap, &before, &prev.conditions).await;
-    }
-    Ok(())
 }
 
 /// Undo a lock status records and this process does not hold (see [`locking::lost`]),

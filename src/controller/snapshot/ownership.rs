@@ -10,11 +10,15 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value, json};
 
+use super::{Error, write_status};
+use crate::api::SnapshotStatus;
 use crate::api::backup_job::SnapshotDeletionPolicy;
 use crate::api::{BackupJob, Snapshot};
+use crate::controller::Context;
 use crate::controller::conditions::{Cond, merge};
 use crate::controller::names::{MADE_BY_JOB_UID, ORPHANED_LABEL};
 use crate::controller::reason::Reason;
@@ -137,6 +141,85 @@ pub async fn tend(
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         other => other.map(|_| ()),
     }
+}
+
+/// The jobs' changes that matter to their Snapshots' ties: a deletion, a new uid (re-created),
+/// a new generation (snapshotDeletionPolicy changed). Status updates (every progress report)
+/// are left out.
+pub(super) fn ownership_changes(
+    api: Api<BackupJob>,
+) -> impl futures::Stream<Item = Result<BackupJob, kube::runtime::watcher::Error>> + Send + 'static
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let mut seen = std::collections::HashMap::new();
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(watcher::Event::Delete(job)) => {
+                    seen.remove(&ObjectRef::from_obj(&job));
+                    Some(Ok(job))
+                }
+                Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
+                    let now = (job.uid(), job.metadata.generation);
+                    (seen.insert(ObjectRef::from_obj(&job), now.clone()) != Some(now))
+                        .then_some(Ok(job))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
+        })
+}
+
+/// Make `snap`'s metadata agree with its job's existence and snapshotDeletionPolicy.
+pub(super) async fn tend_ties(
+    snap: &Snapshot,
+    job: Option<&BackupJob>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let api: Api<Snapshot> =
+        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
+    tend(&api, snap, job)
+        .await
+        .map_err(|source| Error::Ownership {
+            snapshot: snap.name_any(),
+            job: snap.spec.backup_job_ref.name.clone(),
+            source,
+        })
+}
+
+/// A finished Snapshot's tie to its job: the metadata, and condition Orphaned (written, and
+/// announced, when it changes).
+pub(super) async fn finished_ties(
+    snap: &Snapshot,
+    prev: &mut SnapshotStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let ns = snap.namespace().unwrap_or_default();
+    let jobs: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let job = jobs
+        .get_opt(&snap.spec.backup_job_ref.name)
+        .await
+        .map_err(Error::dereference(&snap.name_any(), "the BackupJob"))?;
+    tend_ties(snap, job.as_ref(), ctx).await?;
+    let Some(cond) = orphaned_condition(snap, job.as_ref()) else {
+        return Ok(());
+    };
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    let conditions = with_condition(&prev.conditions, &cond, snap.metadata.generation, &now);
+    let same = |a: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        a.iter()
+            .find(|c| c.type_ == cond.type_)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    if same(&conditions) != same(&prev.conditions) {
+        let before = std::mem::replace(&mut prev.conditions, conditions);
+        write_status(snap, prev, ctx).await?;
+        ctx.announce(snap, &before, &prev.conditions).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

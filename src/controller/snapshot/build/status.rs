@@ -255,22 +255,8 @@ pub fn next_status(
             conditions::under_way(Reason::Running, Reason::Running, &msg)
         }
         Step::Succeeded { result, finished } => {
-            s.phase = RunPhase::Succeeded;
             s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
-            if s.start_time.is_none() {
-                s.start_time = s.completion_time.clone();
-            }
-            s.repository_snapshot_id = Some(result.id.clone());
-            s.key_id = Some(result.key_id.clone());
-            s.stats = Some(stats(result));
-            let msg = succeeded_message(result);
-            s.message = Some(msg.clone());
-            let mut conds = conditions::finished(true, Reason::Succeeded, &msg);
-            conds.push(achieved(s.capture.as_ref(), prev));
-            if let Some(r) = &result.retention {
-                conds.push(retention_condition(r));
-            }
-            conds
+            succeeded(&mut s, result, prev)
         }
         Step::Failed {
             reason,
@@ -296,6 +282,26 @@ pub fn next_status(
     }
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
     s
+}
+
+/// A Succeeded status (its completion time already set) from the agent's `result`, and its
+/// conditions: Consistent from what status records of the capture.
+fn succeeded(s: &mut SnapshotStatus, result: &SnapshotResult, prev: &SnapshotStatus) -> Vec<Cond> {
+    s.phase = RunPhase::Succeeded;
+    if s.start_time.is_none() {
+        s.start_time = s.completion_time.clone();
+    }
+    s.repository_snapshot_id = Some(result.id.clone());
+    s.key_id = Some(result.key_id.clone());
+    s.stats = Some(stats(result));
+    let msg = succeeded_message(result);
+    s.message = Some(msg.clone());
+    let mut conds = conditions::finished(true, Reason::Succeeded, &msg);
+    conds.push(achieved(s.capture.as_ref(), prev));
+    if let Some(r) = &result.retention {
+        conds.push(retention_condition(r));
+    }
+    conds
 }
 
 /// What a Running status says.
