@@ -1,6 +1,9 @@
 //! The architecture's rules, checked on the parsed source (docs/ARCHITECTURE.md):
 //! - the controllers under `src/controller/<kind>/` are siblings: none refers to another;
 //! - nothing under `src/cli/` refers to a controller of a kind, except the operator entry point;
+//! - inside `src/controller` and `src/engine`, a module refers only to modules on a lower line
+//!   of the layer order that docs/ARCHITECTURE.md declares (its `layers` block, read here, so
+//!   the picture and the check cannot drift): no arrow up or sideways, so no circle;
 //! - no production file has more than 600 lines and no function more than 120 (tests, that is
 //!   `#[cfg(test)]` items and the files they include, are not counted).
 
@@ -202,6 +205,9 @@ impl<'ast> Visit<'ast> for Paths {
         self.use_tree(&mut Vec::new(), &u.tree);
     }
 
+    // `pub(super)` and `pub(in crate::x)` say who may see an item, not what it uses.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
+
     fn visit_path(&mut self, p: &'ast syn::Path) {
         let segs: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
         self.resolve(&segs);
@@ -363,4 +369,205 @@ fn the_checks_see_what_they_check() {
         .find(|s| s.file == "src/controller/fixtures.rs")
         .expect("fixtures");
     assert!(tests.contains(&fixtures.file), "{tests:?}");
+}
+
+/// The layer order of docs/ARCHITECTURE.md's `layers` block: one line per layer, lowest
+/// first, each the modules on it (`controller::names`, relative to the crate).
+fn declared_layers() -> Vec<Vec<String>> {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md"))
+            .expect("docs/ARCHITECTURE.md");
+    let start = doc
+        .find("```layers\n")
+        .expect("a ```layers block in docs/ARCHITECTURE.md");
+    let body = &doc[start + "```layers\n".len()..];
+    let end = body.find("```").expect("the layers block's end");
+    parse_layers(&body[..end])
+}
+
+fn parse_layers(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_whitespace()
+                .map(|m| format!("crate::{m}"))
+                .collect()
+        })
+        .collect()
+}
+
+/// The declared module `path` belongs to (the longest declared prefix), and its layer.
+fn layer_of<'a>(layers: &'a [Vec<String>], path: &str) -> Option<(&'a str, usize)> {
+    layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, line)| line.iter().map(move |m| (m.as_str(), i)))
+        .filter(|(m, _)| path == *m || path.starts_with(&format!("{m}::")))
+        .max_by_key(|(m, _)| m.len())
+}
+
+/// Every arrow that points up or sideways in `layers`, every circle between declared modules,
+/// and every module of a layered tree that the order leaves out.
+fn layering_problems(sources: &[Source], layers: &[Vec<String>]) -> Vec<String> {
+    let trees: BTreeSet<String> = layers
+        .iter()
+        .flatten()
+        .filter_map(|m| m.split("::").nth(1).map(|t| format!("crate::{t}")))
+        .collect();
+    let in_trees = |p: &str| {
+        trees
+            .iter()
+            .any(|t| p == t || p.starts_with(&format!("{t}::")))
+    };
+    let mut wrong = Vec::new();
+    let mut edges: BTreeSet<(String, String)> = BTreeSet::new();
+    for s in sources {
+        let own = s.module.join("::");
+        if !in_trees(&own) {
+            continue;
+        }
+        let Some((group, level)) = layer_of(layers, &own) else {
+            wrong.push(format!(
+                "{}: module {own} is not in the layer order",
+                s.file
+            ));
+            continue;
+        };
+        for p in paths_of(s) {
+            let Some((target, to)) = layer_of(layers, &p) else {
+                continue;
+            };
+            // Each tree has its own order; across trees the crate's picture rules.
+            let tree = |m: &str| m.split("::").nth(1).map(str::to_string);
+            if target == group || tree(target) != tree(group) {
+                continue;
+            }
+            edges.insert((group.to_string(), target.to_string()));
+            if to >= level {
+                let how = if to == level { "sideways" } else { "up" };
+                wrong.push(format!(
+                    "{}: refers {how} to {p} ({group} -> {target})",
+                    s.file
+                ));
+            }
+        }
+    }
+    wrong.extend(circles(&edges));
+    wrong
+}
+
+/// The circles in a graph of module arrows, each once.
+fn circles(edges: &BTreeSet<(String, String)>) -> Vec<String> {
+    let mut found = BTreeSet::new();
+    for (a, b) in edges {
+        // A path back from b to a closes a circle through the arrow a -> b.
+        let mut stack = vec![vec![b.clone()]];
+        let mut seen = BTreeSet::new();
+        while let Some(path) = stack.pop() {
+            let last = path.last().cloned().unwrap_or_default();
+            if &last == a {
+                let mut c = vec![a.clone()];
+                c.extend(path);
+                let lowest = c[..c.len() - 1].iter().min().cloned().unwrap_or_default();
+                let at = c.iter().position(|m| *m == lowest).unwrap_or(0);
+                let mut norm: Vec<String> = c[at..c.len() - 1].to_vec();
+                norm.extend(c[..at].iter().cloned());
+                norm.push(lowest);
+                found.insert(format!("circle: {}", norm.join(" -> ")));
+                continue;
+            }
+            if !seen.insert(last.clone()) {
+                continue;
+            }
+            for (x, y) in edges {
+                if *x == last {
+                    let mut next = path.clone();
+                    next.push(y.clone());
+                    stack.push(next);
+                }
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+#[test]
+fn controller_and_engine_modules_refer_only_down_the_declared_layers() {
+    let sources = load();
+    let tests = test_only_files(&sources);
+    let production: Vec<Source> = sources
+        .into_iter()
+        .filter(|s| !tests.contains(&s.file))
+        .collect();
+    let wrong = layering_problems(&production, &declared_layers());
+    assert!(
+        wrong.is_empty(),
+        "each module refers only to the layers below it (docs/ARCHITECTURE.md, `layers`); move \
+         what two modules share below both:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// A source parsed from `text` as module `module` (for the checks' self-test).
+fn synthetic(module: &str, text: &str) -> Source {
+    Source {
+        file: format!("src/{}.rs", module.replace("::", "/")),
+        module: format!("crate::{module}")
+            .split("::")
+            .map(String::from)
+            .collect(),
+        tree: syn::parse_file(text).expect("parses"),
+        lines: text.lines().count(),
+    }
+}
+
+#[test]
+fn the_layering_check_catches_an_upward_import_a_circle_and_a_long_function() {
+    let layers = parse_layers("# lowest first\nx::low\nx::p x::q  # one line\nx::high\n");
+    assert_eq!(layers.len(), 3);
+    let ok = [
+        synthetic("x::low", "pub fn f() {}"),
+        synthetic("x::high", "use crate::x::low::f; use crate::x::p::g;"),
+    ];
+    assert_eq!(layering_problems(&ok, &layers), Vec::<String>::new());
+    let up = [synthetic("x::low", "use crate::x::high::h; pub fn f() {}")];
+    let found = layering_problems(&up, &layers);
+    assert!(
+        found
+            .iter()
+            .any(|w| w.contains("refers up to crate::x::high::h")),
+        "{found:?}"
+    );
+    let circle = [
+        synthetic("x::p", "use super::q::g; pub fn f() {}"),
+        synthetic("x::q", "pub fn g() { crate::x::p::f() }"),
+    ];
+    let found = layering_problems(&circle, &layers);
+    assert!(
+        found.iter().any(|w| w.contains("refers sideways")),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&"circle: crate::x::p -> crate::x::q -> crate::x::p".to_string()),
+        "{found:?}"
+    );
+    let stray = [synthetic("x::elsewhere", "pub fn f() {}")];
+    let found = layering_problems(&stray, &layers);
+    assert!(
+        found.iter().any(|w| w.contains("not in the layer order")),
+        "{found:?}"
+    );
+    let body = "    let _x = 1;\n".repeat(MAX_FN_LINES);
+    let long = synthetic(
+        "x::low",
+        &format!("fn long() {{\n{body}}}\nfn short() {{}}\n"),
+    );
+    let mut v = LongFns {
+        file: long.file.clone(),
+        long: Vec::new(),
+    };
+    v.visit_file(&long.tree);
+    assert_eq!(v.long.len(), 1, "{:?}", v.long);
+    assert!(v.long[0].contains("fn long has 122 lines"), "{:?}", v.long);
 }

@@ -12,7 +12,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use snapcrypt::api::backup_job::AuthMechanism;
+use snapcrypt::mongo::AuthMechanism;
 use snapcrypt::mongo::ConnectionSettings;
 use snapcrypt::mongo::lock::{
     LockError, LockLimits, LockTarget, unlock_abandoned, with_write_lock,

@@ -15,8 +15,8 @@ use std::process::Child;
 
 use std::time::Duration;
 
-use snapcrypt::api::backup_job::{AuthMechanism, SyncSourceMode};
 use snapcrypt::mongo::{Answer, ConnectionSettings, MemberAddress, ask_members, choose};
+use snapcrypt::mongo::{AuthMechanism, SyncSourceMode};
 
 /// A scripted replica set; stops when dropped.
 struct Members {

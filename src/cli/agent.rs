@@ -22,7 +22,7 @@ use crate::api::agent::{
 };
 use crate::api::common::Progress as ProgressStatus;
 use crate::api::{Restore, Snapshot};
-use crate::controller::{AGENT_FIELD_MANAGER, AGENT_RESULT_FIELD_MANAGER};
+use crate::controller::kube_api::{AGENT_FIELD_MANAGER, AGENT_RESULT_FIELD_MANAGER};
 use crate::engine::progress::human_bytes;
 use crate::engine::progress::{Progress, ProgressReport};
 use crate::engine::prune::{PruneScope, prune};
@@ -168,7 +168,7 @@ async fn verify(args: VerifyAgentArgs) -> Result<(), CliError> {
                 .problems
                 .iter()
                 .take(MAX_PROBLEMS)
-                .map(|p| crate::controller::truncate(p, MAX_PROBLEM_LEN))
+                .map(|p| crate::controller::text::truncate(p, MAX_PROBLEM_LEN))
                 .collect(),
         }
     });
@@ -347,7 +347,7 @@ async fn apply_retention(args: &SnapshotArgs, new_id: &str) -> Option<RetentionR
             let e = e.to_string();
             eprintln!("snapcrypt: retention not applied: {e}");
             RetentionResult {
-                error: Some(crate::controller::truncate(&e, MAX_RETENTION_ERROR)),
+                error: Some(crate::controller::text::truncate(&e, MAX_RETENTION_ERROR)),
                 ..Default::default()
             }
         }
@@ -358,7 +358,7 @@ async fn apply_retention(args: &SnapshotArgs, new_id: &str) -> Option<RetentionR
 const TERMINATION_MAX: usize = 4096;
 
 fn write_termination_log(path: &Path, text: &str) {
-    let text = crate::controller::truncate(text, TERMINATION_MAX - 8);
+    let text = crate::controller::text::truncate(text, TERMINATION_MAX - 8);
     if let Err(e) = std::fs::write(path, format!("{text}\n")) {
         eprintln!(
             "snapcrypt: cannot write the termination message to {}: {e}",

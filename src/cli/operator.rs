@@ -11,7 +11,9 @@ use kube::api::{Api, ListParams};
 
 use super::CliError;
 use crate::api::Snapshot;
-use crate::controller::{self, Metrics, OperatorConfig};
+use crate::controller;
+use crate::controller::context::OperatorConfig;
+use crate::controller::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::reason::Reason;
+use super::reason::{Reason, Severity};
 use crate::api::common::condition_status::{FALSE, TRUE, UNKNOWN};
 
 /// One condition as a reconciler decides it.
@@ -67,7 +67,7 @@ pub fn merge(
             let message = if w.message.is_empty() {
                 w.reason.to_string()
             } else {
-                crate::controller::truncate(&w.message, 32 * 1024)
+                super::text::truncate(&w.message, 32 * 1024)
             };
             Condition {
                 type_: w.type_.into(),
@@ -134,6 +134,23 @@ pub fn get<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
 }
 
+/// The Events a status change deserves, for every controller: one per reason that newly
+/// appears on a condition (status or reason changed), unless the reason is quiet; the first
+/// condition's message with it. Reasons this operator does not write (an older version's) are
+/// not announced.
+pub fn announcements<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<(Reason, &'a str)> {
+    let mut out: Vec<(Reason, &str)> = Vec::new();
+    for c in transitions(old, new) {
+        let Some(reason) = Reason::parse(&c.reason) else {
+            continue;
+        };
+        if reason.severity() != Severity::Quiet && !out.iter().any(|(r, _)| *r == reason) {
+            out.push((reason, c.message.as_str()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +204,32 @@ mod tests {
             &t("2026-01-01T00:00:00Z"),
         );
         assert_eq!(blank[0].message, "AsExpected");
+    }
+
+    fn condition(type_: &str, status: &str, reason: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("{type_} {reason}"),
+            observed_generation: None,
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn one_event_per_new_reason_and_none_for_quiet_or_foreign_ones() {
+        let old = vec![condition("Ready", "False", "Starting")];
+        let new = vec![
+            condition("Ready", "False", "NoSyncSource"),
+            condition("Progressing", "False", "NoSyncSource"),
+            condition("Failed", "False", "NotFailed"),
+            condition("Other", "True", "SomethingOld"),
+        ];
+        let a = announcements(&old, &new);
+        assert_eq!(a, vec![(Reason::NoSyncSource, "Ready NoSyncSource")]);
+        assert_eq!(a[0].0.severity(), Severity::Warning);
+        // Nothing changed: nothing to say.
+        assert!(announcements(&new, &new).is_empty());
     }
 }

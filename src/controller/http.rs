@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::Metrics;
+use super::metrics::Metrics;
 
 async fn healthz() -> &'static str {
     "ok\n"

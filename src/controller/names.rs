@@ -111,6 +111,10 @@ fn fit(name: &str, max: usize) -> &str {
     name[..max].trim_end_matches(['-', '.'])
 }
 
+/// The name of a GCS service-account key file: the credentials Secret's key, and the file the
+/// agent reads.
+pub const GCS_CREDENTIALS_FILE: &str = "service-account.json";
+
 #[cfg(test)]
 mod tests {
     use super::*;

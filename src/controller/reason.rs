@@ -1,8 +1,6 @@
 //! Condition and Event reasons as values: each reason carries its severity, and one policy
 //! ([`announcements`]) turns condition transitions into Events for every controller. Pure.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-
 /// How a reason is announced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Severity {
@@ -193,38 +191,9 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// The Events a status change deserves, for every controller: one per reason that newly
-/// appears on a condition (status or reason changed), unless the reason is quiet; the first
-/// condition's message with it. Reasons this operator does not write (an older version's) are
-/// not announced.
-pub fn announcements<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<(Reason, &'a str)> {
-    let mut out: Vec<(Reason, &str)> = Vec::new();
-    for c in crate::controller::conditions::transitions(old, new) {
-        let Some(reason) = Reason::parse(&c.reason) else {
-            continue;
-        };
-        if reason.severity() != Severity::Quiet && !out.iter().any(|(r, _)| *r == reason) {
-            out.push((reason, c.message.as_str()));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    fn cond(type_: &str, status: &str, reason: &str) -> Condition {
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: format!("{type_} {reason}"),
-            observed_generation: None,
-            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
-        }
-    }
 
     #[test]
     fn names_round_trip_and_are_unique() {
@@ -234,21 +203,5 @@ mod tests {
             assert!(seen.insert(r.as_str()), "{r} declared twice");
         }
         assert_eq!(Reason::parse("Bogus"), None);
-    }
-
-    #[test]
-    fn one_event_per_new_reason_and_none_for_quiet_or_foreign_ones() {
-        let old = vec![cond("Ready", "False", "Starting")];
-        let new = vec![
-            cond("Ready", "False", "NoSyncSource"),
-            cond("Progressing", "False", "NoSyncSource"),
-            cond("Failed", "False", "NotFailed"),
-            cond("Other", "True", "SomethingOld"),
-        ];
-        let a = announcements(&old, &new);
-        assert_eq!(a, vec![(Reason::NoSyncSource, "Ready NoSyncSource")]);
-        assert_eq!(a[0].0.severity(), Severity::Warning);
-        // Nothing changed: nothing to say.
-        assert!(announcements(&new, &new).is_empty());
     }
 }

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::EngineError;
 use super::backend::{Backend, BackendError, SMALL_OBJECT_MAX};
 use super::crypto::random_id;
+use crate::engine::error::EngineError;
 
 /// A lock whose last write is this much older than a taker's own write is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(120);

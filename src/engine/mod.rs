@@ -6,6 +6,7 @@ pub mod backend;
 pub mod backup;
 pub mod beneath;
 pub mod crypto;
+pub mod error;
 pub mod format;
 pub mod keys;
 pub mod lock;
@@ -17,52 +18,4 @@ pub mod restore;
 pub mod spill;
 pub mod verify;
 
-use crate::kms::KmsError;
-
-/// Errors of the data path, each written for the person who runs the command.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("no repository at {repo} (a backup creates one on first use)")]
-    NoRepository { repo: String },
-    #[error("repository object {object} is damaged: {reason}")]
-    Corrupt { object: String, reason: String },
-    #[error("no snapshot matches {which:?} (list them with `snapcrypt snapshots`)")]
-    NoSuchSnapshot { which: String },
-    #[error("{count} snapshots match {which:?}: give more of the id")]
-    AmbiguousSnapshot { which: String, count: usize },
-    #[error("source {path}: {reason}")]
-    Source { path: String, reason: String },
-    #[error(
-        "source {path} holds {count} files, at or over the limit of --max-files {max} (MongoDB Cloud Manager refuses 100,000 or more by default): nothing was written; raise --max-files to back it up anyway"
-    )]
-    TooManyFiles { path: String, count: u64, max: u64 },
-    #[error("restore target {path}: {reason}")]
-    Target { path: String, reason: String },
-    #[error(
-        "repository is locked by {holder} (an exclusive lock expires {stale_after_secs} s after its holder stops refreshing it)"
-    )]
-    Locked {
-        holder: String,
-        stale_after_secs: u64,
-    },
-    #[error(
-        "lost the repository lock {lock}: {why}; stopped before committing, so nothing already in the repository is affected: run it again"
-    )]
-    LockLost { lock: String, why: String },
-    #[error(transparent)]
-    Backend(#[from] backend::BackendError),
-    #[error(transparent)]
-    Kms(#[from] KmsError),
-    #[error("data key record {object}: {source}")]
-    KeyRecord { object: String, source: KmsError },
-    #[error(transparent)]
-    Crypto(#[from] crypto::CryptoError),
-    #[error(transparent)]
-    Pack(#[from] pack::PackError),
-    #[error("encoding: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("a worker thread failed: {0}")]
-    Worker(String),
-    #[error(transparent)]
-    Scratch(#[from] spill::SpillError),
-}
+pub use self::error::EngineError;

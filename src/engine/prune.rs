@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use super::EngineError;
 use super::crypto::ChunkId;
 use super::format::{SnapshotManifest, pack_object_name};
 use super::lock::{RepoLock, lock_wait};
 use super::pack::PackWriter;
 use super::repo::{BlobLoc, BlobPlaces, GARBAGE_DIR, GarbageMark, PlacedIndex, Repository};
+use crate::engine::error::EngineError;
 use crate::kms::KeyManager;
 
 /// Which snapshots to keep; a snapshot kept by any rule is kept. All None keeps everything.

@@ -5,13 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::EngineError;
 use super::format::SnapshotManifest;
 use super::format::{
     BlobEntry, INDEX_ENTRY_LEN, PACK_HEADER_LEN, TRAILER_COUNTER, pack_object_name,
 };
 use super::pack::{TRAILER_AAD, parse_pack_header};
 use super::repo::{Index, PlacedIndex, PlacedIndexBuilder, Repository};
+use crate::engine::error::EngineError;
 
 /// What verify found; `problems` is empty when the repository is sound.
 #[derive(Debug, Default, serde::Serialize)]

@@ -14,7 +14,20 @@ use mongodb::options::{
 use super::explain::{Address, Failure, explain, setup_failure};
 use super::hello::{HelloReply, delays_from_config};
 use super::sync_source::{Answer, MemberReport};
-use crate::api::backup_job::AuthMechanism;
+
+/// How the operator authenticates to mongod (the controller maps the BackupJob's
+/// `authMechanism` to it: this module knows no custom resource).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthMechanism {
+    #[default]
+    ScramSha256,
+    ScramSha1,
+    /// A client certificate (MONGODB-X509).
+    X509,
+    /// LDAP through SASL PLAIN.
+    Plain,
+    None,
+}
 
 /// How to reach the members, with the Secrets' contents already read.
 #[derive(Clone, Default)]

@@ -8,7 +8,7 @@ pub mod lock;
 pub mod sync_source;
 pub mod topology;
 
-pub use client::{ConnectionSettings, MemberAddress, ask_members};
+pub use client::{AuthMechanism, ConnectionSettings, MemberAddress, ask_members};
 pub use hello::HelloReply;
-pub use sync_source::{Answer, Choice, MemberReport, NoSyncSource, choose};
+pub use sync_source::{Answer, Choice, MemberReport, NoSyncSource, SyncSourceMode, choose};
 pub use topology::{MemberPod, member_pods};

@@ -1,8 +1,18 @@
 //! Which replica-set member a snapshot copies from: a pure choice over what each member said.
 
-use crate::api::backup_job::SyncSourceMode;
-
 use super::hello::HelloReply;
+
+/// Which member to copy (the controller maps the BackupJob's `syncSource.mode` to it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncSourceMode {
+    /// Any secondary, the least lagging one first.
+    #[default]
+    AnySecondary,
+    /// The primary.
+    Primary,
+    /// One named member.
+    Member,
+}
 
 /// What was learnt about one member pod.
 #[derive(Clone, Debug, PartialEq)]

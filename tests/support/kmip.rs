@@ -170,12 +170,21 @@ fn cache_dir() -> PathBuf {
         })
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, never one this file handed out before in
+/// this process (two servers started at once must not be given one port: see
+/// `support::free_port`, which this file, included on its own, cannot call).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A loopback endpoint that refuses connections (nothing listens there).

@@ -283,13 +283,24 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     );
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, never one this test process handed out before: tests run in
+/// parallel threads, and a port released here is bound later by the server it is for, so two
+/// servers started at once could be given the same port (seen in CI: a test's S3 server took
+/// Azurite's port, Azurite's readiness check connected to it, and Azurite, unable to bind,
+/// was gone when the container was created).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A live shared lock of host `busy-host`, refreshed now, planted in `repo` as

@@ -11,7 +11,7 @@ use crate::api::destination::{AzureDestination, Destination, GcsDestination, S3D
 
 /// Where a GCS service-account key file is mounted, and its name (the Secret's key too).
 pub const GCS_CREDENTIALS_MOUNT: &str = "/etc/snapcrypt/gcs";
-pub const GCS_CREDENTIALS_FILE: &str = "service-account.json";
+pub use crate::controller::names::GCS_CREDENTIALS_FILE;
 /// The keys of an Azure credentials Secret the agent reads, each optional: an account key, a
 /// SAS token, or a service principal.
 pub const AZURE_SECRET_KEYS: [&str; 5] = [

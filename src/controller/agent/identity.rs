@@ -14,8 +14,9 @@ use kube::api::ObjectMeta;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::api::BackupJob;
+use crate::controller::context::Context;
+use crate::controller::kube_api::apply;
 use crate::controller::names::{agent_service_account, job_labels};
-use crate::controller::{Context, apply};
 
 /// Every rule any agent needs (for the chart's ClusterRole that states them for review):
 /// read Snapshots and Restores, patch their status. The operator grants them per run, for

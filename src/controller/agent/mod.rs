@@ -25,7 +25,7 @@ use kube::Resource;
 use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 
-use super::scoped_api;
+use super::kube_api::scoped_api;
 
 /// A controller for kind K that also wakes for every change of the agent pods it owns (labelled
 /// `app.kubernetes.io/component=COMPONENT`).
@@ -43,7 +43,7 @@ where
         + Sync
         + 'static,
 {
-    crate::controller::lean_controller(scoped_api::<K>(client, namespace)).owns(
+    crate::controller::kube_api::lean_controller(scoped_api::<K>(client, namespace)).owns(
         scoped_api::<Pod>(client, namespace),
         watcher::Config::default()
             .labels(&format!("app.kubernetes.io/component={component}"))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use kube::{Api, Client, ResourceExt};
 
-use crate::controller::{delete_exactly, force_delete_exactly};
+use crate::controller::kube_api::{delete_exactly, force_delete_exactly};
 
 /// How often a run whose node is Ready looks at it again (a node's loss changes no object
 /// the controllers watch).

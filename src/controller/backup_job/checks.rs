@@ -24,11 +24,12 @@ use crate::controller::agent::identity::apply_agent_identity;
 use crate::controller::agent::job::job_kmip;
 use crate::controller::agent::node::{needs_stopping, node_of, stop_pod};
 use crate::controller::agent::run::{RunStep, run_step};
+use crate::controller::context::Context;
 use crate::controller::job_spec::checks::check_schedules;
 use crate::controller::job_spec::schedule::{CronSchedule, due};
+use crate::controller::kube_api::{apply, delete_named};
 use crate::controller::names::{RESTORE_TEST_JOB_UID_LABEL, SCHEDULED_TIME, VERIFY_JOB_UID_LABEL};
 use crate::controller::reason::Reason;
-use crate::controller::{Context, apply, delete_named};
 
 /// What the checks found, and when one is next due.
 pub struct CheckOutcome {

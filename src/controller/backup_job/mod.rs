@@ -19,11 +19,12 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use self::build::status::{Observed, job_status, scheduled_time};
+use super::context::Context;
 use super::job_spec::references::find_references;
 use super::job_spec::schedule::{self, due};
 use super::job_spec::validate::{Found, Problem, check_references, check_spec, references};
+use super::kube_api::{apply, apply_status, scoped_api};
 use super::reason::Reason;
-use super::{Context, apply, apply_status, scoped_api};
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Restore, Snapshot};
 use crate::controller::names::{RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL};
@@ -105,7 +106,7 @@ pub fn controller(
     let pods: Api<Pod> = scoped_api(&ctx.client, namespace.as_deref());
     let tests: Api<Restore> = scoped_api(&ctx.client, namespace.as_deref());
     let own = |label: &str| watcher::Config::default().any_semantic().labels(label);
-    let ctl = super::lean_controller(jobs);
+    let ctl = super::kube_api::lean_controller(jobs);
     ctx.metrics.watch_jobs(ctl.store());
     ctl.watches(snaps, watcher::Config::default().any_semantic(), |s| {
         let ns = s.namespace()?;
@@ -115,7 +116,7 @@ pub fn controller(
     .owns(tests, own(RESTORE_TEST_JOB_UID_LABEL))
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
-    .map(super::log_stream_error(CONTROLLER))
+    .map(super::kube_api::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(job: Arc<BackupJob>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -5,6 +5,7 @@
 
 pub mod checks;
 pub mod consistency;
+pub mod member;
 pub mod references;
 pub mod schedule;
 pub mod transport;

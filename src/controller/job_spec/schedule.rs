@@ -181,6 +181,16 @@ pub fn due(
     }
 }
 
+/// `30m`, `720h` or `90d` (or `30s`) as a duration; zero is refused.
+pub fn parse_period(s: &str) -> Result<jiff::SignedDuration, String> {
+    match crate::api::common::parse_duration(s, &['s', 'm', 'h', 'd'])? {
+        0 => Err(format!("{s:?}: must be longer than zero")),
+        secs => i64::try_from(secs)
+            .map(jiff::SignedDuration::from_secs)
+            .map_err(|_| format!("{s:?}: too long")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use crate::api::backup_job::{AuthMechanism, BackupJobSpec, MongoSource, SyncSour
 use super::consistency::{Capture, capture, parse_timeout};
 use super::schedule::CronSchedule;
 use crate::api::destination::Destination;
-use crate::controller::agent::destination::GCS_CREDENTIALS_FILE;
+use crate::controller::names::GCS_CREDENTIALS_FILE;
 use crate::controller::reason::Reason;
 
 /// One thing wrong with a BackupJob.

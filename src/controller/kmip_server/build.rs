@@ -10,17 +10,8 @@ use crate::api::kmip_server::{
     KmipServerIdentity, KmipServerSpec, KmipServerStatus, MasterKeyStatus, RewrapProgress,
 };
 use crate::controller::conditions::{Cond, merge};
+use crate::controller::job_spec::schedule::parse_period;
 use crate::controller::reason::Reason;
-
-/// `30m`, `720h` or `90d` (or `30s`) as a duration; zero is refused.
-pub fn parse_period(s: &str) -> Result<SignedDuration, String> {
-    match crate::api::common::parse_duration(s, &['s', 'm', 'h', 'd'])? {
-        0 => Err(format!("{s:?}: must be longer than zero")),
-        secs => i64::try_from(secs)
-            .map(SignedDuration::from_secs)
-            .map_err(|_| format!("{s:?}: too long")),
-    }
-}
 
 /// When the active key is next due for rotation: `period` after the last rotation, or after
 /// the key came into use. None without a period.

@@ -22,12 +22,14 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use zeroize::Zeroizing;
 
-use self::build::{Connection, Observed, build_status, next_rotation, parse_period};
+use self::build::{Connection, Observed, build_status, next_rotation};
+use super::context::Context;
+use super::kube_api::{apply_status, scoped_api};
 use super::reason::Reason;
-use super::{Context, apply_status, scoped_api};
 use crate::api::kmip_server::{KmipProtocolVersion, KmipServerIdentity, WrappingMode};
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Snapshot};
+use crate::controller::job_spec::schedule::parse_period;
 use crate::kms::kmip::{
     FailureStage, KmipClient, KmipConfig, KmipError, KmipKeyManager, ProtocolVersion, ResultReason,
     TlsMaterial, WrapMode,
@@ -60,7 +62,7 @@ pub fn controller(
     use futures::StreamExt;
     let servers: Api<KmipServer> = scoped_api(&ctx.client, namespace.as_deref());
     let jobs: Api<BackupJob> = scoped_api(&ctx.client, namespace.as_deref());
-    let ctl = super::lean_controller(servers);
+    let ctl = super::kube_api::lean_controller(servers);
     ctx.metrics.watch_kmip_servers(ctl.store());
     ctl.watches(jobs, watcher::Config::default().any_semantic(), |j| {
         let r = j.spec.encryption.kmip_server_ref.as_ref()?;
@@ -68,7 +70,7 @@ pub fn controller(
     })
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
-    .map(super::log_stream_error(CONTROLLER))
+    .map(super::kube_api::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(ks: Arc<KmipServer>, err: &Error, ctx: Arc<Context>) -> Action {

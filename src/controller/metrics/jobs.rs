@@ -18,7 +18,7 @@ use crate::api::snapshot::RunPhase;
 use crate::api::verification::CheckResult;
 use crate::api::{BackupJob, KmipServer, Snapshot};
 use crate::controller::job_spec::schedule::CronSchedule;
-use crate::controller::kmip_server::build::parse_period;
+use crate::controller::job_spec::schedule::parse_period;
 
 /// One metric family: its name (without `_total` for a counter), help and type.
 pub struct Family {

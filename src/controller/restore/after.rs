@@ -20,9 +20,10 @@ use crate::api::verification::CheckResult;
 use crate::controller::agent::deadline::{Deadline, deadline};
 use crate::controller::agent::node::{needs_stopping, node_of, stop_pod};
 use crate::controller::agent::run::RunStep;
+use crate::controller::context::Context;
+use crate::controller::kube_api::{apply, apply_status, delete_named, delete_own_pod};
 use crate::controller::names::CHECK_RESTORE_UID_LABEL;
 use crate::controller::reason::Reason;
-use crate::controller::{Context, apply, apply_status, delete_named, delete_own_pod};
 
 /// How often a running check is looked at besides its pod's changes (its deadlines).
 const CHECK_RECHECK: Duration = Duration::from_secs(30);

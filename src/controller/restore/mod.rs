@@ -29,7 +29,8 @@ use super::agent::deadline::{Deadline, deadline};
 use super::agent::node::{needs_stopping, node_of, stop_pod};
 use super::agent::owning_agent_pods;
 use super::agent::run::{RunStep, run_step};
-use super::{Context, apply_status};
+use super::context::Context;
+use super::kube_api::apply_status;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Restore, Snapshot};
 use crate::controller::names::CHECK_RESTORE_UID_LABEL;
@@ -127,16 +128,16 @@ pub fn controller(
         .any_semantic();
     owning_agent_pods::<Restore>(&ctx.client, namespace.as_deref(), "restore")
         .owns(
-            super::scoped_api::<Pod>(&ctx.client, namespace.as_deref()),
+            super::kube_api::scoped_api::<Pod>(&ctx.client, namespace.as_deref()),
             checks.clone(),
         )
         .owns(
-            super::scoped_api::<PersistentVolumeClaim>(&ctx.client, namespace.as_deref()),
+            super::kube_api::scoped_api::<PersistentVolumeClaim>(&ctx.client, namespace.as_deref()),
             checks,
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .map(super::log_stream_error(CONTROLLER))
+        .map(super::kube_api::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(r: Arc<Restore>, err: &Error, ctx: Arc<Context>) -> Action {

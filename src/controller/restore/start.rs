@@ -12,10 +12,10 @@ use super::build::{RestorePlan, Step, restore_pod};
 use super::{Error, RECHECK, after, dereference_error};
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Restore, Snapshot};
-use crate::controller::Context;
 use crate::controller::agent::identity::{RunObject, apply_agent_identity, apply_run_access};
 use crate::controller::agent::job::{Blocked, Needs, check_job, job_kmip};
-use crate::controller::apply;
+use crate::controller::context::Context;
+use crate::controller::kube_api::apply;
 use crate::controller::names::{CHECK_RESTORE_UID_LABEL, RESTORE_UID_LABEL};
 use crate::controller::reason::Reason;
 

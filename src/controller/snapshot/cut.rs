@@ -9,15 +9,15 @@ use kube::{Api, ResourceExt};
 
 use super::build::status::Step;
 use super::build::volume::{self, cut_or_failed};
-use super::hold::HoldKey;
 use super::locking::{self, Lock};
 use super::plan::capturing;
 use super::start::{Started, wait};
 use super::{CAPTURE_RECHECK, Error};
 use crate::api::snapshot::{CaptureStatus, MemberChoice};
 use crate::api::{Snapshot, SnapshotStatus};
-use crate::controller::Context;
 use crate::controller::agent::job::Blocked;
+use crate::controller::context::Context;
+use crate::controller::hold::HoldKey;
 use crate::controller::job_spec::consistency::Capture;
 use crate::controller::reason::Reason;
 

@@ -9,8 +9,8 @@ use super::Error;
 use super::build::volume;
 use crate::api::backup_job::{AuthMechanism, MongoSource};
 use crate::api::{BackupJob, Snapshot};
-use crate::controller::Context;
 use crate::controller::agent::node::node_of;
+use crate::controller::context::Context;
 use crate::controller::job_spec::consistency::{Capture, capture};
 use crate::controller::names::SNAPSHOT_UID_LABEL;
 use crate::mongo::ConnectionSettings;
@@ -186,7 +186,7 @@ pub(super) async fn connection_settings(
     };
     Ok(ConnectionSettings {
         port: c.port,
-        mechanism: c.auth_mechanism,
+        mechanism: crate::controller::job_spec::member::auth_mechanism(c.auth_mechanism),
         auth_source: c.auth_source.clone(),
         username: text(get(&creds, "username")),
         password: text(get(&creds, "password")),

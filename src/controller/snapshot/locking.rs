@@ -15,12 +15,12 @@ use kube::ResourceExt;
 
 use super::build::status::{Consistency, Step, next_status};
 use super::dereference::{connection_settings, list_member_pods};
-use super::hold::HoldKey;
 use super::{Error, write_status};
 use crate::api::snapshot::{CaptureStatus, LockState, LockStatus, MemberChoice};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
-use crate::controller::Context;
 use crate::controller::agent::job::Blocked;
+use crate::controller::context::Context;
+use crate::controller::hold::HoldKey;
 use crate::controller::job_spec::consistency::Capture;
 use crate::controller::reason::Reason;
 use crate::mongo::lock::{LockError, LockLimits, LockReport, LockTarget, unlock_abandoned};

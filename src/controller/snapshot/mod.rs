@@ -9,7 +9,6 @@
 pub mod build;
 mod cut;
 mod dereference;
-pub mod hold;
 mod locking;
 pub mod ownership;
 mod plan;
@@ -33,8 +32,9 @@ use self::release::release;
 use self::start::{Started, start_attempt, start_from_volume};
 use super::agent::node::{needs_stopping, stop_pod};
 use super::agent::owning_agent_pods;
+use super::context::Context;
+use super::kube_api::{apply_status, delete_exactly, scoped_api};
 use super::reason::Reason;
-use super::{Context, apply_status, delete_exactly, scoped_api};
 use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
@@ -163,7 +163,7 @@ pub fn controller(
     })
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
-    .map(super::log_stream_error(CONTROLLER))
+    .map(super::kube_api::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(snap: Arc<Snapshot>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -18,8 +18,8 @@ use super::{Error, write_status};
 use crate::api::SnapshotStatus;
 use crate::api::backup_job::SnapshotDeletionPolicy;
 use crate::api::{BackupJob, Snapshot};
-use crate::controller::Context;
 use crate::controller::conditions::{Cond, merge};
+use crate::controller::context::Context;
 use crate::controller::names::{MADE_BY_JOB_UID, ORPHANED_LABEL};
 use crate::controller::reason::Reason;
 

@@ -11,7 +11,8 @@ use super::Error;
 use super::build::volume::api_resource;
 use super::plan::Leftovers;
 use crate::api::Snapshot;
-use crate::controller::{Context, delete_exactly};
+use crate::controller::context::Context;
+use crate::controller::kube_api::delete_exactly;
 
 pub(super) async fn release(
     snap: &Snapshot,

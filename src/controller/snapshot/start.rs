@@ -22,9 +22,10 @@ use crate::api::snapshot::{CaptureStatus, MemberChoice};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::agent::identity::{RunObject, apply_agent_identity, apply_run_access};
 use crate::controller::agent::job::{Blocked, Needs, check_job, job_kmip};
+use crate::controller::context::Context;
 use crate::controller::job_spec::consistency::{Capture, capture};
+use crate::controller::kube_api::apply;
 use crate::controller::reason::Reason;
-use crate::controller::{Context, apply};
 use crate::mongo::{self, Answer, ConnectionSettings, MemberAddress, MemberPod, MemberReport};
 
 /// The replica set as read for one attempt: its pods, and what each member said.
@@ -505,7 +506,8 @@ fn choose(job: &BackupJob, m: &Members) -> Result<Chosen, Blocked> {
         reason: Reason::NoSyncSource,
         message,
     };
-    let choice = mongo::choose(sync.mode, sync.member.as_deref(), &m.reports)
+    let mode = crate::controller::job_spec::member::sync_source_mode(sync.mode);
+    let choice = mongo::choose(mode, sync.member.as_deref(), &m.reports)
         .map_err(|e| no_source(e.to_string()))?;
     let member_pod = m
         .pods

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 
 use super::SEGMENT;
 use super::scan::ScanEntry;
-use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
+use crate::engine::error::EngineError;
 use crate::engine::format::{EntryKind, PART_CHUNKS, TreeEntry};
 use crate::engine::progress::Progress;
 

@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 pub use self::scan::{Scan, ScanEntry, scan, scan_with};
 use self::tree::Totals;
 use self::workers::{Inputs, Shared, run_pipeline};
-use super::EngineError;
 use super::crypto::{ChunkId, DataKey, random_id};
 use super::format::{BlobEntry, BlobKind, ObjectKind, SnapshotManifest};
 use super::lock::{RepoLock, hostname, lock_wait};
@@ -23,6 +22,7 @@ use super::pack::{PackWriter, StagedPack};
 use super::progress::Progress;
 use super::repo::{Index, IndexBuilder, Repository, tree_ids};
 use super::spill::{Sorter, SpillError};
+use crate::engine::error::EngineError;
 use crate::kms::KeyManager;
 
 /// Bytes of a file one worker reads and processes at a time (a multiple of any chunk size).

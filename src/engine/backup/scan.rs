@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
-use crate::engine::EngineError;
 use crate::engine::beneath::{BeneathError, FileId, Root, file_id, name_str, read_names};
+use crate::engine::error::EngineError;
 use crate::engine::format::EntryKind;
 
 /// One entry found by the scan.

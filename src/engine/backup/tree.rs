@@ -9,8 +9,8 @@ use std::sync::mpsc::Receiver;
 
 use super::feed::Slot;
 use super::scan::ScanEntry;
-use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
+use crate::engine::error::EngineError;
 use crate::engine::format::{EntryKind, PART_CHUNKS, TreeEntry};
 use crate::engine::progress::Progress;
 

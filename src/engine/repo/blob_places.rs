@@ -15,8 +15,8 @@
 
 use super::blob_map::Buckets;
 use super::{BlobLoc, BlobMap, Index, PackInfo, Repository};
-use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
+use crate::engine::error::EngineError;
 use crate::engine::format::{BlobEntry, BlobKind};
 use crate::engine::spill::{Sorter, SpillError};
 

@@ -5,11 +5,10 @@
 //! bound; the few invariants a caller relies on are asserted.
 
 use super::index::GarbageMark;
-use super::snapshots::{decode_tree, parse_unfinished, tree_ids};
+use super::snapshots::{check_tree, decode_tree, parse_unfinished, tree_ids};
 use super::{Repository, check_chunker, parse_key_id};
 use crate::engine::backend::Location;
 use crate::engine::format::{Config, KeyRecord, SnapshotManifest};
-use crate::engine::restore::check_tree;
 use crate::kms::local::LocalKeyManager;
 
 /// Feed `data` to: the REPO argument parser, the local key file parser, the config (and its

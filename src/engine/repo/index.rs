@@ -7,9 +7,9 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::Repository;
 use super::blob_map::BlobMap;
-use crate::engine::EngineError;
 use crate::engine::backend::BackendError;
 use crate::engine::crypto::DataKey;
+use crate::engine::error::EngineError;
 use crate::engine::format::{BlobEntry, ObjectKind};
 use crate::engine::pack::{StagedPack, parse_pack_header};
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::Repository;
 use super::{now_rfc3339, parse_key_id};
-use crate::engine::EngineError;
 use crate::engine::backend::{BackendError, SMALL_OBJECT_MAX};
 use crate::engine::crypto::DataKey;
+use crate::engine::error::EngineError;
 use crate::engine::format::{KeyRecord, OBJECT_HEADER_LEN};
 use crate::kms::{KeyManager, KmsError};
 

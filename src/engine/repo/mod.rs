@@ -13,8 +13,8 @@ mod sealed;
 mod snapshots;
 pub use self::keys::rewrap_wait;
 pub use self::repair::{RepairReport, repair_index};
-pub use self::snapshots::UNFINISHED_DIR;
 pub(crate) use self::snapshots::tree_ids;
+pub use self::snapshots::{UNFINISHED_DIR, check_tree};
 
 pub use self::blob_map::BlobMap;
 pub use self::blob_places::{BlobPlaces, PlacedIndex, PlacedIndexBuilder};
@@ -29,10 +29,10 @@ pub use fuzz::fuzz_repository_documents;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::EngineError;
 use super::backend::{Backend, BackendError, SMALL_OBJECT_MAX};
 use super::crypto::{DataKey, random_id};
 use super::format::{ChunkerParams, Config, FORMAT_VERSION, KeyRecord};
+use crate::engine::error::EngineError;
 use crate::kms::KeyManager;
 
 /// Default chunk size: see docs/REPOSITORY.md for the measurements behind it.

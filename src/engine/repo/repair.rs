@@ -5,7 +5,7 @@
 //! `snapcrypt repair index` writes it again (as restic's `repair index` does).
 
 use super::{PackInfo, Repository};
-use crate::engine::EngineError;
+use crate::engine::error::EngineError;
 use crate::engine::format::{
     BlobEntry, INDEX_ENTRY_LEN, ObjectKind, PACK_HEADER_LEN, TRAILER_COUNTER, pack_object_name,
 };

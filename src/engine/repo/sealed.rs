@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::Repository;
 use super::index::{BlobLoc, Index};
-use crate::engine::EngineError;
 use crate::engine::crypto::{ChunkId, DataKey, ObjectCipher, random_id};
+use crate::engine::error::EngineError;
 use crate::engine::format::{
     BlobEntry, OBJECT_HEADER_LEN, OBJECT_MAGIC, ObjectKind, pack_object_name, parse_object_envelope,
 };

@@ -1,9 +1,11 @@
 //! Snapshot objects and their file lists.
 
+use std::collections::HashSet;
+
 use super::Repository;
 use super::index::Index;
-use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
+use crate::engine::error::EngineError;
 use crate::engine::format::{EntryKind, ObjectKind, PART_CHUNKS, SnapshotManifest, TreeEntry};
 
 /// `unfinished/<snapshot id>`: the file-list pieces of a snapshot being written (by a backup,
@@ -269,4 +271,48 @@ impl std::io::Read for Pieces<'_> {
         self.pos += n;
         Ok(n)
     }
+}
+/// Check a snapshot's file list before anything is written: every path relative, made of
+/// plain names (no `..`, `.`, empty or absolute parts), listed once, under a directory listed
+/// before it. A repository is untrusted input: a path that could leave the target, or pass
+/// through a symlink the restore creates, is refused.
+pub fn check_tree(tree: &[TreeEntry], snapshot: &str) -> Result<(), EngineError> {
+    let bad = |path: &str, reason: &str| EngineError::Corrupt {
+        object: format!("snapshots/{snapshot}"),
+        reason: format!("file list entry {path:?}: {reason}; nothing was written"),
+    };
+    let mut dirs: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (i, e) in tree.iter().enumerate() {
+        if i == 0 {
+            if !e.path.is_empty() || e.kind != EntryKind::Dir {
+                return Err(bad(&e.path, "the first entry must be the root directory"));
+            }
+            dirs.insert("");
+            seen.insert("");
+            continue;
+        }
+        if e.path.is_empty()
+            || e.path.contains('\0')
+            || e.path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(bad(&e.path, "not a plain relative path"));
+        }
+        if !seen.insert(&e.path) {
+            return Err(bad(&e.path, "listed twice"));
+        }
+        let parent = e.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        if !dirs.contains(parent) {
+            return Err(bad(
+                &e.path,
+                "its parent is not a directory listed before it",
+            ));
+        }
+        if e.kind == EntryKind::Dir {
+            dirs.insert(&e.path);
+        }
+    }
+    Ok(())
 }

@@ -10,8 +10,8 @@ use std::io::Read;
 use rustix::fs::{FileType, OFlags};
 
 use super::target::Target;
-use crate::engine::EngineError;
 use crate::engine::crypto::DataKey;
+use crate::engine::error::EngineError;
 use crate::engine::format::{EntryKind, SnapshotManifest, TreeEntry};
 use crate::engine::repo::{Index, Repository};
 

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::plan::check_tree;
-use super::EngineError;
 use super::crypto::ChunkId;
 use super::format::{BlobKind, EntryKind, SnapshotManifest, TreeEntry};
 use super::lock::{RepoLock, lock_wait};
 use super::progress::Progress;
 use super::repo::{BlobLoc, BlobMap, Index, Repository, tree_ids};
 use super::spill::Sorter;
+use crate::engine::error::EngineError;
 
 /// Left in the target while a restore runs; its presence means the restore did not finish.
 pub const INCOMPLETE_MARKER: &str = ".snapcrypt-restore-incomplete";

@@ -2,58 +2,12 @@
 //! blob goes, found by joining the file list's chunks with the index and ordered by pack,
 //! both through external sorts (`engine/spill.rs`), so no per-chunk structure is held.
 
-use std::collections::HashSet;
-
-use crate::engine::EngineError;
 use crate::engine::crypto::ChunkId;
+use crate::engine::error::EngineError;
 use crate::engine::format::{BlobEntry, BlobKind, EntryKind, TreeEntry};
 use crate::engine::repo::BlobLoc;
+pub use crate::engine::repo::check_tree;
 use crate::engine::spill::{Sorter, SpillError};
-
-/// Check a snapshot's file list before anything is written: every path relative, made of
-/// plain names (no `..`, `.`, empty or absolute parts), listed once, under a directory listed
-/// before it. A repository is untrusted input: a path that could leave the target, or pass
-/// through a symlink the restore creates, is refused.
-pub fn check_tree(tree: &[TreeEntry], snapshot: &str) -> Result<(), EngineError> {
-    let bad = |path: &str, reason: &str| EngineError::Corrupt {
-        object: format!("snapshots/{snapshot}"),
-        reason: format!("file list entry {path:?}: {reason}; nothing was written"),
-    };
-    let mut dirs: HashSet<&str> = HashSet::new();
-    let mut seen: HashSet<&str> = HashSet::new();
-    for (i, e) in tree.iter().enumerate() {
-        if i == 0 {
-            if !e.path.is_empty() || e.kind != EntryKind::Dir {
-                return Err(bad(&e.path, "the first entry must be the root directory"));
-            }
-            dirs.insert("");
-            seen.insert("");
-            continue;
-        }
-        if e.path.is_empty()
-            || e.path.contains('\0')
-            || e.path
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(bad(&e.path, "not a plain relative path"));
-        }
-        if !seen.insert(&e.path) {
-            return Err(bad(&e.path, "listed twice"));
-        }
-        let parent = e.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-        if !dirs.contains(parent) {
-            return Err(bad(
-                &e.path,
-                "its parent is not a directory listed before it",
-            ));
-        }
-        if e.kind == EntryKind::Dir {
-            dirs.insert(&e.path);
-        }
-    }
-    Ok(())
-}
 
 /// A chunk the file list wants: its id, file (position in the tree) and chunk number, big-endian
 /// so that records sort by id.

@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
 use super::{INCOMPLETE_MARKER, RestoreOptions};
-use crate::engine::EngineError;
 use crate::engine::beneath::{BeneathError, FileId, Root, file_id, name_str, read_names};
+use crate::engine::error::EngineError;
 use crate::engine::format::{EntryKind, TreeEntry};
 
 /// The target opened as a root, and the identity (device, inode) of each file the restore

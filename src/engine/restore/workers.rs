@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::plan::{PLACE, Placement};
 use super::writer::{Runs, runs};
-use crate::engine::EngineError;
+use crate::engine::error::EngineError;
 use crate::engine::format::pack_object_name;
 use crate::engine::progress::Progress;
 use crate::engine::repo::{Index, Repository};

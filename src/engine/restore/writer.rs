@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::target::Target;
-use crate::engine::EngineError;
+use crate::engine::error::EngineError;
 use crate::engine::format::TreeEntry;
 use rustix::fs::OFlags;
 
