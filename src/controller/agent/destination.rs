@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{
 
 use super::pod::{Access, PodError, REPO_MOUNT, RepoAccess, env, mount, secret_env};
 use crate::api::destination::{AzureDestination, Destination, GcsDestination, S3Destination};
+use crate::engine::backend::{Location, StoreKind};
 
 /// Where a GCS service-account key file is mounted, and its name (the Secret's key too).
 pub const GCS_CREDENTIALS_MOUNT: &str = "/etc/snapcrypt/gcs";
@@ -26,12 +27,15 @@ pub const AZURE_WORKLOAD_IDENTITY_LABEL: &str = "azure.workload.identity/use";
 /// What the agent reads to use the pod's own identity (no credentials configured).
 const AMBIENT: &str = "SNAPCRYPT_AMBIENT_CREDENTIALS";
 
-/// `SCHEME://BUCKET[/PREFIX]`.
-fn url(scheme: &str, bucket: &str, prefix: Option<&str>) -> String {
-    match prefix.unwrap_or("").trim_matches('/') {
-        "" => format!("{scheme}://{bucket}"),
-        p => format!("{scheme}://{bucket}/{p}"),
-    }
+/// `SCHEME://BUCKET[/PREFIX]`: the engine's own [`Location`], so what the pod is given is
+/// what the agent parses (one grammar, round-trip tested in `engine/backend/location.rs`).
+fn url(kind: StoreKind, bucket: &str, prefix: Option<&str>) -> String {
+    Location::remote(kind, bucket, prefix).to_string()
+}
+
+/// The repository directory `path` of the claim mounted at [`REPO_MOUNT`], as `--repo`.
+fn local_repo(path: &str) -> String {
+    Location::Local(std::path::Path::new(REPO_MOUNT).join(path.trim_start_matches('/'))).to_string()
 }
 
 pub fn destination_access(
@@ -50,8 +54,7 @@ pub fn destination_access(
         });
         out.mounts
             .push(mount("repo", REPO_MOUNT, how.repo_read_only));
-        out.args
-            .extend(["--repo".into(), format!("{REPO_MOUNT}/{}", pvc.path)]);
+        out.args.extend(["--repo".into(), local_repo(&pvc.path)]);
     } else if let Some(s3) = &d.s3 {
         s3_access(s3, out);
     } else if let Some(gcs) = &d.gcs {
@@ -65,8 +68,10 @@ pub fn destination_access(
 }
 
 fn s3_access(s3: &S3Destination, out: &mut RepoAccess) {
-    out.args
-        .extend(["--repo".into(), url("s3", &s3.bucket, s3.prefix.as_deref())]);
+    out.args.extend([
+        "--repo".into(),
+        url(StoreKind::S3, &s3.bucket, s3.prefix.as_deref()),
+    ]);
     if let Some(ep) = &s3.endpoint {
         out.args.extend(["--s3-endpoint".into(), ep.clone()]);
     }
@@ -90,7 +95,7 @@ fn s3_access(s3: &S3Destination, out: &mut RepoAccess) {
 fn gcs_access(gcs: &GcsDestination, out: &mut RepoAccess) {
     out.args.extend([
         "--repo".into(),
-        url("gs", &gcs.bucket, gcs.prefix.as_deref()),
+        url(StoreKind::Gcs, &gcs.bucket, gcs.prefix.as_deref()),
     ]);
     if let Some(ep) = &gcs.endpoint {
         out.envs.push(env("GOOGLE_BASE_URL", ep.clone()));
@@ -129,7 +134,7 @@ fn gcs_access(gcs: &GcsDestination, out: &mut RepoAccess) {
 fn azure_access(az: &AzureDestination, out: &mut RepoAccess) {
     out.args.extend([
         "--repo".into(),
-        url("az", &az.container, az.prefix.as_deref()),
+        url(StoreKind::Azure, &az.container, az.prefix.as_deref()),
     ]);
     out.envs
         .push(env("AZURE_STORAGE_ACCOUNT_NAME", az.account.clone()));

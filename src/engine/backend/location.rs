@@ -91,10 +91,29 @@ impl Location {
     }
 }
 
+impl Location {
+    /// A bucket (an Azure container) and a key prefix in `kind`, as a REPO argument names
+    /// them (the prefix without leading or trailing slashes): what the operator builds an
+    /// agent's `--repo` from, and [`Location::parse`] reads back.
+    pub fn remote(kind: StoreKind, bucket: &str, prefix: Option<&str>) -> Location {
+        Location::Remote {
+            kind,
+            bucket: bucket.to_string(),
+            prefix: prefix.unwrap_or_default().trim_matches('/').to_string(),
+        }
+    }
+}
+
+/// The REPO argument: [`Location::parse`] of it gives the same location back.
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
+            Location::Remote {
+                kind,
+                bucket,
+                prefix,
+            } if prefix.is_empty() => write!(f, "{}://{bucket}", kind.scheme()),
             Location::Remote {
                 kind,
                 bucket,
@@ -155,6 +174,31 @@ mod tests {
         assert!(
             e.contains("az:// needs a container name: az://CONTAINER/PREFIX"),
             "{e}"
+        );
+        let e = Location::parse("wasb://c").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown scheme") && e.contains("gs://BUCKET"),
+            "{e}"
+        );
+    }
+
+    /// #30: what the operator writes (Display of a built location) is what the agent parses.
+    #[test]
+    fn a_location_round_trips_through_its_repo_argument() {
+        let cases = [
+            Location::remote(StoreKind::S3, "b", None),
+            Location::remote(StoreKind::S3, "b", Some("/clusters/rs0/")),
+            Location::remote(StoreKind::Gcs, "b", Some("rs0")),
+            Location::remote(StoreKind::Azure, "backups", Some("a/b/c")),
+            Location::Local("/repo/clusters/rs0".into()),
+        ];
+        for loc in cases {
+            let arg = loc.to_string();
+            assert_eq!(Location::parse(&arg).unwrap(), loc, "{arg}");
+        }
+        assert_eq!(
+            Location::remote(StoreKind::Gcs, "b", Some("")).to_string(),
+            "gs://b"
         );
         let e = Location::parse("wasb://c").unwrap_err().to_string();
         assert!(
