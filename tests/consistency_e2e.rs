@@ -203,7 +203,10 @@ async fn volume_snapshots_of_a_live_member_restore_to_the_cut() {
         g.snapshot(&name, "live").await;
         let st = wait_for_success(&snaps, &name, &g.ns).await;
         let capture = st.capture.clone().expect("capture in status");
-        assert_eq!(capture.mode, "volumeSnapshot");
+        assert_eq!(
+            capture.mode,
+            snapcrypt::api::snapshot::CaptureMode::VolumeSnapshot
+        );
         let vs = capture
             .volume_snapshot
             .clone()

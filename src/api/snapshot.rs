@@ -185,7 +185,8 @@ pub struct AgentResult {
 #[serde(rename_all = "camelCase")]
 pub struct CaptureStatus {
     /// volumeSnapshot, fsyncLock or stoppedMember (spec.source.consistency.mode).
-    pub mode: String,
+    #[schemars(with = "String")]
+    pub mode: CaptureMode,
     /// The attempt this capture belongs to.
     pub attempt: u32,
     /// The CSI VolumeSnapshot of the member's data claim (mode volumeSnapshot); deleted once
@@ -207,6 +208,23 @@ pub struct CaptureStatus {
     /// taken and released, and for how long writes were held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock: Option<LockStatus>,
+}
+
+/// How an attempt captures the member's data: serialised as the names of
+/// spec.source.consistency.mode (the status schema keeps a string).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CaptureMode {
+    /// From a CSI VolumeSnapshot's cut.
+    VolumeSnapshot,
+    /// While the member is fsyncLocked.
+    FsyncLock,
+    /// The files as they are (consistent only if the member is stopped).
+    #[default]
+    StoppedMember,
+    /// A name this version does not know (written by another version): read, never written.
+    #[serde(other)]
+    Unknown,
 }
 
 /// An fsync lock on a member, as the operator took and released it.
@@ -275,5 +293,32 @@ impl Snapshot {
                 RunPhase::Running | RunPhase::SnapshottingVolume | RunPhase::Quiescing
             ) || (st.phase == RunPhase::Pending && st.pod_name.is_some())
         })
+    }
+}
+
+#[cfg(test)]
+mod capture_mode_tests {
+    use super::*;
+
+    /// #30: the typed mode is written as the names status always had, and a name another
+    /// version wrote is read (as Unknown), never a Snapshot the watcher cannot decode.
+    #[test]
+    fn capture_modes_keep_their_names_and_unknown_ones_are_read() {
+        for (mode, name) in [
+            (CaptureMode::VolumeSnapshot, "volumeSnapshot"),
+            (CaptureMode::FsyncLock, "fsyncLock"),
+            (CaptureMode::StoppedMember, "stoppedMember"),
+        ] {
+            assert_eq!(serde_json::to_value(mode).unwrap(), serde_json::json!(name));
+            assert_eq!(
+                serde_json::from_value::<CaptureMode>(name.into()).unwrap(),
+                mode
+            );
+        }
+        let c: CaptureStatus = serde_json::from_value(
+            serde_json::json!({"mode": "snapshotOfTheFuture", "attempt": 1}),
+        )
+        .unwrap();
+        assert_eq!(c.mode, CaptureMode::Unknown);
     }
 }

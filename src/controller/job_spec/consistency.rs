@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::api::backup_job::{ConsistencyMode, MongoSource, Quiesce};
 use crate::api::common::parse_duration;
+use crate::api::snapshot::CaptureMode;
 
 /// How long a VolumeSnapshot may take to become readyToUse, unless the spec says.
 pub const DEFAULT_VOLUME_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -54,11 +55,11 @@ pub enum StoppedWhy {
 
 impl Capture {
     /// The mode's name as the spec writes it (for status).
-    pub fn mode_name(&self) -> &'static str {
+    pub fn mode(&self) -> CaptureMode {
         match self {
-            Capture::VolumeSnapshot { .. } => "volumeSnapshot",
-            Capture::FsyncLock { .. } => "fsyncLock",
-            Capture::StoppedMember { .. } => "stoppedMember",
+            Capture::VolumeSnapshot { .. } => CaptureMode::VolumeSnapshot,
+            Capture::FsyncLock { .. } => CaptureMode::FsyncLock,
+            Capture::StoppedMember { .. } => CaptureMode::StoppedMember,
         }
     }
 

@@ -62,7 +62,7 @@ pub(super) async fn start_cut(
         });
     };
     let held = CaptureStatus {
-        mode: cut.capture.mode_name().into(),
+        mode: cut.capture.mode(),
         attempt: cut.attempt,
         volume_snapshot: Some(vs.name_any()),
         lock: Some(locking::asking(&cut.member.pod)),
@@ -91,7 +91,7 @@ pub(super) async fn start_cut(
         Err(why) => return Ok(Started::AttemptFailed(why)),
     };
     let made = cut_volume(snap, vs, Some(&key), ctx).await;
-    let released = locking::release(snap, &key, &locked, cut.capture.mode_name(), ctx).await;
+    let released = locking::release(snap, &key, &locked, cut.capture.mode(), ctx).await;
     if let Some((after, _)) = &released {
         locking::set_lock(prev, after.clone());
     }

@@ -16,6 +16,7 @@ use kube::ResourceExt;
 use super::build::status::{Consistency, Step, next_status};
 use super::dereference::{connection_settings, list_member_pods};
 use super::{Error, write_status};
+use crate::api::snapshot::CaptureMode;
 use crate::api::snapshot::{CaptureStatus, LockState, LockStatus, MemberChoice};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::agent::job::Blocked;
@@ -108,7 +109,7 @@ pub(super) async fn lock_member(
         Err(e) => {
             let why = e.to_string();
             let after = settled(&asked, &Err(e), jiff::Timestamp::now());
-            announce(snap, attempt, &after, capture.mode_name(), ctx).await;
+            announce(snap, attempt, &after, capture.mode(), ctx).await;
             set_lock(prev, after);
             Ok(Err(why))
         }
@@ -254,8 +255,8 @@ fn round_ms(secs: f64) -> f64 {
 }
 
 /// What the lock was for, as the metric's label: the cut of a VolumeSnapshot or the copy.
-fn purpose(mode: &str) -> &'static str {
-    if mode == "volumeSnapshot" {
+fn purpose(mode: CaptureMode) -> &'static str {
+    if mode == CaptureMode::VolumeSnapshot {
         "cut"
     } else {
         "copy"
@@ -268,7 +269,7 @@ pub(super) async fn release(
     snap: &Snapshot,
     key: &HoldKey,
     lock: &LockStatus,
-    mode: &str,
+    mode: CaptureMode,
     ctx: &Context,
 ) -> Option<(LockStatus, Result<LockReport, LockError>)> {
     let result = ctx.holds.release(key, &lock.member).await?;
@@ -284,7 +285,7 @@ pub(super) async fn announce(
     snap: &Snapshot,
     attempt: u32,
     lock: &LockStatus,
-    mode: &str,
+    mode: CaptureMode,
     ctx: &Context,
 ) {
     let purpose = purpose(mode);
@@ -347,7 +348,7 @@ pub(super) async fn recover(
     snap: &Snapshot,
     job: Option<&BackupJob>,
     lock: &LockStatus,
-    mode: &str,
+    mode: CaptureMode,
     attempt: u32,
     ctx: &Context,
 ) -> Result<LockStatus, Error> {

@@ -329,7 +329,7 @@ async fn undo_lost_lock(
         snap,
         world.job.as_ref(),
         &lock,
-        &capture.mode,
+        capture.mode,
         capture.attempt,
         ctx,
     )
@@ -416,12 +416,8 @@ async fn release_copy_lock(
     if copying && !ctx.holds.ended(&key) {
         return None;
     }
-    let mode = prev
-        .capture
-        .as_ref()
-        .map(|c| c.mode.clone())
-        .unwrap_or_default();
-    let (after, result) = locking::release(snap, &key, &lock, &mode, ctx).await?;
+    let mode = prev.capture.as_ref().map(|c| c.mode).unwrap_or_default();
+    let (after, result) = locking::release(snap, &key, &lock, mode, ctx).await?;
     if let Some(c) = prev.capture.as_mut() {
         c.lock = Some(after);
     }

@@ -371,7 +371,7 @@ pub(super) fn capturing(attempt: u32, vs: &DynamicObject, capture: &Capture) -> 
         ),
         member,
         capture: CaptureStatus {
-            mode: capture.mode_name().into(),
+            mode: capture.mode(),
             attempt,
             volume_snapshot: Some(vs.name_any()),
             clone_claim: None,
@@ -719,7 +719,7 @@ mod tests {
             ..Default::default()
         };
         let capturing = CaptureStatus {
-            mode: "volumeSnapshot".into(),
+            mode: crate::api::snapshot::CaptureMode::VolumeSnapshot,
             attempt: 1,
             volume_snapshot: Some("s-1".into()),
             lock: Some(lock.clone()),

@@ -158,7 +158,7 @@ pub(super) async fn start_attempt(
         run_as: chosen.run_as,
         retry_after,
         capture: CaptureStatus {
-            mode: capture.mode_name().into(),
+            mode: capture.mode(),
             attempt,
             ..Default::default()
         },
@@ -212,7 +212,7 @@ async fn start_locked_copy(
             // No pod to copy: nothing to hold the member for. Status says so before the
             // error (one still saying Locking would read as a lost holder).
             if let Some((after, _)) =
-                locking::release(snap, &key, &locked, capture.mode_name(), ctx).await
+                locking::release(snap, &key, &locked, capture.mode(), ctx).await
             {
                 locking::set_lock(prev, after);
             }
@@ -274,7 +274,7 @@ pub(super) async fn start_from_volume(
         run_as,
         retry_after: None,
         capture: CaptureStatus {
-            mode: capture.mode_name().into(),
+            mode: capture.mode(),
             attempt,
             volume_snapshot: Some(vs.name_any()),
             clone_claim: Some(clone.name_any()),

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::agent::{RetentionResult, SnapshotResult};
 use crate::api::snapshot::{
-    CaptureStatus, LockState, MemberChoice, RunPhase, SnapshotStats, SnapshotStatus,
+    CaptureMode, CaptureStatus, LockState, MemberChoice, RunPhase, SnapshotStats, SnapshotStatus,
 };
 use crate::controller::conditions::{self, Cond, merge};
 use crate::controller::job_spec::consistency::Capture;
@@ -119,8 +119,8 @@ fn achieved(capture: Option<&CaptureStatus>, prev: &SnapshotStatus) -> Cond {
             ),
         )
     };
-    match capture.map(|c| c.mode.as_str()) {
-        Some("fsyncLock") => match locked {
+    match capture.map(|c| c.mode) {
+        Some(CaptureMode::FsyncLock) => match locked {
             Some(l) => Cond::new(
                 "Consistent",
                 true,
@@ -133,7 +133,7 @@ fn achieved(capture: Option<&CaptureStatus>, prev: &SnapshotStatus) -> Cond {
             ),
             None => missing("fsyncLock on the member"),
         },
-        Some("volumeSnapshot") => {
+        Some(CaptureMode::VolumeSnapshot) => {
             let Some(vs) = capture.and_then(|c| c.volume_snapshot.as_deref()) else {
                 return missing("VolumeSnapshot");
             };
@@ -436,7 +436,7 @@ mod tests {
 
     fn live_capture() -> CaptureStatus {
         CaptureStatus {
-            mode: "stoppedMember".into(),
+            mode: CaptureMode::StoppedMember,
             attempt: 1,
             ..Default::default()
         }
@@ -549,7 +549,7 @@ mod tests {
     #[test]
     fn consistent_follows_what_the_run_did_never_the_plan() {
         let capture = CaptureStatus {
-            mode: "fsyncLock".into(),
+            mode: CaptureMode::FsyncLock,
             attempt: 1,
             ..Default::default()
         };
