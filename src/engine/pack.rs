@@ -5,8 +5,10 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::crypto::{ChunkId, CryptoError, DataKey, ObjectCipher, random_id};
-use super::format::{BlobEntry, BlobKind, PACK_HEADER_LEN, PACK_MAGIC, TRAILER_COUNTER};
+use super::crypto::{ChunkId, CryptoError, DataKey, ObjectCipher, TAG_LEN, random_id};
+use super::format::{
+    BlobEntry, BlobKind, INDEX_ENTRY_LEN, PACK_HEADER_LEN, PACK_MAGIC, TRAILER_COUNTER,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
@@ -32,6 +34,40 @@ pub fn blob_aad(kind: BlobKind, id: &ChunkId) -> [u8; 37] {
 
 /// Associated data of a pack's trailer.
 pub const TRAILER_AAD: &[u8] = b"snapcrypt pack trailer v1";
+
+/// The bytes a pack's trailer adds to its entry list: the AEAD tag sealing the list, then the
+/// little-endian u32 length of the sealed list, which ends the pack.
+pub const TRAILER_OVERHEAD: usize = TAG_LEN + 4;
+
+/// The most a pack's sealed entry list may hold (46 bytes a blob: far past any pack's blob
+/// count): checked before it is read, so a hostile length field never sizes a buffer.
+pub const TRAILER_MAX: u64 = 64 * 1024 * 1024;
+
+/// The exact size of a pack holding `entries`: the header, the sealed blobs, the sealed entry
+/// list and its length.
+pub fn pack_size<'a>(entries: impl IntoIterator<Item = &'a BlobEntry>) -> u64 {
+    let (mut count, mut blobs) = (0u64, 0u64);
+    for e in entries {
+        count += 1;
+        blobs += u64::from(e.stored_len);
+    }
+    PACK_HEADER_LEN as u64 + blobs + count * INDEX_ENTRY_LEN as u64 + TRAILER_OVERHEAD as u64
+}
+
+/// Where a pack of `size` bytes whose last four bytes say `len` keeps its sealed entry list,
+/// or why it cannot: the one framing rule every reader of a trailer follows.
+pub fn trailer_range(size: u64, len: u32) -> Result<std::ops::Range<u64>, String> {
+    let len = u64::from(len);
+    if size < (PACK_HEADER_LEN + 4) as u64 {
+        return Err(format!("{size} bytes: too short for a pack"));
+    }
+    if len > TRAILER_MAX || len + 4 + PACK_HEADER_LEN as u64 > size {
+        return Err(format!(
+            "trailer of {len} bytes does not fit a pack of {size}"
+        ));
+    }
+    Ok(size - 4 - len..size - 4)
+}
 
 /// The 64-byte pack header: magic, version, reserved, data key id, salt.
 pub fn pack_header(data_key_id: &[u8; 16], salt: &[u8; 32]) -> [u8; PACK_HEADER_LEN] {
@@ -171,8 +207,7 @@ impl PackWriter {
 
     /// Write the trailer (the sealed entry list and its length) and close the file.
     pub fn finish(mut self) -> Result<StagedPack, PackError> {
-        let mut trailer =
-            Vec::with_capacity(self.entries.len() * super::format::INDEX_ENTRY_LEN + 16);
+        let mut trailer = Vec::with_capacity(self.entries.len() * INDEX_ENTRY_LEN + TAG_LEN);
         for e in &self.entries {
             e.encode(&mut trailer);
         }
@@ -207,6 +242,12 @@ impl PackWriter {
 pub fn fuzz_repository_bytes(data: &[u8]) {
     use super::format::{ObjectKind, parse_object_envelope};
     let _ = parse_pack_header(data);
+    if let Some(tail) = data.len().checked_sub(4).and_then(|at| data.get(at..)) {
+        let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+        if let Ok(r) = trailer_range(data.len() as u64, len) {
+            assert!(r.start >= PACK_HEADER_LEN as u64 && r.end + 4 == data.len() as u64);
+        }
+    }
     for entries in [data, data.get(PACK_HEADER_LEN..).unwrap_or_default()] {
         if let Some(decoded) = BlobEntry::decode_all(entries) {
             let mut again = Vec::with_capacity(entries.len());
@@ -227,5 +268,46 @@ pub fn fuzz_repository_bytes(data: &[u8]) {
             let aad = [env.header, b"index/x".as_slice()].concat();
             let _ = cipher.open(0, &aad, &mut body);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #30: the layout in one place: a pack as the writer makes it has exactly the size
+    /// `pack_size` says, its last four bytes frame the sealed entry list `trailer_range`
+    /// finds, and that list opens to the writer's entries.
+    #[test]
+    fn a_written_pack_has_the_size_and_trailer_the_layout_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = DataKey::from_material([3; 16], &[5; 64]).expect("key");
+        let mut w = PackWriter::new(dir.path(), &key).expect("writer");
+        for (i, len) in [0usize, 1, 4096].into_iter().enumerate() {
+            let id: ChunkId = [i as u8; crate::engine::crypto::ID_LEN];
+            w.add(id, BlobKind::Data, len as u32, false, vec![7; len])
+                .expect("add");
+        }
+        let staged = w.finish().expect("finish");
+        let bytes = std::fs::read(&staged.path).expect("read");
+        assert_eq!(bytes.len() as u64, staged.size);
+        assert_eq!(pack_size(&staged.entries), staged.size);
+        let n = bytes.len();
+        let len = u32::from_le_bytes(bytes[n - 4..].try_into().expect("4 bytes"));
+        let r = trailer_range(n as u64, len).expect("framed");
+        let mut sealed = bytes[r.start as usize..r.end as usize].to_vec();
+        let (_, salt) = parse_pack_header(&bytes).expect("header");
+        let plain = key
+            .object_cipher(&salt)
+            .expect("cipher")
+            .open(TRAILER_COUNTER, TRAILER_AAD, &mut sealed)
+            .expect("opens");
+        assert_eq!(
+            BlobEntry::decode_all(&sealed[..plain]).as_deref(),
+            Some(staged.entries.as_slice())
+        );
+        assert!(trailer_range(n as u64, u32::MAX).is_err());
+        assert!(trailer_range(PACK_HEADER_LEN as u64, 0).is_err());
+        assert!(trailer_range(n as u64, (n - PACK_HEADER_LEN - 3) as u32).is_err());
     }
 }

@@ -6,10 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::format::SnapshotManifest;
-use super::format::{
-    BlobEntry, INDEX_ENTRY_LEN, PACK_HEADER_LEN, TRAILER_COUNTER, pack_object_name,
-};
-use super::pack::{TRAILER_AAD, parse_pack_header};
+use super::format::{BlobEntry, PACK_HEADER_LEN, TRAILER_COUNTER, pack_object_name};
+use super::pack::{TRAILER_AAD, parse_pack_header, trailer_range};
 use super::repo::{Index, PlacedIndex, PlacedIndexBuilder, Repository};
 use crate::engine::error::EngineError;
 
@@ -76,8 +74,7 @@ impl std::fmt::Display for DataSubset {
 
 /// The exact size of a pack holding `entries`.
 fn expected_pack_size(entries: &[&BlobEntry]) -> u64 {
-    let blobs: u64 = entries.iter().map(|e| u64::from(e.stored_len)).sum();
-    PACK_HEADER_LEN as u64 + blobs + (entries.len() * INDEX_ENTRY_LEN) as u64 + 16 + 4
+    super::pack::pack_size(entries.iter().copied())
 }
 
 /// Check the repository (or one snapshot of it), under a shared lock so no prune removes
@@ -425,15 +422,14 @@ fn check_trailer(
     entries: &[BlobEntry],
 ) -> Result<(), String> {
     let n = bytes.len();
-    if n < PACK_HEADER_LEN + 4 {
-        return Err("too short".into());
-    }
-    let len = u32::from_le_bytes([bytes[n - 4], bytes[n - 3], bytes[n - 2], bytes[n - 1]]) as usize;
-    let start = n
-        .checked_sub(4 + len)
-        .ok_or("trailer length past the start")?;
+    let tail = n
+        .checked_sub(4)
+        .and_then(|at| bytes.get(at..))
+        .ok_or("too short")?;
+    let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let r = trailer_range(n as u64, len)?;
     let key = repo.key(&info.data_key_id).map_err(|e| e.to_string())?;
-    let mut trailer = bytes[start..n - 4].to_vec();
+    let mut trailer = bytes[r.start as usize..r.end as usize].to_vec();
     let plain_len = key
         .object_cipher(&info.salt)
         .map_err(|e| e.to_string())?
@@ -444,4 +440,52 @@ fn check_trailer(
         return Err("trailer and index object disagree".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #30: verify's pure parts. A subset parses only as K/N within bounds, names itself back,
+    /// and its groups split any set of pack ids into N parts that together hold every one.
+    #[test]
+    fn data_subsets_parse_and_cover_every_pack_once() {
+        assert_eq!(DataSubset::parse("3/10"), Ok(DataSubset { k: 3, n: 10 }));
+        for bad in ["0/10", "11/10", "1/10001", "3", "a/b", "/", ""] {
+            let e = DataSubset::parse(bad).unwrap_err();
+            assert!(e.contains("is not K/N"), "{bad}: {e}");
+        }
+        assert_eq!(DataSubset { k: 2, n: 7 }.to_string(), "2/7");
+        let ids: Vec<String> = (0u32..500)
+            .map(|i| blake3::hash(&i.to_le_bytes()).to_hex().to_string())
+            .chain(["not-hex".to_string()])
+            .collect();
+        let n = 7;
+        for id in &ids {
+            let groups = (1..=n)
+                .filter(|k| DataSubset { k: *k, n }.contains(id))
+                .count();
+            assert_eq!(groups, 1, "{id}");
+        }
+        assert!(ids.iter().all(|id| DataSubset::ALL.contains(id)));
+        // A name that is not hex is read by group 1, never skipped for good.
+        assert!(DataSubset { k: 1, n }.contains("not-hex"));
+    }
+
+    /// Packs without an index object are leftovers unless snapshots miss data, when each is
+    /// named as the likely lost index.
+    #[test]
+    fn unindexed_packs_are_leftovers_unless_snapshots_miss_data() {
+        let mut quiet = VerifyReport::default();
+        judge_unindexed(vec!["aa".into(), "bb".into()], false, &mut quiet);
+        assert_eq!((quiet.leftover_packs, quiet.problems.len()), (2, 0));
+        let mut missing = VerifyReport::default();
+        judge_unindexed(vec!["aa".into()], true, &mut missing);
+        assert_eq!(missing.leftover_packs, 0);
+        assert!(
+            missing.problems[0].contains("has no index object index/aa"),
+            "{:?}",
+            missing.problems
+        );
+    }
 }

@@ -229,6 +229,14 @@ pub(super) fn settled(
             l.held_seconds = Some(round_ms(report.held.as_secs_f64()));
             l.released_at = Some(Time(now));
             l.message = None;
+            // From the holder's own report, not only the record: a record read from a cache
+            // behind this process's writes may still be the write-ahead (Locking, no time),
+            // and Consistent=True needs to see when the lock was taken (seen in CI:
+            // lock_e2e's copy said NotCaptured after a lock held around the whole copy).
+            l.count_before = Some(report.count_before);
+            if l.locked_at.is_none() {
+                l.locked_at = now.checked_sub(report.held).ok().map(Time);
+            }
         }
         Err(e @ LockError::Unlock { .. }) => {
             l.state = LockState::UnlockFailed;
@@ -423,6 +431,29 @@ pub(super) async fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The release seen by a reconcile whose status still holds the write-ahead record
+    /// (Locking, no time): the released lock says when it was taken and the count before it,
+    /// from the holder's report.
+    #[test]
+    fn a_lock_released_from_a_stale_record_still_says_when_it_was_taken() {
+        let t0: jiff::Timestamp = "2026-12-02T03:00:10Z".parse().expect("time");
+        let ok = settled(
+            &asking("rs0-1"),
+            &Ok(LockReport {
+                held: Duration::from_secs(4),
+                count_before: 1,
+            }),
+            t0,
+        );
+        assert_eq!(ok.state, LockState::Released);
+        assert_eq!(
+            ok.locked_at,
+            Some(Time("2026-12-02T03:00:06Z".parse().expect("time")))
+        );
+        assert_eq!(ok.count_before, Some(1));
+        assert_eq!(ok.held_seconds, Some(4.0));
+    }
 
     #[test]
     fn a_lock_settles_by_how_it_ended() {

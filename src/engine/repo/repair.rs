@@ -12,9 +12,6 @@ use crate::engine::format::{
 use crate::engine::lock::RepoLock;
 use crate::engine::pack::{TRAILER_AAD, parse_pack_header};
 
-/// The longest trailer read: 46 bytes a blob, far past any pack's blob count.
-const TRAILER_MAX: u64 = 64 * 1024 * 1024;
-
 /// What `repair index` found and did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RepairReport {
@@ -52,18 +49,15 @@ impl Repository {
         let (data_key_id, salt) =
             parse_pack_header(&header).ok_or_else(|| corrupt("bad pack header".into()))?;
         let len_bytes = self.backend.get_range(&name, size - 4, 4).await?;
-        let len =
-            u64::from(u32::from_le_bytes(len_bytes[..4].try_into().map_err(
-                |_| corrupt("short read of the trailer length".into()),
-            )?));
-        if len > TRAILER_MAX || len + 4 + PACK_HEADER_LEN as u64 > size {
-            return Err(corrupt(format!(
-                "trailer of {len} bytes does not fit a pack of {size}"
-            )));
-        }
+        let len = u32::from_le_bytes(
+            len_bytes[..4]
+                .try_into()
+                .map_err(|_| corrupt("short read of the trailer length".into()))?,
+        );
+        let r = crate::engine::pack::trailer_range(size, len).map_err(corrupt)?;
         let mut trailer = self
             .backend
-            .get_range(&name, size - 4 - len, len)
+            .get_range(&name, r.start, r.end - r.start)
             .await?
             .to_vec();
         let key = self.key(&data_key_id)?;
