@@ -364,20 +364,8 @@ async fn an_operator_restart_leaves_no_capture_and_live_copies_say_so() {
         message.contains("the old name of stoppedMember"),
         "{message}"
     );
-    let out = std::process::Command::new("kubectl")
-        .args(["get", "snapshots", "legacy-1", "-n", g.ns.name()])
-        .output()
-        .expect("kubectl");
-    let table = String::from_utf8_lossy(&out.stdout).to_string();
-    // kubectl aligns the columns: the value sits where its header starts.
-    let mut lines = table.lines();
-    let header = lines.next().unwrap_or_default();
-    let row = lines.next().unwrap_or_default();
-    let col = header
-        .find("CONSISTENT")
-        .unwrap_or_else(|| panic!("no CONSISTENT column:\n{table}"));
-    let value = row.get(col..).unwrap_or_default().split_whitespace().next();
-    assert_eq!(value, Some("False"), "{table}\n{}", pod_logs(g.ns.name()));
+    let value = support::plain::kubectl_column(g.ns.name(), "snapshots", "legacy-1", "CONSISTENT");
+    assert_eq!(value, "False", "{}", pod_logs(g.ns.name()));
 }
 
 /// How often copies of a live WiredTiger database open, documented by counting (never by

@@ -26,27 +26,7 @@ use support::ground::{Ground, Options};
 use support::operator::{
     LONG, create, events_for, snapshot_condition, snapshot_finished, wait_for_success,
 };
-
-/// The value kubectl prints under `header` in the first row of `kubectl get KIND NAME`.
-fn kubectl_column(ns: &str, kind: &str, name: &str, header: &str) -> String {
-    let out = std::process::Command::new("kubectl")
-        .args(["get", kind, name, "-n", ns])
-        .output()
-        .expect("kubectl");
-    let table = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut lines = table.lines();
-    let head = lines.next().unwrap_or_default();
-    let row = lines.next().unwrap_or_default();
-    let at = head
-        .find(header)
-        .unwrap_or_else(|| panic!("no column {header} in:\n{table}"));
-    row.get(at..)
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
+use support::plain::kubectl_column;
 
 /// An fsyncLock job whose member has nothing listening on the connection's port: the run
 /// fails, Consistent is never True, and the message and the LockFailed Event say "connection

@@ -127,6 +127,16 @@ fn short(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// What a command to 127.0.0.1:`port` that got no reply in 5 s comes to.
+    async fn no_reply_at(port: u16) -> String {
+        let at = Address {
+            host: "127.0.0.1",
+            port,
+        };
+        let waited = Duration::from_secs(5);
+        explain(at, Failure::NoReply { waited }).await
+    }
+
     /// #29: a member with nothing listening: "connection refused", the address and the field
     /// to check, and none of the driver's topology dump.
     #[tokio::test]
@@ -134,17 +144,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
-        let at = Address {
-            host: "127.0.0.1",
-            port,
-        };
-        let words = explain(
-            at,
-            Failure::NoReply {
-                waited: Duration::from_secs(5),
-            },
-        )
-        .await;
+        let words = no_reply_at(port).await;
         assert_eq!(
             words,
             format!(
@@ -159,17 +159,7 @@ mod tests {
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let at = Address {
-            host: "127.0.0.1",
-            port,
-        };
-        let words = explain(
-            at,
-            Failure::NoReply {
-                waited: Duration::from_secs(5),
-            },
-        )
-        .await;
+        let words = no_reply_at(port).await;
         assert!(
             words.starts_with("the port accepts connections but mongod did not reply within 5 s"),
             "{words}"

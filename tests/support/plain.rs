@@ -59,27 +59,51 @@ pub fn assert_status_plain(whence: &str, value: &serde_json::Value) {
     }
 }
 
+/// What `kubectl ARGS` prints, required to succeed.
+fn kubectl(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The value kubectl prints under `header` for object `name` of `kind` in namespace `ns`
+/// (`kubectl get KIND NAME`): kubectl aligns its columns, so the value starts where its header
+/// does.
+pub fn kubectl_column(ns: &str, kind: &str, name: &str, header: &str) -> String {
+    let table = kubectl(&["get", kind, name, "-n", ns]);
+    let mut lines = table.lines();
+    let head = lines.next().unwrap_or_default();
+    let row = lines.next().unwrap_or_default();
+    let at = head
+        .find(header)
+        .unwrap_or_else(|| panic!("no column {header} in:\n{table}"));
+    row.get(at..)
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// `kubectl get` of every snapcrypt kind in namespace `ns`, as a person reads it, checked: no
 /// `<invalid>` (a date column holding a time to come) and no debug dump in any cell. Returns
 /// the table.
 pub fn kubectl_tables_read_right(ns: &str) -> String {
-    let out = std::process::Command::new("kubectl")
-        .args([
-            "get",
-            "backupjobs,snapshots,restores,kmipservers",
-            "-n",
-            ns,
-            "-o",
-            "wide",
-        ])
-        .output()
-        .expect("kubectl");
-    let table = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "kubectl get: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let table = kubectl(&[
+        "get",
+        "backupjobs,snapshots,restores,kmipservers",
+        "-n",
+        ns,
+        "-o",
+        "wide",
+    ]);
     assert!(
         !table.contains("<invalid>"),
         "kubectl printed <invalid>:\n{table}"

@@ -18,7 +18,7 @@ use super::{Error, write_status};
 use crate::api::SnapshotStatus;
 use crate::api::backup_job::SnapshotDeletionPolicy;
 use crate::api::{BackupJob, Snapshot};
-use crate::controller::conditions::{Cond, merge};
+use crate::controller::conditions::{Cond, merge, transitions};
 use crate::controller::context::Context;
 use crate::controller::names::{MADE_BY_JOB_UID, ORPHANED_LABEL};
 use crate::controller::reason::Reason;
@@ -29,7 +29,8 @@ pub fn made_by_schedule(snap: &Snapshot) -> bool {
     snap.annotations().contains_key(MADE_BY_JOB_UID) || job_owner(snap).is_some()
 }
 
-fn job_owner(snap: &Snapshot) -> Option<&OwnerReference> {
+/// The BackupJob that is `snap`'s controller owner (policy Delete, or made before the policy).
+pub(super) fn job_owner(snap: &Snapshot) -> Option<&OwnerReference> {
     snap.owner_references()
         .iter()
         .find(|o| o.controller == Some(true) && o.kind == "BackupJob")
@@ -207,14 +208,9 @@ pub(super) async fn finished_ties(
     let Some(cond) = orphaned_condition(snap, job.as_ref()) else {
         return Ok(());
     };
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    let now = Time(jiff::Timestamp::now());
     let conditions = with_condition(&prev.conditions, &cond, snap.metadata.generation, &now);
-    let same = |a: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
-        a.iter()
-            .find(|c| c.type_ == cond.type_)
-            .map(|c| (c.status.clone(), c.reason.clone()))
-    };
-    if same(&conditions) != same(&prev.conditions) {
+    if !transitions(&prev.conditions, &conditions).is_empty() {
         let before = std::mem::replace(&mut prev.conditions, conditions);
         write_status(snap, prev, ctx).await?;
         ctx.announce(snap, &before, &prev.conditions).await;

@@ -43,11 +43,9 @@ pub fn made_by_job(snap: &Snapshot, job: &BackupJob) -> bool {
         return false;
     };
     snap.annotations().get(MADE_BY_JOB_UID) == Some(&uid)
-        || snap
-            .owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && o.kind == "BackupJob" && o.uid == uid)
+        || super::super::ownership::job_owner(snap).is_some_and(|o| o.uid == uid)
 }
+
 /// Everything the pod depends on, decided before building.
 #[derive(Clone, Debug)]
 pub struct PodPlan<'a> {
