@@ -139,3 +139,31 @@ pub fn scheduled_snapshot(
     });
     s
 }
+
+/// PersistentVolumeClaim `name` in namespace db (uid `uid-NAME`).
+pub fn claim(name: &str) -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
+    serde_yaml::from_str(&format!(
+        "metadata: {{name: {name}, namespace: db, uid: uid-{name}}}
+spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}"
+    ))
+    .expect("claim fixture")
+}
+
+/// Secret `name` in namespace db holding one entry, `key`.
+pub fn secret(name: &str, key: &str) -> k8s_openapi::api::core::v1::Secret {
+    serde_yaml::from_str(&format!(
+        "metadata: {{name: {name}, namespace: db}}\ndata: {{{key}: c2VjcmV0}}"
+    ))
+    .expect("secret fixture")
+}
+
+/// [`snapshot`] `name` of job rs0, Succeeded as repository snapshot `id`.
+pub fn succeeded_snapshot(name: &str, id: &str) -> Snapshot {
+    let mut s = snapshot(name, "2026-11-27T03:00:00Z");
+    s.status = Some(SnapshotStatus {
+        phase: RunPhase::Succeeded,
+        repository_snapshot_id: Some(id.into()),
+        ..Default::default()
+    });
+    s
+}

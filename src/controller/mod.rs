@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod conditions;
 pub mod context;
+pub mod execute;
 #[cfg(test)]
 pub mod fixtures;
 pub mod hold;
@@ -14,6 +15,8 @@ pub mod http;
 pub mod job_spec;
 pub mod kube_api;
 pub mod leader;
+#[cfg(test)]
+pub mod memory_api;
 pub mod metrics;
 pub mod names;
 pub mod reason;

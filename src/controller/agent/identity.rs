@@ -15,6 +15,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::api::BackupJob;
 use crate::controller::context::Context;
+use crate::controller::execute::Change;
 use crate::controller::kube_api::apply;
 use crate::controller::names::{agent_service_account, job_labels};
 
@@ -112,6 +113,26 @@ fn role_for_agent(
     };
     (role, binding)
 }
+
+/// What a run's agent needs applied before its pod, in order: `job`'s ServiceAccount, Role and
+/// RoleBinding, then (for a run object) the run's own Role and RoleBinding. Pure.
+pub fn identity_changes(job: &BackupJob, run: Option<&RunObject<'_>>) -> Vec<Change> {
+    let mut changes = Vec::new();
+    if let Some((sa, role, binding)) = agent_rbac(job) {
+        changes.push(Change::apply(RBAC_STAGE, &sa));
+        changes.push(Change::apply(RBAC_STAGE, &role));
+        changes.push(Change::apply(RBAC_STAGE, &binding));
+    }
+    if let Some(run) = run {
+        let (role, binding) = run_rbac(job, run);
+        changes.push(Change::apply(RBAC_STAGE, &role));
+        changes.push(Change::apply(RBAC_STAGE, &binding));
+    }
+    changes
+}
+
+/// The stage of [`identity_changes`], in errors and metrics.
+pub const RBAC_STAGE: &str = "apply_rbac";
 
 /// Apply [`run_rbac`]: `job`'s agent may read and report into `run`, and only it.
 pub async fn apply_run_access(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use kube::{Api, Client, ResourceExt};
 
+use crate::controller::execute::Change;
 use crate::controller::kube_api::{delete_exactly, force_delete_exactly};
 
 /// How often a run whose node is Ready looks at it again (a node's loss changes no object
@@ -59,6 +60,16 @@ pub fn needs_stopping(pod: &Pod, node: Option<&Node>) -> bool {
         Some("Succeeded" | "Failed")
     );
     !finished && (pod.metadata.deletion_timestamp.is_none() || on_lost_node(pod, node))
+}
+
+/// The change that stops the pod of a run that is over: deleted by uid, at once if its node
+/// (`node`) is not Ready, since its kubelet cannot confirm a graceful deletion. Pure.
+pub fn stop(stage: &'static str, pod: &Pod, node: Option<&Node>) -> Change {
+    if on_lost_node(pod, node) {
+        Change::force_delete(stage, pod)
+    } else {
+        Change::delete(stage, pod)
+    }
 }
 
 /// Stop the pod of a run that is over: deleted by uid, at once if its node (`node`) is not

@@ -1,150 +1,133 @@
-//! The Restore's steps around its restore pod: the scratch claim created before it
+//! The Restore's steps around its restore pod, pure: the scratch claim created before it
 //! (spec.target.scratch), the check pod run after it (spec.check), and the scratch claim
 //! deleted once the Restore is over, whatever happened.
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::ListParams;
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::ResourceExt;
 
+use super::Error;
 use super::build::Step;
 use super::check::{
     check_network_policy, check_pod, check_result, check_step, is_own_claim, scratch_claim,
 };
-use super::{Error, dereference_error};
+use super::dereference::World;
 use crate::api::Restore;
 use crate::api::restore::{CheckStatus, RestoreStatus};
 use crate::api::verification::CheckResult;
 use crate::controller::agent::deadline::{Deadline, deadline};
-use crate::controller::agent::node::{needs_stopping, node_of, stop_pod};
-use crate::controller::agent::run::RunStep;
-use crate::controller::context::Context;
-use crate::controller::kube_api::{apply, apply_status, delete_named, delete_own_pod};
-use crate::controller::names::CHECK_RESTORE_UID_LABEL;
+use crate::controller::agent::node::{needs_stopping, stop};
+use crate::controller::execute::Change;
+use crate::controller::kube_api::made_for;
 use crate::controller::reason::Reason;
 
 /// How often a running check is looked at besides its pod's changes (its deadlines).
 const CHECK_RECHECK: Duration = Duration::from_secs(30);
 
-/// Create the scratch claim if spec.target.scratch asks for one. `Some(step)`: the restore
-/// cannot go on (the claim exists and is not this Restore's).
-pub async fn ensure_scratch(r: &Restore, ctx: &Context) -> Result<Option<Step>, Error> {
+/// The scratch claim spec.target.scratch asks for: the changes that create it (none if there
+/// is no scratch claim, or this Restore's exists), or the step that ends the Restore (a claim
+/// of that name exists and is not this Restore's).
+pub fn plan_scratch(
+    r: &Restore,
+    existing: Option<&PersistentVolumeClaim>,
+) -> Result<Result<Vec<Change>, Step>, Error> {
     let Some(scratch) = &r.spec.target.scratch else {
-        return Ok(None);
+        return Ok(Ok(Vec::new()));
     };
-    let name = r.name_any();
-    let api: Api<PersistentVolumeClaim> =
-        Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
     let claim = &r.spec.target.claim_name;
-    if let Some(existing) = api
-        .get_opt(claim)
-        .await
-        .map_err(dereference_error(&name, "scratch claim"))?
-    {
-        if is_own_claim(r, &existing) {
-            return Ok(None);
+    if let Some(existing) = existing {
+        if is_own_claim(r, existing) {
+            return Ok(Ok(Vec::new()));
         }
-        return Ok(Some(Step::Failed {
-            reason: Reason::ScratchClaimExists,
-            message: format!(
+        return Ok(Err(Step::failed(
+            Reason::ScratchClaimExists,
+            format!(
                 "spec.target.scratch: claim {claim} already exists and was not created by this Restore; nothing was written to it"
             ),
-            finished: None,
-        }));
+        )));
     }
     let pvc = scratch_claim(r, scratch).map_err(|e| Error::Build {
-        restore: name.clone(),
+        restore: r.name_any(),
         reason: e.to_string(),
     })?;
-    apply(&api, &pvc)
-        .await
-        .map_err(|source| Error::ApplyScratch {
-            restore: name.clone(),
-            source,
-        })?;
-    ctx.event(
-        r,
-        Reason::ScratchClaimCreated,
-        format!("created scratch claim {claim} ({:?})", scratch.size.0),
-    )
-    .await;
-    Ok(None)
+    Ok(Ok(vec![
+        Change::apply("apply_scratch", &pvc),
+        Change::event(
+            Reason::ScratchClaimCreated,
+            format!("created scratch claim {claim} ({:?})", scratch.size.0),
+        ),
+    ]))
+}
+
+/// What the check adds after a restore pod: its step, when to look again, the check's
+/// status, and the changes (the check pod and its NetworkPolicy to create, or an overrun
+/// check pod to stop).
+#[derive(Debug)]
+pub struct Checked {
+    pub step: Step,
+    pub requeue: Option<Duration>,
+    pub check: Option<CheckStatus>,
+    pub changes: Vec<Change>,
 }
 
 /// After a successful restore pod: the check pod's run (started if there is none yet), as the
-/// Restore's step; the step as it was without spec.check.
-pub async fn run_check(
+/// Restore's step; the step as it was without spec.check. Pure.
+pub fn plan_check(
     r: &Restore,
-    ctx: &Context,
+    w: &World,
     restored: Step,
-) -> Result<(Step, Option<Duration>, Option<CheckStatus>), Error> {
+    now: jiff::Timestamp,
+) -> Result<Checked, Error> {
     let (Some(check), Step::Succeeded { stats, .. }) = (&r.spec.check, &restored) else {
-        return Ok((restored, None, None));
+        return Ok(Checked {
+            step: restored,
+            requeue: None,
+            check: None,
+            changes: Vec::new(),
+        });
     };
-    let name = r.name_any();
-    let ns = r.namespace().unwrap_or_default();
-    let uid = r.uid().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector =
-        format!("{CHECK_RESTORE_UID_LABEL}={uid},app.kubernetes.io/component=restore-check");
-    let found = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(dereference_error(&name, "check pod"))?
-        .items
-        .into_iter()
-        .next();
-    let Some(pod) = found else {
+    let checking = |pod: String, changes| Checked {
+        step: Step::Checking { pod: pod.clone() },
+        requeue: Some(CHECK_RECHECK),
+        check: Some(CheckStatus {
+            pod,
+            ..Default::default()
+        }),
+        changes,
+    };
+    let Some(pod) = &w.check_pod else {
         let build = |e: crate::controller::agent::pod::PodError| Error::Build {
-            restore: name.clone(),
+            restore: r.name_any(),
             reason: e.to_string(),
         };
         let pod = check_pod(r, check).map_err(build)?;
         // Its NetworkPolicy first, so the pod never runs without it.
         let policy = check_network_policy(r, check).map_err(build)?;
-        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        apply(&policies, &policy)
-            .await
-            .map_err(|source| Error::ApplyPod {
-                restore: name.clone(),
-                pod: format!("the check's NetworkPolicy {}", policy.name_any()),
-                source,
-            })?;
-        let created = apply(&api, &pod).await.map_err(|source| Error::ApplyPod {
-            restore: name.clone(),
-            pod: pod.name_any(),
-            source,
-        })?;
-        let pod = created.name_any();
-        let status = CheckStatus {
-            pod: pod.clone(),
-            ..Default::default()
-        };
-        return Ok((Step::Checking { pod }, Some(CHECK_RECHECK), Some(status)));
+        let changes = vec![
+            Change::apply("apply_pod", &policy),
+            Change::apply("apply_pod", &pod),
+        ];
+        return Ok(checking(pod.name_any(), changes));
     };
-    let step = check_step(&pod);
-    let (verdict, finished) = match check_result(&pod, &step) {
+    let step = check_step(pod);
+    let mut changes = Vec::new();
+    let (verdict, finished) = match check_result(pod, &step) {
         Some(judged) => judged,
-        None => match overrun(&api, &pod, &step, ctx, &name).await? {
-            Some(why) => {
+        // Not ended: held to pendingTimeout and nodeLostTimeout at their defaults (its run
+        // time is bounded by activeDeadlineSeconds).
+        None => match deadline(pod, &step, None, w.check_node.as_ref(), now, "check") {
+            Deadline::Within(_) => return Ok(checking(pod.name_any(), changes)),
+            Deadline::Overrun(why) => {
+                if needs_stopping(pod, w.check_node.as_ref()) {
+                    changes.push(stop("stop_pod", pod, w.check_node.as_ref()));
+                }
                 let status = CheckStatus {
                     pod: pod.name_any(),
                     result: CheckResult::Failed,
                     message: Some(why),
                 };
                 (status, None)
-            }
-            None => {
-                let status = CheckStatus {
-                    pod: pod.name_any(),
-                    ..Default::default()
-                };
-                let step = Step::Checking {
-                    pod: pod.name_any(),
-                };
-                return Ok((step, Some(CHECK_RECHECK), Some(status)));
             }
         },
     };
@@ -164,109 +147,47 @@ pub async fn run_check(
             finished,
         },
     };
-    Ok((step, None, Some(verdict)))
-}
-
-/// Why a check pod that has not ended is stopped (pendingTimeout or nodeLostTimeout, at their
-/// defaults; its run time is bounded by activeDeadlineSeconds), if it is.
-async fn overrun(
-    api: &Api<Pod>,
-    pod: &Pod,
-    step: &RunStep<String>,
-    ctx: &Context,
-    restore: &str,
-) -> Result<Option<String>, Error> {
-    let node = node_of(&ctx.client, pod)
-        .await
-        .map_err(dereference_error(restore, "the check pod's Node"))?;
-    match deadline(
-        pod,
+    Ok(Checked {
         step,
-        None,
-        node.as_ref(),
-        jiff::Timestamp::now(),
-        "check",
-    ) {
-        Deadline::Within(_) => Ok(None),
-        Deadline::Overrun(why) => {
-            if needs_stopping(pod, node.as_ref()) {
-                stop_pod(api, pod, node.as_ref())
-                    .await
-                    .map_err(|source| Error::StopPod {
-                        restore: restore.to_string(),
-                        pod: pod.name_any(),
-                        source,
-                    })?;
-            }
-            Ok(Some(why))
-        }
-    }
+        requeue: None,
+        check: Some(verdict),
+        changes,
+    })
 }
 
-/// A finished Restore's scratch claim deleted (once), with an Event.
-pub async fn finish_scratch(r: &Restore, ctx: &Context) -> Result<(), Error> {
-    let prev: RestoreStatus = r.status.clone().unwrap_or_default();
+/// A finished Restore's scratch claim deleted (once): its pods first (a finished pod still
+/// holds the claim, so it would stay until the Restore itself is deleted; their verdicts are
+/// in status), then the claim, then status says so, with an Event. A claim of that name this
+/// Restore did not create is never touched. Pure.
+pub fn plan_finished(r: &Restore, prev: &RestoreStatus, w: &World) -> Vec<Change> {
     if r.spec.target.scratch.is_none() || prev.scratch_claim_deleted {
-        return Ok(());
+        return Vec::new();
     }
-    let name = r.name_any();
-    let ns = r.namespace().unwrap_or_default();
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let claim = &r.spec.target.claim_name;
-    let existing = api
-        .get_opt(claim)
-        .await
-        .map_err(dereference_error(&name, "scratch claim"))?;
-    // A claim of that name this Restore did not create is never touched.
-    if existing.as_ref().is_some_and(|c| !is_own_claim(r, c)) {
-        return Ok(());
+    if w.target.as_ref().is_some_and(|c| !is_own_claim(r, c)) {
+        return Vec::new();
     }
-    let had = existing.is_some();
-    if let Some(c) = existing {
-        // Its pods first: a finished pod still holds the claim (pvc-protection), so it would
-        // stay until the Restore itself is deleted. Their verdicts are in status.
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        let used_by = [
-            prev.pod_name.clone(),
-            prev.check.as_ref().map(|c| c.pod.clone()),
-        ];
-        let uid = r.uid().unwrap_or_default();
-        for pod in used_by.into_iter().flatten() {
-            delete_own_pod(&pods, &pod, &uid)
-                .await
-                .map_err(|source| Error::DeleteScratch {
-                    restore: name.clone(),
-                    source,
-                })?;
+    let uid = r.uid().unwrap_or_default();
+    let mut changes = Vec::new();
+    if let Some(claim) = &w.target {
+        // A pod name read from status never makes the operator delete a pod it did not make.
+        for pod in w.own_pods.iter().filter(|p| made_for(*p, &uid)) {
+            changes.push(Change::delete("delete_scratch", pod));
         }
-        delete_named(&api, &c.name_any())
-            .await
-            .map_err(|source| Error::DeleteScratch {
-                restore: name.clone(),
-                source,
-            })?;
+        changes.push(Change::delete("delete_scratch", claim));
     }
     let status = RestoreStatus {
         scratch_claim_deleted: true,
         ..prev.clone()
     };
-    apply_status(
-        &Api::<Restore>::namespaced(ctx.client.clone(), &ns),
-        &name,
-        &status,
-    )
-    .await
-    .map_err(|source| Error::UpdateStatus {
-        restore: name.clone(),
-        source,
-    })?;
-    if had {
-        ctx.event(
-            r,
+    changes.push(Change::status(r, &status));
+    if w.target.is_some() {
+        changes.push(Change::event(
             Reason::ScratchClaimDeleted,
-            format!("deleted scratch claim {claim} and this Restore's pods: the restore and its check are over"),
-        )
-        .await;
+            format!(
+                "deleted scratch claim {} and this Restore's pods: the restore and its check are over",
+                r.spec.target.claim_name
+            ),
+        ));
     }
-    Ok(())
+    changes
 }

@@ -126,6 +126,17 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// Given up now, for `reason` (the operator's decision: no pod's finish time).
+    pub fn failed(reason: Reason, message: impl Into<String>) -> Self {
+        Step::Failed {
+            reason,
+            message: message.into(),
+            finished: None,
+        }
+    }
+}
+
 /// The next status from the previous one and the step. Pure.
 pub fn next_status(
     prev: &RestoreStatus,

@@ -1,21 +1,21 @@
-//! Starting a Restore: dereference its Snapshot, BackupJob, references and target claim,
-//! validate (the spec, a target that holds the repository, a target another pod is using),
-//! build the restore pod (pure), apply the agent's identity and the pod.
+//! Starting a Restore, pure: from its Snapshot, BackupJob, references and target claim as
+//! dereference read them, validate (the spec, a target that holds the repository, a target
+//! another pod is using), build the restore pod, and the changes that start it.
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::ListParams;
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 
 use super::build::{RestorePlan, Step, restore_pod};
-use super::{Error, RECHECK, after, dereference_error};
+use super::dereference::World;
+use super::{Error, RECHECK, after};
 use crate::api::snapshot::RunPhase;
-use crate::api::{BackupJob, Restore, Snapshot};
-use crate::controller::agent::identity::{RunObject, apply_agent_identity, apply_run_access};
-use crate::controller::agent::job::{Blocked, Needs, check_job, job_kmip};
-use crate::controller::context::Context;
-use crate::controller::kube_api::apply;
+use crate::api::{BackupJob, Restore};
+use crate::controller::agent::identity::{RunObject, identity_changes};
+use crate::controller::agent::job::Blocked;
+use crate::controller::context::OperatorConfig;
+use crate::controller::execute::Change;
 use crate::controller::names::{CHECK_RESTORE_UID_LABEL, RESTORE_UID_LABEL};
 use crate::controller::reason::Reason;
 
@@ -45,74 +45,57 @@ pub(super) fn target_is_repository(r: &Restore, job: &BackupJob) -> Option<Strin
     })
 }
 
-/// The Restore's Snapshot and its id in the repository, once it has succeeded; else the step
-/// that says why not (waiting for it, or failed for good).
-async fn snapshot_to_restore(
-    r: &Restore,
-    ctx: &Context,
-) -> Result<Result<(Snapshot, String), (Step, Option<Duration>)>, Error> {
+/// The Restore's Snapshot id in the repository, once it has succeeded; else the step that
+/// says why not (waiting for it, or failed for good). Pure.
+fn snapshot_to_restore(r: &Restore, w: &World) -> Result<String, (Step, Option<Duration>)> {
     let ns = r.namespace().unwrap_or_default();
-    let name = r.name_any();
-    let client = &ctx.client;
-    let deref = |what: &'static str| dereference_error(&name, what);
     let wait = |reason: Reason, message: String| (Step::Wait { reason, message }, Some(RECHECK));
     let snap_name = &r.spec.snapshot_ref.name;
-    let Some(snap) = Api::<Snapshot>::namespaced(client.clone(), &ns)
-        .get_opt(snap_name)
-        .await
-        .map_err(deref("Snapshot"))?
-    else {
-        return Ok(Err(wait(
+    let Some(snap) = &w.snapshot else {
+        return Err(wait(
             Reason::SnapshotNotFound,
             format!("spec.snapshotRef.name: Snapshot {snap_name} does not exist in namespace {ns}"),
-        )));
+        ));
     };
     let st = snap.status.clone().unwrap_or_default();
-    let id = match (st.phase, st.repository_snapshot_id.as_deref()) {
-        (RunPhase::Succeeded, Some(id)) => id.to_string(),
-        (RunPhase::Failed, _) => {
-            return Ok(Err((
-                Step::Failed {
-                    reason: Reason::SnapshotFailed,
-                    message: format!(
-                        "spec.snapshotRef.name: Snapshot {snap_name} failed, so there is nothing to restore"
-                    ),
-                    finished: None,
-                },
-                None,
-            )));
-        }
-        (phase, _) => {
-            return Ok(Err(wait(
-                Reason::SnapshotNotReady,
+    match (st.phase, st.repository_snapshot_id.as_deref()) {
+        (RunPhase::Succeeded, Some(id)) => Ok(id.to_string()),
+        (RunPhase::Failed, _) => Err((
+            Step::failed(
+                Reason::SnapshotFailed,
                 format!(
-                    "spec.snapshotRef.name: Snapshot {snap_name} is {phase:?}; the restore starts once it has succeeded"
+                    "spec.snapshotRef.name: Snapshot {snap_name} failed, so there is nothing to restore"
                 ),
-            )));
-        }
-    };
-
-    Ok(Ok((snap, id)))
+            ),
+            None,
+        )),
+        (phase, _) => Err(wait(
+            Reason::SnapshotNotReady,
+            format!(
+                "spec.snapshotRef.name: Snapshot {snap_name} is {phase:?}; the restore starts once it has succeeded"
+            ),
+        )),
+    }
 }
 
-/// Dereference, validate, build and apply the restore pod. Returns the step for status and
-/// when to look again.
-pub(super) async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Duration>), Error> {
-    let ns = r.namespace().unwrap_or_default();
-    let name = r.name_any();
-    let client = &ctx.client;
-    let deref = |what: &'static str| dereference_error(&name, what);
-    let wait =
-        |reason: Reason, message: String| Ok((Step::Wait { reason, message }, Some(RECHECK)));
-    let blocked = |b: Blocked| wait(b.reason, b.message);
-    let invalid = |message: String| -> Result<(Step, Option<Duration>), Error> {
-        let reason = Reason::InvalidSpec;
-        Ok((
-            Step::Failed {
-                reason,
-                message,
-                finished: None,
-            },
+/// Starting the restore pod, from what dereference read: validate, the scratch claim if one
+/// is asked for, build the pod; the changes that start it (the agent's identity, the pod), the
+/// step for status and when to look again. Pure.
+pub(super) fn plan_start(
+    r: &Restore,
+    w: &World,
+    config: &OperatorConfig,
+) -> Result<Started, Error> {
+    let wait = |reason: Reason, message: String| {
+        Ok(Started::nothing(
+            Step::Wait { reason, message },
+            Some(RECHECK),
+        ))
+    };
+    let blocked = |b: &Blocked| wait(b.reason, b.message.clone());
+    let invalid = |message: String| {
+        Ok(Started::nothing(
+            Step::failed(Reason::InvalidSpec, message),
             None,
         ))
     };
@@ -120,20 +103,18 @@ pub(super) async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Du
         return invalid(message);
     }
 
-    // The Snapshot, finished and successful.
-    let (snap, id) = match snapshot_to_restore(r, ctx).await? {
-        Ok(found) => found,
-        Err(step) => return Ok(step),
+    // The Snapshot, finished and successful, and its BackupJob: the repository and key.
+    let id = match snapshot_to_restore(r, w) {
+        Ok(id) => id,
+        Err((step, requeue)) => return Ok(Started::nothing(step, requeue)),
     };
     let snap_name = &r.spec.snapshot_ref.name;
-
-    // Its BackupJob: the repository and key.
-    let job_name = &snap.spec.backup_job_ref.name;
-    let Some(job) = Api::<BackupJob>::namespaced(client.clone(), &ns)
-        .get_opt(job_name)
-        .await
-        .map_err(deref("BackupJob"))?
-    else {
+    let job_name = w
+        .snapshot
+        .as_ref()
+        .map(|s| s.spec.backup_job_ref.name.clone())
+        .unwrap_or_default();
+    let Some(job) = &w.job else {
         return wait(
             Reason::BackupJobNotFound,
             format!(
@@ -141,92 +122,83 @@ pub(super) async fn start(r: &Restore, ctx: &Context) -> Result<(Step, Option<Du
             ),
         );
     };
-    if let Some(message) = target_is_repository(r, &job) {
+    if let Some(message) = target_is_repository(r, job) {
         return invalid(message);
     }
-    if let Some(b) = check_job(client, &ns, &job, Needs::RepositoryAndKey)
-        .await
-        .map_err(deref("the BackupJob's references"))?
-    {
+    if let Some(b) = &w.blocked {
         return blocked(b);
     }
-    let kmip = match job_kmip(client, &ns, &job)
-        .await
-        .map_err(deref("KmipServer"))?
-    {
-        Ok(k) => k,
-        Err(b) => return blocked(b),
+    let kmip = match &w.kmip {
+        Some(Ok(k)) => k.as_ref(),
+        Some(Err(b)) => return blocked(b),
+        None => None,
     };
 
     // The target claim: created first if it is a scratch claim.
-    if let Some(step) = after::ensure_scratch(r, ctx).await? {
-        return Ok((step, None));
-    }
-    if let Some((reason, message)) = target_not_ready(r, ctx).await? {
+    let mut changes = match after::plan_scratch(r, w.target.as_ref())? {
+        Ok(changes) => changes,
+        Err(step) => return Ok(Started::nothing(step, None)),
+    };
+    if let Some((reason, message)) = target_not_ready(r, w) {
         return wait(reason, message);
     }
 
-    // Build (pure), then apply the agent's identity and the pod.
+    // Build (pure); the agent's identity goes before the pod.
     let pod = match restore_pod(&RestorePlan {
         restore: r,
-        job: &job,
+        job,
         snapshot_id: &id,
-        image: &ctx.config.agent_image,
-        progress_interval: ctx.config.agent_progress_interval,
-        agent_env: &ctx.config.agent_env,
-        kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
+        image: &config.agent_image,
+        progress_interval: config.agent_progress_interval,
+        agent_env: &config.agent_env,
+        kmip: kmip.map(|(ks, key)| (ks, key.as_str())),
     }) {
         Ok(p) => p,
         Err(e) => return invalid(format!("BackupJob {job_name}: {e}")),
     };
-    let rbac = |(object, source)| Error::ApplyRbac {
-        restore: name.clone(),
-        object,
-        source,
-    };
-    apply_agent_identity(ctx, &ns, &job).await.map_err(rbac)?;
-    if let Some(run) = RunObject::of(r, "restores") {
-        apply_run_access(ctx, &ns, &job, &run).await.map_err(rbac)?;
-    }
-    let created = apply(&Api::<Pod>::namespaced(client.clone(), &ns), &pod)
-        .await
-        .map_err(|source| Error::ApplyPod {
-            restore: name.clone(),
+    changes.extend(identity_changes(job, RunObject::of(r, "restores").as_ref()));
+    changes.push(Change::apply("apply_pod", &pod));
+    Ok(Started {
+        step: Step::Started {
             pod: pod.name_any(),
-            source,
-        })?;
-    Ok((
-        Step::Started {
-            pod: created.name_any(),
         },
-        None,
-    ))
+        requeue: None,
+        changes,
+    })
 }
 
-/// Why the target claim cannot be written yet, if it cannot: it does not exist, or a pod
-/// still running mounts it.
-async fn target_not_ready(r: &Restore, ctx: &Context) -> Result<Option<(Reason, String)>, Error> {
+/// What [`plan_start`] decided.
+#[derive(Debug)]
+pub(super) struct Started {
+    pub step: Step,
+    pub requeue: Option<Duration>,
+    pub changes: Vec<Change>,
+}
+
+impl Started {
+    fn nothing(step: Step, requeue: Option<Duration>) -> Self {
+        Started {
+            step,
+            requeue,
+            changes: Vec::new(),
+        }
+    }
+}
+
+/// Why the target claim cannot be written yet, if it cannot: it does not exist (and is not a
+/// scratch claim this reconcile creates), or a pod still running mounts it. Pure.
+fn target_not_ready(r: &Restore, w: &World) -> Option<(Reason, String)> {
     let ns = r.namespace().unwrap_or_default();
-    let name = r.name_any();
     let claim = &r.spec.target.claim_name;
-    if Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(claim)
-        .await
-        .map_err(dereference_error(&name, "target PersistentVolumeClaim"))?
-        .is_none()
-    {
-        return Ok(Some((
+    if w.target.is_none() && r.spec.target.scratch.is_none() {
+        return Some((
             Reason::TargetClaimNotFound,
             format!(
                 "spec.target.claimName: PersistentVolumeClaim {claim} does not exist in namespace {ns}"
             ),
-        )));
+        ));
     }
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(dereference_error(&name, "the pods using the target claim"))?;
-    Ok(target_in_use(r, &pods.items).map(|m| (Reason::TargetInUse, m)))
+    target_in_use(r, &w.namespace_pods).map(|m| (Reason::TargetInUse, m))
 }
 
 /// The target claim mounted by a pod that is not done and not this Restore's own: the
