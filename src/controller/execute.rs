@@ -4,7 +4,9 @@
 //! plan asks is therefore a value a test can read without a cluster (see each controller's
 //! plan tests, and `memory_api` for the writes themselves).
 
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::Value;
@@ -68,6 +70,13 @@ pub enum Change {
         target: Target,
         body: Value,
     },
+    /// Create the object (never patched afterwards); one that exists already (409: created by
+    /// a reconcile whose status write was lost) is left as it is.
+    Create {
+        stage: &'static str,
+        target: Target,
+        body: Value,
+    },
     /// Delete the object: by its uid when the target has one (an object that took its name
     /// since stays); `grace: Some(0)` deletes it at once, without its kubelet's confirmation
     /// (a pod on a lost node). Already gone is not an error.
@@ -90,6 +99,15 @@ impl Change {
     /// Apply `obj`.
     pub fn apply<K: Resource<DynamicType = ()> + Serialize>(stage: &'static str, obj: &K) -> Self {
         Change::Apply {
+            stage,
+            target: Target::of(obj),
+            body: serde_json::to_value(obj).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Create `obj`, or leave the one that exists.
+    pub fn create<K: Resource<DynamicType = ()> + Serialize>(stage: &'static str, obj: &K) -> Self {
+        Change::Create {
             stage,
             target: Target::of(obj),
             body: serde_json::to_value(obj).unwrap_or(Value::Null),
@@ -140,6 +158,7 @@ impl Change {
     pub fn summary(&self) -> String {
         match self {
             Change::Apply { target, .. } => format!("apply {}", target.short()),
+            Change::Create { target, .. } => format!("create {}", target.short()),
             Change::Delete { target, grace, .. } => {
                 let now = if *grace == Some(0) { " at once" } else { "" };
                 format!("delete {}{now}", target.short())
@@ -206,6 +225,19 @@ async fn run<K: Resource<DynamicType = ()>>(
             api.patch(&target.name, &ssa, &Patch::Apply(&body))
                 .await
                 .map_err(failed(stage, "applying", &target))?;
+        }
+        Change::Create {
+            stage,
+            target,
+            body,
+        } => {
+            let obj: DynamicObject = serde_json::from_value(body)
+                .map_err(|e| failed(stage, "creating", &target)(kube::Error::SerdeError(e)))?;
+            match target.api(ctx).create(&PostParams::default(), &obj).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(failed(stage, "creating", &target)(e)),
+            }
         }
         Change::Status {
             stage,

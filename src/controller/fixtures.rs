@@ -167,3 +167,12 @@ pub fn succeeded_snapshot(name: &str, id: &str) -> Snapshot {
     });
     s
 }
+
+/// StatefulSet `name` in namespace db (the replica set a job copies from).
+pub fn stateful_set(name: &str) -> k8s_openapi::api::apps::v1::StatefulSet {
+    serde_yaml::from_str(&format!(
+        "metadata: {{name: {name}, namespace: db}}
+spec: {{selector: {{matchLabels: {{app: {name}}}}}, serviceName: {name}, template: {{metadata: {{labels: {{app: {name}}}}}, spec: {{containers: [{{name: mongod, image: mongo:7}}]}}}}}}"
+    ))
+    .expect("StatefulSet fixture")
+}

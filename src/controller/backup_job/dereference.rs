@@ -1,0 +1,156 @@
+//! Dereference: everything a BackupJob's reconcile reads from the API, into one [`World`];
+//! nothing after this stage reads.
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+use super::Error;
+use crate::api::agent::VerifyResult;
+use crate::api::snapshot::RunPhase;
+use crate::api::{BackupJob, KmipServer, Restore, Snapshot};
+use crate::controller::agent::job::{Blocked, job_kmip};
+use crate::controller::agent::node::node_of;
+use crate::controller::agent::run::{RunStep, run_step};
+use crate::controller::job_spec::references::find_references;
+use crate::controller::job_spec::validate::{Found, references};
+use crate::controller::names::{RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL};
+
+use super::build::status::scheduled_time;
+
+/// A BackupJob's surroundings, as read from the API.
+#[derive(Clone, Debug, Default)]
+pub struct World {
+    /// The job's Snapshots.
+    pub snapshots: Vec<Snapshot>,
+    /// Every object the spec names (Secrets' keys, claims, the KmipServer, the StatefulSet).
+    pub found: Found,
+    /// With spec.verification.readData: the job's verify pods, each with its node while it
+    /// has not ended (None: not bound, or Nodes may not be read).
+    pub verify_pods: Vec<(Pod, Option<Node>)>,
+    /// With spec.verification.readData: the KmipServer and its active key (Ok(None): a
+    /// local key).
+    pub kmip: Option<Result<Option<(KmipServer, String)>, Blocked>>,
+    /// With spec.verification.restoreTest: the job's restore-test Restores.
+    pub restore_tests: Vec<Restore>,
+    /// With a restoreTest whose size or class is not given: the data claim of the member the
+    /// newest successful Snapshot copied, if it still exists.
+    pub source_claim: Option<PersistentVolumeClaim>,
+}
+
+/// An error for a failed read of `what` while reconciling `job`.
+pub(super) fn dereference_error(
+    job: &BackupJob,
+    what: &str,
+) -> impl FnOnce(kube::Error) -> Error + use<> {
+    let (job, what) = (job.name_any(), what.to_string());
+    move |source| Error::Dereference { job, what, source }
+}
+
+pub async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    let err = |what: &str| dereference_error(job, what);
+    let snapshots: Vec<Snapshot> = Api::<Snapshot>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(err("Snapshots"))?
+        .items
+        .into_iter()
+        .filter(|s| s.spec.backup_job_ref.name == name)
+        .collect();
+    let found = find_references(client, &ns, &references(&job.spec))
+        .await
+        .map_err(err("referenced objects"))?;
+    let mut w = World {
+        snapshots,
+        found,
+        ..Default::default()
+    };
+    let (Some(uid), Some(v)) = (job.uid(), job.spec.verification.as_ref()) else {
+        return Ok(w);
+    };
+    let owned = |label: &str| ListParams::default().labels(&format!("{label}={uid}"));
+    if v.read_data.is_some() {
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&owned(VERIFY_JOB_UID_LABEL))
+            .await
+            .map_err(err("verify pods"))?
+            .items;
+        for pod in pods {
+            let step = run_step::<VerifyResult>(&pod, "verify");
+            let node = match step {
+                RunStep::Pending { .. } | RunStep::Running { .. } => node_of(client, &pod)
+                    .await
+                    .map_err(err("the verify pod's Node"))?,
+                _ => None,
+            };
+            w.verify_pods.push((pod, node));
+        }
+        w.kmip = Some(
+            job_kmip(client, &ns, job)
+                .await
+                .map_err(err("KmipServer"))?,
+        );
+    }
+    if let Some(rt) = &v.restore_test {
+        w.restore_tests = Api::<Restore>::namespaced(client.clone(), &ns)
+            .list(&owned(RESTORE_TEST_JOB_UID_LABEL))
+            .await
+            .map_err(err("restore-test Restores"))?
+            .items;
+        if rt.size.is_none() || rt.storage_class_name.is_none() {
+            w.source_claim = source_claim(job, client, &w.snapshots).await?;
+        }
+    }
+    Ok(w)
+}
+
+/// The newest successful Snapshot of `snapshots`: what a restore test restores.
+pub fn newest_successful(snapshots: &[Snapshot]) -> Option<&Snapshot> {
+    snapshots
+        .iter()
+        .filter(|s| {
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.phase == RunPhase::Succeeded)
+        })
+        .max_by_key(|s| (scheduled_time(s), s.name_any()))
+}
+
+/// The data claim of the member pod the newest successful Snapshot copied, if it still exists.
+async fn source_claim(
+    job: &BackupJob,
+    client: &Client,
+    snapshots: &[Snapshot],
+) -> Result<Option<PersistentVolumeClaim>, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let err = |what: &str| dereference_error(job, what);
+    let Some(member) = newest_successful(snapshots)
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.member.as_ref())
+    else {
+        return Ok(None);
+    };
+    let Some(pod) = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get_opt(&member.pod)
+        .await
+        .map_err(err("the member pod"))?
+    else {
+        return Ok(None);
+    };
+    let volume = &job.spec.source.data_volume_name;
+    let claim = pod
+        .spec
+        .and_then(|s| s.volumes)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| &v.name == volume)
+        .and_then(|v| v.persistent_volume_claim)
+        .map(|c| c.claim_name);
+    let Some(claim) = claim else { return Ok(None) };
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .get_opt(&claim)
+        .await
+        .map_err(err("the member's data claim"))
+}

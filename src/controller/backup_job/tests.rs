@@ -1,0 +1,204 @@
+//! The BackupJob controller's decisions without a cluster: plan tests on [`World`] fixtures,
+//! and whole reconciles against the in-memory API (`controller::memory_api`), the unit-level
+//! twins of what tests/operator_e2e.rs, status_e2e.rs and verification_e2e.rs do on a real one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+
+use super::dereference::World;
+use super::plan::{Outcome, plan};
+use super::*;
+use crate::api::{BackupJob, BackupJobStatus};
+use crate::controller::context::OperatorConfig;
+use crate::controller::fixtures::{claim, job, secret, stateful_set, succeeded_snapshot};
+use crate::controller::job_spec::validate::{Found, references};
+use crate::controller::memory_api::MemoryApi;
+use crate::controller::metrics::Metrics;
+
+fn at(t: &str) -> jiff::Timestamp {
+    t.parse().expect("time")
+}
+
+/// Every object `job` names, found, with every key it needs.
+fn all_found(job: &BackupJob) -> Found {
+    references(&job.spec)
+        .into_iter()
+        .map(|r| {
+            let keys = r
+                .keys
+                .iter()
+                .filter_map(|any| any.first().cloned())
+                .collect();
+            ((r.kind, r.name), Some(keys))
+        })
+        .collect()
+}
+
+fn planned(job: &BackupJob, w: &World, now: &str) -> Outcome {
+    plan(job, w, &OperatorConfig::default(), at(now)).expect("plan")
+}
+
+fn summaries(o: &Outcome) -> Vec<String> {
+    o.changes.iter().map(Change::summary).collect()
+}
+
+/// A job that has run before: its one-off run is not due again.
+fn has_run(mut j: BackupJob) -> BackupJob {
+    j.status = Some(BackupJobStatus {
+        last_snapshot: Some("rs0-202611270930".into()),
+        last_successful_snapshot: Some("rs0-202611270930".into()),
+        ..Default::default()
+    });
+    j
+}
+
+/// A job without a schedule whose references are all there creates its one Snapshot, with
+/// an Event; one whose Secret is missing creates nothing and looks again within seconds.
+#[test]
+fn a_due_run_creates_its_snapshot_and_a_missing_secret_waits() {
+    let j = job("");
+    let ready = World {
+        found: all_found(&j),
+        ..Default::default()
+    };
+    let o = planned(&j, &ready, "2026-11-27T09:30:05Z");
+    assert_eq!(
+        summaries(&o),
+        ["apply Snapshot/rs0-202611270930", "event SnapshotCreated"]
+    );
+    assert_eq!(o.status.last_snapshot.as_deref(), Some("rs0-202611270930"));
+    let missing = planned(&j, &World::default(), "2026-11-27T09:30:05Z");
+    assert!(missing.changes.is_empty(), "{:?}", summaries(&missing));
+    assert_eq!(missing.requeue, Action::requeue(Duration::from_secs(5)));
+}
+
+/// A due data read starts its verify pod after the agent's identity, with an Event, and
+/// counts the run; none starts before the job has a repository.
+#[test]
+fn a_due_data_read_starts_its_verify_pod_once_there_is_a_repository() {
+    let reads = "verification: {readData: {schedule: {cron: \"0 * * * *\"}, percent: 10}}";
+    let j = has_run(job(reads));
+    let w = World {
+        found: all_found(&j),
+        kmip: Some(Ok(None)),
+        ..Default::default()
+    };
+    let o = planned(&j, &w, "2026-11-27T10:00:30Z");
+    let s = summaries(&o);
+    assert_eq!(
+        s,
+        [
+            "apply ServiceAccount/snapcrypt-agent-rs0",
+            "apply Role/snapcrypt-agent-rs0",
+            "apply RoleBinding/snapcrypt-agent-rs0",
+            "apply Pod/rs0-verify-202611271000",
+            "event VerificationStarted"
+        ]
+    );
+    assert_eq!(o.status.verification_runs, 1);
+    let fresh = job(reads);
+    let mut fresh_status = has_run(fresh.clone()).status.expect("status");
+    fresh_status.last_successful_snapshot = None;
+    let no_repo = BackupJob {
+        status: Some(fresh_status),
+        ..fresh
+    };
+    let o = planned(&no_repo, &w, "2026-11-27T10:00:30Z");
+    assert!(o.changes.is_empty(), "{:?}", summaries(&o));
+}
+
+/// A due restore test creates (never patches) a Restore of the newest successful Snapshot,
+/// with an Event; without a successful Snapshot it waits for one.
+#[test]
+fn a_due_restore_test_creates_a_restore_of_the_newest_success() {
+    let tests = "verification: {restoreTest: {schedule: {cron: \"0 * * * *\"}, size: 1Gi, storageClassName: fast}}";
+    let j = has_run(job(tests));
+    let w = World {
+        found: all_found(&j),
+        snapshots: vec![succeeded_snapshot("rs0-202611270930", "3f2a")],
+        ..Default::default()
+    };
+    let o = planned(&j, &w, "2026-11-27T10:00:30Z");
+    assert_eq!(
+        summaries(&o),
+        [
+            "create Restore/rs0-rt-202611271000",
+            "event RestoreTestCreated"
+        ]
+    );
+    assert_eq!(
+        o.status.running_restore_test.as_deref(),
+        Some("rs0-rt-202611271000")
+    );
+    let none = World {
+        snapshots: Vec::new(),
+        ..w
+    };
+    assert!(
+        planned(&j, &none, "2026-11-27T10:00:30Z")
+            .changes
+            .is_empty()
+    );
+}
+
+fn context(mem: &MemoryApi) -> Arc<Context> {
+    Arc::new(Context::new(
+        mem.client(),
+        Arc::new(Metrics::default()),
+        OperatorConfig::default(),
+    ))
+}
+
+async fn reconcile_once(mem: &MemoryApi, ctx: &Arc<Context>) -> Action {
+    let j: BackupJob = mem.get("db", "rs0").expect("the BackupJob");
+    reconcile(Arc::new(j), ctx.clone())
+        .await
+        .expect("reconcile")
+}
+
+/// A one-off job through the real reconcile, against the in-memory API: it waits while its
+/// key Secret is missing, creates its Snapshot once it exists, and never creates a second.
+#[tokio::test]
+async fn a_job_waits_for_its_secret_then_creates_its_one_snapshot() {
+    let mem = MemoryApi::new();
+    mem.put(&job(""));
+    mem.put(&claim("backups"));
+    mem.put(&stateful_set("rs0"));
+    let ctx = context(&mem);
+    let action = reconcile_once(&mem, &ctx).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(mem.take_writes(), ["status backupjobs/rs0"]);
+    let j: BackupJob = mem.get("db", "rs0").expect("job");
+    assert_eq!(
+        j.status.unwrap_or_default().phase,
+        crate::api::backup_job::BackupJobPhase::Waiting
+    );
+
+    mem.put(&secret("k", "key"));
+    reconcile_once(&mem, &ctx).await;
+    let writes = mem.take_writes();
+    assert_eq!(writes[0], "apply snapshots/rs0-202611270930", "{writes:?}");
+    assert_eq!(
+        writes.last().map(String::as_str),
+        Some("status backupjobs/rs0")
+    );
+    assert!(mem.event_reasons().contains(&"SnapshotCreated".to_string()));
+    let snaps: Vec<crate::api::Snapshot> = mem.list("db");
+    assert_eq!(snaps.len(), 1);
+
+    // The Snapshot succeeds: status mirrors it, and nothing new is created.
+    let mut s = snaps[0].clone();
+    s.status = succeeded_snapshot("rs0-202611270930", "3f2a").status;
+    mem.put(&s);
+    reconcile_once(&mem, &ctx).await;
+    assert_eq!(mem.take_writes(), ["status backupjobs/rs0"]);
+    let j: BackupJob = mem.get("db", "rs0").expect("job");
+    let st = j.status.unwrap_or_default();
+    assert_eq!(
+        st.last_successful_snapshot.as_deref(),
+        Some("rs0-202611270930")
+    );
+    assert_eq!(mem.list::<crate::api::Snapshot>("db").len(), 1);
+}
