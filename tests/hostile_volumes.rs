@@ -14,33 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use support::cli::{repo_args, restore_args};
 use support::{Env, assert_same_tree, backup_id, describe, fails, ok};
-
-fn restore_cmd<'a>(repo: &'a str, key: &'a str, target: &'a str, more: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "restore",
-        "--repo",
-        repo,
-        "--key-file",
-        key,
-        "--snapshot",
-        "latest",
-        "--target",
-        target,
-    ];
-    a.extend_from_slice(more);
-    a
-}
 
 /// The repository verifies with every pack read, and restores exactly what `src` holds.
 fn repository_is_whole(e: &Env, src: &str, repo: &str, key: &str) {
-    ok(
-        &["verify", "--repo", repo, "--key-file", key, "--read-data"],
-        &[],
-    );
+    ok(&repo_args(&["verify"], repo, key, &["--read-data"]), &[]);
     let again = tempfile::tempdir_in(e.dir.path()).unwrap();
     let again_s = again.path().join("t").display().to_string();
-    ok(&restore_cmd(repo, key, &again_s, &[]), &[]);
+    ok(&restore_args(repo, key, "latest", &again_s, &[]), &[]);
     assert_same_tree(Path::new(src), &again.path().join("t"));
 }
 
@@ -69,22 +51,29 @@ fn a_forced_restore_with_delete_extra_never_removes_the_repository() {
     symlink(&repo, claim.join("db")).unwrap();
     let db = claim.join("db").display().to_string();
     let err = fails(
-        &restore_cmd(&repo, &key, &db, &["--force", "--delete-extra"]),
+        &restore_args(&repo, &key, "latest", &db, &["--force", "--delete-extra"]),
         &[],
     );
     assert!(err.contains("overlaps the repository"), "{err}");
     // The claim itself (which holds the repository): refused as overlapping.
     let claim_s = claim.display().to_string();
     let err = fails(
-        &restore_cmd(&repo, &key, &claim_s, &["--force", "--delete-extra"]),
+        &restore_args(
+            &repo,
+            &key,
+            "latest",
+            &claim_s,
+            &["--force", "--delete-extra"],
+        ),
         &[],
     );
     assert!(err.contains("overlaps the repository"), "{err}");
     // As the restore pod runs it: the link is named and never followed.
     let err = fails(
-        &restore_cmd(
+        &restore_args(
             &repo,
             &key,
+            "latest",
             &db,
             &["--force", "--delete-extra", "--target-within", &claim_s],
         ),
@@ -113,9 +102,10 @@ fn a_forced_restore_with_delete_extra_never_removes_the_repository() {
     let target_s = target.display().to_string();
     let within = e.dir.path().display().to_string();
     ok(
-        &restore_cmd(
+        &restore_args(
             &repo,
             &key,
+            "latest",
             &target_s,
             &["--force", "--delete-extra", "--target-within", &within],
         ),
@@ -140,7 +130,10 @@ fn a_hard_link_in_the_target_is_replaced_not_written_through() {
     fs::hard_link(&victim, target.join("WiredTiger")).unwrap();
     fs::hard_link(&victim, target.join("journal/WiredTigerLog.0000000001")).unwrap();
     let target_s = target.display().to_string();
-    ok(&restore_cmd(&repo, &key, &target_s, &["--force"]), &[]);
+    ok(
+        &restore_args(&repo, &key, "latest", &target_s, &["--force"]),
+        &[],
+    );
     assert_eq!(fs::read(&victim).unwrap(), b"another file on the volume");
     assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1);
     assert_same_tree(Path::new(&src), &target);
@@ -203,20 +196,16 @@ fn a_backup_never_reuses_a_chunk_no_index_serves() {
     fs::remove_file(Path::new(&repo).join("index").join(&id)).unwrap();
     let second = backup_id(&src, &repo, &key, &[]);
     ok(
-        &[
-            "verify",
-            "--repo",
+        &repo_args(
+            &["verify"],
             &repo,
-            "--key-file",
             &key,
-            "--snapshot",
-            &second,
-            "--read-data",
-        ],
+            &["--snapshot", &second, "--read-data"],
+        ),
         &[],
     );
     let out = e.p("out");
-    ok(&restore_cmd(&repo, &key, &out, &[]), &[]);
+    ok(&restore_args(&repo, &key, "latest", &out, &[]), &[]);
     assert_same_tree(Path::new(&src), Path::new(&out));
 }
 
@@ -660,34 +649,18 @@ fn a_damaged_index_object_is_worked_around_and_repaired() {
     fs::write(Path::new(&src).join("journal/new-entry"), b"written after").unwrap();
     backup_id(&src, &repo, &key, &[]);
     let out = e.p("out");
-    ok(&restore_cmd(&repo, &key, &out, &[]), &[]);
+    ok(&restore_args(&repo, &key, "latest", &out, &[]), &[]);
     assert_same_tree(Path::new(&src), Path::new(&out));
     ok(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--keep-last",
-            "5",
-        ],
+        &repo_args(&["prune"], &repo, &key, &["--keep-last", "5"]),
         &[],
     );
-    let err = fails(&["verify", "--repo", &repo, "--key-file", &key], &[]);
+    let err = fails(&repo_args(&["verify"], &repo, &key, &[]), &[]);
     assert!(err.contains(&format!("index/{id}")), "{err}");
 
     let repair = || {
         ok(
-            &[
-                "repair",
-                "index",
-                "--repo",
-                &repo,
-                "--key-file",
-                &key,
-                "--json",
-            ],
+            &repo_args(&["repair", "index"], &repo, &key, &["--json"]),
             &[],
         )
     };
@@ -695,10 +668,7 @@ fn a_damaged_index_object_is_worked_around_and_repaired() {
     let report: serde_json::Value = serde_json::from_str(&said).unwrap();
     assert_eq!(report["rebuilt"], serde_json::json!([id]), "{said}");
     assert_eq!(report["unreadable"], serde_json::json!([]), "{said}");
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    ok(&repo_args(&["verify"], &repo, &key, &["--read-data"]), &[]);
     // A second repair finds nothing to do.
     let said = repair();
     assert!(said.contains("\"rebuilt\": []"), "{said}");

@@ -13,6 +13,7 @@ use kube::api::Api;
 use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
+use support::cli::{backup_args, repo_args, restore_args};
 use support::cluster::{
     TestNamespace, cluster_or_skip, eventually, try_wait_for, unique_name, wait_for,
     wait_for_deletion,
@@ -112,15 +113,12 @@ async fn scenario(under_chart_rbac: bool) {
     let key = work.path().join("key.json");
     std::fs::create_dir_all(work.path().join("empty")).expect("dir");
     support::ok(
-        &[
-            "backup",
-            "--source",
+        &backup_args(
             &work.path().join("empty").display().to_string(),
-            "--repo",
             &work.path().join("scratch").display().to_string(),
-            "--key-file",
             &key.display().to_string(),
-        ],
+            &[],
+        ),
         &[],
     );
     let key_text = std::fs::read_to_string(&key).expect("key");
@@ -193,17 +191,13 @@ async fn scenario(under_chart_rbac: bool) {
     let repo = volume_dir(&ns, "backups").await.join("repo");
     let out = work.path().join("restored");
     support::ok(
-        &[
-            "restore",
-            "--repo",
+        &restore_args(
             &repo.display().to_string(),
-            "--key-file",
             &key.display().to_string(),
-            "--snapshot",
             &id,
-            "--target",
             &out.display().to_string(),
-        ],
+            &[],
+        ),
         &[],
     );
     support::assert_same_tree(rs0_1, &out);
@@ -311,29 +305,12 @@ async fn scenario(under_chart_rbac: bool) {
     support::assert_same_tree(rs0_1, &db);
     let (repo_s, key_s) = (repo.display().to_string(), key.display().to_string());
     support::ok(
-        &[
-            "verify",
-            "--repo",
-            &repo_s,
-            "--key-file",
-            &key_s,
-            "--read-data",
-        ],
+        &repo_args(&["verify"], &repo_s, &key_s, &["--read-data"]),
         &[],
     );
     let again = work.path().join("after-hostile");
     support::ok(
-        &[
-            "restore",
-            "--repo",
-            &repo_s,
-            "--key-file",
-            &key_s,
-            "--snapshot",
-            &id,
-            "--target",
-            &again.display().to_string(),
-        ],
+        &restore_args(&repo_s, &key_s, &id, &again.display().to_string(), &[]),
         &[],
     );
     support::assert_same_tree(rs0_1, &again);
@@ -522,14 +499,12 @@ async fn scenario(under_chart_rbac: bool) {
     );
     wait_for_event(&ns, &second, "ForgottenSnapshotsDeleted").await;
     let listed: serde_json::Value = serde_json::from_str(&support::ok(
-        &[
-            "snapshots",
-            "--repo",
+        &repo_args(
+            &["snapshots"],
             &repo.display().to_string(),
-            "--key-file",
             &key.display().to_string(),
-            "--json",
-        ],
+            &["--json"],
+        ),
         &[],
     ))
     .expect("snapshots --json");
