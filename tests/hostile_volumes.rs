@@ -350,10 +350,7 @@ fn swap_for_link(rng: &mut Rng, d: &Path, outside: &Path, aside: &Path, log: &mu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_trees_never_lead_outside_their_roots() {
     use snapcrypt::engine::backend::{Backend, Location, S3Options};
-    use snapcrypt::engine::backup::{BackupOptions, backup, scan_with};
-    use snapcrypt::engine::progress::Progress;
     use snapcrypt::engine::repo::{DEFAULT_CHUNK_SIZE, Repository};
-    use snapcrypt::engine::restore::{RestoreOptions, restore};
     use snapcrypt::kms::local::LocalKeyManager;
 
     let cases: u64 = std::env::var("SNAPCRYPT_HOSTILE_CASES")
@@ -373,78 +370,18 @@ async fn hostile_trees_never_lead_outside_their_roots() {
         .unwrap();
     let (mut backups_ok, mut backups_refused, mut restores_ok, mut restores_refused) = (0, 0, 0, 0);
     for seed in 1..=cases {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let mut log = vec![format!("case {seed}")];
-        let case = base.path().join(format!("case-{seed}"));
-        let outside = case.join("outside");
-        fs::create_dir_all(outside.join("dir/inner")).unwrap();
-        fs::write(outside.join("secret"), SECRET).unwrap();
-        fs::write(outside.join("dir/secret"), SECRET).unwrap();
-        fs::write(outside.join("dir/inner/secret"), SECRET).unwrap();
-        fs::write(outside.join("hard"), b"hard-linked file outside").unwrap();
-        let aside = case.join("aside");
-        fs::create_dir_all(&aside).unwrap();
-        let outside_before = fingerprint(&outside);
+        let mut case = HostileCase::new(base.path(), seed);
+        let outside_before = fingerprint(&case.outside);
 
         // Backup: a hostile source, a directory swapped at a chosen step of the scan.
-        let src = case.join("vol/src");
-        fs::create_dir_all(&src).unwrap();
-        let dirs = hostile_tree(&mut rng, &src, &outside, &mut log);
-        let swap_at = (!dirs.is_empty() && rng.chance(60))
-            .then(|| dirs[rng.below(dirs.len() as u64) as usize].clone());
-        let mut swap_rng = Rng(rng.next() | 1);
-        let scanned = scan_with(&src, Some(&case.join("vol")), 100_000, &mut |rel| {
-            if let Some(d) = &swap_at
-                && src.join(rel) == *d
-            {
-                swap_for_link(&mut swap_rng, d, &outside, &aside, &mut log);
-            }
-        });
-        // Or after the scan, before the files are read: a file swapped for a link.
-        let file_swap = rng.chance(30);
-        let snap = match scanned {
-            Err(e) => {
-                log.push(format!("scan refused: {e}"));
-                backups_refused += 1;
-                None
-            }
-            Ok(scan) => {
-                if file_swap
-                    && let Some(f) = scan
-                        .entries
-                        .iter()
-                        .find(|x| x.kind == snapcrypt::engine::format::EntryKind::File)
-                {
-                    let _ = fs::remove_file(&f.abs);
-                    let _ = symlink(outside.join("secret"), &f.abs);
-                    log.push(format!("swapped file {} for a link", f.abs.display()));
-                }
-                match backup(
-                    &mut repo,
-                    &km,
-                    scan,
-                    BackupOptions {
-                        threads: 2,
-                        ..Default::default()
-                    },
-                    Arc::new(Progress::default()),
-                )
-                .await
-                {
-                    Ok(m) => {
-                        backups_ok += 1;
-                        Some(m)
-                    }
-                    Err(e) => {
-                        log.push(format!("backup refused: {e}"));
-                        backups_refused += 1;
-                        None
-                    }
-                }
-            }
-        };
-        println!("{}", log.join("\n  "));
-        log.clear();
+        let snap = case.backup(&mut repo, &km).await;
+        if snap.is_some() {
+            backups_ok += 1;
+        } else {
+            backups_refused += 1;
+        }
+        println!("{}", case.log.join("\n  "));
+        case.log.clear();
 
         // Restore: the snapshot (or any earlier one) into a hostile target.
         let snap = match snap {
@@ -454,82 +391,18 @@ async fn hostile_trees_never_lead_outside_their_roots() {
                 None => continue,
             },
         };
-        let vol = case.join("tvol");
-        let target = vol.join("target");
-        fs::create_dir_all(&target).unwrap();
-        let mut tdirs = hostile_tree(&mut rng, &target, &outside, &mut log);
-        // Links, hard links and FIFOs where the snapshot has entries, at every depth.
-        let list = snapshot_paths(&repo, &snap, &base.path().join("probe"), seed).await;
-        for (rel, is_dir) in &list {
-            let p = target.join(rel);
-            // Only where the test itself reaches without passing through a planted link.
-            if fs::symlink_metadata(&p).is_ok() || !real_dirs_down_to(&target, rel) {
-                continue;
-            }
-            match rng.below(6) {
-                0 => {
-                    let to = outside_link(&mut rng, &outside, rel.matches('/').count());
-                    log.push(format!("planted link {rel} -> {}", to.display()));
-                    symlink(&to, &p).unwrap();
-                }
-                1 if !is_dir => {
-                    log.push(format!("planted hard link {rel}"));
-                    fs::hard_link(outside.join("hard"), &p).unwrap();
-                }
-                2 if !is_dir => {
-                    log.push(format!("planted fifo {rel}"));
-                    mkfifo(&p);
-                }
-                3 if *is_dir => {
-                    fs::create_dir(&p).unwrap();
-                    tdirs.push(p);
-                }
-                _ => {}
-            }
-        }
-        let opts = RestoreOptions {
-            force: true,
-            delete_extra: rng.chance(70),
-            check: rng.chance(30),
-            threads: 2,
-            target_within: Some(vol.clone()),
-        };
-        log.push(format!(
-            "restore {} delete_extra={} check={}",
-            snap.id, opts.delete_extra, opts.check
-        ));
-        // A swapper that turns target directories into links to outside while it runs.
-        let stop = Arc::new(AtomicBool::new(false));
-        let swapper = rng.chance(40).then(|| {
-            let (stop, outside, aside) = (stop.clone(), outside.clone(), aside.clone());
-            let mut r = Rng(rng.next() | 1);
-            let tdirs = tdirs.clone();
-            std::thread::spawn(move || {
-                let mut log = Vec::new();
-                for d in tdirs.iter().take(3) {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    swap_for_link(&mut r, d, &outside, &aside, &mut log);
-                }
-                log
-            })
-        });
-        let result = restore(&repo, &snap, &target, opts, Arc::new(Progress::default())).await;
-        stop.store(true, Ordering::Relaxed);
-        if let Some(h) = swapper {
-            log.extend(h.join().unwrap());
-        }
+        let probe = base.path().join("probe");
+        let (target, result) = case.restore(&repo, &snap, &probe).await;
         match &result {
             Ok(_) => restores_ok += 1,
             Err(e) => {
                 restores_refused += 1;
-                log.push(format!("restore refused: {e}"));
+                case.log.push(format!("restore refused: {e}"));
             }
         }
-        println!("  {}", log.join("\n  "));
+        println!("  {}", case.log.join("\n  "));
         assert_eq!(
-            fingerprint(&outside),
+            fingerprint(&case.outside),
             outside_before,
             "case {seed}: something outside the roots changed"
         );
@@ -546,7 +419,7 @@ async fn hostile_trees_never_lead_outside_their_roots() {
                 }
             }
         }
-        fs::remove_dir_all(&case).unwrap();
+        fs::remove_dir_all(&case.dir).unwrap();
     }
     println!(
         "{cases} cases: {backups_ok} backups written, {backups_refused} refused; {restores_ok} restores finished, {restores_refused} refused"
@@ -565,6 +438,200 @@ async fn hostile_trees_never_lead_outside_their_roots() {
         .await
         .unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// One seeded case of [`hostile_trees_never_lead_outside_their_roots`]: its directory, the
+/// secrets outside its roots, where swapped directories are moved aside, its random choices
+/// and what it tried.
+struct HostileCase {
+    seed: u64,
+    rng: Rng,
+    log: Vec<String>,
+    dir: PathBuf,
+    outside: PathBuf,
+    aside: PathBuf,
+}
+
+impl HostileCase {
+    fn new(base: &Path, seed: u64) -> Self {
+        let rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let log = vec![format!("case {seed}")];
+        let case = base.join(format!("case-{seed}"));
+        let outside = case.join("outside");
+        fs::create_dir_all(outside.join("dir/inner")).unwrap();
+        fs::write(outside.join("secret"), SECRET).unwrap();
+        fs::write(outside.join("dir/secret"), SECRET).unwrap();
+        fs::write(outside.join("dir/inner/secret"), SECRET).unwrap();
+        fs::write(outside.join("hard"), b"hard-linked file outside").unwrap();
+        let aside = case.join("aside");
+        fs::create_dir_all(&aside).unwrap();
+        HostileCase {
+            seed,
+            rng,
+            log,
+            dir: case,
+            outside,
+            aside,
+        }
+    }
+
+    /// A backup of a hostile source, a directory swapped at a chosen step of the scan, or a
+    /// file swapped for a link after it; the snapshot, or None where it was refused.
+    async fn backup(
+        &mut self,
+        repo: &mut snapcrypt::engine::repo::Repository,
+        km: &snapcrypt::kms::local::LocalKeyManager,
+    ) -> Option<snapcrypt::engine::format::SnapshotManifest> {
+        use snapcrypt::engine::backup::{BackupOptions, backup, scan_with};
+        use snapcrypt::engine::progress::Progress;
+
+        let (rng, log, outside) = (&mut self.rng, &mut self.log, &self.outside);
+        let src = self.dir.join("vol/src");
+        fs::create_dir_all(&src).unwrap();
+        let dirs = hostile_tree(rng, &src, outside, log);
+        let swap_at = (!dirs.is_empty() && rng.chance(60))
+            .then(|| dirs[rng.below(dirs.len() as u64) as usize].clone());
+        let mut swap_rng = Rng(rng.next() | 1);
+        let scanned = scan_with(&src, Some(&self.dir.join("vol")), 100_000, &mut |rel| {
+            if let Some(d) = &swap_at
+                && src.join(rel) == *d
+            {
+                swap_for_link(&mut swap_rng, d, outside, &self.aside, log);
+            }
+        });
+        // Or after the scan, before the files are read: a file swapped for a link.
+        let file_swap = rng.chance(30);
+        let scan = match scanned {
+            Err(e) => {
+                log.push(format!("scan refused: {e}"));
+                return None;
+            }
+            Ok(scan) => scan,
+        };
+        if file_swap
+            && let Some(f) = scan
+                .entries
+                .iter()
+                .find(|x| x.kind == snapcrypt::engine::format::EntryKind::File)
+        {
+            let _ = fs::remove_file(&f.abs);
+            let _ = symlink(outside.join("secret"), &f.abs);
+            log.push(format!("swapped file {} for a link", f.abs.display()));
+        }
+        match backup(
+            repo,
+            km,
+            scan,
+            BackupOptions {
+                threads: 2,
+                ..Default::default()
+            },
+            Arc::new(Progress::default()),
+        )
+        .await
+        {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log.push(format!("backup refused: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A restore of `snap` into a hostile target (links, hard links and FIFOs planted where
+    /// the snapshot has entries, directories swapped for links while it runs); the target and
+    /// the restore's result.
+    async fn restore(
+        &mut self,
+        repo: &snapcrypt::engine::repo::Repository,
+        snap: &snapcrypt::engine::format::SnapshotManifest,
+        probe: &Path,
+    ) -> (PathBuf, Result<(), snapcrypt::engine::EngineError>) {
+        use snapcrypt::engine::progress::Progress;
+        use snapcrypt::engine::restore::{RestoreOptions, restore};
+
+        let vol = self.dir.join("tvol");
+        let target = vol.join("target");
+        fs::create_dir_all(&target).unwrap();
+        let tdirs = self.plant_in_target(repo, snap, &target, probe).await;
+        let rng = &mut self.rng;
+        let opts = RestoreOptions {
+            force: true,
+            delete_extra: rng.chance(70),
+            check: rng.chance(30),
+            threads: 2,
+            target_within: Some(vol.clone()),
+        };
+        self.log.push(format!(
+            "restore {} delete_extra={} check={}",
+            snap.id, opts.delete_extra, opts.check
+        ));
+        // A swapper that turns target directories into links to outside while it runs.
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = rng.chance(40).then(|| {
+            let (stop, outside, aside) = (stop.clone(), self.outside.clone(), self.aside.clone());
+            let mut r = Rng(rng.next() | 1);
+            let tdirs = tdirs.clone();
+            std::thread::spawn(move || {
+                let mut log = Vec::new();
+                for d in tdirs.iter().take(3) {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    swap_for_link(&mut r, d, &outside, &aside, &mut log);
+                }
+                log
+            })
+        });
+        let result = restore(repo, snap, &target, opts, Arc::new(Progress::default())).await;
+        stop.store(true, Ordering::Relaxed);
+        if let Some(h) = swapper {
+            self.log.extend(h.join().unwrap());
+        }
+        (target, result.map(drop))
+    }
+
+    /// A hostile tree in `target`, and links, hard links and FIFOs where the snapshot has
+    /// entries, at every depth; the target's directories.
+    async fn plant_in_target(
+        &mut self,
+        repo: &snapcrypt::engine::repo::Repository,
+        snap: &snapcrypt::engine::format::SnapshotManifest,
+        target: &Path,
+        probe: &Path,
+    ) -> Vec<PathBuf> {
+        let (rng, log, outside) = (&mut self.rng, &mut self.log, &self.outside);
+        let mut tdirs = hostile_tree(rng, target, outside, log);
+        let list = snapshot_paths(repo, snap, probe, self.seed).await;
+        for (rel, is_dir) in &list {
+            let p = target.join(rel);
+            // Only where the test itself reaches without passing through a planted link.
+            if fs::symlink_metadata(&p).is_ok() || !real_dirs_down_to(target, rel) {
+                continue;
+            }
+            match rng.below(6) {
+                0 => {
+                    let to = outside_link(rng, outside, rel.matches('/').count());
+                    log.push(format!("planted link {rel} -> {}", to.display()));
+                    symlink(&to, &p).unwrap();
+                }
+                1 if !is_dir => {
+                    log.push(format!("planted hard link {rel}"));
+                    fs::hard_link(outside.join("hard"), &p).unwrap();
+                }
+                2 if !is_dir => {
+                    log.push(format!("planted fifo {rel}"));
+                    mkfifo(&p);
+                }
+                3 if *is_dir => {
+                    fs::create_dir(&p).unwrap();
+                    tdirs.push(p);
+                }
+                _ => {}
+            }
+        }
+        tdirs
+    }
 }
 
 /// Whether every directory from `root` down to `rel`'s parent is a real one (no link).
