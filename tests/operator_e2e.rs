@@ -171,7 +171,17 @@ fn restore_of(name: &str, snapshot: &str) -> serde_json::Value {
            "spec": {"snapshotRef": {"name": snapshot}, "target": {"claimName": "restored", "path": "db"}}})
 }
 
-/// 1. A one-off job: one Snapshot, on rs0-1's node, succeeds; the repository restores to
+/// A finished Restore succeeded; else its status and the pods' logs.
+fn assert_succeeded(st: &snapcrypt::api::RestoreStatus, ns: &TestNamespace) {
+    assert_eq!(
+        st.phase,
+        RunPhase::Succeeded,
+        "{st:?}\n{}",
+        pod_logs(ns.name())
+    );
+}
+
+/// Step 1: A one-off job: one Snapshot, on rs0-1's node, succeeds; the repository restores to
 /// exactly what the member held. The Snapshot's name, its id in the repository, and the
 /// repository's directory.
 async fn a_one_off_job_snapshots_rs0_1(
@@ -251,7 +261,7 @@ async fn a_one_off_job_snapshots_rs0_1(
     (snap_name, id, repo)
 }
 
-/// 1b. The same through a Restore: a restore pod writes the snapshot into a fresh claim,
+/// Step 1b: The same through a Restore: a restore pod writes the snapshot into a fresh claim,
 /// verifying as it goes; the Restore succeeds and the files are identical. Then into the
 /// same directory again, and in place with force and deleteExtra. The directory restored to.
 async fn restores_write_the_snapshot_into_a_claim(
@@ -261,17 +271,12 @@ async fn restores_write_the_snapshot_into_a_claim(
 ) -> std::path::PathBuf {
     let Ctx { ns, rs0_1, .. } = ctx;
     claim(ns, "restored", None).await;
-    let rst = finished_restore(ns, restore_of("back", &snap_name)).await;
-    assert_eq!(
-        rst.phase,
-        RunPhase::Succeeded,
-        "{rst:?}\n{}",
-        pod_logs(ns.name())
-    );
+    let rst = finished_restore(ns, restore_of("back", snap_name)).await;
+    assert_succeeded(&rst, ns);
     assert!(
         rst.message
             .as_deref()
-            .is_some_and(|m| m.contains(&id) && m.contains("every chunk verified")),
+            .is_some_and(|m| m.contains(id) && m.contains("every chunk verified")),
         "{:?}",
         rst.message
     );
@@ -283,7 +288,7 @@ async fn restores_write_the_snapshot_into_a_claim(
     wait_for_event(ns, "back", "Restored").await;
     // Again into the same, now non-empty, directory: refused with the agent's own words,
     // nothing overwritten.
-    let st = finished_restore(ns, restore_of("again", &snap_name)).await;
+    let st = finished_restore(ns, restore_of("again", snap_name)).await;
     assert_eq!(st.phase, RunPhase::Failed);
     assert!(
         st.message
@@ -314,12 +319,7 @@ async fn restores_write_the_snapshot_into_a_claim(
     );
     assert!(db.join("stale-collection.wt").exists());
     let st = finished_restore(ns, in_place("exact", true)).await;
-    assert_eq!(
-        st.phase,
-        RunPhase::Succeeded,
-        "{st:?}\n{}",
-        pod_logs(ns.name())
-    );
+    assert_succeeded(&st, ns);
     support::assert_same_tree(rs0_1, &db);
     db
 }
@@ -364,13 +364,8 @@ async fn hostile_restore_targets_leave_the_repository_whole(
         st.message
     );
     let st = finished_restore(ns, hostile("links-inside", "db")).await;
-    assert_eq!(
-        st.phase,
-        RunPhase::Succeeded,
-        "{st:?}\n{}",
-        pod_logs(ns.name())
-    );
-    support::assert_same_tree(rs0_1, &db);
+    assert_succeeded(&st, ns);
+    support::assert_same_tree(rs0_1, db);
     let (repo_s, key_s) = (repo.display().to_string(), key.display().to_string());
     support::ok(
         &repo_args(&["verify"], &repo_s, &key_s, &["--read-data"]),
@@ -378,7 +373,7 @@ async fn hostile_restore_targets_leave_the_repository_whole(
     );
     let again = work.path().join("after-hostile");
     support::ok(
-        &restore_args(&repo_s, &key_s, &id, &again.display().to_string(), &[]),
+        &restore_args(&repo_s, &key_s, id, &again.display().to_string(), &[]),
         &[],
     );
     support::assert_same_tree(rs0_1, &again);
@@ -407,7 +402,7 @@ async fn a_restore_of_a_missing_snapshot_names_it(ctx: &Ctx<'_>) {
     }));
 }
 
-/// 2. to 4.: a bad cron, a missing Secret, too many files.
+/// Steps 2 to 4: a bad cron, a missing Secret, too many files.
 async fn bad_specs_are_reported(ctx: &Ctx<'_>) {
     let Ctx {
         ns, jobs, snaps, ..
@@ -490,10 +485,10 @@ async fn bad_specs_are_reported(ctx: &Ctx<'_>) {
     assert!(condition(&j, "Degraded").is_some_and(|c| c.2.contains("--max-files 3")));
 }
 
-/// 5. A schedule and retention: a job firing every minute that keeps its newest scheduled
-///    snapshot, writing into the same repository as "once". Its second scheduled run forgets
-///    its first: the repository no longer lists it and its Snapshot object is deleted. An
-///    on-demand run (a Snapshot made by hand) and "once" are never forgotten by it.
+/// Step 5: A schedule and retention: a job firing every minute that keeps its newest scheduled
+/// snapshot, writing into the same repository as "once". Its second scheduled run forgets
+/// its first: the repository no longer lists it and its Snapshot object is deleted. An
+/// on-demand run (a Snapshot made by hand) and "once" are never forgotten by it.
 async fn a_schedule_with_retention_forgets_its_older_runs(
     ctx: &Ctx<'_>,
     id: &str,

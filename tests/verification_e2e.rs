@@ -186,14 +186,7 @@ async fn bad_restore_targets_are_refused(ns: &TestNamespace) {
                      "target": {"claimName": "someone-elses", "path": "db", "scratch": {"size": "1Gi"}}}}),
     )
     .await;
-    let taken = wait_for(&restores, "taken", "the Restore to fail", TICKS, |r| {
-        r.status
-            .as_ref()
-            .is_some_and(|s| s.phase == RunPhase::Failed)
-    })
-    .await
-    .status
-    .expect("status");
+    let taken = failed_restore(&restores, "taken").await;
     let reason = taken
         .conditions
         .iter()
@@ -220,14 +213,7 @@ async fn bad_restore_targets_are_refused(ns: &TestNamespace) {
                      "target": {"claimName": "backups", "path": "db", "force": true}}}),
     )
     .await;
-    let into_repo = wait_for(&restores, "into-repo", "the Restore to fail", TICKS, |r| {
-        r.status
-            .as_ref()
-            .is_some_and(|s| s.phase == RunPhase::Failed)
-    })
-    .await
-    .status
-    .expect("status");
+    let into_repo = failed_restore(&restores, "into-repo").await;
     assert!(
         into_repo.pod_name.is_none()
             && into_repo.message.as_deref().is_some_and(|m| m.starts_with(
@@ -237,6 +223,18 @@ async fn bad_restore_targets_are_refused(ns: &TestNamespace) {
     );
     let backups = claims.get("backups").await.expect("the repository's claim");
     assert!(backups.metadata.deletion_timestamp.is_none());
+}
+
+/// Waits for the Restore `name` to fail; its status.
+async fn failed_restore(restores: &Api<Restore>, name: &str) -> snapcrypt::api::RestoreStatus {
+    wait_for(restores, name, "the Restore to fail", TICKS, |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.phase == RunPhase::Failed)
+    })
+    .await
+    .status
+    .expect("status")
 }
 
 /// A restore test restores into a scratch claim, reads every file back, and the check

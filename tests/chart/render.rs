@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use crate::rbac::role_triples_with_names;
 use crate::support::repo_root;
-use crate::tools::{HELMS, Helm, kubernetes_validate, validate_prometheus_operator_objects};
+use crate::tools::{
+    HELMS, Helm, kubernetes_validate, output_text, validate_prometheus_operator_objects,
+};
 use crate::values::{VALUE_SETS, kind_name, named, objects, one, render, strings, values_file};
 use crate::{CHART, KUBE_VERSIONS, RENDER_ARGS};
 
@@ -103,11 +105,7 @@ fn renders_are_valid_kubernetes_manifests() {
             .args(&files)
             .output()
             .expect("run kubernetes-validate");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         assert!(
             out.status.success() && !text.contains("ERROR"),
             "kubernetes-validate --strict -k {version} refused a render:\n{text}"
@@ -305,13 +303,14 @@ fn check_ha_render() {
     assert_eq!(c["image"], "registry.example.com/snapcrypt:0.1.0-rc1");
     assert_eq!(c["imagePullPolicy"], "Always");
     let args = strings(&c["args"]);
-    for want in [
-        "--agent-image=registry.example.com/snapcrypt-agent:0.1.0-rc1",
-        "--leader-elect",
-        "--leader-elect-lease=snapcrypt-operator",
-    ] {
-        assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
-    }
+    assert_args_include(
+        &args,
+        &[
+            "--agent-image=registry.example.com/snapcrypt-agent:0.1.0-rc1",
+            "--leader-elect",
+            "--leader-elect-lease=snapcrypt-operator",
+        ],
+    );
     assert_eq!(c["resources"]["limits"]["cpu"], "1");
     let pdb = one(&objs, "PodDisruptionBudget");
     assert_eq!(
@@ -384,13 +383,14 @@ fn check_one_namespace_render() {
     assert_eq!(sa["metadata"]["annotations"]["example.com/role"], "backups");
     let c = &one(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     let args = strings(&c["args"]);
-    for want in [
-        "--namespace=mongodb",
-        "--log-format=text",
-        "--http-port=9090",
-    ] {
-        assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
-    }
+    assert_args_include(
+        &args,
+        &[
+            "--namespace=mongodb",
+            "--log-format=text",
+            "--http-port=9090",
+        ],
+    );
     assert_eq!(c["ports"][0]["containerPort"], 9090);
 }
 
@@ -475,5 +475,12 @@ fn bad_values_are_refused_naming_the_value() {
                 helm.name()
             );
         }
+    }
+}
+
+/// Every one of `want` is among the operator's `args`.
+fn assert_args_include(args: &[String], want: &[&str]) {
+    for want in want {
+        assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
     }
 }

@@ -102,12 +102,16 @@ pub(crate) fn validate_prometheus_operator_objects(files: &[PathBuf]) -> (bool, 
         .args(files)
         .output()
         .expect("run tests/support/validate_cr.py");
-    let text = format!(
+    (out.status.success(), output_text(&out))
+}
+
+/// What a tool printed: its stdout, then its stderr.
+pub(crate) fn output_text(out: &Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    )
 }
 
 /// lua5.1 (services.env names it; else on PATH).
