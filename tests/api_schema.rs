@@ -189,12 +189,31 @@ fn with(mut obj: Value, pointer: &str, value: Value) -> Value {
     obj
 }
 
+/// A manifest the schema must refuse, and words its error must contain: (what is wrong, the
+/// manifest, the words).
+type Case = (&'static str, Value, &'static str);
+
 #[test]
 fn schema_rejects_bad_manifests_naming_the_field() {
     let bj = example("BackupJob");
-    let kmip = example("KmipServer");
-    let restore = example("Restore");
-    let cases: Vec<(&str, Value, &str)> = vec![
+    let cases = [
+        destination_and_key_cases(&bj),
+        source_cases(&bj),
+        consistency_cases(&bj),
+        kmip_server_and_restore_cases(),
+    ]
+    .concat();
+    for (name, obj, expected) in cases {
+        let errors = schema_errors(&obj, None);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{name}: expected an error mentioning {expected:?}, got {errors:?}"
+        );
+    }
+}
+
+fn destination_and_key_cases(bj: &Value) -> Vec<Case> {
+    vec![
         (
             "two destinations",
             with(
@@ -246,6 +265,11 @@ fn schema_rejects_bad_manifests_naming_the_field() {
             ),
             "exactly one of kmipServerRef or localKeySecret",
         ),
+    ]
+}
+
+fn source_cases(bj: &Value) -> Vec<Case> {
+    vec![
         (
             "unknown sync mode",
             with(
@@ -325,6 +349,11 @@ fn schema_rejects_bad_manifests_naming_the_field() {
             with(bj.clone(), "/spec/destination/pvc/path", json!("../etc")),
             "/spec/destination/pvc/path",
         ),
+    ]
+}
+
+fn consistency_cases(bj: &Value) -> Vec<Case> {
+    vec![
         (
             "volumeSnapshot without class",
             with(
@@ -366,6 +395,13 @@ fn schema_rejects_bad_manifests_naming_the_field() {
             with(bj.clone(), "/spec/source/dataVolumeName", Value::Null),
             "dataVolumeName",
         ),
+    ]
+}
+
+fn kmip_server_and_restore_cases() -> Vec<Case> {
+    let kmip = example("KmipServer");
+    let restore = example("Restore");
+    vec![
         (
             "no endpoints",
             with(kmip.clone(), "/spec/endpoints", json!([])),
@@ -401,14 +437,7 @@ fn schema_rejects_bad_manifests_naming_the_field() {
             with(restore.clone(), "/spec/target/deleteExtra", json!(true)),
             "target: deleteExtra needs force",
         ),
-    ];
-    for (name, obj, expected) in cases {
-        let errors = schema_errors(&obj, None);
-        assert!(
-            errors.iter().any(|e| e.contains(expected)),
-            "{name}: expected an error mentioning {expected:?}, got {errors:?}"
-        );
-    }
+    ]
 }
 
 #[test]

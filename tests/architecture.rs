@@ -5,7 +5,9 @@
 //!   of the layer order that docs/ARCHITECTURE.md declares (its `layers` block, read here, so
 //!   the picture and the check cannot drift): no arrow up or sideways, so no circle;
 //! - no production file has more than 600 lines and no function more than 120 (tests, that is
-//!   `#[cfg(test)]` items and the files they include, are not counted).
+//!   `#[cfg(test)]` items and the files they include, are not counted);
+//! - no function of the integration tests (`tests/`, test functions included) has more than 120
+//!   lines either.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -29,7 +31,7 @@ struct Source {
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .expect("read src")
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .map(|e| e.expect("entry").path())
         .collect();
     entries.sort();
@@ -99,9 +101,14 @@ fn test_only_files(sources: &[Source]) -> BTreeSet<String> {
 }
 
 fn load() -> Vec<Source> {
+    load_dir("src")
+}
+
+/// Every `.rs` file under `dir` (relative to the crate), parsed.
+fn load_dir(dir: &str) -> Vec<Source> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
+    rust_files(&root.join(dir), &mut files);
     files
         .into_iter()
         .map(|p| {
@@ -273,10 +280,12 @@ fn production_lines(s: &Source) -> usize {
     s.lines - test_lines
 }
 
-/// Functions (free, in impls and traits) of `s` longer than [`MAX_FN_LINES`], test code skipped.
+/// Functions (free, in impls and traits) of `s` longer than [`MAX_FN_LINES`]; `#[cfg(test)]`
+/// code skipped in production files, counted in the integration tests (`tests/`).
 struct LongFns {
     file: String,
     long: Vec<String>,
+    count_test_code: bool,
 }
 
 impl LongFns {
@@ -294,13 +303,13 @@ impl LongFns {
 
 impl<'ast> Visit<'ast> for LongFns {
     fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
-        if !is_cfg_test(&m.attrs) {
+        if self.count_test_code || !is_cfg_test(&m.attrs) {
             syn::visit::visit_item_mod(self, m);
         }
     }
 
     fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-        if !is_cfg_test(&f.attrs) {
+        if self.count_test_code || !is_cfg_test(&f.attrs) {
             self.check(&f.sig.ident, syn::spanned::Spanned::span(f));
             syn::visit::visit_item_fn(self, f);
         }
@@ -330,16 +339,37 @@ fn files_and_functions_stay_small_enough_to_read() {
                 s.file
             ));
         }
-        let mut v = LongFns {
-            file: s.file.clone(),
-            long: Vec::new(),
-        };
-        v.visit_file(&s.tree);
-        wrong.extend(v.long);
+        wrong.extend(long_fns(s, false));
     }
     assert!(
         wrong.is_empty(),
         "split by responsibility (docs/ARCHITECTURE.md):\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// The functions of `s` longer than [`MAX_FN_LINES`] (see [`LongFns`]).
+fn long_fns(s: &Source, count_test_code: bool) -> Vec<String> {
+    let mut v = LongFns {
+        file: s.file.clone(),
+        long: Vec::new(),
+        count_test_code,
+    };
+    v.visit_file(&s.tree);
+    v.long
+}
+
+#[test]
+fn test_functions_stay_small_enough_to_read() {
+    let sources = load_dir("tests");
+    assert!(
+        sources.iter().any(|s| s.file == "tests/architecture.rs"),
+        "the integration tests are read"
+    );
+    let wrong: Vec<String> = sources.iter().flat_map(|s| long_fns(s, true)).collect();
+    assert!(
+        wrong.is_empty(),
+        "split a test by what it checks, into helpers or several tests:\n{}",
         wrong.join("\n")
     );
 }
@@ -563,11 +593,23 @@ fn the_layering_check_catches_an_upward_import_a_circle_and_a_long_function() {
         "x::low",
         &format!("fn long() {{\n{body}}}\nfn short() {{}}\n"),
     );
-    let mut v = LongFns {
-        file: long.file.clone(),
-        long: Vec::new(),
-    };
-    v.visit_file(&long.tree);
-    assert_eq!(v.long.len(), 1, "{:?}", v.long);
-    assert!(v.long[0].contains("fn long has 122 lines"), "{:?}", v.long);
+    let found = long_fns(&long, false);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("fn long has 122 lines"), "{found:?}");
+    // Test code: skipped in a production file, counted in an integration test.
+    let test_code = synthetic(
+        "x::low",
+        &format!(
+            "#[test]\nfn long_test() {{\n{body}}}\n\
+             #[cfg(test)]\nmod tests {{\n    fn long_helper() {{\n{body}    }}\n}}\n"
+        ),
+    );
+    assert_eq!(long_fns(&test_code, false).len(), 1);
+    let found = long_fns(&test_code, true);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("fn long_test has 123 lines"), "{found:?}");
+    assert!(
+        found[1].contains("fn long_helper has 122 lines"),
+        "{found:?}"
+    );
 }

@@ -8,11 +8,12 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use support::cli::{repo_args, restore_args};
 use support::{Env, backup_id, fails};
 
 /// `verify --json` of `repo` with `extra` flags: its report.
 fn verify_json(repo: &str, key: &str, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["verify", "--repo", repo, "--key-file", key, "--json"];
+    let mut args = repo_args(&["verify"], repo, key, &["--json"]);
     args.extend(extra);
     let out = support::run(&args, &[]);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -89,15 +90,7 @@ fn read_data_subsets_read_every_pack_once_and_find_damage_in_its_group() {
 
     // Bad input names the flag and what is allowed.
     let err = fails(
-        &[
-            "verify",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--read-data-subset",
-            "4/3",
-        ],
+        &repo_args(&["verify"], &repo, &key, &["--read-data-subset", "4/3"]),
         &[],
     );
     assert!(
@@ -113,19 +106,7 @@ fn restore_check_reads_every_file_back_and_names_what_differs() {
     let id = backup_id(&src, &repo, &key, &[]);
     let restore = |target: &str, env: &[(&str, &str)]| {
         support::run(
-            &[
-                "restore",
-                "--repo",
-                &repo,
-                "--key-file",
-                &key,
-                "--snapshot",
-                &id,
-                "--target",
-                target,
-                "--check",
-                "--json",
-            ],
+            &restore_args(&repo, &key, &id, target, &["--check", "--json"]),
             env,
         )
     };
@@ -195,16 +176,12 @@ fn a_restore_as_another_user_into_a_directory_it_does_not_own() {
     let out = std::process::Command::new("setpriv")
         .args(["--reuid", "999", "--regid", "999", "--clear-groups"])
         .arg(support::bin())
-        .args([
-            "restore",
-            "--repo",
+        .args(repo_args(
+            &["restore"],
             &repo,
-            "--key-file",
             &key,
-            "--snapshot",
-            &id,
-            "--check",
-        ])
+            &["--snapshot", &id, "--check"],
+        ))
         .arg("--target")
         .arg(&target)
         .env("HOME", "/tmp")

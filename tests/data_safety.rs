@@ -14,23 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::cli::{backup_args, repo_args, restore_args};
 use support::{
     Env, assert_same_tree, backup_id, describe, fails, make_source, ok, run, snapshot_ids,
 };
-
-fn restore_args<'a>(repo: &'a str, key: &'a str, target: &'a str) -> Vec<&'a str> {
-    vec![
-        "restore",
-        "--repo",
-        repo,
-        "--key-file",
-        key,
-        "--snapshot",
-        "latest",
-        "--target",
-        target,
-    ]
-}
 
 /// Item 1: a dbPath that climbs out of the data volume never makes the agent read the pod's
 /// own files (the key file, the KMIP client key).
@@ -79,15 +66,7 @@ fn item02_a_backup_that_lost_its_lock_writes_no_snapshot() {
 
     // Refreshes stall 10 s while the backup stalls 3 s before its commit; locks expire at 2 s.
     let err = fails(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-        ],
+        &backup_args(&src, &repo, &key, &[]),
         &[
             ("SNAPCRYPT_LOCK_STALE_SECS", "2"),
             ("SNAPCRYPT_FAULT_LOCK_REFRESH_DELAY_SECS", "10"),
@@ -105,15 +84,7 @@ fn item02_a_backup_that_lost_its_lock_writes_no_snapshot() {
     fs::write(Path::new(&src).join("new.wt"), b"new data").unwrap();
     let locks = Path::new(&repo).join("locks");
     let child = Command::new(support::bin())
-        .args([
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-        ])
+        .args(backup_args(&src, &repo, &key, &[]))
         .env("SNAPCRYPT_LOCK_STALE_SECS", "4")
         .env("SNAPCRYPT_FAULT_BACKUP_STALL_SECS", "4")
         .stderr(Stdio::piped())
@@ -151,21 +122,10 @@ fn item02_a_backup_that_lost_its_lock_writes_no_snapshot() {
     assert_eq!(fs::read_dir(&locks).unwrap().count(), 0, "lock recreated");
     // What the failed backups wrote is garbage that prune removes; then all verifies.
     ok(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--delete-after",
-            "0s",
-        ],
+        &repo_args(&["prune"], &repo, &key, &["--delete-after", "0s"]),
         &[],
     );
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    ok(&repo_args(&["verify"], &repo, &key, &["--read-data"]), &[]);
 }
 
 /// Item 3: a planted symlink in a --force target (a file or a directory of the snapshot) is
@@ -184,7 +144,7 @@ fn item03_restore_never_writes_through_a_planted_link() {
     std::os::unix::fs::symlink(&victim, target.join("WiredTiger")).unwrap();
     std::os::unix::fs::symlink(&victim_dir, target.join("journal")).unwrap();
     let t = target.display().to_string();
-    let mut args = restore_args(&repo, &key, &t);
+    let mut args = restore_args(&repo, &key, "latest", &t, &[]);
     args.push("--force");
     ok(&args, &[]);
     assert_eq!(fs::read_to_string(&victim).unwrap(), "root:x:0:0");
@@ -208,15 +168,15 @@ fn item04_restore_and_verify_take_a_lock() {
     .unwrap();
     let wait = [("SNAPCRYPT_LOCK_WAIT_SECS", "1")];
     let out = e.p("out");
-    let err = fails(&restore_args(&repo, &key, &out), &wait);
+    let err = fails(&restore_args(&repo, &key, "latest", &out, &[]), &wait);
     assert!(
         err.contains("locked by an exclusive lock") && err.contains("prune-host"),
         "{err}"
     );
-    let err = fails(&["verify", "--repo", &repo, "--key-file", &key], &wait);
+    let err = fails(&repo_args(&["verify"], &repo, &key, &[]), &wait);
     assert!(err.contains("prune-host"), "{err}");
     fs::remove_file(locks.join("pruning")).unwrap();
-    ok(&restore_args(&repo, &key, &out), &[]);
+    ok(&restore_args(&repo, &key, "latest", &out, &[]), &[]);
     assert_eq!(
         fs::read_dir(&locks).unwrap().count(),
         0,
@@ -291,15 +251,7 @@ fn item06_local_repository_and_restore_are_synced() {
         .display()
         .to_string();
     let events = traced(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-        ],
+        &backup_args(&src, &repo, &key, &[]),
         &e.dir.path().join("backup.strace"),
     );
     let synced_before = |path: &str, before: usize| {
@@ -362,7 +314,7 @@ fn item06_local_repository_and_restore_are_synced() {
     let target = fs::canonicalize(e.dir.path()).unwrap().join("out");
     let t = target.display().to_string();
     let events = traced(
-        &restore_args(&repo, &key, &t),
+        &restore_args(&repo, &key, "latest", &t, &[]),
         &e.dir.path().join("restore.strace"),
     );
     for (rel, desc) in describe(Path::new(&src)) {
@@ -434,22 +386,18 @@ fn item11_backup_does_not_reuse_chunks_of_a_lost_pack() {
     // verify still names the lost packs (the first snapshot is damaged), but nothing of the
     // second snapshot.
     let err = fails(
-        &[
-            "verify",
-            "--repo",
+        &repo_args(
+            &["verify"],
             &repo,
-            "--key-file",
             &key,
-            "--snapshot",
-            &second,
-            "--read-data",
-        ],
+            &["--snapshot", &second, "--read-data"],
+        ),
         &[],
     );
     assert!(err.contains("is missing"), "{err}");
     assert!(!err.contains(&format!("snapshot {second}")), "{err}");
     let out = e.p("out");
-    ok(&restore_args(&repo, &key, &out), &[]);
+    ok(&restore_args(&repo, &key, "latest", &out, &[]), &[]);
     assert_same_tree(Path::new(&src), Path::new(&out));
 }
 
@@ -469,7 +417,7 @@ fn item12_restore_force_leaves_no_extra_files() {
     .unwrap();
     fs::write(target.join("collection-9-999.wt"), "old collection").unwrap();
     let t = target.display().to_string();
-    let mut args = restore_args(&repo, &key, &t);
+    let mut args = restore_args(&repo, &key, "latest", &t, &[]);
     args.push("--force");
     let err = fails(&args, &[]);
     assert!(
@@ -553,13 +501,7 @@ fn s3_without_credentials_says_what_to_set() {
     let e = Env::new();
     ok(&["key", "new", "--out", &e.key()], &[]);
     let mut cmd = Command::new(support::bin());
-    cmd.args([
-        "snapshots",
-        "--repo",
-        "s3://backups/rs0",
-        "--key-file",
-        &e.key(),
-    ]);
+    cmd.args(repo_args(&["snapshots"], "s3://backups/rs0", &e.key(), &[]));
     for (k, _) in std::env::vars() {
         if k.starts_with("AWS_") || k.starts_with("SNAPCRYPT_S3") {
             cmd.env_remove(k);
@@ -592,22 +534,11 @@ fn key_file_modes() {
     assert_eq!(mode(&key), 0o600);
     let k = key.display().to_string();
     let (src, repo) = (e.p("src"), e.p("repo"));
-    let out = run(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &k,
-        ],
-        &[],
-    );
+    let out = run(&backup_args(&src, &repo, &k, &[]), &[]);
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
     fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-    let out = run(&["snapshots", "--repo", &repo, "--key-file", &k], &[]);
+    let out = run(&repo_args(&["snapshots"], &repo, &k, &[]), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -623,206 +554,209 @@ fn key_file_modes() {
 #[test]
 fn stress_backups_prunes_and_restores_with_delayed_lock_refreshes() {
     let e = Env::new();
-    let (repo, key) = (e.p("repo"), e.key());
-    let base = [
-        ("SNAPCRYPT_LOCK_STALE_SECS", "2"),
-        ("SNAPCRYPT_LOCK_WAIT_SECS", "4"),
-    ];
-    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
-        base.iter().chain(extra).copied().collect()
+    let stress = Stress {
+        e: &e,
+        repo: e.p("repo"),
+        key: e.key(),
+        stop_at: Instant::now() + Duration::from_secs(40),
+        expected: Mutex::default(),
+        forgotten: Mutex::default(),
+        counts: Mutex::default(),
     };
-    // What each reported snapshot holds.
-    let expected: Arc<Mutex<HashMap<String, BTreeMap<String, String>>>> = Arc::default();
-    let forgotten: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop_at = Instant::now() + Duration::from_secs(40);
-    let counts: Arc<Mutex<BTreeMap<&str, u32>>> = Arc::default();
-    let count = |c: &Arc<Mutex<BTreeMap<&'static str, u32>>>, what: &'static str| {
-        *c.lock().unwrap().entry(what).or_default() += 1;
-    };
-    let first = backup_id(&e.p("src"), &repo, &key, &[]);
-    expected
+    let first = backup_id(&e.p("src"), &stress.repo, &stress.key, &[]);
+    stress
+        .expected
         .lock()
         .unwrap()
         .insert(first, describe(Path::new(&e.p("src"))));
 
     std::thread::scope(|s| {
-        // Backups: each from its own copy of a changing source; every third one's refreshes
-        // stall past the expiry while the backup stalls before its commit.
-        s.spawn(|| {
-            let mut round = 0u64;
-            while Instant::now() < stop_at {
-                round += 1;
-                let src = e.dir.path().join(format!("src-{round}"));
-                make_source(&src);
-                fs::write(
-                    src.join("collection-0-123.wt"),
-                    support::pseudo_random(1000 + round, 2 * 1024 * 1024),
-                )
-                .unwrap();
-                let env = if round.is_multiple_of(3) {
-                    with(&[
-                        ("SNAPCRYPT_FAULT_LOCK_REFRESH_DELAY_SECS", "5"),
-                        ("SNAPCRYPT_FAULT_BACKUP_STALL_SECS", "3"),
-                    ])
-                } else {
-                    with(&[])
-                };
-                let s = src.display().to_string();
-                let out = run(
-                    &[
-                        "backup",
-                        "--source",
-                        &s,
-                        "--repo",
-                        &repo,
-                        "--key-file",
-                        &key,
-                        "--json",
-                    ],
-                    &env,
-                );
-                if out.status.success() {
-                    let v: serde_json::Value =
-                        serde_json::from_slice(&out.stdout).expect("backup --json");
-                    let id = v["id"].as_str().unwrap().to_string();
-                    expected.lock().unwrap().insert(id, describe(&src));
-                    count(&counts, "backups done");
-                } else {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    assert!(
-                        err.contains("lost the repository lock") || err.contains("locked by"),
-                        "a backup failed for another reason: {err}"
-                    );
-                    count(&counts, "backups failed loudly");
-                }
-            }
-        });
-        // Prunes: keep the newest 2, delete at once; some with delayed refreshes.
-        s.spawn(|| {
-            let mut round = 0u32;
-            while Instant::now() < stop_at {
-                round += 1;
-                let env = if round.is_multiple_of(4) {
-                    with(&[("SNAPCRYPT_FAULT_LOCK_REFRESH_DELAY_SECS", "5")])
-                } else {
-                    with(&[])
-                };
-                let out = run(
-                    &[
-                        "prune",
-                        "--repo",
-                        &repo,
-                        "--key-file",
-                        &key,
-                        "--keep-last",
-                        "2",
-                        "--delete-after",
-                        "0s",
-                        "--json",
-                    ],
-                    &env,
-                );
-                if out.status.success() {
-                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                    for id in v["forgotten"].as_array().unwrap() {
-                        forgotten.lock().unwrap().push(id.as_str().unwrap().into());
-                    }
-                    count(&counts, "prunes done");
-                } else {
-                    count(&counts, "prunes failed loudly");
-                }
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        });
-        // Restores of the latest snapshot: bit-exact, or a loud failure.
-        s.spawn(|| {
-            let mut round = 0;
-            while Instant::now() < stop_at {
-                round += 1;
-                let target = e.dir.path().join(format!("restore-{round}"));
-                let t = target.display().to_string();
-                let mut args = restore_args(&repo, &key, &t);
-                args.push("--json");
-                let out = run(&args, &with(&[]));
-                if out.status.success() {
-                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                    let id = v["snapshot"].as_str().unwrap().to_string();
-                    // The backup process may not have printed its id yet.
-                    support::wait_for("the backup's report", Duration::from_secs(30), || {
-                        expected.lock().unwrap().contains_key(&id)
-                            || !snapshot_ids(&repo, &key, &[]).contains(&id)
-                    });
-                    if let Some(want) = expected.lock().unwrap().get(&id) {
-                        assert_eq!(&describe(&target), want, "restore of {id} is not bit-exact");
-                        count(&counts, "restores bit-exact");
-                    }
-                } else {
-                    count(&counts, "restores failed loudly");
-                }
-                let _ = fs::remove_dir_all(&target);
-            }
-        });
+        s.spawn(|| stress.backups());
+        s.spawn(|| stress.prunes());
+        s.spawn(|| stress.restores());
     });
+    stress.check_the_repository();
+}
 
-    let listed = snapshot_ids(&repo, &key, &[]);
-    let forgotten = forgotten.lock().unwrap().clone();
-    for id in expected.lock().unwrap().keys() {
-        assert!(
-            listed.contains(id) || forgotten.contains(id),
-            "snapshot {id} was reported done, then vanished without a prune forgetting it"
-        );
-        if listed.contains(id) {
+/// What the stress run's threads share: the repository, what each reported snapshot holds,
+/// the snapshots prunes forgot, how each kind of run ended, and when to stop.
+struct Stress<'a> {
+    e: &'a Env,
+    repo: String,
+    key: String,
+    stop_at: Instant,
+    expected: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    forgotten: Mutex<Vec<String>>,
+    counts: Mutex<BTreeMap<&'static str, u32>>,
+}
+
+impl Stress<'_> {
+    /// Locks expiring after 2 s, waited for 4 s, and `extra`.
+    fn env(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let base = [
+            ("SNAPCRYPT_LOCK_STALE_SECS", "2"),
+            ("SNAPCRYPT_LOCK_WAIT_SECS", "4"),
+        ];
+        base.iter().chain(extra).copied().collect()
+    }
+
+    fn count(&self, what: &'static str) {
+        *self.counts.lock().unwrap().entry(what).or_default() += 1;
+    }
+
+    /// Backups: each from its own copy of a changing source; every third one's refreshes
+    /// stall past the expiry while the backup stalls before its commit.
+    fn backups(&self) {
+        let (e, repo, key) = (self.e, &self.repo, &self.key);
+        let mut round = 0u64;
+        while Instant::now() < self.stop_at {
+            round += 1;
+            let src = e.dir.path().join(format!("src-{round}"));
+            make_source(&src);
+            fs::write(
+                src.join("collection-0-123.wt"),
+                support::pseudo_random(1000 + round, 2 * 1024 * 1024),
+            )
+            .unwrap();
+            let env = if round.is_multiple_of(3) {
+                Self::env(&[
+                    ("SNAPCRYPT_FAULT_LOCK_REFRESH_DELAY_SECS", "5"),
+                    ("SNAPCRYPT_FAULT_BACKUP_STALL_SECS", "3"),
+                ])
+            } else {
+                Self::env(&[])
+            };
+            let s = src.display().to_string();
+            let out = run(&backup_args(&s, repo, key, &["--json"]), &env);
+            if out.status.success() {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).expect("backup --json");
+                let id = v["id"].as_str().unwrap().to_string();
+                self.expected.lock().unwrap().insert(id, describe(&src));
+                self.count("backups done");
+            } else {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    err.contains("lost the repository lock") || err.contains("locked by"),
+                    "a backup failed for another reason: {err}"
+                );
+                self.count("backups failed loudly");
+            }
+        }
+    }
+
+    /// Prunes: keep the newest 2, delete at once; some with delayed refreshes.
+    fn prunes(&self) {
+        let mut round = 0u32;
+        while Instant::now() < self.stop_at {
+            round += 1;
+            let env = if round.is_multiple_of(4) {
+                Self::env(&[("SNAPCRYPT_FAULT_LOCK_REFRESH_DELAY_SECS", "5")])
+            } else {
+                Self::env(&[])
+            };
+            let out = run(
+                &repo_args(
+                    &["prune"],
+                    &self.repo,
+                    &self.key,
+                    &["--keep-last", "2", "--delete-after", "0s", "--json"],
+                ),
+                &env,
+            );
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                for id in v["forgotten"].as_array().unwrap() {
+                    self.forgotten
+                        .lock()
+                        .unwrap()
+                        .push(id.as_str().unwrap().into());
+                }
+                self.count("prunes done");
+            } else {
+                self.count("prunes failed loudly");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Restores of the latest snapshot: bit-exact, or a loud failure.
+    fn restores(&self) {
+        let (repo, key) = (&self.repo, &self.key);
+        let mut round = 0;
+        while Instant::now() < self.stop_at {
+            round += 1;
+            let target = self.e.dir.path().join(format!("restore-{round}"));
+            let t = target.display().to_string();
+            let mut args = restore_args(repo, key, "latest", &t, &[]);
+            args.push("--json");
+            let out = run(&args, &Self::env(&[]));
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                let id = v["snapshot"].as_str().unwrap().to_string();
+                // The backup process may not have printed its id yet.
+                support::wait_for("the backup's report", Duration::from_secs(30), || {
+                    self.expected.lock().unwrap().contains_key(&id)
+                        || !snapshot_ids(repo, key, &[]).contains(&id)
+                });
+                if let Some(want) = self.expected.lock().unwrap().get(&id) {
+                    assert_eq!(&describe(&target), want, "restore of {id} is not bit-exact");
+                    self.count("restores bit-exact");
+                }
+            } else {
+                self.count("restores failed loudly");
+            }
+            let _ = fs::remove_dir_all(&target);
+        }
+    }
+
+    /// After the run: every snapshot reported done is listed (and verifies) or was forgotten
+    /// by a prune, the repository verifies, and each kind of outcome happened.
+    fn check_the_repository(&self) {
+        let (repo, key) = (&self.repo, &self.key);
+        let listed = snapshot_ids(repo, key, &[]);
+        let forgotten = self.forgotten.lock().unwrap().clone();
+        for id in self.expected.lock().unwrap().keys() {
+            assert!(
+                listed.contains(id) || forgotten.contains(id),
+                "snapshot {id} was reported done, then vanished without a prune forgetting it"
+            );
+            if listed.contains(id) {
+                ok(
+                    &repo_args(&["verify"], repo, key, &["--snapshot", id, "--read-data"]),
+                    &[],
+                );
+            }
+        }
+        // A backup that lost its lock wrote its file list but no snapshot object; verify reports
+        // such a file list (it is also what a deleted snapshot object leaves) until a prune
+        // removes it: two passes, to mark its pack and then delete it. The stress ends at any
+        // moment, so the last such backup may have come after the last prune.
+        for _ in 0..2 {
             ok(
-                &[
-                    "verify",
-                    "--repo",
-                    &repo,
-                    "--key-file",
-                    &key,
-                    "--snapshot",
-                    id,
-                    "--read-data",
-                ],
+                &repo_args(
+                    &["prune"],
+                    repo,
+                    key,
+                    &["--keep-last", "1000", "--delete-after", "0s"],
+                ),
                 &[],
             );
         }
-    }
-    // A backup that lost its lock wrote its file list but no snapshot object; verify reports
-    // such a file list (it is also what a deleted snapshot object leaves) until a prune
-    // removes it: two passes, to mark its pack and then delete it. The stress ends at any
-    // moment, so the last such backup may have come after the last prune.
-    for _ in 0..2 {
-        ok(
-            &[
-                "prune",
-                "--repo",
-                &repo,
-                "--key-file",
-                &key,
-                "--keep-last",
-                "1000",
-                "--delete-after",
-                "0s",
-            ],
-            &[],
+        ok(&repo_args(&["verify"], repo, key, &["--read-data"]), &[]);
+        let counts = self.counts.lock().unwrap().clone();
+        eprintln!("stress: {counts:?}");
+        assert!(
+            counts.get("backups done").copied().unwrap_or(0) >= 3,
+            "{counts:?}"
+        );
+        assert!(
+            counts.get("restores bit-exact").copied().unwrap_or(0) >= 1,
+            "{counts:?}"
+        );
+        assert!(
+            counts.get("backups failed loudly").copied().unwrap_or(0) >= 1,
+            "{counts:?}"
         );
     }
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
-    let counts = counts.lock().unwrap().clone();
-    eprintln!("stress: {counts:?}");
-    assert!(
-        counts.get("backups done").copied().unwrap_or(0) >= 3,
-        "{counts:?}"
-    );
-    assert!(
-        counts.get("restores bit-exact").copied().unwrap_or(0) >= 1,
-        "{counts:?}"
-    );
-    assert!(
-        counts.get("backups failed loudly").copied().unwrap_or(0) >= 1,
-        "{counts:?}"
-    );
 }

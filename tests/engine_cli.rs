@@ -8,14 +8,12 @@ mod support;
 use std::fs;
 use std::path::Path;
 
+use support::cli::{backup_args, repo_args, restore_args};
 use support::{Env, assert_same_tree, backup_json, fails, ok, restore, run};
 
 /// `snapcrypt backup --source SRC --repo REPO --key-file KEY`, required to succeed.
 fn backup(src: &str, repo: &str, key: &str) {
-    ok(
-        &["backup", "--source", src, "--repo", repo, "--key-file", key],
-        &[],
-    );
+    ok(&backup_args(src, repo, key, &[]), &[]);
 }
 
 /// `snapcrypt restore --repo REPO --key-file KEY --snapshot SNAP --target TARGET`, required to succeed.
@@ -67,7 +65,7 @@ fn local_round_trip_is_bit_exact_and_deduplicates() {
     assert_same_tree(Path::new(&src), Path::new(&e.p("new")));
 
     let list: serde_json::Value = serde_json::from_str(&ok(
-        &["snapshots", "--repo", &repo, "--key-file", &key, "--json"],
+        &repo_args(&["snapshots"], &repo, &key, &["--json"]),
         &[],
     ))
     .unwrap();
@@ -81,17 +79,7 @@ fn nothing_in_the_repository_is_plaintext() {
     let e = Env::new();
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
     ok(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--compression",
-            "none",
-        ],
+        &backup_args(&src, &repo, &key, &["--compression", "none"]),
         &[],
     );
     let needle = b"WiredTiger 11.2.0";
@@ -195,14 +183,7 @@ fn assert_verify_names_damage(
             let rel = object.strip_prefix(pristine).unwrap();
             damage(&copy.join(rel), how);
             let out = run(
-                &[
-                    "verify",
-                    "--repo",
-                    &repo_url(&copy),
-                    "--key-file",
-                    key,
-                    "--read-data",
-                ],
+                &repo_args(&["verify"], &repo_url(&copy), key, &["--read-data"]),
                 env,
             );
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -235,15 +216,7 @@ fn verify_names_every_damaged_or_missing_object() {
     let e = Env::new();
     let (src, pristine, key) = (e.p("src"), e.dir.path().join("pristine"), e.key());
     ok(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &pristine.display().to_string(),
-            "--key-file",
-            &key,
-        ],
+        &backup_args(&src, &pristine.display().to_string(), &key, &[]),
         &[],
     );
     assert_verify_names_damage(
@@ -259,18 +232,7 @@ fn verify_names_every_damaged_or_missing_object() {
 fn bad_input_gives_one_clear_line_and_writes_nothing() {
     let e = Env::new();
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
-    let err = fails(
-        &[
-            "backup",
-            "--source",
-            &e.p("missing"),
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    let err = fails(&backup_args(&e.p("missing"), &repo, &key, &[]), &[]);
     assert!(
         err.contains("missing") && err.contains("No such file"),
         "{err}"
@@ -280,20 +242,7 @@ fn bad_input_gives_one_clear_line_and_writes_nothing() {
         "a failed backup created the repository"
     );
 
-    let err = fails(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--max-files",
-            "5",
-        ],
-        &[],
-    );
+    let err = fails(&backup_args(&src, &repo, &key, &["--max-files", "5"]), &[]);
     assert!(
         err.contains("holds 8 files")
             && err.contains("--max-files 5")
@@ -302,154 +251,56 @@ fn bad_input_gives_one_clear_line_and_writes_nothing() {
     );
     assert!(!Path::new(&repo).exists());
 
-    let err = fails(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            "ftp://bucket/x",
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    let err = fails(&backup_args(&src, "ftp://bucket/x", &key, &[]), &[]);
     assert!(err.contains("unknown scheme"), "{err}");
     // An object store without credentials: refused before a key file is made.
     for (repo, says) in [
         ("gs://bucket/x", "no GCS credentials"),
         ("az://container/x", "no Azure credentials"),
     ] {
-        let err = fails(
-            &[
-                "backup",
-                "--source",
-                &src,
-                "--repo",
-                repo,
-                "--key-file",
-                &key,
-            ],
-            &[],
-        );
+        let err = fails(&backup_args(&src, repo, &key, &[]), &[]);
         assert!(err.contains(says) && err.lines().count() == 1, "{err}");
         assert!(!Path::new(&key).exists(), "{repo}: a key file was made");
     }
 
-    let err = fails(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--tag",
-            "novalue",
-        ],
-        &[],
-    );
+    let err = fails(&backup_args(&src, &repo, &key, &["--tag", "novalue"]), &[]);
     assert!(err.contains("KEY=VALUE"), "{err}");
 
     backup(&src, &repo, &key);
     let other = e.p("other-key.json");
-    ok(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &e.p("repo2"),
-            "--key-file",
-            &other,
-        ],
-        &[],
-    );
-    let err = fails(&["snapshots", "--repo", &repo, "--key-file", &other], &[]);
+    ok(&backup_args(&src, &e.p("repo2"), &other, &[]), &[]);
+    let err = fails(&repo_args(&["snapshots"], &repo, &other, &[]), &[]);
     assert!(
         err.contains("not known to this key manager") && err.lines().count() == 1,
         "{err}"
     );
     let err = fails(
-        &[
-            "snapshots",
-            "--repo",
-            &repo,
-            "--key-file",
-            &e.p("nope.json"),
-        ],
+        &repo_args(&["snapshots"], &repo, &e.p("nope.json"), &[]),
         &[],
     );
     assert!(err.contains("does not exist"), "{err}");
     fs::write(e.p("garbage.json"), "not a key").unwrap();
     let err = fails(
-        &[
-            "snapshots",
-            "--repo",
-            &repo,
-            "--key-file",
-            &e.p("garbage.json"),
-        ],
+        &repo_args(&["snapshots"], &repo, &e.p("garbage.json"), &[]),
         &[],
     );
     assert!(err.contains("not a snapcrypt key file"), "{err}");
-    let err = fails(
-        &["snapshots", "--repo", &e.p("nowhere"), "--key-file", &key],
-        &[],
-    );
+    let err = fails(&repo_args(&["snapshots"], &e.p("nowhere"), &key, &[]), &[]);
     assert!(err.contains("no such directory"), "{err}");
-    let err = fails(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            "ffff",
-            "--target",
-            &e.p("t"),
-        ],
-        &[],
-    );
+    let err = fails(&restore_args(&repo, &key, "ffff", &e.p("t"), &[]), &[]);
     assert!(err.contains("no snapshot matches"), "{err}");
 
     // A non-empty target is refused unless --force, and left untouched.
     fs::create_dir_all(e.p("busy")).unwrap();
     fs::write(e.dir.path().join("busy/keep.txt"), "mine").unwrap();
-    let err = fails(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            "latest",
-            "--target",
-            &e.p("busy"),
-        ],
-        &[],
-    );
+    let err = fails(&restore_args(&repo, &key, "latest", &e.p("busy"), &[]), &[]);
     assert!(
         err.contains("not empty") && err.contains("--force"),
         "{err}"
     );
     assert_eq!(fs::read_dir(e.p("busy")).unwrap().count(), 1);
     let err = fails(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            "latest",
-            "--target",
-            &e.p("busy"),
-            "--force",
-        ],
+        &restore_args(&repo, &key, "latest", &e.p("busy"), &["--force"]),
         &[],
     );
     // With --force, what the snapshot does not have is named and nothing is written ...
@@ -476,18 +327,7 @@ fn unreadable_source_file_is_refused_before_writing() {
     fs::write(&f, "x").unwrap();
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&f, fs::Permissions::from_mode(0o000)).unwrap();
-    let err = fails(
-        &[
-            "backup",
-            "--source",
-            &e.p("src"),
-            "--repo",
-            &e.p("repo"),
-            "--key-file",
-            &e.key(),
-        ],
-        &[],
-    );
+    let err = fails(&backup_args(&e.p("src"), &e.p("repo"), &e.key(), &[]), &[]);
     assert!(err.contains("secret.wt") && err.contains("denied"), "{err}");
     assert!(!Path::new(&e.p("repo")).exists());
 }
@@ -497,30 +337,10 @@ fn two_backups_at_once_into_a_new_repository_both_succeed() {
     let e = Env::new();
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
     // Create the key first so both processes share it.
-    ok(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &e.p("warmup"),
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    ok(&backup_args(&src, &e.p("warmup"), &key, &[]), &[]);
     let spawn = || {
         std::process::Command::new(support::bin())
-            .args([
-                "backup",
-                "--source",
-                &src,
-                "--repo",
-                &repo,
-                "--key-file",
-                &key,
-                "--force-read",
-            ])
+            .args(backup_args(&src, &repo, &key, &["--force-read"]))
             .output()
     };
     let (a, b) = std::thread::scope(|s| {
@@ -566,31 +386,13 @@ fn prune_forgets_by_policy_and_frees_space() {
     };
     let before = size(&repo);
     let dry = ok(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--keep-last",
-            "1",
-            "--dry-run",
-        ],
+        &repo_args(&["prune"], &repo, &key, &["--keep-last", "1", "--dry-run"]),
         &[],
     );
     assert!(dry.contains("would forget"), "{dry}");
     assert_eq!(size(&repo), before, "dry run changed the repository");
     let report: serde_json::Value = serde_json::from_str(&ok(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--keep-last",
-            "1",
-            "--json",
-        ],
+        &repo_args(&["prune"], &repo, &key, &["--keep-last", "1", "--json"]),
         &[],
     ))
     .unwrap();
@@ -655,27 +457,18 @@ fn prune_repacks_a_mostly_unused_pack_and_keeps_what_is_needed() {
 
 /// `snapcrypt verify --read-data`, required to find the repository sound.
 fn verify_read_data(repo: &str, key: &str, env: &[(&str, &str)]) {
-    ok(
-        &["verify", "--repo", repo, "--key-file", key, "--read-data"],
-        env,
-    );
+    ok(&repo_args(&["verify"], repo, key, &["--read-data"]), env);
 }
 
 /// `snapcrypt prune --keep-last 1 --delete-after 0s --json`: its report.
 fn prune_keeping_last_now(repo: &str, key: &str) -> serde_json::Value {
     serde_json::from_str(&ok(
-        &[
-            "prune",
-            "--repo",
+        &repo_args(
+            &["prune"],
             repo,
-            "--key-file",
             key,
-            "--keep-last",
-            "1",
-            "--delete-after",
-            "0s",
-            "--json",
-        ],
+            &["--keep-last", "1", "--delete-after", "0s", "--json"],
+        ),
         &[],
     ))
     .unwrap()
@@ -707,18 +500,7 @@ fn lost_and_found_is_neither_data_nor_content() {
     let lf = Path::new(&src).join("lost+found");
     fs::create_dir_all(&lf).unwrap();
     fs::write(lf.join("#12345"), b"orphaned inode").unwrap();
-    let out = support::run(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    let out = support::run(&backup_args(&src, &repo, &key, &[]), &[]);
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -784,7 +566,7 @@ fn retention_scoped_by_tag_in_prune_and_in_the_agent() {
     let free = tagged(&[]);
     let listed = |repo: &str| -> Vec<String> {
         let v: serde_json::Value = serde_json::from_str(&ok(
-            &["snapshots", "--repo", repo, "--key-file", &key, "--json"],
+            &repo_args(&["snapshots"], repo, &key, &["--json"]),
             &[],
         ))
         .unwrap();
@@ -802,18 +584,12 @@ fn retention_scoped_by_tag_in_prune_and_in_the_agent() {
         v
     };
     let report: serde_json::Value = serde_json::from_str(&ok(
-        &[
-            "prune",
-            "--repo",
+        &repo_args(
+            &["prune"],
             &repo,
-            "--key-file",
             &key,
-            "--keep-last",
-            "1",
-            "--tag",
-            "job=a",
-            "--json",
-        ],
+            &["--keep-last", "1", "--tag", "job=a", "--json"],
+        ),
         &[],
     ))
     .unwrap();
@@ -916,30 +692,14 @@ fn a_stale_lock_expires_and_a_live_exclusive_lock_blocks() {
     let hour_ago = filetime::FileTime::from_unix_time(support::now_secs() as i64 - 3600, 0);
     filetime::set_file_mtime(locks.join("dead"), hour_ago).unwrap();
     ok(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--keep-last",
-            "5",
-        ],
+        &repo_args(&["prune"], &repo, &key, &["--keep-last", "5"]),
         &[],
     );
     assert!(!locks.join("dead").exists());
     // A live shared lock (a running backup) makes prune give up with a clear message.
     support::plant_shared_lock(Path::new(&repo), "live");
     let err = fails(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--keep-last",
-            "5",
-        ],
+        &repo_args(&["prune"], &repo, &key, &["--keep-last", "5"]),
         &[("SNAPCRYPT_LOCK_WAIT_SECS", "1")],
     );
     assert!(
@@ -972,7 +732,7 @@ fn s3_round_trip_and_verify_against_a_real_s3_server() {
             }
         })
         .collect();
-    let err = fails(&["snapshots", "--repo", repo, "--key-file", &key], &bad);
+    let err = fails(&repo_args(&["snapshots"], repo, &key, &[]), &bad);
     assert_eq!(err.lines().count(), 1, "{err}");
     // Damage through the server's backing directory: verify names the objects, of every kind.
     let bucket = server.root.join("backups");

@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pykmip::with;
+use support::cli::{backup_args, repo_args, restore_args};
 use support::fault_proxy::{Fault, FaultProxy, Rule};
 use support::s3::S3Server;
 use support::{
@@ -61,10 +62,7 @@ impl Store {
 const REPO: &str = "s3://backups/rs0";
 
 fn verify(repo: &str, key: &str, env: &[(&str, &str)]) {
-    ok(
-        &["verify", "--repo", repo, "--key-file", key, "--read-data"],
-        env,
-    );
+    ok(&repo_args(&["verify"], repo, key, &["--read-data"]), env);
 }
 
 /// Every rule was used up: the faults really happened.
@@ -170,15 +168,7 @@ fn s3_writes_applied_whose_answers_were_lost_leave_one_readable_snapshot() {
     verify(REPO, &key, &env);
     // No lock left behind: an exclusive prune runs at once.
     ok(
-        &[
-            "prune",
-            "--repo",
-            REPO,
-            "--key-file",
-            &key,
-            "--keep-last",
-            "1",
-        ],
+        &repo_args(&["prune"], REPO, &key, &["--keep-last", "1"]),
         &env,
     );
 }
@@ -198,18 +188,7 @@ fn a_store_that_keeps_failing_ends_in_one_clear_line_and_the_next_run_completes(
         usize::MAX,
     ));
     let started = Instant::now();
-    let err = fails(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            REPO,
-            "--key-file",
-            &key,
-        ],
-        &env,
-    );
+    let err = fails(&backup_args(&src, REPO, &key, &[]), &env);
     let last = err.lines().last().unwrap_or("");
     assert!(
         last.contains("data/") && last.contains("503"),
@@ -275,18 +254,7 @@ fn a_repository_disk_that_fills_up_fails_cleanly_and_the_next_run_completes() {
     let first = backup_id(&src, &repo, &key, &[]);
     // 8 MiB more of incompressible data: more than the disk has left.
     fs::write(e.dir.path().join("src/big.wt"), pseudo_random(7, 8 << 20)).unwrap();
-    let err = fails(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    let err = fails(&backup_args(&src, &repo, &key, &[]), &[]);
     let last = err.lines().last().unwrap_or("");
     assert!(
         last.contains("No space left") || last.contains("ENOSPC") || last.contains("space"),
@@ -309,38 +277,11 @@ fn a_restore_target_without_room_fails_cleanly_and_the_rerun_is_exact() {
     // The source holds a file of 3 MiB: a 2 MiB target cannot take it.
     let disk = SmallDisk::mount(&e.dir.path().join("target"), 2);
     let target = e.p("target/out");
-    let err = fails(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            &id,
-            "--target",
-            &target,
-        ],
-        &[],
-    );
+    let err = fails(&restore_args(&repo, &key, &id, &target, &[]), &[]);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no room"), "{err}");
     disk.grow(64);
-    ok(
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--snapshot",
-            &id,
-            "--target",
-            &target,
-            "--force",
-        ],
-        &[],
-    );
+    ok(&restore_args(&repo, &key, &id, &target, &["--force"]), &[]);
     assert_same_tree(Path::new(&src), Path::new(&target));
 }
 
@@ -430,15 +371,7 @@ fn backup_killed_at_20_seeded_points_leaves_a_repository_that_verifies() {
     let env = [FAST_LOCKS];
     bigger_source(Path::new(&src), 1);
     let first = backup_id(&src, &repo, &key, &env);
-    let args = [
-        "backup",
-        "--source",
-        &src,
-        "--repo",
-        &repo,
-        "--key-file",
-        &key,
-    ];
+    let args = backup_args(&src, &repo, &key, &[]);
     // Each timed run backs up a new source, as each killed run does. One run alone once took
     // twice the typical time, and 12 of 20 kill points fell after the backup had finished.
     let fresh = std::cell::Cell::new(2);
@@ -499,10 +432,7 @@ fn a_pack_stored_without_its_index_is_a_leftover_prune_removes() {
     {
         fs::remove_file(Path::new(&repo).join(name)).unwrap();
     }
-    let out = run(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    let out = run(&repo_args(&["verify"], &repo, &key, &["--read-data"]), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "verify failed: {stderr}");
     assert!(
@@ -511,15 +441,7 @@ fn a_pack_stored_without_its_index_is_a_leftover_prune_removes() {
     );
     let prune = |after: &str| {
         ok(
-            &[
-                "prune",
-                "--repo",
-                &repo,
-                "--key-file",
-                &key,
-                "--delete-after",
-                after,
-            ],
+            &repo_args(&["prune"], &repo, &key, &["--delete-after", after]),
             &[],
         )
     };
@@ -540,25 +462,14 @@ fn a_pack_stored_without_its_index_is_a_leftover_prune_removes() {
     let needed = packs(&before).into_iter().next().unwrap();
     let id = needed.rsplit('/').next().unwrap().to_string();
     fs::remove_file(Path::new(&repo).join(format!("index/{id}"))).unwrap();
-    let lost = fails(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    let lost = fails(&repo_args(&["verify"], &repo, &key, &["--read-data"]), &[]);
     assert!(
         lost.contains(&format!("no index object index/{id}")) && lost.contains("likely lost"),
         "{lost}"
     );
     // (It may also refuse outright, when that pack held the snapshot's file list.)
     run(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--delete-after",
-            "0s",
-        ],
+        &repo_args(&["prune"], &repo, &key, &["--delete-after", "0s"]),
         &[],
     );
     assert!(objects(&repo).contains(&needed), "prune deleted {needed}");
@@ -579,17 +490,12 @@ fn prune_killed_at_20_seeded_points_never_loses_a_kept_snapshot() {
             let id = backup_id(&src, &repo, &key, &env);
             kept_source.insert(id, support::describe(Path::new(&src)));
         }
-        let args = [
-            "prune",
-            "--repo",
+        let args = repo_args(
+            &["prune"],
             &repo,
-            "--key-file",
             &key,
-            "--keep-last",
-            "2",
-            "--delete-after",
-            "0s",
-        ];
+            &["--keep-last", "2", "--delete-after", "0s"],
+        );
         if round == 0 {
             span = timed(&args, &env);
             continue;
@@ -617,17 +523,12 @@ fn prune_killed_at_20_seeded_points_never_loses_a_kept_snapshot() {
     );
     // Run again, it completes and leaves the two newest.
     ok(
-        &[
-            "prune",
-            "--repo",
+        &repo_args(
+            &["prune"],
             &repo,
-            "--key-file",
             &key,
-            "--keep-last",
-            "2",
-            "--delete-after",
-            "0s",
-        ],
+            &["--keep-last", "2", "--delete-after", "0s"],
+        ),
         &env,
     );
     assert_eq!(snapshot_ids(&repo, &key, &env).len(), 2);
@@ -642,18 +543,7 @@ fn restore_killed_at_20_seeded_points_completes_when_run_again() {
     bigger_source(Path::new(&src), 3);
     let id = backup_id(&src, &repo, &key, &env);
     let target = e.p("out");
-    let args = [
-        "restore",
-        "--repo",
-        &repo,
-        "--key-file",
-        &key,
-        "--snapshot",
-        &id,
-        "--target",
-        &target,
-        "--force",
-    ];
+    let args = restore_args(&repo, &key, &id, &target, &["--force"]);
     let span = shortest_span(&args, &env, &|| {
         let _ = fs::remove_dir_all(&target);
     });
@@ -673,7 +563,7 @@ fn restore_killed_at_20_seeded_points_completes_when_run_again() {
         "only {killed} of 20 restores were killed mid-way"
     );
     eprintln!("{killed} of 20 restores killed mid-way (span {span:?})");
-    let _ = run(&["snapshots", "--repo", &repo, "--key-file", &key], &env);
+    let _ = run(&repo_args(&["snapshots"], &repo, &key, &[]), &env);
 }
 
 /// A fresh copy of `from` at `to` (the state before the command that is killed).

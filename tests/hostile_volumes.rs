@@ -14,33 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use support::cli::{repo_args, restore_args};
 use support::{Env, assert_same_tree, backup_id, describe, fails, ok};
-
-fn restore_cmd<'a>(repo: &'a str, key: &'a str, target: &'a str, more: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "restore",
-        "--repo",
-        repo,
-        "--key-file",
-        key,
-        "--snapshot",
-        "latest",
-        "--target",
-        target,
-    ];
-    a.extend_from_slice(more);
-    a
-}
 
 /// The repository verifies with every pack read, and restores exactly what `src` holds.
 fn repository_is_whole(e: &Env, src: &str, repo: &str, key: &str) {
-    ok(
-        &["verify", "--repo", repo, "--key-file", key, "--read-data"],
-        &[],
-    );
+    ok(&repo_args(&["verify"], repo, key, &["--read-data"]), &[]);
     let again = tempfile::tempdir_in(e.dir.path()).unwrap();
     let again_s = again.path().join("t").display().to_string();
-    ok(&restore_cmd(repo, key, &again_s, &[]), &[]);
+    ok(&restore_args(repo, key, "latest", &again_s, &[]), &[]);
     assert_same_tree(Path::new(src), &again.path().join("t"));
 }
 
@@ -69,22 +51,29 @@ fn a_forced_restore_with_delete_extra_never_removes_the_repository() {
     symlink(&repo, claim.join("db")).unwrap();
     let db = claim.join("db").display().to_string();
     let err = fails(
-        &restore_cmd(&repo, &key, &db, &["--force", "--delete-extra"]),
+        &restore_args(&repo, &key, "latest", &db, &["--force", "--delete-extra"]),
         &[],
     );
     assert!(err.contains("overlaps the repository"), "{err}");
     // The claim itself (which holds the repository): refused as overlapping.
     let claim_s = claim.display().to_string();
     let err = fails(
-        &restore_cmd(&repo, &key, &claim_s, &["--force", "--delete-extra"]),
+        &restore_args(
+            &repo,
+            &key,
+            "latest",
+            &claim_s,
+            &["--force", "--delete-extra"],
+        ),
         &[],
     );
     assert!(err.contains("overlaps the repository"), "{err}");
     // As the restore pod runs it: the link is named and never followed.
     let err = fails(
-        &restore_cmd(
+        &restore_args(
             &repo,
             &key,
+            "latest",
             &db,
             &["--force", "--delete-extra", "--target-within", &claim_s],
         ),
@@ -113,9 +102,10 @@ fn a_forced_restore_with_delete_extra_never_removes_the_repository() {
     let target_s = target.display().to_string();
     let within = e.dir.path().display().to_string();
     ok(
-        &restore_cmd(
+        &restore_args(
             &repo,
             &key,
+            "latest",
             &target_s,
             &["--force", "--delete-extra", "--target-within", &within],
         ),
@@ -140,7 +130,10 @@ fn a_hard_link_in_the_target_is_replaced_not_written_through() {
     fs::hard_link(&victim, target.join("WiredTiger")).unwrap();
     fs::hard_link(&victim, target.join("journal/WiredTigerLog.0000000001")).unwrap();
     let target_s = target.display().to_string();
-    ok(&restore_cmd(&repo, &key, &target_s, &["--force"]), &[]);
+    ok(
+        &restore_args(&repo, &key, "latest", &target_s, &["--force"]),
+        &[],
+    );
     assert_eq!(fs::read(&victim).unwrap(), b"another file on the volume");
     assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1);
     assert_same_tree(Path::new(&src), &target);
@@ -203,20 +196,16 @@ fn a_backup_never_reuses_a_chunk_no_index_serves() {
     fs::remove_file(Path::new(&repo).join("index").join(&id)).unwrap();
     let second = backup_id(&src, &repo, &key, &[]);
     ok(
-        &[
-            "verify",
-            "--repo",
+        &repo_args(
+            &["verify"],
             &repo,
-            "--key-file",
             &key,
-            "--snapshot",
-            &second,
-            "--read-data",
-        ],
+            &["--snapshot", &second, "--read-data"],
+        ),
         &[],
     );
     let out = e.p("out");
-    ok(&restore_cmd(&repo, &key, &out, &[]), &[]);
+    ok(&restore_args(&repo, &key, "latest", &out, &[]), &[]);
     assert_same_tree(Path::new(&src), Path::new(&out));
 }
 
@@ -361,10 +350,7 @@ fn swap_for_link(rng: &mut Rng, d: &Path, outside: &Path, aside: &Path, log: &mu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_trees_never_lead_outside_their_roots() {
     use snapcrypt::engine::backend::{Backend, Location, S3Options};
-    use snapcrypt::engine::backup::{BackupOptions, backup, scan_with};
-    use snapcrypt::engine::progress::Progress;
     use snapcrypt::engine::repo::{DEFAULT_CHUNK_SIZE, Repository};
-    use snapcrypt::engine::restore::{RestoreOptions, restore};
     use snapcrypt::kms::local::LocalKeyManager;
 
     let cases: u64 = std::env::var("SNAPCRYPT_HOSTILE_CASES")
@@ -384,78 +370,18 @@ async fn hostile_trees_never_lead_outside_their_roots() {
         .unwrap();
     let (mut backups_ok, mut backups_refused, mut restores_ok, mut restores_refused) = (0, 0, 0, 0);
     for seed in 1..=cases {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let mut log = vec![format!("case {seed}")];
-        let case = base.path().join(format!("case-{seed}"));
-        let outside = case.join("outside");
-        fs::create_dir_all(outside.join("dir/inner")).unwrap();
-        fs::write(outside.join("secret"), SECRET).unwrap();
-        fs::write(outside.join("dir/secret"), SECRET).unwrap();
-        fs::write(outside.join("dir/inner/secret"), SECRET).unwrap();
-        fs::write(outside.join("hard"), b"hard-linked file outside").unwrap();
-        let aside = case.join("aside");
-        fs::create_dir_all(&aside).unwrap();
-        let outside_before = fingerprint(&outside);
+        let mut case = HostileCase::new(base.path(), seed);
+        let outside_before = fingerprint(&case.outside);
 
         // Backup: a hostile source, a directory swapped at a chosen step of the scan.
-        let src = case.join("vol/src");
-        fs::create_dir_all(&src).unwrap();
-        let dirs = hostile_tree(&mut rng, &src, &outside, &mut log);
-        let swap_at = (!dirs.is_empty() && rng.chance(60))
-            .then(|| dirs[rng.below(dirs.len() as u64) as usize].clone());
-        let mut swap_rng = Rng(rng.next() | 1);
-        let scanned = scan_with(&src, Some(&case.join("vol")), 100_000, &mut |rel| {
-            if let Some(d) = &swap_at
-                && src.join(rel) == *d
-            {
-                swap_for_link(&mut swap_rng, d, &outside, &aside, &mut log);
-            }
-        });
-        // Or after the scan, before the files are read: a file swapped for a link.
-        let file_swap = rng.chance(30);
-        let snap = match scanned {
-            Err(e) => {
-                log.push(format!("scan refused: {e}"));
-                backups_refused += 1;
-                None
-            }
-            Ok(scan) => {
-                if file_swap
-                    && let Some(f) = scan
-                        .entries
-                        .iter()
-                        .find(|x| x.kind == snapcrypt::engine::format::EntryKind::File)
-                {
-                    let _ = fs::remove_file(&f.abs);
-                    let _ = symlink(outside.join("secret"), &f.abs);
-                    log.push(format!("swapped file {} for a link", f.abs.display()));
-                }
-                match backup(
-                    &mut repo,
-                    &km,
-                    scan,
-                    BackupOptions {
-                        threads: 2,
-                        ..Default::default()
-                    },
-                    Arc::new(Progress::default()),
-                )
-                .await
-                {
-                    Ok(m) => {
-                        backups_ok += 1;
-                        Some(m)
-                    }
-                    Err(e) => {
-                        log.push(format!("backup refused: {e}"));
-                        backups_refused += 1;
-                        None
-                    }
-                }
-            }
-        };
-        println!("{}", log.join("\n  "));
-        log.clear();
+        let snap = case.backup(&mut repo, &km).await;
+        if snap.is_some() {
+            backups_ok += 1;
+        } else {
+            backups_refused += 1;
+        }
+        println!("{}", case.log.join("\n  "));
+        case.log.clear();
 
         // Restore: the snapshot (or any earlier one) into a hostile target.
         let snap = match snap {
@@ -465,82 +391,18 @@ async fn hostile_trees_never_lead_outside_their_roots() {
                 None => continue,
             },
         };
-        let vol = case.join("tvol");
-        let target = vol.join("target");
-        fs::create_dir_all(&target).unwrap();
-        let mut tdirs = hostile_tree(&mut rng, &target, &outside, &mut log);
-        // Links, hard links and FIFOs where the snapshot has entries, at every depth.
-        let list = snapshot_paths(&repo, &snap, &base.path().join("probe"), seed).await;
-        for (rel, is_dir) in &list {
-            let p = target.join(rel);
-            // Only where the test itself reaches without passing through a planted link.
-            if fs::symlink_metadata(&p).is_ok() || !real_dirs_down_to(&target, rel) {
-                continue;
-            }
-            match rng.below(6) {
-                0 => {
-                    let to = outside_link(&mut rng, &outside, rel.matches('/').count());
-                    log.push(format!("planted link {rel} -> {}", to.display()));
-                    symlink(&to, &p).unwrap();
-                }
-                1 if !is_dir => {
-                    log.push(format!("planted hard link {rel}"));
-                    fs::hard_link(outside.join("hard"), &p).unwrap();
-                }
-                2 if !is_dir => {
-                    log.push(format!("planted fifo {rel}"));
-                    mkfifo(&p);
-                }
-                3 if *is_dir => {
-                    fs::create_dir(&p).unwrap();
-                    tdirs.push(p);
-                }
-                _ => {}
-            }
-        }
-        let opts = RestoreOptions {
-            force: true,
-            delete_extra: rng.chance(70),
-            check: rng.chance(30),
-            threads: 2,
-            target_within: Some(vol.clone()),
-        };
-        log.push(format!(
-            "restore {} delete_extra={} check={}",
-            snap.id, opts.delete_extra, opts.check
-        ));
-        // A swapper that turns target directories into links to outside while it runs.
-        let stop = Arc::new(AtomicBool::new(false));
-        let swapper = rng.chance(40).then(|| {
-            let (stop, outside, aside) = (stop.clone(), outside.clone(), aside.clone());
-            let mut r = Rng(rng.next() | 1);
-            let tdirs = tdirs.clone();
-            std::thread::spawn(move || {
-                let mut log = Vec::new();
-                for d in tdirs.iter().take(3) {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    swap_for_link(&mut r, d, &outside, &aside, &mut log);
-                }
-                log
-            })
-        });
-        let result = restore(&repo, &snap, &target, opts, Arc::new(Progress::default())).await;
-        stop.store(true, Ordering::Relaxed);
-        if let Some(h) = swapper {
-            log.extend(h.join().unwrap());
-        }
+        let probe = base.path().join("probe");
+        let (target, result) = case.restore(&repo, &snap, &probe).await;
         match &result {
             Ok(_) => restores_ok += 1,
             Err(e) => {
                 restores_refused += 1;
-                log.push(format!("restore refused: {e}"));
+                case.log.push(format!("restore refused: {e}"));
             }
         }
-        println!("  {}", log.join("\n  "));
+        println!("  {}", case.log.join("\n  "));
         assert_eq!(
-            fingerprint(&outside),
+            fingerprint(&case.outside),
             outside_before,
             "case {seed}: something outside the roots changed"
         );
@@ -557,7 +419,7 @@ async fn hostile_trees_never_lead_outside_their_roots() {
                 }
             }
         }
-        fs::remove_dir_all(&case).unwrap();
+        fs::remove_dir_all(&case.dir).unwrap();
     }
     println!(
         "{cases} cases: {backups_ok} backups written, {backups_refused} refused; {restores_ok} restores finished, {restores_refused} refused"
@@ -576,6 +438,200 @@ async fn hostile_trees_never_lead_outside_their_roots() {
         .await
         .unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// One seeded case of [`hostile_trees_never_lead_outside_their_roots`]: its directory, the
+/// secrets outside its roots, where swapped directories are moved aside, its random choices
+/// and what it tried.
+struct HostileCase {
+    seed: u64,
+    rng: Rng,
+    log: Vec<String>,
+    dir: PathBuf,
+    outside: PathBuf,
+    aside: PathBuf,
+}
+
+impl HostileCase {
+    fn new(base: &Path, seed: u64) -> Self {
+        let rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let log = vec![format!("case {seed}")];
+        let case = base.join(format!("case-{seed}"));
+        let outside = case.join("outside");
+        fs::create_dir_all(outside.join("dir/inner")).unwrap();
+        fs::write(outside.join("secret"), SECRET).unwrap();
+        fs::write(outside.join("dir/secret"), SECRET).unwrap();
+        fs::write(outside.join("dir/inner/secret"), SECRET).unwrap();
+        fs::write(outside.join("hard"), b"hard-linked file outside").unwrap();
+        let aside = case.join("aside");
+        fs::create_dir_all(&aside).unwrap();
+        HostileCase {
+            seed,
+            rng,
+            log,
+            dir: case,
+            outside,
+            aside,
+        }
+    }
+
+    /// A backup of a hostile source, a directory swapped at a chosen step of the scan, or a
+    /// file swapped for a link after it; the snapshot, or None where it was refused.
+    async fn backup(
+        &mut self,
+        repo: &mut snapcrypt::engine::repo::Repository,
+        km: &snapcrypt::kms::local::LocalKeyManager,
+    ) -> Option<snapcrypt::engine::format::SnapshotManifest> {
+        use snapcrypt::engine::backup::{BackupOptions, backup, scan_with};
+        use snapcrypt::engine::progress::Progress;
+
+        let (rng, log, outside) = (&mut self.rng, &mut self.log, &self.outside);
+        let src = self.dir.join("vol/src");
+        fs::create_dir_all(&src).unwrap();
+        let dirs = hostile_tree(rng, &src, outside, log);
+        let swap_at = (!dirs.is_empty() && rng.chance(60))
+            .then(|| dirs[rng.below(dirs.len() as u64) as usize].clone());
+        let mut swap_rng = Rng(rng.next() | 1);
+        let scanned = scan_with(&src, Some(&self.dir.join("vol")), 100_000, &mut |rel| {
+            if let Some(d) = &swap_at
+                && src.join(rel) == *d
+            {
+                swap_for_link(&mut swap_rng, d, outside, &self.aside, log);
+            }
+        });
+        // Or after the scan, before the files are read: a file swapped for a link.
+        let file_swap = rng.chance(30);
+        let scan = match scanned {
+            Err(e) => {
+                log.push(format!("scan refused: {e}"));
+                return None;
+            }
+            Ok(scan) => scan,
+        };
+        if file_swap
+            && let Some(f) = scan
+                .entries
+                .iter()
+                .find(|x| x.kind == snapcrypt::engine::format::EntryKind::File)
+        {
+            let _ = fs::remove_file(&f.abs);
+            let _ = symlink(outside.join("secret"), &f.abs);
+            log.push(format!("swapped file {} for a link", f.abs.display()));
+        }
+        match backup(
+            repo,
+            km,
+            scan,
+            BackupOptions {
+                threads: 2,
+                ..Default::default()
+            },
+            Arc::new(Progress::default()),
+        )
+        .await
+        {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log.push(format!("backup refused: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A restore of `snap` into a hostile target (links, hard links and FIFOs planted where
+    /// the snapshot has entries, directories swapped for links while it runs); the target and
+    /// the restore's result.
+    async fn restore(
+        &mut self,
+        repo: &snapcrypt::engine::repo::Repository,
+        snap: &snapcrypt::engine::format::SnapshotManifest,
+        probe: &Path,
+    ) -> (PathBuf, Result<(), snapcrypt::engine::EngineError>) {
+        use snapcrypt::engine::progress::Progress;
+        use snapcrypt::engine::restore::{RestoreOptions, restore};
+
+        let vol = self.dir.join("tvol");
+        let target = vol.join("target");
+        fs::create_dir_all(&target).unwrap();
+        let tdirs = self.plant_in_target(repo, snap, &target, probe).await;
+        let rng = &mut self.rng;
+        let opts = RestoreOptions {
+            force: true,
+            delete_extra: rng.chance(70),
+            check: rng.chance(30),
+            threads: 2,
+            target_within: Some(vol.clone()),
+        };
+        self.log.push(format!(
+            "restore {} delete_extra={} check={}",
+            snap.id, opts.delete_extra, opts.check
+        ));
+        // A swapper that turns target directories into links to outside while it runs.
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = rng.chance(40).then(|| {
+            let (stop, outside, aside) = (stop.clone(), self.outside.clone(), self.aside.clone());
+            let mut r = Rng(rng.next() | 1);
+            let tdirs = tdirs.clone();
+            std::thread::spawn(move || {
+                let mut log = Vec::new();
+                for d in tdirs.iter().take(3) {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    swap_for_link(&mut r, d, &outside, &aside, &mut log);
+                }
+                log
+            })
+        });
+        let result = restore(repo, snap, &target, opts, Arc::new(Progress::default())).await;
+        stop.store(true, Ordering::Relaxed);
+        if let Some(h) = swapper {
+            self.log.extend(h.join().unwrap());
+        }
+        (target, result.map(drop))
+    }
+
+    /// A hostile tree in `target`, and links, hard links and FIFOs where the snapshot has
+    /// entries, at every depth; the target's directories.
+    async fn plant_in_target(
+        &mut self,
+        repo: &snapcrypt::engine::repo::Repository,
+        snap: &snapcrypt::engine::format::SnapshotManifest,
+        target: &Path,
+        probe: &Path,
+    ) -> Vec<PathBuf> {
+        let (rng, log, outside) = (&mut self.rng, &mut self.log, &self.outside);
+        let mut tdirs = hostile_tree(rng, target, outside, log);
+        let list = snapshot_paths(repo, snap, probe, self.seed).await;
+        for (rel, is_dir) in &list {
+            let p = target.join(rel);
+            // Only where the test itself reaches without passing through a planted link.
+            if fs::symlink_metadata(&p).is_ok() || !real_dirs_down_to(target, rel) {
+                continue;
+            }
+            match rng.below(6) {
+                0 => {
+                    let to = outside_link(rng, outside, rel.matches('/').count());
+                    log.push(format!("planted link {rel} -> {}", to.display()));
+                    symlink(&to, &p).unwrap();
+                }
+                1 if !is_dir => {
+                    log.push(format!("planted hard link {rel}"));
+                    fs::hard_link(outside.join("hard"), &p).unwrap();
+                }
+                2 if !is_dir => {
+                    log.push(format!("planted fifo {rel}"));
+                    mkfifo(&p);
+                }
+                3 if *is_dir => {
+                    fs::create_dir(&p).unwrap();
+                    tdirs.push(p);
+                }
+                _ => {}
+            }
+        }
+        tdirs
+    }
 }
 
 /// Whether every directory from `root` down to `rel`'s parent is a real one (no link).
@@ -660,34 +716,18 @@ fn a_damaged_index_object_is_worked_around_and_repaired() {
     fs::write(Path::new(&src).join("journal/new-entry"), b"written after").unwrap();
     backup_id(&src, &repo, &key, &[]);
     let out = e.p("out");
-    ok(&restore_cmd(&repo, &key, &out, &[]), &[]);
+    ok(&restore_args(&repo, &key, "latest", &out, &[]), &[]);
     assert_same_tree(Path::new(&src), Path::new(&out));
     ok(
-        &[
-            "prune",
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-            "--keep-last",
-            "5",
-        ],
+        &repo_args(&["prune"], &repo, &key, &["--keep-last", "5"]),
         &[],
     );
-    let err = fails(&["verify", "--repo", &repo, "--key-file", &key], &[]);
+    let err = fails(&repo_args(&["verify"], &repo, &key, &[]), &[]);
     assert!(err.contains(&format!("index/{id}")), "{err}");
 
     let repair = || {
         ok(
-            &[
-                "repair",
-                "index",
-                "--repo",
-                &repo,
-                "--key-file",
-                &key,
-                "--json",
-            ],
+            &repo_args(&["repair", "index"], &repo, &key, &["--json"]),
             &[],
         )
     };
@@ -695,10 +735,7 @@ fn a_damaged_index_object_is_worked_around_and_repaired() {
     let report: serde_json::Value = serde_json::from_str(&said).unwrap();
     assert_eq!(report["rebuilt"], serde_json::json!([id]), "{said}");
     assert_eq!(report["unreadable"], serde_json::json!([]), "{said}");
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &[],
-    );
+    ok(&repo_args(&["verify"], &repo, &key, &["--read-data"]), &[]);
     // A second repair finds nothing to do.
     let said = repair();
     assert!(said.contains("\"rebuilt\": []"), "{said}");

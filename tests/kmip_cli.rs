@@ -12,6 +12,7 @@ use std::fs;
 use std::path::Path;
 
 use pykmip::with;
+use support::cli::{backup_args, repo_args};
 use support::{assert_same_tree, fails, make_source, ok};
 
 fn status(repo: &str, kmip: &[String]) -> Vec<serde_json::Value> {
@@ -155,18 +156,7 @@ fn migrate_a_local_key_repository_to_kmip() {
         dir.path().join("repo").display().to_string(),
         dir.path().join("key.json").display().to_string(),
     );
-    ok(
-        &[
-            "backup",
-            "--source",
-            &s,
-            "--repo",
-            &repo,
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    ok(&backup_args(&s, &repo, &key, &[]), &[]);
     ok(
         &with(
             &["key", "migrate", "--repo", &repo, "--from-key-file", &key],
@@ -204,7 +194,7 @@ fn migrate_a_local_key_repository_to_kmip() {
         "{keys:?}"
     );
     // The key file is no longer needed: without it and without KMIP, nothing opens.
-    let err = fails(&["snapshots", "--repo", &repo, "--key-file", &key], &[]);
+    let err = fails(&repo_args(&["snapshots"], &repo, &key, &[]), &[]);
     assert!(err.contains("does not exist"), "{err}");
 }
 

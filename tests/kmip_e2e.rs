@@ -128,29 +128,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
     };
     let servers: Api<KmipServer> = ns.api();
 
-    // A server whose Secret is missing: a condition naming the field, not a crash.
-    create::<KmipServer>(
-        &servers,
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "nosecret"},
-               "spec": {"endpoints": [kmip.endpoint()], "tls": {"secretName": "absent"}, "masterKey": {"create": {"name": "x"}}}}),
-    )
-    .await;
-    let ks = wait_for(
-        &servers,
-        "nosecret",
-        "the missing Secret to be reported",
-        LONG,
-        |k| cond(k, "Ready").is_some_and(|c| c.0 == "False"),
-    )
-    .await;
-    assert!(
-        cond(&ks, "Ready")
-            .unwrap()
-            .2
-            .contains("spec.tls.secretName: Secret absent does not exist"),
-        "{:?}",
-        ks.status
-    );
+    a_server_without_its_secret_is_reported(&servers, &kmip).await;
 
     // The real one: status reflects PyKMIP; the master key is created and Active.
     let ks = ready_server(
@@ -228,8 +206,52 @@ async fn kmip_server_status_snapshot_and_rotation() {
     wait_for_event(&ns, "pykmip", "Rotated").await;
     assert_eq!(cond(&ks, "Rotating").map(|c| c.0).as_deref(), Some("True"));
 
-    // /metrics: the job's master key (the one its snapshot was taken under) with its age, the
-    // server's rotation period, and its rotations, as the KmipServer's status says.
+    master_key_metrics_say_what_the_status_says(&ns, &servers, &operator, old.created_at.as_ref())
+        .await;
+    a_job_naming_a_missing_kmip_server_is_reported(&jobs).await;
+
+    // The snapshot restores from the repository with the KMIP flags alone.
+    let repo = volume_dir(&ns, "backups").await.join("repo");
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("restored");
+    restore(&repo, "latest", &target, &kmip);
+    support::assert_same_tree(&data, &target);
+}
+
+/// A server whose Secret is missing: a condition naming the field, not a crash.
+async fn a_server_without_its_secret_is_reported(servers: &Api<KmipServer>, kmip: &pykmip::PyKmip) {
+    create::<KmipServer>(
+        servers,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "KmipServer", "metadata": {"name": "nosecret"},
+               "spec": {"endpoints": [kmip.endpoint()], "tls": {"secretName": "absent"}, "masterKey": {"create": {"name": "x"}}}}),
+    )
+    .await;
+    let ks = wait_for(
+        servers,
+        "nosecret",
+        "the missing Secret to be reported",
+        LONG,
+        |k| cond(k, "Ready").is_some_and(|c| c.0 == "False"),
+    )
+    .await;
+    assert!(
+        cond(&ks, "Ready")
+            .unwrap()
+            .2
+            .contains("spec.tls.secretName: Secret absent does not exist"),
+        "{:?}",
+        ks.status
+    );
+}
+
+/// /metrics: the job's master key (the one its snapshot was taken under) with its age, the
+/// server's rotation period, and its rotations, as the KmipServer's status says.
+async fn master_key_metrics_say_what_the_status_says(
+    ns: &TestNamespace,
+    servers: &Api<KmipServer>,
+    operator: &Operator,
+    old_created: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) {
     let before = servers
         .get("pykmip")
         .await
@@ -256,17 +278,19 @@ async fn kmip_server_status_snapshot_and_rotation() {
         (rotated(&before)..=rotated(&after)).contains(&rotations),
         "{rotations}"
     );
-    let created = old.created_at.as_ref().expect("created").0;
+    let created = old_created.expect("created").0;
     let age = jiff::Timestamp::now().duration_since(created).as_secs_f64();
     let exported = sample("snapcrypt_backupjob_master_key_age_seconds");
     assert!(
         exported <= age && exported > age - 30.0,
         "{exported} vs {age}"
     );
+}
 
-    // A BackupJob naming a KmipServer that does not exist: a condition naming the field.
+/// A BackupJob naming a KmipServer that does not exist: a condition naming the field.
+async fn a_job_naming_a_missing_kmip_server_is_reported(jobs: &Api<BackupJob>) {
     create::<BackupJob>(
-        &jobs,
+        jobs,
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "nokmip"},
                "spec": {"source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
                                    "syncSource": {"mode": "member", "member": "rs0-0"}},
@@ -275,7 +299,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
     )
     .await;
     let j = wait_for(
-        &jobs,
+        jobs,
         "nokmip",
         "the missing KmipServer to be reported",
         LONG,
@@ -299,13 +323,6 @@ async fn kmip_server_status_snapshot_and_rotation() {
         c.message.contains("spec.encryption.kmipServerRef.name"),
         "{c:?}"
     );
-
-    // The snapshot restores from the repository with the KMIP flags alone.
-    let repo = volume_dir(&ns, "backups").await.join("repo");
-    let out = tempfile::tempdir().expect("tempdir");
-    let target = out.path().join("restored");
-    restore(&repo, "latest", &target, &kmip);
-    support::assert_same_tree(&data, &target);
 }
 
 /// A master key revoked on the KMIP server between two snapshots (by a security team, say):
@@ -348,12 +365,8 @@ async fn a_revoked_master_key_is_replaced_and_its_repository_refuses_new_snapsho
                         "schedule": {"cron": "0 0 1 1 *"}}}),
     )
     .await;
-    let snap = |name: &str| {
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot", "metadata": {"name": name},
-               "spec": {"backupJobRef": {"name": "j"}}})
-    };
     let snaps: Api<Snapshot> = ns.api();
-    create::<Snapshot>(&snaps, snap("before")).await;
+    create::<Snapshot>(&snaps, snapshot_of_j("before")).await;
     let st = wait_for_success(&snaps, "before", &ns).await;
     assert_eq!(st.key_id.as_deref(), Some(first_key.as_str()));
 
@@ -401,7 +414,7 @@ async fn a_revoked_master_key_is_replaced_and_its_repository_refuses_new_snapsho
     let repo = volume_dir(&ns, "backups").await.join("repo");
     let count = |d: &str| std::fs::read_dir(repo.join(d)).map_or(0, |r| r.count());
     let before = (count("data"), count("index"), count("snapshots"));
-    create::<Snapshot>(&snaps, snap("after")).await;
+    create::<Snapshot>(&snaps, snapshot_of_j("after")).await;
     let failed = try_wait_for(&snaps, "after", "the Snapshot to fail", LONG, |s| {
         s.status
             .as_ref()
@@ -416,8 +429,17 @@ async fn a_revoked_master_key_is_replaced_and_its_repository_refuses_new_snapsho
     );
     assert_eq!(before, (count("data"), count("index"), count("snapshots")));
 
-    // Recovery: the job moved to a new repository runs under the new key, and restores with
-    // the KMIP flags alone.
+    moved_to_a_new_repository_the_job_runs_under_the_new_key(&ns, &kmip, &new_key, &data).await;
+}
+/// Recovery: the job moved to a new repository runs under the new key, and restores with
+/// the KMIP flags alone.
+async fn moved_to_a_new_repository_the_job_runs_under_the_new_key(
+    ns: &TestNamespace,
+    kmip: &pykmip::PyKmip,
+    new_key: &str,
+    data: &std::path::Path,
+) {
+    let snaps: Api<Snapshot> = ns.api();
     let jobs: Api<BackupJob> = ns.api();
     jobs.patch(
         "j",
@@ -426,16 +448,22 @@ async fn a_revoked_master_key_is_replaced_and_its_repository_refuses_new_snapsho
     )
     .await
     .expect("patch");
-    create::<Snapshot>(&snaps, snap("moved")).await;
-    let st = wait_for_success(&snaps, "moved", &ns).await;
-    assert_eq!(st.key_id.as_deref(), Some(new_key.as_str()));
+    create::<Snapshot>(&snaps, snapshot_of_j("moved")).await;
+    let st = wait_for_success(&snaps, "moved", ns).await;
+    assert_eq!(st.key_id.as_deref(), Some(new_key));
     let out = tempfile::tempdir().expect("tempdir");
     let target = out.path().join("restored");
     restore(
-        &volume_dir(&ns, "backups").await.join("repo-2"),
+        &volume_dir(ns, "backups").await.join("repo-2"),
         st.repository_snapshot_id.as_deref().expect("id"),
         &target,
-        &kmip,
+        kmip,
     );
-    support::assert_same_tree(&data, &target);
+    support::assert_same_tree(data, &target);
+}
+
+/// An on-demand Snapshot `name` of the job `j`.
+fn snapshot_of_j(name: &str) -> serde_json::Value {
+    json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot", "metadata": {"name": name},
+           "spec": {"backupJobRef": {"name": "j"}}})
 }

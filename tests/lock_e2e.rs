@@ -361,8 +361,13 @@ async fn a_copy_that_loses_its_lock_fails_and_unlocks() {
     );
     l.mongod.control("secondary");
 
-    // Someone else's lock stays: attempt 1 loses its pod, attempt 2 copies; the count ends
-    // where it was found.
+    someone_elses_lock_stays_through_a_retry(&l).await;
+}
+
+/// Someone else's lock stays: attempt 1 loses its pod, attempt 2 copies; the count ends
+/// where it was found.
+async fn someone_elses_lock_stays_through_a_retry(l: &Locked) {
+    let (pods, snaps): (Api<Pod>, Api<Snapshot>) = (l.g.ns.api(), l.g.ns.api());
     l.mongod.control("lockcount 1");
     l.job("retried", json!({}), 1).await;
     l.g.snapshot("retried-1", "retried").await;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutPayload};
+use support::cli::{backup_args, repo_args};
 use support::{Env, assert_same_tree, fails, make_source, ok, restore, snapshot_ids};
 
 /// A server of one kind, its environment for snapcrypt, and a raw client of the same bucket.
@@ -145,7 +146,7 @@ fn concurrent_backups(server: &Server, repo: &str, key: &str, sources: [&str; 2]
         .iter()
         .map(|src| {
             let mut cmd = Command::new(support::bin());
-            cmd.args(["backup", "--source", src, "--repo", repo, "--key-file", key])
+            cmd.args(backup_args(src, repo, key, &[]))
                 .env_remove("SNAPCRYPT_REPO")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
@@ -172,18 +173,7 @@ fn exercise(server: Server) {
     make_source(Path::new(&other));
     std::fs::write(Path::new(&other).join("collection-7-1.wt"), b"only here").unwrap();
     // The key file, from a first backup elsewhere (the two below must not both create it).
-    ok(
-        &[
-            "backup",
-            "--source",
-            &src,
-            "--repo",
-            &e.p("local"),
-            "--key-file",
-            &key,
-        ],
-        &[],
-    );
+    ok(&backup_args(&src, &e.p("local"), &key, &[]), &[]);
     let repo = format!("{}/mongo/rs0", server.base);
     concurrent_backups(&server, &repo, &key, [&src, &other]);
     let configs: Vec<String> = server
@@ -208,43 +198,29 @@ fn exercise(server: Server) {
         restored.push(from.clone());
     }
     assert_ne!(restored[0], restored[1], "both snapshots are of one source");
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &env,
-    );
+    ok(&repo_args(&["verify"], &repo, &key, &["--read-data"]), &env);
     // Prune keeps the newest and deletes what only the other needed, now.
     let packs_before = server.names("mongo/rs0/data").len();
     ok(
-        &[
-            "prune",
-            "--repo",
+        &repo_args(
+            &["prune"],
             &repo,
-            "--key-file",
             &key,
-            "--keep-last",
-            "1",
-            "--delete-after",
-            "0s",
-        ],
+            &["--keep-last", "1", "--delete-after", "0s"],
+        ),
         &env,
     );
     let kept = snapshot_ids(&repo, &key, &env);
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(server.names("mongo/rs0/data").len() < packs_before);
-    ok(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &env,
-    );
+    ok(&repo_args(&["verify"], &repo, &key, &["--read-data"]), &env);
     restore(&repo, &key, &kept[0], &e.p("kept"), &env);
     // Damage done through the store's API: verify names each object.
     let data = server.names("mongo/rs0/data");
     let index = server.names("mongo/rs0/index");
     server.flip(&data[0]);
     server.delete(&index[index.len() - 1]);
-    let err = fails(
-        &["verify", "--repo", &repo, "--key-file", &key, "--read-data"],
-        &env,
-    );
+    let err = fails(&repo_args(&["verify"], &repo, &key, &["--read-data"]), &env);
     for name in [&data[0], &index[index.len() - 1]] {
         let id = name.rsplit('/').next().unwrap();
         assert!(err.contains(id), "{name} not named: {err}");
@@ -290,14 +266,7 @@ fn store_failures_are_words_naming_the_endpoint_and_what_to_check() {
             env.push((k, v.clone()));
         }
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let args = [
-            "snapshots",
-            "--repo",
-            "s3://backups/r",
-            "--key-file",
-            &key,
-            "--s3-path-style",
-        ];
+        let args = repo_args(&["snapshots"], "s3://backups/r", &key, &["--s3-path-style"]);
         let err = support::fails(&args, &env);
         support::plain::assert_plain("snapcrypt's error", &err);
         assert!(!err.contains("error sending request"), "{err}");

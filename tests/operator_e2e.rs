@@ -13,6 +13,7 @@ use kube::api::Api;
 use serde_json::json;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
+use support::cli::{backup_args, repo_args, restore_args};
 use support::cluster::{
     TestNamespace, cluster_or_skip, eventually, try_wait_for, unique_name, wait_for,
     wait_for_deletion,
@@ -112,15 +113,12 @@ async fn scenario(under_chart_rbac: bool) {
     let key = work.path().join("key.json");
     std::fs::create_dir_all(work.path().join("empty")).expect("dir");
     support::ok(
-        &[
-            "backup",
-            "--source",
+        &backup_args(
             &work.path().join("empty").display().to_string(),
-            "--repo",
             &work.path().join("scratch").display().to_string(),
-            "--key-file",
             &key.display().to_string(),
-        ],
+            &[],
+        ),
         &[],
     );
     let key_text = std::fs::read_to_string(&key).expect("key");
@@ -140,9 +138,66 @@ async fn scenario(under_chart_rbac: bool) {
     let jobs: Api<BackupJob> = ns.api();
     let snaps: Api<Snapshot> = ns.api();
 
-    // 1. A one-off job: one Snapshot, on rs0-1's node, succeeds.
-    create::<BackupJob>(&jobs, job("once", json!({}))).await;
-    let j = wait_for(&jobs, "once", "the job to create its Snapshot", LONG, |j| {
+    let ctx = Ctx {
+        ns: &ns,
+        work: &work,
+        key: &key,
+        rs0_1,
+        jobs,
+        snaps,
+    };
+    let (snap_name, id, repo) = a_one_off_job_snapshots_rs0_1(&ctx, node_b).await;
+    let db = restores_write_the_snapshot_into_a_claim(&ctx, &snap_name, &id).await;
+    hostile_restore_targets_leave_the_repository_whole(&ctx, &snap_name, &id, &repo, &db).await;
+    a_restore_of_a_missing_snapshot_names_it(&ctx).await;
+    bad_specs_are_reported(&ctx).await;
+    a_schedule_with_retention_forgets_its_older_runs(&ctx, &id, &repo).await;
+}
+
+/// What the scenario's steps share: the namespace, a scratch directory, the master key file,
+/// member rs0-1's data and the APIs of the jobs and Snapshots.
+struct Ctx<'a> {
+    ns: &'a TestNamespace,
+    work: &'a tempfile::TempDir,
+    key: &'a std::path::PathBuf,
+    rs0_1: &'a std::path::PathBuf,
+    jobs: Api<BackupJob>,
+    snaps: Api<Snapshot>,
+}
+
+/// The Restore `name` of `snapshot` into the claim `restored`, directory `db`.
+fn restore_of(name: &str, snapshot: &str) -> serde_json::Value {
+    json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name},
+           "spec": {"snapshotRef": {"name": snapshot}, "target": {"claimName": "restored", "path": "db"}}})
+}
+
+/// A finished Restore succeeded; else its status and the pods' logs.
+fn assert_succeeded(st: &snapcrypt::api::RestoreStatus, ns: &TestNamespace) {
+    assert_eq!(
+        st.phase,
+        RunPhase::Succeeded,
+        "{st:?}\n{}",
+        pod_logs(ns.name())
+    );
+}
+
+/// Step 1: A one-off job: one Snapshot, on rs0-1's node, succeeds; the repository restores to
+/// exactly what the member held. The Snapshot's name, its id in the repository, and the
+/// repository's directory.
+async fn a_one_off_job_snapshots_rs0_1(
+    ctx: &Ctx<'_>,
+    node_b: &str,
+) -> (String, String, std::path::PathBuf) {
+    let Ctx {
+        ns,
+        work,
+        key,
+        rs0_1,
+        jobs,
+        snaps,
+    } = ctx;
+    create::<BackupJob>(jobs, job("once", json!({}))).await;
+    let j = wait_for(jobs, "once", "the job to create its Snapshot", LONG, |j| {
         j.status.as_ref().is_some_and(|s| s.last_snapshot.is_some())
     })
     .await;
@@ -150,7 +205,7 @@ async fn scenario(under_chart_rbac: bool) {
         .status
         .and_then(|s| s.last_snapshot)
         .expect("snapshot name");
-    let st = wait_for_success(&snaps, &snap_name, &ns).await;
+    let st = wait_for_success(snaps, &snap_name, ns).await;
     let m = st.member.clone().expect("member");
     assert_eq!((m.pod.as_str(), m.node.as_deref()), ("rs0-1", Some(node_b)));
     let pods: Api<Pod> = ns.api();
@@ -173,60 +228,55 @@ async fn scenario(under_chart_rbac: bool) {
         .repository_snapshot_id
         .clone()
         .expect("repository snapshot id");
-    let j = wait_for(&jobs, "once", "the job to complete", LONG, |j| {
+    let j = wait_for(jobs, "once", "the job to complete", LONG, |j| {
         j.status
             .as_ref()
             .is_some_and(|s| s.last_successful_snapshot.is_some())
     })
     .await;
     assert_eq!(j.status.as_ref().and_then(|s| s.key_id.clone()), st.key_id);
-    wait_for_event(&ns, &snap_name, "Succeeded").await;
+    wait_for_event(ns, &snap_name, "Succeeded").await;
     // The agent's rights: its ServiceAccount may patch this Snapshot's status, and no other
     // Snapshot's or Restore's (asked of the API server's own authorizer).
     let agent = format!("system:serviceaccount:{}:snapcrypt-agent-once", ns.name());
-    assert!(may(&ns, &agent, "snapshots", "status", &snap_name).await);
-    assert!(!may(&ns, &agent, "snapshots", "status", "another-jobs-snapshot").await);
-    assert!(!may(&ns, &agent, "restores", "status", "any-restore").await);
-    assert!(!may(&ns, &agent, "snapshots", "", "another-jobs-snapshot").await);
+    assert!(may(ns, &agent, "snapshots", "status", &snap_name).await);
+    assert!(!may(ns, &agent, "snapshots", "status", "another-jobs-snapshot").await);
+    assert!(!may(ns, &agent, "restores", "status", "any-restore").await);
+    assert!(!may(ns, &agent, "snapshots", "", "another-jobs-snapshot").await);
 
     // The repository restores to exactly what the member held.
-    let repo = volume_dir(&ns, "backups").await.join("repo");
+    let repo = volume_dir(ns, "backups").await.join("repo");
     let out = work.path().join("restored");
     support::ok(
-        &[
-            "restore",
-            "--repo",
+        &restore_args(
             &repo.display().to_string(),
-            "--key-file",
             &key.display().to_string(),
-            "--snapshot",
             &id,
-            "--target",
             &out.display().to_string(),
-        ],
+            &[],
+        ),
         &[],
     );
     support::assert_same_tree(rs0_1, &out);
+    (snap_name, id, repo)
+}
 
-    // 1b. The same through a Restore: a restore pod writes the snapshot into a fresh claim,
-    //     verifying as it goes; the Restore succeeds and the files are identical.
-    claim(&ns, "restored", None).await;
-    let restores: Api<Restore> = ns.api();
-    let restore = |name: &str, snapshot: &str| {
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name},
-               "spec": {"snapshotRef": {"name": snapshot}, "target": {"claimName": "restored", "path": "db"}}})
-    };
-    let rst = finished_restore(&ns, restore("back", &snap_name)).await;
-    assert_eq!(
-        rst.phase,
-        RunPhase::Succeeded,
-        "{rst:?}\n{}",
-        pod_logs(ns.name())
-    );
+/// Step 1b: The same through a Restore: a restore pod writes the snapshot into a fresh claim,
+/// verifying as it goes; the Restore succeeds and the files are identical. Then into the
+/// same directory again, and in place with force and deleteExtra. The directory restored to.
+async fn restores_write_the_snapshot_into_a_claim(
+    ctx: &Ctx<'_>,
+    snap_name: &str,
+    id: &str,
+) -> std::path::PathBuf {
+    let Ctx { ns, rs0_1, .. } = ctx;
+    claim(ns, "restored", None).await;
+    let rst = finished_restore(ns, restore_of("back", snap_name)).await;
+    assert_succeeded(&rst, ns);
     assert!(
         rst.message
             .as_deref()
-            .is_some_and(|m| m.contains(&id) && m.contains("every chunk verified")),
+            .is_some_and(|m| m.contains(id) && m.contains("every chunk verified")),
         "{:?}",
         rst.message
     );
@@ -234,11 +284,11 @@ async fn scenario(under_chart_rbac: bool) {
         .progress
         .expect("progress reported by the restore agent");
     assert_eq!(progress.percent, 100.0);
-    support::assert_same_tree(rs0_1, &volume_dir(&ns, "restored").await.join("db"));
-    wait_for_event(&ns, "back", "Restored").await;
+    support::assert_same_tree(rs0_1, &volume_dir(ns, "restored").await.join("db"));
+    wait_for_event(ns, "back", "Restored").await;
     // Again into the same, now non-empty, directory: refused with the agent's own words,
     // nothing overwritten.
-    let st = finished_restore(&ns, restore("again", &snap_name)).await;
+    let st = finished_restore(ns, restore_of("again", snap_name)).await;
     assert_eq!(st.phase, RunPhase::Failed);
     assert!(
         st.message
@@ -250,7 +300,7 @@ async fn scenario(under_chart_rbac: bool) {
     // In place over what the directory holds, plus a file the snapshot does not have: with
     // force alone refused, naming the file and deleteExtra, nothing removed; with deleteExtra
     // too, the directory holds exactly the snapshot.
-    let db = volume_dir(&ns, "restored").await.join("db");
+    let db = volume_dir(ns, "restored").await.join("db");
     std::fs::write(db.join("stale-collection.wt"), b"not in the snapshot").expect("plant");
     let in_place = |name: &str, delete_extra: bool| {
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name},
@@ -258,7 +308,7 @@ async fn scenario(under_chart_rbac: bool) {
                         "target": {"claimName": "restored", "path": "db", "force": true,
                                    "deleteExtra": delete_extra}}})
     };
-    let st = finished_restore(&ns, in_place("forced", false)).await;
+    let st = finished_restore(ns, in_place("forced", false)).await;
     assert_eq!(st.phase, RunPhase::Failed);
     assert!(
         st.message.as_deref().is_some_and(
@@ -268,20 +318,32 @@ async fn scenario(under_chart_rbac: bool) {
         st.message
     );
     assert!(db.join("stale-collection.wt").exists());
-    let st = finished_restore(&ns, in_place("exact", true)).await;
-    assert_eq!(
-        st.phase,
-        RunPhase::Succeeded,
-        "{st:?}\n{}",
-        pod_logs(ns.name())
-    );
+    let st = finished_restore(ns, in_place("exact", true)).await;
+    assert_succeeded(&st, ns);
     support::assert_same_tree(rs0_1, &db);
-    // The hostile target (found by hand on 4c5991e, where it deleted the repository): the
-    // target claim holds `db2 -> /repo/repo`, the repository as the restore pod mounts it.
-    // A forced Restore with deleteExtra into db2 fails naming the link, and one into db,
-    // where links to the repository are planted at two depths, replaces the links and leaves
-    // the repository whole: it verifies reading every pack, and restores.
-    let restored_vol = volume_dir(&ns, "restored").await;
+    db
+}
+
+/// The hostile target (found by hand on 4c5991e, where it deleted the repository): the
+/// target claim holds `db2 -> /repo/repo`, the repository as the restore pod mounts it.
+/// A forced Restore with deleteExtra into db2 fails naming the link, and one into db,
+/// where links to the repository are planted at two depths, replaces the links and leaves
+/// the repository whole: it verifies reading every pack, and restores.
+async fn hostile_restore_targets_leave_the_repository_whole(
+    ctx: &Ctx<'_>,
+    snap_name: &str,
+    id: &str,
+    repo: &std::path::Path,
+    db: &std::path::Path,
+) {
+    let Ctx {
+        ns,
+        work,
+        key,
+        rs0_1,
+        ..
+    } = ctx;
+    let restored_vol = volume_dir(ns, "restored").await;
     std::os::unix::fs::symlink("/repo/repo", restored_vol.join("db2")).expect("plant db2");
     std::fs::remove_dir_all(db.join("journal")).expect("journal");
     std::os::unix::fs::symlink("/repo/repo/data", db.join("journal")).expect("plant journal");
@@ -292,7 +354,7 @@ async fn scenario(under_chart_rbac: bool) {
                         "target": {"claimName": "restored", "path": path, "force": true,
                                    "deleteExtra": true}}})
     };
-    let st = finished_restore(&ns, hostile("through-a-link", "db2")).await;
+    let st = finished_restore(ns, hostile("through-a-link", "db2")).await;
     assert_eq!(st.phase, RunPhase::Failed, "{st:?}");
     assert!(
         st.message
@@ -301,44 +363,26 @@ async fn scenario(under_chart_rbac: bool) {
         "{:?}",
         st.message
     );
-    let st = finished_restore(&ns, hostile("links-inside", "db")).await;
-    assert_eq!(
-        st.phase,
-        RunPhase::Succeeded,
-        "{st:?}\n{}",
-        pod_logs(ns.name())
-    );
-    support::assert_same_tree(rs0_1, &db);
+    let st = finished_restore(ns, hostile("links-inside", "db")).await;
+    assert_succeeded(&st, ns);
+    support::assert_same_tree(rs0_1, db);
     let (repo_s, key_s) = (repo.display().to_string(), key.display().to_string());
     support::ok(
-        &[
-            "verify",
-            "--repo",
-            &repo_s,
-            "--key-file",
-            &key_s,
-            "--read-data",
-        ],
+        &repo_args(&["verify"], &repo_s, &key_s, &["--read-data"]),
         &[],
     );
     let again = work.path().join("after-hostile");
     support::ok(
-        &[
-            "restore",
-            "--repo",
-            &repo_s,
-            "--key-file",
-            &key_s,
-            "--snapshot",
-            &id,
-            "--target",
-            &again.display().to_string(),
-        ],
+        &restore_args(&repo_s, &key_s, id, &again.display().to_string(), &[]),
         &[],
     );
     support::assert_same_tree(rs0_1, &again);
-    // A Snapshot that does not exist: a condition naming the field, no pod.
-    create::<Restore>(&restores, restore("ghost", "no-such-snapshot")).await;
+}
+
+/// A Snapshot that does not exist: a condition naming the field, no pod.
+async fn a_restore_of_a_missing_snapshot_names_it(ctx: &Ctx<'_>) {
+    let restores: Api<Restore> = ctx.ns.api();
+    create::<Restore>(&restores, restore_of("ghost", "no-such-snapshot")).await;
     let ghost = wait_for(
         &restores,
         "ghost",
@@ -356,14 +400,20 @@ async fn scenario(under_chart_rbac: bool) {
     assert!(ghost.status.and_then(|s| s.message).is_some_and(|m| {
         m.starts_with("spec.snapshotRef.name: Snapshot no-such-snapshot does not exist")
     }));
+}
 
+/// Steps 2 to 4: a bad cron, a missing Secret, too many files.
+async fn bad_specs_are_reported(ctx: &Ctx<'_>) {
+    let Ctx {
+        ns, jobs, snaps, ..
+    } = ctx;
     // 2. A bad cron: a condition naming the field, an Event, nothing created.
     create::<BackupJob>(
-        &jobs,
+        jobs,
         job("badcron", json!({"schedule": {"cron": "61 * * * *"}})),
     )
     .await;
-    let j = wait_for(&jobs, "badcron", "the bad cron to be reported", LONG, |j| {
+    let j = wait_for(jobs, "badcron", "the bad cron to be reported", LONG, |j| {
         condition(j, "Ready").is_some_and(|c| c.1 == "InvalidSchedule")
     })
     .await;
@@ -372,11 +422,11 @@ async fn scenario(under_chart_rbac: bool) {
         msg,
         "spec.schedule.cron \"61 * * * *\": minute 61 is out of range 0-59"
     );
-    wait_for_event(&ns, "badcron", "InvalidSchedule").await;
+    wait_for_event(ns, "badcron", "InvalidSchedule").await;
 
     // 3. A missing Secret: a condition naming it.
     create::<BackupJob>(
-        &jobs,
+        jobs,
         job(
             "nokey",
             json!({"encryption": {"localKeySecret": {"name": "no-such-key"}}}),
@@ -384,7 +434,7 @@ async fn scenario(under_chart_rbac: bool) {
     )
     .await;
     let j = wait_for(
-        &jobs,
+        jobs,
         "nokey",
         "the missing Secret to be reported",
         LONG,
@@ -397,12 +447,12 @@ async fn scenario(under_chart_rbac: bool) {
 
     // 4. Too many files: the agent refuses, the Snapshot fails with its message (no retry).
     create::<BackupJob>(
-        &jobs,
+        jobs,
         job("toomany", json!({"maxFiles": 3, "backoffLimit": 0})),
     )
     .await;
     let j = wait_for(
-        &jobs,
+        jobs,
         "toomany",
         "the job to create its Snapshot",
         LONG,
@@ -410,7 +460,7 @@ async fn scenario(under_chart_rbac: bool) {
     )
     .await;
     let name = j.status.and_then(|s| s.last_snapshot).expect("name");
-    let s = try_wait_for(&snaps, &name, "the Snapshot to fail", LONG, |s| {
+    let s = try_wait_for(snaps, &name, "the Snapshot to fail", LONG, |s| {
         matches!(
             s.status.as_ref().map(|st| st.phase),
             Some(RunPhase::Succeeded | RunPhase::Failed)
@@ -428,40 +478,53 @@ async fn scenario(under_chart_rbac: bool) {
         st.message
     );
     assert_eq!(st.attempts, 1);
-    let j = wait_for(&jobs, "toomany", "the job to show the failure", LONG, |j| {
+    let j = wait_for(jobs, "toomany", "the job to show the failure", LONG, |j| {
         condition(j, "Degraded").is_some_and(|c| c.1 == "LastSnapshotFailed")
     })
     .await;
     assert!(condition(&j, "Degraded").is_some_and(|c| c.2.contains("--max-files 3")));
+}
 
-    // 5. A schedule and retention: a job firing every minute that keeps its newest scheduled
-    //    snapshot, writing into the same repository as "once". Its second scheduled run forgets
-    //    its first: the repository no longer lists it and its Snapshot object is deleted. An
-    //    on-demand run (a Snapshot made by hand) and "once" are never forgotten by it.
+/// Step 5: A schedule and retention: a job firing every minute that keeps its newest scheduled
+/// snapshot, writing into the same repository as "once". Its second scheduled run forgets
+/// its first: the repository no longer lists it and its Snapshot object is deleted. An
+/// on-demand run (a Snapshot made by hand) and "once" are never forgotten by it.
+async fn a_schedule_with_retention_forgets_its_older_runs(
+    ctx: &Ctx<'_>,
+    id: &str,
+    repo: &std::path::Path,
+) {
+    let Ctx {
+        ns,
+        key,
+        jobs,
+        snaps,
+        ..
+    } = ctx;
     create::<BackupJob>(
-        &jobs,
+        jobs,
         job(
             "keep1",
             json!({"schedule": {"cron": "* * * * *"}, "retention": {"keepLast": 1}}),
         ),
     )
     .await;
-    let j = wait_for(&jobs, "keep1", "the first scheduled run", LONG, |j| {
+    let j = wait_for(jobs, "keep1", "the first scheduled run", LONG, |j| {
         j.status.as_ref().is_some_and(|s| s.last_snapshot.is_some())
     })
     .await;
     let first = j.status.and_then(|s| s.last_snapshot).expect("name");
-    let first_id = wait_for_success(&snaps, &first, &ns)
+    let first_id = wait_for_success(snaps, &first, ns)
         .await
         .repository_snapshot_id
         .expect("id");
     create::<Snapshot>(
-        &snaps,
+        snaps,
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot",
                "metadata": {"name": "keep1-on-demand"}, "spec": {"backupJobRef": {"name": "keep1"}}}),
     )
     .await;
-    let on_demand = wait_for_success(&snaps, "keep1-on-demand", &ns).await;
+    let on_demand = wait_for_success(snaps, "keep1-on-demand", ns).await;
     let applied = |st: &snapcrypt::api::SnapshotStatus| snapshot_condition(st, "RetentionApplied");
     assert!(
         applied(&on_demand).starts_with("True Pruned: kept 1 snapshot(s) of the job, forgot 0,"),
@@ -469,7 +532,7 @@ async fn scenario(under_chart_rbac: bool) {
         applied(&on_demand)
     );
     // The next scheduled run forgets the first, and its Snapshot object goes.
-    wait_for_deletion(&snaps, &first, LONG).await;
+    wait_for_deletion(snaps, &first, LONG).await;
     jobs.patch(
         "keep1",
         &kube::api::PatchParams::default(),
@@ -477,7 +540,49 @@ async fn scenario(under_chart_rbac: bool) {
     )
     .await
     .expect("suspend keep1");
-    let (second, second_st) = eventually("keep1's runs to finish", LONG, || async {
+    let (second, second_st) = keep1s_finished_scheduled_run(snaps).await;
+    assert_eq!(second_st.phase, RunPhase::Succeeded, "{second}");
+    assert!(
+        applied(&second_st).starts_with("True Pruned: kept 1 snapshot(s) of the job, forgot 1,"),
+        "{}",
+        applied(&second_st)
+    );
+    wait_for_event(ns, &second, "ForgottenSnapshotsDeleted").await;
+    let listed: serde_json::Value = serde_json::from_str(&support::ok(
+        &repo_args(
+            &["snapshots"],
+            &repo.display().to_string(),
+            &key.display().to_string(),
+            &["--json"],
+        ),
+        &[],
+    ))
+    .expect("snapshots --json");
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    ids.sort();
+    let mut want = vec![
+        id,
+        on_demand.repository_snapshot_id.as_deref().expect("id"),
+        second_st.repository_snapshot_id.as_deref().expect("id"),
+    ];
+    want.sort();
+    assert_eq!(
+        ids, want,
+        "the first keep1 snapshot ({first_id}) is forgotten"
+    );
+}
+
+/// Waits until keep1 has one scheduled Snapshot (its on-demand one aside), finished; its name
+/// and status.
+async fn keep1s_finished_scheduled_run(
+    snaps: &Api<Snapshot>,
+) -> (String, snapcrypt::api::SnapshotStatus) {
+    eventually("keep1's runs to finish", LONG, || async {
         let all = snaps
             .list(&Default::default())
             .await
@@ -513,43 +618,7 @@ async fn scenario(under_chart_rbac: bool) {
             )),
         }
     })
-    .await;
-    assert_eq!(second_st.phase, RunPhase::Succeeded, "{second}");
-    assert!(
-        applied(&second_st).starts_with("True Pruned: kept 1 snapshot(s) of the job, forgot 1,"),
-        "{}",
-        applied(&second_st)
-    );
-    wait_for_event(&ns, &second, "ForgottenSnapshotsDeleted").await;
-    let listed: serde_json::Value = serde_json::from_str(&support::ok(
-        &[
-            "snapshots",
-            "--repo",
-            &repo.display().to_string(),
-            "--key-file",
-            &key.display().to_string(),
-            "--json",
-        ],
-        &[],
-    ))
-    .expect("snapshots --json");
-    let mut ids: Vec<&str> = listed
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|s| s["id"].as_str())
-        .collect();
-    ids.sort();
-    let mut want = vec![
-        id.as_str(),
-        on_demand.repository_snapshot_id.as_deref().expect("id"),
-        second_st.repository_snapshot_id.as_deref().expect("id"),
-    ];
-    want.sort();
-    assert_eq!(
-        ids, want,
-        "the first keep1 snapshot ({first_id}) is forgotten"
-    );
+    .await
 }
 
 /// Two operators with --leader-elect: one holds the Lease; when it dies, the other takes over.

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Snapshot};
-use support::cluster::{cluster_or_skip, wait_for};
+use support::cluster::{TestNamespace, cluster_or_skip, wait_for};
 use support::operator::{
     LONG, Operator, claim, create, key_secret, snapshot_finished, wait_for_success,
 };
@@ -66,30 +66,8 @@ async fn snapshot_pods_tolerate_the_members_taints_and_give_up_when_unschedulabl
     let _taint = Tainted::on_real_b();
     let ns = cluster.namespace("placement").await;
 
-    // A member on the tainted node, tolerating it as a database pod would.
-    claim(&ns, "mongo-data-rs0-0", None).await;
-    create::<Pod>(
-        &ns.api(),
-        json!({"metadata": {"name": "rs0-0", "labels": {"app": "rs-e2e"}}, "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": "real-b"},
-            "tolerations": [{"key": "snapcrypt.test/database", "operator": "Equal", "value": "only", "effect": "NoSchedule"}],
-            "containers": [{"name": "mongod", "image": PAUSE_IMAGE, "imagePullPolicy": "Never",
-                "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
-            "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": "mongo-data-rs0-0"}}]}}),
-    )
-    .await;
+    a_member_on_the_tainted_node(&ns).await;
     let pods: Api<Pod> = ns.api();
-    wait_for(
-        &pods,
-        "rs0-0",
-        "the member to run on the tainted node",
-        LONG,
-        |p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
-    )
-    .await;
-    let data = volume_dir(&ns, "mongo-data-rs0-0").await;
-    support::make_source(&data);
-    support::chown_mongodb(&data);
     claim(&ns, "backups", Some(SHARED_CLASS)).await;
     let work = tempfile::tempdir().expect("tempdir");
     key_secret(&ns, work.path()).await;
@@ -178,4 +156,31 @@ async fn snapshot_pods_tolerate_the_members_taints_and_give_up_when_unschedulabl
     // 3. The job is not blocked: its next run starts and, the node free again, succeeds.
     create::<Snapshot>(&snaps, on_demand("stuck-2", "stuck")).await;
     wait_for_success(&snaps, "stuck-2", &ns).await;
+}
+
+/// A member on the tainted node, tolerating it as a database pod would.
+async fn a_member_on_the_tainted_node(ns: &TestNamespace) {
+    claim(ns, "mongo-data-rs0-0", None).await;
+    create::<Pod>(
+        &ns.api(),
+        json!({"metadata": {"name": "rs0-0", "labels": {"app": "rs-e2e"}}, "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": "real-b"},
+            "tolerations": [{"key": "snapcrypt.test/database", "operator": "Equal", "value": "only", "effect": "NoSchedule"}],
+            "containers": [{"name": "mongod", "image": PAUSE_IMAGE, "imagePullPolicy": "Never",
+                "volumeMounts": [{"name": "mongo-data", "mountPath": "/data/db"}]}],
+            "volumes": [{"name": "mongo-data", "persistentVolumeClaim": {"claimName": "mongo-data-rs0-0"}}]}}),
+    )
+    .await;
+    let pods: Api<Pod> = ns.api();
+    wait_for(
+        &pods,
+        "rs0-0",
+        "the member to run on the tainted node",
+        LONG,
+        |p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
+    )
+    .await;
+    let data = volume_dir(ns, "mongo-data-rs0-0").await;
+    support::make_source(&data);
+    support::chown_mongodb(&data);
 }

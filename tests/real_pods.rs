@@ -18,6 +18,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
+use support::cli::restore_args;
 use support::cluster::{TestNamespace, cluster_or_skip, eventually, wait_for};
 use support::operator::{
     ChartOperator, LONG, claim, create, key_secret, member, snapshot_finished, wait_for_event,
@@ -401,17 +402,13 @@ async fn restores_from(g: &Ground, repo: &str, env: &[(&'static str, String)]) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let out = g.work.path().join("restored");
     support::ok(
-        &[
-            "restore",
-            "--repo",
+        &restore_args(
             repo,
-            "--key-file",
             &g.work.path().join("key.json").display().to_string(),
-            "--snapshot",
             &id,
-            "--target",
             &out.display().to_string(),
-        ],
+            &[],
+        ),
         &env,
     );
     support::assert_same_tree(&g.data, &out);

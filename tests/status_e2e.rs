@@ -21,7 +21,7 @@ use serde_json::json;
 
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
-use support::cluster::{wait_for, wait_for_deletion};
+use support::cluster::{TestNamespace, wait_for, wait_for_deletion};
 use support::ground::{Ground, Options};
 use support::operator::{
     LONG, create, events_for, snapshot_condition, snapshot_finished, wait_for_success,
@@ -173,9 +173,13 @@ async fn a_job_waiting_for_its_secret_waits_and_starts_once_it_exists() {
     );
     wait_for_success(&snaps, "late-1", &g.ns).await;
 
-    // A Restore into the member's claim while the member runs: it waits, naming the pod and
-    // what to do, and goes ahead once the pod is gone.
-    let restores: Api<Restore> = g.ns.api();
+    a_restore_into_a_running_members_claim_waits_for_it(&g.ns).await;
+}
+
+/// A Restore into the member's claim while the member runs: it waits, naming the pod and
+/// what to do, and goes ahead once the pod is gone.
+async fn a_restore_into_a_running_members_claim_waits_for_it(ns: &TestNamespace) {
+    let restores: Api<Restore> = ns.api();
     create::<Restore>(
         &restores,
         json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "back"},
@@ -208,7 +212,7 @@ async fn a_job_waiting_for_its_secret_waits_and_starts_once_it_exists() {
             && message.contains("scale its StatefulSet to 0"),
         "{message}"
     );
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = g.ns.api();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = ns.api();
     pods.delete("rs0-0", &DeleteParams::default())
         .await
         .expect("delete the member");

@@ -165,9 +165,19 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
     eprintln!("[{:?}] snapshot rs0", started.elapsed());
     wait_for_success(&snaps, "bad-first", &ns).await;
 
-    // A scratch target that names a claim the Restore did not create (someone else's)
-    // fails before anything is written, and the claim is left alone.
-    claim(&ns, "someone-elses", Some(SHARED_CLASS)).await;
+    bad_restore_targets_are_refused(&ns).await;
+    a_restore_test_passes_and_its_scratch_claim_goes(&ns, started).await;
+    a_check_that_exits_1_fails_the_restore_test(&ns, started).await;
+    metrics_say_what_status_says(&ns, &op, &first).await;
+    a_damaged_pack_is_found_by_a_data_read(&ns, &op, started).await;
+    drop(op);
+}
+
+/// A scratch target that names a claim the Restore did not create (someone else's) fails
+/// before anything is written, and the claim is left alone; a target that is the
+/// repository's own claim is refused before any pod, naming the field.
+async fn bad_restore_targets_are_refused(ns: &TestNamespace) {
+    claim(ns, "someone-elses", Some(SHARED_CLASS)).await;
     let restores: Api<Restore> = ns.api();
     create::<Restore>(
         &restores,
@@ -176,14 +186,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
                      "target": {"claimName": "someone-elses", "path": "db", "scratch": {"size": "1Gi"}}}}),
     )
     .await;
-    let taken = wait_for(&restores, "taken", "the Restore to fail", TICKS, |r| {
-        r.status
-            .as_ref()
-            .is_some_and(|s| s.phase == RunPhase::Failed)
-    })
-    .await
-    .status
-    .expect("status");
+    let taken = failed_restore(&restores, "taken").await;
     let reason = taken
         .conditions
         .iter()
@@ -210,14 +213,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
                      "target": {"claimName": "backups", "path": "db", "force": true}}}),
     )
     .await;
-    let into_repo = wait_for(&restores, "into-repo", "the Restore to fail", TICKS, |r| {
-        r.status
-            .as_ref()
-            .is_some_and(|s| s.phase == RunPhase::Failed)
-    })
-    .await
-    .status
-    .expect("status");
+    let into_repo = failed_restore(&restores, "into-repo").await;
     assert!(
         into_repo.pod_name.is_none()
             && into_repo.message.as_deref().is_some_and(|m| m.starts_with(
@@ -227,10 +223,28 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
     );
     let backups = claims.get("backups").await.expect("the repository's claim");
     assert!(backups.metadata.deletion_timestamp.is_none());
+}
 
-    // A restore test restores into a scratch claim, reads every file back, and the check
-    // container opens the restored database; the scratch claim is gone afterwards.
-    let rs0 = job_status(&ns, "rs0", "a passed restore test", |s| {
+/// Waits for the Restore `name` to fail; its status.
+async fn failed_restore(restores: &Api<Restore>, name: &str) -> snapcrypt::api::RestoreStatus {
+    wait_for(restores, name, "the Restore to fail", TICKS, |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.phase == RunPhase::Failed)
+    })
+    .await
+    .status
+    .expect("status")
+}
+
+/// A restore test restores into a scratch claim, reads every file back, and the check
+/// container opens the restored database; the scratch claim is gone afterwards.
+async fn a_restore_test_passes_and_its_scratch_claim_goes(
+    ns: &TestNamespace,
+    started: std::time::Instant,
+) {
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let rs0 = job_status(ns, "rs0", "a passed restore test", |s| {
         s.last_restore_test.is_some() && s.last_verification.is_some()
     })
     .await;
@@ -279,9 +293,15 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
     let verified = rs0.last_verification.clone().expect("verification");
     assert_eq!(verified.result, CheckResult::Succeeded, "{verified:?}");
     assert!(verified.subset.ends_with("/2"), "{verified:?}");
+}
 
-    // A check that exits 1 fails the restore test with its own words.
-    let bad = job_status(&ns, "bad", "a failed restore test", |s| {
+/// A check that exits 1 fails the restore test with its own words.
+async fn a_check_that_exits_1_fails_the_restore_test(
+    ns: &TestNamespace,
+    started: std::time::Instant,
+) {
+    let (restores, claims): (Api<Restore>, Api<PersistentVolumeClaim>) = (ns.api(), ns.api());
+    let bad = job_status(ns, "bad", "a failed restore test", |s| {
         s.last_restore_test.is_some()
     })
     .await;
@@ -302,14 +322,20 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         .find(|c| c.type_ == "Ready");
     assert_eq!(ready.map(|c| c.reason).as_deref(), Some("CheckFailed"));
     wait_for_deletion(&claims, &failed.restore, TICKS).await;
-    let event = wait_for_event(&ns, "bad", "RestoreTestFailed").await;
+    let event = wait_for_event(ns, "bad", "RestoreTestFailed").await;
     assert!(
         event.contains("Restore bad-rt-") && event.contains("FAILED: /restored/no-such-db"),
         "{event}"
     );
     eprintln!("[{:?}] failure announced", started.elapsed());
+}
 
-    // /metrics reports what the objects' status says.
+/// /metrics reports what the objects' status says.
+async fn metrics_say_what_status_says(
+    ns: &TestNamespace,
+    op: &Operator,
+    first: &snapcrypt::api::SnapshotStatus,
+) {
     let m = parse_metrics(&op.metrics());
     let n = ns.name();
     let jobs: Api<BackupJob> = ns.api();
@@ -376,10 +402,19 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         job_sample(&m, "snapcrypt_backupjob_repository_snapshots", n, "rs0"),
         st.snapshot_count as f64
     );
+    restore_test_and_data_read_metrics(&m, n, &st);
+}
+
+/// The restore tests' and data reads' samples of /metrics, as the job's status `st` says.
+fn restore_test_and_data_read_metrics(
+    m: &support::operator::Samples,
+    n: &str,
+    st: &snapcrypt::api::BackupJobStatus,
+) {
     let tested = st.last_restore_test.as_ref().expect("tested");
     assert_eq!(
         job_sample(
-            &m,
+            m,
             "snapcrypt_backupjob_last_restore_test_timestamp_seconds",
             n,
             "rs0"
@@ -387,25 +422,15 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         seconds(tested.time.as_ref().expect("time"))
     );
     assert_eq!(
-        job_sample(
-            &m,
-            "snapcrypt_backupjob_last_restore_test_success",
-            n,
-            "rs0"
-        ),
+        job_sample(m, "snapcrypt_backupjob_last_restore_test_success", n, "rs0"),
         1.0
     );
     assert_eq!(
-        job_sample(
-            &m,
-            "snapcrypt_backupjob_last_restore_test_success",
-            n,
-            "bad"
-        ),
+        job_sample(m, "snapcrypt_backupjob_last_restore_test_success", n, "bad"),
         0.0
     );
     let took = job_sample(
-        &m,
+        m,
         "snapcrypt_backupjob_last_restore_test_duration_seconds",
         n,
         "rs0",
@@ -417,7 +442,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
     let v = st.last_verification.as_ref().expect("verified");
     assert_eq!(
         job_sample(
-            &m,
+            m,
             "snapcrypt_backupjob_last_verification_timestamp_seconds",
             n,
             "rs0"
@@ -430,21 +455,23 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         0.0
     };
     assert_eq!(
-        job_sample(
-            &m,
-            "snapcrypt_backupjob_last_verification_success",
-            n,
-            "rs0"
-        ),
+        job_sample(m, "snapcrypt_backupjob_last_verification_success", n, "rs0"),
         ok
     );
+}
 
-    // A damaged pack is found by a data read (within the two runs that read every group) and
-    // named in the DataVerified condition and an Event.
-    let repo = volume_dir(&ns, "backups").await.join("repo");
+/// A damaged pack is found by a data read (within the two runs that read every group) and
+/// named in the DataVerified condition and an Event.
+async fn a_damaged_pack_is_found_by_a_data_read(
+    ns: &TestNamespace,
+    op: &Operator,
+    started: std::time::Instant,
+) {
+    let n = ns.name();
+    let repo = volume_dir(ns, "backups").await.join("repo");
     let pack = damage_a_pack(&repo);
     eprintln!("[{:?}] damaged", started.elapsed());
-    let st = job_status(&ns, "rs0", "a data read that finds the damage", |s| {
+    let st = job_status(ns, "rs0", "a data read that finds the damage", |s| {
         s.last_verification
             .as_ref()
             .is_some_and(|v| v.problem_count > 0)
@@ -465,7 +492,7 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         cond.message
     );
     assert!(
-        wait_for_event(&ns, "rs0", "DataDamaged")
+        wait_for_event(ns, "rs0", "DataDamaged")
             .await
             .contains(&pack)
     );
@@ -487,5 +514,4 @@ async fn restore_tests_and_data_reads_prove_the_backups_on_a_schedule() {
         ),
         0.0
     );
-    drop(op);
 }

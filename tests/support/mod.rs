@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod cli;
 pub mod cluster;
 pub mod control_plane;
 pub mod fault_proxy;
@@ -99,29 +100,16 @@ pub fn backup_json(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> serde_json::Value {
-    let mut args = vec![
-        "backup",
-        "--source",
-        src,
-        "--repo",
-        repo,
-        "--key-file",
-        key,
-        "--json",
-    ];
+    let mut args = cli::backup_args(src, repo, key, &["--json"]);
     args.extend_from_slice(extra);
     let out = ok(&args, env);
     serde_json::from_str(out.trim())
         .unwrap_or_else(|e| panic!("backup --json printed {out:?}: {e}"))
 }
 
-/// [`backup_json`] without extra flags: the new snapshot's id.
 /// The ids of the snapshots `snapshots --json` lists, sorted.
 pub fn snapshot_ids(repo: &str, key: &str, env: &[(&str, &str)]) -> Vec<String> {
-    let out = ok(
-        &["snapshots", "--repo", repo, "--key-file", key, "--json"],
-        env,
-    );
+    let out = ok(&cli::repo_args(&["snapshots"], repo, key, &["--json"]), env);
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("snapshots --json");
     let mut ids: Vec<String> = v
         .as_array()
@@ -133,6 +121,7 @@ pub fn snapshot_ids(repo: &str, key: &str, env: &[(&str, &str)]) -> Vec<String> 
     ids
 }
 
+/// [`backup_json`] without extra flags: the new snapshot's id.
 pub fn backup_id(src: &str, repo: &str, key: &str, env: &[(&str, &str)]) -> String {
     backup_json(src, repo, key, &[], env)["id"]
         .as_str()
@@ -142,20 +131,7 @@ pub fn backup_id(src: &str, repo: &str, key: &str, env: &[(&str, &str)]) -> Stri
 
 /// `snapcrypt restore` of `snapshot` into `target`, required to succeed.
 pub fn restore(repo: &str, key: &str, snapshot: &str, target: &str, env: &[(&str, &str)]) {
-    ok(
-        &[
-            "restore",
-            "--repo",
-            repo,
-            "--key-file",
-            key,
-            "--snapshot",
-            snapshot,
-            "--target",
-            target,
-        ],
-        env,
-    );
+    ok(&cli::restore_args(repo, key, snapshot, target, &[]), env);
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so sources are reproducible.

@@ -2,7 +2,7 @@
 
     python validate_cr.py CRD.yaml [CRD.yaml...] -- OBJECTS.yaml [OBJECTS.yaml...]
 
-For tests/chart.rs, in the test venv (jsonschema comes with kubernetes-validate), since
+For tests/chart/, in the test venv (jsonschema comes with kubernetes-validate), since
 kubernetes-validate knows no CRD. Every object of a kind the CRDs define is checked against its
 version's schema as the API server would take it, and more strictly: a field the schema does not
 name is an error (the API server would drop it in silence), unless the schema preserves unknown
