@@ -34,6 +34,16 @@ impl Target {
         }
     }
 
+    /// The untyped `obj`, of kind `resource`.
+    pub fn dynamic(obj: &DynamicObject, resource: &ApiResource) -> Self {
+        Target {
+            resource: resource.clone(),
+            namespace: obj.namespace(),
+            name: obj.name_any(),
+            uid: obj.uid(),
+        }
+    }
+
     /// The object of kind K called `name` in `namespace`, whatever its uid.
     pub fn named<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> Self {
         Target {
@@ -85,6 +95,13 @@ pub enum Change {
         target: Target,
         grace: Option<u32>,
     },
+    /// Merge-patch the object (metadata a reconcile tends without owning the object: labels,
+    /// annotations, owner references); gone already is not an error.
+    Merge {
+        stage: &'static str,
+        target: Target,
+        body: Value,
+    },
     /// Server-side apply the object's status subresource.
     Status {
         stage: &'static str,
@@ -111,6 +128,45 @@ impl Change {
             stage,
             target: Target::of(obj),
             body: serde_json::to_value(obj).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Merge `patch` into `obj`.
+    pub fn merge<K: Resource<DynamicType = ()>>(
+        stage: &'static str,
+        obj: &K,
+        patch: Value,
+    ) -> Self {
+        Change::Merge {
+            stage,
+            target: Target::of(obj),
+            body: patch,
+        }
+    }
+
+    /// Create the untyped `obj` (of kind `resource`), or leave the one that exists.
+    pub fn create_dynamic(
+        stage: &'static str,
+        obj: &DynamicObject,
+        resource: &ApiResource,
+    ) -> Self {
+        Change::Create {
+            stage,
+            target: Target::dynamic(obj, resource),
+            body: serde_json::to_value(obj).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Delete the untyped `obj` (of kind `resource`) exactly.
+    pub fn delete_dynamic(
+        stage: &'static str,
+        obj: &DynamicObject,
+        resource: &ApiResource,
+    ) -> Self {
+        Change::Delete {
+            stage,
+            target: Target::dynamic(obj, resource),
+            grace: None,
         }
     }
 
@@ -159,6 +215,7 @@ impl Change {
         match self {
             Change::Apply { target, .. } => format!("apply {}", target.short()),
             Change::Create { target, .. } => format!("create {}", target.short()),
+            Change::Merge { target, .. } => format!("patch {}", target.short()),
             Change::Delete { target, grace, .. } => {
                 let now = if *grace == Some(0) { " at once" } else { "" };
                 format!("delete {}{now}", target.short())
@@ -185,6 +242,16 @@ pub struct ExecuteError {
     target: String,
     #[source]
     source: Box<kube::Error>,
+}
+
+impl ExecuteError {
+    /// The API server's HTTP status code, if it answered.
+    pub fn code(&self) -> Option<u16> {
+        match self.source.as_ref() {
+            kube::Error::Api(e) => Some(e.code),
+            _ => None,
+        }
+    }
 }
 
 /// Carry out `changes` in order, for the reconcile of `subject`; the first failure stops
@@ -237,6 +304,22 @@ async fn run<K: Resource<DynamicType = ()>>(
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => return Err(failed(stage, "creating", &target)(e)),
+            }
+        }
+        Change::Merge {
+            stage,
+            target,
+            body,
+        } => {
+            let merge = PatchParams::default();
+            match target
+                .api(ctx)
+                .patch(&target.name, &merge, &Patch::Merge(&body))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(failed(stage, "patching", &target)(e)),
             }
         }
         Change::Status {

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -19,19 +18,6 @@ pub const AGENT_FIELD_MANAGER: &str = "snapcrypt-agent";
 /// The field manager the snapshot agent reports its result with (status.agentResult): not the
 /// progress one, whose next apply would remove a field it no longer sends.
 pub const AGENT_RESULT_FIELD_MANAGER: &str = "snapcrypt-agent-result";
-
-/// Server-side apply `obj` (create or update) with the operator's field manager.
-pub async fn apply<K>(api: &Api<K>, obj: &K) -> kube::Result<K>
-where
-    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
-{
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-}
 
 /// Server-side apply the status subresource of `name`.
 pub async fn apply_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> kube::Result<K>
@@ -75,30 +61,6 @@ where
     }
 }
 
-/// Delete `obj` exactly: by its uid, so that an object which took its name since stays.
-/// Returns whether this deleted it (false: it was already gone, or replaced).
-pub async fn delete_exactly<K>(api: &Api<K>, obj: &K) -> kube::Result<bool>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    delete_exactly_with(api, obj, None).await
-}
-
-/// Delete the object called `name`, if there is one.
-pub async fn delete_named<K>(api: &Api<K>, name: &str) -> kube::Result<()>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    match api
-        .delete(name, &kube::api::DeleteParams::background())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Whether `obj` is one the operator made for the object with uid `owner_uid`: its
 /// controller owner reference is that object, and it carries the managed-by label. Pure.
 pub fn made_for<K: Resource>(obj: &K, owner_uid: &str) -> bool {
@@ -115,53 +77,6 @@ pub fn made_for<K: Resource>(obj: &K, owner_uid: &str) -> bool {
         .flatten()
         .any(|o| o.controller == Some(true) && o.uid == owner_uid);
     labelled && owned
-}
-
-/// Delete pod `name` only if the operator made it for the object with uid `owner_uid`
-/// ([`made_for`]): a name read from status, which agents may write, never makes the operator
-/// delete another pod (a member's mongod, say). Returns whether it deleted one.
-pub async fn delete_own_pod(api: &Api<Pod>, name: &str, owner_uid: &str) -> kube::Result<bool> {
-    let Some(pod) = api.get_opt(name).await? else {
-        return Ok(false);
-    };
-    if !made_for(&pod, owner_uid) {
-        tracing::warn!(
-            pod = name,
-            "not deleting a pod named in status that this object's operator did not create"
-        );
-        return Ok(false);
-    }
-    delete_exactly(api, &pod).await
-}
-
-/// [`delete_exactly`] with no grace period: the object goes from the API at once, without its
-/// kubelet's confirmation (for a pod on a node that is lost, whose kubelet cannot give it).
-pub async fn force_delete_exactly<K>(api: &Api<K>, obj: &K) -> kube::Result<bool>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    delete_exactly_with(api, obj, Some(0)).await
-}
-
-async fn delete_exactly_with<K>(api: &Api<K>, obj: &K, grace: Option<u32>) -> kube::Result<bool>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    use kube::api::{DeleteParams, Preconditions};
-    let exactly = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: obj.uid(),
-            resource_version: None,
-        }),
-        grace_period_seconds: grace,
-        ..DeleteParams::background()
-    };
-    match api.delete(&obj.name_any(), &exactly).await {
-        Ok(_) => Ok(true),
-        // 404: gone already; 409: the uid precondition failed, a new object has the name.
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// The annotation in which `kubectl apply` keeps a whole copy of the object it applied.

@@ -5,7 +5,7 @@
 //! It is a double of the API server, not the API server: objects are JSON kept by kind,
 //! namespace and name; it answers get, list (label selectors: `k=v`, `k!=v`, `k`, `!k`),
 //! server-side apply (create, or a deep merge into what is there: maps merged, lists and
-//! scalars replaced, `null` removes), the status subresource (the same merge into `.status`),
+//! scalars replaced, `null` removes), a JSON merge patch (the same merge; 404 if missing), the status subresource (the same merge into `.status`),
 //! create (POST, for Events) and delete (with the uid precondition: 409 when it does not
 //! match). It keeps no field ownership, runs no admission and no garbage collection: what
 //! those do is tested on the real API server (tests/*_e2e.rs). Every write is logged, so a
@@ -148,7 +148,11 @@ impl MemoryApi {
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let (code, value) = api.answer(&parts.method, &parts.uri, &bytes);
+                let merge = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/merge-patch"));
+                let (code, value) = api.answer(&parts.method, &parts.uri, &bytes, merge);
                 let mut res = Response::new(Body::from(value.to_string().into_bytes()));
                 *res.status_mut() = code;
                 Ok::<_, Infallible>(res)
@@ -231,7 +235,14 @@ impl MemoryApi {
         (collection::<K>(), text("namespace"), text("name"))
     }
 
-    fn answer(&self, method: &Method, uri: &http::Uri, body: &[u8]) -> (StatusCode, Value) {
+    /// Answer one request; `merge`: a PATCH is a JSON merge patch (else server-side apply).
+    fn answer(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        body: &[u8],
+        merge: bool,
+    ) -> (StatusCode, Value) {
         let Some(r) = route(uri.path()) else {
             return status(StatusCode::NOT_FOUND, "NotFound", uri.to_string());
         };
@@ -258,6 +269,8 @@ impl MemoryApi {
                 Some(v) => (StatusCode::OK, v.clone()),
                 None => not_found(&key),
             },
+            (Method::PATCH, None) if merge && !st.objects.contains_key(&key) => not_found(&key),
+            (Method::PATCH, None) if merge => st.patch(key, body, "merge"),
             (Method::PATCH, None) => st.patch(key, body, "apply"),
             (Method::PATCH, Some("status")) => st.patch_status(key, body),
             (Method::DELETE, None) => st.delete(key, &body),

@@ -3,20 +3,18 @@
 //! run, a Role and RoleBinding owned by the Snapshot or Restore that let that ServiceAccount
 //! read that one object and patch its status (`resourceNames`), for progress and the result.
 //! An agent can never write another job's objects, nor a finished run's (its Role goes with
-//! it). Built pure ([`agent_rbac`], [`run_rbac`]), applied by [`apply_agent_identity`] and
-//! [`apply_run_access`].
+//! it). Built pure ([`agent_rbac`], [`run_rbac`]), listed in order by [`identity_changes`]
+//! for `controller::execute` to apply.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::ObjectMeta;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 
 use crate::api::BackupJob;
-use crate::controller::context::Context;
 use crate::controller::execute::Change;
-use crate::controller::kube_api::apply;
 use crate::controller::names::{agent_service_account, job_labels};
 
 /// Every rule any agent needs (for the chart's ClusterRole that states them for review):
@@ -134,34 +132,6 @@ pub fn identity_changes(job: &BackupJob, run: Option<&RunObject<'_>>) -> Vec<Cha
 /// The stage of [`identity_changes`], in errors and metrics.
 pub const RBAC_STAGE: &str = "apply_rbac";
 
-/// Apply [`run_rbac`]: `job`'s agent may read and report into `run`, and only it.
-pub async fn apply_run_access(
-    ctx: &Context,
-    ns: &str,
-    job: &BackupJob,
-    run: &RunObject<'_>,
-) -> Result<(), (&'static str, kube::Error)> {
-    let (role, binding) = run_rbac(job, run);
-    apply_role(ctx, ns, &role, &binding).await
-}
-
-/// Apply a Role and the RoleBinding that grants it. On failure, which object.
-async fn apply_role(
-    ctx: &Context,
-    ns: &str,
-    role: &Role,
-    binding: &RoleBinding,
-) -> Result<(), (&'static str, kube::Error)> {
-    let client = &ctx.client;
-    apply(&Api::<Role>::namespaced(client.clone(), ns), role)
-        .await
-        .map_err(|e| ("Role", e))?;
-    apply(&Api::<RoleBinding>::namespaced(client.clone(), ns), binding)
-        .await
-        .map_err(|e| ("RoleBinding", e))?;
-    Ok(())
-}
-
 /// The annotations that tie the agent's ServiceAccount to a cloud identity: GKE Workload
 /// Identity's Google service account, AKS Workload Identity's client id.
 fn workload_identity_annotations(job: &BackupJob) -> Option<BTreeMap<String, String>> {
@@ -203,22 +173,6 @@ pub fn agent_rbac(job: &BackupJob) -> Option<(ServiceAccount, Role, RoleBinding)
     // namespace in it is narrowed on upgrade.
     let (role, binding) = role_for_agent(job, meta, Vec::new());
     Some((sa, role, binding))
-}
-
-/// Apply the agent's ServiceAccount, Role and RoleBinding for `job`. On failure, which object.
-pub async fn apply_agent_identity(
-    ctx: &Context,
-    ns: &str,
-    job: &BackupJob,
-) -> Result<(), (&'static str, kube::Error)> {
-    let Some((sa, role, binding)) = agent_rbac(job) else {
-        return Ok(());
-    };
-    let client = &ctx.client;
-    apply(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &sa)
-        .await
-        .map_err(|e| ("ServiceAccount", e))?;
-    apply_role(ctx, ns, &role, &binding).await
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use kube::{Api, Client, ResourceExt};
 
 use crate::controller::execute::Change;
-use crate::controller::kube_api::{delete_exactly, force_delete_exactly};
 
 /// How often a run whose node is Ready looks at it again (a node's loss changes no object
 /// the controllers watch).
@@ -69,16 +68,6 @@ pub fn stop(stage: &'static str, pod: &Pod, node: Option<&Node>) -> Change {
         Change::force_delete(stage, pod)
     } else {
         Change::delete(stage, pod)
-    }
-}
-
-/// Stop the pod of a run that is over: deleted by uid, at once if its node (`node`) is not
-/// Ready, since its kubelet cannot confirm a graceful deletion.
-pub async fn stop_pod(api: &Api<Pod>, pod: &Pod, node: Option<&Node>) -> kube::Result<bool> {
-    if on_lost_node(pod, node) {
-        force_delete_exactly(api, pod).await
-    } else {
-        delete_exactly(api, pod).await
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kube::api::{DynamicObject, PostParams};
+use kube::api::DynamicObject;
 use kube::{Api, ResourceExt};
 
 use super::build::status::Step;
@@ -17,6 +17,7 @@ use crate::api::snapshot::{CaptureStatus, MemberChoice};
 use crate::api::{Snapshot, SnapshotStatus};
 use crate::controller::agent::job::Blocked;
 use crate::controller::context::Context;
+use crate::controller::execute::{Change, execute};
 use crate::controller::hold::HoldKey;
 use crate::controller::job_spec::consistency::Capture;
 use crate::controller::reason::Reason;
@@ -113,24 +114,18 @@ async fn cut_volume(
     ctx: &Context,
 ) -> Result<Result<(), Blocked>, Error> {
     let ns = snap.namespace().unwrap_or_default();
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &ns, &volume::api_resource());
-    match api.create(&PostParams::default(), vs).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {
+    let resource = volume::api_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource);
+    let create = vec![Change::create_dynamic("apply_capture", vs, &resource)];
+    match execute(ctx, snap, create).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(404) => {
             return Ok(Err(Blocked {
                 reason: Reason::VolumeSnapshotsUnavailable,
                 message: "spec.source.consistency.mode volumeSnapshot: this cluster serves no snapshot.storage.k8s.io/v1 VolumeSnapshot API (install the CSI external-snapshotter and a driver that supports snapshots)".into(),
             }));
         }
-        Err(source) => {
-            return Err(Error::ApplyCapture {
-                snapshot: snap.name_any(),
-                object: vs.name_any(),
-                source,
-            });
-        }
+        Err(e) => return Err(Error::execute(snap)(e)),
     }
     let Some(key) = held else {
         return Ok(Ok(()));

@@ -30,16 +30,16 @@ use self::plan::{
 };
 use self::release::release;
 use self::start::{Started, start_attempt, start_from_volume};
-use super::agent::node::{needs_stopping, stop_pod};
+use super::agent::node::{needs_stopping, stop};
 use super::agent::owning_agent_pods;
 use super::context::Context;
-use super::kube_api::{apply_status, delete_exactly, scoped_api};
+use super::execute::{Change, ExecuteError, execute};
+use super::kube_api::scoped_api;
 use super::reason::Reason;
 use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::mongo::lock::LockError;
-use k8s_openapi::api::core::v1::Pod;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "snapshot";
@@ -64,69 +64,28 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("Snapshot {snapshot}: applying the agent's {object}: {source}")]
-    ApplyRbac {
-        snapshot: String,
-        object: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("Snapshot {snapshot}: creating {object} (the volume capture): {source}")]
-    ApplyCapture {
-        snapshot: String,
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(
-        "Snapshot {snapshot}: deleting {object} (a finished attempt's volume capture): {source}"
-    )]
-    CleanUpCapture {
-        snapshot: String,
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("Snapshot {snapshot}: creating pod {pod}: {source}")]
-    ApplyPod {
-        snapshot: String,
-        pod: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("Snapshot {snapshot}: deleting pod {pod}, whose attempt is over: {source}")]
-    StopPod {
-        snapshot: String,
-        pod: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("Snapshot {snapshot}: deleting Snapshot {forgotten}, forgotten by retention: {source}")]
-    DeleteForgotten {
-        snapshot: String,
-        forgotten: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("Snapshot {snapshot}: marking its tie to BackupJob {job}: {source}")]
-    Ownership {
-        snapshot: String,
-        job: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("Snapshot {snapshot}: updating status: {source}")]
-    UpdateStatus {
+    /// A change the reconcile asked for failed (its stage is the metrics label).
+    #[error("Snapshot {snapshot}: {source}")]
+    Execute {
         snapshot: String,
         #[source]
-        source: kube::Error,
+        source: ExecuteError,
     },
 }
 
 impl Error {
     /// The stage, as a metrics label: the variant's name in snake case.
     pub fn category(&self) -> &'static str {
-        self.into()
+        match self {
+            Error::Execute { source, .. } => source.stage,
+            other => other.into(),
+        }
+    }
+
+    /// An error for a failed change while reconciling Snapshot `snapshot`.
+    fn execute(snapshot: &Snapshot) -> impl FnOnce(ExecuteError) -> Error + use<> {
+        let snapshot = snapshot.name_any();
+        move |source| Error::Execute { snapshot, source }
     }
 
     /// An error for a failed read of `what` while reconciling Snapshot `snapshot`.
@@ -430,20 +389,15 @@ async fn release_copy_lock(
 
 /// Delete this Snapshot's unfinished pods (a copy that can no longer be consistent).
 async fn stop_pods(snap: &Snapshot, world: &World, ctx: &Context) -> Result<(), Error> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
-    for pod in world
+    let changes = world
         .pods
         .iter()
         .filter(|p| needs_stopping(p, world.node.as_ref()))
-    {
-        let deleted = stop_pod(&api, pod, world.node.as_ref()).await;
-        deleted.map_err(|source| Error::StopPod {
-            snapshot: snap.name_any(),
-            pod: pod.name_any(),
-            source,
-        })?;
-    }
-    Ok(())
+        .map(|p| stop("stop_pod", p, world.node.as_ref()))
+        .collect();
+    execute(ctx, snap, changes)
+        .await
+        .map_err(Error::execute(snap))
 }
 
 /// Write `status` (server-side apply of the status subresource).
@@ -452,15 +406,10 @@ async fn write_status(
     status: &SnapshotStatus,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let api: Api<Snapshot> =
-        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
-    apply_status(&api, &snap.name_any(), status)
+    let changes = vec![Change::status(snap, status)];
+    execute(ctx, snap, changes)
         .await
-        .map(|_| ())
-        .map_err(|source| Error::UpdateStatus {
-            snapshot: snap.name_any(),
-            source,
-        })
+        .map_err(Error::execute(snap))
 }
 
 /// Delete the Snapshots [`forgotten_siblings`] names (each by uid, so a re-created one of the
@@ -475,33 +424,21 @@ async fn delete_forgotten(
     if doomed.is_empty() {
         return Ok(());
     }
-    let api: Api<Snapshot> =
-        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
-    let mut names = Vec::new();
-    for s in doomed {
-        let deleted = delete_exactly(&api, s)
-            .await
-            .map_err(|source| Error::DeleteForgotten {
-                snapshot: snap.name_any(),
-                forgotten: s.name_any(),
-                source,
-            })?;
-        if deleted {
-            names.push(s.name_any());
-        }
-    }
-    if !names.is_empty() {
-        ctx.event(
-            snap,
-            Reason::ForgottenSnapshotsDeleted,
-            format!(
-                "deleted Snapshot {}: the BackupJob's retention policy forgot them in the repository",
-                names.join(", ")
-            ),
-        )
-        .await;
-    }
-    Ok(())
+    let names: Vec<String> = doomed.iter().map(|s| s.name_any()).collect();
+    let mut changes: Vec<Change> = doomed
+        .into_iter()
+        .map(|s| Change::delete("delete_forgotten", s))
+        .collect();
+    changes.push(Change::event(
+        Reason::ForgottenSnapshotsDeleted,
+        format!(
+            "deleted Snapshot {}: the BackupJob's retention policy forgot them in the repository",
+            names.join(", ")
+        ),
+    ));
+    execute(ctx, snap, changes)
+        .await
+        .map_err(Error::execute(snap))
 }
 
 /// Events: a retry, then the one policy for condition transitions.

@@ -6,10 +6,10 @@
 //! gone is labelled orphaned and says so in condition Orphaned; a job of the same name applied
 //! again adopts it (its uid, its policy's owner reference, the label gone).
 //!
-//! The decisions are pure; [`tend`] applies them with one metadata merge patch.
+//! The decisions are pure; [`tend_ties`] carries them out with one metadata merge patch.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value, json};
@@ -20,6 +20,7 @@ use crate::api::backup_job::SnapshotDeletionPolicy;
 use crate::api::{BackupJob, Snapshot};
 use crate::controller::conditions::{Cond, merge, transitions};
 use crate::controller::context::Context;
+use crate::controller::execute::{Change, execute};
 use crate::controller::names::{MADE_BY_JOB_UID, ORPHANED_LABEL};
 use crate::controller::reason::Reason;
 
@@ -121,29 +122,6 @@ pub fn with_condition(
         .collect()
 }
 
-/// Apply [`metadata_patch`] to `snap`, if it has one.
-pub async fn tend(
-    api: &Api<Snapshot>,
-    snap: &Snapshot,
-    job: Option<&BackupJob>,
-) -> kube::Result<()> {
-    let Some(patch) = metadata_patch(snap, job) else {
-        return Ok(());
-    };
-    match api
-        .patch(
-            &snap.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        // Deleted meanwhile (the garbage collector, with policy Delete): nothing to tie.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        other => other.map(|_| ()),
-    }
-}
-
 /// The jobs' changes that matter to their Snapshots' ties: a deletion, a new uid (re-created),
 /// a new generation (snapshotDeletionPolicy changed). Status updates (every progress report)
 /// are left out.
@@ -174,21 +152,21 @@ pub(super) fn ownership_changes(
         })
 }
 
-/// Make `snap`'s metadata agree with its job's existence and snapshotDeletionPolicy.
+/// Make `snap`'s metadata agree with its job's existence and snapshotDeletionPolicy (a
+/// Snapshot deleted meanwhile, by the garbage collector with policy Delete, has nothing to
+/// tie).
 pub(super) async fn tend_ties(
     snap: &Snapshot,
     job: Option<&BackupJob>,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let api: Api<Snapshot> =
-        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
-    tend(&api, snap, job)
+    let changes = metadata_patch(snap, job)
+        .map(|patch| Change::merge("ownership", snap, patch))
+        .into_iter()
+        .collect();
+    execute(ctx, snap, changes)
         .await
-        .map_err(|source| Error::Ownership {
-            snapshot: snap.name_any(),
-            job: snap.spec.backup_job_ref.name.clone(),
-            source,
-        })
+        .map_err(Error::execute(snap))
 }
 
 /// A finished Snapshot's tie to its job: the metadata, and condition Orphaned (written, and

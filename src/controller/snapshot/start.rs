@@ -20,11 +20,11 @@ use super::locking::{self, LOCK_RECHECK};
 use super::{Error, QUEUE_RECHECK, RECHECK, write_status};
 use crate::api::snapshot::{CaptureStatus, MemberChoice};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
-use crate::controller::agent::identity::{RunObject, apply_agent_identity, apply_run_access};
+use crate::controller::agent::identity::{RunObject, identity_changes};
 use crate::controller::agent::job::{Blocked, Needs, check_job, job_kmip};
 use crate::controller::context::Context;
+use crate::controller::execute::{Change, execute};
 use crate::controller::job_spec::consistency::{Capture, capture};
-use crate::controller::kube_api::apply;
 use crate::controller::reason::Reason;
 use crate::mongo::{self, Answer, ConnectionSettings, MemberAddress, MemberPod, MemberReport};
 
@@ -256,13 +256,9 @@ pub(super) async fn start_from_volume(
         Ok(c) => c,
         Err(e) => return Ok((invalid(e), None)),
     };
-    apply(&claims, &clone)
+    execute(ctx, snap, vec![Change::apply("apply_capture", &clone)])
         .await
-        .map_err(|source| Error::ApplyCapture {
-            snapshot: name.clone(),
-            object: clone.name_any(),
-            source,
-        })?;
+        .map_err(Error::execute(snap))?;
     let (member, run_as) = volume::recorded_member(vs);
     let capture = capture(&job.spec.source);
     let started = Attempt {
@@ -353,15 +349,10 @@ async fn prepare_pod(
     if pod.is_ok() {
         // The agent's ServiceAccount, Role and RoleBinding before any lock: only the pod is
         // left to create while the member is locked.
-        let rbac = |(object, source)| Error::ApplyRbac {
-            snapshot: snap.name_any(),
-            object,
-            source,
-        };
-        apply_agent_identity(ctx, &ns, job).await.map_err(rbac)?;
-        if let Some(run) = RunObject::of(snap, "snapshots") {
-            apply_run_access(ctx, &ns, job, &run).await.map_err(rbac)?;
-        }
+        let identity = identity_changes(job, RunObject::of(snap, "snapshots").as_ref());
+        execute(ctx, snap, identity)
+            .await
+            .map_err(Error::execute(snap))?;
     }
     Ok(pod)
 }
@@ -373,19 +364,14 @@ async fn launch_pod(
     a: Attempt<'_>,
     ctx: &Context,
 ) -> Result<(Step, Option<Duration>), Error> {
-    let ns = snap.namespace().unwrap_or_default();
-    let name = snap.name_any();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut pod = pod;
     record_capture(&mut pod, &a.capture);
-    let created = apply(&pods, &pod).await.map_err(|source| Error::ApplyPod {
-        snapshot: name.clone(),
-        pod: pod.name_any(),
-        source,
-    })?;
+    execute(ctx, snap, vec![Change::apply("apply_pod", &pod)])
+        .await
+        .map_err(Error::execute(snap))?;
     let step = Step::Started {
         attempt: a.attempt,
-        pod: created.name_any(),
+        pod: pod.name_any(),
         member: a.member,
         retry_after: a.retry_after,
         capture: a.capture,
