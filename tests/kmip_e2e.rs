@@ -13,6 +13,7 @@ mod support;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use snapcrypt::api::kmip_server::MasterKeyState;
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, KmipServer, Snapshot};
 use support::cluster::{TestNamespace, cluster_or_skip, try_wait_for, wait_for};
@@ -147,7 +148,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
     assert_eq!(server.negotiated_version.as_deref(), Some("1.4"));
     let first_key = st.active_key_id.clone().expect("active key");
     assert_eq!(st.keys.len(), 1);
-    assert_eq!(st.keys[0].state, "Active");
+    assert_eq!(st.keys[0].state, MasterKeyState::Active);
     assert!(st.next_rotation_time.is_some());
     // kubectl prints NEXT ROTATION (a time to come) as a time, not <invalid> (#29).
     let table = support::plain::kubectl_tables_read_right(ns.name());
@@ -200,7 +201,7 @@ async fn kmip_server_status_snapshot_and_rotation() {
         .iter()
         .find(|k| k.id == first_key)
         .expect("old key listed");
-    assert_eq!(old.state, "Superseded", "{st:?}");
+    assert_eq!(old.state, MasterKeyState::Superseded, "{st:?}");
     assert!(old.superseded_at.is_some());
     assert_eq!(old.dependent_snapshots, 1, "{st:?}");
     wait_for_event(&ns, "pykmip", "Rotated").await;
@@ -401,7 +402,7 @@ async fn a_revoked_master_key_is_replaced_and_its_repository_refuses_new_snapsho
         .iter()
         .find(|k| k.id == first_key)
         .expect("the revoked key stays listed");
-    assert_ne!(old.state, "Active", "{st:?}");
+    assert_ne!(old.state, MasterKeyState::Active, "{st:?}");
     assert_eq!(old.dependent_snapshots, 1, "{st:?}");
     let note = wait_for_event(&ns, "pykmip", "KeyReplaced").await;
     assert!(

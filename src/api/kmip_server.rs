@@ -247,7 +247,8 @@ pub struct MasterKeyStatus {
     pub name: Option<String>,
     /// KMIP state as the server reports it (PreActive, Active, Deactivated, Compromised,
     /// Destroyed), or Superseded once a newer key is active and this one is kept for reading.
-    pub state: String,
+    #[schemars(with = "String")]
+    pub state: MasterKeyState,
     /// When the key was created or first used by snapcrypt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Time>,
@@ -257,6 +258,37 @@ pub struct MasterKeyStatus {
     /// Kept snapshots whose data keys are wrapped under this key. A key with dependants is never
     /// revoked or destroyed by snapcrypt.
     pub dependent_snapshots: u64,
+}
+
+/// A master key's state: KMIP's State attribute as the server reports it, or Superseded (ours:
+/// a newer key is active and this one is kept for reading). Serialised as those names (the
+/// status schema keeps a string).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MasterKeyState {
+    PreActive,
+    Active,
+    Deactivated,
+    Compromised,
+    Destroyed,
+    DestroyedCompromised,
+    Superseded,
+    /// Not read yet, or a name this version does not know (written by another version).
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl MasterKeyState {
+    /// Whether the key may wrap new data keys, or will once activated.
+    pub fn usable(self) -> bool {
+        matches!(self, MasterKeyState::Active | MasterKeyState::PreActive)
+    }
+}
+
+impl std::fmt::Display for MasterKeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
 }
 
 /// Progress of rewrapping data keys under a new master key.

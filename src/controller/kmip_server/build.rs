@@ -7,7 +7,8 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::kmip_server::{
-    KmipServerIdentity, KmipServerSpec, KmipServerStatus, MasterKeyStatus, RewrapProgress,
+    KmipServerIdentity, KmipServerSpec, KmipServerStatus, MasterKeyState, MasterKeyStatus,
+    RewrapProgress,
 };
 use crate::controller::conditions::{Cond, merge};
 use crate::controller::job_spec::schedule::parse_period;
@@ -41,10 +42,10 @@ pub enum Connection {
 #[derive(Clone, Debug)]
 pub struct Observed {
     pub connection: Connection,
-    /// The active master key and its KMIP state ("Active", "PreActive", ...).
-    pub active_key: Option<(String, String)>,
+    /// The active master key and its KMIP state.
+    pub active_key: Option<(String, MasterKeyState)>,
     /// KMIP states of every key listed in status.
-    pub key_states: BTreeMap<String, String>,
+    pub key_states: BTreeMap<String, MasterKeyState>,
     /// Succeeded Snapshots per master key id (their status.keyId), over the BackupJobs that
     /// reference this server.
     pub dependents: BTreeMap<String, u64>,
@@ -54,7 +55,7 @@ pub struct Observed {
     /// A rotation done this reconcile: (old key, new key).
     pub rotated: Option<(String, String)>,
     /// When that rotation replaced a key the server no longer holds Active: its state.
-    pub replaced: Option<String>,
+    pub replaced: Option<MasterKeyState>,
     /// Why the key could not be ensured, if it could not.
     pub key_error: Option<String>,
 }
@@ -96,10 +97,10 @@ fn key_statuses(
     let name = spec.master_key.create.as_ref().map(|c| c.name.clone());
     for k in keys.iter_mut() {
         if let Some(s) = obs.key_states.get(&k.id) {
-            k.state = if k.superseded_at.is_some() && s == "Active" {
-                "Superseded".into()
+            k.state = if k.superseded_at.is_some() && *s == MasterKeyState::Active {
+                MasterKeyState::Superseded
             } else {
-                s.clone()
+                *s
             };
         }
         if k.name.is_none() {
@@ -158,7 +159,7 @@ fn conditions(obs: &Observed, active_id: &str) -> [Cond; 5] {
     };
     let key_active = match (&obs.active_key, &obs.key_error) {
         (_, Some(e)) => Cond::new("KeyActive", false, Reason::KeyUnavailable, e.clone()),
-        (Some((id, s)), None) if s == "Active" => Cond::new(
+        (Some((id, s)), None) if *s == MasterKeyState::Active => Cond::new(
             "KeyActive",
             true,
             Reason::Active,
@@ -298,8 +299,8 @@ mod tests {
     fn observed(conn: Connection) -> Observed {
         Observed {
             connection: conn,
-            active_key: Some(("1".into(), "Active".into())),
-            key_states: [("1".to_string(), "Active".to_string())].into(),
+            active_key: Some(("1".into(), MasterKeyState::Active)),
+            key_states: [("1".to_string(), MasterKeyState::Active)].into(),
             dependents: [("1".to_string(), 3)].into(),
             jobs_total: 1,
             jobs_on_active_key: 1,
@@ -390,7 +391,7 @@ mod tests {
         assert_eq!(cond(&s, "Reachable").status, "True");
         assert_eq!(cond(&s, "Authenticated").status, "False");
         let mut o = observed(Connection::Ok(Default::default()));
-        o.active_key = Some(("1".into(), "Deactivated".into()));
+        o.active_key = Some(("1".into(), MasterKeyState::Deactivated));
         let s = build_status(&Default::default(), &spec(None), &o, None, now);
         assert_eq!(cond(&s, "KeyActive").reason, "NotActive");
         assert_eq!(cond(&s, "Ready").status, "False");
@@ -408,13 +409,13 @@ mod tests {
         );
         let mut o = observed(Connection::Ok(Default::default()));
         o.rotated = Some(("1".into(), "2".into()));
-        o.active_key = Some(("2".into(), "Active".into()));
-        o.key_states.insert("2".into(), "Active".into());
+        o.active_key = Some(("2".into(), MasterKeyState::Active));
+        o.key_states.insert("2".into(), MasterKeyState::Active);
         o.jobs_on_active_key = 0;
         let s = build_status(&first, &spec(Some("1d")), &o, None, now);
         assert_eq!(s.active_key_id.as_deref(), Some("2"));
         assert_eq!(s.keys.len(), 2);
-        assert_eq!(s.keys[0].state, "Superseded");
+        assert_eq!(s.keys[0].state, MasterKeyState::Superseded);
         assert!(s.keys[0].superseded_at.is_some());
         assert_eq!(s.last_rotation_time.as_ref().unwrap().0, now);
         assert_eq!(cond(&s, "Rotating").status, "True");
@@ -431,7 +432,7 @@ mod tests {
             ..Default::default()
         };
         let mut obs = observed(Connection::Ok(KmipServerIdentity::default()));
-        obs.active_key = Some(("k1".into(), "Active".into()));
+        obs.active_key = Some(("k1".into(), MasterKeyState::Active));
         obs.key_error = Some("Create refused by the server: permission denied".into());
         let st = build_status(
             &prev,
