@@ -6,10 +6,49 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::reason::{Reason, Severity};
 use crate::api::common::condition_status::{FALSE, TRUE, UNKNOWN};
 
+/// The type of a condition, as every kind's status names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
+pub enum CondType {
+    /// Every kind: can it do its work now.
+    Ready,
+    /// BackupJob: something needs a person.
+    Degraded,
+    /// BackupJob, Snapshot, Restore: work under way.
+    Progressing,
+    /// BackupJob: spec.suspend.
+    Suspended,
+    /// Snapshot, Restore: ended without success.
+    Failed,
+    /// Snapshot: copied at one instant (a VolumeSnapshot's cut or under a lock).
+    Consistent,
+    /// Snapshot: its BackupJob is gone.
+    Orphaned,
+    /// BackupJob: the last data read.
+    DataVerified,
+    /// BackupJob: the last restore test.
+    RestoreTested,
+    /// BackupJob: the last retention pass.
+    RetentionApplied,
+    /// KmipServer: an endpoint answered.
+    Reachable,
+    /// KmipServer: mutual TLS accepted.
+    Authenticated,
+    /// KmipServer: the master key is Active.
+    KeyActive,
+    /// KmipServer: a rotation's rewrap under way.
+    Rotating,
+}
+
+impl CondType {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// One condition as a reconciler decides it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cond {
-    pub type_: &'static str,
+    pub type_: CondType,
     pub status: bool,
     /// False: the status is Unknown (not yet known: `status` is ignored).
     pub known: bool,
@@ -18,12 +57,7 @@ pub struct Cond {
 }
 
 impl Cond {
-    pub fn new(
-        type_: &'static str,
-        status: bool,
-        reason: Reason,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(type_: CondType, status: bool, reason: Reason, message: impl Into<String>) -> Self {
         Cond {
             type_,
             status,
@@ -34,7 +68,7 @@ impl Cond {
     }
 
     /// A condition whose status is not known yet (Unknown).
-    pub fn unknown(type_: &'static str, reason: Reason, message: impl Into<String>) -> Self {
+    pub fn unknown(type_: CondType, reason: Reason, message: impl Into<String>) -> Self {
         Cond {
             known: false,
             ..Cond::new(type_, false, reason, message)
@@ -60,7 +94,7 @@ pub fn merge(
             };
             let since = previous
                 .iter()
-                .find(|p| p.type_ == w.type_ && p.status == status)
+                .find(|p| p.type_ == w.type_.as_str() && p.status == status)
                 .map(|p| p.last_transition_time.clone())
                 .unwrap_or_else(|| now.clone());
             // An empty message is serialized as null, which the API server rejects.
@@ -70,7 +104,7 @@ pub fn merge(
                 super::text::truncate(&w.message, 32 * 1024)
             };
             Condition {
-                type_: w.type_.into(),
+                type_: w.type_.as_str().into(),
                 status: status.into(),
                 reason: w.reason.to_string(),
                 message,
@@ -86,15 +120,15 @@ pub fn merge(
 pub fn finished(succeeded: bool, reason: Reason, message: &str) -> Vec<Cond> {
     if succeeded {
         vec![
-            Cond::new("Ready", true, reason, message),
-            Cond::new("Progressing", false, Reason::Finished, ""),
-            Cond::new("Failed", false, Reason::NotFailed, ""),
+            Cond::new(CondType::Ready, true, reason, message),
+            Cond::new(CondType::Progressing, false, Reason::Finished, ""),
+            Cond::new(CondType::Failed, false, Reason::NotFailed, ""),
         ]
     } else {
         vec![
-            Cond::new("Ready", false, reason, message),
-            Cond::new("Progressing", false, Reason::Finished, ""),
-            Cond::new("Failed", true, reason, message),
+            Cond::new(CondType::Ready, false, reason, message),
+            Cond::new(CondType::Progressing, false, Reason::Finished, ""),
+            Cond::new(CondType::Failed, true, reason, message),
         ]
     }
 }
@@ -103,9 +137,9 @@ pub fn finished(succeeded: bool, reason: Reason, message: &str) -> Vec<Cond> {
 /// start: Ready and Progressing False with `reason`.
 pub fn waiting(reason: Reason, message: &str) -> Vec<Cond> {
     vec![
-        Cond::new("Ready", false, reason, message),
-        Cond::new("Progressing", false, reason, message),
-        Cond::new("Failed", false, Reason::NotFailed, ""),
+        Cond::new(CondType::Ready, false, reason, message),
+        Cond::new(CondType::Progressing, false, reason, message),
+        Cond::new(CondType::Failed, false, Reason::NotFailed, ""),
     ]
 }
 
@@ -113,9 +147,9 @@ pub fn waiting(reason: Reason, message: &str) -> Vec<Cond> {
 /// (`progressing`).
 pub fn under_way(ready: Reason, progressing: Reason, message: &str) -> Vec<Cond> {
     vec![
-        Cond::new("Ready", false, ready, message),
-        Cond::new("Progressing", true, progressing, message),
-        Cond::new("Failed", false, Reason::NotFailed, ""),
+        Cond::new(CondType::Ready, false, ready, message),
+        Cond::new(CondType::Progressing, true, progressing, message),
+        Cond::new(CondType::Failed, false, Reason::NotFailed, ""),
     ]
 }
 
@@ -164,7 +198,7 @@ mod tests {
         let first = merge(
             &[],
             &[Cond::new(
-                "Ready",
+                CondType::Ready,
                 false,
                 Reason::SnapshotPending,
                 "waiting",
@@ -175,7 +209,7 @@ mod tests {
         let same = merge(
             &first,
             &[Cond::new(
-                "Ready",
+                CondType::Ready,
                 false,
                 Reason::WaitingForOtherSnapshot,
                 "still",
@@ -187,7 +221,7 @@ mod tests {
         assert_eq!(same[0].observed_generation, Some(2));
         let flipped = merge(
             &same,
-            &[Cond::new("Ready", true, Reason::Succeeded, "done")],
+            &[Cond::new(CondType::Ready, true, Reason::Succeeded, "done")],
             Some(2),
             &t("2026-01-01T00:02:00Z"),
         );
@@ -199,7 +233,7 @@ mod tests {
         assert_eq!(transitions(&same, &flipped)[0].reason, "Succeeded");
         let blank = merge(
             &[],
-            &[Cond::new("Degraded", false, Reason::AsExpected, "")],
+            &[Cond::new(CondType::Degraded, false, Reason::AsExpected, "")],
             None,
             &t("2026-01-01T00:00:00Z"),
         );

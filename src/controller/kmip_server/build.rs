@@ -10,6 +10,7 @@ use crate::api::kmip_server::{
     KmipServerIdentity, KmipServerSpec, KmipServerStatus, MasterKeyState, MasterKeyStatus,
     RewrapProgress,
 };
+use crate::controller::conditions::CondType;
 use crate::controller::conditions::{Cond, merge};
 use crate::controller::job_spec::schedule::parse_period;
 use crate::controller::reason::Reason;
@@ -117,22 +118,22 @@ fn conditions(obs: &Observed, active_id: &str) -> [Cond; 5] {
     let (reachable, authenticated) = match &obs.connection {
         Connection::Ok(_) => (
             Cond::new(
-                "Reachable",
+                CondType::Reachable,
                 true,
                 Reason::Connected,
                 "a KMIP endpoint answered",
             ),
             Cond::new(
-                "Authenticated",
+                CondType::Authenticated,
                 true,
                 Reason::Authenticated,
                 "mutual TLS accepted",
             ),
         ),
         Connection::Unreachable(m) => (
-            Cond::new("Reachable", false, Reason::Unreachable, m.clone()),
+            Cond::new(CondType::Reachable, false, Reason::Unreachable, m.clone()),
             Cond::new(
-                "Authenticated",
+                CondType::Authenticated,
                 false,
                 Reason::Unreachable,
                 "no endpoint reached",
@@ -140,39 +141,49 @@ fn conditions(obs: &Observed, active_id: &str) -> [Cond; 5] {
         ),
         Connection::NotAuthenticated(m) => (
             Cond::new(
-                "Reachable",
+                CondType::Reachable,
                 true,
                 Reason::Connected,
                 "a KMIP endpoint answered",
             ),
             Cond::new(
-                "Authenticated",
+                CondType::Authenticated,
                 false,
                 Reason::AuthenticationFailed,
                 m.clone(),
             ),
         ),
         Connection::NoCredentials(m) => (
-            Cond::new("Reachable", false, Reason::NoCredentials, m.clone()),
-            Cond::new("Authenticated", false, Reason::NoCredentials, m.clone()),
+            Cond::new(CondType::Reachable, false, Reason::NoCredentials, m.clone()),
+            Cond::new(
+                CondType::Authenticated,
+                false,
+                Reason::NoCredentials,
+                m.clone(),
+            ),
         ),
     };
     let key_active = match (&obs.active_key, &obs.key_error) {
-        (_, Some(e)) => Cond::new("KeyActive", false, Reason::KeyUnavailable, e.clone()),
+        (_, Some(e)) => Cond::new(
+            CondType::KeyActive,
+            false,
+            Reason::KeyUnavailable,
+            e.clone(),
+        ),
         (Some((id, s)), None) if *s == MasterKeyState::Active => Cond::new(
-            "KeyActive",
+            CondType::KeyActive,
             true,
             Reason::Active,
             format!("master key {id} is Active"),
         ),
         (Some((id, s)), None) => Cond::new(
-            "KeyActive",
+            CondType::KeyActive,
             false,
             Reason::NotActive,
             format!("master key {id} is {s}, not Active: backups are refused"),
         ),
         (None, None) => Cond::new(
-            "KeyActive",
+            CondType::KeyActive,
             false,
             Reason::Unknown,
             "the master key could not be checked",
@@ -181,7 +192,7 @@ fn conditions(obs: &Observed, active_id: &str) -> [Cond; 5] {
     let rewrap_pending = obs.jobs_on_active_key < obs.jobs_total;
     let rotating = if obs.rotated.is_some() || rewrap_pending {
         Cond::new(
-            "Rotating",
+            CondType::Rotating,
             true,
             Reason::Rewrapping,
             format!(
@@ -190,12 +201,17 @@ fn conditions(obs: &Observed, active_id: &str) -> [Cond; 5] {
             ),
         )
     } else {
-        Cond::new("Rotating", false, Reason::Idle, "no rotation in progress")
+        Cond::new(
+            CondType::Rotating,
+            false,
+            Reason::Idle,
+            "no rotation in progress",
+        )
     };
     let ready_ok = reachable.status && authenticated.status && key_active.status;
     let ready = if ready_ok {
         Cond::new(
-            "Ready",
+            CondType::Ready,
             true,
             Reason::Ready,
             "the master key is reachable and Active",
@@ -206,7 +222,7 @@ fn conditions(obs: &Observed, active_id: &str) -> [Cond; 5] {
             .find(|c| !c.status)
             .map(|c| c.message.clone())
             .unwrap_or_default();
-        Cond::new("Ready", false, Reason::NotReady, why)
+        Cond::new(CondType::Ready, false, Reason::NotReady, why)
     };
     [ready, reachable, authenticated, key_active, rotating]
 }

@@ -18,6 +18,7 @@ use super::{Error, write_status};
 use crate::api::SnapshotStatus;
 use crate::api::backup_job::SnapshotDeletionPolicy;
 use crate::api::{BackupJob, Snapshot};
+use crate::controller::conditions::CondType;
 use crate::controller::conditions::{Cond, merge, transitions};
 use crate::controller::context::Context;
 use crate::controller::execute::{Change, execute};
@@ -78,15 +79,16 @@ pub fn metadata_patch(snap: &Snapshot, job: Option<&BackupJob>) -> Option<Value>
 pub fn orphaned_condition(snap: &Snapshot, job: Option<&BackupJob>) -> Option<Cond> {
     let name = &snap.spec.backup_job_ref.name;
     let was = snap.labels().contains_key(ORPHANED_LABEL)
-        || snap
-            .status
-            .as_ref()
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Orphaned"));
+        || snap.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == CondType::Orphaned.as_str())
+        });
     match job {
         // Owned by the job (policy Delete): deleted with it, not orphaned.
         None if job_owner(snap).is_some() => None,
         None => Some(Cond::new(
-            "Orphaned",
+            CondType::Orphaned,
             true,
             Reason::BackupJobDeleted,
             format!(
@@ -94,7 +96,7 @@ pub fn orphaned_condition(snap: &Snapshot, job: Option<&BackupJob>) -> Option<Co
             ),
         )),
         Some(job) if was => Some(Cond::new(
-            "Orphaned",
+            CondType::Orphaned,
             false,
             Reason::Adopted,
             format!(
@@ -116,7 +118,7 @@ pub fn with_condition(
     let set = merge(conditions, std::slice::from_ref(cond), generation, now);
     conditions
         .iter()
-        .filter(|c| c.type_ != cond.type_)
+        .filter(|c| c.type_ != cond.type_.as_str())
         .cloned()
         .chain(set)
         .collect()

@@ -10,6 +10,7 @@ use crate::api::snapshot::RunPhase;
 use crate::api::verification::{CheckResult, RestoreTestRun, VerificationRun};
 use crate::api::{BackupJob, Restore, RestoreSpec};
 use crate::controller::conditions::Cond;
+use crate::controller::conditions::CondType;
 use crate::controller::names::{
     RESTORE_TEST_JOB_UID_LABEL, RESTORE_TEST_LABEL, SCHEDULED_TIME, job_labels, label_value,
     restore_test_name,
@@ -136,7 +137,7 @@ pub fn check_conditions(
     if let Some(v) = verification {
         conds.push(match (v.result, v.problem_count) {
             (CheckResult::Failed, 0) => Cond::new(
-                "DataVerified",
+                CondType::DataVerified,
                 false,
                 Reason::VerificationFailed,
                 format!(
@@ -146,7 +147,7 @@ pub fn check_conditions(
                 ),
             ),
             (CheckResult::Failed, n) => Cond::new(
-                "DataVerified",
+                CondType::DataVerified,
                 false,
                 Reason::DataDamaged,
                 format!(
@@ -156,7 +157,7 @@ pub fn check_conditions(
                 ),
             ),
             _ => Cond::new(
-                "DataVerified",
+                CondType::DataVerified,
                 true,
                 Reason::DataVerified,
                 format!(
@@ -170,7 +171,7 @@ pub fn check_conditions(
         let message = t.message.clone().unwrap_or_default();
         conds.push(match t.result {
             CheckResult::Succeeded => Cond::new(
-                "RestoreTested",
+                CondType::RestoreTested,
                 true,
                 Reason::RestoreTestPassed,
                 format!(
@@ -179,7 +180,7 @@ pub fn check_conditions(
                 ),
             ),
             _ => Cond::new(
-                "RestoreTested",
+                CondType::RestoreTested,
                 false,
                 Reason::RestoreTestFailed,
                 format!(

@@ -8,6 +8,7 @@ use crate::api::backup_job::{BackupJobPhase, BackupJobStatus};
 use crate::api::snapshot::RunPhase;
 use crate::api::verification::{RestoreTestRun, VerificationRun};
 use crate::api::{BackupJob, Snapshot};
+use crate::controller::conditions::CondType;
 use crate::controller::conditions::{Cond, merge};
 use crate::controller::job_spec::validate::Problem;
 use crate::controller::names::SCHEDULED_TIME;
@@ -123,10 +124,20 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
             .map(|p| p.message.as_str())
             .collect::<Vec<_>>()
             .join("; ");
-        conds.push(Cond::new("Ready", false, first.reason, message.clone()));
+        conds.push(Cond::new(
+            CondType::Ready,
+            false,
+            first.reason,
+            message.clone(),
+        ));
         // Waiting for objects that do not exist yet is not a failure (#29).
         let waiting = o.problems.iter().all(Problem::is_missing_reference);
-        conds.push(Cond::new("Degraded", !waiting, first.reason, message));
+        conds.push(Cond::new(
+            CondType::Degraded,
+            !waiting,
+            first.reason,
+            message,
+        ));
         phase = if waiting {
             BackupJobPhase::Waiting
         } else {
@@ -134,10 +145,10 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         };
     } else {
         let ready_msg = ready_message(job, o.next_schedule);
-        conds.push(Cond::new("Ready", true, Reason::Valid, ready_msg));
+        conds.push(Cond::new(CondType::Ready, true, Reason::Valid, ready_msg));
         match last_finished {
             Some(s) if phase_of(s) == RunPhase::Failed => conds.push(Cond::new(
-                "Degraded",
+                CondType::Degraded,
                 true,
                 Reason::LastSnapshotFailed,
                 format!(
@@ -149,7 +160,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
                         .unwrap_or_default()
                 ),
             )),
-            _ => conds.push(Cond::new("Degraded", false, Reason::AsExpected, "")),
+            _ => conds.push(Cond::new(CondType::Degraded, false, Reason::AsExpected, "")),
         }
         phase = if running.is_some() {
             BackupJobPhase::Running
@@ -217,9 +228,9 @@ fn checks_conditions(checks: &Checks) -> Vec<Cond> {
             .filter(|_| checks.restore_tests_seen),
     );
     if let Some(why) = &checks.not_started {
-        conds.retain(|c| c.type_ != "RestoreTested");
+        conds.retain(|c| c.type_ != CondType::RestoreTested);
         conds.push(Cond::new(
-            "RestoreTested",
+            CondType::RestoreTested,
             false,
             Reason::RestoreTestNotStarted,
             why.clone(),
@@ -244,7 +255,7 @@ fn ready_message(job: &BackupJob, next: Option<jiff::Timestamp>) -> String {
 fn progressing(running: Option<&Snapshot>, waiting: usize) -> Cond {
     match (running, waiting) {
         (Some(r), _) => Cond::new(
-            "Progressing",
+            CondType::Progressing,
             true,
             Reason::SnapshotRunning,
             format!(
@@ -258,21 +269,31 @@ fn progressing(running: Option<&Snapshot>, waiting: usize) -> Cond {
             ),
         ),
         (None, n) if n > 0 => Cond::new(
-            "Progressing",
+            CondType::Progressing,
             true,
             Reason::SnapshotPending,
             format!("{n} Snapshot(s) waiting to start"),
         ),
-        _ => Cond::new("Progressing", false, Reason::Idle, "no Snapshot is running"),
+        _ => Cond::new(
+            CondType::Progressing,
+            false,
+            Reason::Idle,
+            "no Snapshot is running",
+        ),
     }
 }
 
 /// Suspended, from `spec.suspend`.
 fn suspended(job: &BackupJob) -> Cond {
     if job.spec.suspend {
-        Cond::new("Suspended", true, Reason::Suspended, "spec.suspend is true")
+        Cond::new(
+            CondType::Suspended,
+            true,
+            Reason::Suspended,
+            "spec.suspend is true",
+        )
     } else {
-        Cond::new("Suspended", false, Reason::NotSuspended, "")
+        Cond::new(CondType::Suspended, false, Reason::NotSuspended, "")
     }
 }
 

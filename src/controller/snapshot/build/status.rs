@@ -8,6 +8,7 @@ use crate::api::agent::{RetentionResult, SnapshotResult};
 use crate::api::snapshot::{
     CaptureMode, CaptureStatus, LockState, MemberChoice, RunPhase, SnapshotStats, SnapshotStatus,
 };
+use crate::controller::conditions::CondType;
 use crate::controller::conditions::{self, Cond, merge};
 use crate::controller::job_spec::consistency::Capture;
 use crate::controller::reason::Reason;
@@ -88,14 +89,14 @@ impl Consistency {
     /// copied yet), or False for a capture that never makes a consistent copy.
     fn pending(&self, attempt: u32) -> Cond {
         if !self.consistent {
-            return Cond::new("Consistent", false, self.reason, &self.message);
+            return Cond::new(CondType::Consistent, false, self.reason, &self.message);
         }
         let from = match self.reason {
             Reason::VolumeSnapshotCut => "once its copy of the VolumeSnapshot's cut has finished",
             _ => "once its copy has finished under the member's fsyncLock",
         };
         Cond::unknown(
-            "Consistent",
+            CondType::Consistent,
             Reason::CaptureUnderWay,
             format!("attempt {attempt} is under way: this turns True {from}"),
         )
@@ -111,7 +112,7 @@ fn achieved(capture: Option<&CaptureStatus>, prev: &SnapshotStatus) -> Cond {
     let attempt = capture.map_or(prev.attempts, |c| c.attempt);
     let missing = |what: &str| {
         Cond::new(
-            "Consistent",
+            CondType::Consistent,
             false,
             Reason::NotCaptured,
             format!(
@@ -122,7 +123,7 @@ fn achieved(capture: Option<&CaptureStatus>, prev: &SnapshotStatus) -> Cond {
     match capture.map(|c| c.mode) {
         Some(CaptureMode::FsyncLock) => match locked {
             Some(l) => Cond::new(
-                "Consistent",
+                CondType::Consistent,
                 true,
                 Reason::CopiedUnderLock,
                 format!(
@@ -146,7 +147,7 @@ fn achieved(capture: Option<&CaptureStatus>, prev: &SnapshotStatus) -> Cond {
                 None => " (crash-consistent: mongod recovers from it when its journal is on that volume, its default layout)".into(),
             };
             Cond::new(
-                "Consistent",
+                CondType::Consistent,
                 true,
                 Reason::VolumeSnapshotCut,
                 format!("copied from VolumeSnapshot {vs}{at}{how}"),
@@ -157,7 +158,7 @@ fn achieved(capture: Option<&CaptureStatus>, prev: &SnapshotStatus) -> Cond {
             .filter(|c| c.known && !c.status)
             .unwrap_or_else(|| {
                 Cond::new(
-                    "Consistent",
+                    CondType::Consistent,
                     false,
                     Reason::CopiedLive,
                     "the files were copied as they are from the member",
@@ -268,7 +269,7 @@ pub fn next_status(
             s.message = Some(message.clone());
             let mut conds = conditions::finished(false, *reason, message);
             conds.push(Cond::new(
-                "Consistent",
+                CondType::Consistent,
                 false,
                 Reason::NotCaptured,
                 "no complete copy was made: the run failed (see condition Failed)",
@@ -277,7 +278,7 @@ pub fn next_status(
         }
     };
     // The Consistent condition stays as the attempt's capture set it.
-    if !conds.iter().any(|c| c.type_ == "Consistent") {
+    if !conds.iter().any(|c| c.type_ == CondType::Consistent) {
         conds.extend(kept_consistency(prev));
     }
     s.conditions = merge(&prev.conditions, &conds, generation, &now_t);
@@ -373,12 +374,12 @@ fn kept_consistency(prev: &SnapshotStatus) -> Option<Cond> {
     let reason = Reason::parse(&c.reason)?;
     Some(match c.status.as_str() {
         crate::api::common::condition_status::TRUE => {
-            Cond::new("Consistent", true, reason, c.message.clone())
+            Cond::new(CondType::Consistent, true, reason, c.message.clone())
         }
         crate::api::common::condition_status::FALSE => {
-            Cond::new("Consistent", false, reason, c.message.clone())
+            Cond::new(CondType::Consistent, false, reason, c.message.clone())
         }
-        _ => Cond::unknown("Consistent", reason, c.message.clone()),
+        _ => Cond::unknown(CondType::Consistent, reason, c.message.clone()),
     })
 }
 
@@ -386,13 +387,13 @@ fn kept_consistency(prev: &SnapshotStatus) -> Option<Cond> {
 pub fn retention_condition(r: &RetentionResult) -> Cond {
     match &r.error {
         Some(e) => Cond::new(
-            "RetentionApplied",
+            CondType::RetentionApplied,
             false,
             Reason::PruneFailed,
             format!("the snapshot is complete, but the retention policy was not applied: {e}"),
         ),
         None => Cond::new(
-            "RetentionApplied",
+            CondType::RetentionApplied,
             true,
             Reason::Pruned,
             format!(
