@@ -14,6 +14,8 @@ pub mod ownership;
 mod plan;
 mod release;
 mod start;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
