@@ -115,8 +115,61 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
     let one_off_done =
         job.spec.schedule.is_none() && running.is_none() && waiting == 0 && last_finished.is_some();
 
+    let (phase, mut conds) = health(o, last_finished, running.is_some(), one_off_done);
+    conds.push(progressing(running, waiting));
+    conds.push(suspended(job));
+    let checks = o.checks;
+    conds.extend(checks_conditions(checks));
+
+    let generation = job.metadata.generation;
+    let now = Time(o.now);
+    let running_status = running.and_then(|r| r.status.as_ref());
+    BackupJobStatus {
+        phase,
+        observed_generation: generation,
+        conditions: merge(&prev.conditions, &conds, generation, &now),
+        last_snapshot: newest.map(|s| s.name_any()).or(prev.last_snapshot),
+        last_snapshot_time: newest
+            .and_then(scheduled_time)
+            .map(Time)
+            .or(prev.last_snapshot_time),
+        last_successful_snapshot: last_ok
+            .map(|s| s.name_any())
+            .or(prev.last_successful_snapshot),
+        last_successful_time: last_ok
+            .and_then(|s| s.status.as_ref().and_then(|st| st.completion_time.clone()))
+            .or(prev.last_successful_time),
+        next_schedule_time: o.next_schedule.map(Time),
+        running_snapshot: running.map(|s| s.name_any()),
+        progress: running_status.and_then(|st| st.progress.clone()),
+        progress_summary: running_status.and_then(|st| st.progress_summary.clone()),
+        snapshot_count: succeeded.len() as u64,
+        stored_bytes: succeeded
+            .iter()
+            .filter_map(|s| s.status.as_ref().and_then(|st| st.stats.as_ref()))
+            .map(|st| st.stored_bytes)
+            .sum(),
+        key_id: last_ok
+            .and_then(|s| s.status.as_ref().and_then(|st| st.key_id.clone()))
+            .or(prev.key_id),
+        last_verification: checks.last_verification.clone(),
+        verification_runs: checks.verification_runs,
+        last_restore_test: checks.last_restore_test.clone(),
+        running_restore_test: checks.running_restore_test.clone(),
+    }
+}
+
+/// The job's phase, and its Ready and Degraded conditions: its problems, else how its last
+/// finished Snapshot ended.
+fn health(
+    o: &Observed,
+    last_finished: Option<&Snapshot>,
+    running: bool,
+    one_off_done: bool,
+) -> (BackupJobPhase, Vec<Cond>) {
     let mut conds = Vec::new();
     let phase;
+    let job = o.job;
     if let Some(first) = o.problems.first() {
         let message = o
             .problems
@@ -162,7 +215,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
             )),
             _ => conds.push(Cond::new(CondType::Degraded, false, Reason::AsExpected, "")),
         }
-        phase = if running.is_some() {
+        phase = if running {
             BackupJobPhase::Running
         } else if job.spec.suspend {
             BackupJobPhase::Suspended
@@ -175,47 +228,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
             BackupJobPhase::Ready
         };
     }
-    conds.push(progressing(running, waiting));
-    conds.push(suspended(job));
-    let checks = o.checks;
-    conds.extend(checks_conditions(checks));
-
-    let generation = job.metadata.generation;
-    let now = Time(o.now);
-    let running_status = running.and_then(|r| r.status.as_ref());
-    BackupJobStatus {
-        phase,
-        observed_generation: generation,
-        conditions: merge(&prev.conditions, &conds, generation, &now),
-        last_snapshot: newest.map(|s| s.name_any()).or(prev.last_snapshot),
-        last_snapshot_time: newest
-            .and_then(scheduled_time)
-            .map(Time)
-            .or(prev.last_snapshot_time),
-        last_successful_snapshot: last_ok
-            .map(|s| s.name_any())
-            .or(prev.last_successful_snapshot),
-        last_successful_time: last_ok
-            .and_then(|s| s.status.as_ref().and_then(|st| st.completion_time.clone()))
-            .or(prev.last_successful_time),
-        next_schedule_time: o.next_schedule.map(Time),
-        running_snapshot: running.map(|s| s.name_any()),
-        progress: running_status.and_then(|st| st.progress.clone()),
-        progress_summary: running_status.and_then(|st| st.progress_summary.clone()),
-        snapshot_count: succeeded.len() as u64,
-        stored_bytes: succeeded
-            .iter()
-            .filter_map(|s| s.status.as_ref().and_then(|st| st.stats.as_ref()))
-            .map(|st| st.stored_bytes)
-            .sum(),
-        key_id: last_ok
-            .and_then(|s| s.status.as_ref().and_then(|st| st.key_id.clone()))
-            .or(prev.key_id),
-        last_verification: checks.last_verification.clone(),
-        verification_runs: checks.verification_runs,
-        last_restore_test: checks.last_restore_test.clone(),
-        running_restore_test: checks.running_restore_test.clone(),
-    }
+    (phase, conds)
 }
 
 /// DataVerified and RestoreTested from what the checks found.
