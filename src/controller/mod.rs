@@ -1,7 +1,7 @@
 //! The operator: one process running a kube-runtime Controller per kind (BackupJob, Snapshot,
-//! KmipServer, Restore), sharing one [`Context`]. Each reconciler is a straight pipeline
-//! (dereference -> validate -> build -> apply -> update status); see `backup_job/`,
-//! `snapshot/` and `restore/`.
+//! KmipServer, Restore), sharing one [`Context`]. Each reconciler is the same pipeline:
+//! dereference (the only reads, into a typed World) -> plan (pure: the changes and the next
+//! status) -> [`execute`] (the only writes) -> announce; see docs/ARCHITECTURE.md.
 
 // Shared layers, below every controller.
 pub mod agent;
