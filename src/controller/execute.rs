@@ -267,6 +267,14 @@ pub async fn execute<K: Resource<DynamicType = ()>>(
     Ok(())
 }
 
+/// `result`, with the API server's answer `code` taken as done.
+fn tolerate<T>(result: kube::Result<T>, code: u16) -> kube::Result<()> {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == code => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
 async fn run<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     subject: &K,
@@ -300,11 +308,8 @@ async fn run<K: Resource<DynamicType = ()>>(
         } => {
             let obj: DynamicObject = serde_json::from_value(body)
                 .map_err(|e| failed(stage, "creating", &target)(kube::Error::SerdeError(e)))?;
-            match target.api(ctx).create(&PostParams::default(), &obj).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(failed(stage, "creating", &target)(e)),
-            }
+            let created = target.api(ctx).create(&PostParams::default(), &obj).await;
+            tolerate(created, 409).map_err(failed(stage, "creating", &target))?;
         }
         Change::Merge {
             stage,
@@ -312,15 +317,9 @@ async fn run<K: Resource<DynamicType = ()>>(
             body,
         } => {
             let merge = PatchParams::default();
-            match target
-                .api(ctx)
-                .patch(&target.name, &merge, &Patch::Merge(&body))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(failed(stage, "patching", &target)(e)),
-            }
+            let api = target.api(ctx);
+            let patched = api.patch(&target.name, &merge, &Patch::Merge(&body)).await;
+            tolerate(patched, 404).map_err(failed(stage, "patching", &target))?;
         }
         Change::Status {
             stage,
@@ -345,12 +344,9 @@ async fn run<K: Resource<DynamicType = ()>>(
                 grace_period_seconds: grace,
                 ..DeleteParams::background()
             };
-            match target.api(ctx).delete(&target.name, &params).await {
-                Ok(_) => {}
-                // 404: gone already; 409: the uid precondition failed, a new object has the name.
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => return Err(failed(stage, "deleting", &target)(e)),
-            }
+            // 404: gone already; 409: the uid precondition failed, a new object has the name.
+            let deleted = target.api(ctx).delete(&target.name, &params).await;
+            tolerate(tolerate(deleted, 404), 409).map_err(failed(stage, "deleting", &target))?;
         }
         Change::Event { reason, note } => ctx.event(subject, reason, note).await,
     }

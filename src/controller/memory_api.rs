@@ -99,8 +99,9 @@ fn selected(labels: &Value, selector: &str) -> bool {
     })
 }
 
-/// Merge `patch` into `into`: maps key by key, `null` removes, anything else replaces.
-fn merge(into: &mut Value, patch: &Value) {
+/// Merge `patch` into `into`: maps key by key, `null` removes, anything else replaces (a JSON
+/// merge patch, RFC 7386).
+pub fn merge(into: &mut Value, patch: &Value) {
     match (into, patch) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
@@ -159,6 +160,15 @@ impl MemoryApi {
             }
         });
         Client::new(service, "db")
+    }
+
+    /// What a reconcile gets, with [`MemoryApi::client`] and the operator's default settings.
+    pub fn context(&self) -> Arc<super::context::Context> {
+        Arc::new(super::context::Context::new(
+            self.client(),
+            Arc::new(super::metrics::Metrics::default()),
+            super::context::OperatorConfig::default(),
+        ))
     }
 
     /// Put `obj` in as a user's `kubectl apply` would (a uid if it has none). Returns it as

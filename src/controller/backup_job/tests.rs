@@ -15,7 +15,6 @@ use crate::controller::context::OperatorConfig;
 use crate::controller::fixtures::{claim, job, secret, stateful_set, succeeded_snapshot};
 use crate::controller::job_spec::validate::{Found, references};
 use crate::controller::memory_api::MemoryApi;
-use crate::controller::metrics::Metrics;
 
 fn at(t: &str) -> jiff::Timestamp {
     t.parse().expect("time")
@@ -143,14 +142,6 @@ fn a_due_restore_test_creates_a_restore_of_the_newest_success() {
     );
 }
 
-fn context(mem: &MemoryApi) -> Arc<Context> {
-    Arc::new(Context::new(
-        mem.client(),
-        Arc::new(Metrics::default()),
-        OperatorConfig::default(),
-    ))
-}
-
 async fn reconcile_once(mem: &MemoryApi, ctx: &Arc<Context>) -> Action {
     let j: BackupJob = mem.get("db", "rs0").expect("the BackupJob");
     reconcile(Arc::new(j), ctx.clone())
@@ -166,7 +157,7 @@ async fn a_job_waits_for_its_secret_then_creates_its_one_snapshot() {
     mem.put(&job(""));
     mem.put(&claim("backups"));
     mem.put(&stateful_set("rs0"));
-    let ctx = context(&mem);
+    let ctx = mem.context();
     let action = reconcile_once(&mem, &ctx).await;
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
     assert_eq!(mem.take_writes(), ["status backupjobs/rs0"]);

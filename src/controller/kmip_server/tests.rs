@@ -8,10 +8,8 @@ use super::build::{Connection, Observed};
 use super::plan::plan;
 use super::*;
 use crate::api::kmip_server::{KmipServerIdentity, MasterKeyState};
-use crate::controller::context::OperatorConfig;
 use crate::controller::execute::Change;
 use crate::controller::memory_api::MemoryApi;
-use crate::controller::metrics::Metrics;
 
 fn server() -> KmipServer {
     serde_yaml::from_str(
@@ -114,11 +112,7 @@ fn key_states_keep_their_names() {
 async fn a_kmip_server_without_its_secret_says_which_one() {
     let mem = MemoryApi::new();
     mem.put(&server());
-    let ctx = Arc::new(Context::new(
-        mem.client(),
-        Arc::new(Metrics::default()),
-        OperatorConfig::default(),
-    ));
+    let ctx = mem.context();
     let ks: KmipServer = mem.get("db", "vault-kmip").expect("KmipServer");
     reconcile(Arc::new(ks), ctx).await.expect("reconcile");
     assert_eq!(mem.take_writes(), ["status kmipservers/vault-kmip"]);

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::ResourceExt;
 
 use super::Error;
-use super::build::Step;
+use super::build::{Outcome, Step};
 use super::check::{
     check_network_policy, check_pod, check_result, check_step, is_own_claim, scratch_claim,
 };
@@ -60,17 +60,6 @@ pub fn plan_scratch(
     ]))
 }
 
-/// What the check adds after a restore pod: its step, when to look again, the check's
-/// status, and the changes (the check pod and its NetworkPolicy to create, or an overrun
-/// check pod to stop).
-#[derive(Debug)]
-pub struct Checked {
-    pub step: Step,
-    pub requeue: Option<Duration>,
-    pub check: Option<CheckStatus>,
-    pub changes: Vec<Change>,
-}
-
 /// After a successful restore pod: the check pod's run (started if there is none yet), as the
 /// Restore's step; the step as it was without spec.check. Pure.
 pub fn plan_check(
@@ -78,16 +67,16 @@ pub fn plan_check(
     w: &World,
     restored: Step,
     now: jiff::Timestamp,
-) -> Result<Checked, Error> {
+) -> Result<Outcome, Error> {
     let (Some(check), Step::Succeeded { stats, .. }) = (&r.spec.check, &restored) else {
-        return Ok(Checked {
+        return Ok(Outcome {
             step: restored,
             requeue: None,
             check: None,
             changes: Vec::new(),
         });
     };
-    let checking = |pod: String, changes| Checked {
+    let checking = |pod: String, changes| Outcome {
         step: Step::Checking { pod: pod.clone() },
         requeue: Some(CHECK_RECHECK),
         check: Some(CheckStatus {
@@ -147,7 +136,7 @@ pub fn plan_check(
             finished,
         },
     };
-    Ok(Checked {
+    Ok(Outcome {
         step,
         requeue: None,
         check: Some(verdict),

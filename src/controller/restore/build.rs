@@ -126,6 +126,17 @@ pub enum Step {
     },
 }
 
+/// What a reconcile of an unfinished Restore decided: the step for status, the check's
+/// status, the changes (carried out in order, before the status is written), when to look
+/// again.
+#[derive(Debug)]
+pub struct Outcome {
+    pub step: Step,
+    pub check: Option<crate::api::restore::CheckStatus>,
+    pub changes: Vec<crate::controller::execute::Change>,
+    pub requeue: Option<std::time::Duration>,
+}
+
 impl Step {
     /// Given up now, for `reason` (the operator's decision: no pod's finish time).
     pub fn failed(reason: Reason, message: impl Into<String>) -> Self {

@@ -6,12 +6,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::Error;
-use super::after::{Checked, plan_check};
-use super::build::{Step, next_status};
+use super::after::plan_check;
+use super::build::{Outcome, Step, next_status};
 use super::dereference::World;
 use super::start::plan_start;
 use crate::api::Restore;
-use crate::api::restore::{CheckStatus, RestoreStatus};
+use crate::api::restore::RestoreStatus;
 use crate::controller::agent::deadline::{Deadline, deadline};
 use crate::controller::agent::node::{needs_stopping, stop};
 use crate::controller::agent::run::{RunStep, run_step};
@@ -19,16 +19,6 @@ use crate::controller::context::OperatorConfig;
 use crate::controller::execute::Change;
 use crate::controller::reason::Reason;
 use crate::engine::restore::RestoreStats;
-
-/// What a reconcile of an unfinished Restore decided.
-#[derive(Debug)]
-pub struct Outcome {
-    pub step: Step,
-    pub check: Option<CheckStatus>,
-    /// Carried out in order, before the status is written.
-    pub changes: Vec<Change>,
-    pub requeue: Option<Duration>,
-}
 
 /// What the Restore's pod (or its absence) means, and what to do. Pure.
 pub fn plan(
@@ -41,7 +31,7 @@ pub fn plan(
     match &w.pod {
         Some(pod) => {
             let (step, requeue, mut changes) = judge_pod(pod, w, now);
-            let checked: Checked = plan_check(r, w, step, now)?;
+            let checked = plan_check(r, w, step, now)?;
             changes.extend(checked.changes);
             Ok(Outcome {
                 step: checked.step,
@@ -62,15 +52,7 @@ pub fn plan(
             changes: Vec::new(),
             requeue: None,
         }),
-        None => {
-            let started = plan_start(r, w, config)?;
-            Ok(Outcome {
-                step: started.step,
-                check: None,
-                changes: started.changes,
-                requeue: started.requeue,
-            })
-        }
+        None => plan_start(r, w, config),
     }
 }
 

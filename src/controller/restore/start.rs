@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::build::{RestorePlan, Step, restore_pod};
+use super::build::{Outcome, RestorePlan, Step, restore_pod};
 use super::dereference::World;
 use super::{Error, RECHECK, after};
 use crate::api::snapshot::RunPhase;
@@ -85,20 +85,12 @@ pub(super) fn plan_start(
     r: &Restore,
     w: &World,
     config: &OperatorConfig,
-) -> Result<Started, Error> {
+) -> Result<Outcome, Error> {
     let wait = |reason: Reason, message: String| {
-        Ok(Started::nothing(
-            Step::Wait { reason, message },
-            Some(RECHECK),
-        ))
+        Ok(nothing(Step::Wait { reason, message }, Some(RECHECK)))
     };
     let blocked = |b: &Blocked| wait(b.reason, b.message.clone());
-    let invalid = |message: String| {
-        Ok(Started::nothing(
-            Step::failed(Reason::InvalidSpec, message),
-            None,
-        ))
-    };
+    let invalid = |message: String| Ok(nothing(Step::failed(Reason::InvalidSpec, message), None));
     if let Some(message) = spec_problem(r) {
         return invalid(message);
     }
@@ -106,7 +98,7 @@ pub(super) fn plan_start(
     // The Snapshot, finished and successful, and its BackupJob: the repository and key.
     let id = match snapshot_to_restore(r, w) {
         Ok(id) => id,
-        Err((step, requeue)) => return Ok(Started::nothing(step, requeue)),
+        Err((step, requeue)) => return Ok(nothing(step, requeue)),
     };
     let snap_name = &r.spec.snapshot_ref.name;
     let job_name = w
@@ -137,7 +129,7 @@ pub(super) fn plan_start(
     // The target claim: created first if it is a scratch claim.
     let mut changes = match after::plan_scratch(r, w.target.as_ref())? {
         Ok(changes) => changes,
-        Err(step) => return Ok(Started::nothing(step, None)),
+        Err(step) => return Ok(nothing(step, None)),
     };
     if let Some((reason, message)) = target_not_ready(r, w) {
         return wait(reason, message);
@@ -158,30 +150,23 @@ pub(super) fn plan_start(
     };
     changes.extend(identity_changes(job, RunObject::of(r, "restores").as_ref()));
     changes.push(Change::apply("apply_pod", &pod));
-    Ok(Started {
+    Ok(Outcome {
         step: Step::Started {
             pod: pod.name_any(),
         },
-        requeue: None,
+        check: None,
         changes,
+        requeue: None,
     })
 }
 
-/// What [`plan_start`] decided.
-#[derive(Debug)]
-pub(super) struct Started {
-    pub step: Step,
-    pub requeue: Option<Duration>,
-    pub changes: Vec<Change>,
-}
-
-impl Started {
-    fn nothing(step: Step, requeue: Option<Duration>) -> Self {
-        Started {
-            step,
-            requeue,
-            changes: Vec::new(),
-        }
+/// A decision that changes nothing (yet).
+fn nothing(step: Step, requeue: Option<Duration>) -> Outcome {
+    Outcome {
+        step,
+        check: None,
+        changes: Vec::new(),
+        requeue,
     }
 }
 

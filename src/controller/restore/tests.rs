@@ -7,9 +7,10 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::runtime::controller::Action;
 
+use super::build::Outcome;
 use super::build::Step;
 use super::dereference::World;
-use super::plan::{Outcome, plan};
+use super::plan::plan;
 use super::*;
 use crate::api::restore::RestoreStatus;
 use crate::controller::context::OperatorConfig;
@@ -17,7 +18,6 @@ use crate::controller::fixtures::{
     agent_pod, claim, job, member_pod, restore, secret, succeeded_snapshot, terminated,
 };
 use crate::controller::memory_api::MemoryApi;
-use crate::controller::metrics::Metrics;
 use crate::controller::reason::Reason;
 
 const SNAP: &str = "rs0-202611270300";
@@ -307,14 +307,6 @@ fn cluster() -> MemoryApi {
     mem
 }
 
-fn context(mem: &MemoryApi) -> Arc<Context> {
-    Arc::new(Context::new(
-        mem.client(),
-        Arc::new(Metrics::default()),
-        OperatorConfig::default(),
-    ))
-}
-
 /// One reconcile of the Restore as the API holds it now.
 async fn reconcile_once(mem: &MemoryApi, ctx: &Arc<Context>) -> Action {
     let r: Restore = mem.get("db", "back").expect("the Restore");
@@ -330,7 +322,7 @@ async fn reconcile_once(mem: &MemoryApi, ctx: &Arc<Context>) -> Action {
 async fn a_restore_runs_through_reconcile_against_the_in_memory_api() {
     let mem = cluster();
     mem.put(&restore("{claimName: data}"));
-    let ctx = context(&mem);
+    let ctx = mem.context();
     reconcile_once(&mem, &ctx).await;
     let writes = mem.take_writes();
     assert_eq!(
@@ -390,7 +382,7 @@ async fn a_restore_runs_through_reconcile_against_the_in_memory_api() {
 async fn a_scratch_restore_creates_then_deletes_its_claim() {
     let mem = cluster();
     mem.put(&restore("{claimName: scratch-back, scratch: {size: 1Gi}}"));
-    let ctx = context(&mem);
+    let ctx = mem.context();
     reconcile_once(&mem, &ctx).await;
     let writes = mem.take_writes();
     assert_eq!(writes[0], "apply persistentvolumeclaims/scratch-back");

@@ -218,24 +218,9 @@ mod tests {
     }
 
     /// RFC 7386, as the API server applies a merge patch.
-    fn merge_patch(target: &mut Value, patch: &Value) {
-        match (target, patch) {
-            (Value::Object(t), Value::Object(p)) => {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-            (t, p) => *t = p.clone(),
-        }
-    }
-
     fn patched(snap: Snapshot, patch: &Value) -> Snapshot {
         let mut v = serde_json::to_value(&snap).expect("json");
-        merge_patch(&mut v, patch);
+        crate::controller::memory_api::merge(&mut v, patch);
         serde_json::from_value(v).expect("snapshot")
     }
 

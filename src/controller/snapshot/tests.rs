@@ -10,12 +10,10 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::*;
 use crate::api::snapshot::RunPhase;
-use crate::controller::context::OperatorConfig;
 use crate::controller::fixtures::{
     claim, job, member_pod, secret, snapshot, stateful_set, terminated,
 };
 use crate::controller::memory_api::MemoryApi;
-use crate::controller::metrics::Metrics;
 
 const SNAP: &str = "rs0-202611271000";
 
@@ -48,11 +46,7 @@ async fn reconcile_once(mem: &MemoryApi, ctx: &Arc<Context>) -> Action {
 #[tokio::test]
 async fn a_snapshot_starts_its_pod_and_reports_what_it_copied() {
     let mem = cluster();
-    let ctx = Arc::new(Context::new(
-        mem.client(),
-        Arc::new(Metrics::default()),
-        OperatorConfig::default(),
-    ));
+    let ctx = mem.context();
     reconcile_once(&mem, &ctx).await;
     let writes = mem.take_writes();
     let pod_name = format!("{SNAP}-1");
