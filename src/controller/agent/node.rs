@@ -50,15 +50,28 @@ fn on_lost_node(pod: &Pod, node: Option<&Node>) -> bool {
     })
 }
 
+/// Whether `pod` has ended (Succeeded or Failed). Pure.
+pub fn has_ended(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// The PersistentVolumeClaims `pod` mounts, by name. Pure.
+pub fn claims_mounted(pod: &Pod) -> impl Iterator<Item = &str> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.as_str())
+}
+
 /// Whether the pod of a run that is over must still be stopped: it has not finished, and is
 /// not being deleted already (unless it is on a node that is not Ready, whose kubelet will
 /// never complete that deletion). Pure.
 pub fn needs_stopping(pod: &Pod, node: Option<&Node>) -> bool {
-    let finished = matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
-    !finished && (pod.metadata.deletion_timestamp.is_none() || on_lost_node(pod, node))
+    !has_ended(pod) && (pod.metadata.deletion_timestamp.is_none() || on_lost_node(pod, node))
 }
 
 /// The change that stops the pod of a run that is over: deleted by uid, at once if its node

@@ -14,6 +14,7 @@ use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Restore};
 use crate::controller::agent::identity::{RunObject, identity_changes};
 use crate::controller::agent::job::Blocked;
+use crate::controller::agent::node::{claims_mounted, has_ended};
 use crate::controller::context::OperatorConfig;
 use crate::controller::execute::Change;
 use crate::controller::names::{CHECK_RESTORE_UID_LABEL, RESTORE_UID_LABEL};
@@ -197,20 +198,8 @@ pub(super) fn target_in_use(r: &Restore, pods: &[Pod]) -> Option<String> {
             let l = p.labels();
             l.get(RESTORE_UID_LABEL) != Some(&uid) && l.get(CHECK_RESTORE_UID_LABEL) != Some(&uid)
         })
-        .filter(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            !matches!(phase, Some("Succeeded" | "Failed"))
-        })
-        .filter(|p| {
-            p.spec
-                .iter()
-                .flat_map(|s| s.volumes.iter().flatten())
-                .any(|v| {
-                    v.persistent_volume_claim
-                        .as_ref()
-                        .is_some_and(|c| &c.claim_name == claim)
-                })
-        })
+        .filter(|p| !has_ended(p))
+        .filter(|p| claims_mounted(p).any(|c| c == claim))
         .map(|p| p.name_any())
         .collect();
     if users.is_empty() {

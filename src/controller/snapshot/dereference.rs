@@ -9,7 +9,7 @@ use super::Error;
 use super::build::volume;
 use crate::api::backup_job::{AuthMechanism, MongoSource};
 use crate::api::{BackupJob, Snapshot};
-use crate::controller::agent::node::node_of;
+use crate::controller::agent::node::{has_ended, node_of};
 use crate::controller::context::Context;
 use crate::controller::job_spec::consistency::{Capture, capture};
 use crate::controller::names::SNAPSHOT_UID_LABEL;
@@ -90,7 +90,7 @@ pub(super) async fn dereference(snap: &Snapshot, client: &Client) -> Result<Worl
     } else {
         (Vec::new(), Vec::new())
     };
-    let node = match super::plan::current_pod(&pods).filter(|p| !finished(p)) {
+    let node = match super::plan::current_pod(&pods).filter(|p| !has_ended(p)) {
         Some(pod) => node_of(client, pod)
             .await
             .map_err(err("the snapshot pod's Node"))?,
@@ -104,14 +104,6 @@ pub(super) async fn dereference(snap: &Snapshot, client: &Client) -> Result<Worl
         clones,
         node,
     })
-}
-
-/// Whether `pod` has ended (Succeeded or Failed).
-fn finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 /// The pods of the replica set: the StatefulSet's (by its selector), or the source selector's.

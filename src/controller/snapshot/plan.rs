@@ -22,6 +22,7 @@ use crate::api::agent::SnapshotResult;
 use crate::api::snapshot::{CaptureStatus, MemberChoice, RunPhase};
 use crate::api::{BackupJob, Snapshot, SnapshotStatus};
 use crate::controller::agent::deadline::{Deadline, deadline};
+use crate::controller::agent::node::{claims_mounted, has_ended};
 use crate::controller::agent::run::{RunStep, run_step};
 use crate::controller::job_spec::consistency::{Capture, DEFAULT_VOLUME_SNAPSHOT_TIMEOUT, capture};
 
@@ -330,22 +331,8 @@ pub(super) fn leftover_captures(world: &World, finished: bool, current: u32) -> 
         .pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            )
-        })
-        .filter(|p| {
-            p.spec
-                .iter()
-                .flat_map(|s| s.volumes.iter().flatten())
-                .any(|v| {
-                    v.persistent_volume_claim
-                        .as_ref()
-                        .is_some_and(|c| names.contains(&c.claim_name))
-                })
-        })
+        .filter(|p| has_ended(p))
+        .filter(|p| claims_mounted(p).any(|c| names.contains(c)))
         .collect();
     Leftovers {
         volumes: world
