@@ -833,3 +833,71 @@ fn a_file_listed_in_parts_round_trips() {
     restore(&repo, &key, "latest", &out2, &[]);
     assert_same_tree(&src, Path::new(&out2));
 }
+
+/// Every refusal of a restore target names what lets the restore go on: this command's flags,
+/// or, for the agent in a Restore's pod (`--fixes-as-restore-spec`, which the operator passes),
+/// the Restore's fields and no flag (before, the Restore controller rewrote two of the messages
+/// by string and missed a third: see engine::restore::target's unit test).
+#[test]
+fn refusals_name_the_flags_or_the_restore_fields() {
+    let e = Env::new();
+    fs::create_dir_all(e.dir.path().join("src/db")).unwrap();
+    fs::write(e.dir.path().join("src/db/x.wt"), "data").unwrap();
+    let (repo, key) = (e.p("repo"), e.key());
+    ok(&backup_args(&e.p("src"), &repo, &key, &[]), &[]);
+    let spec = ["--fixes-as-restore-spec"];
+    let restore_into = |target: &str, more: &[&str]| {
+        let flags = fails(&restore_args(&repo, &key, "latest", target, more), &[]);
+        let mut with_spec = more.to_vec();
+        with_spec.extend(spec);
+        let fields = fails(
+            &restore_args(&repo, &key, "latest", target, &with_spec),
+            &[],
+        );
+        (flags, fields)
+    };
+    // Not empty, without force.
+    fs::create_dir_all(e.dir.path().join("busy")).unwrap();
+    fs::write(e.dir.path().join("busy/keep.txt"), "mine").unwrap();
+    let (flags, fields) = restore_into(&e.p("busy"), &[]);
+    assert!(
+        flags.contains("(use --force to restore into it anyway)"),
+        "{flags}"
+    );
+    assert!(
+        fields.contains("(set spec.target.force to restore into it anyway)")
+            && !fields.contains("--"),
+        "{fields}"
+    );
+    // Holding what the snapshot does not have, with force.
+    let (flags, fields) = restore_into(&e.p("busy"), &["--force"]);
+    assert!(
+        flags.contains("or pass --delete-extra to have the restore remove them"),
+        "{flags}"
+    );
+    assert!(
+        fields.contains(
+            "or set spec.target.deleteExtra (with force) to have the restore remove them"
+        ) && !fields.contains("--"),
+        "{fields}"
+    );
+    // A directory where the snapshot has a file, with force: what is extra is named.
+    fs::create_dir_all(e.dir.path().join("clash/db/x.wt")).unwrap();
+    let (flags, fields) = restore_into(&e.p("clash"), &["--force"]);
+    assert!(
+        flags.contains("(db/x.wt)") && flags.contains("pass --delete-extra"),
+        "{flags}"
+    );
+    assert!(
+        fields.contains("(db/x.wt)")
+            && fields.contains("set spec.target.deleteExtra (with force)")
+            && !fields.contains("--"),
+        "{fields}"
+    );
+    assert_eq!(
+        fs::read_dir(e.dir.path().join("clash/db/x.wt"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -561,6 +561,7 @@ impl HostileCase {
             check: rng.chance(30),
             threads: 2,
             target_within: Some(vol.clone()),
+            ..Default::default()
         };
         self.log.push(format!(
             "restore {} delete_extra={} check={}",

@@ -11,7 +11,7 @@ use super::progress::ProgressReporter;
 use super::repo_args::RepoArgs;
 use crate::engine::progress::{Progress, human_bytes};
 use crate::engine::repo::Repository;
-use crate::engine::restore::{RestoreOptions, RestoreStats, restore};
+use crate::engine::restore::{FixWords, RestoreOptions, RestoreStats, restore};
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -44,6 +44,11 @@ pub struct RestoreArgs {
     /// link planted in the claim can never make the restore write or remove elsewhere.
     #[arg(long, value_name = "DIR")]
     pub target_within: Option<PathBuf>,
+    /// Name the settings a refusal points to as a Restore's fields (spec.target.force,
+    /// spec.target.deleteExtra) instead of this command's flags: the operator passes it to the
+    /// agent in a Restore's pod, whose reader sets the spec.
+    #[arg(long, hide = true)]
+    pub fixes_as_restore_spec: bool,
 }
 
 /// The restore `args` ask for, counting into `progress`. Shared with the restore agent.
@@ -59,6 +64,11 @@ pub async fn perform(
         delete_extra: args.delete_extra,
         check: args.check,
         target_within: args.target_within.clone(),
+        fix_words: if args.fixes_as_restore_spec {
+            FixWords::RestoreSpec
+        } else {
+            FixWords::Flags
+        },
         ..Default::default()
     };
     Ok(restore(&repo, &snap, &args.target, opts, progress).await?)

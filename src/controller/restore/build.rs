@@ -59,6 +59,8 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
         // link: a link planted in the claim never leads the restore elsewhere.
         "--target-within".into(),
         TARGET_MOUNT.into(),
+        // A refusal names spec.target's fields, not the agent's flags.
+        "--fixes-as-restore-spec".into(),
     ];
     if target.force {
         args.push("--force".into());
@@ -328,6 +330,13 @@ mod tests {
                 .containers
                 .swap_remove(0)
         };
+        // Refusals name spec.target's fields, not the agent's flags.
+        assert!(
+            c.args
+                .as_ref()
+                .expect("args")
+                .contains(&"--fixes-as-restore-spec".into())
+        );
         // deleteExtra (with force) becomes --delete-extra.
         let c = agent("{claimName: data, force: true, deleteExtra: true}");
         let args = c.args.expect("args");

@@ -37,6 +37,36 @@ pub struct RestoreOptions {
     /// The target must lie beneath this directory (a claim's mount), and no part of it below
     /// this directory may be a link.
     pub target_within: Option<std::path::PathBuf>,
+    /// How a refusal names the setting that would let the restore go on.
+    pub fix_words: FixWords,
+}
+
+/// How a refused restore names the setting that would let it go on: the command line's flags
+/// (`snapcrypt restore`), or the fields of a Restore (the agent in a Restore's pod, whose
+/// reader sets the spec, not flags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FixWords {
+    #[default]
+    Flags,
+    RestoreSpec,
+}
+
+impl FixWords {
+    /// What lets a restore write into a non-empty target.
+    pub fn force(self) -> &'static str {
+        match self {
+            FixWords::Flags => "use --force",
+            FixWords::RestoreSpec => "set spec.target.force",
+        }
+    }
+
+    /// What lets a restore remove what the target holds that the snapshot does not.
+    pub fn delete_extra(self) -> &'static str {
+        match self {
+            FixWords::Flags => "pass --delete-extra",
+            FixWords::RestoreSpec => "set spec.target.deleteExtra (with force)",
+        }
+    }
 }
 
 impl Default for RestoreOptions {
@@ -49,6 +79,7 @@ impl Default for RestoreOptions {
                 .unwrap_or(2),
             check: false,
             target_within: None,
+            fix_words: FixWords::Flags,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
-use super::{INCOMPLETE_MARKER, RestoreOptions};
+use super::{FixWords, INCOMPLETE_MARKER, RestoreOptions};
 use crate::engine::beneath::{BeneathError, FileId, Root, file_id, name_str, read_names};
 use crate::engine::error::EngineError;
 use crate::engine::format::{EntryKind, TreeEntry};
@@ -29,6 +29,8 @@ use crate::engine::format::{EntryKind, TreeEntry};
 pub(super) struct Target {
     pub root: Root,
     made: Vec<FileId>,
+    /// How a refusal names the setting that would let the restore go on.
+    fix_words: FixWords,
 }
 
 impl Target {
@@ -99,6 +101,7 @@ pub(super) fn for_tests(dir: &Path, tree: &[TreeEntry]) -> Target {
     Target {
         root: Root::open(dir).expect("a test directory"),
         made,
+        fix_words: FixWords::Flags,
     }
 }
 
@@ -149,6 +152,7 @@ pub(super) fn open(
     Ok(Target {
         root,
         made: Vec::new(),
+        fix_words: opts.fix_words,
     })
 }
 
@@ -166,7 +170,10 @@ pub(super) fn prepare(
     if non_empty && !opts.force {
         return Err(t.error(
             "",
-            "is not empty: nothing was written (use --force to restore into it anyway)",
+            format!(
+                "is not empty: nothing was written ({} to restore into it anyway)",
+                t.fix_words.force()
+            ),
         ));
     }
     if non_empty {
@@ -179,11 +186,12 @@ pub(super) fn prepare(
             return Err(t.error(
                 "",
                 format!(
-                    "holds {} entr{} the snapshot does not have ({}{}): nothing was written; remove them, or pass --delete-extra to have the restore remove them",
+                    "holds {} entr{} the snapshot does not have ({}{}): nothing was written; remove them, or {} to have the restore remove them",
                     extra.len(),
                     if extra.len() == 1 { "y" } else { "ies" },
                     shown.join(", "),
-                    if extra.len() > shown.len() { ", …" } else { "" }
+                    if extra.len() > shown.len() { ", …" } else { "" },
+                    t.fix_words.delete_extra()
                 ),
             ));
         }
@@ -262,7 +270,10 @@ fn unlink(
         Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
         Err(rustix::io::Errno::ISDIR) => Err(t.error(
             rel,
-            "is a directory where the snapshot has a file: nothing was written to it (pass --delete-extra to have the restore remove it)",
+            format!(
+                "is a directory where the snapshot has a file: nothing was written to it ({} to have the restore remove it)",
+                t.fix_words.delete_extra()
+            ),
         )),
         Err(x) => Err(t.error(rel, std::io::Error::from(x))),
     }
@@ -432,4 +443,38 @@ fn set_meta(t: &Target, i: usize, e: &TreeEntry) -> Result<(), EngineError> {
     }
     f.sync_all().map_err(|x| t.error(rel, x))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory found where the snapshot has a file (a target changed under the restore)
+    /// names what removes it in the reader's words: the flag, or the Restore's field. The
+    /// Restore controller's old string rewrite missed this message (it said --delete-extra to
+    /// a Restore's user).
+    #[test]
+    fn a_directory_in_a_files_place_names_the_fix_in_the_readers_words() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir(dir.path().join("x.wt")).expect("mkdir");
+        let mut t = for_tests(dir.path(), &[]);
+        let parent = t.root.fd().try_clone_to_owned().expect("fd");
+        let flags = unlink(&t, &parent, "x.wt", "x.wt")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            flags.ends_with("(pass --delete-extra to have the restore remove it)"),
+            "{flags}"
+        );
+        t.fix_words = FixWords::RestoreSpec;
+        let fields = unlink(&t, &parent, "x.wt", "x.wt")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            fields.ends_with(
+                "(set spec.target.deleteExtra (with force) to have the restore remove it)"
+            ),
+            "{fields}"
+        );
+    }
 }
