@@ -44,14 +44,9 @@ impl Target {
         }
     }
 
-    /// The object of kind K called `name` in `namespace`, whatever its uid.
-    pub fn named<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> Self {
-        Target {
-            resource: ApiResource::erase::<K>(&()),
-            namespace: Some(namespace.to_string()),
-            name: name.to_string(),
-            uid: None,
-        }
+    /// `Kind/name`, for [`Change::summary`].
+    fn short(&self) -> String {
+        format!("{}/{}", self.resource.kind, self.name)
     }
 
     fn api(&self, ctx: &Context) -> Api<DynamicObject> {
@@ -223,12 +218,6 @@ impl Change {
             Change::Status { target, .. } => format!("status {}", target.short()),
             Change::Event { reason, .. } => format!("event {reason}"),
         }
-    }
-}
-
-impl Target {
-    fn short(&self) -> String {
-        format!("{}/{}", self.resource.kind, self.name)
     }
 }
 

@@ -1,12 +1,10 @@
-//! The operator's ways of talking to the API server, shared by every controller: server-side
-//! apply with the operator's field manager, deletions by uid, the lean controller every kind
-//! is built on, and the error back-off.
+//! The operator's ways of talking to the API server, shared by every controller: its field
+//! managers, which objects it made, the lean controller every kind is built on, and the error
+//! back-off. The writes themselves are `controller::execute`'s.
 
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::names;
@@ -18,25 +16,6 @@ pub const AGENT_FIELD_MANAGER: &str = "snapcrypt-agent";
 /// The field manager the snapshot agent reports its result with (status.agentResult): not the
 /// progress one, whose next apply would remove a field it no longer sends.
 pub const AGENT_RESULT_FIELD_MANAGER: &str = "snapcrypt-agent-result";
-
-/// Server-side apply the status subresource of `name`.
-pub async fn apply_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> kube::Result<K>
-where
-    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug,
-{
-    let body = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": {"name": name},
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-}
 
 /// What every controller does with each item of its reconcile stream: failures are already
 /// counted and logged by its error policy, so only a debug line.

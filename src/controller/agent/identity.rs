@@ -113,24 +113,26 @@ fn role_for_agent(
 }
 
 /// What a run's agent needs applied before its pod, in order: `job`'s ServiceAccount, Role and
-/// RoleBinding, then (for a run object) the run's own Role and RoleBinding. Pure.
-pub fn identity_changes(job: &BackupJob, run: Option<&RunObject<'_>>) -> Vec<Change> {
+/// RoleBinding, then (for a run object) the run's own Role and RoleBinding; `stage` names them
+/// in errors and metrics. Pure.
+pub fn identity_changes(
+    stage: &'static str,
+    job: &BackupJob,
+    run: Option<&RunObject<'_>>,
+) -> Vec<Change> {
     let mut changes = Vec::new();
     if let Some((sa, role, binding)) = agent_rbac(job) {
-        changes.push(Change::apply(RBAC_STAGE, &sa));
-        changes.push(Change::apply(RBAC_STAGE, &role));
-        changes.push(Change::apply(RBAC_STAGE, &binding));
+        changes.push(Change::apply(stage, &sa));
+        changes.push(Change::apply(stage, &role));
+        changes.push(Change::apply(stage, &binding));
     }
     if let Some(run) = run {
         let (role, binding) = run_rbac(job, run);
-        changes.push(Change::apply(RBAC_STAGE, &role));
-        changes.push(Change::apply(RBAC_STAGE, &binding));
+        changes.push(Change::apply(stage, &role));
+        changes.push(Change::apply(stage, &binding));
     }
     changes
 }
-
-/// The stage of [`identity_changes`], in errors and metrics.
-pub const RBAC_STAGE: &str = "apply_rbac";
 
 /// The annotations that tie the agent's ServiceAccount to a cloud identity: GKE Workload
 /// Identity's Google service account, AKS Workload Identity's client id.

@@ -14,10 +14,10 @@ use super::build::restore_test::{
 use super::build::status::Checks;
 use super::build::verify_pod::{VerifyPlan, finished_run, next_subset, verify_pod};
 use super::dereference::{World, newest_successful};
-use crate::api::BackupJob;
 use crate::api::agent::VerifyResult;
 use crate::api::restore::ScratchClaim;
 use crate::api::verification::{RestoreTest, VerificationRun};
+use crate::api::{BackupJob, Snapshot};
 use crate::controller::agent::deadline::{Deadline, deadline};
 use crate::controller::agent::identity::identity_changes;
 use crate::controller::agent::node::{needs_stopping, stop};
@@ -42,6 +42,8 @@ pub struct CheckOutcome {
 pub struct Pass<'a> {
     pub job: &'a BackupJob,
     pub world: &'a World,
+    /// The job's Snapshots, with the one this reconcile creates.
+    pub snapshots: &'a [Snapshot],
     pub config: &'a OperatorConfig,
     /// The job has no problems: something new may start.
     pub healthy: bool,
@@ -230,13 +232,8 @@ fn start_verify(
         job: job.name_any(),
         reason: e.to_string(),
     })?;
-    let mut identity = identity_changes(job, None);
-    for c in &mut identity {
-        if let Change::Apply { stage, .. } = c {
-            *stage = "apply_check";
-        }
-    }
-    out.changes.extend(identity);
+    out.changes
+        .extend(identity_changes("apply_check", job, None));
     out.changes.push(Change::apply("apply_check", &pod));
     out.changes.push(Change::event(
         Reason::VerificationStarted,
@@ -290,7 +287,7 @@ fn restore_tests(
         return Ok(());
     };
     // The newest successful Snapshot; none yet: the run catches up once one exists.
-    let Some(snap) = newest_successful(&world.snapshots) else {
+    let Some(snap) = newest_successful(pass.snapshots) else {
         return Ok(());
     };
     let scratch = match scratch_claim(pass, rt) {
@@ -334,7 +331,7 @@ fn scratch_claim(pass: &Pass<'_>, rt: &RestoreTest) -> Result<ScratchClaim, Stri
             .and_then(|r| r.get("storage").cloned())
     });
     let Some(size) = size else {
-        let snap = newest_successful(&pass.world.snapshots)
+        let snap = newest_successful(pass.snapshots)
             .map(|s| s.name_any())
             .unwrap_or_default();
         return Err(format!(

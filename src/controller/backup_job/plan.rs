@@ -81,13 +81,10 @@ pub fn plan(
     }
 
     // The scheduled checks: judge, start what is due, tidy.
-    let world_now = World {
-        snapshots,
-        ..world.clone()
-    };
     let checked = plan_checks(&Pass {
         job,
-        world: &world_now,
+        world,
+        snapshots: &snapshots,
         config,
         healthy: problems.is_empty(),
         now,
@@ -96,7 +93,7 @@ pub fn plan(
 
     let status = job_status(&Observed {
         job,
-        snapshots: &world_now.snapshots,
+        snapshots: &snapshots,
         problems: &problems,
         next_schedule: decision.next,
         checks: &checked.checks,

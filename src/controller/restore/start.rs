@@ -149,7 +149,11 @@ pub(super) fn plan_start(
         Ok(p) => p,
         Err(e) => return invalid(format!("BackupJob {job_name}: {e}")),
     };
-    changes.extend(identity_changes(job, RunObject::of(r, "restores").as_ref()));
+    changes.extend(identity_changes(
+        "apply_rbac",
+        job,
+        RunObject::of(r, "restores").as_ref(),
+    ));
     changes.push(Change::apply("apply_pod", &pod));
     Ok(Outcome {
         step: Step::Started {

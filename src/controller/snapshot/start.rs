@@ -349,7 +349,8 @@ async fn prepare_pod(
     if pod.is_ok() {
         // The agent's ServiceAccount, Role and RoleBinding before any lock: only the pod is
         // left to create while the member is locked.
-        let identity = identity_changes(job, RunObject::of(snap, "snapshots").as_ref());
+        let identity =
+            identity_changes("apply_rbac", job, RunObject::of(snap, "snapshots").as_ref());
         execute(ctx, snap, identity)
             .await
             .map_err(Error::execute(snap))?;
