@@ -113,6 +113,14 @@ pub struct BackupJobSpec {
     /// snapshot: deleting a custom resource never deletes backup data.
     #[serde(default)]
     pub snapshot_deletion_policy: SnapshotDeletionPolicy,
+    /// The cluster this one takes the job's snapshots over from: the repository names the
+    /// cluster that writes them (status.catalog.owner), and a BackupJob of the same namespace
+    /// and name in another cluster only reads them (no backups, no retention) unless it names
+    /// that cluster here. Only that cluster: once taken over, the old one, if it comes back,
+    /// only reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub take_over_from: Option<String>,
 }
 
 /// What deleting a BackupJob does to its Snapshot objects (never to the repository).
@@ -534,4 +542,8 @@ pub struct BackupJobStatus {
     /// The Restore of the restore test running now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_restore_test: Option<String>,
+    /// The snapshots the repository already held for this job (imported as Snapshot objects)
+    /// and the cluster that writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<super::catalog::CatalogStatus>,
 }

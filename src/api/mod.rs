@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod backup_job;
+pub mod catalog;
 pub mod common;
 pub mod destination;
 pub mod kmip_server;

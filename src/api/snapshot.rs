@@ -10,6 +10,19 @@ use std::collections::BTreeMap;
 
 use super::common::{LocalRef, Progress};
 
+/// The repository tag naming a snapshot's BackupJob (NAMESPACE/NAME): retention is scoped by
+/// it, and a BackupJob applied in a new cluster imports the snapshots carrying it.
+pub const JOB_TAG: &str = "backupjob";
+/// The repository tag saying what started a snapshot: the job's schedule, or a user.
+pub const TRIGGER_TAG: &str = "trigger";
+pub const TRIGGER_SCHEDULE: &str = "schedule";
+pub const TRIGGER_ON_DEMAND: &str = "on-demand";
+/// The repository tag naming the cluster whose operator took a snapshot.
+pub const CLUSTER_TAG: &str = "cluster";
+/// The repository tag naming how a snapshot's copy was made consistent (its
+/// status.capture.mode).
+pub const CAPTURE_TAG: &str = "capture";
+
 /// One encrypted snapshot of a BackupJob's source: created by the schedule, or by hand for an
 /// on-demand run.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

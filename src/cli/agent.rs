@@ -200,7 +200,15 @@ async fn restore(args: RestoreAgentArgs) -> Result<(), CliError> {
     let reporter = args
         .report
         .reporter::<Restore>(args.restore_name.as_ref(), &progress);
-    let result = super::restore::perform(&args.restore, progress.clone()).await;
+    // The snapshot chosen (latest, before:TIME) goes into the Restore's status before anything
+    // is written: a Restore of several claims gives its other members that one id.
+    let report_to = args.report.namespace.clone().zip(args.restore_name.clone());
+    let chosen = |id: String| async move {
+        if let Some((ns, name)) = report_to {
+            report_chosen(&ns, &name, &id).await;
+        }
+    };
+    let result = super::restore::perform(&args.restore, progress.clone(), chosen).await;
     if let Some(r) = reporter {
         r.finish().await;
     }
@@ -265,6 +273,32 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     }
 }
 
+/// Write the snapshot a Restore's pod chose into its status.snapshotId. Best effort, like
+/// progress: the operator reads the result line's snapshot too.
+async fn report_chosen(ns: &str, name: &str, id: &str) {
+    let body = serde_json::json!({
+        "apiVersion": Restore::api_version(&()),
+        "kind": Restore::kind(&()),
+        "metadata": {"name": name},
+        "status": {"snapshotId": id},
+    });
+    let sent = async {
+        let api: Api<Restore> = Api::namespaced(Client::try_default().await?, ns);
+        api.patch_status(
+            name,
+            &PatchParams::apply(AGENT_RESULT_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    };
+    let failure = match tokio::time::timeout(RESULT_REPORT_TIMEOUT, sent).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer in {} s", RESULT_REPORT_TIMEOUT.as_secs()),
+    };
+    eprintln!("snapcrypt: reporting the chosen snapshot {id} to Restore {ns}/{name}: {failure}");
+}
+
 /// How long the agent waits for the API server to take its result before retention.
 const RESULT_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -312,6 +346,11 @@ async fn apply_retention(args: &SnapshotArgs, new_id: &str) -> Option<RetentionR
     let pass = async {
         let km = args.backup.keys.key_manager(false).await?;
         let mut repo = Repository::open(args.backup.repo.backend(false)?, km.as_ref()).await?;
+        // Still this cluster's to prune: another may have taken the job over since the backup.
+        if let Some(cluster) = &args.backup.cluster {
+            let job = super::backup::job_tag(&args.backup)?;
+            crate::engine::repo::owners::claim(&repo.backend, job, cluster, None).await?;
+        }
         Ok::<_, CliError>(
             prune(
                 &mut repo,

@@ -13,7 +13,8 @@ use super::repo_args::RepoArgs;
 use crate::engine::backup::{BackupOptions, Compression, backup, scan};
 use crate::engine::format::SnapshotManifest;
 use crate::engine::progress::{Progress, human_bytes};
-use crate::engine::repo::{DEFAULT_CHUNK_SIZE, Repository};
+use crate::api::snapshot::JOB_TAG;
+use crate::engine::repo::{DEFAULT_CHUNK_SIZE, Repository, owners};
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -45,9 +46,29 @@ pub struct BackupArgs {
     /// (after a KMIP rotation) under the active one. Metadata only.
     #[arg(long)]
     pub rewrap: bool,
+    /// Write the snapshots tagged backupjob=… only as cluster NAME: the first cluster to write
+    /// them claims them in the repository (owners/), and a backup from another cluster is
+    /// refused before anything is written, naming the owner (the operator passes its cluster).
+    #[arg(long, value_name = "NAME", requires = "tags")]
+    pub cluster: Option<String>,
+    /// With --cluster: take the job's snapshots over from cluster NAME, which is gone.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    pub take_over_from: Option<String>,
     /// Chunk size in bytes for a new repository (a power of two, 4 KiB to 1 MiB).
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_name = "BYTES", value_parser = parse_chunk_size, hide = true)]
     pub chunk_size: u32,
+}
+
+/// The job a --cluster claims: the snapshot's backupjob tag.
+pub(crate) fn job_tag(args: &BackupArgs) -> Result<&str, CliError> {
+    args.tags
+        .iter()
+        .find(|(k, _)| k == JOB_TAG)
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| {
+            format!("--cluster needs --tag {JOB_TAG}=NAMESPACE/NAME: it claims that job's snapshots")
+                .into()
+        })
 }
 
 pub(crate) fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -160,6 +181,10 @@ pub async fn perform(
         Repository::open_or_init(backend, km.as_ref(), args.chunk_size).await?;
     if created && chatty {
         eprintln!("snapcrypt: created repository {}", repo.backend.display());
+    }
+    if let Some(cluster) = &args.cluster {
+        let job = job_tag(args)?;
+        owners::claim(&repo.backend, job, cluster, args.take_over_from.as_deref()).await?;
     }
     if args.rewrap {
         let n = repo.rewrap_stale(km.as_ref()).await?;

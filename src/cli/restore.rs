@@ -10,7 +10,7 @@ use super::keys::KeyArgs;
 use super::progress::ProgressReporter;
 use super::repo_args::RepoArgs;
 use crate::engine::progress::{Progress, human_bytes};
-use crate::engine::repo::Repository;
+use crate::engine::repo::{Repository, Selector, Which};
 use crate::engine::restore::{FixWords, RestoreOptions, RestoreStats, restore};
 
 #[derive(Args, Debug)]
@@ -19,9 +19,14 @@ pub struct RestoreArgs {
     pub repo: RepoArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
-    /// Snapshot id (or a unique prefix of it), or `latest`.
-    #[arg(long, value_name = "ID|latest")]
-    pub snapshot: String,
+    /// Snapshot id (or a unique prefix of it), `latest`, or `before:TIME` (the newest taken at
+    /// or before an RFC 3339 time), among the snapshots with every --snapshot-tag.
+    #[arg(long, value_name = "ID|latest|before:TIME", value_parser = Which::parse)]
+    pub snapshot: Which,
+    /// Only snapshots with this tag (repeatable): `backupjob=NAMESPACE/NAME` names a
+    /// BackupJob's snapshots.
+    #[arg(long = "snapshot-tag", value_name = "KEY=VALUE", value_parser = super::backup::parse_tag)]
+    pub snapshot_tags: Vec<(String, String)>,
     /// Directory to restore into; must be empty or absent unless --force.
     #[arg(long, value_name = "DIR")]
     pub target: PathBuf,
@@ -44,21 +49,32 @@ pub struct RestoreArgs {
     /// link planted in the claim can never make the restore write or remove elsewhere.
     #[arg(long, value_name = "DIR")]
     pub target_within: Option<PathBuf>,
-    /// Name the settings a refusal points to as a Restore's fields (spec.target.force,
+    /// Name the settings a refusal points to as a Restore's fields (spec.one_target().force,
     /// spec.target.deleteExtra) instead of this command's flags: the operator passes it to the
     /// agent in a Restore's pod, whose reader sets the spec.
     #[arg(long, hide = true)]
     pub fixes_as_restore_spec: bool,
 }
 
-/// The restore `args` ask for, counting into `progress`. Shared with the restore agent.
-pub async fn perform(
+/// The snapshot `args` name.
+pub fn selector(args: &RestoreArgs) -> Selector {
+    Selector {
+        which: args.snapshot.clone(),
+        tags: args.snapshot_tags.iter().cloned().collect(),
+    }
+}
+
+/// The restore `args` ask for, counting into `progress`; `chosen` hears which snapshot that is
+/// before anything is written. Shared with the restore agent.
+pub async fn perform<F: std::future::Future<Output = ()>>(
     args: &RestoreArgs,
     progress: Arc<Progress>,
+    chosen: impl FnOnce(String) -> F,
 ) -> Result<RestoreStats, CliError> {
     let km = args.keys.key_manager(false).await?;
     let repo = Repository::open(args.repo.backend(false)?, km.as_ref()).await?;
-    let snap = repo.find_snapshot(&args.snapshot).await?;
+    let snap = repo.select_snapshot(&selector(args)).await?;
+    chosen(snap.id.clone()).await;
     let opts = RestoreOptions {
         force: args.force,
         delete_extra: args.delete_extra,
@@ -77,7 +93,7 @@ pub async fn perform(
 pub async fn run(args: RestoreArgs) -> Result<(), CliError> {
     let progress = Arc::new(Progress::default());
     let reporter = ProgressReporter::start(progress.clone(), args.json, "restore");
-    let result = perform(&args, progress).await;
+    let result = perform(&args, progress, |_| async {}).await;
     reporter.finish().await;
     let stats = result?;
     if let Some(why) = &stats.read_without_lock {

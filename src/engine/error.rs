@@ -12,6 +12,17 @@ pub enum EngineError {
     Corrupt { object: String, reason: String },
     #[error("no snapshot matches {which:?} (list them with `snapcrypt snapshots`)")]
     NoSuchSnapshot { which: String },
+    #[error(
+        "the snapshots of BackupJob {job} in this repository are written by cluster {owner} (since {since}); this cluster is {this}, so its BackupJob only reads them (imported Snapshots, restores) and neither backs up nor applies retention: two clusters never prune each other's snapshots. If cluster {owner} is gone for good, set the BackupJob's spec.takeOverFrom: {owner}"
+    )]
+    OwnedElsewhere {
+        job: String,
+        owner: String,
+        since: String,
+        this: String,
+    },
+    #[error("no snapshot to restore: {reason}")]
+    NoSnapshotSelected { reason: String },
     #[error("{count} snapshots match {which:?}: give more of the id")]
     AmbiguousSnapshot { which: String, count: usize },
     #[error("source {path}: {reason}")]

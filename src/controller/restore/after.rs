@@ -1,5 +1,5 @@
 //! The Restore's steps around its restore pod, pure: the scratch claim created before it
-//! (spec.target.scratch), the check pod run after it (spec.check), and the scratch claim
+//! (spec.one_target().scratch), the check pod run after it (spec.check), and the scratch claim
 //! deleted once the Restore is over, whatever happened.
 
 use std::time::Duration;
@@ -25,17 +25,17 @@ use crate::controller::reason::Reason;
 /// How often a running check is looked at besides its pod's changes (its deadlines).
 const CHECK_RECHECK: Duration = Duration::from_secs(30);
 
-/// The scratch claim spec.target.scratch asks for: the changes that create it (none if there
+/// The scratch claim spec.one_target().scratch asks for: the changes that create it (none if there
 /// is no scratch claim, or this Restore's exists), or the step that ends the Restore (a claim
 /// of that name exists and is not this Restore's).
 pub fn plan_scratch(
     r: &Restore,
     existing: Option<&PersistentVolumeClaim>,
 ) -> Result<Result<Vec<Change>, Step>, Error> {
-    let Some(scratch) = &r.spec.target.scratch else {
+    let Some(scratch) = &r.spec.one_target().scratch else {
         return Ok(Ok(Vec::new()));
     };
-    let claim = &r.spec.target.claim_name;
+    let claim = &r.spec.one_target().claim_name;
     if let Some(existing) = existing {
         if is_own_claim(r, existing) {
             return Ok(Ok(Vec::new()));
@@ -43,7 +43,7 @@ pub fn plan_scratch(
         return Ok(Err(Step::failed(
             Reason::ScratchClaimExists,
             format!(
-                "spec.target.scratch: claim {claim} already exists and was not created by this Restore; nothing was written to it"
+                "spec.one_target().scratch: claim {claim} already exists and was not created by this Restore; nothing was written to it"
             ),
         )));
     }
@@ -149,7 +149,7 @@ pub fn plan_check(
 /// in status), then the claim, then status says so, with an Event. A claim of that name this
 /// Restore did not create is never touched. Pure.
 pub fn plan_finished(r: &Restore, prev: &RestoreStatus, w: &World) -> Vec<Change> {
-    if r.spec.target.scratch.is_none() || prev.scratch_claim_deleted {
+    if r.spec.one_target().scratch.is_none() || prev.scratch_claim_deleted {
         return Vec::new();
     }
     if w.target.as_ref().is_some_and(|c| !is_own_claim(r, c)) {
@@ -174,7 +174,7 @@ pub fn plan_finished(r: &Restore, prev: &RestoreStatus, w: &World) -> Vec<Change
             Reason::ScratchClaimDeleted,
             format!(
                 "deleted scratch claim {} and this Restore's pods: the restore and its check are over",
-                r.spec.target.claim_name
+                r.spec.one_target().claim_name
             ),
         ));
     }

@@ -43,7 +43,7 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     let owner = r.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
     let uid = r.uid().ok_or(PodError::NoOwner)?;
     let name = r.name_any();
-    let target = &r.spec.target;
+    let target = r.spec.one_target();
     let target_dir = match &target.path {
         Some(path) => format!("{TARGET_MOUNT}/{path}"),
         None => TARGET_MOUNT.to_string(),

@@ -1,5 +1,5 @@
 //! What a Restore adds around its restore pod: the scratch claim it creates
-//! (spec.target.scratch) and the check pod it runs on the result (spec.check), and what the
+//! (spec.one_target().scratch) and the check pod it runs on the result (spec.check), and what the
 //! check pod's run means. Pure.
 
 use std::collections::BTreeMap;
@@ -86,7 +86,7 @@ pub fn scratch_claim(r: &Restore, s: &ScratchClaim) -> Result<PersistentVolumeCl
     let uid = r.uid().ok_or(PodError::NoOwner)?;
     Ok(PersistentVolumeClaim {
         metadata: ObjectMeta {
-            name: Some(r.spec.target.claim_name.clone()),
+            name: Some(r.spec.one_target().claim_name.clone()),
             namespace: r.namespace(),
             labels: Some(labels(&uid, "scratch")),
             owner_references: Some(vec![owner]),
@@ -120,7 +120,7 @@ pub fn is_own_claim(r: &Restore, claim: &PersistentVolumeClaim) -> bool {
 pub fn check_pod(r: &Restore, check: &CheckContainer) -> Result<Pod, PodError> {
     let owner = r.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
     let uid = r.uid().ok_or(PodError::NoOwner)?;
-    let target = &r.spec.target;
+    let target = r.spec.one_target();
     let restored = match &target.path {
         Some(p) => format!("{RESTORED_MOUNT}/{p}"),
         None => RESTORED_MOUNT.to_string(),

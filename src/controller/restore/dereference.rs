@@ -52,10 +52,10 @@ pub async fn dereference(r: &Restore, client: &Client) -> Result<World, Error> {
     let err = |what: &'static str| super::dereference_error(&name, what);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let claim = &r.spec.target.claim_name;
+    let claim = &r.spec.one_target().claim_name;
     let mut w = World::default();
     if matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed) {
-        if r.spec.target.scratch.is_some() && !prev.scratch_claim_deleted {
+        if r.spec.one_target().scratch.is_some() && !prev.scratch_claim_deleted {
             w.target = claims.get_opt(claim).await.map_err(err("scratch claim"))?;
             let named = [prev.pod_name.clone(), prev.check.map(|c| c.pod)];
             for pod in named.into_iter().flatten() {
@@ -130,10 +130,10 @@ async fn before_the_pod(r: &Restore, client: &Client, w: &mut World) -> Result<(
             .map_err(err("KmipServer"))?,
     );
     w.target = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-        .get_opt(&r.spec.target.claim_name)
+        .get_opt(&r.spec.one_target().claim_name)
         .await
         .map_err(err("target PersistentVolumeClaim"))?;
-    if w.target.is_some() || r.spec.target.scratch.is_some() {
+    if w.target.is_some() || r.spec.one_target().scratch.is_some() {
         w.namespace_pods = Api::<Pod>::namespaced(client.clone(), &ns)
             .list(&ListParams::default())
             .await
@@ -154,7 +154,7 @@ async fn snapshot_and_job(
     let name = r.name_any();
     let err = |what: &'static str| super::dereference_error(&name, what);
     let snap = Api::<Snapshot>::namespaced(client.clone(), &ns)
-        .get_opt(&r.spec.snapshot_ref.name)
+        .get_opt(&r.spec.snapshot_name())
         .await
         .map_err(err("Snapshot"))?;
     let Some(s) = &snap else {

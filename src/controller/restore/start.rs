@@ -23,9 +23,9 @@ use crate::controller::reason::Reason;
 /// What the spec asks that cannot be done (the CRD's rules say the same, for API servers
 /// that do not run them).
 pub(super) fn spec_problem(r: &Restore) -> Option<String> {
-    let t = &r.spec.target;
+    let t = r.spec.one_target();
     if t.delete_extra && !t.force {
-        return Some("spec.target.deleteExtra: true needs spec.target.force: true (deleteExtra removes what a non-empty target holds that the snapshot does not; without force a non-empty target is refused)".to_string());
+        return Some("spec.target.deleteExtra: true needs spec.one_target().force: true (deleteExtra removes what a non-empty target holds that the snapshot does not; without force a non-empty target is refused)".to_string());
     }
     r.spec
         .check
@@ -37,7 +37,7 @@ pub(super) fn spec_problem(r: &Restore) -> Option<String> {
 /// restore into it could overwrite or remove the backups it reads). Pure.
 pub(super) fn target_is_repository(r: &Restore, job: &BackupJob) -> Option<String> {
     let pvc = job.spec.destination.pvc.as_ref()?;
-    let claim = &r.spec.target.claim_name;
+    let claim = &r.spec.one_target().claim_name;
     (pvc.claim_name == *claim).then(|| {
         format!(
             "spec.target.claimName: {claim} holds the repository of BackupJob {} (its spec.destination.pvc.claimName): a restore into it could overwrite or remove the backups it reads; restore into another claim",
@@ -51,7 +51,7 @@ pub(super) fn target_is_repository(r: &Restore, job: &BackupJob) -> Option<Strin
 fn snapshot_to_restore(r: &Restore, w: &World) -> Result<String, (Step, Option<Duration>)> {
     let ns = r.namespace().unwrap_or_default();
     let wait = |reason: Reason, message: String| (Step::Wait { reason, message }, Some(RECHECK));
-    let snap_name = &r.spec.snapshot_ref.name;
+    let snap_name = &r.spec.snapshot_name();
     let Some(snap) = &w.snapshot else {
         return Err(wait(
             Reason::SnapshotNotFound,
@@ -101,7 +101,7 @@ pub(super) fn plan_start(
         Ok(id) => id,
         Err((step, requeue)) => return Ok(nothing(step, requeue)),
     };
-    let snap_name = &r.spec.snapshot_ref.name;
+    let snap_name = &r.spec.snapshot_name();
     let job_name = w
         .snapshot
         .as_ref()
@@ -179,8 +179,8 @@ fn nothing(step: Step, requeue: Option<Duration>) -> Outcome {
 /// scratch claim this reconcile creates), or a pod still running mounts it. Pure.
 fn target_not_ready(r: &Restore, w: &World) -> Option<(Reason, String)> {
     let ns = r.namespace().unwrap_or_default();
-    let claim = &r.spec.target.claim_name;
-    if w.target.is_none() && r.spec.target.scratch.is_none() {
+    let claim = &r.spec.one_target().claim_name;
+    if w.target.is_none() && r.spec.one_target().scratch.is_none() {
         return Some((
             Reason::TargetClaimNotFound,
             format!(
@@ -194,7 +194,7 @@ fn target_not_ready(r: &Restore, w: &World) -> Option<(Reason, String)> {
 /// The target claim mounted by a pod that is not done and not this Restore's own: the
 /// restore waits (a running mongod would have its files replaced under it). Pure.
 pub(super) fn target_in_use(r: &Restore, pods: &[Pod]) -> Option<String> {
-    let claim = &r.spec.target.claim_name;
+    let claim = &r.spec.one_target().claim_name;
     let uid = r.uid().unwrap_or_default();
     let mut users: Vec<String> = pods
         .iter()

@@ -49,18 +49,20 @@ pub fn restore_test(
             ..Default::default()
         },
         spec: RestoreSpec {
-            snapshot_ref: LocalRef {
+            snapshot_ref: Some(LocalRef {
                 name: snapshot.into(),
-            },
+            }),
+            source: None,
             // A directory the restore creates (and so owns): the agent, not root, may set the
             // snapshot's mode and times on it, which it may not on a fresh volume's root.
-            target: RestoreTarget {
+            target: Some(RestoreTarget {
                 claim_name: name,
                 path: Some(RESTORE_TEST_DIR.into()),
                 force: false,
                 delete_extra: false,
                 scratch: Some(scratch),
-            },
+            }),
+            targets: None,
             verify_restored: true,
             check: test.check.clone(),
         },
@@ -103,7 +105,7 @@ pub fn test_run(r: &Restore) -> RestoreTestRun {
     };
     RestoreTestRun {
         time: r.metadata.creation_timestamp.clone(),
-        snapshot: r.spec.snapshot_ref.name.clone(),
+        snapshot: r.spec.snapshot_name().to_string(),
         restore: r.name_any(),
         result,
         duration_seconds,

@@ -156,6 +156,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         verification_runs: checks.verification_runs,
         last_restore_test: checks.last_restore_test.clone(),
         running_restore_test: checks.running_restore_test.clone(),
+        catalog: prev.catalog,
     }
 }
 

@@ -29,12 +29,7 @@ use crate::controller::names::{
 
 /// Where the member's data volume is mounted in the snapshot pod.
 pub const SOURCE_MOUNT: &str = "/data/source";
-/// The repository tag naming a snapshot's BackupJob (NAMESPACE/NAME); retention is scoped by it.
-pub const JOB_TAG: &str = "backupjob";
-/// The repository tag saying what started a snapshot: the job's schedule, or a user.
-pub const TRIGGER_TAG: &str = "trigger";
-pub const TRIGGER_SCHEDULE: &str = "schedule";
-pub const TRIGGER_ON_DEMAND: &str = "on-demand";
+pub use crate::api::snapshot::{JOB_TAG, TRIGGER_ON_DEMAND, TRIGGER_SCHEDULE, TRIGGER_TAG};
 
 /// Whether `snap` is one the BackupJob's schedule made (or adopted), not one a user created:
 /// the job's uid in its annotation, or the job as its controller owner.
