@@ -149,11 +149,11 @@ pub struct RestoreTargets {
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 1, max = 50))]
     pub parallelism: u32,
-    /// Directory inside each claim, as spec.one_target().path.
+    /// Directory inside each claim, as spec.target.path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]*(/[A-Za-z0-9_\-][A-Za-z0-9._\-]*)*$"))]
     pub path: Option<String>,
-    /// As spec.one_target().force, for every claim.
+    /// As spec.target.force, for every claim.
     #[serde(default)]
     pub force: bool,
     /// As spec.target.deleteExtra, for every claim.
@@ -253,7 +253,7 @@ pub struct RestoreStatus {
     /// The check container's run (spec.check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckStatus>,
-    /// The scratch claim (spec.one_target().scratch) was deleted.
+    /// The scratch claim (spec.target.scratch) was deleted.
     #[serde(default)]
     pub scratch_claim_deleted: bool,
     /// The repository snapshot restored: the Snapshot's, or the one the restore pod chose

@@ -49,7 +49,7 @@ pub struct RestoreArgs {
     /// link planted in the claim can never make the restore write or remove elsewhere.
     #[arg(long, value_name = "DIR")]
     pub target_within: Option<PathBuf>,
-    /// Name the settings a refusal points to as a Restore's fields (spec.one_target().force,
+    /// Name the settings a refusal points to as a Restore's fields (spec.target.force,
     /// spec.target.deleteExtra) instead of this command's flags: the operator passes it to the
     /// agent in a Restore's pod, whose reader sets the spec.
     #[arg(long, hide = true)]

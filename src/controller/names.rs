@@ -40,6 +40,9 @@ pub const RESTORE_TEST_LABEL: &str = "snapcrypt.dev/restore-test";
 /// Label carrying the uid of the Restore a check pod judges.
 pub const CHECK_RESTORE_UID_LABEL: &str = "snapcrypt.dev/check-restore-uid";
 
+/// Label carrying the uid of the Restore (with spec.targets) a Restore of one claim belongs to.
+pub const PARENT_RESTORE_UID_LABEL: &str = "snapcrypt.dev/parent-restore-uid";
+
 /// Longest Kubernetes object name (DNS subdomain).
 const MAX_NAME: usize = 253;
 /// Longest label value.
@@ -92,6 +95,23 @@ pub fn restore_pod_name(restore: &str) -> String {
 pub fn agent_service_account(job: &str) -> String {
     let prefix = "snapcrypt-agent-";
     format!("{prefix}{}", fit(job, MAX_NAME - prefix.len()))
+}
+
+/// `<restore>-<claim>`, the Restore of one claim of a Restore with spec.targets; too long a
+/// name is cut and ends in a digest of the whole, so two claims never share one.
+pub fn member_restore_name(restore: &str, claim: &str) -> String {
+    let whole = format!("{restore}-{claim}");
+    if whole.len() <= MAX_NAME {
+        return whole;
+    }
+    let digest = blake3::hash(whole.as_bytes()).to_hex();
+    format!("{}-{}", fit(&whole, MAX_NAME - 13), &digest[..12])
+}
+
+/// The ServiceAccount of the agent of a Restore with spec.source (no BackupJob's to use).
+pub fn restore_service_account(restore: &str) -> String {
+    let prefix = "snapcrypt-restore-";
+    format!("{prefix}{}", fit(restore, MAX_NAME - prefix.len()))
 }
 
 /// Labels of objects created for `job`.

@@ -161,7 +161,7 @@ reasons! {
     RestoreTestNotStarted => Warning,
     /// A Restore's check container failed: its message says why.
     CheckFailed => Warning,
-    /// spec.one_target().scratch names a claim that exists and this Restore did not create.
+    /// spec.target.scratch names a claim that exists and this Restore did not create.
     ScratchClaimExists => Warning,
 }
 

@@ -14,8 +14,9 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::BackupJob;
+use crate::api::destination::Destination;
 use crate::controller::execute::Change;
-use crate::controller::names::{agent_service_account, job_labels};
+use crate::controller::names::{MANAGED_BY, agent_service_account, job_labels};
 
 /// Every rule any agent needs (for the chart's ClusterRole that states them for review):
 /// read Snapshots and Restores, patch their status. The operator grants them per run, for
@@ -81,13 +82,14 @@ pub fn run_rbac(job: &BackupJob, run: &RunObject<'_>) -> (Role, RoleBinding) {
         owner_references: Some(vec![run.owner.clone()]),
         ..Default::default()
     };
-    role_for_agent(job, meta, run_rules(run.resource, Some(run.name)))
+    let sa = agent_service_account(&job.name_any());
+    role_for_agent(&sa, meta, run_rules(run.resource, Some(run.name)))
 }
 
 /// A Role with `rules` and the RoleBinding that grants it to `job`'s agent ServiceAccount,
 /// both with `meta` (the Role's name and owner).
 fn role_for_agent(
-    job: &BackupJob,
+    service_account: &str,
     meta: ObjectMeta,
     rules: Vec<PolicyRule>,
 ) -> (Role, RoleBinding) {
@@ -100,8 +102,8 @@ fn role_for_agent(
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
-            name: agent_service_account(&job.name_any()),
-            namespace: job.namespace(),
+            name: service_account.to_string(),
+            namespace: meta.namespace.clone(),
             api_group: None,
         }]),
     };
@@ -134,10 +136,46 @@ pub fn identity_changes(
     changes
 }
 
+/// What the agent of a run with no BackupJob to lend its identity (a Restore with
+/// spec.source) needs before its pod: a ServiceAccount of its own (`service_account`, with the
+/// destination's workload identity), and a Role and RoleBinding that let it read `run` and
+/// patch its status; all owned by the run. Pure.
+pub fn own_identity_changes(
+    stage: &'static str,
+    service_account: &str,
+    namespace: Option<String>,
+    run: &RunObject<'_>,
+    destination: &Destination,
+) -> Vec<Change> {
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.clone(),
+        labels: Some(BTreeMap::from([(MANAGED_BY.0.into(), MANAGED_BY.1.into())])),
+        owner_references: Some(vec![run.owner.clone()]),
+        ..Default::default()
+    };
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            annotations: workload_identity_annotations(destination),
+            ..meta(service_account)
+        },
+        ..Default::default()
+    };
+    let (role, binding) = role_for_agent(
+        service_account,
+        meta(&format!("snapcrypt-agent-run-{}", run.uid)),
+        run_rules(run.resource, Some(run.name)),
+    );
+    vec![
+        Change::apply(stage, &sa),
+        Change::apply(stage, &role),
+        Change::apply(stage, &binding),
+    ]
+}
+
 /// The annotations that tie the agent's ServiceAccount to a cloud identity: GKE Workload
 /// Identity's Google service account, AKS Workload Identity's client id.
-fn workload_identity_annotations(job: &BackupJob) -> Option<BTreeMap<String, String>> {
-    let d = &job.spec.destination;
+fn workload_identity_annotations(d: &Destination) -> Option<BTreeMap<String, String>> {
     let gcs = d
         .gcs
         .as_ref()
@@ -165,7 +203,7 @@ pub fn agent_rbac(job: &BackupJob) -> Option<(ServiceAccount, Role, RoleBinding)
     };
     let sa = ServiceAccount {
         metadata: ObjectMeta {
-            annotations: workload_identity_annotations(job),
+            annotations: workload_identity_annotations(&job.spec.destination),
             ..meta.clone()
         },
         ..Default::default()
@@ -173,7 +211,7 @@ pub fn agent_rbac(job: &BackupJob) -> Option<(ServiceAccount, Role, RoleBinding)
     // Nothing for the job as a whole: each run grants its own object ([`run_rbac`]). Applied
     // empty so that a Role an older operator made with every Snapshot and Restore of the
     // namespace in it is narrowed on upgrade.
-    let (role, binding) = role_for_agent(job, meta, Vec::new());
+    let (role, binding) = role_for_agent(&name, meta, Vec::new());
     Some((sa, role, binding))
 }
 

@@ -3,9 +3,13 @@
 
 use kube::{Api, Client, ResourceExt};
 
+use crate::api::backup_job::Encryption;
+use crate::api::restore::RestoreSource;
 use crate::api::{BackupJob, KmipServer};
 use crate::controller::job_spec::references::find_references;
-use crate::controller::job_spec::validate::{Problem, check_references, check_spec, references};
+use crate::controller::job_spec::validate::{
+    Problem, check_references, check_spec, references, repository_references,
+};
 use crate::controller::reason::Reason;
 
 /// Why a pod cannot start yet: a condition reason and a message naming the field.
@@ -35,29 +39,39 @@ pub async fn check_job(
         Needs::Everything => (check_spec(&job.spec).1, references(&job.spec)),
         Needs::RepositoryAndKey => (
             Vec::new(),
-            references(&job.spec)
-                .into_iter()
-                .filter(|r| {
-                    r.field.starts_with("spec.destination")
-                        || r.field.starts_with("spec.encryption")
-                })
-                .collect(),
+            repository_references(&job.spec.destination, &job.spec.encryption, "spec"),
         ),
     };
     let found = find_references(client, ns, &refs).await?;
     problems.extend(check_references(&refs, &found, ns));
-    Ok(problems.first().map(|first| Blocked {
+    Ok(blocked(&format!("BackupJob {}: ", job.name_any()), &problems))
+}
+
+/// Check that a Restore's spec.source (a repository and its key, no BackupJob) references
+/// what exists and fits.
+pub async fn check_source(
+    client: &Client,
+    ns: &str,
+    source: &RestoreSource,
+) -> kube::Result<Option<Blocked>> {
+    let refs = repository_references(&source.destination, &source.encryption, "spec.source");
+    let found = find_references(client, ns, &refs).await?;
+    Ok(blocked("", &check_references(&refs, &found, ns)))
+}
+
+/// The first problem's reason, and every problem said after `prefix`.
+fn blocked(prefix: &str, problems: &[Problem]) -> Option<Blocked> {
+    problems.first().map(|first| Blocked {
         reason: first.reason,
         message: format!(
-            "BackupJob {}: {}",
-            job.name_any(),
+            "{prefix}{}",
             problems
                 .iter()
                 .map(|p: &Problem| p.message.as_str())
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
-    }))
+    })
 }
 
 /// A KMIP job's KmipServer and its active master key id; None for a local-key job.
@@ -66,7 +80,17 @@ pub async fn job_kmip(
     ns: &str,
     job: &BackupJob,
 ) -> kube::Result<Result<Option<(KmipServer, String)>, Blocked>> {
-    let Some(r) = &job.spec.encryption.kmip_server_ref else {
+    encryption_kmip(client, ns, &job.spec.encryption, "spec.encryption").await
+}
+
+/// The KmipServer `enc` names (at `field`) and its active master key id; None for a local key.
+pub async fn encryption_kmip(
+    client: &Client,
+    ns: &str,
+    enc: &Encryption,
+    field: &str,
+) -> kube::Result<Result<Option<(KmipServer, String)>, Blocked>> {
+    let Some(r) = &enc.kmip_server_ref else {
         return Ok(Ok(None));
     };
     let Some(ks) = Api::<KmipServer>::namespaced(client.clone(), ns)
@@ -76,7 +100,7 @@ pub async fn job_kmip(
         return Ok(Err(Blocked {
             reason: Reason::KmipServerNotFound,
             message: format!(
-                "spec.encryption.kmipServerRef.name: KmipServer {} does not exist",
+                "{field}.kmipServerRef.name: KmipServer {} does not exist",
                 r.name
             ),
         }));

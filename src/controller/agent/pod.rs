@@ -8,8 +8,11 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 
+use kube::ResourceExt;
+
 use crate::api::KmipServer;
-use crate::api::backup_job::BackupJobSpec;
+use crate::api::backup_job::Encryption;
+use crate::api::destination::Destination;
 use crate::api::kmip_server::WrappingMode;
 
 /// Where a PVC destination is mounted.
@@ -166,30 +169,29 @@ pub struct RepoAccess {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-/// The job's destination and encryption as volumes, mounts, agent arguments and environment.
-/// `kmip` is the job's KmipServer with its active master key id (from its status).
+/// A destination and encryption (a job's, or a Restore's spec.source) as volumes, mounts,
+/// agent arguments and environment. `kmip` is the KmipServer with its active master key id
+/// (from its status).
 pub fn repository_access(
-    spec: &BackupJobSpec,
+    destination: &Destination,
+    encryption: &Encryption,
     kmip: Option<(&KmipServer, &str)>,
     how: Access,
 ) -> Result<RepoAccess, PodError> {
     let mut out = RepoAccess::default();
-    super::destination::destination_access(&spec.destination, how, &mut out)?;
-    key_access(spec, kmip, how, &mut out)?;
+    super::destination::destination_access(destination, how, &mut out)?;
+    key_access(encryption, kmip, how, &mut out)?;
     Ok(out)
 }
 
 /// The key: the local key Secret as a file, or the KmipServer's endpoints and client TLS.
 fn key_access(
-    spec: &BackupJobSpec,
+    encryption: &Encryption,
     kmip: Option<(&KmipServer, &str)>,
     how: Access,
     out: &mut RepoAccess,
 ) -> Result<(), PodError> {
-    match (
-        &spec.encryption.local_key_secret,
-        &spec.encryption.kmip_server_ref,
-    ) {
+    match (&encryption.local_key_secret, &encryption.kmip_server_ref) {
         (Some(k), _) => {
             out.volumes.push(Volume {
                 name: "key".into(),
@@ -297,10 +299,39 @@ pub fn mongodb_pod_security() -> PodSecurityContext {
     security
 }
 
+/// The repository an agent pod reads, and the identity, resources and deadline it runs
+/// under: a BackupJob's, or a Restore's spec.source (no job at all).
+#[derive(Clone, Debug)]
+pub struct AgentRepo<'a> {
+    pub destination: &'a Destination,
+    pub encryption: &'a Encryption,
+    /// The ServiceAccount the pod runs as.
+    pub service_account: String,
+    pub resources: Option<ResourceRequirements>,
+    /// activeDeadlineSeconds.
+    pub deadline_seconds: i64,
+    /// Labels naming the job (none without one).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl<'a> AgentRepo<'a> {
+    /// A BackupJob's repository, agent ServiceAccount, resources and runTimeout.
+    pub fn of_job(job: &'a crate::api::BackupJob) -> Self {
+        AgentRepo {
+            destination: &job.spec.destination,
+            encryption: &job.spec.encryption,
+            service_account: crate::controller::names::agent_service_account(&job.name_any()),
+            resources: job.spec.resources.clone(),
+            deadline_seconds: crate::controller::job_spec::consistency::run_deadline_seconds(job),
+            labels: crate::controller::names::job_labels(&job.name_any()),
+        }
+    }
+}
+
 /// What a job's agent pod that only needs the repository (a restore, a verify) is made of,
 /// besides what [`job_agent_pod`] adds to every such pod.
 pub struct JobAgentPod<'a> {
-    pub job: &'a crate::api::BackupJob,
+    pub repo: AgentRepo<'a>,
     /// The job's KmipServer with its active master key id, for a KMIP job.
     pub kmip: Option<(&'a KmipServer, &'a str)>,
     pub image: &'a str,
@@ -327,14 +358,14 @@ pub struct JobAgentPod<'a> {
 /// reads: docs/REPOSITORY.md, "Locks and deletion") and key, the job's agent ServiceAccount
 /// and resources, never restarted, stopped by the kubelet at the job's runTimeout.
 pub fn job_agent_pod(p: JobAgentPod) -> Result<k8s_openapi::api::core::v1::Pod, PodError> {
-    use kube::ResourceExt;
     let (tmp_volume, tmp_mount, mut envs) = agent_basics(
         p.namespace.as_deref().unwrap_or_default(),
         p.object_env,
         p.agent_env,
     );
     let access = repository_access(
-        &p.job.spec,
+        p.repo.destination,
+        p.repo.encryption,
         p.kmip,
         Access {
             repo_read_only: false,
@@ -348,7 +379,7 @@ pub fn job_agent_pod(p: JobAgentPod) -> Result<k8s_openapi::api::core::v1::Pod, 
     mounts.extend(access.mounts);
     args.extend(access.args);
     envs.extend(access.envs);
-    let mut labels = crate::controller::names::job_labels(&p.job.name_any());
+    let mut labels = p.repo.labels;
     labels.extend(access.labels);
     labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
     labels.insert("app.kubernetes.io/component".into(), p.component.into());
@@ -364,20 +395,10 @@ pub fn job_agent_pod(p: JobAgentPod) -> Result<k8s_openapi::api::core::v1::Pod, 
         },
         spec: Some(k8s_openapi::api::core::v1::PodSpec {
             restart_policy: Some("Never".into()),
-            active_deadline_seconds: Some(
-                crate::controller::job_spec::consistency::run_deadline_seconds(p.job),
-            ),
-            service_account_name: Some(crate::controller::names::agent_service_account(
-                &p.job.name_any(),
-            )),
+            active_deadline_seconds: Some(p.repo.deadline_seconds),
+            service_account_name: Some(p.repo.service_account),
             security_context: Some(mongodb_pod_security()),
-            containers: vec![agent_container(
-                p.image,
-                args,
-                envs,
-                mounts,
-                p.job.spec.resources.clone(),
-            )],
+            containers: vec![agent_container(p.image, args, envs, mounts, p.repo.resources)],
             volumes: Some(volumes),
             ..Default::default()
         }),

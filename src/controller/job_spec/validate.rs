@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::backup_job::{AuthMechanism, BackupJobSpec, MongoSource, SyncSourceMode};
+use crate::api::backup_job::{AuthMechanism, BackupJobSpec, Encryption, MongoSource, SyncSourceMode};
 
 use super::consistency::{Capture, capture, parse_timeout};
 use super::schedule::CronSchedule;
@@ -109,43 +109,58 @@ pub fn references(spec: &BackupJobSpec) -> Vec<Reference> {
             ));
         }
     }
-    if let Some(pvc) = &spec.destination.pvc {
+    out.extend(repository_references(&spec.destination, &spec.encryption, "spec"));
+    out
+}
+
+/// The references of a repository and its key (a BackupJob's spec.destination and
+/// spec.encryption, or a Restore's spec.source), their fields named under `prefix`.
+pub fn repository_references(dest: &Destination, enc: &Encryption, prefix: &str) -> Vec<Reference> {
+    let mut out = Vec::new();
+    let r = |field: String, kind, name: &str, keys: Vec<Vec<&str>>| Reference {
+        field,
+        kind,
+        name: name.into(),
+        keys: keys
+            .into_iter()
+            .map(|alts| alts.into_iter().map(String::from).collect())
+            .collect(),
+    };
+    if let Some(pvc) = &dest.pvc {
         out.push(r(
-            "spec.destination.pvc.claimName",
+            format!("{prefix}.destination.pvc.claimName"),
             RefKind::PersistentVolumeClaim,
             &pvc.claim_name,
             vec![],
         ));
     }
-    if let Some(s3) = &spec.destination.s3 {
+    if let Some(s3) = &dest.s3 {
         out.push(r(
-            "spec.destination.s3.credentialsSecret",
+            format!("{prefix}.destination.s3.credentialsSecret"),
             RefKind::Secret,
             &s3.credentials_secret,
             vec![vec!["AWS_ACCESS_KEY_ID"], vec!["AWS_SECRET_ACCESS_KEY"]],
         ));
     }
-    if let Some(secret) = spec
-        .destination
+    if let Some(secret) = dest
         .gcs
         .as_ref()
         .and_then(|g| g.credentials_secret.as_ref())
     {
         out.push(r(
-            "spec.destination.gcs.credentialsSecret",
+            format!("{prefix}.destination.gcs.credentialsSecret"),
             RefKind::Secret,
             secret,
             vec![vec![GCS_CREDENTIALS_FILE]],
         ));
     }
-    if let Some(secret) = spec
-        .destination
+    if let Some(secret) = dest
         .azure
         .as_ref()
         .and_then(|a| a.credentials_secret.as_ref())
     {
         out.push(r(
-            "spec.destination.azure.credentialsSecret",
+            format!("{prefix}.destination.azure.credentialsSecret"),
             RefKind::Secret,
             secret,
             vec![vec![
@@ -155,17 +170,17 @@ pub fn references(spec: &BackupJobSpec) -> Vec<Reference> {
             ]],
         ));
     }
-    if let Some(k) = &spec.encryption.local_key_secret {
+    if let Some(k) = &enc.local_key_secret {
         out.push(Reference {
-            field: "spec.encryption.localKeySecret.name".into(),
+            field: format!("{prefix}.encryption.localKeySecret.name"),
             kind: RefKind::Secret,
             name: k.name.clone(),
             keys: vec![vec![k.key.clone()]],
         });
     }
-    if let Some(k) = &spec.encryption.kmip_server_ref {
+    if let Some(k) = &enc.kmip_server_ref {
         out.push(r(
-            "spec.encryption.kmipServerRef.name",
+            format!("{prefix}.encryption.kmipServerRef.name"),
             RefKind::KmipServer,
             &k.name,
             vec![],

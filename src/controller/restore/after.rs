@@ -1,5 +1,5 @@
 //! The Restore's steps around its restore pod, pure: the scratch claim created before it
-//! (spec.one_target().scratch), the check pod run after it (spec.check), and the scratch claim
+//! (spec.target.scratch), the check pod run after it (spec.check), and the scratch claim
 //! deleted once the Restore is over, whatever happened.
 
 use std::time::Duration;
@@ -25,7 +25,7 @@ use crate::controller::reason::Reason;
 /// How often a running check is looked at besides its pod's changes (its deadlines).
 const CHECK_RECHECK: Duration = Duration::from_secs(30);
 
-/// The scratch claim spec.one_target().scratch asks for: the changes that create it (none if there
+/// The scratch claim spec.target.scratch asks for: the changes that create it (none if there
 /// is no scratch claim, or this Restore's exists), or the step that ends the Restore (a claim
 /// of that name exists and is not this Restore's).
 pub fn plan_scratch(
@@ -43,7 +43,7 @@ pub fn plan_scratch(
         return Ok(Err(Step::failed(
             Reason::ScratchClaimExists,
             format!(
-                "spec.one_target().scratch: claim {claim} already exists and was not created by this Restore; nothing was written to it"
+                "spec.target.scratch: claim {claim} already exists and was not created by this Restore; nothing was written to it"
             ),
         )));
     }

@@ -6,8 +6,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::restore::RestoreStatus;
 use crate::api::snapshot::RunPhase;
-use crate::api::{BackupJob, KmipServer, Restore};
-use crate::controller::agent::pod::{JobAgentPod, PodError, job_agent_pod, mount};
+use crate::api::{KmipServer, Restore};
+use crate::controller::agent::pod::{AgentRepo, JobAgentPod, PodError, job_agent_pod, mount};
 use crate::controller::conditions::{self, merge};
 use crate::controller::names::{RESTORE_UID_LABEL, restore_pod_name};
 use crate::controller::reason::Reason;
@@ -21,10 +21,11 @@ pub const TARGET_MOUNT: &str = "/target";
 #[derive(Clone, Debug)]
 pub struct RestorePlan<'a> {
     pub restore: &'a Restore,
-    /// The BackupJob whose repository and key the Snapshot was written with.
-    pub job: &'a BackupJob,
-    /// The snapshot's id in the repository.
-    pub snapshot_id: &'a str,
+    /// The repository and key (the Snapshot's BackupJob's, or spec.source's), and the
+    /// identity and limits the pod runs under.
+    pub repo: AgentRepo<'a>,
+    /// Which snapshot.
+    pub snapshot: Chosen<'a>,
     pub image: &'a str,
     /// Seconds between progress reports (the agent's default when 2).
     pub progress_interval: f64,
@@ -32,6 +33,35 @@ pub struct RestorePlan<'a> {
     pub agent_env: &'a [(String, String)],
     /// The KmipServer of a KMIP job, with its active master key id.
     pub kmip: Option<(&'a KmipServer, &'a str)>,
+}
+
+/// Which snapshot a restore pod restores.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Chosen<'a> {
+    /// A Snapshot object's repository snapshot.
+    Id(&'a str),
+    /// spec.source.snapshot (latest, an id, before:TIME) among the snapshots with these tags
+    /// (the job's, and spec.source.tags): the pod chooses.
+    Select {
+        snapshot: &'a str,
+        tags: std::collections::BTreeMap<String, String>,
+    },
+}
+
+impl Chosen<'_> {
+    /// As the agent's arguments.
+    fn args(&self) -> Vec<String> {
+        match self {
+            Chosen::Id(id) => vec!["--snapshot".into(), (*id).into()],
+            Chosen::Select { snapshot, tags } => {
+                let mut args = vec!["--snapshot".into(), (*snapshot).into()];
+                for (k, v) in tags {
+                    args.extend(["--snapshot-tag".into(), format!("{k}={v}")]);
+                }
+                args
+            }
+        }
+    }
 }
 
 /// The restore pod: `snapcrypt agent restore` with the repository read-only, the key, and the
@@ -51,8 +81,9 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
     let mut args: Vec<String> = vec![
         "agent".into(),
         "restore".into(),
-        "--snapshot".into(),
-        p.snapshot_id.into(),
+    ];
+    args.extend(p.snapshot.args());
+    args.extend([
         "--target".into(),
         target_dir,
         // Every part of the target below the claim's mount is resolved without following a
@@ -61,7 +92,7 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
         TARGET_MOUNT.into(),
         // A refusal names spec.target's fields, not the agent's flags.
         "--fixes-as-restore-spec".into(),
-    ];
+    ]);
     if target.force {
         args.push("--force".into());
         if target.delete_extra {
@@ -78,7 +109,7 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
         ]);
     }
     job_agent_pod(JobAgentPod {
-        job: p.job,
+        repo: p.repo.clone(),
         kmip: p.kmip,
         image: p.image,
         agent_env: p.agent_env,
@@ -204,6 +235,7 @@ pub fn next_status(
         }
         Step::Succeeded { stats, finished } => {
             s.phase = RunPhase::Succeeded;
+            s.snapshot_id = Some(stats.snapshot.clone());
             s.completion_time = Some(finished.clone().unwrap_or_else(|| now_t.clone()));
             let msg = format!(
                 "restored snapshot {} into {target}: {} files, {}, every chunk verified{}",
@@ -263,8 +295,8 @@ mod tests {
         let pod_for = |target: &str| {
             restore_pod(&RestorePlan {
                 restore: &restore(target),
-                job: &j,
-                snapshot_id: "3f2a",
+                repo: AgentRepo::of_job(&j),
+                snapshot: Chosen::Id("3f2a"),
                 image: "snapcrypt:test",
                 progress_interval: 2.0,
                 agent_env: &[],
@@ -355,8 +387,8 @@ mod tests {
         );
         let e = restore_pod(&RestorePlan {
             restore: &r,
-            job: &j,
-            snapshot_id: "x",
+            repo: AgentRepo::of_job(&j),
+            snapshot: Chosen::Id("x"),
             image: "i",
             progress_interval: 2.0,
             agent_env: &[],

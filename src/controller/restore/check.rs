@@ -1,5 +1,5 @@
 //! What a Restore adds around its restore pod: the scratch claim it creates
-//! (spec.one_target().scratch) and the check pod it runs on the result (spec.check), and what the
+//! (spec.target.scratch) and the check pod it runs on the result (spec.check), and what the
 //! check pod's run means. Pure.
 
 use std::collections::BTreeMap;

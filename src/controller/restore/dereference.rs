@@ -11,7 +11,9 @@ use super::build::pod_selector;
 use crate::api::restore::RestoreStatus;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Restore, Snapshot};
-use crate::controller::agent::job::{Blocked, Needs, check_job, job_kmip};
+use crate::controller::agent::job::{
+    Blocked, Needs, check_job, check_source, encryption_kmip, job_kmip,
+};
 use crate::controller::agent::node::node_of;
 use crate::controller::agent::run::{RunStep, run_step};
 use crate::controller::names::CHECK_RESTORE_UID_LABEL;
@@ -117,18 +119,29 @@ async fn before_the_pod(r: &Restore, client: &Client, w: &mut World) -> Result<(
     let ns = r.namespace().unwrap_or_default();
     let name = r.name_any();
     let err = |what: &'static str| super::dereference_error(&name, what);
-    (w.snapshot, w.job) = snapshot_and_job(r, client, true).await?;
-    let Some(job) = &w.job else {
-        return Ok(());
-    };
-    w.blocked = check_job(client, &ns, job, Needs::RepositoryAndKey)
-        .await
-        .map_err(err("the BackupJob's references"))?;
-    w.kmip = Some(
-        job_kmip(client, &ns, job)
+    if let Some(source) = &r.spec.source {
+        w.blocked = check_source(client, &ns, source)
             .await
-            .map_err(err("KmipServer"))?,
-    );
+            .map_err(err("spec.source's references"))?;
+        w.kmip = Some(
+            encryption_kmip(client, &ns, &source.encryption, "spec.source.encryption")
+                .await
+                .map_err(err("KmipServer"))?,
+        );
+    } else {
+        (w.snapshot, w.job) = snapshot_and_job(r, client, true).await?;
+        let Some(job) = &w.job else {
+            return Ok(());
+        };
+        w.blocked = check_job(client, &ns, job, Needs::RepositoryAndKey)
+            .await
+            .map_err(err("the BackupJob's references"))?;
+        w.kmip = Some(
+            job_kmip(client, &ns, job)
+                .await
+                .map_err(err("KmipServer"))?,
+        );
+    }
     w.target = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
         .get_opt(&r.spec.one_target().claim_name)
         .await
@@ -153,6 +166,9 @@ async fn snapshot_and_job(
     let ns = r.namespace().unwrap_or_default();
     let name = r.name_any();
     let err = |what: &'static str| super::dereference_error(&name, what);
+    if r.spec.snapshot_ref.is_none() {
+        return Ok((None, None));
+    }
     let snap = Api::<Snapshot>::namespaced(client.clone(), &ns)
         .get_opt(&r.spec.snapshot_name())
         .await

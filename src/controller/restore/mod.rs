@@ -12,6 +12,7 @@ mod after;
 pub mod build;
 pub mod check;
 mod dereference;
+pub mod members;
 mod plan;
 mod start;
 #[cfg(test)]
@@ -33,7 +34,7 @@ use super::context::Context;
 use super::execute::{Change, ExecuteError, execute};
 use crate::api::Restore;
 use crate::api::snapshot::RunPhase;
-use crate::controller::names::CHECK_RESTORE_UID_LABEL;
+use crate::controller::names::{CHECK_RESTORE_UID_LABEL, PARENT_RESTORE_UID_LABEL};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "restore";
@@ -104,9 +105,43 @@ pub fn controller(
             super::kube_api::scoped_api::<PersistentVolumeClaim>(&ctx.client, namespace.as_deref()),
             checks,
         )
+        // The Restores of a Restore's claims (spec.targets) wake it.
+        .owns(
+            super::kube_api::scoped_api::<Restore>(&ctx.client, namespace.as_deref()),
+            watcher::Config::default().labels(PARENT_RESTORE_UID_LABEL),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .map(super::kube_api::log_stream_error(CONTROLLER))
+}
+
+/// A Restore with spec.targets: dereference its claims and Restores, plan (pure), execute.
+async fn reconcile_members(
+    r: &Restore,
+    ctx: &Context,
+    prev: &crate::api::restore::RestoreStatus,
+) -> Result<Action, Error> {
+    if matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed) {
+        return Ok(Action::await_change());
+    }
+    let world = members::dereference_members(r, &ctx.client).await?;
+    let (status, mut changes, requeue) =
+        members::plan_members(r, prev, &world, jiff::Timestamp::now());
+    if &status != prev {
+        changes.push(Change::status(r, &status));
+    }
+    execute(ctx, r, changes)
+        .await
+        .map_err(|source| Error::Execute {
+            restore: r.name_any(),
+            source,
+        })?;
+    ctx.announce(r, &prev.conditions, &status.conditions).await;
+    if matches!(status.phase, RunPhase::Succeeded | RunPhase::Failed) {
+        ctx.metrics.restore_finished(&format!("{:?}", status.phase));
+    }
+    ctx.reconciled(CONTROLLER, r);
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
 fn error_policy(r: Arc<Restore>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -128,6 +163,11 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
         restore: r.name_any(),
         source,
     };
+
+    // A Restore of several claims: the Restores of its claims.
+    if r.spec.targets.is_some() {
+        return reconcile_members(&r, &ctx, &prev).await;
+    }
 
     // 1. Dereference: the only reads.
     let world = dereference(&r, &ctx.client).await?;

@@ -145,7 +145,7 @@ mod tests {
         let bad = restore("{claimName: data, deleteExtra: true}");
         let problem = spec_problem(&bad).expect("a problem");
         assert!(
-            problem.starts_with("spec.target.deleteExtra: true needs spec.one_target().force: true"),
+            problem.starts_with("spec.target.deleteExtra: true needs spec.target.force: true"),
             "{problem}"
         );
         assert_eq!(
@@ -207,7 +207,7 @@ mod tests {
         let bad = pod(&terminated(
             "Failed",
             1,
-            "snapcrypt: error: target /target/db: is not empty: nothing was written (set spec.one_target().force to restore into it anyway)",
+            "snapcrypt: error: target /target/db: is not empty: nothing was written (set spec.target.force to restore into it anyway)",
         ));
         match pod_step(&bad) {
             Step::Failed {
@@ -216,7 +216,7 @@ mod tests {
                 assert_eq!(reason, Reason::RestoreFailed);
                 assert_eq!(
                     message,
-                    "target /target/db: is not empty: nothing was written (set spec.one_target().force to restore into it anyway)"
+                    "target /target/db: is not empty: nothing was written (set spec.target.force to restore into it anyway)"
                 );
             }
             other => panic!("{other:?}"),

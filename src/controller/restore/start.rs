@@ -7,17 +7,24 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::build::{Outcome, RestorePlan, Step, restore_pod};
+use super::build::{Chosen, Outcome, RestorePlan, Step, restore_pod};
 use super::dereference::World;
 use super::{Error, RECHECK, after};
 use crate::api::snapshot::RunPhase;
-use crate::api::{BackupJob, Restore};
-use crate::controller::agent::identity::{RunObject, identity_changes};
+use crate::api::Restore;
+use crate::api::destination::Destination;
+use crate::api::restore::RestoreSource;
+use crate::api::snapshot::JOB_TAG;
+use crate::controller::agent::identity::{RunObject, identity_changes, own_identity_changes};
+use crate::controller::agent::pod::AgentRepo;
+use crate::controller::job_spec::consistency::DEFAULT_RUN_TIMEOUT;
 use crate::controller::agent::job::Blocked;
 use crate::controller::agent::node::{claims_mounted, has_ended};
 use crate::controller::context::OperatorConfig;
 use crate::controller::execute::Change;
-use crate::controller::names::{CHECK_RESTORE_UID_LABEL, RESTORE_UID_LABEL};
+use crate::controller::names::{
+    CHECK_RESTORE_UID_LABEL, RESTORE_UID_LABEL, restore_service_account,
+};
 use crate::controller::reason::Reason;
 
 /// What the spec asks that cannot be done (the CRD's rules say the same, for API servers
@@ -25,7 +32,7 @@ use crate::controller::reason::Reason;
 pub(super) fn spec_problem(r: &Restore) -> Option<String> {
     let t = r.spec.one_target();
     if t.delete_extra && !t.force {
-        return Some("spec.target.deleteExtra: true needs spec.one_target().force: true (deleteExtra removes what a non-empty target holds that the snapshot does not; without force a non-empty target is refused)".to_string());
+        return Some("spec.target.deleteExtra: true needs spec.target.force: true (deleteExtra removes what a non-empty target holds that the snapshot does not; without force a non-empty target is refused)".to_string());
     }
     r.spec
         .check
@@ -33,15 +40,19 @@ pub(super) fn spec_problem(r: &Restore) -> Option<String> {
         .and_then(|c| crate::controller::job_spec::checks::check_env_problem("spec.check", c))
 }
 
-/// A target claim that holds the BackupJob's repository: refused before any pod starts (a
-/// restore into it could overwrite or remove the backups it reads). Pure.
-pub(super) fn target_is_repository(r: &Restore, job: &BackupJob) -> Option<String> {
-    let pvc = job.spec.destination.pvc.as_ref()?;
+/// A target claim that holds the repository (`destination`, a job's or spec.source's, named
+/// as `whose`): refused before any pod starts (a restore into it could overwrite or remove the
+/// backups it reads). Pure.
+pub(super) fn target_is_repository(
+    r: &Restore,
+    destination: &Destination,
+    whose: &str,
+) -> Option<String> {
+    let pvc = destination.pvc.as_ref()?;
     let claim = &r.spec.one_target().claim_name;
     (pvc.claim_name == *claim).then(|| {
         format!(
-            "spec.target.claimName: {claim} holds the repository of BackupJob {} (its spec.destination.pvc.claimName): a restore into it could overwrite or remove the backups it reads; restore into another claim",
-            job.name_any()
+            "spec.target.claimName: {claim} holds the repository of {whose}: a restore into it could overwrite or remove the backups it reads; restore into another claim"
         )
     })
 }
@@ -95,29 +106,68 @@ pub(super) fn plan_start(
     if let Some(message) = spec_problem(r) {
         return invalid(message);
     }
-
-    // The Snapshot, finished and successful, and its BackupJob: the repository and key.
-    let id = match snapshot_to_restore(r, w) {
-        Ok(id) => id,
-        Err((step, requeue)) => return Ok(nothing(step, requeue)),
+    let id;
+    let run = RunObject::of(r, "restores");
+    // The repository and key, the snapshot, and the agent's identity: a Snapshot's job's, or
+    // spec.source's with an identity of the Restore's own.
+    let (repo, chosen, mut changes) = match &r.spec.source {
+        None => {
+            id = match snapshot_to_restore(r, w) {
+                Ok(id) => id,
+                Err((step, requeue)) => return Ok(nothing(step, requeue)),
+            };
+            let Some(job) = &w.job else {
+                let snap_name = r.spec.snapshot_name();
+                let job_name = w
+                    .snapshot
+                    .as_ref()
+                    .map(|s| s.spec.backup_job_ref.name.clone())
+                    .unwrap_or_default();
+                return wait(
+                    Reason::BackupJobNotFound,
+                    format!(
+                        "Snapshot {snap_name} belongs to BackupJob {job_name}, which does not exist: its repository and key are unknown (restore with spec.source naming them instead)"
+                    ),
+                );
+            };
+            let whose = format!(
+                "BackupJob {} (its spec.destination.pvc.claimName)",
+                job.name_any()
+            );
+            if let Some(message) = target_is_repository(r, &job.spec.destination, &whose) {
+                return invalid(message);
+            }
+            let identity = identity_changes("apply_rbac", job, run.as_ref());
+            (AgentRepo::of_job(job), Chosen::Id(&id), identity)
+        }
+        Some(source) => {
+            let whose = "spec.source (its destination.pvc.claimName)";
+            if let Some(message) = target_is_repository(r, &source.destination, whose) {
+                return invalid(message);
+            }
+            let ns = r.namespace();
+            let sa = restore_service_account(&r.name_any());
+            let identity = match &run {
+                Some(run) => own_identity_changes(
+                    "apply_rbac",
+                    &sa,
+                    ns.clone(),
+                    run,
+                    &source.destination,
+                ),
+                None => Vec::new(),
+            };
+            let repo = AgentRepo {
+                destination: &source.destination,
+                encryption: &source.encryption,
+                service_account: sa,
+                resources: None,
+                deadline_seconds: DEFAULT_RUN_TIMEOUT.as_secs() as i64,
+                labels: Default::default(),
+            };
+            (repo, source_choice(r, source), identity)
+        }
     };
-    let snap_name = &r.spec.snapshot_name();
-    let job_name = w
-        .snapshot
-        .as_ref()
-        .map(|s| s.spec.backup_job_ref.name.clone())
-        .unwrap_or_default();
-    let Some(job) = &w.job else {
-        return wait(
-            Reason::BackupJobNotFound,
-            format!(
-                "Snapshot {snap_name} belongs to BackupJob {job_name}, which does not exist: its repository and key are unknown (restore with `snapcrypt restore` instead)"
-            ),
-        );
-    };
-    if let Some(message) = target_is_repository(r, job) {
-        return invalid(message);
-    }
     if let Some(b) = &w.blocked {
         return blocked(b);
     }
@@ -128,8 +178,8 @@ pub(super) fn plan_start(
     };
 
     // The target claim: created first if it is a scratch claim.
-    let mut changes = match after::plan_scratch(r, w.target.as_ref())? {
-        Ok(changes) => changes,
+    let mut start = match after::plan_scratch(r, w.target.as_ref())? {
+        Ok(scratch) => scratch,
         Err(step) => return Ok(nothing(step, None)),
     };
     if let Some((reason, message)) = target_not_ready(r, w) {
@@ -139,30 +189,42 @@ pub(super) fn plan_start(
     // Build (pure); the agent's identity goes before the pod.
     let pod = match restore_pod(&RestorePlan {
         restore: r,
-        job,
-        snapshot_id: &id,
+        repo,
+        snapshot: chosen,
         image: &config.agent_image,
         progress_interval: config.agent_progress_interval,
         agent_env: &config.agent_env,
         kmip: kmip.map(|(ks, key)| (ks, key.as_str())),
     }) {
         Ok(p) => p,
-        Err(e) => return invalid(format!("BackupJob {job_name}: {e}")),
+        Err(e) => return invalid(e.to_string()),
     };
-    changes.extend(identity_changes(
-        "apply_rbac",
-        job,
-        RunObject::of(r, "restores").as_ref(),
-    ));
-    changes.push(Change::apply("apply_pod", &pod));
+    start.append(&mut changes);
+    start.push(Change::apply("apply_pod", &pod));
     Ok(Outcome {
         step: Step::Started {
             pod: pod.name_any(),
         },
         check: None,
-        changes,
+        changes: start,
         requeue: None,
     })
+}
+
+/// spec.source's snapshot, among its job's (the tag backupjob=NAMESPACE/NAME, a bare name
+/// being of the Restore's namespace) with spec.source.tags.
+fn source_choice<'a>(r: &Restore, source: &'a RestoreSource) -> Chosen<'a> {
+    let job = if source.backup_job.contains('/') {
+        source.backup_job.clone()
+    } else {
+        format!("{}/{}", r.namespace().unwrap_or_default(), source.backup_job)
+    };
+    let mut tags = source.tags.clone();
+    tags.insert(JOB_TAG.into(), job);
+    Chosen::Select {
+        snapshot: &source.snapshot,
+        tags,
+    }
 }
 
 /// A decision that changes nothing (yet).
@@ -196,24 +258,32 @@ fn target_not_ready(r: &Restore, w: &World) -> Option<(Reason, String)> {
 pub(super) fn target_in_use(r: &Restore, pods: &[Pod]) -> Option<String> {
     let claim = &r.spec.one_target().claim_name;
     let uid = r.uid().unwrap_or_default();
+    let users = claim_users(claim, pods, &[uid.as_str()]);
+    if users.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "spec.target.claimName: PersistentVolumeClaim {claim} is in use by pod {}: a restore would replace files under a running process (mongod cannot recover from that); stop it first (scale its StatefulSet to 0), and the restore starts once no pod uses the claim",
+        users.join(", pod ")
+    ))
+}
+
+/// The pods, by name and sorted, that mount `claim` and have not ended, other than the
+/// restore and check pods of the Restores `own` (uids). Pure.
+pub(super) fn claim_users(claim: &str, pods: &[Pod], own: &[&str]) -> Vec<String> {
     let mut users: Vec<String> = pods
         .iter()
         .filter(|p| {
             let l = p.labels();
-            l.get(RESTORE_UID_LABEL) != Some(&uid) && l.get(CHECK_RESTORE_UID_LABEL) != Some(&uid)
+            let of = |label: &str| l.get(label).is_some_and(|v| own.contains(&v.as_str()));
+            !of(RESTORE_UID_LABEL) && !of(CHECK_RESTORE_UID_LABEL)
         })
         .filter(|p| !has_ended(p))
         .filter(|p| claims_mounted(p).any(|c| c == claim))
         .map(|p| p.name_any())
         .collect();
-    if users.is_empty() {
-        return None;
-    }
     users.sort();
-    Some(format!(
-        "spec.target.claimName: PersistentVolumeClaim {claim} is in use by pod {}: a restore would replace files under a running process (mongod cannot recover from that); stop it first (scale its StatefulSet to 0), and the restore starts once no pod uses the claim",
-        users.join(", pod ")
-    ))
+    users
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ impl FixWords {
     pub fn force(self) -> &'static str {
         match self {
             FixWords::Flags => "use --force",
-            FixWords::RestoreSpec => "set spec.one_target().force",
+            FixWords::RestoreSpec => "set spec.target.force",
         }
     }
 

@@ -8,7 +8,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::agent::VerifyResult;
 use crate::api::verification::{CheckResult, VerificationRun};
 use crate::api::{BackupJob, KmipServer};
-use crate::controller::agent::pod::{JobAgentPod, PodError, job_agent_pod};
+use crate::controller::agent::pod::{AgentRepo, JobAgentPod, PodError, job_agent_pod};
 use crate::controller::agent::run::RunStep;
 use crate::controller::names::{SCHEDULED_TIME, VERIFY_JOB_UID_LABEL, verify_pod_name};
 use crate::engine::verify::DataSubset;
@@ -44,7 +44,7 @@ pub fn verify_pod(p: &VerifyPlan) -> Result<Pod, PodError> {
     let uid = job.uid().ok_or(PodError::NoOwner)?;
     let name = verify_pod_name(&job.name_any(), p.scheduled);
     job_agent_pod(JobAgentPod {
-        job,
+        repo: AgentRepo::of_job(job),
         kmip: p.kmip,
         image: p.image,
         agent_env: p.agent_env,

@@ -136,7 +136,8 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
 
     // Repository (read-write: the backup writes into it) and key.
     let access = repository_access(
-        spec,
+        &spec.destination,
+        &spec.encryption,
         p.kmip,
         Access {
             repo_read_only: false,
