@@ -42,6 +42,9 @@ pub enum AgentCommand {
     /// Restore one snapshot for the operator: into --target, report progress into the
     /// Restore's status, and leave the result in the termination message.
     Restore(RestoreAgentArgs),
+    /// List a BackupJob's snapshots in the repository for the operator, which imports them
+    /// as Snapshot objects (a cluster rebuilt from its manifests gets its catalog back).
+    Catalog(super::catalog::CatalogAgentArgs),
     /// Verify the repository for the operator (a BackupJob's readData): read the group of
     /// packs given, and leave the report in the termination message. Damage found is in the
     /// report (exit 0); an error that stops the run is the message (exit 1).
@@ -143,6 +146,7 @@ pub async fn run(args: AgentArgs) -> Result<(), CliError> {
         AgentCommand::Snapshot(a) => snapshot(a).await,
         AgentCommand::Restore(a) => restore(a).await,
         AgentCommand::Verify(a) => verify(a).await,
+        AgentCommand::Catalog(a) => super::catalog::run(a).await,
     }
 }
 
@@ -177,7 +181,7 @@ async fn verify(args: VerifyAgentArgs) -> Result<(), CliError> {
 
 /// A run's end for the operator: its result as one JSON line (termination message and
 /// stdout), or its error as the termination message.
-fn report_result<T: serde::Serialize>(
+pub(super) fn report_result<T: serde::Serialize>(
     termination_log: &Path,
     result: Result<T, CliError>,
 ) -> Result<(), CliError> {

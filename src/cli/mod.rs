@@ -3,6 +3,7 @@
 
 mod agent;
 mod backup;
+mod catalog;
 mod crd;
 mod key;
 pub mod keys;

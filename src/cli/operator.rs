@@ -62,6 +62,43 @@ pub struct OperatorArgs {
     /// own variables win over these.
     #[arg(long = "agent-env", value_name = "NAME=VALUE", value_parser = parse_env)]
     pub agent_env: Vec<(String, String)>,
+    /// This cluster's name in the repositories it writes: a BackupJob's snapshots are claimed
+    /// for it, and a BackupJob of the same namespace and name in another cluster only reads
+    /// them. Default: the uid of namespace kube-system, which a rebuilt cluster does not share.
+    #[arg(long, env = "SNAPCRYPT_CLUSTER_ID", value_name = "NAME", value_parser = parse_cluster_id)]
+    pub cluster_id: Option<String>,
+}
+
+/// A cluster name: 1 to 253 characters, letters, digits, '-', '.', '_'.
+fn parse_cluster_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "--cluster-id {s:?}: 1 to 253 letters, digits, '-', '.' and '_'"
+        ))
+    }
+}
+
+/// This cluster's name: --cluster-id, else the uid of namespace kube-system.
+async fn cluster_id(client: &Client, given: Option<String>) -> Result<String, CliError> {
+    if let Some(id) = given {
+        return Ok(id);
+    }
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let found = ns.get("kube-system").await.map_err(|e| {
+        format!(
+            "cannot name this cluster for its repositories: reading namespace kube-system ({e}); set --cluster-id (the chart's clusterId), or let the operator get that namespace (the chart's RBAC)"
+        )
+    })?;
+    found
+        .metadata
+        .uid
+        .ok_or_else(|| "namespace kube-system has no uid; set --cluster-id".into())
 }
 
 /// NAME=VALUE of --agent-env, NAME a valid environment variable name.
@@ -101,7 +138,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| format!("cannot listen on {addr} for /healthz and /metrics: {e}"))?;
     tracing::info!(%addr, agent_image = %args.agent_image, namespace = ?args.namespace, "snapcrypt operator starting");
+    let cluster_id = cluster_id(&client, args.cluster_id).await?;
+    tracing::info!(%cluster_id, "this cluster's name in repositories");
     let config = OperatorConfig {
+        cluster_id,
         agent_image: args.agent_image,
         cluster_domain: args.cluster_domain,
         mongo_timeout: Duration::from_secs(args.mongo_timeout.max(1)),

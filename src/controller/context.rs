@@ -29,6 +29,9 @@ pub struct OperatorConfig {
     pub agent_progress_interval: f64,
     /// Extra environment of every agent pod (the operator's --agent-env).
     pub agent_env: Vec<(String, String)>,
+    /// This cluster's name in repositories (the operator's --cluster-id, by default the uid
+    /// of namespace kube-system): the BackupJobs' snapshots are claimed for it.
+    pub cluster_id: String,
 }
 
 impl Default for OperatorConfig {
@@ -39,6 +42,7 @@ impl Default for OperatorConfig {
             mongo_timeout: Duration::from_secs(5),
             agent_progress_interval: 2.0,
             agent_env: Vec::new(),
+            cluster_id: String::new(),
         }
     }
 }

@@ -40,6 +40,9 @@ pub const RESTORE_TEST_LABEL: &str = "snapcrypt.dev/restore-test";
 /// Label carrying the uid of the Restore a check pod judges.
 pub const CHECK_RESTORE_UID_LABEL: &str = "snapcrypt.dev/check-restore-uid";
 
+/// Label carrying the uid of the BackupJob a catalog pod reads the repository for.
+pub const CATALOG_JOB_UID_LABEL: &str = "snapcrypt.dev/catalog-job-uid";
+
 /// Label carrying the uid of the Restore (with spec.targets) a Restore of one claim belongs to.
 pub const PARENT_RESTORE_UID_LABEL: &str = "snapcrypt.dev/parent-restore-uid";
 
@@ -100,7 +103,23 @@ pub fn agent_service_account(job: &str) -> String {
 /// `<restore>-<claim>`, the Restore of one claim of a Restore with spec.targets; too long a
 /// name is cut and ends in a digest of the whole, so two claims never share one.
 pub fn member_restore_name(restore: &str, claim: &str) -> String {
-    let whole = format!("{restore}-{claim}");
+    joined(restore, claim)
+}
+
+/// `<job>-<id prefix>`, an imported Snapshot whose own name is taken here.
+pub fn imported_snapshot_name(job: &str, id: &str) -> String {
+    joined(job, &id[..id.len().min(12)])
+}
+
+/// `<job>-catalog`, the catalog pod of a BackupJob and the ConfigMap it writes into.
+pub fn catalog_name(job: &str) -> String {
+    let suffix = "-catalog";
+    format!("{}{suffix}", fit(job, MAX_NAME - suffix.len()))
+}
+
+/// `<a>-<b>`, cut to a name's length with a digest of the whole when too long.
+fn joined(a: &str, b: &str) -> String {
+    let whole = format!("{a}-{b}");
     if whole.len() <= MAX_NAME {
         return whole;
     }

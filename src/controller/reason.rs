@@ -107,6 +107,10 @@ reasons! {
     /// The scratch claim of a Restore was created, or deleted once it was over.
     ScratchClaimCreated => Normal,
     ScratchClaimDeleted => Normal,
+    /// A Snapshot made from what the repository already held (a BackupJob's catalog).
+    Imported => Normal,
+    /// A BackupJob's catalog read the repository and imported its snapshots.
+    CatalogImported => Normal,
 
     // Problems.
     InvalidSpec => Warning,
@@ -161,6 +165,10 @@ reasons! {
     RestoreTestNotStarted => Warning,
     /// A Restore's check container failed: its message says why.
     CheckFailed => Warning,
+    /// The catalog pod could not read the repository.
+    CatalogFailed => Warning,
+    /// Another cluster writes the job's snapshots in the repository: this one only reads.
+    RepositoryOwnedElsewhere => Warning,
     /// spec.target.scratch names a claim that exists and this Restore did not create.
     ScratchClaimExists => Warning,
 }

@@ -136,6 +136,27 @@ pub fn identity_changes(
     changes
 }
 
+/// The Role and RoleBinding that let `job`'s agent ServiceAccount write the job's catalog
+/// ConfigMap (get and patch that one ConfigMap, which the operator creates), owned by the job.
+pub fn catalog_rbac(job: &BackupJob) -> (Role, RoleBinding) {
+    let map = crate::controller::names::catalog_name(&job.name_any());
+    let meta = ObjectMeta {
+        name: Some(format!("snapcrypt-agent-{map}")),
+        namespace: job.namespace(),
+        labels: Some(job_labels(&job.name_any())),
+        owner_references: job.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    };
+    let rules = vec![PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["configmaps".into()]),
+        verbs: vec!["get".into(), "patch".into()],
+        resource_names: Some(vec![map]),
+        ..Default::default()
+    }];
+    role_for_agent(&agent_service_account(&job.name_any()), meta, rules)
+}
+
 /// What the agent of a run with no BackupJob to lend its identity (a Restore with
 /// spec.source) needs before its pod: a ServiceAccount of its own (`service_account`, with the
 /// destination's workload identity), and a Role and RoleBinding that let it read `run` and

@@ -1,12 +1,13 @@
 //! Dereference: everything a BackupJob's reconcile reads from the API, into one [`World`];
 //! nothing after this stage reads.
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use super::Error;
 use crate::api::agent::VerifyResult;
+use crate::api::catalog::CatalogResult;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Restore, Snapshot};
 use crate::controller::agent::job::{Blocked, job_kmip};
@@ -14,7 +15,9 @@ use crate::controller::agent::node::node_of;
 use crate::controller::agent::run::{RunStep, run_step};
 use crate::controller::job_spec::references::find_references;
 use crate::controller::job_spec::validate::{Found, references};
-use crate::controller::names::{RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL};
+use crate::controller::names::{
+    CATALOG_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL, catalog_name,
+};
 
 use super::build::status::scheduled_time;
 
@@ -28,11 +31,14 @@ pub struct World {
     /// With spec.verification.readData: the job's verify pods, each with its node while it
     /// has not ended (None: not bound, or Nodes may not be read).
     pub verify_pods: Vec<(Pod, Option<Node>)>,
-    /// With spec.verification.readData: the KmipServer and its active key (Ok(None): a
-    /// local key).
+    /// The KmipServer and its active key (Ok(None): a local key).
     pub kmip: Option<Result<Option<(KmipServer, String)>, Blocked>>,
     /// With spec.verification.restoreTest: the job's restore-test Restores.
     pub restore_tests: Vec<Restore>,
+    /// The catalog pod (`snapcrypt agent catalog`), while one exists.
+    pub catalog_pod: Option<Pod>,
+    /// Its ConfigMap, once the pod has succeeded.
+    pub catalog_map: Option<ConfigMap>,
     /// With a restoreTest whose size or class is not given: the data claim of the member the
     /// newest successful Snapshot copied, if it still exists.
     pub source_claim: Option<PersistentVolumeClaim>,
@@ -67,10 +73,37 @@ pub async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Erro
         found,
         ..Default::default()
     };
-    let (Some(uid), Some(v)) = (job.uid(), job.spec.verification.as_ref()) else {
+    let Some(uid) = job.uid() else {
         return Ok(w);
     };
     let owned = |label: &str| ListParams::default().labels(&format!("{label}={uid}"));
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    w.catalog_pod = pods
+        .list(&owned(CATALOG_JOB_UID_LABEL))
+        .await
+        .map_err(err("the catalog pod"))?
+        .items
+        .into_iter()
+        .next();
+    if w
+        .catalog_pod
+        .as_ref()
+        .is_some_and(|p| matches!(run_step::<CatalogResult>(p, "catalog"), RunStep::Succeeded { .. }))
+    {
+        w.catalog_map = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get_opt(&catalog_name(&name))
+            .await
+            .map_err(err("the catalog ConfigMap"))?;
+    }
+    // The KmipServer and its key: for the catalog pod and the verify pods.
+    w.kmip = Some(
+        job_kmip(client, &ns, job)
+            .await
+            .map_err(err("KmipServer"))?,
+    );
+    let Some(v) = job.spec.verification.as_ref() else {
+        return Ok(w);
+    };
     if v.read_data.is_some() {
         let pods = Api::<Pod>::namespaced(client.clone(), &ns)
             .list(&owned(VERIFY_JOB_UID_LABEL))
@@ -87,11 +120,6 @@ pub async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Erro
             };
             w.verify_pods.push((pod, node));
         }
-        w.kmip = Some(
-            job_kmip(client, &ns, job)
-                .await
-                .map_err(err("KmipServer"))?,
-        );
     }
     if let Some(rt) = &v.restore_test {
         w.restore_tests = Api::<Restore>::namespaced(client.clone(), &ns)

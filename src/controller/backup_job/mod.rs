@@ -7,6 +7,7 @@
 //! announce every condition transition.
 
 pub mod build;
+mod catalog;
 mod checks;
 mod dereference;
 mod plan;
@@ -27,7 +28,9 @@ use super::context::Context;
 use super::execute::{Change, ExecuteError, execute};
 use super::kube_api::scoped_api;
 use crate::api::{BackupJob, Restore, Snapshot};
-use crate::controller::names::{RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL};
+use crate::controller::names::{
+    CATALOG_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL,
+};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "backupjob";
@@ -86,7 +89,8 @@ pub fn controller(
         let ns = s.namespace()?;
         Some(ObjectRef::<BackupJob>::new(&s.spec.backup_job_ref.name).within(&ns))
     })
-    .owns(pods, own(VERIFY_JOB_UID_LABEL))
+    .owns(pods.clone(), own(VERIFY_JOB_UID_LABEL))
+    .owns(pods, own(CATALOG_JOB_UID_LABEL))
     .owns(tests, own(RESTORE_TEST_JOB_UID_LABEL))
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)

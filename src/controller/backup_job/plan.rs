@@ -9,6 +9,7 @@ use kube::runtime::controller::Action;
 
 use super::Error;
 use super::build::status::{Observed, job_status, scheduled_time};
+use super::catalog::plan_catalog;
 use super::checks::{Pass, plan_checks};
 use super::dereference::World;
 use crate::api::snapshot::RunPhase;
@@ -47,9 +48,22 @@ pub fn plan(
     let (schedule, mut problems) = check_spec(&job.spec);
     problems.extend(check_references(&references(&job.spec), &world.found, &ns));
 
+    // The catalog: the snapshots the repository already holds for the job, and who writes
+    // them; a job whose snapshots another cluster writes only reads.
+    let catalog = plan_catalog(job, world, config, problems.is_empty(), now);
+    if let Some(owner) = &catalog.owned_elsewhere {
+        problems.push(Problem::new(
+            Reason::RepositoryOwnedElsewhere,
+            format!(
+                "spec.destination: the snapshots of this job in the repository are written by cluster {owner}; this cluster ({}) only reads them (imported Snapshots, restores), and neither backs up nor applies retention, so two clusters never prune each other's snapshots. If cluster {owner} is gone for good, set spec.takeOverFrom: {owner}",
+                config.cluster_id
+            ),
+        ));
+    }
+
     // Decide: is a run due? Build its Snapshot.
     let decision = decide(job, schedule.as_ref(), &world.snapshots, &problems, now);
-    let mut changes = Vec::new();
+    let mut changes = catalog.changes;
     let mut snapshots = world.snapshots.clone();
     if let Some(run) = &decision.create {
         let snap =
@@ -91,7 +105,7 @@ pub fn plan(
     })?;
     changes.extend(checked.changes);
 
-    let status = job_status(&Observed {
+    let mut status = job_status(&Observed {
         job,
         snapshots: &snapshots,
         problems: &problems,
@@ -99,11 +113,12 @@ pub fn plan(
         checks: &checked.checks,
         now,
     });
+    status.catalog = catalog.status;
     let missing = problems.iter().any(Problem::is_missing_reference);
-    let next = match (decision.next, checked.next) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let next = [decision.next, checked.next, catalog.next]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(Outcome {
         changes,
         status,

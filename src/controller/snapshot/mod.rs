@@ -9,6 +9,7 @@
 pub mod build;
 mod cut;
 mod dereference;
+mod imported;
 mod locking;
 pub mod ownership;
 mod plan;
@@ -144,6 +145,16 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
         return Ok(Action::await_change());
     }
     let finished = |s: &SnapshotStatus| matches!(s.phase, RunPhase::Succeeded | RunPhase::Failed);
+    // An imported Snapshot (a BackupJob's catalog): nothing runs, its status is the
+    // repository's record.
+    if !finished(&prev)
+        && let Some(status) = imported::imported_status(&snap, jiff::Timestamp::now())
+    {
+        write_status(&snap, &status, &ctx).await?;
+        ctx.announce(snap.as_ref(), &prev.conditions, &status.conditions)
+            .await;
+        return Ok(Action::await_change());
+    }
 
     // 0. A lock on the member that this process does not hold (its holder was lost when the
     //    operator restarted, or its unlock failed) is undone first; the attempt it was for

@@ -344,6 +344,7 @@ async fn prepare_pod(
         agent_env: &ctx.config.agent_env,
         kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
         member_tolerations: &a.tolerations,
+        cluster: &ctx.config.cluster_id,
     })
     .map_err(|e| (invalid(e), None));
     if pod.is_ok() {

@@ -30,6 +30,8 @@ use crate::controller::names::{
 /// Where the member's data volume is mounted in the snapshot pod.
 pub const SOURCE_MOUNT: &str = "/data/source";
 pub use crate::api::snapshot::{JOB_TAG, TRIGGER_ON_DEMAND, TRIGGER_SCHEDULE, TRIGGER_TAG};
+use crate::api::snapshot::{CAPTURE_TAG, CLUSTER_TAG};
+use crate::controller::job_spec::consistency::Capture;
 
 /// Whether `snap` is one the BackupJob's schedule made (or adopted), not one a user created:
 /// the job's uid in its annotation, or the job as its controller owner.
@@ -69,6 +71,9 @@ pub struct PodPlan<'a> {
     pub kmip: Option<(&'a KmipServer, &'a str)>,
     /// The member pod's tolerations (a pod on the member's node needs them on a tainted node).
     pub member_tolerations: &'a [Toleration],
+    /// This cluster, as the operator names it: the job's snapshots are claimed for it in the
+    /// repository (empty: not claimed).
+    pub cluster: &'a str,
 }
 
 /// The user the member's mongod runs as (the container mounting the data volume, else the
@@ -162,6 +167,7 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     };
     args.extend(retention_args(spec, &job_tag));
     args.extend(tag_args(p, &job_tag, trigger));
+    args.extend(owner_args(p));
 
     let mut labels = job_labels(&p.job.name_any());
     labels.extend(access_labels);
@@ -259,9 +265,32 @@ fn tag_args(p: &PodPlan, job_tag: &str, trigger: &str) -> Vec<String> {
     tags.insert(TRIGGER_TAG.into(), trigger.into());
     tags.insert("snapshot".into(), format!("{ns}/{}", snap.name_any()));
     tags.insert("member".into(), p.member.into());
+    let capture = match crate::controller::job_spec::consistency::capture(&p.job.spec.source) {
+        Capture::VolumeSnapshot { .. } => "volumeSnapshot",
+        Capture::FsyncLock { .. } => "fsyncLock",
+        Capture::StoppedMember { .. } => "stoppedMember",
+    };
+    tags.insert(CAPTURE_TAG.into(), capture.into());
+    if !p.cluster.is_empty() {
+        tags.insert(CLUSTER_TAG.into(), p.cluster.into());
+    }
     tags.into_iter()
         .flat_map(|(k, v)| ["--tag".to_string(), format!("{k}={v}")])
         .collect()
+}
+
+/// The cluster the job's snapshots are written by, and the one the job takes them over from
+/// (spec.takeOverFrom): a backup from a cluster that does not own them is refused before it
+/// writes, and so is its retention.
+fn owner_args(p: &PodPlan) -> Vec<String> {
+    if p.cluster.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec!["--cluster".to_string(), p.cluster.to_string()];
+    if let Some(from) = &p.job.spec.take_over_from {
+        args.extend(["--take-over-from".to_string(), from.clone()]);
+    }
+    args
 }
 
 /// Pinned to the member's node by node name, which every scheduler honours (the hostname
@@ -404,6 +433,7 @@ spec:
             agent_env: &[],
             kmip: None,
             member_tolerations: &[],
+            cluster: "",
         }
     }
 
