@@ -269,7 +269,7 @@ async fn a_restore_test_passes_and_its_scratch_claim_goes(
         message.contains("every file read back and matched"),
         "{message}"
     );
-    assert_eq!(r.spec.target.claim_name, test.restore);
+    assert_eq!(r.spec.one_target().claim_name, test.restore);
     // The check pod's egress was denied by a NetworkPolicy made with it, owned by the Restore.
     let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = ns.api();
     let policy = policies

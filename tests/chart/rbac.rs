@@ -45,6 +45,7 @@ pub(crate) const OPERATOR_RULES: &[(&str, &str, &str)] = &[
     ("rbac.authorization.k8s.io", "rolebindings", "create patch"),
     ("networking.k8s.io", "networkpolicies", "create patch"),
     ("events.k8s.io", "events", "create patch"),
+    ("", "configmaps", "get create patch delete"),
 ];
 
 /// The agent's rules: read its Snapshot or Restore, report progress into its status.
@@ -53,6 +54,7 @@ pub(crate) const AGENT_RULES: &[(&str, &str, &str)] = &[
     ("snapcrypt.dev", "snapshots/status", "get patch"),
     ("snapcrypt.dev", "restores", "get"),
     ("snapcrypt.dev", "restores/status", "get patch"),
+    ("", "configmaps", "get patch"),
 ];
 
 /// What the operator must not do: write what users apply (spec of BackupJobs, KmipServers,

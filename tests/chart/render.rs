@@ -367,7 +367,10 @@ fn check_one_namespace_render() {
     );
     assert_eq!(
         named(&objs, "ClusterRole", "snapcrypt-operator-nodes")["rules"],
-        serde_json::json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}])
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]}
+        ])
     );
     assert!(
         objs.iter().all(|o| o["kind"] != "Service"),

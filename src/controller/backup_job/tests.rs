@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use kube::runtime::controller::Action;
 
+use super::catalog::destination_digest;
 use super::dereference::World;
+use crate::api::catalog::CatalogStatus;
+use crate::api::snapshot::RunPhase;
 use super::plan::{Outcome, plan};
 use super::*;
 use crate::api::{BackupJob, BackupJobStatus};
@@ -35,8 +38,21 @@ fn all_found(job: &BackupJob) -> Found {
         .collect()
 }
 
+/// `job` with its catalog read (its repository's snapshots imported): the plan tests of
+/// other parts start there.
+fn cataloged(mut job: BackupJob) -> BackupJob {
+    let mut st = job.status.take().unwrap_or_default();
+    st.catalog.get_or_insert(CatalogStatus {
+        phase: RunPhase::Succeeded,
+        destination: destination_digest(&job),
+        ..Default::default()
+    });
+    job.status = Some(st);
+    job
+}
+
 fn planned(job: &BackupJob, w: &World, now: &str) -> Outcome {
-    plan(job, w, &OperatorConfig::default(), at(now)).expect("plan")
+    plan(&cataloged(job.clone()), w, &OperatorConfig::default(), at(now)).expect("plan")
 }
 
 fn summaries(o: &Outcome) -> Vec<String> {
@@ -170,7 +186,13 @@ async fn a_job_waits_for_its_secret_then_creates_its_one_snapshot() {
     mem.put(&secret("k", "key"));
     reconcile_once(&mem, &ctx).await;
     let writes = mem.take_writes();
-    assert_eq!(writes[0], "apply snapshots/rs0-202611270930", "{writes:?}");
+    // The catalog pod reads the repository (its ConfigMap first), and the run is created.
+    assert_eq!(writes[0], "create configmaps/rs0-catalog", "{writes:?}");
+    assert!(writes.contains(&"apply pods/rs0-catalog".to_string()), "{writes:?}");
+    assert!(
+        writes.contains(&"apply snapshots/rs0-202611270930".to_string()),
+        "{writes:?}"
+    );
     assert_eq!(
         writes.last().map(String::as_str),
         Some("status backupjobs/rs0")

@@ -174,7 +174,9 @@ mod tests {
     fn a_target_claim_holding_the_repository_is_refused() {
         use crate::controller::fixtures::{job, restore};
         let pvc_job = job("");
-        let problem = target_is_repository(&restore("{claimName: backups, force: true}"), &pvc_job)
+        let whose = "BackupJob rs0 (its spec.destination.pvc.claimName)";
+        let d = &pvc_job.spec.destination;
+        let problem = target_is_repository(&restore("{claimName: backups, force: true}"), d, whose)
             .expect("refused");
         assert!(
             problem.starts_with(
@@ -183,12 +185,12 @@ mod tests {
             "{problem}"
         );
         assert_eq!(
-            target_is_repository(&restore("{claimName: data}"), &pvc_job),
+            target_is_repository(&restore("{claimName: data}"), d, whose),
             None
         );
         let s3_job = job("destination: {s3: {bucket: b, credentialsSecret: c}}");
         assert_eq!(
-            target_is_repository(&restore("{claimName: backups}"), &s3_job),
+            target_is_repository(&restore("{claimName: backups}"), &s3_job.spec.destination, whose),
             None
         );
     }

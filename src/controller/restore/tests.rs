@@ -255,10 +255,11 @@ fn a_finished_restore_deletes_its_scratch_claim_after_its_pods() {
     let r = restore("{claimName: scratch-back, scratch: {size: 1Gi}}");
     let own = super::check::scratch_claim(&r, r.spec.one_target().scratch.as_ref().expect("scratch"))
         .expect("claim");
+    let j = job("");
     let mut pod = super::build::restore_pod(&super::build::RestorePlan {
         restore: &r,
-        job: &job(""),
-        snapshot_id: "3f2a",
+        repo: crate::controller::agent::pod::AgentRepo::of_job(&j),
+        snapshot: super::build::Chosen::Id("3f2a"),
         image: "i",
         progress_interval: 2.0,
         agent_env: &[],

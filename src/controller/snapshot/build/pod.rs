@@ -541,12 +541,15 @@ spec:
             tags,
             [
                 "backupjob=db/rs0",
+                "capture=stoppedMember",
                 "member=rs0-2",
                 "reason=nightly",
                 "snapshot=db/rs0-202611270300",
                 "trigger=on-demand"
             ]
         );
+        // No cluster named (an operator names one): no claim on the job's snapshots.
+        assert_eq!(arg_after(c, "--cluster"), None);
         // No retention policy: the agent prunes nothing.
         assert_eq!(arg_after(c, "--prune-tag"), None);
         assert_eq!(arg_after(c, "--keep-last"), None);
