@@ -170,7 +170,7 @@ async fn snapshot_and_job(
         return Ok((None, None));
     }
     let snap = Api::<Snapshot>::namespaced(client.clone(), &ns)
-        .get_opt(&r.spec.snapshot_name())
+        .get_opt(r.spec.snapshot_name())
         .await
         .map_err(err("Snapshot"))?;
     let Some(s) = &snap else {

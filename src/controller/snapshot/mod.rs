@@ -141,20 +141,10 @@ async fn reconcile(snap: Arc<Snapshot>, ctx: Arc<Context>) -> Result<Action, Err
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let mut prev = snap.status.clone().unwrap_or_default();
     let original = prev.clone();
-    if snap.metadata.deletion_timestamp.is_some() {
+    if snap.metadata.deletion_timestamp.is_some() || record_imported(&snap, &ctx).await? {
         return Ok(Action::await_change());
     }
     let finished = |s: &SnapshotStatus| matches!(s.phase, RunPhase::Succeeded | RunPhase::Failed);
-    // An imported Snapshot (a BackupJob's catalog): nothing runs, its status is the
-    // repository's record.
-    if !finished(&prev)
-        && let Some(status) = imported::imported_status(&snap, jiff::Timestamp::now())
-    {
-        write_status(&snap, &status, &ctx).await?;
-        ctx.announce(snap.as_ref(), &prev.conditions, &status.conditions)
-            .await;
-        return Ok(Action::await_change());
-    }
 
     // 0. A lock on the member that this process does not hold (its holder was lost when the
     //    operator restarted, or its unlock failed) is undone first; the attempt it was for
@@ -414,6 +404,22 @@ async fn stop_pods(snap: &Snapshot, world: &World, ctx: &Context) -> Result<(), 
 }
 
 /// Write `status` (server-side apply of the status subresource).
+/// An imported Snapshot (a BackupJob's catalog) without its status: nothing runs, its status
+/// is the repository's record, written here. False for any other Snapshot.
+async fn record_imported(snap: &Snapshot, ctx: &Context) -> Result<bool, Error> {
+    let prev = snap.status.clone().unwrap_or_default();
+    if matches!(prev.phase, RunPhase::Succeeded | RunPhase::Failed) {
+        return Ok(false);
+    }
+    let Some(status) = imported::imported_status(snap, jiff::Timestamp::now()) else {
+        return Ok(false);
+    };
+    write_status(snap, &status, ctx).await?;
+    ctx.announce(snap, &prev.conditions, &status.conditions)
+        .await;
+    Ok(true)
+}
+
 async fn write_status(
     snap: &Snapshot,
     status: &SnapshotStatus,

@@ -86,12 +86,11 @@ pub fn choose(all: Vec<SnapshotManifest>, s: &Selector) -> Result<SnapshotManife
             let oldest = tagged.first().map(|m| m.time.clone());
             tagged
                 .into_iter()
-                .filter(|m| {
+                .rfind(|m| {
                     m.time
                         .parse::<jiff::Timestamp>()
                         .is_ok_and(|taken| taken <= *t)
                 })
-                .next_back()
                 .ok_or_else(|| EngineError::NoSnapshotSelected {
                     reason: match oldest {
                         Some(o) => format!(
