@@ -249,6 +249,7 @@ impl KeyManager for LocalKeyManager {
         }
         let failed = || KmsError::UnwrapFailed {
             key_id: wrapped.master_key_id.clone(),
+            kms: "local key file".into(),
         };
         let iv = wrapped.iv.as_deref().ok_or_else(failed)?;
         let nonce = Nonce::try_assume_unique_for_key(iv).map_err(|_| failed())?;

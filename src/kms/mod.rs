@@ -24,9 +24,9 @@ pub enum KmsError {
     #[error("master key {key_id} is {state}, not Active: refusing to wrap new data keys under it")]
     NotActive { key_id: String, state: String },
     #[error(
-        "unwrapping a data key under master key {key_id} failed: wrong key or tampered key record"
+        "unwrapping a data key under master key {key_id} ({kms}) failed: that key is not the one that wrapped it (a key of the same id on another server, or a key file from another repository) or the key record was tampered with"
     )]
-    UnwrapFailed { key_id: String },
+    UnwrapFailed { key_id: String, kms: String },
     #[error("key manager failure: {0}")]
     Other(String),
 }

@@ -215,3 +215,145 @@ async fn a_job_waits_for_its_secret_then_creates_its_one_snapshot() {
     );
     assert_eq!(mem.list::<crate::api::Snapshot>("db").len(), 1);
 }
+
+/// The catalog pod of `j`, ended with `result` (its termination message).
+fn catalog_pod_done(j: &BackupJob, result: &str) -> k8s_openapi::api::core::v1::Pod {
+    let mut pod =
+        super::catalog::catalog_pod(j, None, &OperatorConfig::default()).expect("catalog pod");
+    pod.metadata.uid = Some("cat-uid".into());
+    pod.status = Some(
+        serde_yaml::from_str(&crate::controller::fixtures::terminated("Succeeded", 0, result))
+            .expect("status"),
+    );
+    pod
+}
+
+/// The ConfigMap the catalog pod wrote `entries` into.
+fn catalog_map_with(j: &BackupJob, entries: &[serde_json::Value]) -> k8s_openapi::api::core::v1::ConfigMap {
+    let mut map = super::catalog::catalog_map(j).expect("map");
+    map.metadata.uid = Some("map-uid".into());
+    map.data = Some(
+        [(
+            crate::api::catalog::CATALOG_KEY.to_string(),
+            serde_json::to_string(entries).expect("json"),
+        )]
+        .into(),
+    );
+    map
+}
+
+fn entry(id: &str, snapshot: &str, cluster: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "time": "2026-12-01T03:00:00Z", "finished": "2026-12-01T03:01:00Z",
+        "files": 12, "logicalBytes": 4096, "storedBytes": 1024, "keyId": "kmip-key-7",
+        "tags": {"backupjob": "db/rs0", "trigger": "schedule", "snapshot": snapshot,
+                 "member": "rs0-1", "cluster": cluster, "capture": "fsyncLock", "reason": "nightly"}
+    })
+}
+
+/// #31: a job applied where its repository already holds snapshots of it starts a catalog
+/// pod; once it has listed them, a Snapshot object is created for each one this cluster has
+/// none of (named as it was, imported, the job's own), the pod and its ConfigMap go, and
+/// status.catalog says what was found.
+#[test]
+fn the_catalog_imports_the_snapshots_this_cluster_lacks() {
+    let j = has_run(job(""));
+    let w = World {
+        found: all_found(&j),
+        kmip: Some(Ok(None)),
+        ..Default::default()
+    };
+    let o = plan(&j, &w, &OperatorConfig::default(), at("2026-12-07T10:00:00Z")).expect("plan");
+    assert_eq!(
+        summaries(&o)[..2],
+        ["create ConfigMap/rs0-catalog", "apply ServiceAccount/snapcrypt-agent-rs0"]
+    );
+    assert!(summaries(&o).contains(&"apply Pod/rs0-catalog".to_string()));
+    let pending = o.status.catalog.clone().expect("catalog");
+    assert_eq!(pending.phase, RunPhase::Pending);
+
+    let j = BackupJob {
+        status: Some(o.status),
+        ..j
+    };
+    let w = World {
+        catalog_pod: Some(catalog_pod_done(&j, r#"{"found":2,"owner":"old-cluster"}"#)),
+        catalog_map: Some(catalog_map_with(
+            &j,
+            &[entry("aaa111", "db/rs0-202612010300", "old-cluster"), entry("3f2a", "db/rs0-202611270930", "old-cluster")],
+        )),
+        snapshots: vec![succeeded_snapshot("rs0-202611270930", "3f2a")],
+        ..w
+    };
+    let config = OperatorConfig {
+        cluster_id: "old-cluster".into(),
+        ..Default::default()
+    };
+    let o = plan(&j, &w, &config, at("2026-12-07T10:01:00Z")).expect("plan");
+    assert_eq!(
+        summaries(&o),
+        [
+            "create Snapshot/rs0-202612010300",
+            "delete Pod/rs0-catalog",
+            "delete ConfigMap/rs0-catalog",
+            "event CatalogImported",
+        ]
+    );
+    let Change::Create { body, .. } = &o.changes[0] else {
+        panic!("a create");
+    };
+    let s: crate::api::Snapshot = serde_json::from_value(body.clone()).expect("snapshot");
+    assert_eq!(s.labels()[crate::api::catalog::IMPORTED_LABEL], "true");
+    assert_eq!(s.spec.tags, [("reason".to_string(), "nightly".to_string())].into());
+    assert!(s.annotations().contains_key(crate::controller::names::MADE_BY_JOB_UID));
+    let c = o.status.catalog.expect("catalog");
+    assert_eq!(
+        (c.phase, c.found, c.imported, c.owner.as_deref()),
+        (RunPhase::Succeeded, Some(2), Some(1), Some("old-cluster"))
+    );
+}
+
+/// #31: where another cluster writes the job's snapshots, the job only reads: no run is
+/// created, and its condition names the owner and spec.takeOverFrom; naming that cluster in
+/// spec.takeOverFrom lets it run.
+#[test]
+fn a_job_whose_snapshots_another_cluster_writes_only_reads() {
+    let settled = |j: BackupJob| {
+        let mut j = cataloged(j);
+        if let Some(c) = j.status.as_mut().and_then(|s| s.catalog.as_mut()) {
+            c.owner = Some("old-cluster".into());
+        }
+        j
+    };
+    let j = settled(job(""));
+    let w = World {
+        found: all_found(&j),
+        kmip: Some(Ok(None)),
+        ..Default::default()
+    };
+    let config = OperatorConfig {
+        cluster_id: "new-cluster".into(),
+        ..Default::default()
+    };
+    let o = plan(&j, &w, &config, at("2026-11-27T09:30:05Z")).expect("plan");
+    assert!(o.changes.is_empty(), "{:?}", summaries(&o));
+    let ready = o
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.reason, "RepositoryOwnedElsewhere");
+    assert!(
+        ready.message.contains("written by cluster old-cluster; this cluster (new-cluster) only reads them")
+            && ready.message.contains("set spec.takeOverFrom: old-cluster"),
+        "{}",
+        ready.message
+    );
+    let taking = settled(job("takeOverFrom: old-cluster"));
+    let o = plan(&taking, &w, &config, at("2026-11-27T09:30:05Z")).expect("plan");
+    assert_eq!(
+        summaries(&o),
+        ["apply Snapshot/rs0-202611270930", "event SnapshotCreated"]
+    );
+}

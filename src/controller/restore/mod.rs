@@ -16,6 +16,8 @@ pub mod members;
 mod plan;
 mod start;
 #[cfg(test)]
+mod members_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

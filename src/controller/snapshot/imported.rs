@@ -96,3 +96,40 @@ pub fn imported_status(snap: &Snapshot, now: jiff::Timestamp) -> Option<Snapshot
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #31: an imported Snapshot's status is the repository's record: Succeeded and Ready
+    /// (Imported), its sizes, key, times, member and capture; Consistent as the capture tag
+    /// says. A Snapshot without the annotation is not one.
+    #[test]
+    fn an_imported_snapshot_reads_as_the_repository_records_it() {
+        let entry = serde_json::json!({
+            "id": "aaa111", "time": "2026-12-01T03:00:00Z", "finished": "2026-12-01T03:01:00Z",
+            "files": 12, "logicalBytes": 4096, "storedBytes": 1024, "keyId": "kmip-key-7",
+            "tags": {"backupjob": "db/rs0", "member": "rs0-1", "cluster": "old", "capture": "fsyncLock"}
+        });
+        let mut snap = crate::controller::fixtures::snapshot("rs0-1", "2026-12-07T10:00:00Z");
+        assert_eq!(imported_status(&snap, "2026-12-07T10:00:00Z".parse().unwrap()), None);
+        snap.metadata.annotations =
+            Some([(IMPORTED_ANNOTATION.to_string(), entry.to_string())].into());
+        let st = imported_status(&snap, "2026-12-07T10:00:00Z".parse().unwrap()).expect("status");
+        assert_eq!(st.phase, RunPhase::Succeeded);
+        assert_eq!(st.repository_snapshot_id.as_deref(), Some("aaa111"));
+        assert_eq!(st.key_id.as_deref(), Some("kmip-key-7"));
+        assert_eq!(st.stats.as_ref().map(|s| (s.files, s.stored_bytes)), Some((12, 1024)));
+        assert_eq!(st.member.as_ref().map(|m| m.pod.as_str()), Some("rs0-1"));
+        assert_eq!(st.capture.as_ref().map(|c| c.mode), Some(CaptureMode::FsyncLock));
+        let cond = |t: &str| {
+            let c = st.conditions.iter().find(|c| c.type_ == t).expect("condition");
+            (c.status.clone(), c.reason.clone())
+        };
+        assert_eq!(cond("Ready"), ("True".into(), "Imported".into()));
+        assert_eq!(cond("Consistent"), ("True".into(), "CopiedUnderLock".into()));
+        assert!(
+            st.message.unwrap_or_default().contains("taken at 2026-12-01T03:00:00Z by cluster old")
+        );
+    }
+}

@@ -289,7 +289,10 @@ impl KmipKeyManager {
 
     async fn unwrap_server_side(&self, wrapped: &WrappedKey) -> Result<SecretBytes, KmsError> {
         let id = &wrapped.master_key_id;
-        let failed = || KmsError::UnwrapFailed { key_id: id.clone() };
+        let failed = || KmsError::UnwrapFailed {
+            key_id: id.clone(),
+            kms: self.where_(),
+        };
         if self.client.version() < ProtocolVersion::V1_4 {
             return Err(KmsError::Other(format!(
                 "data keys wrapped with {ALGORITHM_SERVER_GCM} need KMIP 1.4 to unwrap (KMIP {} is configured): use --kmip-version 1.4",
@@ -328,7 +331,10 @@ impl KmipKeyManager {
         let mut out = Zeroizing::new(vec![0u8; wrapped.ciphertext.len()]);
         let len = kek
             .unwrap_with_padding(&wrapped.ciphertext, &mut out)
-            .map_err(|_| KmsError::UnwrapFailed { key_id: id.clone() })?
+            .map_err(|_| KmsError::UnwrapFailed {
+                key_id: id.clone(),
+                kms: self.where_(),
+            })?
             .len();
         out.truncate(len);
         Ok(out)
