@@ -54,6 +54,13 @@ pub async fn run(args: CatalogAgentArgs) -> Result<(), CliError> {
 }
 
 async fn catalog(args: &CatalogAgentArgs) -> Result<CatalogResult, CliError> {
+    // A directory not made yet (a claim's path before the job's first backup) holds nothing.
+    if let crate::engine::backend::Location::Local(dir) = args.repo.location()?
+        && !dir.exists()
+    {
+        write_list(args, "[]").await?;
+        return Ok(CatalogResult::default());
+    }
     let backend = args.repo.backend(false)?;
     let owner = owners::owner(&backend, &args.job).await?;
     let km = args.keys.key_manager(false).await?;
@@ -69,7 +76,15 @@ async fn catalog(args: &CatalogAgentArgs) -> Result<CatalogResult, CliError> {
         Err(EngineError::NoRepository { .. }) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
-    let list = serde_json::to_string(&entries)?;
+    write_list(args, &serde_json::to_string(&entries)?).await?;
+    Ok(CatalogResult {
+        found: entries.len() as u64,
+        owner: owner.map(|o| o.cluster),
+    })
+}
+
+/// The list into the ConfigMap, or printed.
+async fn write_list(args: &CatalogAgentArgs, list: &str) -> Result<(), CliError> {
     match (&args.config_map, &args.report.namespace) {
         (Some(name), Some(ns)) => {
             let body = serde_json::json!({
@@ -89,8 +104,5 @@ async fn catalog(args: &CatalogAgentArgs) -> Result<CatalogResult, CliError> {
         }
         _ => eprintln!("{list}"),
     }
-    Ok(CatalogResult {
-        found: entries.len() as u64,
-        owner: owner.map(|o| o.cluster),
-    })
+    Ok(())
 }
