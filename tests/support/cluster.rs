@@ -250,7 +250,13 @@ impl Cluster {
     /// ServiceAccount ready for pods (see [`Cluster::wait_for_service_account`]). Deleted when dropped (kept if
     /// the test failed and `SNAPCRYPT_E2E_KEEP_NAMESPACES=1`).
     pub async fn namespace(&self, purpose: &str) -> TestNamespace {
-        let name = unique_name("e2e", purpose);
+        self.namespace_named(&unique_name("e2e", purpose)).await
+    }
+
+    /// [`Cluster::namespace`] with the name given: the same namespace again, in a cluster
+    /// rebuilt after the first was lost.
+    pub async fn namespace_named(&self, name: &str) -> TestNamespace {
+        let name = name.to_string();
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let ns = json!({
             "apiVersion": "v1", "kind": "Namespace",
