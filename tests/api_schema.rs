@@ -437,7 +437,47 @@ fn kmip_server_and_restore_cases() -> Vec<Case> {
             with(restore.clone(), "/spec/target/deleteExtra", json!(true)),
             "target: deleteExtra needs force",
         ),
+        (
+            "both snapshotRef and source (#31)",
+            with(restore.clone(), "/spec/source", dr_source()),
+            "set exactly one of spec.snapshotRef (a Snapshot object in this namespace) or spec.source",
+        ),
+        (
+            "neither snapshotRef nor source",
+            with(restore.clone(), "/spec/snapshotRef", Value::Null),
+            "set exactly one of spec.snapshotRef",
+        ),
+        (
+            "both target and targets",
+            with(restore.clone(), "/spec/targets", json!({"claimNames": ["a"]})),
+            "set exactly one of spec.target (one claim) or spec.targets",
+        ),
+        (
+            "targets with neither claims nor a selector",
+            with(
+                with(restore.clone(), "/spec/target", Value::Null),
+                "/spec/targets",
+                json!({"parallelism": 2}),
+            ),
+            "targets: set exactly one of claimNames (a list) or selector",
+        ),
+        (
+            "a snapshot that is no snapshot",
+            with(
+                with(restore.clone(), "/spec/snapshotRef", Value::Null),
+                "/spec/source",
+                with(dr_source(), "/snapshot", json!("yesterday")),
+            ),
+            "/spec/source/snapshot",
+        ),
     ]
+}
+
+/// A Restore's spec.source naming an S3 repository and a KMIP key.
+fn dr_source() -> Value {
+    json!({"backupJob": "rs0", "snapshot": "before:2026-12-01T00:00:00Z",
+           "destination": {"s3": {"bucket": "b", "credentialsSecret": "s3"}},
+           "encryption": {"kmipServerRef": {"name": "kmip"}}})
 }
 
 #[test]

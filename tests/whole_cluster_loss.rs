@@ -165,7 +165,7 @@ async fn a_lost_cluster_comes_back_from_its_repository_and_key_server() {
     // The new cluster: the chart, the same manifests, the members' new (empty) claims.
     let started = Instant::now();
     let cluster = cluster_or_skip().await.expect("the new cluster");
-    cluster.apply_crds().await;
+    cluster.apply_crds_now().await;
     let ns = cluster.namespace_named(&ns_name).await;
     let _chart = ChartOperator::install(&ns).await;
     apply_manifests(&ns, &out).await;

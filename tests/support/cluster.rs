@@ -215,7 +215,9 @@ impl Cluster {
         APPLIED.get_or_init(|| self.apply_crds_now()).await;
     }
 
-    async fn apply_crds_now(&self) {
+    /// Apply the CRDs now, even if this process applied them before (to a cluster since
+    /// lost and rebuilt).
+    pub async fn apply_crds_now(&self) {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut names = Vec::new();

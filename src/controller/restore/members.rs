@@ -144,7 +144,9 @@ pub fn plan_members(
     let mut wait: Option<(Reason, String)> = None;
     let mut failed_early: Option<String> = None;
 
-    if w.claims.is_empty() {
+    if let Some(problem) = super::start::shape_problem(&r.spec) {
+        failed_early = Some(problem);
+    } else if w.claims.is_empty() {
         failed_early = Some(format!(
             "spec.targets.selector: matches no PersistentVolumeClaim in namespace {ns}; name the claims in spec.targets.claimNames, or label them"
         ));

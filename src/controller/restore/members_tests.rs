@@ -287,3 +287,51 @@ fn a_selector_matching_no_claim_fails_naming_the_field() {
             .starts_with("spec.targets.selector: matches no PersistentVolumeClaim in namespace db")
     );
 }
+
+/// Where the API server does not run the CRD's rules, the operator refuses what they refuse,
+/// naming the fields: both snapshotRef and source, neither target nor targets, a snapshot
+/// spec.source cannot choose; nothing is written.
+#[test]
+fn the_operator_refuses_what_the_schema_refuses() {
+    let cases = [
+        (
+            format!("{SOURCE}, snapshotRef: {{name: s}}, target: {{claimName: data}}"),
+            "both spec.snapshotRef and spec.source are set: set exactly one",
+        ),
+        (
+            "target: {claimName: data}".to_string(),
+            "neither spec.snapshotRef nor spec.source is set",
+        ),
+        (
+            SOURCE.to_string(),
+            "neither spec.target nor spec.targets is set",
+        ),
+        (
+            format!("{SOURCE}, target: {{claimName: data}}").replace("before:2026-12-01T00:00:00Z", "yesterday"),
+            "spec.source.snapshot: \"yesterday\" is not a snapshot: give latest",
+        ),
+    ];
+    for (spec, words) in cases {
+        let r = restore_of(&spec);
+        let o = plan(&r, &RestoreStatus::default(), &World::default(), &OperatorConfig::default(), now())
+            .expect("plan");
+        assert!(o.changes.is_empty(), "{spec}");
+        let Step::Failed { reason, message, .. } = &o.step else {
+            panic!("{spec}: {:?}", o.step);
+        };
+        assert_eq!(*reason, Reason::InvalidSpec, "{spec}");
+        assert!(message.starts_with(words), "{spec}: {message}");
+    }
+    let both = restore_of(&format!(
+        "{SOURCE}, target: {{claimName: data}}, targets: {{claimNames: [a]}}"
+    ));
+    let (status, changes, _) = plan_members(&both, &RestoreStatus::default(), &MembersWorld::default(), now());
+    assert!(changes.is_empty());
+    assert_eq!(status.phase, RunPhase::Failed);
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .starts_with("both spec.target and spec.targets are set: set exactly one")
+    );
+}

@@ -13,7 +13,9 @@ use super::{Error, RECHECK, after};
 use crate::api::snapshot::RunPhase;
 use crate::api::Restore;
 use crate::api::destination::Destination;
+use crate::api::RestoreSpec;
 use crate::api::restore::RestoreSource;
+use crate::engine::repo::Which;
 use crate::api::snapshot::JOB_TAG;
 use crate::controller::agent::identity::{RunObject, identity_changes, own_identity_changes};
 use crate::controller::agent::pod::AgentRepo;
@@ -30,6 +32,9 @@ use crate::controller::reason::Reason;
 /// What the spec asks that cannot be done (the CRD's rules say the same, for API servers
 /// that do not run them).
 pub(super) fn spec_problem(r: &Restore) -> Option<String> {
+    if let Some(problem) = shape_problem(&r.spec) {
+        return Some(problem);
+    }
     let t = r.spec.one_target();
     if t.delete_extra && !t.force {
         return Some("spec.target.deleteExtra: true needs spec.target.force: true (deleteExtra removes what a non-empty target holds that the snapshot does not; without force a non-empty target is refused)".to_string());
@@ -38,6 +43,44 @@ pub(super) fn spec_problem(r: &Restore) -> Option<String> {
         .check
         .as_ref()
         .and_then(|c| crate::controller::job_spec::checks::check_env_problem("spec.check", c))
+}
+
+/// The spec's shape: exactly one of snapshotRef and source, and of target and targets; a
+/// snapshot spec.source can choose (the CRD's rules say the same, for API servers that do not
+/// run them). Pure.
+pub(super) fn shape_problem(spec: &RestoreSpec) -> Option<String> {
+    let which = match (&spec.snapshot_ref, &spec.source) {
+        (Some(_), Some(_)) => Some("both spec.snapshotRef and spec.source are set"),
+        (None, None) => Some("neither spec.snapshotRef nor spec.source is set"),
+        _ => None,
+    };
+    if let Some(what) = which {
+        return Some(format!(
+            "{what}: set exactly one (snapshotRef names a Snapshot object of this namespace; source names a repository and a snapshot in it, for a cluster without the Snapshot objects)"
+        ));
+    }
+    let where_ = match (&spec.target, &spec.targets) {
+        (Some(_), Some(_)) => Some("both spec.target and spec.targets are set"),
+        (None, None) => Some("neither spec.target nor spec.targets is set"),
+        _ => None,
+    };
+    if let Some(what) = where_ {
+        return Some(format!(
+            "{what}: set exactly one (target names one claim; targets several, such as every member of a replica set)"
+        ));
+    }
+    if let Some(t) = &spec.targets {
+        if t.claim_names.is_empty() == t.selector.is_none() {
+            return Some("spec.targets: set exactly one of claimNames (a list) or selector (the members' data claims by label)".into());
+        }
+        if t.delete_extra && !t.force {
+            return Some("spec.targets.deleteExtra: true needs spec.targets.force: true".into());
+        }
+    }
+    let source = spec.source.as_ref()?;
+    Which::parse(&source.snapshot)
+        .err()
+        .map(|e| format!("spec.source.snapshot: {e}"))
 }
 
 /// A target claim that holds the repository (`destination`, a job's or spec.source's, named
