@@ -169,11 +169,14 @@ fn every_kind_has_an_example_that_the_schema_and_types_accept() {
     }
 }
 
+/// The example of `kind`: `<kind>.yaml` if there is one, else the first that holds one.
 fn example(kind: &str) -> Value {
-    examples()
-        .into_iter()
-        .map(|(_, v)| v)
-        .find(|v| v["kind"] == kind)
+    let all = examples();
+    let own = format!("{}.yaml", kind.to_lowercase());
+    all.iter()
+        .find(|(file, v)| *file == own && v["kind"] == kind)
+        .or_else(|| all.iter().find(|(_, v)| v["kind"] == kind))
+        .map(|(_, v)| v.clone())
         .unwrap()
 }
 
@@ -476,7 +479,7 @@ fn kmip_server_and_restore_cases() -> Vec<Case> {
 /// A Restore's spec.source naming an S3 repository and a KMIP key.
 fn dr_source() -> Value {
     json!({"backupJob": "rs0", "snapshot": "before:2026-12-01T00:00:00Z",
-           "destination": {"s3": {"bucket": "b", "credentialsSecret": "s3"}},
+           "destination": {"s3": {"bucket": "backups", "credentialsSecret": "s3"}},
            "encryption": {"kmipServerRef": {"name": "kmip"}}})
 }
 

@@ -3,6 +3,8 @@
 //! refusals that say what the repository holds, a job's catalog, and two clusters writing one
 //! job's snapshots: the owner writes and prunes, the other only reads until it takes over.
 
+#[path = "support/kmip.rs"]
+mod pykmip;
 mod support;
 
 use std::fs;
@@ -200,4 +202,60 @@ fn the_catalog_lists_a_jobs_snapshots_and_their_writer() {
     let (list, result) = catalog(&e.p("empty"));
     assert_eq!(result, serde_json::json!({"found": 0}));
     assert_eq!(list, serde_json::json!([]));
+}
+
+/// A repository whose data keys a KMIP master key wraps, restored against a KMIP server that
+/// does not hold that key (a fresh one), or holds another key under the same id (another
+/// server): refused, naming the key id the repository needs and the server asked; nothing is
+/// written. Against the server that holds it, it restores.
+#[test]
+fn a_wrong_kmip_server_is_named_with_the_key_the_repository_needs() {
+    let e = Env::new();
+    let (src, repo) = (e.p("src"), e.p("repo"));
+    let holder = pykmip::PyKmip::start();
+    let flags = holder.cli_flags();
+    ok(
+        &pykmip::with(&["backup", "--source", &src, "--repo", &repo, "--tag", JOB], &flags),
+        &[],
+    );
+    let restore_with = |server: &pykmip::PyKmip, target: &str| {
+        let flags = server.cli_flags();
+        support::run(
+            &pykmip::with(
+                &["restore", "--repo", &repo, "--snapshot", "latest", "--target", &e.p(target)],
+                &flags,
+            ),
+            &[],
+        )
+    };
+    let fresh = pykmip::PyKmip::start();
+    let out = restore_with(&fresh, "t-fresh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("master key 1") && err.contains(&fresh.endpoint()),
+        "{err}"
+    );
+    assert!(!Path::new(&e.p("t-fresh")).exists());
+
+    // Another server with a key "1" of its own.
+    let other = pykmip::PyKmip::start();
+    ok(
+        &pykmip::with(
+            &["backup", "--source", &src, "--repo", &e.p("other-repo")],
+            &other.cli_flags(),
+        ),
+        &[],
+    );
+    let out = restore_with(&other, "t-other");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("master key 1") && err.contains(&other.endpoint()),
+        "{err}"
+    );
+    assert!(!Path::new(&e.p("t-other")).exists());
+
+    assert!(restore_with(&holder, "t-holder").status.success());
+    assert_same_tree(Path::new(&src), Path::new(&e.p("t-holder")));
 }
