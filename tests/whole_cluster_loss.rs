@@ -27,7 +27,7 @@ use serde_json::json;
 
 use snapcrypt::api::snapshot::RunPhase;
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
-use support::cluster::{TestNamespace, cluster_or_skip, wait_for};
+use support::cluster::{TestNamespace, cluster_or_skip, try_wait_for, wait_for};
 use support::operator::{ChartOperator, LONG, Operator, create, member, wait_for_success};
 use support::real_nodes::{HOST_ALIAS, IMAGE, RealNodes, volume_dir};
 
@@ -140,6 +140,19 @@ async fn back_up_before_the_loss(out: &Outside, expected: &Path) -> (String, Str
     (ns.name().to_string(), id)
 }
 
+/// The BackupJob's status and the namespace's pods and their logs, for a failing wait.
+fn what_the_job_says(ns: &TestNamespace) -> String {
+    let out = Command::new("kubectl")
+        .args(["-n", ns.name(), "get", "backupjobs,pods,configmaps", "-o", "yaml"])
+        .output();
+    let listed = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    format!(
+        "{}\n{}",
+        listed.unwrap_or_default(),
+        support::real_nodes::pod_logs(ns.name())
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_cluster_comes_back_from_its_repository_and_key_server() {
     if cluster_or_skip().await.is_none() {
@@ -180,10 +193,11 @@ async fn a_lost_cluster_comes_back_from_its_repository_and_key_server() {
 
     // The catalog comes back: the Snapshot, imported under its old name.
     let snaps: Api<Snapshot> = ns.api();
-    let imported = wait_for(&snaps, "rs0-before-the-loss", "the imported Snapshot", LONG, |s| {
+    let imported = try_wait_for(&snaps, "rs0-before-the-loss", "the imported Snapshot", LONG, |s| {
         s.status.as_ref().is_some_and(|st| st.phase == RunPhase::Succeeded)
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", what_the_job_says(&ns)));
     let st = imported.status.expect("status");
     assert_eq!(st.repository_snapshot_id.as_deref(), Some(id.as_str()));
     assert_eq!(

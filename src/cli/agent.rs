@@ -280,27 +280,12 @@ async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
 /// Write the snapshot a Restore's pod chose into its status.snapshotId. Best effort, like
 /// progress: the operator reads the result line's snapshot too.
 async fn report_chosen(ns: &str, name: &str, id: &str) {
-    let body = serde_json::json!({
-        "apiVersion": Restore::api_version(&()),
-        "kind": Restore::kind(&()),
-        "metadata": {"name": name},
-        "status": {"snapshotId": id},
-    });
-    let sent = async {
-        let api: Api<Restore> = Api::namespaced(Client::try_default().await?, ns);
-        api.patch_status(
-            name,
-            &PatchParams::apply(AGENT_RESULT_FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-    };
-    let failure = match tokio::time::timeout(RESULT_REPORT_TIMEOUT, sent).await {
-        Ok(Ok(_)) => return,
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no answer in {} s", RESULT_REPORT_TIMEOUT.as_secs()),
-    };
-    eprintln!("snapcrypt: reporting the chosen snapshot {id} to Restore {ns}/{name}: {failure}");
+    let status = serde_json::json!({"snapshotId": id});
+    if let Err(failure) = apply_result_status::<Restore>(ns, name, status).await {
+        eprintln!(
+            "snapcrypt: reporting the chosen snapshot {id} to Restore {ns}/{name}: {failure}"
+        );
+    }
 }
 
 /// How long the agent waits for the API server to take its result before retention.
@@ -310,14 +295,29 @@ const RESULT_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// operator to read if the pod ends without its termination message. Best effort, like
 /// progress: the termination message is still written, and a failure is said, not raised.
 async fn hand_over_result(ns: &str, name: &str, pod: &str, line: &str) {
+    let status = serde_json::json!({"agentResult": {"pod": pod, "result": line}});
+    if let Err(failure) = apply_result_status::<Snapshot>(ns, name, status).await {
+        eprintln!(
+            "snapcrypt: reporting the result to Snapshot {ns}/{name} before retention: {failure} (the termination message still carries it)"
+        );
+    }
+}
+
+/// Apply `status` to object `ns/name` of kind K under the agent's result field manager,
+/// waiting at most [`RESULT_REPORT_TIMEOUT`]; the failure, in words.
+async fn apply_result_status<K: Reported>(
+    ns: &str,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), String> {
     let body = serde_json::json!({
-        "apiVersion": Snapshot::api_version(&()),
-        "kind": Snapshot::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "metadata": {"name": name},
-        "status": {"agentResult": {"pod": pod, "result": line}},
+        "status": status,
     });
     let sent = async {
-        let api: Api<Snapshot> = Api::namespaced(Client::try_default().await?, ns);
+        let api: Api<K> = Api::namespaced(Client::try_default().await?, ns);
         api.patch_status(
             name,
             &PatchParams::apply(AGENT_RESULT_FIELD_MANAGER).force(),
@@ -325,14 +325,11 @@ async fn hand_over_result(ns: &str, name: &str, pod: &str, line: &str) {
         )
         .await
     };
-    let failure = match tokio::time::timeout(RESULT_REPORT_TIMEOUT, sent).await {
-        Ok(Ok(_)) => return,
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no answer in {} s", RESULT_REPORT_TIMEOUT.as_secs()),
-    };
-    eprintln!(
-        "snapcrypt: reporting the result to Snapshot {ns}/{name} before retention: {failure} (the termination message still carries it)"
-    );
+    match tokio::time::timeout(RESULT_REPORT_TIMEOUT, sent).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer in {} s", RESULT_REPORT_TIMEOUT.as_secs())),
+    }
 }
 
 /// The job's retention pass after a successful backup: forget by the rules among the snapshots

@@ -15,22 +15,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
+use super::build::snapshot::job_snapshot;
 use super::dereference::World;
 use crate::api::catalog::{
     CATALOG_KEY, CatalogEntry, CatalogResult, CatalogStatus, IMPORTED_ANNOTATION, IMPORTED_LABEL,
 };
-use crate::api::common::LocalRef;
 use crate::api::snapshot::{
     CAPTURE_TAG, CLUSTER_TAG, JOB_TAG, RunPhase, TRIGGER_SCHEDULE, TRIGGER_TAG,
 };
-use crate::api::{BackupJob, KmipServer, Snapshot, SnapshotSpec};
+use crate::api::{BackupJob, KmipServer, Snapshot};
 use crate::controller::agent::identity::{catalog_rbac, identity_changes};
 use crate::controller::agent::pod::{AgentRepo, JobAgentPod, PodError, job_agent_pod};
 use crate::controller::agent::run::{RunStep, run_step};
 use crate::controller::context::OperatorConfig;
 use crate::controller::execute::Change;
 use crate::controller::names::{
-    CATALOG_JOB_UID_LABEL, MADE_BY_JOB_UID, catalog_name, imported_snapshot_name, job_labels,
+    CATALOG_JOB_UID_LABEL, catalog_name, imported_snapshot_name, job_labels,
 };
 use crate::controller::reason::Reason;
 
@@ -118,7 +118,6 @@ pub fn imported_snapshot(
     entry: &CatalogEntry,
     taken: &BTreeSet<String>,
 ) -> Option<Snapshot> {
-    let owner = job.controller_owner_ref(&())?;
     let ns = job.namespace().unwrap_or_default();
     let name = entry
         .tags
@@ -128,44 +127,22 @@ pub fn imported_snapshot(
         .map(str::to_string)
         .unwrap_or_else(|| imported_snapshot_name(&job.name_any(), &entry.id));
     let scheduled = entry.tags.get(TRIGGER_TAG).map(String::as_str) == Some(TRIGGER_SCHEDULE);
-    let mut labels = job_labels(&job.name_any());
-    labels.insert(IMPORTED_LABEL.into(), "true".into());
-    let mut annotations = BTreeMap::from([(
+    let annotations = BTreeMap::from([(
         IMPORTED_ANNOTATION.to_string(),
         serde_json::to_string(entry).ok()?,
     )]);
-    let mut owners = None;
-    if scheduled {
-        annotations.insert(MADE_BY_JOB_UID.into(), owner.uid.clone());
-        if job.spec.snapshot_deletion_policy
-            == crate::api::backup_job::SnapshotDeletionPolicy::Delete
-        {
-            owners = Some(vec![owner]);
-        }
-    }
     let tags = entry
         .tags
         .iter()
         .filter(|(k, _)| !OWN_TAGS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    Some(Snapshot {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: job.namespace(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: owners,
-            ..Default::default()
-        },
-        spec: SnapshotSpec {
-            backup_job_ref: LocalRef {
-                name: job.name_any(),
-            },
-            tags,
-        },
-        status: None,
-    })
+    let mut snap = job_snapshot(job, name, annotations, scheduled, tags)?;
+    snap.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(IMPORTED_LABEL.into(), "true".into());
+    Some(snap)
 }
 
 /// The repository snapshot ids this cluster's Snapshots of the job stand for.
@@ -223,7 +200,9 @@ pub fn plan_catalog(
                     return out;
                 }
             }
-            if !healthy || job.uid().is_none() {
+            // A claim not bound yet holds no repository: the first backup binds it (on the
+            // member's node, for a node-local volume), and the catalog is read after.
+            if !healthy || job.uid().is_none() || world.destination_unbound {
                 return out;
             }
             // A missing KmipServer or key is the job's own condition already.

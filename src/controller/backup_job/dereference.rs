@@ -35,6 +35,9 @@ pub struct World {
     pub kmip: Option<Result<Option<(KmipServer, String)>, Blocked>>,
     /// With spec.verification.restoreTest: the job's restore-test Restores.
     pub restore_tests: Vec<Restore>,
+    /// A PVC destination's claim is not bound to a volume yet (it holds no repository, and a
+    /// catalog pod would bind a node-local volume to whichever node it lands on).
+    pub destination_unbound: bool,
     /// The catalog pod (`snapcrypt agent catalog`), while one exists.
     pub catalog_pod: Option<Pod>,
     /// Its ConfigMap, once the pod has succeeded.
@@ -73,6 +76,13 @@ pub async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Erro
         found,
         ..Default::default()
     };
+    if let Some(pvc) = &job.spec.destination.pvc {
+        w.destination_unbound = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .get_opt(&pvc.claim_name)
+            .await
+            .map_err(err("the destination claim"))?
+            .is_none_or(|c| c.status.and_then(|s| s.phase).as_deref() != Some("Bound"));
+    }
     let Some(uid) = job.uid() else {
         return Ok(w);
     };

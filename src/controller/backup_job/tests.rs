@@ -186,13 +186,10 @@ async fn a_job_waits_for_its_secret_then_creates_its_one_snapshot() {
     mem.put(&secret("k", "key"));
     reconcile_once(&mem, &ctx).await;
     let writes = mem.take_writes();
-    // The catalog pod reads the repository (its ConfigMap first), and the run is created.
-    assert_eq!(writes[0], "create configmaps/rs0-catalog", "{writes:?}");
-    assert!(writes.contains(&"apply pods/rs0-catalog".to_string()), "{writes:?}");
-    assert!(
-        writes.contains(&"apply snapshots/rs0-202611270930".to_string()),
-        "{writes:?}"
-    );
+    // The repository's claim is not bound yet: it holds no repository, so no catalog pod
+    // (which would bind a node-local volume wherever it landed); the run is created.
+    assert_eq!(writes[0], "apply snapshots/rs0-202611270930", "{writes:?}");
+    assert!(!writes.iter().any(|w| w.contains("catalog")), "{writes:?}");
     assert_eq!(
         writes.last().map(String::as_str),
         Some("status backupjobs/rs0")
@@ -201,12 +198,19 @@ async fn a_job_waits_for_its_secret_then_creates_its_one_snapshot() {
     let snaps: Vec<crate::api::Snapshot> = mem.list("db");
     assert_eq!(snaps.len(), 1);
 
-    // The Snapshot succeeds: status mirrors it, and nothing new is created.
+    // The Snapshot succeeds (its pod bound the claim): status mirrors it, no new run is
+    // created, and the catalog pod reads the repository (its ConfigMap first).
     let mut s = snaps[0].clone();
     s.status = succeeded_snapshot("rs0-202611270930", "3f2a").status;
     mem.put(&s);
+    let mut bound = claim("backups");
+    bound.status = Some(serde_yaml::from_str("{phase: Bound}").expect("status"));
+    mem.put(&bound);
     reconcile_once(&mem, &ctx).await;
-    assert_eq!(mem.take_writes(), ["status backupjobs/rs0"]);
+    let writes = mem.take_writes();
+    assert_eq!(writes[0], "create configmaps/rs0-catalog", "{writes:?}");
+    assert!(writes.contains(&"apply pods/rs0-catalog".to_string()), "{writes:?}");
+    assert_eq!(writes.last().map(String::as_str), Some("status backupjobs/rs0"));
     let j: BackupJob = mem.get("db", "rs0").expect("job");
     let st = j.status.unwrap_or_default();
     assert_eq!(

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use crate::api::backup_job::{AuthMechanism, BackupJobSpec, Encryption, MongoSource, SyncSourceMode};
 
 use super::consistency::{Capture, capture, parse_timeout};
@@ -66,18 +68,23 @@ pub struct Reference {
     pub keys: Vec<Vec<String>>,
 }
 
-/// The objects the spec refers to, in a stable order.
-pub fn references(spec: &BackupJobSpec) -> Vec<Reference> {
-    let mut out = Vec::new();
-    let r = |field: &str, kind, name: &str, keys: Vec<Vec<&str>>| Reference {
-        field: field.into(),
+/// A reference at `field` to `kind` `name`, needing `keys` (any one of each inner list).
+fn reference(field: String, kind: RefKind, name: &str, keys: Vec<Vec<&str>>) -> Reference {
+    Reference {
+        field,
         kind,
         name: name.into(),
         keys: keys
             .into_iter()
             .map(|alts| alts.into_iter().map(String::from).collect())
             .collect(),
-    };
+    }
+}
+
+/// The objects the spec refers to, in a stable order.
+pub fn references(spec: &BackupJobSpec) -> Vec<Reference> {
+    let mut out = Vec::new();
+    let r = |field: &str, kind, name: &str, keys| reference(field.into(), kind, name, keys);
     if let Some(sts) = &spec.source.stateful_set_name {
         out.push(r(
             "spec.source.statefulSetName",
@@ -117,15 +124,7 @@ pub fn references(spec: &BackupJobSpec) -> Vec<Reference> {
 /// spec.encryption, or a Restore's spec.source), their fields named under `prefix`.
 pub fn repository_references(dest: &Destination, enc: &Encryption, prefix: &str) -> Vec<Reference> {
     let mut out = Vec::new();
-    let r = |field: String, kind, name: &str, keys: Vec<Vec<&str>>| Reference {
-        field,
-        kind,
-        name: name.into(),
-        keys: keys
-            .into_iter()
-            .map(|alts| alts.into_iter().map(String::from).collect())
-            .collect(),
-    };
+    let r = reference;
     if let Some(pvc) = &dest.pvc {
         out.push(r(
             format!("{prefix}.destination.pvc.claimName"),
@@ -336,15 +335,74 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
     (schedule, problems)
 }
 
+/// What is wrong with label selector `sel` (at `field`), if anything: a key or value the API
+/// server would refuse when listing by it (which would fail every reconcile that lists). Pure.
+pub fn label_selector_problem(field: &str, sel: &LabelSelector) -> Option<String> {
+    if let Err(e) = kube::core::Selector::try_from(sel.clone()) {
+        return Some(format!("{field}: {}", e.0));
+    }
+    let labels = sel.match_labels.iter().flatten();
+    let expressions = sel.match_expressions.iter().flatten();
+    let pairs = labels
+        .map(|(k, v)| (format!("{field}.matchLabels"), k, Some(v)))
+        .chain(expressions.flat_map(|e| {
+            let at = format!("{field}.matchExpressions");
+            let values = e.values.iter().flatten().map(Some).collect::<Vec<_>>();
+            let values = if values.is_empty() { vec![None] } else { values };
+            values.into_iter().map(move |v| (at.clone(), &e.key, v))
+        }));
+    for (at, key, value) in pairs {
+        if !is_label_key(key) {
+            return Some(format!(
+                "{at}: key {} is not a label key (an optional DNS prefix and '/', then 1 to 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit)",
+                shown(key)
+            ));
+        }
+        if let Some(v) = value.filter(|v| !is_label_value(v)) {
+            return Some(format!(
+                "{at}: value {} of key {key} is not a label value (at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit)",
+                shown(v)
+            ));
+        }
+    }
+    None
+}
+
+/// A label value: empty, or at most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric.
+fn is_label_value(v: &str) -> bool {
+    v.is_empty() || is_label_name(v)
+}
+
+/// The name part of a label key, or a non-empty label value.
+fn is_label_name(v: &str) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A label key: `[prefix/]name`, the prefix a DNS subdomain.
+fn is_label_key(k: &str) -> bool {
+    match k.split_once('/') {
+        Some((prefix, name)) => is_object_name(prefix) && is_label_name(name),
+        None => is_label_name(k),
+    }
+}
+
 fn check_source(s: &MongoSource, problems: &mut Vec<Problem>) {
     let mut bad = |m: String| problems.push(Problem::new(Reason::InvalidSpec, m));
     if s.stateful_set_name.is_some() == s.selector.is_some() {
         bad("spec.source: set exactly one of statefulSetName or selector to find the replica set's pods".into());
     }
-    if let Some(sel) = &s.selector
-        && let Err(e) = kube::core::Selector::try_from(sel.clone())
+    if let Some(problem) = s
+        .selector
+        .as_ref()
+        .and_then(|sel| label_selector_problem("spec.source.selector", sel))
     {
-        bad(format!("spec.source.selector: {}", e.0));
+        bad(problem);
     }
     let mode = s.sync_source.as_ref().map(|x| x.mode).unwrap_or_default();
     let member = s.sync_source.as_ref().and_then(|x| x.member.as_ref());

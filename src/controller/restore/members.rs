@@ -24,6 +24,7 @@ use crate::api::snapshot::RunPhase;
 use crate::api::{Restore, RestoreSpec};
 use crate::controller::conditions::{self, merge};
 use crate::controller::execute::Change;
+use crate::controller::job_spec::validate::label_selector_problem;
 use crate::controller::names::{MANAGED_BY, PARENT_RESTORE_UID_LABEL, member_restore_name};
 use crate::controller::reason::Reason;
 use crate::engine::progress::human_bytes;
@@ -51,6 +52,10 @@ pub async fn dereference_members(r: &Restore, client: &Client) -> Result<Members
     w.claims = if !prev.members.is_empty() {
         prev.members.iter().map(|m| m.claim_name.clone()).collect()
     } else if let Some(selector) = targets.selector {
+        // A selector the API server would refuse is the plan's to report, not a read's.
+        if label_selector_problem("spec.targets.selector", &selector).is_some() {
+            return Ok(w);
+        }
         let Ok(selector) = kube::core::Selector::try_from(selector) else {
             return Ok(w);
         };

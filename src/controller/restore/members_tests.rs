@@ -335,3 +335,25 @@ fn the_operator_refuses_what_the_schema_refuses() {
             .starts_with("both spec.target and spec.targets are set: set exactly one")
     );
 }
+
+/// A selector the API server would refuse to list by (a value too long, or with a '/') fails
+/// the Restore naming the field, instead of failing every reconcile's read (the hostile-values
+/// test found it).
+#[test]
+fn a_selector_the_api_server_would_refuse_fails_naming_it() {
+    for value in ["x".repeat(64), "../etc".to_string()] {
+        let r = restore_of(&format!(
+            "{SOURCE}, targets: {{selector: {{matchLabels: {{app: \"{value}\"}}}}}}"
+        ));
+        let (status, changes, _) =
+            plan_members(&r, &RestoreStatus::default(), &MembersWorld::default(), now());
+        assert!(changes.is_empty());
+        assert_eq!(status.phase, RunPhase::Failed);
+        let message = status.message.unwrap_or_default();
+        assert!(
+            message.starts_with("spec.targets.selector.matchLabels: value")
+                && message.contains("is not a label value"),
+            "{message}"
+        );
+    }
+}

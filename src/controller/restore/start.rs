@@ -15,6 +15,7 @@ use crate::api::Restore;
 use crate::api::destination::Destination;
 use crate::api::RestoreSpec;
 use crate::api::restore::RestoreSource;
+use crate::controller::job_spec::validate::label_selector_problem;
 use crate::engine::repo::Which;
 use crate::api::snapshot::JOB_TAG;
 use crate::controller::agent::identity::{RunObject, identity_changes, own_identity_changes};
@@ -75,6 +76,13 @@ pub(super) fn shape_problem(spec: &RestoreSpec) -> Option<String> {
         }
         if t.delete_extra && !t.force {
             return Some("spec.targets.deleteExtra: true needs spec.targets.force: true".into());
+        }
+        if let Some(problem) = t
+            .selector
+            .as_ref()
+            .and_then(|sel| label_selector_problem("spec.targets.selector", sel))
+        {
+            return Some(problem);
         }
     }
     let source = spec.source.as_ref()?;

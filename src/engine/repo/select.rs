@@ -107,6 +107,9 @@ pub fn choose(all: Vec<SnapshotManifest>, s: &Selector) -> Result<SnapshotManife
                 .collect();
             match found.len() {
                 1 => Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
+                0 if s.tags.is_empty() => Err(EngineError::NoSuchSnapshot {
+                    which: prefix.clone(),
+                }),
                 0 => Err(EngineError::NoSnapshotSelected {
                     reason: format!(
                         "no snapshot{tagged_words} has an id starting with {prefix} (list them with `snapcrypt snapshots`)"

@@ -17,24 +17,38 @@ use crate::controller::names::{
 /// Delete (an owner reference is what makes the API server delete it with the job). None if
 /// the job has no uid yet (never from the API).
 pub fn scheduled_snapshot(job: &BackupJob, scheduled: jiff::Timestamp) -> Option<Snapshot> {
-    let owner = job.controller_owner_ref(&())?;
-    let owners = match job.spec.snapshot_deletion_policy {
-        SnapshotDeletionPolicy::Delete => Some(vec![owner.clone()]),
-        SnapshotDeletionPolicy::Retain => None,
-    };
     let name = scheduled_snapshot_name(&job.name_any(), scheduled);
     let mut tags = BTreeMap::new();
     tags.insert("backup-job".to_string(), job.name_any());
     tags.insert("scheduled".to_string(), scheduled.to_string());
+    let annotations = BTreeMap::from([(SCHEDULED_TIME.to_string(), scheduled.to_string())]);
+    job_snapshot(job, name, annotations, true, tags)
+}
+
+/// A Snapshot of `job` named `name`, with the job's labels and these annotations and tags;
+/// one `made_by_job` (its schedule's, not a user's) carries the job's uid and, with
+/// snapshotDeletionPolicy Delete, the job as its owner. None if the job has no uid. Pure.
+pub fn job_snapshot(
+    job: &BackupJob,
+    name: String,
+    mut annotations: BTreeMap<String, String>,
+    made_by_job: bool,
+    tags: BTreeMap<String, String>,
+) -> Option<Snapshot> {
+    let owner = job.controller_owner_ref(&())?;
+    let mut owners = None;
+    if made_by_job {
+        annotations.insert(MADE_BY_JOB_UID.to_string(), owner.uid.clone());
+        if job.spec.snapshot_deletion_policy == SnapshotDeletionPolicy::Delete {
+            owners = Some(vec![owner]);
+        }
+    }
     Some(Snapshot {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: job.namespace(),
             labels: Some(job_labels(&job.name_any())),
-            annotations: Some(BTreeMap::from([
-                (SCHEDULED_TIME.to_string(), scheduled.to_string()),
-                (MADE_BY_JOB_UID.to_string(), owner.uid),
-            ])),
+            annotations: Some(annotations),
             owner_references: owners,
             ..Default::default()
         },
