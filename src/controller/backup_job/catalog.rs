@@ -34,6 +34,9 @@ use crate::controller::names::{
 };
 use crate::controller::reason::Reason;
 
+/// How soon a catalog that waits for the job's KmipServer's key looks again.
+const CATALOG_WAIT: Duration = Duration::from_secs(5);
+
 /// How long after a failed read of the catalog it is tried again.
 pub const CATALOG_RETRY: Duration = Duration::from_secs(300);
 
@@ -205,10 +208,14 @@ pub fn plan_catalog(
             if !healthy || job.uid().is_none() || world.destination_unbound {
                 return out;
             }
-            // A missing KmipServer or key is the job's own condition already.
+            // A KmipServer without its key yet (the job's own condition says so): the job is
+            // not woken when the key comes, so it looks again soon.
             let kmip = match &world.kmip {
                 Some(Ok(k)) => k.as_ref().map(|(ks, key)| (ks, key.as_str())),
-                Some(Err(_)) => return out,
+                Some(Err(_)) => {
+                    out.next = Some(now + CATALOG_WAIT);
+                    return out;
+                }
                 None => None,
             };
             let (Ok(pod), Some(map)) = (catalog_pod(job, kmip, config), catalog_map(job)) else {

@@ -361,3 +361,23 @@ fn a_job_whose_snapshots_another_cluster_writes_only_reads() {
         ["apply Snapshot/rs0-202611270930", "event SnapshotCreated"]
     );
 }
+
+/// #31: a job whose KmipServer has no key yet starts no catalog pod, and looks again within
+/// seconds (nothing wakes it when the key comes: a restored cluster's catalog waited an hour).
+#[test]
+fn a_catalog_waiting_for_its_kmip_key_looks_again_soon() {
+    let j = has_run(job("encryption: {kmipServerRef: {name: kmip}}"));
+    let blocked = crate::controller::agent::job::Blocked {
+        reason: crate::controller::reason::Reason::KmipServerNotReady,
+        message: "KmipServer kmip has no active master key yet".into(),
+    };
+    let w = World {
+        found: all_found(&j),
+        kmip: Some(Err(blocked)),
+        ..Default::default()
+    };
+    let o = plan(&j, &w, &OperatorConfig::default(), at("2026-12-07T10:00:00Z")).expect("plan");
+    assert!(o.changes.is_empty(), "{:?}", summaries(&o));
+    // 5 s, and the second the requeue rounds up.
+    assert_eq!(o.requeue, Action::requeue(Duration::from_secs(6)));
+}
