@@ -452,7 +452,11 @@ fn kmip_server_and_restore_cases() -> Vec<Case> {
         ),
         (
             "both target and targets",
-            with(restore.clone(), "/spec/targets", json!({"claimNames": ["a"]})),
+            with(
+                restore.clone(),
+                "/spec/targets",
+                json!({"claimNames": ["a"]}),
+            ),
             "set exactly one of spec.target (one claim) or spec.targets",
         ),
         (

@@ -66,13 +66,23 @@ fn restore_chooses_by_job_and_time_and_refuses_naming_what_the_repository_holds(
     let e = Env::new();
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
     let first = backup_json(&src, &repo, &key, &["--tag", JOB], &[]);
-    fs::write(Path::new(&src).join("later.txt"), b"written after the first").unwrap();
+    fs::write(
+        Path::new(&src).join("later.txt"),
+        b"written after the first",
+    )
+    .unwrap();
     let second = backup_json(&src, &repo, &key, &["--tag", JOB], &[]);
     backup_json(&src, &repo, &key, &["--tag", "backupjob=db/other"], &[]);
 
     // latest of the job: the second, not the other job's newer one.
     let out = ok(
-        &restore_args(&repo, &key, "latest", &e.p("latest"), &["--snapshot-tag", JOB, "--json"]),
+        &restore_args(
+            &repo,
+            &key,
+            "latest",
+            &e.p("latest"),
+            &["--snapshot-tag", JOB, "--json"],
+        ),
         &[],
     );
     let restored: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -82,7 +92,13 @@ fn restore_chooses_by_job_and_time_and_refuses_naming_what_the_repository_holds(
     // before: the first snapshot's own time chooses it.
     let at_first = format!("before:{}", first["time"].as_str().unwrap());
     let out = ok(
-        &restore_args(&repo, &key, &at_first, &e.p("before"), &["--snapshot-tag", JOB, "--json"]),
+        &restore_args(
+            &repo,
+            &key,
+            &at_first,
+            &e.p("before"),
+            &["--snapshot-tag", JOB, "--json"],
+        ),
         &[],
     );
     let restored: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -131,19 +147,28 @@ fn two_clusters_never_prune_each_others_snapshots() {
     let a_first = result_id(&log);
     ok(&agent_run(&src, &repo, &key, &log, &a), &[]);
     let a_kept = result_id(&log);
-    assert_eq!(snapshot_ids(&repo, &key, &[]), vec![a_kept.clone()], "A keeps its newest");
+    assert_eq!(
+        snapshot_ids(&repo, &key, &[]),
+        vec![a_kept.clone()],
+        "A keeps its newest"
+    );
     assert_ne!(a_first, a_kept);
 
     // Cluster B, same job: refused before anything is written; A's snapshot stays.
     let b = ["--cluster", "cluster-b"];
     let err = fails(&agent_run(&src, &repo, &key, &log, &b), &[]);
     assert!(
-        err.contains("the snapshots of BackupJob db/rs0 in this repository are written by cluster cluster-a")
-            && err.contains("this cluster is cluster-b")
+        err.contains(
+            "the snapshots of BackupJob db/rs0 in this repository are written by cluster cluster-a"
+        ) && err.contains("this cluster is cluster-b")
             && err.contains("set the BackupJob's spec.takeOverFrom: cluster-a"),
         "{err}"
     );
-    assert!(fs::read_to_string(&log).unwrap().contains("written by cluster cluster-a"));
+    assert!(
+        fs::read_to_string(&log)
+            .unwrap()
+            .contains("written by cluster cluster-a")
+    );
     assert_eq!(snapshot_ids(&repo, &key, &[]), vec![a_kept.clone()]);
 
     // B takes over from A, by name: it writes (and its retention is the job's now).
@@ -170,7 +195,10 @@ fn the_catalog_lists_a_jobs_snapshots_and_their_writer() {
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
     let log = e.p("termination-log");
     backup_json(&src, &e.p("seed"), &key, &[], &[]);
-    ok(&agent_run(&src, &repo, &key, &log, &["--cluster", "cluster-a"]), &[]);
+    ok(
+        &agent_run(&src, &repo, &key, &log, &["--cluster", "cluster-a"]),
+        &[],
+    );
     let id = result_id(&log);
     backup_json(&src, &repo, &key, &["--tag", "backupjob=db/other"], &[]);
     let catalog = |repo: &str| {
@@ -183,7 +211,11 @@ fn the_catalog_lists_a_jobs_snapshots_and_their_writer() {
             ),
             &[],
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let list: serde_json::Value =
             serde_json::from_slice(out.stderr.trim_ascii()).expect("the list");
         let result: serde_json::Value =
@@ -191,7 +223,10 @@ fn the_catalog_lists_a_jobs_snapshots_and_their_writer() {
         (list, result)
     };
     let (list, result) = catalog(&repo);
-    assert_eq!(result, serde_json::json!({"found": 1, "owner": "cluster-a"}));
+    assert_eq!(
+        result,
+        serde_json::json!({"found": 1, "owner": "cluster-a"})
+    );
     let entries = list.as_array().expect("entries");
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["id"], serde_json::json!(id));
@@ -215,14 +250,25 @@ fn a_wrong_kmip_server_is_named_with_the_key_the_repository_needs() {
     let holder = pykmip::PyKmip::start();
     let flags = holder.cli_flags();
     ok(
-        &pykmip::with(&["backup", "--source", &src, "--repo", &repo, "--tag", JOB], &flags),
+        &pykmip::with(
+            &["backup", "--source", &src, "--repo", &repo, "--tag", JOB],
+            &flags,
+        ),
         &[],
     );
     let restore_with = |server: &pykmip::PyKmip, target: &str| {
         let flags = server.cli_flags();
         support::run(
             &pykmip::with(
-                &["restore", "--repo", &repo, "--snapshot", "latest", "--target", &e.p(target)],
+                &[
+                    "restore",
+                    "--repo",
+                    &repo,
+                    "--snapshot",
+                    "latest",
+                    "--target",
+                    &e.p(target),
+                ],
                 &flags,
             ),
             &[],

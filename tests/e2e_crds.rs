@@ -300,9 +300,18 @@ async fn every_example_is_stored_as_written_with_the_rust_defaults() {
         1
     );
     // One Restore of a Snapshot, one of a replica set from its repository (#31).
-    let restores = ns.api::<Restore>().list(&ListParams::default()).await.unwrap().items;
+    let restores = ns
+        .api::<Restore>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(restores.len(), 2);
-    assert!(restores.iter().any(|r| r.spec.source.is_some() && r.spec.targets.is_some()));
+    assert!(
+        restores
+            .iter()
+            .any(|r| r.spec.source.is_some() && r.spec.targets.is_some())
+    );
 }
 
 /// A BackupJob status as the operator would write it.

@@ -28,11 +28,7 @@ use super::verification::{CheckContainer, CheckResult};
     shortname = "rst",
     category = "snapcrypt",
     doc = "Restores one Snapshot into a PersistentVolumeClaim.",
-    printcolumn(
-        name = "Snapshot",
-        type_ = "string",
-        json_path = ".status.snapshotId"
-    ),
+    printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.snapshotId"),
     printcolumn(
         name = "Target",
         type_ = "string",

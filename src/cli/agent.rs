@@ -328,7 +328,10 @@ async fn apply_result_status<K: Reported>(
     match tokio::time::timeout(RESULT_REPORT_TIMEOUT, sent).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer in {} s", RESULT_REPORT_TIMEOUT.as_secs())),
+        Err(_) => Err(format!(
+            "no answer in {} s",
+            RESULT_REPORT_TIMEOUT.as_secs()
+        )),
     }
 }
 

@@ -10,10 +10,10 @@ use super::CliError;
 use super::keys::KeyArgs;
 use super::progress::ProgressReporter;
 use super::repo_args::RepoArgs;
+use crate::api::snapshot::JOB_TAG;
 use crate::engine::backup::{BackupOptions, Compression, backup, scan};
 use crate::engine::format::SnapshotManifest;
 use crate::engine::progress::{Progress, human_bytes};
-use crate::api::snapshot::JOB_TAG;
 use crate::engine::repo::{DEFAULT_CHUNK_SIZE, Repository, owners};
 
 #[derive(Args, Debug)]
@@ -66,8 +66,10 @@ pub(crate) fn job_tag(args: &BackupArgs) -> Result<&str, CliError> {
         .find(|(k, _)| k == JOB_TAG)
         .map(|(_, v)| v.as_str())
         .ok_or_else(|| {
-            format!("--cluster needs --tag {JOB_TAG}=NAMESPACE/NAME: it claims that job's snapshots")
-                .into()
+            format!(
+                "--cluster needs --tag {JOB_TAG}=NAMESPACE/NAME: it claims that job's snapshots"
+            )
+            .into()
         })
 }
 

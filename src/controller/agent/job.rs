@@ -44,7 +44,10 @@ pub async fn check_job(
     };
     let found = find_references(client, ns, &refs).await?;
     problems.extend(check_references(&refs, &found, ns));
-    Ok(blocked(&format!("BackupJob {}: ", job.name_any()), &problems))
+    Ok(blocked(
+        &format!("BackupJob {}: ", job.name_any()),
+        &problems,
+    ))
 }
 
 /// Check that a Restore's spec.source (a repository and its key, no BackupJob) references

@@ -41,7 +41,14 @@ const CATALOG_WAIT: Duration = Duration::from_secs(5);
 pub const CATALOG_RETRY: Duration = Duration::from_secs(300);
 
 /// The tags the operator writes on every snapshot (not a user's).
-const OWN_TAGS: [&str; 6] = [JOB_TAG, TRIGGER_TAG, "snapshot", "member", CLUSTER_TAG, CAPTURE_TAG];
+const OWN_TAGS: [&str; 6] = [
+    JOB_TAG,
+    TRIGGER_TAG,
+    "snapshot",
+    "member",
+    CLUSTER_TAG,
+    CAPTURE_TAG,
+];
 
 /// What the catalog does in this reconcile.
 #[derive(Debug, Default)]
@@ -153,7 +160,10 @@ fn known_ids(snapshots: &[Snapshot]) -> BTreeSet<String> {
     snapshots
         .iter()
         .filter_map(|s| {
-            let recorded = s.status.as_ref().and_then(|st| st.repository_snapshot_id.clone());
+            let recorded = s
+                .status
+                .as_ref()
+                .and_then(|st| st.repository_snapshot_id.clone());
             let imported = s
                 .annotations()
                 .get(IMPORTED_ANNOTATION)
@@ -285,7 +295,8 @@ fn judge(
                 "the repository holds {} snapshot(s) of this job; {imported} imported as Snapshot objects",
                 entries.len()
             );
-            out.changes.push(Change::event(Reason::CatalogImported, message));
+            out.changes
+                .push(Change::event(Reason::CatalogImported, message));
             let status = CatalogStatus {
                 phase: RunPhase::Succeeded,
                 completion_time: Some(Time(now)),
@@ -327,8 +338,6 @@ fn base_cluster(c: &CatalogStatus) -> &str {
 /// does not take them over from it. Pure.
 pub fn owned_elsewhere(job: &BackupJob, c: &CatalogStatus, this: &str) -> Option<String> {
     let owner = c.owner.as_deref()?;
-    (!this.is_empty()
-        && owner != this
-        && job.spec.take_over_from.as_deref() != Some(owner))
-    .then(|| owner.to_string())
+    (!this.is_empty() && owner != this && job.spec.take_over_from.as_deref() != Some(owner))
+        .then(|| owner.to_string())
 }

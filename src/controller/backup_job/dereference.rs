@@ -95,11 +95,12 @@ pub async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Erro
         .items
         .into_iter()
         .next();
-    if w
-        .catalog_pod
-        .as_ref()
-        .is_some_and(|p| matches!(run_step::<CatalogResult>(p, "catalog"), RunStep::Succeeded { .. }))
-    {
+    if w.catalog_pod.as_ref().is_some_and(|p| {
+        matches!(
+            run_step::<CatalogResult>(p, "catalog"),
+            RunStep::Succeeded { .. }
+        )
+    }) {
         w.catalog_map = Api::<ConfigMap>::namespaced(client.clone(), &ns)
             .get_opt(&catalog_name(&name))
             .await

@@ -9,10 +9,10 @@ use kube::runtime::controller::Action;
 
 use super::catalog::destination_digest;
 use super::dereference::World;
-use crate::api::catalog::CatalogStatus;
-use crate::api::snapshot::RunPhase;
 use super::plan::{Outcome, plan};
 use super::*;
+use crate::api::catalog::CatalogStatus;
+use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, BackupJobStatus};
 use crate::controller::context::OperatorConfig;
 use crate::controller::fixtures::{claim, job, secret, stateful_set, succeeded_snapshot};
@@ -52,7 +52,13 @@ fn cataloged(mut job: BackupJob) -> BackupJob {
 }
 
 fn planned(job: &BackupJob, w: &World, now: &str) -> Outcome {
-    plan(&cataloged(job.clone()), w, &OperatorConfig::default(), at(now)).expect("plan")
+    plan(
+        &cataloged(job.clone()),
+        w,
+        &OperatorConfig::default(),
+        at(now),
+    )
+    .expect("plan")
 }
 
 fn summaries(o: &Outcome) -> Vec<String> {
@@ -209,8 +215,14 @@ async fn a_job_waits_for_its_secret_then_creates_its_one_snapshot() {
     reconcile_once(&mem, &ctx).await;
     let writes = mem.take_writes();
     assert_eq!(writes[0], "create configmaps/rs0-catalog", "{writes:?}");
-    assert!(writes.contains(&"apply pods/rs0-catalog".to_string()), "{writes:?}");
-    assert_eq!(writes.last().map(String::as_str), Some("status backupjobs/rs0"));
+    assert!(
+        writes.contains(&"apply pods/rs0-catalog".to_string()),
+        "{writes:?}"
+    );
+    assert_eq!(
+        writes.last().map(String::as_str),
+        Some("status backupjobs/rs0")
+    );
     let j: BackupJob = mem.get("db", "rs0").expect("job");
     let st = j.status.unwrap_or_default();
     assert_eq!(
@@ -226,14 +238,21 @@ fn catalog_pod_done(j: &BackupJob, result: &str) -> k8s_openapi::api::core::v1::
         super::catalog::catalog_pod(j, None, &OperatorConfig::default()).expect("catalog pod");
     pod.metadata.uid = Some("cat-uid".into());
     pod.status = Some(
-        serde_yaml::from_str(&crate::controller::fixtures::terminated("Succeeded", 0, result))
-            .expect("status"),
+        serde_yaml::from_str(&crate::controller::fixtures::terminated(
+            "Succeeded",
+            0,
+            result,
+        ))
+        .expect("status"),
     );
     pod
 }
 
 /// The ConfigMap the catalog pod wrote `entries` into.
-fn catalog_map_with(j: &BackupJob, entries: &[serde_json::Value]) -> k8s_openapi::api::core::v1::ConfigMap {
+fn catalog_map_with(
+    j: &BackupJob,
+    entries: &[serde_json::Value],
+) -> k8s_openapi::api::core::v1::ConfigMap {
     let mut map = super::catalog::catalog_map(j).expect("map");
     map.metadata.uid = Some("map-uid".into());
     map.data = Some(
@@ -267,10 +286,19 @@ fn the_catalog_imports_the_snapshots_this_cluster_lacks() {
         kmip: Some(Ok(None)),
         ..Default::default()
     };
-    let o = plan(&j, &w, &OperatorConfig::default(), at("2026-12-07T10:00:00Z")).expect("plan");
+    let o = plan(
+        &j,
+        &w,
+        &OperatorConfig::default(),
+        at("2026-12-07T10:00:00Z"),
+    )
+    .expect("plan");
     assert_eq!(
         summaries(&o)[..2],
-        ["create ConfigMap/rs0-catalog", "apply ServiceAccount/snapcrypt-agent-rs0"]
+        [
+            "create ConfigMap/rs0-catalog",
+            "apply ServiceAccount/snapcrypt-agent-rs0"
+        ]
     );
     assert!(summaries(&o).contains(&"apply Pod/rs0-catalog".to_string()));
     let pending = o.status.catalog.clone().expect("catalog");
@@ -284,7 +312,10 @@ fn the_catalog_imports_the_snapshots_this_cluster_lacks() {
         catalog_pod: Some(catalog_pod_done(&j, r#"{"found":2,"owner":"old-cluster"}"#)),
         catalog_map: Some(catalog_map_with(
             &j,
-            &[entry("aaa111", "db/rs0-202612010300", "old-cluster"), entry("3f2a", "db/rs0-202611270930", "old-cluster")],
+            &[
+                entry("aaa111", "db/rs0-202612010300", "old-cluster"),
+                entry("3f2a", "db/rs0-202611270930", "old-cluster"),
+            ],
         )),
         snapshots: vec![succeeded_snapshot("rs0-202611270930", "3f2a")],
         ..w
@@ -308,8 +339,14 @@ fn the_catalog_imports_the_snapshots_this_cluster_lacks() {
     };
     let s: crate::api::Snapshot = serde_json::from_value(body.clone()).expect("snapshot");
     assert_eq!(s.labels()[crate::api::catalog::IMPORTED_LABEL], "true");
-    assert_eq!(s.spec.tags, [("reason".to_string(), "nightly".to_string())].into());
-    assert!(s.annotations().contains_key(crate::controller::names::MADE_BY_JOB_UID));
+    assert_eq!(
+        s.spec.tags,
+        [("reason".to_string(), "nightly".to_string())].into()
+    );
+    assert!(
+        s.annotations()
+            .contains_key(crate::controller::names::MADE_BY_JOB_UID)
+    );
     let c = o.status.catalog.expect("catalog");
     assert_eq!(
         (c.phase, c.found, c.imported, c.owner.as_deref()),
@@ -349,7 +386,9 @@ fn a_job_whose_snapshots_another_cluster_writes_only_reads() {
         .expect("Ready");
     assert_eq!(ready.reason, "RepositoryOwnedElsewhere");
     assert!(
-        ready.message.contains("written by cluster old-cluster; this cluster (new-cluster) only reads them")
+        ready
+            .message
+            .contains("written by cluster old-cluster; this cluster (new-cluster) only reads them")
             && ready.message.contains("set spec.takeOverFrom: old-cluster"),
         "{}",
         ready.message
@@ -376,7 +415,13 @@ fn a_catalog_waiting_for_its_kmip_key_looks_again_soon() {
         kmip: Some(Err(blocked)),
         ..Default::default()
     };
-    let o = plan(&j, &w, &OperatorConfig::default(), at("2026-12-07T10:00:00Z")).expect("plan");
+    let o = plan(
+        &j,
+        &w,
+        &OperatorConfig::default(),
+        at("2026-12-07T10:00:00Z"),
+    )
+    .expect("plan");
     assert!(o.changes.is_empty(), "{:?}", summaries(&o));
     // 5 s, and the second the requeue rounds up.
     assert_eq!(o.requeue, Action::requeue(Duration::from_secs(6)));

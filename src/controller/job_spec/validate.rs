@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::api::backup_job::{AuthMechanism, BackupJobSpec, Encryption, MongoSource, SyncSourceMode};
+use crate::api::backup_job::{
+    AuthMechanism, BackupJobSpec, Encryption, MongoSource, SyncSourceMode,
+};
 
 use super::consistency::{Capture, capture, parse_timeout};
 use super::schedule::CronSchedule;
@@ -116,7 +118,11 @@ pub fn references(spec: &BackupJobSpec) -> Vec<Reference> {
             ));
         }
     }
-    out.extend(repository_references(&spec.destination, &spec.encryption, "spec"));
+    out.extend(repository_references(
+        &spec.destination,
+        &spec.encryption,
+        "spec",
+    ));
     out
 }
 
@@ -348,7 +354,11 @@ pub fn label_selector_problem(field: &str, sel: &LabelSelector) -> Option<String
         .chain(expressions.flat_map(|e| {
             let at = format!("{field}.matchExpressions");
             let values = e.values.iter().flatten().map(Some).collect::<Vec<_>>();
-            let values = if values.is_empty() { vec![None] } else { values };
+            let values = if values.is_empty() {
+                vec![None]
+            } else {
+                values
+            };
             values.into_iter().map(move |v| (at.clone(), &e.key, v))
         }));
     for (at, key, value) in pairs {

@@ -78,10 +78,7 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
         Some(path) => format!("{TARGET_MOUNT}/{path}"),
         None => TARGET_MOUNT.to_string(),
     };
-    let mut args: Vec<String> = vec![
-        "agent".into(),
-        "restore".into(),
-    ];
+    let mut args: Vec<String> = vec!["agent".into(), "restore".into()];
     args.extend(p.snapshot.args());
     args.extend([
         "--target".into(),

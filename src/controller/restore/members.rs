@@ -187,7 +187,10 @@ pub fn plan_members(
         failed_early = Some(format!(
             "claim {}: {}",
             c.spec.one_target().claim_name,
-            c.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
+            c.status
+                .as_ref()
+                .and_then(|s| s.message.clone())
+                .unwrap_or_default()
         ));
     }
     if wait.is_none() && failed_early.is_none() {

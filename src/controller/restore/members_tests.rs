@@ -53,7 +53,9 @@ fn arg_after<'a>(pod: &'a Pod, flag: &str) -> Vec<&'a str> {
 /// the Restore's own, reads the named repository, and chooses among the job's snapshots.
 #[test]
 fn a_source_restore_runs_as_its_own_identity_and_chooses_the_snapshot() {
-    let r = restore_of(&format!("{SOURCE}, target: {{claimName: data-rs0-0, force: true}}"));
+    let r = restore_of(&format!(
+        "{SOURCE}, target: {{claimName: data-rs0-0, force: true}}"
+    ));
     let ks: crate::api::KmipServer = serde_yaml::from_str(
         "apiVersion: snapcrypt.dev/v1alpha1\nkind: KmipServer\nmetadata: {name: kmip, namespace: db}\nspec: {endpoints: [\"kmip.example:5696\"], tls: {secretName: kmip-tls}, masterKey: {create: {name: m}}}",
     )
@@ -63,8 +65,14 @@ fn a_source_restore_runs_as_its_own_identity_and_chooses_the_snapshot() {
         target: Some(claim("data-rs0-0")),
         ..Default::default()
     };
-    let o: Outcome = plan(&r, &RestoreStatus::default(), &w, &OperatorConfig::default(), now())
-        .expect("plan");
+    let o: Outcome = plan(
+        &r,
+        &RestoreStatus::default(),
+        &w,
+        &OperatorConfig::default(),
+        now(),
+    )
+    .expect("plan");
     assert_eq!(
         summaries(&o.changes),
         [
@@ -79,8 +87,14 @@ fn a_source_restore_runs_as_its_own_identity_and_chooses_the_snapshot() {
     };
     let pod: Pod = serde_json::from_value(body.clone()).expect("pod");
     let spec = pod.spec.as_ref().expect("spec");
-    assert_eq!(spec.service_account_name.as_deref(), Some("snapcrypt-restore-dr"));
-    assert_eq!(arg_after(&pod, "--snapshot"), ["before:2026-12-01T00:00:00Z"]);
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some("snapcrypt-restore-dr")
+    );
+    assert_eq!(
+        arg_after(&pod, "--snapshot"),
+        ["before:2026-12-01T00:00:00Z"]
+    );
     assert_eq!(arg_after(&pod, "--snapshot-tag"), ["backupjob=db/rs0"]);
     assert_eq!(arg_after(&pod, "--kmip-endpoint"), ["kmip.example:5696"]);
     assert_eq!(arg_after(&pod, "--repo"), ["s3://b"]);
@@ -98,13 +112,25 @@ fn a_source_restore_into_its_repository_claim_is_refused() {
         target: Some(claim("backups")),
         ..Default::default()
     };
-    let o = plan(&r, &RestoreStatus::default(), &w, &OperatorConfig::default(), now())
-        .expect("plan");
-    let Step::Failed { reason, message, .. } = &o.step else {
+    let o = plan(
+        &r,
+        &RestoreStatus::default(),
+        &w,
+        &OperatorConfig::default(),
+        now(),
+    )
+    .expect("plan");
+    let Step::Failed {
+        reason, message, ..
+    } = &o.step
+    else {
         panic!("{:?}", o.step);
     };
     assert_eq!(*reason, Reason::InvalidSpec);
-    assert!(message.contains("holds the repository of spec.source"), "{message}");
+    assert!(
+        message.contains("holds the repository of spec.source"),
+        "{message}"
+    );
 }
 
 fn targets(claims: &str, parallelism: u32) -> Restore {
@@ -132,7 +158,11 @@ fn created(changes: &[Change]) -> Vec<(String, String, String)> {
             Change::Create { body, .. } => {
                 let r: Restore = serde_json::from_value(body.clone()).ok()?;
                 let snapshot = r.spec.source.as_ref()?.snapshot.clone();
-                Some((r.metadata.name?, r.spec.one_target().claim_name.clone(), snapshot))
+                Some((
+                    r.metadata.name?,
+                    r.spec.one_target().claim_name.clone(),
+                    snapshot,
+                ))
             }
             _ => None,
         })
@@ -144,7 +174,9 @@ fn created(changes: &[Change]) -> Vec<(String, String, String)> {
 #[test]
 fn the_claims_follow_the_first_on_the_snapshot_it_chose() {
     let r = targets("data-rs0-0, data-rs0-1, data-rs0-2", 3);
-    let claims: Vec<String> = ["data-rs0-0", "data-rs0-1", "data-rs0-2"].map(String::from).into();
+    let claims: Vec<String> = ["data-rs0-0", "data-rs0-1", "data-rs0-2"]
+        .map(String::from)
+        .into();
     let mut w = MembersWorld {
         claims: claims.clone(),
         ..Default::default()
@@ -181,7 +213,10 @@ fn the_claims_follow_the_first_on_the_snapshot_it_chose() {
             && message.contains("data-rs0-0, data-rs0-1, data-rs0-2"),
         "{message}"
     );
-    assert_eq!(status.progress_summary.as_deref(), Some("3/3 claims restored"));
+    assert_eq!(
+        status.progress_summary.as_deref(),
+        Some("3/3 claims restored")
+    );
 }
 
 /// No more Restores run at once than spec.targets.parallelism.
@@ -276,8 +311,12 @@ fn a_selector_matching_no_claim_fails_naming_the_field() {
     let r = restore_of(&format!(
         "{SOURCE}, targets: {{selector: {{matchLabels: {{app: rs0}}}}}}"
     ));
-    let (status, changes, _) =
-        plan_members(&r, &RestoreStatus::default(), &MembersWorld::default(), now());
+    let (status, changes, _) = plan_members(
+        &r,
+        &RestoreStatus::default(),
+        &MembersWorld::default(),
+        now(),
+    );
     assert!(changes.is_empty());
     assert_eq!(status.phase, RunPhase::Failed);
     assert!(
@@ -307,16 +346,26 @@ fn the_operator_refuses_what_the_schema_refuses() {
             "neither spec.target nor spec.targets is set",
         ),
         (
-            format!("{SOURCE}, target: {{claimName: data}}").replace("before:2026-12-01T00:00:00Z", "yesterday"),
+            format!("{SOURCE}, target: {{claimName: data}}")
+                .replace("before:2026-12-01T00:00:00Z", "yesterday"),
             "spec.source.snapshot: \"yesterday\" is not a snapshot: give latest",
         ),
     ];
     for (spec, words) in cases {
         let r = restore_of(&spec);
-        let o = plan(&r, &RestoreStatus::default(), &World::default(), &OperatorConfig::default(), now())
-            .expect("plan");
+        let o = plan(
+            &r,
+            &RestoreStatus::default(),
+            &World::default(),
+            &OperatorConfig::default(),
+            now(),
+        )
+        .expect("plan");
         assert!(o.changes.is_empty(), "{spec}");
-        let Step::Failed { reason, message, .. } = &o.step else {
+        let Step::Failed {
+            reason, message, ..
+        } = &o.step
+        else {
             panic!("{spec}: {:?}", o.step);
         };
         assert_eq!(*reason, Reason::InvalidSpec, "{spec}");
@@ -325,7 +374,12 @@ fn the_operator_refuses_what_the_schema_refuses() {
     let both = restore_of(&format!(
         "{SOURCE}, target: {{claimName: data}}, targets: {{claimNames: [a]}}"
     ));
-    let (status, changes, _) = plan_members(&both, &RestoreStatus::default(), &MembersWorld::default(), now());
+    let (status, changes, _) = plan_members(
+        &both,
+        &RestoreStatus::default(),
+        &MembersWorld::default(),
+        now(),
+    );
     assert!(changes.is_empty());
     assert_eq!(status.phase, RunPhase::Failed);
     assert!(
@@ -345,8 +399,12 @@ fn a_selector_the_api_server_would_refuse_fails_naming_it() {
         let r = restore_of(&format!(
             "{SOURCE}, targets: {{selector: {{matchLabels: {{app: \"{value}\"}}}}}}"
         ));
-        let (status, changes, _) =
-            plan_members(&r, &RestoreStatus::default(), &MembersWorld::default(), now());
+        let (status, changes, _) = plan_members(
+            &r,
+            &RestoreStatus::default(),
+            &MembersWorld::default(),
+            now(),
+        );
         assert!(changes.is_empty());
         assert_eq!(status.phase, RunPhase::Failed);
         let message = status.message.unwrap_or_default();

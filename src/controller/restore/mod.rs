@@ -13,10 +13,10 @@ pub mod build;
 pub mod check;
 mod dereference;
 pub mod members;
-mod plan;
-mod start;
 #[cfg(test)]
 mod members_tests;
+mod plan;
+mod start;
 #[cfg(test)]
 mod tests;
 

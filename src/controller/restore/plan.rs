@@ -190,7 +190,11 @@ mod tests {
         );
         let s3_job = job("destination: {s3: {bucket: b, credentialsSecret: c}}");
         assert_eq!(
-            target_is_repository(&restore("{claimName: backups}"), &s3_job.spec.destination, whose),
+            target_is_repository(
+                &restore("{claimName: backups}"),
+                &s3_job.spec.destination,
+                whose
+            ),
             None
         );
     }

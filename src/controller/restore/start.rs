@@ -10,25 +10,25 @@ use kube::ResourceExt;
 use super::build::{Chosen, Outcome, RestorePlan, Step, restore_pod};
 use super::dereference::World;
 use super::{Error, RECHECK, after};
-use crate::api::snapshot::RunPhase;
 use crate::api::Restore;
-use crate::api::destination::Destination;
 use crate::api::RestoreSpec;
+use crate::api::destination::Destination;
 use crate::api::restore::RestoreSource;
-use crate::controller::job_spec::validate::label_selector_problem;
-use crate::engine::repo::Which;
 use crate::api::snapshot::JOB_TAG;
+use crate::api::snapshot::RunPhase;
 use crate::controller::agent::identity::{RunObject, identity_changes, own_identity_changes};
-use crate::controller::agent::pod::AgentRepo;
-use crate::controller::job_spec::consistency::DEFAULT_RUN_TIMEOUT;
 use crate::controller::agent::job::Blocked;
 use crate::controller::agent::node::{claims_mounted, has_ended};
+use crate::controller::agent::pod::AgentRepo;
 use crate::controller::context::OperatorConfig;
 use crate::controller::execute::Change;
+use crate::controller::job_spec::consistency::DEFAULT_RUN_TIMEOUT;
+use crate::controller::job_spec::validate::label_selector_problem;
 use crate::controller::names::{
     CHECK_RESTORE_UID_LABEL, RESTORE_UID_LABEL, restore_service_account,
 };
 use crate::controller::reason::Reason;
+use crate::engine::repo::Which;
 
 /// What the spec asks that cannot be done (the CRD's rules say the same, for API servers
 /// that do not run them).
@@ -199,13 +199,9 @@ pub(super) fn plan_start(
             let ns = r.namespace();
             let sa = restore_service_account(&r.name_any());
             let identity = match &run {
-                Some(run) => own_identity_changes(
-                    "apply_rbac",
-                    &sa,
-                    ns.clone(),
-                    run,
-                    &source.destination,
-                ),
+                Some(run) => {
+                    own_identity_changes("apply_rbac", &sa, ns.clone(), run, &source.destination)
+                }
                 None => Vec::new(),
             };
             let repo = AgentRepo {
@@ -268,7 +264,11 @@ fn source_choice<'a>(r: &Restore, source: &'a RestoreSource) -> Chosen<'a> {
     let job = if source.backup_job.contains('/') {
         source.backup_job.clone()
     } else {
-        format!("{}/{}", r.namespace().unwrap_or_default(), source.backup_job)
+        format!(
+            "{}/{}",
+            r.namespace().unwrap_or_default(),
+            source.backup_job
+        )
     };
     let mut tags = source.tags.clone();
     tags.insert(JOB_TAG.into(), job);

@@ -253,8 +253,9 @@ fn a_successful_restore_with_a_check_starts_the_check_behind_its_policy() {
 #[test]
 fn a_finished_restore_deletes_its_scratch_claim_after_its_pods() {
     let r = restore("{claimName: scratch-back, scratch: {size: 1Gi}}");
-    let own = super::check::scratch_claim(&r, r.spec.one_target().scratch.as_ref().expect("scratch"))
-        .expect("claim");
+    let own =
+        super::check::scratch_claim(&r, r.spec.one_target().scratch.as_ref().expect("scratch"))
+            .expect("claim");
     let j = job("");
     let mut pod = super::build::restore_pod(&super::build::RestorePlan {
         restore: &r,

@@ -15,7 +15,8 @@ use crate::controller::reason::Reason;
 
 /// The status of an imported Snapshot, if `snap` is one and has none yet.
 pub fn imported_status(snap: &Snapshot, now: jiff::Timestamp) -> Option<SnapshotStatus> {
-    let entry: CatalogEntry = serde_json::from_str(snap.annotations().get(IMPORTED_ANNOTATION)?).ok()?;
+    let entry: CatalogEntry =
+        serde_json::from_str(snap.annotations().get(IMPORTED_ANNOTATION)?).ok()?;
     let prev = snap.status.clone().unwrap_or_default();
     let time = |t: &str| t.parse::<jiff::Timestamp>().ok().map(Time);
     let cluster = entry
@@ -75,7 +76,12 @@ pub fn imported_status(snap: &Snapshot, now: jiff::Timestamp) -> Option<Snapshot
     Some(SnapshotStatus {
         phase: RunPhase::Succeeded,
         observed_generation: snap.metadata.generation,
-        conditions: merge(&prev.conditions, &conds, snap.metadata.generation, &Time(now)),
+        conditions: merge(
+            &prev.conditions,
+            &conds,
+            snap.metadata.generation,
+            &Time(now),
+        ),
         message: Some(message),
         member: entry.tags.get("member").map(|m| MemberChoice {
             pod: m.clone(),
@@ -112,24 +118,42 @@ mod tests {
             "tags": {"backupjob": "db/rs0", "member": "rs0-1", "cluster": "old", "capture": "fsyncLock"}
         });
         let mut snap = crate::controller::fixtures::snapshot("rs0-1", "2026-12-07T10:00:00Z");
-        assert_eq!(imported_status(&snap, "2026-12-07T10:00:00Z".parse().unwrap()), None);
+        assert_eq!(
+            imported_status(&snap, "2026-12-07T10:00:00Z".parse().unwrap()),
+            None
+        );
         snap.metadata.annotations =
             Some([(IMPORTED_ANNOTATION.to_string(), entry.to_string())].into());
         let st = imported_status(&snap, "2026-12-07T10:00:00Z".parse().unwrap()).expect("status");
         assert_eq!(st.phase, RunPhase::Succeeded);
         assert_eq!(st.repository_snapshot_id.as_deref(), Some("aaa111"));
         assert_eq!(st.key_id.as_deref(), Some("kmip-key-7"));
-        assert_eq!(st.stats.as_ref().map(|s| (s.files, s.stored_bytes)), Some((12, 1024)));
+        assert_eq!(
+            st.stats.as_ref().map(|s| (s.files, s.stored_bytes)),
+            Some((12, 1024))
+        );
         assert_eq!(st.member.as_ref().map(|m| m.pod.as_str()), Some("rs0-1"));
-        assert_eq!(st.capture.as_ref().map(|c| c.mode), Some(CaptureMode::FsyncLock));
+        assert_eq!(
+            st.capture.as_ref().map(|c| c.mode),
+            Some(CaptureMode::FsyncLock)
+        );
         let cond = |t: &str| {
-            let c = st.conditions.iter().find(|c| c.type_ == t).expect("condition");
+            let c = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .expect("condition");
             (c.status.clone(), c.reason.clone())
         };
         assert_eq!(cond("Ready"), ("True".into(), "Imported".into()));
-        assert_eq!(cond("Consistent"), ("True".into(), "CopiedUnderLock".into()));
+        assert_eq!(
+            cond("Consistent"),
+            ("True".into(), "CopiedUnderLock".into())
+        );
         assert!(
-            st.message.unwrap_or_default().contains("taken at 2026-12-01T03:00:00Z by cluster old")
+            st.message
+                .unwrap_or_default()
+                .contains("taken at 2026-12-01T03:00:00Z by cluster old")
         );
     }
 }

@@ -13,9 +13,9 @@ mod repair;
 mod sealed;
 mod select;
 mod snapshots;
-pub use self::select::{Selector, Which, choose};
 pub use self::keys::rewrap_wait;
 pub use self::repair::{RepairReport, repair_index};
+pub use self::select::{Selector, Which, choose};
 pub(crate) use self::snapshots::tree_ids;
 pub use self::snapshots::{UNFINISHED_DIR, check_tree};
 

@@ -76,12 +76,14 @@ pub fn choose(all: Vec<SnapshotManifest>, s: &Selector) -> Result<SnapshotManife
         format!(" tagged {}", tag_list(&s.tags))
     };
     match &s.which {
-        Which::Latest => tagged
-            .into_iter()
-            .next_back()
-            .ok_or_else(|| EngineError::NoSnapshotSelected {
-                reason: "the repository holds no snapshot".into(),
-            }),
+        Which::Latest => {
+            tagged
+                .into_iter()
+                .next_back()
+                .ok_or_else(|| EngineError::NoSnapshotSelected {
+                    reason: "the repository holds no snapshot".into(),
+                })
+        }
         Which::Before(t) => {
             let oldest = tagged.first().map(|m| m.time.clone());
             tagged
@@ -163,7 +165,10 @@ mod tests {
 
     #[test]
     fn latest_before_and_id_among_the_tagged() {
-        assert_eq!(choose(all(), &sel("latest", Some("ns/a"))).unwrap().id, "aa03");
+        assert_eq!(
+            choose(all(), &sel("latest", Some("ns/a"))).unwrap().id,
+            "aa03"
+        );
         assert_eq!(choose(all(), &sel("latest", None)).unwrap().id, "aa03");
         let before = sel("before:2026-12-02T12:00:00Z", Some("ns/a"));
         assert_eq!(choose(all(), &before).unwrap().id, "aa01");

@@ -29,8 +29,8 @@ use crate::controller::names::{
 
 /// Where the member's data volume is mounted in the snapshot pod.
 pub const SOURCE_MOUNT: &str = "/data/source";
-pub use crate::api::snapshot::{JOB_TAG, TRIGGER_ON_DEMAND, TRIGGER_SCHEDULE, TRIGGER_TAG};
 use crate::api::snapshot::{CAPTURE_TAG, CLUSTER_TAG};
+pub use crate::api::snapshot::{JOB_TAG, TRIGGER_ON_DEMAND, TRIGGER_SCHEDULE, TRIGGER_TAG};
 use crate::controller::job_spec::consistency::Capture;
 
 /// Whether `snap` is one the BackupJob's schedule made (or adopted), not one a user created:
