@@ -282,7 +282,11 @@ fn judge(
             let mut taken: BTreeSet<String> =
                 world.snapshots.iter().map(ResourceExt::name_any).collect();
             let mut imported = 0u64;
-            for e in entries.iter().filter(|e| !known.contains(&e.id)) {
+            let this = base.this_cluster.clone().unwrap_or_default();
+            let new = |e: &&CatalogEntry| {
+                !known.contains(&e.id) && !still_recording(e, &world.snapshots, &this)
+            };
+            for e in entries.iter().filter(new) {
                 if let Some(s) = imported_snapshot(job, e, &taken) {
                     taken.insert(s.name_any());
                     out.changes.push(Change::create("create_imported", &s));
@@ -328,6 +332,27 @@ fn judge(
             });
         }
     }
+}
+
+/// Whether `entry` is the run of one of this cluster's Snapshots whose status does not say so
+/// yet (a backup that finished while the catalog was read): that Snapshot is its object, so it
+/// is not imported again. Pure.
+fn still_recording(entry: &CatalogEntry, snapshots: &[Snapshot], this: &str) -> bool {
+    let ns_name = entry.tags.get("snapshot");
+    let ours = !this.is_empty() && entry.tags.get(CLUSTER_TAG).map(String::as_str) == Some(this);
+    ours && snapshots.iter().any(|s| {
+        let named = Some(&format!(
+            "{}/{}",
+            s.namespace().unwrap_or_default(),
+            s.name_any()
+        )) == ns_name;
+        let recorded = s
+            .status
+            .as_ref()
+            .and_then(|st| st.repository_snapshot_id.as_ref())
+            .is_some();
+        named && !recorded
+    })
 }
 
 fn base_cluster(c: &CatalogStatus) -> &str {

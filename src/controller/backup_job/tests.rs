@@ -426,3 +426,43 @@ fn a_catalog_waiting_for_its_kmip_key_looks_again_soon() {
     // 5 s, and the second the requeue rounds up.
     assert_eq!(o.requeue, Action::requeue(Duration::from_secs(6)));
 }
+
+/// #31: a backup of this cluster that finished while the catalog was read (its Snapshot's
+/// status not written yet) is that Snapshot's, not imported again; the same snapshot written
+/// by another cluster (a Snapshot of that name kept in Git, applied again) is imported.
+#[test]
+fn the_catalog_never_imports_a_run_of_this_clusters_own_snapshot_twice() {
+    let j = BackupJob {
+        status: Some(BackupJobStatus {
+            catalog: Some(CatalogStatus {
+                phase: RunPhase::Pending,
+                destination: destination_digest(&job("")),
+                this_cluster: Some("here".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..has_run(job(""))
+    };
+    let running = crate::controller::fixtures::snapshot("rs0-202612010300", "2026-12-01T03:00:00Z");
+    let config = OperatorConfig {
+        cluster_id: "here".into(),
+        ..Default::default()
+    };
+    for (cluster, imported) in [("here", 0), ("elsewhere", 1)] {
+        let w = World {
+            found: all_found(&j),
+            kmip: Some(Ok(None)),
+            snapshots: vec![running.clone()],
+            catalog_pod: Some(catalog_pod_done(&j, r#"{"found":1}"#)),
+            catalog_map: Some(catalog_map_with(
+                &j,
+                &[entry("aaa111", "db/rs0-202612010300", cluster)],
+            )),
+            ..Default::default()
+        };
+        let o = plan(&j, &w, &config, at("2026-12-07T10:01:00Z")).expect("plan");
+        let c = o.status.catalog.clone().expect("catalog");
+        assert_eq!(c.imported, Some(imported), "{cluster}: {:?}", summaries(&o));
+    }
+}
