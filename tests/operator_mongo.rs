@@ -60,8 +60,13 @@ fn settings() -> ConnectionSettings {
     }
 }
 
-fn addresses(members: &Members) -> Vec<MemberAddress> {
-    members
+/// The members' addresses, and the sockets that hold the ports of the members that are down.
+/// A down member's port is bound but never listened on: a connection to it is refused, and no
+/// other process (a member of the test beside this one) can take it meanwhile. A port found
+/// free and let go was once taken by another test's member, which then answered PRIMARY.
+fn addresses(members: &Members) -> (Vec<MemberAddress>, Vec<tokio::net::TcpSocket>) {
+    let mut held = Vec::new();
+    let addrs = members
         .ports
         .iter()
         .enumerate()
@@ -69,14 +74,20 @@ fn addresses(members: &Members) -> Vec<MemberAddress> {
             pod: format!("rs0-{i}"),
             node: Some(format!("node-{i}")),
             host: Some("127.0.0.1".into()),
-            // A member that is down gets a port where nothing listens.
             port: Some(if *port == 0 {
-                support::free_port()
+                let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                socket
+                    .bind("127.0.0.1:0".parse().expect("address"))
+                    .expect("bind a port for a member that is down");
+                let port = socket.local_addr().expect("bound address").port();
+                held.push(socket);
+                port
             } else {
                 *port
             }),
         })
-        .collect()
+        .collect();
+    (addrs, held)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +102,8 @@ async fn the_driver_asks_every_member_and_the_choice_follows_their_replies() {
         "arbiter",
         "unreachable:down",
     ]);
-    let reports = ask_members(&addresses(&set), &settings()).await;
+    let (addrs, _down) = addresses(&set);
+    let reports = ask_members(&addrs, &settings()).await;
     let roles: Vec<String> = reports
         .iter()
         .map(|r| match &r.answer {
@@ -141,7 +153,8 @@ async fn the_driver_asks_every_member_and_the_choice_follows_their_replies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_eligible_secondary_is_explained_member_by_member() {
     let set = Members::start(&["primary", "secondary-hidden", "arbiter:down"]);
-    let reports = ask_members(&addresses(&set), &settings()).await;
+    let (addrs, _down) = addresses(&set);
+    let reports = ask_members(&addrs, &settings()).await;
     let err = choose(SyncSourceMode::AnySecondary, None, &reports)
         .expect_err("nothing eligible")
         .to_string();
