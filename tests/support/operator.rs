@@ -52,7 +52,11 @@ impl Operator {
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("SNAPCRYPT_TEST_OPERATOR_LOG")
+                    .unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("start the operator");

@@ -43,8 +43,11 @@ where
         + Sync
         + 'static,
 {
-    crate::controller::kube_api::lean_controller(scoped_api::<K>(client, namespace)).owns(
-        scoped_api::<Pod>(client, namespace),
+    use crate::controller::kube_api::{lean_controller, owns};
+    owns::<K, Pod>(
+        lean_controller(scoped_api::<K>(client, namespace)),
+        client,
+        namespace,
         watcher::Config::default()
             .labels(&format!("app.kubernetes.io/component={component}"))
             .any_semantic(),

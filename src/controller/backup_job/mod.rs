@@ -16,17 +16,17 @@ mod tests;
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
 use std::sync::Arc;
 
 use self::dereference::dereference;
 use self::plan::plan;
 use super::context::Context;
 use super::execute::{Change, ExecuteError, execute};
-use super::kube_api::scoped_api;
+use super::kube_api::{lean_controller, owns, scoped_api, watches};
 use crate::api::{BackupJob, Restore, Snapshot};
 use crate::controller::names::{
     CATALOG_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL,
@@ -77,24 +77,21 @@ pub fn controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
     use futures::StreamExt;
-    let jobs: Api<BackupJob> = scoped_api(&ctx.client, namespace.as_deref());
-    let snaps: Api<Snapshot> = scoped_api(&ctx.client, namespace.as_deref());
-    // The job's checks: its verify pods and restore-test Restores, by their owner.
-    let pods: Api<Pod> = scoped_api(&ctx.client, namespace.as_deref());
-    let tests: Api<Restore> = scoped_api(&ctx.client, namespace.as_deref());
-    let own = |label: &str| watcher::Config::default().any_semantic().labels(label);
-    let ctl = super::kube_api::lean_controller(jobs);
+    let (client, ns) = (&ctx.client, namespace.as_deref());
+    let ctl = lean_controller(scoped_api::<BackupJob>(client, ns));
     ctx.metrics.watch_jobs(ctl.store());
-    ctl.watches(snaps, watcher::Config::default().any_semantic(), |s| {
+    let ctl = watches(ctl, scoped_api::<Snapshot>(client, ns), |s: Snapshot| {
         let ns = s.namespace()?;
         Some(ObjectRef::<BackupJob>::new(&s.spec.backup_job_ref.name).within(&ns))
-    })
-    .owns(pods.clone(), own(VERIFY_JOB_UID_LABEL))
-    .owns(pods, own(CATALOG_JOB_UID_LABEL))
-    .owns(tests, own(RESTORE_TEST_JOB_UID_LABEL))
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .map(super::kube_api::log_stream_error(CONTROLLER))
+    });
+    // The job's checks and catalog: its verify and catalog pods and restore-test Restores.
+    let own = |label: &str| watcher::Config::default().any_semantic().labels(label);
+    let ctl = owns::<_, Pod>(ctl, client, ns, own(VERIFY_JOB_UID_LABEL));
+    let ctl = owns::<_, Pod>(ctl, client, ns, own(CATALOG_JOB_UID_LABEL));
+    owns::<_, Restore>(ctl, client, ns, own(RESTORE_TEST_JOB_UID_LABEL))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .map(super::kube_api::log_stream_error(CONTROLLER))
 }
 
 fn error_policy(job: Arc<BackupJob>, err: &Error, ctx: Arc<Context>) -> Action {

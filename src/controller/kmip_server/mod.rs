@@ -20,7 +20,6 @@ use std::sync::Arc;
 use futures::Stream;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use self::dereference::dereference;
@@ -64,7 +63,7 @@ pub fn controller(
     let jobs: Api<BackupJob> = scoped_api(&ctx.client, namespace.as_deref());
     let ctl = super::kube_api::lean_controller(servers);
     ctx.metrics.watch_kmip_servers(ctl.store());
-    ctl.watches(jobs, watcher::Config::default().any_semantic(), |j| {
+    super::kube_api::watches(ctl, jobs, |j: BackupJob| {
         let r = j.spec.encryption.kmip_server_ref.as_ref()?;
         Some(ObjectRef::<KmipServer>::new(&r.name).within(&j.namespace()?))
     })

@@ -98,20 +98,14 @@ pub fn controller(
     let checks = watcher::Config::default()
         .labels(CHECK_RESTORE_UID_LABEL)
         .any_semantic();
-    owning_agent_pods::<Restore>(&ctx.client, namespace.as_deref(), "restore")
-        .owns(
-            super::kube_api::scoped_api::<Pod>(&ctx.client, namespace.as_deref()),
-            checks.clone(),
-        )
-        .owns(
-            super::kube_api::scoped_api::<PersistentVolumeClaim>(&ctx.client, namespace.as_deref()),
-            checks,
-        )
-        // The Restores of a Restore's claims (spec.targets) wake it.
-        .owns(
-            super::kube_api::scoped_api::<Restore>(&ctx.client, namespace.as_deref()),
-            watcher::Config::default().labels(PARENT_RESTORE_UID_LABEL),
-        )
+    use super::kube_api::owns;
+    let (client, ns) = (&ctx.client, namespace.as_deref());
+    let ctl = owning_agent_pods::<Restore>(client, ns, "restore");
+    let ctl = owns::<_, Pod>(ctl, client, ns, checks.clone());
+    let ctl = owns::<_, PersistentVolumeClaim>(ctl, client, ns, checks);
+    // The Restores of a Restore's claims (spec.targets) wake it.
+    let parents = watcher::Config::default().labels(PARENT_RESTORE_UID_LABEL);
+    owns::<_, Restore>(ctl, client, ns, parents)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .map(super::kube_api::log_stream_error(CONTROLLER))

@@ -114,15 +114,18 @@ pub fn controller(
     // A job deleted, re-created or changed wakes its Snapshots (orphaned, adopted, owned).
     let store = ctl.store();
     let jobs = ownership::ownership_changes(scoped_api(&ctx.client, namespace.as_deref()));
-    ctl.watches_stream(jobs, move |job: BackupJob| {
-        let ns = job.namespace();
-        store
-            .state()
-            .iter()
-            .filter(|s| s.namespace() == ns && s.spec.backup_job_ref.name == job.name_any())
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect::<Vec<_>>()
-    })
+    ctl.watches_stream(
+        super::kube_api::quiet(jobs, "BackupJob".into()),
+        move |job: BackupJob| {
+            let ns = job.namespace();
+            store
+                .state()
+                .iter()
+                .filter(|s| s.namespace() == ns && s.spec.backup_job_ref.name == job.name_any())
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    )
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .map(super::kube_api::log_stream_error(CONTROLLER))
