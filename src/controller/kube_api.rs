@@ -207,8 +207,8 @@ mod tests {
         })
         .filter_map(std::future::ready)
         .chain(futures::stream::pending());
-        let trigger = futures::stream::once(async { Err(watcher::Error::NoResourceVersion) })
-            .chain(release);
+        let trigger =
+            futures::stream::once(async { Err(watcher::Error::NoResourceVersion) }).chain(release);
         let (done_tx, mut done_rx) = mpsc::unbounded::<String>();
         let started = tokio::time::Instant::now();
         let run = Controller::for_stream(objects, reader)
