@@ -862,3 +862,60 @@ fn src_has_test(root: &Path, name: &str) -> bool {
     }
     walk(&root.join("src"), name)
 }
+
+/// `copy` killed anywhere (issue 32): running it again finishes it, and the copy then verifies
+/// with --read-data and restores each snapshot bit-exact with its own key alone. A kill
+/// leaves objects only whole (each is written whole), and never a snapshot before the packs
+/// and index objects it needs.
+#[test]
+fn copy_killed_at_20_seeded_points_is_finished_by_running_it_again() {
+    let e = Env::new();
+    let (one, two, repo, key) = (e.p("one"), e.p("two"), e.p("repo"), e.key());
+    let env = [FAST_LOCKS];
+    for (dir, seed) in [(&one, 4), (&two, 5)] {
+        fs::create_dir_all(dir).unwrap();
+        bigger_source(Path::new(dir), seed);
+    }
+    let ids = [
+        (backup_id(&one, &repo, &key, &env), one),
+        (backup_id(&two, &repo, &key, &env), two),
+    ];
+    let (copy, copy_key) = (e.p("copy"), e.p("copy-key.json"));
+    let args = [
+        "copy",
+        "--from",
+        &repo,
+        "--key-file",
+        &key,
+        "--to",
+        &copy,
+        "--to-key-file",
+        &copy_key,
+    ];
+    let span = shortest_span(&args, &env, &|| {
+        let _ = fs::remove_dir_all(&copy);
+    });
+    let mut killed = 0;
+    for at in kill_points(11, 20, span) {
+        let _ = fs::remove_dir_all(&copy);
+        if run_and_kill(&args, &env, at) {
+            killed += 1;
+        }
+        ok(&args, &env);
+        ok(
+            &repo_args(&["verify"], &copy, &copy_key, &["--read-data"]),
+            &env,
+        );
+        for (id, src) in &ids {
+            assert!(
+                restores_with(&copy, id, &["--key-file", &copy_key], src, &e.p("out")),
+                "after a copy killed at {at:?} and run again, snapshot {id} does not restore"
+            );
+        }
+    }
+    assert!(
+        killed >= 15,
+        "only {killed} of 20 copies were killed mid-way"
+    );
+    eprintln!("{killed} of 20 copies killed mid-way (span {span:?})");
+}

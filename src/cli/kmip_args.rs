@@ -91,6 +91,23 @@ pub struct KmipArgs {
 }
 
 impl KmipArgs {
+    /// No server, with the defaults of the flags `copy`'s `--to-` forms do not repeat:
+    /// protocol 1.4, wrapping on the server, 10 s timeouts.
+    pub fn default_for_copy() -> Self {
+        KmipArgs {
+            endpoints: Vec::new(),
+            ca: None,
+            cert: None,
+            key: None,
+            key_id: None,
+            key_name: DEFAULT_KEY_NAME.into(),
+            server_name: None,
+            version: ProtocolVersion::default(),
+            local_wrap: false,
+            timeout_secs: 10,
+        }
+    }
+
     /// Whether a KMIP server was given (otherwise another key manager is used).
     pub fn configured(&self) -> bool {
         !self.endpoints.is_empty()

@@ -4,6 +4,7 @@
 mod agent;
 mod backup;
 mod catalog;
+mod copy;
 mod crd;
 mod key;
 pub mod keys;
@@ -38,6 +39,9 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Restore a snapshot into a directory, bit-exact (contents, modes, mtimes), verifying as it goes.
     Restore(restore::RestoreArgs),
+    /// Copy snapshots into a second repository (created on first use) under its own master
+    /// key, sending only what it lacks: an off-site copy that restores with its own key alone.
+    Copy(copy::CopyArgs),
     /// Check a repository: every object present, whole and authentic; exits non-zero naming
     /// each damaged or missing object.
     Verify(verify::VerifyArgs),
@@ -89,6 +93,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Backup(args) => backup::run(args).await,
             Command::Restore(args) => restore::run(args).await,
             Command::Verify(args) => verify::run(args).await,
+            Command::Copy(args) => copy::run(args).await,
             Command::Snapshots(args) => snapshots::run(args).await,
             Command::Prune(args) => prune::run(args).await,
             Command::Repair(args) => repair::run(args).await,

@@ -21,6 +21,12 @@ pub enum EngineError {
         since: String,
         this: String,
     },
+    #[error("copy from {from} to {to}: {reason}")]
+    Copy {
+        from: String,
+        to: String,
+        reason: String,
+    },
     #[error("no snapshot to restore: {reason}")]
     NoSnapshotSelected { reason: String },
     #[error("{count} snapshots match {which:?}: give more of the id")]

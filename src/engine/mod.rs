@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod backup;
 pub mod beneath;
+pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod format;
@@ -13,6 +14,7 @@ pub mod lock;
 pub mod pack;
 pub mod progress;
 pub mod prune;
+mod reach;
 pub mod repo;
 pub mod restore;
 pub mod spill;

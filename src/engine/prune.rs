@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use super::crypto::ChunkId;
 use super::format::{SnapshotManifest, pack_object_name};
 use super::lock::{RepoLock, lock_wait};
 use super::pack::PackWriter;
-use super::repo::{BlobLoc, BlobPlaces, GARBAGE_DIR, GarbageMark, PlacedIndex, Repository};
+use super::reach::{Used, used_blobs};
+use super::repo::{BlobLoc, GARBAGE_DIR, GarbageMark, PlacedIndex, Repository};
 use crate::engine::error::EngineError;
 use crate::kms::KeyManager;
 
@@ -224,7 +224,7 @@ async fn run_prune(
     // Blobs resolve to unmarked packs first, so a blob with a live copy never keeps a marked
     // pack alive.
     let index = repo.load_placed_index().await?;
-    let used = used_blobs(repo, &index, &snaps, &kept).await?;
+    let used = used_blobs(repo, &index, snaps.iter().filter(|s| kept.contains(&s.id))).await?;
     let plan = plan_packs(&index, &used, &marks);
     report.packs_marked = plan.mark.len();
     report.packs_repacked = plan.repack.len();
@@ -336,76 +336,6 @@ async fn unindexed_packs(
                 && !marks.contains_key(id)
         })
         .collect())
-}
-
-/// Every blob a kept snapshot needs: its chunks and its file list's pieces.
-async fn used_blobs(
-    repo: &Repository,
-    index: &PlacedIndex,
-    snaps: &[SnapshotManifest],
-    kept: &BTreeSet<String>,
-) -> Result<Used, EngineError> {
-    let mut used = Used::new(index.places.len());
-    let handle = tokio::runtime::Handle::current();
-    for s in snaps.iter().filter(|s| kept.contains(&s.id)) {
-        // The file list streamed, entry by entry: never whole in memory.
-        tokio::task::block_in_place(|| {
-            repo.for_each_tree_entry(&index.lists, s, &handle, |e| {
-                e.chunks.iter().for_each(|id| used.add(&index.places, id));
-                Ok(())
-            })
-        })?;
-        for t in &s.tree {
-            if let Some(id) = hex::decode(t)
-                .ok()
-                .and_then(|v| <ChunkId>::try_from(v).ok())
-            {
-                used.add(&index.places, &id);
-            }
-        }
-    }
-    Ok(used)
-}
-
-/// The blobs kept snapshots need: a bit for each blob of the index, by its place in the
-/// [`BlobPlaces`] (an id there is once, at the pack preferred for it), and the ids no index
-/// has (none in a sound repository). A set of the ids took about 45 bytes a blob, which at
-/// 64 million chunks (1 TiB of 16 KiB chunks) is 3 GB; these bits are 8 MB.
-struct Used {
-    bits: Vec<u64>,
-    missing: HashSet<ChunkId>,
-}
-
-impl Used {
-    /// For `n` blobs.
-    fn new(n: usize) -> Self {
-        Used {
-            bits: vec![0; n.div_ceil(64)],
-            missing: HashSet::new(),
-        }
-    }
-
-    /// Blob `id` is needed.
-    fn add(&mut self, places: &BlobPlaces, id: &ChunkId) {
-        match places.position(id) {
-            Some(i) => self.bits[i / 64] |= 1 << (i % 64),
-            None => {
-                self.missing.insert(*id);
-            }
-        }
-    }
-
-    /// Is the blob at place `i` of the map needed?
-    fn at(&self, i: usize) -> bool {
-        self.bits
-            .get(i / 64)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-
-    /// Does every needed blob have an index?
-    fn all_indexed(&self) -> bool {
-        self.missing.is_empty()
-    }
 }
 
 /// Unfinished records (see [`super::repo::UNFINISHED_DIR`]) whose file lists are gone, or named by a kept

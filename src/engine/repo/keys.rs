@@ -28,6 +28,16 @@ impl Repository {
         })
     }
 
+    /// `record`'s data key `key` wrapped under `km`'s active master key for another repository
+    /// (a copy): the same data key and creation time, no history of this repository's wraps.
+    pub(crate) async fn rewrapped_record(
+        km: &dyn KeyManager,
+        key: &DataKey,
+        record: &KeyRecord,
+    ) -> Result<KeyRecord, EngineError> {
+        Self::wrap_record(km, key, Some(record.created.clone())).await
+    }
+
     /// Unwrap a record's data key with the first of `kms` that can: its current wrap, then the
     /// wrap it had before an unfinished rewrap.
     pub(super) async fn unwrap_record(

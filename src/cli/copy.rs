@@ -1,0 +1,203 @@
+//! `snapcrypt copy`: snapshots of one repository copied into another, whose own master key
+//! (a key file or a KMIP server, the `--to-` flags) wraps the same data keys.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CliError;
+use super::keys::KeyArgs;
+use super::kmip_args::KmipArgs;
+use super::repo_args::RepoArgs;
+use crate::engine::copy::{CopySelection, copy};
+use crate::engine::progress::human_bytes;
+use crate::engine::repo::{Repository, Selector, Which};
+use crate::kms::kmip::DEFAULT_KEY_NAME;
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// The repository to copy from (as --repo of the other commands; its key is --key-file or
+    /// the --kmip flags).
+    #[arg(long = "from", env = "SNAPCRYPT_REPO", value_name = "REPO")]
+    pub from: String,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+
+    #[command(flatten)]
+    pub to: TargetArgs,
+
+    /// S3 endpoint URL of the source (and of the target, unless --to-s3-endpoint).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region of the source (and of the target, unless --to-s3-region).
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Path-style S3 URLs for the source (and the target, unless --to-s3-endpoint is given).
+    #[arg(long)]
+    pub s3_path_style: bool,
+
+    /// Which snapshots: all (the default), latest, an id (or a unique prefix of one), or
+    /// before:TIME (the newest taken at or before an RFC 3339 time).
+    #[arg(long, value_name = "all|ID|latest|before:TIME", default_value = "all")]
+    pub snapshot: String,
+
+    /// Only snapshots carrying this tag (repeat for several; all must match).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = super::backup::parse_tag)]
+    pub tags: Vec<(String, String)>,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The target repository and its key.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Target repository")]
+pub struct TargetArgs {
+    /// The repository to copy into: a directory, s3://, gs:// or az:// (created on first use).
+    #[arg(long = "to", value_name = "REPO")]
+    pub to_repo: String,
+
+    /// The target's master key file (created when the target is, if it does not exist). Never
+    /// the source's: a copy that the source's key opens is not a second line of defence.
+    #[arg(long = "to-key-file", value_name = "FILE")]
+    pub to_key_file: Option<PathBuf>,
+
+    /// The target's KMIP server, HOST:PORT (comma-separated for failover).
+    #[arg(
+        long = "to-kmip-endpoint",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub to_kmip_endpoints: Vec<String>,
+
+    /// PEM CA of the target's KMIP server.
+    #[arg(long = "to-kmip-ca", value_name = "FILE")]
+    pub to_kmip_ca: Option<PathBuf>,
+
+    /// PEM client certificate for the target's KMIP server.
+    #[arg(long = "to-kmip-cert", value_name = "FILE")]
+    pub to_kmip_cert: Option<PathBuf>,
+
+    /// PEM private key of --to-kmip-cert.
+    #[arg(long = "to-kmip-key", value_name = "FILE")]
+    pub to_kmip_key: Option<PathBuf>,
+
+    /// The target's master key id on its KMIP server.
+    #[arg(long = "to-kmip-key-id", value_name = "ID")]
+    pub to_kmip_key_id: Option<String>,
+
+    /// The name of the target's master key to find or create when --to-kmip-key-id is not given.
+    #[arg(long = "to-kmip-key-name", value_name = "NAME", default_value = DEFAULT_KEY_NAME)]
+    pub to_kmip_key_name: String,
+
+    /// Name the target KMIP server's certificate must carry, when not the endpoint's host.
+    #[arg(long = "to-kmip-server-name", value_name = "NAME")]
+    pub to_kmip_server_name: Option<String>,
+
+    /// S3 endpoint URL of the target (default: --s3-endpoint).
+    #[arg(long = "to-s3-endpoint", value_name = "URL")]
+    pub to_s3_endpoint: Option<String>,
+
+    /// S3 region of the target (default: --s3-region).
+    #[arg(long = "to-s3-region", value_name = "REGION")]
+    pub to_s3_region: Option<String>,
+}
+
+impl CopyArgs {
+    fn source(&self) -> RepoArgs {
+        RepoArgs {
+            repo: self.from.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_path_style: self.s3_path_style,
+        }
+    }
+
+    fn target(&self) -> RepoArgs {
+        let own_endpoint = self.to.to_s3_endpoint.is_some();
+        RepoArgs {
+            repo: self.to.to_repo.clone(),
+            s3_endpoint: self.to.to_s3_endpoint.clone().or(self.s3_endpoint.clone()),
+            s3_region: self.to.to_s3_region.clone().or(self.s3_region.clone()),
+            s3_path_style: self.s3_path_style && !own_endpoint,
+        }
+    }
+
+    /// The target's key flags, as [`KeyArgs`]; one of --to-key-file and --to-kmip-endpoint
+    /// must be given.
+    fn target_keys(&self) -> Result<KeyArgs, CliError> {
+        let t = &self.to;
+        if t.to_key_file.is_none() && t.to_kmip_endpoints.is_empty() {
+            return Err(
+                "copy needs the target's own key: give --to-key-file FILE (created with the target) or --to-kmip-endpoint HOST:PORT with --to-kmip-ca, --to-kmip-cert and --to-kmip-key"
+                    .into(),
+            );
+        }
+        let base = KmipArgs::default_for_copy();
+        Ok(KeyArgs {
+            key_file: t.to_key_file.clone(),
+            kmip: KmipArgs {
+                endpoints: t.to_kmip_endpoints.clone(),
+                ca: t.to_kmip_ca.clone(),
+                cert: t.to_kmip_cert.clone(),
+                key: t.to_kmip_key.clone(),
+                key_id: t.to_kmip_key_id.clone(),
+                key_name: t.to_kmip_key_name.clone(),
+                server_name: t.to_kmip_server_name.clone(),
+                ..base
+            },
+        })
+    }
+
+    fn selection(&self) -> Result<CopySelection, CliError> {
+        let tags = self.tags.iter().cloned().collect();
+        if self.snapshot.trim() == "all" {
+            return Ok(CopySelection::All { tags });
+        }
+        let which = Which::parse(&self.snapshot).map_err(|e| format!("--snapshot {e}, or all"))?;
+        Ok(CopySelection::One(Selector { which, tags }))
+    }
+}
+
+pub async fn run(args: CopyArgs) -> Result<(), CliError> {
+    let which = args.selection()?;
+    let target_keys = args.target_keys()?;
+    let km = args.keys.key_manager(false).await?;
+    let source = Repository::open(args.source().backend(false)?, km.as_ref()).await?;
+    let target = args.target().backend(true)?;
+    let exists = target
+        .exists("config")
+        .await
+        .map_err(crate::engine::EngineError::from)?;
+    let target_km = target_keys.key_manager(!exists).await?;
+    let report = copy(&source, target, target_km.as_ref(), &which).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if report.created {
+        eprintln!(
+            "snapcrypt: created repository {} at {}, its data keys wrapped by {}",
+            report.target_id,
+            args.to.to_repo,
+            target_km.kind()
+        );
+    }
+    eprintln!(
+        "snapcrypt: copied {} snapshot(s) ({} already there): {} pack(s), {}, {} already there; {} key record(s) written",
+        report.copied.len(),
+        report.already_there,
+        report.packs_copied,
+        human_bytes(report.bytes_copied),
+        report.packs_already_there,
+        report.keys_written
+    );
+    for id in &report.copied {
+        println!("{id}");
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! Copying snapshots into a second repository (`snapcrypt copy`): a copy made off-site, under
+//! another master key, that restores with that key alone.
+//!
+//! Nothing is re-encrypted. Packs, index objects and snapshot objects travel byte for byte,
+//! still sealed under the source's data keys; the target gets its own key records, the same
+//! data keys wrapped under the target's master key. A target created by a copy shares the
+//! source's chunk-id key (so its chunk ids, and deduplication, are the source's), not its
+//! repository id. What the target already holds is never sent again: each run lists the target
+//! and copies only the packs, index objects and snapshots it lacks, so a copy killed anywhere is
+//! finished by running it again. Packs first, each checked against its name (BLAKE3) as it
+//! passes, then its index object, then the snapshots that need them: a snapshot is never in the
+//! target before everything it needs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use super::backend::Backend;
+use super::format::{SnapshotManifest, pack_object_name};
+use super::lock::{RepoLock, lock_wait};
+use super::reach::used_blobs;
+use super::repo::{Repository, Selector, choose};
+use crate::engine::error::EngineError;
+use crate::kms::KeyManager;
+
+/// Packs in flight at once: each is held whole while its hash is checked (a pack is at most
+/// the repository's pack size, 32 MiB by default), so memory stays near this many packs
+/// whatever the repository's size.
+const PACKS_IN_FLIGHT: usize = 3;
+
+/// Which snapshots of the source to copy.
+#[derive(Clone, Debug)]
+pub enum CopySelection {
+    /// Every snapshot carrying all of these tags (all of them when empty).
+    All { tags: BTreeMap<String, String> },
+    /// One snapshot: latest, an id, or before a time, among those with its tags.
+    One(Selector),
+}
+
+/// What a copy did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct CopyReport {
+    /// The target's repository id.
+    pub target_id: String,
+    /// Whether this run created the target repository.
+    pub created: bool,
+    /// The snapshots copied by this run, oldest first.
+    pub copied: Vec<String>,
+    /// The selected snapshots the target already held.
+    pub already_there: usize,
+    /// Packs sent by this run, and their bytes.
+    pub packs_copied: usize,
+    pub bytes_copied: u64,
+    /// Packs the copied snapshots need that the target already held.
+    pub packs_already_there: usize,
+    /// Index objects sent.
+    pub index_copied: usize,
+    /// Key records written to the target (the source's data keys under the target's master key).
+    pub keys_written: usize,
+}
+
+/// Copy the snapshots `which` names from `source` into the repository at `target` (created,
+/// sharing the source's chunk-id key, if there is none), whose key records `target_km` wraps.
+/// Holds a reader's lock on the source (no prune removes what is being copied) and a shared
+/// lock on the target (as a backup does: no prune runs there meanwhile).
+pub async fn copy(
+    source: &Repository,
+    target: Backend,
+    target_km: &dyn KeyManager,
+    which: &CopySelection,
+) -> Result<CopyReport, EngineError> {
+    let wait = lock_wait(Duration::from_secs(600));
+    let (source_lock, _) = RepoLock::acquire_reader(&source.backend, wait).await?;
+    let result = async {
+        let (target, created, keys) = open_or_create(source, target, target_km).await?;
+        let lock = RepoLock::acquire(&target.backend, false, wait).await?;
+        let r = run_copy(source, &target, target_km, which, &lock).await;
+        lock.release().await?;
+        let mut report = r?;
+        report.created = created;
+        report.keys_written += keys;
+        report.target_id = target.config.id.clone();
+        Ok(report)
+    }
+    .await;
+    if let Some(l) = source_lock {
+        l.release().await?;
+    }
+    result
+}
+
+/// A copy refused or failed, naming both repositories.
+fn refused(source: &Repository, target: &Backend, reason: String) -> EngineError {
+    EngineError::Copy {
+        from: source.backend.display().to_string(),
+        to: target.display().to_string(),
+        reason,
+    }
+}
+
+/// Open the target, or create it as a copy of the source's config (its own id) with the
+/// source's data keys wrapped under `km`: the key records first, then the config, as a new
+/// repository is made; returns it, whether this call created it, and the key records written.
+/// An existing target must be one an earlier copy from this source (or
+/// from a copy of it) made: one with the source's chunk-id key.
+async fn open_or_create(
+    source: &Repository,
+    target: Backend,
+    km: &dyn KeyManager,
+) -> Result<(Repository, bool, usize), EngineError> {
+    if !target.exists("config").await? {
+        for record in source.key_records() {
+            let id = super::repo::parse_key_id(&record.data_key_id).ok_or_else(|| {
+                EngineError::Corrupt {
+                    object: format!("keys/{}", record.data_key_id),
+                    reason: "bad data key id".into(),
+                }
+            })?;
+            let key = source.key(&id)?;
+            let wrapped = Repository::rewrapped_record(km, &key, record).await?;
+            target
+                .put(
+                    &format!("keys/{}", record.data_key_id),
+                    serde_json::to_vec_pretty(&wrapped)?,
+                )
+                .await?;
+        }
+        let mut config = source.config.clone();
+        config.id = hex::encode(&super::crypto::random_id()?[..16]);
+        config.created = jiff::Timestamp::now().to_string();
+        config.mac = config.compute_mac(source.chunk_hasher()?.id_key());
+        // Create-only: two copies creating the same target at once leave one config, and the
+        // loser opens the winner's (the same data keys, so the same records either way).
+        let created = target
+            .put_new("config", serde_json::to_vec_pretty(&config)?)
+            .await?;
+        let repo = Repository::open(target, km).await?;
+        return Ok((repo, created, source.key_records().len()));
+    }
+    let display = target.clone();
+    let repo = match Repository::open(target, km).await {
+        Ok(repo) => repo,
+        Err(EngineError::KeyRecord { object, source: e }) => {
+            return Err(refused(
+                source,
+                &display,
+                format!(
+                    "the target's key record {object} does not open with the target's key ({e}): give the key the target repository was created with (--to-key-file or the --to-kmip flags)"
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    if repo.config.id == source.config.id {
+        return Err(refused(
+            source,
+            &display,
+            format!(
+                "the target is the source repository itself (repository id {}): copy to another store, bucket or prefix",
+                repo.config.id
+            ),
+        ));
+    }
+    if repo.chunk_hasher()?.id_key() != source.chunk_hasher()?.id_key() {
+        return Err(refused(
+            source,
+            &display,
+            format!(
+                "the target repository (id {}) was not made by copying from this one (its chunk-id key differs, so the source's packs mean nothing there): copy into an empty location, or into a repository an earlier copy from this source made",
+                repo.config.id
+            ),
+        ));
+    }
+    Ok((repo, false, 0))
+}
+
+/// The names of `dir`'s objects in `backend`, as the last part of each name (an id).
+async fn ids_in(backend: &Backend, dir: &str) -> Result<HashSet<String>, EngineError> {
+    Ok(backend
+        .list(dir)
+        .await?
+        .into_iter()
+        .filter_map(|(name, _)| name.rsplit('/').next().map(str::to_string))
+        .collect())
+}
+
+/// The selected snapshots of `all` (oldest first).
+fn selected(
+    all: Vec<SnapshotManifest>,
+    which: &CopySelection,
+) -> Result<Vec<SnapshotManifest>, EngineError> {
+    match which {
+        CopySelection::All { tags } => Ok(all
+            .into_iter()
+            .filter(|m| tags.iter().all(|(k, v)| m.tags.get(k) == Some(v)))
+            .collect()),
+        CopySelection::One(s) => Ok(vec![choose(all, s)?]),
+    }
+}
+
+async fn run_copy(
+    source: &Repository,
+    target: &Repository,
+    km: &dyn KeyManager,
+    which: &CopySelection,
+    lock: &RepoLock,
+) -> Result<CopyReport, EngineError> {
+    let mut report = CopyReport::default();
+    // Data keys the source made since the target was created (a rotation): wrapped for the
+    // target before anything sealed under them arrives.
+    let have: HashSet<&str> = target
+        .key_records()
+        .iter()
+        .map(|r| r.data_key_id.as_str())
+        .collect();
+    for record in source.key_records() {
+        if have.contains(record.data_key_id.as_str()) {
+            continue;
+        }
+        let Some(id) = super::repo::parse_key_id(&record.data_key_id) else {
+            continue;
+        };
+        let key = source.key(&id)?;
+        let wrapped = Repository::rewrapped_record(km, &key, record).await?;
+        target
+            .backend
+            .put(
+                &format!("keys/{}", record.data_key_id),
+                serde_json::to_vec_pretty(&wrapped)?,
+            )
+            .await?;
+        report.keys_written += 1;
+    }
+
+    let chosen = selected(source.snapshots().await?, which)?;
+    let there = ids_in(&target.backend, "snapshots").await?;
+    let (todo, present): (Vec<_>, Vec<_>) =
+        chosen.into_iter().partition(|m| !there.contains(&m.id));
+    report.already_there = present.len();
+    if todo.is_empty() {
+        return Ok(report);
+    }
+    let index = source.load_placed_index().await?;
+    let used = used_blobs(source, &index, todo.iter()).await?;
+    if used.unindexed() > 0 {
+        return Err(refused(
+            source,
+            &target.backend,
+            format!(
+                "{} blob(s) the snapshots to copy need are in no index object of the source: nothing was copied; run `snapcrypt verify` on the source, then `snapcrypt repair index`",
+                used.unindexed()
+            ),
+        ));
+    }
+    let packs: Vec<&str> = used
+        .packs(&index.places)
+        .into_iter()
+        .map(|p| index.lists.packs[p as usize].id.as_str())
+        .collect();
+    let packs_there = ids_in(&target.backend, "data").await?;
+    let index_there = ids_in(&target.backend, "index").await?;
+    report.packs_already_there = packs.iter().filter(|p| packs_there.contains(**p)).count();
+    let sent: Vec<(u64, bool)> = futures::stream::iter(packs.iter().map(|id| {
+        let (send_pack, send_index) = (!packs_there.contains(*id), !index_there.contains(*id));
+        async move {
+            let mut bytes = 0;
+            if send_pack {
+                lock.check()?;
+                bytes = copy_pack(source, target, id).await?;
+            }
+            if send_index {
+                let name = format!("index/{id}");
+                let sealed = source.backend.get(&name).await?;
+                target.backend.put(&name, Vec::from(sealed)).await?;
+            }
+            Ok::<_, EngineError>((bytes, send_index))
+        }
+    }))
+    .buffer_unordered(PACKS_IN_FLIGHT)
+    .try_collect()
+    .await?;
+    for (bytes, indexed) in sent {
+        if bytes > 0 {
+            report.packs_copied += 1;
+            report.bytes_copied += bytes;
+        }
+        report.index_copied += usize::from(indexed);
+    }
+    // The snapshots last, oldest first: each arrives after everything it needs.
+    for m in todo {
+        lock.check()?;
+        let name = format!("snapshots/{}", m.id);
+        let sealed = source.backend.get(&name).await?;
+        target.backend.put(&name, Vec::from(sealed)).await?;
+        report.copied.push(m.id);
+    }
+    Ok(report)
+}
+
+/// Copy pack `id`, checking its bytes against its name (the BLAKE3 of its contents) before
+/// they are written: a damaged pack is never copied. Returns its size.
+async fn copy_pack(source: &Repository, target: &Repository, id: &str) -> Result<u64, EngineError> {
+    let name = pack_object_name(id);
+    let bytes = source.backend.get(&name).await?;
+    let hash = tokio::task::block_in_place(|| blake3::hash(&bytes));
+    if hash.to_hex().as_str() != id {
+        return Err(EngineError::Corrupt {
+            object: name,
+            reason: format!(
+                "in the source its contents do not match its name (BLAKE3 {}): nothing of it was copied; run `snapcrypt verify --read-data` on the source",
+                hash.to_hex()
+            ),
+        });
+    }
+    let len = bytes.len() as u64;
+    target.backend.put(&name, Vec::from(bytes)).await?;
+    Ok(len)
+}

@@ -1,0 +1,254 @@
+//! `snapcrypt copy` (issue 32): snapshots copied into a second repository under its own master
+//! key, between the store kinds snapcrypt speaks (a directory, and real servers on loopback of
+//! S3, Google Cloud Storage and Azure: tests/object_stores.rs says which), incremental, and
+//! restorable with the target's key alone. No doubles. Kills mid-copy are in tests/faults.rs.
+
+mod support;
+
+use std::path::Path;
+
+use support::cli::{backup_args, repo_args, restore_args};
+use support::{Env, assert_same_tree, fails, files_under, make_source, ok, snapshot_ids};
+
+/// `copy --from FROM --key-file KEY --to TO --to-key-file TO_KEY MORE... --json`, required to
+/// succeed: its report.
+fn copy_json(
+    from: &str,
+    key: &str,
+    to: &str,
+    to_key: &str,
+    more: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut args = vec![
+        "copy",
+        "--from",
+        from,
+        "--key-file",
+        key,
+        "--to",
+        to,
+        "--to-key-file",
+        to_key,
+        "--json",
+    ];
+    args.extend_from_slice(more);
+    let out = ok(&args, env);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("copy --json printed {out:?}: {e}"))
+}
+
+/// The packs of a local repository.
+fn packs(repo: &str) -> std::collections::BTreeSet<String> {
+    files_under(&Path::new(repo).join("data"))
+        .into_iter()
+        .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .collect()
+}
+
+/// A copy sends only what the target lacks: the first copy sends every pack, a second one
+/// after another backup sends exactly the packs that backup added (counted in both
+/// repositories), and a third sends nothing. The target opens with its own key only, restores
+/// each snapshot bit-exact, and verifies with --read-data.
+#[test]
+fn a_second_copy_sends_only_the_new_packs() {
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    let (copy, copy_key) = (e.p("copy"), e.p("copy-key.json"));
+    ok(&backup_args(&src, &repo, &key, &["--tag", "member=a"]), &[]);
+    let first = copy_json(&repo, &key, &copy, &copy_key, &[], &[]);
+    assert_eq!(first["created"], true, "{first}");
+    assert_eq!(first["copied"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(
+        first["packs_copied"].as_u64(),
+        Some(packs(&repo).len() as u64)
+    );
+    assert_eq!(packs(&copy), packs(&repo));
+
+    let before = packs(&repo);
+    std::fs::write(
+        Path::new(&src).join("collection-9-new.wt"),
+        support::pseudo_random(9, 3 << 20),
+    )
+    .unwrap();
+    ok(&backup_args(&src, &repo, &key, &["--tag", "member=b"]), &[]);
+    let added: std::collections::BTreeSet<String> =
+        packs(&repo).difference(&before).cloned().collect();
+    assert!(!added.is_empty());
+    let second = copy_json(&repo, &key, &copy, &copy_key, &[], &[]);
+    assert_eq!(second["created"], false, "{second}");
+    assert_eq!(second["already_there"], 1, "{second}");
+    assert_eq!(second["copied"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(
+        second["packs_copied"].as_u64(),
+        Some(added.len() as u64),
+        "{second}"
+    );
+    assert_eq!(packs(&copy), packs(&repo));
+    let third = copy_json(&repo, &key, &copy, &copy_key, &[], &[]);
+    assert_eq!(
+        (
+            third["packs_copied"].as_u64(),
+            third["already_there"].as_u64()
+        ),
+        (Some(0), Some(2))
+    );
+
+    // Its own key opens it; the source's does not.
+    let ids = snapshot_ids(&repo, &key, &[]);
+    assert_eq!(snapshot_ids(&copy, &copy_key, &[]), ids);
+    let err = fails(&repo_args(&["snapshots"], &copy, &key, &[]), &[]);
+    assert!(err.contains("keys/"), "{err}");
+    ok(
+        &repo_args(&["verify"], &copy, &copy_key, &["--read-data"]),
+        &[],
+    );
+    let out = e.p("out");
+    ok(&restore_args(&copy, &copy_key, "latest", &out, &[]), &[]);
+    assert_same_tree(Path::new(&src), Path::new(&out));
+}
+
+/// `--snapshot` and `--tag` choose what is copied, and only what that needs is sent: the
+/// target of `--snapshot latest --tag member=a` holds that snapshot alone and verifies with
+/// --read-data (every pack it needs is there).
+#[test]
+fn a_chosen_snapshot_is_copied_with_what_it_needs_only() {
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    let a = support::backup_json(&src, &repo, &key, &["--tag", "member=a"], &[]);
+    let other = e.p("other");
+    make_source(Path::new(&other));
+    std::fs::write(
+        Path::new(&other).join("collection-only-b.wt"),
+        support::pseudo_random(5, 2 << 20),
+    )
+    .unwrap();
+    ok(
+        &backup_args(&other, &repo, &key, &["--tag", "member=b"]),
+        &[],
+    );
+    let (copy, copy_key) = (e.p("copy"), e.p("copy-key.json"));
+    let r = copy_json(
+        &repo,
+        &key,
+        &copy,
+        &copy_key,
+        &["--snapshot", "latest", "--tag", "member=a"],
+        &[],
+    );
+    assert_eq!(r["copied"], serde_json::json!([a["id"]]), "{r}");
+    assert!(packs(&copy).len() < packs(&repo).len(), "{r}");
+    ok(
+        &repo_args(&["verify"], &copy, &copy_key, &["--read-data"]),
+        &[],
+    );
+    let out = e.p("out");
+    ok(&restore_args(&copy, &copy_key, "latest", &out, &[]), &[]);
+    assert_same_tree(Path::new(&src), Path::new(&out));
+}
+
+/// What a copy refuses, each naming what to do: no target key, the source itself as the
+/// target, a repository it did not make, the wrong target key, and a snapshot that is not there.
+#[test]
+fn a_copy_refuses_a_target_it_cannot_use() {
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    ok(&backup_args(&src, &repo, &key, &[]), &[]);
+    let base = ["copy", "--from", &repo, "--key-file", &key];
+    let with =
+        |more: &[&str]| -> Vec<String> { base.iter().chain(more).map(|s| s.to_string()).collect() };
+    let refuse = |more: &[&str], says: &str| {
+        let args = with(more);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = fails(&args, &[]);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    };
+    refuse(&["--to", &e.p("copy")], "--to-key-file");
+    assert!(
+        !Path::new(&e.p("copy")).exists(),
+        "a refused copy made its target"
+    );
+    refuse(
+        &["--to", &repo, "--to-key-file", &key],
+        "the source repository itself",
+    );
+    let (unrelated, its_key) = (e.p("unrelated"), e.p("unrelated-key.json"));
+    ok(&backup_args(&src, &unrelated, &its_key, &[]), &[]);
+    refuse(
+        &["--to", &unrelated, "--to-key-file", &its_key],
+        "was not made by copying from this one",
+    );
+    let (copy, copy_key) = (e.p("copy"), e.p("copy-key.json"));
+    copy_json(&repo, &key, &copy, &copy_key, &[], &[]);
+    refuse(&["--to", &copy, "--to-key-file", &its_key], "--to-key-file");
+    refuse(
+        &[
+            "--to",
+            &copy,
+            "--to-key-file",
+            &copy_key,
+            "--snapshot",
+            "0123abcd",
+        ],
+        "no snapshot matches",
+    );
+    refuse(
+        &[
+            "--to",
+            &copy,
+            "--to-key-file",
+            &copy_key,
+            "--snapshot",
+            "newest",
+        ],
+        "--snapshot",
+    );
+}
+
+/// A chain of copies through every store kind, each hop under its own key: a directory to S3,
+/// S3 to Google Cloud Storage, GCS to Azure, Azure back to a directory. Each target verifies
+/// with --read-data and restores bit-exact with its own key; the last one never saw any key
+/// but its own.
+#[test]
+fn copies_between_store_kinds_restore_with_their_own_key() {
+    let e = Env::new();
+    let work = tempfile::tempdir().unwrap();
+    let s3 = support::s3::S3Server::start(&work.path().join("s3"), "backups");
+    let gcs = support::gcs::FakeGcs::start(&work.path().join("gcs"), "backups");
+    let az = support::azurite::Azurite::start(&work.path().join("az"), "backups");
+    let env: Vec<(&str, String)> = s3
+        .env()
+        .into_iter()
+        .chain(gcs.env())
+        .chain(az.env())
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (src, key) = (e.p("src"), e.key());
+    let repo = e.p("repo");
+    ok(&backup_args(&src, &repo, &key, &[]), &env);
+    std::fs::write(Path::new(&src).join("collection-9-new.wt"), b"second").unwrap();
+    ok(&backup_args(&src, &repo, &key, &[]), &env);
+    let ids = snapshot_ids(&repo, &key, &env);
+    let hops = [
+        "s3://backups/copy".to_string(),
+        "gs://backups/copy".to_string(),
+        "az://backups/copy".to_string(),
+        e.p("last"),
+    ];
+    let (mut from, mut from_key) = (repo.clone(), key.clone());
+    for (n, to) in hops.iter().enumerate() {
+        let to_key = e.p(&format!("key-{n}.json"));
+        let r = copy_json(&from, &from_key, to, &to_key, &[], &env);
+        assert_eq!(
+            r["copied"].as_array().unwrap().len(),
+            2,
+            "{from} to {to}: {r}"
+        );
+        assert_eq!(snapshot_ids(to, &to_key, &env), ids, "{to}");
+        ok(&repo_args(&["verify"], to, &to_key, &["--read-data"]), &env);
+        let out = e.p(&format!("out-{n}"));
+        ok(&restore_args(to, &to_key, "latest", &out, &[]), &env);
+        assert_same_tree(Path::new(&src), Path::new(&out));
+        (from, from_key) = (to.clone(), to_key);
+    }
+}
