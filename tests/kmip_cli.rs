@@ -314,3 +314,64 @@ fn the_next_backup_rewraps_after_a_server_side_rotation() {
         assert_same_tree(&src, Path::new(&out));
     }
 }
+
+/// `copy` into a repository whose master key is on a KMIP server (the `--to-kmip-*` flags,
+/// issue 32): a local-key repository's snapshot copied there restores with the KMIP flags
+/// alone, and the source's key file does not open the copy.
+#[test]
+fn a_copy_under_a_kmip_master_key_restores_with_kmip_alone() {
+    let server = pykmip::PyKmip::start();
+    let kmip = server.cli_flags();
+    let to_kmip: Vec<String> = kmip
+        .chunks(2)
+        .flat_map(|f| [f[0].replacen("--kmip-", "--to-kmip-", 1), f[1].clone()])
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let (s, repo, key, copy) = (p("src"), p("repo"), p("key.json"), p("copy"));
+    ok(&backup_args(&s, &repo, &key, &[]), &[]);
+    let out = ok(
+        &with(
+            &[
+                "copy",
+                "--from",
+                &repo,
+                "--key-file",
+                &key,
+                "--to",
+                &copy,
+                "--json",
+            ],
+            &to_kmip,
+        ),
+        &[],
+    );
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        report["copied"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(report["created"], true, "{report}");
+    let target = p("out");
+    ok(
+        &with(
+            &[
+                "restore",
+                "--repo",
+                &copy,
+                "--snapshot",
+                "latest",
+                "--target",
+                &target,
+            ],
+            &kmip,
+        ),
+        &[],
+    );
+    assert_same_tree(&src, Path::new(&target));
+    let err = fails(&repo_args(&["snapshots"], &copy, &key, &[]), &[]);
+    assert!(err.contains("kmip"), "{err}");
+}
