@@ -62,14 +62,16 @@ python3 bench/gen_dbpath.py make "$SRC" "$SIZE"
 restic -r "$WORK/restic-a" init --repository-version 2 > /dev/null
 restic -r "$WORK/restic-a" backup --quiet "$SRC" > /dev/null
 
-sc_copy() { "$SC" copy --from "$WORK/sc-a" --key-file "$WORK/key-a.json" --to "$1" --to-key-file "$WORK/key-b.json"; }
-restic_copy() { restic -r "$1" copy --from-repo "$WORK/restic-a"; }
+# The two copy commands, into $1 (arrays for measure: /usr/bin/time runs programs, not functions).
+sc_copy() { SC_COPY=("$SC" copy --from "$WORK/sc-a" --key-file "$WORK/key-a.json" --to "$1" --to-key-file "$WORK/key-b.json"); }
+restic_copy() { RESTIC_COPY=(restic -r "$1" copy --from-repo "$WORK/restic-a"); }
 for target in local s3; do
   if [ $target = local ]; then sc_to=$WORK/sc-b; restic_to=$WORK/restic-b
   else sc_to=s3://backups/sc; restic_to=$RESTIC_S3/restic; fi
   restic -r "$restic_to" init --repository-version 2 --from-repo "$WORK/restic-a" --copy-chunker-params > /dev/null
-  measure "sc_full_$target" sc_copy "$sc_to"
-  measure "restic_full_$target" restic_copy "$restic_to"
+  sc_copy "$sc_to"; restic_copy "$restic_to"
+  measure "sc_full_$target" "${SC_COPY[@]}"
+  measure "restic_full_$target" "${RESTIC_COPY[@]}"
 done
 
 python3 bench/gen_dbpath.py rewrite "$SRC" 1
@@ -78,8 +80,9 @@ restic -r "$WORK/restic-a" backup --quiet "$SRC" > /dev/null
 for target in local s3; do
   if [ $target = local ]; then sc_to=$WORK/sc-b; restic_to=$WORK/restic-b
   else sc_to=s3://backups/sc; restic_to=$RESTIC_S3/restic; fi
-  measure "sc_incr_$target" sc_copy "$sc_to"
-  measure "restic_incr_$target" restic_copy "$restic_to"
+  sc_copy "$sc_to"; restic_copy "$restic_to"
+  measure "sc_incr_$target" "${SC_COPY[@]}"
+  measure "restic_incr_$target" "${RESTIC_COPY[@]}"
   "$SC" verify --repo "$sc_to" --key-file "$WORK/key-b.json" --read-data > /dev/null 2>&1 ||
     { echo "bench/copy.sh: the snapcrypt copy in $target does not verify"; exit 1; }
   "$SC" restore --repo "$sc_to" --key-file "$WORK/key-b.json" --snapshot latest --target "$WORK/out" > /dev/null 2>&1

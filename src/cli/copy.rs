@@ -8,9 +8,10 @@ use clap::Args;
 use super::CliError;
 use super::keys::KeyArgs;
 use super::kmip_args::KmipArgs;
+use super::progress::ProgressReporter;
 use super::repo_args::RepoArgs;
 use crate::engine::copy::{CopySelection, copy};
-use crate::engine::progress::human_bytes;
+use crate::engine::progress::{Progress, human_bytes};
 use crate::engine::repo::{Repository, Selector, Which};
 use crate::kms::kmip::DEFAULT_KEY_NAME;
 
@@ -174,7 +175,11 @@ pub async fn run(args: CopyArgs) -> Result<(), CliError> {
         .await
         .map_err(crate::engine::EngineError::from)?;
     let target_km = target_keys.key_manager(!exists).await?;
-    let report = copy(&source, target, target_km.as_ref(), &which).await?;
+    let progress = std::sync::Arc::new(Progress::default());
+    let reporter = ProgressReporter::counting(progress.clone(), args.json, "copy", "packs");
+    let report = copy(&source, target, target_km.as_ref(), &which, &progress).await;
+    reporter.finish().await;
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -17,8 +17,18 @@ pub struct ProgressReporter {
 
 impl ProgressReporter {
     /// Start reporting `progress`: JSON lines every `json_every` if `json`, else a bar when
-    /// stderr is a terminal, else nothing.
+    /// stderr is a terminal, else nothing. The bar counts files.
     pub fn start(progress: Arc<Progress>, json: bool, what: &'static str) -> Self {
+        Self::counting(progress, json, what, "files")
+    }
+
+    /// [`Self::start`], the bar counting `unit` (what the progress's "files" are).
+    pub fn counting(
+        progress: Arc<Progress>,
+        json: bool,
+        what: &'static str,
+        unit: &'static str,
+    ) -> Self {
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let tty = std::io::stderr().is_terminal();
         if !json && !tty {
@@ -51,7 +61,7 @@ impl ProgressReporter {
                     Some(b) => {
                         b.set_length(r.bytes_total);
                         b.set_position(r.bytes_done);
-                        b.set_message(format!("{}/{} files", r.files_done, r.files_total));
+                        b.set_message(format!("{}/{} {unit}", r.files_done, r.files_total));
                     }
                     None => {
                         if let Ok(line) = serde_json::to_string(&serde_json::json!({"progress": r}))

@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::backend::Backend;
 use super::format::{SnapshotManifest, pack_object_name};
 use super::lock::{RepoLock, lock_wait};
+use super::progress::Progress;
 use super::reach::used_blobs;
 use super::repo::{Repository, Selector, choose};
 use crate::engine::error::EngineError;
@@ -64,19 +65,21 @@ pub struct CopyReport {
 /// Copy the snapshots `which` names from `source` into the repository at `target` (created,
 /// sharing the source's chunk-id key, if there is none), whose key records `target_km` wraps.
 /// Holds a reader's lock on the source (no prune removes what is being copied) and a shared
-/// lock on the target (as a backup does: no prune runs there meanwhile).
+/// lock on the target (as a backup does: no prune runs there meanwhile). `progress` counts the
+/// packs to send and their bytes ("files" are packs here).
 pub async fn copy(
     source: &Repository,
     target: Backend,
     target_km: &dyn KeyManager,
     which: &CopySelection,
+    progress: &Progress,
 ) -> Result<CopyReport, EngineError> {
     let wait = lock_wait(Duration::from_secs(600));
     let (source_lock, _) = RepoLock::acquire_reader(&source.backend, wait).await?;
     let result = async {
         let (target, created, keys) = open_or_create(source, target, target_km).await?;
         let lock = RepoLock::acquire(&target.backend, false, wait).await?;
-        let r = run_copy(source, &target, target_km, which, &lock).await;
+        let r = run_copy(source, &target, target_km, which, &lock, progress).await;
         lock.release().await?;
         let mut report = r?;
         report.created = created;
@@ -206,6 +209,7 @@ async fn run_copy(
     km: &dyn KeyManager,
     which: &CopySelection,
     lock: &RepoLock,
+    progress: &Progress,
 ) -> Result<CopyReport, EngineError> {
     let mut report = CopyReport::default();
     // Data keys the source made since the target was created (a rotation): wrapped for the
@@ -262,6 +266,16 @@ async fn run_copy(
     let packs_there = ids_in(&target.backend, "data").await?;
     let index_there = ids_in(&target.backend, "index").await?;
     report.packs_already_there = packs.iter().filter(|p| packs_there.contains(**p)).count();
+    let sizes: std::collections::HashMap<String, u64> = source
+        .backend
+        .list("data")
+        .await?
+        .into_iter()
+        .filter_map(|(name, size)| Some((name.rsplit('/').next()?.to_string(), size)))
+        .collect();
+    let sending = packs.iter().filter(|p| !packs_there.contains(**p));
+    let bytes: u64 = sending.clone().filter_map(|p| sizes.get(*p)).sum();
+    progress.set_totals(sending.count() as u64, bytes);
     let sent: Vec<(u64, bool)> = futures::stream::iter(packs.iter().map(|id| {
         let (send_pack, send_index) = (!packs_there.contains(*id), !index_there.contains(*id));
         async move {
@@ -269,6 +283,8 @@ async fn run_copy(
             if send_pack {
                 lock.check()?;
                 bytes = copy_pack(source, target, id).await?;
+                progress.add_bytes(bytes);
+                progress.add_file();
             }
             if send_index {
                 let name = format!("index/{id}");
