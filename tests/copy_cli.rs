@@ -7,11 +7,10 @@ mod support;
 
 use std::path::Path;
 
-use support::cli::{backup_args, repo_args, restore_args};
+use support::cli::{backup_args, copy_args, repo_args, restore_args};
 use support::{Env, assert_same_tree, fails, files_under, make_source, ok, snapshot_ids};
 
-/// `copy --from FROM --key-file KEY --to TO --to-key-file TO_KEY MORE... --json`, required to
-/// succeed: its report.
+/// `copy ... --json` (support::cli::copy_args), required to succeed: its report.
 fn copy_json(
     from: &str,
     key: &str,
@@ -20,21 +19,18 @@ fn copy_json(
     more: &[&str],
     env: &[(&str, &str)],
 ) -> serde_json::Value {
-    let mut args = vec![
-        "copy",
-        "--from",
-        from,
-        "--key-file",
-        key,
-        "--to",
-        to,
-        "--to-key-file",
-        to_key,
-        "--json",
-    ];
+    let mut args = copy_args(from, key, to, to_key, &["--json"]);
     args.extend_from_slice(more);
     let out = ok(&args, env);
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("copy --json printed {out:?}: {e}"))
+}
+
+/// The copy `repo` verifies with --read-data and its latest snapshot restores (into `out`)
+/// exactly as `src`, with `key` alone.
+fn assert_restores(repo: &str, key: &str, src: &str, out: &str, env: &[(&str, &str)]) {
+    ok(&repo_args(&["verify"], repo, key, &["--read-data"]), env);
+    ok(&restore_args(repo, key, "latest", out, &[]), env);
+    assert_same_tree(Path::new(src), Path::new(out));
 }
 
 /// The packs of a local repository.
@@ -98,13 +94,7 @@ fn a_second_copy_sends_only_the_new_packs() {
     assert_eq!(snapshot_ids(&copy, &copy_key, &[]), ids);
     let err = fails(&repo_args(&["snapshots"], &copy, &key, &[]), &[]);
     assert!(err.contains("keys/"), "{err}");
-    ok(
-        &repo_args(&["verify"], &copy, &copy_key, &["--read-data"]),
-        &[],
-    );
-    let out = e.p("out");
-    ok(&restore_args(&copy, &copy_key, "latest", &out, &[]), &[]);
-    assert_same_tree(Path::new(&src), Path::new(&out));
+    assert_restores(&copy, &copy_key, &src, &e.p("out"), &[]);
 }
 
 /// `--snapshot` and `--tag` choose what is copied, and only what that needs is sent: the
@@ -137,13 +127,7 @@ fn a_chosen_snapshot_is_copied_with_what_it_needs_only() {
     );
     assert_eq!(r["copied"], serde_json::json!([a["id"]]), "{r}");
     assert!(packs(&copy).len() < packs(&repo).len(), "{r}");
-    ok(
-        &repo_args(&["verify"], &copy, &copy_key, &["--read-data"]),
-        &[],
-    );
-    let out = e.p("out");
-    ok(&restore_args(&copy, &copy_key, "latest", &out, &[]), &[]);
-    assert_same_tree(Path::new(&src), Path::new(&out));
+    assert_restores(&copy, &copy_key, &src, &e.p("out"), &[]);
 }
 
 /// What a copy refuses, each naming what to do: no target key, the source itself as the
@@ -245,10 +229,7 @@ fn copies_between_store_kinds_restore_with_their_own_key() {
             "{from} to {to}: {r}"
         );
         assert_eq!(snapshot_ids(to, &to_key, &env), ids, "{to}");
-        ok(&repo_args(&["verify"], to, &to_key, &["--read-data"]), &env);
-        let out = e.p(&format!("out-{n}"));
-        ok(&restore_args(to, &to_key, "latest", &out, &[]), &env);
-        assert_same_tree(Path::new(&src), Path::new(&out));
+        assert_restores(to, &to_key, &src, &e.p(&format!("out-{n}")), &env);
         (from, from_key) = (to.clone(), to_key);
     }
 }

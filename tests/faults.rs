@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pykmip::with;
-use support::cli::{backup_args, repo_args, restore_args};
+use support::cli::{backup_args, copy_args, repo_args, restore_args};
 use support::fault_proxy::{Fault, FaultProxy, Rule};
 use support::s3::S3Server;
 use support::{
@@ -881,17 +881,7 @@ fn copy_killed_at_20_seeded_points_is_finished_by_running_it_again() {
         (backup_id(&two, &repo, &key, &env), two),
     ];
     let (copy, copy_key) = (e.p("copy"), e.p("copy-key.json"));
-    let args = [
-        "copy",
-        "--from",
-        &repo,
-        "--key-file",
-        &key,
-        "--to",
-        &copy,
-        "--to-key-file",
-        &copy_key,
-    ];
+    let args = copy_args(&repo, &key, &copy, &copy_key, &[]);
     let span = shortest_span(&args, &env, &|| {
         let _ = fs::remove_dir_all(&copy);
     });

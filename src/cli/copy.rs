@@ -9,7 +9,7 @@ use super::CliError;
 use super::keys::KeyArgs;
 use super::kmip_args::KmipArgs;
 use super::progress::ProgressReporter;
-use super::repo_args::RepoArgs;
+use super::repo_args::{RepoArgs, S3Args};
 use crate::engine::copy::{CopySelection, copy};
 use crate::engine::progress::{Progress, human_bytes};
 use crate::engine::repo::{Repository, Selector, Which};
@@ -28,17 +28,10 @@ pub struct CopyArgs {
     #[command(flatten)]
     pub to: TargetArgs,
 
-    /// S3 endpoint URL of the source (and of the target, unless --to-s3-endpoint).
-    #[arg(long, value_name = "URL")]
-    pub s3_endpoint: Option<String>,
-
-    /// S3 region of the source (and of the target, unless --to-s3-region).
-    #[arg(long, value_name = "REGION")]
-    pub s3_region: Option<String>,
-
-    /// Path-style S3 URLs for the source (and the target, unless --to-s3-endpoint is given).
-    #[arg(long)]
-    pub s3_path_style: bool,
+    /// The source's S3 options, also the target's where no --to-s3-* is given (path style
+    /// only when the target has no endpoint of its own).
+    #[command(flatten)]
+    pub s3: S3Args,
 
     /// Which snapshots: all (the default), latest, an id (or a unique prefix of one), or
     /// before:TIME (the newest taken at or before an RFC 3339 time).
@@ -112,9 +105,7 @@ impl CopyArgs {
     fn source(&self) -> RepoArgs {
         RepoArgs {
             repo: self.from.clone(),
-            s3_endpoint: self.s3_endpoint.clone(),
-            s3_region: self.s3_region.clone(),
-            s3_path_style: self.s3_path_style,
+            s3: self.s3.clone(),
         }
     }
 
@@ -122,9 +113,15 @@ impl CopyArgs {
         let own_endpoint = self.to.to_s3_endpoint.is_some();
         RepoArgs {
             repo: self.to.to_repo.clone(),
-            s3_endpoint: self.to.to_s3_endpoint.clone().or(self.s3_endpoint.clone()),
-            s3_region: self.to.to_s3_region.clone().or(self.s3_region.clone()),
-            s3_path_style: self.s3_path_style && !own_endpoint,
+            s3: S3Args {
+                s3_endpoint: self
+                    .to
+                    .to_s3_endpoint
+                    .clone()
+                    .or(self.s3.s3_endpoint.clone()),
+                s3_region: self.to.to_s3_region.clone().or(self.s3.s3_region.clone()),
+                s3_path_style: self.s3.s3_path_style && !own_endpoint,
+            },
         }
     }
 

@@ -14,6 +14,13 @@ pub struct RepoArgs {
     #[arg(long, env = "SNAPCRYPT_REPO", value_name = "REPO")]
     pub repo: String,
 
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// How an S3-compatible store is reached (the repository's, or for `copy` the source's).
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Args {
     /// S3 endpoint URL for S3-compatible stores (default: $AWS_ENDPOINT_URL, else AWS).
     #[arg(long, value_name = "URL")]
     pub s3_endpoint: Option<String>,
@@ -35,9 +42,9 @@ impl RepoArgs {
     /// Open the store (creating a local directory only if `create`).
     pub fn backend(&self, create: bool) -> Result<Backend, CliError> {
         let s3 = S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            path_style: self.s3_path_style,
+            endpoint: self.s3.s3_endpoint.clone(),
+            region: self.s3.s3_region.clone(),
+            path_style: self.s3.s3_path_style,
             access_key_id: None,
             secret_access_key: None,
         };

@@ -46,3 +46,26 @@ pub fn repo_args<'a>(
     args.extend_from_slice(more);
     args
 }
+
+/// `copy --from FROM --key-file KEY --to TO --to-key-file TO_KEY`, then `more`.
+pub fn copy_args<'a>(
+    from: &'a str,
+    key: &'a str,
+    to: &'a str,
+    to_key: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "copy",
+        "--from",
+        from,
+        "--key-file",
+        key,
+        "--to",
+        to,
+        "--to-key-file",
+        to_key,
+    ];
+    args.extend_from_slice(more);
+    args
+}
