@@ -152,7 +152,7 @@ where
     I: 'static + IntoIterator<Item = ObjectRef<K>>,
     I::IntoIter: Send,
 {
-    use kube::runtime::{WatchStreamExt, watcher};
+    use kube::runtime::WatchStreamExt;
     let others = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .touched_objects();

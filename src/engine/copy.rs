@@ -11,7 +11,7 @@
 //! passes, then its index object, then the snapshots that need them: a snapshot is never in the
 //! target before everything it needs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -114,22 +114,7 @@ async fn open_or_create(
     km: &dyn KeyManager,
 ) -> Result<(Repository, bool, usize), EngineError> {
     if !target.exists("config").await? {
-        for record in source.key_records() {
-            let id = super::repo::parse_key_id(&record.data_key_id).ok_or_else(|| {
-                EngineError::Corrupt {
-                    object: format!("keys/{}", record.data_key_id),
-                    reason: "bad data key id".into(),
-                }
-            })?;
-            let key = source.key(&id)?;
-            let wrapped = Repository::rewrapped_record(km, &key, record).await?;
-            target
-                .put(
-                    &format!("keys/{}", record.data_key_id),
-                    serde_json::to_vec_pretty(&wrapped)?,
-                )
-                .await?;
-        }
+        let keys = put_key_records(source, &target, km, &HashSet::new()).await?;
         let mut config = source.config.clone();
         config.id = hex::encode(&super::crypto::random_id()?[..16]);
         config.created = jiff::Timestamp::now().to_string();
@@ -140,7 +125,7 @@ async fn open_or_create(
             .put_new("config", serde_json::to_vec_pretty(&config)?)
             .await?;
         let repo = Repository::open(target, km).await?;
-        return Ok((repo, created, source.key_records().len()));
+        return Ok((repo, created, keys));
     }
     let display = target.clone();
     let repo = match Repository::open(target, km).await {
@@ -179,13 +164,44 @@ async fn open_or_create(
     Ok((repo, false, 0))
 }
 
-/// The names of `dir`'s objects in `backend`, as the last part of each name (an id).
-async fn ids_in(backend: &Backend, dir: &str) -> Result<HashSet<String>, EngineError> {
+/// Key records in `target` for the source's data keys whose ids are not in `have`: the same
+/// data keys wrapped under `km`. Returns how many were written.
+async fn put_key_records(
+    source: &Repository,
+    target: &Backend,
+    km: &dyn KeyManager,
+    have: &HashSet<&str>,
+) -> Result<usize, EngineError> {
+    let mut written = 0;
+    for record in source.key_records() {
+        if have.contains(record.data_key_id.as_str()) {
+            continue;
+        }
+        let id =
+            super::repo::parse_key_id(&record.data_key_id).ok_or_else(|| EngineError::Corrupt {
+                object: format!("keys/{}", record.data_key_id),
+                reason: "bad data key id".into(),
+            })?;
+        let key = source.key(&id)?;
+        let wrapped = Repository::rewrapped_record(km, &key, record).await?;
+        target
+            .put(
+                &format!("keys/{}", record.data_key_id),
+                serde_json::to_vec_pretty(&wrapped)?,
+            )
+            .await?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The objects of `dir` in `backend`: the last part of each name (an id) and its size.
+async fn ids_in(backend: &Backend, dir: &str) -> Result<HashMap<String, u64>, EngineError> {
     Ok(backend
         .list(dir)
         .await?
         .into_iter()
-        .filter_map(|(name, _)| name.rsplit('/').next().map(str::to_string))
+        .filter_map(|(name, size)| Some((name.rsplit('/').next()?.to_string(), size)))
         .collect())
 }
 
@@ -219,29 +235,12 @@ async fn run_copy(
         .iter()
         .map(|r| r.data_key_id.as_str())
         .collect();
-    for record in source.key_records() {
-        if have.contains(record.data_key_id.as_str()) {
-            continue;
-        }
-        let Some(id) = super::repo::parse_key_id(&record.data_key_id) else {
-            continue;
-        };
-        let key = source.key(&id)?;
-        let wrapped = Repository::rewrapped_record(km, &key, record).await?;
-        target
-            .backend
-            .put(
-                &format!("keys/{}", record.data_key_id),
-                serde_json::to_vec_pretty(&wrapped)?,
-            )
-            .await?;
-        report.keys_written += 1;
-    }
+    report.keys_written += put_key_records(source, &target.backend, km, &have).await?;
 
     let chosen = selected(source.snapshots().await?, which)?;
     let there = ids_in(&target.backend, "snapshots").await?;
     let (todo, present): (Vec<_>, Vec<_>) =
-        chosen.into_iter().partition(|m| !there.contains(&m.id));
+        chosen.into_iter().partition(|m| !there.contains_key(&m.id));
     report.already_there = present.len();
     if todo.is_empty() {
         return Ok(report);
@@ -265,19 +264,19 @@ async fn run_copy(
         .collect();
     let packs_there = ids_in(&target.backend, "data").await?;
     let index_there = ids_in(&target.backend, "index").await?;
-    report.packs_already_there = packs.iter().filter(|p| packs_there.contains(**p)).count();
-    let sizes: std::collections::HashMap<String, u64> = source
-        .backend
-        .list("data")
-        .await?
-        .into_iter()
-        .filter_map(|(name, size)| Some((name.rsplit('/').next()?.to_string(), size)))
-        .collect();
-    let sending = packs.iter().filter(|p| !packs_there.contains(**p));
+    report.packs_already_there = packs
+        .iter()
+        .filter(|p| packs_there.contains_key(**p))
+        .count();
+    let sizes = ids_in(&source.backend, "data").await?;
+    let sending = packs.iter().filter(|p| !packs_there.contains_key(**p));
     let bytes: u64 = sending.clone().filter_map(|p| sizes.get(*p)).sum();
     progress.set_totals(sending.count() as u64, bytes);
     let sent: Vec<(u64, bool)> = futures::stream::iter(packs.iter().map(|id| {
-        let (send_pack, send_index) = (!packs_there.contains(*id), !index_there.contains(*id));
+        let (send_pack, send_index) = (
+            !packs_there.contains_key(*id),
+            !index_there.contains_key(*id),
+        );
         async move {
             let mut bytes = 0;
             if send_pack {
