@@ -333,7 +333,7 @@ fn item06_local_repository_and_restore_are_synced() {
 /// Item 7: a file swapped for a link between the scan and the read is never followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item07_backup_never_follows_a_file_swapped_for_a_link() {
-    use snapcrypt::engine::backend::{Backend, Location, S3Options};
+    use snapcrypt::engine::backend::{Backend, Location, StoreOptions};
     use snapcrypt::engine::backup::{BackupOptions, backup, scan};
     use snapcrypt::engine::progress::Progress;
     use snapcrypt::engine::repo::{DEFAULT_CHUNK_SIZE, Repository};
@@ -350,7 +350,7 @@ async fn item07_backup_never_follows_a_file_swapped_for_a_link() {
     let km = LocalKeyManager::create(Path::new(&e.key())).unwrap();
     let backend = Backend::open(
         &Location::Local(e.dir.path().join("repo")),
-        &S3Options::default(),
+        &StoreOptions::default(),
         true,
     )
     .unwrap();

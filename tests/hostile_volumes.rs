@@ -349,7 +349,7 @@ fn swap_for_link(rng: &mut Rng, d: &Path, outside: &Path, aside: &Path, log: &mu
 /// removes or chmods anything outside it. Each case prints what it tried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_trees_never_lead_outside_their_roots() {
-    use snapcrypt::engine::backend::{Backend, Location, S3Options};
+    use snapcrypt::engine::backend::{Backend, Location, StoreOptions};
     use snapcrypt::engine::repo::{DEFAULT_CHUNK_SIZE, Repository};
     use snapcrypt::kms::local::LocalKeyManager;
 
@@ -361,7 +361,7 @@ async fn hostile_trees_never_lead_outside_their_roots() {
     let km = LocalKeyManager::create(&base.path().join("key.json")).unwrap();
     let backend = Backend::open(
         &Location::Local(base.path().join("repo")),
-        &S3Options::default(),
+        &StoreOptions::default(),
         true,
     )
     .unwrap();

@@ -136,3 +136,31 @@ mod tests {
         assert_eq!(SnapshotResult::parse(old).map(|r| r.retention), Some(None));
     }
 }
+
+/// The result line of a successful `snapcrypt agent copy` (a BackupJob's copy).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyResult {
+    /// The copy's repository id.
+    pub target_id: String,
+    /// Whether this run created the copy's repository.
+    #[serde(default)]
+    pub created: bool,
+    /// Snapshots sent by this run.
+    pub snapshots_copied: u64,
+    /// Snapshots the copy already held.
+    pub already_there: u64,
+    /// Snapshots of the primary the copy's retention would forget, not sent.
+    #[serde(default)]
+    pub outside_retention: u64,
+    /// Packs sent by this run, and their bytes.
+    pub packs_copied: u64,
+    pub bytes_copied: u64,
+    /// Key records written (data keys wrapped under the copy's master key).
+    pub keys_written: u64,
+    /// The master key the copy's key records are wrapped under.
+    pub key_id: String,
+    /// What the copy's retention pass did (absent: no policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionResult>,
+}

@@ -121,6 +121,12 @@ pub struct BackupJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub take_over_from: Option<String>,
+    /// Second repositories the job's snapshots are copied into, each under its own master
+    /// key, retention and schedule (3-2-1: a copy in another store, region or account).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub copies: Vec<super::copy::CopySpec>,
 }
 
 /// What deleting a BackupJob does to its Snapshot objects (never to the repository).
@@ -546,4 +552,7 @@ pub struct BackupJobStatus {
     /// and the cluster that writes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<super::catalog::CatalogStatus>,
+    /// Each copy of spec.copies: what it holds, how far behind it is, how its last run went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<super::copy::CopyStatus>,
 }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod backup_job;
 pub mod catalog;
 pub mod common;
+pub mod copy;
 pub mod destination;
 pub mod kmip_server;
 pub mod restore;

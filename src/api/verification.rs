@@ -22,6 +22,11 @@ pub struct Verification {
     /// Restore the latest successful snapshot into a scratch claim and check it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_test: Option<RestoreTest>,
+    /// The repository both checks read: a copy's name (spec.copies[].name), so that the
+    /// proof is of the off-site copy; absent: the job's own repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 40))]
+    pub copy: Option<String>,
 }
 
 /// A scheduled read of part of the repository. The packs are split into `ceil(100 / percent)`

@@ -49,6 +49,9 @@ pub enum AgentCommand {
     /// packs given, and leave the report in the termination message. Damage found is in the
     /// report (exit 0); an error that stops the run is the message (exit 1).
     Verify(VerifyAgentArgs),
+    /// Copy a BackupJob's snapshots into one of its copies (spec.copies[]) for the operator,
+    /// apply the copy's retention there, and leave the result in the termination message.
+    Copy(super::copy_agent::CopyAgentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +150,7 @@ pub async fn run(args: AgentArgs) -> Result<(), CliError> {
         AgentCommand::Restore(a) => restore(a).await,
         AgentCommand::Verify(a) => verify(a).await,
         AgentCommand::Catalog(a) => super::catalog::run(a).await,
+        AgentCommand::Copy(a) => super::copy_agent::run(a).await,
     }
 }
 

@@ -17,9 +17,14 @@ use crate::kms::kmip::DEFAULT_KEY_NAME;
 
 #[derive(Args, Debug)]
 pub struct CopyArgs {
-    /// The repository to copy from (as --repo of the other commands; its key is --key-file or
-    /// the --kmip flags).
-    #[arg(long = "from", env = "SNAPCRYPT_REPO", value_name = "REPO")]
+    /// The repository to copy from (as --repo of the other commands, which it also takes; its
+    /// key is --key-file or the --kmip flags).
+    #[arg(
+        long = "from",
+        alias = "repo",
+        env = "SNAPCRYPT_REPO",
+        value_name = "REPO"
+    )]
     pub from: String,
 
     #[command(flatten)]
@@ -41,6 +46,12 @@ pub struct CopyArgs {
     /// Only snapshots carrying this tag (repeat for several; all must match).
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = super::backup::parse_tag)]
     pub tags: Vec<(String, String)>,
+
+    /// The target's own retention, applied after the copy to the snapshots with the --tag
+    /// tags (with --snapshot all only): snapshots it would forget are not copied, and what it
+    /// forgets in the target is pruned there.
+    #[command(flatten, next_help_heading = "Target retention")]
+    pub retention: super::prune::RetentionArgs,
 
     /// Print the report as JSON.
     #[arg(long)]
@@ -99,17 +110,38 @@ pub struct TargetArgs {
     /// S3 region of the target (default: --s3-region).
     #[arg(long = "to-s3-region", value_name = "REGION")]
     pub to_s3_region: Option<String>,
+
+    /// Path-style S3 URLs for the target (default: --s3-path-style, when the target has no
+    /// --to-s3-endpoint of its own).
+    #[arg(long = "to-s3-path-style")]
+    pub to_s3_path_style: bool,
+
+    /// KMIP protocol version of the target's server (default 1.4).
+    #[arg(long = "to-kmip-version", value_name = "VERSION")]
+    pub to_kmip_version: Option<crate::kms::kmip::ProtocolVersion>,
+
+    /// Wrap the target's data keys locally under a key the target's KMIP server keeps (as
+    /// --kmip-local-wrap).
+    #[arg(long = "to-kmip-local-wrap")]
+    pub to_kmip_local_wrap: bool,
+
+    /// Seconds to wait for the target's KMIP server (default 10).
+    #[arg(long = "to-kmip-timeout-secs", value_name = "SECONDS")]
+    pub to_kmip_timeout_secs: Option<u64>,
 }
+
+pub use crate::engine::backend::TARGET_ENV;
 
 impl CopyArgs {
     fn source(&self) -> RepoArgs {
         RepoArgs {
             repo: self.from.clone(),
             s3: self.s3.clone(),
+            credentials_env: None,
         }
     }
 
-    fn target(&self) -> RepoArgs {
+    pub fn target(&self) -> RepoArgs {
         let own_endpoint = self.to.to_s3_endpoint.is_some();
         RepoArgs {
             repo: self.to.to_repo.clone(),
@@ -120,8 +152,9 @@ impl CopyArgs {
                     .clone()
                     .or(self.s3.s3_endpoint.clone()),
                 s3_region: self.to.to_s3_region.clone().or(self.s3.s3_region.clone()),
-                s3_path_style: self.s3.s3_path_style && !own_endpoint,
+                s3_path_style: self.to.to_s3_path_style || (self.s3.s3_path_style && !own_endpoint),
             },
+            credentials_env: Some(TARGET_ENV.into()),
         }
     }
 
@@ -146,22 +179,43 @@ impl CopyArgs {
                 key_id: t.to_kmip_key_id.clone(),
                 key_name: t.to_kmip_key_name.clone(),
                 server_name: t.to_kmip_server_name.clone(),
-                ..base
+                version: t.to_kmip_version.unwrap_or(base.version),
+                local_wrap: t.to_kmip_local_wrap,
+                timeout_secs: t.to_kmip_timeout_secs.unwrap_or(base.timeout_secs),
             },
         })
     }
 
     fn selection(&self) -> Result<CopySelection, CliError> {
         let tags = self.tags.iter().cloned().collect();
+        let retention = self.retention.policy();
         if self.snapshot.trim() == "all" {
-            return Ok(CopySelection::All { tags });
+            return Ok(CopySelection::All { tags, retention });
+        }
+        if !retention.is_empty() {
+            return Err(format!(
+                "--keep-*/--max-age apply to the target with --snapshot all, not with --snapshot {}: copy all of the tagged snapshots, or drop the retention flags",
+                self.snapshot
+            )
+            .into());
         }
         let which = Which::parse(&self.snapshot).map_err(|e| format!("--snapshot {e}, or all"))?;
         Ok(CopySelection::One(Selector { which, tags }))
     }
 }
 
-pub async fn run(args: CopyArgs) -> Result<(), CliError> {
+/// What a copy run did: the copy, the target's retention pass (with retention flags), and
+/// the master key the target's key records are wrapped under.
+pub struct CopyOutcome {
+    pub report: crate::engine::copy::CopyReport,
+    pub retention: Option<crate::engine::prune::PruneReport>,
+    pub target_key_id: String,
+    pub target_key_kind: &'static str,
+}
+
+/// Copy as `args` say, then apply the target's retention (if given) to the copied tags'
+/// snapshots there. `json`: progress as JSON lines.
+pub async fn copy_and_keep(args: &CopyArgs, json: bool) -> Result<CopyOutcome, CliError> {
     let which = args.selection()?;
     let target_keys = args.target_keys()?;
     let km = args.keys.key_manager(false).await?;
@@ -173,10 +227,52 @@ pub async fn run(args: CopyArgs) -> Result<(), CliError> {
         .map_err(crate::engine::EngineError::from)?;
     let target_km = target_keys.key_manager(!exists).await?;
     let progress = std::sync::Arc::new(Progress::default());
-    let reporter = ProgressReporter::counting(progress.clone(), args.json, "copy", "packs");
-    let report = copy(&source, target, target_km.as_ref(), &which, &progress).await;
+    let reporter = ProgressReporter::counting(progress.clone(), json, "copy", "packs");
+    let report = copy(
+        &source,
+        target.clone(),
+        target_km.as_ref(),
+        &which,
+        &progress,
+    )
+    .await;
     reporter.finish().await;
     let report = report?;
+    let policy = args.retention.policy();
+    let retention = if policy.is_empty() {
+        None
+    } else {
+        let mut repo = Repository::open(target, target_km.as_ref()).await?;
+        let scope = crate::engine::prune::PruneScope {
+            tags: args.tags.iter().cloned().collect(),
+            protect: Default::default(),
+        };
+        Some(
+            crate::engine::prune::prune(
+                &mut repo,
+                target_km.as_ref(),
+                &policy,
+                &scope,
+                &args.retention.prune_options(false),
+            )
+            .await?,
+        )
+    };
+    Ok(CopyOutcome {
+        report,
+        retention,
+        target_key_id: target_km.active_key_id().await?,
+        target_key_kind: target_km.kind(),
+    })
+}
+
+pub async fn run(args: CopyArgs) -> Result<(), CliError> {
+    let CopyOutcome {
+        report,
+        retention,
+        target_key_kind,
+        ..
+    } = copy_and_keep(&args, args.json).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -184,20 +280,27 @@ pub async fn run(args: CopyArgs) -> Result<(), CliError> {
     if report.created {
         eprintln!(
             "snapcrypt: created repository {} at {}, its data keys wrapped by {}",
-            report.target_id,
-            args.to.to_repo,
-            target_km.kind()
+            report.target_id, args.to.to_repo, target_key_kind
         );
     }
     eprintln!(
-        "snapcrypt: copied {} snapshot(s) ({} already there): {} pack(s), {}, {} already there; {} key record(s) written",
+        "snapcrypt: copied {} snapshot(s) ({} already there, {} outside the target's retention): {} pack(s), {}, {} already there; {} key record(s) written",
         report.copied.len(),
         report.already_there,
+        report.outside_retention,
         report.packs_copied,
         human_bytes(report.bytes_copied),
         report.packs_already_there,
         report.keys_written
     );
+    if let Some(r) = &retention {
+        eprintln!(
+            "snapcrypt: target retention: kept {} snapshot(s), forgot {}, freed {}",
+            r.kept.len(),
+            r.forgotten.len(),
+            human_bytes(r.bytes_freed)
+        );
+    }
     for id in &report.copied {
         println!("{id}");
     }

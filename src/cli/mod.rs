@@ -5,6 +5,7 @@ mod agent;
 mod backup;
 mod catalog;
 mod copy;
+mod copy_agent;
 mod crd;
 mod key;
 pub mod keys;

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::CliError;
-use crate::engine::backend::{Backend, Location, S3Options};
+use crate::engine::backend::{Backend, Location, StoreOptions};
 
 #[derive(Args, Debug, Clone)]
 pub struct RepoArgs {
@@ -16,6 +16,11 @@ pub struct RepoArgs {
 
     #[command(flatten)]
     pub s3: S3Args,
+
+    /// The prefix of the environment variables this store's credentials are read from (a
+    /// copy's target: `SNAPCRYPT_TO_`); none: the usual variables.
+    #[arg(skip)]
+    pub credentials_env: Option<String>,
 }
 
 /// How an S3-compatible store is reached (the repository's, or for `copy` the source's).
@@ -41,12 +46,13 @@ impl RepoArgs {
 
     /// Open the store (creating a local directory only if `create`).
     pub fn backend(&self, create: bool) -> Result<Backend, CliError> {
-        let s3 = S3Options {
+        let s3 = StoreOptions {
             endpoint: self.s3.s3_endpoint.clone(),
             region: self.s3.s3_region.clone(),
             path_style: self.s3.s3_path_style,
             access_key_id: None,
             secret_access_key: None,
+            credentials_env: self.credentials_env.clone(),
         };
         Ok(Backend::open(&self.location()?, &s3, create)?)
     }

@@ -27,6 +27,8 @@ pub enum CondType {
     DataVerified,
     /// BackupJob: the last restore test.
     RestoreTested,
+    /// BackupJob: every copy (spec.copies) works: holds the newest snapshot, or catches up.
+    CopiesHealthy,
     /// BackupJob: the last retention pass.
     RetentionApplied,
     /// KmipServer: an endpoint answered.

@@ -46,6 +46,13 @@ pub const CATALOG_JOB_UID_LABEL: &str = "snapcrypt.dev/catalog-job-uid";
 /// Label carrying the uid of the Restore (with spec.targets) a Restore of one claim belongs to.
 pub const PARENT_RESTORE_UID_LABEL: &str = "snapcrypt.dev/parent-restore-uid";
 
+/// Label carrying the uid of the BackupJob a copy pod copies the snapshots of.
+pub const COPY_JOB_UID_LABEL: &str = "snapcrypt.dev/copy-job-uid";
+/// Label carrying the name of the copy (spec.copies[].name) a copy pod writes.
+pub const COPY_LABEL: &str = "snapcrypt.dev/copy";
+/// Annotation of a copy pod: the Snapshot it was started for (the job's newest successful one).
+pub const COPY_SNAPSHOT: &str = "snapcrypt.dev/copy-snapshot";
+
 /// Longest Kubernetes object name (DNS subdomain).
 const MAX_NAME: usize = 253;
 /// Longest label value.
@@ -115,6 +122,11 @@ pub fn imported_snapshot_name(job: &str, id: &str) -> String {
 pub fn catalog_name(job: &str) -> String {
     let suffix = "-catalog";
     format!("{}{suffix}", fit(job, MAX_NAME - suffix.len()))
+}
+
+/// `<job>-copy-<copy>-<run>`, the copy pod of run number `run` of a job's copy.
+pub fn copy_pod_name(job: &str, copy: &str, run: u64) -> String {
+    joined(&format!("{job}-copy-{copy}"), &run.to_string())
 }
 
 /// `<a>-<b>`, cut to a name's length with a digest of the whole when too long.

@@ -48,6 +48,10 @@ reasons! {
     Connected => Quiet,
     Authenticated => Quiet,
     Active => Quiet,
+    /// CopiesHealthy=True while a copy catches up (a copy pod running) or waits for its
+    /// schedule: status.copies[].lag says how far behind.
+    CopyRunning => Quiet,
+    CopyScheduled => Quiet,
 
     // Progress.
     Valid => Normal,
@@ -98,6 +102,10 @@ reasons! {
     VerificationStarted => Normal,
     /// DataVerified=True: the last read found no damage.
     DataVerified => Normal,
+    /// A copy pod started (spec.copies[]).
+    CopyStarted => Normal,
+    /// CopiesHealthy=True: every copy holds the job's newest successful Snapshot.
+    CopiesCurrent => Normal,
     /// A restore test's Restore was created.
     RestoreTestCreated => Normal,
     /// RestoreTested=True: the last restore test restored, read back and passed its check.
@@ -165,6 +173,10 @@ reasons! {
     RestoreTestNotStarted => Warning,
     /// A Restore's check container failed: its message says why.
     CheckFailed => Warning,
+    /// CopiesHealthy=False: a copy's last run failed (its message says why; it is retried).
+    CopyFailed => Warning,
+    /// CopiesHealthy=False: a copy cannot start (its Secret, claim or KmipServer is missing).
+    CopyBlocked => Warning,
     /// The catalog pod could not read the repository.
     CatalogFailed => Warning,
     /// Another cluster writes the job's snapshots in the repository: this one only reads.

@@ -21,6 +21,7 @@ use super::backend::Backend;
 use super::format::{SnapshotManifest, pack_object_name};
 use super::lock::{RepoLock, lock_wait};
 use super::progress::Progress;
+use super::prune::{PruneScope, RetentionPolicy, keep_in_scope};
 use super::reach::used_blobs;
 use super::repo::{Repository, Selector, choose};
 use crate::engine::error::EngineError;
@@ -34,8 +35,14 @@ const PACKS_IN_FLIGHT: usize = 3;
 /// Which snapshots of the source to copy.
 #[derive(Clone, Debug)]
 pub enum CopySelection {
-    /// Every snapshot carrying all of these tags (all of them when empty).
-    All { tags: BTreeMap<String, String> },
+    /// Every snapshot carrying all of these tags (all of them when empty), but those the
+    /// target's own `retention` (applied to these tags' snapshots of both repositories
+    /// together) would forget: a copy never brings back what the target's retention removed.
+    /// An empty policy keeps all.
+    All {
+        tags: BTreeMap<String, String>,
+        retention: RetentionPolicy,
+    },
     /// One snapshot: latest, an id, or before a time, among those with its tags.
     One(Selector),
 }
@@ -51,6 +58,8 @@ pub struct CopyReport {
     pub copied: Vec<String>,
     /// The selected snapshots the target already held.
     pub already_there: usize,
+    /// The selected snapshots not copied because the target's retention would forget them.
+    pub outside_retention: usize,
     /// Packs sent by this run, and their bytes.
     pub packs_copied: usize,
     pub bytes_copied: u64,
@@ -211,7 +220,7 @@ fn selected(
     which: &CopySelection,
 ) -> Result<Vec<SnapshotManifest>, EngineError> {
     match which {
-        CopySelection::All { tags } => Ok(all
+        CopySelection::All { tags, .. } => Ok(all
             .into_iter()
             .filter(|m| tags.iter().all(|(k, v)| m.tags.get(k) == Some(v)))
             .collect()),
@@ -237,7 +246,22 @@ async fn run_copy(
         .collect();
     report.keys_written += put_key_records(source, &target.backend, km, &have).await?;
 
-    let chosen = selected(source.snapshots().await?, which)?;
+    let mut chosen = selected(source.snapshots().await?, which)?;
+    if let CopySelection::All { tags, retention } = which
+        && !retention.is_empty()
+    {
+        let mut both = target.snapshots().await?;
+        both.retain(|t| !chosen.iter().any(|c| c.id == t.id));
+        both.extend(chosen.iter().cloned());
+        let scope = PruneScope {
+            tags: tags.clone(),
+            protect: Default::default(),
+        };
+        let kept = keep_in_scope(&both, retention, &scope, jiff::Timestamp::now());
+        let before = chosen.len();
+        chosen.retain(|m| kept.contains(&m.id));
+        report.outside_retention = before - chosen.len();
+    }
     let there = ids_in(&target.backend, "snapshots").await?;
     let (todo, present): (Vec<_>, Vec<_>) =
         chosen.into_iter().partition(|m| !there.contains_key(&m.id));

@@ -405,11 +405,11 @@ mod tests {
     /// write came back, and a replaced one was overwritten).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refresh_never_recreates_or_overwrites_a_lock() {
-        use crate::engine::backend::{Location, S3Options};
+        use crate::engine::backend::{Location, StoreOptions};
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::open(
             &Location::Local(dir.path().join("repo")),
-            &S3Options::default(),
+            &StoreOptions::default(),
             true,
         )
         .unwrap();

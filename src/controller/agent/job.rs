@@ -62,6 +62,16 @@ pub async fn check_source(
     Ok(blocked("", &check_references(&refs, &found, ns)))
 }
 
+/// Check that what `refs` names (a copy's repository and key) exists and fits.
+pub async fn check_refs(
+    client: &Client,
+    ns: &str,
+    refs: &[crate::controller::job_spec::validate::Reference],
+) -> kube::Result<Option<Blocked>> {
+    let found = find_references(client, ns, refs).await?;
+    Ok(blocked("", &check_references(refs, &found, ns)))
+}
+
 /// The first problem's reason, and every problem said after `prefix`.
 fn blocked(prefix: &str, problems: &[Problem]) -> Option<Blocked> {
     problems.first().map(|first| Blocked {

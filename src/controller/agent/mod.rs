@@ -6,6 +6,8 @@
 //!
 //! - [`pod`]: mounts, security contexts, the repository and key as volumes and arguments (pure)
 //! - [`destination`]: the job's repository (a PVC or an object store) and its credentials
+//! - [`target`]: a second repository (a copy's) beside the first, its mounts, flags and
+//!   credentials kept apart
 //! - [`identity`]: the per-job ServiceAccount, Role and RoleBinding (built pure, applied)
 //! - [`job`]: the job's spec and references checked, its KmipServer's active key
 //! - [`run`]: a run's pod as one [`run::RunStep`], with the agent's result line parsed
@@ -19,6 +21,7 @@ pub mod job;
 pub mod node;
 pub mod pod;
 pub mod run;
+pub mod target;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;

@@ -351,6 +351,9 @@ pub struct JobAgentPod<'a> {
     pub args: Vec<String>,
     pub volumes: Vec<Volume>,
     pub mounts: Vec<VolumeMount>,
+    /// A second repository the run writes (a copy's target), in its `--to` form
+    /// ([`super::target::as_copy_target`]).
+    pub target: Option<RepoAccess>,
 }
 
 /// The pod: the agent container as mongod's user with scratch space, the job's repository
@@ -375,12 +378,14 @@ pub fn job_agent_pod(p: JobAgentPod) -> Result<k8s_openapi::api::core::v1::Pod, 
     let (mut volumes, mut mounts, mut args) = (p.volumes, p.mounts, p.args);
     volumes.push(tmp_volume);
     mounts.push(tmp_mount);
-    volumes.extend(access.volumes);
-    mounts.extend(access.mounts);
-    args.extend(access.args);
-    envs.extend(access.envs);
     let mut labels = p.repo.labels;
-    labels.extend(access.labels);
+    for a in [Some(access), p.target].into_iter().flatten() {
+        volumes.extend(a.volumes);
+        mounts.extend(a.mounts);
+        args.extend(a.args);
+        envs.extend(a.envs);
+        labels.extend(a.labels);
+    }
     labels.insert("app.kubernetes.io/name".into(), "snapcrypt".into());
     labels.insert("app.kubernetes.io/component".into(), p.component.into());
     labels.insert(p.run_label.0.into(), p.run_label.1);

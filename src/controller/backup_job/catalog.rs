@@ -102,6 +102,7 @@ pub fn catalog_pod(
         ],
         volumes: Vec::new(),
         mounts: Vec::new(),
+        target: None,
     })
 }
 

@@ -15,6 +15,7 @@ use super::build::status::Checks;
 use super::build::verify_pod::{VerifyPlan, finished_run, next_subset, verify_pod};
 use super::dereference::{World, newest_successful};
 use crate::api::agent::VerifyResult;
+use crate::api::copy::CopySpec;
 use crate::api::restore::ScratchClaim;
 use crate::api::verification::{RestoreTest, VerificationRun};
 use crate::api::{BackupJob, Snapshot};
@@ -78,7 +79,10 @@ pub fn plan_checks(pass: &Pass<'_>) -> Result<CheckOutcome, Error> {
     Ok(out)
 }
 
-fn earliest(a: Option<jiff::Timestamp>, b: Option<jiff::Timestamp>) -> Option<jiff::Timestamp> {
+pub(super) fn earliest(
+    a: Option<jiff::Timestamp>,
+    b: Option<jiff::Timestamp>,
+) -> Option<jiff::Timestamp> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -86,7 +90,7 @@ fn earliest(a: Option<jiff::Timestamp>, b: Option<jiff::Timestamp>) -> Option<ji
 }
 
 /// When the job was created (its checks' schedules start there).
-fn created(job: &BackupJob, now: jiff::Timestamp) -> jiff::Timestamp {
+pub(super) fn created(job: &BackupJob, now: jiff::Timestamp) -> jiff::Timestamp {
     job.metadata
         .creation_timestamp
         .as_ref()
@@ -121,7 +125,17 @@ fn read_data(
             .get(SCHEDULED_TIME)
             .and_then(|t| t.parse().ok());
         last_scheduled = last_scheduled.max(scheduled);
-        let step = held_to_deadline(job, pod, node.as_ref(), now, &mut out.changes);
+        let step = held_to_deadline::<VerifyResult>(
+            RunOf {
+                job,
+                pod,
+                node: node.as_ref(),
+                what: "verify",
+                stage: "delete_check",
+            },
+            now,
+            &mut out.changes,
+        );
         match finished_run(pod, &step) {
             Some(run) => finished.push((pod, run)),
             None => busy = true,
@@ -146,10 +160,14 @@ fn read_data(
     let Some(sched) = sched else { return Ok(()) };
     let d = due(sched, created(job, now), last_scheduled, now);
     out.next = earliest(out.next, d.next);
-    let has_repository = job
-        .status
-        .as_ref()
-        .is_some_and(|s| s.last_successful_snapshot.is_some());
+    // The repository read exists once a snapshot is in it (the copy's, with one named).
+    let has_repository = match checked_copy(pass).and_then(|i| job.spec.copies.get(i)) {
+        Some(c) => copied_snapshot(pass, c).is_some(),
+        None => job
+            .status
+            .as_ref()
+            .is_some_and(|s| s.last_successful_snapshot.is_some()),
+    };
     match d.run {
         Some(run) if healthy && !busy && has_repository => start_verify(pass, run, out),
         _ => Ok(()),
@@ -171,24 +189,40 @@ fn damage_again(before: Option<&VerificationRun>, run: &VerificationRun) -> Opti
     })
 }
 
-/// A verify pod's step, stopped (a change) and failed when it overran pendingTimeout or
+/// One of the job's run pods (a verify or a copy pod) and its node.
+pub(super) struct RunOf<'a> {
+    pub job: &'a BackupJob,
+    pub pod: &'a Pod,
+    pub node: Option<&'a Node>,
+    /// The run, as its messages name it.
+    pub what: &'a str,
+    /// The stage a stop is carried out as.
+    pub stage: &'static str,
+}
+
+/// A run pod's step, stopped (a change) and failed when it overran pendingTimeout or
 /// nodeLostTimeout (runTimeout is the kubelet's, through activeDeadlineSeconds).
-fn held_to_deadline(
-    job: &BackupJob,
-    pod: &Pod,
-    node: Option<&Node>,
+pub(super) fn held_to_deadline<R: serde::de::DeserializeOwned>(
+    run: RunOf<'_>,
     now: jiff::Timestamp,
     changes: &mut Vec<Change>,
-) -> RunStep<VerifyResult> {
-    let step = run_step::<VerifyResult>(pod, "verify");
+) -> RunStep<R> {
+    let RunOf {
+        job,
+        pod,
+        node,
+        what,
+        stage,
+    } = run;
+    let step = run_step::<R>(pod, what);
     if !matches!(step, RunStep::Pending { .. } | RunStep::Running { .. }) {
         return step;
     }
-    match deadline(pod, &step, Some(job), node, now, "verify") {
+    match deadline(pod, &step, Some(job), node, now, what) {
         Deadline::Within(_) => step,
         Deadline::Overrun(message) => {
             if needs_stopping(pod, node) {
-                changes.push(stop("delete_check", pod, node));
+                changes.push(stop(stage, pod, node));
             }
             RunStep::Failed {
                 message,
@@ -215,8 +249,12 @@ fn start_verify(
     else {
         return Ok(());
     };
-    // A missing KmipServer or key is the job's own condition already.
-    let Some(Ok(kmip)) = &world.kmip else {
+    // A missing KmipServer or key is the job's own condition already (or the copy's).
+    let (copy, kmip) = match checked_copy(pass) {
+        Some(i) => (job.spec.copies.get(i), world.copy_access.get(i)),
+        None => (None, world.kmip.as_ref()),
+    };
+    let Some(Ok(kmip)) = kmip else {
         return Ok(());
     };
     let subset = next_subset(rd.percent, out.checks.verification_runs);
@@ -227,6 +265,7 @@ fn start_verify(
         image: &config.agent_image,
         agent_env: &config.agent_env,
         kmip: kmip.as_ref().map(|(ks, key)| (ks, key.as_str())),
+        copy,
     })
     .map_err(|e| Error::BuildCheck {
         job: job.name_any(),
@@ -286,9 +325,24 @@ fn restore_tests(
     let Some(run) = d.run.filter(|_| healthy && !busy) else {
         return Ok(());
     };
-    // The newest successful Snapshot; none yet: the run catches up once one exists.
-    let Some(snap) = newest_successful(pass.snapshots) else {
+    // The newest successful Snapshot (of the copy, with one named); none yet: the run catches
+    // up once one exists.
+    let copy = checked_copy(pass).and_then(|i| job.spec.copies.get(i));
+    let snap = match copy {
+        Some(c) => copied_snapshot(pass, c),
+        None => newest_successful(pass.snapshots),
+    };
+    let Some(snap) = snap else {
         return Ok(());
+    };
+    let copy_id = snap
+        .status
+        .as_ref()
+        .and_then(|s| s.repository_snapshot_id.as_deref());
+    let copy = match (copy, copy_id) {
+        (Some(c), Some(id)) => Some((c, id)),
+        (Some(_), None) => return Ok(()),
+        (None, _) => None,
     };
     let scratch = match scratch_claim(pass, rt) {
         Ok(s) => s,
@@ -297,7 +351,7 @@ fn restore_tests(
             return Ok(());
         }
     };
-    let Some(restore) = restore_test(job, run, &snap.name_any(), scratch) else {
+    let Some(restore) = restore_test(job, run, &snap.name_any(), copy, scratch) else {
         return Ok(());
     };
     // Created, never patched: the operator does not change Restores.
@@ -312,6 +366,26 @@ fn restore_tests(
         ),
     ));
     Ok(())
+}
+
+/// The index of the copy spec.verification.copy names, if it names one that exists.
+fn checked_copy(pass: &Pass<'_>) -> Option<usize> {
+    let name = pass.job.spec.verification.as_ref()?.copy.as_ref()?;
+    pass.job.spec.copies.iter().position(|c| &c.name == name)
+}
+
+/// The newest Snapshot copy `c` is known to hold (status.copies), if it still exists.
+fn copied_snapshot<'a>(pass: &Pass<'a>, c: &CopySpec) -> Option<&'a Snapshot> {
+    let held = pass
+        .job
+        .status
+        .as_ref()?
+        .copies
+        .iter()
+        .find(|s| s.name == c.name)?
+        .last_copied_snapshot
+        .as_ref()?;
+    pass.snapshots.iter().find(|s| &s.name_any() == held)
 }
 
 /// The scratch claim's class and size: the spec's, else those of the data claim of the member

@@ -6,17 +6,19 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use super::Error;
-use crate::api::agent::VerifyResult;
+use crate::api::agent::{CopyResult, VerifyResult};
 use crate::api::catalog::CatalogResult;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Restore, Snapshot};
-use crate::controller::agent::job::{Blocked, job_kmip};
+use crate::controller::agent::job::{Blocked, check_refs, encryption_kmip, job_kmip};
 use crate::controller::agent::node::node_of;
 use crate::controller::agent::run::{RunStep, run_step};
+use crate::controller::job_spec::copies::{copy_field, copy_references};
 use crate::controller::job_spec::references::find_references;
 use crate::controller::job_spec::validate::{Found, references};
 use crate::controller::names::{
-    CATALOG_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL, catalog_name,
+    CATALOG_JOB_UID_LABEL, COPY_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL,
+    catalog_name,
 };
 
 use super::build::status::scheduled_time;
@@ -42,6 +44,11 @@ pub struct World {
     pub catalog_pod: Option<Pod>,
     /// Its ConfigMap, once the pod has succeeded.
     pub catalog_map: Option<ConfigMap>,
+    /// With spec.copies: the job's copy pods, each with its node while it has not ended.
+    pub copy_pods: Vec<(Pod, Option<Node>)>,
+    /// Per copy of spec.copies (in order): its KmipServer and active key (Ok(None): a local
+    /// key), or why it cannot run (a reference missing).
+    pub copy_access: Vec<Result<Option<(KmipServer, String)>, Blocked>>,
     /// With a restoreTest whose size or class is not given: the data claim of the member the
     /// newest successful Snapshot copied, if it still exists.
     pub source_claim: Option<PersistentVolumeClaim>,
@@ -112,25 +119,29 @@ pub async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Erro
             .await
             .map_err(err("KmipServer"))?,
     );
+    if !job.spec.copies.is_empty() {
+        for (i, c) in job.spec.copies.iter().enumerate() {
+            let refs = copy_references(i, c);
+            let access = match check_refs(client, &ns, &refs)
+                .await
+                .map_err(err("a copy's references"))?
+            {
+                Some(blocked) => Err(blocked),
+                None => encryption_kmip(client, &ns, &c.encryption, &copy_field(i))
+                    .await
+                    .map_err(err("a copy's KmipServer"))?,
+            };
+            w.copy_access.push(access);
+        }
+        w.copy_pods =
+            run_pods::<CopyResult>(client, job, &owned(COPY_JOB_UID_LABEL), "copy").await?;
+    }
     let Some(v) = job.spec.verification.as_ref() else {
         return Ok(w);
     };
     if v.read_data.is_some() {
-        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-            .list(&owned(VERIFY_JOB_UID_LABEL))
-            .await
-            .map_err(err("verify pods"))?
-            .items;
-        for pod in pods {
-            let step = run_step::<VerifyResult>(&pod, "verify");
-            let node = match step {
-                RunStep::Pending { .. } | RunStep::Running { .. } => node_of(client, &pod)
-                    .await
-                    .map_err(err("the verify pod's Node"))?,
-                _ => None,
-            };
-            w.verify_pods.push((pod, node));
-        }
+        w.verify_pods =
+            run_pods::<VerifyResult>(client, job, &owned(VERIFY_JOB_UID_LABEL), "verify").await?;
     }
     if let Some(rt) = &v.restore_test {
         w.restore_tests = Api::<Restore>::namespaced(client.clone(), &ns)
@@ -143,6 +154,34 @@ pub async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Erro
         }
     }
     Ok(w)
+}
+
+/// The job's run pods `selected` (verify or copy pods), each with its node while it has not
+/// ended (None: not bound, or Nodes may not be read).
+async fn run_pods<R: serde::de::DeserializeOwned>(
+    client: &Client,
+    job: &BackupJob,
+    selected: &ListParams,
+    what: &str,
+) -> Result<Vec<(Pod, Option<Node>)>, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let err = |what: &str| dereference_error(job, what);
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(selected)
+        .await
+        .map_err(err(&format!("{what} pods")))?
+        .items;
+    let mut out = Vec::new();
+    for pod in pods {
+        let node = match run_step::<R>(&pod, what) {
+            RunStep::Pending { .. } | RunStep::Running { .. } => node_of(client, &pod)
+                .await
+                .map_err(err(&format!("the {what} pod's Node")))?,
+            _ => None,
+        };
+        out.push((pod, node));
+    }
+    Ok(out)
 }
 
 /// The newest successful Snapshot of `snapshots`: what a restore test restores.

@@ -3,12 +3,13 @@
 //!
 //! dereference (`dereference.rs`: the only reads, into a [`World`]) -> plan (`plan.rs`, pure:
 //! validate, decide whether a run is due, build its Snapshot, the scheduled checks in
-//! `checks.rs`, the next status) -> execute (`controller::execute`, the only writes) ->
+//! `checks.rs`, the copies in `copies.rs`, the next status) -> execute (`controller::execute`, the only writes) ->
 //! announce every condition transition.
 
 pub mod build;
 mod catalog;
 mod checks;
+mod copies;
 mod dereference;
 mod plan;
 #[cfg(test)]
@@ -29,7 +30,7 @@ use super::execute::{Change, ExecuteError, execute};
 use super::kube_api::{lean_controller, owns, scoped_api, watches};
 use crate::api::{BackupJob, Restore, Snapshot};
 use crate::controller::names::{
-    CATALOG_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL,
+    CATALOG_JOB_UID_LABEL, COPY_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL,
 };
 
 /// Name of this controller in metrics and logs.
@@ -84,9 +85,11 @@ pub fn controller(
         let ns = s.namespace()?;
         Some(ObjectRef::<BackupJob>::new(&s.spec.backup_job_ref.name).within(&ns))
     });
-    // The job's checks and catalog: its verify and catalog pods and restore-test Restores.
+    // The job's checks, catalog and copies: its verify, catalog and copy pods and
+    // restore-test Restores.
     let own = |label: &str| watcher::Config::default().any_semantic().labels(label);
     let ctl = owns::<_, Pod>(ctl, client, ns, own(VERIFY_JOB_UID_LABEL));
+    let ctl = owns::<_, Pod>(ctl, client, ns, own(COPY_JOB_UID_LABEL));
     let ctl = owns::<_, Pod>(ctl, client, ns, own(CATALOG_JOB_UID_LABEL));
     owns::<_, Restore>(ctl, client, ns, own(RESTORE_TEST_JOB_UID_LABEL))
         .graceful_shutdown_on(shutdown)

@@ -11,6 +11,7 @@ use super::Error;
 use super::build::status::{Observed, job_status, scheduled_time};
 use super::catalog::plan_catalog;
 use super::checks::{Pass, plan_checks};
+use super::copies::plan_copies;
 use super::dereference::World;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, BackupJobStatus, Snapshot};
@@ -105,17 +106,30 @@ pub fn plan(
     })?;
     changes.extend(checked.changes);
 
+    // The copies: judge their runs, start what is due.
+    let copies = plan_copies(&Pass {
+        job,
+        world,
+        snapshots: &snapshots,
+        config,
+        healthy: problems.is_empty(),
+        now,
+    })?;
+    changes.extend(copies.changes);
+
     let mut status = job_status(&Observed {
         job,
         snapshots: &snapshots,
         problems: &problems,
         next_schedule: decision.next,
         checks: &checked.checks,
+        copies: copies.condition.as_ref(),
         now,
     });
     status.catalog = catalog.status;
+    status.copies = copies.statuses;
     let missing = problems.iter().any(Problem::is_missing_reference);
-    let next = [decision.next, checked.next, catalog.next]
+    let next = [decision.next, checked.next, catalog.next, copies.next]
         .into_iter()
         .flatten()
         .min();

@@ -5,8 +5,10 @@
 
 pub mod checks;
 pub mod consistency;
+pub mod copies;
 pub mod member;
 pub mod references;
+pub mod retention;
 pub mod schedule;
 pub mod transport;
 pub mod validate;

@@ -8,7 +8,7 @@ use crate::api::destination::Destination;
 use crate::controller::reason::Reason;
 
 /// What is wrong with the destination's endpoint, each problem naming its field.
-pub fn check_endpoints(d: &Destination, problems: &mut Vec<Problem>) {
+pub fn check_endpoints(d: &Destination, field: &str, problems: &mut Vec<Problem>) {
     // (store, endpoint, insecure, credentials from a Secret)
     let stores = [
         d.s3.as_ref()
@@ -29,7 +29,7 @@ pub fn check_endpoints(d: &Destination, problems: &mut Vec<Problem>) {
             problems.push(Problem::new(
                 Reason::InvalidSpec,
                 format!(
-                    "spec.destination.{store}.endpoint {shown:?}: http:// sends the credentials and the data unencrypted; use https://, or set spec.destination.{store}.insecure: true for an emulator or a trusted network"
+                    "{field}.{store}.endpoint {shown:?}: http:// sends the credentials and the data unencrypted; use https://, or set {field}.{store}.insecure: true for an emulator or a trusted network"
                 ),
             ));
         }
@@ -37,7 +37,7 @@ pub fn check_endpoints(d: &Destination, problems: &mut Vec<Problem>) {
             problems.push(Problem::new(
                 Reason::InvalidSpec,
                 format!(
-                    "spec.destination.{store}.endpoint {shown:?}: with the pod's own identity (no credentialsSecret), its token would be sent to this endpoint; name a spec.destination.{store}.credentialsSecret, or remove the endpoint"
+                    "{field}.{store}.endpoint {shown:?}: with the pod's own identity (no credentialsSecret), its token would be sent to this endpoint; name a {field}.{store}.credentialsSecret, or remove the endpoint"
                 ),
             ));
         }
@@ -51,7 +51,7 @@ mod tests {
     fn problems(destination: serde_json::Value) -> Vec<String> {
         let d: Destination = serde_json::from_value(destination).expect("destination");
         let mut out = Vec::new();
-        check_endpoints(&d, &mut out);
+        check_endpoints(&d, "spec.destination", &mut out);
         out.into_iter().map(|p| p.message).collect()
     }
 

@@ -288,32 +288,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
         None => None,
     };
     check_source(&spec.source, &mut problems);
-    let d = &spec.destination;
-    if d.count() != 1 {
-        problems.push(Problem::new(
-            Reason::InvalidSpec,
-            format!(
-                "spec.destination: set exactly one of pvc, s3, gcs or azure ({} set)",
-                d.count()
-            ),
-        ));
-    }
-    check_workload_identity(d, &mut problems);
-    super::transport::check_endpoints(d, &mut problems);
-    if let Some(pvc) = &d.pvc
-        && pvc
-            .path
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
-        problems.push(Problem::new(
-            Reason::InvalidSpec,
-            format!(
-                "spec.destination.pvc.path {:?}: must be a relative path without empty, . or .. segments",
-                pvc.path
-            ),
-        ));
-    }
+    check_destination(&spec.destination, "spec.destination", &mut problems);
     if let Some(p) = spec.placement.as_ref() {
         for (field, value) in [
             ("pendingTimeout", &p.pending_timeout),
@@ -331,6 +306,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
         }
     }
     super::checks::check_verification(spec.verification.as_ref(), &mut problems);
+    super::copies::check_copies(spec, &mut problems);
     let e = &spec.encryption;
     if e.kmip_server_ref.is_some() == e.local_key_secret.is_some() {
         problems.push(Problem::new(
@@ -536,7 +512,37 @@ pub fn db_path_in_volume(source: &MongoSource) -> String {
 
 /// An object-store destination takes its credentials from a Secret or from the pod's workload
 /// identity, not both (the schema says so too; this names the field where it was not applied).
-fn check_workload_identity(d: &Destination, problems: &mut Vec<Problem>) {
+/// A destination (the job's, or a copy's at `field`): exactly one store, a safe PVC path, one
+/// credential source, endpoints that keep credentials safe.
+pub fn check_destination(d: &Destination, field: &str, problems: &mut Vec<Problem>) {
+    if d.count() != 1 {
+        problems.push(Problem::new(
+            Reason::InvalidSpec,
+            format!(
+                "{field}: set exactly one of pvc, s3, gcs or azure ({} set)",
+                d.count()
+            ),
+        ));
+    }
+    check_workload_identity(d, field, problems);
+    super::transport::check_endpoints(d, field, problems);
+    if let Some(pvc) = &d.pvc
+        && pvc
+            .path
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        problems.push(Problem::new(
+            Reason::InvalidSpec,
+            format!(
+                "{field}.pvc.path {:?}: must be a relative path without empty, . or .. segments",
+                pvc.path
+            ),
+        ));
+    }
+}
+
+fn check_workload_identity(d: &Destination, field: &str, problems: &mut Vec<Problem>) {
     let both = [
         (
             "gcs",
@@ -556,7 +562,7 @@ fn check_workload_identity(d: &Destination, problems: &mut Vec<Problem>) {
             problems.push(Problem::new(
                 Reason::InvalidSpec,
                 format!(
-                    "spec.destination.{store}: set at most one of credentialsSecret or workloadIdentity"
+                    "{field}.{store}: set at most one of credentialsSecret or workloadIdentity"
                 ),
             ));
         }

@@ -127,6 +127,7 @@ pub fn restore_pod(p: &RestorePlan) -> Result<Pod, PodError> {
             ..Default::default()
         }],
         mounts: vec![mount("target", TARGET_MOUNT, false)],
+        target: None,
     })
 }
 

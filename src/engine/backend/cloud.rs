@@ -12,66 +12,105 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::{ClientConfigKey, ObjectStore};
 
-use super::location::{Location, S3Options, StoreKind};
+use super::location::{Location, StoreKind, StoreOptions};
 use super::{BackendError, retry_config};
 
-fn set(var: &str) -> bool {
-    std::env::var_os(var).is_some_and(|x| !x.is_empty())
-}
+/// The environment one store's client reads: the process's, or (for a copy's target) only the
+/// variables under a prefix, with the prefix removed. object_store's `from_env` builders read
+/// the process's environment alone, so the builders here apply the same variables from this.
+struct StoreEnv(Vec<(String, String)>);
 
-/// Use the identity the environment gives (instance metadata, a pod's workload identity).
-fn ambient_allowed() -> bool {
-    set("SNAPCRYPT_AMBIENT_CREDENTIALS") || set("SNAPCRYPT_S3_INSTANCE_CREDENTIALS")
-}
+impl StoreEnv {
+    fn of(prefix: Option<&str>) -> StoreEnv {
+        let all: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        if let Some(p) = prefix.filter(|p| !p.is_empty()) {
+            let scoped: Vec<(String, String)> = all
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(p)?.to_string(), v.clone())))
+                .collect();
+            if !scoped.is_empty() {
+                return StoreEnv(scoped);
+            }
+        }
+        StoreEnv(all)
+    }
 
-/// Is some S3 credential source configured besides instance metadata?
-fn s3_credentials_configured(s3: &S3Options) -> bool {
-    (s3.access_key_id.is_some() && s3.secret_access_key.is_some())
-        || (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
-        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
-        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-        || ambient_allowed()
-}
+    fn get(&self, var: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.as_str())
+    }
 
-/// Is some GCS credential source configured besides the metadata server? The gcloud
-/// application-default file counts when it exists.
-fn gcs_credentials_configured() -> bool {
-    let adc = std::env::var_os("HOME").map(|h| {
-        std::path::Path::new(&h).join(".config/gcloud/application_default_credentials.json")
-    });
-    [
-        "GOOGLE_SERVICE_ACCOUNT",
-        "GOOGLE_SERVICE_ACCOUNT_PATH",
-        "GOOGLE_SERVICE_ACCOUNT_KEY",
-        "GOOGLE_APPLICATION_CREDENTIALS",
-        "GOOGLE_BEARER_TOKEN",
-        "SERVICE_ACCOUNT",
-    ]
-    .iter()
-    .any(|v| set(v))
-        || adc.is_some_and(|p| p.is_file())
-        || ambient_allowed()
-}
+    fn set(&self, var: &str) -> bool {
+        self.get(var).is_some_and(|x| !x.is_empty())
+    }
 
-/// Is some Azure credential source configured besides the managed identity endpoint? A
-/// federated token file is what AKS Workload Identity injects into a pod.
-fn azure_credentials_configured() -> bool {
-    [
-        "AZURE_STORAGE_ACCOUNT_KEY",
-        "AZURE_STORAGE_ACCESS_KEY",
-        "AZURE_STORAGE_SAS_KEY",
-        "AZURE_STORAGE_SAS_TOKEN",
-        "AZURE_STORAGE_TOKEN",
-        "AZURE_CLIENT_SECRET",
-        "AZURE_STORAGE_CLIENT_SECRET",
-        "AZURE_FEDERATED_TOKEN_FILE",
-        "AZURE_STORAGE_USE_EMULATOR",
-        "AZURE_USE_AZURE_CLI",
-    ]
-    .iter()
-    .any(|v| set(v))
-        || ambient_allowed()
+    /// The variables whose names start with `family` (`AWS_`), names lowercased as
+    /// object_store's config keys are.
+    fn family<'a>(&'a self, family: &'a str) -> impl Iterator<Item = (String, &'a str)> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k.starts_with(family))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+    }
+
+    /// Use the identity the environment gives (instance metadata, a pod's workload identity).
+    fn ambient_allowed(&self) -> bool {
+        self.set("SNAPCRYPT_AMBIENT_CREDENTIALS") || self.set("SNAPCRYPT_S3_INSTANCE_CREDENTIALS")
+    }
+
+    /// Is some S3 credential source configured besides instance metadata?
+    fn s3_configured(&self, s3: &StoreOptions) -> bool {
+        (s3.access_key_id.is_some() && s3.secret_access_key.is_some())
+            || (self.set("AWS_ACCESS_KEY_ID") && self.set("AWS_SECRET_ACCESS_KEY"))
+            || self.set("AWS_WEB_IDENTITY_TOKEN_FILE")
+            || self.set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            || self.set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+            || self.ambient_allowed()
+    }
+
+    /// Is some GCS credential source configured besides the metadata server? The gcloud
+    /// application-default file counts when it exists.
+    fn gcs_configured(&self) -> bool {
+        let adc = std::env::var_os("HOME").map(|h| {
+            std::path::Path::new(&h).join(".config/gcloud/application_default_credentials.json")
+        });
+        [
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_BEARER_TOKEN",
+            "SERVICE_ACCOUNT",
+        ]
+        .iter()
+        .any(|v| self.set(v))
+            || adc.is_some_and(|p| p.is_file())
+            || self.ambient_allowed()
+    }
+
+    /// Is some Azure credential source configured besides the managed identity endpoint? A
+    /// federated token file is what AKS Workload Identity injects into a pod.
+    fn azure_configured(&self) -> bool {
+        [
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "AZURE_STORAGE_ACCESS_KEY",
+            "AZURE_STORAGE_SAS_KEY",
+            "AZURE_STORAGE_SAS_TOKEN",
+            "AZURE_STORAGE_TOKEN",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_STORAGE_CLIENT_SECRET",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_STORAGE_USE_EMULATOR",
+            "AZURE_USE_AZURE_CLI",
+        ]
+        .iter()
+        .any(|v| self.set(v))
+            || self.ambient_allowed()
+    }
 }
 
 /// What to set for each store, when nothing is.
@@ -92,7 +131,7 @@ fn no_credentials(kind: StoreKind) -> &'static str {
 /// The store of a remote location, under its prefix.
 pub(super) fn open_remote(
     location: &Location,
-    s3: &S3Options,
+    s3: &StoreOptions,
 ) -> Result<Arc<dyn ObjectStore>, BackendError> {
     let Location::Remote {
         kind,
@@ -109,27 +148,28 @@ pub(super) fn open_remote(
         repo: location.to_string(),
         reason,
     };
+    let env = StoreEnv::of(s3.credentials_env.as_deref());
     let configured = match kind {
-        StoreKind::S3 => s3_credentials_configured(s3),
-        StoreKind::Gcs => gcs_credentials_configured(),
-        StoreKind::Azure => azure_credentials_configured(),
+        StoreKind::S3 => env.s3_configured(s3),
+        StoreKind::Gcs => env.gcs_configured(),
+        StoreKind::Azure => env.azure_configured(),
     };
     if !configured {
         return Err(bad(no_credentials(*kind).into()));
     }
     let store: Arc<dyn ObjectStore> = match kind {
         StoreKind::S3 => Arc::new(
-            s3_builder(bucket, s3)
+            s3_builder(&env, bucket, s3)
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),
         StoreKind::Gcs => Arc::new(
-            gcs_builder(bucket)
+            gcs_builder(&env, bucket)
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),
         StoreKind::Azure => Arc::new(
-            azure_builder(bucket)
+            azure_builder(&env, bucket)
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),
@@ -144,14 +184,18 @@ pub(super) fn open_remote(
     })
 }
 
-fn s3_builder(bucket: &str, s3: &S3Options) -> AmazonS3Builder {
-    let mut b = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_retry(retry_config());
+fn s3_builder(env: &StoreEnv, bucket: &str, s3: &StoreOptions) -> AmazonS3Builder {
+    let mut b = AmazonS3Builder::new();
+    for (key, value) in env.family("AWS_") {
+        if let Ok(key) = key.parse() {
+            b = b.with_config(key, value);
+        }
+    }
+    let mut b = b.with_bucket_name(bucket).with_retry(retry_config());
     if let Some(e) = s3
         .endpoint
         .clone()
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .or_else(|| env.get("AWS_ENDPOINT_URL").map(str::to_string))
     {
         b = b.with_allow_http(e.starts_with("http://")).with_endpoint(e);
     }
@@ -173,11 +217,21 @@ fn s3_builder(bucket: &str, s3: &S3Options) -> AmazonS3Builder {
 /// GOOGLE_* variables as object_store reads them, plus GOOGLE_APPLICATION_CREDENTIALS (the
 /// SDKs' convention, read by object_store too). `GOOGLE_BASE_URL` points it at another
 /// endpoint (an emulator, a private or sovereign endpoint); a plain `http://` one is allowed.
-fn gcs_builder(bucket: &str) -> GoogleCloudStorageBuilder {
-    let mut b = GoogleCloudStorageBuilder::from_env()
-        .with_bucket_name(bucket)
-        .with_retry(retry_config());
-    if std::env::var("GOOGLE_BASE_URL").is_ok_and(|url| url.starts_with("http://")) {
+fn gcs_builder(env: &StoreEnv, bucket: &str) -> GoogleCloudStorageBuilder {
+    let mut b = GoogleCloudStorageBuilder::new();
+    if let Some(path) = env.get("SERVICE_ACCOUNT") {
+        b = b.with_service_account_path(path);
+    }
+    for (key, value) in env.family("GOOGLE_") {
+        if let Ok(key) = key.parse() {
+            b = b.with_config(key, value);
+        }
+    }
+    let mut b = b.with_bucket_name(bucket).with_retry(retry_config());
+    if env
+        .get("GOOGLE_BASE_URL")
+        .is_some_and(|url| url.starts_with("http://"))
+    {
         // One client setting added, the others the environment gave kept (a proxy, timeouts).
         b = b.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
     }
@@ -188,11 +242,22 @@ fn gcs_builder(bucket: &str) -> GoogleCloudStorageBuilder {
 /// a key, SAS token, client secret or federated token, `AZURE_STORAGE_ENDPOINT` for another
 /// cloud (a sovereign cloud's blob endpoint), and `AZURE_STORAGE_USE_EMULATOR` with
 /// `AZURITE_BLOB_STORAGE_URL` for Azurite.
-fn azure_builder(container: &str) -> MicrosoftAzureBuilder {
-    let mut b = MicrosoftAzureBuilder::from_env()
-        .with_container_name(container)
-        .with_retry(retry_config());
-    if std::env::var("AZURE_STORAGE_ENDPOINT").is_ok_and(|url| url.starts_with("http://")) {
+fn azure_builder(env: &StoreEnv, container: &str) -> MicrosoftAzureBuilder {
+    let mut b = MicrosoftAzureBuilder::new();
+    // The managed-identity endpoint is the machine's, whichever store asks it.
+    if let Ok(endpoint) = std::env::var("IDENTITY_ENDPOINT") {
+        b = b.with_msi_endpoint(endpoint);
+    }
+    for (key, value) in env.family("AZURE_") {
+        if let Ok(key) = key.parse() {
+            b = b.with_config(key, value);
+        }
+    }
+    let mut b = b.with_container_name(container).with_retry(retry_config());
+    if env
+        .get("AZURE_STORAGE_ENDPOINT")
+        .is_some_and(|url| url.starts_with("http://"))
+    {
         b = b.with_config(AzureConfigKey::Client(ClientConfigKey::AllowHttp), "true");
     }
     b

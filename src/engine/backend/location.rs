@@ -123,15 +123,27 @@ impl std::fmt::Display for Location {
     }
 }
 
-/// S3 settings beyond the URL. Unset fields fall back to the usual AWS environment variables
-/// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL).
+/// The prefix of the environment variables a copy's target's store credentials are read from
+/// (`SNAPCRYPT_TO_AWS_ACCESS_KEY_ID`, `SNAPCRYPT_TO_GOOGLE_SERVICE_ACCOUNT`,
+/// `SNAPCRYPT_TO_AZURE_STORAGE_ACCOUNT_KEY`...): when any is set, the target uses those alone,
+/// never the source's; when none is, the usual variables serve both.
+pub const TARGET_ENV: &str = "SNAPCRYPT_TO_";
+
+/// How a store is reached beyond its URL: S3 settings, and where its credentials come from.
+/// Unset S3 fields fall back to the usual AWS environment variables (AWS_ACCESS_KEY_ID,
+/// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL).
 #[derive(Clone, Debug, Default)]
-pub struct S3Options {
+pub struct StoreOptions {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub path_style: bool,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// Read this store's credentials (of any kind: AWS_*, GOOGLE_*, AZURE_*, and
+    /// SNAPCRYPT_AMBIENT_CREDENTIALS) from the environment variables that carry this prefix,
+    /// the prefix removed, and from no others: a copy's target (`SNAPCRYPT_TO_`) then never
+    /// uses the source's credentials. When no variable carries it, the usual ones are read.
+    pub credentials_env: Option<String>,
 }
 
 #[cfg(test)]

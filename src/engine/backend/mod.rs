@@ -11,7 +11,7 @@ mod location;
 pub mod paused;
 mod words;
 
-pub use self::location::{Location, REPO_FORMS, S3Options, StoreKind};
+pub use self::location::{Location, REPO_FORMS, StoreKind, StoreOptions, TARGET_ENV};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -137,7 +137,11 @@ impl std::fmt::Debug for Backend {
 
 impl Backend {
     /// Open the store at `location`. A local directory is created if `create` is set.
-    pub fn open(location: &Location, s3: &S3Options, create: bool) -> Result<Self, BackendError> {
+    pub fn open(
+        location: &Location,
+        s3: &StoreOptions,
+        create: bool,
+    ) -> Result<Self, BackendError> {
         match location {
             Location::Local(root) => {
                 let io = |source| BackendError::Io {
@@ -617,7 +621,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::open(
             &Location::Local(dir.path().join("repo")),
-            &S3Options::default(),
+            &StoreOptions::default(),
             true,
         )
         .unwrap();
@@ -664,7 +668,7 @@ mod tests {
             }
             let e = Backend::open(
                 &Location::parse(repo).unwrap(),
-                &S3Options::default(),
+                &StoreOptions::default(),
                 false,
             )
             .unwrap_err()

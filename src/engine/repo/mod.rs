@@ -216,7 +216,7 @@ mod tests {
 
     use crate::kms::KmsError;
 
-    use crate::engine::backend::{Location, S3Options};
+    use crate::engine::backend::{Location, StoreOptions};
     use crate::kms::local::LocalKeyManager;
 
     /// A key manager that stops answering after `n` wraps (a KMS outage mid-migration).
@@ -258,7 +258,7 @@ mod tests {
     ) -> Result<Repository, EngineError> {
         let backend = Backend::open(
             &Location::Local(dir.join("repo")),
-            &S3Options::default(),
+            &StoreOptions::default(),
             true,
         )?;
         Ok(Repository::open_or_init(backend, km, DEFAULT_CHUNK_SIZE)
@@ -499,7 +499,7 @@ mod tests {
         let with_new_only = Repository::open(
             Backend::open(
                 &Location::Local(dir.path().join("repo")),
-                &S3Options::default(),
+                &StoreOptions::default(),
                 false,
             )
             .unwrap(),
@@ -513,7 +513,7 @@ mod tests {
         // Resume with both, as `key migrate` does: finished, and then the new key alone opens it.
         let backend = Backend::open(
             &Location::Local(dir.path().join("repo")),
-            &S3Options::default(),
+            &StoreOptions::default(),
             false,
         )
         .unwrap();
@@ -523,7 +523,7 @@ mod tests {
         assert!(resumed.key_records().iter().all(|r| r.previous.is_none()));
         let backend = Backend::open(
             &Location::Local(dir.path().join("repo")),
-            &S3Options::default(),
+            &StoreOptions::default(),
             false,
         )
         .unwrap();
@@ -540,7 +540,7 @@ mod tests {
         for round in 0..30 {
             let loc = Location::Local(dir.path().join(format!("repo-{round}")));
             let opens = (0..4).map(|_| async {
-                let backend = Backend::open(&loc, &S3Options::default(), true)?;
+                let backend = Backend::open(&loc, &StoreOptions::default(), true)?;
                 Repository::open_or_init(backend, &km, DEFAULT_CHUNK_SIZE).await
             });
             let results = futures::future::join_all(opens).await;

@@ -1,5 +1,6 @@
 //! Pure builders of what the BackupJob controller writes.
 
+pub mod copy_pod;
 pub mod restore_test;
 pub mod snapshot;
 pub mod status;

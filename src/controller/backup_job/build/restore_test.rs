@@ -5,7 +5,8 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::common::LocalRef;
-use crate::api::restore::{RestoreTarget, ScratchClaim};
+use crate::api::copy::CopySpec;
+use crate::api::restore::{RestoreSource, RestoreTarget, ScratchClaim};
 use crate::api::snapshot::RunPhase;
 use crate::api::verification::{CheckResult, RestoreTestRun, VerificationRun};
 use crate::api::{BackupJob, Restore, RestoreSpec};
@@ -17,17 +18,24 @@ use crate::controller::names::{
 };
 use crate::controller::reason::Reason;
 
+/// Annotation of a restore test: the Snapshot it restores (also when read from a copy, which
+/// names the snapshot by its repository id).
+pub const TESTED_SNAPSHOT: &str = "snapcrypt.dev/tested-snapshot";
+
 /// The directory of the scratch claim a restore test restores into (the check container
 /// finds it in `$SNAPCRYPT_RESTORED_PATH`, `/restored/db`).
 pub const RESTORE_TEST_DIR: &str = "db";
 
-/// The Restore of the restore test scheduled at `scheduled`: `snapshot` into a scratch claim
-/// of the same name, read back, then the job's check container. Owned by the job. `None` if
-/// the job has no uid or no restoreTest.
+/// The Restore of the restore test scheduled at `scheduled`: Snapshot `snapshot` into a
+/// scratch claim of the same name, read back, then the job's check container. With `copy`
+/// (spec.verification.copy: the copy and the snapshot's repository id), the snapshot is read
+/// from that copy, through spec.source, not from the job's repository. Owned by the job.
+/// `None` if the job has no uid or no restoreTest.
 pub fn restore_test(
     job: &BackupJob,
     scheduled: jiff::Timestamp,
     snapshot: &str,
+    copy: Option<(&CopySpec, &str)>,
     scratch: ScratchClaim,
 ) -> Option<Restore> {
     let test = job.spec.verification.as_ref()?.restore_test.as_ref()?;
@@ -44,15 +52,27 @@ pub fn restore_test(
             name: Some(name.clone()),
             namespace: job.namespace(),
             labels: Some(labels),
-            annotations: Some([(SCHEDULED_TIME.to_string(), scheduled.to_string())].into()),
+            annotations: Some(
+                [
+                    (SCHEDULED_TIME.to_string(), scheduled.to_string()),
+                    (TESTED_SNAPSHOT.to_string(), snapshot.to_string()),
+                ]
+                .into(),
+            ),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
         spec: RestoreSpec {
-            snapshot_ref: Some(LocalRef {
+            snapshot_ref: copy.is_none().then(|| LocalRef {
                 name: snapshot.into(),
             }),
-            source: None,
+            source: copy.map(|(c, id)| RestoreSource {
+                backup_job: job.name_any(),
+                destination: c.destination.clone(),
+                encryption: c.encryption.clone(),
+                snapshot: id.to_string(),
+                tags: Default::default(),
+            }),
             // A directory the restore creates (and so owns): the agent, not root, may set the
             // snapshot's mode and times on it, which it may not on a fresh volume's root.
             target: Some(RestoreTarget {
@@ -105,7 +125,11 @@ pub fn test_run(r: &Restore) -> RestoreTestRun {
     };
     RestoreTestRun {
         time: r.metadata.creation_timestamp.clone(),
-        snapshot: r.spec.snapshot_name().to_string(),
+        snapshot: r
+            .annotations()
+            .get(TESTED_SNAPSHOT)
+            .cloned()
+            .unwrap_or_else(|| r.spec.snapshot_name().to_string()),
         restore: r.name_any(),
         result,
         duration_seconds,

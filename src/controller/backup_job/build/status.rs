@@ -24,6 +24,8 @@ pub struct Observed<'a> {
     pub next_schedule: Option<jiff::Timestamp>,
     /// What the scheduled checks (spec.verification) found.
     pub checks: &'a Checks,
+    /// CopiesHealthy, with spec.copies.
+    pub copies: Option<&'a Cond>,
     pub now: jiff::Timestamp,
 }
 
@@ -120,6 +122,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
     conds.push(suspended(job));
     let checks = o.checks;
     conds.extend(checks_conditions(checks));
+    conds.extend(o.copies.cloned());
 
     let generation = job.metadata.generation;
     let now = Time(o.now);
@@ -157,6 +160,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         last_restore_test: checks.last_restore_test.clone(),
         running_restore_test: checks.running_restore_test.clone(),
         catalog: prev.catalog,
+        copies: Vec::new(),
     }
 }
 
@@ -329,6 +333,7 @@ mod tests {
             problems,
             next_schedule: Some("2026-11-28T03:00:00Z".parse().expect("t")),
             checks: &Checks::default(),
+            copies: None,
             now: "2026-11-27T12:00:00Z".parse().expect("t"),
         })
     }

@@ -22,8 +22,10 @@ pub struct VerifyPlan<'a> {
     pub image: &'a str,
     /// Extra environment (the operator's --agent-env).
     pub agent_env: &'a [(String, String)],
-    /// The KmipServer of a KMIP job, with its active master key id.
+    /// The KmipServer of a KMIP job (or copy), with its active master key id.
     pub kmip: Option<(&'a KmipServer, &'a str)>,
+    /// The copy to read instead of the job's repository (spec.verification.copy).
+    pub copy: Option<&'a crate::api::copy::CopySpec>,
 }
 
 /// The pack group a job's next run reads: runs so far mod n, plus one, of
@@ -43,8 +45,13 @@ pub fn verify_pod(p: &VerifyPlan) -> Result<Pod, PodError> {
     let owner = job.controller_owner_ref(&()).ok_or(PodError::NoOwner)?;
     let uid = job.uid().ok_or(PodError::NoOwner)?;
     let name = verify_pod_name(&job.name_any(), p.scheduled);
+    let mut repo = AgentRepo::of_job(job);
+    if let Some(c) = p.copy {
+        repo.destination = &c.destination;
+        repo.encryption = &c.encryption;
+    }
     job_agent_pod(JobAgentPod {
-        repo: AgentRepo::of_job(job),
+        repo,
         kmip: p.kmip,
         image: p.image,
         agent_env: p.agent_env,
@@ -63,6 +70,7 @@ pub fn verify_pod(p: &VerifyPlan) -> Result<Pod, PodError> {
         ],
         volumes: Vec::new(),
         mounts: Vec::new(),
+        target: None,
     })
 }
 

@@ -226,24 +226,11 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
 /// The job's retention policy as agent arguments, scoped to the snapshots this job's schedule
 /// made (none without a policy).
 fn retention_args(spec: &BackupJobSpec, job_tag: &str) -> Vec<String> {
-    let mut args = Vec::new();
     let Some(r) = spec.retention.as_ref() else {
-        return args;
+        return Vec::new();
     };
-    let rules = [
-        ("--keep-last", r.keep_last.map(|n| n.to_string())),
-        ("--keep-daily", r.keep_daily.map(|n| n.to_string())),
-        ("--keep-weekly", r.keep_weekly.map(|n| n.to_string())),
-        ("--keep-monthly", r.keep_monthly.map(|n| n.to_string())),
-        ("--max-age", r.max_age.clone()),
-    ];
-    let mut any = false;
-    for (flag, value) in rules {
-        if let Some(v) = value {
-            args.extend([flag.into(), v]);
-            any = true;
-        }
-    }
+    let mut args = crate::controller::job_spec::retention::retention_flags(r);
+    let any = !args.is_empty();
     if any {
         args.extend([
             "--prune-tag".into(),
