@@ -12,13 +12,15 @@ use crate::values::{objects, one, render};
 
 /// The alerts of the PrometheusRule (metrics.prometheusRule), in order; docs/OPERATIONS.md has
 /// a section on each.
-const ALERTS: [&str; 6] = [
+const ALERTS: [&str; 8] = [
     "SnapcryptNoRecentSnapshot",
     "SnapcryptRestoreTestFailed",
     "SnapcryptVerificationFoundDamage",
     "SnapcryptVerificationFailed",
     "SnapcryptMasterKeyOverdue",
     "SnapcryptSnapshotStuck",
+    "SnapcryptCopyLagging",
+    "SnapcryptCopyFailed",
 ];
 
 /// The metric names (`snapcrypt_[a-z_]+`) a PromQL expression reads.

@@ -10,6 +10,8 @@ pub mod build;
 mod catalog;
 mod checks;
 mod copies;
+#[cfg(test)]
+mod copies_tests;
 mod dereference;
 mod plan;
 #[cfg(test)]

@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn each_mistake_names_its_field() {
         let p = problems(
-            "copies:\n- {name: a, destination: {pvc: {claimName: backups, path: /repo/}}, encryption: {localKeySecret: {name: k2, key: key.json}}}\n- {name: a, destination: {s3: {bucket: b, region: r, credentialsSecret: s, endpoint: 'http://x'}}, encryption: {}, schedule: {cron: 'nope'}}\n- {name: Bad_Name, destination: {s3: {bucket: b, region: r, credentialsSecret: s2, endpoint: 'http://x', insecure: true}}, encryption: {localKeySecret: {name: k, key: key.json}}, retention: {maxAge: 3w}}\nverification: {copy: elsewhere}",
+            "copies:\n- {name: a, destination: {pvc: {claimName: backups, path: repo}}, encryption: {localKeySecret: {name: k2, key: key.json}}}\n- {name: a, destination: {s3: {bucket: b, region: r, credentialsSecret: s, endpoint: 'http://x'}}, encryption: {}, schedule: {cron: 'nope'}}\n- {name: Bad_Name, destination: {s3: {bucket: b, region: r, credentialsSecret: s2, endpoint: 'http://x', insecure: true}}, encryption: {localKeySecret: {name: k, key: key.json}}, retention: {maxAge: 3w}}\nverification: {copy: elsewhere}",
         );
         let want = [
             "spec.copies[0].destination: the same repository as spec.destination",

@@ -14,6 +14,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use crate::api::copy::CopyStatus;
 use crate::api::snapshot::RunPhase;
 use crate::api::verification::CheckResult;
 use crate::api::{BackupJob, KmipServer, Snapshot};
@@ -93,6 +94,14 @@ families! {
         "The job's KmipServer's spec.rotation.period";
     Rotations = "snapcrypt_backupjob_master_key_rotations" counter
         "Rotations the job's KmipServer has made (keys it superseded)";
+    CopyLag = "snapcrypt_backupjob_copy_lag_snapshots" gauge
+        "Successful Snapshots of the job newer than the newest its copy holds (status.copies[].lag)";
+    CopyLastSuccess = "snapcrypt_backupjob_copy_last_success_timestamp_seconds" gauge
+        "When the copy's last successful run ended (status.copies[].lastCopyTime)";
+    CopyRunOk = "snapcrypt_backupjob_copy_last_run_success" gauge
+        "1 if the copy's last finished run succeeded, else 0";
+    CopyBytes = "snapcrypt_backupjob_copy_last_run_bytes" gauge
+        "Bytes the copy's last finished run sent (status.copies[].bytesCopied)";
     PhaseStart = "snapcrypt_snapshot_phase_start_timestamp_seconds" gauge
         "When an unfinished Snapshot entered its phase (Pending: created; others: started)";
 }
@@ -331,6 +340,36 @@ fn job_samples(
     });
     if let Some(ks) = server {
         key_samples(ks, st.key_id.as_ref(), now, &mut put);
+    }
+    for c in &st.copies {
+        copy_samples(c, &labels, out);
+    }
+}
+
+/// A copy's series (status.copies[]), labelled with the copy's name besides the job's.
+fn copy_samples(c: &CopyStatus, job: &[(String, String)], out: &mut Vec<Sample>) {
+    let mut labels = job.to_vec();
+    labels.push(("copy".into(), c.name.clone()));
+    let finished = c.result != CheckResult::Running;
+    for (family, value) in [
+        (Id::CopyLag, Some(c.lag as f64)),
+        (
+            Id::CopyLastSuccess,
+            c.last_copy_time.as_ref().map(|t| seconds(&t.0)),
+        ),
+        (
+            Id::CopyRunOk,
+            finished.then(|| f64::from(u8::from(c.result == CheckResult::Succeeded))),
+        ),
+        (Id::CopyBytes, finished.then_some(c.bytes_copied as f64)),
+    ] {
+        if let Some(value) = value {
+            out.push(Sample {
+                family,
+                labels: labels.clone(),
+                value,
+            });
+        }
     }
 }
 
