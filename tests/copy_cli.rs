@@ -233,3 +233,163 @@ fn copies_between_store_kinds_restore_with_their_own_key() {
         (from, from_key) = (to.clone(), to_key);
     }
 }
+
+/// A copy between two S3 stores that take different credentials: the target's come from the
+/// `SNAPCRYPT_TO_` variables alone (what a copy pod is given), never from the source's. With
+/// only the source's credentials the target refuses the copy; with its own, the copy is made
+/// and restores from the target with the target's credentials and key alone.
+#[test]
+fn a_copy_writes_the_target_with_the_targets_own_credentials() {
+    let e = Env::new();
+    let work = tempfile::tempdir().unwrap();
+    let primary = support::s3::S3Server::start(&work.path().join("a"), "backups");
+    let offsite = support::s3::S3Server::start_with_keys(
+        &work.path().join("b"),
+        "offsite",
+        "offsite-id",
+        "offsite-secret",
+    );
+    let (src, key) = (e.p("src"), e.key());
+    let source_env = primary.env();
+    let source_env: Vec<(&str, &str)> = source_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ok(
+        &backup_args(&src, "s3://backups/rs0", &key, &["--s3-path-style"]),
+        &source_env,
+    );
+    let copy_key = e.p("copy-key.json");
+    let endpoint = format!("http://127.0.0.1:{}", offsite.port);
+    let to = [
+        "--s3-path-style",
+        "--to-s3-endpoint",
+        &endpoint,
+        "--to-s3-path-style",
+    ];
+
+    // The source's credentials do not open the target.
+    let args = copy_args("s3://backups/rs0", &key, "s3://offsite/rs0", &copy_key, &to);
+    let err = fails(&args, &source_env);
+    assert!(
+        err.contains("--to s3://offsite/rs0") && err.contains("refused access"),
+        "{err}"
+    );
+    assert!(
+        files_under(&offsite.root).is_empty(),
+        "a refused copy wrote {:?}",
+        files_under(&offsite.root)
+    );
+
+    // The target's own, under SNAPCRYPT_TO_: copied.
+    let mut both = source_env.clone();
+    both.push(("SNAPCRYPT_TO_AWS_ACCESS_KEY_ID", "offsite-id"));
+    both.push(("SNAPCRYPT_TO_AWS_SECRET_ACCESS_KEY", "offsite-secret"));
+    let r = copy_json(
+        "s3://backups/rs0",
+        &key,
+        "s3://offsite/rs0",
+        &copy_key,
+        &to,
+        &both,
+    );
+    assert_eq!(r["copied"].as_array().map(Vec::len), Some(1), "{r}");
+
+    // The target alone: its endpoint, credentials and key.
+    let target_env = offsite.env();
+    let target_env: Vec<(&str, &str)> = target_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = e.p("out");
+    ok(
+        &repo_args(
+            &["verify"],
+            "s3://offsite/rs0",
+            &copy_key,
+            &["--read-data", "--s3-path-style"],
+        ),
+        &target_env,
+    );
+    ok(
+        &restore_args(
+            "s3://offsite/rs0",
+            &copy_key,
+            "latest",
+            &out,
+            &["--s3-path-style"],
+        ),
+        &target_env,
+    );
+    assert_same_tree(Path::new(&src), Path::new(&out));
+}
+
+/// The target's own retention (`--keep-*` with `--tag`): snapshots it would forget are never
+/// copied, and what it forgets in the target after the copy is pruned there; the source keeps
+/// every snapshot.
+#[test]
+fn a_copy_keeps_what_the_targets_retention_keeps() {
+    let e = Env::new();
+    let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
+    let mut ids = Vec::new();
+    for i in 0..3u64 {
+        std::fs::write(
+            Path::new(&src).join(format!("collection-{i}-x.wt")),
+            support::pseudo_random(i + 20, 1 << 20),
+        )
+        .unwrap();
+        ids.push(
+            support::backup_json(&src, &repo, &key, &["--tag", "backupjob=db/rs0"], &[])["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let (copy, copy_key) = (e.p("copy"), e.p("copy-key.json"));
+    let keep = [
+        "--tag",
+        "backupjob=db/rs0",
+        "--keep-last",
+        "2",
+        "--delete-after",
+        "0s",
+    ];
+    let r = copy_json(&repo, &key, &copy, &copy_key, &keep, &[]);
+    assert_eq!(r["copied"], serde_json::json!([ids[1], ids[2]]), "{r}");
+    assert_eq!(r["outside_retention"], 1, "{r}");
+    let set = |v: Vec<String>| v.into_iter().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        set(snapshot_ids(&copy, &copy_key, &[])),
+        set(ids[1..].to_vec())
+    );
+
+    // A fourth snapshot: copied, and the oldest one the copy held forgotten and pruned there.
+    std::fs::write(
+        Path::new(&src).join("collection-3-x.wt"),
+        support::pseudo_random(23, 1 << 20),
+    )
+    .unwrap();
+    ids.push(
+        support::backup_json(&src, &repo, &key, &["--tag", "backupjob=db/rs0"], &[])["id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    let r = copy_json(&repo, &key, &copy, &copy_key, &keep, &[]);
+    assert_eq!(r["copied"], serde_json::json!([ids[3]]), "{r}");
+    assert_eq!(
+        set(snapshot_ids(&copy, &copy_key, &[])),
+        set(ids[2..].to_vec())
+    );
+    assert_eq!(
+        set(snapshot_ids(&repo, &key, &[])),
+        set(ids.clone()),
+        "the source keeps every snapshot"
+    );
+    assert_restores(&copy, &copy_key, &src, &e.p("out"), &[]);
+    let err = fails(
+        &copy_args(
+            &repo,
+            &key,
+            &copy,
+            &copy_key,
+            &["--snapshot", "latest", "--keep-last", "1"],
+        ),
+        &[],
+    );
+    assert!(err.contains("--snapshot all"), "{err}");
+}

@@ -221,10 +221,12 @@ pub async fn copy_and_keep(args: &CopyArgs, json: bool) -> Result<CopyOutcome, C
     let km = args.keys.key_manager(false).await?;
     let source = Repository::open(args.source().backend(false)?, km.as_ref()).await?;
     let target = args.target().backend(true)?;
+    // The target's store answers with its own credentials (SNAPCRYPT_TO_*, else the usual
+    // ones): an error here is the target's, and says so.
     let exists = target
         .exists("config")
         .await
-        .map_err(crate::engine::EngineError::from)?;
+        .map_err(|e| format!("--to {}: {e}", args.to.to_repo))?;
     let target_km = target_keys.key_manager(!exists).await?;
     let progress = std::sync::Arc::new(Progress::default());
     let reporter = ProgressReporter::counting(progress.clone(), json, "copy", "packs");

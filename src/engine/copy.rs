@@ -220,10 +220,16 @@ fn selected(
     which: &CopySelection,
 ) -> Result<Vec<SnapshotManifest>, EngineError> {
     match which {
-        CopySelection::All { tags, .. } => Ok(all
-            .into_iter()
-            .filter(|m| tags.iter().all(|(k, v)| m.tags.get(k) == Some(v)))
-            .collect()),
+        CopySelection::All { tags, .. } => {
+            let mut chosen: Vec<SnapshotManifest> = all
+                .into_iter()
+                .filter(|m| tags.iter().all(|(k, v)| m.tags.get(k) == Some(v)))
+                .collect();
+            // Oldest first (as the repository lists them, they are in id order): a copy
+            // killed part-way holds the older ones, as a report says.
+            chosen.sort_by_cached_key(|m| (m.time.parse::<jiff::Timestamp>().ok(), m.id.clone()));
+            Ok(chosen)
+        }
         CopySelection::One(s) => Ok(vec![choose(all, s)?]),
     }
 }

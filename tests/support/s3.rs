@@ -11,6 +11,9 @@ pub const SECRET_KEY: &str = "snapcrypt-test-secret";
 pub struct S3Server {
     child: Child,
     pub port: u16,
+    /// The key pair it accepts.
+    pub access_key: String,
+    pub secret_key: String,
     /// The directory s3s-fs serves: `<root>/<bucket>/<key>`.
     pub root: PathBuf,
 }
@@ -18,6 +21,11 @@ pub struct S3Server {
 impl S3Server {
     /// Start s3s-fs serving `state/root`, with bucket `bucket` created.
     pub fn start(state: &Path, bucket: &str) -> Self {
+        Self::start_with_keys(state, bucket, ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// [`S3Server::start`], accepting only this key pair.
+    pub fn start_with_keys(state: &Path, bucket: &str, access: &str, secret: &str) -> Self {
         let port = super::free_port();
         let script = super::repo_root().join("tests/services/s3/start-s3s-fs.sh");
         let root = state.join("root");
@@ -26,13 +34,19 @@ impl S3Server {
             .arg(&script)
             .arg(state)
             .arg(port.to_string())
-            .arg(ACCESS_KEY)
-            .arg(SECRET_KEY)
+            .arg(access)
+            .arg(secret)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start s3s-fs (run .ci/install-deps.sh to install it)");
-        let mut server = S3Server { child, port, root };
+        let mut server = S3Server {
+            child,
+            port,
+            root,
+            access_key: access.into(),
+            secret_key: secret.into(),
+        };
         let addr = format!("127.0.0.1:{port}");
         super::wait_for("s3s-fs to listen", Duration::from_secs(20), || {
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -49,8 +63,8 @@ impl S3Server {
     /// Environment for snapcrypt to reach this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
             ("AWS_REGION", "us-east-1".to_string()),
             (
                 "AWS_ENDPOINT_URL",
