@@ -50,6 +50,8 @@ pub const PARENT_RESTORE_UID_LABEL: &str = "snapcrypt.dev/parent-restore-uid";
 pub const COPY_JOB_UID_LABEL: &str = "snapcrypt.dev/copy-job-uid";
 /// Label carrying the name of the copy (spec.copies[].name) a copy pod writes.
 pub const COPY_LABEL: &str = "snapcrypt.dev/copy";
+/// Annotation of a copy pod: its run's number among the copy's runs.
+pub const COPY_RUN: &str = "snapcrypt.dev/copy-run";
 /// Annotation of a copy pod: the Snapshot it was started for (the job's newest successful one).
 pub const COPY_SNAPSHOT: &str = "snapcrypt.dev/copy-snapshot";
 

@@ -2,6 +2,7 @@
 //! making source trees, comparing trees byte for byte, and real servers on loopback.
 #![allow(dead_code)]
 
+pub mod alerts;
 pub mod azurite;
 pub mod cli;
 pub mod cluster;

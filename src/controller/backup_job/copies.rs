@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::Error;
-use super::build::copy_pod::{CopyPlan, after_run, copy_of, copy_pod};
+use super::build::copy_pod::{CopyPlan, after_run, copy_of, copy_pod, run_of};
 use super::checks::{Pass, RunOf, created, earliest, held_to_deadline};
 use super::dereference::newest_successful;
 use crate::api::Snapshot;
@@ -128,6 +128,9 @@ fn plan_copy(
             .get(SCHEDULED_TIME)
             .and_then(|t| t.parse::<jiff::Timestamp>().ok());
         last_scheduled = last_scheduled.max(scheduled);
+        // The pods say how many runs there were, whatever an older status said (a reconcile
+        // may read the job before its own last status write).
+        status.runs = status.runs.max(run_of(pod).unwrap_or(0));
         let run = RunOf {
             job,
             pod,

@@ -20,7 +20,7 @@ use crate::controller::context::OperatorConfig;
 use crate::controller::execute::Change;
 use crate::controller::fixtures::{job, succeeded_snapshot, terminated};
 use crate::controller::job_spec::validate::{Found, references};
-use crate::controller::names::{COPY_LABEL, COPY_SNAPSHOT};
+use crate::controller::names::{COPY_LABEL, COPY_RUN, COPY_SNAPSHOT};
 use crate::controller::reason::Reason;
 
 const COPY: &str = "copies: [{name: offsite, destination: {s3: {bucket: off, region: eu, endpoint: 'http://s3.test:9000', insecure: true, pathStyle: true, credentialsSecret: off-creds}}, encryption: {localKeySecret: {name: off-key, key: key.json}}, retention: {keepLast: 5}}]";
@@ -113,8 +113,9 @@ fn copy_pod(name: &str, snapshot: &str, created: &str, ended: Option<(&str, i32,
         ),
         None => "  phase: Running".to_string(),
     };
+    let run = name.rsplit('-').next().expect("run number");
     serde_yaml::from_str(&format!(
-        "metadata: {{name: {name}, namespace: db, creationTimestamp: \"{created}\", labels: {{{COPY_LABEL}: offsite}}, annotations: {{{COPY_SNAPSHOT}: {snapshot}}}}}\nstatus:\n{status}"
+        "metadata: {{name: {name}, namespace: db, creationTimestamp: \"{created}\", labels: {{{COPY_LABEL}: offsite}}, annotations: {{{COPY_SNAPSHOT}: {snapshot}, {COPY_RUN}: \"{run}\"}}}}\nstatus:\n{status}"
     ))
     .expect("copy pod")
 }
@@ -193,8 +194,9 @@ fn a_new_snapshot_starts_a_copy_pod_with_both_repositories_kept_apart() {
         ("True", "CopyRunning")
     );
 
-    // While it runs, no second run of the copy starts.
-    let running = with_status(COPY, o.status.copies.clone());
+    // While it runs, no second run of the copy starts; and a reconcile that reads the job
+    // before its last status write still counts the run (the pod says it).
+    let running = with_status(COPY, vec![]);
     let w = world(
         &running,
         vec![done_snapshot("rs0-1", "aaaa1111", "2026-12-01T03:01:00Z")],
@@ -210,6 +212,11 @@ fn a_new_snapshot_starts_a_copy_pod_with_both_repositories_kept_apart() {
         summaries(&o).iter().all(|s| !s.starts_with("apply Pod/")),
         "{:?}",
         summaries(&o)
+    );
+    assert_eq!(o.status.copies[0].runs, 1);
+    assert_eq!(
+        o.status.copies[0].running_pod.as_deref(),
+        Some("rs0-copy-offsite-1")
     );
 }
 

@@ -17,7 +17,7 @@ use crate::controller::agent::run::RunStep;
 use crate::controller::agent::target::as_copy_target;
 use crate::controller::job_spec::retention::retention_flags;
 use crate::controller::names::{
-    COPY_JOB_UID_LABEL, COPY_LABEL, COPY_SNAPSHOT, SCHEDULED_TIME, copy_pod_name,
+    COPY_JOB_UID_LABEL, COPY_LABEL, COPY_RUN, COPY_SNAPSHOT, SCHEDULED_TIME, copy_pod_name,
 };
 
 /// Everything a copy pod depends on, decided before building.
@@ -86,7 +86,10 @@ pub fn copy_pod(p: &CopyPlan) -> Result<Pod, CopyPodError> {
             rewrap: false,
         },
     )?;
-    let mut annotations = std::collections::BTreeMap::from([(COPY_SNAPSHOT.to_string(), snapshot)]);
+    let mut annotations = std::collections::BTreeMap::from([
+        (COPY_SNAPSHOT.to_string(), snapshot),
+        (COPY_RUN.to_string(), p.run.to_string()),
+    ]);
     if let Some(t) = p.scheduled {
         annotations.insert(SCHEDULED_TIME.into(), t.to_string());
     }
@@ -112,6 +115,11 @@ pub fn copy_pod(p: &CopyPlan) -> Result<Pod, CopyPodError> {
         .get_or_insert_default()
         .insert(COPY_LABEL.into(), p.copy.name.clone());
     Ok(pod)
+}
+
+/// A copy pod's run number (its annotation).
+pub fn run_of(pod: &Pod) -> Option<u64> {
+    pod.annotations().get(COPY_RUN)?.parse().ok()
 }
 
 /// The copy a pod writes (its label).
