@@ -98,92 +98,146 @@ async fn scrape_until(
     .await
 }
 
+/// The ground: member rs0-1 (real-b) with a test tree, the repository's claim `backups`, the
+/// restore target `restored`, the job's key Secret; the copy's S3 server (its own key pair, in
+/// Secret `offsite-creds`) and key (Secret `offsite-key`); the operator.
+struct CopyGround {
+    ns: TestNamespace,
+    data: std::path::PathBuf,
+    s3: support::s3::S3Server,
+    copy_key: std::path::PathBuf,
+    op: Operator,
+    copy_destination: serde_json::Value,
+    copy_encryption: serde_json::Value,
+    _work: tempfile::TempDir,
+}
+
+impl CopyGround {
+    async fn new() -> Option<CopyGround> {
+        let cluster = cluster_or_skip().await?;
+        let nodes = RealNodes::get()?;
+        cluster.apply_crds().await;
+        let ns = cluster.namespace("copies").await;
+        let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let data = member(&ns, "rs0-1", "real-b").await;
+        support::make_source(&data);
+        std::fs::write(
+            data.join("collection-7-big.wt"),
+            support::pseudo_random(7, 8 << 20),
+        )
+        .expect("write");
+        support::chown_mongodb(&data);
+        claim(&ns, "backups", Some(SHARED_CLASS)).await;
+        claim(&ns, "restored", None).await;
+        key_secret(&ns, work.path()).await;
+
+        // The copy's store, credentials and key: none of them the job's.
+        let s3 = support::s3::S3Server::start_with_keys(
+            &work.path().join("s3"),
+            "offsite",
+            COPY_ACCESS,
+            COPY_SECRET,
+        );
+        nodes.expose(s3.port);
+        create::<Secret>(
+            &ns.api(),
+            json!({"metadata": {"name": "offsite-creds"}, "stringData": {
+                "AWS_ACCESS_KEY_ID": COPY_ACCESS, "AWS_SECRET_ACCESS_KEY": COPY_SECRET}}),
+        )
+        .await;
+        let copy_key = work.path().join("offsite-key.json");
+        support::ok(
+            &["key", "new", "--out", &copy_key.display().to_string()],
+            &[],
+        );
+        create::<Secret>(
+            &ns.api(),
+            json!({"metadata": {"name": "offsite-key"}, "stringData": {
+                "key": std::fs::read_to_string(&copy_key).expect("key")}}),
+        )
+        .await;
+        let copy_destination = json!({"s3": {"bucket": "offsite", "prefix": "rs0", "region": "us-east-1",
+            "endpoint": format!("http://{HOST_ALIAS}:{}", s3.port), "pathStyle": true, "insecure": true,
+            "credentialsSecret": "offsite-creds"}});
+        let copy_encryption = json!({"localKeySecret": {"name": "offsite-key"}});
+
+        let op = Operator::start_with_image(cluster.kubeconfig(), ns.name(), IMAGE, &[]);
+        Some(CopyGround {
+            ns,
+            data,
+            s3,
+            copy_key,
+            op,
+            copy_destination,
+            copy_encryption,
+            _work: work,
+        })
+    }
+
+    /// BackupJob rs0 with the copy `offsite` (keepLast 3) and restore tests of the copy every
+    /// minute, and its on-demand Snapshot `name`; the Snapshot's status once it succeeded.
+    async fn job_and_snapshot(&self, name: &str) -> snapcrypt::api::SnapshotStatus {
+        let ns = &self.ns;
+        let (copy_destination, copy_encryption) = (&self.copy_destination, &self.copy_encryption);
+        create::<BackupJob>(
+            &ns.api(),
+            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
+                "spec": {
+                    "source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
+                               "syncSource": {"mode": "member", "member": "rs0-1"}},
+                    "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
+                    "encryption": {"localKeySecret": {"name": "rs0-key"}},
+                    "schedule": {"cron": "0 0 1 1 *"},
+                    "copies": [{"name": "offsite", "destination": copy_destination, "encryption": copy_encryption,
+                                "retention": {"keepLast": 3}}],
+                    "verification": {"copy": "offsite",
+                        "restoreTest": {"schedule": {"cron": "* * * * *"}, "size": "1Gi", "storageClassName": SHARED_CLASS}}}}),
+        )
+        .await;
+        self.snapshot(name).await
+    }
+
+    /// On-demand Snapshot `name` of rs0; its status once it succeeded.
+    async fn snapshot(&self, name: &str) -> snapcrypt::api::SnapshotStatus {
+        let snaps: Api<Snapshot> = self.ns.api();
+        create::<Snapshot>(
+            &snaps,
+            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot",
+                   "metadata": {"name": name}, "spec": {"backupJobRef": {"name": "rs0"}}}),
+        )
+        .await;
+        wait_for_success(&snaps, name, &self.ns).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_restores_when_the_primary_repository_is_gone() {
-    let Some(cluster) = cluster_or_skip().await else {
+    let Some(g) = CopyGround::new().await else {
         return;
     };
-    let Some(nodes) = RealNodes::get() else {
-        return;
-    };
-    cluster.apply_crds().await;
-    let ns = cluster.namespace("copies").await;
-    let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-    let data = member(&ns, "rs0-1", "real-b").await;
-    support::make_source(&data);
-    std::fs::write(
-        data.join("collection-7-big.wt"),
-        support::pseudo_random(7, 8 << 20),
-    )
-    .expect("write");
-    support::chown_mongodb(&data);
-    claim(&ns, "backups", Some(SHARED_CLASS)).await;
-    claim(&ns, "restored", None).await;
-    key_secret(&ns, work.path()).await;
+    let first = g.job_and_snapshot("rs0-first").await;
+    let id = first.repository_snapshot_id.clone().expect("id");
+    the_copy_holds_the_snapshot(&g, &id).await;
+    the_copy_restores_without_the_primary(&g, &id).await;
+    a_new_primary_is_refused_and_the_alert_fires(&g).await;
+}
 
-    // The copy's store, credentials and key: none of them the job's.
-    let s3 = support::s3::S3Server::start_with_keys(
-        &work.path().join("s3"),
-        "offsite",
-        COPY_ACCESS,
-        COPY_SECRET,
-    );
-    nodes.expose(s3.port);
-    create::<Secret>(
-        &ns.api(),
-        json!({"metadata": {"name": "offsite-creds"}, "stringData": {
-            "AWS_ACCESS_KEY_ID": COPY_ACCESS, "AWS_SECRET_ACCESS_KEY": COPY_SECRET}}),
-    )
-    .await;
-    let copy_key = work.path().join("offsite-key.json");
-    support::ok(
-        &["key", "new", "--out", &copy_key.display().to_string()],
-        &[],
-    );
-    create::<Secret>(
-        &ns.api(),
-        json!({"metadata": {"name": "offsite-key"}, "stringData": {
-            "key": std::fs::read_to_string(&copy_key).expect("key")}}),
-    )
-    .await;
-    let copy_destination = json!({"s3": {"bucket": "offsite", "prefix": "rs0", "region": "us-east-1",
-        "endpoint": format!("http://{HOST_ALIAS}:{}", s3.port), "pathStyle": true, "insecure": true,
-        "credentialsSecret": "offsite-creds"}});
-    let copy_encryption = json!({"localKeySecret": {"name": "offsite-key"}});
-
-    let op = Operator::start_with_image(cluster.kubeconfig(), ns.name(), IMAGE, &[]);
-    create::<BackupJob>(
-        &ns.api(),
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
-            "spec": {
-                "source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
-                           "syncSource": {"mode": "member", "member": "rs0-1"}},
-                "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
-                "encryption": {"localKeySecret": {"name": "rs0-key"}},
-                "schedule": {"cron": "0 0 1 1 *"},
-                "copies": [{"name": "offsite", "destination": copy_destination, "encryption": copy_encryption,
-                            "retention": {"keepLast": 3}}],
-                "verification": {"copy": "offsite",
-                    "restoreTest": {"schedule": {"cron": "* * * * *"}, "size": "1Gi", "storageClassName": SHARED_CLASS}}}}),
-    )
-    .await;
-    let snaps: Api<Snapshot> = ns.api();
-    create::<Snapshot>(
-        &snaps,
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot",
-               "metadata": {"name": "rs0-first"}, "spec": {"backupJobRef": {"name": "rs0"}}}),
-    )
-    .await;
-    let first = wait_for_success(&snaps, "rs0-first", &ns).await;
-
-    // The copy pod copies it: status, condition and /metrics say so, and no alert fires.
-    let (job, copied) = copy_status(&ns, "the copy to hold rs0-first", |c| {
+/// The copy pod copies the Snapshot: status, condition and /metrics say so, no copy alert
+/// fires, and the host's CLI finds it in the copy with the copy's key and credentials.
+async fn the_copy_holds_the_snapshot(g: &CopyGround, id: &str) {
+    let (ns, op, s3, copy_key) = (&g.ns, &g.op, &g.s3, &g.copy_key);
+    let (job, copied) = copy_status(ns, "the copy to hold rs0-first", |c| {
         c.last_copied_snapshot.as_deref() == Some("rs0-first")
     })
     .await;
     assert_eq!(
-        (copied.result, copied.lag, copied.consecutive_failures),
-        (CheckResult::Succeeded, 0, 0),
+        (
+            copied.result,
+            copied.lag,
+            copied.consecutive_failures,
+            copied.runs
+        ),
+        (CheckResult::Succeeded, 0, 0, 1),
         "{copied:?}"
     );
     assert!(
@@ -211,7 +265,7 @@ async fn a_copy_restores_when_the_primary_repository_is_gone() {
         copied.last_copy_time.as_ref().map(seconds),
         Some(copied.bytes_copied as f64),
     ];
-    let m = scrape_until(&op, "the copy's samples to say what status says", |m| {
+    let m = scrape_until(op, "the copy's samples to say what status says", |m| {
         copy_samples(m, ns.name()) == want
     })
     .await;
@@ -230,7 +284,6 @@ async fn a_copy_restores_when_the_primary_repository_is_gone() {
         ("AWS_REGION", "us-east-1"),
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
     ];
-    let id = first.repository_snapshot_id.clone().expect("id");
     let listed = support::ok(
         &[
             "snapshots",
@@ -242,10 +295,15 @@ async fn a_copy_restores_when_the_primary_repository_is_gone() {
         ],
         &s3_env,
     );
-    assert!(listed.contains(&id), "{listed}");
+    assert!(listed.contains(id), "{listed}");
+}
 
-    // The primary repository is lost.
-    let repo = volume_dir(&ns, "backups").await.join("repo");
+/// The primary repository is deleted: a restore test created after that restores from the
+/// copy and passes, and a Restore with spec.source naming the copy restores bit-exact.
+async fn the_copy_restores_without_the_primary(g: &CopyGround, id: &str) {
+    let (ns, data) = (&g.ns, &g.data);
+    let (copy_destination, copy_encryption) = (&g.copy_destination, &g.copy_encryption);
+    let repo = volume_dir(ns, "backups").await.join("repo");
     std::fs::remove_dir_all(&repo).expect("delete the primary repository");
     let lost = jiff::Timestamp::now();
 
@@ -305,19 +363,16 @@ async fn a_copy_restores_when_the_primary_repository_is_gone() {
     .await;
     let rst = r.status.expect("status");
     assert_eq!(rst.phase, RunPhase::Succeeded, "{:?}", rst.message);
-    assert_eq!(rst.snapshot_id.as_deref(), Some(id.as_str()));
-    support::assert_same_tree(&data, &volume_dir(&ns, "restored").await.join("db"));
+    assert_eq!(rst.snapshot_id.as_deref(), Some(id));
+    support::assert_same_tree(data, &volume_dir(ns, "restored").await.join("db"));
+}
 
-    // The next backup makes a new repository where the primary was: not the one the copy came
-    // from. The copy refuses to mix them, says why, and its alert fires on the scrape.
-    create::<Snapshot>(
-        &snaps,
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot",
-               "metadata": {"name": "rs0-second"}, "spec": {"backupJobRef": {"name": "rs0"}}}),
-    )
-    .await;
-    wait_for_success(&snaps, "rs0-second", &ns).await;
-    let (job, failed) = copy_status(&ns, "the copy to refuse the new repository", |c| {
+/// The next backup makes a new repository where the primary was: not the one the copy came
+/// from. The copy refuses to mix them, says why, and its alert fires on the scrape.
+async fn a_new_primary_is_refused_and_the_alert_fires(g: &CopyGround) {
+    let (ns, op) = (&g.ns, &g.op);
+    g.snapshot("rs0-second").await;
+    let (job, failed) = copy_status(ns, "the copy to refuse the new repository", |c| {
         c.result == CheckResult::Failed && c.last_run_snapshot.as_deref() == Some("rs0-second")
     })
     .await;
@@ -337,7 +392,7 @@ async fn a_copy_restores_when_the_primary_repository_is_gone() {
         "{message}"
     );
     assert!(message.contains("copy offsite failed"), "{message}");
-    let m = scrape_until(&op, "the copy's failure in /metrics", |m| {
+    let m = scrape_until(op, "the copy's failure in /metrics", |m| {
         copy_samples(m, ns.name())[..2] == [Some(failed.lag as f64), Some(0.0)]
     })
     .await;
@@ -358,5 +413,4 @@ async fn a_copy_restores_when_the_primary_repository_is_gone() {
             .all(|(l, _)| l.get("namespace").map(String::as_str) != Some(ns.name())),
         "one snapshot behind is within copyLagRuns"
     );
-    drop(op);
 }

@@ -72,11 +72,13 @@ pub struct CopyStatus {
     /// Runs that failed since the last success.
     #[serde(default)]
     pub consecutive_failures: u64,
-    /// The last run that ended: snapshots, packs and bytes sent.
+    /// Snapshots the last run that ended sent.
     #[serde(default)]
     pub snapshots_copied: u64,
+    /// Packs the last run that ended sent.
     #[serde(default)]
     pub packs_copied: u64,
+    /// Bytes the last run that ended sent.
     #[serde(default)]
     pub bytes_copied: u64,
     /// The master key the copy's key records are wrapped under (from the last success).

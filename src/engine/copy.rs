@@ -21,9 +21,9 @@ use super::backend::Backend;
 use super::format::{SnapshotManifest, pack_object_name};
 use super::lock::{RepoLock, lock_wait};
 use super::progress::Progress;
-use super::prune::{PruneScope, RetentionPolicy, keep_in_scope};
 use super::reach::used_blobs;
 use super::repo::{Repository, Selector, choose};
+use super::retention::{PruneScope, RetentionPolicy, keep_in_scope};
 use crate::engine::error::EngineError;
 use crate::kms::KeyManager;
 

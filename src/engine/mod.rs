@@ -17,6 +17,7 @@ pub mod prune;
 mod reach;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod spill;
 pub mod verify;
 

@@ -103,15 +103,15 @@ pub fn plan_copies(pass: &Pass<'_>) -> Result<CopiesOutcome, Error> {
     Ok(out)
 }
 
-/// One copy: its pods judged, its status, and its next run when due.
-fn plan_copy(
-    pass: &Pass<'_>,
-    i: usize,
+/// A copy's pods, judged: the running one, and the newest finished one recorded in `status`
+/// (older finished ones deleted). Returns the running pod and the newest scheduled time a pod
+/// ran for.
+fn judge_pods<'a>(
+    pass: &Pass<'a>,
     copy: &CopySpec,
-    mut status: CopyStatus,
-    identity: &mut bool,
+    status: &mut CopyStatus,
     out: &mut CopiesOutcome,
-) -> Result<CopyStatus, Error> {
+) -> (Option<&'a Pod>, Option<jiff::Timestamp>) {
     let Pass {
         job, world, now, ..
     } = *pass;
@@ -160,7 +160,7 @@ fn plan_copy(
             .and_then(completed)
             .map(Time);
         let failed_again = status.result == CheckResult::Failed;
-        status = after_run(status, pod, step, done);
+        *status = after_run(status.clone(), pod, step, done);
         if failed_again && status.result == CheckResult::Failed {
             // The condition's transition announced the first failure.
             out.changes.push(Change::event(
@@ -177,6 +177,22 @@ fn plan_copy(
     for (pod, _) in finished.iter().rev().skip(1) {
         out.changes.push(Change::delete("delete_copy", *pod));
     }
+    (running, last_scheduled)
+}
+
+/// One copy: its pods judged, its status, and its next run when due.
+fn plan_copy(
+    pass: &Pass<'_>,
+    i: usize,
+    copy: &CopySpec,
+    mut status: CopyStatus,
+    identity: &mut bool,
+    out: &mut CopiesOutcome,
+) -> Result<CopyStatus, Error> {
+    let Pass {
+        job, world, now, ..
+    } = *pass;
+    let (running, last_scheduled) = judge_pods(pass, copy, &mut status, out);
     status.running_pod = running.map(|p| p.name_any());
     status.lag = lag(
         pass.snapshots,
