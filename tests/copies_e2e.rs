@@ -354,11 +354,7 @@ async fn the_copy_restores_without_the_primary(g: &CopyGround, id: &str) {
         "from-copy",
         "the Restore from the copy",
         STEP,
-        |r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| matches!(s.phase, RunPhase::Succeeded | RunPhase::Failed))
-        },
+        support::operator::restore_finished,
     )
     .await;
     let rst = r.status.expect("status");

@@ -325,20 +325,19 @@ fn a_copy_writes_the_target_with_the_targets_own_credentials() {
 fn a_copy_keeps_what_the_targets_retention_keeps() {
     let e = Env::new();
     let (src, repo, key) = (e.p("src"), e.p("repo"), e.key());
-    let mut ids = Vec::new();
-    for i in 0..3u64 {
+    // A new file in `src`, then a backup of the job: its id.
+    let backup_more = |i: u64| {
         std::fs::write(
             Path::new(&src).join(format!("collection-{i}-x.wt")),
             support::pseudo_random(i + 20, 1 << 20),
         )
         .unwrap();
-        ids.push(
-            support::backup_json(&src, &repo, &key, &["--tag", "backupjob=db/rs0"], &[])["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
+        support::backup_json(&src, &repo, &key, &["--tag", "backupjob=db/rs0"], &[])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut ids: Vec<String> = (0..3).map(backup_more).collect();
     let (copy, copy_key) = (e.p("copy"), e.p("copy-key.json"));
     let keep = [
         "--tag",
@@ -358,17 +357,7 @@ fn a_copy_keeps_what_the_targets_retention_keeps() {
     );
 
     // A fourth snapshot: copied, and the oldest one the copy held forgotten and pruned there.
-    std::fs::write(
-        Path::new(&src).join("collection-3-x.wt"),
-        support::pseudo_random(23, 1 << 20),
-    )
-    .unwrap();
-    ids.push(
-        support::backup_json(&src, &repo, &key, &["--tag", "backupjob=db/rs0"], &[])["id"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    );
+    ids.push(backup_more(3));
     let r = copy_json(&repo, &key, &copy, &copy_key, &keep, &[]);
     assert_eq!(r["copied"], serde_json::json!([ids[3]]), "{r}");
     assert_eq!(

@@ -566,11 +566,13 @@ async fn a_restore_whose_pod_cannot_start_fails_at_its_pending_timeout() {
                "spec": {"snapshotRef": {"name": "j-1"}, "target": {"claimName": "nowhere"}}}),
     )
     .await;
-    let r = wait_for(&restores, "back", "the Restore to give up", LONG, |r| {
-        r.status
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, RunPhase::Succeeded | RunPhase::Failed))
-    })
+    let r = wait_for(
+        &restores,
+        "back",
+        "the Restore to give up",
+        LONG,
+        support::operator::restore_finished,
+    )
     .await;
     let st = r.status.expect("status");
     assert_eq!(st.phase, RunPhase::Failed, "{st:?}");

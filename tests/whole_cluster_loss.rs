@@ -261,11 +261,7 @@ async fn a_lost_cluster_comes_back_from_its_repository_and_key_server() {
         "rs0-back",
         "the replica set's Restore",
         LONG,
-        |r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| matches!(s.phase, RunPhase::Succeeded | RunPhase::Failed))
-        },
+        support::operator::restore_finished,
     )
     .await;
     let elapsed = started.elapsed();

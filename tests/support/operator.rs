@@ -302,6 +302,14 @@ pub fn snapshot_finished(s: &snapcrypt::api::Snapshot) -> bool {
         .is_some_and(|st| matches!(st.phase, RunPhase::Succeeded | RunPhase::Failed))
 }
 
+/// Whether a Restore has ended (Succeeded or Failed).
+pub fn restore_finished(r: &snapcrypt::api::Restore) -> bool {
+    use snapcrypt::api::snapshot::RunPhase;
+    r.status
+        .as_ref()
+        .is_some_and(|st| matches!(st.phase, RunPhase::Succeeded | RunPhase::Failed))
+}
+
 /// Wait until Snapshot `name` finishes, and require that it succeeded; failures carry the
 /// container logs of the namespace's pods.
 pub async fn wait_for_success(

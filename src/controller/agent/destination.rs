@@ -176,14 +176,8 @@ mod tests {
     fn env_of(a: &RepoAccess, name: &str) -> Option<String> {
         a.envs.iter().find(|e| e.name == name).map(|e| {
             e.value.clone().unwrap_or_else(|| {
-                let r = e
-                    .value_from
-                    .as_ref()
-                    .unwrap()
-                    .secret_key_ref
-                    .as_ref()
-                    .unwrap();
-                format!("secret {}/{}", r.name, r.key)
+                let (secret, key) = super::super::pod::secret_of(e).expect("a value or a Secret");
+                format!("secret {secret}/{key}")
             })
         })
     }

@@ -71,6 +71,13 @@ pub fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar
     }
 }
 
+/// The Secret and key an environment variable is taken from, if it is (tests read pods so).
+#[cfg(test)]
+pub(crate) fn secret_of(e: &EnvVar) -> Option<(&str, &str)> {
+    let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+    Some((r.name.as_str(), r.key.as_str()))
+}
+
 pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),

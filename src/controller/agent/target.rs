@@ -91,7 +91,7 @@ mod tests {
     use crate::api::backup_job::Encryption;
     use crate::api::common::SecretKeyRef;
     use crate::api::destination::{Destination, GcsDestination, PvcDestination, S3Destination};
-    use crate::controller::agent::pod::{Access, repository_access};
+    use crate::controller::agent::pod::{Access, repository_access, secret_of};
 
     const RW: Access = Access {
         repo_read_only: false,
@@ -169,16 +169,7 @@ mod tests {
         let env: Vec<(&str, &str)> = t
             .envs
             .iter()
-            .map(|e| {
-                let r = e
-                    .value_from
-                    .as_ref()
-                    .unwrap()
-                    .secret_key_ref
-                    .as_ref()
-                    .unwrap();
-                (e.name.as_str(), r.key.as_str())
-            })
+            .map(|e| (e.name.as_str(), secret_of(e).expect("from the Secret").1))
             .collect();
         assert_eq!(
             env,

@@ -14,11 +14,10 @@ use kube::ResourceExt;
 use super::Error;
 use super::build::copy_pod::{CopyPlan, after_run, copy_of, copy_pod, run_of};
 use super::checks::{Pass, RunOf, created, earliest, held_to_deadline};
-use super::dereference::newest_successful;
+use super::dereference::{newest_successful, succeeded};
 use crate::api::Snapshot;
 use crate::api::agent::CopyResult;
 use crate::api::copy::{CopySpec, CopyStatus};
-use crate::api::snapshot::RunPhase;
 use crate::api::verification::CheckResult;
 use crate::controller::agent::identity::identity_changes;
 use crate::controller::agent::run::RunStep;
@@ -55,11 +54,7 @@ fn completed(s: &Snapshot) -> Option<jiff::Timestamp> {
 fn lag(snapshots: &[Snapshot], since: Option<jiff::Timestamp>) -> u64 {
     snapshots
         .iter()
-        .filter(|s| {
-            s.status
-                .as_ref()
-                .is_some_and(|st| st.phase == RunPhase::Succeeded)
-        })
+        .filter(|s| succeeded(s))
         .filter(|s| match (since, completed(s)) {
             (Some(since), Some(done)) => done > since,
             (Some(_), None) => false,

@@ -173,14 +173,10 @@ fn a_new_snapshot_starts_a_copy_pod_with_both_repositories_kept_apart() {
         .iter()
         .find(|e| e.name == "SNAPCRYPT_TO_AWS_ACCESS_KEY_ID")
         .expect("the copy's credentials under the target prefix");
-    let from = key_id
-        .value_from
-        .as_ref()
-        .unwrap()
-        .secret_key_ref
-        .as_ref()
-        .unwrap();
-    assert_eq!(from.name, "off-creds");
+    assert_eq!(
+        crate::controller::agent::pod::secret_of(key_id),
+        Some(("off-creds", "AWS_ACCESS_KEY_ID"))
+    );
     assert!(
         env.iter().all(|e| e.name != "AWS_ACCESS_KEY_ID"),
         "the job's repository is a PVC"

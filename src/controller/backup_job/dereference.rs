@@ -184,15 +184,18 @@ async fn run_pods<R: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+/// Whether a Snapshot has succeeded.
+pub fn succeeded(s: &Snapshot) -> bool {
+    s.status
+        .as_ref()
+        .is_some_and(|st| st.phase == RunPhase::Succeeded)
+}
+
 /// The newest successful Snapshot of `snapshots`: what a restore test restores.
 pub fn newest_successful(snapshots: &[Snapshot]) -> Option<&Snapshot> {
     snapshots
         .iter()
-        .filter(|s| {
-            s.status
-                .as_ref()
-                .is_some_and(|st| st.phase == RunPhase::Succeeded)
-        })
+        .filter(|s| succeeded(s))
         .max_by_key(|s| (scheduled_time(s), s.name_any()))
 }
 

@@ -95,26 +95,18 @@ pub fn plan(
         snapshots.push(snap);
     }
 
-    // The scheduled checks: judge, start what is due, tidy.
-    let checked = plan_checks(&Pass {
+    // The scheduled checks and the copies: judge their runs, start what is due, tidy.
+    let pass = Pass {
         job,
         world,
         snapshots: &snapshots,
         config,
         healthy: problems.is_empty(),
         now,
-    })?;
+    };
+    let checked = plan_checks(&pass)?;
     changes.extend(checked.changes);
-
-    // The copies: judge their runs, start what is due.
-    let copies = plan_copies(&Pass {
-        job,
-        world,
-        snapshots: &snapshots,
-        config,
-        healthy: problems.is_empty(),
-        now,
-    })?;
+    let copies = plan_copies(&pass)?;
     changes.extend(copies.changes);
 
     let mut status = job_status(&Observed {
