@@ -57,6 +57,19 @@ impl StoreEnv {
             .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
     }
 
+    /// `builder` with every variable of `family` that names one of its config keys (`K`),
+    /// as object_store's `from_env` applies them.
+    fn apply<B, K: std::str::FromStr>(
+        &self,
+        family: &str,
+        builder: B,
+        with: impl Fn(B, K, &str) -> B,
+    ) -> B {
+        self.family(family)
+            .filter_map(|(key, value)| Some((key.parse::<K>().ok()?, value)))
+            .fold(builder, |b, (key, value)| with(b, key, value))
+    }
+
     /// Use the identity the environment gives (instance metadata, a pod's workload identity).
     fn ambient_allowed(&self) -> bool {
         self.set("SNAPCRYPT_AMBIENT_CREDENTIALS") || self.set("SNAPCRYPT_S3_INSTANCE_CREDENTIALS")
@@ -186,11 +199,7 @@ pub(super) fn open_remote(
 
 fn s3_builder(env: &StoreEnv, bucket: &str, s3: &StoreOptions) -> AmazonS3Builder {
     let mut b = AmazonS3Builder::new();
-    for (key, value) in env.family("AWS_") {
-        if let Ok(key) = key.parse() {
-            b = b.with_config(key, value);
-        }
-    }
+    b = env.apply("AWS_", b, |b, key, value| b.with_config(key, value));
     let mut b = b.with_bucket_name(bucket).with_retry(retry_config());
     if let Some(e) = s3
         .endpoint
@@ -222,11 +231,7 @@ fn gcs_builder(env: &StoreEnv, bucket: &str) -> GoogleCloudStorageBuilder {
     if let Some(path) = env.get("SERVICE_ACCOUNT") {
         b = b.with_service_account_path(path);
     }
-    for (key, value) in env.family("GOOGLE_") {
-        if let Ok(key) = key.parse() {
-            b = b.with_config(key, value);
-        }
-    }
+    b = env.apply("GOOGLE_", b, |b, key, value| b.with_config(key, value));
     let mut b = b.with_bucket_name(bucket).with_retry(retry_config());
     if env
         .get("GOOGLE_BASE_URL")
@@ -248,11 +253,7 @@ fn azure_builder(env: &StoreEnv, container: &str) -> MicrosoftAzureBuilder {
     if let Ok(endpoint) = std::env::var("IDENTITY_ENDPOINT") {
         b = b.with_msi_endpoint(endpoint);
     }
-    for (key, value) in env.family("AZURE_") {
-        if let Ok(key) = key.parse() {
-            b = b.with_config(key, value);
-        }
-    }
+    b = env.apply("AZURE_", b, |b, key, value| b.with_config(key, value));
     let mut b = b.with_container_name(container).with_retry(retry_config());
     if env
         .get("AZURE_STORAGE_ENDPOINT")
