@@ -86,6 +86,44 @@ pub struct S3Destination {
     /// refused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+    /// S3 Object Lock: every write-once object of the repository (the config, key records,
+    /// packs, index objects, snapshots) is written locked for `days`, each retention pass
+    /// extends what kept snapshots still need, and prune never deletes what is locked. The
+    /// bucket must have been created with Object Lock enabled; a run on a bucket without it
+    /// fails before writing anything, saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLockSpec>,
+}
+
+/// How a repository's objects are locked (S3 Object Lock).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectLockSpec {
+    /// Compliance: nobody (not even the account's root) can delete a locked version or
+    /// shorten its retention until it ends. Governance: principals allowed
+    /// s3:BypassGovernanceRetention can.
+    pub mode: ObjectLockMode,
+    /// How long each write, and each extension, keeps an object, in days.
+    #[schemars(range(min = 1, max = 36500))]
+    pub days: u32,
+}
+
+/// S3 Object Lock's retention modes.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectLockMode {
+    Compliance,
+    Governance,
+}
+
+impl ObjectLockSpec {
+    /// As the agent's `--s3-object-lock` takes it.
+    pub fn as_arg(&self) -> String {
+        let mode = match self.mode {
+            ObjectLockMode::Compliance => "compliance",
+            ObjectLockMode::Governance => "governance",
+        };
+        format!("{mode}:{}d", self.days)
+    }
 }
 
 fn default_region() -> String {

@@ -171,6 +171,12 @@ pub async fn perform(
         crate::engine::backend::Location::Remote { .. } => Some(args.repo.backend(true)?),
         crate::engine::backend::Location::Local(_) => None,
     };
+    // Object lock on a bucket without it is refused before anything is written.
+    if let Some(b) = &remote {
+        b.check_object_lock()
+            .await
+            .map_err(crate::engine::EngineError::from)?;
+    }
     let km = args
         .keys
         .key_manager(key_file == KeyFile::CreateIfMissing)

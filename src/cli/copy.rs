@@ -116,6 +116,10 @@ pub struct TargetArgs {
     #[arg(long = "to-s3-path-style")]
     pub to_s3_path_style: bool,
 
+    /// S3 Object Lock of the target (as --s3-object-lock; never the source's).
+    #[arg(long = "to-s3-object-lock", value_name = "MODE:DAYSd", value_parser = crate::engine::backend::ObjectLock::parse)]
+    pub to_s3_object_lock: Option<crate::engine::backend::ObjectLock>,
+
     /// KMIP protocol version of the target's server (default 1.4).
     #[arg(long = "to-kmip-version", value_name = "VERSION")]
     pub to_kmip_version: Option<crate::kms::kmip::ProtocolVersion>,
@@ -153,6 +157,7 @@ impl CopyArgs {
                     .or(self.s3.s3_endpoint.clone()),
                 s3_region: self.to.to_s3_region.clone().or(self.s3.s3_region.clone()),
                 s3_path_style: self.to.to_s3_path_style || (self.s3.s3_path_style && !own_endpoint),
+                s3_object_lock: self.to.to_s3_object_lock,
             },
             credentials_env: Some(TARGET_ENV.into()),
         }
@@ -221,6 +226,10 @@ pub async fn copy_and_keep(args: &CopyArgs, json: bool) -> Result<CopyOutcome, C
     let km = args.keys.key_manager(false).await?;
     let source = Repository::open(args.source().backend(false)?, km.as_ref()).await?;
     let target = args.target().backend(true)?;
+    target
+        .check_object_lock()
+        .await
+        .map_err(|e| format!("--to {}: {e}", args.to.to_repo))?;
     // The target's store answers with its own credentials (SNAPCRYPT_TO_*, else the usual
     // ones): an error here is the target's, and says so.
     let exists = target

@@ -37,6 +37,13 @@ pub struct S3Args {
     /// Use path-style S3 URLs (endpoint/bucket/key), as most S3-compatible stores need.
     #[arg(long)]
     pub s3_path_style: bool,
+
+    /// S3 Object Lock: write the repository's write-once objects (config, keys, packs, index
+    /// objects, snapshots) locked for DAYS in MODE (compliance or governance), and have
+    /// prune keep what is locked and extend what kept snapshots need. The bucket must have
+    /// Object Lock enabled. Give it to every command that writes the repository.
+    #[arg(long, value_name = "MODE:DAYSd", value_parser = crate::engine::backend::ObjectLock::parse)]
+    pub s3_object_lock: Option<crate::engine::backend::ObjectLock>,
 }
 
 impl RepoArgs {
@@ -53,6 +60,7 @@ impl RepoArgs {
             access_key_id: None,
             secret_access_key: None,
             credentials_env: self.credentials_env.clone(),
+            object_lock: self.s3.s3_object_lock,
         };
         Ok(Backend::open(&self.location()?, &s3, create)?)
     }

@@ -31,6 +31,13 @@ pub struct PruneReport {
     pub bytes_freed: u64,
     /// Bytes marked and waiting for their grace to pass.
     pub bytes_pending: u64,
+    /// With object lock: snapshots the policy would forget that stay because their object is
+    /// locked until later (forgotten by a pass after their retention ends).
+    pub locked_kept: Vec<String>,
+    /// With object lock: packs due for deletion that stay, locked until later.
+    pub packs_locked: usize,
+    /// With object lock: objects kept snapshots need whose retention this pass extended.
+    pub locks_extended: usize,
 }
 
 /// How prune deletes.
@@ -79,8 +86,12 @@ async fn run_prune(
     lock: &RepoLock,
 ) -> Result<PruneReport, EngineError> {
     let snaps = repo.snapshots().await?;
-    let kept = keep_in_scope(&snaps, policy, scope, jiff::Timestamp::now());
-    let mut report = PruneReport::default();
+    let mut kept = keep_in_scope(&snaps, policy, scope, jiff::Timestamp::now());
+    let mut report = PruneReport {
+        locked_kept: locked_snapshots(repo, &snaps, &kept).await?,
+        ..Default::default()
+    };
+    kept.extend(report.locked_kept.iter().cloned());
     for s in &snaps {
         if kept.contains(&s.id) {
             // Snapshots outside the scope are kept untouched and not reported.
@@ -96,7 +107,12 @@ async fn run_prune(
     // pack alive.
     let index = repo.load_placed_index().await?;
     let used = used_blobs(repo, &index, snaps.iter().filter(|s| kept.contains(&s.id))).await?;
-    let plan = plan_packs(&index, &used, &marks);
+    let mut plan = plan_packs(&index, &used, &marks);
+    if repo.backend.object_lock().is_some() {
+        // Repacking deletes the packs it copies out of, which their locks forbid while they
+        // last: with object lock a pack stays whole until nothing needs it.
+        plan.repack.clear();
+    }
     report.packs_marked = plan.mark.len();
     report.packs_repacked = plan.repack.len();
     report.packs_rescued = plan.rescue.len();
@@ -134,6 +150,7 @@ async fn run_prune(
         return Ok(report);
     }
     lock.check()?;
+    report.locks_extended = extend_locks(repo, &index, &used, &snaps, &kept).await?;
     // Each forgotten snapshot's file list is recorded as unfinished before its object goes:
     // a prune killed in between leaves lists that verify knows for leftovers.
     for s in snaps.iter().filter(|s| report.forgotten.contains(&s.id)) {
@@ -170,9 +187,28 @@ async fn run_prune(
         due.extend(to_mark);
         report.bytes_pending = 0;
     }
+    let deleted = delete_due(repo, due, lock, &mut report).await?;
+    drop_finished_records(repo, &index.lists, &deleted, &snaps, &kept).await?;
+    Ok(report)
+}
+
+/// Phase two of deletion: each due pack, then its index object and mark (a pass that stops
+/// half-way leaves a mark the next one finishes); a locked pack stays, with its mark. The ids
+/// deleted.
+async fn delete_due(
+    repo: &Repository,
+    due: Vec<(String, u64)>,
+    lock: &RepoLock,
+    report: &mut PruneReport,
+) -> Result<HashSet<String>, EngineError> {
     let mut deleted = HashSet::new();
     for (id, bytes) in due {
         lock.check()?;
+        if is_locked(repo, &pack_object_name(&id)).await? {
+            // Its mark stays: a pass after the retention ends deletes it.
+            report.packs_locked += 1;
+            continue;
+        }
         repo.backend.delete(&pack_object_name(&id)).await?;
         repo.backend.delete(&format!("index/{id}")).await?;
         repo.backend.delete(&format!("{GARBAGE_DIR}/{id}")).await?;
@@ -180,8 +216,76 @@ async fn run_prune(
         report.bytes_freed += bytes;
         deleted.insert(id);
     }
-    drop_finished_records(repo, &index.lists, &deleted, &snaps, &kept).await?;
-    Ok(report)
+    Ok(deleted)
+}
+
+/// Whether `name` is locked now (object lock, its retention not over).
+async fn is_locked(repo: &Repository, name: &str) -> Result<bool, EngineError> {
+    let now = jiff::Timestamp::now();
+    Ok(repo
+        .backend
+        .retained_until(name)
+        .await?
+        .is_some_and(|until| until > now))
+}
+
+/// With object lock, the snapshots outside `kept` whose object is still locked: they stay
+/// (prune never tries to delete a locked object).
+async fn locked_snapshots(
+    repo: &Repository,
+    snaps: &[SnapshotManifest],
+    kept: &BTreeSet<String>,
+) -> Result<Vec<String>, EngineError> {
+    let mut out = Vec::new();
+    if repo.backend.object_lock().is_none() {
+        return Ok(out);
+    }
+    for s in snaps.iter().filter(|s| !kept.contains(&s.id)) {
+        if is_locked(repo, &format!("snapshots/{}", s.id)).await? {
+            out.push(s.id.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// With object lock, keep locked everything the kept snapshots need (the config, the key
+/// records, the snapshots, their packs and index objects): each whose retention is in its
+/// second half (or that has none) is extended by a whole period. How many were.
+async fn extend_locks(
+    repo: &Repository,
+    index: &PlacedIndex,
+    used: &Used,
+    snaps: &[SnapshotManifest],
+    kept: &BTreeSet<String>,
+) -> Result<usize, EngineError> {
+    if repo.backend.object_lock().is_none() {
+        return Ok(0);
+    }
+    let mut names = vec!["config".to_string()];
+    names.extend(
+        repo.key_records()
+            .iter()
+            .map(|r| format!("keys/{}", r.data_key_id)),
+    );
+    names.extend(
+        snaps
+            .iter()
+            .filter(|s| kept.contains(&s.id))
+            .map(|s| format!("snapshots/{}", s.id)),
+    );
+    for p in used.packs(&index.places) {
+        let id = &index.lists.packs[p as usize].id;
+        names.push(pack_object_name(id));
+        names.push(format!("index/{id}"));
+    }
+    let now = jiff::Timestamp::now();
+    let mut extended = 0;
+    for name in names {
+        if repo.backend.keep_locked(&name, now).await? {
+            extended += 1;
+        }
+    }
+    Ok(extended)
 }
 
 /// Packs in `data/` that no index object names and no mark covers, with their sizes: what a

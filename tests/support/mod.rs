@@ -11,6 +11,7 @@ pub mod fault_proxy;
 pub mod gcs;
 pub mod ground;
 pub mod mockupdb;
+pub mod moto;
 pub mod operator;
 pub mod plain;
 pub mod real_nodes;

@@ -79,6 +79,9 @@ fn s3_access(s3: &S3Destination, out: &mut RepoAccess) {
     if s3.path_style {
         out.args.push("--s3-path-style".into());
     }
+    if let Some(lock) = &s3.object_lock {
+        out.args.extend(["--s3-object-lock".into(), lock.as_arg()]);
+    }
     let secret = &s3.credentials_secret;
     for (key, optional) in [
         ("AWS_ACCESS_KEY_ID", false),
@@ -180,6 +183,28 @@ mod tests {
                 format!("secret {secret}/{key}")
             })
         })
+    }
+
+    #[test]
+    fn an_s3_object_lock_reaches_the_agent_as_its_flag() {
+        use crate::api::destination::{ObjectLockMode, ObjectLockSpec};
+        let a = access(Destination {
+            s3: Some(S3Destination {
+                bucket: "vault".into(),
+                credentials_secret: "c".into(),
+                object_lock: Some(ObjectLockSpec {
+                    mode: ObjectLockMode::Governance,
+                    days: 30,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let i = a.args.iter().position(|x| x == "--s3-object-lock").unwrap();
+        assert_eq!(a.args[i + 1], "governance:30d");
+        assert!(crate::engine::backend::ObjectLock::parse(&a.args[i + 1]).is_ok());
+        let t = super::super::target::as_copy_target(a);
+        assert!(t.args.iter().any(|x| x == "--to-s3-object-lock"));
     }
 
     #[test]

@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::{ClientConfigKey, ObjectStore};
 
 use super::location::{Location, StoreKind, StoreOptions};
+use super::object_lock::LockClient;
 use super::{BackendError, retry_config};
 
 /// The environment one store's client reads: the process's, or (for a copy's target) only the
@@ -145,7 +146,7 @@ fn no_credentials(kind: StoreKind) -> &'static str {
 pub(super) fn open_remote(
     location: &Location,
     s3: &StoreOptions,
-) -> Result<Arc<dyn ObjectStore>, BackendError> {
+) -> Result<(Arc<dyn ObjectStore>, Option<LockClient>), BackendError> {
     let Location::Remote {
         kind,
         bucket,
@@ -170,12 +171,31 @@ pub(super) fn open_remote(
     if !configured {
         return Err(bad(no_credentials(*kind).into()));
     }
+    if s3.object_lock.is_some() && *kind != StoreKind::S3 {
+        return Err(bad(
+            "object lock is implemented for S3 repositories only (S3 Object Lock); remove it for this store".into(),
+        ));
+    }
+    let mut lock = None;
     let store: Arc<dyn ObjectStore> = match kind {
-        StoreKind::S3 => Arc::new(
-            s3_builder(&env, bucket, s3)
-                .build()
-                .map_err(|e| bad(e.to_string()))?,
-        ),
+        StoreKind::S3 => {
+            let builder = s3_builder(&env, bucket, s3);
+            let client = Arc::new(builder.clone().build().map_err(|e| bad(e.to_string()))?);
+            if let Some(l) = s3.object_lock {
+                let url = bucket_url(&builder, bucket);
+                let region = builder
+                    .get_config_value(&AmazonS3ConfigKey::Region)
+                    .unwrap_or_else(|| "us-east-1".into());
+                lock = Some(LockClient::new(
+                    client.clone(),
+                    url,
+                    prefix.clone(),
+                    region,
+                    l,
+                )?);
+            }
+            client
+        }
         StoreKind::Gcs => Arc::new(
             gcs_builder(&env, bucket)
                 .build()
@@ -187,14 +207,32 @@ pub(super) fn open_remote(
                 .map_err(|e| bad(e.to_string()))?,
         ),
     };
-    Ok(if prefix.is_empty() {
+    let store = if prefix.is_empty() {
         store
     } else {
         Arc::new(object_store::prefix::PrefixStore::new(
             store,
             prefix.as_str(),
         ))
-    })
+    };
+    Ok((store, lock))
+}
+
+/// The URL of `bucket` as the S3 client built from `b` addresses it: path style under the
+/// endpoint, the endpoint itself with virtual-hosted style, or AWS's own.
+fn bucket_url(b: &AmazonS3Builder, bucket: &str) -> String {
+    let virtual_hosted = b
+        .get_config_value(&AmazonS3ConfigKey::VirtualHostedStyleRequest)
+        .is_some_and(|v| v == "true");
+    let region = b
+        .get_config_value(&AmazonS3ConfigKey::Region)
+        .unwrap_or_else(|| "us-east-1".into());
+    match b.get_config_value(&AmazonS3ConfigKey::Endpoint) {
+        Some(ep) if virtual_hosted => ep.trim_end_matches('/').to_string(),
+        Some(ep) => format!("{}/{bucket}", ep.trim_end_matches('/')),
+        None if virtual_hosted => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+    }
 }
 
 fn s3_builder(env: &StoreEnv, bucket: &str, s3: &StoreOptions) -> AmazonS3Builder {

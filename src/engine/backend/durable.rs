@@ -90,3 +90,29 @@ pub fn commit(root: &Path, staged: &Path, name: &str) -> Result<(), BackendError
     }
     Ok(())
 }
+
+/// The writes of a local repository through its backend.
+impl super::Backend {
+    /// `put` and `put_new` of a local repository, durable (see `put`).
+    pub(super) async fn local_put(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        create_only: bool,
+    ) -> Result<bool, super::BackendError> {
+        let Some(root) = self.local_root.clone() else {
+            return Err(super::BackendError::BadLocation {
+                repo: self.display.clone(),
+                reason: "not a local repository".into(),
+            });
+        };
+        let staging = self.staging_dir()?.to_path_buf();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || put(&root, &staging, &name, &data, create_only))
+            .await
+            .map_err(|e| super::BackendError::Io {
+                path: "(writer thread)".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+}

@@ -144,6 +144,8 @@ pub struct StoreOptions {
     /// the prefix removed, and from no others: a copy's target (`SNAPCRYPT_TO_`) then never
     /// uses the source's credentials. When no variable carries it, the usual ones are read.
     pub credentials_env: Option<String>,
+    /// S3 Object Lock of the repository's write-once objects (S3 only).
+    pub object_lock: Option<super::object_lock::ObjectLock>,
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@ mod cloud;
 mod durable;
 mod local;
 mod location;
+mod object_lock;
 #[cfg(test)]
 pub mod paused;
 mod words;
 
 pub use self::location::{Location, REPO_FORMS, StoreKind, StoreOptions, TARGET_ENV};
+pub use self::object_lock::{LockMode, ObjectLock};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub enum BackendError {
         "object {name} is {size} bytes, more than the {limit} such an object ever holds: not read (a damaged or planted object; remove it)"
     )]
     TooLarge { name: String, size: u64, limit: u64 },
+    #[error("object {name}: object lock: {reason}")]
+    Lock { name: String, reason: String },
 }
 
 /// The most a small object (a lock, the config, a data key record) is read whole: what the
@@ -127,6 +131,8 @@ pub struct Backend {
     /// Where pack files are staged while written.
     staging: PathBuf,
     display: String,
+    /// S3 Object Lock of the repository's write-once objects (`object_lock.rs`).
+    lock: Option<Arc<object_lock::LockClient>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -168,16 +174,23 @@ impl Backend {
                         path: e.path().to_string(),
                         source: std::io::Error::other(e.reason()),
                     })?;
+                if s3.object_lock.is_some() {
+                    return Err(BackendError::BadLocation {
+                        repo: root.display().to_string(),
+                        reason: "object lock is a setting of an S3 repository, not of a directory: remove it, or use s3://".into(),
+                    });
+                }
                 Ok(Backend {
                     store: Arc::new(store),
                     display: root.display().to_string(),
                     local_root: Some(root),
                     local_dir: Some(Arc::new(dir)),
                     staging,
+                    lock: None,
                 })
             }
             Location::Remote { .. } => {
-                let store = cloud::open_remote(location, s3)?;
+                let (store, lock) = cloud::open_remote(location, s3)?;
                 let staging = std::env::var_os("SNAPCRYPT_TMPDIR")
                     .map(PathBuf::from)
                     .unwrap_or_else(std::env::temp_dir)
@@ -188,6 +201,7 @@ impl Backend {
                     local_dir: None,
                     staging,
                     display: location.to_string(),
+                    lock: lock.map(Arc::new),
                 })
             }
         }
@@ -222,6 +236,10 @@ impl Backend {
     pub async fn put(&self, name: &str, data: Vec<u8>) -> Result<(), BackendError> {
         if self.local_root.is_some() {
             return self.local_put(name, data, false).await.map(|_| ());
+        }
+        if let Some(lock) = self.locking(name) {
+            let until = lock.lock.until(jiff::Timestamp::now());
+            return lock.put(name, data.into(), false, until).await.map(|_| ());
         }
         self.store
             .put(&ObjPath::from(name), PutPayload::from(data))
@@ -297,6 +315,10 @@ impl Backend {
         if self.local_root.is_some() {
             return self.local_put(name, data, true).await;
         }
+        if let Some(lock) = self.locking(name) {
+            let until = lock.lock.until(jiff::Timestamp::now());
+            return lock.put(name, data.into(), true, until).await;
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -317,31 +339,6 @@ impl Backend {
             }
             Err(e) => Err(Self::err(name)(e)),
         }
-    }
-
-    /// `put` and `put_new` of a local repository, durable (see `put`).
-    async fn local_put(
-        &self,
-        name: &str,
-        data: Vec<u8>,
-        create_only: bool,
-    ) -> Result<bool, BackendError> {
-        let Some(root) = self.local_root.clone() else {
-            return Err(BackendError::BadLocation {
-                repo: self.display.clone(),
-                reason: "not a local repository".into(),
-            });
-        };
-        let staging = self.staging_dir()?.to_path_buf();
-        let name = name.to_string();
-        tokio::task::spawn_blocking(move || {
-            durable::put(&root, &staging, &name, &data, create_only)
-        })
-        .await
-        .map_err(|e| BackendError::Io {
-            path: "(writer thread)".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?
     }
 
     /// Read a whole object.
@@ -528,6 +525,14 @@ impl Backend {
                 .await
                 .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         }
+        if let Some(lock) = self.locking(name) {
+            // One locked PUT of the whole pack (a pack is at most the repository's pack size):
+            // S3 takes the lock headers and the checksum with the object.
+            let data = tokio::fs::read(staged).await.map_err(io)?;
+            let until = lock.lock.until(jiff::Timestamp::now());
+            lock.put(name, data.into(), false, until).await?;
+            return tokio::fs::remove_file(staged).await.map_err(io);
+        }
         let upload = self
             .store
             .put_multipart(&ObjPath::from(name))
@@ -603,6 +608,7 @@ mod tests {
             local_dir: None,
             staging: std::env::temp_dir(),
             display: "memory".into(),
+            lock: None,
         };
         assert!(
             backend

@@ -233,6 +233,7 @@ impl Backend {
             local_dir: None,
             staging: std::env::temp_dir().join("snapcrypt-staging"),
             display: "memory".into(),
+            lock: None,
         }
     }
 }

@@ -1,0 +1,91 @@
+//! moto's S3 server (from PyPI, .ci/install-deps.sh) on loopback, for what s3s-fs lacks: S3
+//! Object Lock (versioned buckets, per-object retention, deletes of locked versions refused).
+//! moto checks no signature (tests/services/README.md); what it enforces of object lock is in
+//! tests/README.md, "Object lock". Started per test, stopped on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+/// The test venv's python (boto3 for tests/services/s3/lock-admin.py).
+fn python() -> PathBuf {
+    std::env::var_os("SNAPCRYPT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| super::cache_dir().join("venv/bin/python"))
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = super::free_port();
+        let child = Command::new("bash")
+            .arg(super::repo_root().join("tests/services/s3/start-moto.sh"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server (run .ci/install-deps.sh to install it)");
+        let mut moto = Moto { child, port };
+        let addr = format!("127.0.0.1:{port}");
+        super::wait_for("moto to listen", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto_server exited at start ({status}): run .ci/install-deps.sh");
+            }
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        moto.port = port;
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Environment for snapcrypt to reach it (any credentials do).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "snapcrypt-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "snapcrypt-test-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+        ]
+    }
+
+    /// tests/services/s3/lock-admin.py ARGS against this server: its output.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = Command::new(python())
+            .arg(super::repo_root().join("tests/services/s3/lock-admin.py"))
+            .arg(self.endpoint())
+            .args(args)
+            .output()
+            .expect("run lock-admin.py");
+        assert!(
+            out.status.success(),
+            "lock-admin.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Each object under `prefix` of `bucket`: (key, mode, retain-until), "-" for none.
+    pub fn retention(&self, bucket: &str, prefix: &str) -> Vec<(String, String, String)> {
+        self.admin(&["retention", bucket, prefix])
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.into(), w.next()?.into(), w.next()?.into()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
