@@ -26,7 +26,7 @@ use snapcrypt::api::{BackupJob, Restore, Snapshot};
 use support::alerts::{chart_expr, eval};
 use support::cluster::{TestNamespace, cluster_or_skip, wait_for};
 use support::operator::{
-    Operator, claim, create, key_secret, member, parse_metrics, wait_for_success,
+    Operator, claim, create, key_secret, member, member_source, parse_metrics, wait_for_success,
 };
 use support::real_nodes::{HOST_ALIAS, IMAGE, RealNodes, SHARED_CLASS, volume_dir};
 
@@ -204,8 +204,7 @@ impl CopyGround {
             &ns.api(),
             json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
                 "spec": {
-                    "source": {"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
-                               "syncSource": {"mode": "member", "member": "rs0-1"}},
+                    "source": member_source("rs0-1"),
                     "destination": {"pvc": {"claimName": "backups", "path": "repo"}},
                     "encryption": {"localKeySecret": {"name": "rs0-key"}},
                     "schedule": {"cron": "0 0 1 1 *"},

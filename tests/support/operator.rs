@@ -302,6 +302,13 @@ pub fn snapshot_finished(s: &snapcrypt::api::Snapshot) -> bool {
         .is_some_and(|st| matches!(st.phase, RunPhase::Succeeded | RunPhase::Failed))
 }
 
+/// A BackupJob's `spec.source` for the test members (label app=rs-e2e, volume mongo-data),
+/// copying member `member`.
+pub fn member_source(member: &str) -> serde_json::Value {
+    json!({"selector": {"matchLabels": {"app": "rs-e2e"}}, "dataVolumeName": "mongo-data",
+           "syncSource": {"mode": "member", "member": member}})
+}
+
 /// Whether a Restore has ended (Succeeded or Failed).
 pub fn restore_finished(r: &snapcrypt::api::Restore) -> bool {
     use snapcrypt::api::snapshot::RunPhase;
