@@ -105,6 +105,33 @@ fn a_locked_repository_keeps_what_is_locked_and_extends_what_is_needed() {
         "every pack a kept snapshot needs is locked for 10 days now: {extended:?}"
     );
 
+    // A prune not told of the lock would hide locked snapshots behind delete markers: refused.
+    let blind = fails(
+        &repo_args(
+            &["prune"],
+            REPO,
+            &key,
+            &[
+                "--keep-last",
+                "1",
+                "--delete-after",
+                "0s",
+                "--s3-path-style",
+            ],
+        ),
+        &env,
+    );
+    assert!(
+        blind.contains("Object Lock enabled, and no object lock was given"),
+        "{blind}"
+    );
+    let listed = ok(
+        &repo_args(&["snapshots"], REPO, &key, &["--json", "--s3-path-style"]),
+        &env,
+    );
+    let listed: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+
     // Both snapshots restore bit-exact and verify with --read-data.
     ok(
         &repo_args(&["verify"], REPO, &key, &["--read-data", "--s3-path-style"]),

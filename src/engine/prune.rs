@@ -71,6 +71,7 @@ pub async fn prune(
     scope: &PruneScope,
     opts: &PruneOptions,
 ) -> Result<PruneReport, EngineError> {
+    repo.backend.check_no_unknown_lock().await?;
     let lock = RepoLock::acquire(&repo.backend, true, lock_wait(Duration::from_secs(30))).await?;
     let r = run_prune(repo, km, policy, scope, opts, &lock).await;
     lock.release().await?;

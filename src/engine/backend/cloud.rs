@@ -181,19 +181,18 @@ pub(super) fn open_remote(
         StoreKind::S3 => {
             let builder = s3_builder(&env, bucket, s3);
             let client = Arc::new(builder.clone().build().map_err(|e| bad(e.to_string()))?);
-            if let Some(l) = s3.object_lock {
-                let url = bucket_url(&builder, bucket);
-                let region = builder
-                    .get_config_value(&AmazonS3ConfigKey::Region)
-                    .unwrap_or_else(|| "us-east-1".into());
-                lock = Some(LockClient::new(
-                    client.clone(),
-                    url,
-                    prefix.clone(),
-                    region,
-                    l,
-                )?);
-            }
+            // Also without a lock of its own: the client asks the bucket whether it has
+            // Object Lock before a prune deletes anything (Backend::check_no_unknown_lock).
+            let region = builder
+                .get_config_value(&AmazonS3ConfigKey::Region)
+                .unwrap_or_else(|| "us-east-1".into());
+            lock = Some(LockClient::new(
+                client.clone(),
+                bucket_url(&builder, bucket),
+                prefix.clone(),
+                region,
+                s3.object_lock,
+            )?);
             client
         }
         StoreKind::Gcs => Arc::new(

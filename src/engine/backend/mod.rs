@@ -237,9 +237,8 @@ impl Backend {
         if self.local_root.is_some() {
             return self.local_put(name, data, false).await.map(|_| ());
         }
-        if let Some(lock) = self.locking(name) {
-            let until = lock.lock.until(jiff::Timestamp::now());
-            return lock.put(name, data.into(), false, until).await.map(|_| ());
+        if let Some((client, lock)) = self.locking(name) {
+            return client.put(name, data.into(), false, lock).await.map(|_| ());
         }
         self.store
             .put(&ObjPath::from(name), PutPayload::from(data))
@@ -315,9 +314,8 @@ impl Backend {
         if self.local_root.is_some() {
             return self.local_put(name, data, true).await;
         }
-        if let Some(lock) = self.locking(name) {
-            let until = lock.lock.until(jiff::Timestamp::now());
-            return lock.put(name, data.into(), true, until).await;
+        if let Some((client, lock)) = self.locking(name) {
+            return client.put(name, data.into(), true, lock).await;
         }
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -525,12 +523,11 @@ impl Backend {
                 .await
                 .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         }
-        if let Some(lock) = self.locking(name) {
+        if let Some((client, lock)) = self.locking(name) {
             // One locked PUT of the whole pack (a pack is at most the repository's pack size):
             // S3 takes the lock headers and the checksum with the object.
             let data = tokio::fs::read(staged).await.map_err(io)?;
-            let until = lock.lock.until(jiff::Timestamp::now());
-            lock.put(name, data.into(), false, until).await?;
+            client.put(name, data.into(), false, lock).await?;
             return tokio::fs::remove_file(staged).await.map_err(io);
         }
         let upload = self

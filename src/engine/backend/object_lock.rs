@@ -111,12 +111,13 @@ pub(super) struct LockClient {
     /// The repository's prefix in the bucket (empty: its root).
     prefix: String,
     region: String,
-    pub lock: ObjectLock,
+    /// The repository's object lock (None: the client only asks the bucket about it).
+    pub lock: Option<ObjectLock>,
 }
 
 impl std::fmt::Debug for LockClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LockClient({}, {})", self.bucket_url, self.lock)
+        write!(f, "LockClient({}, {:?})", self.bucket_url, self.lock)
     }
 }
 
@@ -168,7 +169,7 @@ impl LockClient {
         bucket_url: String,
         prefix: String,
         region: String,
-        lock: ObjectLock,
+        lock: Option<ObjectLock>,
     ) -> Result<LockClient, BackendError> {
         use object_store::client::HttpConnector;
         let options = object_store::ClientOptions::new().with_allow_http(true);
@@ -242,17 +243,19 @@ impl LockClient {
         Ok((parts.status.as_u16(), parts.headers, bytes))
     }
 
-    /// Write `name` locked until `until` (only if absent with `create_only`: false when it
-    /// existed). The body's MD5 goes with it, as S3 requires of a locked write.
+    /// Write `name` under `lock`, retained a whole period from now (only if absent with
+    /// `create_only`: false when it existed). The body's MD5 goes with it, as S3 requires of
+    /// a locked write.
     pub(super) async fn put(
         &self,
         name: &str,
         data: Bytes,
         create_only: bool,
-        until: jiff::Timestamp,
+        lock: ObjectLock,
     ) -> Result<bool, BackendError> {
+        let until = lock.until(jiff::Timestamp::now());
         let mut headers = vec![
-            ("x-amz-object-lock-mode", self.lock.mode.as_s3().to_string()),
+            ("x-amz-object-lock-mode", lock.mode.as_s3().to_string()),
             ("x-amz-object-lock-retain-until-date", until.to_string()),
             ("content-md5", content_md5(&data)),
         ];
@@ -293,15 +296,16 @@ impl LockClient {
         }
     }
 
-    /// Extend `name`'s retention to `until` (PutObjectRetention).
+    /// Extend `name`'s retention under `lock` to `until` (PutObjectRetention).
     pub(super) async fn extend(
         &self,
         name: &str,
+        lock: ObjectLock,
         until: jiff::Timestamp,
     ) -> Result<(), BackendError> {
         let xml = format!(
             "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{until}</RetainUntilDate></Retention>",
-            self.lock.mode.as_s3()
+            lock.mode.as_s3()
         );
         let headers = [
             ("content-type", "application/xml".to_string()),
@@ -340,14 +344,16 @@ impl LockClient {
 
 /// The object lock of a repository's backend.
 impl super::Backend {
-    /// The lock client, when `name` is an object the repository's object lock covers.
-    pub(super) fn locking(&self, name: &str) -> Option<&LockClient> {
-        self.lock.as_deref().filter(|_| is_locked_kind(name))
+    /// The lock client and the lock, when `name` is an object the repository's object lock
+    /// covers.
+    pub(super) fn locking(&self, name: &str) -> Option<(&LockClient, ObjectLock)> {
+        let client = self.lock.as_deref()?;
+        Some((client, client.lock?)).filter(|_| is_locked_kind(name))
     }
 
     /// The repository's object lock, if it has one.
     pub fn object_lock(&self) -> Option<ObjectLock> {
-        self.lock.as_ref().map(|l| l.lock)
+        self.lock.as_ref().and_then(|l| l.lock)
     }
 
     /// When `name`'s retention ends (None: no object lock, no retention, or no such object).
@@ -356,8 +362,8 @@ impl super::Backend {
         name: &str,
     ) -> Result<Option<jiff::Timestamp>, BackendError> {
         match &self.lock {
-            Some(lock) => lock.retained_until(name).await,
-            None => Ok(None),
+            Some(client) if client.lock.is_some() => client.retained_until(name).await,
+            _ => Ok(None),
         }
     }
 
@@ -368,30 +374,48 @@ impl super::Backend {
         name: &str,
         now: jiff::Timestamp,
     ) -> Result<bool, BackendError> {
-        let Some(lock) = self.locking(name) else {
+        let Some((client, lock)) = self.locking(name) else {
             return Ok(false);
         };
-        let until = lock.retained_until(name).await?;
-        if until.is_some_and(|u| !lock.lock.due(u, now)) {
+        let until = client.retained_until(name).await?;
+        if until.is_some_and(|u| !lock.due(u, now)) {
             return Ok(false);
         }
-        lock.extend(name, lock.lock.until(now)).await?;
+        client.extend(name, lock, lock.until(now)).await?;
         Ok(true)
     }
 
     /// Refuse object lock on a bucket that does not have it enabled, before anything is
     /// written.
     pub async fn check_object_lock(&self) -> Result<(), BackendError> {
-        let Some(lock) = &self.lock else {
+        let Some(client) = self.lock.as_deref().filter(|c| c.lock.is_some()) else {
             return Ok(());
         };
-        if lock.bucket_locked().await? {
+        if client.bucket_locked().await? {
             return Ok(());
         }
         Err(BackendError::Lock {
             name: self.display.clone(),
             reason: "the bucket has no Object Lock configuration: object lock needs a bucket created with Object Lock enabled (which turns versioning on); create one, or remove the object lock option".into(),
         })
+    }
+}
+
+impl super::Backend {
+    /// Refuse to delete from a bucket with Object Lock when no object lock was given: a
+    /// delete there would hide locked objects behind delete markers rather than keep them.
+    /// A bucket that does not answer the question (a store without Object Lock) passes.
+    pub async fn check_no_unknown_lock(&self) -> Result<(), BackendError> {
+        let Some(client) = self.lock.as_deref().filter(|c| c.lock.is_none()) else {
+            return Ok(());
+        };
+        if client.bucket_locked().await.unwrap_or(false) {
+            return Err(BackendError::Lock {
+                name: self.display.clone(),
+                reason: "the bucket has Object Lock enabled, and no object lock was given: give --s3-object-lock MODE:DAYSd (a BackupJob's or copy's s3.objectLock), so that prune keeps what is locked and extends what is needed instead of hiding snapshots behind delete markers".into(),
+            });
+        }
+        Ok(())
     }
 }
 
