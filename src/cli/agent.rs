@@ -378,17 +378,7 @@ async fn apply_retention(args: &SnapshotArgs, new_id: &str) -> Option<RetentionR
                 report.forgotten.len(),
                 human_bytes(report.bytes_freed)
             );
-            RetentionResult {
-                kept: report.kept.len(),
-                forgotten_total: report.forgotten.len(),
-                forgotten: report
-                    .forgotten
-                    .into_iter()
-                    .take(MAX_FORGOTTEN_IDS)
-                    .collect(),
-                bytes_freed: report.bytes_freed,
-                error: None,
-            }
+            retention_result(report)
         }
         Err(e) => {
             let e = e.to_string();
@@ -399,6 +389,22 @@ async fn apply_retention(args: &SnapshotArgs, new_id: &str) -> Option<RetentionR
             }
         }
     })
+}
+
+/// A retention pass that finished, as a result line reports it (the snapshot pod's, the copy
+/// pod's): the ids of at most [`MAX_FORGOTTEN_IDS`] forgotten snapshots, and how many in all.
+pub(super) fn retention_result(report: crate::engine::prune::PruneReport) -> RetentionResult {
+    RetentionResult {
+        kept: report.kept.len(),
+        forgotten_total: report.forgotten.len(),
+        forgotten: report
+            .forgotten
+            .into_iter()
+            .take(MAX_FORGOTTEN_IDS)
+            .collect(),
+        bytes_freed: report.bytes_freed,
+        error: None,
+    }
 }
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.

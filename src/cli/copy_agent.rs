@@ -5,9 +5,9 @@
 use clap::Args;
 
 use super::CliError;
-use super::agent::{ReportArgs, report_result};
+use super::agent::{ReportArgs, report_result, retention_result};
 use super::copy::{CopyArgs, CopyOutcome, copy_and_keep};
-use crate::api::agent::{CopyResult, MAX_FORGOTTEN_IDS, RetentionResult};
+use crate::api::agent::CopyResult;
 
 #[derive(Args, Debug)]
 pub struct CopyAgentArgs {
@@ -60,12 +60,6 @@ fn result_line(o: CopyOutcome) -> CopyResult {
         bytes_copied: r.bytes_copied,
         keys_written: r.keys_written as u64,
         key_id: o.target_key_id,
-        retention: o.retention.map(|p| RetentionResult {
-            kept: p.kept.len(),
-            forgotten_total: p.forgotten.len(),
-            forgotten: p.forgotten.into_iter().take(MAX_FORGOTTEN_IDS).collect(),
-            bytes_freed: p.bytes_freed,
-            error: None,
-        }),
+        retention: o.retention.map(retention_result),
     }
 }

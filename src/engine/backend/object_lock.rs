@@ -141,6 +141,9 @@ fn content_md5(body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))
 }
 
+/// Why object lock cannot be used on a bucket, and what to do.
+const NO_LOCK_CONFIGURATION: &str = "the bucket has no Object Lock configuration: object lock needs a bucket created with Object Lock enabled (which turns versioning on); create one, or remove the object lock option";
+
 /// A failed lock request's error, naming the object and what to do.
 fn refused(name: &str, status: u16, body: &str) -> BackendError {
     let code = body
@@ -149,7 +152,7 @@ fn refused(name: &str, status: u16, body: &str) -> BackendError {
         .and_then(|r| r.split("</Code>").next())
         .unwrap_or("");
     let reason = if body.contains("ObjectLockConfiguration") || code == "InvalidRequest" {
-        "the bucket has no Object Lock configuration: object lock needs a bucket created with Object Lock enabled (which turns versioning on); create one, or remove the object lock option".to_string()
+        NO_LOCK_CONFIGURATION.to_string()
     } else if status == 403 {
         format!(
             "access denied ({code}): the credentials may not write or extend object retention (s3:PutObjectRetention), or the object's retention forbids it"
@@ -396,7 +399,7 @@ impl super::Backend {
         }
         Err(BackendError::Lock {
             name: self.display.clone(),
-            reason: "the bucket has no Object Lock configuration: object lock needs a bucket created with Object Lock enabled (which turns versioning on); create one, or remove the object lock option".into(),
+            reason: NO_LOCK_CONFIGURATION.into(),
         })
     }
 }
