@@ -81,7 +81,9 @@ pub struct BackupJobSpec {
     /// successful backup to the snapshots this job's schedule made (repository tags
     /// backupjob=NAMESPACE/NAME and trigger=schedule), never to the one just taken nor to
     /// on-demand runs (Snapshots a user created); the forgotten ones' Snapshot objects are
-    /// deleted. The outcome is the Snapshot's RetentionApplied condition.
+    /// deleted. The outcome is the Snapshot's RetentionApplied condition; with
+    /// `retention.credentialsSecret` the pass runs in a retention pod of its own instead, and
+    /// its outcome is status.retention and the job's RetentionApplied condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
     /// Refuse a dbPath holding more files than this, before anything is written (MongoDB Cloud
@@ -452,6 +454,16 @@ pub struct Retention {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[0-9]+(h|d)$"))]
     pub max_age: Option<String>,
+    /// Least privilege: a Secret with the object-store credentials that deleting needs, with
+    /// the same keys as the destination's credentialsSecret. When set, the pods that write
+    /// (snapshot pods) never delete what a snapshot needs: after each successful Snapshot the
+    /// operator runs a retention pod given only this Secret, so the destination's own
+    /// credentials need no delete permission beyond `locks/` and `unfinished/`
+    /// (docs/OPERATIONS.md, "Least privilege"). Only for an s3, gcs or azure destination of
+    /// the job (not yet for a copy's retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
 }
 
 /// Per-chunk compression.
@@ -555,4 +567,8 @@ pub struct BackupJobStatus {
     /// Each copy of spec.copies: what it holds, how far behind it is, how its last run went.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<super::copy::CopyStatus>,
+    /// With spec.retention.credentialsSecret: the retention pods' runs (the last one that
+    /// ended, and the one running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<super::retention::RetentionRun>,
 }

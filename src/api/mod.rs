@@ -8,6 +8,7 @@ pub mod copy;
 pub mod destination;
 pub mod kmip_server;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod verification;
 

@@ -52,6 +52,10 @@ pub enum AgentCommand {
     /// Copy a BackupJob's snapshots into one of its copies (spec.copies[]) for the operator,
     /// apply the copy's retention there, and leave the result in the termination message.
     Copy(super::copy_agent::CopyAgentArgs),
+    /// Apply a BackupJob's retention for the operator (a retention pod, with the job's
+    /// retention credentials): forget by the rules among the job's snapshots, prune, and leave
+    /// the result in the termination message.
+    Prune(super::prune_agent::PruneAgentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +155,7 @@ pub async fn run(args: AgentArgs) -> Result<(), CliError> {
         AgentCommand::Verify(a) => verify(a).await,
         AgentCommand::Catalog(a) => super::catalog::run(a).await,
         AgentCommand::Copy(a) => super::copy_agent::run(a).await,
+        AgentCommand::Prune(a) => super::prune_agent::run(a).await,
     }
 }
 

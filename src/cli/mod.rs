@@ -13,6 +13,7 @@ pub mod kmip_args;
 mod operator;
 mod progress;
 mod prune;
+mod prune_agent;
 mod repair;
 pub mod repo_args;
 mod restore;

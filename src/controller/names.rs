@@ -55,6 +55,14 @@ pub const COPY_RUN: &str = "snapcrypt.dev/copy-run";
 /// Annotation of a copy pod: the Snapshot it was started for (the job's newest successful one).
 pub const COPY_SNAPSHOT: &str = "snapcrypt.dev/copy-snapshot";
 
+/// Label carrying the uid of the BackupJob a retention pod prunes the repository of.
+pub const RETENTION_JOB_UID_LABEL: &str = "snapcrypt.dev/retention-job-uid";
+/// Annotation of a retention pod: its run's number among the job's retention runs.
+pub const RETENTION_RUN: &str = "snapcrypt.dev/retention-run";
+/// Annotation of a retention pod: the Snapshot it was started after (the job's newest
+/// successful one).
+pub const RETENTION_SNAPSHOT: &str = "snapcrypt.dev/retention-snapshot";
+
 /// Longest Kubernetes object name (DNS subdomain).
 const MAX_NAME: usize = 253;
 /// Longest label value.
@@ -129,6 +137,11 @@ pub fn catalog_name(job: &str) -> String {
 /// `<job>-copy-<copy>-<run>`, the copy pod of run number `run` of a job's copy.
 pub fn copy_pod_name(job: &str, copy: &str, run: u64) -> String {
     joined(&format!("{job}-copy-{copy}"), &run.to_string())
+}
+
+/// `<job>-retention-<run>`, the retention pod of run number `run` of a job.
+pub fn retention_pod_name(job: &str, run: u64) -> String {
+    joined(&format!("{job}-retention"), &run.to_string())
 }
 
 /// `<a>-<b>`, cut to a name's length with a digest of the whole when too long.

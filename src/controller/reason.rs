@@ -104,6 +104,8 @@ reasons! {
     DataVerified => Normal,
     /// A copy pod started (spec.copies[]).
     CopyStarted => Normal,
+    /// A retention pod started (spec.retention.credentialsSecret).
+    RetentionStarted => Normal,
     /// CopiesHealthy=True: every copy holds the job's newest successful Snapshot.
     CopiesCurrent => Normal,
     /// A restore test's Restore was created.

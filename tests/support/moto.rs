@@ -57,7 +57,17 @@ impl Moto {
 
     /// tests/services/s3/lock-admin.py ARGS against this server: its output.
     pub fn admin(&self, args: &[&str]) -> String {
-        let out = Command::new(python())
+        self.admin_as(None, args)
+    }
+
+    /// lock-admin.py ARGS signed with `keys` (access key, secret) when given.
+    pub fn admin_as(&self, keys: Option<&IamKeys>, args: &[&str]) -> String {
+        let mut cmd = Command::new(python());
+        if let Some(k) = keys {
+            cmd.env("LOCK_ADMIN_ACCESS_KEY", &k.access_key)
+                .env("LOCK_ADMIN_SECRET_KEY", &k.secret_key);
+        }
+        let out = cmd
             .arg(super::repo_root().join("tests/services/s3/lock-admin.py"))
             .arg(self.endpoint())
             .args(args)
@@ -80,6 +90,45 @@ impl Moto {
                 Some((w.next()?.into(), w.next()?.into(), w.next()?.into()))
             })
             .collect()
+    }
+}
+
+/// An IAM user's access key.
+#[derive(Clone, Debug)]
+pub struct IamKeys {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl IamKeys {
+    /// Environment for snapcrypt to reach `moto` as this user.
+    pub fn env(&self, moto: &Moto) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", moto.endpoint()),
+        ]
+    }
+}
+
+impl Moto {
+    /// Least privilege on `bucket`/`prefix` (lock-admin.py iam-users): the writer's keys (no
+    /// delete but under locks/ and unfinished/) and the pruner's; IAM is enforced from then on.
+    pub fn iam_users(&self, bucket: &str, prefix: &str) -> (IamKeys, IamKeys) {
+        let out = self.admin(&["iam-users", bucket, prefix]);
+        let user = |name: &str| {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in {out}"));
+            let w: Vec<&str> = line.split_whitespace().collect();
+            IamKeys {
+                access_key: w[1].into(),
+                secret_key: w[2].into(),
+            }
+        };
+        (user("writer"), user("pruner"))
     }
 }
 

@@ -64,7 +64,7 @@ fn lag(snapshots: &[Snapshot], since: Option<jiff::Timestamp>) -> u64 {
 }
 
 /// When a copy that failed `failures` times in a row, last at `last`, is tried again.
-fn retry_at(last: Option<&Time>, failures: u64) -> Option<jiff::Timestamp> {
+pub(super) fn retry_at(last: Option<&Time>, failures: u64) -> Option<jiff::Timestamp> {
     let last = last?.0;
     let doubling = u32::try_from(failures.saturating_sub(1).min(16)).unwrap_or(16);
     let wait = FIRST_RETRY

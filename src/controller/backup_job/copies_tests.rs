@@ -25,12 +25,12 @@ use crate::controller::reason::Reason;
 
 const COPY: &str = "copies: [{name: offsite, destination: {s3: {bucket: off, region: eu, endpoint: 'http://s3.test:9000', insecure: true, pathStyle: true, credentialsSecret: off-creds}}, encryption: {localKeySecret: {name: off-key, key: key.json}}, retention: {keepLast: 5}}]";
 
-fn at(t: &str) -> jiff::Timestamp {
+pub(super) fn at(t: &str) -> jiff::Timestamp {
     t.parse().expect("time")
 }
 
 /// The job, its catalog read, with `copies` as status.copies.
-fn with_status(yaml: &str, copies: Vec<CopyStatus>) -> BackupJob {
+pub(super) fn with_status(yaml: &str, copies: Vec<CopyStatus>) -> BackupJob {
     let mut j = job(yaml);
     j.status = Some(crate::api::BackupJobStatus {
         last_snapshot: Some("rs0-1".into()),
@@ -46,7 +46,7 @@ fn with_status(yaml: &str, copies: Vec<CopyStatus>) -> BackupJob {
     j
 }
 
-fn found(j: &BackupJob) -> Found {
+pub(super) fn found(j: &BackupJob) -> Found {
     references(&j.spec)
         .into_iter()
         .map(|r| {
@@ -57,7 +57,7 @@ fn found(j: &BackupJob) -> Found {
 }
 
 /// Succeeded Snapshot `name` (repository id `id`), completed at `done`.
-fn done_snapshot(name: &str, id: &str, done: &str) -> crate::api::Snapshot {
+pub(super) fn done_snapshot(name: &str, id: &str, done: &str) -> crate::api::Snapshot {
     let mut s = succeeded_snapshot(name, id);
     if let Some(st) = s.status.as_mut() {
         st.completion_time = Some(Time(at(done)));
@@ -76,16 +76,16 @@ fn world(j: &BackupJob, snaps: Vec<crate::api::Snapshot>, pods: Vec<Pod>) -> Wor
     }
 }
 
-fn planned(j: &BackupJob, w: &World, now: &str) -> Outcome {
+pub(super) fn planned(j: &BackupJob, w: &World, now: &str) -> Outcome {
     plan(j, w, &OperatorConfig::default(), at(now)).expect("plan")
 }
 
-fn summaries(o: &Outcome) -> Vec<String> {
+pub(super) fn summaries(o: &Outcome) -> Vec<String> {
     o.changes.iter().map(Change::summary).collect()
 }
 
 /// The objects of `kind` that `o` applies or creates.
-fn written<K: serde::de::DeserializeOwned>(o: &Outcome, kind: &str) -> Vec<K> {
+pub(super) fn written<K: serde::de::DeserializeOwned>(o: &Outcome, kind: &str) -> Vec<K> {
     o.changes
         .iter()
         .filter_map(|c| match c {
@@ -122,7 +122,7 @@ fn copy_pod(name: &str, snapshot: &str, created: &str, ended: Option<(&str, i32,
 
 const RESULT: &str = r#"{"targetId":"t1","snapshotsCopied":1,"alreadyThere":0,"packsCopied":4,"bytesCopied":4096,"keysWritten":1,"keyId":"local:abc"}"#;
 
-fn arg_after<'a>(pod: &'a Pod, flag: &str) -> Option<&'a str> {
+pub(super) fn arg_after<'a>(pod: &'a Pod, flag: &str) -> Option<&'a str> {
     let args = pod.spec.as_ref()?.containers[0].args.as_ref()?;
     let i = args.iter().position(|a| a == flag)?;
     args.get(i + 1).map(String::as_str)

@@ -6,7 +6,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use super::Error;
-use crate::api::agent::{CopyResult, VerifyResult};
+use crate::api::agent::{CopyResult, RetentionResult, VerifyResult};
 use crate::api::catalog::CatalogResult;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, KmipServer, Restore, Snapshot};
@@ -15,10 +15,11 @@ use crate::controller::agent::node::node_of;
 use crate::controller::agent::run::{RunStep, run_step};
 use crate::controller::job_spec::copies::{copy_field, copy_references};
 use crate::controller::job_spec::references::find_references;
+use crate::controller::job_spec::retention::retention_secret;
 use crate::controller::job_spec::validate::{Found, references};
 use crate::controller::names::{
-    CATALOG_JOB_UID_LABEL, COPY_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL,
-    catalog_name,
+    CATALOG_JOB_UID_LABEL, COPY_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, RETENTION_JOB_UID_LABEL,
+    VERIFY_JOB_UID_LABEL, catalog_name,
 };
 
 use super::build::status::scheduled_time;
@@ -49,6 +50,9 @@ pub struct World {
     /// Per copy of spec.copies (in order): its KmipServer and active key (Ok(None): a local
     /// key), or why it cannot run (a reference missing).
     pub copy_access: Vec<Result<Option<(KmipServer, String)>, Blocked>>,
+    /// With spec.retention.credentialsSecret: the job's retention pods, each with its node
+    /// while it has not ended.
+    pub retention_pods: Vec<(Pod, Option<Node>)>,
     /// With a restoreTest whose size or class is not given: the data claim of the member the
     /// newest successful Snapshot copied, if it still exists.
     pub source_claim: Option<PersistentVolumeClaim>,
@@ -135,6 +139,11 @@ pub async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Erro
         }
         w.copy_pods =
             run_pods::<CopyResult>(client, job, &owned(COPY_JOB_UID_LABEL), "copy").await?;
+    }
+    if retention_secret(&job.spec).is_some() {
+        w.retention_pods =
+            run_pods::<RetentionResult>(client, job, &owned(RETENTION_JOB_UID_LABEL), "retention")
+                .await?;
     }
     let Some(v) = job.spec.verification.as_ref() else {
         return Ok(w);

@@ -14,6 +14,9 @@ mod copies;
 mod copies_tests;
 mod dereference;
 mod plan;
+mod retention;
+#[cfg(test)]
+mod retention_tests;
 #[cfg(test)]
 mod tests;
 
@@ -32,7 +35,8 @@ use super::execute::{Change, ExecuteError, execute};
 use super::kube_api::{lean_controller, owns, scoped_api, watches};
 use crate::api::{BackupJob, Restore, Snapshot};
 use crate::controller::names::{
-    CATALOG_JOB_UID_LABEL, COPY_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, VERIFY_JOB_UID_LABEL,
+    CATALOG_JOB_UID_LABEL, COPY_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, RETENTION_JOB_UID_LABEL,
+    VERIFY_JOB_UID_LABEL,
 };
 
 /// Name of this controller in metrics and logs.
@@ -87,11 +91,12 @@ pub fn controller(
         let ns = s.namespace()?;
         Some(ObjectRef::<BackupJob>::new(&s.spec.backup_job_ref.name).within(&ns))
     });
-    // The job's checks, catalog and copies: its verify, catalog and copy pods and
-    // restore-test Restores.
+    // The job's checks, catalog, copies and retention: its verify, catalog, copy and
+    // retention pods and restore-test Restores.
     let own = |label: &str| watcher::Config::default().any_semantic().labels(label);
     let ctl = owns::<_, Pod>(ctl, client, ns, own(VERIFY_JOB_UID_LABEL));
     let ctl = owns::<_, Pod>(ctl, client, ns, own(COPY_JOB_UID_LABEL));
+    let ctl = owns::<_, Pod>(ctl, client, ns, own(RETENTION_JOB_UID_LABEL));
     let ctl = owns::<_, Pod>(ctl, client, ns, own(CATALOG_JOB_UID_LABEL));
     owns::<_, Restore>(ctl, client, ns, own(RESTORE_TEST_JOB_UID_LABEL))
         .graceful_shutdown_on(shutdown)

@@ -13,6 +13,7 @@ use super::catalog::plan_catalog;
 use super::checks::{Pass, plan_checks};
 use super::copies::plan_copies;
 use super::dereference::World;
+use super::retention::plan_retention;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, BackupJobStatus, Snapshot};
 use crate::controller::context::OperatorConfig;
@@ -108,6 +109,8 @@ pub fn plan(
     changes.extend(checked.changes);
     let copies = plan_copies(&pass)?;
     changes.extend(copies.changes);
+    let retention = plan_retention(&pass)?;
+    changes.extend(retention.changes);
 
     let mut status = job_status(&Observed {
         job,
@@ -116,15 +119,23 @@ pub fn plan(
         next_schedule: decision.next,
         checks: &checked.checks,
         copies: copies.condition.as_ref(),
+        retention: retention.condition.as_ref(),
         now,
     });
     status.catalog = catalog.status;
     status.copies = copies.statuses;
+    status.retention = retention.status;
     let missing = problems.iter().any(Problem::is_missing_reference);
-    let next = [decision.next, checked.next, catalog.next, copies.next]
-        .into_iter()
-        .flatten()
-        .min();
+    let next = [
+        decision.next,
+        checked.next,
+        catalog.next,
+        copies.next,
+        retention.next,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     Ok(Outcome {
         changes,
         status,

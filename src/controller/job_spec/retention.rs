@@ -1,6 +1,19 @@
-//! A retention policy (the job's spec.retention, or a copy's) as agent arguments. Pure.
+//! A retention policy (the job's spec.retention, or a copy's) as agent arguments; the job's
+//! retention credentials (least privilege) checked and referenced; the Snapshots a retention
+//! pass forgot. Pure.
 
-use crate::api::backup_job::Retention;
+use std::collections::BTreeSet;
+
+use kube::ResourceExt;
+
+use super::validate::{Problem, Reference, repository_references};
+use crate::api::agent::RetentionResult;
+use crate::api::backup_job::{BackupJobSpec, Encryption, Retention};
+use crate::api::destination::Destination;
+use crate::api::snapshot::RunPhase;
+use crate::api::{BackupJob, Snapshot};
+use crate::controller::names::MADE_BY_JOB_UID;
+use crate::controller::reason::Reason;
 
 /// The rules of `r` as `--keep-*` and `--max-age` flags (none for an empty policy).
 pub fn retention_flags(r: &Retention) -> Vec<String> {
@@ -15,5 +28,113 @@ pub fn retention_flags(r: &Retention) -> Vec<String> {
         .into_iter()
         .filter_map(|(flag, value)| Some([flag.to_string(), value?]))
         .flatten()
+        .collect()
+}
+
+/// The field of the retention credentials.
+pub const CREDENTIALS_FIELD: &str = "spec.retention.credentialsSecret";
+
+/// The job's retention credentials Secret (spec.retention.credentialsSecret), when its
+/// retention runs in a retention pod of its own.
+pub fn retention_secret(spec: &BackupJobSpec) -> Option<&str> {
+    spec.retention.as_ref()?.credentials_secret.as_deref()
+}
+
+/// `d` reached with Secret `secret` instead of its own credentials (a retention pod's view of
+/// the destination); None for a destination without store credentials (a claim).
+pub fn with_credentials(d: &Destination, secret: &str) -> Option<Destination> {
+    let mut d = d.clone();
+    if let Some(s3) = d.s3.as_mut() {
+        s3.credentials_secret = secret.to_string();
+    } else if let Some(g) = d.gcs.as_mut() {
+        g.credentials_secret = Some(secret.to_string());
+        g.workload_identity = None;
+    } else if let Some(a) = d.azure.as_mut() {
+        a.credentials_secret = Some(secret.to_string());
+        a.workload_identity = None;
+    } else {
+        return None;
+    }
+    Some(d)
+}
+
+/// The retention Secret as a reference, with the keys the destination's own Secret needs.
+pub fn retention_references(spec: &BackupJobSpec) -> Vec<Reference> {
+    let Some(secret) = retention_secret(spec) else {
+        return Vec::new();
+    };
+    let Some(d) = with_credentials(&spec.destination, secret) else {
+        return Vec::new();
+    };
+    repository_references(&d, &Encryption::default(), "spec")
+        .into_iter()
+        .filter(|r| r.field.ends_with(".credentialsSecret"))
+        .map(|r| Reference {
+            field: CREDENTIALS_FIELD.to_string(),
+            ..r
+        })
+        .collect()
+}
+
+/// What is wrong with the retention's credentials, each naming its field.
+pub fn check_retention(spec: &BackupJobSpec, problems: &mut Vec<Problem>) {
+    let invalid = |m: String| Problem::new(Reason::InvalidSpec, m);
+    if let Some(r) = &spec.retention
+        && let Some(secret) = &r.credentials_secret
+    {
+        if spec.destination.pvc.is_some() {
+            problems.push(invalid(format!(
+                "{CREDENTIALS_FIELD} {secret:?}: a pvc destination has no store credentials to keep apart (any pod that mounts the claim may delete): remove it, or use an s3, gcs or azure destination"
+            )));
+        }
+        if retention_flags(r).is_empty() {
+            problems.push(invalid(format!(
+                "{CREDENTIALS_FIELD} {secret:?}: spec.retention has no rule (keepLast, keepDaily, keepWeekly, keepMonthly or maxAge), so nothing would ever be deleted with it: add a rule, or remove it"
+            )));
+        }
+    }
+    for (i, c) in spec.copies.iter().enumerate() {
+        if let Some(secret) = c
+            .retention
+            .as_ref()
+            .and_then(|r| r.credentials_secret.as_ref())
+        {
+            problems.push(invalid(format!(
+                "spec.copies[{i}].retention.credentialsSecret {secret:?}: not supported on a copy yet (a copy's retention runs in its copy pod, with the copy's own credentials): remove it"
+            )));
+        }
+    }
+}
+
+/// Whether `snap` was made by `job` (its annotation, or its owner, names the job's uid):
+/// only those are the retention's to delete.
+pub fn made_by_job(snap: &Snapshot, job: &BackupJob) -> bool {
+    let Some(uid) = job.uid() else {
+        return false;
+    };
+    snap.annotations().get(MADE_BY_JOB_UID) == Some(&uid)
+        || snap.owner_references().iter().any(|o| o.uid == uid)
+}
+
+/// The finished Snapshots `job` made whose repository snapshot a retention pass forgot.
+/// Snapshots a user created are never deleted (the pass does not forget them either). Pure.
+pub fn forgotten_snapshots<'a>(
+    snapshots: &'a [Snapshot],
+    job: &BackupJob,
+    r: &RetentionResult,
+) -> Vec<&'a Snapshot> {
+    let gone: BTreeSet<&str> = r.forgotten.iter().map(String::as_str).collect();
+    snapshots
+        .iter()
+        .filter(|s| made_by_job(s, job))
+        .filter(|s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.phase == RunPhase::Succeeded
+                    && st
+                        .repository_snapshot_id
+                        .as_deref()
+                        .is_some_and(|id| gone.contains(id))
+            })
+        })
         .collect()
 }

@@ -123,6 +123,7 @@ pub fn references(spec: &BackupJobSpec) -> Vec<Reference> {
         &spec.encryption,
         "spec",
     ));
+    out.extend(super::retention::retention_references(spec));
     out
 }
 
@@ -307,6 +308,7 @@ pub fn check_spec(spec: &BackupJobSpec) -> (Option<CronSchedule>, Vec<Problem>) 
     }
     super::checks::check_verification(spec.verification.as_ref(), &mut problems);
     super::copies::check_copies(spec, &mut problems);
+    super::retention::check_retention(spec, &mut problems);
     let e = &spec.encryption;
     if e.kmip_server_ref.is_some() == e.local_key_secret.is_some() {
         problems.push(Problem::new(

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 
-use super::build::pod::{made_by_job, recorded_capture};
+use super::build::pod::recorded_capture;
 use super::build::status::{Consistency, Step};
 use super::build::volume::{
     VolumeState, attempt_of, overdue, recorded_member, source_claim, volume_state,
@@ -414,8 +414,7 @@ pub(super) fn recover_from_pods(mut prev: SnapshotStatus, pods: &[Pod]) -> Snaps
 }
 
 /// The finished Snapshots the job made whose repository snapshot the agent's retention pass
-/// has forgotten. Snapshots a user created are never deleted (the pass does not forget them
-/// either). Pure.
+/// has forgotten. Pure.
 pub(super) fn forgotten_siblings<'a>(
     siblings: &'a [Snapshot],
     job: Option<&BackupJob>,
@@ -424,20 +423,7 @@ pub(super) fn forgotten_siblings<'a>(
     let (Some(r), Some(job)) = (&result.retention, job) else {
         return Vec::new();
     };
-    let gone: BTreeSet<&str> = r.forgotten.iter().map(String::as_str).collect();
-    siblings
-        .iter()
-        .filter(|s| made_by_job(s, job))
-        .filter(|s| {
-            s.status.as_ref().is_some_and(|st| {
-                st.phase == RunPhase::Succeeded
-                    && st
-                        .repository_snapshot_id
-                        .as_deref()
-                        .is_some_and(|id| gone.contains(id))
-            })
-        })
-        .collect()
+    crate::controller::job_spec::retention::forgotten_snapshots(siblings, job, r)
 }
 
 #[cfg(test)]

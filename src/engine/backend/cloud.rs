@@ -237,7 +237,14 @@ fn bucket_url(b: &AmazonS3Builder, bucket: &str) -> String {
 fn s3_builder(env: &StoreEnv, bucket: &str, s3: &StoreOptions) -> AmazonS3Builder {
     let mut b = AmazonS3Builder::new();
     b = env.apply("AWS_", b, |b, key, value| b.with_config(key, value));
-    let mut b = b.with_bucket_name(bucket).with_retry(retry_config());
+    // The repository deletes one object at a time: a plain DELETE of the key, which every
+    // S3 implementation has and which a policy scoped to key prefixes (least privilege:
+    // docs/OPERATIONS.md) authorizes per key, where some judge a bulk DeleteObjects by the
+    // bucket alone.
+    let mut b = b
+        .with_bucket_name(bucket)
+        .with_retry(retry_config())
+        .with_disable_bulk_delete(true);
     if let Some(e) = s3
         .endpoint
         .clone()

@@ -2,6 +2,7 @@
 
 pub mod copy_pod;
 pub mod restore_test;
+pub mod retention_pod;
 pub mod snapshot;
 pub mod status;
 pub mod verify_pod;

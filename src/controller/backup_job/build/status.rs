@@ -26,6 +26,8 @@ pub struct Observed<'a> {
     pub checks: &'a Checks,
     /// CopiesHealthy, with spec.copies.
     pub copies: Option<&'a Cond>,
+    /// RetentionApplied, with spec.retention.credentialsSecret once a run has ended.
+    pub retention: Option<&'a Cond>,
     pub now: jiff::Timestamp,
 }
 
@@ -123,6 +125,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
     let checks = o.checks;
     conds.extend(checks_conditions(checks));
     conds.extend(o.copies.cloned());
+    conds.extend(o.retention.cloned());
 
     let generation = job.metadata.generation;
     let now = Time(o.now);
@@ -161,6 +164,7 @@ pub fn job_status(o: &Observed) -> BackupJobStatus {
         running_restore_test: checks.running_restore_test.clone(),
         catalog: prev.catalog,
         copies: Vec::new(),
+        retention: None,
     }
 }
 
@@ -334,6 +338,7 @@ mod tests {
             next_schedule: Some("2026-11-28T03:00:00Z".parse().expect("t")),
             checks: &Checks::default(),
             copies: None,
+            retention: None,
             now: "2026-11-27T12:00:00Z".parse().expect("t"),
         })
     }

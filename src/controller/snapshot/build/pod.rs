@@ -22,9 +22,8 @@ pub use crate::controller::agent::pod::{
 };
 use crate::controller::job_spec::validate::db_path_in_volume;
 use crate::controller::names::{
-    ATTEMPT_LABEL, CAPTURE_ANNOTATION, MADE_BY_JOB_UID, MEMBER_ANNOTATION,
-    MEMBER_REASON_ANNOTATION, MEMBER_ROLE_ANNOTATION, SNAPSHOT_UID_LABEL, agent_service_account,
-    job_labels, pod_name,
+    ATTEMPT_LABEL, CAPTURE_ANNOTATION, MEMBER_ANNOTATION, MEMBER_REASON_ANNOTATION,
+    MEMBER_ROLE_ANNOTATION, SNAPSHOT_UID_LABEL, agent_service_account, job_labels, pod_name,
 };
 
 /// Where the member's data volume is mounted in the snapshot pod.
@@ -33,15 +32,7 @@ use crate::api::snapshot::{CAPTURE_TAG, CLUSTER_TAG};
 pub use crate::api::snapshot::{JOB_TAG, TRIGGER_ON_DEMAND, TRIGGER_SCHEDULE, TRIGGER_TAG};
 use crate::controller::job_spec::consistency::Capture;
 
-/// Whether `snap` is one the BackupJob's schedule made (or adopted), not one a user created:
-/// the job's uid in its annotation, or the job as its controller owner.
-pub fn made_by_job(snap: &Snapshot, job: &BackupJob) -> bool {
-    let Some(uid) = job.uid() else {
-        return false;
-    };
-    snap.annotations().get(MADE_BY_JOB_UID) == Some(&uid)
-        || super::super::ownership::job_owner(snap).is_some_and(|o| o.uid == uid)
-}
+pub use crate::controller::job_spec::retention::made_by_job;
 
 /// Everything the pod depends on, decided before building.
 #[derive(Clone, Debug)]
@@ -229,6 +220,10 @@ fn retention_args(spec: &BackupJobSpec, job_tag: &str) -> Vec<String> {
     let Some(r) = spec.retention.as_ref() else {
         return Vec::new();
     };
+    // Least privilege: the job's retention pod applies it, with credentials this pod lacks.
+    if r.credentials_secret.is_some() {
+        return Vec::new();
+    }
     let mut args = crate::controller::job_spec::retention::retention_flags(r);
     let any = !args.is_empty();
     if any {
@@ -475,6 +470,19 @@ spec:
         // An empty policy keeps everything: no pass at all.
         let pod = build(&job(&format!("{PVC_LOCAL}  retention: {{}}\n"))).expect("pod");
         assert_eq!(arg_after(container(&pod), "--prune-tag"), None);
+        // Least privilege: with retention credentials the job's retention pod prunes, and the
+        // snapshot pod neither prunes nor sees them.
+        let pod = build(&job(&format!(
+            "{PVC_LOCAL}  retention: {{keepLast: 7, credentialsSecret: pruner}}\n"
+        )))
+        .expect("pod");
+        assert_eq!(arg_after(container(&pod), "--keep-last"), None);
+        assert_eq!(arg_after(container(&pod), "--prune-tag"), None);
+        assert!(
+            !serde_json::to_string(&pod)
+                .expect("json")
+                .contains("pruner")
+        );
     }
 
     #[test]
