@@ -1,6 +1,7 @@
 //! Least privilege (issue 32): the credentials that write backups cannot delete what a
 //! snapshot needs; only a BackupJob's retention credentials (spec.retention.
-//! credentialsSecret), given to its retention pods alone, prune.
+//! credentialsSecret, and a copy's spec.copies[].retention.credentialsSecret), given to its
+//! retention pods alone, prune.
 //!
 //! Both tests run against moto's S3 server with IAM enforced (tests/services/s3/lock-admin.py
 //! `iam-users`): two IAM users with the policies docs/OPERATIONS.md gives, "writer" (get, put,
@@ -20,6 +21,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
+use snapcrypt::api::retention::RetentionRun;
 use snapcrypt::api::verification::CheckResult;
 use snapcrypt::api::{BackupJob, Snapshot};
 use support::cluster::{cluster_or_skip, wait_for};
@@ -65,7 +67,7 @@ fn the_writers_credentials_cannot_delete_and_the_retention_credentials_prune() {
     let work = tempfile::tempdir().expect("tempdir");
     let moto = Moto::start();
     moto.admin(&["mkbucket", "lpbucket"]);
-    let (writer, pruner) = moto.iam_users("lpbucket", "rs0");
+    let (writer, pruner) = moto.iam_users("lpbucket", &["rs0"]).remove(0);
     let (w, p) = (env(&writer, &moto), env(&pruner, &moto));
     let (w, p) = (refs(&w), refs(&p));
     let key = work.path().join("key.json");
@@ -198,54 +200,101 @@ fn secrets_of(pod: &Pod) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_job_prunes_only_in_its_retention_pod() {
-    let Some(cluster) = cluster_or_skip().await else {
-        return;
-    };
-    let Some(nodes) = RealNodes::get() else {
-        return;
-    };
-    cluster.apply_crds().await;
-    let ns = cluster.namespace("least-privilege").await;
-    let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-    let data = member(&ns, "rs0-1", "real-b").await;
-    support::make_source(&data);
-    support::chown_mongodb(&data);
-    let key = key_secret(&ns, work.path()).await;
-    let moto = Moto::start();
-    nodes.expose(moto.port);
-    moto.admin(&["mkbucket", "lpbucket"]);
-    let (writer, pruner) = moto.iam_users("lpbucket", "rs0");
-    keys_secret(&ns, "writer-creds", &writer).await;
-    keys_secret(&ns, "pruner-creds", &pruner).await;
-    let op = Operator::start_with_image(cluster.kubeconfig(), ns.name(), IMAGE, &[]);
-    let jobs: Api<BackupJob> = ns.api();
-    create::<BackupJob>(
-        &jobs,
-        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
-            "spec": {
-                "source": member_source("rs0-1"),
-                "destination": {"s3": {"bucket": "lpbucket", "prefix": "rs0", "region": "us-east-1",
-                    "endpoint": format!("http://{HOST_ALIAS}:{}", moto.port), "pathStyle": true,
-                    "insecure": true, "credentialsSecret": "writer-creds"}},
-                "encryption": {"localKeySecret": {"name": "rs0-key"}},
-                "schedule": {"cron": "* * * * *"},
-                "retention": {"keepLast": 1, "credentialsSecret": "pruner-creds"}}}),
-    )
-    .await;
+/// The ground: member rs0-1 (real-b) with a test tree, the job's key Secret, moto with IAM
+/// enforced and Secrets for the job's and the copy's writer and pruner, the operator, and
+/// BackupJob rs0 (every minute, keepLast 1, its copy `offsite` keepLast 1, both with retention
+/// credentials).
+struct Ground {
+    ns: support::cluster::TestNamespace,
+    moto: Moto,
+    key: std::path::PathBuf,
+    writer: IamKeys,
+    copy_writer: IamKeys,
+    _op: Operator,
+    _work: tempfile::TempDir,
+}
 
-    // Two scheduled runs: the retention pod after the second forgets the first.
+impl Ground {
+    async fn new() -> Option<Ground> {
+        let cluster = cluster_or_skip().await?;
+        let nodes = RealNodes::get()?;
+        cluster.apply_crds().await;
+        let ns = cluster.namespace("least-privilege").await;
+        let work = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let data = member(&ns, "rs0-1", "real-b").await;
+        support::make_source(&data);
+        support::chown_mongodb(&data);
+        let key = key_secret(&ns, work.path()).await;
+        let moto = Moto::start();
+        nodes.expose(moto.port);
+        moto.admin(&["mkbucket", "lpbucket"]);
+        let mut users = moto.iam_users("lpbucket", &["rs0", "offsite"]).into_iter();
+        let (writer, pruner) = users.next().expect("rs0's users");
+        let (copy_writer, copy_pruner) = users.next().expect("offsite's users");
+        keys_secret(&ns, "writer-creds", &writer).await;
+        keys_secret(&ns, "pruner-creds", &pruner).await;
+        keys_secret(&ns, "offsite-writer", &copy_writer).await;
+        keys_secret(&ns, "offsite-pruner", &copy_pruner).await;
+        let op = Operator::start_with_image(cluster.kubeconfig(), ns.name(), IMAGE, &[]);
+        let s3 = |prefix: &str, secret: &str| {
+            json!({"s3": {"bucket": "lpbucket", "prefix": prefix, "region": "us-east-1",
+                "endpoint": format!("http://{HOST_ALIAS}:{}", moto.port), "pathStyle": true,
+                "insecure": true, "credentialsSecret": secret}})
+        };
+        create::<BackupJob>(
+            &ns.api(),
+            json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": "rs0"},
+                "spec": {
+                    "source": member_source("rs0-1"),
+                    "destination": s3("rs0", "writer-creds"),
+                    "encryption": {"localKeySecret": {"name": "rs0-key"}},
+                    "schedule": {"cron": "* * * * *"},
+                    "retention": {"keepLast": 1, "credentialsSecret": "pruner-creds"},
+                    "copies": [{"name": "offsite", "destination": s3("offsite", "offsite-writer"),
+                        "encryption": {"localKeySecret": {"name": "rs0-key"}},
+                        "retention": {"keepLast": 1, "credentialsSecret": "offsite-pruner"}}]}}),
+        )
+        .await;
+        Some(Ground {
+            ns,
+            moto,
+            key,
+            writer,
+            copy_writer,
+            _op: op,
+            _work: work,
+        })
+    }
+
+    /// The snapshot ids repository `prefix` holds, read with `keys`.
+    fn held(&self, prefix: &str, keys: &IamKeys) -> Vec<String> {
+        let env = env(keys, &self.moto);
+        let key = self.key.to_str().expect("utf-8");
+        listed(&format!("s3://lpbucket/{prefix}"), key, &refs(&env))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_job_prunes_only_in_its_retention_pods() {
+    let Some(g) = Ground::new().await else {
+        return;
+    };
+    let jobs: Api<BackupJob> = g.ns.api();
+    // Two scheduled runs: the retention pods after the second forget the first, in the job's
+    // repository and in the copy.
+    let forgot = |r: Option<&RetentionRun>| {
+        r.is_some_and(|r| r.result == CheckResult::Succeeded && r.forgotten >= 1)
+    };
     let job = wait_for(
         &jobs,
         "rs0",
-        "a retention pod to forget a snapshot",
+        "both retention pods to forget a snapshot",
         RUNS,
         |j| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.retention.as_ref())
-                .is_some_and(|r| r.result == CheckResult::Succeeded && r.forgotten >= 1)
+            j.status.as_ref().is_some_and(|s| {
+                forgot(s.retention.as_ref())
+                    && forgot(s.copies.first().and_then(|c| c.retention.as_ref()))
+            })
         },
     )
     .await;
@@ -256,32 +305,42 @@ async fn a_backup_job_prunes_only_in_its_retention_pod() {
     )
     .await
     .expect("suspend");
-    let retention = job
-        .status
-        .as_ref()
-        .and_then(|s| s.retention.clone())
-        .expect("retention");
-    the_retention_pod_alone_held_the_retention_secret(&ns, &retention).await;
-    let cond = job
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "RetentionApplied"))
-        .expect("RetentionApplied")
-        .clone();
+    let status = job.status.clone().expect("status");
+    let retention = status.retention.clone().expect("retention");
+    the_retention_pod_alone_held_the_retention_secret(&g.ns, &retention, "pruner-creds").await;
+    let copy = status.copies[0]
+        .retention
+        .clone()
+        .expect("the copy's retention");
+    the_retention_pod_alone_held_the_retention_secret(&g.ns, &copy, "offsite-pruner").await;
+    let cond = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RetentionApplied")
+        .expect("RetentionApplied");
     assert_eq!(
         (cond.status.as_str(), cond.reason.as_str()),
         ("True", "Pruned"),
         "{}",
         cond.message
     );
+    assert!(
+        cond.message.contains("copy offsite: retention pod"),
+        "{}",
+        cond.message
+    );
+    // The copy holds only what its retention keeps, read with its writer's keys.
+    let copied = g.held("offsite", &g.copy_writer);
+    assert_eq!(copied.len(), 1, "{copied:?}");
+    the_forgotten_snapshot_objects_are_deleted(&g).await;
+}
 
-    // The forgotten run's Snapshot object is deleted; the repository holds what status says.
-    let snaps: Api<Snapshot> = ns.api();
-    let repo = "s3://lpbucket/rs0";
-    let w = env(&writer, &moto);
-    let key = key.to_str().expect("utf-8");
+/// The forgotten run's Snapshot object is deleted, the repository holds what the Snapshots
+/// say, and no Snapshot says a snapshot pod applied retention.
+async fn the_forgotten_snapshot_objects_are_deleted(g: &Ground) {
+    let snaps: Api<Snapshot> = g.ns.api();
     support::cluster::eventually("the forgotten Snapshot to be deleted", RUNS, || async {
-        let held = listed(repo, key, &refs(&w));
+        let held = g.held("rs0", &g.writer);
         let objects: Vec<String> = snaps
             .list(&Default::default())
             .await
@@ -305,19 +364,19 @@ async fn a_backup_job_prunes_only_in_its_retention_pod() {
             "a snapshot pod applied retention: {conds:?}"
         );
     }
-    drop(op);
 }
 
-/// The retention pod read its environment from the retention Secret only, and the job's
-/// snapshot pods (those still there) never from it.
+/// The retention pod read its environment from its retention Secret only, and the job's
+/// snapshot and copy pods (those still there) never from it.
 async fn the_retention_pod_alone_held_the_retention_secret(
     ns: &support::cluster::TestNamespace,
-    retention: &snapcrypt::api::retention::RetentionRun,
+    retention: &RetentionRun,
+    secret: &str,
 ) {
     let pods: Api<Pod> = ns.api();
     let name = retention.last_run_pod.as_deref().expect("last run pod");
     let pod = pods.get(name).await.expect("retention pod");
-    assert_eq!(secrets_of(&pod), vec!["pruner-creds".to_string()], "{name}");
+    assert_eq!(secrets_of(&pod), vec![secret.to_string()], "{name}");
     let args = pod
         .spec
         .as_ref()
@@ -326,15 +385,20 @@ async fn the_retention_pod_alone_held_the_retention_secret(
         args.as_ref().is_some_and(|a| a[..2] == ["agent", "prune"]),
         "{args:?}"
     );
-    let listed = pods
-        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/component=snapshot"))
-        .await
-        .expect("pods");
-    for p in listed.items {
-        assert!(
-            !secrets_of(&p).contains(&"pruner-creds".to_string()),
-            "snapshot pod {:?} reads the retention Secret",
-            p.metadata.name
-        );
+    for component in ["snapshot", "copy"] {
+        let listed = pods
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&format!("app.kubernetes.io/component={component}")),
+            )
+            .await
+            .expect("pods");
+        for p in listed.items {
+            assert!(
+                !secrets_of(&p).contains(&secret.to_string()),
+                "{component} pod {:?} reads the retention Secret {secret}",
+                p.metadata.name
+            );
+        }
     }
 }

@@ -455,12 +455,14 @@ pub struct Retention {
     #[schemars(pattern(r"^[0-9]+(h|d)$"))]
     pub max_age: Option<String>,
     /// Least privilege: a Secret with the object-store credentials that deleting needs, with
-    /// the same keys as the destination's credentialsSecret. When set, the pods that write
-    /// (snapshot pods) never delete what a snapshot needs: after each successful Snapshot the
+    /// the same keys as the destination's credentialsSecret (the job's destination for
+    /// spec.retention, the copy's for spec.copies[].retention). When set, the pods that write
+    /// (snapshot pods, or the copy's copy pods) never delete what a snapshot needs: after each
+    /// successful Snapshot (for a copy: each run that left it holding a newer one) the
     /// operator runs a retention pod given only this Secret, so the destination's own
     /// credentials need no delete permission beyond `locks/` and `unfinished/`
-    /// (docs/OPERATIONS.md, "Least privilege"). Only for an s3, gcs or azure destination of
-    /// the job (not yet for a copy's retention).
+    /// (docs/OPERATIONS.md, "Least privilege"). Only for an s3, gcs or azure destination; a
+    /// copy without its own retention uses the job's rules, never the job's Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: Option<String>,

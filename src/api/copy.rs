@@ -103,4 +103,8 @@ pub struct CopyStatus {
     /// The pod of the last run that ended (kept for its logs until the next run ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_pod: Option<String>,
+    /// With retention.credentialsSecret: the copy's retention pods' runs (its copy pods then
+    /// do not prune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<super::retention::RetentionRun>,
 }

@@ -1,5 +1,5 @@
-//! What a BackupJob's retention pods (spec.retention.credentialsSecret) did, as status
-//! reports it.
+//! What a BackupJob's retention pods (spec.retention.credentialsSecret, or a copy's) did, as
+//! status reports it.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::KubeSchema;
@@ -7,15 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use super::verification::CheckResult;
 
-/// The job's retention runs: the last one that ended, and the one running.
+/// A repository's retention runs (the job's own, or a copy's): the last one that ended, and
+/// the one running.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionRun {
     /// How the last run that ended went (Running while the first runs).
     #[serde(default)]
     pub result: CheckResult,
-    /// The newest successful Snapshot when the last run that ended was started: the policy
-    /// has been applied to every Snapshot up to it.
+    /// The Snapshot the last run that ended was started after (the job's newest successful
+    /// one; for a copy, the newest one the copy held): the policy has been applied up to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_snapshot: Option<String>,
     /// When the last run ended.

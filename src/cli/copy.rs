@@ -53,6 +53,13 @@ pub struct CopyArgs {
     #[command(flatten, next_help_heading = "Target retention")]
     pub retention: super::prune::RetentionArgs,
 
+    /// With the target's retention: use it only to choose what to copy, and leave the
+    /// target's pruning to a pass with delete credentials (a BackupJob copy's retention pod,
+    /// with spec.copies[].retention.credentialsSecret): this run then deletes nothing there
+    /// but its own lock.
+    #[arg(long, help_heading = "Target retention")]
+    pub no_prune: bool,
+
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -250,7 +257,7 @@ pub async fn copy_and_keep(args: &CopyArgs, json: bool) -> Result<CopyOutcome, C
     reporter.finish().await;
     let report = report?;
     let policy = args.retention.policy();
-    let retention = if policy.is_empty() {
+    let retention = if policy.is_empty() || args.no_prune {
         None
     } else {
         let mut repo = Repository::open(target, target_km.as_ref()).await?;

@@ -57,6 +57,9 @@ pub const COPY_SNAPSHOT: &str = "snapcrypt.dev/copy-snapshot";
 
 /// Label carrying the uid of the BackupJob a retention pod prunes the repository of.
 pub const RETENTION_JOB_UID_LABEL: &str = "snapcrypt.dev/retention-job-uid";
+/// Label carrying the copy (spec.copies[].name) whose repository a retention pod prunes;
+/// absent on the retention pods of the job's own repository.
+pub const RETENTION_COPY_LABEL: &str = "snapcrypt.dev/retention-copy";
 /// Annotation of a retention pod: its run's number among the job's retention runs.
 pub const RETENTION_RUN: &str = "snapcrypt.dev/retention-run";
 /// Annotation of a retention pod: the Snapshot it was started after (the job's newest
@@ -139,9 +142,13 @@ pub fn copy_pod_name(job: &str, copy: &str, run: u64) -> String {
     joined(&format!("{job}-copy-{copy}"), &run.to_string())
 }
 
-/// `<job>-retention-<run>`, the retention pod of run number `run` of a job.
-pub fn retention_pod_name(job: &str, run: u64) -> String {
-    joined(&format!("{job}-retention"), &run.to_string())
+/// `<job>-retention-<run>` (the job's repository), or `<job>-copy-<copy>-retention-<run>` (a
+/// copy's): the retention pod of run number `run`.
+pub fn retention_pod_name(job: &str, copy: Option<&str>, run: u64) -> String {
+    match copy {
+        Some(c) => joined(&format!("{job}-copy-{c}-retention"), &run.to_string()),
+        None => joined(&format!("{job}-retention"), &run.to_string()),
+    }
 }
 
 /// `<a>-<b>`, cut to a name's length with a digest of the whole when too long.

@@ -113,11 +113,12 @@ impl IamKeys {
 }
 
 impl Moto {
-    /// Least privilege on `bucket`/`prefix` (lock-admin.py iam-users): the writer's keys (no
-    /// delete but under locks/ and unfinished/) and the pruner's; IAM is enforced from then on.
-    pub fn iam_users(&self, bucket: &str, prefix: &str) -> (IamKeys, IamKeys) {
-        let out = self.admin(&["iam-users", bucket, prefix]);
-        let user = |name: &str| {
+    /// Least privilege on `bucket` (lock-admin.py iam-users): per prefix, the writer's keys
+    /// (no delete but under locks/ and unfinished/) and the pruner's; IAM is enforced from
+    /// then on.
+    pub fn iam_users(&self, bucket: &str, prefixes: &[&str]) -> Vec<(IamKeys, IamKeys)> {
+        let out = self.admin(&[&["iam-users", bucket], prefixes].concat());
+        let user = |name: String| {
             let line = out
                 .lines()
                 .find(|l| l.starts_with(&format!("{name} ")))
@@ -128,7 +129,10 @@ impl Moto {
                 secret_key: w[2].into(),
             }
         };
-        (user("writer"), user("pruner"))
+        prefixes
+            .iter()
+            .map(|p| (user(format!("writer-{p}")), user(format!("pruner-{p}"))))
+            .collect()
     }
 }
 

@@ -15,7 +15,7 @@ use crate::controller::agent::node::node_of;
 use crate::controller::agent::run::{RunStep, run_step};
 use crate::controller::job_spec::copies::{copy_field, copy_references};
 use crate::controller::job_spec::references::find_references;
-use crate::controller::job_spec::retention::retention_secret;
+use crate::controller::job_spec::retention::any_retention_pods;
 use crate::controller::job_spec::validate::{Found, references};
 use crate::controller::names::{
     CATALOG_JOB_UID_LABEL, COPY_JOB_UID_LABEL, RESTORE_TEST_JOB_UID_LABEL, RETENTION_JOB_UID_LABEL,
@@ -140,7 +140,7 @@ pub async fn dereference(job: &BackupJob, client: &Client) -> Result<World, Erro
         w.copy_pods =
             run_pods::<CopyResult>(client, job, &owned(COPY_JOB_UID_LABEL), "copy").await?;
     }
-    if retention_secret(&job.spec).is_some() {
+    if any_retention_pods(&job.spec) {
         w.retention_pods =
             run_pods::<RetentionResult>(client, job, &owned(RETENTION_JOB_UID_LABEL), "retention")
                 .await?;

@@ -109,7 +109,8 @@ pub fn plan(
     changes.extend(checked.changes);
     let copies = plan_copies(&pass)?;
     changes.extend(copies.changes);
-    let retention = plan_retention(&pass)?;
+    let mut copy_statuses = copies.statuses;
+    let retention = plan_retention(&pass, &mut copy_statuses)?;
     changes.extend(retention.changes);
 
     let mut status = job_status(&Observed {
@@ -123,7 +124,7 @@ pub fn plan(
         now,
     });
     status.catalog = catalog.status;
-    status.copies = copies.statuses;
+    status.copies = copy_statuses;
     status.retention = retention.status;
     let missing = problems.iter().any(Problem::is_missing_reference);
     let next = [

@@ -247,3 +247,82 @@ fn retention_credentials_are_refused_where_they_cannot_keep_anything_apart() {
     );
     assert!(problems(&least_privilege()).is_empty());
 }
+
+const COPY: &str = "copies: [{name: offsite, destination: {s3: {bucket: off, region: eu, endpoint: 'http://s3.test:9000', insecure: true, pathStyle: true, credentialsSecret: off-writer}}, encryption: {localKeySecret: {name: off-key, key: key.json}}, retention: {keepLast: 5, credentialsSecret: off-pruner}}]";
+
+/// A copy with retention credentials: its copy pods copy what its retention keeps and prune
+/// nothing; after a run that left it holding a newer Snapshot, a retention pod of the copy
+/// (its repository, key and retention Secret, the job's tag as scope) prunes it.
+#[test]
+fn a_copy_with_retention_credentials_is_pruned_by_its_own_retention_pod() {
+    let j = with_status(&format!("{S3}\n{COPY}"), vec![]);
+    let mut w = world(
+        &j,
+        vec![made("rs0-1", "aaaa1111", "2026-12-01T03:01:00Z")],
+        vec![],
+    );
+    w.copy_access = vec![Ok(None)];
+    let o = planned(&j, &w, "2026-12-01T03:01:10Z");
+    let pods: Vec<Pod> = written(&o, "Pod");
+    let copy_pod = pods
+        .iter()
+        .find(|p| p.name_any() == "rs0-copy-offsite-1")
+        .expect("copy pod");
+    let args = copy_pod.spec.as_ref().expect("spec").containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    assert!(args.contains(&"--no-prune".to_string()), "{args:?}");
+    assert_eq!(arg_after(copy_pod, "--keep-last"), Some("5"));
+    assert!(
+        !serde_json::to_string(copy_pod)
+            .expect("json")
+            .contains("off-pruner")
+    );
+    // Nothing copied yet: no retention pod for the copy.
+    assert!(
+        !pods.iter().any(|p| p.name_any().contains("retention")),
+        "{:?}",
+        summaries(&o)
+    );
+
+    // The copy now holds rs0-1 and no copy pod runs: its retention pod starts.
+    let held = crate::api::copy::CopyStatus {
+        name: "offsite".into(),
+        result: CheckResult::Succeeded,
+        last_copied_snapshot: Some("rs0-1".into()),
+        runs: 1,
+        ..Default::default()
+    };
+    let j = with_status(&format!("{S3}\n{COPY}"), vec![held]);
+    let o = planned(&j, &w, "2026-12-01T03:02:10Z");
+    let pods: Vec<Pod> = written(&o, "Pod");
+    assert_eq!(
+        pods.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+        ["rs0-copy-offsite-retention-1"],
+        "{:?}",
+        summaries(&o)
+    );
+    let pod = &pods[0];
+    assert_eq!(arg_after(pod, "--repo"), Some("s3://off"));
+    assert_eq!(arg_after(pod, "--keep-last"), Some("5"));
+    assert_eq!(arg_after(pod, "--protect"), Some("aaaa1111"));
+    assert_eq!(arg_after(pod, "--prune-tag"), Some("backupjob=db/rs0"));
+    assert_eq!(arg_after(pod, "--cluster"), None);
+    assert_eq!(secrets_of(pod), ["off-pruner"]);
+    assert_eq!(
+        pod.labels()
+            .get(crate::controller::names::RETENTION_COPY_LABEL)
+            .map(String::as_str),
+        Some("offsite")
+    );
+    let copy = &o.status.copies[0];
+    assert_eq!(
+        copy.retention
+            .as_ref()
+            .and_then(|r| r.running_pod.as_deref()),
+        Some("rs0-copy-offsite-retention-1")
+    );
+    // The job's own repository has no retention credentials: no status.retention.
+    assert_eq!(o.status.retention, None);
+}

@@ -20,7 +20,13 @@ pub fn copy_field(i: usize) -> String {
 
 /// What copy `i` references, with field paths under `spec.copies[i]`.
 pub fn copy_references(i: usize, c: &CopySpec) -> Vec<Reference> {
-    repository_references(&c.destination, &c.encryption, &copy_field(i))
+    let mut refs = repository_references(&c.destination, &c.encryption, &copy_field(i));
+    refs.extend(super::retention::retention_reference(
+        &c.destination,
+        super::retention::copy_retention_secret(c),
+        &format!("{}.retention.credentialsSecret", copy_field(i)),
+    ));
+    refs
 }
 
 /// Where a destination's repository is, as one comparable string: two destinations with the

@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use super::validate::{Problem, Reference, repository_references};
 use crate::api::agent::RetentionResult;
 use crate::api::backup_job::{BackupJobSpec, Encryption, Retention};
+use crate::api::copy::CopySpec;
 use crate::api::destination::Destination;
 use crate::api::snapshot::RunPhase;
 use crate::api::{BackupJob, Snapshot};
@@ -31,13 +32,28 @@ pub fn retention_flags(r: &Retention) -> Vec<String> {
         .collect()
 }
 
-/// The field of the retention credentials.
+/// The field of the job's retention credentials.
 pub const CREDENTIALS_FIELD: &str = "spec.retention.credentialsSecret";
 
 /// The job's retention credentials Secret (spec.retention.credentialsSecret), when its
 /// retention runs in a retention pod of its own.
 pub fn retention_secret(spec: &BackupJobSpec) -> Option<&str> {
     spec.retention.as_ref()?.credentials_secret.as_deref()
+}
+
+/// A copy's own retention credentials (spec.copies[].retention.credentialsSecret: a job's
+/// retention Secret is for its own destination, never lent to a copy).
+pub fn copy_retention_secret(c: &CopySpec) -> Option<&str> {
+    c.retention.as_ref()?.credentials_secret.as_deref()
+}
+
+/// Whether any repository of the job (its own, a copy's) prunes in retention pods.
+pub fn any_retention_pods(spec: &BackupJobSpec) -> bool {
+    retention_secret(spec).is_some()
+        || spec
+            .copies
+            .iter()
+            .any(|c| copy_retention_secret(c).is_some())
 }
 
 /// `d` reached with Secret `secret` instead of its own credentials (a retention pod's view of
@@ -58,50 +74,59 @@ pub fn with_credentials(d: &Destination, secret: &str) -> Option<Destination> {
     Some(d)
 }
 
-/// The retention Secret as a reference, with the keys the destination's own Secret needs.
-pub fn retention_references(spec: &BackupJobSpec) -> Vec<Reference> {
-    let Some(secret) = retention_secret(spec) else {
-        return Vec::new();
-    };
-    let Some(d) = with_credentials(&spec.destination, secret) else {
+/// Retention Secret `secret` of destination `d` as a reference at `field`, with the keys the
+/// destination's own Secret needs.
+pub fn retention_reference(d: &Destination, secret: Option<&str>, field: &str) -> Vec<Reference> {
+    let Some(d) = secret.and_then(|s| with_credentials(d, s)) else {
         return Vec::new();
     };
     repository_references(&d, &Encryption::default(), "spec")
         .into_iter()
         .filter(|r| r.field.ends_with(".credentialsSecret"))
         .map(|r| Reference {
-            field: CREDENTIALS_FIELD.to_string(),
+            field: field.to_string(),
             ..r
         })
         .collect()
 }
 
-/// What is wrong with the retention's credentials, each naming its field.
-pub fn check_retention(spec: &BackupJobSpec, problems: &mut Vec<Problem>) {
+/// The job's retention Secret as a reference (a copy's is among the copy's references).
+pub fn retention_references(spec: &BackupJobSpec) -> Vec<Reference> {
+    retention_reference(&spec.destination, retention_secret(spec), CREDENTIALS_FIELD)
+}
+
+/// What is wrong with retention credentials `r` of destination `d` (at `field`, the
+/// retention's), each naming its field.
+fn check_one(d: &Destination, r: &Retention, field: &str, problems: &mut Vec<Problem>) {
+    let Some(secret) = &r.credentials_secret else {
+        return;
+    };
     let invalid = |m: String| Problem::new(Reason::InvalidSpec, m);
-    if let Some(r) = &spec.retention
-        && let Some(secret) = &r.credentials_secret
-    {
-        if spec.destination.pvc.is_some() {
-            problems.push(invalid(format!(
-                "{CREDENTIALS_FIELD} {secret:?}: a pvc destination has no store credentials to keep apart (any pod that mounts the claim may delete): remove it, or use an s3, gcs or azure destination"
-            )));
-        }
-        if retention_flags(r).is_empty() {
-            problems.push(invalid(format!(
-                "{CREDENTIALS_FIELD} {secret:?}: spec.retention has no rule (keepLast, keepDaily, keepWeekly, keepMonthly or maxAge), so nothing would ever be deleted with it: add a rule, or remove it"
-            )));
-        }
+    if d.pvc.is_some() {
+        problems.push(invalid(format!(
+            "{field}.credentialsSecret {secret:?}: a pvc destination has no store credentials to keep apart (any pod that mounts the claim may delete): remove it, or use an s3, gcs or azure destination"
+        )));
+    }
+    if retention_flags(r).is_empty() {
+        problems.push(invalid(format!(
+            "{field}.credentialsSecret {secret:?}: {field} has no rule (keepLast, keepDaily, keepWeekly, keepMonthly or maxAge), so nothing would ever be deleted with it: add a rule, or remove it"
+        )));
+    }
+}
+
+/// What is wrong with the job's and its copies' retention credentials, each naming its field.
+pub fn check_retention(spec: &BackupJobSpec, problems: &mut Vec<Problem>) {
+    if let Some(r) = &spec.retention {
+        check_one(&spec.destination, r, "spec.retention", problems);
     }
     for (i, c) in spec.copies.iter().enumerate() {
-        if let Some(secret) = c
-            .retention
-            .as_ref()
-            .and_then(|r| r.credentials_secret.as_ref())
-        {
-            problems.push(invalid(format!(
-                "spec.copies[{i}].retention.credentialsSecret {secret:?}: not supported on a copy yet (a copy's retention runs in its copy pod, with the copy's own credentials): remove it"
-            )));
+        if let Some(r) = &c.retention {
+            check_one(
+                &c.destination,
+                r,
+                &format!("spec.copies[{i}].retention"),
+                problems,
+            );
         }
     }
 }

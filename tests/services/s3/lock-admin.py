@@ -9,12 +9,13 @@
         "denied CODE"
     python lock-admin.py ENDPOINT delete BUCKET KEY
         tries to delete KEY (no version): prints "deleted" or "denied CODE"
-    python lock-admin.py ENDPOINT iam-users BUCKET PREFIX
-        least privilege (docs/OPERATIONS.md): creates IAM user "writer" (get, put and list;
-        delete only under PREFIX/locks/ and PREFIX/unfinished/) and "pruner" (get, put, list
-        and delete under PREFIX/), prints "NAME ACCESS-KEY SECRET" for each, then turns on
-        moto's IAM enforcement (POST /moto-api/reset-auth 0): from then on every request must
-        be signed by one of these users and is judged by its policy.
+    python lock-admin.py ENDPOINT iam-users BUCKET PREFIX...
+        least privilege (docs/OPERATIONS.md): for each PREFIX creates IAM users
+        "writer-PREFIX" (get, put and list; delete only under PREFIX/locks/ and
+        PREFIX/unfinished/) and "pruner-PREFIX" (get, put, list and delete under PREFIX/),
+        prints "NAME ACCESS-KEY SECRET" for each, then turns on moto's IAM enforcement
+        (POST /moto-api/reset-auth 0): from then on every request must be signed by one of
+        these users and is judged by its policy.
 
 Credentials: LOCK_ADMIN_ACCESS_KEY and LOCK_ADMIN_SECRET_KEY when set (needed once IAM is
 enforced), else any.
@@ -56,9 +57,11 @@ def policy(bucket, prefix, deletes):
     })
 
 
-def iam_users(endpoint, bucket, prefix):
+def iam_users(endpoint, bucket, prefixes):
     iam = client(endpoint, "iam")
-    for name, deletes in [("writer", ["locks/*", "unfinished/*"]), ("pruner", ["*"])]:
+    users = [(f"{role}-{prefix}", prefix, deletes) for prefix in prefixes
+             for role, deletes in [("writer", ["locks/*", "unfinished/*"]), ("pruner", ["*"])]]
+    for name, prefix, deletes in users:
         iam.create_user(UserName=name)
         iam.put_user_policy(UserName=name, PolicyName="snapcrypt",
                             PolicyDocument=policy(bucket, prefix, deletes))
@@ -99,7 +102,7 @@ def main():
         except botocore.exceptions.ClientError as e:
             print("denied", e.response["Error"]["Code"])
     elif command == "iam-users":
-        iam_users(endpoint, sys.argv[3], sys.argv[4])
+        iam_users(endpoint, sys.argv[3], sys.argv[4:])
     else:
         sys.exit(f"unknown command {command}")
 

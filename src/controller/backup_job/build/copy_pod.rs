@@ -15,7 +15,7 @@ use crate::controller::agent::pod::{
 };
 use crate::controller::agent::run::RunStep;
 use crate::controller::agent::target::as_copy_target;
-use crate::controller::job_spec::retention::retention_flags;
+use crate::controller::job_spec::retention::{copy_retention_secret, retention_flags};
 use crate::controller::names::{
     COPY_JOB_UID_LABEL, COPY_LABEL, COPY_RUN, COPY_SNAPSHOT, SCHEDULED_TIME, copy_pod_name,
 };
@@ -76,6 +76,10 @@ pub fn copy_pod(p: &CopyPlan) -> Result<Pod, CopyPodError> {
     ];
     if let Some(r) = p.copy.retention.as_ref().or(job.spec.retention.as_ref()) {
         args.extend(retention_flags(r));
+    }
+    // Least privilege: the copy's retention pod prunes it, with credentials this pod lacks.
+    if copy_retention_secret(p.copy).is_some() {
+        args.push("--no-prune".into());
     }
     let target = repository_access(
         &p.copy.destination,
