@@ -22,6 +22,7 @@ mod values;
 // The tests, by concern.
 mod argocd_health;
 mod cli_args;
+mod dashboard;
 mod deploy;
 mod install;
 mod notes;

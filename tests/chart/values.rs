@@ -20,6 +20,7 @@ podDisruptionBudget: {minAvailable: 2}
 metrics:
   serviceMonitor: {enabled: true, interval: 1m, labels: {release: prometheus}}
   prometheusRule: {enabled: true, labels: {release: prometheus}}
+dashboard: {enabled: true, annotations: {grafana_folder: Backups}}
 image: {repository: registry.example.com/snapcrypt, tag: 0.1.0-rc1, pullPolicy: Always}
 imagePullSecrets: [{name: regcred}]
 agent: {image: registry.example.com/snapcrypt-agent:0.1.0-rc1}
