@@ -10,6 +10,7 @@ mod crd;
 mod key;
 pub mod keys;
 pub mod kmip_args;
+pub mod kubectl;
 mod operator;
 mod progress;
 mod prune;
@@ -61,6 +62,9 @@ pub enum Command {
     Operator(operator::OperatorArgs),
     /// What the operator's pods run (`agent snapshot`).
     Agent(agent::AgentArgs),
+    /// The kubectl plugin's verbs (`kubectl snapcrypt ...`, this binary installed as
+    /// `kubectl-snapcrypt`): backup, snapshots, status.
+    Kubectl(kubectl::KubectlArgs),
 }
 
 /// Two malloc arenas for the whole process, set before any thread starts. glibc otherwise
@@ -102,6 +106,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Key(args) => key::run(args).await,
             Command::Operator(args) => operator::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Kubectl(args) => kubectl::run(args).await,
         }
     });
     match result {

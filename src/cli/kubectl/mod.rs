@@ -1,0 +1,134 @@
+//! `kubectl snapcrypt`: the everyday verbs against the operator's objects, with the user's
+//! kubeconfig and context as kubectl uses them. The same binary, installed (or linked) as
+//! `kubectl-snapcrypt` on the PATH, is found by kubectl as a plugin; `snapcrypt kubectl ...`
+//! is the same command.
+//!
+//! - `backup JOB [--wait]`: an on-demand Snapshot now ([`backup`])
+//! - `snapshots [JOB]`: the Snapshots as a table ([`snapshots`])
+//! - `status JOB`: one screen of what a person checks, and what to do ([`status`])
+
+mod backup;
+mod snapshots;
+mod status;
+mod text;
+
+use clap::{Args, Subcommand, ValueEnum};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use super::CliError;
+
+#[derive(Args, Debug)]
+pub struct KubectlArgs {
+    /// The namespace (default: the context's, else `default`).
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The kubeconfig context (default: the current one).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Take an on-demand Snapshot of BackupJob JOB now; with --wait, show its progress until
+    /// it ends and exit with its result (0: Succeeded).
+    Backup(backup::BackupArgs),
+    /// List Snapshots (of JOB, or all in the namespace): id, time, trigger, size added, key,
+    /// capture, restore-test result.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Everything a person checks about BackupJob JOB on one screen, and what to do about
+    /// anything wrong.
+    Status(status::StatusArgs),
+}
+
+/// How a listing is printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// The API client and namespace, as kubectl would choose them.
+pub struct Target {
+    pub client: Client,
+    pub namespace: String,
+}
+
+impl KubectlArgs {
+    async fn target(&self) -> Result<Target, CliError> {
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path)
+                    .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &options).await
+            }
+            None => kube::Config::from_kubeconfig(&options).await,
+        }
+        .map_err(|e| {
+            format!("cannot use the kubeconfig: {e} (set KUBECONFIG, --kubeconfig or --context)")
+        })?;
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client =
+            Client::try_from(config).map_err(|e| format!("cannot build the API client: {e}"))?;
+        Ok(Target { client, namespace })
+    }
+}
+
+/// Run a verb; its exit code (a failed Snapshot waited for is 1, as any error).
+pub async fn run(args: KubectlArgs) -> Result<(), CliError> {
+    let target = args.target().await?;
+    match args.verb {
+        Verb::Backup(a) => backup::run(&target, a).await,
+        Verb::Snapshots(a) => snapshots::run(&target, a).await,
+        Verb::Status(a) => status::run(&target, a).await,
+    }
+}
+
+/// `args` as `snapcrypt kubectl ...` when the binary was called as the kubectl plugin
+/// (`kubectl-snapcrypt`, or `kubectl snapcrypt`, which runs it so).
+pub fn plugin_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if called.starts_with("kubectl-snapcrypt") || called.starts_with("kubectl_snapcrypt") {
+        let mut out = vec![std::ffi::OsString::from("snapcrypt"), "kubectl".into()];
+        out.extend(args.into_iter().skip(1));
+        return out;
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plugin_name_means_the_kubectl_verbs() {
+        let os = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            plugin_args(os(&["/usr/local/bin/kubectl-snapcrypt", "status", "rs0"])),
+            os(&["snapcrypt", "kubectl", "status", "rs0"])
+        );
+        assert_eq!(
+            plugin_args(os(&["snapcrypt", "backup", "--source", "x"])),
+            os(&["snapcrypt", "backup", "--source", "x"])
+        );
+    }
+}
