@@ -140,6 +140,15 @@ async fn the_plugin_backs_up_lists_and_explains() {
         stderr.contains("failed:") && stderr.contains("--max-files"),
         "the reason is not printed:\n{stderr}"
     );
+    let bad = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("snapshot.snapcrypt.dev/")?
+                .strip_suffix(" created")
+        })
+        .expect("the failed Snapshot's name")
+        .to_string();
+    logs_restore_and_explain(&link, kc, &ns, &name, &bad).await;
     let out = plugin(&link, kc, ns.name(), &["status", "rs0-bad"]);
     let (screen, _) = text(&out);
     assert!(screen.contains("To do:"), "{screen}");
@@ -225,4 +234,71 @@ async fn listing_says_what_status_says(
     let s: Value = serde_json::from_str(&stdout).expect("status -o json");
     assert_eq!(s["phase"], "Ready");
     assert_eq!(s["toDo"].as_array().map(Vec::len), Some(1), "{stdout}");
+}
+
+/// `logs` of the good Snapshot, `restore --wait` of it into a new claim, and
+/// `explain-failure` of the failed one.
+async fn logs_restore_and_explain(
+    link: &Path,
+    kc: &Path,
+    ns: &TestNamespace,
+    good: &str,
+    bad: &str,
+) {
+    let out = plugin(link, kc, ns.name(), &["logs", good]);
+    let (log, stderr) = text(&out);
+    assert!(
+        out.status.success() && !log.trim().is_empty(),
+        "logs: {stderr}"
+    );
+
+    claim(ns, "restored", None).await;
+    let out = plugin(
+        link,
+        kc,
+        ns.name(),
+        &[
+            "restore",
+            good,
+            "--to",
+            "restored",
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "restore --wait failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("Snapshot {good} is in claim restored")),
+        "{stdout}"
+    );
+    let restores: Vec<snapcrypt::api::Restore> = ns
+        .api::<snapcrypt::api::Restore>()
+        .list(&Default::default())
+        .await
+        .expect("restores")
+        .items;
+    assert!(
+        restores.iter().any(|r| r
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == RunPhase::Succeeded)),
+        "no Restore succeeded"
+    );
+
+    let out = plugin(link, kc, ns.name(), &["explain-failure", bad]);
+    let (view, stderr) = text(&out);
+    println!("{view}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        view.starts_with(&format!("Snapshot {}/{bad}: Failed", ns.name()))
+            && view.contains("Failed=True")
+            && view.contains("--max-files")
+            && view.contains("Events:"),
+        "{view}"
+    );
 }

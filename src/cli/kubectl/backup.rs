@@ -1,13 +1,9 @@
 //! `kubectl snapcrypt backup JOB [--wait]`: an on-demand Snapshot of the job now, and with
 //! --wait its progress from status until it ends.
 
-use std::time::Duration;
-
 use clap::Args;
-use futures::{StreamExt, TryStreamExt};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 
 use super::Target;
 use crate::api::snapshot::RunPhase;
@@ -26,7 +22,7 @@ pub struct BackupArgs {
     pub timeout: Option<u64>,
 }
 
-fn parse_timeout(s: &str) -> Result<u64, String> {
+pub(super) fn parse_timeout(s: &str) -> Result<u64, String> {
     crate::api::common::parse_duration(s, &['s', 'm', 'h'])
 }
 
@@ -52,15 +48,15 @@ pub async fn run(t: &Target, args: BackupArgs) -> Result<(), CliError> {
     if !args.wait {
         return Ok(());
     }
-    let wait = follow(&snaps, &name);
-    let done = match args.timeout {
-        Some(secs) => tokio::time::timeout(Duration::from_secs(secs), wait)
-            .await
-            .map_err(|_| {
-                format!("Snapshot {name} has not ended after {secs} s; it goes on: kubectl snapcrypt status {}", args.job)
-            })??,
-        None => wait.await?,
-    };
+    let done = super::wait::follow(&snaps, &name, args.timeout, |s: &Snapshot| {
+        let st = s.status.clone().unwrap_or_default();
+        (
+            st.phase,
+            st.progress_summary.or(st.message).unwrap_or_default(),
+        )
+    })
+    .await
+    .map_err(|e| format!("Snapshot {e}: kubectl snapcrypt status {}", args.job))?;
     let st = done.status.unwrap_or_default();
     if st.phase == RunPhase::Succeeded {
         let stats = st.stats.unwrap_or_default();
@@ -83,42 +79,4 @@ pub async fn run(t: &Target, args: BackupArgs) -> Result<(), CliError> {
         t.namespace
     )
     .into())
-}
-
-/// Watch Snapshot `name` until it has succeeded or failed, showing its progress line as it
-/// changes (a bar on a terminal).
-async fn follow(snaps: &Api<Snapshot>, name: &str) -> Result<Snapshot, CliError> {
-    let bar = indicatif::ProgressBar::new_spinner();
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if !tty {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.enable_steady_tick(Duration::from_millis(200));
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = watcher(snaps.clone(), config).applied_objects().boxed();
-    let mut last = String::new();
-    while let Some(s) = stream.try_next().await? {
-        let st = s.status.clone().unwrap_or_default();
-        let line = format!(
-            "{:?} {}",
-            st.phase,
-            st.progress_summary
-                .clone()
-                .or(st.message.clone())
-                .unwrap_or_default()
-        );
-        if line != last {
-            if tty {
-                bar.set_message(line.clone());
-            } else {
-                eprintln!("{name}: {line}");
-            }
-            last = line;
-        }
-        if matches!(st.phase, RunPhase::Succeeded | RunPhase::Failed) {
-            bar.finish_and_clear();
-            return Ok(s);
-        }
-    }
-    Err(format!("the watch of Snapshot {name} ended").into())
 }

@@ -6,11 +6,16 @@
 //! - `backup JOB [--wait]`: an on-demand Snapshot now ([`backup`])
 //! - `snapshots [JOB]`: the Snapshots as a table ([`snapshots`])
 //! - `status JOB`: one screen of what a person checks, and what to do ([`status`])
+//! - `restore SNAPSHOT --to CLAIM [--wait]` ([`restore`]); `logs NAME`, `explain-failure NAME`
+//!   ([`logs`])
 
 mod backup;
+mod logs;
+mod restore;
 mod snapshots;
 mod status;
 mod text;
+mod wait;
 
 use clap::{Args, Subcommand, ValueEnum};
 use kube::Client;
@@ -44,6 +49,15 @@ pub enum Verb {
     /// Everything a person checks about BackupJob JOB on one screen, and what to do about
     /// anything wrong.
     Status(status::StatusArgs),
+    /// Restore Snapshot SNAPSHOT into claim CLAIM; with --wait, show its progress until it
+    /// ends and exit with its result.
+    Restore(restore::RestoreArgs),
+    /// The agent pod's log of a Snapshot or Restore (after the pod is gone: what its status
+    /// kept).
+    Logs(logs::LogsArgs),
+    /// Why a Snapshot, Restore or BackupJob is not well: its conditions in a bad state, its
+    /// Events and the agent's last lines, in one view.
+    ExplainFailure(logs::ExplainArgs),
 }
 
 /// How a listing is printed.
@@ -96,6 +110,9 @@ pub async fn run(args: KubectlArgs) -> Result<(), CliError> {
         Verb::Backup(a) => backup::run(&target, a).await,
         Verb::Snapshots(a) => snapshots::run(&target, a).await,
         Verb::Status(a) => status::run(&target, a).await,
+        Verb::Restore(a) => restore::run(&target, a).await,
+        Verb::Logs(a) => logs::logs(&target, a).await,
+        Verb::ExplainFailure(a) => logs::explain(&target, a).await,
     }
 }
 
