@@ -7,20 +7,9 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use crate::prometheus::metric_names_in;
 use crate::tools::Helm;
 use crate::values::{objects, one, render};
-
-/// The metric names (`snapcrypt_[a-z_]+`) a PromQL expression reads.
-fn metric_names_in(expr: &str) -> BTreeSet<String> {
-    expr.match_indices("snapcrypt_")
-        .map(|(i, _)| {
-            expr[i..]
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                .collect::<String>()
-        })
-        .collect()
-}
 
 /// Every panel, rows' nested panels included.
 fn all_panels(d: &Value) -> Vec<&Value> {

@@ -24,7 +24,7 @@ const ALERTS: [&str; 8] = [
 ];
 
 /// The metric names (`snapcrypt_[a-z_]+`) a PromQL expression reads.
-fn metric_names_in(expr: &str) -> BTreeSet<String> {
+pub(crate) fn metric_names_in(expr: &str) -> BTreeSet<String> {
     expr.match_indices("snapcrypt_")
         .map(|(i, _)| {
             expr[i..]

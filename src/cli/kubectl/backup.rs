@@ -50,10 +50,7 @@ pub async fn run(t: &Target, args: BackupArgs) -> Result<(), CliError> {
     }
     let done = super::wait::follow(&snaps, &name, args.timeout, |s: &Snapshot| {
         let st = s.status.clone().unwrap_or_default();
-        (
-            st.phase,
-            st.progress_summary.or(st.message).unwrap_or_default(),
-        )
+        super::wait::progress(st.phase, st.progress_summary, st.message)
     })
     .await
     .map_err(|e| format!("Snapshot {e}: kubectl snapcrypt status {}", args.job))?;
@@ -70,12 +67,9 @@ pub async fn run(t: &Target, args: BackupArgs) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    let why = super::text::condition(&st.conditions, "Failed")
-        .map(|c| c.message.clone())
-        .or(st.message)
-        .unwrap_or_else(|| "no reason given".into());
+    let why = super::text::failure_reason(&st.conditions, st.message);
     Err(format!(
-        "Snapshot {name} failed: {why} (kubectl describe snapshot {name} -n {} shows its Events)",
+        "Snapshot {name} failed: {why} (kubectl snapcrypt explain-failure {name} -n {})",
         t.namespace
     )
     .into())

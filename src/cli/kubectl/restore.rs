@@ -66,10 +66,7 @@ pub async fn run(t: &Target, args: RestoreArgs) -> Result<(), CliError> {
     }
     let done = super::wait::follow(&restores, &name, args.timeout, |r: &Restore| {
         let st = r.status.clone().unwrap_or_default();
-        (
-            st.phase,
-            st.progress_summary.or(st.message).unwrap_or_default(),
-        )
+        super::wait::progress(st.phase, st.progress_summary, st.message)
     })
     .await
     .map_err(|e| format!("Restore {e}"))?;
@@ -81,10 +78,7 @@ pub async fn run(t: &Target, args: RestoreArgs) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    let why = super::text::condition(&st.conditions, "Failed")
-        .map(|c| c.message.clone())
-        .or(st.message)
-        .unwrap_or_else(|| "no reason given".into());
+    let why = super::text::failure_reason(&st.conditions, st.message);
     Err(format!(
         "Restore {name} failed: {why} (kubectl snapcrypt explain-failure {name} -n {})",
         t.namespace

@@ -47,6 +47,14 @@ pub fn condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Conditio
     conds.iter().find(|c| c.type_ == type_)
 }
 
+/// Why a run failed: its Failed condition's message, else its status message.
+pub fn failure_reason(conds: &[Condition], message: Option<String>) -> String {
+    condition(conds, "Failed")
+        .map(|c| c.message.clone())
+        .or(message)
+        .unwrap_or_else(|| "no reason given".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

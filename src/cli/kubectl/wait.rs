@@ -13,6 +13,15 @@ use serde::de::DeserializeOwned;
 use crate::api::snapshot::RunPhase;
 use crate::cli::CliError;
 
+/// What a follower shows of a run: its phase, and its progress line (else its message).
+pub fn progress(
+    phase: RunPhase,
+    summary: Option<String>,
+    message: Option<String>,
+) -> (RunPhase, String) {
+    (phase, summary.or(message).unwrap_or_default())
+}
+
 /// Watch `name` until `view` says it Succeeded or Failed (its phase, and its progress line),
 /// at most `timeout` seconds when given; the object as it ended.
 pub async fn follow<K>(
