@@ -210,7 +210,7 @@ struct Ground {
     key: std::path::PathBuf,
     writer: IamKeys,
     copy_writer: IamKeys,
-    _op: Operator,
+    op: Operator,
     _work: tempfile::TempDir,
 }
 
@@ -261,7 +261,7 @@ impl Ground {
             key,
             writer,
             copy_writer,
-            _op: op,
+            op,
             _work: work,
         })
     }
@@ -329,6 +329,7 @@ async fn a_backup_job_prunes_only_in_its_retention_pods() {
         "{}",
         cond.message
     );
+    the_metrics_say_so_and_the_alert_is_silent(&g).await;
     // The copy holds only what its retention keeps, read with its writer's keys.
     let copied = g.held("offsite", &g.copy_writer);
     assert_eq!(copied.len(), 1, "{copied:?}");
@@ -401,4 +402,56 @@ async fn the_retention_pod_alone_held_the_retention_secret(
             );
         }
     }
+}
+
+/// /metrics: each repository's last retention run succeeded (the job's, and copy offsite's),
+/// and the chart's SnapcryptRetentionFailed, evaluated on the scrape, is silent.
+async fn the_metrics_say_so_and_the_alert_is_silent(g: &Ground) {
+    let sample = |m: &support::operator::Samples, copy: Option<&str>| {
+        let mut labels = std::collections::BTreeMap::from([
+            ("namespace".to_string(), g.ns.name().to_string()),
+            ("job".to_string(), "rs0".to_string()),
+        ]);
+        if let Some(c) = copy {
+            labels.insert("copy".into(), c.into());
+        }
+        m.get(&(
+            "snapcrypt_backupjob_retention_last_run_success".to_string(),
+            labels,
+        ))
+        .copied()
+    };
+    let m = support::cluster::eventually(
+        "both retention samples at 1",
+        std::time::Duration::from_secs(60),
+        || async {
+            let m = support::operator::parse_metrics(&g.op.metrics());
+            if sample(&m, None) == Some(1.0) && sample(&m, Some("offsite")) == Some(1.0) {
+                Ok(m)
+            } else {
+                Err("not yet")
+            }
+        },
+    )
+    .await;
+    let expr = support::alerts::chart_expr("SnapcryptRetentionFailed");
+    let firing = support::alerts::eval(&expr, &m);
+    assert!(
+        firing.is_empty(),
+        "SnapcryptRetentionFailed fires: {firing:?}"
+    );
+    // The same scrape with the copy's run failed: the alert names that copy.
+    let mut failed = m.clone();
+    for ((name, labels), v) in failed.iter_mut() {
+        if name == "snapcrypt_backupjob_retention_last_run_success"
+            && labels.get("copy").map(String::as_str) == Some("offsite")
+        {
+            *v = 0.0;
+        }
+    }
+    let firing = support::alerts::eval(&expr, &failed);
+    assert!(
+        format!("{firing:?}").contains("offsite") && !firing.is_empty(),
+        "{firing:?}"
+    );
 }

@@ -12,7 +12,7 @@ use crate::values::{objects, one, render};
 
 /// The alerts of the PrometheusRule (metrics.prometheusRule), in order; docs/OPERATIONS.md has
 /// a section on each.
-const ALERTS: [&str; 8] = [
+const ALERTS: [&str; 9] = [
     "SnapcryptNoRecentSnapshot",
     "SnapcryptRestoreTestFailed",
     "SnapcryptVerificationFoundDamage",
@@ -21,6 +21,7 @@ const ALERTS: [&str; 8] = [
     "SnapcryptSnapshotStuck",
     "SnapcryptCopyLagging",
     "SnapcryptCopyFailed",
+    "SnapcryptRetentionFailed",
 ];
 
 /// The metric names (`snapcrypt_[a-z_]+`) a PromQL expression reads.

@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::api::copy::CopyStatus;
+use crate::api::retention::RetentionRun;
 use crate::api::snapshot::RunPhase;
 use crate::api::verification::CheckResult;
 use crate::api::{BackupJob, KmipServer, Snapshot};
@@ -102,6 +103,8 @@ families! {
         "1 if the copy's last finished run succeeded, else 0";
     CopyBytes = "snapcrypt_backupjob_copy_last_run_bytes" gauge
         "Bytes the copy's last finished run sent (status.copies[].bytesCopied)";
+    RetentionRunOk = "snapcrypt_backupjob_retention_last_run_success" gauge
+        "1 if the last finished retention pod run of the job's repository (spec.retention.credentialsSecret), or of its copy (label copy), succeeded, else 0";
     PhaseStart = "snapcrypt_snapshot_phase_start_timestamp_seconds" gauge
         "When an unfinished Snapshot entered its phase (Pending: created; others: started)";
 }
@@ -341,9 +344,29 @@ fn job_samples(
     if let Some(ks) = server {
         key_samples(ks, st.key_id.as_ref(), now, &mut put);
     }
+    if let Some(r) = &st.retention {
+        retention_samples(r, labels.clone(), out);
+    }
     for c in &st.copies {
         copy_samples(c, &labels, out);
+        if let Some(r) = &c.retention {
+            let mut with_copy = labels.clone();
+            with_copy.push(("copy".into(), c.name.clone()));
+            retention_samples(r, with_copy, out);
+        }
     }
+}
+
+/// A repository's retention pod runs (least privilege), once one has ended.
+fn retention_samples(r: &RetentionRun, labels: Vec<(String, String)>, out: &mut Vec<Sample>) {
+    if r.last_run_pod.is_none() {
+        return;
+    }
+    out.push(Sample {
+        family: Id::RetentionRunOk,
+        labels,
+        value: f64::from(u8::from(r.result == CheckResult::Succeeded)),
+    });
 }
 
 /// A copy's series (status.copies[]), labelled with the copy's name besides the job's.
