@@ -33,6 +33,32 @@ if [ "${1:-}" = stop ]; then
 fi
 [ "$(id -u)" = 0 ] || { echo "run as root: the demo starts containerd and kubelets" >&2; exit 1; }
 
+# On a failure, keep what explains it before anyone runs `stop` (which deletes the cluster
+# directory and its logs): every component's log, the pods, Events and the operator's log, in
+# $FAILURES/<time>; print where, and the last lines of the logs that speak of errors.
+FAILURES=/var/tmp/snapcrypt-demo-failures
+keep_logs() {
+  local rc=$? out
+  [ "$rc" = 0 ] && return 0
+  out=$FAILURES/$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$out"
+  cp -r "${SNAPCRYPT_CLUSTER_DIR:-/tmp/snapcrypt-cluster}/logs/." "$out/" 2>/dev/null || true
+  kubectl get nodes,pods -A -o wide >"$out/pods.txt" 2>&1 || true
+  kubectl get events -A --sort-by=.lastTimestamp >"$out/events.txt" 2>&1 || true
+  kubectl -n "$NS" logs -l app.kubernetes.io/component=operator --tail=200 --all-containers \
+    >"$out/operator.log" 2>&1 || true
+  kubectl -n "$NS" describe pods >"$out/describe-pods.txt" 2>&1 || true
+  echo "== the demo failed (exit $rc); its logs are kept in $out" >&2
+  local f
+  for f in "$out"/*; do
+    grep -qiE 'error|fail|timed out|refused' "$f" 2>/dev/null || continue
+    echo "-- $f (last lines)" >&2
+    tail -8 "$f" | sed 's/^/   /' >&2
+  done
+  echo "== then: examples/operator-demo.sh stop" >&2
+}
+trap keep_logs EXIT
+
 say "installing what the cluster needs, building it (cached after the first run)"
 SNAPCRYPT_SKIP_S3S_FS=1 bash .ci/install-deps.sh >/dev/null
 tests/cluster/build.sh

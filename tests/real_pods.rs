@@ -13,8 +13,9 @@ mod support;
 
 use std::path::Path;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use snapcrypt::api::{BackupJob, Restore, Snapshot};
@@ -299,10 +300,69 @@ async fn the_chart_runs_the_operator_as_a_pod() {
         spec.service_account_name
     );
 
+    // `helm test`: its pod (the image's `kubectl check`) finds the CRDs served and the
+    // operator pod answering /healthz through the API server, and is removed as it passed.
+    let test_pod = format!("{}-snapcrypt-test", chart.release);
+    let (passed, out) = chart.helm_test();
+    assert!(passed, "helm test failed:\n{out}");
+    assert!(
+        out.contains(&test_pod) && out.contains("Succeeded"),
+        "helm test did not report its pod: {out}"
+    );
+    let pods: Api<Pod> = g.ns.api();
+    assert!(
+        pods.get_opt(&test_pod).await.unwrap().is_none(),
+        "a passed test pod is removed"
+    );
+
     g.backup_job().await;
     let st = g.succeeded_snapshot().await;
     assert_eq!(st.member.and_then(|m| m.node).as_deref(), Some("real-b"));
     assert!(st.stats.is_some_and(|s| s.files > 0));
+
+    helm_test_fails_with_no_operator(&g, &chart, &test_pod).await;
+}
+
+/// With the operator scaled to nothing, `helm test` fails and its pod stays, its log saying
+/// what is wrong and what to check.
+async fn helm_test_fails_with_no_operator(g: &Ground, chart: &ChartOperator, test_pod: &str) {
+    let deployments: Api<Deployment> = g.ns.api();
+    let name = format!("{}-snapcrypt-operator", chart.release);
+    deployments
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = g.ns.api();
+    let operators = ListParams::default().labels("app.kubernetes.io/component=operator");
+    eventually("the operator pods to be gone", LONG, || async {
+        let left = pods
+            .list(&operators)
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} operator pods left"))
+        }
+    })
+    .await;
+    let (passed, out) = chart.helm_test();
+    assert!(!passed, "helm test passed with no operator: {out}");
+    let log = pods.logs(test_pod, &Default::default()).await.unwrap();
+    assert!(
+        log.contains("problem: no operator pod") && log.contains("helm list"),
+        "the failed test pod's log: {log}"
+    );
+    assert!(
+        log.contains("CRDs served (snapcrypt.dev/v1alpha1)"),
+        "{log}"
+    );
 }
 
 /// An S3 repository from a real container: the credentials Secret reaches the agent as
@@ -540,4 +600,98 @@ async fn a_kmip_wrapped_snapshot_from_a_real_container() {
         &[],
     );
     support::assert_same_tree(&g.data, &out);
+}
+
+/// The image the e2e tests run on (tests/cluster/image.sh, as the Dockerfile builds it): at
+/// most 60 MB, the binary stripped, a numeric non-root user, no shell, the CA bundle, and the
+/// OCI labels (source, version, licence).
+#[test]
+fn the_image_is_small_non_root_and_labelled() {
+    let Some(_nodes) = RealNodes::get() else {
+        return;
+    };
+    let tar = Path::new(&support::real_nodes::cluster_dir()).join("nodes/snapcrypt-image.tar");
+    let size = std::fs::metadata(&tar).expect("the image archive").len();
+    assert!(size <= 60_000_000, "the image is {size} bytes, over 60 MB");
+    let member = |name: &str| tar_member(&tar, name);
+    let manifest: serde_json::Value = serde_json::from_slice(&member("manifest.json")).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&member(manifest[0]["Config"].as_str().unwrap())).unwrap();
+    let c = &config["config"];
+    assert_eq!(c["User"], "65532:65532");
+    assert_eq!(c["Entrypoint"], json!(["/usr/local/bin/snapcrypt"]));
+    let labels = &c["Labels"];
+    assert_eq!(
+        labels["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(labels["org.opencontainers.image.licenses"], "Apache-2.0");
+    assert!(
+        labels["org.opencontainers.image.source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("https://")),
+        "{labels}"
+    );
+
+    let layer = tempfile::tempdir().unwrap();
+    std::fs::write(
+        layer.path().join("layer.tar"),
+        member(manifest[0]["Layers"][0].as_str().unwrap()),
+    )
+    .unwrap();
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(layer.path().join("layer.tar"))
+        .output()
+        .expect("tar -t");
+    let files = String::from_utf8_lossy(&listing.stdout).to_string();
+    for want in [
+        "usr/local/bin/snapcrypt",
+        "etc/ssl/certs/ca-certificates.crt",
+    ] {
+        assert!(
+            files.lines().any(|f| f == want),
+            "{want} not in the image:\n{files}"
+        );
+    }
+    for shell in [
+        "bin/sh",
+        "bin/bash",
+        "usr/bin/sh",
+        "usr/bin/bash",
+        "bin/busybox",
+    ] {
+        assert!(
+            !files.lines().any(|f| f == shell),
+            "a shell in the image: {shell}"
+        );
+    }
+    // Stripped: no debug sections in the binary the pods run.
+    std::fs::write(
+        layer.path().join("snapcrypt"),
+        tar_member(&layer.path().join("layer.tar"), "usr/local/bin/snapcrypt"),
+    )
+    .unwrap();
+    let sections = std::process::Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(layer.path().join("snapcrypt"))
+        .output()
+        .expect("readelf");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(sections.contains(".text"), "{sections}");
+    for kept in [".debug_info", ".debug_line", ".symtab"] {
+        assert!(!sections.contains(kept), "the image's binary keeps {kept}");
+    }
+}
+
+/// File `name` of tar archive `archive`.
+fn tar_member(archive: &Path, name: &str) -> Vec<u8> {
+    let out = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(archive)
+        .arg(name)
+        .output()
+        .expect("tar");
+    assert!(out.status.success(), "{name} in {}", archive.display());
+    out.stdout
 }

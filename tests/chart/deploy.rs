@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::support::repo_root;
 use crate::tools::Helm;
 use crate::values::{kind_name, objects, strings};
-use crate::{DEPLOY, RENDER_ARGS};
+use crate::{DEPLOY, DEPLOY_ARGS};
 
 /// The header of deploy/snapcrypt.yaml, before the render.
 fn deploy_header() -> String {
@@ -21,13 +21,13 @@ fn deploy_header() -> String {
          # `SNAPCRYPT_UPDATE_DEPLOY=1 cargo test --test chart` writes it, as\n\
          # helm {}\n",
         env!("CARGO_PKG_VERSION"),
-        RENDER_ARGS.join(" ")
+        DEPLOY_ARGS.join(" ")
     )
 }
 
 #[test]
 fn deploy_manifest_is_the_default_render() {
-    let fresh = format!("{}{}", deploy_header(), Helm::V3.ok(&RENDER_ARGS, None));
+    let fresh = format!("{}{}", deploy_header(), Helm::V3.ok(&DEPLOY_ARGS, None));
     let path = repo_root().join(DEPLOY);
     if std::env::var("SNAPCRYPT_UPDATE_DEPLOY").is_ok_and(|v| v == "1") {
         fs::write(&path, &fresh).unwrap();
@@ -37,7 +37,7 @@ fn deploy_manifest_is_the_default_render() {
         current == fresh,
         "{DEPLOY} is not the chart's default render: refresh it with \
          `SNAPCRYPT_UPDATE_DEPLOY=1 cargo test --test chart deploy_manifest` (helm {})",
-        RENDER_ARGS.join(" ")
+        DEPLOY_ARGS.join(" ")
     );
 
     // The kustomization lists the namespace and the render, and the namespace is the render's.

@@ -24,6 +24,7 @@ mod argocd_health;
 mod cli_args;
 mod dashboard;
 mod deploy;
+mod helm_test;
 mod install;
 mod notes;
 mod prometheus;
@@ -31,7 +32,8 @@ mod render;
 
 const CHART: &str = "charts/snapcrypt";
 const DEPLOY: &str = "deploy/snapcrypt.yaml";
-/// The command whose output `deploy/snapcrypt.yaml` is (after its header).
+/// The chart rendered as release `snapcrypt` in `snapcrypt-system`, CRDs and test hooks
+/// included.
 const RENDER_ARGS: [&str; 6] = [
     "template",
     "snapcrypt",
@@ -39,6 +41,17 @@ const RENDER_ARGS: [&str; 6] = [
     "--namespace",
     "snapcrypt-system",
     "--include-crds",
+];
+/// The command whose output `deploy/snapcrypt.yaml` is (after its header): the render without
+/// the `helm test` hooks, which `kubectl apply` would run as ordinary objects.
+const DEPLOY_ARGS: [&str; 7] = [
+    "template",
+    "snapcrypt",
+    CHART,
+    "--namespace",
+    "snapcrypt-system",
+    "--include-crds",
+    "--skip-tests",
 ];
 /// Kubernetes versions the renders are validated against: the oldest and newest that
 /// kubernetes-validate 1.37.0 has schemas for.

@@ -144,6 +144,11 @@ fn default_render_is_a_restricted_operator() {
         "Service/snapcrypt-metrics",
         "NetworkPolicy/snapcrypt-operator",
         "Deployment/snapcrypt-operator",
+        // `helm test` (tests/chart/helm_test.rs)
+        "ServiceAccount/snapcrypt-test",
+        "Role/snapcrypt-test",
+        "RoleBinding/snapcrypt-test",
+        "Pod/snapcrypt-test",
     ]
     .into_iter()
     .map(String::from)
@@ -381,7 +386,7 @@ fn check_one_namespace_render() {
     assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
     assert_eq!(binding["subjects"][0]["name"], "backup-operator");
     assert_eq!(binding["subjects"][0]["namespace"], "snapcrypt-system");
-    let sa = one(&objs, "ServiceAccount");
+    let sa = named(&objs, "ServiceAccount", "backup-operator");
     assert_eq!(sa["metadata"]["name"], "backup-operator");
     assert_eq!(sa["metadata"]["annotations"]["example.com/role"], "backups");
     let c = &one(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
@@ -409,6 +414,11 @@ fn check_bring_your_own_rbac_render() {
     ] {
         assert!(objs.iter().all(|o| o["kind"] != kind), "no {kind} expected");
     }
+    // `helm test` runs as the operator's own ServiceAccount.
+    assert_eq!(
+        named(&objs, "Pod", "backups-test")["spec"]["serviceAccountName"],
+        "snapcrypt-operator"
+    );
     let deploy = one(&objs, "Deployment");
     assert_eq!(deploy["metadata"]["name"], "backups-operator");
     assert_eq!(

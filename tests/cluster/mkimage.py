@@ -4,7 +4,7 @@
 named on the command line.
 
     mkimage.py OUT.tar NAME:TAG --file HOST_PATH=IMAGE_PATH [--file ...] [--dir IMAGE_PATH ...]
-               [--entrypoint ARG ...] [--user UID:GID] [--workdir DIR]
+               [--entrypoint ARG ...] [--user UID:GID] [--workdir DIR] [--label KEY=VALUE ...]
 
 Files keep their mode; owners are root. Used for the snapcrypt test image (the same entrypoint,
 user and files as the Dockerfile's final stage: tests/README.md) and the pause image.
@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--entrypoint", nargs="+", default=[])
     ap.add_argument("--user", default="")
     ap.add_argument("--workdir", default="/")
+    ap.add_argument("--label", action="append", default=[])
     a = ap.parse_args()
     files = [tuple(f.split("=", 1)) for f in a.file]
     layer = layer_tar(files, a.dir)
@@ -67,6 +68,7 @@ def main():
             "User": a.user,
             "WorkingDir": a.workdir,
             "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"],
+            "Labels": dict(l.split("=", 1) for l in a.label) or None,
         },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": "tests/cluster/mkimage.py"}],

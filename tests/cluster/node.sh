@@ -231,6 +231,43 @@ stop_pid() { # NAME
   rm -f "$f"
 }
 
+sandbox_netns() { # SOCKET: the network namespace path of every sandbox of that containerd
+  local c
+  for c in $(ctr --address "$1" -n k8s.io containers ls -q 2>/dev/null); do
+    ctr --address "$1" -n k8s.io containers info "$c" 2>/dev/null
+  done | python3 -c '
+import json, sys
+text, dec, i = sys.stdin.read(), json.JSONDecoder(), 0
+while True:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i >= len(text):
+        break
+    info, i = dec.raw_decode(text, i)
+    for ns in (((info.get("Spec") or {}).get("linux") or {}).get("namespaces") or []):
+        if ns.get("type") == "network" and ns.get("path"):
+            print(ns["path"])
+' || true
+}
+
+remove_netns() { # the sandboxes' namespaces noted by cmd_stop, and any left by an older stop
+  local ns paths=()
+  [ -f "$NODES_DIR/netns.left" ] && mapfile -t paths <"$NODES_DIR/netns.left"
+  # Older stops left theirs: a containerd-made namespace ("cni-*") holding an address of the
+  # nodes' pod subnets (10.244.i.0/24) is one of ours, as the snapcrypt$i bridges are.
+  for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}'); do
+    if ip netns exec "$ns" ip -o -4 addr show 2>/dev/null | grep -q ' 10\.244\.'; then
+      paths+=("/var/run/netns/$ns")
+    fi
+  done
+  for ns in "${paths[@]}"; do
+    [ -e "$ns" ] || continue
+    # Deleting the namespace deletes the veth pair in it (and its end on the host).
+    umount "$ns" 2>/dev/null || umount -l "$ns" 2>/dev/null || true
+    rm -f "$ns"
+  done
+}
+
 cmd_stop() {
   local d name
   stop_pid kube-scheduler
@@ -243,8 +280,11 @@ cmd_stop() {
     [ "$name" = scheduler ] && continue
     [ -f "$PIDS/kubelet-$name.pid" ] || [ -f "$PIDS/containerd-$name.pid" ] || continue
     stop_pid "kubelet-$name"
-    # The pods' containers and their network, before their runtime goes.
+    # The pods' containers and their network, before their runtime goes. Killed with its
+    # runtime, a sandbox is never torn down through CNI: its network namespace (and the veth
+    # pair in it) would outlive the node, so note where each is and remove it below.
     if [ -S "$d/containerd.sock" ]; then
+      sandbox_netns "$d/containerd.sock" >>"$NODES_DIR/netns.left"
       for t in $(ctr --address "$d/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
         ctr --address "$d/containerd.sock" -n k8s.io tasks kill -s KILL "$t" >/dev/null 2>&1 || true
       done
@@ -266,6 +306,7 @@ cmd_stop() {
     # The Node object too: a stale Ready node would draw the scheduler's pods.
     KUBECONFIG=$ADMIN_KUBECONFIG kubectl delete node "$name" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   done
+  remove_netns
   ip link show | awk -F': ' '/snapcrypt[0-9]+[:@]/{print $2}' | cut -d@ -f1 \
     | while read -r br; do ip link delete "$br" 2>/dev/null || true; done
   while iptables -t nat -S PREROUTING 2>/dev/null | grep -q snapcrypt-test; do

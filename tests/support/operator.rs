@@ -164,6 +164,24 @@ impl ChartOperator {
     }
 }
 
+impl ChartOperator {
+    /// `helm test` of the release (the chart's `kubectl snapcrypt check` hook): its output,
+    /// and whether it passed.
+    pub fn helm_test(&self) -> (bool, String) {
+        let out = Command::new(super::cache_dir().join("bin/helm3"))
+            .args(["test", &self.release, "--namespace", &self.namespace])
+            .args(["--timeout", "3m"])
+            .output()
+            .expect("run helm test");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
 impl Drop for ChartOperator {
     fn drop(&mut self) {
         let _ = Command::new(super::cache_dir().join("bin/helm3"))

@@ -160,7 +160,7 @@ impl Drop for FrozenKubelet {
     }
 }
 
-fn cluster_dir() -> String {
+pub fn cluster_dir() -> String {
     std::env::var("SNAPCRYPT_CLUSTER_DIR").unwrap_or_else(|_| "/tmp/snapcrypt-cluster".into())
 }
 

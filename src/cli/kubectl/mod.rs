@@ -8,8 +8,11 @@
 //! - `status JOB`: one screen of what a person checks, and what to do ([`status`])
 //! - `restore SNAPSHOT --to CLAIM [--wait]` ([`restore`]); `logs NAME`, `explain-failure NAME`
 //!   ([`logs`])
+//! - `check`: the CRDs are served and every operator pod answers `/healthz` ([`check`]; the
+//!   chart's `helm test`)
 
 mod backup;
+mod check;
 mod logs;
 mod restore;
 mod snapshots;
@@ -58,6 +61,9 @@ pub enum Verb {
     /// Why a Snapshot, Restore or BackupJob is not well: its conditions in a bad state, its
     /// Events and the agent's last lines, in one view.
     ExplainFailure(logs::ExplainArgs),
+    /// Is the install well: the API server serves the snapcrypt kinds and every operator pod
+    /// answers /healthz (through the API server; the chart's `helm test` runs this).
+    Check(check::CheckArgs),
 }
 
 /// How a listing is printed.
@@ -83,16 +89,23 @@ impl KubectlArgs {
             ..Default::default()
         };
         let config = match &self.kubeconfig {
+            // No kubeconfig in a pod (the chart's `helm test`): its ServiceAccount, as kubectl.
+            None if self.context.is_none() => kube::Config::infer().await.map_err(|e| {
+                format!(
+                    "cannot use the kubeconfig or this pod's ServiceAccount: {e} (set KUBECONFIG, --kubeconfig or --context)"
+                )
+            })?,
             Some(path) => {
                 let kc = Kubeconfig::read_from(path)
                     .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kc, &options).await
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| kubeconfig_error(&e))?
             }
-            None => kube::Config::from_kubeconfig(&options).await,
-        }
-        .map_err(|e| {
-            format!("cannot use the kubeconfig: {e} (set KUBECONFIG, --kubeconfig or --context)")
-        })?;
+            None => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| kubeconfig_error(&e))?,
+        };
         let namespace = self
             .namespace
             .clone()
@@ -101,6 +114,10 @@ impl KubectlArgs {
             Client::try_from(config).map_err(|e| format!("cannot build the API client: {e}"))?;
         Ok(Target { client, namespace })
     }
+}
+
+fn kubeconfig_error(e: &kube::config::KubeconfigError) -> String {
+    format!("cannot use the kubeconfig: {e} (set KUBECONFIG, --kubeconfig or --context)")
 }
 
 /// Run a verb; its exit code (a failed Snapshot waited for is 1, as any error).
@@ -113,6 +130,7 @@ pub async fn run(args: KubectlArgs) -> Result<(), CliError> {
         Verb::Restore(a) => restore::run(&target, a).await,
         Verb::Logs(a) => logs::logs(&target, a).await,
         Verb::ExplainFailure(a) => logs::explain(&target, a).await,
+        Verb::Check(a) => check::run(&target, a).await,
     }
 }
 
