@@ -9,6 +9,9 @@
 # with the source (diff -r). Reported, not asserted: these are emulators on this machine's
 # disk, not the clouds, so the numbers say what snapcrypt's side costs per store, not what a
 # bucket in a region would give.
+# Against local and S3, restic (Debian's) backs up the same dbPath into the same kind of
+# store in the same run (an S3 repository through the same s3s-fs), and the table gives
+# snapcrypt's time over restic's (#33: backup to S3 on loopback, goal <= 0.3).
 # Servers come from $HOME/.cache/snapcrypt/services.env (written by .ci/install-deps.sh); every
 # server started here is stopped on exit, and the scratch directory removed.
 # Usage: bench/stores.sh [SIZE_MIB (default 256)] [STORE... (local s3 gcs azure; default all)]
@@ -71,7 +74,7 @@ wait_port() {
 }
 
 # Each start_* sets REPO and STORE_ENV (VAR=value words for env(1)) for its store.
-start_local() { REPO=$WORK/local/repo; STORE_ENV=(); }
+start_local() { REPO=$WORK/local/repo; RESTIC_REPO=$WORK/local/restic; RESTIC_OPTS=(); STORE_ENV=(); }
 
 S3_ACCESS_KEY=snapcrypt-bench S3_SECRET_KEY=snapcrypt-bench-secret
 start_s3() {
@@ -83,6 +86,8 @@ start_s3() {
   PIDS+=($!)
   wait_port s3s-fs $! "$port" "$state.log"
   REPO=s3://backups/bench
+  RESTIC_REPO=s3:http://127.0.0.1:$port/backups/restic
+  RESTIC_OPTS=(-o s3.bucket-lookup=path)
   STORE_ENV=(AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY"
              AWS_REGION=us-east-1 AWS_ENDPOINT_URL="http://127.0.0.1:$port")
 }
@@ -123,6 +128,7 @@ PY
  "gcs_base_url": "http://127.0.0.1:$bridge"}
 JSON
   REPO=gs://backups/bench
+  RESTIC_REPO=""
   STORE_ENV=(GOOGLE_SERVICE_ACCOUNT="$state/service-account.json"
              GOOGLE_BASE_URL="http://127.0.0.1:$bridge")
 }
@@ -139,6 +145,7 @@ start_azure() {
   "$PY" tests/services/azure/create-container.py "http://127.0.0.1:$port" backups
   # As for any account: its name, its key and its blob endpoint (tests/support/azurite.rs).
   REPO=az://backups/bench
+  RESTIC_REPO=""
   STORE_ENV=(AZURE_STORAGE_ACCOUNT_NAME="$AZURE_ACCOUNT" AZURE_STORAGE_ACCOUNT_KEY="$AZURE_KEY"
              AZURE_STORAGE_ENDPOINT="http://127.0.0.1:$port/$AZURE_ACCOUNT")
 }
@@ -172,6 +179,14 @@ for store in "${STORES[@]}"; do
   diff -r "$SRC" "$WORK/out-$store" > "$WORK/diff" ||
     { echo "bench/stores.sh: the restore from $store differs from the source:"; head "$WORK/diff"; exit 1; }
   rm -rf "$WORK/out-$store"
+  if [ -n "$RESTIC_REPO" ] && command -v restic > /dev/null; then
+    restic_run=(env "${STORE_ENV[@]}" RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$RESTIC_REPO"
+                RESTIC_CACHE_DIR="$WORK/restic-cache-$store" restic "${RESTIC_OPTS[@]}")
+    "${restic_run[@]}" init > "$WORK/restic-init.out" 2>&1 ||
+      { echo "bench/stores.sh: restic init on $store failed:"; tail "$WORK/restic-init.out"; exit 1; }
+    sync
+    timed "${store}_restic_backup" "${restic_run[@]}" backup "$SRC"
+  fi
 done
 
 echo
@@ -180,11 +195,13 @@ echo "a $(awk -v b="$BYTES" 'BEGIN { printf "%.1f", b / 1048576 }') MiB generate
 echo "Reported, not asserted. The stores are local emulators on loopback (s3s-fs, fake-gcs-server"
 echo "behind the XML bridge, Azurite) on this machine's disk, not the clouds."
 echo
-echo "| store | backup s | backup MiB/s | restore s | restore MiB/s |"
-echo "|---|---|---|---|---|"
+echo "| store | backup s | backup MiB/s | restore s | restore MiB/s | restic backup s | backup vs restic |"
+echo "|---|---|---|---|---|---|---|"
 for store in "${STORES[@]}"; do
-  b=${T[${store}_backup]} r=${T[${store}_restore]}
-  echo "| $store | $b | $(rate "$BYTES" "$b") | $r | $(rate "$BYTES" "$r") |"
+  b=${T[${store}_backup]} r=${T[${store}_restore]} rb=${T[${store}_restic_backup]:-}
+  ratio=-
+  [ -n "$rb" ] && ratio=$(awk -v a="$b" -v c="$rb" 'BEGIN { printf "%.2f", a / c }')
+  echo "| $store | $b | $(rate "$BYTES" "$b") | $r | $(rate "$BYTES" "$r") | ${rb:--} | $ratio |"
 done
 echo
 echo "Every restore was compared with the source (diff -r): identical."

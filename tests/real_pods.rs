@@ -319,8 +319,32 @@ async fn the_chart_runs_the_operator_as_a_pod() {
     let st = g.succeeded_snapshot().await;
     assert_eq!(st.member.and_then(|m| m.node).as_deref(), Some("real-b"));
     assert!(st.stats.is_some_and(|s| s.files > 0));
+    second_run_continues_from_the_first(&g).await;
 
     helm_test_fails_with_no_operator(&g, &chart, &test_pod).await;
+}
+
+/// A second run of the job, in a new pod (whose hostname is its own new name), continues from
+/// the first: unchanged files keep their chunks and next to nothing is added. Before the
+/// agent was given the job as its host, every run found no parent and stored every chunk
+/// again (128 MiB here).
+async fn second_run_continues_from_the_first(g: &Ground) {
+    let snaps: Api<Snapshot> = g.ns.api();
+    create(
+        &snaps,
+        json!({"apiVersion": "snapcrypt.dev/v1alpha1", "kind": "Snapshot",
+            "metadata": {"name": "rs0-second"}, "spec": {"backupJobRef": {"name": "rs0"}}}),
+    )
+    .await;
+    let st = wait_for_success(&snaps, "rs0-second", &g.ns).await;
+    let stats = st.stats.expect("stats");
+    assert!(stats.logical_bytes >= 4 << 25, "{stats:?}");
+    assert!(
+        stats.stored_bytes * 50 < stats.logical_bytes,
+        "the second run stored {} of {} bytes: it did not continue from the first",
+        stats.stored_bytes,
+        stats.logical_bytes
+    );
 }
 
 /// With the operator scaled to nothing, `helm test` fails and its pod stays, its log saying

@@ -54,6 +54,17 @@ pub struct BackupArgs {
     /// With --cluster: take the job's snapshots over from cluster NAME, which is gone.
     #[arg(long, value_name = "NAME", requires = "cluster")]
     pub take_over_from: Option<String>,
+    /// Record the snapshot as taken on host NAME (default: this machine's hostname). The
+    /// parent a backup continues from is the newest snapshot of the same source and host: a
+    /// stable name keeps that chain across machines or pods (the operator passes
+    /// backupjob:NAMESPACE/NAME).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// Checkpoint the file list this often (e.g. 30s, 5m; `off`): a backup killed before it
+    /// finishes leaves checkpoints, and the next backup of the same source and host continues
+    /// from them instead of reading and storing everything again.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_checkpoint_every)]
+    pub checkpoint_every: CheckpointEvery,
     /// Chunk size in bytes for a new repository (a power of two, 4 KiB to 1 MiB).
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_name = "BYTES", value_parser = parse_chunk_size, hide = true)]
     pub chunk_size: u32,
@@ -78,6 +89,19 @@ pub(crate) fn parse_tag(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("--tag {s:?}: expected KEY=VALUE")),
     }
+}
+
+/// `--checkpoint-every`: None is `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointEvery(pub Option<std::time::Duration>);
+
+fn parse_checkpoint_every(s: &str) -> Result<CheckpointEvery, String> {
+    if s == "off" {
+        return Ok(CheckpointEvery(None));
+    }
+    crate::api::common::parse_duration(s, &['s', 'm', 'h'])
+        .map(|secs| CheckpointEvery(Some(std::time::Duration::from_secs(secs))))
+        .map_err(|e| format!("--checkpoint-every {e} (or off)"))
 }
 
 fn parse_chunk_size(s: &str) -> Result<u32, String> {
@@ -204,6 +228,8 @@ pub async fn perform(
         compression: args.compression,
         tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
         reuse_unchanged: !args.force_read,
+        host: args.host.clone(),
+        checkpoint_every: args.checkpoint_every.0,
         ..Default::default()
     };
     Ok(backup(&mut repo, km.as_ref(), scan, opts, progress).await?)

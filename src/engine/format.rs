@@ -100,6 +100,8 @@ pub struct PastWrap {
 pub enum ObjectKind {
     Index = 1,
     Snapshot = 2,
+    /// A backup's file list so far (`checkpoints/`), for a retry after it is killed.
+    Checkpoint = 3,
 }
 
 /// Kinds of blobs inside packs.

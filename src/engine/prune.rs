@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
+use super::backup::prune_checkpoints;
 use super::format::{SnapshotManifest, pack_object_name};
 use super::lock::{RepoLock, lock_wait};
 use super::pack::PackWriter;
@@ -38,6 +39,8 @@ pub struct PruneReport {
     pub packs_locked: usize,
     /// With object lock: objects kept snapshots need whose retention this pass extended.
     pub locks_extended: usize,
+    /// Checkpoint objects of backups that never finished, older than the grace, deleted.
+    pub checkpoints_deleted: usize,
 }
 
 /// How prune deletes.
@@ -148,6 +151,7 @@ async fn run_prune(
         report.packs_deleted = due.len();
         report.bytes_freed = due.iter().map(|id| marks[*id].bytes).sum();
         report.bytes_pending = to_mark.iter().map(|(_, bytes)| bytes).sum();
+        report.checkpoints_deleted = prune_checkpoints(repo, now, opts.grace, true).await?;
         return Ok(report);
     }
     lock.check()?;
@@ -190,6 +194,9 @@ async fn run_prune(
     }
     let deleted = delete_due(repo, due, lock, &mut report).await?;
     drop_finished_records(repo, &index.lists, &deleted, &snaps, &kept).await?;
+    // No backup runs while this pass holds the exclusive lock: a checkpoint is a killed run's,
+    // kept for a retry until the grace has passed.
+    report.checkpoints_deleted = prune_checkpoints(repo, now, opts.grace, false).await?;
     Ok(report)
 }
 

@@ -11,7 +11,15 @@ use serde_json::Value;
 use crate::support::repo_root;
 use crate::tools::Helm;
 use crate::values::{kind_name, objects, strings};
-use crate::{DEPLOY, DEPLOY_ARGS};
+use crate::{DEPLOY, RENDER_ARGS};
+
+/// The command whose output `deploy/snapcrypt.yaml` is (after its header): the render without
+/// the `helm test` hooks, which `kubectl apply` would run as ordinary objects.
+fn deploy_args() -> Vec<&'static str> {
+    let mut args = RENDER_ARGS.to_vec();
+    args.push("--skip-tests");
+    args
+}
 
 /// The header of deploy/snapcrypt.yaml, before the render.
 fn deploy_header() -> String {
@@ -21,13 +29,13 @@ fn deploy_header() -> String {
          # `SNAPCRYPT_UPDATE_DEPLOY=1 cargo test --test chart` writes it, as\n\
          # helm {}\n",
         env!("CARGO_PKG_VERSION"),
-        DEPLOY_ARGS.join(" ")
+        deploy_args().join(" ")
     )
 }
 
 #[test]
 fn deploy_manifest_is_the_default_render() {
-    let fresh = format!("{}{}", deploy_header(), Helm::V3.ok(&DEPLOY_ARGS, None));
+    let fresh = format!("{}{}", deploy_header(), Helm::V3.ok(&deploy_args(), None));
     let path = repo_root().join(DEPLOY);
     if std::env::var("SNAPCRYPT_UPDATE_DEPLOY").is_ok_and(|v| v == "1") {
         fs::write(&path, &fresh).unwrap();
@@ -37,7 +45,7 @@ fn deploy_manifest_is_the_default_render() {
         current == fresh,
         "{DEPLOY} is not the chart's default render: refresh it with \
          `SNAPCRYPT_UPDATE_DEPLOY=1 cargo test --test chart deploy_manifest` (helm {})",
-        DEPLOY_ARGS.join(" ")
+        deploy_args().join(" ")
     );
 
     // The kustomization lists the namespace and the render, and the namespace is the render's.

@@ -42,17 +42,6 @@ const RENDER_ARGS: [&str; 6] = [
     "snapcrypt-system",
     "--include-crds",
 ];
-/// The command whose output `deploy/snapcrypt.yaml` is (after its header): the render without
-/// the `helm test` hooks, which `kubectl apply` would run as ordinary objects.
-const DEPLOY_ARGS: [&str; 7] = [
-    "template",
-    "snapcrypt",
-    CHART,
-    "--namespace",
-    "snapcrypt-system",
-    "--include-crds",
-    "--skip-tests",
-];
 /// Kubernetes versions the renders are validated against: the oldest and newest that
 /// kubernetes-validate 1.37.0 has schemas for.
 const KUBE_VERSIONS: [&str; 2] = ["1.25.0", "1.37.0"];

@@ -18,6 +18,7 @@ pub(crate) fn check_notes(helm: Helm, install_json: &str, name: &str, namespace:
         "kubectl get backupjobs,snapshots -A".into(),
         "keeps the CRDs".into(),
         format!("helm uninstall {name} -n {namespace}"),
+        format!("helm test {name} -n {namespace}"),
     ] {
         assert!(
             notes.contains(&want),

@@ -232,6 +232,64 @@ pub(super) fn held_to_deadline<R: serde::de::DeserializeOwned>(
     }
 }
 
+/// One kind of run pod that comes in numbered series (a copy's runs, a repository's
+/// retention runs): how messages name it, the stage its deletions are carried out as, and
+/// its run number.
+pub(super) struct SeriesKind {
+    pub what: &'static str,
+    pub stage: &'static str,
+    pub run_of: fn(&Pod) -> Option<u64>,
+}
+
+/// A series of run pods judged: the one pending or running, and the newest finished one with
+/// its step (to be recorded in status once); every older finished pod is deleted (a change).
+pub(super) struct Series<'a, R> {
+    pub running: Option<&'a Pod>,
+    pub newest: Option<(&'a Pod, RunStep<R>)>,
+}
+
+/// Judge `pods` of one series of `job`'s runs; `runs` rises to the highest run number a pod
+/// carries (a reconcile may read the job before its own last status write).
+pub(super) fn judge_series<'a, R: serde::de::DeserializeOwned>(
+    job: &'a BackupJob,
+    kind: &SeriesKind,
+    pods: impl Iterator<Item = &'a (Pod, Option<Node>)>,
+    runs: &mut u64,
+    now: jiff::Timestamp,
+    changes: &mut Vec<Change>,
+) -> Series<'a, R> {
+    let mut running = None;
+    let mut finished: Vec<(&Pod, RunStep<R>)> = Vec::new();
+    for (pod, node) in pods {
+        *runs = (*runs).max((kind.run_of)(pod).unwrap_or(0));
+        let run = RunOf {
+            job,
+            pod,
+            node: node.as_ref(),
+            what: kind.what,
+            stage: kind.stage,
+        };
+        match held_to_deadline::<R>(run, now, changes) {
+            RunStep::Pending { .. } | RunStep::Running { .. } => running = Some(pod),
+            step => finished.push((pod, step)),
+        }
+    }
+    finished.sort_by_key(|(p, _)| {
+        (
+            (kind.run_of)(p),
+            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            p.name_any(),
+        )
+    });
+    let newest = finished.pop();
+    changes.extend(
+        finished
+            .iter()
+            .map(|(pod, _)| Change::delete(kind.stage, *pod)),
+    );
+    Series { running, newest }
+}
+
 /// The verify pod of the run scheduled at `scheduled`, after the agent's identity.
 fn start_verify(
     pass: &Pass<'_>,

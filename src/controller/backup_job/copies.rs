@@ -13,14 +13,13 @@ use kube::ResourceExt;
 
 use super::Error;
 use super::build::copy_pod::{CopyPlan, after_run, copy_of, copy_pod, run_of};
-use super::checks::{Pass, RunOf, created, earliest, held_to_deadline};
+use super::checks::{Pass, SeriesKind, created, earliest, judge_series};
 use super::dereference::{newest_successful, succeeded};
 use crate::api::Snapshot;
 use crate::api::agent::CopyResult;
 use crate::api::copy::{CopySpec, CopyStatus};
 use crate::api::verification::CheckResult;
 use crate::controller::agent::identity::identity_changes;
-use crate::controller::agent::run::RunStep;
 use crate::controller::conditions::{Cond, CondType};
 use crate::controller::execute::Change;
 use crate::controller::job_spec::schedule::{CronSchedule, due};
@@ -107,44 +106,24 @@ fn judge_pods<'a>(
     status: &mut CopyStatus,
     out: &mut CopiesOutcome,
 ) -> (Option<&'a Pod>, Option<jiff::Timestamp>) {
-    let Pass {
-        job, world, now, ..
-    } = *pass;
-    let mut running: Option<&Pod> = None;
-    let mut finished: Vec<(&Pod, RunStep<CopyResult>)> = Vec::new();
-    let mut last_scheduled = None;
-    for (pod, node) in world
-        .copy_pods
-        .iter()
-        .filter(|(p, _)| copy_of(p) == Some(copy.name.as_str()))
-    {
-        let scheduled = pod
-            .annotations()
-            .get(SCHEDULED_TIME)
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        last_scheduled = last_scheduled.max(scheduled);
-        // The pods say how many runs there were, whatever an older status said (a reconcile
-        // may read the job before its own last status write).
-        status.runs = status.runs.max(run_of(pod).unwrap_or(0));
-        let run = RunOf {
-            job,
-            pod,
-            node: node.as_ref(),
-            what: "copy",
-            stage: "delete_copy",
-        };
-        match held_to_deadline::<CopyResult>(run, now, &mut out.changes) {
-            RunStep::Pending { .. } | RunStep::Running { .. } => running = Some(pod),
-            step => finished.push((pod, step)),
-        }
-    }
-    finished.sort_by_key(|(p, _)| {
-        (
-            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            p.name_any(),
-        )
-    });
-    if let Some((pod, step)) = finished.last()
+    let mine = || {
+        pass.world
+            .copy_pods
+            .iter()
+            .filter(|(p, _)| copy_of(p) == Some(copy.name.as_str()))
+    };
+    let last_scheduled = mine()
+        .filter_map(|(pod, _)| pod.annotations().get(SCHEDULED_TIME)?.parse().ok())
+        .max();
+    let series = judge_series::<CopyResult>(
+        pass.job,
+        &COPY_RUNS,
+        mine(),
+        &mut status.runs,
+        pass.now,
+        &mut out.changes,
+    );
+    if let Some((pod, step)) = &series.newest
         && status.last_run_pod.as_deref() != Some(pod.name_any().as_str())
     {
         let snapshot = pod.annotations().get(COPY_SNAPSHOT);
@@ -169,11 +148,15 @@ fn judge_pods<'a>(
             ));
         }
     }
-    for (pod, _) in finished.iter().rev().skip(1) {
-        out.changes.push(Change::delete("delete_copy", *pod));
-    }
-    (running, last_scheduled)
+    (series.running, last_scheduled)
 }
+
+/// A copy's run pods.
+const COPY_RUNS: SeriesKind = SeriesKind {
+    what: "copy",
+    stage: "delete_copy",
+    run_of,
+};
 
 /// One copy: its pods judged, its status, and its next run when due.
 fn plan_copy(

@@ -16,7 +16,7 @@ use super::Error;
 use super::build::retention_pod::{
     RetentionPlan, after_retention, retention_copy_of, retention_pod, retention_run_of,
 };
-use super::checks::{Pass, RunOf, earliest, held_to_deadline};
+use super::checks::{Pass, SeriesKind, earliest, judge_series};
 use super::copies::retry_at;
 use super::dereference::newest_successful;
 use crate::api::agent::RetentionResult;
@@ -171,33 +171,21 @@ fn judge_pods<'a>(
     status: &mut RetentionRun,
     out: &mut RetentionOutcome,
 ) -> Option<&'a Pod> {
-    let Pass {
-        job, world, now, ..
-    } = *pass;
     let copy = target.copy.map(|c| c.name.as_str());
-    let mut running = None;
-    let mut finished: Vec<(&Pod, RunStep<RetentionResult>)> = Vec::new();
-    for (pod, node) in world
+    let pods = pass
+        .world
         .retention_pods
         .iter()
-        .filter(|(p, _)| retention_copy_of(p) == copy)
-    {
-        // The pods say how many runs there were, whatever an older status said.
-        status.runs = status.runs.max(retention_run_of(pod).unwrap_or(0));
-        let run = RunOf {
-            job,
-            pod,
-            node: node.as_ref(),
-            what: "retention",
-            stage: "delete_retention",
-        };
-        match held_to_deadline::<RetentionResult>(run, now, &mut out.changes) {
-            RunStep::Pending { .. } | RunStep::Running { .. } => running = Some(pod),
-            step => finished.push((pod, step)),
-        }
-    }
-    finished.sort_by_key(|(p, _)| (retention_run_of(p), p.name_any()));
-    if let Some((pod, step)) = finished.last()
+        .filter(|(p, _)| retention_copy_of(p) == copy);
+    let series = judge_series::<RetentionResult>(
+        pass.job,
+        &RETENTION_RUNS,
+        pods,
+        &mut status.runs,
+        pass.now,
+        &mut out.changes,
+    );
+    if let Some((pod, step)) = &series.newest
         && status.last_run_pod.as_deref() != Some(pod.name_any().as_str())
     {
         if let (RunStep::Succeeded { result, .. }, None) = (step, copy) {
@@ -218,11 +206,15 @@ fn judge_pods<'a>(
             ));
         }
     }
-    for (pod, _) in finished.iter().rev().skip(1) {
-        out.changes.push(Change::delete("delete_retention", *pod));
-    }
-    running
+    series.running
 }
+
+/// A repository's retention pods.
+const RETENTION_RUNS: SeriesKind = SeriesKind {
+    what: "retention",
+    stage: "delete_retention",
+    run_of: retention_run_of,
+};
 
 /// Delete the Snapshots of the job whose repository snapshot a pass over the job's
 /// repository forgot.

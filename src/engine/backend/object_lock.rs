@@ -94,7 +94,8 @@ impl std::fmt::Display for ObjectLock {
 
 /// Whether `name` is an object written once and never rewritten in place: the config, key
 /// records, packs, index objects and snapshots. What is rewritten or deleted as a matter of
-/// course (locks, owner records, deletion marks, unfinished records) is never locked.
+/// course (locks, owner records, deletion marks, unfinished records, checkpoints) is never
+/// locked.
 pub fn is_locked_kind(name: &str) -> bool {
     name == "config"
         || ["data/", "index/", "snapshots/", "keys/"]

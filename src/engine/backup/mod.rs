@@ -2,6 +2,7 @@
 //! repository has, compress and seal the rest into packs on all cores, then write the file
 //! list and, last, the snapshot object.
 
+mod checkpoint;
 mod feed;
 mod scan;
 mod tree;
@@ -12,6 +13,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+pub use self::checkpoint::{CHECKPOINT_DIR, prune_checkpoints};
+use self::checkpoint::{CheckpointWriter, delete_run, find_checkpoint};
 pub use self::scan::{Scan, ScanEntry, scan, scan_with};
 use self::tree::Totals;
 use self::workers::{Inputs, Shared, run_pipeline};
@@ -24,6 +27,9 @@ use super::repo::{Index, IndexBuilder, Repository, tree_ids};
 use super::spill::{Sorter, SpillError};
 use crate::engine::error::EngineError;
 use crate::kms::KeyManager;
+
+/// How often a backup checkpoints its file list by default.
+pub const DEFAULT_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Bytes of a file one worker reads and processes at a time (a multiple of any chunk size).
 const SEGMENT: u64 = 4 * 1024 * 1024;
@@ -53,6 +59,13 @@ pub struct BackupOptions {
     /// snapshot of the same source on this host, without reading them. Without it every
     /// file is read (its chunks are still compared with the parent's at the same offsets).
     pub reuse_unchanged: bool,
+    /// The host the snapshot is recorded as, which with the source picks its parent (the
+    /// newest snapshot of both). None: this machine's hostname. A pod's hostname is its
+    /// name, new for every run, so the operator names its BackupJob instead.
+    pub host: Option<String>,
+    /// How often the file list so far is checkpointed, for a retry after this backup is
+    /// killed to continue from (checkpoint.rs). None: never.
+    pub checkpoint_every: Option<std::time::Duration>,
 }
 
 impl Default for BackupOptions {
@@ -64,6 +77,8 @@ impl Default for BackupOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             reuse_unchanged: true,
+            host: None,
+            checkpoint_every: Some(DEFAULT_CHECKPOINT_EVERY),
         }
     }
 }
@@ -124,11 +139,16 @@ async fn run_backup(
     started: jiff::Timestamp,
 ) -> Result<SnapshotManifest, EngineError> {
     let source = scan.root.display().to_string();
-    let host = hostname();
+    let host = opts.host.clone().unwrap_or_else(hostname);
     // The parent, read beside the scan: files unchanged since it keep their chunk lists
     // without being read, and chunks it has at the same offsets are not stored again. The
     // index is not read: no lookup structure grows with the repository.
     let parent = find_parent(repo, &source, &host).await?;
+    // A run of the same source and host killed before its snapshot: continue from it.
+    let checkpoint = find_checkpoint(repo, &source, &host).await?;
+    if let Some(c) = &checkpoint {
+        tracing::info!(run = %c.run, "continuing from the checkpoints of a backup that did not finish");
+    }
     progress.set_totals(scan.files, scan.bytes);
     debug_assert!(SEGMENT.is_multiple_of(u64::from(repo.config.chunker.size)));
 
@@ -139,13 +159,28 @@ async fn run_backup(
         root: &scan.dir,
         entries: &scan.entries,
         parent: parent.as_ref().map(|(snap, index)| (repo, index, snap)),
+        checkpoint: checkpoint.as_ref().map(|c| (repo, c)),
         handle: tokio::runtime::Handle::current(),
         threads: opts.threads,
         reuse_unchanged: opts.reuse_unchanged,
     };
     let id = hex::encode(&random_id()?[..16]);
-    let (tree_ids, totals) = copy(repo, &shared, &key, &input, &id).await?;
-    let data_keys = data_keys(parent.as_ref().map(|(snap, _)| snap), &key.id);
+    let checkpoints = CheckpointWriter::new(
+        repo,
+        &key,
+        input.handle.clone(),
+        &id,
+        (&source, &host, &started.to_string()),
+        opts.checkpoint_every,
+    )?;
+    let (tree_ids, totals) = copy(repo, &shared, &key, &input, &id, checkpoints).await?;
+    let mut data_keys = data_keys(parent.as_ref().map(|(snap, _)| snap), &key.id);
+    if let Some(c) = &checkpoint
+        && !data_keys.contains(&c.data_key)
+    {
+        data_keys.push(c.data_key.clone());
+        data_keys.sort();
+    }
     let manifest = SnapshotManifest {
         id,
         time: started.to_string(),
@@ -183,6 +218,11 @@ async fn run_backup(
     // it), so failing to delete it does not fail the backup.
     if let Err(e) = repo.delete_unfinished(&manifest.id).await {
         tracing::warn!(snapshot = %manifest.id, error = %e, "could not delete the backup's unfinished record (the next prune removes it)");
+    }
+    // Its checkpoints, and those it continued from, are spent.
+    delete_run(repo, &manifest.id).await;
+    if let Some(c) = &checkpoint {
+        delete_run(repo, &c.run).await;
     }
     Ok(manifest)
 }
@@ -326,6 +366,7 @@ async fn copy(
     key: &DataKey,
     input: &Inputs<'_>,
     snapshot_id: &str,
+    checkpoints: CheckpointWriter<'_>,
 ) -> Result<(Vec<String>, Totals), EngineError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<StagedPack>(2);
     let uploader = async {
@@ -346,7 +387,7 @@ async fn copy(
     let (written, uploaded) = tokio::task::block_in_place(|| {
         std::thread::scope(|s| {
             let uploading = s.spawn(|| input.handle.block_on(uploader));
-            let written = write_list(shared, key, input, tx);
+            let written = write_list(shared, key, input, checkpoints, tx);
             let uploaded = uploading
                 .join()
                 .unwrap_or_else(|_| Err(EngineError::Worker("uploader panicked".into())));
@@ -388,6 +429,7 @@ fn write_list<'k>(
     shared: &Shared,
     key: &'k DataKey,
     input: &Inputs<'_>,
+    checkpoints: CheckpointWriter<'_>,
     packs: tokio::sync::mpsc::Sender<StagedPack>,
 ) -> Result<(Pieces<'k>, Totals), EngineError> {
     let io = |e: std::io::Error| EngineError::Worker(format!("writing the file list: {e}"));
@@ -401,7 +443,7 @@ fn write_list<'k>(
         64 * 1024,
         zstd::stream::write::Encoder::new(pieces, 3).map_err(io)?,
     );
-    let (json, totals) = run_pipeline(shared, input, json, packs)?;
+    let (json, totals) = run_pipeline(shared, input, (json, Some(checkpoints)), packs)?;
     let mut pieces = json
         .into_inner()
         .map_err(|e| io(e.into_error()))?

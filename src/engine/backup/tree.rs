@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::mpsc::Receiver;
 
+use super::checkpoint::CheckpointWriter;
 use super::feed::Slot;
 use super::scan::ScanEntry;
 use crate::engine::crypto::ChunkId;
@@ -58,6 +59,8 @@ pub(super) struct Assembler<'a, W: Write> {
     totals: Totals,
     /// Units finished ahead of their turn.
     early: BTreeMap<u64, Done>,
+    /// Where each entry also goes, for a retry (none in tests of the list alone).
+    checkpoints: Option<CheckpointWriter<'a>>,
 }
 
 impl<'a, W: Write> Assembler<'a, W> {
@@ -69,7 +72,14 @@ impl<'a, W: Write> Assembler<'a, W> {
             written: 0,
             totals: Totals::default(),
             early: BTreeMap::new(),
+            checkpoints: None,
         }
+    }
+
+    /// Each entry also into `checkpoints`.
+    pub(super) fn with_checkpoints(mut self, checkpoints: Option<CheckpointWriter<'a>>) -> Self {
+        self.checkpoints = checkpoints;
+        self
     }
 
     /// Write every slot as it comes, until the feeder is done; the writer and the totals.
@@ -198,7 +208,11 @@ impl<'a, W: Write> Assembler<'a, W> {
         if self.written > 0 {
             self.out.write_all(b",").map_err(write_err)?;
         }
-        serde_json::to_writer(&mut self.out, &entry)?;
+        let json = serde_json::to_vec(&entry)?;
+        self.out.write_all(&json).map_err(write_err)?;
+        if let Some(c) = self.checkpoints.as_mut() {
+            c.add(&json);
+        }
         self.written += 1;
         Ok(())
     }

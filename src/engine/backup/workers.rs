@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
+use super::checkpoint::{Checkpoint, CheckpointWriter};
 use super::feed::{Feeder, Out, Slot, Unit};
 use super::scan::{ScanEntry, open_scanned};
 use super::tree::{ABORTED, Assembler, Done, Totals};
@@ -176,6 +177,8 @@ pub(super) struct Inputs<'a> {
     pub entries: &'a [ScanEntry],
     /// The parent snapshot, and an index that locates its file list.
     pub parent: Option<(&'a Repository, &'a Index, &'a SnapshotManifest)>,
+    /// A killed run's checkpoints, read as a parent before the parent.
+    pub checkpoint: Option<(&'a Repository, &'a Checkpoint)>,
     pub handle: tokio::runtime::Handle,
     pub threads: usize,
     /// Files unchanged since the parent keep its chunks without being read.
@@ -187,7 +190,7 @@ pub(super) struct Inputs<'a> {
 pub(super) fn run_pipeline<W: std::io::Write>(
     shared: &Shared,
     input: &Inputs<'_>,
-    list: W,
+    (list, checkpoints): (W, Option<CheckpointWriter<'_>>),
     packs: tokio::sync::mpsc::Sender<StagedPack>,
 ) -> Result<(W, Totals), EngineError> {
     let threads = input.threads.max(1);
@@ -215,8 +218,9 @@ pub(super) fn run_pipeline<W: std::io::Write>(
             })
             .collect();
         drop((unit_rx, done_tx, packs));
-        let assembled =
-            Assembler::new(input.entries, &shared.progress, list).run(&slot_rx, &done_rx);
+        let assembled = Assembler::new(input.entries, &shared.progress, list)
+            .with_checkpoints(checkpoints)
+            .run(&slot_rx, &done_rx);
         let assembled = stop_all_on_error(shared, assembled);
         drop((slot_rx, done_rx));
         let panicked = |_| Err(EngineError::Worker("backup thread panicked".into()));
@@ -265,6 +269,11 @@ fn feed(
             .ok_or_else(|| EngineError::Worker(ABORTED.into()))
     };
     feeder.start(&mut out)?;
+    // A killed run's files first: a file it listed is handed on from there, and the parent's
+    // entry for it is then passed over.
+    if let Some((repo, checkpoint)) = input.checkpoint {
+        checkpoint.for_each_entry(repo, &input.handle, |e| feeder.parent_entry(e, &mut out))?;
+    }
     if let Some((repo, index, snap)) = input.parent {
         repo.for_each_tree_entry(index, snap, &input.handle, |e| {
             feeder.parent_entry(e, &mut out)

@@ -11,8 +11,9 @@
         tries to delete KEY (no version): prints "deleted" or "denied CODE"
     python lock-admin.py ENDPOINT iam-users BUCKET PREFIX...
         least privilege (docs/OPERATIONS.md): for each PREFIX creates IAM users
-        "writer-PREFIX" (get, put and list; delete only under PREFIX/locks/ and
-        PREFIX/unfinished/) and "pruner-PREFIX" (get, put, list and delete under PREFIX/),
+        "writer-PREFIX" (get, put and list; delete only under PREFIX/locks/,
+        PREFIX/unfinished/ and PREFIX/checkpoints/) and "pruner-PREFIX" (get, put, list and
+        delete under PREFIX/),
         prints "NAME ACCESS-KEY SECRET" for each, then turns on moto's IAM enforcement
         (POST /moto-api/reset-auth 0): from then on every request must be signed by one of
         these users and is judged by its policy.
@@ -60,7 +61,7 @@ def policy(bucket, prefix, deletes):
 def iam_users(endpoint, bucket, prefixes):
     iam = client(endpoint, "iam")
     users = [(f"{role}-{prefix}", prefix, deletes) for prefix in prefixes
-             for role, deletes in [("writer", ["locks/*", "unfinished/*"]), ("pruner", ["*"])]]
+             for role, deletes in [("writer", ["locks/*", "unfinished/*", "checkpoints/*"]), ("pruner", ["*"])]]
     for name, prefix, deletes in users:
         iam.create_user(UserName=name)
         iam.put_user_policy(UserName=name, PolicyName="snapcrypt",

@@ -158,6 +158,9 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     };
     args.extend(retention_args(spec, &job_tag));
     args.extend(tag_args(p, &job_tag, trigger));
+    // Each pod's hostname is its own name: the job is the host the repository knows, so each
+    // run continues from the job's last snapshot (its parent) instead of storing every chunk.
+    args.extend(["--host".into(), format!("{JOB_TAG}:{job_tag}")]);
     args.extend(owner_args(p));
 
     let mut labels = job_labels(&p.job.name_any());
@@ -524,6 +527,7 @@ spec:
         );
         assert_eq!(arg_after(c, "--max-files"), Some("5000"));
         assert_eq!(arg_after(c, "--compression"), Some("zstd"));
+        assert_eq!(arg_after(c, "--host"), Some("backupjob:db/rs0"));
         let tags: Vec<&str> = c
             .args
             .as_ref()
