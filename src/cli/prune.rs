@@ -127,6 +127,18 @@ pub async fn run(args: PruneArgs) -> Result<(), CliError> {
         human_bytes(report.bytes_pending),
         args.retention.delete_after,
     );
+    if report.checkpoints_deleted > 0 {
+        eprintln!(
+            "snapcrypt: {} {} checkpoint object(s) of backups that never finished, older than {} s",
+            if args.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            },
+            report.checkpoints_deleted,
+            args.retention.delete_after,
+        );
+    }
     if !report.locked_kept.is_empty() || report.packs_locked > 0 || report.locks_extended > 0 {
         eprintln!(
             "snapcrypt: object lock: kept {} snapshot(s) and {} pack(s) the rules would remove, locked until later (a pass after their retention ends removes them); extended the retention of {} object(s) kept snapshots need",

@@ -4,7 +4,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use super::backup::prune_checkpoints;
 use super::format::{SnapshotManifest, pack_object_name};
 use super::lock::{RepoLock, lock_wait};
 use super::pack::PackWriter;
@@ -151,7 +150,7 @@ async fn run_prune(
         report.packs_deleted = due.len();
         report.bytes_freed = due.iter().map(|id| marks[*id].bytes).sum();
         report.bytes_pending = to_mark.iter().map(|(_, bytes)| bytes).sum();
-        report.checkpoints_deleted = prune_checkpoints(repo, now, opts.grace, true).await?;
+        report.checkpoints_deleted = repo.prune_checkpoints(now, opts.grace, true).await?;
         return Ok(report);
     }
     lock.check()?;
@@ -196,7 +195,7 @@ async fn run_prune(
     drop_finished_records(repo, &index.lists, &deleted, &snaps, &kept).await?;
     // No backup runs while this pass holds the exclusive lock: a checkpoint is a killed run's,
     // kept for a retry until the grace has passed.
-    report.checkpoints_deleted = prune_checkpoints(repo, now, opts.grace, false).await?;
+    report.checkpoints_deleted = repo.prune_checkpoints(now, opts.grace, false).await?;
     Ok(report)
 }
 

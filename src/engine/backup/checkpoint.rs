@@ -11,41 +11,22 @@
 //! older than its grace (no backup runs while prune holds the exclusive lock). They live
 //! where deleting is allowed under object lock and with the writer's credentials.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::{ID_PREFIX, SORT_BUDGET, id_prefix};
 use crate::engine::crypto::{ChunkId, DataKey};
 use crate::engine::error::EngineError;
 use crate::engine::format::{BlobKind, EntryKind, ObjectKind, TreeEntry};
-use crate::engine::repo::Repository;
+use crate::engine::repo::{CheckpointHead, Repository, checkpoint_name};
 use crate::engine::spill::Sorter;
 
-/// Where checkpoints live.
-pub const CHECKPOINT_DIR: &str = "checkpoints";
 /// Bytes of entries (JSON) a checkpoint holds at most: it is written when they pass this,
 /// whatever the interval, so memory and each object stay small.
 const SEGMENT_BUDGET: usize = 8 * 1024 * 1024;
 /// Ids a checkpoint may name that the repository does not serve before it is not used at all
 /// (a healthy one lacks only what was in flight: a few packs).
 const UNSERVED_MAX: usize = 1 << 20;
-
-/// What every checkpoint object of a run says about it.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
-struct Head {
-    source: String,
-    hostname: String,
-    started: String,
-    /// The data key (hex id) its chunks were stored under.
-    data_key: String,
-}
-
-#[derive(serde::Deserialize)]
-struct Segment {
-    #[serde(flatten)]
-    head: Head,
-    entries: Vec<TreeEntry>,
-}
 
 /// Writes a run's checkpoints as the file list is written.
 pub(super) struct CheckpointWriter<'a> {
@@ -72,7 +53,7 @@ impl<'a> CheckpointWriter<'a> {
         (source, hostname, started): (&str, &str, &str),
         every: Option<Duration>,
     ) -> Result<Self, EngineError> {
-        let head = Head {
+        let head = CheckpointHead {
             source: source.into(),
             hostname: hostname.into(),
             started: started.into(),
@@ -114,7 +95,7 @@ impl<'a> CheckpointWriter<'a> {
         if self.entries.is_empty() {
             return;
         }
-        let name = format!("{CHECKPOINT_DIR}/{}.{:06}", self.run, self.seq);
+        let name = checkpoint_name(&self.run, self.seq);
         let mut body = std::mem::take(&mut self.prefix);
         body.extend_from_slice(&self.entries);
         body.extend_from_slice(b"]}");
@@ -155,34 +136,6 @@ pub(super) struct Checkpoint {
     reread: HashSet<u32>,
 }
 
-/// The checkpoints of each run, by run id, in order.
-async fn runs(repo: &Repository) -> Result<BTreeMap<String, Vec<String>>, EngineError> {
-    let mut runs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, _) in repo.backend.list(CHECKPOINT_DIR).await? {
-        let Some((run, _)) = name
-            .strip_prefix(&format!("{CHECKPOINT_DIR}/"))
-            .and_then(|n| n.rsplit_once('.'))
-        else {
-            continue;
-        };
-        runs.entry(run.to_string()).or_default().push(name.clone());
-    }
-    for names in runs.values_mut() {
-        names.sort();
-    }
-    Ok(runs)
-}
-
-async fn segment(repo: &Repository, name: &str) -> Result<Segment, EngineError> {
-    let sealed = repo.get_sealed(ObjectKind::Checkpoint, name).await?;
-    let corrupt = |reason: String| EngineError::Corrupt {
-        object: name.into(),
-        reason,
-    };
-    let json = zstd::stream::decode_all(&sealed[..]).map_err(|e| corrupt(e.to_string()))?;
-    serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
-}
-
 /// The newest run of `source` on `host` that left checkpoints and no snapshot, checked
 /// against the index: None when there is none, or it cannot be read or used (a retry then
 /// simply starts over).
@@ -192,12 +145,12 @@ pub(super) async fn find_checkpoint(
     host: &str,
 ) -> Result<Option<Checkpoint>, EngineError> {
     let mut best: Option<(String, String, Vec<String>, String)> = None;
-    for (run, names) in runs(repo).await? {
+    for (run, names) in repo.checkpoint_runs().await? {
         if repo.backend.exists(&format!("snapshots/{run}")).await? {
             continue;
         }
         let Some(last) = names.last() else { continue };
-        let head = match segment(repo, last).await {
+        let head = match repo.read_checkpoint(last).await {
             Ok(s) => s.head,
             Err(e) => {
                 tracing::warn!(object = %last, error = %e, "an unreadable checkpoint is not used");
@@ -252,7 +205,7 @@ async fn check(repo: &Repository, names: &[String]) -> Result<Option<Checked>, E
     let mut wanted = Sorter::<{ ID_PREFIX + 4 }>::in_temp_dir(SORT_BUDGET);
     let mut files: u32 = 0;
     for name in names {
-        for e in segment(repo, name).await?.entries {
+        for e in repo.read_checkpoint(name).await?.entries {
             if e.kind != EntryKind::File {
                 continue;
             }
@@ -314,7 +267,7 @@ impl Checkpoint {
     ) -> Result<(), EngineError> {
         let mut files: u32 = 0;
         for name in &self.names {
-            let seg = handle.block_on(segment(repo, name))?;
+            let seg = handle.block_on(repo.read_checkpoint(name))?;
             for mut e in seg.entries {
                 if e.kind == EntryKind::File {
                     if e.part == 0 {
@@ -340,53 +293,3 @@ impl Checkpoint {
 /// An id no chunk has (keyed BLAKE3 never yields it in practice): where a checkpoint named a
 /// chunk the repository lacks, so the chunk read there is stored.
 const NEVER: ChunkId = [0u8; 32];
-
-/// Delete the checkpoints of run `run` (a missing one is no error; one left is harmless:
-/// prune removes it).
-pub(super) async fn delete_run(repo: &Repository, run: &str) {
-    let names = match runs(repo).await {
-        Ok(mut r) => r.remove(run).unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!(%run, error = %e, "could not list the checkpoints to delete (the next prune removes them)");
-            return;
-        }
-    };
-    for name in names {
-        if let Err(e) = repo.backend.delete(&name).await {
-            tracing::warn!(object = %name, error = %e, "could not delete a checkpoint (the next prune removes it)");
-            return;
-        }
-    }
-}
-
-/// Prune: the checkpoints of runs started more than `grace` before `now` (an unreadable one
-/// counts as old). Returns the objects deleted (or, with `dry_run`, that would be).
-pub async fn prune_checkpoints(
-    repo: &Repository,
-    now: jiff::Timestamp,
-    grace: Duration,
-    dry_run: bool,
-) -> Result<usize, EngineError> {
-    let mut deleted = 0;
-    for (run, names) in runs(repo).await? {
-        let Some(first) = names.first() else { continue };
-        let started = match segment(repo, first).await {
-            Ok(s) => s.head.started.parse::<jiff::Timestamp>().ok(),
-            Err(EngineError::Corrupt { .. }) => None,
-            Err(e) => return Err(e),
-        };
-        let young =
-            started.is_some_and(|t| now.duration_since(t).as_secs_f64() < grace.as_secs_f64());
-        if young {
-            continue;
-        }
-        tracing::info!(%run, objects = names.len(), "deleting the checkpoints of a backup that never finished");
-        for name in &names {
-            if !dry_run {
-                repo.backend.delete(name).await?;
-            }
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
-}

@@ -13,8 +13,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub use self::checkpoint::{CHECKPOINT_DIR, prune_checkpoints};
-use self::checkpoint::{CheckpointWriter, delete_run, find_checkpoint};
+use self::checkpoint::{CheckpointWriter, find_checkpoint};
 pub use self::scan::{Scan, ScanEntry, scan, scan_with};
 use self::tree::Totals;
 use self::workers::{Inputs, Shared, run_pipeline};
@@ -220,9 +219,9 @@ async fn run_backup(
         tracing::warn!(snapshot = %manifest.id, error = %e, "could not delete the backup's unfinished record (the next prune removes it)");
     }
     // Its checkpoints, and those it continued from, are spent.
-    delete_run(repo, &manifest.id).await;
+    repo.delete_checkpoints(&manifest.id).await;
     if let Some(c) = &checkpoint {
-        delete_run(repo, &c.run).await;
+        repo.delete_checkpoints(&c.run).await;
     }
     Ok(manifest)
 }

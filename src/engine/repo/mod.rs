@@ -5,6 +5,7 @@
 
 mod blob_map;
 mod blob_places;
+mod checkpoints;
 mod fuzz;
 mod index;
 mod keys;
@@ -13,6 +14,7 @@ mod repair;
 mod sealed;
 mod select;
 mod snapshots;
+pub use self::checkpoints::{CHECKPOINT_DIR, CheckpointHead, CheckpointSegment, checkpoint_name};
 pub use self::keys::rewrap_wait;
 pub use self::repair::{RepairReport, repair_index};
 pub use self::select::{Selector, Which, choose};

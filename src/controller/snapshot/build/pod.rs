@@ -158,9 +158,6 @@ pub fn snapshot_pod(p: &PodPlan) -> Result<Pod, PodError> {
     };
     args.extend(retention_args(spec, &job_tag));
     args.extend(tag_args(p, &job_tag, trigger));
-    // Each pod's hostname is its own name: the job is the host the repository knows, so each
-    // run continues from the job's last snapshot (its parent) instead of storing every chunk.
-    args.extend(["--host".into(), format!("{JOB_TAG}:{job_tag}")]);
     args.extend(owner_args(p));
 
     let mut labels = job_labels(&p.job.name_any());
@@ -241,7 +238,7 @@ fn retention_args(spec: &BackupJobSpec, job_tag: &str) -> Vec<String> {
 }
 
 /// The snapshot's repository tags as agent arguments: the Snapshot's own tags, its job, its
-/// trigger, the Snapshot and the member.
+/// trigger, the Snapshot and the member; and the job as the snapshot's host.
 fn tag_args(p: &PodPlan, job_tag: &str, trigger: &str) -> Vec<String> {
     let snap = p.snapshot;
     let ns = snap.namespace().unwrap_or_default();
@@ -259,9 +256,14 @@ fn tag_args(p: &PodPlan, job_tag: &str, trigger: &str) -> Vec<String> {
     if !p.cluster.is_empty() {
         tags.insert(CLUSTER_TAG.into(), p.cluster.into());
     }
-    tags.into_iter()
+    let mut args: Vec<String> = tags
+        .into_iter()
         .flat_map(|(k, v)| ["--tag".to_string(), format!("{k}={v}")])
-        .collect()
+        .collect();
+    // Each pod's hostname is its own name: the job is the host the repository knows, so each
+    // run continues from the job's last snapshot (its parent) instead of storing every chunk.
+    args.extend(["--host".into(), format!("{JOB_TAG}:{job_tag}")]);
+    args
 }
 
 /// The cluster the job's snapshots are written by, and the one the job takes them over from
