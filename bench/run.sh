@@ -92,6 +92,25 @@ warm; measure restic_full restic backup --quiet "$SRC"
 warm; measure sc_full "$SC" backup --source "$SRC" --repo "$WORK/sc-repo" "${chunk_flag[@]}"
 RESTIC_FULL_BYTES=$(bytes "$WORK/restic-repo"); SC_FULL_BYTES=$(bytes "$WORK/sc-repo")
 
+# A first backup killed at 90% (SIGKILL once its repository holds 90% of what the full backup
+# stored), then run again with default settings: what the retry stores again of what the
+# killed run had stored, and how much of the source it reads (#33: at most 10%, and once).
+"$SC" backup --source "$SRC" --repo "$WORK/sc-killed" "${chunk_flag[@]}" > /dev/null 2>&1 &
+KILLED_PID=$!
+while kill -0 "$KILLED_PID" 2>/dev/null; do
+  if [ "$(bytes "$WORK/sc-killed" 2>/dev/null || echo 0)" -ge $(( SC_FULL_BYTES * 9 / 10 )) ]; then
+    kill -9 "$KILLED_PID"; break
+  fi
+  sleep 0.02
+done
+wait "$KILLED_PID" 2>/dev/null && { echo "bench: the backup to kill finished before 90%"; exit 1; }
+KILLED_BYTES=$(bytes "$WORK/sc-killed")
+warm; SNAPCRYPT_LOCK_STALE_SECS=1 measure sc_retry "$SC" backup --source "$SRC" --repo "$WORK/sc-killed" --json
+RETRY_AGAIN=$(( $(bytes "$WORK/sc-killed") - SC_FULL_BYTES ))
+RETRY_READ=$(python3 -c "import json; print(json.load(open('$WORK/sc_retry.out'))['chunks_looked_up'] * ${CHUNK:-16384})")
+SRC_BYTES=$(bytes "$SRC")
+delete "$WORK/sc-killed"
+
 rewrite_src "$SRC"
 warm; measure restic_incr restic backup --quiet "$SRC"
 warm; measure sc_incr "$SC" backup --source "$SRC" --repo "$WORK/sc-repo"
@@ -179,6 +198,8 @@ ${RUSTIC_ROW:+$RUSTIC_ROW$NL}| incremental after the 1% $CHANGE, bytes added | $
 | peak RSS, incremental backup, KiB | ${R[restic_incr]} | ${R[sc_incr]} | $(ratio ${R[sc_incr]} ${R[restic_incr]}) | snapcrypt <= 65536 |
 | peak RSS, restore, KiB | ${R[restic_restore]} | ${R[sc_restore]} | $(ratio ${R[sc_restore]} ${R[restic_restore]}) | snapcrypt <= 65536 |
 | repository after full backup, bytes | $RESTIC_FULL_BYTES | $SC_FULL_BYTES | $(ratio $SC_FULL_BYTES $RESTIC_FULL_BYTES) | <= 1 |
+| a first backup killed at 90% ($KILLED_BYTES bytes stored), then retried: bytes stored again, against the killed run's | | $RETRY_AGAIN | $(ratio $RETRY_AGAIN $KILLED_BYTES) | <= 0.1 |
+| the retry: bytes of the source read, against the source | | $RETRY_READ | $(ratio $RETRY_READ $SRC_BYTES) | <= 1 (once) |
 
 Peak RSS of snapcrypt as the source grows, $(( SIZE / 4 )) MiB and $SIZE MiB sources: backup
 ${R[sc_small]} and ${R[sc_full]} KiB (ratio $(ratio ${R[sc_full]} ${R[sc_small]}) for 4x the data), restore

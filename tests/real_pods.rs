@@ -51,6 +51,17 @@ fn running_with_progress(s: &Snapshot) -> bool {
     })
 }
 
+/// Half its bytes read (or all, in the stall before its commit), still running.
+fn half_done(s: &Snapshot) -> bool {
+    s.status.as_ref().is_some_and(|st| {
+        st.phase == snapcrypt::api::snapshot::RunPhase::Running
+            && st
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.bytes_total > 0 && p.bytes_done * 2 >= p.bytes_total)
+    })
+}
+
 /// The agent container's id in the pod `name`, once it runs.
 async fn container_id(pods: &Api<Pod>, name: &str) -> String {
     let pod = wait_for(
@@ -216,12 +227,28 @@ async fn snapshot_and_restore_in_real_containers() {
         .expect("security context");
     assert_eq!(sc.read_only_root_filesystem, Some(true));
 
-    // Kill the agent's container mid-backup: the kubelet sees it die, the Snapshot retries.
+    // Kill the agent's container past half its backup (or in the stall before its commit):
+    // the kubelet sees it die, the Snapshot retries.
+    wait_for(&snaps, &name, "half the backup done", LONG, half_done).await;
     nodes.kill_container(&container_id(&pods, &pod_name).await);
     let st = wait_for_success(&snaps, &name, ns).await;
     assert_eq!(st.attempts, 2, "{st:?}");
     let retrying = wait_for_event(ns, &name, "Retrying").await;
     assert!(retrying.starts_with("attempt 1 failed"), "{retrying}");
+    // Attempt 2 continued from attempt 1's checkpoints (the same host, the job, though a new
+    // pod): the repository holds the source about once, not the half or more attempt 1 had
+    // stored and then all of it again (1.5x or more: before checkpoints, and before the pods
+    // named the job as their host).
+    let logical = st.stats.clone().expect("stats").logical_bytes;
+    let repo_data = volume_dir(ns, "backups").await.join("repo/data");
+    let stored: u64 = support::files_under(&repo_data)
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        stored * 10 < logical * 13,
+        "the repository holds {stored} bytes for a {logical}-byte source: attempt 2 started over"
+    );
 
     // A Restore in a restore pod brings back exactly what the member held.
     let rst = restore_in_a_pod(ns, &name).await;

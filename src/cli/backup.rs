@@ -60,9 +60,10 @@ pub struct BackupArgs {
     /// backupjob:NAMESPACE/NAME).
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
-    /// Checkpoint the file list this often (e.g. 30s, 5m; `off`): a backup killed before it
-    /// finishes leaves checkpoints, and the next backup of the same source and host continues
-    /// from them instead of reading and storing everything again.
+    /// Checkpoint the file list this often (e.g. 30s, 5m; `off`), and after every fiftieth of
+    /// the source: a backup killed before it finishes leaves checkpoints, and the next backup
+    /// of the same source and host continues from them instead of reading and storing
+    /// everything again.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_checkpoint_every)]
     pub checkpoint_every: CheckpointEvery,
     /// Chunk size in bytes for a new repository (a power of two, 4 KiB to 1 MiB).

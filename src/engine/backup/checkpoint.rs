@@ -1,6 +1,7 @@
-//! Checkpoints of a backup under way. Every `--checkpoint-every` (and whenever the part not
-//! yet checkpointed passes [`SEGMENT_BUDGET`]), the file-list entries written since the last
-//! checkpoint go to a new sealed object `checkpoints/<run id>.<n>`. A run killed before its
+//! Checkpoints of a backup under way. Every `--checkpoint-every`, and every fiftieth of the
+//! source listed (and whenever the part not yet checkpointed passes [`SEGMENT_BUDGET`]), the
+//! file-list entries written since the last checkpoint go to a new sealed object
+//! `checkpoints/<run id>.<n>`. A run killed before its
 //! snapshot object (an evicted pod, a lost node, a killed CLI) leaves them, and the next backup
 //! of the same source and host reads them as its first parent: a file they list keeps its
 //! chunks (those the repository serves; an id it does not serve is stored again), so the retry
@@ -27,6 +28,8 @@ const SEGMENT_BUDGET: usize = 8 * 1024 * 1024;
 /// Ids a checkpoint may name that the repository does not serve before it is not used at all
 /// (a healthy one lacks only what was in flight: a few packs).
 const UNSERVED_MAX: usize = 1 << 20;
+/// The least data between two checkpoints by size (below it, only the interval counts).
+const MIN_CHUNKS_BYTES: u64 = 16 << 20;
 
 /// Writes a run's checkpoints as the file list is written.
 pub(super) struct CheckpointWriter<'a> {
@@ -39,6 +42,10 @@ pub(super) struct CheckpointWriter<'a> {
     /// None: checkpoints are off (asked so, or one failed to be written).
     every: Option<Duration>,
     last: Instant,
+    /// Chunks listed between two checkpoints at most, whatever the interval: a fiftieth of the
+    /// source (at least [`MIN_CHUNKS_BYTES`]), so a short backup is checkpointed too.
+    every_chunks: u64,
+    chunks: u64,
     entries: Vec<u8>,
     seq: u32,
 }
@@ -52,6 +59,7 @@ impl<'a> CheckpointWriter<'a> {
         run: &str,
         (source, hostname, started): (&str, &str, &str),
         every: Option<Duration>,
+        (source_bytes, chunk_size): (u64, u64),
     ) -> Result<Self, EngineError> {
         let head = CheckpointHead {
             source: source.into(),
@@ -70,13 +78,16 @@ impl<'a> CheckpointWriter<'a> {
             prefix,
             every,
             last: Instant::now(),
+            every_chunks: (source_bytes / 50).max(MIN_CHUNKS_BYTES) / chunk_size.max(1),
+            chunks: 0,
             entries: Vec::new(),
             seq: 0,
         })
     }
 
-    /// One more entry of the file list (its JSON); a checkpoint when one is due.
-    pub(super) fn add(&mut self, entry: &[u8]) {
+    /// One more entry of the file list (its JSON, and the chunks it lists); a checkpoint when
+    /// one is due.
+    pub(super) fn add(&mut self, entry: &[u8], chunks: usize) {
         let Some(every) = self.every else {
             return;
         };
@@ -84,7 +95,11 @@ impl<'a> CheckpointWriter<'a> {
             self.entries.push(b',');
         }
         self.entries.extend_from_slice(entry);
-        if self.entries.len() >= SEGMENT_BUDGET || self.last.elapsed() >= every {
+        self.chunks += chunks as u64;
+        if self.entries.len() >= SEGMENT_BUDGET
+            || self.chunks >= self.every_chunks
+            || self.last.elapsed() >= every
+        {
             self.flush();
         }
     }
@@ -112,6 +127,7 @@ impl<'a> CheckpointWriter<'a> {
         body.truncate(body.len() - self.entries.len() - 2);
         self.prefix = body;
         self.entries.clear();
+        self.chunks = 0;
         self.last = Instant::now();
         match written {
             Ok(()) => self.seq += 1,

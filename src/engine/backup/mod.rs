@@ -171,6 +171,7 @@ async fn run_backup(
         &id,
         (&source, &host, &started.to_string()),
         opts.checkpoint_every,
+        (scan.bytes, u64::from(repo.config.chunker.size)),
     )?;
     let (tree_ids, totals) = copy(repo, &shared, &key, &input, &id, checkpoints).await?;
     let mut data_keys = data_keys(parent.as_ref().map(|(snap, _)| snap), &key.id);

@@ -211,7 +211,7 @@ impl<'a, W: Write> Assembler<'a, W> {
         let json = serde_json::to_vec(&entry)?;
         self.out.write_all(&json).map_err(write_err)?;
         if let Some(c) = self.checkpoints.as_mut() {
-            c.add(&json);
+            c.add(&json, entry.chunks.len());
         }
         self.written += 1;
         Ok(())
