@@ -38,27 +38,43 @@ fn fill_member(dir: &Path, files: u64) {
     support::chown_mongodb(dir);
 }
 
+/// Attempt 2 continued from attempt 1's checkpoints (the same host, the job, though a new
+/// pod): the repository holds the source about once, not the half or more attempt 1 had
+/// stored and then all of it again (1.5x or more: before checkpoints, and before the pods
+/// named the job as their host).
+async fn attempt_2_continued(ns: &TestNamespace, st: &snapcrypt::api::SnapshotStatus) {
+    let logical = st.stats.clone().expect("stats").logical_bytes;
+    let repo_data = volume_dir(ns, "backups").await.join("repo/data");
+    let stored: u64 = support::files_under(&repo_data)
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        stored * 10 < logical * 13,
+        "the repository holds {stored} bytes for a {logical}-byte source: attempt 2 started over"
+    );
+}
+
 /// Running, with progress the agent reported. The copy itself may be done (bytes_done ==
 /// bytes_total) while the run still stalls before its commit: a fast copy of 388 MiB can end
 /// between two watch events (seen in CI), and the run is still mid-way until it commits.
 fn running_with_progress(s: &Snapshot) -> bool {
-    s.status.as_ref().is_some_and(|st| {
-        st.phase == snapcrypt::api::snapshot::RunPhase::Running
-            && st
-                .progress
-                .as_ref()
-                .is_some_and(|p| p.bytes_done > 0 && p.bytes_total > 0)
-    })
+    running_past(s, |done, _| done > 0)
 }
 
 /// Half its bytes read (or all, in the stall before its commit), still running.
 fn half_done(s: &Snapshot) -> bool {
+    running_past(s, |done, total| done * 2 >= total)
+}
+
+/// Running, with progress (bytes read, of a known total) that `past` accepts.
+fn running_past(s: &Snapshot, past: impl Fn(u64, u64) -> bool) -> bool {
     s.status.as_ref().is_some_and(|st| {
         st.phase == snapcrypt::api::snapshot::RunPhase::Running
             && st
                 .progress
                 .as_ref()
-                .is_some_and(|p| p.bytes_total > 0 && p.bytes_done * 2 >= p.bytes_total)
+                .is_some_and(|p| p.bytes_total > 0 && past(p.bytes_done, p.bytes_total))
     })
 }
 
@@ -235,20 +251,7 @@ async fn snapshot_and_restore_in_real_containers() {
     assert_eq!(st.attempts, 2, "{st:?}");
     let retrying = wait_for_event(ns, &name, "Retrying").await;
     assert!(retrying.starts_with("attempt 1 failed"), "{retrying}");
-    // Attempt 2 continued from attempt 1's checkpoints (the same host, the job, though a new
-    // pod): the repository holds the source about once, not the half or more attempt 1 had
-    // stored and then all of it again (1.5x or more: before checkpoints, and before the pods
-    // named the job as their host).
-    let logical = st.stats.clone().expect("stats").logical_bytes;
-    let repo_data = volume_dir(ns, "backups").await.join("repo/data");
-    let stored: u64 = support::files_under(&repo_data)
-        .iter()
-        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    assert!(
-        stored * 10 < logical * 13,
-        "the repository holds {stored} bytes for a {logical}-byte source: attempt 2 started over"
-    );
+    attempt_2_continued(ns, &st).await;
 
     // A Restore in a restore pod brings back exactly what the member held.
     let rst = restore_in_a_pod(ns, &name).await;
