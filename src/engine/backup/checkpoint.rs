@@ -160,7 +160,7 @@ pub(super) async fn find_checkpoint(
     source: &str,
     host: &str,
 ) -> Result<Option<Checkpoint>, EngineError> {
-    let mut best: Option<(String, String, Vec<String>, String)> = None;
+    let mut best: Option<(jiff::Timestamp, String, Vec<String>, String)> = None;
     for (run, names) in repo.checkpoint_runs().await? {
         if repo.backend.exists(&format!("snapshots/{run}")).await? {
             continue;
@@ -176,11 +176,11 @@ pub(super) async fn find_checkpoint(
         if head.source != source || head.hostname != host {
             continue;
         }
-        if best
-            .as_ref()
-            .is_none_or(|(started, ..)| head.started > *started)
-        {
-            best = Some((head.started, run, names, head.data_key));
+        let Ok(started) = head.started.parse::<jiff::Timestamp>() else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(newest, ..)| started > *newest) {
+            best = Some((started, run, names, head.data_key));
         }
     }
     let Some((_, run, names, data_key)) = best else {

@@ -220,10 +220,10 @@ async fn run_backup(
         tracing::warn!(snapshot = %manifest.id, error = %e, "could not delete the backup's unfinished record (the next prune removes it)");
     }
     // Its checkpoints, and those it continued from, are spent.
-    repo.delete_checkpoints(&manifest.id).await;
-    if let Some(c) = &checkpoint {
-        repo.delete_checkpoints(&c.run).await;
-    }
+    let spent: Vec<&str> = std::iter::once(manifest.id.as_str())
+        .chain(checkpoint.as_ref().map(|c| c.run.as_str()))
+        .collect();
+    repo.delete_checkpoints(&spent).await;
     Ok(manifest)
 }
 

@@ -65,17 +65,17 @@ impl Repository {
         serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
     }
 
-    /// Delete the checkpoints of run `run` (a missing one is no error; one left is harmless:
+    /// Delete the checkpoints of `runs` (a missing one is no error; one left is harmless:
     /// prune removes it, so a failure is only logged).
-    pub async fn delete_checkpoints(&self, run: &str) {
-        let names = match self.checkpoint_runs().await {
-            Ok(mut r) => r.remove(run).unwrap_or_default(),
+    pub async fn delete_checkpoints(&self, runs: &[&str]) {
+        let mut all = match self.checkpoint_runs().await {
+            Ok(all) => all,
             Err(e) => {
-                tracing::warn!(%run, error = %e, "could not list the checkpoints to delete (the next prune removes them)");
+                tracing::warn!(error = %e, "could not list the checkpoints to delete (the next prune removes them)");
                 return;
             }
         };
-        for name in names {
+        for name in runs.iter().flat_map(|r| all.remove(*r).unwrap_or_default()) {
             if let Err(e) = self.backend.delete(&name).await {
                 tracing::warn!(object = %name, error = %e, "could not delete a checkpoint (the next prune removes it)");
                 return;
