@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::{ID_PREFIX, SORT_BUDGET, id_prefix};
+use super::{ID_PREFIX, SORT_BUDGET, each_unserved, id_prefix};
 use crate::engine::crypto::{ChunkId, DataKey};
 use crate::engine::error::EngineError;
 use crate::engine::format::{BlobKind, EntryKind, ObjectKind, TreeEntry};
@@ -238,35 +238,20 @@ async fn check(repo: &Repository, names: &[String]) -> Result<Option<Checked>, E
     }
     let mut unserved = HashSet::new();
     let mut reread: HashSet<u32> = HashSet::from([files.saturating_sub(1)]);
-    let mut served = served.finish()?.peekable();
-    for w in wanted.finish()? {
-        let w = w?;
-        let id: [u8; ID_PREFIX] = w[..ID_PREFIX].try_into().unwrap_or_default();
-        loop {
-            match served.peek() {
-                Some(Ok(s)) if *s < id => {
-                    served.next();
-                }
-                Some(Err(_)) => {
-                    if let Some(Err(e)) = served.next() {
-                        return Err(e.into());
-                    }
-                }
-                _ => break,
-            }
-        }
-        if !matches!(served.peek(), Some(Ok(s)) if *s == id) {
-            unserved.insert(id);
-            reread.insert(u32::from_be_bytes(
-                w[ID_PREFIX..].try_into().unwrap_or_default(),
-            ));
-            if unserved.len() > UNSERVED_MAX {
-                tracing::warn!(
-                    "a checkpoint names more chunks the repository lacks than a killed run leaves in flight: not used"
-                );
-                return Ok(None);
-            }
-        }
+    each_unserved(wanted.finish()?, served.finish()?, |w| {
+        let mut id = [0u8; ID_PREFIX];
+        id.copy_from_slice(&w[..ID_PREFIX]);
+        unserved.insert(id);
+        let mut file = [0u8; 4];
+        file.copy_from_slice(&w[ID_PREFIX..]);
+        reread.insert(u32::from_be_bytes(file));
+        unserved.len() <= UNSERVED_MAX
+    })?;
+    if unserved.len() > UNSERVED_MAX {
+        tracing::warn!(
+            "a checkpoint names more chunks the repository lacks than a killed run leaves in flight: not used"
+        );
+        return Ok(None);
     }
     Ok(Some((unserved, reread)))
 }

@@ -339,22 +339,41 @@ fn id_prefix(id: &ChunkId) -> [u8; ID_PREFIX] {
 /// The first id of sorted stream `wanted` that sorted stream `served` lacks. Pure.
 fn first_unserved<const N: usize>(
     wanted: impl Iterator<Item = Result<[u8; N], SpillError>>,
-    mut served: impl Iterator<Item = Result<[u8; N], SpillError>>,
+    served: impl Iterator<Item = Result<[u8; N], SpillError>>,
 ) -> Result<Option<[u8; N]>, SpillError> {
-    let mut have: Option<[u8; N]> = None;
+    let mut first = None;
+    each_unserved(wanted, served, |w| {
+        first = Some(w);
+        false
+    })?;
+    Ok(first)
+}
+
+/// Each record of sorted stream `wanted` whose first `S` bytes sorted stream `served` lacks,
+/// in order, to `f`, until `f` returns false. Pure: the merge of the parent check and of the
+/// checkpoint check.
+fn each_unserved<const W: usize, const S: usize>(
+    wanted: impl Iterator<Item = Result<[u8; W], SpillError>>,
+    mut served: impl Iterator<Item = Result<[u8; S], SpillError>>,
+    mut f: impl FnMut([u8; W]) -> bool,
+) -> Result<(), SpillError> {
+    let mut have: Option<[u8; S]> = None;
+    let mut exhausted = false;
     for w in wanted {
         let w = w?;
-        while have.is_none_or(|h| h < w) {
+        let mut key = [0u8; S];
+        key.copy_from_slice(&w[..S]);
+        while !exhausted && have.is_none_or(|h| h < key) {
             match served.next() {
                 Some(h) => have = Some(h?),
-                None => return Ok(Some(w)),
+                None => exhausted = true,
             }
         }
-        if have != Some(w) {
-            return Ok(Some(w));
+        if (exhausted || have != Some(key)) && !f(w) {
+            return Ok(());
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Run the backup's threads and the uploader beside them until every unit is stored, every
@@ -518,5 +537,28 @@ mod tests {
         assert_eq!(run(&[1, 2, 3], &[1, 3]), Some(2));
         assert_eq!(run(&[1, 9], &[1, 3]), Some(9));
         assert_eq!(run(&[1], &[]), Some(1));
+    }
+
+    /// Every wanted record whose key the served stream lacks is found, its payload (bytes
+    /// past the key) kept, however the served stream ends.
+    #[test]
+    fn every_unserved_record_is_found_with_its_payload() {
+        let all = |w: &[(u8, u8)], s: &[u8]| {
+            let wanted = w.iter().map(|(k, p)| Ok([*k, *p]));
+            let served = s.iter().map(|k| Ok([*k]));
+            let mut out = Vec::new();
+            each_unserved(wanted, served, |r| {
+                out.push((r[0], r[1]));
+                true
+            })
+            .unwrap();
+            out
+        };
+        assert_eq!(
+            all(&[(1, 9), (2, 8), (2, 7), (5, 6)], &[2, 3]),
+            [(1, 9), (5, 6)]
+        );
+        assert_eq!(all(&[(1, 1), (4, 2), (4, 3)], &[1]), [(4, 2), (4, 3)]);
+        assert_eq!(all(&[(3, 0)], &[1, 3, 4]), []);
     }
 }
